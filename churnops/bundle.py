@@ -1,0 +1,130 @@
+"""The model bundle: encoder + XGBoost booster + decision threshold (+ ONNX export) as ONE model.
+
+On disk (and as the MLflow pyfunc model's artifacts) a bundle is a folder:
+
+    encoder.json   feature layout derived from the data contract
+    booster.json   XGBoost model (native JSON format)
+    model.onnx     the booster as ONNX (float32 matrix in, probabilities out)
+    meta.json      threshold, feature names, test metrics, lineage, onnx parity
+
+Servers read the folder directly (onnxruntime on `model.onnx`, native booster as fallback);
+`mlflow.pyfunc.load_model` gives the same predictions through `ChurnPyfunc`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # mlflow is a training/serving dependency; keep the module importable without it
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except Exception:  # pragma: no cover
+    _PythonModel = object
+
+ENCODER_FILE, BOOSTER_FILE, ONNX_FILE, META_FILE = "encoder.json", "booster.json", "model.onnx", "meta.json"
+
+
+def export_onnx(classifier, width: int) -> bytes:
+    """Convert a fitted XGBClassifier to ONNX (input `features`: float32 [N, width])."""
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    onx = convert_xgboost(classifier, initial_types=[("features", FloatTensorType([None, width]))], target_opset=15)
+    return onx.SerializeToString()
+
+
+def onnx_session(onnx_bytes: bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_proba(session, X: np.ndarray) -> np.ndarray:
+    """Positive-class probabilities from an ONNX session (handles dict or tensor outputs)."""
+    outs = session.run(None, {"features": np.ascontiguousarray(X, dtype=np.float32)})
+    probs = outs[1]
+    if isinstance(probs, list):  # ZipMap output: list of {label: p}
+        return np.array([p[1] for p in probs], dtype=np.float64)
+    return np.asarray(probs, dtype=np.float64)[:, 1]
+
+
+def onnx_parity(onnx_bytes: bytes, X: np.ndarray, native_proba: np.ndarray) -> float:
+    """Max absolute probability difference between ONNX and the native model on X."""
+    return float(np.max(np.abs(onnx_proba(onnx_session(onnx_bytes), X) - native_proba)))
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: predict probabilities and decisions from clean records or matrices."""
+
+    encoder: Any
+    threshold: float
+    meta: dict = field(default_factory=dict)
+    booster: Any = None
+    session: Any = None
+
+    @classmethod
+    def load(cls, path: str | Path, prefer_onnx: bool = True, threads: int = 1) -> "Bundle":
+        from churnops.features import FeatureEncoder
+
+        p = Path(path)
+        meta = json.loads((p / META_FILE).read_text())
+        enc = FeatureEncoder.from_json((p / ENCODER_FILE).read_text())
+        b = cls(encoder=enc, threshold=float(meta["threshold"]), meta=meta)
+        if prefer_onnx and (p / ONNX_FILE).exists():
+            b.session = onnx_session((p / ONNX_FILE).read_bytes(), threads)
+        else:
+            import xgboost as xgb
+
+            b.booster = xgb.Booster()
+            b.booster.load_model(str(p / BOOSTER_FILE))
+            b.booster.set_param({"nthread": threads})
+        return b
+
+    @property
+    def runtime(self) -> str:
+        return "onnx" if self.session is not None else "xgboost"
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        if self.session is not None:
+            return onnx_proba(self.session, X)
+        import xgboost as xgb
+
+        return self.booster.predict(xgb.DMatrix(X)).astype(np.float64)
+
+    def predict_records(self, records: list[dict]) -> np.ndarray:
+        return self.predict_matrix(self.encoder.transform_records(records))
+
+
+def write_bundle(path: str | Path, encoder, classifier, threshold: float, meta: dict, onnx_bytes: bytes | None) -> Path:
+    """Write the bundle folder (see module docstring)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    (p / ENCODER_FILE).write_text(encoder.to_json())
+    classifier.get_booster().save_model(str(p / BOOSTER_FILE))
+    if onnx_bytes is not None:
+        (p / ONNX_FILE).write_bytes(onnx_bytes)
+    (p / META_FILE).write_text(json.dumps({**meta, "threshold": float(threshold)}, indent=1, default=str))
+    return p
+
+
+class ChurnPyfunc(_PythonModel):
+    """MLflow pyfunc wrapper: clean-feature DataFrame in, probability + decision out."""
+
+    def load_context(self, context):
+        folder = Path(context.artifacts["bundle"])
+        self.bundle = Bundle.load(folder, prefer_onnx=False, threads=0)
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        X = self.bundle.encoder.transform_frame(model_input)
+        proba = self.bundle.predict_matrix(X)
+        return pd.DataFrame({"probability": proba, "churn": (proba >= self.bundle.threshold).astype(int)})

@@ -1,0 +1,26 @@
+"""Small helpers shared by console entry points: logging and one-line failures."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import NoReturn
+
+
+def setup_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("botocore", "urllib3", "alembic", "httpx", "mlflow.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(exc: BaseException, what: str, code: int = 1) -> NoReturn:
+    """Print `what failed: why` (the contract report in full) and exit; no stack trace."""
+    msg = str(exc) or type(exc).__name__
+    print(f"ERROR: {what} failed: {msg}", file=sys.stderr)
+    if os.environ.get("DEBUG"):
+        raise exc
+    sys.exit(code)

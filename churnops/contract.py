@@ -1,0 +1,296 @@
+"""The data contract: declared once in a YAML file, enforced on training frames and on requests.
+
+A contract names the target and its positive label, the id and leakage columns to drop, and
+for every feature its kind (numeric, categorical, ordinal), dtype, allowed categories, range
+and tolerated null fraction. `check_raw_frame` runs every check and returns one report listing
+every failure; `validate_record` does the same for one request record (used by the servers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, model_validator
+
+DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
+
+
+def snake_case(name: str) -> str:
+    """`Months_Inactive_12_mon` -> `months_inactive_12_mon`; `CustomerAge` -> `customer_age`."""
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name).strip())
+    s = re.sub(r"[^0-9a-zA-Z]+", "_", s)
+    return s.strip("_").lower()
+
+
+class FeatureSpec(BaseModel):
+    """One feature column of the clean frame."""
+
+    kind: Literal["numeric", "categorical", "ordinal"]
+    dtype: Literal["int", "float", "str"] = "float"
+    source: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    min: float | None = None
+    max: float | None = None
+    max_null_fraction: float = 0.0
+    unknown: Literal["category", "missing"] = "missing"
+
+    @model_validator(mode="after")
+    def _check(self) -> "FeatureSpec":
+        if self.kind != "numeric":
+            if not self.categories:
+                raise ValueError(f"a {self.kind} feature needs its categories listed")
+            self.categories = [str(c).strip().lower() for c in self.categories]
+            self.dtype = "str"
+        return self
+
+
+class TargetSpec(BaseModel):
+    source: str
+    name: str = "target"
+    positive: str
+    labels: list[str]
+
+
+class DatasetContract(BaseModel):
+    """A tabular binary-classification data set, as configuration."""
+
+    name: str
+    description: str = ""
+    target: TargetSpec
+    id_columns: list[str] = Field(default_factory=list)
+    leakage_columns: list[str] = Field(default_factory=list)
+    leakage_prefixes: list[str] = Field(default_factory=list)
+    min_rows: int = 100
+    unknown_markers: list[str] = Field(default_factory=lambda: ["Unknown"])
+    features: dict[str, FeatureSpec]
+
+    # ---- derived views ------------------------------------------------------------------------
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.features)
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.kind == "numeric"]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.kind == "categorical"]
+
+    @property
+    def ordinal_features(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.kind == "ordinal"]
+
+    def source_of(self, name: str) -> str | None:
+        """The raw column a clean feature comes from (None: matched by snake_case)."""
+        return self.features[name].source
+
+    def is_dropped(self, raw_column: str) -> bool:
+        """True for id and leakage columns, which never reach the model."""
+        return (
+            raw_column in self.id_columns
+            or raw_column in self.leakage_columns
+            or any(raw_column.startswith(p) for p in self.leakage_prefixes)
+        )
+
+    def unknown_marker_set(self) -> set[str]:
+        return {m.strip().lower() for m in self.unknown_markers}
+
+    def fingerprint(self) -> str:
+        """Stable SHA-256 of the contract's content."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract:
+    """Load a contract by shipped name (`bank_churners`) or by YAML/JSON file path."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = DATASETS_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        raise FileNotFoundError(
+            f"data contract {name_or_path!r} not found: expected a YAML file path or one of "
+            f"{sorted(x.stem for x in DATASETS_DIR.glob('*.yaml'))}"
+        )
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"data contract {p}: not valid YAML ({exc})") from exc
+    try:
+        return DatasetContract.model_validate(raw)
+    except Exception as exc:  # pydantic.ValidationError: keep the field paths, name the file
+        raise ValueError(f"data contract {p} is invalid: {exc}") from exc
+
+
+# ---- frame checks -------------------------------------------------------------------------------
+
+
+@dataclass
+class ContractReport:
+    """Every failed check of one validation, readable as one message."""
+
+    subject: str
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __str__(self) -> str:
+        head = f"data contract check of {self.subject}: " + (
+            "passed" if self.ok else f"{len(self.failures)} failed check(s)"
+        )
+        lines = [head] + [f"  - FAIL {f}" for f in self.failures] + [f"  - warn {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+class ContractViolation(ValueError):
+    """Raised when data breaks its contract; carries the full report."""
+
+    def __init__(self, report: ContractReport):
+        super().__init__(str(report))
+        self.report = report
+
+
+def check_clean_frame(df, contract: DatasetContract, subject: str = "frame") -> ContractReport:
+    """Check a clean frame (snake_case columns, labels lowercased) against every rule."""
+    import numpy as np
+    import pandas as pd
+
+    report = ContractReport(subject=subject, rows=len(df))
+    if len(df) < contract.min_rows:
+        report.failures.append(f"rows: {len(df)} < minimum {contract.min_rows}")
+    target = contract.target.name
+    if target not in df.columns:
+        report.failures.append(f"{target}: target column missing")
+    else:
+        bad = df[target].isna().sum()
+        if bad:
+            report.failures.append(
+                f"{target}: {bad} row(s) with a label outside {contract.target.labels}"
+            )
+        elif df[target].nunique() < 2 and len(df):
+            report.failures.append(f"{target}: only one class present; need both labels")
+    for name, spec in contract.features.items():
+        if name not in df.columns:
+            report.failures.append(f"{name}: column missing (expected {spec.kind} {spec.dtype})")
+            continue
+        col = df[name]
+        if spec.kind == "numeric":
+            values = pd.to_numeric(col, errors="coerce")
+            not_numeric = int((values.isna() & col.notna()).sum())
+            if not_numeric:
+                sample = col[values.isna() & col.notna()].astype(str).unique()[:3].tolist()
+                report.failures.append(f"{name}: {not_numeric} non-numeric value(s), e.g. {sample}")
+            finite = values[np.isfinite(values)]
+            infinite = int((values.notna() & ~np.isfinite(values)).sum())
+            if infinite:
+                report.failures.append(f"{name}: {infinite} infinite value(s)")
+            if spec.min is not None and (finite < spec.min).any():
+                report.failures.append(
+                    f"{name}: {(finite < spec.min).sum()} value(s) below min {spec.min} (min seen {finite.min()})"
+                )
+            if spec.max is not None and (finite > spec.max).any():
+                report.failures.append(
+                    f"{name}: {(finite > spec.max).sum()} value(s) above max {spec.max} (max seen {finite.max()})"
+                )
+            nulls = values.isna().mean() if len(values) else 0.0
+        else:
+            present = col.dropna().astype(str)
+            unknown_cats = sorted(set(present.unique()) - set(spec.categories))
+            if unknown_cats:
+                report.failures.append(
+                    f"{name}: unexpected categories {unknown_cats[:5]} (allowed {spec.categories})"
+                )
+            nulls = col.isna().mean() if len(col) else 0.0
+        if nulls > spec.max_null_fraction:
+            report.failures.append(
+                f"{name}: null fraction {nulls:.3f} > allowed {spec.max_null_fraction}"
+            )
+    return report
+
+
+# ---- record checks (servers) ------------------------------------------------------------------------
+
+
+@dataclass
+class RecordResult:
+    """A validated request record: clean values in contract order, or the problems found."""
+
+    values: dict[str, Any]
+    errors: dict[str, str]
+    ignored: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def validate_record(
+    record: Any,
+    contract: DatasetContract,
+    unknown_category: Literal["reject", "unknown"] = "reject",
+) -> RecordResult:
+    """Validate one feature object against the contract without pandas.
+
+    Numeric fields must be finite JSON numbers (numeric strings are accepted) inside the range;
+    categorical fields must be strings among the allowed categories (case-insensitive; the
+    literal unknown marker follows the column's policy). With `unknown_category="unknown"`, an
+    unseen category is mapped to missing/`unknown` instead of rejected. Extra fields are
+    ignored and reported.
+    """
+    if not isinstance(record, dict):
+        return RecordResult({}, {"features": f"expected a JSON object, got {type(record).__name__}"}, [])
+    values: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    markers = contract.unknown_marker_set()
+    for name, spec in contract.features.items():
+        if name not in record:
+            errors[name] = f"missing required {spec.kind} field"
+            continue
+        v = record[name]
+        if spec.kind == "numeric":
+            if isinstance(v, bool) or v is None:
+                errors[name] = f"expected a number, got {type(v).__name__ if v is not None else 'null'}"
+                continue
+            if isinstance(v, str):
+                try:
+                    v = float(v.strip())
+                except ValueError:
+                    errors[name] = f"expected a number, got string {v[:40]!r}"
+                    continue
+            if not isinstance(v, (int, float)):
+                errors[name] = f"expected a number, got {type(v).__name__}"
+                continue
+            if not math.isfinite(v):
+                errors[name] = f"expected a finite number, got {v}"
+                continue
+            if spec.min is not None and v < spec.min:
+                errors[name] = f"value {v} below minimum {spec.min:g}"
+                continue
+            if spec.max is not None and v > spec.max:
+                errors[name] = f"value {v} above maximum {spec.max:g}"
+                continue
+            values[name] = float(v)
+        else:
+            if not isinstance(v, str):
+                errors[name] = f"expected a string category, got {type(v).__name__ if v is not None else 'null'}"
+                continue
+            c = v.strip().lower()
+            if c in markers:
+                c = "unknown" if spec.unknown == "category" else None
+            elif c not in spec.categories:
+                if unknown_category == "reject":
+                    errors[name] = f"unknown category {v[:40]!r}; allowed {spec.categories}"
+                    continue
+                c = "unknown" if spec.unknown == "category" and "unknown" in spec.categories else None
+            values[name] = c
+    ignored = [k for k in record if k not in contract.features]
+    return RecordResult(values, errors, ignored)

@@ -1,0 +1,351 @@
+"""The training pipeline's steps as plain functions; `flows/train_flow.py` runs them as Prefect tasks.
+
+load snapshot -> validate -> split -> sweep (each trial a nested MLflow run) -> refit best ->
+test metrics, threshold, plots -> bundle + ONNX parity gate -> log ONE model -> register.
+Nothing is registered and no alias moves unless every step before registration succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnops.contract import ContractViolation, DatasetContract
+from churnops.features import FeatureEncoder
+from churnops.settings import Settings
+from churnops.training import Split, choose_threshold, classification_metrics, make_classifier, stratified_split
+from churnops.tuning import SweepConfig, TrialResult, best_trial, run_sweep
+
+log = logging.getLogger(__name__)
+
+
+class ParityError(RuntimeError):
+    """ONNX export disagrees with the native model beyond the tolerance."""
+
+
+@dataclass
+class Prepared:
+    """The clean frame and its encoded split."""
+
+    clean: pd.DataFrame
+    split: Split
+    idx_train: np.ndarray
+    idx_val: np.ndarray
+    idx_test: np.ndarray
+    encoder: FeatureEncoder
+
+
+@dataclass
+class Timer:
+    """Accumulates seconds spent in MLflow calls, to report logging overhead."""
+
+    seconds: float = 0.0
+    calls: int = 0
+
+    def __enter__(self):
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._t
+        self.calls += 1
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_uri: str
+    version: str | None
+    aliases: list[str]
+    best_params: dict
+    test_metrics: dict
+    threshold: float
+    onnx_max_abs_diff: float
+    n_trials: int
+    sweep_seconds: float
+    logging_seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+
+def validate_clean(clean: pd.DataFrame, contract: DatasetContract, subject: str) -> None:
+    """Raise ContractViolation with the full report when the frame breaks the contract."""
+    from churnops.contract import check_clean_frame
+
+    report = check_clean_frame(clean, contract, subject=subject)
+    if not report.ok:
+        raise ContractViolation(report)
+
+
+def prepare(clean: pd.DataFrame, contract: DatasetContract, s: Settings) -> Prepared:
+    """Encode features (contract columns only: ids and leakage never reach the model) and split."""
+    enc = FeatureEncoder.from_contract(contract)
+    X = enc.transform_frame(clean)
+    y = clean[contract.target.name].to_numpy().astype(np.int32)
+    tr, va, te = stratified_split(y, s.test_size, s.val_size, s.seed)
+    split = Split(X[tr], y[tr], X[va], y[va], X[te], y[te])
+    return Prepared(clean, split, tr, va, te, enc)
+
+
+def sweep_config(s: Settings, n_trials: int | None = None) -> SweepConfig:
+    return SweepConfig(
+        n_trials=n_trials or s.n_trials, seed=s.seed, max_trees=s.max_trees,
+        early_stopping=s.early_stopping_rounds, threads=s.train_threads,
+        executor=s.sweep_executor, dask_address=s.dask_address, dask_workers=s.dask_workers,
+    )
+
+
+def training_config(s: Settings, contract: DatasetContract) -> dict:
+    """What determines a run's result besides the data: hashed into the `config_hash` tag."""
+    return {
+        "contract": contract.fingerprint(),
+        "n_trials": s.n_trials, "seed": s.seed, "test_size": s.test_size, "val_size": s.val_size,
+        "max_trees": s.max_trees, "early_stopping_rounds": s.early_stopping_rounds,
+        "threshold_strategy": s.threshold_strategy, "target_precision": s.target_precision,
+        "sweep_executor": s.sweep_executor,
+    }
+
+
+# ---- tracking -----------------------------------------------------------------------------------------
+
+
+class TrialLogger:
+    """Logs each finished trial as a nested MLflow run (3 calls: create, batch, terminate)."""
+
+    def __init__(self, mlflow_client, experiment_id: str, parent_run_id: str, timer: Timer, progress=None):
+        self.c, self.exp, self.parent, self.timer, self.progress = mlflow_client, experiment_id, parent_run_id, timer, progress
+        self.best_auc = -1.0
+
+    def __call__(self, tr: TrialResult) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        with self.timer:
+            run = self.c.create_run(
+                self.exp, run_name=f"trial-{tr.number:03d}",
+                tags={"mlflow.parentRunId": self.parent, "trial": str(tr.number)},
+            )
+            params = [Param(k, repr(v) if isinstance(v, float) else str(v)) for k, v in tr.params.items()]
+            params.append(Param("n_trees", str(tr.n_trees)))
+            metrics = [Metric(f"val_{k}", v, now, 0) for k, v in tr.metrics.items()]
+            metrics.append(Metric("fit_seconds", tr.fit_seconds, now, 0))
+            self.c.log_batch(run.info.run_id, metrics=metrics, params=params)
+            self.c.set_terminated(run.info.run_id)
+        self.best_auc = max(self.best_auc, tr.metrics["auc_roc"])
+        if self.progress is not None:
+            self.progress.set_postfix(auc=f"{tr.metrics['auc_roc']:.4f}", best=f"{self.best_auc:.4f}")
+            self.progress.update(1)
+
+
+def start_parent_run(s: Settings, tags: dict) -> tuple[str, str]:
+    """Create the sweep's parent run; returns (experiment_id, run_id)."""
+    import mlflow
+
+    from churnops.registry import client
+
+    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+    c = client(s)
+    exp = c.get_experiment_by_name(s.experiment_name)
+    exp_id = exp.experiment_id if exp else c.create_experiment(s.experiment_name)
+    run = c.create_run(exp_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
+    return exp_id, run.info.run_id
+
+
+# ---- sweep and refit ----------------------------------------------------------------------------------
+
+
+def sweep(prep: Prepared, s: Settings, exp_id: str, parent_run_id: str, timer: Timer,
+          n_trials: int | None = None, show_progress: bool = True) -> list[TrialResult]:
+    """Run the TPE sweep; every trial becomes a nested run of `parent_run_id`."""
+    from tqdm.auto import tqdm
+
+    from churnops.registry import client
+
+    cfg = sweep_config(s, n_trials)
+    bar = tqdm(total=cfg.n_trials, desc="sweep trials", unit="trial", disable=not show_progress, mininterval=0.5)
+    try:
+        return run_sweep(prep.split, cfg, TrialLogger(client(s), exp_id, parent_run_id, timer, bar))
+    finally:
+        bar.close()
+
+
+def refit(prep: Prepared, best: TrialResult, s: Settings):
+    """Refit the best configuration on train with its early-stopped tree count (deterministic)."""
+    model = make_classifier(best.params, s.seed, best.n_trees, s.train_threads, None)
+    model.fit(prep.split.X_train, prep.split.y_train, verbose=False)
+    return model
+
+
+def evaluate(model, prep: Prepared, best: TrialResult, s: Settings) -> dict:
+    """Threshold from validation; metrics, confusion matrix, calibration on the held-out test set."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import confusion_matrix
+
+    val_proba = model.predict_proba(prep.split.X_val)[:, 1]
+    threshold = choose_threshold(prep.split.y_val, val_proba, s.threshold_strategy, s.target_precision)
+    test_proba = model.predict_proba(prep.split.X_test)[:, 1]
+    metrics = classification_metrics(prep.split.y_test, test_proba, threshold)
+    cm = confusion_matrix(prep.split.y_test, (test_proba >= threshold).astype(int), labels=[0, 1])
+    frac_pos, mean_pred = calibration_curve(prep.split.y_test, test_proba, n_bins=10, strategy="quantile")
+    importance = dict(zip(prep.encoder.output_names, model.feature_importances_.astype(float).tolist()))
+    return {
+        "threshold": threshold,
+        "metrics": metrics,
+        "test_proba": test_proba,
+        "confusion_matrix": cm.tolist(),
+        "calibration": {"mean_predicted": mean_pred.tolist(), "fraction_positive": frac_pos.tolist()},
+        "feature_importance": dict(sorted(importance.items(), key=lambda kv: -kv[1])),
+    }
+
+
+# ---- artifacts --------------------------------------------------------------------------------------------
+
+
+def baseline_statistics(clean: pd.DataFrame, contract: DatasetContract, bins: int = 10) -> dict:
+    """Per-feature reference statistics for drift monitoring (quantile bin edges, frequencies)."""
+    out: dict = {"rows": int(len(clean)), "features": {}}
+    for name, spec in contract.features.items():
+        col = clean[name]
+        if spec.kind == "numeric":
+            v = col.dropna().to_numpy(dtype=float)
+            edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1))) if len(v) else np.array([])
+            out["features"][name] = {
+                "kind": "numeric", "mean": float(v.mean()) if len(v) else None,
+                "std": float(v.std()) if len(v) else None,
+                "min": float(v.min()) if len(v) else None, "max": float(v.max()) if len(v) else None,
+                "quantile_edges": edges.tolist(), "null_fraction": float(col.isna().mean()),
+            }
+        else:
+            freq = col.fillna("<missing>").value_counts(normalize=True)
+            out["features"][name] = {
+                "kind": spec.kind, "frequencies": {str(k): float(v) for k, v in freq.items()},
+                "null_fraction": float(col.isna().mean()),
+            }
+    target = contract.target.name
+    if target in clean:
+        out["target_rate"] = float(clean[target].mean())
+    return out
+
+
+def _plots(ev: dict, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(ev["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks([0, 1], ["stay", "churn"]), ax.set_yticks([0, 1], ["stay", "churn"])
+    ax.set_xlabel("predicted"), ax.set_ylabel("actual"), ax.set_title(f"test @ threshold {ev['threshold']:.3f}")
+    fig.tight_layout(), fig.savefig(folder / "confusion_matrix.png", dpi=90), plt.close(fig)
+
+    cal = ev["calibration"]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot(cal["mean_predicted"], cal["fraction_positive"], "o-")
+    ax.set_xlabel("mean predicted"), ax.set_ylabel("fraction churned"), ax.set_title("calibration (test)")
+    fig.tight_layout(), fig.savefig(folder / "calibration_curve.png", dpi=90), plt.close(fig)
+
+    top = list(ev["feature_importance"].items())[:20][::-1]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.barh([k for k, _ in top], [v for _, v in top])
+    ax.set_title("feature importance (gain share)")
+    fig.tight_layout(), fig.savefig(folder / "feature_importance.png", dpi=90), plt.close(fig)
+
+
+def data_profile_html(clean: pd.DataFrame, contract: DatasetContract, path: Path) -> None:
+    """Evidently data summary of the training snapshot (the automated exploratory analysis)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataSummaryPreset
+
+    dd = DataDefinition(
+        numerical_columns=contract.numeric_features + [contract.target.name],
+        categorical_columns=contract.categorical_features + contract.ordinal_features,
+    )
+    snap = Report([DataSummaryPreset()]).run(current_data=Dataset.from_pandas(clean, data_definition=dd))
+    snap.save_html(str(path))
+
+
+def log_and_register(
+    model, prep: Prepared, ev: dict, best: TrialResult, trials: list[TrialResult],
+    contract: DatasetContract, s: Settings, parent_run_id: str, timer: Timer, lineage: dict,
+    data_profile: bool = True,
+) -> TrainOutcome:
+    """Bundle + ONNX parity gate, log everything to the parent run, then register."""
+    import mlflow
+
+    from churnops.bundle import ChurnPyfunc, export_onnx, onnx_parity, write_bundle
+    from churnops.registry import register
+
+    onnx_bytes = export_onnx(model, prep.encoder.width)
+    diff = onnx_parity(onnx_bytes, prep.split.X_test, ev["test_proba"])
+    if not diff <= s.onnx_tolerance:
+        with timer:
+            mlflow.MlflowClient(s.mlflow_tracking_uri).log_metric(parent_run_id, "onnx_max_abs_diff", diff)
+        raise ParityError(f"ONNX parity {diff:.2e} > tolerance {s.onnx_tolerance:.0e}: model not registered")
+
+    meta = {
+        "model_name": s.model_name, "dataset": contract.name, "target": contract.target.name,
+        "features": contract.feature_names, "test_metrics": ev["metrics"], "best_params": best.params,
+        "n_trees": best.n_trees, "onnx_max_abs_diff": diff, "run_id": parent_run_id,
+        "threshold_strategy": s.threshold_strategy, **{k: v for k, v in lineage.items() if not k.startswith("pkg.")},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle_dir = write_bundle(tmp / "bundle", prep.encoder, model, ev["threshold"], meta, onnx_bytes)
+        art = tmp / "artifacts"
+        art.mkdir()
+        (art / "evaluation.json").write_text(json.dumps(
+            {k: v for k, v in ev.items() if k != "test_proba"} | {"onnx_max_abs_diff": diff}, indent=1))
+        (art / "threshold.json").write_text(json.dumps(
+            {"threshold": ev["threshold"], "strategy": s.threshold_strategy, "target_precision": s.target_precision}))
+        (art / "baseline_stats.json").write_text(json.dumps(baseline_statistics(prep.clean.iloc[prep.idx_train], contract), indent=1))
+        ref = prep.clean.iloc[prep.idx_train]
+        if len(ref) > s.reference_sample_rows:
+            ref = ref.sample(s.reference_sample_rows, random_state=s.seed)
+        ref = ref.copy()
+        ref["prediction"] = model.predict_proba(prep.encoder.transform_frame(ref))[:, 1]
+        ref.to_csv(art / "reference_sample.csv", index=False)
+        pd.DataFrame([{"trial": t.number, **t.params, "n_trees": t.n_trees, **{f"val_{k}": v for k, v in t.metrics.items()}}
+                      for t in trials]).to_csv(art / "trials.csv", index=False)
+        _plots(ev, art)
+        if data_profile:
+            data_profile_html(prep.clean, contract, art / "data_profile.html")
+
+        from mlflow.models import infer_signature
+
+        example = prep.clean[contract.feature_names].head(5)
+        signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "churn": [1]}))
+        with timer:
+            mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+            with mlflow.start_run(run_id=parent_run_id):
+                mlflow.log_params({k: (repr(v) if isinstance(v, float) else v) for k, v in best.params.items()} | {"n_trees": best.n_trees})
+                mlflow.log_metrics({f"test_{k}": v for k, v in ev["metrics"].items()}
+                                   | {"threshold": ev["threshold"], "onnx_max_abs_diff": diff,
+                                      "best_val_auc_roc": best.metrics["auc_roc"], "n_trials": len(trials)})
+                mlflow.log_artifacts(str(art))
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=ChurnPyfunc(), artifacts={"bundle": str(bundle_dir)},
+                    signature=signature, pip_requirements=["xgboost", "onnxruntime", "pandas", "numpy", "mlflow"],
+                    code_paths=[str(Path(__file__).resolve().parent)],
+                )
+        with timer:
+            version, aliases = register(parent_run_id, info.model_uri, s, tags={"run_id": parent_run_id})
+            mlflow.MlflowClient(s.mlflow_tracking_uri).set_tag(parent_run_id, "registered_version", str(version))
+    return TrainOutcome(
+        run_id=parent_run_id, model_uri=info.model_uri, version=str(version), aliases=aliases,
+        best_params=best.params, test_metrics=ev["metrics"], threshold=ev["threshold"],
+        onnx_max_abs_diff=diff, n_trials=len(trials), sweep_seconds=0.0, logging_seconds=timer.seconds,
+    )

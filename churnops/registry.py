@@ -1,0 +1,115 @@
+"""MLflow registry access: register, move aliases, resolve what to serve, pin the champion."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from churnops.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class TrackingUnreachable(ConnectionError):
+    """The MLflow tracking server did not answer."""
+
+
+def client(settings: Settings | None = None):
+    from mlflow.tracking import MlflowClient
+
+    s = settings or get_settings()
+    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
+
+
+def check_tracking(settings: Settings | None = None, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the tracking server is not healthy."""
+    import urllib.error
+    import urllib.request
+
+    s = settings or get_settings()
+    uri = s.mlflow_tracking_uri
+    if not uri.startswith("http"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:  # noqa: S310
+            if r.status != 200:
+                raise TrackingUnreachable(f"MLflow server {uri} answered {r.status} on /health")
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingUnreachable(f"MLflow server {uri} unreachable ({exc}); start it with `make up`") from exc
+
+
+def alias_version(name: str, alias: str, settings: Settings | None = None):
+    """The ModelVersion behind `name@alias`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(settings).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(run_id: str, model_uri: str, settings: Settings | None = None, tags: dict | None = None):
+    """Register `model_uri` under the configured name; set `challenger`, and `champion` if none.
+
+    Returns (version, aliases set). Called only after every check passed, so a failed run
+    never moves an alias.
+    """
+    import mlflow
+
+    s = settings or get_settings()
+    c = client(s)
+    mlflow.set_registry_uri(s.mlflow_tracking_uri)
+    mv = mlflow.register_model(model_uri, s.model_name, tags=tags or {})
+    aliases = [CHALLENGER]
+    c.set_registered_model_alias(s.model_name, CHALLENGER, mv.version)
+    if alias_version(s.model_name, CHAMPION, s) is None:
+        c.set_registered_model_alias(s.model_name, CHAMPION, mv.version)
+        aliases.append(CHAMPION)
+    log.info("registered %s version %s (run %s) aliases=%s", s.model_name, mv.version, run_id, aliases)
+    return mv.version, aliases
+
+
+def resolve_model_uri(settings: Settings | None = None) -> str:
+    """What the servers load: `MODEL_URI` if set, else `runs:/<RUN_ID>/model`."""
+    s = settings or get_settings()
+    if s.model_uri:
+        return s.model_uri
+    if s.run_id:
+        return f"runs:/{s.run_id}/model"
+    return f"models:/{s.model_name}@{CHAMPION}"
+
+
+def write_env_value(path: Path, key: str, value: str) -> None:
+    """Set `KEY=value` in a dotenv file, replacing an existing line or appending one."""
+    text = path.read_text() if path.exists() else ""
+    line = f"{key}={value}"
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=.*$", re.MULTILINE)
+    text = pattern.sub(line, text, count=1) if pattern.search(text) else (text.rstrip("\n") + "\n" + line + "\n").lstrip("\n")
+    path.write_text(text)
+
+
+def pin_champion(settings: Settings | None = None, env_path: Path | None = None) -> str:
+    """Write the champion's RUN_ID into `.env.local` (the seed project's pinning flow)."""
+    from churnops.settings import env_file
+
+    s = settings or get_settings()
+    mv = alias_version(s.model_name, CHAMPION, s)
+    if mv is None:
+        raise LookupError(f"no {s.model_name}@{CHAMPION} in {s.mlflow_tracking_uri}: run `make train` first")
+    write_env_value(env_path or env_file(), "RUN_ID", mv.run_id)
+    return mv.run_id
+
+
+def pin_main() -> None:
+    from churnops.cli import fail, setup_logging
+    from churnops.settings import env_file
+
+    setup_logging()
+    try:
+        run_id = pin_champion()
+    except Exception as exc:
+        fail(exc, "make pin")
+    print(f"pinned RUN_ID={run_id} in {env_file()}")

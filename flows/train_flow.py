@@ -1,0 +1,169 @@
+"""Prefect flow: the hyperopt sweep that trains, checks and registers the churn model.
+
+Thin over `churnops.pipeline`: each step is a task so the Prefect UI shows where a run is and
+where it failed. `make train` runs it in this process (progress bar per trial); the scheduled
+deployment (`flows/deployments.py`) runs the same flow on a work-pool worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from churnops import pipeline
+from churnops.contract import ContractViolation, load_contract
+from churnops.settings import Settings, get_settings
+
+FLOW_NAME = "train-churn-model"
+
+
+class PreflightError(RuntimeError):
+    """A dependency (S3 endpoint, MLflow server, snapshot) is missing or unreachable."""
+
+
+@task(name="preflight", cache_policy=NO_CACHE, retries=0)
+def preflight(s: Settings) -> None:
+    """Fail fast, naming the endpoint, when S3 or MLflow cannot be reached."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from churnops.aws import client
+    from churnops.registry import TrackingUnreachable, check_tracking
+
+    try:
+        client("s3", s, max_attempts=1).head_bucket(Bucket=s.bucket)
+    except ClientError as exc:
+        raise PreflightError(f"bucket s3://{s.bucket} not found at {s.aws_endpoint_url}: run `make init_aws`") from exc
+    except BotoCoreError as exc:
+        raise PreflightError(f"S3 endpoint {s.aws_endpoint_url} unreachable ({exc}); start it with `make up`") from exc
+    try:
+        check_tracking(s)
+    except TrackingUnreachable as exc:
+        raise PreflightError(str(exc)) from exc
+
+
+@task(name="load-snapshot", cache_policy=NO_CACHE)
+def load_snapshot(s: Settings, data: str | None):
+    """Latest clean snapshot from S3 (ingesting `data` first when given)."""
+    from botocore.exceptions import ClientError
+
+    from churnops.cleaning import check_raw_frame
+    from churnops.feature_store import latest_snapshot, put_snapshot, read_snapshot
+    from churnops.sources import load_raw
+
+    contract = load_contract(s.dataset)
+    if data:
+        raw = load_raw(s, data)
+        clean, report = check_raw_frame(raw.frame, contract, subject=raw.source)
+        if not report.ok:
+            raise ContractViolation(report)
+        snap = put_snapshot(clean, contract, raw.source, raw.synthetic, s)
+    else:
+        try:
+            snap = latest_snapshot(contract, s)
+        except ClientError as exc:
+            raise PreflightError(
+                f"no snapshot for dataset {contract.name} in s3://{s.bucket}/{s.snapshot_prefix}/: run `make init_aws`"
+            ) from exc
+    get_run_logger().info("snapshot %s rows=%d synthetic=%s", snap.uri, snap.rows, snap.synthetic)
+    return snap, read_snapshot(snap, contract, s)
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(clean, s: Settings, subject: str) -> None:
+    pipeline.validate_clean(clean, load_contract(s.dataset), subject)
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def prepare(clean, s: Settings):
+    return pipeline.prepare(clean, load_contract(s.dataset), s)
+
+
+@task(name="sweep", cache_policy=NO_CACHE)
+def sweep(prep, s: Settings, exp_id: str, parent_run_id: str, timer, n_trials: int | None, progress: bool):
+    t0 = time.perf_counter()
+    trials = pipeline.sweep(prep, s, exp_id, parent_run_id, timer, n_trials, progress)
+    best = pipeline.best_trial(trials)
+    get_run_logger().info(
+        "%d trials in %.1f s; best #%d val AUC %.4f (%d trees)",
+        len(trials), time.perf_counter() - t0, best.number, best.metrics["auc_roc"], best.n_trees,
+    )
+    return trials, best, time.perf_counter() - t0
+
+
+@task(name="refit-evaluate", cache_policy=NO_CACHE)
+def refit_evaluate(prep, best, s: Settings):
+    model = pipeline.refit(prep, best, s)
+    return model, pipeline.evaluate(model, prep, best, s)
+
+
+@task(name="onnx-log-register", cache_policy=NO_CACHE)
+def log_register(model, prep, ev, best, trials, s: Settings, parent_run_id, timer, lineage, data_profile: bool):
+    return pipeline.log_and_register(
+        model, prep, ev, best, trials, load_contract(s.dataset), s, parent_run_id, timer, lineage, data_profile
+    )
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def train_flow(n_trials: int | None = None, data: str | None = None, progress: bool = False,
+               data_profile: bool = True) -> dict:
+    """Sweep, refit, check and register the churn model. Returns the run summary."""
+    from churnops.lineage import lineage_tags
+    from churnops.registry import client
+
+    s = get_settings()
+    contract = load_contract(s.dataset)
+    preflight(s)
+    snap, clean = load_snapshot(s, data)
+    validate(clean, s, snap.uri)
+    prep = prepare(clean, s)
+    config = pipeline.training_config(s, contract) | {"n_trials": n_trials or s.n_trials}
+    lineage = lineage_tags(snap.sha256, config, s.seed, snap.synthetic, snap.uri)
+    exp_id, run_id = pipeline.start_parent_run(s, lineage | {"dataset": contract.name})
+    timer = pipeline.Timer()
+    try:
+        trials, best, sweep_s = sweep(prep, s, exp_id, run_id, timer, n_trials, progress)
+        model, ev = refit_evaluate(prep, best, s)
+        out = log_register(model, prep, ev, best, trials, s, run_id, timer, lineage, data_profile)
+    except BaseException:
+        client(s).set_terminated(run_id, status="FAILED")
+        raise
+    client(s).set_terminated(run_id)
+    out.sweep_seconds = sweep_s
+    summary = {
+        "run_id": out.run_id, "model_name": s.model_name, "version": out.version, "aliases": out.aliases,
+        "test_metrics": out.test_metrics, "threshold": out.threshold, "onnx_max_abs_diff": out.onnx_max_abs_diff,
+        "n_trials": out.n_trials, "sweep_seconds": sweep_s, "logging_seconds": out.logging_seconds,
+        "best_params": out.best_params, "dataset_sha256": snap.sha256, "synthetic": snap.synthetic,
+    }
+    return summary
+
+
+def main() -> None:
+    """`make train`: run the flow now in this process and print the outcome."""
+    import json
+
+    from churnops.cli import fail, setup_logging
+
+    setup_logging()
+    s = get_settings()
+    try:
+        summary = train_flow(progress=sys.stderr.isatty() or True)
+    except Exception as exc:
+        fail(exc, f"training flow {FLOW_NAME}")
+    m = summary["test_metrics"]
+    tag = " (SYNTHETIC data)" if summary["synthetic"] else ""
+    print(f"\nregistered {summary['model_name']} v{summary['version']} aliases={summary['aliases']}{tag}")
+    print(f"run_id {summary['run_id']}")
+    print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()) + f"  threshold={summary['threshold']:.3f}")
+    print(f"onnx parity max|diff|={summary['onnx_max_abs_diff']:.2e}  sweep {summary['sweep_seconds']:.1f} s "
+          f"({summary['n_trials']} trials), MLflow logging {summary['logging_seconds']:.1f} s")
+    print(f"MLflow  {s.mlflow_tracking_uri}/#/models/{s.model_name}")
+    logging.getLogger(__name__).debug(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    main()
