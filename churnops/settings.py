@@ -77,8 +77,55 @@ class Settings(BaseSettings):
     run_id: str | None = None
     model_uri: str | None = None
 
+    # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
+    api_url: str = "http://127.0.0.1:9696"
+    api_host: str = "127.0.0.1"
+    api_port: int = 9696
+    api_workers: int = 2
+    admin_token: str = "change-me-local-admin"
+    canary_fraction: float = 0.0
+    unknown_category: Literal["reject", "unknown"] = "reject"
+    max_body_bytes: int = 1_000_000
+    batch_row_limit: int = 1000
+    mongodb_uri: str | None = None
+    mongodb_db: str = "churn"
+    prediction_db_path: Path | None = None  # embedded store file; default <state_dir>/predictions.db
+    spool_dir: Path | None = None            # default <state_dir>/spool
+    log_flush_interval_s: float = 0.5
+    log_batch_size: int = 500
+    consumer_batch_size: int = 500
+    consumer_poll_interval_s: float = 0.2
+    consumer_index: int = 0                  # this consumer's slot among consumer_count
+    consumer_count: int = 1
+
+    # --- monitoring (reports, drift, retraining) -------------------------------------------------
+    reports_dir: Path | None = None          # default <state_dir>/reports
+    reports_port: int = 8888
+    report_window_hours: float = 3.0
+    report_interval_hours: float = 3.0
+    report_min_rows: int = 200
+    report_max_rows: int = 10_000
+    psi_warn: float = 0.1
+    psi_critical: float = 0.2
+    drift_p_value: float = 0.05
+    retrain_cooldown_hours: float = 12.0
+    auc_floor: float = 0.85
+    alert_webhook_url: str | None = None
+    alert_timeout_s: float = 5.0
+    alert_retries: int = 3
+    simulate_rate: float = 20.0              # records per second per simulator
+    simulate_seconds: float = 30.0
+    simulate_count: int | None = None
+    simulate_drift: str | None = None        # shift|category|missing|concept (comma-separated)
+    simulate_drift_mode: Literal["sudden", "gradual"] = "sudden"
+    feedback_delay_s: float = 5.0
+
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"
+
+    def state_path(self, value: Path | None, default: str) -> Path:
+        """`value` when set, else `<state_dir>/<default>`."""
+        return Path(value) if value else self.state_dir / default
 
     def aws_kwargs(self) -> dict:
         """Keyword arguments for boto3 clients."""

@@ -1,0 +1,52 @@
+"""The training flow end to end on real servers: moto S3, MLflow server, Prefect harness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_flow_registers_model_with_aliases_and_lineage(trained, stack_env):
+    from churnops.registry import alias_version, client
+
+    assert trained["version"] == "1"
+    assert set(trained["aliases"]) == {"champion", "challenger"}
+    assert trained["test_metrics"]["auc_roc"] > 0.97
+    assert trained["onnx_max_abs_diff"] <= 1e-4
+    assert alias_version(stack_env.model_name, "champion", stack_env).run_id == trained["run_id"]
+    run = client(stack_env).get_run(trained["run_id"])
+    tags = run.data.tags
+    assert tags["dataset_sha256"] == trained["dataset_sha256"] and len(tags["dataset_sha256"]) == 64
+    assert tags["data_source"] == "real"
+    assert tags["seed"] == "42" and len(tags["config_hash"]) == 64
+    assert "pkg.xgboost" in tags and tags["git_commit"]
+    children = client(stack_env).search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{trained['run_id']}'"
+    )
+    assert len(children) == 6
+    for child in children:
+        assert {"learning_rate", "max_depth", "n_trees"} <= set(child.data.params)
+        assert {"val_auc_roc", "val_pr_auc", "val_log_loss", "val_f1"} <= set(child.data.metrics)
+
+
+def test_logged_bundle_has_no_leakage_and_onnx_matches(trained, stack_env, tmp_path):
+    import mlflow
+
+    from churnops.bundle import Bundle
+
+    mlflow.set_tracking_uri(stack_env.mlflow_tracking_uri)
+    path = mlflow.artifacts.download_artifacts(f"runs:/{trained['run_id']}/model", dst_path=str(tmp_path))
+    bundle_dir = f"{path}/artifacts/bundle"
+    meta = json.loads(open(f"{bundle_dir}/meta.json").read())
+    assert not any(f.lower().startswith("naive_bayes") or f == "clientnum" for f in meta["features"])
+    onnx = Bundle.load(bundle_dir, prefer_onnx=True)
+    native = Bundle.load(bundle_dir, prefer_onnx=False)
+    assert onnx.runtime == "onnx" and native.runtime == "xgboost"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, onnx.encoder.width)).astype(np.float32) * 100
+    assert np.max(np.abs(onnx.predict_matrix(X) - native.predict_matrix(X))) < 1e-4
+    assert meta["threshold"] == pytest.approx(trained["threshold"])
