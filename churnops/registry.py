@@ -113,3 +113,61 @@ def pin_main() -> None:
     except Exception as exc:
         fail(exc, "make pin")
     print(f"pinned RUN_ID={run_id} in {env_file()}")
+
+
+def rollback(settings: Settings | None = None) -> tuple[str, str]:
+    """Move `champion` back to the version that held it before (recorded in a tag); audited.
+
+    Every promotion through `promote` records the previous champion on the new version as tag
+    `previous_champion`; rollback follows it. Returns (from_version, to_version).
+    """
+    import time as _time
+
+    s = settings or get_settings()
+    c = client(s)
+    current = alias_version(s.model_name, CHAMPION, s)
+    if current is None:
+        raise LookupError(f"{s.model_name} has no {CHAMPION}: nothing to roll back")
+    prev = current.tags.get("previous_champion")
+    if not prev:
+        versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{s.model_name}'"))
+        older = [v for v in versions if v < int(current.version)]
+        if not older:
+            raise LookupError(f"{s.model_name} v{current.version} is the only candidate: nothing to roll back to")
+        prev = str(older[-1])
+    c.set_registered_model_alias(s.model_name, CHAMPION, prev)
+    c.set_model_version_tag(s.model_name, prev, "rolled_back_from", current.version)
+    c.set_registered_model_tag(s.model_name, f"audit.{int(_time.time())}", f"rollback champion v{current.version} -> v{prev}")
+    return current.version, prev
+
+
+def promote(version: str, settings: Settings | None = None) -> str | None:
+    """Make `version` the champion, remembering the previous one for rollback; audited."""
+    import time as _time
+
+    s = settings or get_settings()
+    c = client(s)
+    current = alias_version(s.model_name, CHAMPION, s)
+    if current is not None and current.version != str(version):
+        c.set_model_version_tag(s.model_name, str(version), "previous_champion", current.version)
+    c.set_registered_model_alias(s.model_name, CHAMPION, str(version))
+    c.set_registered_model_tag(
+        s.model_name, f"audit.{int(_time.time())}",
+        f"promote v{version} to champion (was v{current.version if current else 'none'})",
+    )
+    return current.version if current else None
+
+
+def rollback_main() -> None:
+    from churnops.cli import fail, setup_logging
+    from churnops.settings import env_file
+
+    setup_logging()
+    s = get_settings()
+    try:
+        old, new = rollback(s)
+        mv = alias_version(s.model_name, CHAMPION, s)
+        write_env_value(env_file(), "RUN_ID", mv.run_id)
+    except Exception as exc:
+        fail(exc, "make rollback")
+    print(f"champion {s.model_name}: v{old} -> v{new}; pinned RUN_ID={mv.run_id} (restart serving: make start-serve)")

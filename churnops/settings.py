@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     simulate_drift: str | None = None        # shift|category|missing|concept (comma-separated)
     simulate_drift_mode: Literal["sudden", "gradual"] = "sudden"
     feedback_delay_s: float = 5.0
+    reports_host: str = "127.0.0.1"
+    report_keep: int = 500                   # newest reports kept in reports_dir (0 = all)
+    retrain_min_critical_features: int = 2   # critical features that make the window critical
+    training_deployment: str = "train-churn-model/churn-sweep"
+    drift_cache_s: float = 60.0              # GET /drift/* recomputes at most this often
 
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"
@@ -137,6 +142,22 @@ class Settings(BaseSettings):
         if self.aws_endpoint_url:
             kw["endpoint_url"] = self.aws_endpoint_url
         return kw
+
+
+def export_env() -> None:
+    """Copy the selected dotenv file into os.environ (process env wins).
+
+    Entry points call this before importing Prefect or MLflow, whose clients read
+    PREFECT_API_URL / MLFLOW_TRACKING_URI from the environment, so `.env.local` drives them too.
+    """
+    from dotenv import dotenv_values
+
+    path = env_file()
+    if path.exists():
+        for key, value in dotenv_values(path).items():
+            if value is not None and value != "":
+                os.environ.setdefault(key.upper(), value)
+    get_settings.cache_clear()
 
 
 @lru_cache(maxsize=1)

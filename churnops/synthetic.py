@@ -32,8 +32,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def generate_customers(n: int = 10_127, seed: int = 42, churn_rate: float = 0.16) -> pd.DataFrame:
-    """Return `n` synthetic customers as a raw BankChurners-shaped frame (same 23 columns)."""
+def generate_customers(
+    n: int = 10_127, seed: int = 42, churn_rate: float = 0.16, signal: float = 2.5
+) -> pd.DataFrame:
+    """Return `n` synthetic customers as a raw BankChurners-shaped frame (same 23 columns).
+
+    `signal` scales the churn mechanism's log-odds: higher makes churn easier to predict.
+    """
     rng = np.random.default_rng(seed)
     age = np.clip(rng.normal(46, 8, n).round(), 26, 73).astype(int)
     gender = rng.choice(["F", "M"], n, p=[0.53, 0.47])
@@ -79,6 +84,7 @@ def generate_customers(n: int = 10_127, seed: int = 42, churn_rate: float = 0.16
         - 1.1 * (amt_chng - 0.76)
         + 0.15 * (gender == "F")
     )
+    logit = signal * logit  # signal 2.5: untuned XGBoost reaches AUC about 0.96 (real data: 0.993)
     # shift the intercept so the expected churn rate matches `churn_rate`
     lo, hi = -20.0, 20.0
     for _ in range(60):

@@ -1,0 +1,117 @@
+# ChurnOps: the whole lifecycle on one laptop. `make demo` then `make test`; `make help` lists all.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+env ?= local
+export ENV := $(env)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+STACK := $(BIN)/churnops-stack
+
+.PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
+        setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
+        rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (first time: about 2-3 minutes)"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
+
+system-deps: ## optional: nginx for the reports server (root + apt only; a Python server is the fallback)
+	@if command -v nginx >/dev/null; then echo "nginx present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx-light >/dev/null 2>&1)) \
+	  && echo "nginx installed" || echo "nginx not installed: the Python static server will serve reports"; \
+	else echo "nginx absent: the Python static server will serve reports"; fi
+
+demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deployments, sweep, pin, serve
+	@$(MAKE) --no-print-directory up
+	@$(MAKE) --no-print-directory init_aws
+	@$(MAKE) --no-print-directory apply-model-train-flow
+	@$(MAKE) --no-print-directory train
+	@$(MAKE) --no-print-directory pin
+	@if $(BIN)/python -c "import serving.gunicorn_conf" 2>/dev/null; then $(MAKE) --no-print-directory start-serve; fi
+	@if $(BIN)/python -c "import flows.report_flow" 2>/dev/null; then $(MAKE) --no-print-directory apply-prediction-reporting; fi
+	@echo ""
+	@echo "== demo done =="
+	@echo "  MLflow   http://127.0.0.1:5051   (experiment churn-sweep, model churn-xgboost)"
+	@echo "  Prefect  http://127.0.0.1:4200   (deployments train-churn-model/churn-sweep ...)"
+	@echo "  S3/Kinesis (moto)  http://127.0.0.1:4566"
+	@if $(BIN)/python -c "import serving.gunicorn_conf" 2>/dev/null; then echo "  API      http://127.0.0.1:9696"; fi
+	@if $(BIN)/python -c "import reporting.webserver" 2>/dev/null; then echo "  Reports  http://127.0.0.1:8888"; fi
+	@echo "  stop with: make down"
+
+test: $(STAMP) ## run the whole test suite (bootstraps .venv)
+	$(BIN)/python -m pytest -q
+
+run_tests: test ## alias of test
+
+up: $(STAMP) ## start the embedded stack (moto, MLflow, Prefect server + worker) under supervisord
+	@$(STACK) up
+
+down: ## stop the embedded stack
+	@test -x $(STACK) && $(STACK) down || echo "nothing to stop"
+
+status: ## show the stack's processes and health
+	@$(STACK) status
+
+init_aws: $(STAMP) ## bucket, streams, and a cleaned SHA-256-versioned snapshot (DATA=path|s3://|https://; none = synthetic)
+	@$(BIN)/churnops-init-aws
+
+apply-model-train-flow: $(STAMP) ## register the scheduled training deployment (every TRAIN_INTERVAL_HOURS, default 6)
+	@$(BIN)/churnops-deploy train
+
+train: $(STAMP) ## run the hyperopt sweep now and wait (progress bar per trial)
+	@$(BIN)/churnops-train
+
+pin: $(STAMP) ## write the champion's RUN_ID into .env.local
+	@$(BIN)/churnops-pin
+
+setup-model-serve: $(STAMP) ## stack up, pin the champion if nothing is pinned, start API + consumer
+	@$(MAKE) --no-print-directory up
+	@grep -q '^RUN_ID=.\+' .env.$(env) 2>/dev/null || $(MAKE) --no-print-directory pin
+	@$(MAKE) --no-print-directory start-serve
+
+start-serve: $(STAMP) ## (re)start the HTTP API on 9696 and the Kinesis consumer on the pinned model
+	@$(STACK) start api consumer
+
+stop-serve: ## stop the HTTP API and the Kinesis consumer
+	@$(STACK) stop api consumer
+
+apply-prediction-reporting: $(STAMP) ## register the report flow (every 3 h) and the retrain trigger
+	@$(BIN)/churnops-deploy report
+
+report: $(STAMP) ## build a drift/quality report of the logged predictions now
+	@$(BIN)/python -m flows.report_flow
+
+simulate: $(STAMP) ## send business traffic over HTTP and Kinesis for a bounded time (SIMULATE_SECONDS)
+	@$(BIN)/python -m simulators.run
+
+rollback: $(STAMP) ## move champion back to the previous version and re-pin RUN_ID
+	@$(BIN)/churnops-rollback
+
+reset_all: ## stop everything and delete all local state (.stack: MLflow db, Prefect db, logs, reports)
+	@$(MAKE) --no-print-directory down || true
+	rm -rf .stack
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check churnops flows serving simulators reporting bench tests
+
+bench: bench-train bench-serve bench-monitor ## all benchmarks -> bench/results/*.json
+
+bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> bench/results/train.json
+	$(BIN)/python bench/bench_train.py
+
+bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
+	$(BIN)/python bench/bench_serve.py
+
+bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json
+	$(BIN)/python bench/bench_monitor.py

@@ -1,0 +1,99 @@
+"""Every Prefect deployment of the project, declared in one place.
+
+`churnops-deploy train` (make apply-model-train-flow) and `churnops-deploy report`
+(make apply-prediction-reporting) register them with the Prefect server in `PREFECT_API_URL`
+on the process work pool `WORK_POOL` (created if missing). A worker polling that pool runs
+them: on the embedded stack the supervisor starts one; on other machines start more with
+`prefect worker start --pool <WORK_POOL>` against the same server (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from churnops.settings import PROJECT_ROOT, Settings, get_settings
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    group: str            # the make target's group: "train" or "report"
+    entrypoint: str       # path:function, relative to the project root
+    name: str             # deployment name (flow-name/deployment-name in the UI)
+    interval_hours: float
+    parameters: dict = field(default_factory=dict)
+    description: str = ""
+
+
+def specs(s: Settings) -> list[DeploymentSpec]:
+    return [
+        DeploymentSpec("train", "flows/train_flow.py:train_flow", "churn-sweep", s.train_interval_hours,
+                       {}, "hyperopt sweep -> MLflow runs -> register best as challenger"),
+        DeploymentSpec("report", "flows/report_flow.py:report_flow", "prediction-report", s.report_interval_hours,
+                       {}, "Evidently report of the logged predictions vs the training reference"),
+        DeploymentSpec("report", "flows/retrain_flow.py:retrain_trigger_flow", "retrain-trigger", 0.5,
+                       {}, "start training when drift is critical or realized AUC is below the floor"),
+    ]
+
+
+TRAIN_DEPLOYMENT = "train-churn-model/churn-sweep"
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create the process work pool if missing; True when created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            return True
+        except ObjectAlreadyExists:
+            return False
+
+
+def apply(group: str, s: Settings | None = None) -> list[str]:
+    """Register the deployments of `group` ("train", "report" or "all"); returns their ids."""
+    from prefect import flow as prefect_flow
+
+    s = s or get_settings()
+    ensure_work_pool(s.work_pool)
+    ids = []
+    for spec in specs(s):
+        if group not in ("all", spec.group):
+            continue
+        f = prefect_flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec.entrypoint)
+        # to_deployment + apply, not flow.deploy: deploy() queries online workers with a null
+        # limit that prefect 3.8.8's server rejects (422); apply() registers the same thing
+        dep = f.to_deployment(
+            name=spec.name,
+            work_pool_name=s.work_pool,
+            interval=timedelta(hours=spec.interval_hours),
+            parameters=spec.parameters,
+            description=spec.description,
+        )
+        dep_id = dep.apply()
+        print(f"deployment {f.name}/{spec.name} every {spec.interval_hours:g} h on pool {s.work_pool} ({dep_id})")
+        ids.append(str(dep_id))
+    return ids
+
+
+def main(argv: list[str] | None = None) -> None:
+    from churnops.cli import fail, setup_logging
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("group", choices=["train", "report", "all"])
+    args = p.parse_args(argv)
+    setup_logging("WARNING")
+    try:
+        apply(args.group)
+    except Exception as exc:
+        fail(exc, f"registering {args.group} deployments with {get_settings().prefect_api_url}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Prefect flow "retrain-trigger": start training when drift is critical or realized AUC is low.
+
+Thin over `reporting.trigger.evaluate_window` (cooldown, reasons and alerts live there).
+`start_training` is injectable for tests; by default the deployment
+`train-churn-model/churn-sweep` is started without waiting (`run_deployment(..., timeout=0)`).
+
+    python -m flows.retrain_flow [--hours H] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from churnops.contract import load_contract
+from churnops.settings import get_settings
+
+FLOW_NAME = "retrain-trigger"
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = False,
+                         start_training: Any = None) -> dict:
+    """Evaluate the recent window; start the training deployment when due. Returns the decision."""
+    from flows.report_flow import open_store
+    from reporting.trigger import evaluate_window
+
+    s = get_settings()
+    if dry_run and start_training is None:
+        def start_training() -> str:
+            return "dry-run"
+    store = open_store(s)
+    try:
+        decision = evaluate_window(store, s, load_contract(s.dataset), window_hours=window_hours,
+                                   start_training=start_training)
+    finally:
+        store.close()
+    get_run_logger().info("retrain trigger: %s", json.dumps(decision, default=str))
+    return decision
+
+
+def main() -> None:
+    from churnops.cli import fail, setup_logging
+
+    p = argparse.ArgumentParser(description="evaluate the retraining trigger now")
+    p.add_argument("--hours", type=float, default=None)
+    p.add_argument("--dry-run", action="store_true", help="decide and record, but do not start training")
+    a = p.parse_args()
+    setup_logging()
+    try:
+        d = retrain_trigger_flow(window_hours=a.hours, dry_run=a.dry_run)
+    except Exception as exc:
+        fail(exc, f"flow {FLOW_NAME}")
+    print(f"{d['action']}: {'; '.join(d['reasons']) or 'no reason to retrain'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Flask blueprint registered by the API when present: live drift of the recent window.
+
+* `GET /drift/report?hours=3` — JSON: per-feature PSI / KS or chi-squared p-value / status,
+  prediction drift, realized performance by model version and route, window and n.
+* `GET /drift/metrics` — the same numbers as Prometheus text (scrape job `churn-drift`).
+
+Results are cached per process for `drift_cache_s` seconds; each computation also sets the
+multiprocess-safe gauges of `reporting.metrics` shown by the API's `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+log = logging.getLogger(__name__)
+
+drift_blueprint = Blueprint("drift", __name__, url_prefix="/drift")
+
+_CACHE: dict[float, tuple[float, dict]] = {}
+_LOCK = threading.Lock()
+
+
+def _context():
+    """(settings, contract, store) from the API's state, or opened from settings."""
+    state = current_app.extensions.get("churn")
+    if state is not None:
+        return state.settings, state.contract, state.store
+    from churnops.contract import load_contract
+    from churnops.settings import get_settings
+
+    s = get_settings()
+    store = current_app.extensions.get("drift_store")
+    if store is None:
+        from serving.store_factory import open_store
+
+        store = current_app.extensions["drift_store"] = open_store(s)
+    return s, load_contract(s.dataset), store
+
+
+def live_drift(store, settings, contract, hours: float, now: float | None = None, reference=None) -> dict:
+    """Drift + realized performance of the last `hours` (no Evidently, no files)."""
+    from reporting.reference import load_reference, served_run_id
+    from reporting.report import _jsonable, load_window, summarize_window
+
+    now = time.time() if now is None else now
+    df = load_window(store, contract, now - hours * 3600.0, now)
+    out = {"window": {"start": now - hours * 3600.0, "end": now, "hours": hours}, "n": int(len(df)),
+           "min_rows": settings.report_min_rows}
+    if len(df) < settings.report_min_rows:
+        out.update(status="insufficient_data",
+                   message=f"not enough data (n={len(df)} < min {settings.report_min_rows})")
+        return out
+    if reference is None:
+        reference = load_reference(served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist()),
+                                   settings, contract)
+    d, perf = summarize_window(df, reference, settings)
+    out.update(status=d["status"], reference_run_id=reference.run_id, drift=d, performance=perf,
+               verdict={"drift": d["status"], "critical_features": d["critical_features"],
+                        "prediction": (d.get("prediction") or {}).get("status")})
+    return _jsonable(out)
+
+
+def _compute(hours: float) -> dict:
+    s, contract, store = _context()
+    with _LOCK:
+        hit = _CACHE.get(hours)
+        if hit and time.monotonic() - hit[0] < s.drift_cache_s:
+            return hit[1]
+    result = live_drift(store, s, contract, hours)
+    try:
+        from reporting.metrics import gauges
+
+        gauges().update(result)
+    except Exception:  # metrics never break the endpoint
+        log.exception("could not update drift gauges")
+    with _LOCK:
+        _CACHE[hours] = (time.monotonic(), result)
+    return result
+
+
+def _hours() -> float:
+    from churnops.settings import get_settings
+
+    raw = request.args.get("hours")
+    if raw is None:
+        st = current_app.extensions.get("churn")
+        return float((st.settings if st else get_settings()).report_window_hours)
+    hours = float(raw)
+    if not 0 < hours <= 24 * 90:
+        raise ValueError("hours must be in (0, 2160]")
+    return hours
+
+
+@drift_blueprint.get("/report")
+def drift_report():
+    try:
+        hours = _hours()
+    except ValueError as exc:
+        return jsonify({"error": "invalid query", "details": {"hours": str(exc)}}), 422
+    try:
+        return jsonify(_compute(hours))
+    except Exception as exc:
+        log.exception("drift report failed")
+        return jsonify({"error": "drift report unavailable", "details": {"reason": f"{type(exc).__name__}: {exc}"}}), 503
+
+
+@drift_blueprint.get("/metrics")
+def drift_metrics():
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from reporting.metrics import drift_exposition
+
+    try:
+        body = drift_exposition(_compute(_hours()))
+    except Exception as exc:
+        log.exception("drift metrics failed")
+        return Response(f"# drift unavailable: {type(exc).__name__}\n", status=503, content_type=CONTENT_TYPE_LATEST)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

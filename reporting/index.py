@@ -1,0 +1,81 @@
+"""`index.html` of the reports directory: every report newest first with its headline numbers.
+
+Rebuilt from the `report-*.json` summaries in the folder (the folder is the source of truth),
+so a deleted or pruned report disappears from the index at the next run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def _fmt(v, spec=".3f"):
+    return "–" if v is None else format(v, spec)
+
+
+def load_summaries(folder: Path) -> list[dict]:
+    out = []
+    for p in Path(folder).glob("report-*.json"):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    out.sort(key=lambda s: (s.get("ts", 0), s.get("id", "")), reverse=True)
+    return out
+
+
+STATUS_COLOR = {"ok": "#2e7d32", "drift_warn": "#ef6c00", "drift_critical": "#c62828", "insufficient_data": "#757575"}
+
+
+def render_index(summaries: list[dict]) -> str:
+    rows = []
+    for s in summaries:
+        h = s.get("headline", {})
+        f = s.get("files", {})
+        when = datetime.fromtimestamp(s.get("ts", 0), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        links = []
+        if f.get("html"):
+            links.append(f'<a href="{html.escape(f["html"])}">drift &amp; summary</a>')
+        if f.get("quality_html"):
+            links.append(f'<a href="{html.escape(f["quality_html"])}">quality</a>')
+        if f.get("json"):
+            links.append(f'<a href="{html.escape(f["json"])}">json</a>')
+        status = s.get("status", "?")
+        msg = h.get("message") or ""
+        drifted = ", ".join(h.get("drifted_features") or []) or "–"
+        rows.append(
+            f'<tr class="report" id="{html.escape(s.get("id", ""))}"><td>{when}</td>'
+            f'<td style="color:{STATUS_COLOR.get(status, "#000")}"><b>{html.escape(status)}</b><br><small>{html.escape(msg)}</small></td>'
+            f'<td>{h.get("n", 0)} / {h.get("n_window", 0)}</td><td>{_fmt(s.get("window", {}).get("hours"), "g")} h</td>'
+            f'<td>{_fmt(h.get("max_psi"))}</td><td>{html.escape(drifted)}</td><td>{_fmt(h.get("prediction_psi"))}</td>'
+            f'<td>{_fmt(h.get("realized_auc"))} <small>(n={h.get("n_labelled", 0)})</small></td>'
+            f'<td>{html.escape(", ".join(h.get("model_versions") or []) or "–")}</td><td>{" · ".join(links)}</td></tr>'
+        )
+    body = "\n".join(rows) or '<tr><td colspan="10">no reports yet</td></tr>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Churn model reports</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}th{{background:#f4f4f4}}</style>
+</head><body><h1>Churn model: prediction reports</h1>
+<p>Newest first. Drift: PSI against the training reference of the served model (warn/critical when PSI
+and the KS / chi-squared test agree). Realized AUC on predictions that received an outcome.</p>
+<table><thead><tr><th>created</th><th>status</th><th>rows (report / window)</th><th>window</th><th>max PSI</th>
+<th>drifted features</th><th>prediction PSI</th><th>realized AUC</th><th>model version</th><th>files</th></tr></thead>
+<tbody>
+{body}
+</tbody></table></body></html>
+"""
+
+
+def write_index(folder: Path) -> Path:
+    """Atomically (re)write `index.html` in `folder`."""
+    folder = Path(folder)
+    path = folder / "index.html"
+    tmp = folder / f".index.html.{os.getpid()}.tmp"
+    tmp.write_text(render_index(load_summaries(folder)))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,65 @@
+"""Prometheus gauges of drift and realized performance (multiprocess-safe, `mostrecent`).
+
+Gauges live in the default registry, so the API's `/metrics` (gunicorn multiprocess collector)
+shows them; `drift_exposition` renders the same numbers from a private registry for the
+`/drift/metrics` scrape endpoint.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from reporting.drift import STATUS_CODE
+
+NAMES = {
+    "feature_psi": "churn_feature_psi",
+    "feature_status": "churn_feature_drift_status",
+    "prediction_psi": "churn_prediction_psi",
+    "realized_auc": "churn_realized_auc",
+    "window_rows": "churn_monitor_window_rows",
+}
+
+
+class DriftGauges:
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess_mode: str | None = "mostrecent"):
+        kw = {"registry": registry} if registry is not None else {}
+        if multiprocess_mode:
+            kw["multiprocess_mode"] = multiprocess_mode
+        self.feature_psi = Gauge(NAMES["feature_psi"], "PSI of a feature vs the training reference", ["feature"], **kw)
+        self.feature_status = Gauge(NAMES["feature_status"], "Drift status per feature: 0 ok, 1 warn, 2 critical",
+                                    ["feature"], **kw)
+        self.prediction_psi = Gauge(NAMES["prediction_psi"], "PSI of predicted probabilities vs the reference", **kw)
+        self.realized_auc = Gauge(NAMES["realized_auc"], "AUC-ROC on predictions with feedback outcomes",
+                                  ["model_version", "route"], **kw)
+        self.window_rows = Gauge(NAMES["window_rows"], "Predictions in the monitored window", **kw)
+
+    def update(self, result: dict) -> None:
+        drift = result.get("drift") or {}
+        for name, f in (drift.get("features") or {}).items():
+            self.feature_psi.labels(name).set(f["psi"])
+            self.feature_status.labels(name).set(STATUS_CODE[f["status"]])
+        pred = drift.get("prediction")
+        if pred and pred.get("psi") is not None:
+            self.prediction_psi.set(pred["psi"])
+        for g in (result.get("performance") or {}).get("by_model") or []:
+            if g.get("auc_roc") is not None:
+                self.realized_auc.labels(g["model_version"], g["route"]).set(g["auc_roc"])
+        self.window_rows.set(result.get("n", 0))
+
+
+_GAUGES: DriftGauges | None = None
+
+
+def gauges() -> DriftGauges:
+    """Process-wide gauges in the default registry (created once)."""
+    global _GAUGES
+    if _GAUGES is None:
+        _GAUGES = DriftGauges()
+    return _GAUGES
+
+
+def drift_exposition(result: dict) -> bytes:
+    """Prometheus text of one result from a fresh private registry."""
+    reg = CollectorRegistry()
+    DriftGauges(reg, multiprocess_mode=None).update(result)
+    return generate_latest(reg)

@@ -1,0 +1,66 @@
+"""Realized performance: feedback outcomes joined to logged predictions.
+
+AUC-ROC (rank formula with tie correction, no sklearn needed), precision, recall, F1 at the
+served decision, Brier score and expected calibration error (10 equal-width bins), overall and
+per model version / route.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+
+def auc_roc(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Mann-Whitney AUC; None when only one class is present."""
+    y = np.asarray(y, dtype=int)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return None
+    r = rankdata(p)
+    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: sum_b |mean(p_b) - mean(y_b)| * n_b / n."""
+    idx = np.minimum((np.asarray(p) * bins).astype(int), bins - 1)
+    n = np.bincount(idx, minlength=bins)
+    sp = np.bincount(idx, weights=p, minlength=bins)
+    sy = np.bincount(idx, weights=y, minlength=bins)
+    nz = n > 0
+    return float(np.sum(np.abs(sp[nz] - sy[nz])) / max(len(p), 1))
+
+
+def quality(y, p, decision=None) -> dict:
+    """All realized metrics for one group of labelled predictions."""
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    d = np.asarray(decision, dtype=int) if decision is not None else (p >= 0.5).astype(int)
+    tp = int(((d == 1) & (y == 1)).sum())
+    fp = int(((d == 1) & (y == 0)).sum())
+    fn = int(((d == 0) & (y == 1)).sum())
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * precision * recall / (precision + recall) if precision and recall else (0.0 if precision is not None and recall is not None else None)
+    return {
+        "n": int(len(y)), "positives": int(y.sum()), "auc_roc": auc_roc(y, p),
+        "precision": precision, "recall": recall, "f1": f1,
+        "brier": float(np.mean((p - y) ** 2)) if len(y) else None,
+        "ece": ece(y, p) if len(y) else None,
+        "accuracy": float((d == y).mean()) if len(y) else None,
+    }
+
+
+def realized_performance(labelled: pd.DataFrame) -> dict:
+    """`labelled` has columns outcome, probability, decision, model_version, route."""
+    if labelled is None or not len(labelled):
+        return {"n": 0, "overall": None, "by_model": []}
+    overall = quality(labelled["outcome"], labelled["probability"], labelled.get("decision"))
+    groups = []
+    keys = labelled[["model_version", "route"]].astype(str).fillna("none")
+    for (ver, route), g in labelled.groupby([keys["model_version"], keys["route"]], sort=True):
+        groups.append({"model_version": ver, "route": route,
+                       **quality(g["outcome"], g["probability"], g.get("decision"))})
+    return {"n": int(len(labelled)), "overall": overall, "by_model": groups}

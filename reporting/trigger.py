@@ -1,0 +1,120 @@
+"""Retraining trigger: start the training deployment when the model's window looks bad.
+
+Conditions (any): drift status critical (>= `retrain_min_critical_features` critical features,
+or the prediction distribution critical), or realized AUC below `auc_floor` on at least
+`min_labelled` labelled predictions. Training starts at most once per
+`retrain_cooldown_hours`; the last start and every decision (with its reasons) are kept in the
+prediction store's checkpoints (`retrain:last_started`, `retrain:last_decision`,
+`retrain:history`). An optional webhook alert (Slack-compatible) reports starts and
+suppressed triggers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from reporting.alerts import send_alert
+
+log = logging.getLogger(__name__)
+
+LAST_STARTED, LAST_DECISION, HISTORY = "retrain:last_started", "retrain:last_decision", "retrain:history"
+HISTORY_KEEP = 50
+
+
+def reasons_for(drift: dict | None, performance: dict | None, settings, min_labelled: int = 50) -> list[str]:
+    """Why training should start (empty list: it should not)."""
+    reasons = []
+    if drift:
+        if drift.get("n_critical", 0) >= settings.retrain_min_critical_features:
+            reasons.append(f"data drift critical: {drift['n_critical']} feature(s) "
+                           f"{', '.join(drift.get('critical_features', []))} (max PSI {drift.get('max_psi', 0):.3f})")
+        pred = drift.get("prediction") or {}
+        if pred.get("status") == "critical":
+            reasons.append(f"prediction drift critical: PSI {pred['psi']:.3f}, p={pred['p_value']:.2g}")
+    overall = (performance or {}).get("overall") or {}
+    auc, n = overall.get("auc_roc"), overall.get("n", 0)
+    if auc is not None and n >= min_labelled and auc < settings.auc_floor:
+        reasons.append(f"realized AUC {auc:.3f} < floor {settings.auc_floor} on {n} labelled predictions")
+    return reasons
+
+
+def default_start_training(settings) -> Callable[[], str]:
+    """Start the training deployment without waiting for it; returns the flow run id."""
+    def start() -> str:
+        from prefect.deployments import run_deployment
+
+        fr = run_deployment(settings.training_deployment, timeout=0, tags=["retrain-trigger"])
+        return str(fr.id)
+    return start
+
+
+def evaluate_trigger(store, settings, drift: dict | None, performance: dict | None,
+                     start_training: Callable[[], str] | None = None, now: float | None = None,
+                     window: dict | None = None, min_labelled: int = 50, alert: bool = True) -> dict:
+    """Decide, start training when due (respecting the cooldown), record and alert; returns the decision."""
+    now = time.time() if now is None else now
+    reasons = reasons_for(drift, performance, settings, min_labelled)
+    last = store.get_checkpoint(LAST_STARTED)
+    last_ts = float(last) if last else None
+    cooldown_s = settings.retrain_cooldown_hours * 3600.0
+    decision = {
+        "ts": now, "time": datetime.fromtimestamp(now, timezone.utc).isoformat(), "reasons": reasons,
+        "triggered": bool(reasons), "started": False, "action": "none", "flow_run_id": None,
+        "last_started": last_ts, "cooldown_hours": settings.retrain_cooldown_hours, "window": window,
+        "deployment": settings.training_deployment,
+    }
+    if reasons:
+        if last_ts is not None and now - last_ts < cooldown_s:
+            decision["action"] = "cooldown"
+            decision["next_allowed"] = last_ts + cooldown_s
+        else:
+            starter = start_training or default_start_training(settings)
+            try:
+                decision["flow_run_id"] = starter()
+                decision["started"] = True
+                decision["action"] = "started"
+                store.set_checkpoint(LAST_STARTED, repr(float(now)))
+            except Exception as exc:  # recorded; the next evaluation tries again
+                decision["action"] = "start_failed"
+                decision["error"] = f"{type(exc).__name__}: {exc}"
+                log.error("could not start %s: %s", settings.training_deployment, exc)
+    if alert and settings.alert_webhook_url and decision["action"] in ("started", "start_failed", "cooldown"):
+        text = {"started": f":rotating_light: churn model retraining started ({settings.training_deployment})",
+                "start_failed": ":x: churn model retraining could NOT be started",
+                "cooldown": ":hourglass: churn model retraining due but in cooldown"}[decision["action"]]
+        decision["alert"] = send_alert(settings.alert_webhook_url, text + ": " + "; ".join(reasons),
+                                       settings.alert_timeout_s, settings.alert_retries)
+    store.set_checkpoint(LAST_DECISION, json.dumps(decision, default=str))
+    try:
+        history = json.loads(store.get_checkpoint(HISTORY) or "[]")
+    except ValueError:
+        history = []
+    history = ([{k: decision[k] for k in ("ts", "action", "reasons", "flow_run_id")}] + history)[:HISTORY_KEEP]
+    store.set_checkpoint(HISTORY, json.dumps(history, default=str))
+    log.info("retrain trigger: %s (%s)", decision["action"], "; ".join(reasons) or "no reason")
+    return decision
+
+
+def evaluate_window(store, settings, contract, window_hours: float | None = None, now: float | None = None,
+                    reference=None, start_training: Callable[[], str] | None = None) -> dict:
+    """Compute drift + realized performance over the window, then `evaluate_trigger`."""
+    from reporting.reference import load_reference, served_run_id
+    from reporting.report import load_window, summarize_window
+
+    now = time.time() if now is None else now
+    hours = float(window_hours if window_hours is not None else settings.report_window_hours)
+    df = load_window(store, contract, now - hours * 3600.0, now)
+    window = {"start": now - hours * 3600.0, "end": now, "hours": hours, "n": int(len(df))}
+    if len(df) < settings.report_min_rows:
+        drift, perf = None, None
+        window["note"] = f"not enough data (n={len(df)} < min {settings.report_min_rows})"
+    else:
+        if reference is None:
+            reference = load_reference(served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist()),
+                                       settings, contract)
+        drift, perf = summarize_window(df, reference, settings)
+    return evaluate_trigger(store, settings, drift, perf, start_training=start_training, now=now, window=window)

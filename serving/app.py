@@ -1,0 +1,331 @@
+"""Flask app factory of the prediction API (served by gunicorn; see serving/gunicorn_conf.py).
+
+    gunicorn -c python:serving.gunicorn_conf "serving.app:create_app()"
+
+Debug only: `python -m serving.app` runs Flask's development server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hmac
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from churnops.contract import load_contract
+from churnops.settings import Settings, get_settings
+from serving.inference import BadInput, check_row, log_record, parse_json, predict_rows, response_body
+from serving.metrics import get_metrics, render
+from serving.model import ModelLoadError, ModelManager
+from serving.prediction_log import PredictionLog
+from serving.store import PredictionStore
+
+log = logging.getLogger(__name__)
+
+INDEX_HTML = (Path(__file__).with_name("index.html")).read_text()
+LOGS_MAX_LIMIT = 10_000
+
+# every PredictionLog created in this process, closed by atexit / gunicorn worker_exit
+_LOGS: list[PredictionLog] = []
+
+
+def close_all_logs() -> None:
+    while _LOGS:
+        plog = _LOGS.pop()
+        try:
+            plog.close()
+        except Exception:
+            log.exception("flushing the prediction log at exit failed")
+
+
+atexit.register(close_all_logs)
+
+
+class ServingState:
+    def __init__(self, settings: Settings, store: PredictionStore, plog: PredictionLog, models: ModelManager):
+        self.settings = settings
+        self.contract = load_contract(settings.dataset)
+        self.store = store
+        self.plog = plog
+        self.models = models
+        self.metrics = get_metrics()
+
+
+def _err(status: int, error: str, details: dict | None = None) -> tuple[Response, int]:
+    return jsonify({"error": error, "details": details or {}}), status
+
+
+def _parse_time(name: str, value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadInput("invalid query parameter", {name: f"expected UNIX seconds or ISO 8601, got {value[:40]!r}"},
+                       "invalid_query", 422) from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def create_app(settings: Settings | None = None, store: PredictionStore | None = None,
+               models: ModelManager | None = None, start_background: bool = True) -> Flask:
+    """Build the app. Nothing touches the network here: the model loads in a background thread."""
+    from serving.store_factory import open_store
+
+    s = settings or get_settings()
+    metrics = get_metrics()
+    store = store or open_store(s)
+    plog = PredictionLog(store, s.state_path(s.spool_dir, "spool"), s.log_batch_size, s.log_flush_interval_s,
+                         metrics=metrics)
+    models = models or ModelManager(s, metrics=metrics)
+    state = ServingState(s, store, plog, models)
+    if start_background:
+        plog.start()
+        _LOGS.append(plog)
+        if models.current is None:
+            models.start_background()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = s.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["churn"] = state
+
+    # ---- errors: always JSON, never a stack trace ----------------------------------------------
+    @app.errorhandler(BadInput)
+    def bad_input(e: BadInput):
+        state.metrics.rejections.labels("http", e.reason).inc()
+        return _err(e.status, e.error, e.details)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        details = {}
+        if e.code == 413:
+            details = {"body": f"request body larger than the {s.max_body_bytes} byte limit"}
+            state.metrics.rejections.labels("http", "body_too_large").inc()
+        elif e.code == 405:
+            details = {"method": f"{request.method} not allowed on {request.path}"}
+        elif e.code == 404:
+            details = {"path": f"{request.path} not found"}
+        return _err(e.code or 500, e.name.lower(), details)
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception):
+        log.exception("unhandled error on %s", request.path)
+        return _err(500, "internal error", {"exception": type(e).__name__})
+
+    @app.after_request
+    def count(resp):
+        try:
+            ep = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            state.metrics.http_requests.labels(ep, request.method, str(resp.status_code)).inc()
+        except Exception:
+            pass
+        return resp
+
+    def body_json():
+        return parse_json(request.get_data(cache=False))
+
+    def current_models():
+        ms = models.current
+        if ms is None:
+            raise BadInput("model not loaded yet", {"model": models.last_error or "loading"}, "not_ready", 503)
+        return ms
+
+    # ---- prediction ------------------------------------------------------------------------------
+    @app.post("/predict")
+    def predict():
+        t0 = time.perf_counter()
+        ms = current_models()
+        row = check_row(body_json(), state.contract, s.unknown_category)
+        m, p, d = predict_rows(ms, [row])[0]
+        latency = (time.perf_counter() - t0) * 1000
+        plog.submit(log_record(row.request_id, row, m, p, d, "http", latency))
+        state.metrics.predictions.labels("http", m.route, str(m.version), str(d)).inc()
+        state.metrics.latency.labels("http", m.route).observe(latency / 1000)
+        state.metrics.probability.labels(m.route).observe(p)
+        return jsonify(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
+
+    @app.post("/predict/batch")
+    def predict_batch():
+        t0 = time.perf_counter()
+        ms = current_models()
+        data = body_json()
+        if isinstance(data, dict) and isinstance(data.get("records"), list):
+            data = data["records"]
+        if not isinstance(data, list):
+            raise BadInput("expected a JSON array of feature objects",
+                           {"body": f"expected an array, got {type(data).__name__}"}, "not_array", 422)
+        if not data:
+            raise BadInput("empty batch", {"body": "expected at least one record"}, "empty_batch", 422)
+        if len(data) > s.batch_row_limit:
+            raise BadInput("batch too large", {"body": f"{len(data)} rows > limit {s.batch_row_limit}"},
+                           "batch_too_large", 413)
+        rows, details, reason = [], {}, None
+        for i, obj in enumerate(data):
+            try:
+                rows.append(check_row(obj, state.contract, s.unknown_category, prefix=f"{i}."))
+            except BadInput as e:
+                details.update(e.details)
+                reason = reason or e.reason
+        if details:
+            raise BadInput(f"invalid features in {len({k.split('.')[0] for k in details})} of {len(data)} rows",
+                           details, reason or "invalid", 422)
+        ids = [r.request_id for r in rows]
+        if len(set(ids)) != len(ids):
+            raise BadInput("duplicate request_id in batch", {"request_id": "each row needs a distinct request_id"},
+                           "duplicate_request_id", 422)
+        results = predict_rows(ms, rows)
+        latency = (time.perf_counter() - t0) * 1000
+        now = time.time()
+        out = []
+        for row, (m, p, d) in zip(rows, results):
+            plog.submit(log_record(row.request_id, row, m, p, d, "http", latency / len(rows), ts=now, batch=True))
+            state.metrics.predictions.labels("http", m.route, str(m.version), str(d)).inc()
+            state.metrics.probability.labels(m.route).observe(p)
+            out.append(response_body(row, m, p, d))
+        state.metrics.latency.labels("http_batch", "mixed").observe(latency / 1000)
+        return jsonify({"count": len(out), "predictions": out, "latency_ms": round(latency, 3)})
+
+    @app.post("/feedback")
+    def feedback():
+        data = body_json()
+        if not isinstance(data, dict):
+            raise BadInput("expected a JSON object", {"body": f"expected an object, got {type(data).__name__}"},
+                           "not_object", 422)
+        details = {}
+        rid = data.get("request_id")
+        if not isinstance(rid, str) or not rid.strip() or len(rid) > 128:
+            details["request_id"] = "expected a non-empty string"
+        outcome = data.get("outcome", data.get("actual"))
+        label = data.get("label")
+        if outcome is None and label is not None:
+            labels = {str(x).strip().lower() for x in state.contract.target.labels}
+            pos = state.contract.target.positive.strip().lower()
+            lab = str(label).strip().lower()
+            if lab == pos or lab in ("churn", "churned", "true", "1", "yes"):
+                outcome = 1
+            elif lab in labels or lab in ("no_churn", "stayed", "false", "0", "no"):
+                outcome = 0
+            else:
+                details["label"] = f"unknown label {str(label)[:40]!r}; expected one of {sorted(labels)}"
+        elif isinstance(outcome, bool):
+            outcome = int(outcome)
+        if "label" not in details:
+            if outcome not in (0, 1) or isinstance(outcome, float) and outcome not in (0.0, 1.0):
+                details["outcome"] = "expected 0 or 1 (or a `label`)"
+        if details:
+            raise BadInput("invalid feedback", details, "invalid_feedback", 422)
+        ts = time.time()
+        plog.submit_feedback(rid.strip(), int(outcome), ts)
+        return jsonify({"request_id": rid.strip(), "outcome": int(outcome), "ts": ts, "status": "accepted"}), 202
+
+    # ---- operations ----------------------------------------------------------------------------------
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok", "model_loaded": models.ready, "store_ok": plog.store_ok,
+                        "log_pending": plog.pending()})
+
+    @app.get("/ready")
+    def ready():
+        if models.current is None:
+            return _err(503, "model not loaded", {"model": models.last_error or "loading"})
+        ms = models.current
+        return jsonify({"status": "ready", "run_id": ms.champion.run_id, "version": ms.champion.version})
+
+    @app.get("/model")
+    def model_info():
+        if models.current is None:
+            return _err(503, "model not loaded", {"model": models.last_error or "loading"})
+        return jsonify(models.current.describe() | {"unknown_category": s.unknown_category})
+
+    @app.post("/model/reload")
+    def reload_model():
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
+        if not token or not hmac.compare_digest(token.encode(), s.admin_token.encode()):
+            return _err(401, "admin token required", {"authorization": "send `Authorization: Bearer <ADMIN_TOKEN>`"})
+        raw = request.get_data(cache=False)
+        data = parse_json(raw) if raw.strip() else {}
+        if not isinstance(data, dict):
+            raise BadInput("expected a JSON object", {"body": "expected an object"}, "not_object", 422)
+        champion = data.get("model_uri") or (f"runs:/{data['run_id']}/model" if data.get("run_id") else None)
+        challenger = data.get("challenger_uri", True)
+        old = models.current
+        try:
+            ms = models.reload(champion, challenger)
+        except ModelLoadError as exc:
+            return _err(422, "reload failed; previous model still serving",
+                        {"model": str(exc), "serving": old.champion.uri if old else None})
+        except Exception as exc:
+            return _err(502, "reload failed; previous model still serving",
+                        {"model": f"{type(exc).__name__}: {str(exc)[:300]}", "serving": old.champion.uri if old else None})
+        return jsonify({"status": "reloaded", **ms.describe()})
+
+    @app.get("/logs")
+    def logs():
+        a = request.args
+        start, end = _parse_time("start", a.get("start")), _parse_time("end", a.get("end"))
+        try:
+            limit = int(a.get("limit", 100))
+            if not 1 <= limit <= LOGS_MAX_LIMIT:
+                raise ValueError
+        except ValueError as exc:
+            raise BadInput("invalid query parameter", {"limit": f"expected an integer in 1..{LOGS_MAX_LIMIT}"},
+                           "invalid_query", 422) from exc
+        if start is not None and end is not None and end <= start:
+            raise BadInput("invalid query parameter", {"end": "must be after start"}, "invalid_query", 422)
+        try:
+            records = store.find_predictions(start, end, limit)
+        except Exception as exc:
+            return _err(503, "prediction store unavailable", {"store": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        return jsonify({"count": len(records), "start": start, "end": end, "limit": limit, "records": records})
+
+    @app.get("/metrics")
+    def metrics_endpoint():
+        body, ctype = render()
+        return Response(body, mimetype=None, content_type=ctype)
+
+    @app.get("/openapi.json")
+    def openapi():
+        from serving.openapi import cached_spec
+
+        return jsonify(cached_spec(s.dataset))
+
+    @app.get("/")
+    def index():
+        return Response(INDEX_HTML, mimetype="text/html")
+
+    # ---- optional blueprints by other packages -------------------------------------------------------
+    try:
+        from reporting.blueprint import drift_blueprint  # type: ignore[import-not-found]
+    except Exception:  # module absent (or broken): the API runs without it
+        drift_blueprint = None
+    if drift_blueprint is not None:
+        try:
+            app.register_blueprint(drift_blueprint)
+        except Exception:
+            log.exception("could not register reporting.blueprint.drift_blueprint")
+
+    return app
+
+
+def main() -> None:  # debugging only: Flask's development server
+    from churnops.cli import setup_logging
+
+    setup_logging()
+    s = get_settings()
+    create_app(s).run(host=s.api_host, port=s.api_port, debug=False)
+
+
+if __name__ == "__main__":
+    main()

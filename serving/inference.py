@@ -1,0 +1,131 @@
+"""Request parsing, contract validation and prediction shared by the HTTP API and the consumer.
+
+No pandas here: records are validated with `churnops.contract.validate_record` and encoded with
+the encoder's pure-Python `transform_records` into one float32 matrix per model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from churnops.contract import DatasetContract, validate_record
+from serving.model import LoadedModel, ModelSet
+
+MAX_REQUEST_ID = 128
+
+
+class BadInput(ValueError):
+    """An input the contract (or JSON) rejects; carries a reason label and per-field details."""
+
+    def __init__(self, error: str, details: dict[str, str], reason: str, status: int = 422):
+        super().__init__(error)
+        self.error, self.details, self.reason, self.status = error, details, reason, status
+
+    def body(self) -> dict:
+        return {"error": self.error, "details": self.details}
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON (non-finite numbers are rejected)")
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Strict JSON: empty body, invalid JSON and NaN/Infinity raise `BadInput` (400)."""
+    if raw is None or (isinstance(raw, (bytes, str)) and not raw.strip()):
+        raise BadInput("empty body", {"body": "expected a JSON document, got an empty body"}, "empty_body", 400)
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except UnicodeDecodeError as exc:
+        raise BadInput("body is not UTF-8 JSON", {"body": str(exc)[:200]}, "invalid_json", 400) from exc
+    except ValueError as exc:
+        reason = "non_finite_number" if "non-finite" in str(exc) else "invalid_json"
+        raise BadInput("body is not valid JSON", {"body": str(exc)[:200]}, reason, 400) from exc
+
+
+def split_envelope(obj: Any, prefix: str = "") -> tuple[str | None, Any]:
+    """`{"request_id", "features": {...}}` or a bare feature object -> (request_id, features)."""
+    if not isinstance(obj, dict):
+        raise BadInput("expected a JSON object", {prefix + "body" if not prefix else prefix.rstrip("."):
+                                                  f"expected an object, got {type(obj).__name__}"}, "not_object", 422)
+    rid = obj.get("request_id")
+    if rid is not None:
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip() or len(str(rid)) > MAX_REQUEST_ID:
+            raise BadInput("invalid request_id", {prefix + "request_id": f"expected a non-empty string of at most "
+                                                  f"{MAX_REQUEST_ID} characters"}, "invalid_request_id", 422)
+        rid = str(rid).strip()
+    if "features" in obj and isinstance(obj["features"], dict):
+        return rid, obj["features"]
+    if "features" in obj:
+        raise BadInput("invalid features", {prefix + "features": f"expected an object, got {type(obj['features']).__name__}"},
+                       "not_object", 422)
+    return rid, {k: v for k, v in obj.items() if k != "request_id"}
+
+
+@dataclass
+class Row:
+    request_id: str
+    values: dict
+    ignored: list[str] = field(default_factory=list)
+
+
+def check_row(obj: Any, contract: DatasetContract, unknown_category: str, prefix: str = "") -> Row:
+    rid, feats = split_envelope(obj, prefix)
+    res = validate_record(feats, contract, unknown_category)
+    if not res.ok:
+        reason = _reason(res.errors)
+        raise BadInput("invalid features", {prefix + k: v for k, v in res.errors.items()}, reason, 422)
+    return Row(rid or uuid.uuid4().hex, res.values, res.ignored)
+
+
+def _reason(errors: dict[str, str]) -> str:
+    """One label for the rejection counter (the first problem's class)."""
+    msg = next(iter(errors.values()), "")
+    if msg.startswith("missing"):
+        return "missing_field"
+    if "category" in msg:
+        return "unknown_category"
+    if "finite" in msg:
+        return "non_finite_number"
+    if "below" in msg or "above" in msg:
+        return "out_of_range"
+    if msg.startswith("expected"):
+        return "wrong_type"
+    return "invalid"
+
+
+def predict_rows(models: ModelSet, rows: list[Row]) -> list[tuple[LoadedModel, float, int]]:
+    """Route each row, one matrix call per model; returns (model, probability, decision) per row."""
+    picks = [models.pick(r.request_id) for r in rows]
+    out: list = [None] * len(rows)
+    for m in models.models():
+        idx = [i for i, p in enumerate(picks) if p is m]
+        if not idx:
+            continue
+        proba = m.bundle.predict_records([rows[i].values for i in idx])
+        thr = m.threshold
+        for i, p in zip(idx, proba.tolist()):
+            out[i] = (m, float(p), int(p >= thr))
+    return out
+
+
+def log_record(_id: str, row: Row, m: LoadedModel, p: float, d: int, source: str, latency_ms: float,
+               ts: float | None = None, **extra) -> dict:
+    return {
+        "_id": _id, "ts": ts if ts is not None else time.time(), "request_id": row.request_id, "source": source,
+        "model_run_id": m.run_id, "model_version": m.version, "route": m.route, "features": row.values,
+        "probability": p, "decision": d, "latency_ms": round(latency_ms, 3), **extra,
+    }
+
+
+def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
+    body = {
+        "request_id": row.request_id, "probability": p, "churn": bool(d), "decision": d,
+        "threshold": m.threshold, "model_run_id": m.run_id, "model_version": m.version, "route": m.route,
+    }
+    if row.ignored:
+        body["ignored_fields"] = row.ignored
+    return body

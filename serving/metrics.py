@@ -1,0 +1,62 @@
+"""Prometheus metrics of the servers; multiprocess-safe under gunicorn.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (the gunicorn config sets and empties it at start), every
+worker writes its samples to files there and `/metrics` aggregates them, so a scrape that hits
+any worker sees the counts of all of them. Without it (tests, the consumer) the default
+in-process registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        kw = {"registry": registry} if registry is not None else {}
+        self.predictions = Counter("churn_predictions_total", "Predictions served",
+                                   ["source", "route", "model_version", "decision"], **kw)
+        self.latency = Histogram("churn_prediction_latency_seconds", "Prediction latency (validation to response)",
+                                 ["source", "route"], buckets=LATENCY_BUCKETS, **kw)
+        self.probability = Histogram("churn_prediction_probability", "Predicted churn probability",
+                                     ["route"], buckets=[i / 10 for i in range(1, 11)], **kw)
+        self.rejections = Counter("churn_rejections_total", "Rejected inputs by reason", ["source", "reason"], **kw)
+        self.http_requests = Counter("churn_http_requests_total", "HTTP requests", ["endpoint", "method", "status"],
+                                     **kw)
+        self.log_records = Counter("churn_prediction_log_records_total",
+                                   "Prediction-log records by outcome (written, spooled, replayed)", ["outcome"], **kw)
+        self.model_reloads = Counter("churn_model_reloads_total", "Model reload attempts", ["result"], **kw)
+        self.stream_records = Counter("churn_stream_records_total", "Stream records by outcome", ["outcome"], **kw)
+        gauge_kw = dict(kw)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            gauge_kw["multiprocess_mode"] = "liveall"
+        self.model_info = Gauge("churn_model_loaded", "1 for each loaded model (route, run id, version)",
+                                ["route", "run_id", "version"], **gauge_kw)
+
+
+_METRICS: Metrics | None = None
+
+
+def get_metrics() -> Metrics:
+    """The process-wide metrics (created once; prometheus forbids duplicate names)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = Metrics()
+    return _METRICS
+
+
+def render() -> tuple[bytes, str]:
+    """Exposition text: aggregated over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,340 @@
+"""Model loading, canary routing and atomic reload for the HTTP API and the stream consumer.
+
+The champion is what `churnops.registry.resolve_model_uri` names (RUN_ID pin, MODEL_URI, or
+`models:/<name>@champion`). With `CANARY_FRACTION > 0` and a `challenger` alias on a different
+run, the challenger is loaded too and a request goes to it when sha256(request_id) mapped to
+[0, 1) falls below the fraction: deterministic, so the same id always takes the same route.
+
+A `ModelSet` (champion + optional challenger) is immutable; a reload builds a complete new one
+and swaps one reference, so a request sees either the old set or the new one, never a mix,
+and a failed reload leaves the old set serving. Under gunicorn a reload reaches one worker;
+it writes the accepted target to `<state_dir>/serving-model.json` and every other process
+(workers, consumer) polls that file and loads the same target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from churnops.bundle import Bundle
+from churnops.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class ModelLoadError(RuntimeError):
+    """The model named could not be downloaded or loaded."""
+
+
+@dataclass
+class LoadedModel:
+    bundle: Bundle
+    uri: str
+    run_id: str
+    version: str | None
+    aliases: list[str]
+    route: str
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.threshold
+
+    def describe(self) -> dict:
+        meta = self.bundle.meta
+        return {
+            "route": self.route, "uri": self.uri, "run_id": self.run_id, "version": self.version,
+            "aliases": self.aliases, "threshold": self.threshold, "runtime": self.bundle.runtime,
+            "test_metrics": meta.get("test_metrics", {}), "model_name": meta.get("model_name"),
+            "dataset": meta.get("dataset"), "loaded_at": self.loaded_at,
+        }
+
+
+def route_fraction(request_id: str) -> float:
+    """sha256(request_id) as a number in [0, 1)."""
+    return int.from_bytes(hashlib.sha256(str(request_id).encode()).digest()[:8], "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    champion: LoadedModel
+    challenger: LoadedModel | None = None
+    canary_fraction: float = 0.0
+    generation: int = 0
+
+    def pick(self, request_id: str) -> LoadedModel:
+        if self.challenger is not None and self.canary_fraction > 0 and route_fraction(request_id) < self.canary_fraction:
+            return self.challenger
+        return self.champion
+
+    def models(self) -> list[LoadedModel]:
+        return [m for m in (self.champion, self.challenger) if m is not None]
+
+    def describe(self) -> dict:
+        return {
+            "champion": self.champion.describe(),
+            "challenger": self.challenger.describe() if self.challenger else None,
+            "canary_fraction": self.canary_fraction if self.challenger else 0.0,
+            "generation": self.generation,
+        }
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+def _find_bundle(root: Path) -> Path:
+    for cand in (root / "artifacts" / "bundle", root / "bundle", root):
+        if (cand / "meta.json").exists():
+            return cand
+    hits = sorted(root.rglob("meta.json"))
+    if hits:
+        return hits[0].parent
+    raise ModelLoadError(f"no model bundle (meta.json) inside the downloaded artifacts at {root}")
+
+
+def _registry_info(s: Settings, uri: str, run_id: str) -> tuple[str | None, list[str]]:
+    """(version, aliases) of the registered version behind `uri` / `run_id`, best effort."""
+    from churnops.registry import client
+
+    try:
+        c = client(s)
+        if uri.startswith("models:/"):
+            rest = uri[len("models:/"):]
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                mv = c.get_model_version_by_alias(name, alias)
+            else:
+                name, version = rest.split("/", 1)
+                mv = c.get_model_version(name, version)
+            return str(mv.version), sorted(getattr(mv, "aliases", []) or [])
+        versions = c.search_model_versions(f"run_id='{run_id}'")
+        versions = [v for v in versions if v.name == s.model_name] or list(versions)
+        if versions:
+            mv = max(versions, key=lambda v: int(v.version))
+            full = c.get_model_version(mv.name, mv.version)
+            return str(full.version), sorted(getattr(full, "aliases", []) or [])
+    except Exception as exc:  # registry info is descriptive only
+        log.warning("no registry info for %s: %s", uri, exc)
+    return None, []
+
+
+def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir: Path | None = None) -> LoadedModel:
+    """Download `uri` (runs:/, models:/, or a local bundle folder) and load it (ONNX, 1 thread)."""
+    s = settings or get_settings()
+    local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
+    tmp = None
+    try:
+        if local is not None and local.exists():
+            root = local
+        else:
+            import mlflow
+
+            mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+            mlflow.set_registry_uri(s.mlflow_tracking_uri)
+            base = cache_dir or (s.state_dir / "model-cache")
+            base.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix="model-", dir=base))
+            try:
+                root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+            except Exception as exc:
+                raise ModelLoadError(f"cannot download {uri} from {s.mlflow_tracking_uri}: "
+                                     f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        bdir = _find_bundle(root)
+        try:
+            bundle = Bundle.load(bdir, prefer_onnx=True, threads=1)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {exc}") from exc
+        # smoke test: one all-missing row must give a probability
+        p = bundle.predict_matrix(np.zeros((1, bundle.encoder.width), dtype=np.float32))
+        if p.shape != (1,) or not np.isfinite(p).all():
+            raise ModelLoadError(f"model {uri} returned {p!r} on a smoke-test row")
+        run_id = str(bundle.meta.get("run_id") or "")
+        if not run_id and uri.startswith("runs:/"):
+            run_id = uri.split("/")[1]
+        version, aliases = (None, []) if local is not None and local.exists() else _registry_info(s, uri, run_id)
+        return LoadedModel(bundle=bundle, uri=uri, run_id=run_id, version=version, aliases=aliases, route=route)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def challenger_uri(s: Settings, champion_run_id: str) -> str | None:
+    """`models:/<name>/<version>` of the challenger when canary is on and it differs from the champion."""
+    if s.canary_fraction <= 0:
+        return None
+    from churnops.registry import alias_version
+
+    mv = alias_version(s.model_name, CHALLENGER, s)
+    if mv is None or mv.run_id == champion_run_id:
+        return None
+    return f"models:/{s.model_name}/{mv.version}"
+
+
+def build_model_set(s: Settings, champion: str | None = None, challenger: str | None | bool = True,
+                    generation: int = 0) -> ModelSet:
+    """Load champion (`champion` or the settings' pin) and, when canary applies, the challenger.
+
+    `challenger=True` resolves the `challenger` alias; a string is a URI; None/False: none.
+    """
+    from churnops.registry import resolve_model_uri
+
+    champ = load_model(champion or resolve_model_uri(s), CHAMPION, s)
+    ch_uri = challenger_uri(s, champ.run_id) if challenger is True else (challenger or None)
+    chall = None
+    if ch_uri and s.canary_fraction > 0:
+        chall = load_model(ch_uri, CHALLENGER, s)
+        if chall.run_id == champ.run_id:
+            chall = None
+    return ModelSet(champ, chall, float(s.canary_fraction), generation)
+
+
+# ---- the per-process holder -----------------------------------------------------------------------
+
+
+class ModelManager:
+    """Holds the current `ModelSet`; loads in the background; reloads atomically."""
+
+    def __init__(self, settings: Settings | None = None, state_file: Path | None = None, metrics=None):
+        self.settings = settings or get_settings()
+        self.state_file = state_file or (self.settings.state_dir / "serving-model.json")
+        self.current: ModelSet | None = None
+        self.last_error: str | None = None
+        self.metrics = metrics
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._seen_state: tuple | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def _target(self) -> tuple[str | None, object, int]:
+        """(champion uri, challenger spec, generation) from the shared state file, else settings."""
+        st = self._read_state()
+        if st:
+            return st.get("champion"), st.get("challenger") if "challenger" in st else True, int(st.get("generation", 0))
+        return None, True, 0
+
+    def _read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def load_initial(self) -> ModelSet:
+        champ, chall, gen = self._target()
+        ms = build_model_set(self.settings, champ, chall, gen)
+        self._install(ms)
+        return ms
+
+    def start_background(self, retry_s: float = 2.0, watch_s: float = 1.0) -> threading.Thread:
+        """Load at start (retrying until it works), then follow reloads made by other processes."""
+
+        def run():
+            delay = retry_s
+            while not self._stop.is_set() and self.current is None:
+                try:
+                    self.load_initial()
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("model not loaded yet (%s); retrying in %.0f s", self.last_error, delay)
+                    self._stop.wait(delay)
+                    delay = min(delay * 1.5, 30.0)
+            while not self._stop.wait(watch_s):
+                self.follow_state()
+
+        t = threading.Thread(target=run, name="model-loader", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def follow_state(self) -> None:
+        st = self._read_state()
+        if not st or self.current is None or int(st.get("generation", 0)) <= self.current.generation:
+            return
+        key = (st.get("generation"), st.get("champion"), st.get("challenger"))
+        if key == self._seen_state:
+            return
+        self._seen_state = key
+        try:
+            with self._reload_lock:
+                ms = build_model_set(self.settings, st.get("champion"), st.get("challenger"), int(st["generation"]))
+                self._install(ms)
+            log.info("followed reload to generation %s (%s)", st["generation"], st.get("champion"))
+        except Exception as exc:
+            log.warning("could not follow reload generation %s: %s", st.get("generation"), exc)
+
+    def reload(self, champion: str | None = None, challenger: str | None | bool = True) -> ModelSet:
+        """Load a complete new set and swap it in; on any error the old set keeps serving."""
+        with self._reload_lock:
+            gen = max(self.current.generation if self.current else 0,
+                      int((self._read_state() or {}).get("generation", 0))) + 1
+            try:
+                if champion is None:
+                    from churnops.settings import get_settings as gs
+
+                    gs.cache_clear()  # pick up a new RUN_ID pinned in .env.local
+                    self.settings = gs()
+                ms = build_model_set(self.settings, champion, challenger, gen)
+            except Exception:
+                if self.metrics:
+                    self.metrics.model_reloads.labels("failed").inc()
+                raise
+            self._install(ms)
+            self._write_state(ms)
+            if self.metrics:
+                self.metrics.model_reloads.labels("ok").inc()
+            return ms
+
+    def _write_state(self, ms: ModelSet) -> None:
+        st = {"generation": ms.generation, "champion": ms.champion.uri,
+              "challenger": ms.challenger.uri if ms.challenger else None, "ts": time.time()}
+        self._seen_state = (st["generation"], st["champion"], st["challenger"])
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(st))
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            log.warning("could not share the reload with other processes: %s", exc)
+
+    def _install(self, ms: ModelSet) -> None:
+        old = self.current
+        self.current = ms  # the atomic swap
+        self.last_error = None
+        if self.metrics:
+            try:
+                if old is not None:
+                    for m in old.models():
+                        self.metrics.model_info.labels(m.route, m.run_id, str(m.version)).set(0)
+                for m in ms.models():
+                    self.metrics.model_info.labels(m.route, m.run_id, str(m.version)).set(1)
+            except Exception:
+                pass
+        log.info("serving champion %s (v%s)%s", ms.champion.run_id, ms.champion.version,
+                 f" + challenger {ms.challenger.run_id} (v{ms.challenger.version}) at {ms.canary_fraction:.0%}"
+                 if ms.challenger else "")
+
+
+def clear_shared_state(settings: Settings | None = None) -> None:
+    """Forget reloads of a previous server run (called once by the gunicorn master at start)."""
+    s = settings or get_settings()
+    try:
+        (s.state_dir / "serving-model.json").unlink()
+    except FileNotFoundError:
+        pass

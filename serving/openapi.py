@@ -1,0 +1,86 @@
+"""OpenAPI 3 description of the HTTP API, built with apispec (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from churnops.contract import DatasetContract
+
+
+def _feature_schema(contract: DatasetContract) -> dict:
+    props = {}
+    for name, f in contract.features.items():
+        if f.kind == "numeric":
+            p = {"type": "integer" if f.dtype == "int" else "number"}
+            if f.min is not None:
+                p["minimum"] = f.min
+            if f.max is not None:
+                p["maximum"] = f.max
+        else:
+            p = {"type": "string", "enum": list(f.categories)}
+        props[name] = p
+    return {"type": "object", "properties": props, "required": list(contract.features),
+            "additionalProperties": True, "description": "Clean feature names of the data contract; extra fields are ignored and reported."}
+
+
+def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
+    from apispec import APISpec
+
+    spec = APISpec(title="Churn prediction API", version=version, openapi_version="3.0.3",
+                   info={"description": "Churn probability and decision from the pinned model; canary routing; prediction log."})
+    spec.components.schema("Features", _feature_schema(contract))
+    spec.components.schema("Envelope", {"type": "object", "required": ["features"], "properties": {
+        "request_id": {"type": "string", "maxLength": 128}, "features": {"$ref": "#/components/schemas/Features"}}})
+    spec.components.schema("Prediction", {"type": "object", "properties": {
+        "request_id": {"type": "string"}, "probability": {"type": "number"}, "churn": {"type": "boolean"},
+        "decision": {"type": "integer", "enum": [0, 1]}, "threshold": {"type": "number"},
+        "model_run_id": {"type": "string"}, "model_version": {"type": "string", "nullable": True},
+        "route": {"type": "string", "enum": ["champion", "challenger"]},
+        "ignored_fields": {"type": "array", "items": {"type": "string"}}}})
+    spec.components.schema("Error", {"type": "object", "required": ["error", "details"], "properties": {
+        "error": {"type": "string"}, "details": {"type": "object", "additionalProperties": {"type": "string"}}}})
+    err = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    one = {"oneOf": [{"$ref": "#/components/schemas/Features"}, {"$ref": "#/components/schemas/Envelope"}]}
+    ok_json = lambda desc, schema=None: {"description": desc, "content": {"application/json": {"schema": schema or {"type": "object"}}}}  # noqa: E731
+    spec.path("/predict", operations={"post": {
+        "summary": "Predict one customer", "requestBody": {"required": True, "content": {"application/json": {"schema": one}}},
+        "responses": {"200": ok_json("prediction", {"$ref": "#/components/schemas/Prediction"}),
+                      "400": {"description": "not JSON / empty / NaN", **err}, "413": {"description": "body too large", **err},
+                      "422": {"description": "contract violation, per field", **err}, "503": {"description": "model not loaded", **err}}}})
+    spec.path("/predict/batch", operations={"post": {
+        "summary": "Predict a list of customers (up to the batch row limit)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "array", "items": one}}}},
+        "responses": {"200": ok_json("predictions", {"type": "object", "properties": {
+            "count": {"type": "integer"}, "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}}),
+            "400": {"description": "bad JSON", **err}, "413": {"description": "too large / too many rows", **err},
+            "422": {"description": "contract violation; details keyed `<index>.<field>`", **err}}}})
+    spec.path("/feedback", operations={"post": {
+        "summary": "Realized outcome for a request", "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["request_id"], "properties": {"request_id": {"type": "string"},
+                                                                          "outcome": {"type": "integer", "enum": [0, 1]},
+                                                                          "label": {"type": "string"}}}}}},
+        "responses": {"202": ok_json("accepted"), "422": {"description": "invalid", **err}}}})
+    for path, summary in (("/health", "Liveness"), ("/ready", "Readiness: 503 until a model is loaded"),
+                          ("/model", "Loaded model(s): run id, version, aliases, threshold, test metrics, runtime")):
+        spec.path(path, operations={"get": {"summary": summary, "responses": {"200": ok_json("ok"), "503": {"description": "not ready", **err}}}})
+    spec.path("/logs", operations={"get": {
+        "summary": "Prediction log window (start <= ts < end; UNIX seconds or ISO 8601)",
+        "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("start", "end", "limit")],
+        "responses": {"200": ok_json("records"), "422": {"description": "bad parameter", **err}, "503": {"description": "store down", **err}}}})
+    spec.path("/metrics", operations={"get": {"summary": "Prometheus metrics (all workers)",
+                                              "responses": {"200": {"description": "text exposition"}}}})
+    spec.path("/model/reload", operations={"post": {
+        "summary": "Load a model and swap it in atomically (admin token: `Authorization: Bearer` or `X-Admin-Token`)",
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "model_uri": {"type": "string"}, "run_id": {"type": "string"}, "challenger_uri": {"type": "string"}}}}}},
+        "responses": {"200": ok_json("new model"), "401": {"description": "bad token", **err},
+                      "422": {"description": "model cannot be loaded; old model kept", **err},
+                      "502": {"description": "registry unreachable; old model kept", **err}}}})
+    return spec.to_dict()
+
+
+@lru_cache(maxsize=4)
+def cached_spec(contract_name: str) -> dict:
+    from churnops.contract import load_contract
+
+    return build_spec(load_contract(contract_name))

@@ -1,0 +1,29 @@
+"""Pick the prediction-log backend from settings: MongoDB when MONGODB_URI is set, else SQLite."""
+
+from __future__ import annotations
+
+from churnops.settings import Settings, get_settings
+from serving.store import PredictionStore
+
+
+def sqlite_path(settings: Settings):
+    return settings.state_path(settings.prediction_db_path, "predictions.db")
+
+
+def open_store(settings: Settings | None = None) -> PredictionStore:
+    """The configured store; opening does not touch the network (connections are lazy)."""
+    s = settings or get_settings()
+    if s.mongodb_uri:
+        from serving.store_mongo import MongoStore
+
+        return MongoStore.from_uri(s.mongodb_uri, s.mongodb_db)
+    from serving.store_sqlite import SQLiteStore
+
+    return SQLiteStore(sqlite_path(s))
+
+
+def describe(settings: Settings | None = None) -> str:
+    s = settings or get_settings()
+    if s.mongodb_uri:
+        return f"mongodb ({s.mongodb_db})"
+    return f"sqlite ({sqlite_path(s)})"

@@ -1,0 +1,103 @@
+"""Prediction log on MongoDB (Compose / cluster mode), via pymongo. Tested on mongomock."""
+
+from __future__ import annotations
+
+from serving.store import PredictionStore
+
+
+def _window(start, end) -> dict:
+    q: dict = {}
+    if start is not None:
+        q["$gte"] = float(start)
+    if end is not None:
+        q["$lt"] = float(end)
+    return {"ts": q} if q else {}
+
+
+class MongoStore(PredictionStore):
+    """`PredictionStore` on a MongoDB database (collections: predictions, feedback, checkpoints, reports)."""
+
+    def __init__(self, client, db: str = "churn"):
+        self.client = client
+        self.db = client[db]
+        self._indexed = False
+
+    @classmethod
+    def from_uri(cls, uri: str, db: str = "churn", timeout_ms: int = 3000) -> "MongoStore":
+        from pymongo import MongoClient
+
+        return cls(MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                               socketTimeoutMS=10 * timeout_ms), db)
+
+    def _ensure_indexes(self) -> None:
+        if not self._indexed:
+            self.db.predictions.create_index("ts")
+            self.db.predictions.create_index("request_id")
+            self.db.feedback.create_index("ts")
+            self.db.feedback.create_index("request_id")
+            self.db.reports.create_index("ts")
+            self._indexed = True
+
+    def insert_predictions(self, records: list[dict]) -> int:
+        """insert_many(ordered=False): duplicates of an existing `_id` are skipped (first write wins)."""
+        from pymongo.errors import BulkWriteError
+
+        if not records:
+            return 0
+        self._ensure_indexes()
+        docs = [{**r, "_id": str(r["_id"])} for r in records]
+        try:
+            return len(self.db.predictions.insert_many(docs, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            errs = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errs):
+                raise
+            return int(exc.details.get("nInserted", len(docs) - len(errs)))
+
+    def find_predictions(self, start=None, end=None, limit=None) -> list[dict]:
+        cur = self.db.predictions.find(_window(start, end)).sort([("ts", 1), ("_id", 1)])
+        if limit is not None:
+            cur = cur.limit(int(limit))
+        return list(cur)
+
+    def count_predictions(self, start=None, end=None) -> int:
+        return int(self.db.predictions.count_documents(_window(start, end)))
+
+    def add_feedback(self, request_id: str, outcome: int, ts: float) -> None:
+        self._ensure_indexes()
+        rid = str(request_id)
+        self.db.feedback.replace_one({"_id": rid}, {"_id": rid, "request_id": rid, "outcome": int(outcome),
+                                                    "ts": float(ts)}, upsert=True)
+
+    def find_feedback(self, request_ids=None, start=None, end=None) -> list[dict]:
+        q = _window(start, end)
+        if request_ids is not None:
+            q["request_id"] = {"$in": [str(r) for r in request_ids]}
+        return list(self.db.feedback.find(q).sort([("ts", 1), ("_id", 1)]))
+
+    def get_checkpoint(self, key: str) -> str | None:
+        doc = self.db.checkpoints.find_one({"_id": key})
+        return None if doc is None else doc["value"]
+
+    def set_checkpoint(self, key: str, value: str) -> None:
+        self.db.checkpoints.replace_one({"_id": key}, {"_id": key, "value": str(value)}, upsert=True)
+
+    def save_report(self, meta: dict) -> None:
+        self._ensure_indexes()
+        self.db.reports.replace_one({"_id": meta["_id"]}, dict(meta), upsert=True)
+
+    def list_reports(self, limit: int = 100) -> list[dict]:
+        return list(self.db.reports.find({}).sort([("ts", -1), ("_id", -1)]).limit(int(limit)))
+
+    def ping(self) -> bool:
+        try:
+            self.client.admin.command("ping")
+            return True
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            pass

@@ -1,0 +1,269 @@
+"""The HTTP API through Flask's test client: every endpoint, every class of bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.serving.conftest import example
+
+
+def post(client, path, body, **kw):
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return client.post(path, data=data, content_type="application/json", **kw)
+
+
+def wait_logged(state, n, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state.plog.flush()
+        if state.store.count_predictions() >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"only {state.store.count_predictions()} of {n} records logged")
+
+
+def test_predict_bare_and_envelope_and_log(app_client):
+    client, state = app_client
+    r = post(client, "/predict", example())
+    assert r.status_code == 200, r.json
+    b = r.json
+    assert 0.0 <= b["probability"] <= 1.0 and b["decision"] == int(b["probability"] >= b["threshold"])
+    assert b["route"] == "champion" and b["model_run_id"] == "localrun1" and len(b["request_id"]) == 32
+    expected = state.models.current.champion.bundle.predict_records([
+        state.models.current.champion.bundle.encoder and {**example(), "credit_limit": 12691.0}])[0]
+    assert b["probability"] == pytest.approx(expected, abs=1e-6)
+    r2 = post(client, "/predict", {"request_id": "abc-1", "features": example(extra_field=1)})
+    assert r2.status_code == 200 and r2.json["request_id"] == "abc-1"
+    assert r2.json["ignored_fields"] == ["extra_field"]
+    assert r2.json["probability"] == pytest.approx(b["probability"])
+    wait_logged(state, 2)
+    recs = {x["_id"]: x for x in state.store.find_predictions()}
+    rec = recs["abc-1"]
+    assert rec["source"] == "http" and rec["route"] == "champion" and rec["features"]["gender"] == "m"
+    assert rec["probability"] == pytest.approx(b["probability"]) and rec["latency_ms"] > 0
+
+
+def test_unknown_marker_and_case_are_accepted(app_client):
+    client, _ = app_client
+    r = post(client, "/predict", example(education_level="Unknown", gender="M", customer_age="45"))
+    assert r.status_code == 200, r.json
+
+
+@pytest.mark.parametrize("body,field,fragment", [
+    ({k: v for k, v in example().items() if k != "gender"}, "gender", "missing"),
+    (example(customer_age="old"), "customer_age", "expected a number"),
+    (example(customer_age=True), "customer_age", "expected a number"),
+    (example(gender=1), "gender", "expected a string"),
+    (example(card_category="diamond"), "card_category", "unknown category"),
+    (example(customer_age=150), "customer_age", "above maximum"),
+    (example(avg_utilization_ratio=-0.5), "avg_utilization_ratio", "below minimum"),
+    (example(credit_limit=None), "credit_limit", "null"),
+    ({"request_id": "x", "features": [1, 2]}, "features", "expected an object"),
+    ({"request_id": {"a": 1}, "features": example()}, "request_id", "string"),
+])
+def test_contract_violations_name_the_field(app_client, body, field, fragment):
+    client, _ = app_client
+    r = post(client, "/predict", body)
+    assert r.status_code == 422
+    assert r.json["error"] and field in r.json["details"], r.json
+    assert fragment in r.json["details"][field]
+
+
+def test_several_problems_are_all_listed(app_client):
+    client, _ = app_client
+    body = example(customer_age=-1, gender="x")
+    del body["total_trans_ct"]
+    r = post(client, "/predict", body)
+    assert r.status_code == 422
+    assert set(r.json["details"]) == {"customer_age", "gender", "total_trans_ct"}
+
+
+@pytest.mark.parametrize("raw,fragment", [
+    ('{"customer_age": NaN}', "NaN"), ('{"customer_age": Infinity}', "Infinity"),
+    ('{"customer_age": -Infinity}', "Infinity"), ("not json", "Expecting value"), ("", "empty"),
+    ("   ", "empty"), (b"\xff\xfe{", "UTF-8"),
+])
+def test_bad_json_is_400(app_client, raw, fragment):
+    client, _ = app_client
+    r = post(client, "/predict", raw)
+    assert r.status_code == 400 and "body" in r.json["details"], r.json
+    assert fragment.lower() in (r.json["details"]["body"] + r.json["error"]).lower()
+
+
+def test_unknown_category_mapping_setting(serving_settings, bundles):
+    from serving.app import create_app
+    from serving.model import ModelManager
+    from serving.store_sqlite import SQLiteStore
+    from tests.serving.conftest import local_model_set
+
+    s = serving_settings.model_copy(update={"unknown_category": "unknown"})
+    mm = ModelManager(s)
+    mm.current = local_model_set(bundles)
+    app = create_app(s, store=SQLiteStore(s.state_dir / "p.db"), models=mm, start_background=False)
+    r = post(app.test_client(), "/predict", example(card_category="diamond", marital_status="widowed"))
+    assert r.status_code == 200, r.json
+
+
+def test_body_too_large_is_413(app_client):
+    client, _ = app_client
+    r = post(client, "/predict", json.dumps(example(pad="x" * 30_000)))
+    assert r.status_code == 413 and "body" in r.json["details"]
+
+
+def test_batch(app_client):
+    client, state = app_client
+    rows = [example(customer_age=30 + i) for i in range(10)] + [{"request_id": "b-1", "features": example()}]
+    r = post(client, "/predict/batch", rows)
+    assert r.status_code == 200, r.json
+    assert r.json["count"] == 11 and r.json["predictions"][-1]["request_id"] == "b-1"
+    single = post(client, "/predict", example(customer_age=33)).json["probability"]
+    assert r.json["predictions"][3]["probability"] == pytest.approx(single)
+    wait_logged(state, 12)
+
+
+def test_batch_errors(app_client):
+    client, _ = app_client
+    r = post(client, "/predict/batch", [example(), example(gender="q"), example(customer_age=None)])
+    assert r.status_code == 422 and set(r.json["details"]) == {"1.gender", "2.customer_age"}
+    r = post(client, "/predict/batch", [{"a": 1}] * 51)
+    assert r.status_code == 413 and "51 rows" in r.json["details"]["body"]
+    assert post(client, "/predict/batch", example()).status_code == 422
+    assert post(client, "/predict/batch", []).status_code == 422
+    r = post(client, "/predict/batch", [{"request_id": "d", "features": example()}] * 2)
+    assert r.status_code == 422 and "request_id" in r.json["details"]
+
+
+def test_json_errors_for_404_405(app_client):
+    client, _ = app_client
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.json["error"] == "not found"
+    r = client.get("/predict")
+    assert r.status_code == 405 and "method" in r.json["details"]
+
+
+def test_unexpected_error_is_json_500(app_client, monkeypatch):
+    client, state = app_client
+    monkeypatch.setattr(state.models.current.champion.bundle, "predict_records",
+                        lambda rows: (_ for _ in ()).throw(RuntimeError("boom")))
+    r = post(client, "/predict", example())
+    assert r.status_code == 500 and r.json["details"]["exception"] == "RuntimeError"
+    monkeypatch.undo()
+    assert post(client, "/predict", example()).status_code == 200
+
+
+def test_health_ready_model_and_not_ready(app_client, serving_settings):
+    client, state = app_client
+    assert client.get("/health").json["status"] == "ok"
+    assert client.get("/ready").status_code == 200
+    m = client.get("/model").json
+    assert m["champion"]["run_id"] == "localrun1" and m["champion"]["runtime"] == "onnx"
+    assert m["champion"]["threshold"] == 0.5 and m["champion"]["test_metrics"]["auc_roc"] == 0.9
+    assert m["challenger"] is None
+    state.models.current, ms = None, state.models.current
+    assert client.get("/ready").status_code == 503
+    r = post(client, "/predict", example())
+    assert r.status_code == 503 and "model" in r.json["details"]
+    state.models.current = ms
+
+
+def test_logs_window(app_client):
+    client, state = app_client
+    t0 = time.time()
+    for i in range(5):
+        post(client, "/predict", {"request_id": f"w{i}", "features": example()})
+    wait_logged(state, 5)
+    r = client.get(f"/logs?start={t0 - 1}&limit=3")
+    assert r.status_code == 200 and r.json["count"] == 3
+    assert [x["request_id"] for x in r.json["records"]] == ["w0", "w1", "w2"]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0 + 3600))
+    assert client.get(f"/logs?start={iso}").json["count"] == 0
+    assert client.get("/logs?start=yesterday").json["details"]["start"]
+    assert client.get("/logs?limit=0").status_code == 422
+    assert "end" in client.get("/logs?start=10&end=5").json["details"]
+
+
+def test_feedback(app_client):
+    client, state = app_client
+    assert post(client, "/feedback", {"request_id": "f1", "outcome": 1}).status_code == 202
+    assert post(client, "/feedback", {"request_id": "f2", "label": "Existing Customer"}).status_code == 202
+    assert post(client, "/feedback", {"request_id": "f3", "label": "attrited customer"}).status_code == 202
+    r = post(client, "/feedback", {"request_id": "f4", "outcome": 7})
+    assert r.status_code == 422 and "outcome" in r.json["details"]
+    r = post(client, "/feedback", {"outcome": 1})
+    assert r.status_code == 422 and "request_id" in r.json["details"]
+    assert "label" in post(client, "/feedback", {"request_id": "f5", "label": "maybe"}).json["details"]
+    state.plog.flush()
+    fb = {f["request_id"]: f["outcome"] for f in state.store.find_feedback()}
+    assert fb == {"f1": 1, "f2": 0, "f3": 1}
+
+
+def test_metrics_count_predictions_and_rejections(app_client):
+    from prometheus_client import REGISTRY
+
+    client, _ = app_client
+
+    def val(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = val("churn_rejections_total", source="http", reason="unknown_category")
+    before_p = val("churn_predictions_total", source="http", route="champion", model_version="None", decision="0") + \
+        val("churn_predictions_total", source="http", route="champion", model_version="None", decision="1")
+    post(client, "/predict", example(card_category="diamond"))
+    post(client, "/predict", example())
+    assert val("churn_rejections_total", source="http", reason="unknown_category") == before + 1
+    after_p = val("churn_predictions_total", source="http", route="champion", model_version="None", decision="0") + \
+        val("churn_predictions_total", source="http", route="champion", model_version="None", decision="1")
+    assert after_p == before_p + 1
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "churn_rejections_total" in text and "churn_prediction_latency_seconds_bucket" in text
+
+
+def test_openapi_and_index(app_client):
+    client, _ = app_client
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.") and "/predict" in spec["paths"] and "/predict/batch" in spec["paths"]
+    assert spec["components"]["schemas"]["Features"]["properties"]["gender"]["enum"] == ["f", "m"]
+    html = client.get("/").get_data(as_text=True)
+    assert "<form" in html and "fetch(\"/predict\"" in html
+
+
+def test_reload_auth_and_failure_keeps_old(app_client, bundles, serving_settings):
+    client, state = app_client
+    assert client.post("/model/reload").status_code == 401
+    assert client.post("/model/reload", headers={"X-Admin-Token": "wrong"}).status_code == 401
+    hdr = {"Authorization": f"Bearer {serving_settings.admin_token}"}
+    bad = bundles["a"].parent / "broken"
+    bad.mkdir(exist_ok=True)
+    (bad / "meta.json").write_text("{not json")
+    r = post(client, "/model/reload", {"model_uri": str(bad)}, headers=hdr)
+    assert r.status_code == 422 and "previous model" in r.json["error"] and r.json["details"]["model"]
+    assert post(client, "/predict", example()).json["model_run_id"] == "localrun1"
+    r = post(client, "/model/reload", {"model_uri": str(bundles["native"]), "challenger_uri": None}, headers=hdr)
+    assert r.status_code == 200, r.json
+    p = post(client, "/predict", example()).json
+    assert p["model_run_id"] == "localrun3"
+    assert client.get("/model").json["champion"]["runtime"] == "xgboost"
+    # the accepted target is shared with the other workers through the state file
+    st = json.loads((serving_settings.state_dir / "serving-model.json").read_text())
+    assert st["champion"] == str(bundles["native"]) and st["generation"] == 1
+
+
+def test_drift_blueprint_is_registered_when_present(app_client, monkeypatch):
+    import sys
+    import types
+
+    from flask import Blueprint
+
+    from serving.app import create_app
+
+    bp = Blueprint("drift", __name__)
+    bp.add_url_rule("/drift/report", "report", lambda: {"ok": True})
+    mod = types.ModuleType("reporting.blueprint")
+    mod.drift_blueprint = bp
+    monkeypatch.setitem(sys.modules, "reporting.blueprint", mod)
+    _, state = app_client
+    app = create_app(state.settings, store=state.store, models=state.models, start_background=False)
+    assert app.test_client().get("/drift/report").json == {"ok": True}

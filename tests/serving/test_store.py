@@ -1,0 +1,115 @@
+"""Contract tests of the prediction-log store, parametrised over SQLite and MongoDB (mongomock)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from serving.store import PredictionStore
+
+
+def rec(i: int, ts: float, **over) -> dict:
+    return {"_id": f"id{i}", "ts": ts, "request_id": f"id{i}", "source": "http", "model_run_id": "run1",
+            "model_version": "1", "route": "champion", "features": {"customer_age": 40 + i, "gender": "f"},
+            "probability": i / 100, "decision": int(i % 2), "latency_ms": 1.5, **over}
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store(request, tmp_path) -> PredictionStore:
+    if request.param == "sqlite":
+        from serving.store_sqlite import SQLiteStore
+
+        s = SQLiteStore(tmp_path / "p.db")
+    else:
+        import mongomock
+
+        from serving.store_mongo import MongoStore
+
+        s = MongoStore(mongomock.MongoClient(), "churn")
+    yield s
+    s.close()
+
+
+def test_insert_is_idempotent_and_counts_new(store):
+    assert store.insert_predictions([rec(i, 100.0 + i) for i in range(5)]) == 5
+    assert store.insert_predictions([rec(i, 100.0 + i, probability=0.99) for i in range(3, 8)]) == 3
+    assert store.count_predictions() == 8
+    got = {r["_id"]: r for r in store.find_predictions()}
+    assert got["id3"]["probability"] == 0.03  # first write wins: a replay never rewrites history
+    assert got["id7"]["probability"] == 0.99
+    assert got["id1"]["features"] == {"customer_age": 41, "gender": "f"}
+    assert store.insert_predictions([]) == 0
+
+
+def test_windows_are_half_open_sorted_and_limited(store):
+    store.insert_predictions([rec(i, 1000.0 + i) for i in reversed(range(10))])
+    w = store.find_predictions(1002.0, 1006.0)
+    assert [r["_id"] for r in w] == ["id2", "id3", "id4", "id5"]
+    assert store.count_predictions(1002.0, 1006.0) == 4
+    assert store.count_predictions(start=1008.0) == 2 and store.count_predictions(end=1001.0) == 1
+    assert [r["_id"] for r in store.find_predictions(limit=3)] == ["id0", "id1", "id2"]
+    assert store.find_predictions(2000.0, 3000.0) == []
+
+
+def test_feedback_last_write_wins_and_filters(store):
+    store.add_feedback("a", 1, 10.0)
+    store.add_feedback("b", 0, 20.0)
+    store.add_feedback("a", 0, 30.0)
+    fb = {f["request_id"]: f for f in store.find_feedback()}
+    assert fb["a"]["outcome"] == 0 and fb["a"]["ts"] == 30.0 and len(fb) == 2
+    assert [f["request_id"] for f in store.find_feedback(["b", "zz"])] == ["b"]
+    assert [f["request_id"] for f in store.find_feedback(start=25.0)] == ["a"]
+    assert store.find_feedback([]) == []
+
+
+def test_checkpoints_and_reports(store):
+    assert store.get_checkpoint("kinesis:predictions:shard-0") is None
+    store.set_checkpoint("kinesis:predictions:shard-0", "495")
+    store.set_checkpoint("kinesis:predictions:shard-0", "496")
+    assert store.get_checkpoint("kinesis:predictions:shard-0") == "496"
+    for i in range(5):
+        store.save_report({"_id": f"rep{i}", "ts": float(i), "rows": i * 10})
+    store.save_report({"_id": "rep1", "ts": 9.0, "rows": 99})
+    reps = store.list_reports(limit=3)
+    assert [r["_id"] for r in reps] == ["rep1", "rep4", "rep3"] and reps[0]["rows"] == 99
+    assert store.ping() is True
+
+
+def _writer(path, k):
+    from serving.store_sqlite import SQLiteStore
+
+    s = SQLiteStore(path)
+    for j in range(20):
+        s.insert_predictions([rec(k * 1000 + j * 10 + i, float(j)) for i in range(10)])
+    s.close()
+
+
+def test_sqlite_concurrent_processes(tmp_path):
+    """Several processes (gunicorn workers + consumer) writing one file lose nothing."""
+    from serving.store_sqlite import SQLiteStore
+
+    path = tmp_path / "p.db"
+    SQLiteStore(path).ping()
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, k)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert SQLiteStore(path).count_predictions() == 600
+
+
+def test_factory_picks_backend(tmp_path):
+    from churnops.settings import Settings
+    from serving.store_factory import open_store
+    from serving.store_mongo import MongoStore
+    from serving.store_sqlite import SQLiteStore
+
+    s = Settings(_env_file=None, state_dir=tmp_path)
+    st = open_store(s)
+    assert isinstance(st, SQLiteStore) and st.path == tmp_path / "predictions.db"
+    m = open_store(Settings(_env_file=None, state_dir=tmp_path, mongodb_uri="mongodb://127.0.0.1:9/"))
+    assert isinstance(m, MongoStore)
+    m.close()
