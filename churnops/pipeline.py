@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -327,8 +328,12 @@ def log_and_register(
         from mlflow.models import infer_signature
 
         example = prep.clean[contract.feature_names].head(5)
-        signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "churn": [1]}))
-        with timer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "churn": [1]}))
+        with timer, warnings.catch_warnings():
+            # mlflow nags about type hints / input examples / integer outputs: all deliberate here
+            warnings.simplefilter("ignore", UserWarning)
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
             with mlflow.start_run(run_id=parent_run_id):
                 mlflow.log_params({k: (repr(v) if isinstance(v, float) else v) for k, v in best.params.items()} | {"n_trees": best.n_trees})

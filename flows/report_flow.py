@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from prefect import flow, get_run_logger
 
@@ -25,6 +26,14 @@ def open_store(settings):
     return _open(settings)
 
 
+def _logger():
+    """The flow run's logger; a module logger when called outside a run (`flow.fn(...)`)."""
+    try:
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger(__name__)
+
+
 @flow(name=FLOW_NAME, log_prints=True)
 def report_flow(window_hours: float | None = None) -> dict:
     """Build the report for the last `window_hours` (default REPORT_WINDOW_HOURS); returns the summary headline."""
@@ -37,7 +46,7 @@ def report_flow(window_hours: float | None = None) -> dict:
     finally:
         store.close()
     out = {"id": summary["id"], "status": summary["status"], "files": summary["files"], **summary["headline"]}
-    get_run_logger().info("report %s: %s", out["id"], json.dumps(out, default=str))
+    _logger().info("report %s: %s", out["id"], json.dumps(out, default=str))
     return out
 
 

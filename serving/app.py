@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import hmac
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -232,7 +233,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     # ---- operations ----------------------------------------------------------------------------------
     @app.get("/health")
     def health():
-        return jsonify({"status": "ok", "model_loaded": models.ready, "store_ok": plog.store_ok,
+        return jsonify({"status": "ok", "pid": os.getpid(), "model_loaded": models.ready, "store_ok": plog.store_ok,
                         "log_pending": plog.pending()})
 
     @app.get("/ready")

@@ -46,9 +46,9 @@ def test_http_canary_labels_response_and_log(serving_settings, bundles):
         again = post(c, "/predict", {"request_id": f"c{i}", "features": example()}).json
         assert again["route"] == b["route"]
     assert set(seen) == {"champion", "challenger"} and seen["champion"] != seen["challenger"]
-    batch = post(c, "/predict/batch", [{"request_id": f"c{i}", "features": example()} for i in range(40)]).json
+    batch = post(c, "/predict/batch", [{"request_id": f"c{i}", "features": example()} for i in range(20)]).json
     assert [p["route"] for p in batch["predictions"]] == [
-        "challenger" if route_fraction(f"c{i}") < 0.5 else "champion" for i in range(40)]
+        "challenger" if route_fraction(f"c{i}") < 0.5 else "champion" for i in range(20)]
     app.extensions["churn"].plog.flush()
     routes = {r["route"] for r in store.find_predictions()}
     assert routes == {"champion", "challenger"}

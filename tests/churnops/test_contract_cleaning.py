@@ -1,0 +1,140 @@
+"""Cleaning and the data contract: unit tests on the real file and on hand-made frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops.cleaning import check_raw_frame, clean_frame
+from churnops.contract import ContractViolation, load_contract, snake_case, validate_record
+from churnops.synthetic import LEAK_1, LEAK_2, generate_customers
+
+
+@pytest.fixture(scope="module")
+def contract():
+    return load_contract("bank_churners")
+
+
+@pytest.fixture(scope="module")
+def raw_real(real_data_path):
+    return pd.read_csv(real_data_path)
+
+
+def test_snake_case():
+    assert snake_case("Months_Inactive_12_mon") == "months_inactive_12_mon"
+    assert snake_case("Total_Ct_Chng_Q4_Q1") == "total_ct_chng_q4_q1"
+    assert snake_case("CustomerAge") == "customer_age"
+    assert snake_case(" Card Category ") == "card_category"
+
+
+def test_real_file_cleans_and_passes(raw_real, contract):
+    clean, report = check_raw_frame(raw_real, contract, "real")
+    assert report.ok, str(report)
+    assert list(clean.columns) == contract.feature_names + ["churn"]
+    assert len(clean) == 10_127
+    assert clean["churn"].sum() == 1627  # "Attrited Customer"
+    # ids and leakage never survive cleaning
+    assert not any(c.startswith("naive_bayes") or c == "clientnum" for c in clean.columns)
+
+
+def test_unknown_policy_and_lowercase(raw_real, contract):
+    clean = clean_frame(raw_real, contract)
+    # nominal: "Unknown" kept as its own category
+    assert (clean["marital_status"] == "unknown").sum() == 749
+    # ordinal: "Unknown" becomes missing
+    assert clean["education_level"].isna().sum() == 1519
+    assert clean["income_category"].isna().sum() == 1112
+    assert set(clean["gender"].unique()) == {"f", "m"}
+    assert set(clean["card_category"].unique()) == {"blue", "silver", "gold", "platinum"}
+
+
+def test_contract_reports_every_failure(raw_real, contract):
+    bad = raw_real.head(300).copy()
+    bad.loc[0, "Customer_Age"] = 250            # out of range
+    bad.loc[1, "Card_Category"] = "Titanium"    # unknown category
+    bad["Credit_Limit"] = bad["Credit_Limit"].astype(object)
+    bad.loc[2, "Credit_Limit"] = "lots"         # not numeric
+    bad = bad.drop(columns=["Total_Trans_Ct"])  # missing column
+    _, report = check_raw_frame(bad, contract, "bad.csv")
+    text = str(report)
+    assert not report.ok
+    assert "customer_age" in text and "above max" in text
+    assert "card_category" in text and "titanium" in text
+    assert "credit_limit" in text and "non-numeric" in text and "lots" in text
+    assert "total_trans_ct: column missing" in text
+    assert len(report.failures) >= 4
+    assert str(ContractViolation(report)).startswith("data contract check of bad.csv")
+
+
+def test_contract_min_rows_and_labels(raw_real, contract):
+    small = raw_real.head(50).copy()
+    small.loc[0, "Attrition_Flag"] = "Maybe"
+    _, report = check_raw_frame(small, contract, "small")
+    text = str(report)
+    assert "rows: 50 < minimum 200" in text
+    assert "label outside" in text
+
+
+def test_synthetic_matches_schema_and_passes(contract):
+    raw = generate_customers(3000, seed=7)
+    assert LEAK_1 in raw.columns and LEAK_2 in raw.columns and "CLIENTNUM" in raw.columns
+    clean, report = check_raw_frame(raw, contract, "synthetic")
+    assert report.ok, str(report)
+    assert 0.12 < clean["churn"].mean() < 0.20
+    # same seed, same frame; other seed, other frame
+    pd.testing.assert_frame_equal(raw, generate_customers(3000, seed=7))
+    assert not raw.equals(generate_customers(3000, seed=8))
+
+
+def test_synthetic_churn_mechanism_is_plausible(contract):
+    clean = clean_frame(generate_customers(8000, seed=1), contract)
+    churned, stayed = clean[clean.churn == 1], clean[clean.churn == 0]
+    assert churned["total_trans_ct"].mean() < stayed["total_trans_ct"].mean() - 5
+    assert churned["contacts_count_12_mon"].mean() > stayed["contacts_count_12_mon"].mean()
+
+
+def test_validate_record_accepts_and_reports(contract, raw_real):
+    row = clean_frame(raw_real.head(1), contract)[contract.feature_names].iloc[0].to_dict()
+    row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+    row["education_level"] = "Graduate"
+    row["income_category"] = "Unknown"
+    ok = validate_record(row | {"extra": 1}, contract)
+    assert ok.ok and ok.ignored == ["extra"]
+    assert ok.values["education_level"] == "graduate" and ok.values["income_category"] is None
+
+    bad = dict(row)
+    bad.pop("gender")
+    bad["customer_age"] = "old"
+    bad["credit_limit"] = float("inf")
+    bad["card_category"] = "titanium"
+    bad["total_trans_ct"] = -3
+    r = validate_record(bad, contract)
+    assert set(r.errors) == {"gender", "customer_age", "credit_limit", "card_category", "total_trans_ct"}
+    assert "missing" in r.errors["gender"] and "below minimum" in r.errors["total_trans_ct"]
+    mapped = validate_record(dict(row, card_category="titanium"), contract, unknown_category="unknown")
+    assert mapped.ok and mapped.values["card_category"] is None
+
+
+def test_other_dataset_contract_loads(tmp_path):
+    p = tmp_path / "toy.yaml"
+    p.write_text(
+        "name: toy\ntarget: {source: Outcome, name: y, positive: 'yes', labels: ['yes', 'no']}\n"
+        "id_columns: [Id]\nmin_rows: 10\nfeatures:\n  x1: {kind: numeric}\n  color: {kind: categorical, categories: [Red, Blue]}\n"
+    )
+    c = load_contract(str(p))
+    assert c.feature_names == ["x1", "color"] and c.features["color"].categories == ["red", "blue"]
+    raw = pd.DataFrame({"Id": range(20), "X1": np.arange(20.0), "Color": ["Red", "Blue"] * 10,
+                        "Outcome": ["yes", "no"] * 10})
+    clean, report = check_raw_frame(raw, c, "toy")
+    assert report.ok, str(report)
+    assert list(clean.columns) == ["x1", "color", "y"] and clean["y"].sum() == 10
+
+
+def test_bad_contract_file_names_the_file(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: x\nfeatures: {a: {kind: banana}}\n")
+    with pytest.raises(ValueError, match="broken.yaml"):
+        load_contract(str(p))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_contract("nope")

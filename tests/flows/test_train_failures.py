@@ -1,0 +1,104 @@
+"""The training flow's failure paths and guarantees: fail fast, report, never half-register."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _aliases(s):
+    from churnops.registry import alias_version
+
+    return {a: getattr(alias_version(s.model_name, a, s), "version", None) for a in ("champion", "challenger")}
+
+
+def test_contract_violation_stops_flow_with_full_report(trained, stack_env, real_data_path, tmp_path):
+    from churnops.contract import ContractViolation
+    from flows.train_flow import train_flow
+
+    bad = pd.read_csv(real_data_path).head(400)
+    bad.loc[0, "Customer_Age"] = 999
+    bad.loc[1, "Gender"] = "X"
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    before = _aliases(stack_env)
+    with pytest.raises(ContractViolation) as err:
+        train_flow(n_trials=2, data=str(path), data_profile=False)
+    text = str(err.value)
+    assert "customer_age" in text and "999" in text and "gender" in text and "'x'" in text
+    assert _aliases(stack_env) == before
+
+
+def test_unreachable_mlflow_fails_fast_naming_it(trained, stack_env, monkeypatch):
+    from churnops.settings import get_settings
+    from flows.train_flow import PreflightError, train_flow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(PreflightError, match=r"MLflow server http://127.0.0.1:9 unreachable"):
+            train_flow(n_trials=2, data_profile=False)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+def test_unreachable_s3_fails_fast_naming_it(trained, stack_env, monkeypatch):
+    from churnops.settings import get_settings
+    from flows.train_flow import PreflightError, train_flow
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(PreflightError, match=r"S3 endpoint http://127.0.0.1:9 unreachable"):
+            train_flow(n_trials=2, data_profile=False)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+def test_failed_parity_registers_nothing(trained, stack_env, monkeypatch):
+    from churnops.pipeline import ParityError
+    from churnops.settings import get_settings
+    from flows.train_flow import train_flow
+
+    before = _aliases(stack_env)
+    from churnops.registry import client
+
+    n_versions = len(client(stack_env).search_model_versions(f"name='{stack_env.model_name}'"))
+    monkeypatch.setenv("ONNX_TOLERANCE", "-1")  # impossible: every export fails the gate
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ParityError, match="not registered"):
+            train_flow(n_trials=2, data_profile=False)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert _aliases(stack_env) == before
+    assert len(client(stack_env).search_model_versions(f"name='{stack_env.model_name}'")) == n_versions
+    failed = client(stack_env).search_runs(
+        [client(stack_env).get_experiment_by_name(stack_env.experiment_name).experiment_id],
+        filter_string="attributes.status = 'FAILED'",
+    )
+    assert failed, "the aborted sweep's parent run is marked FAILED"
+
+
+def test_reproducible_and_alias_movement(trained, stack_env):
+    """Same data + config + seed -> same best params and metrics; a new best moves only challenger."""
+    from churnops.registry import client
+    from flows.train_flow import train_flow
+
+    a = train_flow(n_trials=4, data_profile=False)
+    b = train_flow(n_trials=4, data_profile=False)
+    assert a["best_params"] == b["best_params"]
+    assert a["test_metrics"] == b["test_metrics"] and a["threshold"] == b["threshold"]
+    assert a["dataset_sha256"] == b["dataset_sha256"]
+    ca = client(stack_env).get_run(a["run_id"]).data.tags["config_hash"]
+    cb = client(stack_env).get_run(b["run_id"]).data.tags["config_hash"]
+    assert ca == cb
+    aliases = _aliases(stack_env)
+    assert aliases["champion"] == trained["version"]           # first model ever stays champion
+    assert aliases["challenger"] == b["version"] != trained["version"]
+    assert b["aliases"] == ["challenger"]

@@ -1,0 +1,231 @@
+"""End to end on real servers: gunicorn (2 workers), MLflow, moto Kinesis, the trained model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server, free_port, wait_http
+from tests.serving.conftest import example
+from tests.serving.test_consumer import read_stream
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def http(method: str, url: str, body=None, headers=None, timeout=20):
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if r.headers.get_content_type() == "application/json" else raw.decode())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def serving_env(stack_env, trained, state_dir: Path, **extra) -> dict:
+    return {
+        "RUN_ID": trained["run_id"], "STATE_DIR": str(state_dir), "MODEL_NAME": stack_env.model_name,
+        "MLFLOW_TRACKING_URI": stack_env.mlflow_tracking_uri, "AWS_ENDPOINT_URL": stack_env.aws_endpoint_url,
+        "ADMIN_TOKEN": "test-admin", "LOG_FLUSH_INTERVAL_S": "0.05", "CANARY_FRACTION": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prom"), **{k: str(v) for k, v in extra.items()},
+    }
+
+
+@pytest.fixture(scope="module")
+def api(stack_env, trained, tmp_path_factory):
+    d = tmp_path_factory.mktemp("api")
+    port = free_port()
+    env = serving_env(stack_env, trained, d / "state", API_PORT=port, API_WORKERS=2)
+    srv = Server([sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+                 d / "gunicorn.log", env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", 60, srv.proc, d / "gunicorn.log")
+    deadline = time.monotonic() + 120
+    pids = set()
+    while time.monotonic() < deadline and len(pids) < 2:  # both workers have loaded the model
+        st, body = http("GET", f"{url}/ready")
+        if st == 200:
+            pids.add(http("GET", f"{url}/health")[1]["pid"])
+        time.sleep(0.1)
+    yield {"url": url, "env": env, "state": d / "state", "log": d / "gunicorn.log"}
+    srv.stop()
+
+
+def metric_sum(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_http_predictions_model_metrics_logs(api, trained):
+    url = api["url"]
+    st, m = http("GET", f"{url}/model")
+    assert st == 200 and m["champion"]["run_id"] == trained["run_id"] and m["champion"]["version"] == "1"
+    assert m["champion"]["runtime"] == "onnx" and "champion" in m["champion"]["aliases"]
+    assert m["champion"]["threshold"] == pytest.approx(trained["threshold"])
+    tag = uuid.uuid4().hex[:6]
+    t0 = time.time()
+    pids = set()
+    for i in range(40):
+        st, b = http("POST", f"{url}/predict", {"request_id": f"{tag}-{i}", "features": example(customer_age=30 + i)})
+        assert st == 200 and b["model_version"] == "1" and b["route"] == "champion"
+        pids.add(http("GET", f"{url}/health")[1]["pid"])
+    st, b = http("POST", f"{url}/predict", example(customer_age=float("nan")) | {"customer_age": 1000})
+    assert st == 422 and "customer_age" in b["details"]
+    st, b = http("POST", f"{url}/predict", b'{"customer_age": NaN}')
+    assert st == 400
+    st, batch = http("POST", f"{url}/predict/batch", [example()] * 20)
+    assert st == 200 and batch["count"] == 20
+    assert len(pids) == 2, "both workers should have answered"
+    # /metrics aggregates the workers: whichever worker answers sees all 60 predictions
+    for _ in range(4):
+        st, text = http("GET", f"{url}/metrics")
+        assert metric_sum(text, "churn_predictions_total", source="http") >= 60
+        assert metric_sum(text, "churn_rejections_total", reason="out_of_range") >= 1
+        assert metric_sum(text, "churn_rejections_total", reason="non_finite_number") >= 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st, logs = http("GET", f"{url}/logs?start={t0 - 1}&limit=1000")
+        if sum(r["request_id"].startswith(tag) for r in logs["records"]) == 40:
+            break
+        time.sleep(0.2)
+    mine = [r for r in logs["records"] if r["request_id"].startswith(tag)]
+    assert len(mine) == 40 and all(r["model_run_id"] == trained["run_id"] for r in mine)
+    st, fb = http("POST", f"{url}/feedback", {"request_id": f"{tag}-0", "outcome": 1})
+    assert st == 202
+
+
+def test_bad_reload_keeps_serving(api, trained):
+    url = api["url"]
+    hdr = {"Authorization": "Bearer test-admin"}
+    st, b = http("POST", f"{url}/model/reload", {"run_id": "0" * 32}, headers=hdr)
+    assert st in (422, 502) and "previous model" in b["error"] and b["details"]["model"]
+    for _ in range(6):
+        st, p = http("POST", f"{url}/predict", example())
+        assert st == 200 and p["model_run_id"] == trained["run_id"]
+    st, b = http("POST", f"{url}/model/reload", {}, headers=hdr)  # reload the pin: accepted
+    assert st == 200 and b["champion"]["run_id"] == trained["run_id"] and b["generation"] == 1
+
+
+@pytest.fixture(scope="module")
+def challenger_version(stack_env, trained, tmp_path_factory):
+    """A second registered version from a different run, aliased `challenger`."""
+    import mlflow
+
+    from churnops.bundle import ChurnPyfunc
+    from churnops.registry import client
+    from tests.serving.conftest import make_bundle
+
+    d = tmp_path_factory.mktemp("chall")
+    bundle = make_bundle(d / "bundle", 5)
+    mlflow.set_tracking_uri(stack_env.mlflow_tracking_uri)
+    exp = mlflow.set_experiment(stack_env.experiment_name)
+    with mlflow.start_run(experiment_id=exp.experiment_id) as run:
+        meta = json.loads((bundle / "meta.json").read_text()) | {"run_id": run.info.run_id}
+        (bundle / "meta.json").write_text(json.dumps(meta))
+        info = mlflow.pyfunc.log_model(name="model", python_model=ChurnPyfunc(), artifacts={"bundle": str(bundle)})
+    mv = mlflow.register_model(info.model_uri, stack_env.model_name)
+    client(stack_env).set_registered_model_alias(stack_env.model_name, "challenger", mv.version)
+    yield {"run_id": run.info.run_id, "version": str(mv.version)}
+    client(stack_env).set_registered_model_alias(stack_env.model_name, "challenger", trained["version"])
+
+
+def test_canary_from_registry(stack_env, trained, challenger_version, tmp_path):
+    from serving.model import ModelManager, route_fraction
+
+    s = stack_env.model_copy(update={"run_id": trained["run_id"], "canary_fraction": 0.3, "state_dir": tmp_path})
+    mm = ModelManager(s)
+    ms = mm.load_initial()
+    assert ms.champion.run_id == trained["run_id"] and ms.champion.version == "1"
+    assert ms.challenger.run_id == challenger_version["run_id"]
+    assert ms.challenger.version == challenger_version["version"]
+    picks = [ms.pick(uuid.uuid4().hex) for _ in range(2000)]
+    share = sum(p.route == "challenger" for p in picks) / 2000
+    assert abs(share - 0.3) < 0.05
+    for i in range(50):
+        rid = f"stable-{i}"
+        assert ms.pick(rid).route == ms.pick(rid).route == ("challenger" if route_fraction(rid) < 0.3 else "champion")
+    # fraction 0: champion only, the challenger is not even loaded
+    s0 = s.model_copy(update={"canary_fraction": 0.0})
+    assert ModelManager(s0).load_initial().challenger is None
+
+
+def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
+    """Raw, base64 and poison records; the consumer SIGKILLed mid-stream and restarted loses nothing."""
+    import base64
+
+    from churnops.aws import client
+    from churnops.provision import ensure_streams
+    from serving.store_sqlite import SQLiteStore
+
+    tag = uuid.uuid4().hex[:8]
+    streams = {"INPUT_STREAM": f"in-{tag}", "OUTPUT_STREAM": f"out-{tag}", "DLQ_STREAM": f"dlq-{tag}"}
+    s = stack_env.model_copy(update={"input_stream": streams["INPUT_STREAM"], "output_stream": streams["OUTPUT_STREAM"],
+                                     "dlq_stream": streams["DLQ_STREAM"], "stream_shards": 2})
+    ensure_streams(s)
+    kin = client("kinesis", s)
+    n = 1500
+    good = [json.dumps({"request_id": f"e{i}", "features": example(total_trans_ct=10 + i % 100)}).encode()
+            for i in range(n)]
+    good += [base64.b64encode(json.dumps(example()).encode()) for _ in range(20)]
+    poison = [b"\x00garbage", json.dumps(example(card_category="diamond")).encode()]
+    entries = [{"Data": d, "PartitionKey": f"k{i}"} for i, d in enumerate(good + poison)]
+    keys = []
+    for i in range(0, len(entries), 500):
+        resp = kin.put_records(StreamName=s.input_stream, Records=entries[i:i + 500])
+        assert not resp.get("FailedRecordCount")
+        keys += [(r["ShardId"], r["SequenceNumber"]) for r in resp["Records"]]
+    env = serving_env(stack_env, trained, tmp_path / "state", CONSUMER_BATCH_SIZE=100, **streams)
+    args = [sys.executable, "-m", "serving.consumer"]
+    c1 = Server(args, tmp_path / "c1.log", env=env, cwd=ROOT)
+    store = SQLiteStore(tmp_path / "state" / "predictions.db")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            done = store.count_predictions()
+        except Exception:
+            done = 0
+        if done >= 300:
+            break
+        time.sleep(0.05)
+    os.kill(c1.proc.pid, signal.SIGKILL)  # mid-stream, no chance to flush
+    c1.proc.wait(10)
+    c1.fh.close()
+    assert 0 < store.count_predictions() < len(good), "kill should land mid-stream"
+    c2 = Server(args, tmp_path / "c2.log", env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and store.count_predictions() < len(good):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    c2.proc.send_signal(signal.SIGTERM)  # graceful: finishes its batch and exits 0
+    assert c2.proc.wait(30) == 0
+    c2.fh.close()
+    results = read_stream(kin, s.output_stream)
+    got = {(r["shard_id"], r["sequence_number"]) for r in results}
+    assert got == set(keys[:len(good)]), "every valid input has a result"
+    assert len(results) - len(got) <= 2 * 100, "at most the last batch per shard re-emitted"
+    dlq = read_stream(kin, s.dlq_stream)
+    assert {(d["shard_id"], d["sequence_number"]) for d in dlq} == set(keys[len(good):])
+    ids = {r["_id"] for r in store.find_predictions()}
+    assert ids == {f"stream:{sh}:{q}" for sh, q in keys[:len(good)]}, "every input has one log record"
+    rid = {r["request_id"] for r in results}
+    assert {f"e{i}" for i in range(n)} <= rid
+    assert all(r["model_run_id"] == trained["run_id"] for r in results)
+    assert re.search(r"shard .* resuming after", (tmp_path / "c2.log").read_text())
