@@ -9,6 +9,8 @@ from typing import NoReturn
 
 
 def setup_logging(level: str | None = None) -> None:
+    # MLflow prints a "View run" URL line per finished run: 50 of them per sweep drown the progress bar
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.basicConfig(
         level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

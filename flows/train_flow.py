@@ -126,6 +126,7 @@ def train_flow(n_trials: int | None = None, data: str | None = None, progress: b
     timer = pipeline.Timer()
     try:
         trials, best, sweep_s = sweep(prep, s, exp_id, run_id, timer, n_trials, progress)
+        trial_logging_s = timer.seconds  # per-trial nested runs, inside the sweep's wall time
         model, ev = refit_evaluate(prep, best, s)
         out = log_register(model, prep, ev, best, trials, s, run_id, timer, lineage, data_profile)
     except BaseException:
@@ -137,6 +138,7 @@ def train_flow(n_trials: int | None = None, data: str | None = None, progress: b
         "run_id": out.run_id, "model_name": s.model_name, "version": out.version, "aliases": out.aliases,
         "test_metrics": out.test_metrics, "threshold": out.threshold, "onnx_max_abs_diff": out.onnx_max_abs_diff,
         "n_trials": out.n_trials, "sweep_seconds": sweep_s, "logging_seconds": out.logging_seconds,
+        "trial_logging_seconds": trial_logging_s,
         "best_params": out.best_params, "dataset_sha256": snap.sha256, "synthetic": snap.synthetic,
     }
     return summary

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 drift_blueprint = Blueprint("drift", __name__, url_prefix="/drift")
 
-_CACHE: dict[float, tuple[float, dict]] = {}
+_CACHE: dict[tuple[int, float], tuple[float, dict]] = {}
 _LOCK = threading.Lock()
 
 
@@ -66,8 +66,9 @@ def live_drift(store, settings, contract, hours: float, now: float | None = None
 
 def _compute(hours: float) -> dict:
     s, contract, store = _context()
+    key = (id(store), hours)
     with _LOCK:
-        hit = _CACHE.get(hours)
+        hit = _CACHE.get(key)
         if hit and time.monotonic() - hit[0] < s.drift_cache_s:
             return hit[1]
     result = live_drift(store, s, contract, hours)
@@ -78,7 +79,7 @@ def _compute(hours: float) -> dict:
     except Exception:  # metrics never break the endpoint
         log.exception("could not update drift gauges")
     with _LOCK:
-        _CACHE[hours] = (time.monotonic(), result)
+        _CACHE[key] = (time.monotonic(), result)
     return result
 
 

@@ -7,81 +7,27 @@ in a temporary folder, so the suite never touches a developer's running stack or
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from churnops.localservers import BIN, Server, free_port, start_mlflow, start_moto, wait_http  # noqa: F401 (re-exported)
+
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
-BIN = Path(sys.executable).parent
 
 # Never read the developer's .env.local during tests.
 os.environ["ENV_FILE"] = str(ROOT / "tests" / ".env.test-does-not-exist")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"server for {url} exited with {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status < 500:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout} s")
-
-
-class Server:
-    """A child process with its log file; stopped (whole process group) at teardown."""
-
-    def __init__(self, args: list[str], log: Path, env: dict | None = None, cwd: Path | None = None):
-        self.log = log
-        self.fh = open(log, "w")
-        self.proc = subprocess.Popen(
-            args, stdout=self.fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            cwd=cwd, start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        self.fh.close()
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory):
     """A real moto server (S3 + Kinesis over HTTP) on a free port."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    srv = Server([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/moto-api/", 60, srv.proc, log)
+    srv, url = start_moto(tmp_path_factory.mktemp("moto"))
     yield url
     srv.stop()
 
@@ -89,16 +35,7 @@ def moto_endpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory):
     """A real MLflow tracking server (SQLite, artifacts proxied) on a free port."""
-    d = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    srv = Server(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{d}/mlflow.db", "--artifacts-destination", str(d / "artifacts"),
-         "--serve-artifacts"],
-        d / "mlflow.log", cwd=d,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/health", 120, srv.proc, d / "mlflow.log")
+    srv, url = start_mlflow(tmp_path_factory.mktemp("mlflow"))
     yield url
     srv.stop()
 

@@ -33,10 +33,10 @@ def reference_run(mlflow_uri, reference_frame, tmp_path_factory):
 
 
 def _stores(tmp_path):
-    out = [("memory", MemoryStore())]
+    """The real embedded store when it exists, else the in-memory implementation of the ABC."""
     if SQLiteStore is not None:
-        out.append(("sqlite", SQLiteStore(tmp_path / "predictions.db")))
-    return out
+        return [("sqlite", SQLiteStore(tmp_path / "predictions.db"))]
+    return [("memory", MemoryStore())]
 
 
 def test_report_end_to_end(tmp_path, settings_factory, contract, reference_run, mlflow_uri):
