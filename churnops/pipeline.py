@@ -22,7 +22,7 @@ from churnops.contract import ContractViolation, DatasetContract
 from churnops.features import FeatureEncoder
 from churnops.settings import Settings
 from churnops.training import Split, choose_threshold, classification_metrics, make_classifier, stratified_split
-from churnops.tuning import SweepConfig, TrialResult, best_trial, run_sweep
+from churnops.tuning import SweepConfig, TrialResult, run_sweep
 
 log = logging.getLogger(__name__)
 

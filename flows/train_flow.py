@@ -8,7 +8,6 @@ deployment (`flows/deployments.py`) runs the same flow on a work-pool worker.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from prefect import flow, get_run_logger, task
@@ -153,7 +152,7 @@ def main() -> None:
     setup_logging()
     s = get_settings()
     try:
-        summary = train_flow(progress=sys.stderr.isatty() or True)
+        summary = train_flow(progress=True)
     except Exception as exc:
         fail(exc, f"training flow {FLOW_NAME}")
     m = summary["test_metrics"]

@@ -28,7 +28,7 @@ def test_snapshot_is_content_addressed_and_idempotent(stack_env, real_data_path)
     from churnops.aws import client
     from churnops.cleaning import check_raw_frame
     from churnops.contract import load_contract
-    from churnops.feature_store import content_sha256, canonical_csv, latest_snapshot, put_snapshot, read_snapshot
+    from churnops.feature_store import canonical_csv, content_sha256, latest_snapshot, put_snapshot, read_snapshot
     from churnops.provision import ensure_bucket, ensure_streams
 
     ensure_bucket(stack_env)
