@@ -38,13 +38,10 @@ def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = Fals
     from reporting.trigger import evaluate_window
 
     s = get_settings()
-    if dry_run and start_training is None:
-        def start_training() -> str:
-            return "dry-run"
     store = open_store(s)
     try:
         decision = evaluate_window(store, s, load_contract(s.dataset), window_hours=window_hours,
-                                   start_training=start_training)
+                                   start_training=start_training, dry_run=dry_run)
     finally:
         store.close()
     _logger().info("retrain trigger: %s", json.dumps(decision, default=str))

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from churnops import pipeline
 from churnops.contract import ContractViolation, load_contract
 from churnops.settings import Settings, get_settings
+from churnops.tuning import best_trial
 
 FLOW_NAME = "train-churn-model"
 
@@ -85,7 +86,7 @@ def prepare(clean, s: Settings):
 def sweep(prep, s: Settings, exp_id: str, parent_run_id: str, timer, n_trials: int | None, progress: bool):
     t0 = time.perf_counter()
     trials = pipeline.sweep(prep, s, exp_id, parent_run_id, timer, n_trials, progress)
-    best = pipeline.best_trial(trials)
+    best = best_trial(trials)
     get_run_logger().info(
         "%d trials in %.1f s; best #%d val AUC %.4f (%d trees)",
         len(trials), time.perf_counter() - t0, best.number, best.metrics["auc_roc"], best.n_trees,

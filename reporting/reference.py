@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -81,12 +80,7 @@ def load_reference(run_id: str, settings, contract, cache_root: Path | None = No
     return reference_from_folder(folder, contract, run_id)
 
 
-@lru_cache(maxsize=8)
-def _cached(folder: str, mtime: float, contract_name: str, run_id: str) -> Reference:
-    from churnops.contract import load_contract
-
-    contract = load_contract(contract_name)
-    return _build(Path(folder), contract, run_id)
+_MEMO: dict[tuple, Reference] = {}
 
 
 def _build(folder: Path, contract, run_id: str) -> Reference:
@@ -99,9 +93,13 @@ def _build(folder: Path, contract, run_id: str) -> Reference:
 
 def reference_from_folder(folder: Path, contract, run_id: str | None = None) -> Reference:
     """Prepared reference from a folder holding reference_sample.csv (+ threshold.json); memoised."""
-    p = Path(folder) / REFERENCE_FILE
+    folder = Path(folder)
+    p = folder / REFERENCE_FILE
     if not p.exists():
         raise ReferenceUnavailable(f"{p} not found")
-    if (contract.name and (Path(__file__).parent.parent / "churnops" / "datasets" / f"{contract.name}.yaml").exists()):
-        return _cached(str(folder), p.stat().st_mtime, contract.name, run_id or folder.name)
-    return _build(Path(folder), contract, run_id or Path(folder).name)
+    key = (str(folder.resolve()), p.stat().st_mtime_ns, contract.fingerprint(), run_id or folder.name)
+    if key not in _MEMO:
+        if len(_MEMO) >= 8:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = _build(folder, contract, run_id or folder.name)
+    return _MEMO[key]

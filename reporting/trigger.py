@@ -54,7 +54,8 @@ def default_start_training(settings) -> Callable[[], str]:
 
 def evaluate_trigger(store, settings, drift: dict | None, performance: dict | None,
                      start_training: Callable[[], str] | None = None, now: float | None = None,
-                     window: dict | None = None, min_labelled: int = 50, alert: bool = True) -> dict:
+                     window: dict | None = None, min_labelled: int = 50, alert: bool = True,
+                     dry_run: bool = False) -> dict:
     """Decide, start training when due (respecting the cooldown), record and alert; returns the decision."""
     now = time.time() if now is None else now
     reasons = reasons_for(drift, performance, settings, min_labelled)
@@ -71,6 +72,8 @@ def evaluate_trigger(store, settings, drift: dict | None, performance: dict | No
         if last_ts is not None and now - last_ts < cooldown_s:
             decision["action"] = "cooldown"
             decision["next_allowed"] = last_ts + cooldown_s
+        elif dry_run:                     # decided and recorded; nothing started, no cooldown consumed
+            decision["action"] = "dry_run"
         else:
             starter = start_training or default_start_training(settings)
             try:
@@ -100,7 +103,7 @@ def evaluate_trigger(store, settings, drift: dict | None, performance: dict | No
 
 
 def evaluate_window(store, settings, contract, window_hours: float | None = None, now: float | None = None,
-                    reference=None, start_training: Callable[[], str] | None = None) -> dict:
+                    reference=None, start_training: Callable[[], str] | None = None, dry_run: bool = False) -> dict:
     """Compute drift + realized performance over the window, then `evaluate_trigger`."""
     from reporting.reference import load_reference, served_run_id
     from reporting.report import load_window, summarize_window
@@ -117,4 +120,5 @@ def evaluate_window(store, settings, contract, window_hours: float | None = None
             reference = load_reference(served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist()),
                                        settings, contract)
         drift, perf = summarize_window(df, reference, settings)
-    return evaluate_trigger(store, settings, drift, perf, start_training=start_training, now=now, window=window)
+    return evaluate_trigger(store, settings, drift, perf, start_training=start_training, now=now, window=window,
+                            dry_run=dry_run)

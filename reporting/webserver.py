@@ -38,11 +38,23 @@ def render_config(reports_dir: Path, prefix: Path, port: int, host: str = "127.0
             raise ValueError(f"path {reports_dir} / {prefix} contains {bad!r}: not allowed in an nginx config")
     text = template.read_text()
     for key, value in {"REPORTS_DIR": str(reports_dir), "PREFIX": str(prefix), "PORT": str(int(port)),
-                       "HOST": host}.items():
+                       "HOST": host, "USER_DIRECTIVE": user_directive(reports_dir)}.items():
         text = text.replace("{{" + key + "}}", value)
     out = prefix / "nginx.conf"
     out.write_text(text)
     return out
+
+
+def user_directive(reports_dir: Path) -> str:
+    """Started as root, nginx workers would switch to `nobody`, who may not read the folder: run
+    them as the folder's owner instead. As a normal user the directive is not needed (and ignored)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "# user: not root, workers run as the current user"
+    import grp
+    import pwd
+
+    st = Path(reports_dir).stat()
+    return f"user {pwd.getpwuid(st.st_uid).pw_name} {grp.getgrgid(st.st_gid).gr_name};"
 
 
 def nginx_binary() -> str | None:

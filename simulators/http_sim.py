@@ -8,8 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from simulators.traffic import (FeedbackSender, Planned, RunStats, check_loopback, customer_pool, parse_drift,
-                                plan_records, planned_count, run_paced)
+from simulators.traffic import (
+    FeedbackSender,
+    Planned,
+    RunStats,
+    check_loopback,
+    customer_pool,
+    parse_drift,
+    plan_records,
+    planned_count,
+    run_paced,
+)
 
 
 def run_http(settings, contract, *, rate: float, seconds: float | None, count: int | None, seed: int,

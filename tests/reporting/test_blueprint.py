@@ -49,9 +49,8 @@ def test_drift_gauges_exposed(client):
 
 
 def test_insufficient_data(settings_factory, monkeypatch):
-    from serving.app import create_app
-
     import reporting.blueprint as bp
+    from serving.app import create_app
 
     bp._CACHE.clear()
     app = create_app(settings_factory(), store=MemoryStore(), start_background=False)

@@ -153,4 +153,12 @@ def test_retrain_flow_on_window(settings_factory, contract, reference, monkeypat
         out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, dry_run=True)
     finally:
         get_settings.cache_clear()
-    assert out["action"] == "started" and out["flow_run_id"] == "dry-run"
+    assert out["action"] == "dry_run" and out["flow_run_id"] is None
+    assert store.get_checkpoint(LAST_STARTED) is None                 # a dry run consumes no cooldown
+    get_settings.cache_clear()
+    try:
+        starter = Starter()
+        out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, start_training=starter)
+    finally:
+        get_settings.cache_clear()
+    assert out["action"] == "started" and starter.calls == 1

@@ -107,7 +107,7 @@ def test_nginx_config_and_rules(site):
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read().decode() if proc.poll() is not None else "timeout")
+                    raise AssertionError(proc.stdout.read().decode() if proc.poll() is not None else "timeout") from None
                 time.sleep(0.2)
         check_rules(port)
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, free_port, wait_http
+from churnops.localservers import Server, free_port, wait_http
 from tests.serving.conftest import example
 from tests.serving.test_consumer import read_stream
 

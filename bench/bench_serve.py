@@ -1,0 +1,360 @@
+"""Serving benchmark (not a test): model call, HTTP latency/throughput, batch and stream rates.
+
+    python bench/bench_serve.py          # writes bench/results/serve.json, prints a table
+
+Starts its own moto and MLflow servers (free ports, temp folder) and trains a quick small model
+on ../shared/data/bank_churners.csv through the real flow (5 trials), unless BENCH_RUN_ID is
+given together with MLFLOW_TRACKING_URI / AWS_ENDPOINT_URL of running servers. Then:
+
+* model call per row: ONNX (onnxruntime, 1 thread) on a one-row numpy matrix, plus encoding;
+* HTTP single-row latency p50/p95/p99 and requests/s against gunicorn (2 workers, prediction
+  log on, SQLite) at concurrency 1, 16, 64, from an asyncio aiohttp client on loopback;
+* batch rows/s (POST /predict/batch, 1,000 rows);
+* stream records/s end to end through moto (put -> consumer -> results + log);
+* the seed project's reference design in the same run (per request: one-row pandas DataFrame,
+  native XGBoost predict, synchronous SQLite insert) under the same gunicorn, and the ratios.
+Targets on 2 cores: model call <= 100 us/row; p99 <= 10 ms at c=16; >= 1,500 req/s;
+batch >= 100,000 rows/s; stream >= 2,000 records/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
+OUT = ROOT / "bench" / "results" / "serve.json"
+TARGETS = {"model_call_us_per_row": 100, "p99_ms_c16": 10, "req_per_s": 1500, "batch_rows_per_s": 100_000,
+           "stream_records_per_s": 2000}
+EXAMPLE = {
+    "customer_age": 45, "gender": "m", "dependent_count": 3, "education_level": "high school",
+    "marital_status": "married", "income_category": "$60k - $80k", "card_category": "blue",
+    "months_on_book": 39, "total_relationship_count": 5, "months_inactive_12_mon": 1,
+    "contacts_count_12_mon": 3, "credit_limit": 12691.0, "total_revolving_bal": 777.0,
+    "avg_open_to_buy": 11914.0, "total_amt_chng_q4_q1": 1.335, "total_trans_amt": 1144.0,
+    "total_trans_ct": 42, "total_ct_chng_q4_q1": 1.625, "avg_utilization_ratio": 0.061,
+}
+HTTP_SECONDS = float(os.environ.get("BENCH_HTTP_SECONDS", "8"))
+
+
+# ---- the seed project's reference design (served by gunicorn for comparison) -------------------------
+
+
+def reference_app():
+    """Per request: features -> one-row pandas DataFrame -> native predict -> synchronous insert."""
+    import sqlite3
+    import uuid
+
+    import pandas as pd
+    from flask import Flask, jsonify, request
+
+    from churnops.bundle import Bundle
+
+    bundle = Bundle.load(os.environ["REF_BUNDLE"], prefer_onnx=False, threads=1)
+    conn = sqlite3.connect(os.environ["REF_DB"], timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS p (_id TEXT PRIMARY KEY, ts REAL, doc TEXT)")
+    app = Flask("reference")
+
+    @app.post("/predict")
+    def predict():
+        feats = request.get_json()
+        df = pd.DataFrame([feats])
+        p = float(bundle.predict_matrix(bundle.encoder.transform_frame(df))[0])
+        rid = uuid.uuid4().hex
+        conn.execute("INSERT INTO p VALUES (?, ?, ?)",
+                     (rid, time.time(), json.dumps({"features": feats, "probability": p})))
+        return jsonify({"request_id": rid, "probability": p, "churn": p >= bundle.threshold})
+
+    return app
+
+
+# ---- load generator ---------------------------------------------------------------------------------------
+
+
+async def _load(url: str, body: bytes, concurrency: int, seconds: float, max_requests: int) -> dict:
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    count = 0
+    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as session:
+
+        async def worker():
+            nonlocal errors, count
+            while time.perf_counter() < stop_at and count < max_requests:
+                count += 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=body) as r:
+                        await r.read()
+                        if r.status != 200:
+                            errors += 1
+                            continue
+                except aiohttp.ClientError:
+                    errors += 1
+                    continue
+                lat.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+
+    def pct(q):
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else None
+
+    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "seconds": round(wall, 2),
+            "req_per_s": round(len(lat) / wall, 1), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+            "mean_ms": round(statistics.fmean(lat) * 1000, 3) if lat else None}
+
+
+def load(url, body, concurrency, seconds=HTTP_SECONDS, max_requests=200_000) -> dict:
+    asyncio.run(_load(url, body, concurrency, 1.0, 2000))  # warm-up
+    return asyncio.run(_load(url, body, concurrency, seconds, max_requests))
+
+
+# ---- pieces ----------------------------------------------------------------------------------------------
+
+
+def model_call(bundle_dir: Path) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    from churnops.bundle import Bundle
+
+    onnx = Bundle.load(bundle_dir, prefer_onnx=True, threads=1)
+    native = Bundle.load(bundle_dir, prefer_onnx=False, threads=1)
+    x = onnx.encoder.transform_records([EXAMPLE])
+    n = 5000
+
+    def per_call(fn, reps=n):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps * 1e6
+
+    X1000 = np.repeat(x, 1000, axis=0)
+    return {
+        "onnx_single_row_us": round(per_call(lambda: onnx.predict_matrix(x)), 2),
+        "encode_plus_onnx_us": round(per_call(lambda: onnx.predict_records([EXAMPLE])), 2),
+        "onnx_batch1000_us_per_row": round(per_call(lambda: onnx.predict_matrix(X1000), 200) / 1000, 3),
+        "reference_pandas_native_us": round(per_call(
+            lambda: native.predict_matrix(native.encoder.transform_frame(pd.DataFrame([EXAMPLE]))), 1000), 2),
+        "runtime": onnx.runtime,
+    }
+
+
+def start_gunicorn(app: str, env: dict, log: Path, port: int, chdir: Path | None = None):
+    from churnops.localservers import Server, wait_http
+
+    args = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf"]
+    if chdir:
+        args += ["--chdir", str(chdir)]
+    srv = Server(args + [app], log, env=env | {"API_PORT": str(port), "API_WORKERS": "2"}, cwd=ROOT)
+    wait_http(f"http://127.0.0.1:{port}/health" if not chdir else f"http://127.0.0.1:{port}/nope", 120, srv.proc, log)
+    return srv
+
+
+def wait_ready(url: str, timeout=120):
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    ok = 0
+    while time.monotonic() < deadline and ok < 10:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=5) as r:
+                ok += r.status == 200
+        except OSError:
+            time.sleep(0.2)
+    if ok < 10:
+        raise TimeoutError("API not ready")
+
+
+def batch_rate(url: str, rows: int = 1000, requests: int = 40, concurrency: int = 2) -> dict:
+    body = json.dumps([EXAMPLE] * rows).encode()
+    r = load(f"{url}/predict/batch", body, concurrency, seconds=60, max_requests=requests)
+    return {"rows_per_request": rows, "requests": r["requests"], "errors": r["errors"],
+            "rows_per_s": round(r["req_per_s"] * rows), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
+
+
+def stream_rate(s, n: int = 10_000) -> dict:
+    import base64
+    import uuid
+
+    from churnops.aws import client
+    from churnops.provision import ensure_streams
+    from serving.consumer import Consumer
+
+    tag = uuid.uuid4().hex[:6]
+    s = s.model_copy(update={"input_stream": f"bin-{tag}", "output_stream": f"bout-{tag}",
+                             "dlq_stream": f"bdlq-{tag}", "stream_shards": 2, "consumer_batch_size": 1000,
+                             "consumer_poll_interval_s": 0.01})
+    ensure_streams(s)
+    kin = client("kinesis", s)
+    recs = []
+    for i in range(n):
+        payload = json.dumps({"request_id": f"b{i}", "features": EXAMPLE}).encode()
+        recs.append({"Data": payload if i % 2 else base64.b64encode(payload), "PartitionKey": f"k{i}"})
+    t_put = time.perf_counter()
+    for i in range(0, n, 500):
+        kin.put_records(StreamName=s.input_stream, Records=recs[i:i + 500])
+    put_s = time.perf_counter() - t_put
+    c = Consumer(s)
+    c.wait_for_model()
+    t0 = time.perf_counter()
+    c.run(max_idle_polls=3)
+    wall = time.perf_counter() - t0 - 3 * s.consumer_poll_interval_s
+    return {"records": n, "processed": c.processed, "dead_letters": c.dead, "consumer_seconds": round(wall, 2),
+            "records_per_s": round(c.processed / wall, 1), "put_seconds": round(put_s, 2),
+            "end_to_end_records_per_s": round(c.processed / (wall + put_s), 1)}
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    os.environ.update({"ENV_FILE": str(tmp / "none"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+                       "STATE_DIR": str(tmp / "state")})
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    servers = []
+    result: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                                "note": "load generator, gunicorn, moto and MLflow share the same cores"},
+                    "targets": TARGETS}
+    try:
+        from churnops.localservers import free_port, start_mlflow, start_moto
+        from churnops.settings import get_settings
+
+        run_id = os.environ.get("BENCH_RUN_ID")
+        if not run_id:
+            if not DATA.exists():
+                sys.exit(f"bench-serve needs the real data file at {DATA} (or BENCH_RUN_ID + running servers)")
+            (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
+            moto, moto_url = start_moto(tmp / "moto")
+            servers.append(moto)
+            mlf, mlflow_url = start_mlflow(tmp / "mlflow")
+            servers.append(mlf)
+            os.environ.update({"AWS_ENDPOINT_URL": moto_url, "MLFLOW_TRACKING_URI": mlflow_url})
+            get_settings.cache_clear()
+            s = get_settings()
+            from prefect.testing.utilities import prefect_test_harness
+
+            from churnops.provision import ensure_bucket, ensure_streams
+
+            ensure_bucket(s), ensure_streams(s)
+            with prefect_test_harness(server_startup_timeout=120):
+                from flows.train_flow import train_flow
+
+                t0 = time.perf_counter()
+                summary = train_flow(n_trials=5, data=str(DATA), data_profile=False)
+                result["train_seconds"] = round(time.perf_counter() - t0, 1)
+            run_id = summary["run_id"]
+            result["model"] = {"run_id": run_id, "test_auc_roc": summary["test_metrics"]["auc_roc"]}
+        os.environ["RUN_ID"] = run_id
+        get_settings.cache_clear()
+        s = get_settings()
+        import mlflow
+
+        mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model", dst_path=str(tmp / "model")))
+        bundle_dir = path / "artifacts" / "bundle"
+        result["model_call"] = mc = model_call(bundle_dir)
+        print(f"model call: {mc}", flush=True)
+
+        env = {"RUN_ID": run_id, "STATE_DIR": str(tmp / "state"), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}
+        port = free_port()
+        api = start_gunicorn("serving.app:create_app()", env, tmp / "api.log", port)
+        servers.append(api)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        body = json.dumps(EXAMPLE).encode()
+        result["http"] = []
+        for c in (1, 16, 64):
+            r = load(f"{url}/predict", body, c)
+            result["http"].append(r)
+            print(f"http c={c}: {r}", flush=True)
+        result["batch"] = batch_rate(url)
+        print(f"batch: {result['batch']}", flush=True)
+        from serving.store_sqlite import SQLiteStore
+
+        time.sleep(1.0)
+        result["logged_http_records"] = SQLiteStore(tmp / "state" / "predictions.db").count_predictions()
+        api.stop()
+        servers.remove(api)
+
+        ref_port = free_port()
+        ref = start_gunicorn("bench_serve:reference_app()",
+                             env | {"REF_BUNDLE": str(bundle_dir), "REF_DB": str(tmp / "reference.db")},
+                             tmp / "ref.log", ref_port, chdir=ROOT / "bench")
+        servers.append(ref)
+        ref_url = f"http://127.0.0.1:{ref_port}"
+        result["reference_http"] = []
+        for c in (1, 16):
+            r = load(f"{ref_url}/predict", body, c)
+            result["reference_http"].append(r)
+            print(f"reference c={c}: {r}", flush=True)
+        ref.stop()
+        servers.remove(ref)
+
+        result["stream"] = stream_rate(s)
+        print(f"stream: {result['stream']}", flush=True)
+
+        ours16 = next(r for r in result["http"] if r["concurrency"] == 16)
+        ref16 = next(r for r in result["reference_http"] if r["concurrency"] == 16)
+        result["ratios_vs_reference"] = {
+            "req_per_s_c16": round(ours16["req_per_s"] / max(ref16["req_per_s"], 1e-9), 2),
+            "p99_c16_reference_over_ours": round(ref16["p99_ms"] / ours16["p99_ms"], 2),
+            "model_call_reference_over_onnx": round(mc["reference_pandas_native_us"] / mc["onnx_single_row_us"], 1),
+        }
+        best = max(r["req_per_s"] for r in result["http"])
+        result["targets_met"] = {
+            "model_call_us_per_row": mc["onnx_single_row_us"] <= TARGETS["model_call_us_per_row"],
+            "p99_ms_c16": ours16["p99_ms"] <= TARGETS["p99_ms_c16"],
+            "req_per_s": best >= TARGETS["req_per_s"],
+            "batch_rows_per_s": result["batch"]["rows_per_s"] >= TARGETS["batch_rows_per_s"],
+            "stream_records_per_s": result["stream"]["records_per_s"] >= TARGETS["stream_records_per_s"],
+        }
+    finally:
+        for srv in reversed(servers):
+            srv.stop()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1, default=str))
+    print_table(result)
+
+
+def print_table(r: dict) -> None:
+    mc = r["model_call"]
+    print("\nserving benchmark (2 gunicorn workers; load generator on the same machine)")
+    print(f"  model call, ONNX single row        {mc['onnx_single_row_us']:>10.1f} us   (target <= 100)")
+    print(f"  encode + ONNX single row           {mc['encode_plus_onnx_us']:>10.1f} us")
+    print(f"  ONNX in a 1000-row batch           {mc['onnx_batch1000_us_per_row']:>10.2f} us/row")
+    print(f"  reference: pandas row + native     {mc['reference_pandas_native_us']:>10.1f} us")
+    print(f"  {'design':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, rows in (("ours", r["http"]), ("reference", r["reference_http"])):
+        for x in rows:
+            print(f"  {name:<10}{x['concurrency']:>5}{x['req_per_s']:>10.0f}{x['p50_ms']:>9.2f}{x['p95_ms']:>9.2f}"
+                  f"{x['p99_ms']:>9.2f}{x['errors']:>8}")
+    print(f"  batch (1000 rows/request)          {r['batch']['rows_per_s']:>10,} rows/s (target >= 100,000)")
+    st = r["stream"]
+    print(f"  stream through moto (consumer)     {st['records_per_s']:>10,.0f} records/s (target >= 2,000); "
+          f"put+consume {st['end_to_end_records_per_s']:,.0f}/s")
+    print(f"  ratios vs reference: {r['ratios_vs_reference']}")
+    print(f"  targets met: {r['targets_met']}")
+
+
+if __name__ == "__main__":
+    main()
