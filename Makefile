@@ -12,7 +12,7 @@ STACK := $(BIN)/churnops-stack
 
 .PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
         setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
-        rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
+        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
@@ -90,10 +90,13 @@ apply-prediction-reporting: $(STAMP) ## register the report flow (every 3 h) and
 	@$(BIN)/churnops-deploy report
 
 report: $(STAMP) ## build a drift/quality report of the logged predictions now
-	@$(BIN)/python -m flows.report_flow
+	@$(BIN)/churnops-report
 
 simulate: $(STAMP) ## send business traffic over HTTP and Kinesis for a bounded time (SIMULATE_SECONDS)
-	@$(BIN)/python -m simulators.run
+	@$(BIN)/churnops-simulate
+
+retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
+	@$(BIN)/churnops-retrain
 
 rollback: $(STAMP) ## move champion back to the previous version and re-pin RUN_ID
 	@$(BIN)/churnops-rollback

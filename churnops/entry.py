@@ -49,3 +49,26 @@ def rollback() -> None:
     from churnops.registry import rollback_main
 
     rollback_main()
+
+
+def report() -> None:
+    export_env()
+    from flows.report_flow import main
+
+    main()
+
+
+def retrain() -> None:
+    export_env()
+    from flows.retrain_flow import main
+
+    main()
+
+
+def simulate() -> None:
+    import sys
+
+    export_env()
+    from simulators.run import main
+
+    sys.exit(main())

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     simulate_drift_mode: Literal["sudden", "gradual"] = "sudden"
     feedback_delay_s: float = 5.0
     reports_host: str = "127.0.0.1"
-    report_keep: int = 500                   # newest reports kept in reports_dir (0 = all)
+    report_keep: int = 100                   # newest reports kept in reports_dir (0 = all); ~9 MB each
     retrain_min_critical_features: int = 2   # critical features that make the window critical
     training_deployment: str = "train-churn-model/churn-sweep"
     drift_cache_s: float = 60.0              # GET /drift/* recomputes at most this often

@@ -70,6 +70,15 @@ def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.append(np.bincount(idx, minlength=k)[:k], nan.sum()).astype(float)
 
 
+def sorted_bin_counts(cur_sorted: np.ndarray, edges: np.ndarray, missing: int) -> np.ndarray:
+    """`bin_counts` for an already sorted NaN-free array: O(bins * log n)."""
+    if not len(edges):
+        return np.array([float(len(cur_sorted)), float(missing)])
+    cuts = np.searchsorted(cur_sorted, edges[1:-1], side="left")
+    counts = np.diff(np.concatenate([[0], cuts, [len(cur_sorted)]]))
+    return np.append(counts, missing).astype(float)
+
+
 def ks_statistic_sorted(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
     """Two-sample KS statistic D from two sorted NaN-free arrays (ties handled exactly).
 
@@ -163,9 +172,8 @@ class Reference:
 
 def _cat_codes(col: pd.Series, categories: list[str]) -> np.ndarray:
     """Category index per value; len(categories) for missing (known categories must be listed)."""
-    s = col.astype(object).where(col.notna(), MISSING)
-    codes = pd.Categorical(s, categories=categories + [MISSING]).codes
-    codes = np.where(codes < 0, len(categories), codes)  # unseen -> missing bucket
+    codes = pd.Categorical(col, categories=categories).codes            # missing or unseen -> -1
+    codes = np.where(codes < 0, len(categories), codes)                 # ... -> the missing bucket
     return codes
 
 
@@ -198,15 +206,15 @@ def compare_feature(ref: FeatureRef, cur: pd.Series | np.ndarray, th: Thresholds
     """PSI + test p-value + status of one feature of the current window."""
     if ref.kind == "numeric":
         v = cur.to_numpy(dtype=float, na_value=np.nan) if isinstance(cur, pd.Series) else np.asarray(cur, dtype=float)
-        counts = bin_counts(v, ref.edges) if len(ref.edges) else np.array([0.0, np.isnan(v).sum()])
-        keep = (ref.counts + counts) > 0                   # the missing bin only when seen somewhere
+        present = np.sort(v[~np.isnan(v)])      # one sort serves both the bins and KS
+        counts = sorted_bin_counts(present, ref.edges, len(v) - len(present))
+        keep = (ref.counts + counts) > 0        # the missing bin only when seen somewhere
         p_value_psi = psi(ref.props[keep], (counts / max(counts.sum(), 1))[keep])
-        cur_sorted = np.sort(v[~np.isnan(v)])
-        d = ks_statistic_sorted(ref.sorted_values, cur_sorted)
-        p = ks_pvalue(d, len(ref.sorted_values), len(cur_sorted))
+        d = ks_statistic_sorted(ref.sorted_values, present)
+        p = ks_pvalue(d, len(ref.sorted_values), len(present))
         out = {"kind": "numeric", "psi": p_value_psi, "test": "ks", "statistic": d, "p_value": p,
                "null_fraction": float(np.isnan(v).mean()) if len(v) else 0.0,
-               "mean": float(np.nanmean(v)) if len(cur_sorted) else None,
+               "mean": float(present.mean()) if len(present) else None,
                "reference_mean": float(ref.sorted_values.mean()) if len(ref.sorted_values) else None}
     else:
         col = cur if isinstance(cur, pd.Series) else pd.Series(cur, dtype=object)

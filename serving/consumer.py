@@ -238,7 +238,14 @@ class Consumer:
                 raise
             records = resp.get("Records", [])
             if records:
-                self.process(sh, records)
+                try:
+                    self.process(sh, records)
+                except Exception as exc:  # output stream down etc.: retry this batch from the checkpoint
+                    log.warning("shard %s: batch failed (%s: %s); retrying from the checkpoint", sh,
+                                type(exc).__name__, exc)
+                    time.sleep(1.0)
+                    st.iterator, _ = self._iterator(sh)
+                    continue
                 st.last_seq = records[-1]["SequenceNumber"]
                 self._checkpoint(sh, st.last_seq)
                 handled += len(records)

@@ -45,6 +45,9 @@ def get_metrics() -> Metrics:
     """The process-wide metrics (created once; prometheus forbids duplicate names)."""
     global _METRICS
     if _METRICS is None:
+        d = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if d:
+            os.makedirs(d, exist_ok=True)
         _METRICS = Metrics()
     return _METRICS
 

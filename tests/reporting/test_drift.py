@@ -30,6 +30,9 @@ def test_numeric_psi_uses_reference_quantile_bins():
     cur = np.concatenate([np.full(50, 5.0), np.full(50, 95.0), [np.nan] * 0])
     c = D.bin_counts(cur, edges)
     assert c[0] == 50 and c[9] == 50
+    rng = np.random.default_rng(0)
+    for x in (rng.normal(50, 30, 1000), rng.integers(0, 100, 1000).astype(float), np.arange(100.0)):
+        assert D.sorted_bin_counts(np.sort(x), edges, 3).tolist() == D.bin_counts(np.append(x, [np.nan] * 3), edges).tolist()
     fref = D._feature_ref("x", "numeric", pd.Series(ref), 10)
     out = D.compare_feature(fref, pd.Series(cur), D.Thresholds())
     props_c = np.array([0.5] + [0] * 8 + [0.5])

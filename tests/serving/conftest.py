@@ -129,19 +129,3 @@ def dumps(obj) -> str:
 
 def ids(n: int, prefix: str = "r") -> list[str]:
     return [f"{prefix}{i:05d}" for i in range(n)]
-
-
-np.seterr(all="ignore")
-
-
-# TEMPORARY shim (see the serving report): HEAD's churnops/pipeline.py lost its `best_trial`
-# re-export in a lint pass while flows/train_flow.py still calls `pipeline.best_trial`, which
-# breaks the `trained` fixture. Harmless once pipeline.py exports it again; remove then.
-def _pipeline_shim() -> None:
-    from churnops import pipeline, tuning
-
-    if not hasattr(pipeline, "best_trial"):
-        pipeline.best_trial = tuning.best_trial
-
-
-_pipeline_shim()

@@ -32,8 +32,7 @@ def test_predict_bare_and_envelope_and_log(app_client):
     b = r.json
     assert 0.0 <= b["probability"] <= 1.0 and b["decision"] == int(b["probability"] >= b["threshold"])
     assert b["route"] == "champion" and b["model_run_id"] == "localrun1" and len(b["request_id"]) == 32
-    expected = state.models.current.champion.bundle.predict_records([
-        state.models.current.champion.bundle.encoder and {**example(), "credit_limit": 12691.0}])[0]
+    expected = state.models.current.champion.bundle.predict_records([example()])[0]
     assert b["probability"] == pytest.approx(expected, abs=1e-6)
     r2 = post(client, "/predict", {"request_id": "abc-1", "features": example(extra_field=1)})
     assert r2.status_code == 200 and r2.json["request_id"] == "abc-1"
