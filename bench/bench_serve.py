@@ -64,6 +64,7 @@ def reference_app():
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE IF NOT EXISTS p (_id TEXT PRIMARY KEY, ts REAL, doc TEXT)")
     app = Flask("reference")
+    app.add_url_rule("/health", "health", lambda: {"status": "ok"})
 
     @app.post("/predict")
     def predict():
@@ -157,14 +158,15 @@ def model_call(bundle_dir: Path) -> dict:
     }
 
 
-def start_gunicorn(app: str, env: dict, log: Path, port: int, chdir: Path | None = None):
+def start_gunicorn(app: str, env: dict, log: Path, port: int, servers: list, chdir: Path | None = None):
     from churnops.localservers import Server, wait_http
 
     args = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf"]
     if chdir:
         args += ["--chdir", str(chdir)]
     srv = Server(args + [app], log, env=env | {"API_PORT": str(port), "API_WORKERS": "2"}, cwd=ROOT)
-    wait_http(f"http://127.0.0.1:{port}/health" if not chdir else f"http://127.0.0.1:{port}/nope", 120, srv.proc, log)
+    servers.append(srv)
+    wait_http(f"http://127.0.0.1:{port}/health", 120, srv.proc, log)
     return srv
 
 
@@ -277,8 +279,7 @@ def main() -> None:
 
         env = {"RUN_ID": run_id, "STATE_DIR": str(tmp / "state"), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}
         port = free_port()
-        api = start_gunicorn("serving.app:create_app()", env, tmp / "api.log", port)
-        servers.append(api)
+        api = start_gunicorn("serving.wsgi:app", env, tmp / "api.log", port, servers)
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
         body = json.dumps(EXAMPLE).encode()
@@ -299,8 +300,7 @@ def main() -> None:
         ref_port = free_port()
         ref = start_gunicorn("bench_serve:reference_app()",
                              env | {"REF_BUNDLE": str(bundle_dir), "REF_DB": str(tmp / "reference.db")},
-                             tmp / "ref.log", ref_port, chdir=ROOT / "bench")
-        servers.append(ref)
+                             tmp / "ref.log", ref_port, servers, chdir=ROOT / "bench")
         ref_url = f"http://127.0.0.1:{ref_port}"
         result["reference_http"] = []
         for c in (1, 16):

@@ -20,7 +20,16 @@ from werkzeug.exceptions import HTTPException
 
 from churnops.contract import load_contract
 from churnops.settings import Settings, get_settings
-from serving.inference import BadInput, check_row, log_record, parse_json, predict_rows, response_body
+from serving.inference import (
+    BadInput,
+    FastValidator,
+    check_row,
+    dumps,
+    log_record,
+    parse_json,
+    predict_rows,
+    response_body,
+)
 from serving.metrics import get_metrics, render
 from serving.model import ModelLoadError, ModelManager
 from serving.prediction_log import PredictionLog
@@ -55,6 +64,7 @@ class ServingState:
         self.plog = plog
         self.models = models
         self.metrics = get_metrics()
+        self.validator = FastValidator(self.contract, settings.unknown_category)
 
 
 def _err(status: int, error: str, details: dict | None = None) -> tuple[Response, int]:
@@ -147,14 +157,15 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     def predict():
         t0 = time.perf_counter()
         ms = current_models()
-        row = check_row(body_json(), state.contract, s.unknown_category)
+        row = check_row(body_json(), state.contract, s.unknown_category, validator=state.validator)
         m, p, d = predict_rows(ms, [row])[0]
         latency = (time.perf_counter() - t0) * 1000
         plog.submit(log_record(row.request_id, row, m, p, d, "http", latency))
         state.metrics.predictions.labels("http", m.route, str(m.version), str(d)).inc()
         state.metrics.latency.labels("http", m.route).observe(latency / 1000)
         state.metrics.probability.labels(m.route).observe(p)
-        return jsonify(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
+        return Response(dumps(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)}),
+                        mimetype="application/json")
 
     @app.post("/predict/batch")
     def predict_batch():
@@ -174,7 +185,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         rows, details, reason = [], {}, None
         for i, obj in enumerate(data):
             try:
-                rows.append(check_row(obj, state.contract, s.unknown_category, prefix=f"{i}."))
+                rows.append(check_row(obj, state.contract, s.unknown_category, prefix=i, validator=state.validator))
             except BadInput as e:
                 details.update(e.details)
                 reason = reason or e.reason
@@ -188,14 +199,17 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         results = predict_rows(ms, rows)
         latency = (time.perf_counter() - t0) * 1000
         now = time.time()
-        out = []
+        out, counts = [], {}
         for row, (m, p, d) in zip(rows, results):
             plog.submit(log_record(row.request_id, row, m, p, d, "http", latency / len(rows), ts=now, batch=True))
-            state.metrics.predictions.labels("http", m.route, str(m.version), str(d)).inc()
-            state.metrics.probability.labels(m.route).observe(p)
+            key = (m.route, str(m.version), str(d))
+            counts[key] = counts.get(key, 0) + 1
             out.append(response_body(row, m, p, d))
+        for (route, version, d), k in counts.items():
+            state.metrics.predictions.labels("http", route, version, d).inc(k)
         state.metrics.latency.labels("http_batch", "mixed").observe(latency / 1000)
-        return jsonify({"count": len(out), "predictions": out, "latency_ms": round(latency, 3)})
+        return Response(dumps({"count": len(out), "predictions": out, "latency_ms": round(latency, 3)}),
+                        mimetype="application/json")
 
     @app.post("/feedback")
     def feedback():
@@ -247,7 +261,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     def model_info():
         if models.current is None:
             return _err(503, "model not loaded", {"model": models.last_error or "loading"})
-        return jsonify(models.current.describe() | {"unknown_category": s.unknown_category})
+        return jsonify(models.current.describe() | {"unknown_category": s.unknown_category, "pid": os.getpid()})
 
     @app.post("/model/reload")
     def reload_model():

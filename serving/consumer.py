@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from churnops.contract import load_contract
 from churnops.settings import Settings, get_settings
-from serving.inference import BadInput, Row, check_row, log_record, parse_json, predict_rows
+from serving.inference import BadInput, FastValidator, Row, check_row, log_record, parse_json, predict_rows
 from serving.metrics import get_metrics
 from serving.model import ModelManager
 from serving.prediction_log import PredictionLog
@@ -73,6 +73,7 @@ class Consumer:
         self.s = settings or get_settings()
         self.metrics = get_metrics()
         self.contract = load_contract(self.s.dataset)
+        self.validator = FastValidator(self.contract, self.s.unknown_category)
         self.store = store or open_store(self.s)
         self.plog = PredictionLog(self.store, self.s.state_path(self.s.spool_dir, "spool"), self.s.log_batch_size,
                                   self.s.log_flush_interval_s, metrics=self.metrics)
@@ -173,7 +174,7 @@ class Consumer:
             try:
                 obj = decode_payload(data)
                 rid_default = seq
-                row = check_row(obj, self.contract, self.s.unknown_category)
+                row = check_row(obj, self.contract, self.s.unknown_category, validator=self.validator)
                 if not (isinstance(obj, dict) and obj.get("request_id") is not None):
                     row.request_id = rid_default
                 rows.append((rec, row))

@@ -21,7 +21,8 @@ _prom = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_s.state_dir 
 
 bind = os.environ.get("GUNICORN_BIND", f"{_s.api_host}:{_s.api_port}")
 workers = int(os.environ.get("GUNICORN_WORKERS", _s.api_workers))
-worker_class = "sync"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5

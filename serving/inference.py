@@ -7,15 +7,31 @@ the encoder's pure-Python `transform_records` into one float32 matrix per model.
 from __future__ import annotations
 
 import json
+import random
+import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from churnops.contract import DatasetContract, validate_record
+from churnops.contract import DatasetContract, RecordResult, validate_record
 from serving.model import LoadedModel, ModelSet
 
 MAX_REQUEST_ID = 128
+
+try:  # fast JSON when available (a dependency of prefect); the stdlib gives the error messages
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
+
+def dumps(obj) -> bytes:
+    """JSON bytes of a response body."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(obj)
+        except TypeError:
+            pass
+    return json.dumps(obj, default=str).encode()
 
 
 class BadInput(ValueError):
@@ -37,6 +53,11 @@ def parse_json(raw: bytes | str) -> Any:
     """Strict JSON: empty body, invalid JSON and NaN/Infinity raise `BadInput` (400)."""
     if raw is None or (isinstance(raw, (bytes, str)) and not raw.strip()):
         raise BadInput("empty body", {"body": "expected a JSON document, got an empty body"}, "empty_body", 400)
+    if _orjson is not None:
+        try:
+            return _orjson.loads(raw)  # strict: rejects NaN/Infinity; fast path only
+        except Exception:
+            pass  # re-parse below for a descriptive message (or a value orjson cannot hold)
     try:
         return json.loads(raw, parse_constant=_no_constants)
     except UnicodeDecodeError as exc:
@@ -62,6 +83,8 @@ def split_envelope(obj: Any, prefix: str = "") -> tuple[str | None, Any]:
     if "features" in obj:
         raise BadInput("invalid features", {prefix + "features": f"expected an object, got {type(obj['features']).__name__}"},
                        "not_object", 422)
+    if "request_id" not in obj:
+        return rid, obj
     return rid, {k: v for k, v in obj.items() if k != "request_id"}
 
 
@@ -72,13 +95,89 @@ class Row:
     ignored: list[str] = field(default_factory=list)
 
 
-def check_row(obj: Any, contract: DatasetContract, unknown_category: str, prefix: str = "") -> Row:
-    rid, feats = split_envelope(obj, prefix)
-    res = validate_record(feats, contract, unknown_category)
-    if not res.ok:
-        reason = _reason(res.errors)
-        raise BadInput("invalid features", {prefix + k: v for k, v in res.errors.items()}, reason, 422)
-    return Row(rid or uuid.uuid4().hex, res.values, res.ignored)
+def new_request_id() -> str:
+    """A random uuid4 as 32 hex digits, without a getrandom() syscall per request.
+
+    `random` is reseeded in every forked worker by CPython, so workers never share a sequence.
+    """
+    n = random.getrandbits(128)
+    n = (n & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)  # version 4, RFC variant
+    return "%032x" % n
+
+
+class FastValidator:
+    """`validate_record` with a fast path for the common, valid record.
+
+    The fast path accepts exactly what `validate_record` accepts without conversion (finite
+    int/float numbers in range, known categories or the unknown marker) and gives the same
+    values; anything else falls back to `validate_record` for its per-field messages.
+    """
+
+    def __init__(self, contract: DatasetContract, unknown_category: str = "reject"):
+        self.contract = contract
+        self.unknown_category = unknown_category
+        markers = contract.unknown_marker_set()
+        plan = []
+        for name, spec in contract.features.items():
+            if spec.kind == "numeric":
+                lo = -sys.float_info.max if spec.min is None else spec.min  # never admits +-inf
+                hi = sys.float_info.max if spec.max is None else spec.max
+                plan.append((name, True, lo, hi, None))
+            else:
+                table = {c: c for c in spec.categories}
+                for m in markers:
+                    table[m] = "unknown" if spec.unknown == "category" else None
+                plan.append((name, False, 0, 0, table))
+        self.plan = tuple(plan)
+        self.names = frozenset(contract.features)
+
+    def __call__(self, record: Any) -> RecordResult:
+        if type(record) is dict:
+            values = {}
+            try:
+                for name, numeric, lo, hi, table in self.plan:
+                    v = record[name]
+                    if numeric:
+                        t = type(v)
+                        if (t is float or t is int) and lo <= v <= hi:  # NaN fails the comparison
+                            values[name] = float(v)
+                            continue
+                        break
+                    if type(v) is str:
+                        c = table.get(v)
+                        if c is None and v not in table:
+                            c = v.strip().lower()
+                            if c not in table:
+                                break
+                            c = table[c]
+                        values[name] = c
+                        continue
+                    break
+                else:
+                    ignored = [k for k in record if k not in self.names] if len(record) != len(self.plan) else []
+                    return RecordResult(values, {}, ignored)
+            except KeyError:
+                pass
+        try:
+            return validate_record(record, self.contract, self.unknown_category)
+        except OverflowError:  # an integer too large for a float
+            big = {k: "number too large" for k, v in record.items()
+                   if k in self.names and type(v) is int and abs(v) > sys.float_info.max}
+            return RecordResult({}, big or {"features": "number too large"}, [])
+
+
+def check_row(obj: Any, contract: DatasetContract, unknown_category: str, prefix: str | int = "",
+              validator: FastValidator | None = None) -> Row:
+    """Validate one input; `prefix` (a row index in a batch) prefixes the field names of errors."""
+    if type(obj) is dict and "features" not in obj and "request_id" not in obj:
+        feats, rid = obj, None  # the common bare object
+    else:
+        rid, feats = split_envelope(obj, f"{prefix}." if type(prefix) is int else prefix)
+    res = validator(feats) if validator is not None else validate_record(feats, contract, unknown_category)
+    if res.errors:
+        p = f"{prefix}." if type(prefix) is int else prefix
+        raise BadInput("invalid features", {p + k: v for k, v in res.errors.items()}, _reason(res.errors), 422)
+    return Row(rid or new_request_id(), res.values, res.ignored)
 
 
 def _reason(errors: dict[str, str]) -> str:

@@ -216,6 +216,7 @@ class ModelManager:
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._seen_state: tuple | None = None
+        self.freeze_gc = True
 
     @property
     def ready(self) -> bool:
@@ -317,6 +318,8 @@ class ModelManager:
         old = self.current
         self.current = ms  # the atomic swap
         self.last_error = None
+        if self.freeze_gc:
+            freeze_gc()
         if self.metrics:
             try:
                 if old is not None:
@@ -329,6 +332,20 @@ class ModelManager:
         log.info("serving champion %s (v%s)%s", ms.champion.run_id, ms.champion.version,
                  f" + challenger {ms.challenger.run_id} (v{ms.challenger.version}) at {ms.canary_fraction:.0%}"
                  if ms.challenger else "")
+
+
+def freeze_gc(gen0_threshold: int = 20_000) -> None:
+    """Move everything alive now (modules, the model) out of the cyclic GC's reach.
+
+    A server process holds a large heap of long-lived objects (mlflow, xgboost, onnxruntime);
+    without this every full collection walks all of it while a request waits.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(max(gen0_threshold, gc.get_threshold()[0]), g1, g2)
 
 
 def clear_shared_state(settings: Settings | None = None) -> None:

@@ -214,6 +214,11 @@ class PredictionLog:
 
     # ---- background thread --------------------------------------------------------------------------
     def _take(self, block: bool) -> list[tuple[str, dict]]:
+        """Up to `batch_size` items; when blocking, collect for at most `flush_interval_s`.
+
+        Waiting out the interval (instead of writing whatever is there) keeps the writer asleep
+        between flushes, so it rarely competes with request threads for the GIL.
+        """
         items = []
         if block:
             try:
@@ -221,18 +226,14 @@ class PredictionLog:
             except queue.Empty:
                 return items
             deadline = time.monotonic() + self.flush_interval_s
-            while len(items) < self.batch_size:
+            while len(items) < self.batch_size and not self._stop.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 try:
-                    items.append(self._q.get(timeout=min(left, 0.05)))
+                    items.append(self._q.get(timeout=left))
                 except queue.Empty:
-                    if self._stop.is_set():
-                        break
-                    # nothing more right now: write what we have unless more is coming fast
-                    if self._q.empty():
-                        break
+                    break
         while len(items) < self.batch_size:
             try:
                 items.append(self._q.get_nowait())

@@ -17,6 +17,11 @@ report   = {"_id": str, "ts": float, ...headline numbers...}
 
 Writes are idempotent by `_id` (a re-emitted stream batch or a replayed spool file does not
 duplicate records).
+
+Backends: `serving.store_sqlite.SQLiteStore` (embedded default, one WAL-mode file shared by all
+processes) and `serving.store_mongo.MongoStore` (when MONGODB_URI is set);
+`serving.store_factory.open_store(settings)` picks one. Servers write through
+`serving.prediction_log.PredictionLog` (background batching, disk spool while the store is down).
 """
 
 from __future__ import annotations

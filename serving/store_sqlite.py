@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from serving.store import PredictionStore
@@ -28,6 +29,20 @@ CREATE TABLE IF NOT EXISTS checkpoints (key TEXT PRIMARY KEY, value TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS reports (_id TEXT PRIMARY KEY, ts REAL NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS reports_ts ON reports (ts);
 """
+
+
+try:  # 5-10x faster than json.dumps for the log records (a dependency of prefect)
+    import orjson
+
+    def _dumps(doc: dict) -> str:
+        try:
+            return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # e.g. an integer beyond 64 bits
+            return json.dumps(doc, separators=(",", ":"), default=str)
+except ImportError:  # pragma: no cover
+
+    def _dumps(doc: dict) -> str:
+        return json.dumps(doc, separators=(",", ":"), default=str)
 
 
 def _window(start: float | None, end: float | None, column: str = "ts") -> tuple[str, list]:
@@ -56,10 +71,21 @@ class SQLiteStore(PredictionStore):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), timeout=self.timeout_s, check_same_thread=False,
                                    isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            deadline = time.monotonic() + self.timeout_s
+            while True:  # several processes may open a fresh file at once: retry the setup
+                try:
+                    conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='reports_ts'").fetchone()[0] == 0:
+                        conn.executescript(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                        conn.close()
+                        raise
+                    time.sleep(0.05)
             self._conn = conn
         return self._conn
 
@@ -85,7 +111,7 @@ class SQLiteStore(PredictionStore):
         rows = [
             (str(r["_id"]), float(r["ts"]), r.get("request_id"), r.get("source"), r.get("route"),
              None if r.get("model_version") is None else str(r.get("model_version")),
-             json.dumps(r, separators=(",", ":"), default=str))
+             _dumps(r))
             for r in records
         ]
         if not rows:

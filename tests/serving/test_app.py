@@ -266,3 +266,33 @@ def test_drift_blueprint_is_registered_when_present(app_client, monkeypatch):
     _, state = app_client
     app = create_app(state.settings, store=state.store, models=state.models, start_background=False)
     assert app.test_client().get("/drift/report").json == {"ok": True}
+
+
+def test_fast_validator_matches_contract_validation():
+    """The fast path gives exactly what churnops.contract.validate_record gives, on valid and invalid input."""
+    import random as rnd
+
+    from churnops.contract import load_contract, validate_record
+    from serving.inference import FastValidator
+
+    contract = load_contract("bank_churners")
+    odd = [None, True, "12", " M ", "Unknown", "unknown", "UNKNOWN ", float("nan"), float("inf"), -1, 10**400,
+           1e9, "diamond", 3.5, [], {}, "blue", "f", "graduate", "$120k +"]
+    rng = rnd.Random(7)
+    for mode in ("reject", "unknown"):
+        fast = FastValidator(contract, mode)
+        for _ in range(3000):
+            rec = example()
+            for _k in range(rng.choice([0, 0, 1, 2])):
+                rec[rng.choice(list(rec))] = rng.choice(odd)
+            if rng.random() < 0.1:
+                rec.pop(rng.choice(list(rec)))
+            if rng.random() < 0.1:
+                rec["extra"] = 1
+            try:
+                want = validate_record(rec, contract, mode)
+            except OverflowError:
+                assert fast(rec).errors
+                continue
+            got = fast(rec)
+            assert (got.values, got.errors, got.ignored) == (want.values, want.errors, want.ignored), rec

@@ -228,3 +228,25 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
     assert {f"e{i}" for i in range(n)} <= rid
     assert all(r["model_run_id"] == trained["run_id"] for r in results)
     assert re.search(r"shard .* resuming after", (tmp_path / "c2.log").read_text())
+
+
+def test_reload_reaches_every_worker(api, trained, challenger_version, stack_env):
+    """A reload answered by one worker is followed by the other (shared state file)."""
+    url = api["url"]
+    hdr = {"X-Admin-Token": "test-admin"}
+    target = f"models:/{stack_env.model_name}/{challenger_version['version']}"
+    st, b = http("POST", f"{url}/model/reload", {"model_uri": target, "challenger_uri": None}, headers=hdr)
+    assert st == 200 and b["champion"]["run_id"] == challenger_version["run_id"], b
+    try:
+        deadline = time.monotonic() + 20
+        seen: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            m = http("GET", f"{url}/model")[1]
+            seen[m["pid"]] = m["champion"]["run_id"]
+            if len(seen) == 2 and set(seen.values()) == {challenger_version["run_id"]}:
+                break
+            time.sleep(0.1)
+        assert len(seen) == 2 and set(seen.values()) == {challenger_version["run_id"]}, seen
+    finally:
+        st, b = http("POST", f"{url}/model/reload", {}, headers=hdr)
+        assert st == 200 and b["champion"]["run_id"] == trained["run_id"]

@@ -90,8 +90,7 @@ def test_sqlite_concurrent_processes(tmp_path):
     from serving.store_sqlite import SQLiteStore
 
     path = tmp_path / "p.db"
-    SQLiteStore(path).ping()
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fresh processes, all opening the new file at once
     procs = [ctx.Process(target=_writer, args=(path, k)) for k in range(3)]
     for p in procs:
         p.start()
