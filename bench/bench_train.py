@@ -114,7 +114,7 @@ def parallel_speedup(s, n_trials: int) -> dict:
                       "best_val_auc": round(best_trial(trials).metrics["auc_roc"], 5),
                       "fit_s_sum": round(sum(t.fit_seconds for t in trials), 2)}
     out["speedup_dask2_vs_1_worker"] = round(out["serial_1_thread"]["wall_s"] / out["dask_2_workers"]["wall_s"], 2)
-    out["note"] = ("Dask suggests one TPE point per free worker, so its trial sequence differs from the serial "
+    out["note"] = ("Dask gets one TPE suggestion per free worker as soon as a trial ends, so its trial sequence differs from the serial "
                    "one; wall time includes starting the local cluster.")
     return out
 

@@ -78,20 +78,29 @@ def _evaluate(params: dict, data: Split, cfg: SweepConfig, threads: int) -> dict
 
 
 class _SerialEngine:
-    batch = 1
+    """Trials one after another in this process."""
+
+    slots = 1
 
     def __init__(self, data: Split, cfg: SweepConfig):
-        self.data, self.cfg = data, cfg
+        self.data, self.cfg, self.done = data, cfg, []
 
-    def map(self, batch: list[dict]) -> list[dict]:
-        return [_evaluate(p, self.data, self.cfg, self.cfg.threads) for p in batch]
+    def submit(self, tid: int, params: dict) -> None:
+        self.done.append((tid, _evaluate(params, self.data, self.cfg, self.cfg.threads)))
+
+    def next_done(self) -> tuple[int, dict]:
+        return self.done.pop(0)
 
     def close(self) -> None:
         pass
 
 
 class _DaskEngine:
-    """Trials on a Dask cluster: an existing scheduler (`dask_address`) or a local one."""
+    """Trials on a Dask cluster: an existing scheduler (`dask_address`) or a local one.
+
+    One trial per worker at a time (XGBoost single-threaded inside it); as soon as any trial
+    finishes, its worker gets the next suggestion, so no worker waits for a slower neighbour.
+    """
 
     def __init__(self, data: Split, cfg: SweepConfig):
         from dask.distributed import Client, LocalCluster
@@ -106,21 +115,27 @@ class _DaskEngine:
             )
             self.client = Client(self.cluster)
         self.client.wait_for_workers(1 if cfg.dask_address else cfg.dask_workers, timeout=60)
-        self.workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
-        self.batch = max(1, len(self.workers))
+        self.free = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        self.slots = max(1, len(self.free))
         self.cfg = cfg
         self.data_future = self.client.scatter(data, broadcast=True)
+        self.pending: dict = {}  # future -> (trial id, worker)
 
-    def map(self, batch: list[dict]) -> list[dict]:
-        # pin one trial per worker: the scheduler would otherwise stack a batch on one worker
-        futures = [
-            self.client.submit(
-                _evaluate, p, self.data_future, self.cfg, 1, pure=False,
-                workers=[self.workers[i % len(self.workers)]], allow_other_workers=True,
-            )
-            for i, p in enumerate(batch)
-        ]
-        return self.client.gather(futures)
+    def submit(self, tid: int, params: dict) -> None:
+        # pin the trial to a free worker: the scheduler would otherwise stack trials on one worker
+        worker = self.free.pop(0)
+        fut = self.client.submit(_evaluate, params, self.data_future, self.cfg, 1, pure=False,
+                                 workers=[worker], allow_other_workers=True)
+        self.pending[fut] = (tid, worker)
+
+    def next_done(self) -> tuple[int, dict]:
+        from dask.distributed import wait
+
+        done = wait(list(self.pending), return_when="FIRST_COMPLETED").done
+        fut = min(done, key=lambda f: self.pending[f][0])
+        tid, worker = self.pending.pop(fut)
+        self.free.append(worker)
+        return tid, fut.result()
 
     def close(self) -> None:
         self.client.close()
@@ -131,9 +146,13 @@ class _DaskEngine:
 def run_sweep(
     data: Split, cfg: SweepConfig, on_trial: Callable[[TrialResult], None] | None = None
 ) -> list[TrialResult]:
-    """Run `cfg.n_trials` TPE trials; return them in order. Deterministic for a seed and engine."""
+    """Run `cfg.n_trials` TPE trials; return them in suggestion order.
+
+    Serial runs are deterministic for a seed (exactly `hyperopt.fmin`'s sequence). On Dask the
+    sequence depends on which trial finishes first, so it is not bit-reproducible.
+    """
     from hyperopt import STATUS_OK, Trials, base, space_eval, tpe
-    from hyperopt.base import JOB_STATE_DONE, JOB_STATE_NEW
+    from hyperopt.base import JOB_STATE_DONE
     from hyperopt.utils import coarse_utcnow
 
     space = search_space()
@@ -143,35 +162,39 @@ def run_sweep(
     algo = functools.partial(tpe.suggest, n_startup_jobs=min(cfg.n_startup, cfg.n_trials))
     engine = _DaskEngine(data, cfg) if cfg.executor == "dask" else _SerialEngine(data, cfg)
     results: list[TrialResult] = []
+    in_flight: dict[int, tuple[dict, dict, int]] = {}  # tid -> (trial doc, params, number)
+    submitted = 0
     try:
         while len(results) < cfg.n_trials:
-            k = min(engine.batch, cfg.n_trials - len(results))
-            # TPE suggests one point per call once past its random start-up: ask once per slot,
-            # each with its own seed (pending points have no loss yet, so they do not steer it)
-            for _ in range(k):
+            # fill every free slot; TPE suggests one point per call (pending points have no loss
+            # yet, so they do not steer it; each call has its own seed)
+            while len(in_flight) < engine.slots and submitted < cfg.n_trials:
                 new_ids = trials.new_trial_ids(1)
                 trials.refresh()
                 docs = algo(new_ids, domain, trials, rstate.integers(2**31 - 1))
                 trials.insert_trial_docs(docs)
+                trials.refresh()
+                doc = next(t for t in trials._dynamic_trials if t["tid"] == new_ids[0])
+                params = space_eval(space, base.spec_from_misc(doc["misc"]))
+                in_flight[new_ids[0]] = (doc, params, submitted)
+                submitted += 1
+                engine.submit(new_ids[0], params)
+            tid, out = engine.next_done()
+            doc, params, number = in_flight.pop(tid)
+            tr = TrialResult(
+                number=number, params=normalise_params(params), metrics=out["metrics"],
+                n_trees=out["n_trees"], fit_seconds=out["fit_seconds"], val_proba=out["val_proba"],
+            )
+            doc["state"] = JOB_STATE_DONE
+            doc["result"] = {"loss": tr.loss, "status": STATUS_OK}
+            doc["refresh_time"] = coarse_utcnow()
             trials.refresh()
-            pending = [t for t in trials._dynamic_trials if t["state"] == JOB_STATE_NEW]
-            batch_params = [space_eval(space, base.spec_from_misc(t["misc"])) for t in pending]
-            outs = engine.map(batch_params)
-            for t, params, out in zip(pending, batch_params, outs):
-                tr = TrialResult(
-                    number=len(results), params=normalise_params(params), metrics=out["metrics"],
-                    n_trees=out["n_trees"], fit_seconds=out["fit_seconds"], val_proba=out["val_proba"],
-                )
-                t["state"] = JOB_STATE_DONE
-                t["result"] = {"loss": tr.loss, "status": STATUS_OK}
-                t["refresh_time"] = coarse_utcnow()
-                results.append(tr)
-                if on_trial:
-                    on_trial(tr)
-            trials.refresh()
+            results.append(tr)
+            if on_trial:
+                on_trial(tr)
     finally:
         engine.close()
-    return results
+    return sorted(results, key=lambda r: r.number)
 
 
 def best_trial(results: list[TrialResult]) -> TrialResult:
