@@ -25,12 +25,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
 
-system-deps: ## optional: nginx for the reports server (root + apt only; a Python server is the fallback)
-	@if command -v nginx >/dev/null; then echo "nginx present"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx-light >/dev/null 2>&1)) \
-	  && echo "nginx installed" || echo "nginx not installed: the Python static server will serve reports"; \
-	else echo "nginx absent: the Python static server will serve reports"; fi
+system-deps: ## optional, root + apt only: nginx (reports; a Python server is the fallback) and wrk (bench-serve load)
+	@for pkg in nginx:nginx-light wrk:wrk; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
+	  if command -v $$bin >/dev/null; then echo "$$bin present"; \
+	  elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq $$deb >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$deb >/dev/null 2>&1)) \
+	    && echo "$$bin installed" || echo "$$bin not installed (optional)"; \
+	  else echo "$$bin absent (optional)"; fi; done
 
 demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deployments, sweep, pin, serve
 	@$(MAKE) --no-print-directory up
