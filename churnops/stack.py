@@ -208,7 +208,8 @@ def start(s: Settings, names: list[str], timeout: float = 120) -> int:
     _ctl(s, "reread")
     _ctl(s, "update")
     for n in names:
-        out = _ctl(s, "restart", n)
+        _ctl(s, "stop", n)  # restart = stop + start; "not running" from stop is not an error here
+        out = _ctl(s, "start", n)
         print(out.stdout.strip() or out.stderr.strip())
     bad = wait_healthy([p for p in programs(s) if p.name in names], timeout)
     if bad:
