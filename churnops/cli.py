@@ -26,3 +26,13 @@ def fail(exc: BaseException, what: str, code: int = 1) -> NoReturn:
     if os.environ.get("DEBUG"):
         raise exc
     sys.exit(code)
+
+
+def flow_logger(name: str) -> logging.Logger:
+    """The Prefect run's logger inside a flow or task run; the module logger `name` outside one."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:
+        return logging.getLogger(name)

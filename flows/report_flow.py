@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from churnops.cli import flow_logger
 from churnops.contract import load_contract
 from churnops.settings import get_settings
 
@@ -24,14 +24,6 @@ def open_store(settings):
     from serving.store_factory import open_store as _open
 
     return _open(settings)
-
-
-def _logger():
-    """The flow run's logger; a module logger when called outside a run (`flow.fn(...)`)."""
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger(__name__)
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -46,7 +38,7 @@ def report_flow(window_hours: float | None = None) -> dict:
     finally:
         store.close()
     out = {"id": summary["id"], "status": summary["status"], "files": summary["files"], **summary["headline"]}
-    _logger().info("report %s: %s", out["id"], json.dumps(out, default=str))
+    flow_logger(__name__).info("report %s: %s", out["id"], json.dumps(out, default=str))
     return out
 
 

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from churnops.cli import flow_logger
 from churnops.contract import load_contract
 from churnops.settings import get_settings
 
 FLOW_NAME = "retrain-trigger"
-
-
-def _logger():
-    """The flow run's logger; a module logger when called outside a run (`flow.fn(...)`)."""
-    try:
-        return get_run_logger()
-    except Exception:
-        return logging.getLogger(__name__)
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -44,7 +36,7 @@ def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = Fals
                                    start_training=start_training, dry_run=dry_run)
     finally:
         store.close()
-    _logger().info("retrain trigger: %s", json.dumps(decision, default=str))
+    flow_logger(__name__).info("retrain trigger: %s", json.dumps(decision, default=str))
     return decision
 
 

@@ -31,28 +31,19 @@ def test_contract_violation_stops_flow_with_full_report(trained, stack_env, real
     assert _aliases(stack_env) == before
 
 
-def test_unreachable_mlflow_fails_fast_naming_it(trained, stack_env, monkeypatch):
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [("MLFLOW_TRACKING_URI", r"MLflow server http://127.0.0.1:9 unreachable"),
+     ("AWS_ENDPOINT_URL", r"S3 endpoint http://127.0.0.1:9 unreachable")],
+)
+def test_unreachable_dependency_fails_fast_naming_it(trained, stack_env, monkeypatch, variable, message):
     from churnops.settings import get_settings
     from flows.train_flow import PreflightError, train_flow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv(variable, "http://127.0.0.1:9")
     get_settings.cache_clear()
     try:
-        with pytest.raises(PreflightError, match=r"MLflow server http://127.0.0.1:9 unreachable"):
-            train_flow(n_trials=2, data_profile=False)
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
-
-
-def test_unreachable_s3_fails_fast_naming_it(trained, stack_env, monkeypatch):
-    from churnops.settings import get_settings
-    from flows.train_flow import PreflightError, train_flow
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(PreflightError, match=r"S3 endpoint http://127.0.0.1:9 unreachable"):
+        with pytest.raises(PreflightError, match=message):
             train_flow(n_trials=2, data_profile=False)
     finally:
         monkeypatch.undo()
