@@ -5,10 +5,6 @@ from __future__ import annotations
 from churnops.settings import Settings, get_settings
 
 
-class EndpointUnreachable(ConnectionError):
-    """The S3/Kinesis endpoint did not answer."""
-
-
 def client(service: str, settings: Settings | None = None, **config):
     """A boto3 client for `service` ("s3", "kinesis") against the configured endpoint."""
     import boto3

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,6 @@ class TrainOutcome:
     n_trials: int
     sweep_seconds: float
     logging_seconds: float
-    extra: dict = field(default_factory=dict)
 
 
 # ---- data -----------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def rollback(settings: Settings | None = None) -> tuple[str, str]:
         prev = str(older[-1])
     c.set_registered_model_alias(s.model_name, CHAMPION, prev)
     c.set_model_version_tag(s.model_name, prev, "rolled_back_from", current.version)
-    c.set_registered_model_tag(s.model_name, f"audit.{int(_time.time())}", f"rollback champion v{current.version} -> v{prev}")
+    c.set_registered_model_tag(s.model_name, f"audit.{_time.time_ns()}", f"rollback champion v{current.version} -> v{prev}")
     return current.version, prev
 
 
@@ -152,7 +152,7 @@ def promote(version: str, settings: Settings | None = None) -> str | None:
         c.set_model_version_tag(s.model_name, str(version), "previous_champion", current.version)
     c.set_registered_model_alias(s.model_name, CHAMPION, str(version))
     c.set_registered_model_tag(
-        s.model_name, f"audit.{int(_time.time())}",
+        s.model_name, f"audit.{_time.time_ns()}",
         f"promote v{version} to champion (was v{current.version if current else 'none'})",
     )
     return current.version if current else None

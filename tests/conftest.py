@@ -93,15 +93,3 @@ def trained(stack_env, prefect_harness, real_data_path):
     ensure_bucket(stack_env)
     ensure_streams(stack_env)
     return train_flow(n_trials=6, data=real_data_path, data_profile=False)
-
-
-@pytest.fixture
-def tmp_env_file(tmp_path, monkeypatch):
-    """A throwaway dotenv file selected through ENV_FILE."""
-    from churnops.settings import get_settings
-
-    p = tmp_path / ".env.local"
-    monkeypatch.setenv("ENV_FILE", str(p))
-    get_settings.cache_clear()
-    yield p
-    get_settings.cache_clear()

@@ -93,3 +93,22 @@ def test_reproducible_and_alias_movement(trained, stack_env):
     assert aliases["champion"] == trained["version"]           # first model ever stays champion
     assert aliases["challenger"] == b["version"] != trained["version"]
     assert b["aliases"] == ["challenger"]
+
+
+def test_promote_then_rollback_restores_champion_with_audit(trained, stack_env):
+    """Promotion records the previous champion; rollback follows it back; both are audited."""
+    from churnops.registry import alias_version, client, promote, rollback
+
+    name = stack_env.model_name
+    c = client(stack_env)
+    first = alias_version(name, "champion", stack_env).version
+    newest = str(max(int(v.version) for v in c.search_model_versions(f"name='{name}'")))
+    assert newest != first
+    assert promote(newest, stack_env) == first
+    assert alias_version(name, "champion", stack_env).version == newest
+    assert c.get_model_version(name, newest).tags["previous_champion"] == first
+    assert rollback(stack_env) == (newest, first)
+    assert alias_version(name, "champion", stack_env).version == first
+    audits = [v for k, v in c.get_registered_model(name).tags.items() if k.startswith("audit.")]
+    assert any(a.startswith(f"promote v{newest}") for a in audits)
+    assert any(a == f"rollback champion v{newest} -> v{first}" for a in audits)
