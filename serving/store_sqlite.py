@@ -3,7 +3,8 @@
 Every gunicorn worker and every consumer process opens its own connection to the same file;
 WAL lets readers run beside one writer and `busy_timeout` makes concurrent writers queue
 instead of failing. Records are stored whole as JSON text (`doc`) next to the indexed columns
-the queries need (`ts`, `request_id`), so a record reads back exactly as it was written.
+the queries need (`ts`), so a record reads back exactly as it was written. (No index on
+`request_id`: nothing queries it, and it cost a third of the insert time.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     _id TEXT PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, source TEXT, route TEXT,
     model_version TEXT, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-CREATE INDEX IF NOT EXISTS predictions_request_id ON predictions (request_id);
+DROP INDEX IF EXISTS predictions_request_id;
 CREATE TABLE IF NOT EXISTS feedback (
     _id TEXT PRIMARY KEY, request_id TEXT NOT NULL, outcome INTEGER NOT NULL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
