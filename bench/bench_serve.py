@@ -29,20 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from churnops.contract import load_contract
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
 OUT = ROOT / "bench" / "results" / "serve.json"
 TARGETS = {"model_call_us_per_row": 100, "p99_ms_c16": 10, "req_per_s": 1500, "batch_rows_per_s": 100_000,
            "stream_records_per_s": 2000}
-EXAMPLE = {
-    "customer_age": 45, "gender": "m", "dependent_count": 3, "education_level": "high school",
-    "marital_status": "married", "income_category": "$60k - $80k", "card_category": "blue",
-    "months_on_book": 39, "total_relationship_count": 5, "months_inactive_12_mon": 1,
-    "contacts_count_12_mon": 3, "credit_limit": 12691.0, "total_revolving_bal": 777.0,
-    "avg_open_to_buy": 11914.0, "total_amt_chng_q4_q1": 1.335, "total_trans_amt": 1144.0,
-    "total_trans_ct": 42, "total_ct_chng_q4_q1": 1.625, "avg_utilization_ratio": 0.061,
-}
+EXAMPLE = load_contract("bank_churners").example  # one valid record, declared with the contract
 HTTP_SECONDS = float(os.environ.get("BENCH_HTTP_SECONDS", "8"))
 
 

@@ -69,6 +69,7 @@ class DatasetContract(BaseModel):
     min_rows: int = 100
     unknown_markers: list[str] = Field(default_factory=lambda: ["Unknown"])
     features: dict[str, FeatureSpec]
+    example: dict[str, Any] = Field(default_factory=dict)  # one valid clean record
 
     # ---- derived views ------------------------------------------------------------------------
     @property
