@@ -6,69 +6,52 @@ dotenv file is exported before anything imports them.
 
 from __future__ import annotations
 
+import sys
+from importlib import import_module
+
 from churnops.settings import export_env
 
 
-def stack() -> None:
+def _run(target: str) -> None:
+    """Export the dotenv file, then import and call `module:function`; a returned int is the exit code."""
     export_env()
-    from churnops.stack import main
+    module, func = target.split(":")
+    code = getattr(import_module(module), func)()
+    if isinstance(code, int):
+        sys.exit(code)
 
-    main()
+
+def stack() -> None:
+    _run("churnops.stack:main")
 
 
 def init_aws() -> None:
-    export_env()
-    from churnops.provision import main
-
-    main()
+    _run("churnops.provision:main")
 
 
 def train() -> None:
-    export_env()
-    from flows.train_flow import main
-
-    main()
+    _run("flows.train_flow:main")
 
 
 def deploy() -> None:
-    export_env()
-    from flows.deployments import main
-
-    main()
+    _run("flows.deployments:main")
 
 
 def pin() -> None:
-    export_env()
-    from churnops.registry import pin_main
-
-    pin_main()
+    _run("churnops.registry:pin_main")
 
 
 def rollback() -> None:
-    export_env()
-    from churnops.registry import rollback_main
-
-    rollback_main()
+    _run("churnops.registry:rollback_main")
 
 
 def report() -> None:
-    export_env()
-    from flows.report_flow import main
-
-    main()
+    _run("flows.report_flow:main")
 
 
 def retrain() -> None:
-    export_env()
-    from flows.retrain_flow import main
-
-    main()
+    _run("flows.retrain_flow:main")
 
 
 def simulate() -> None:
-    import sys
-
-    export_env()
-    from simulators.run import main
-
-    sys.exit(main())
+    _run("simulators.run:main")
