@@ -63,8 +63,7 @@ def log_rows(store, clean: pd.DataFrame, contract, end: float, hours: float, see
             fb.append((rid, int(clean["churn"].iat[i]), float(t) + 1))
     for k in range(0, len(docs), 5000):
         store.insert_predictions(docs[k:k + 5000])
-    for rid, o, t in fb:
-        store.add_feedback(rid, o, t)
+    store.add_feedback_many([{"request_id": rid, "outcome": o, "ts": t} for rid, o, t in fb])
 
 
 def main() -> None:

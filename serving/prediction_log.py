@@ -1,10 +1,13 @@
 """Writes to the prediction log, off the request path, losing nothing when the store is down.
 
-One `PredictionLog` per process: `submit()` only appends to an in-memory queue; a background
-thread takes up to `batch_size` records (or whatever arrived within `flush_interval_s`) and
-upserts them into the store. When the store raises, the batch is appended to a JSONL file in
-the spool folder (fsync'ed) and replayed once the store answers again; replay is idempotent
-because every write is an upsert by `_id`. `close()` (atexit, gunicorn `worker_exit`, SIGTERM
+One `PredictionLog` per process: `submit()` only appends to an in-memory deque (no lock, no
+thread wake-up: a `queue.Queue` woke the writer on every put and the GIL hand-offs showed in
+the tail latency); a background thread wakes every `flush_interval_s`, or as soon as
+`batch_size` records are waiting, and writes everything queued, `batch_size` records per store
+call. A batch request is queued as ONE `PredictionBatch` (columns) and written as one unit.
+When the store raises, the items are appended to a JSONL file in the spool folder (fsync'ed)
+and replayed once the store answers again; replay is idempotent because stores keep the first
+write of each `_id`. `close()` (atexit, gunicorn `worker_exit`, SIGTERM
 in the consumer) drains the queue before the process ends.
 
 Several processes may share one spool folder: a file is claimed by renaming it before replay,
@@ -13,31 +16,40 @@ so two processes never replay the same file at once (and a double replay would b
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from pathlib import Path
 
-from serving.store import PredictionStore
+from serving.store import PredictionBatch, PredictionStore
 
 log = logging.getLogger(__name__)
 
-PREDICTION, FEEDBACK = "prediction", "feedback"
+PREDICTION, FEEDBACK, BATCH = "prediction", "feedback", "batch"
+ENCODED = "encoded"  # a prediction already encoded by the store: (ts, JSON bytes)
+
+
+def _size(item: tuple) -> int:
+    return item[1].n if item[0] == BATCH else 1
 
 
 class PredictionLog:
     def __init__(self, store: PredictionStore, spool_dir: str | Path, batch_size: int = 500,
                  flush_interval_s: float = 0.5, replay_interval_s: float = 2.0, metrics=None):
         self.store = store
+        # stores that keep JSON text take records encoded in the request thread (see SQLiteStore)
+        self._encode = getattr(store, "encode_prediction", None) if hasattr(store, "insert_encoded") else None
         self.spool_dir = Path(spool_dir)
         self.batch_size = max(1, int(batch_size))
         self.flush_interval_s = float(flush_interval_s)
         self.replay_interval_s = float(replay_interval_s)
         self.metrics = metrics
-        self._q: queue.Queue = queue.Queue()
+        self._q: collections.deque = collections.deque()
+        self._waiting = 0  # records queued since the writer last looked (approximate, lock-free)
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
@@ -48,18 +60,36 @@ class PredictionLog:
         self.spooled = 0
 
     # ---- producer side ---------------------------------------------------------------------------
+    def _put(self, item: tuple, n: int = 1) -> None:
+        self._q.append(item)
+        self._waiting += n
+        if self._waiting >= self.batch_size and not self._wake.is_set():
+            self._wake.set()
+
     def submit(self, record: dict) -> None:
-        self._q.put((PREDICTION, record))
+        if self._encode is not None:
+            try:
+                self._put((ENCODED, self._encode(record)))
+                return
+            except Exception:  # an odd record: the writer thread deals with the dict
+                pass
+        self._put((PREDICTION, record))
 
     def submit_many(self, records: list[dict]) -> None:
         for r in records:
-            self._q.put((PREDICTION, r))
+            self.submit(r)
+
+    def submit_batch(self, batch: PredictionBatch) -> None:
+        """A batch request's predictions, in columns (stored as one unit)."""
+        if batch.n:
+            self._put((BATCH, batch), batch.n)
 
     def submit_feedback(self, request_id: str, outcome: int, ts: float) -> None:
-        self._q.put((FEEDBACK, {"request_id": str(request_id), "outcome": int(outcome), "ts": float(ts)}))
+        self._put((FEEDBACK, {"request_id": str(request_id), "outcome": int(outcome), "ts": float(ts)}))
 
     def pending(self) -> int:
-        return self._q.qsize()
+        """Records queued and not yet written."""
+        return sum(map(_size, list(self._q)))
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
@@ -72,6 +102,7 @@ class PredictionLog:
     def close(self, timeout: float = 10.0) -> None:
         """Stop the writer and write (or spool) everything still queued."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self.flush()
@@ -79,7 +110,7 @@ class PredictionLog:
     def flush(self) -> None:
         """Drain the queue now, in the calling thread."""
         while True:
-            batch = self._take(block=False)
+            batch = self._take()
             if not batch:
                 return
             self.write_now(batch)
@@ -88,9 +119,11 @@ class PredictionLog:
     def write_now(self, items: list[tuple[str, dict]] | list[dict]) -> bool:
         """Write items synchronously (store, else spool). Returns True when the store took them.
 
-        Items are `(kind, record)` pairs or bare prediction dicts. Never raises for a store error.
+        Items are `(kind, record)` pairs, bare prediction dicts or `PredictionBatch`es. Never raises
+        for a store error.
         """
-        items = [i if isinstance(i, tuple) else (PREDICTION, i) for i in items]
+        items = [i if isinstance(i, tuple) else (BATCH, i) if isinstance(i, PredictionBatch) else (PREDICTION, i)
+                 for i in items]
         if not items:
             return True
         with self._write_lock:
@@ -99,8 +132,9 @@ class PredictionLog:
                 if not self.store_ok:
                     log.warning("prediction store is back")
                 self.store_ok = True
-                self.written += len(items)
-                self._count("written", len(items))
+                n = sum(map(_size, items))
+                self.written += n
+                self._count("written", n)
                 ok = True
             except Exception as exc:  # store down: keep the records on disk
                 if self.store_ok:
@@ -117,9 +151,15 @@ class PredictionLog:
         preds = [r for k, r in items if k == PREDICTION]
         if preds:
             self.store.insert_predictions(preds)
+        encoded = [r for k, r in items if k == ENCODED]
+        if encoded:
+            self.store.insert_encoded(encoded)
         for k, r in items:
-            if k == FEEDBACK:
-                self.store.add_feedback(r["request_id"], r["outcome"], r["ts"])
+            if k == BATCH:
+                self.store.insert_batch(r)
+        feedback = [r for k, r in items if k == FEEDBACK]
+        if feedback:
+            self.store.add_feedback_many(feedback)
 
     def _spool(self, items: list[tuple[str, dict]]) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +168,11 @@ class PredictionLog:
         tmp = name.with_suffix(".tmp")
         with open(tmp, "w") as fh:
             for k, r in items:
+                if k == ENCODED:  # replayed as a plain prediction record
+                    fh.write('{"kind":"prediction","record":' + r[1].decode() + "}\n")
+                    continue
+                if k == BATCH:
+                    r = r.to_doc()
                 fh.write(json.dumps({"kind": k, "record": r}, default=str, separators=(",", ":")) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -140,8 +185,9 @@ class PredictionLog:
                 os.close(dfd)
         except OSError:
             pass
-        self.spooled += len(items)
-        self._count("spooled", len(items))
+        n = sum(map(_size, items))
+        self.spooled += n
+        self._count("spooled", n)
 
     def spool_files(self) -> list[Path]:
         if not self.spool_dir.exists():
@@ -172,13 +218,15 @@ class PredictionLog:
                         line = line.strip()
                         if line:
                             d = json.loads(line)
-                            items.append((d["kind"], d["record"]))
+                            r = PredictionBatch.from_doc(d["record"]) if d["kind"] == BATCH else d["record"]
+                            items.append((d["kind"], r))
                 for i in range(0, len(items), self.batch_size):
                     with self._write_lock:
                         self._to_store(items[i:i + self.batch_size])
                 claimed.unlink()
-                done += len(items)
-                self._count("replayed", len(items))
+                n = sum(map(_size, items))
+                done += n
+                self._count("replayed", n)
             except Exception as exc:
                 log.warning("spool replay of %s failed (%s); will retry", path.name, exc)
                 try:
@@ -213,41 +261,32 @@ class PredictionLog:
                 pass
 
     # ---- background thread --------------------------------------------------------------------------
-    def _take(self, block: bool) -> list[tuple[str, dict]]:
-        """Up to `batch_size` items; when blocking, collect for at most `flush_interval_s`.
-
-        Waiting out the interval (instead of writing whatever is there) keeps the writer asleep
-        between flushes, so it rarely competes with request threads for the GIL.
-        """
-        items = []
-        if block:
+    def _take(self) -> list[tuple]:
+        """Queued items worth up to `batch_size` records (at least one item when any is queued)."""
+        items, n = [], 0
+        while n < self.batch_size:
             try:
-                items.append(self._q.get(timeout=self.flush_interval_s))
-            except queue.Empty:
-                return items
-            deadline = time.monotonic() + self.flush_interval_s
-            while len(items) < self.batch_size and not self._stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    items.append(self._q.get(timeout=left))
-                except queue.Empty:
-                    break
-        while len(items) < self.batch_size:
-            try:
-                items.append(self._q.get_nowait())
-            except queue.Empty:
+                item = self._q.popleft()
+            except IndexError:
                 break
+            items.append(item)
+            n += _size(item)
         return items
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                batch = self._take(block=True)
-                if batch:
+                self._wake.wait(self.flush_interval_s)
+                self._wake.clear()
+                self._waiting = 0
+                wrote = False
+                while not self._stop.is_set():
+                    batch = self._take()
+                    if not batch:
+                        break
                     self.write_now(batch)
-                elif self.spool_files():
+                    wrote = True
+                if not wrote and self.spool_files():
                     if self.maybe_replay():
                         self.store_ok = True
             except Exception:  # never let the writer die

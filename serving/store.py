@@ -15,8 +15,12 @@ prediction = {
 feedback = {"_id": request_id, "request_id": str, "outcome": 0 | 1, "ts": float}
 report   = {"_id": str, "ts": float, ...headline numbers...}
 
-Writes are idempotent by `_id` (a re-emitted stream batch or a replayed spool file does not
-duplicate records).
+Writes are idempotent by `_id` as readers see them: a re-emitted stream batch or a replayed
+spool file never duplicates a record in `find_predictions` / `count_predictions`, and the first
+write of an `_id` wins. (MongoDB enforces it on insert; the embedded store on read.)
+
+A batch request's predictions travel as one `PredictionBatch` (columns, not 1,000 dicts) and
+reach the store through `insert_batch`; `rows()` gives the same record dicts as above.
 
 Backends: `serving.store_sqlite.SQLiteStore` (embedded default, one WAL-mode file shared by all
 processes) and `serving.store_mongo.MongoStore` (when MONGODB_URI is set);
@@ -27,6 +31,54 @@ processes) and `serving.store_mongo.MongoStore` (when MONGODB_URI is set);
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def _plain(v: Any) -> Any:
+    return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+@dataclass
+class PredictionBatch:
+    """Prediction records in columns: `const` holds the fields every row shares (ts, source, model,
+    route, latency, ...), `cols` the per-row fields (`_id`, `request_id`, `probability`,
+    `decision`), `features` one column per feature. Columns are lists or numpy arrays of length `n`.
+    """
+
+    const: dict
+    cols: dict
+    features: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.cols["_id"])
+
+    def rows(self) -> list[dict]:
+        """The batch as prediction record dicts (the shape documented above)."""
+        cols = {k: _plain(v) for k, v in self.cols.items()}
+        feats = {k: _plain(v) for k, v in self.features.items()}
+        names, fcols = list(feats), list(feats.values())
+        keys, ccols = list(cols), list(cols.values())
+        out = []
+        for i in range(self.n):
+            r = dict(self.const)
+            for k, c in zip(keys, ccols):
+                r[k] = c[i]
+            r["features"] = {k: c[i] for k, c in zip(names, fcols)}
+            out.append(r)
+        return out
+
+    def to_doc(self) -> dict:
+        """JSON-ready form (numpy arrays as lists); `from_doc` reverses it."""
+        return {"const": self.const, "cols": {k: _plain(v) for k, v in self.cols.items()},
+                "features": {k: _plain(v) for k, v in self.features.items()}}
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "PredictionBatch":
+        return cls(dict(doc["const"]), dict(doc["cols"]), dict(doc.get("features") or {}))
 
 
 class PredictionStore(ABC):
@@ -34,7 +86,12 @@ class PredictionStore(ABC):
 
     @abstractmethod
     def insert_predictions(self, records: list[dict]) -> int:
-        """Upsert prediction records by `_id`; returns how many were new."""
+        """Insert prediction records (idempotent by `_id`, first write wins); returns how many were
+        written (new ones only, where the backend deduplicates on insert)."""
+
+    def insert_batch(self, batch: PredictionBatch) -> int:
+        """Store a columnar batch; backends with a columnar format override this."""
+        return self.insert_predictions(batch.rows())
 
     @abstractmethod
     def find_predictions(self, start: float | None = None, end: float | None = None,
@@ -48,6 +105,11 @@ class PredictionStore(ABC):
     @abstractmethod
     def add_feedback(self, request_id: str, outcome: int, ts: float) -> None:
         """Record the realized outcome for a request (last write wins)."""
+
+    def add_feedback_many(self, items: list[dict]) -> None:
+        """Several `{"request_id", "outcome", "ts"}` records, in order (last write wins)."""
+        for f in items:
+            self.add_feedback(f["request_id"], f["outcome"], f["ts"])
 
     @abstractmethod
     def find_feedback(self, request_ids: list[str] | None = None, start: float | None = None,

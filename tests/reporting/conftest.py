@@ -117,9 +117,8 @@ def log_window(store, contract, n: int, seed: int, end: float, hours: float = 3.
                      "model_run_id": run_id, "model_version": version, "route": "champion" if i % 5 else "challenger",
                      "features": c, "probability": float(p), "decision": int(p >= 0.5), "latency_ms": 1.0})
     store.insert_predictions(docs)
-    for r, t in zip(recs, ts):
-        if rng.random() < feedback_fraction:
-            store.add_feedback(r.request_id, r.outcome, float(t) + 1.0)
+    store.add_feedback_many([{"request_id": r.request_id, "outcome": r.outcome, "ts": float(t) + 1.0}
+                             for r, t in zip(recs, ts) if rng.random() < feedback_fraction])
     return pd.DataFrame(clean)
 
 

@@ -83,9 +83,21 @@ class FlakyStore:
         self._check()
         return self.inner.insert_predictions(records)
 
+    def insert_batch(self, batch):
+        self._check()
+        return self.inner.insert_batch(batch)
+
+    def insert_encoded(self, items):
+        self._check()
+        return self.inner.insert_encoded(items)
+
     def add_feedback(self, *a):
         self._check()
         return self.inner.add_feedback(*a)
+
+    def add_feedback_many(self, items):
+        self._check()
+        return self.inner.add_feedback_many(items)
 
     def set_checkpoint(self, *a):
         self._check()
