@@ -52,7 +52,7 @@ def onnx_proba(session, X: np.ndarray) -> np.ndarray:
     probs = outs[1]
     if isinstance(probs, list):  # ZipMap output: list of {label: p}
         return np.array([p[1] for p in probs], dtype=np.float64)
-    return np.asarray(probs, dtype=np.float64)[:, 1]
+    return np.ascontiguousarray(np.asarray(probs, dtype=np.float64)[:, 1])
 
 
 def onnx_parity(onnx_bytes: bytes, X: np.ndarray, native_proba: np.ndarray) -> float:

@@ -100,6 +100,27 @@ class FeatureEncoder:
                 j += width
         return out
 
+    def transform_columns(self, columns: Mapping[str, Any], n: int) -> np.ndarray:
+        """Encode validated columns (numeric: float arrays; categorical: lists of clean values)."""
+        out = np.zeros((n, self.width), dtype=np.float32)
+        lookups = self._lookups()
+        j = 0
+        for name in self.numeric:
+            out[:, j] = columns[name]
+            j += 1
+        for name, index in lookups["ordinal"]:
+            get = index.get
+            out[:, j] = [get(v, math.nan) for v in columns[name]]
+            j += 1
+        rows = np.arange(n)
+        for name, index, width in lookups["categorical"]:
+            get = index.get
+            k = np.array([get(v, -1) for v in columns[name]], dtype=np.int64)
+            hit = k >= 0
+            out[rows[hit], j + k[hit]] = 1.0
+            j += width
+        return out
+
     def _lookups(self) -> dict:
         cached = self.__dict__.get("_lookup_cache")
         if cached is None:

@@ -1,0 +1,177 @@
+"""Column-wise validation of a batch request: the fast path of `POST /predict/batch`.
+
+Validating 1,000 rows one dict at a time costs several microseconds per row in Python; here each
+feature is checked once per column (its value types as a set, its range with numpy, its
+categories through the distinct values), and the clean columns are encoded straight into the
+model matrix by `FeatureEncoder.transform_columns`. It accepts exactly what the per-row
+validator accepts and gives the same clean values; on anything it cannot prove valid (a missing
+field, a string number, an unknown category, a bad request_id, ...) it returns None and the
+caller re-checks row by row, which names every problem by row and field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from churnops.contract import DatasetContract
+from serving.inference import MAX_REQUEST_ID, new_request_id
+
+_NUMBER_TYPES = frozenset((int, float))
+_DICT = {dict}
+_FEATURES, _REQUEST_ID = itertools.repeat("features"), itertools.repeat("request_id")
+
+
+def _tuple_getter(names: list[str]):
+    """f -> tuple of f[name] for names (itemgetter returns a bare value for one name)."""
+    if len(names) == 1:
+        key = names[0]
+        return lambda f: (f[key],)
+    return operator.itemgetter(*names) if names else None
+
+
+def new_request_ids(n: int) -> list[str]:
+    """`n` random 128-bit ids as 32 hex digits, from one urandom call."""
+    h = os.urandom(16 * n).hex()
+    return [h[i:i + 32] for i in range(0, 32 * n, 32)]
+
+
+@dataclass
+class ColumnBatch:
+    """Validated rows in columns: clean values per contract feature, one request_id per row."""
+
+    request_ids: list[str]
+    columns: dict  # numeric: float64 array; categorical/ordinal: list of clean str | None
+    ignored: dict[int, list[str]] = field(default_factory=dict)  # row -> extra fields
+
+    @property
+    def n(self) -> int:
+        return len(self.request_ids)
+
+    def take(self, idx: np.ndarray) -> dict:
+        """The feature columns of rows `idx` (a canary split)."""
+        out = {}
+        for k, col in self.columns.items():
+            out[k] = col[idx] if isinstance(col, np.ndarray) else [col[i] for i in idx.tolist()]
+        return out
+
+
+class ColumnarValidator:
+    """Per-column twin of `serving.inference.FastValidator` for lists of feature objects."""
+
+    def __init__(self, contract: DatasetContract, unknown_category: str = "reject"):
+        self.contract = contract
+        self.unknown_category = unknown_category
+        markers = contract.unknown_marker_set()
+        self.numeric, self.categorical = [], []
+        for name, spec in contract.features.items():
+            if spec.kind == "numeric":
+                lo = -sys.float_info.max if spec.min is None else spec.min
+                hi = sys.float_info.max if spec.max is None else spec.max
+                self.numeric.append((name, lo, hi))
+            else:
+                self.categorical.append((name, spec, frozenset(spec.categories), markers))
+        self.names = frozenset(contract.features)
+        self.width = len(contract.features)
+        self._get_numeric = _tuple_getter([n for n, _, _ in self.numeric])
+        self._get_categorical = _tuple_getter([c[0] for c in self.categorical])
+        self._lo = np.array([lo for _, lo, _ in self.numeric], dtype=np.float64)
+        self._hi = np.array([hi for _, _, hi in self.numeric], dtype=np.float64)
+
+    def _clean_category(self, v, spec, cats, markers):
+        """Clean value of one distinct raw value, or raise ValueError when the row path must decide."""
+        if type(v) is not str:
+            raise ValueError
+        c = v.strip().lower()
+        if c in markers:
+            return "unknown" if spec.unknown == "category" else None
+        if c in cats:
+            return c
+        if self.unknown_category == "unknown":  # as `validate_record`: map the unseen category
+            return "unknown" if spec.unknown == "category" and "unknown" in cats else None
+        raise ValueError  # rejected, with a message naming row and field, by the row path
+
+    def __call__(self, objs: list) -> ColumnBatch | None:
+        n = len(objs)
+        if not n:
+            return None
+        try:
+            if set(map(type, objs)) != _DICT:
+                return None
+            feats, rids = objs, None
+            if any(map(dict.__contains__, objs, _FEATURES)) or any(map(dict.__contains__, objs, _REQUEST_ID)):
+                feats, rids = [], []
+                for o in objs:
+                    f = o.get("features", o) if "features" in o else o
+                    if type(f) is not dict:
+                        return None
+                    rid = o.get("request_id")
+                    if rid is not None:
+                        if type(rid) is not str or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+                            return None
+                        rid = rid.strip()
+                    if f is o and "request_id" in o:
+                        f = {k: v for k, v in o.items() if k != "request_id"}
+                    feats.append(f)
+                    rids.append(rid)
+            columns: dict = {}
+            if self.numeric:
+                values = list(map(self._get_numeric, feats))  # KeyError: a missing field
+                if not set(map(type, itertools.chain.from_iterable(values))) <= _NUMBER_TYPES:
+                    return None
+                arr = np.array(values, dtype=np.float64).reshape(n, len(self.numeric))  # OverflowError: huge int
+                if not ((arr >= self._lo) & (arr <= self._hi)).all():  # NaN fails too
+                    return None
+                by_column = arr.T.copy()  # one copy; each row of it is a contiguous column
+                for j, (name, _, _) in enumerate(self.numeric):
+                    columns[name] = by_column[j]
+            if self.categorical:
+                cols = zip(*map(self._get_categorical, feats))
+                for (name, spec, cats, markers), col in zip(self.categorical, cols):
+                    mapping = {v: self._clean_category(v, spec, cats, markers) for v in set(col)}  # TypeError: unhashable
+                    columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else list(col)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+        ignored = {}
+        if set(map(len, feats)) != {self.width}:
+            for i, f in enumerate(feats):
+                if len(f) != self.width:
+                    ignored[i] = [k for k in f if k not in self.names]
+        if rids is None:
+            rids = new_request_ids(n)
+        elif None in rids:
+            rids = [r if r is not None else new_request_id() for r in rids]
+        return ColumnBatch(rids, columns, ignored)
+
+
+def from_rows(rows: list, validator: ColumnarValidator) -> ColumnBatch:
+    """The row-by-row validation result (`serving.inference.Row`s) as a `ColumnBatch`."""
+    columns: dict = {}
+    for name, _, _ in validator.numeric:
+        columns[name] = np.array([r.values[name] for r in rows], dtype=np.float64)
+    for name, *_ in validator.categorical:
+        columns[name] = [r.values[name] for r in rows]
+    return ColumnBatch([r.request_id for r in rows], columns, {i: r.ignored for i, r in enumerate(rows) if r.ignored})
+
+
+def predict_columns(models, batch: ColumnBatch) -> list[tuple]:
+    """Route rows and predict, one matrix per model: [(model, row indices or None for all, probabilities)]."""
+    ms = models.models()
+    if len(ms) == 1:
+        m = ms[0]
+        return [(m, None, m.bundle.predict_matrix(m.bundle.encoder.transform_columns(batch.columns, batch.n)))]
+    picks = [models.pick(r) for r in batch.request_ids]
+    out = []
+    for m in ms:
+        idx = np.array([i for i, p in enumerate(picks) if p is m], dtype=np.int64)
+        if len(idx) == batch.n:
+            out.append((m, None, m.bundle.predict_matrix(m.bundle.encoder.transform_columns(batch.columns, batch.n))))
+        elif len(idx):
+            X = m.bundle.encoder.transform_columns(batch.take(idx), len(idx))
+            out.append((m, idx, m.bundle.predict_matrix(X)))
+    return out
