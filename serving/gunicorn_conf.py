@@ -5,7 +5,8 @@
 Bind address and worker count come from settings (API_HOST, API_PORT, API_WORKERS). The
 Prometheus multiprocess folder (PROMETHEUS_MULTIPROC_DIR, default <state_dir>/prometheus) is
 emptied when the master starts; `child_exit` marks a dead worker's gauges; `worker_exit`
-flushes that worker's prediction log.
+flushes that worker's prediction log. Sync workers close a connection at once when its request
+was read to the end (see `fast_close` below).
 """
 
 from __future__ import annotations
@@ -46,6 +47,63 @@ def post_fork(server, worker):
     from churnops.cli import setup_logging
 
     setup_logging()
+    if worker_class == "sync":
+        install_fast_close()
+
+
+# ---- closing connections (sync workers) ----------------------------------------------------------
+# gunicorn >= 26 ends every sync-worker request with `util.close_graceful`: it sends FIN, then
+# blocks (up to 2 s) until the client closes its side, so that unread request bytes can never
+# turn into an RST that truncates the response (RFC 9112, 9.6). When the request body was read to
+# the end and nothing else waits in the socket there is nothing to protect, and waiting for the
+# client's FIN costs a round trip through the client on every request: with the load generator
+# on the same 2 cores it cut throughput by a quarter and set the p99 (bench/bench_serve.py). Such
+# connections are closed at once; every other one (a 413 with its body unread, a chunked upload,
+# pipelined bytes) still gets gunicorn's lingering close.
+_request_read = False  # sync workers serve one connection at a time
+
+
+def pre_request(worker, req):
+    global _request_read
+    _request_read = False
+
+
+def post_request(worker, req, environ, resp):
+    global _request_read
+    reader = getattr(getattr(req, "body", None), "reader", None)
+    _request_read = type(reader).__name__ == "LengthReader" and getattr(reader, "length", None) == 0
+
+
+def fast_close(sock, *args, **kwargs):
+    """Close now when the request was read to the end and the client sent nothing more."""
+    import socket
+
+    if _request_read:
+        try:
+            pending = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pending = b""
+        except OSError:
+            pending = None
+        if pending == b"":
+            try:
+                sock.close()
+            except OSError:
+                pass
+            return
+    return _lingering_close(sock, *args, **kwargs)
+
+
+_lingering_close = None
+
+
+def install_fast_close() -> None:
+    global _lingering_close
+    from gunicorn import util
+
+    if _lingering_close is None and hasattr(util, "close_graceful"):
+        _lingering_close = util.close_graceful
+        util.close_graceful = fast_close
 
 
 def worker_exit(server, worker):
