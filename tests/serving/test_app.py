@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -43,6 +44,26 @@ def test_predict_bare_and_envelope_and_log(app_client):
     rec = recs["abc-1"]
     assert rec["source"] == "http" and rec["route"] == "champion" and rec["features"]["gender"] == "m"
     assert rec["probability"] == pytest.approx(b["probability"]) and rec["latency_ms"] > 0
+
+
+def test_flask_view_answers_what_the_fast_path_passes_on(app_client):
+    """A chunked upload (no Content-Length) skips the WSGI fast path: the Flask view gives the same answer."""
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    client, state = app_client
+    fast = post(client, "/predict", {"request_id": "fast-1", "features": example()}).json
+    env = EnvironBuilder(path="/predict", method="POST", content_type="application/json",
+                         input_stream=io.BytesIO(json.dumps({"request_id": "view-1", "features": example()}).encode()),
+                         headers={"Transfer-Encoding": "chunked"}).get_environ()
+    del env["CONTENT_LENGTH"]
+    env["wsgi.input_terminated"] = True  # what gunicorn sets for a chunked upload
+    body, status, _ = run_wsgi_app(client.application, env, buffered=True)
+    view = json.loads(b"".join(body))
+    assert status.startswith("200"), view
+    assert view["request_id"] == "view-1" and view["probability"] == fast["probability"]
+    text = client.get("/metrics").data.decode()
+    assert 'churn_http_requests_total{endpoint="/predict",method="POST",status="200"} 2.0' in text
+    wait_logged(state, 2)
 
 
 def test_unknown_marker_and_case_are_accepted(app_client):

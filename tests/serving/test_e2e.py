@@ -111,6 +111,37 @@ def test_http_predictions_model_metrics_logs(api, trained):
     assert st == 202
 
 
+def test_connections_close_cleanly_with_body_read_or_not(api):
+    """Requests read to the end are closed at once; a 413 whose body is left unread still arrives whole."""
+    import socket
+    import threading
+
+    host, port = api["url"].rsplit("/", 1)[1].split(":")
+    for _ in range(50):  # the fast close: every response complete, no resets
+        st, b = http("POST", f"{api['url']}/predict", example())
+        assert st == 200 and 0 <= b["probability"] <= 1
+    body = b"x" * 3_000_000  # over the 1 MB limit: answered before the body is read
+    s = socket.create_connection((host, int(port)), timeout=20)
+    s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body))
+    sender = threading.Thread(target=lambda: _send_quietly(s, body))
+    sender.start()
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    sender.join(20)
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and json.loads(payload)["details"]["body"].startswith("request body larger")
+
+
+def _send_quietly(sock, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:  # the server stops reading once it has answered
+        pass
+
+
 def test_bad_reload_keeps_serving(api, trained):
     url = api["url"]
     hdr = {"Authorization": "Bearer test-admin"}
