@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     unknown_category: Literal["reject", "unknown"] = "reject"
     max_body_bytes: int = 1_000_000
     batch_row_limit: int = 1000
+    # matrices of at least this many rows go to the native XGBoost booster instead of ONNX: on
+    # real rows it is ~1.6x faster from ~64 rows up, ONNX ~10x faster for one row (0: ONNX only)
+    native_batch_min_rows: int = 128
     mongodb_uri: str | None = None
     mongodb_db: str = "churn"
     prediction_db_path: Path | None = None  # embedded store file; default <state_dir>/predictions.db

@@ -58,6 +58,7 @@ class LoadedModel:
         return {
             "route": self.route, "uri": self.uri, "run_id": self.run_id, "version": self.version,
             "aliases": self.aliases, "threshold": self.threshold, "runtime": self.bundle.runtime,
+            "batch_runtime": self.bundle.batch_runtime, "native_batch_min_rows": self.bundle.native_min_rows,
             "test_metrics": meta.get("test_metrics", {}), "model_name": meta.get("model_name"),
             "dataset": meta.get("dataset"), "loaded_at": self.loaded_at,
         }
@@ -154,7 +155,7 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
                                      f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         bdir = _find_bundle(root)
         try:
-            bundle = Bundle.load(bdir, prefer_onnx=True, threads=1)
+            bundle = Bundle.load(bdir, prefer_onnx=True, threads=1, native_min_rows=s.native_batch_min_rows)
         except Exception as exc:
             raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {exc}") from exc
         # smoke test: one all-missing row must give a probability

@@ -106,3 +106,24 @@ def test_batch_log_records_match_single_predictions(app_client):
     for k in ("_id", "request_id", "ts", "latency_ms"):
         a.pop(k), b.pop(k)
     assert a == b and a["features"]["education_level"] is None and a["features"]["gender"] == "f"
+
+
+def test_large_matrices_go_to_the_native_booster_with_the_same_answers(bundles):
+    """ONNX answers small inputs, XGBoost's own predictor large batches; they agree to 1e-6."""
+    from churnops.bundle import Bundle
+    from churnops.cleaning import clean_frame
+    from churnops.synthetic import generate_customers
+
+    enc = FeatureEncoder.from_contract(CONTRACT)
+    X = enc.transform_frame(clean_frame(generate_customers(300, seed=5), CONTRACT))
+    onnx_only = Bundle.load(bundles["a"], native_min_rows=0)
+    mixed = Bundle.load(bundles["a"], native_min_rows=64)
+    assert (onnx_only.runtime, onnx_only.batch_runtime, onnx_only.booster) == ("onnx", "onnx", None)
+    assert (mixed.runtime, mixed.batch_runtime) == ("onnx", "xgboost")
+    small, large = mixed.predict_matrix(X[:63]), mixed.predict_matrix(X)
+    np.testing.assert_array_equal(small, onnx_only.predict_matrix(X[:63]))  # below the cut: ONNX itself
+    assert np.max(np.abs(large - onnx_only.predict_matrix(X))) < 1e-6
+    assert large.dtype == np.float64 and large.shape == (300,)
+    native = Bundle.load(bundles["native"], native_min_rows=64)  # no ONNX file: native for everything
+    assert (native.runtime, native.batch_runtime, native.native_min_rows) == ("xgboost", "xgboost", 0)
+    assert native.predict_matrix(X[:1]).shape == (1,)
