@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     consumer_poll_interval_s: float = 0.2
     consumer_index: int = 0                  # this consumer's slot among consumer_count
     consumer_count: int = 1
+    consumer_threads: int = 4                # shards one consumer process polls at once
 
     # --- monitoring (reports, drift, retraining) -------------------------------------------------
     reports_dir: Path | None = None          # default <state_dir>/reports

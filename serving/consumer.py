@@ -10,7 +10,9 @@ synchronously (store, else spool on disk), and only then checkpoint the shard's 
 number in the store. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint (TRIM_HORIZON when
 there is none), so nothing is lost and at most the last batch is re-emitted; results and log
 records carry the input sequence number and log `_id`s are `stream:<shard>:<seq>`, so a
-re-emitted batch does not duplicate anything in the log.
+re-emitted batch does not duplicate anything in the log. With several shards, up to
+CONSUMER_THREADS of them are polled at once (each shard's batches stay in order; Kinesis calls
+spend most of their time waiting on the endpoint).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import binascii
 import json
 import logging
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from churnops.contract import load_contract
@@ -85,6 +89,8 @@ class Consumer:
         self.dead = 0
         self._pending_checkpoints: dict[str, str] = {}
         self._last_shard_refresh = 0.0
+        self._lock = threading.Lock()  # counters and pending checkpoints, shared by shard threads
+        self._pool: ThreadPoolExecutor | None = None
 
     # ---- shards and checkpoints ------------------------------------------------------------------------
     def checkpoint_key(self, shard_id: str) -> str:
@@ -129,13 +135,14 @@ class Consumer:
         self._last_shard_refresh = time.monotonic()
 
     def _checkpoint(self, shard_id: str, seq: str) -> None:
-        self._pending_checkpoints[shard_id] = seq
-        try:
-            for sh, sq in list(self._pending_checkpoints.items()):
-                self.store.set_checkpoint(self.checkpoint_key(sh), sq)
-                del self._pending_checkpoints[sh]
-        except Exception as exc:  # kept in memory; written once the store is back
-            log.warning("checkpoint write failed (%s); will retry", exc)
+        with self._lock:
+            self._pending_checkpoints[shard_id] = seq
+            try:
+                for sh, sq in list(self._pending_checkpoints.items()):
+                    self.store.set_checkpoint(self.checkpoint_key(sh), sq)
+                    del self._pending_checkpoints[sh]
+            except Exception as exc:  # kept in memory; written once the store is back
+                log.warning("checkpoint write failed (%s); will retry", exc)
 
     # ---- output -------------------------------------------------------------------------------------------
     def _put_all(self, stream: str, entries: list[dict]) -> None:
@@ -208,55 +215,65 @@ class Consumer:
             self.plog.write_now(logs)  # store or fsync'ed spool, before the checkpoint moves
         self.metrics.stream_records.labels("result").inc(len(results))
         self.metrics.stream_records.labels("dead_letter").inc(len(dlq))
-        self.processed += len(results)
-        self.dead += len(dlq)
+        with self._lock:
+            self.processed += len(results)
+            self.dead += len(dlq)
         return len(results), len(dlq)
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def poll_once(self) -> int:
-        """One get_records per owned shard; returns how many input records were handled."""
-        from botocore.exceptions import ClientError
-
+        """One get_records per owned shard (several shards at once); returns how many input records were handled."""
         if time.monotonic() - self._last_shard_refresh > 30:
             self.refresh_shards()
-        handled = 0
-        for sh, st in list(self.shards.items()):
-            if self.stopping:
-                break
-            if st.iterator is None:
-                continue
-            try:
-                resp = self.kin.get_records(ShardIterator=st.iterator, Limit=min(10_000, self.s.consumer_batch_size))
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in ("ExpiredIteratorException", "InvalidArgumentException"):
-                    log.info("shard %s: iterator %s; renewing from the checkpoint", sh, code)
-                    st.iterator, _ = self._iterator(sh)
-                    continue
-                if code in ("ProvisionedThroughputExceededException", "LimitExceededException"):
-                    time.sleep(0.5)
-                    continue
-                raise
-            records = resp.get("Records", [])
-            if records:
-                try:
-                    self.process(sh, records)
-                except Exception as exc:  # output stream down etc.: retry this batch from the checkpoint
-                    log.warning("shard %s: batch failed (%s: %s); retrying from the checkpoint", sh,
-                                type(exc).__name__, exc)
-                    time.sleep(1.0)
-                    st.iterator, _ = self._iterator(sh)
-                    continue
-                st.last_seq = records[-1]["SequenceNumber"]
-                self._checkpoint(sh, st.last_seq)
-                handled += len(records)
-            st.iterator = resp.get("NextShardIterator")
-            if st.iterator is None:
-                log.info("shard %s closed", sh)
+        items = [(sh, st) for sh, st in list(self.shards.items()) if st.iterator is not None]
+        threads = min(len(items), max(1, self.s.consumer_threads))
+        if threads > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shard")
+            handled = sum(self._pool.map(lambda x: self._poll_shard(*x), items))
+        else:
+            handled = sum(self._poll_shard(sh, st) for sh, st in items)
         if self._pending_checkpoints:
-            self._checkpoint(*next(iter(self._pending_checkpoints.items())))
+            self._checkpoint(*next(iter(dict(self._pending_checkpoints).items())))
         if not self.plog.store_ok or self.plog.spool_files():
             self.plog.maybe_replay()
+        return handled
+
+    def _poll_shard(self, sh: str, st: ShardState) -> int:
+        """get_records on one shard, process the batch, checkpoint; returns how many records were handled."""
+        from botocore.exceptions import ClientError
+
+        if self.stopping:
+            return 0
+        try:
+            resp = self.kin.get_records(ShardIterator=st.iterator, Limit=min(10_000, self.s.consumer_batch_size))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("ExpiredIteratorException", "InvalidArgumentException"):
+                log.info("shard %s: iterator %s; renewing from the checkpoint", sh, code)
+                st.iterator, _ = self._iterator(sh)
+                return 0
+            if code in ("ProvisionedThroughputExceededException", "LimitExceededException"):
+                time.sleep(0.5)
+                return 0
+            raise
+        records = resp.get("Records", [])
+        handled = 0
+        if records:
+            try:
+                self.process(sh, records)
+            except Exception as exc:  # output stream down etc.: retry this batch from the checkpoint
+                log.warning("shard %s: batch failed (%s: %s); retrying from the checkpoint", sh,
+                            type(exc).__name__, exc)
+                time.sleep(1.0)
+                st.iterator, _ = self._iterator(sh)
+                return 0
+            st.last_seq = records[-1]["SequenceNumber"]
+            self._checkpoint(sh, st.last_seq)
+            handled = len(records)
+        st.iterator = resp.get("NextShardIterator")
+        if st.iterator is None:
+            log.info("shard %s closed", sh)
         return handled
 
     def wait_for_model(self) -> None:
@@ -291,6 +308,9 @@ class Consumer:
                 else:
                     idle = 0
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             self.plog.close()
             log.info("consumer stopped: %d results, %d dead letters", self.processed, self.dead)
 
