@@ -9,8 +9,8 @@ on `predictions-dlq` with the reason and the original payload, write the predict
 synchronously (store, else spool on disk), and only then checkpoint the shard's last sequence
 number in the store. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint (TRIM_HORIZON when
 there is none), so nothing is lost and at most the last batch is re-emitted; results and log
-records carry the input sequence number and log `_id`s are `stream:<shard>:<seq>`, so a
-re-emitted batch does not duplicate anything in the log. With several shards, up to
+records carry the input sequence number and log `_id`s are `stream:<shard>:<seq>` with the
+record's arrival time as `ts`, so a re-emitted batch does not duplicate anything in the log. With several shards, up to
 CONSUMER_THREADS of them are polled at once (each shard's batches stay in order; Kinesis calls
 spend most of their time waiting on the endpoint).
 """
@@ -59,6 +59,16 @@ def _payload_text(data: bytes) -> dict:
         return {"payload": data.decode("utf-8"), "payload_encoding": "utf-8"}
     except UnicodeDecodeError:
         return {"payload": base64.b64encode(data).decode(), "payload_encoding": "base64"}
+
+
+def _arrival(rec: dict, default: float) -> float:
+    """The record's arrival time on the stream (UNIX seconds): a batch re-emitted after a crash logs
+    the same `ts` as the first time, so readers see one record in every time window."""
+    t = rec.get("ApproximateArrivalTimestamp")
+    try:
+        return float(t.timestamp()) if t is not None else default
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return default
 
 
 @dataclass
@@ -203,8 +213,8 @@ class Consumer:
                 if row.ignored:
                     out["ignored_fields"] = row.ignored
                 results.append({"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]})
-                logs.append(log_record(f"stream:{shard_id}:{seq}", row, m, p, d, "stream", latency, ts=now,
-                                       shard_id=shard_id, sequence_number=seq))
+                logs.append(log_record(f"stream:{shard_id}:{seq}", row, m, p, d, "stream", latency,
+                                       ts=_arrival(rec, now), shard_id=shard_id, sequence_number=seq))
                 self.metrics.predictions.labels("stream", m.route, str(m.version), str(d)).inc()
         if results:
             self._put_all(self.s.output_stream, results)

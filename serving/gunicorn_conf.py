@@ -47,7 +47,7 @@ def post_fork(server, worker):
     from churnops.cli import setup_logging
 
     setup_logging()
-    if worker_class == "sync":
+    if type(worker).__name__ == "SyncWorker":  # one connection at a time: the module flag below is safe
         install_fast_close()
 
 
@@ -77,13 +77,16 @@ def post_request(worker, req, environ, resp):
 def fast_close(sock, *args, **kwargs):
     """Close now when the request was read to the end and the client sent nothing more."""
     import socket
+    import ssl
 
-    if _request_read:
+    global _request_read
+    read, _request_read = _request_read, False  # one use: a connection that failed parsing never sets it
+    if read and not isinstance(sock, ssl.SSLSocket):
         try:
             pending = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             pending = b""
-        except OSError:
+        except Exception:
             pending = None
         if pending == b"":
             try:

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS prediction_chunks (
     _id TEXT NOT NULL UNIQUE, ts_min REAL NOT NULL, ts_max REAL NOT NULL, n INTEGER NOT NULL,
     doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS prediction_chunks_ts ON prediction_chunks (ts_max, ts_min);
+CREATE INDEX IF NOT EXISTS prediction_chunks_ts_min ON prediction_chunks (ts_min);
 CREATE TABLE IF NOT EXISTS feedback (
     _id TEXT PRIMARY KEY, request_id TEXT NOT NULL, outcome INTEGER NOT NULL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS feedback_ts ON feedback (ts);
@@ -48,7 +49,7 @@ CREATE INDEX IF NOT EXISTS reports_ts ON reports (ts);
 # one row per prediction (versions before the chunked format) -> chunks of 1,000, in one statement
 _MIGRATE = """
 INSERT OR IGNORE INTO prediction_chunks (_id, ts_min, ts_max, n, doc)
-    SELECT 'legacy-' || (rowid / 1000), MIN(ts), MAX(ts), COUNT(*), '{"rows":' || json_group_array(json(doc)) || '}'
+    SELECT 'legacy-' || (rowid / 1000), MIN(ts), MAX(ts), COUNT(*), '{"rows":[' || group_concat(doc, ',') || ']}'
     FROM predictions GROUP BY rowid / 1000;
 DROP TABLE predictions;
 """
@@ -72,7 +73,11 @@ try:  # 5-10x faster than json.dumps for the log records (a dependency of prefec
         except TypeError:  # e.g. an integer beyond 64 bits
             return json.dumps(doc, separators=(",", ":"), default=_default).encode()
 
-    _loads = orjson.loads
+    def _loads(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:  # what only the json fallback writes (NaN, a lone surrogate escape)
+            return json.loads(text)
 except ImportError:  # pragma: no cover
 
     def _dumpb(doc) -> bytes:
@@ -123,7 +128,7 @@ class SQLiteStore(PredictionStore):
                     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
-                    if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='prediction_chunks_ts'"
+                    if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='prediction_chunks_ts_min'"
                                     ).fetchone()[0] == 0:
                         conn.executescript(_SCHEMA)
                     if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='predictions'"
@@ -219,18 +224,22 @@ class SQLiteStore(PredictionStore):
             clauses.append("ts_min < ?")
             args.append(float(end))
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        sql = f"SELECT rowid, ts_min, doc FROM prediction_chunks{where} ORDER BY ts_min, rowid"
+        # chunk ids in ts_min order from the indexes; each chunk's document is read only when needed
+        sql = f"SELECT rowid, ts_min FROM prediction_chunks{where} ORDER BY ts_min, rowid"
         lo = float("-inf") if start is None else float(start)
         hi = float("inf") if end is None else float(end)
+        if limit is not None and limit <= 0:
+            return []
 
         def go(conn):
             best: dict[str, tuple[int, dict]] = {}
-            for rowid, ts_min, text in conn.execute(sql, args):
+            for rowid, ts_min in conn.execute(sql, args).fetchall():
                 if limit is not None and len(best) >= limit:
                     # chunks come by ts_min: stop once no later chunk can hold one of the first `limit`
                     cut = sorted(best.values(), key=lambda x: (x[1]["ts"], str(x[1]["_id"])))[limit - 1][1]["ts"]
                     if ts_min > cut:
                         break
+                (text,) = conn.execute("SELECT doc FROM prediction_chunks WHERE rowid = ?", (rowid,)).fetchone()
                 for r in _chunk_records(_loads(text)):
                     if lo <= r["ts"] < hi:
                         key = str(r["_id"])

@@ -162,13 +162,27 @@ def test_sqlite_file_of_older_version_is_converted(tmp_path):
     c.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
                   [(f"id{i}", 10.0 + i, f"id{i}", "http", "champion", "1", json.dumps(rec(i, 10.0 + i)))
                    for i in range(2500)])
+    c.execute("INSERT INTO predictions VALUES ('nan', 1.0, 'nan', 'http', 'champion', '1', ?)",
+              (json.dumps(rec(7777, 1.0, _id="nan", latency_ms=float("nan"))),))  # NaN: not strict JSON
     c.commit()
     c.close()
     s = SQLiteStore(path)
-    assert s.count_predictions() == 2500 and s.find_predictions(limit=1) == [rec(0, 10.0)]
+    assert s.count_predictions() == 2501 and s.find_predictions(start=5.0, limit=1) == [rec(0, 10.0)]
     assert s.find_predictions(2505.0, 2507.0) == [rec(2495, 2505.0), rec(2496, 2506.0)]
     s.insert_predictions([rec(9999, 1.0)])
-    assert s.count_predictions() == 2501
+    assert s.count_predictions() == 2502
+
+
+def test_sqlite_reads_what_only_the_json_fallback_can_write(tmp_path):
+    """A lone surrogate (accepted by the stdlib JSON parser) or a NaN never makes a chunk unreadable."""
+    from serving.store_sqlite import SQLiteStore
+
+    s = SQLiteStore(tmp_path / "p.db")
+    s.insert_predictions([rec(1, 10.0), rec(2, 11.0, request_id="\ud800", _id="\ud800"),
+                          rec(3, 12.0, latency_ms=float("nan"))])
+    got = s.find_predictions()
+    assert [r["_id"] for r in got] == ["id1", "\ud800", "id3"] and got[2]["latency_ms"] is None  # orjson writes NaN as null
+    assert s.find_predictions(limit=0) == [] and s.count_predictions(11.0, 12.0) == 1
 
 
 def test_factory_picks_backend(tmp_path):
