@@ -43,11 +43,11 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 	@if $(BIN)/python -c "import flows.report_flow" 2>/dev/null; then $(MAKE) --no-print-directory apply-prediction-reporting; fi
 	@echo ""
 	@echo "== demo done =="
-	@echo "  MLflow   http://127.0.0.1:5051   (experiment churn-sweep, model churn-xgboost)"
-	@echo "  Prefect  http://127.0.0.1:4200   (deployments train-churn-model/churn-sweep ...)"
-	@echo "  S3/Kinesis (moto)  http://127.0.0.1:4566"
-	@if $(BIN)/python -c "import serving.gunicorn_conf" 2>/dev/null; then echo "  API      http://127.0.0.1:9696"; fi
-	@if $(BIN)/python -c "import reporting.webserver" 2>/dev/null; then echo "  Reports  http://127.0.0.1:8888"; fi
+	@$(BIN)/python -c "from churnops.settings import get_settings; s = get_settings(); \
+	  print(f'  MLflow   {s.mlflow_tracking_uri}   (experiment {s.experiment_name}, model {s.model_name})'); \
+	  print(f'  Prefect  {s.prefect_api_url.removesuffix(\"/api\")}   (deployments train-churn-model/churn-sweep ...)'); \
+	  print(f'  S3/Kinesis (moto)  {s.aws_endpoint_url}'); \
+	  print(f'  API      {s.api_url}'); print(f'  Reports  http://{s.reports_host}:{s.reports_port}')"
 	@echo "  stop with: make down"
 
 test: $(STAMP) ## run the whole test suite (bootstraps .venv)
