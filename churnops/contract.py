@@ -234,6 +234,19 @@ class RecordResult:
         return not self.errors
 
 
+def clean_category(value: str, spec: FeatureSpec, markers: set[str], unknown_category: str = "reject") -> str | None:
+    """Clean value of a string category (case-insensitive; the unknown marker follows the column's
+    policy; an unseen category is rejected with ValueError, or mapped with `unknown_category="unknown"`)."""
+    c = value.strip().lower()
+    if c in markers:
+        return "unknown" if spec.unknown == "category" else None
+    if c in spec.categories:
+        return c
+    if unknown_category == "reject":
+        raise ValueError(f"unknown category {value[:40]!r}; allowed {spec.categories}")
+    return "unknown" if spec.unknown == "category" and "unknown" in spec.categories else None
+
+
 def validate_record(
     record: Any,
     contract: DatasetContract,
@@ -284,14 +297,9 @@ def validate_record(
             if not isinstance(v, str):
                 errors[name] = f"expected a string category, got {type(v).__name__ if v is not None else 'null'}"
                 continue
-            c = v.strip().lower()
-            if c in markers:
-                c = "unknown" if spec.unknown == "category" else None
-            elif c not in spec.categories:
-                if unknown_category == "reject":
-                    errors[name] = f"unknown category {v[:40]!r}; allowed {spec.categories}"
-                    continue
-                c = "unknown" if spec.unknown == "category" and "unknown" in spec.categories else None
-            values[name] = c
+            try:
+                values[name] = clean_category(v, spec, markers, unknown_category)
+            except ValueError as exc:
+                errors[name] = str(exc)
     ignored = [k for k in record if k not in contract.features]
     return RecordResult(values, errors, ignored)

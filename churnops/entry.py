@@ -21,37 +21,21 @@ def _run(target: str) -> None:
         sys.exit(code)
 
 
-def stack() -> None:
-    _run("churnops.stack:main")
+def _entry(target: str):
+    def main() -> None:
+        _run(target)
+
+    main.__doc__ = f"Console script: exports the dotenv file, then runs {target}."
+    return main
 
 
-def init_aws() -> None:
-    _run("churnops.provision:main")
-
-
-def train() -> None:
-    _run("flows.train_flow:main")
-
-
-def deploy() -> None:
-    _run("flows.deployments:main")
-
-
-def pin() -> None:
-    _run("churnops.registry:pin_main")
-
-
-def rollback() -> None:
-    _run("churnops.registry:rollback_main")
-
-
-def report() -> None:
-    _run("flows.report_flow:main")
-
-
-def retrain() -> None:
-    _run("flows.retrain_flow:main")
-
-
-def simulate() -> None:
-    _run("simulators.run:main")
+# the console scripts of pyproject.toml ([project.scripts] churnops-<name> = "churnops.entry:<name>")
+stack = _entry("churnops.stack:main")
+init_aws = _entry("churnops.provision:main")
+train = _entry("flows.train_flow:main")
+deploy = _entry("flows.deployments:main")
+pin = _entry("churnops.registry:pin_main")
+rollback = _entry("churnops.registry:rollback_main")
+report = _entry("flows.report_flow:main")
+retrain = _entry("flows.retrain_flow:main")
+simulate = _entry("simulators.run:main")

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import itertools
 import operator
-import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from churnops.contract import DatasetContract
-from serving.inference import MAX_REQUEST_ID, new_request_id
+from churnops.contract import DatasetContract, clean_category
+from serving.inference import MAX_REQUEST_ID, new_request_id, new_request_ids, numeric_bounds, route_groups
 
 _NUMBER_TYPES = frozenset((int, float))
 _DICT = {dict}
@@ -33,12 +31,6 @@ def _tuple_getter(names: list[str]):
         key = names[0]
         return lambda f: (f[key],)
     return operator.itemgetter(*names) if names else None
-
-
-def new_request_ids(n: int) -> list[str]:
-    """`n` random 128-bit ids as 32 hex digits, from one urandom call."""
-    h = os.urandom(16 * n).hex()
-    return [h[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
 @dataclass
@@ -71,11 +63,9 @@ class ColumnarValidator:
         self.numeric, self.categorical = [], []
         for name, spec in contract.features.items():
             if spec.kind == "numeric":
-                lo = -sys.float_info.max if spec.min is None else spec.min
-                hi = sys.float_info.max if spec.max is None else spec.max
-                self.numeric.append((name, lo, hi))
+                self.numeric.append((name, *numeric_bounds(spec)))
             else:
-                self.categorical.append((name, spec, frozenset(spec.categories), markers))
+                self.categorical.append((name, spec, markers))
         self.names = frozenset(contract.features)
         self.width = len(contract.features)
         self._get_numeric = _tuple_getter([n for n, _, _ in self.numeric])
@@ -83,18 +73,11 @@ class ColumnarValidator:
         self._lo = np.array([lo for _, lo, _ in self.numeric], dtype=np.float64)
         self._hi = np.array([hi for _, _, hi in self.numeric], dtype=np.float64)
 
-    def _clean_category(self, v, spec, cats, markers):
-        """Clean value of one distinct raw value, or raise ValueError when the row path must decide."""
+    def _clean_category(self, v, spec, markers):
+        """Clean value of one distinct raw value; ValueError leaves the row path to name the problem."""
         if type(v) is not str:
             raise ValueError
-        c = v.strip().lower()
-        if c in markers:
-            return "unknown" if spec.unknown == "category" else None
-        if c in cats:
-            return c
-        if self.unknown_category == "unknown":  # as `validate_record`: map the unseen category
-            return "unknown" if spec.unknown == "category" and "unknown" in cats else None
-        raise ValueError  # rejected, with a message naming row and field, by the row path
+        return clean_category(v, spec, markers, self.unknown_category)
 
     def __call__(self, objs: list) -> ColumnBatch | None:
         n = len(objs)
@@ -132,8 +115,8 @@ class ColumnarValidator:
                     columns[name] = by_column[j]
             if self.categorical:
                 cols = zip(*map(self._get_categorical, feats))
-                for (name, spec, cats, markers), col in zip(self.categorical, cols):
-                    mapping = {v: self._clean_category(v, spec, cats, markers) for v in set(col)}  # TypeError: unhashable
+                for (name, spec, markers), col in zip(self.categorical, cols):
+                    mapping = {v: self._clean_category(v, spec, markers) for v in set(col)}  # TypeError: unhashable
                     columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else list(col)
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
@@ -161,17 +144,12 @@ def from_rows(rows: list, validator: ColumnarValidator) -> ColumnBatch:
 
 def predict_columns(models, batch: ColumnBatch) -> list[tuple]:
     """Route rows and predict, one matrix per model: [(model, row indices or None for all, probabilities)]."""
-    ms = models.models()
-    if len(ms) == 1:
-        m = ms[0]
-        return [(m, None, m.bundle.predict_matrix(m.bundle.encoder.transform_columns(batch.columns, batch.n)))]
-    picks = [models.pick(r) for r in batch.request_ids]
     out = []
-    for m in ms:
-        idx = np.array([i for i, p in enumerate(picks) if p is m], dtype=np.int64)
-        if len(idx) == batch.n:
-            out.append((m, None, m.bundle.predict_matrix(m.bundle.encoder.transform_columns(batch.columns, batch.n))))
-        elif len(idx):
+    for m, idx in route_groups(models, batch.request_ids):
+        if idx is None:
+            X = m.bundle.encoder.transform_columns(batch.columns, batch.n)
+        else:
+            idx = np.array(idx, dtype=np.int64)
             X = m.bundle.encoder.transform_columns(batch.take(idx), len(idx))
-            out.append((m, idx, m.bundle.predict_matrix(X)))
+        out.append((m, idx, m.bundle.predict_matrix(X)))
     return out

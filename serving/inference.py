@@ -7,6 +7,7 @@ the encoder's pure-Python `transform_records` into one float32 matrix per model.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -105,6 +106,18 @@ def new_request_id() -> str:
     return "%032x" % n
 
 
+def new_request_ids(n: int) -> list[str]:
+    """`n` random 128-bit ids as 32 hex digits, from one urandom call (a batch's ids)."""
+    h = os.urandom(16 * n).hex()
+    return [h[i:i + 32] for i in range(0, 32 * n, 32)]
+
+
+def numeric_bounds(spec) -> tuple[float, float]:
+    """A numeric feature's closed range; open ends become the largest finite floats (never admits +-inf)."""
+    return (-sys.float_info.max if spec.min is None else spec.min,
+            sys.float_info.max if spec.max is None else spec.max)
+
+
 class FastValidator:
     """`validate_record` with a fast path for the common, valid record.
 
@@ -120,9 +133,7 @@ class FastValidator:
         plan = []
         for name, spec in contract.features.items():
             if spec.kind == "numeric":
-                lo = -sys.float_info.max if spec.min is None else spec.min  # never admits +-inf
-                hi = sys.float_info.max if spec.max is None else spec.max
-                plan.append((name, True, lo, hi, None))
+                plan.append((name, True, *numeric_bounds(spec), None))
             else:
                 table = {c: c for c in spec.categories}
                 for m in markers:
@@ -196,14 +207,27 @@ def _reason(errors: dict[str, str]) -> str:
     return "invalid"
 
 
+def route_groups(models: ModelSet, request_ids: list[str]) -> list[tuple[LoadedModel, list[int] | None]]:
+    """Which rows each model answers: (model, row indices), or (model, None) when it answers them all."""
+    ms = models.models()
+    if len(ms) == 1:
+        return [(ms[0], None)]
+    picks = [models.pick(r) for r in request_ids]
+    out = []
+    for m in ms:
+        idx = [i for i, p in enumerate(picks) if p is m]
+        if len(idx) == len(picks):
+            out.append((m, None))
+        elif idx:
+            out.append((m, idx))
+    return out
+
+
 def predict_rows(models: ModelSet, rows: list[Row]) -> list[tuple[LoadedModel, float, int]]:
     """Route each row, one matrix call per model; returns (model, probability, decision) per row."""
-    picks = [models.pick(r.request_id) for r in rows]
     out: list = [None] * len(rows)
-    for m in models.models():
-        idx = [i for i, p in enumerate(picks) if p is m]
-        if not idx:
-            continue
+    for m, idx in route_groups(models, [r.request_id for r in rows]):
+        idx = range(len(rows)) if idx is None else idx
         proba = m.bundle.predict_records([rows[i].values for i in idx])
         thr = m.threshold
         for i, p in zip(idx, proba.tolist()):
