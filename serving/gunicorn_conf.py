@@ -5,8 +5,12 @@
 Bind address and worker count come from settings (API_HOST, API_PORT, API_WORKERS). The
 Prometheus multiprocess folder (PROMETHEUS_MULTIPROC_DIR, default <state_dir>/prometheus) is
 emptied when the master starts; `child_exit` marks a dead worker's gauges; `worker_exit`
-flushes that worker's prediction log. Sync workers close a connection at once when its request
-was read to the end (see `fast_close` below).
+flushes that worker's prediction log.
+
+Workers are `serving.gunicorn_worker.KeepAliveWorker`: one request at a time like gunicorn's
+sync worker, but connections stay open between requests and are spread evenly over the workers.
+GUNICORN_WORKER_CLASS picks another (`sync`, `gthread`); sync workers then close a connection at
+once when its request was read to the end (see `fast_close` below).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ _prom = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_s.state_dir 
 
 bind = os.environ.get("GUNICORN_BIND", f"{_s.api_host}:{_s.api_port}")
 workers = int(os.environ.get("GUNICORN_WORKERS", _s.api_workers))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "serving.gunicorn_worker.KeepAliveWorker")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = 60
 graceful_timeout = 30

@@ -135,6 +135,56 @@ def test_connections_close_cleanly_with_body_read_or_not(api):
     assert head.startswith(b"HTTP/1.1 413") and json.loads(payload)["details"]["body"].startswith("request body larger")
 
 
+def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
+    """One connection serves many requests; pipelined requests are all answered; connections spread evenly."""
+    import http.client
+    import socket
+
+    host, port = api["url"].rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.connect()
+    sock, pids = conn.sock, set()
+    for i in range(20):
+        path, body = ("/predict", json.dumps(example()).encode()) if i % 2 else ("/health", None)
+        conn.request("POST" if body else "GET", path, body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        payload = json.loads(r.read())
+        assert r.status == 200 and r.getheader("Connection") == "keep-alive" and r.getheader("Content-Length")
+        if path == "/health":
+            pids.add(payload["pid"])
+    conn.request("HEAD", "/health")  # a response without a body keeps the connection usable
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == b""
+    conn.request("GET", "/")  # the HTML form
+    r = conn.getresponse()
+    assert r.status == 200 and b"<form" in r.read()
+    assert conn.sock is sock and len(pids) == 1, "every request on the one connection, answered by one worker"
+    conn.close()
+
+    one = json.dumps(example()).encode()
+    req = (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n%s" % (len(one), one))
+    s = socket.create_connection((host, int(port)), timeout=3)  # well under the 5 s keep-alive
+    s.sendall(req * 3 + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    assert data.count(b"HTTP/1.1 200 OK") == 4 and data.count(b'"probability"') == 3
+
+    time.sleep(0.3)  # the workers see the closes above
+    conns, owners = [], []
+    for _ in range(8):  # opened one after another and kept open: the two workers take turns
+        c = http.client.HTTPConnection(host, int(port), timeout=10)
+        c.request("GET", "/health")
+        owners.append(json.loads(c.getresponse().read())["pid"])
+        conns.append(c)
+    counts = sorted(owners.count(p) for p in set(owners))
+    for c in conns:
+        c.close()
+    assert counts == [4, 4], owners
+
+
 def _send_quietly(sock, data: bytes) -> None:
     try:
         sock.sendall(data)

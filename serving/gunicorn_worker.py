@@ -1,0 +1,384 @@
+"""A single-threaded gunicorn worker that keeps connections alive.
+
+    gunicorn -k serving.gunicorn_worker.KeepAliveWorker ...
+
+gunicorn's `sync` worker serves one connection at a time and closes it after every response, so
+each request pays for a new TCP connection (accept, handshake, close) on both sides. Its
+`gthread` worker keeps connections alive but hands every request to a thread pool and back
+through a pipe, which costs more than it saves when the work is a few hundred microseconds of
+CPU. This worker is gthread's event loop with the pool taken out: the loop waits on the
+listener and on idle keep-alive connections, and serves a readable connection inline, in the
+loop's own thread. A connection is only served once its first bytes have arrived, so a client
+that connects and sends nothing never blocks the worker; like the sync worker, a client that
+stops half way through a request does (put a buffering proxy in front of slow clients).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import selectors
+import sys
+import time
+from datetime import datetime
+from functools import partial
+
+from gunicorn import util
+from gunicorn.http import wsgi
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+
+class CoalescingResponse(wsgi.Response):
+    """Sends the status line and headers in the same write as the first body bytes.
+
+    gunicorn writes the headers and the body with two `sendall` calls; on a kept-alive
+    connection each write is a TCP segment and a wake-up of the client, so a small JSON answer
+    costs two of each. Headers of a response with a known length are held back and go out with
+    the body (or at `close()` when there is none). Chunked answers, answers without a body and
+    `sendfile` keep gunicorn's own order.
+    """
+
+    _held = b""
+    _hold = True
+
+    def send_headers(self):
+        if self.headers_sent:
+            return
+        if not self._hold or self.chunked or self._omits_body:
+            return super().send_headers()
+        tosend = self.default_headers()
+        tosend.extend(["%s: %s\r\n" % (k, v) for k, v in self.headers])
+        self._held = util.to_bytestring("%s\r\n" % "".join(tosend), "latin-1")
+        self.headers_sent = True
+
+    def _flush_held(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            util.write(self.sock, held)
+
+    def _emit_body(self, data):
+        if self._held:
+            held, self._held = self._held, b""
+            data = held + data
+        util.write(self.sock, data, self.chunked)
+
+    def sendfile(self, respiter):
+        self._flush_held()
+        self._hold = False
+        return super().sendfile(respiter)
+
+    def close(self):
+        self._flush_held()
+        super().close()
+
+
+def _readable(sock) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class ConnectionBoard:
+    """How many connections each worker holds, in memory shared by all workers.
+
+    Created when the master imports this module, so every forked worker sees the same pages.
+    The master hands out slots (worker objects are built in the master before the fork); a
+    worker writes its pid and its connection count into its own slot and reads the others'.
+    """
+
+    def __init__(self, slots: int = 64):
+        self.slots = slots
+        self._mem = mmap.mmap(-1, 16 * slots)  # anonymous and shared: inherited across fork
+        self._cells = memoryview(self._mem).cast("q")  # [pid, connections] per slot
+        self._reserved: dict[int, float] = {}  # master only: slot -> when handed out (pid -1)
+
+    def claim(self) -> int | None:
+        """A free slot for a worker about to be forked (called in the master), or None."""
+        now = time.monotonic()
+        for slot in range(self.slots):
+            pid = self._cells[2 * slot]
+            free = (pid == 0 or (pid > 0 and not _alive(pid))
+                    or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60))  # never started
+            if free:
+                self._cells[2 * slot], self._cells[2 * slot + 1] = -1, 0
+                self._reserved[slot] = now
+                return slot
+        return None
+
+    def start(self, slot: int, pid: int) -> None:
+        self._cells[2 * slot + 1] = 0
+        self._cells[2 * slot] = pid
+
+    def release(self, slot: int) -> None:
+        self._cells[2 * slot], self._cells[2 * slot + 1] = 0, 0
+
+    def publish(self, slot: int, connections: int) -> None:
+        self._cells[2 * slot + 1] = connections
+
+    def fewest_elsewhere(self, slot: int) -> int | None:
+        """The smallest connection count among the other live workers (None: there are none)."""
+        cells, fewest = self._cells, None
+        for other in range(self.slots):
+            pid = cells[2 * other]
+            if other == slot or pid <= 0:
+                continue
+            count = cells[2 * other + 1]
+            if fewest is None or count < fewest:
+                if not _alive(pid):  # killed without cleaning up: forget it
+                    self.release(other)
+                    continue
+                fewest = count
+        return fewest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+BOARD = ConnectionBoard()
+
+
+class _NoPool:
+    """Stands in for gthread's thread pool: requests are served in the loop's thread."""
+
+    def shutdown(self, wait: bool = True, **_) -> None:
+        return None
+
+
+class KeepAliveWorker(ThreadWorker):
+    """gthread without threads: one request at a time, connections kept alive between them.
+
+    Connections are spread evenly over the workers: a worker takes a new connection only while
+    it holds no more than the least busy of its siblings (`ConnectionBoard`). A kept-alive
+    connection stays with the worker that accepted it, and whichever worker wakes first would
+    otherwise take a whole burst of new connections and leave its siblings idle. When no
+    sibling takes a waiting connection within `ACCEPT_PATIENCE_S` (all busy with long
+    requests, or gone), the worker takes it anyway.
+    """
+
+    ACCEPT_PATIENCE_S = 0.02
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._idle: dict = {}  # kept-alive connection -> its keep-alive deadline, oldest first
+        self.board_slot = BOARD.claim()  # in the master, before the fork
+        self._waiting_since: float | None = None
+
+    @classmethod
+    def check_config(cls, cfg, log):
+        super().check_config(cfg, log)
+        if cfg.threads > 1:
+            log.warning("KeepAliveWorker serves one request at a time; threads=%s is ignored", cfg.threads)
+
+    def get_thread_pool(self):
+        return _NoPool()
+
+    def init_process(self):
+        if self.board_slot is not None:
+            BOARD.start(self.board_slot, os.getpid())
+        super().init_process()
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self):
+        self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
+        try:
+            while self.alive:
+                self.notify()
+                self.set_accept_enabled(self._should_accept())
+                self.wait_for_and_dispatch_events(timeout=1.0 if self._accepting else self.ACCEPT_PATIENCE_S / 2)
+                if not self.is_parent_alive():
+                    break
+                self.murder_keepalived()
+                self.murder_pending()
+                self._publish()
+            self.set_accept_enabled(False)
+            self.wait_for_and_dispatch_events(timeout=0)  # answer what already waits (and close it)
+            for conn in list(self._idle):  # then let idle keep-alive connections go
+                self._idle[conn] = 0.0
+            self.murder_keepalived()
+            deadline = time.monotonic() + self.cfg.graceful_timeout
+            while self.nr_conns > 0 and time.monotonic() < deadline:
+                self.wait_for_and_dispatch_events(timeout=max(deadline - time.monotonic(), 0))
+                self.murder_keepalived()
+                self.murder_pending()
+        finally:
+            if self.board_slot is not None:
+                BOARD.release(self.board_slot)
+            self.poller.close()
+            self.method_queue.close()
+            for s in self.sockets:
+                s.close()
+
+    def _publish(self) -> None:
+        if self.board_slot is not None:
+            BOARD.publish(self.board_slot, self.nr_conns)
+
+    def _should_accept(self) -> bool:
+        """Take new connections while this worker holds no more than the least busy sibling."""
+        if self.nr_conns >= self.worker_connections:
+            return False
+        if self.board_slot is None:
+            return True
+        fewest = BOARD.fewest_elsewhere(self.board_slot)
+        if fewest is None or self.nr_conns <= fewest:
+            self._waiting_since = None
+            return True
+        # More than our share: leave waiting connections to the siblings, unless none takes one.
+        if not any(_readable(s) for s in self.sockets):
+            self._waiting_since = None
+            return False
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+            return False
+        if now - self._waiting_since >= self.ACCEPT_PATIENCE_S:
+            self._waiting_since = None
+            return True
+        return False
+
+    def wait_for_and_dispatch_events(self, timeout):
+        """Serve the ready connections first, then accept at most one new one per listener."""
+        try:
+            events = self.poller.select(timeout)
+        except InterruptedError:
+            return
+        listeners = []
+        for key, _ in events:
+            if key.fileobj in self.sockets:
+                listeners.append(key.fileobj)
+            else:
+                key.data(key.fileobj)
+        for listener in listeners:
+            self.accept(listener)
+        if listeners:
+            self._publish()
+
+    def accept(self, listener):
+        """Accept and wait, in the loop, for the client's first bytes before serving."""
+        try:
+            client_sock, client_addr = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:  # ECONNABORTED and friends: the client gave up
+            self.log.debug("accept failed: %s", exc)
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(client_sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+
+    # ---- serving a connection -------------------------------------------------------------
+    # A kept-alive connection stays registered in the poller (and blocking) between requests:
+    # no unregister/register and no blocking-mode switches per request, as gthread needs for
+    # its hand-offs. `_idle` holds each one's keep-alive deadline, oldest first.
+
+    def enqueue_req(self, conn):
+        """The first request on a new connection (its first bytes have arrived)."""
+        if self._serve(conn):
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+            self._idle[conn] = time.monotonic() + self.cfg.keepalive
+        else:
+            self._close(conn)
+
+    def on_client_socket_readable(self, conn, client):
+        """The next request on a kept-alive connection (or the client closing it)."""
+        self._idle.pop(conn, None)
+        if self._serve(conn):
+            self._idle[conn] = time.monotonic() + self.cfg.keepalive
+        else:
+            self.poller.unregister(client)
+            self._close(conn)
+
+    def _serve(self, conn) -> bool:
+        """Answer the waiting request, and any the client pipelined behind it; True: keep alive."""
+        while True:  # bounded: only bytes already read ahead (one socket read) are served here
+            try:
+                keep = self.handle(conn)
+            except Exception:  # handle() answers request errors itself; this is belt and braces
+                self.log.exception("Error serving a connection")
+                return False
+            if not keep or not self.alive:
+                return bool(keep) and self.alive
+            if not conn.parser.unreader.buf.getbuffer().nbytes:  # nothing read ahead: wait
+                return True
+
+    def _close(self, conn) -> None:
+        self.nr_conns -= 1
+        try:
+            conn.close(graceful=True)
+        except OSError:
+            pass
+
+    def murder_keepalived(self):
+        """Close the kept-alive connections idle for longer than `keepalive` seconds."""
+        now = time.monotonic()
+        while self._idle:
+            conn = next(iter(self._idle))
+            if self._idle[conn] > now:
+                break
+            del self._idle[conn]
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass
+            self.nr_conns -= 1
+            conn.close()
+
+    def handle_request(self, req, conn):
+        """gthread's `handle_request` (gunicorn 26.2), answering through `CoalescingResponse`."""
+        environ = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg,
+                                        response_class=CoalescingResponse)
+            environ["wsgi.multithread"] = False
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+            elif len(self._idle) >= self.max_keepalived:
+                resp.force_close()
+
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                request_time = datetime.now() - request_start
+                self.log.access(resp, req, environ, request_time)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                self.log.debug("Closing connection.")
+                return False
+        except OSError:
+            util.reraise(*sys.exc_info())
+        except Exception:
+            if resp and resp.headers_sent:
+                # The answer has started (or its headers are held): close to show the error.
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+        return True
