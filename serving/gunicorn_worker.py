@@ -26,6 +26,7 @@ from functools import partial
 
 from gunicorn import util
 from gunicorn.http import wsgi
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 
@@ -75,6 +76,42 @@ class CoalescingResponse(wsgi.Response):
 
 def _readable(sock) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+
+class WholeBody:
+    """`wsgi.input` for a request with a Content-Length: `read(n)` takes the n bytes in one go.
+
+    gunicorn's `Body.read(n)` fetches 1 KB at a time and copies the rest of its 8 KB socket buffer
+    after each piece, which costs about 5 ms for a 500 KB batch body. This reads the socket in
+    pieces of up to 1 MB instead. Lines and iteration, and anything after them, stay gunicorn's.
+    """
+
+    def __init__(self, body):
+        self._body = body
+        self._reader: LengthReader = body.reader
+
+    def read(self, size=None):
+        if self._body.buf.tell():  # readline() left bytes in gunicorn's buffer: its own way
+            return self._body.read(size)
+        left = self._reader.length
+        n = left if size is None or size < 0 else min(size, left)
+        if n <= 0:
+            return b""
+        unreader = self._reader.unreader
+        chunk = getattr(unreader, "mxchunk", None)
+        if chunk is not None and n > chunk:
+            unreader.mxchunk = min(n, 1 << 20)
+        try:
+            return self._reader.read(n)
+        finally:
+            if chunk is not None:
+                unreader.mxchunk = chunk
+
+    def __getattr__(self, name):  # readline, readlines, __iter__ helpers
+        return getattr(self._body, name)
+
+    def __iter__(self):
+        return iter(self._body)
 
 
 class ConnectionBoard:
@@ -340,6 +377,8 @@ class KeepAliveWorker(ThreadWorker):
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg,
                                         response_class=CoalescingResponse)
             environ["wsgi.multithread"] = False
+            if isinstance(getattr(req.body, "reader", None), LengthReader):
+                environ["wsgi.input"] = WholeBody(req.body)
             self.nr += 1
             if self.nr >= self.max_requests:
                 if self.alive:

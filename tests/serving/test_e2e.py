@@ -152,6 +152,16 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
         assert r.status == 200 and r.getheader("Connection") == "keep-alive" and r.getheader("Content-Length")
         if path == "/health":
             pids.add(payload["pid"])
+    rows = [example(customer_age=20 + i % 50) for i in range(1000)]  # ~0.5 MB, read in one go
+    conn.request("POST", "/predict/batch", body=json.dumps(rows).encode(), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    out = json.loads(r.read())
+    assert r.status == 200 and out["count"] == 1000 and len({p["request_id"] for p in out["predictions"]}) == 1000
+    one = json.dumps(example()).encode()
+    conn.request("POST", "/predict", body=iter([one[:10], one[10:]]), encode_chunked=True,
+                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    r = conn.getresponse()
+    assert r.status == 200 and 0 <= json.loads(r.read())["probability"] <= 1
     conn.request("HEAD", "/health")  # a response without a body keeps the connection usable
     r = conn.getresponse()
     assert r.status == 200 and r.read() == b""
