@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -82,6 +83,42 @@ def test_columns_equal_rows_or_defer(seed, unknown):
     enc = FeatureEncoder.from_contract(CONTRACT)
     np.testing.assert_array_equal(enc.transform_columns(got.columns, got.n),
                                   enc.transform_records([r.values for r in rows]))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_decoded_body_equals_columns_or_defers(seed):
+    """`decode` (msgspec, straight from the bytes) accepts a subset of what the dict path accepts, with equal values."""
+    rng = random.Random(seed)
+    objs = random_batch(rng, rng.randint(1, 60), VALID_EDITS + (BAD_EDITS if seed % 2 else []))
+    cv = ColumnarValidator(CONTRACT)
+    raw = json.dumps(objs if seed % 3 else {"records": objs}).encode()
+    got = cv.decode(raw)
+    try:
+        row_path(objs, "reject")
+    except BadInput:
+        assert got is None
+        return
+    plain = all("features" not in o and set(o) - {"request_id"} == set(CONTRACT.features) for o in objs)
+    if got is None:
+        assert not plain, "exact contract rows must take the decoder"
+        return
+    want = cv(objs)
+    assert got.n == want.n == len(objs) and got.ignored == want.ignored == {}
+    for name in CONTRACT.features:
+        a, b = got.columns[name], want.columns[name]
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+    assert [r for r, o in zip(got.request_ids, objs) if "request_id" in o] == \
+        [r for r, o in zip(want.request_ids, objs) if "request_id" in o]
+
+
+def test_decoder_defers_on_what_it_cannot_judge_alone():
+    cv = ColumnarValidator(CONTRACT)
+    row = json.dumps(example())[1:-1]
+    assert cv.decode(b"[{%s}]" % row.encode()) is not None
+    assert cv.decode(b'[{%s, "customer_age": 200}]' % row.encode()) is None, "a repeated key: the last one counts"
+    assert cv.decode(b'[{%s, "customer_age": NaN}]' % row.encode()) is None
+    assert cv.decode(b"[{%s, \"request_id\": \" \"}]" % row.encode()) is None
+    assert cv.decode(b"[]") is None and cv.decode(b"") is None and cv.decode(b'{"rows": []}') is None
 
 
 def test_plain_valid_batch_takes_the_column_path():
