@@ -199,6 +199,7 @@ class KeepAliveWorker(ThreadWorker):
     """
 
     ACCEPT_PATIENCE_S = 0.02
+    ACCEPT_BURST = 64  # new connections taken in one round at most
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -216,6 +217,9 @@ class KeepAliveWorker(ThreadWorker):
         return _NoPool()
 
     def init_process(self):
+        self._listening = select.poll()
+        for listener in self.sockets:
+            self._listening.register(listener, select.POLLIN)
         if self.board_slot is not None:
             BOARD.start(self.board_slot, os.getpid())
         super().init_process()
@@ -256,13 +260,10 @@ class KeepAliveWorker(ThreadWorker):
             BOARD.publish(self.board_slot, self.nr_conns)
 
     def _should_accept(self) -> bool:
-        """Take new connections while this worker holds no more than the least busy sibling."""
+        """Listen for new connections while this worker is no busier than the least busy sibling."""
         if self.nr_conns >= self.worker_connections:
             return False
-        if self.board_slot is None:
-            return True
-        fewest = BOARD.fewest_elsewhere(self.board_slot)
-        if fewest is None or self.nr_conns <= fewest:
+        if self._fair():
             self._waiting_since = None
             return True
         # More than our share: leave waiting connections to the siblings, unless none takes one.
@@ -279,36 +280,55 @@ class KeepAliveWorker(ThreadWorker):
         return False
 
     def wait_for_and_dispatch_events(self, timeout):
-        """Serve the ready connections first, then accept at most one new one per listener."""
+        """Serve every ready connection; take new connections as they come, between requests.
+
+        A round can serve dozens of requests; a new connection should not wait for all of them,
+        so the listeners are polled (one cheap `poll`) after each request and a worker that is
+        no busier than its siblings takes what waits at once.
+        """
         try:
             events = self.poller.select(timeout)
         except InterruptedError:
             return
-        listeners = []
         for key, _ in events:
             if key.fileobj in self.sockets:
-                listeners.append(key.fileobj)
+                self._take_new(key.fileobj, at_least_one=True)  # listening: fair, or siblings too slow
             else:
                 key.data(key.fileobj)
-        for listener in listeners:
-            self.accept(listener)
-        if listeners:
+                if self._accepting and self._listening.poll(0):
+                    for listener in self.sockets:
+                        self._take_new(listener)
+
+    def _take_new(self, listener, at_least_one: bool = False) -> None:
+        for i in range(self.ACCEPT_BURST):
+            if not (i == 0 and at_least_one) and not self._fair():
+                break
+            if not self.accept(listener):
+                break
             self._publish()
 
-    def accept(self, listener):
-        """Accept and wait, in the loop, for the client's first bytes before serving."""
+    def _fair(self) -> bool:
+        """This worker holds no more connections than the least busy sibling."""
+        if self.board_slot is None:
+            return self.nr_conns < self.worker_connections
+        fewest = BOARD.fewest_elsewhere(self.board_slot)
+        return self.nr_conns < self.worker_connections and (fewest is None or self.nr_conns <= fewest)
+
+    def accept(self, listener) -> bool:
+        """Accept one connection and wait, in the loop, for its first bytes; False: none was waiting."""
         try:
             client_sock, client_addr = listener.accept()
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:  # ECONNABORTED and friends: the client gave up
             self.log.debug("accept failed: %s", exc)
-            return
+            return True
         self.nr_conns += 1
         conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())  # non-blocking
         conn.timeout = time.monotonic() + self.cfg.keepalive
         self.pending_conns.append(conn)
         self.poller.register(client_sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+        return True
 
     # ---- serving a connection -------------------------------------------------------------
     # A kept-alive connection stays registered in the poller (and blocking) between requests:

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,21 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
     for c in conns:
         c.close()
     assert counts == [4, 4], owners
+
+    def first_request(_):  # a burst: 24 connections at once, each kept open after its first answer
+        c = http.client.HTTPConnection(host, int(port), timeout=20)
+        c.request("POST", "/predict", body=json.dumps(example()).encode(), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["probability"] >= 0
+        c.request("GET", "/health")
+        return c, json.loads(c.getresponse().read())["pid"]
+
+    with ThreadPoolExecutor(24) as pool:
+        opened = list(pool.map(first_request, range(24)))
+    owners = [pid for _, pid in opened]
+    for c, _ in opened:
+        c.close()
+    assert len(set(owners)) == 2 and min(owners.count(p) for p in set(owners)) >= 6, owners
 
 
 def _send_quietly(sock, data: bytes) -> None:
