@@ -1,16 +1,26 @@
 """A single-threaded gunicorn worker that keeps connections alive.
 
-    gunicorn -k serving.gunicorn_worker.KeepAliveWorker ...
+    gunicorn -k serving.gunicorn_worker.KeepAliveWorker ...   (the default in serving/gunicorn_conf.py)
 
 gunicorn's `sync` worker serves one connection at a time and closes it after every response, so
 each request pays for a new TCP connection (accept, handshake, close) on both sides. Its
 `gthread` worker keeps connections alive but hands every request to a thread pool and back
 through a pipe, which costs more than it saves when the work is a few hundred microseconds of
-CPU. This worker is gthread's event loop with the pool taken out: the loop waits on the
-listener and on idle keep-alive connections, and serves a readable connection inline, in the
-loop's own thread. A connection is only served once its first bytes have arrived, so a client
-that connects and sends nothing never blocks the worker; like the sync worker, a client that
-stops half way through a request does (put a buffering proxy in front of slow clients).
+CPU. This worker is gthread's event loop with the pool taken out:
+
+- the loop waits on the listeners and on kept-alive connections, and serves a readable
+  connection inline; connections stay registered (and blocking) between requests;
+- a new connection is served once its first bytes arrive, so a client that connects and sends
+  nothing never blocks the worker; like the sync worker, a client that stops half way through a
+  request does (put a buffering proxy in front of slow clients);
+- new connections are spread evenly over the workers (`ConnectionBoard`) and taken between
+  requests, not once per round;
+- headers go out in the same write as the body (`CoalescingResponse`), and a Content-Length body
+  is read in one go (`WholeBody`).
+
+On 2 cores this gives about 1.3x the requests/s of the sync worker at concurrency 16 (alternating
+A/B runs), with a
+lower p99 (bench/bench_serve.py).
 """
 
 from __future__ import annotations
