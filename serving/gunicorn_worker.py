@@ -18,9 +18,8 @@ CPU. This worker is gthread's event loop with the pool taken out:
 - headers go out in the same write as the body (`CoalescingResponse`), and a Content-Length body
   is read in one go (`WholeBody`).
 
-On 2 cores this gives about 1.3x the requests/s of the sync worker at concurrency 16 (alternating
-A/B runs), with a
-lower p99 (bench/bench_serve.py).
+On 2 cores this gives about 1.3x the requests/s of the sync worker at concurrency 16, with a
+lower p99 (alternating A/B runs; the figures in bench/bench_serve.py's results).
 """
 
 from __future__ import annotations
