@@ -28,6 +28,8 @@ import mmap
 import os
 import select
 import selectors
+import socket
+import ssl
 import sys
 import time
 from datetime import datetime
@@ -51,16 +53,25 @@ class CoalescingResponse(wsgi.Response):
 
     _held = b""
     _hold = True
+    UNREAD_LIMIT = 64 * 1024  # request bytes left unread above which the connection is closed, not drained
 
     def send_headers(self):
         if self.headers_sent:
             return
+        reader = getattr(self.req.body, "reader", None)
+        if isinstance(reader, LengthReader) and reader.length > self.UNREAD_LIMIT:
+            self.force_close()  # e.g. a 413 answered before its body: say close rather than drain it
         if not self._hold or self.chunked or self._omits_body:
             return super().send_headers()
         tosend = self.default_headers()
         tosend.extend(["%s: %s\r\n" % (k, v) for k, v in self.headers])
         self._held = util.to_bytestring("%s\r\n" % "".join(tosend), "latin-1")
         self.headers_sent = True
+
+    def write(self, arg):
+        if not isinstance(arg, bytes):  # before the headers are held: the error can still be a 500
+            raise TypeError("%r is not a byte" % arg)
+        super().write(arg)
 
     def _flush_held(self) -> None:
         if self._held:
@@ -79,8 +90,18 @@ class CoalescingResponse(wsgi.Response):
         return super().sendfile(respiter)
 
     def close(self):
+        if not self.headers_sent:  # no body at all: the headers are all there is
+            self.send_headers()
         self._flush_held()
         super().close()
+
+
+def _read_ahead(conn) -> bool:
+    """Bytes of a next request already read from the socket (or held by TLS), invisible to the poller."""
+    if conn.parser.unreader.buf.getbuffer().nbytes:
+        return True
+    pending = getattr(conn.sock, "pending", None)
+    return bool(pending and pending())
 
 
 def _readable(sock) -> bool:
@@ -209,10 +230,14 @@ class KeepAliveWorker(ThreadWorker):
 
     ACCEPT_PATIENCE_S = 0.02
     ACCEPT_BURST = 64  # new connections taken in one round at most
+    MAX_PIPELINED = 16  # requests answered back to back on one connection before the others' turn
+    LINGER_S = 2.0  # how long a closing connection with unread input is read before it is closed
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._idle: dict = {}  # kept-alive connection -> its keep-alive deadline, oldest first
+        self._backlog: list = []  # connections with requests read ahead but not yet answered
+        self._lingering: dict = {}  # closing connection -> when to stop reading it
         self.board_slot = BOARD.claim()  # in the master, before the fork
         self._waiting_since: float | None = None
 
@@ -229,31 +254,34 @@ class KeepAliveWorker(ThreadWorker):
         self._listening = select.poll()
         for listener in self.sockets:
             self._listening.register(listener, select.POLLIN)
-        if self.board_slot is not None:
-            BOARD.start(self.board_slot, os.getpid())
-        super().init_process()
+        super().init_process()  # loads the app, then run()
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self):
+        if self.board_slot is not None:  # on the board once the app is loaded, not while it loads
+            BOARD.start(self.board_slot, os.getpid())
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
         try:
             while self.alive:
                 self.notify()
                 self.set_accept_enabled(self._should_accept())
-                self.wait_for_and_dispatch_events(timeout=1.0 if self._accepting else self.ACCEPT_PATIENCE_S / 2)
+                timeout = 0 if self._backlog else 1.0 if self._accepting else self.ACCEPT_PATIENCE_S / 2
+                self.wait_for_and_dispatch_events(timeout=timeout)
+                self._serve_backlog()
                 if not self.is_parent_alive():
                     break
                 self.murder_keepalived()
                 self.murder_pending()
                 self._publish()
+            # Shutting down: no new connections; kept-alive ones are still answered (with
+            # `Connection: close`) until their keep-alive deadline, as gthread does, so a request
+            # sent on an idle pooled connection right now is not met by a reset.
             self.set_accept_enabled(False)
-            self.wait_for_and_dispatch_events(timeout=0)  # answer what already waits (and close it)
-            for conn in list(self._idle):  # then let idle keep-alive connections go
-                self._idle[conn] = 0.0
-            self.murder_keepalived()
             deadline = time.monotonic() + self.cfg.graceful_timeout
             while self.nr_conns > 0 and time.monotonic() < deadline:
-                self.wait_for_and_dispatch_events(timeout=max(deadline - time.monotonic(), 0))
+                self.notify()
+                self.wait_for_and_dispatch_events(timeout=0 if self._backlog else min(0.5, deadline - time.monotonic()))
+                self._serve_backlog()
                 self.murder_keepalived()
                 self.murder_pending()
         finally:
@@ -362,28 +390,94 @@ class KeepAliveWorker(ThreadWorker):
             self._close(conn)
 
     def _serve(self, conn) -> bool:
-        """Answer the waiting request, and any the client pipelined behind it; True: keep alive."""
-        while True:  # bounded: only bytes already read ahead (one socket read) are served here
+        """Answer the waiting request and up to `MAX_PIPELINED` the client sent behind it; True: keep alive.
+
+        Requests already read ahead are invisible to the poller, so a connection that still holds
+        some after the cap goes on `_backlog` and is served again in the next round.
+        """
+        for _ in range(self.MAX_PIPELINED):
             try:
                 keep = self.handle(conn)
             except Exception:  # handle() answers request errors itself; this is belt and braces
                 self.log.exception("Error serving a connection")
                 return False
-            if not keep or not self.alive:
-                return bool(keep) and self.alive
-            if not conn.parser.unreader.buf.getbuffer().nbytes:  # nothing read ahead: wait
+            if not keep:
+                return False
+            if not _read_ahead(conn):
                 return True
+        self._backlog.append(conn)
+        return True
 
+    def _serve_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, []
+        for conn in backlog:
+            if conn in self._idle and _read_ahead(conn):  # still open, and not served meanwhile
+                self.on_client_socket_readable(conn, conn.sock)
+
+    # ---- closing -------------------------------------------------------------------------
     def _close(self, conn) -> None:
-        self.nr_conns -= 1
+        """Close a connection that is out of the poller.
+
+        When the client sent nothing that is still unread, a plain close sends FIN and nothing can
+        turn into a reset, so it closes at once. Otherwise (a body left unread, more requests
+        behind a `Connection: close`) it shuts the write side and reads the rest in the loop until
+        the client closes or `LINGER_S` passes, so the answer is not destroyed by a reset and the
+        worker is not blocked meanwhile (gunicorn's own lingering close blocks for up to 2 s).
+        """
+        sock = conn.sock
+        if isinstance(sock, ssl.SSLSocket):
+            self.nr_conns -= 1
+            try:
+                conn.close(graceful=True)
+            except OSError:
+                pass
+            return
         try:
-            conn.close(graceful=True)
+            pending = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pending = b""
+        except OSError:
+            pending = b""
+        if not pending:
+            self.nr_conns -= 1
+            util.close(sock)
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
+        except (OSError, ValueError, KeyError):
+            self.nr_conns -= 1
+            util.close(sock)
+            return
+        self._lingering[conn] = time.monotonic() + self.LINGER_S
+
+    def _on_lingering_readable(self, conn, sock) -> None:
+        try:
+            while sock.recv(65536):
+                pass
+        except BlockingIOError:
+            return  # more may come
         except OSError:
             pass
+        self._end_linger(conn)
+
+    def _end_linger(self, conn) -> None:
+        if self._lingering.pop(conn, None) is None:
+            return
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        self.nr_conns -= 1
+        util.close(conn.sock)
 
     def murder_keepalived(self):
-        """Close the kept-alive connections idle for longer than `keepalive` seconds."""
+        """Close the kept-alive connections idle for longer than `keepalive` seconds (and lingering ones)."""
         now = time.monotonic()
+        for conn, deadline in list(self._lingering.items()):
+            if deadline <= now:
+                self._end_linger(conn)
         while self._idle:
             conn = next(iter(self._idle))
             if self._idle[conn] > now:

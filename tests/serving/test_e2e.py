@@ -134,6 +134,7 @@ def test_connections_close_cleanly_with_body_read_or_not(api):
     s.close()
     head, _, payload = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413") and json.loads(payload)["details"]["body"].startswith("request body larger")
+    assert b"Connection: close" in head, "3 MB left unread: closed, not drained"
 
 
 def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
@@ -163,6 +164,9 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
                  headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
     r = conn.getresponse()
     assert r.status == 200 and 0 <= json.loads(r.read())["probability"] <= 1
+    conn.request("OPTIONS", "/predict")  # an answer with an empty body
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == b"" and "POST" in r.getheader("Allow")
     conn.request("HEAD", "/health")  # a response without a body keeps the connection usable
     r = conn.getresponse()
     assert r.status == 200 and r.read() == b""
@@ -176,12 +180,12 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
     req = (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
            b"Content-Length: %d\r\n\r\n%s" % (len(one), one))
     s = socket.create_connection((host, int(port)), timeout=3)  # well under the 5 s keep-alive
-    s.sendall(req * 3 + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    s.sendall(req * 20 + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")  # more than one round
     data = b""
     while chunk := s.recv(65536):
         data += chunk
     s.close()
-    assert data.count(b"HTTP/1.1 200 OK") == 4 and data.count(b'"probability"') == 3
+    assert data.count(b"HTTP/1.1 200 OK") == 21 and data.count(b'"probability"') == 20
 
     time.sleep(0.3)  # the workers see the closes above
     conns, owners = [], []
