@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -27,3 +29,18 @@ def test_train_deployment_registered_with_interval(prefect_harness, monkeypatch)
         assert dep.entrypoint == "flows/train_flow.py:train_flow"
         assert [s.schedule.interval.total_seconds() for s in dep.schedules] == [4 * 3600]
         assert client.read_work_pool("churn-local").type == "process"
+    # what the server's scheduler service does with it (sqlalchemy 2.1 broke this silently:
+    # "Can't evaluate bulk DML statement", and no scheduled deployment ever ran)
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.server.database import provide_database_interface
+    from prefect.server.models.deployments import schedule_runs
+
+    async def schedule():
+        db = provide_database_interface()
+        async with db.session_context(begin_transaction=True) as session:
+            return await schedule_runs(session=session, deployment_id=dep.id)
+
+    assert asyncio.run(schedule())
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+    assert runs and {r.state_type.value for r in runs} == {"SCHEDULED"}
