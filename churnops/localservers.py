@@ -63,7 +63,8 @@ class Server:
 
 def start_moto(folder: Path) -> tuple[Server, str]:
     port = free_port()
-    srv = Server([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], folder / "moto.log")
+    srv = Server([str(BIN / "python"), "-m", "churnops.motoserver", "-H", "127.0.0.1", "-p", str(port)],
+                 folder / "moto.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/moto-api/", 60, srv.proc, folder / "moto.log")
     return srv, url

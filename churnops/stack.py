@@ -55,7 +55,8 @@ def programs(s: Settings) -> list[Program]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     progs = [
-        Program("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], moto_port,
+        Program("moto", [str(BIN / "python"), "-m", "churnops.motoserver", "-H", "127.0.0.1", "-p", str(moto_port)],
+                moto_port,
                 f"http://127.0.0.1:{moto_port}/moto-api/"),
         Program("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                            "--workers", "1", "--backend-store-uri", f"sqlite:///{state}/mlflow/mlflow.db",
