@@ -25,6 +25,7 @@ lower p99 (alternating A/B runs; the figures in bench/bench_serve.py's results).
 from __future__ import annotations
 
 import mmap
+import multiprocessing
 import os
 import select
 import selectors
@@ -154,8 +155,8 @@ class ConnectionBoard:
 
     def __init__(self, slots: int = 64):
         self.slots = slots
-        self._mem = mmap.mmap(-1, 16 * slots)  # anonymous and shared: inherited across fork
-        self._cells = memoryview(self._mem).cast("q")  # [pid, connections] per slot
+        self._mem = mmap.mmap(-1, 16 * slots + 8)  # anonymous and shared: inherited across fork
+        self._cells = memoryview(self._mem).cast("q")  # [pid, connections] per slot, then slots ever used
         self._reserved: dict[int, float] = {}  # master only: slot -> when handed out (pid -1)
 
     def claim(self) -> int | None:
@@ -168,6 +169,7 @@ class ConnectionBoard:
             if free:
                 self._cells[2 * slot], self._cells[2 * slot + 1] = -1, 0
                 self._reserved[slot] = now
+                self._cells[2 * self.slots] = max(self._cells[2 * self.slots], slot + 1)
                 return slot
         return None
 
@@ -184,7 +186,7 @@ class ConnectionBoard:
     def fewest_elsewhere(self, slot: int) -> int | None:
         """The smallest connection count among the other live workers (None: there are none)."""
         cells, fewest = self._cells, None
-        for other in range(self.slots):
+        for other in range(cells[2 * self.slots]):  # the slots ever handed out, not all of them
             pid = cells[2 * other]
             if other == slot or pid <= 0:
                 continue
@@ -208,6 +210,7 @@ def _alive(pid: int) -> bool:
 
 
 BOARD = ConnectionBoard()
+ACCEPT_LOCK = multiprocessing.Lock()  # created in the master like BOARD: shared by the forked workers
 
 
 class _NoPool:
@@ -240,6 +243,7 @@ class KeepAliveWorker(ThreadWorker):
         self._lingering: dict = {}  # closing connection -> when to stop reading it
         self.board_slot = BOARD.claim()  # in the master, before the fork
         self._waiting_since: float | None = None
+        self._forced = False
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -292,9 +296,13 @@ class KeepAliveWorker(ThreadWorker):
             for s in self.sockets:
                 s.close()
 
+    def _load(self) -> int:
+        """Connections this worker serves (closing ones, which only wait for the client, not counted)."""
+        return self.nr_conns - len(self._lingering)
+
     def _publish(self) -> None:
         if self.board_slot is not None:
-            BOARD.publish(self.board_slot, self.nr_conns)
+            BOARD.publish(self.board_slot, self._load())
 
     def _should_accept(self) -> bool:
         """Listen for new connections while this worker is no busier than the least busy sibling."""
@@ -313,6 +321,7 @@ class KeepAliveWorker(ThreadWorker):
             return False
         if now - self._waiting_since >= self.ACCEPT_PATIENCE_S:
             self._waiting_since = None
+            self._forced = True  # take one even though it is not our turn
             return True
         return False
 
@@ -329,27 +338,54 @@ class KeepAliveWorker(ThreadWorker):
             return
         for key, _ in events:
             if key.fileobj in self.sockets:
-                self._take_new(key.fileobj, at_least_one=True)  # listening: fair, or siblings too slow
+                self._take_new(key.fileobj, force=self._forced)
+                self._forced = False
             else:
                 key.data(key.fileobj)
                 if self._accepting and self._listening.poll(0):
                     for listener in self.sockets:
                         self._take_new(listener)
 
-    def _take_new(self, listener, at_least_one: bool = False) -> None:
+    def _take_new(self, listener, force: bool = False) -> None:
+        """Accept while this worker is no busier than its siblings (one anyway when `force`).
+
+        The check, the accept and the new count happen under a lock shared by the workers, so two
+        workers with equal counts cannot both take the same burst; a worker killed while holding
+        it only costs the others a 50 ms wait, after which they go on without it.
+        """
         for i in range(self.ACCEPT_BURST):
-            if not (i == 0 and at_least_one) and not self._fair():
-                break
-            if not self.accept(listener):
-                break
-            self._publish()
+            locked = ACCEPT_LOCK.acquire(timeout=0.05)
+            try:
+                if not (i == 0 and force) and not self._fair():
+                    return
+                if not self.accept(listener):
+                    return
+                self._publish()
+            finally:
+                if locked:
+                    ACCEPT_LOCK.release()
+
+    def _crowded(self) -> bool:
+        """More than one connection above the least busy sibling: time to hand one over.
+
+        Kept-alive connections cannot move between processes; a burst, or connections opened
+        while a sibling was still closing others, can leave one worker with most of them. Such a
+        worker answers its next request with `Connection: close` and the client's reconnection
+        goes to the least busy worker.
+        """
+        if self.board_slot is None:
+            return False
+        fewest = BOARD.fewest_elsewhere(self.board_slot)
+        return fewest is not None and self._load() > fewest + 1
 
     def _fair(self) -> bool:
         """This worker holds no more connections than the least busy sibling."""
+        if self.nr_conns >= self.worker_connections:
+            return False
         if self.board_slot is None:
-            return self.nr_conns < self.worker_connections
+            return True
         fewest = BOARD.fewest_elsewhere(self.board_slot)
-        return self.nr_conns < self.worker_connections and (fewest is None or self.nr_conns <= fewest)
+        return fewest is None or self._load() <= fewest
 
     def accept(self, listener) -> bool:
         """Accept one connection and wait, in the loop, for its first bytes; False: none was waiting."""
@@ -440,6 +476,7 @@ class KeepAliveWorker(ThreadWorker):
             pending = b""
         if not pending:
             self.nr_conns -= 1
+            self._publish()
             util.close(sock)
             return
         try:
@@ -451,6 +488,7 @@ class KeepAliveWorker(ThreadWorker):
             util.close(sock)
             return
         self._lingering[conn] = time.monotonic() + self.LINGER_S
+        self._publish()  # no longer served: not counted
 
     def _on_lingering_readable(self, conn, sock) -> None:
         try:
@@ -470,6 +508,7 @@ class KeepAliveWorker(ThreadWorker):
         except (OSError, KeyError, ValueError):
             pass
         self.nr_conns -= 1
+        self._publish()
         util.close(conn.sock)
 
     def murder_keepalived(self):
@@ -512,6 +551,8 @@ class KeepAliveWorker(ThreadWorker):
                 resp.force_close()
             elif len(self._idle) >= self.max_keepalived:
                 resp.force_close()
+            elif self._crowded():
+                resp.force_close()  # the client reconnects, and the least busy worker takes it
 
             respiter = self.wsgi(environ, resp.start_response)
             try:
