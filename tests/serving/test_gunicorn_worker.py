@@ -47,3 +47,21 @@ def test_board_is_shared_with_forked_children():
         os._exit(0)
     os.waitpid(pid, 0)
     assert board._cells[2 * slot] == pid and board._cells[2 * slot + 1] == 7
+
+
+def test_a_worker_two_above_the_least_busy_hands_a_connection_over(monkeypatch):
+    from types import SimpleNamespace
+
+    import serving.gunicorn_worker as gw
+
+    board = ConnectionBoard(slots=2)
+    monkeypatch.setattr(gw, "BOARD", board)
+    me, other = board.claim(), board.claim()
+    board.start(me, os.getpid())
+    board.start(other, os.getppid())
+    board.publish(other, 3)
+    worker = SimpleNamespace(board_slot=me, _load=lambda: 5)
+    assert gw.KeepAliveWorker._crowded(worker), "5 against 3: close one, the client reconnects elsewhere"
+    worker._load = lambda: 4
+    assert not gw.KeepAliveWorker._crowded(worker), "one above is as even as an odd count gets"
+    assert not gw.KeepAliveWorker._crowded(SimpleNamespace(board_slot=None, _load=lambda: 9))
