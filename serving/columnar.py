@@ -36,12 +36,12 @@ _DICT = {dict}
 _FEATURES, _REQUEST_ID = itertools.repeat("features"), itertools.repeat("request_id")
 
 
-def _tuple_getter(names: list[str]):
-    """f -> tuple of f[name] for names (itemgetter returns a bare value for one name)."""
+def _tuple_getter(names: list[str], getter=operator.itemgetter):
+    """f -> tuple of f[name] (or of attributes, with `operator.attrgetter`) for names; never a bare value."""
     if len(names) == 1:
-        key = names[0]
-        return lambda f: (f[key],)
-    return operator.itemgetter(*names) if names else None
+        one = getter(names[0])
+        return lambda f: (one(f),)
+    return getter(*names) if names else None
 
 
 @dataclass
@@ -81,6 +81,8 @@ class ColumnarValidator:
         self.width = len(contract.features)
         self._get_numeric = _tuple_getter([n for n, _, _ in self.numeric])
         self._get_categorical = _tuple_getter([c[0] for c in self.categorical])
+        self._attr_numeric = _tuple_getter([n for n, _, _ in self.numeric], operator.attrgetter)
+        self._attr_categorical = _tuple_getter([c[0] for c in self.categorical], operator.attrgetter)
         self._lo = np.array([lo for _, lo, _ in self.numeric], dtype=np.float64)
         self._hi = np.array([hi for _, _, hi in self.numeric], dtype=np.float64)
 
@@ -121,31 +123,28 @@ class ColumnarValidator:
         columns: dict = {}
         try:
             if self.numeric:
-                get = operator.attrgetter(*[name for name, _, _ in self.numeric])
-                values = list(map(get, rows)) if len(self.numeric) > 1 else [(v,) for v in map(get, rows)]
-                by_column = np.array(values, dtype=np.float64).reshape(n, len(self.numeric)).T.copy()
-                for j, (name, _, _) in enumerate(self.numeric):
-                    columns[name] = by_column[j]
+                self._numeric_columns(np.array(list(map(self._attr_numeric, rows)), dtype=np.float64)
+                                      .reshape(n, len(self.numeric)), columns)
             if self.categorical:
-                get = operator.attrgetter(*[c[0] for c in self.categorical])
-                cols = zip(*map(get, rows)) if len(self.categorical) > 1 else [list(map(get, rows))]
-                for (name, spec, markers), col in zip(self.categorical, cols):
-                    mapping = {v: self._clean_category(v, spec, markers) for v in set(col)}
-                    columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else list(col)
+                self._categorical_columns(zip(*map(self._attr_categorical, rows)), columns)
         except ValueError:  # an unknown category: the row path names it
             return None
         rids = [r.request_id for r in rows]
-        if rids.count(None) == n:
-            rids = new_request_ids(n)
-        else:
-            for i, rid in enumerate(rids):
-                if rid is None:
-                    rids[i] = new_request_id()
-                elif not rid.strip() or len(rid) > MAX_REQUEST_ID:
-                    return None
-                else:
-                    rids[i] = rid.strip()
-        return ColumnBatch(rids, columns, {})
+        if any(r is not None and (not r.strip() or len(r) > MAX_REQUEST_ID) for r in rids):
+            return None
+        return ColumnBatch(_fill_request_ids([r.strip() if r is not None else None for r in rids], n), columns, {})
+
+    def _numeric_columns(self, arr: np.ndarray, columns: dict) -> None:
+        """The checked n x k numeric matrix as one contiguous float64 array per feature."""
+        by_column = arr.T.copy()  # one copy; each row of it is a contiguous column
+        for j, (name, _, _) in enumerate(self.numeric):
+            columns[name] = by_column[j]
+
+    def _categorical_columns(self, cols, columns: dict) -> None:
+        """Raw categorical columns, cleaned through their distinct values (ValueError: not acceptable)."""
+        for (name, spec, markers), col in zip(self.categorical, cols):
+            mapping = {v: self._clean_category(v, spec, markers) for v in set(col)}  # TypeError: unhashable
+            columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else list(col)
 
     def _clean_category(self, v, spec, markers):
         """Clean value of one distinct raw value; ValueError leaves the row path to name the problem."""
@@ -184,14 +183,9 @@ class ColumnarValidator:
                 arr = np.array(values, dtype=np.float64).reshape(n, len(self.numeric))  # OverflowError: huge int
                 if not ((arr >= self._lo) & (arr <= self._hi)).all():  # NaN fails too
                     return None
-                by_column = arr.T.copy()  # one copy; each row of it is a contiguous column
-                for j, (name, _, _) in enumerate(self.numeric):
-                    columns[name] = by_column[j]
+                self._numeric_columns(arr, columns)
             if self.categorical:
-                cols = zip(*map(self._get_categorical, feats))
-                for (name, spec, markers), col in zip(self.categorical, cols):
-                    mapping = {v: self._clean_category(v, spec, markers) for v in set(col)}  # TypeError: unhashable
-                    columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else list(col)
+                self._categorical_columns(zip(*map(self._get_categorical, feats)), columns)
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
         ignored = {}
@@ -199,11 +193,16 @@ class ColumnarValidator:
             for i, f in enumerate(feats):
                 if len(f) != self.width:
                     ignored[i] = [k for k in f if k not in self.names]
-        if rids is None:
-            rids = new_request_ids(n)
-        elif None in rids:
-            rids = [r if r is not None else new_request_id() for r in rids]
-        return ColumnBatch(rids, columns, ignored)
+        return ColumnBatch(_fill_request_ids(rids, n), columns, ignored)
+
+
+def _fill_request_ids(rids: list | None, n: int) -> list[str]:
+    """Supplied request_ids as they are; a new id for each row without one."""
+    if rids is None or rids.count(None) == n:
+        return new_request_ids(n)
+    if None in rids:
+        return [r if r is not None else new_request_id() for r in rids]
+    return rids
 
 
 def from_rows(rows: list, validator: ColumnarValidator) -> ColumnBatch:

@@ -105,10 +105,6 @@ def _read_ahead(conn) -> bool:
     return bool(pending and pending())
 
 
-def _readable(sock) -> bool:
-    return bool(select.select([sock], [], [], 0)[0])
-
-
 class WholeBody:
     """`wsgi.input` for a request with a Content-Length: `read(n)` takes the n bytes in one go.
 
@@ -306,13 +302,11 @@ class KeepAliveWorker(ThreadWorker):
 
     def _should_accept(self) -> bool:
         """Listen for new connections while this worker is no busier than the least busy sibling."""
-        if self.nr_conns >= self.worker_connections:
-            return False
         if self._fair():
             self._waiting_since = None
             return True
-        # More than our share: leave waiting connections to the siblings, unless none takes one.
-        if not any(_readable(s) for s in self.sockets):
+        # More than our share (or full): leave waiting connections to the siblings, unless none takes one.
+        if self.nr_conns >= self.worker_connections or not self._listening.poll(0):
             self._waiting_since = None
             return False
         now = time.monotonic()
@@ -462,33 +456,35 @@ class KeepAliveWorker(ThreadWorker):
         """
         sock = conn.sock
         if isinstance(sock, ssl.SSLSocket):
-            self.nr_conns -= 1
-            try:
-                conn.close(graceful=True)
-            except OSError:
-                pass
-            return
+            return self._forget(conn, graceful=True)
         try:
             pending = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            pending = b""
-        except OSError:
+        except OSError:  # BlockingIOError included: nothing waiting
             pending = b""
         if not pending:
-            self.nr_conns -= 1
-            self._publish()
-            util.close(sock)
-            return
+            return self._forget(conn)
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
             self.poller.register(sock, selectors.EVENT_READ, partial(self._on_lingering_readable, conn))
         except (OSError, ValueError, KeyError):
-            self.nr_conns -= 1
-            util.close(sock)
-            return
+            return self._forget(conn)
         self._lingering[conn] = time.monotonic() + self.LINGER_S
         self._publish()  # no longer served: not counted
+
+    def _forget(self, conn, registered: bool = False, graceful: bool = False) -> None:
+        """Done with a connection: out of the poller, out of the count, closed."""
+        if registered:
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass
+        self.nr_conns -= 1
+        self._publish()
+        try:
+            conn.close(graceful=graceful)
+        except OSError:
+            pass
 
     def _on_lingering_readable(self, conn, sock) -> None:
         try:
@@ -501,15 +497,8 @@ class KeepAliveWorker(ThreadWorker):
         self._end_linger(conn)
 
     def _end_linger(self, conn) -> None:
-        if self._lingering.pop(conn, None) is None:
-            return
-        try:
-            self.poller.unregister(conn.sock)
-        except (OSError, KeyError, ValueError):
-            pass
-        self.nr_conns -= 1
-        self._publish()
-        util.close(conn.sock)
+        if self._lingering.pop(conn, None) is not None:
+            self._forget(conn, registered=True)
 
     def murder_keepalived(self):
         """Close the kept-alive connections idle for longer than `keepalive` seconds (and lingering ones)."""
@@ -522,12 +511,7 @@ class KeepAliveWorker(ThreadWorker):
             if self._idle[conn] > now:
                 break
             del self._idle[conn]
-            try:
-                self.poller.unregister(conn.sock)
-            except (OSError, KeyError, ValueError):
-                pass
-            self.nr_conns -= 1
-            conn.close()
+            self._forget(conn, registered=True)
 
     def handle_request(self, req, conn):
         """gthread's `handle_request` (gunicorn 26.2), answering through `CoalescingResponse`."""
