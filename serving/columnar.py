@@ -33,6 +33,7 @@ from serving.inference import MAX_REQUEST_ID, new_request_id, new_request_ids, n
 
 _NUMBER_TYPES = frozenset((int, float))
 _DICT = {dict}
+_REQUEST_ID_ATTR = operator.attrgetter("request_id")
 _FEATURES, _REQUEST_ID = itertools.repeat("features"), itertools.repeat("request_id")
 
 
@@ -82,7 +83,7 @@ class ColumnarValidator:
         self._get_numeric = _tuple_getter([n for n, _, _ in self.numeric])
         self._get_categorical = _tuple_getter([c[0] for c in self.categorical])
         self._attr_numeric = _tuple_getter([n for n, _, _ in self.numeric], operator.attrgetter)
-        self._attr_categorical = _tuple_getter([c[0] for c in self.categorical], operator.attrgetter)
+        self._attr_each_categorical = [operator.attrgetter(c[0]) for c in self.categorical]
         self._lo = np.array([lo for _, lo, _ in self.numeric], dtype=np.float64)
         self._hi = np.array([hi for _, _, hi in self.numeric], dtype=np.float64)
 
@@ -122,14 +123,17 @@ class ColumnarValidator:
         n = len(rows)
         columns: dict = {}
         try:
-            if self.numeric:
-                self._numeric_columns(np.array(list(map(self._attr_numeric, rows)), dtype=np.float64)
-                                      .reshape(n, len(self.numeric)), columns)
+            if self.numeric:  # fromiter over one flat stream: no list of n tuples for numpy to inspect
+                k = len(self.numeric)
+                flat = np.fromiter(itertools.chain.from_iterable(map(self._attr_numeric, rows)), np.float64, n * k)
+                self._numeric_columns(flat.reshape(n, k), columns)
             if self.categorical:
-                self._categorical_columns(zip(*map(self._attr_categorical, rows)), columns)
+                self._categorical_columns([list(map(get, rows)) for get in self._attr_each_categorical], columns)
         except ValueError:  # an unknown category: the row path names it
             return None
-        rids = [r.request_id for r in rows]
+        rids = list(map(_REQUEST_ID_ATTR, rows))
+        if rids.count(None) == n:
+            return ColumnBatch(new_request_ids(n), columns, {})
         if any(r is not None and (not r.strip() or len(r) > MAX_REQUEST_ID) for r in rids):
             return None
         return ColumnBatch(_fill_request_ids([r.strip() if r is not None else None for r in rids], n), columns, {})
@@ -144,7 +148,7 @@ class ColumnarValidator:
         """Raw categorical columns, cleaned through their distinct values (ValueError: not acceptable)."""
         for (name, spec, markers), col in zip(self.categorical, cols):
             mapping = {v: self._clean_category(v, spec, markers) for v in set(col)}  # TypeError: unhashable
-            columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else list(col)
+            columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else col if type(col) is list else list(col)
 
     def _clean_category(self, v, spec, markers):
         """Clean value of one distinct raw value; ValueError leaves the row path to name the problem."""
