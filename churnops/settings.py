@@ -95,7 +95,10 @@ class Settings(BaseSettings):
     prediction_db_path: Path | None = None  # embedded store file; default <state_dir>/predictions.db
     spool_dir: Path | None = None            # default <state_dir>/spool
     log_flush_interval_s: float = 0.5
-    log_batch_size: int = 500
+    log_batch_size: int = 500                # records per store call
+    # records queued that wake the log writer before its interval: each wake-up costs the request
+    # thread GIL hand-overs (waking per 500 records cost ~4% of batch throughput)
+    log_wake_records: int = 20_000
     consumer_batch_size: int = 500
     consumer_poll_interval_s: float = 0.2
     consumer_index: int = 0                  # this consumer's slot among consumer_count

@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     metrics = get_metrics()
     store = store or open_store(s)
     plog = PredictionLog(store, s.state_path(s.spool_dir, "spool"), s.log_batch_size, s.log_flush_interval_s,
-                         metrics=metrics)
+                         metrics=metrics, wake_records=s.log_wake_records)
     models = models or ModelManager(s, metrics=metrics)
     state = ServingState(s, store, plog, models)
     if start_background:

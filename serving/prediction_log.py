@@ -3,7 +3,7 @@
 One `PredictionLog` per process: `submit()` only appends to an in-memory deque (no lock, no
 thread wake-up: a `queue.Queue` woke the writer on every put and the GIL hand-offs showed in
 the tail latency); a background thread wakes every `flush_interval_s`, or as soon as
-`batch_size` records are waiting, and writes everything queued, `batch_size` records per store
+`wake_records` records are waiting, and writes everything queued, `batch_size` records per store
 call. A batch request is queued as ONE `PredictionBatch` (columns) and written as one unit.
 When the store raises, the items are appended to a JSONL file in the spool folder (fsync'ed)
 and replayed once the store answers again; replay is idempotent because stores keep the first
@@ -38,12 +38,16 @@ def _size(item: tuple) -> int:
 
 class PredictionLog:
     def __init__(self, store: PredictionStore, spool_dir: str | Path, batch_size: int = 500,
-                 flush_interval_s: float = 0.5, replay_interval_s: float = 2.0, metrics=None):
+                 flush_interval_s: float = 0.5, replay_interval_s: float = 2.0, metrics=None,
+                 wake_records: int | None = None):
         self.store = store
         # stores that keep JSON text take records encoded in the request thread (see SQLiteStore)
         self._encode = getattr(store, "encode_prediction", None) if hasattr(store, "insert_encoded") else None
         self.spool_dir = Path(spool_dir)
         self.batch_size = max(1, int(batch_size))
+        # records queued that wake the writer before its interval; every wake-up costs the request
+        # thread GIL hand-overs, so servers wake it rarely (see Settings.log_wake_records)
+        self.wake_records = self.batch_size if wake_records is None else max(1, int(wake_records))
         self.flush_interval_s = float(flush_interval_s)
         self.replay_interval_s = float(replay_interval_s)
         self.metrics = metrics
@@ -63,7 +67,7 @@ class PredictionLog:
     def _put(self, item: tuple, n: int = 1) -> None:
         self._q.append(item)
         self._waiting += n
-        if self._waiting >= self.batch_size and not self._wake.is_set():
+        if self._waiting >= self.wake_records and not self._wake.is_set():
             self._wake.set()
 
     def submit(self, record: dict) -> None:

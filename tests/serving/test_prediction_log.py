@@ -99,3 +99,21 @@ def test_http_requests_never_fail_while_store_down(serving_settings, bundles):
     state.plog.replay()
     assert sorted(r["_id"] for r in inner.find_predictions()) == sorted(f"h{i}" for i in range(40))
     assert inner.find_feedback(["h1"])[0]["outcome"] == 1
+
+
+def test_writer_wakes_at_wake_records_not_before(tmp_path):
+    store = SQLiteStore(tmp_path / "p.db")
+    plog = PredictionLog(store, tmp_path / "spool", batch_size=5, flush_interval_s=30.0, wake_records=20).start()
+    time.sleep(0.05)  # the writer is waiting out its interval
+    try:
+        plog.submit_many([rec(i) for i in range(19)])
+        time.sleep(0.3)
+        assert store.count_predictions() == 0 and plog.pending() == 19  # under the threshold: no wake-up
+        plog.submit(rec(19))
+        deadline = time.monotonic() + 5
+        while store.count_predictions() < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.count_predictions() == 20 and plog.pending() == 0
+    finally:
+        plog.close()
+    assert PredictionLog(store, tmp_path / "spool").wake_records == 500  # default: the batch size
