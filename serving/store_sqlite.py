@@ -89,7 +89,11 @@ except ImportError:  # pragma: no cover
 def _chunk_records(doc: dict) -> list[dict]:
     if "rows" in doc:
         return doc["rows"]
-    return PredictionBatch.from_doc(doc["batch"]).rows()
+    batch = doc["batch"]
+    cols = batch["cols"]
+    if "request_id" not in cols:  # written once when it equals `_id` (see insert_batch)
+        cols["request_id"] = cols["_id"]
+    return PredictionBatch.from_doc(batch).rows()
 
 
 def _window(start: float | None, end: float | None, column: str = "ts") -> tuple[str, list]:
@@ -175,9 +179,10 @@ class SQLiteStore(PredictionStore):
             self._conn = None
 
     # ---- predictions ----------------------------------------------------------------------------
-    def _insert_chunk(self, doc: bytes, ts_min: float, ts_max: float, n: int) -> int:
-        """One chunk row; its `_id` is a hash of the content, so the same chunk twice is stored once."""
-        chunk_id = f"{n}-{hashlib.blake2b(doc, digest_size=16).hexdigest()}"
+    def _insert_chunk(self, doc: bytes, ts_min: float, ts_max: float, n: int, key: bytes | None = None) -> int:
+        """One chunk row; its `_id` is a hash of the content (or of `key`, which must identify the
+        content), so the same chunk twice is stored once."""
+        chunk_id = f"{n}-{hashlib.blake2b(doc if key is None else key, digest_size=16).hexdigest()}"
         text = doc.decode()
 
         def go(conn):
@@ -211,8 +216,14 @@ class SQLiteStore(PredictionStore):
             return 0
         ts = batch.cols.get("ts")
         lo, hi = (float(batch.const["ts"]),) * 2 if ts is None else (float(min(ts)), float(max(ts)))
-        doc = _dumpb({"batch": {"const": batch.const, "cols": batch.cols, "features": batch.features}})
-        return self._insert_chunk(doc, lo, hi, batch.n)
+        cols = batch.cols
+        if cols.get("request_id") is cols["_id"]:  # HTTP batches: the same list twice, stored once
+            cols = {k: v for k, v in cols.items() if k != "request_id"}
+        doc = _dumpb({"batch": {"const": batch.const, "cols": cols, "features": batch.features}})
+        # the chunk's identity: its time span and record ids (records are first-write-wins by id),
+        # a fifth of the bytes of the document
+        key = f"batch {lo!r} {hi!r}\n".encode() + "\n".join(map(str, batch.cols["_id"])).encode()
+        return self._insert_chunk(doc, lo, hi, batch.n, key)
 
     def _records(self, start, end, limit=None) -> list[dict]:
         """Records with start <= ts < end, sorted by (ts, _id), each `_id` once (first write wins)."""

@@ -60,7 +60,7 @@ def batch_of(ids: list[int], ts: float, probability: float = 0.25):
 def test_batches_read_back_as_records(store):
     b = batch_of(list(range(4)), 500.0)
     assert store.insert_batch(b) == 4
-    store.insert_batch(b)  # a replayed spool file
+    assert store.insert_batch(b) == 0  # a replayed spool file: nothing new
     store.insert_predictions([rec(2, 400.0), rec(9, 600.0)])  # id2 again, written later: ignored
     got = store.find_predictions()
     assert [r["_id"] for r in got] == ["id0", "id1", "id2", "id3", "id9"]
