@@ -26,12 +26,14 @@ from serving.fastpath import FastPredict
 from serving.inference import (
     BadInput,
     FastValidator,
+    batch_items,
     check_row,
     dumps,
     log_record,
     parse_json,
     predict_rows,
     response_body,
+    with_ignored,
 )
 from serving.metrics import get_metrics, render
 from serving.model import ModelLoadError, ModelManager
@@ -250,20 +252,16 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                        "route": m.route, "latency_ms": round(latency / n, 3), "batch": True},
                 cols={"_id": rids, "request_id": rids, "probability": proba, "decision": dec},
                 features=batch.columns if idx is None else batch.take(idx)))
-            common = {"threshold": m.threshold, "model_run_id": m.run_id, "model_version": m.version, "route": m.route}
             positions = range(n) if idx is None else idx.tolist()
-            for i, rid, p, d in zip(positions, rids, proba.tolist(), dec.tolist()):
-                body = {"request_id": rid, "probability": p, "churn": d == 1, "decision": d, **common}
-                if i in batch.ignored:
-                    body["ignored_fields"] = batch.ignored[i]
-                out[i] = body
+            for i, item in zip(positions, batch_items(rids, proba.tolist(), dec.tolist(), m)):
+                out[i] = item if i not in batch.ignored else with_ignored(item, batch.ignored[i])
             positives = int(dec.sum())
             for d, k in (("1", positives), ("0", len(dec) - positives)):
                 if k:
                     child(state.metrics.predictions, "http", m.route, str(m.version), d).inc(k)
         child(state.metrics.latency, "http_batch", "mixed").observe(latency / 1000)
-        return Response(dumps({"count": n, "predictions": out, "latency_ms": round(latency, 3)}),
-                        mimetype="application/json")
+        return Response(b'{"count":%d,"predictions":[' % n + b",".join(out) + b'],"latency_ms":'
+                        + dumps(round(latency, 3)) + b"}", mimetype="application/json")
 
     @app.post("/feedback")
     def feedback():

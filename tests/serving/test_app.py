@@ -151,6 +151,24 @@ def test_batch(app_client):
     wait_logged(state, 12)
 
 
+def test_batch_rows_answer_like_single_predictions(app_client):
+    client, _ = app_client
+    odd = 'q"uo\\te\t\u00e9\u4e2d'  # a request_id JSON must escape
+    rows = [{"request_id": odd, "features": example()}, example(customer_age=61, extra_field=1),
+            {"request_id": "plain", "features": example(total_trans_ct=20)}]
+    r = post(client, "/predict/batch", rows)
+    assert r.status_code == 200, r.json
+    got = r.json["predictions"]
+    assert got[0]["request_id"] == odd and got[2]["request_id"] == "plain"
+    assert got[1]["ignored_fields"] == ["extra_field"] and "ignored_fields" not in got[0]
+    for row, answer in zip(rows, got):
+        features = row.get("features", row)
+        single = post(client, "/predict", {"request_id": answer["request_id"], "features": features}).json
+        del single["latency_ms"]  # the batch gives one for the whole request
+        assert list(answer) == list(single)  # the same fields in the same order
+        assert answer == single | {"probability": pytest.approx(single["probability"])}
+
+
 def test_batch_errors(app_client):
     client, _ = app_client
     r = post(client, "/predict/batch", [example(), example(gender="q"), example(customer_age=None)])
