@@ -35,13 +35,19 @@ def ensure_streams(settings: Settings | None = None, wait_s: float = 30.0) -> di
 
     s = settings or get_settings()
     kin = client("kinesis", s)
-    existing = set(kin.list_streams().get("StreamNames", []))
     status = {}
     for name in (s.input_stream, s.output_stream, s.dlq_stream):
-        if name not in existing:
+        # asked one by one: list_streams pages (100 names) and would miss one on an endpoint with more
+        try:
+            kin.describe_stream_summary(StreamName=name)
+            status[name] = "exists"
+            continue
+        except kin.exceptions.ResourceNotFoundException:
+            pass
+        try:
             kin.create_stream(StreamName=name, ShardCount=s.stream_shards if name == s.input_stream else 1)
             status[name] = "created"
-        else:
+        except kin.exceptions.ResourceInUseException:  # created meanwhile by another process
             status[name] = "exists"
     deadline = time.monotonic() + wait_s
     for name in status:
