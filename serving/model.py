@@ -155,7 +155,8 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
                                      f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         bdir = _find_bundle(root)
         try:
-            bundle = Bundle.load(bdir, prefer_onnx=True, threads=1, native_min_rows=s.native_batch_min_rows)
+            bundle = Bundle.load(bdir, prefer_onnx=True, threads=1, native_min_rows=s.native_batch_min_rows,
+                                 compiled_trees=s.compiled_trees)
         except Exception as exc:
             raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {exc}") from exc
         # smoke test: one all-missing row must give a probability

@@ -161,6 +161,10 @@ def test_large_matrices_go_to_the_native_booster_with_the_same_answers(bundles):
     np.testing.assert_array_equal(small, onnx_only.predict_matrix(X[:63]))  # below the cut: ONNX itself
     assert np.max(np.abs(large - onnx_only.predict_matrix(X))) < 1e-6
     assert large.dtype == np.float64 and large.shape == (300,)
+    compiled = Bundle.load(bundles["a"], native_min_rows=64, compiled_trees=True)
+    assert (compiled.runtime, compiled.batch_runtime) == ("onnx", "compiled-trees")
+    np.testing.assert_array_equal(compiled.predict_matrix(X[:63]), onnx_only.predict_matrix(X[:63]))
+    assert np.max(np.abs(compiled.predict_matrix(X) - large)) < 1e-6
     native = Bundle.load(bundles["native"], native_min_rows=64)  # no ONNX file: native for everything
     assert (native.runtime, native.batch_runtime, native.native_min_rows) == ("xgboost", "xgboost", 0)
     assert native.predict_matrix(X[:1]).shape == (1,)
