@@ -29,7 +29,14 @@ except ImportError:  # pragma: no cover - the dict path below does the same work
     msgspec = None
 
 from churnops.contract import DatasetContract, clean_category
-from serving.inference import MAX_REQUEST_ID, new_request_id, new_request_ids, numeric_bounds, route_groups
+from serving.inference import (
+    MAX_REQUEST_ID,
+    new_request_id,
+    new_request_ids,
+    numeric_bounds,
+    route_groups,
+    valid_request_id,
+)
 
 _NUMBER_TYPES = frozenset((int, float))
 _DICT = {dict}
@@ -172,7 +179,7 @@ class ColumnarValidator:
                         return None
                     rid = o.get("request_id")
                     if rid is not None:
-                        if type(rid) is not str or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+                        if type(rid) is not str or not valid_request_id(rid):
                             return None
                         rid = rid.strip()
                     if f is o and "request_id" in o:

@@ -37,7 +37,12 @@ def dumps(obj) -> bytes:
 
 def _dump_value(v) -> bytes:
     """JSON bytes of one string or number."""
-    return _orjson.dumps(v) if _orjson is not None else json.dumps(v).encode()
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(v)
+        except TypeError:
+            pass
+    return json.dumps(v).encode()
 
 
 class BadInput(ValueError):
@@ -73,6 +78,18 @@ def parse_json(raw: bytes | str) -> Any:
         raise BadInput("body is not valid JSON", {"body": str(exc)[:200]}, reason, 400) from exc
 
 
+def valid_request_id(rid: str) -> bool:
+    """Non-blank, at most MAX_REQUEST_ID characters, and text UTF-8 can carry: JSON can hold a lone
+    surrogate ("\\ud800"), which no log store or JSON encoder downstream accepts."""
+    if not rid.strip() or len(rid) > MAX_REQUEST_ID:
+        return False
+    try:
+        rid.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def split_envelope(obj: Any, prefix: str = "") -> tuple[str | None, Any]:
     """`{"request_id", "features": {...}}` or a bare feature object -> (request_id, features)."""
     if not isinstance(obj, dict):
@@ -80,9 +97,10 @@ def split_envelope(obj: Any, prefix: str = "") -> tuple[str | None, Any]:
                                                   f"expected an object, got {type(obj).__name__}"}, "not_object", 422)
     rid = obj.get("request_id")
     if rid is not None:
-        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not str(rid).strip() or len(str(rid)) > MAX_REQUEST_ID:
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
             raise BadInput("invalid request_id", {prefix + "request_id": f"expected a non-empty string of at most "
-                                                  f"{MAX_REQUEST_ID} characters"}, "invalid_request_id", 422)
+                                                  f"{MAX_REQUEST_ID} characters, valid Unicode"},
+                           "invalid_request_id", 422)
         rid = str(rid).strip()
     if "features" in obj and isinstance(obj["features"], dict):
         return rid, obj["features"]

@@ -220,9 +220,9 @@ class SQLiteStore(PredictionStore):
         if cols.get("request_id") is cols["_id"]:  # HTTP batches: the same list twice, stored once
             cols = {k: v for k, v in cols.items() if k != "request_id"}
         doc = _dumpb({"batch": {"const": batch.const, "cols": cols, "features": batch.features}})
-        # the chunk's identity: its time span and record ids (records are first-write-wins by id),
-        # a fifth of the bytes of the document
-        key = f"batch {lo!r} {hi!r}\n".encode() + "\n".join(map(str, batch.cols["_id"])).encode()
+        # the chunk's identity: its time span and record ids as JSON (unambiguous whatever the ids
+        # hold; records are first-write-wins by id), a fifth of the bytes of the document
+        key = _dumpb(["batch", lo, hi, batch.cols["_id"]])
         return self._insert_chunk(doc, lo, hi, batch.n, key)
 
     def _records(self, start, end, limit=None) -> list[dict]:

@@ -169,6 +169,18 @@ def test_batch_rows_answer_like_single_predictions(app_client):
         assert answer == single | {"probability": pytest.approx(single["probability"])}
 
 
+def test_request_id_that_utf8_cannot_carry_is_rejected(app_client):
+    client, state = app_client
+    lone = '{"request_id": "a\\ud800b", "features": %s}' % json.dumps(example())  # valid JSON, not valid text
+    r = post(client, "/predict", lone)
+    assert r.status_code == 422 and "request_id" in r.json["details"]
+    r = post(client, "/predict/batch", "[%s, %s]" % (json.dumps(example()), lone))
+    assert r.status_code == 422 and "1.request_id" in r.json["details"]
+    assert post(client, "/predict/batch", [example(), example()]).status_code == 200
+    state.plog.flush()
+    assert state.plog.spool_files() == [] and state.plog.store_ok
+
+
 def test_batch_errors(app_client):
     client, _ = app_client
     r = post(client, "/predict/batch", [example(), example(gender="q"), example(customer_age=None)])

@@ -72,6 +72,14 @@ def test_batches_read_back_as_records(store):
     assert [r["_id"] for r in store.find_predictions(limit=2)] == ["id0", "id1"]
 
 
+def test_batches_with_the_same_ids_joined_differently_are_both_kept(store):
+    a, b = batch_of([0, 1], 5.0), batch_of([0, 1], 5.0)
+    a.cols["_id"] = a.cols["request_id"] = ["a\nb", "c"]
+    b.cols["_id"] = b.cols["request_id"] = ["a", "b\nc"]
+    assert store.insert_batch(a) == 2 and store.insert_batch(b) == 2
+    assert sorted(r["_id"] for r in store.find_predictions()) == ["a", "a\nb", "b\nc", "c"]
+
+
 def test_windows_are_half_open_sorted_and_limited(store):
     store.insert_predictions([rec(i, 1000.0 + i) for i in reversed(range(10))])
     w = store.find_predictions(1002.0, 1006.0)
