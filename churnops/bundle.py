@@ -14,6 +14,7 @@ Servers read the folder directly (onnxruntime on `model.onnx`, native booster as
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,11 @@ class Bundle:
         if self.session is not None and not (0 < self.native_min_rows <= len(X)):
             return onnx_proba(self.session, X)
         if self.forest is not None:
-            return self.forest.predict(X)
+            try:
+                return self.forest.predict(X)
+            except Exception:  # never worse than XGBoost: answer with its predictor from now on
+                logging.getLogger(__name__).exception("compiled trees failed; using XGBoost's predictor")
+                self.forest = None
         return np.asarray(self.booster.inplace_predict(np.ascontiguousarray(X, dtype=np.float32)), dtype=np.float64)
 
     def predict_records(self, records: list[dict]) -> np.ndarray:

@@ -44,9 +44,10 @@ def test_same_probabilities_as_xgboost(params):
     for rows in (X, X[:1], X[:63], X[:65]):  # one row, part of a block, a block and a bit
         got = forest.predict(rows)
         assert got.dtype == np.float64 and got.shape == (len(rows),)
-        assert np.max(np.abs(got - b.inplace_predict(rows))) < 2e-6
+        assert np.max(np.abs(got - b.inplace_predict(rows))) < 2e-7  # measured: bit for bit
+        assert np.max(np.abs(forest.margin(rows) - b.inplace_predict(rows, predict_type="margin"))) < 1e-6
     Xc = forest.check_matrix()
-    assert np.isnan(Xc).any() and np.max(np.abs(forest.predict(Xc) - b.inplace_predict(Xc))) < 2e-6
+    assert np.isnan(Xc).any() and forest.disagreement(b) is None
 
 
 @pytest.mark.parametrize("objective,params", [
@@ -70,9 +71,39 @@ def test_categorical_splits_stay_on_xgboost():
 
 def test_a_forest_that_disagrees_is_refused(monkeypatch):
     b = booster(max_depth=3)
-    monkeypatch.setattr(Forest, "predict", lambda self, X: b.inplace_predict(X) + 1e-3)
+    monkeypatch.setattr(Forest, "margin", lambda self, X: b.inplace_predict(X, predict_type="margin") + 1e-3)
     assert Forest.from_booster(b) is None
     assert Forest.from_booster(b, check=False) is not None
+
+
+def test_check_catches_one_wrong_default_direction_or_threshold():
+    """A layout bug at any single split (missing values sent the other way, or a threshold one
+    float32 step off) must fail the check, however small the leaves below it."""
+    import json
+
+    b = booster(max_depth=6, rounds=30, eta=0.05)
+    model = json.loads(bytes(b.save_raw("json")))
+    rng = np.random.default_rng(3)
+    trees = model["learner"]["gradient_booster"]["model"]["trees"]
+    caught = tried = 0
+    for _ in range(40):
+        k = int(rng.integers(len(trees)))
+        t = trees[k]
+        parents, split = t["parents"], [i for i, c in enumerate(t["left_children"]) if c != -1]
+        nid = int(rng.choice(split))
+        path_feats, p = set(), parents[nid]
+        while p != 2147483647 and p != -1:
+            path_feats.add(t["split_indices"][p])
+            p = parents[p]
+        broken = json.loads(json.dumps(model))
+        bt = broken["learner"]["gradient_booster"]["model"]["trees"][k]
+        if t["split_indices"][nid] in path_feats or rng.random() < 0.5:  # nudge the threshold up
+            bt["split_conditions"][nid] = float(np.nextafter(np.float32(bt["split_conditions"][nid]), np.float32(np.inf)))
+        else:  # missing values the other way (reachable: the feature is not used above)
+            bt["default_left"][nid] = 1 - bt["default_left"][nid]
+        tried += 1
+        caught += Forest.from_model_json(broken).disagreement(b) is not None
+    assert caught == tried
 
 
 def test_wrong_width_is_an_error():
