@@ -29,6 +29,7 @@ from serving.store import PredictionBatch, PredictionStore
 log = logging.getLogger(__name__)
 
 PREDICTION, FEEDBACK, BATCH = "prediction", "feedback", "batch"
+POISON_FAILURES = 5  # replays of one spool file that fail while the store takes other writes
 ENCODED = "encoded"  # a prediction already encoded by the store: (ts, JSON bytes)
 
 
@@ -59,6 +60,7 @@ class PredictionLog:
         self._write_lock = threading.Lock()
         self._seq = 0
         self._last_replay = 0.0
+        self._replay_failures: dict[str, tuple[int, int]] = {}  # spool file -> (written then, failures)
         self.store_ok = True
         self.written = 0
         self.spooled = 0
@@ -232,6 +234,14 @@ class PredictionLog:
                 done += n
                 self._count("replayed", n)
             except Exception as exc:
+                if self._poisoned(path.name, exc):  # the store takes other writes but never this file
+                    quarantine = self.spool_dir / "quarantine"
+                    quarantine.mkdir(exist_ok=True)
+                    os.replace(claimed, quarantine / path.name)
+                    log.error("spool file %s failed %d replays while the store took other writes (%s); "
+                              "moved to %s for a person to look at", path.name, POISON_FAILURES, exc, quarantine)
+                    self._count("quarantined", 1)
+                    continue
                 log.warning("spool replay of %s failed (%s); will retry", path.name, exc)
                 try:
                     os.rename(claimed, path)
@@ -242,6 +252,18 @@ class PredictionLog:
         if done:
             log.info("replayed %d spooled record(s) into the prediction store", done)
         return done
+
+    def _poisoned(self, name: str, exc: Exception) -> bool:
+        """True once `name` has failed POISON_FAILURES replays, each after the store had taken
+        other writes since the file's previous failure (a store that is down fails everything, and
+        then the file just waits)."""
+        written_at_last, count = self._replay_failures.get(name, (-1, 0))
+        if isinstance(exc, (ValueError, KeyError, TypeError)):
+            count = POISON_FAILURES  # the file itself cannot be read back
+        elif self.written != written_at_last:
+            count += 1
+        self._replay_failures[name] = (self.written, count)
+        return count >= POISON_FAILURES
 
     def _reclaim_orphans(self) -> None:
         """Files claimed by a process that died mid-replay go back to the spool."""

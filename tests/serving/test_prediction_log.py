@@ -117,3 +117,16 @@ def test_writer_wakes_at_wake_records_not_before(tmp_path):
     finally:
         plog.close()
     assert PredictionLog(store, tmp_path / "spool").wake_records == 500  # default: the batch size
+
+
+def test_a_spool_file_the_store_never_takes_is_quarantined_not_blocking(tmp_path):
+    store = SQLiteStore(tmp_path / "p.db")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "0001-1-1.jsonl").write_text("{not json\n")  # unreadable: set aside at once
+    plog = PredictionLog(store, spool, replay_interval_s=0.0)
+    plog.write_now([rec(0)])  # goes to the store, then replays the spool
+    (spool / "0002-1-1.jsonl").write_text(json.dumps({"kind": "prediction", "record": rec(1)}) + "\n")
+    assert plog.replay() == 1
+    assert sorted(r["_id"] for r in store.find_predictions()) == ["p0", "p1"]
+    assert plog.spool_files() == [] and [p.name for p in (spool / "quarantine").iterdir()] == ["0001-1-1.jsonl"]
