@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -141,7 +141,6 @@ class Forest:
     depth: int
     base_margin: np.float32
     n_features: int
-    trees_json: list = field(default_factory=list, repr=False)  # kept for the routing check
 
     # ---- building -------------------------------------------------------------------------------
     @classmethod
@@ -155,7 +154,7 @@ class Forest:
             return None
         if int(params.get("num_class", "0")) > 1 or int(params.get("num_target", "1")) != 1:
             return None
-        trees = gb["model"]["trees"]
+        trees = _trees(model)
         if not trees:
             return None
         for t in trees:
@@ -179,7 +178,7 @@ class Forest:
             return None
         one = np.float32(1.0)
         base = np.float32(-np.log(one / p - one))  # XGBoost's ProbToMargin, in float32
-        return cls(rowsel, thr, leaves, leaf_nodes, depth, base, n_features, trees)
+        return cls(rowsel, thr, leaves, leaf_nodes, depth, base, n_features)
 
     @classmethod
     def from_booster(cls, booster, check: bool = True) -> "Forest | None":
@@ -189,11 +188,12 @@ class Forest:
         except ImportError:
             return None
         try:
-            forest = cls.from_model_json(json.loads(bytes(booster.save_raw("json"))))
+            model = json.loads(bytes(booster.save_raw("json")))
+            forest = cls.from_model_json(model)
             if forest is None:
                 return None
             if check:
-                problem = forest.disagreement(booster)
+                problem = forest.disagreement(booster, _trees(model))
                 if problem:
                     log.warning("compiled trees disagree with XGBoost (%s); using XGBoost's predictor", problem)
                     return None
@@ -202,12 +202,13 @@ class Forest:
             log.warning("cannot compile the trees (%s: %s); using XGBoost's predictor", type(exc).__name__, exc)
             return None
 
-    def disagreement(self, booster) -> str | None:
-        """None when, on `check_matrix`, the margins agree with XGBoost's within CHECK_TOLERANCE and
-        every row ends in the same leaf of every tree; else what differs."""
+    def disagreement(self, booster, trees: list | None = None) -> str | None:
+        """None when, on `check_matrix` of the booster's trees (its JSON `trees`, read from it when
+        not given), the margins agree with XGBoost's within CHECK_TOLERANCE and every row ends in
+        the same leaf of every tree; else what differs."""
         import xgboost as xgb
 
-        X = self.check_matrix()
+        X = self.check_matrix(trees if trees is not None else _trees(json.loads(bytes(booster.save_raw("json")))))
         diff = float(np.max(np.abs(self.margin(X) - booster.inplace_predict(X, predict_type="margin"))))
         if not diff <= CHECK_TOLERANCE:
             return f"margins differ by {diff:.3g}"
@@ -224,12 +225,12 @@ class Forest:
                 return f"{len(wrong)} routes differ, e.g. tree {t}: leaf {got[r, t]} against XGBoost's {want[r, t]}"
         return None
 
-    def check_matrix(self, rows: int = 512, seed: int = 0) -> np.ndarray:
+    def check_matrix(self, trees: list, rows: int = 512, seed: int = 0) -> np.ndarray:
         """For every split of every tree, rows that reach it with its feature missing, equal to the
         threshold and just below it (the other features on the way set to stay on the path, the rest
         missing), plus random rows around the thresholds: every branch and default direction is taken."""
         out = []
-        for t in self.trees_json:
+        for t in trees:
             _split_rows(t, self.n_features, out)
         rng = np.random.default_rng(seed)
         R = np.full((rows, self.n_features), np.nan, np.float32)
@@ -267,6 +268,11 @@ class Forest:
         pos = np.empty((X.shape[0], len(self.rowsel)), np.int32)
         _compile()[1](X, self.rowsel, self.thresholds, self.depth, pos)
         return self.leaf_nodes[np.arange(len(self.rowsel))[None, :], pos].astype(np.int64)
+
+
+def _trees(model: dict) -> list:
+    """The tree dicts of an XGBoost JSON model."""
+    return model["learner"]["gradient_booster"]["model"]["trees"]
 
 
 def _depth(tree: dict) -> int:

@@ -30,7 +30,6 @@ except ImportError:  # pragma: no cover - the dict path below does the same work
 
 from churnops.contract import DatasetContract, clean_category
 from serving.inference import (
-    MAX_REQUEST_ID,
     new_request_id,
     new_request_ids,
     numeric_bounds,
@@ -141,7 +140,7 @@ class ColumnarValidator:
         rids = list(map(_REQUEST_ID_ATTR, rows))
         if rids.count(None) == n:
             return ColumnBatch(new_request_ids(n), columns, {})
-        if any(r is not None and (not r.strip() or len(r) > MAX_REQUEST_ID) for r in rids):
+        if not all(r is None or valid_request_id(r) for r in rids):
             return None
         return ColumnBatch(_fill_request_ids([r.strip() if r is not None else None for r in rids], n), columns, {})
 

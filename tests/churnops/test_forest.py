@@ -46,7 +46,9 @@ def test_same_probabilities_as_xgboost(params):
         assert got.dtype == np.float64 and got.shape == (len(rows),)
         assert np.max(np.abs(got - b.inplace_predict(rows))) < 2e-7  # measured: bit for bit
         assert np.max(np.abs(forest.margin(rows) - b.inplace_predict(rows, predict_type="margin"))) < 1e-6
-    Xc = forest.check_matrix()
+    import json
+
+    Xc = forest.check_matrix(json.loads(bytes(b.save_raw("json")))["learner"]["gradient_booster"]["model"]["trees"])
     assert np.isnan(Xc).any() and forest.disagreement(b) is None
 
 
