@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churnops.settings import quiet_process
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ENV_FILE", str(ROOT / "bench" / ".env.bench-does-not-exist"))
+quiet_process()  # MLflow telemetry / Prefect analytics off
 
 
 def score(df: pd.DataFrame) -> np.ndarray:

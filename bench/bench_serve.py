@@ -337,8 +337,10 @@ def stream_rate(s, n: int = 10_000) -> dict:
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    os.environ.update({"ENV_FILE": str(tmp / "none"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    from churnops.settings import quiet_process
+
+    quiet_process()  # MLflow telemetry / Prefect analytics off here and in the servers started below
+    os.environ.update({"ENV_FILE": str(tmp / "none"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                        "STATE_DIR": str(tmp / "state")})
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     servers = []

@@ -34,8 +34,10 @@ def main() -> None:
     if not DATA.exists():
         sys.exit(f"bench-train needs the real data file at {DATA}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    os.environ.update({"ENV_FILE": str(tmp / "none"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    from churnops.settings import quiet_process
+
+    quiet_process()  # MLflow telemetry / Prefect analytics off here and in the servers started below
+    os.environ.update({"ENV_FILE": str(tmp / "none"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
                        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
     from churnops.localservers import start_mlflow, start_moto
 

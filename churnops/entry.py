@@ -1,7 +1,8 @@
 """Console entry points: load `.env.<ENV>` into the environment, then run the real main.
 
 Prefect and MLflow clients read their URLs from the environment when first imported, so the
-dotenv file is exported before anything imports them.
+dotenv file is exported before anything imports them, and MLflow's telemetry and Prefect's
+analytics are turned off first (`churnops.settings.quiet_process`).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 
-from churnops.settings import export_env
+from churnops.settings import export_env, quiet_process
 
 
 def _run(target: str) -> None:
-    """Export the dotenv file, then import and call `module:function`; a returned int is the exit code."""
+    """Telemetry off, export the dotenv file, then import and call `module:function` (an int return is the exit code)."""
+    quiet_process()
     export_env()
     module, func = target.split(":")
     code = getattr(import_module(module), func)()

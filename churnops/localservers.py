@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from churnops.settings import quiet_env
+
 BIN = Path(sys.executable).parent
 
 
@@ -38,13 +40,16 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
 
 
 class Server:
-    """A child process with its log file; stopped (whole process group) by `stop()`."""
+    """A child process with its log file; stopped (whole process group) by `stop()`.
+
+    Its environment is this process's, plus `env`, with MLflow's telemetry and Prefect's analytics off.
+    """
 
     def __init__(self, args: list[str], log: Path, env: dict | None = None, cwd: Path | None = None):
         self.log = log
         self.fh = open(log, "w")
         self.proc = subprocess.Popen(
-            args, stdout=self.fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            args, stdout=self.fh, stderr=subprocess.STDOUT, env=quiet_env({**os.environ, **(env or {})}),
             cwd=cwd, start_new_session=True,
         )
 

@@ -7,6 +7,7 @@ Values come from the process environment first, then from `.env.local` (or `.env
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,17 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Set in every process the project starts (stack programs, test and benchmark servers, entry points).
+# MLflow's telemetry client starts when `mlflow` is imported and rewrites os.environ from a thread
+# (`_MLFLOW_TELEMETRY_SESSION_ID`), which broke `requests` iterating the environment; Prefect's
+# client and server send analytics. Names checked in mlflow 3.17 (telemetry/utils.py: DO_NOT_TRACK
+# must be "true") and prefect 3.8 (_internal/analytics, server/services/telemetry.py).
+QUIET_ENV: dict[str, str] = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
 
 
 def env_file() -> Path:
@@ -137,6 +149,9 @@ class Settings(BaseSettings):
 
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"
+    # `make down`: how long supervisord may take to stop everything before the survivors get SIGTERM,
+    # then SIGKILL (each program's own stop timeout, gunicorn's graceful 30 s included, fits in it)
+    stack_stop_timeout_s: float = 45.0
 
     def state_path(self, value: Path | None, default: str) -> Path:
         """`value` when set, else `<state_dir>/<default>`."""
@@ -152,6 +167,16 @@ class Settings(BaseSettings):
         if self.aws_endpoint_url:
             kw["endpoint_url"] = self.aws_endpoint_url
         return kw
+
+
+def quiet_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of `env` (default: os.environ) with MLflow's telemetry and Prefect's analytics off."""
+    return {**(os.environ if env is None else env), **QUIET_ENV}
+
+
+def quiet_process() -> None:
+    """Turn MLflow's telemetry and Prefect's analytics off in this process (before importing them)."""
+    os.environ.update(QUIET_ENV)
 
 
 def export_env() -> None:

@@ -335,7 +335,9 @@ class Consumer:
 
 def main() -> None:
     from churnops.cli import fail, setup_logging
+    from churnops.settings import quiet_process
 
+    quiet_process()  # before the model loader first imports mlflow
     setup_logging()
     s = get_settings()
     try:

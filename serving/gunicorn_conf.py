@@ -19,8 +19,9 @@ import os
 import shutil
 from pathlib import Path
 
-from churnops.settings import get_settings
+from churnops.settings import get_settings, quiet_process
 
+quiet_process()  # MLflow telemetry / Prefect analytics off in the master and (inherited) every worker
 _s = get_settings()
 _prom = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_s.state_dir / "prometheus")))
 

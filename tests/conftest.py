@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from churnops.localservers import BIN, Server, free_port, start_mlflow, start_moto, wait_http  # noqa: F401 (re-exported)
+from churnops.settings import quiet_process
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
 
 # Never read the developer's .env.local during tests.
 os.environ["ENV_FILE"] = str(ROOT / "tests" / ".env.test-does-not-exist")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+quiet_process()  # MLflow telemetry and Prefect analytics off here and in every child (before any import of them)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
