@@ -58,8 +58,8 @@ run_tests: test ## alias of test
 up: $(STAMP) ## start the embedded stack (moto, MLflow, Prefect server + worker) under supervisord
 	@$(STACK) up
 
-down: ## stop the embedded stack
-	@test -x $(STACK) && $(STACK) down || echo "nothing to stop"
+down: ## stop the embedded stack; waits until every process of it has exited (SIGKILL after STACK_STOP_TIMEOUT_S)
+	@if [ -x $(STACK) ]; then $(STACK) down; else echo "nothing to stop"; fi
 
 status: ## show the stack's processes and health
 	@$(STACK) status
@@ -102,9 +102,8 @@ retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized
 rollback: $(STAMP) ## move champion back to the previous version and re-pin RUN_ID
 	@$(BIN)/churnops-rollback
 
-reset_all: ## stop everything and delete all local state (.stack: MLflow db, Prefect db, logs, reports)
-	@$(MAKE) --no-print-directory down || true
-	rm -rf .stack
+reset_all: ## stop everything, then delete all local state (.stack: MLflow db, Prefect db, logs, reports)
+	@if [ -x $(STACK) ]; then $(STACK) reset; else rm -rf .stack; fi
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check churnops flows serving simulators reporting bench tests

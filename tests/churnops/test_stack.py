@@ -1,10 +1,18 @@
-"""The embedded stack's supervisor config and its port-conflict message."""
+"""The embedded stack: its supervisor config, port conflicts, `down` / `reset` / `up` on a real
+supervisord with cheap programs, and telemetry off in the processes the project starts."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+
+import psutil
+import pytest
 
 from churnops.settings import Settings
 
@@ -33,3 +41,205 @@ def test_up_refuses_a_port_taken_by_someone_else(tmp_path):
                              capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2
     assert f"{port} (moto)" in out.stderr and "already in use" in out.stderr
+
+
+# ---- down / reset / up on a real supervisord with cheap programs ---------------------------------------------
+
+SLEEPER = r"""
+import os, signal, sys, time
+grace = float(sys.argv[1])
+if len(sys.argv) > 2 and sys.argv[2] == "escape" and os.fork() == 0:
+    # a grandchild in a session of its own: outside supervisord's process group, deaf to SIGTERM
+    os.setsid()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(1)
+
+def on_term(signum, frame):
+    time.sleep(grace)  # a slow graceful shutdown, like gunicorn's
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+while True:
+    time.sleep(1)
+"""
+
+
+def _settings(tmp_path):
+    # a short folder name: supervisord's unix socket path must stay under 108 bytes
+    return Settings(state_dir=tmp_path / "st", _env_file=None)
+
+
+def _sleeper(tmp_path, *args: str, name: str = "sleeper"):
+    from churnops.stack import Program
+
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    return Program(name, [sys.executable, str(script), *args], None, None, startsecs=1)
+
+
+def _wait_for(fn, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def _program_pids(s, name: str) -> list[int]:
+    from churnops.stack import stack_processes
+
+    out = []
+    for p in stack_processes(s):
+        try:
+            if p.environ().get("SUPERVISOR_PROCESS_NAME") == name:
+                out.append(p.pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def cleanup():
+    """Kills whatever a test left behind (only processes it names), even when it fails."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_down_waits_until_every_process_has_exited(tmp_path, capsys, cleanup):
+    from churnops.stack import down, stack_processes, up
+
+    s = _settings(tmp_path)
+    assert up(s, 30, progs=[_sleeper(tmp_path, "3")]) == 0
+    pids = _wait_for(lambda: [p.pid for p in stack_processes(s)])
+    cleanup += pids
+    assert len(pids) == 2  # supervisord + the sleeper, both found by the stack's marker
+    capsys.readouterr()
+    assert down(s, timeout=30) == 0
+    out = capsys.readouterr().out
+    # the sleeper takes 3 s to stop after SIGTERM: `stack stopped` comes only after it (and supervisord) exited
+    assert [pid for pid in pids if not _gone(pid)] == []
+    assert out.strip().endswith("stack stopped")
+    assert "SIGKILL" not in out and "SIGTERM" not in out  # supervisord stopped it; nothing had to be killed
+
+
+def test_down_kills_what_ignores_sigterm_and_names_it(tmp_path, capsys, cleanup):
+    from churnops.stack import down, stack_processes, up
+
+    s = _settings(tmp_path)
+    assert up(s, 30, progs=[_sleeper(tmp_path, "0", "escape")]) == 0
+    pids = _wait_for(lambda: [p.pid for p in stack_processes(s)] if len(stack_processes(s)) == 3 else None)
+    cleanup += pids
+    escaped = [pid for pid in pids if os.getsid(pid) == pid and "supervisord" not in " ".join(psutil.Process(pid).cmdline())]
+    assert len(escaped) == 1
+    capsys.readouterr()
+    assert down(s, timeout=3) == 0
+    out = capsys.readouterr().out
+    assert all(_gone(pid) for pid in pids)
+    assert f"sending SIGKILL: pid {escaped[0]} sleeper:" in out
+    assert out.strip().endswith("stack stopped")
+
+
+def test_reset_never_deletes_the_state_under_a_live_process(tmp_path, capsys, cleanup):
+    from churnops.stack import reset, stack_processes, up
+
+    s = _settings(tmp_path)
+    assert up(s, 30, progs=[_sleeper(tmp_path, "0", "escape")]) == 0
+    pids = _wait_for(lambda: [p.pid for p in stack_processes(s)] if len(stack_processes(s)) == 3 else None)
+    cleanup += pids
+    capsys.readouterr()
+    assert reset(s, timeout=2, kill=False) == 1  # the escaped grandchild ignores SIGTERM: refused
+    err = capsys.readouterr().err
+    assert "not deleting" in err and "still running" in err
+    assert (s.state_dir / "supervisord.conf").exists()
+    survivor = [p.pid for p in stack_processes(s)]
+    assert len(survivor) == 1
+    assert reset(s, timeout=2) == 0  # with SIGKILL allowed
+    assert not s.state_dir.exists() and _gone(survivor[0])
+
+
+def test_up_stops_its_own_leftovers_instead_of_refusing_their_port(tmp_path, capsys, cleanup):
+    from churnops.localservers import free_port
+    from churnops.stack import Program, down, stack_processes, up
+
+    s = _settings(tmp_path)
+    port = free_port()
+    web = Program("web", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)], port,
+                  f"http://127.0.0.1:{port}/", startsecs=1)
+    assert up(s, 30, progs=[web]) == 0
+    first = _wait_for(lambda: _program_pids(s, "web"))
+    cleanup += first
+    # supervisord dies without stopping its program: the server keeps the port, as after an interrupted `down`
+    sup = int((s.state_dir / "supervisord.pid").read_text())
+    cleanup.append(sup)
+    os.kill(sup, signal.SIGKILL)
+    _wait_for(lambda: _gone(sup))
+    assert [p.pid for p in stack_processes(s)] == first
+    capsys.readouterr()
+    assert up(s, 30, progs=[web]) == 0
+    out = capsys.readouterr()
+    assert "leftover processes of this stack" in out.out and f"pid {first[0]} web:" in out.out
+    assert "already in use" not in out.err
+    assert _gone(first[0])
+    second = _wait_for(lambda: _program_pids(s, "web"))
+    cleanup += second
+    assert second != first
+    assert down(s, timeout=20) == 0
+
+
+# ---- telemetry off in every process the project starts ------------------------------------------------------
+
+
+def test_stack_programs_run_with_telemetry_off_and_the_stack_marker(tmp_path):
+    from churnops.stack import render_config
+
+    s = _settings(tmp_path)
+    conf = render_config(s)
+    env_lines = [ln for ln in conf.splitlines() if ln.startswith("environment=")]
+    assert len(env_lines) >= 4  # moto, mlflow, prefect-server, prefect-worker at least
+    for ln in env_lines:
+        assert 'MLFLOW_DISABLE_TELEMETRY="true"' in ln and 'DO_NOT_TRACK="true"' in ln
+        assert 'PREFECT_SERVER_ANALYTICS_ENABLED="false"' in ln
+        assert f'CHURNOPS_STACK_DIR="{s.state_dir.resolve()}"' in ln
+
+
+def test_local_servers_children_run_with_telemetry_off(tmp_path, monkeypatch):
+    from churnops.localservers import Server
+
+    for name in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        monkeypatch.delenv(name, raising=False)  # not inherited from this process: set by Server itself
+    srv = Server([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"], tmp_path / "env.log",
+                 env={"DO_NOT_TRACK": "false"})
+    srv.proc.wait(30)
+    srv.stop()
+    env = json.loads((tmp_path / "env.log").read_text())
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert env["DO_NOT_TRACK"] == "true"
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+def test_entry_points_turn_telemetry_off_before_importing_mlflow(tmp_path):
+    code = ("import os, sys; sys.argv = ['churnops-stack', 'config']\n"
+            "from churnops import entry\n"
+            "try:\n    entry.stack()\nexcept SystemExit:\n    pass\n"
+            "print('TELEMETRY', os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DO_NOT_TRACK'],"
+            " os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    env |= {"STATE_DIR": str(tmp_path / "st"), "ENV_FILE": str(tmp_path / "none")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert "TELEMETRY true true false" in out.stdout, out.stderr
