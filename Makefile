@@ -12,7 +12,7 @@ STACK := $(BIN)/churnops-stack
 
 .PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
         setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
-        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
+        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor bench-faults venv system-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
@@ -108,7 +108,7 @@ reset_all: ## stop everything, then delete all local state (.stack: MLflow db, P
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check churnops flows serving simulators reporting bench tests
 
-bench: bench-train bench-serve bench-monitor ## all benchmarks -> bench/results/*.json
+bench: bench-train bench-serve bench-monitor bench-faults ## all benchmarks -> bench/results/*.json
 
 bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> bench/results/train.json
 	$(BIN)/python bench/bench_train.py
@@ -118,3 +118,6 @@ bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 
 bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json
 	$(BIN)/python bench/bench_monitor.py
+
+bench-faults: $(STAMP) ## worker/consumer SIGKILL, store down, MLflow down: failures and losses -> bench/results/faults.json
+	$(BIN)/python bench/bench_faults.py
