@@ -266,14 +266,16 @@ def worker_kill(env: dict, folder: Path, servers: list) -> dict:
     env = api_env(env, folder)
     srv, url = start_api(env, folder, servers)
     load = Load(url, "wk", concurrency=16).start()
-    time.sleep(2.0)
-    victims = worker_pids(srv)
-    killed = victims[0] if victims else None
-    at_kill = load.total()
-    if killed:
-        os.kill(killed, signal.SIGKILL)
-    time.sleep(max(0.0, KILL_LOAD_S - 2.0))
-    load.stop()
+    try:
+        time.sleep(2.0)
+        victims = worker_pids(srv)
+        killed = victims[0] if victims else None
+        at_kill = load.total()
+        if killed:
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(max(0.0, KILL_LOAD_S - 2.0))
+    finally:
+        load.stop()
     time.sleep(2.0)  # a few flush intervals
     stop_gracefully(srv, servers)
     return {"load_seconds": KILL_LOAD_S, "concurrency": 16, "killed_worker_pid": killed,
@@ -393,33 +395,38 @@ def store_down(env: dict, folder: Path, servers: list) -> dict:
     state = Path(env["STATE_DIR"])
     srv, url = start_api(env, folder, servers)
     load = Load(url, "sd", concurrency=16).start()
-    time.sleep(3.0)
-    base_sum, base_max = workers_rss_mb(srv)
-    db = state / "predictions.db"
-    lock = sqlite3.connect(str(db), timeout=30, isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    t0 = time.monotonic()
-    peak_sum, peak_max, peak_spool, health = base_sum, base_max, 0, []
-    i = 0
-    while time.monotonic() - t0 < STORE_DOWN_S:
-        rss_sum, rss_max = workers_rss_mb(srv)
-        peak_sum, peak_max = max(peak_sum, rss_sum), max(peak_max, rss_max)
-        if i % 10 == 0:
-            peak_spool = max(peak_spool, spool_records(state)[0])
-            code, text, _ = http("GET", f"{url}/health", timeout=3)
-            try:
-                h = json.loads(text) if code == 200 else {}
-            except ValueError:
-                h = {}
-            health.append({"t_s": round(time.monotonic() - t0, 1), "status": code,
-                           **{k: h[k] for k in ("store_ok", "log_pending") if k in h}})
-        i += 1
-        time.sleep(0.5)
-    during = load.summary()
-    lock.rollback()
-    lock.close()
-    time.sleep(5.0)  # the store is back under load
-    load.stop()
+    lock = None
+    try:
+        time.sleep(3.0)
+        base_sum, base_max = workers_rss_mb(srv)
+        db = state / "predictions.db"
+        lock = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        t0 = time.monotonic()
+        peak_sum, peak_max, peak_spool, health = base_sum, base_max, 0, []
+        i = 0
+        while time.monotonic() - t0 < STORE_DOWN_S:
+            rss_sum, rss_max = workers_rss_mb(srv)
+            peak_sum, peak_max = max(peak_sum, rss_sum), max(peak_max, rss_max)
+            if i % 10 == 0:
+                peak_spool = max(peak_spool, spool_records(state)[0])
+                code, text, _ = http("GET", f"{url}/health", timeout=3)
+                try:
+                    h = json.loads(text) if code == 200 else {}
+                except ValueError:
+                    h = {}
+                health.append({"t_s": round(time.monotonic() - t0, 1), "status": code,
+                               **{k: h[k] for k in ("store_ok", "log_pending") if k in h}})
+            i += 1
+            time.sleep(0.5)
+        during = load.summary()
+        lock.rollback()
+        lock.close()
+        time.sleep(5.0)  # the store is back under load
+    finally:
+        load.stop()
+        if lock is not None:
+            lock.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and spool_records(state)[0]:  # replay
         time.sleep(1.0)
@@ -443,12 +450,15 @@ def mlflow_down_reload(env: dict, folder: Path, servers: list, mlflow_srv, run_i
         mlflow_srv.stop()
         if mlflow_srv in servers:
             servers.remove(mlflow_srv)
-    mlflow_up = http("GET", f"{env['MLFLOW_TRACKING_URI']}/health", timeout=3)[0]
-    f0, n0 = load.failed(), load.total()
-    code, text, secs = http("POST", f"{url}/model/reload", {"run_id": run_id}, token=token, timeout=RELOAD_TIMEOUT_S)
-    f1, n1 = load.failed(), load.total()
-    time.sleep(3.0)
-    load.stop()
+    try:
+        mlflow_up = http("GET", f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/health", timeout=3)[0]
+        f0, n0 = load.failed(), load.total()
+        code, text, secs = http("POST", f"{url}/model/reload", {"run_id": run_id}, token=token,
+                                timeout=RELOAD_TIMEOUT_S)
+        f1, n1 = load.failed(), load.total()
+        time.sleep(3.0)
+    finally:
+        load.stop()
     after = {p: http("GET", f"{url}{p}", timeout=5)[:2] for p in ("/ready", "/model")}
     stop_gracefully(srv, servers)
     return {"mlflow_health_after_stop": mlflow_up, "reload_status": code, "reload_seconds": round(secs, 2),
