@@ -179,8 +179,8 @@ def wait_healthy(progs: list[Program], timeout: float) -> list[str]:
 def stack_processes(s: Settings) -> list:
     """Every live process of this stack (psutil.Process): supervisord and whatever carries its marker.
 
-    supervisord is found by its pid file too (a stack started before the marker existed), with all
-    its descendants; other processes by `CHURNOPS_STACK_DIR` in their environment, orphans included.
+    supervisord is found by its pid file too (when its command line names this stack's config: a
+    stack started before the marker existed), with all its descendants; other processes by `CHURNOPS_STACK_DIR` in their environment, orphans included.
     The calling process and its ancestors are never part of the answer.
     """
     import psutil
@@ -190,7 +190,8 @@ def stack_processes(s: Settings) -> list:
     found: dict[int, psutil.Process] = {}
     try:
         sup = psutil.Process(int(paths(s)["pid"].read_text().strip()))
-        if any("supervisord" in part for part in sup.cmdline()):
+        cmd = sup.cmdline()
+        if any("supervisord" in part for part in cmd) and str(paths(s)["conf"]) in cmd:  # not a reused pid
             found[sup.pid] = sup
             found.update({c.pid: c for c in sup.children(recursive=True)})
     except (OSError, ValueError, psutil.Error):
