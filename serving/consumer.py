@@ -9,8 +9,9 @@ and one dead letter per poison record on `predictions-dlq`, and only then checkp
 last sequence number in the store. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint
 (TRIM_HORIZON when there is none), so nothing is lost and at most the last batch is re-emitted;
 results and log records carry the input sequence number and log `_id`s are
-`stream:<shard>:<seq>` with the record's arrival time as `ts`, so a re-emitted batch does not
-duplicate anything in the log. With several shards, up to CONSUMER_THREADS of them are polled at
+`stream:<stream creation time, ms>:<shard>:<seq>` with the record's arrival time as `ts`, so a
+re-emitted batch does not duplicate anything in the log, and the records of a stream created again
+(numbered from 1 again) are not taken for the old stream's. With several shards, up to CONSUMER_THREADS of them are polled at
 once (each shard's batches stay in order).
 
 Whatever one record does, the shard moves on:
@@ -342,6 +343,12 @@ class Consumer:
         return True
 
     # ---- one batch ------------------------------------------------------------------------------------------
+    def log_id(self, shard_id: str, seq: str) -> str:
+        """The log `_id` of a record: `stream:<stream creation, ms>:<shard>:<seq>`. The same for a re-emitted
+        batch; another for a stream created again under the same name, whose numbers start anew."""
+        created = round(self.identity.created * 1000) if self.identity is not None else 0
+        return f"stream:{created}:{shard_id}:{seq}"
+
     def _row(self, rec: dict) -> Row:
         obj = decode_payload(rec["Data"])
         row = check_row(obj, self.contract, self.s.unknown_category, validator=self.validator)
@@ -442,7 +449,7 @@ class Consumer:
                 if row.ignored:
                     out["ignored_fields"] = row.ignored
                 entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
-                lrec = log_record(f"stream:{shard_id}:{seq}", row, m, p, d, "stream", latency,
+                lrec = log_record(self.log_id(shard_id, seq), row, m, p, d, "stream", latency,
                                   ts=_arrival(rec, now), shard_id=shard_id, sequence_number=seq)
             except Exception as exc:
                 dlq.append(self._dead(shard_id, rec, "the result could not be encoded", "result_encoding",

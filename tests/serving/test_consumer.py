@@ -102,10 +102,12 @@ def test_raw_base64_poison_and_resume(stream_settings, bundles):
     assert reasons[seqs[70]]["payload"] == "not json at all"
     assert "NaN" in reasons[seqs[72]]["details"]["body"]
     logged = store.inner.find_predictions()
-    assert {r["_id"] for r in logged} == {f"stream:{sh}:{q}" for sh, q in seqs[:70]}
+    assert {r["_id"] for r in logged} == {c.log_id(sh, q) for sh, q in seqs[:70]}
+    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+    assert c.log_id("shardId-000000000001", "7") == f"stream:{round(created.timestamp() * 1000)}:shardId-000000000001:7"
     # the log's ts is the record's arrival on the stream: a re-emitted batch logs the same ts
     first = {r["_id"]: r["ts"] for r in logged}
-    arrived = {f"stream:{sh}:{r['SequenceNumber']}": r["ApproximateArrivalTimestamp"].timestamp()
+    arrived = {c.log_id(sh, r["SequenceNumber"]): r["ApproximateArrivalTimestamp"].timestamp()
                for sh in c.shards for r in kin.get_records(ShardIterator=kin.get_shard_iterator(
                    StreamName=s.input_stream, ShardId=sh, ShardIteratorType="TRIM_HORIZON")["ShardIterator"],
                    Limit=1000)["Records"]}
@@ -402,6 +404,9 @@ def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles
     assert c2.processed == 5 and c2.discarded_checkpoints == 1
     got = [r for r in read_stream(kin, s.output_stream) if r["request_id"].startswith("new")]
     assert sorted((r["shard_id"], r["sequence_number"]) for r in got) == sorted(new)
+    logged = c2.store.find_predictions()
+    assert len(logged) == 35  # the new stream's records are not taken for the old one's (same numbers)
+    assert sorted(r["request_id"] for r in logged if r["request_id"].startswith("new")) == [f"new{i}" for i in range(5)]
     # the new checkpoint belongs to the new stream: a restart resumes after it
     c3 = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
     c3.run(max_idle_polls=2)
