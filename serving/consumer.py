@@ -128,7 +128,8 @@ class Consumer:
         self.models = models or ModelManager(self.s, metrics=self.metrics)
         self.kin = kinesis or client("kinesis", self.s, max_attempts=4)
         self._s3 = s3
-        self.outbox = Outbox(self.s.state_path(self.s.stream_outbox_dir, "outbox"))
+        # one folder per consumer slot: consumers sharing a state folder never send each other's entries
+        self.outbox = Outbox(self.s.state_path(self.s.stream_outbox_dir, "outbox") / f"consumer-{self.s.consumer_index}")
         self.max_dlq_entry = min(KINESIS_RECORD_LIMIT - 4096, max(8192, 2 * self.s.dlq_preview_bytes + 16_384))
         self.identity: StreamIdentity | None = None
         self.shards: dict[str, ShardState] = {}

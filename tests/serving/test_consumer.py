@@ -413,6 +413,29 @@ def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles
     assert c3.processed == 0 and c3.discarded_checkpoints == 0
 
 
+def test_stream_created_again_while_the_consumer_runs(stream_settings, bundles):
+    """The running consumer notices the new stream at its next shard refresh and reads it from the start."""
+    import math
+
+    from churnops.aws import client
+    from churnops.provision import ensure_streams
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings)
+    kin = client("kinesis", s)
+    put(kin, s, [json.dumps({"request_id": f"old{i}", "features": example()}).encode() for i in range(20)])
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    c.run(max_idle_polls=2)
+    kin.delete_stream(StreamName=s.input_stream)
+    ensure_streams(s)
+    new = put(kin, s, [json.dumps({"request_id": f"new{i}", "features": example()}).encode() for i in range(25)])
+    c._last_shard_refresh = -math.inf  # as 30 s later
+    c.run(max_idle_polls=2)
+    got = {(r["shard_id"], r["sequence_number"]) for r in read_stream(kin, s.output_stream)
+           if r["request_id"].startswith("new")}
+    assert got == set(new)
+
+
 def test_checkpoint_without_identity_is_checked_against_the_shard(stream_settings, bundles):
     """A bare sequence number (as stored before identities) resumes only where the shard has that record."""
     from churnops.aws import client
