@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     output_stream: str = "results"
     dlq_stream: str = "predictions-dlq"
     stream_shards: int = 2
+    dlq_preview_bytes: int = 65_536          # payload bytes kept in a dead-letter entry (the rest: size + SHA-256)
+    dlq_s3_payloads: bool = True             # store truncated payloads whole under s3://<bucket>/dead-letter/
+    stream_put_retries: int = 5              # put_records retries of one batch before its rest goes to the outbox
+    stream_backoff_max_s: float = 30.0       # cap of the consumer's exponential backoff on stream errors
+    stream_outbox_dir: Path | None = None    # default <state_dir>/outbox
 
     # --- training ------------------------------------------------------------------------------
     experiment_name: str = "churn-sweep"

@@ -3,16 +3,40 @@
     python -m serving.consumer            # CONSUMER_INDEX / CONSUMER_COUNT split the shards
 
 Per batch (one get_records call per shard): decode every record (raw JSON or base64 of JSON),
-validate it against the data contract, predict (one matrix per model), put one result per
-valid record on `results` with put_records (failed entries retried), put each poison record
-on `predictions-dlq` with the reason and the original payload, write the prediction-log records
-synchronously (store, else spool on disk), and only then checkpoint the shard's last sequence
-number in the store. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint (TRIM_HORIZON when
-there is none), so nothing is lost and at most the last batch is re-emitted; results and log
-records carry the input sequence number and log `_id`s are `stream:<shard>:<seq>` with the
-record's arrival time as `ts`, so a re-emitted batch does not duplicate anything in the log. With several shards, up to
-CONSUMER_THREADS of them are polled at once (each shard's batches stay in order; Kinesis calls
-spend most of their time waiting on the endpoint).
+validate it against the data contract, predict (one matrix per model), write the prediction-log
+records synchronously (store, else spool on disk), put one result per valid record on `results`
+and one dead letter per poison record on `predictions-dlq`, and only then checkpoint the shard's
+last sequence number in the store. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint
+(TRIM_HORIZON when there is none), so nothing is lost and at most the last batch is re-emitted;
+results and log records carry the input sequence number and log `_id`s are
+`stream:<stream creation time, ms>:<shard>:<seq>` with the record's arrival time as `ts`, so a
+re-emitted batch does not duplicate anything in the log, and the records of a stream created again
+(numbered from 1 again) are not taken for the old stream's. With several shards, up to CONSUMER_THREADS of them are polled at
+once (each shard's batches stay in order).
+
+Whatever one record does, the shard moves on:
+- Any exception while a record is decoded or validated (invalid JSON, RecursionError from deep
+  nesting, non-UTF-8, anything unexpected), or while it alone is predicted, makes it a dead letter
+  with its reason. If a batch's prediction fails, its rows are predicted one by one; only when the
+  model also fails on the contract's own example is it the model's fault (ModelFailure): then
+  nothing is emitted, the checkpoint stays, and the shard retries the batch with capped
+  exponential backoff until a working model is loaded (a reload is followed within 2 s).
+- Dead-letter entries are bounded (serving.deadletter): the payload is kept up to
+  DLQ_PREVIEW_BYTES, larger ones truncated with their size and SHA-256 and, with DLQ_S3_PAYLOADS,
+  stored whole under s3://<BUCKET>/dead-letter/ and referenced.
+- put_records retries failed entries and transient errors STREAM_PUT_RETRIES times with backoff;
+  what is still not taken goes to the outbox on disk (serving.outbox), the checkpoint moves on,
+  and no shard is read until the outbox is sent: no result is emitted twice nor lost. An entry
+  Kinesis refuses for itself (ValidationException) is set aside in the outbox's `rejected/`. If
+  the outbox cannot be written, the consumer stops (StreamHalt) rather than loop.
+- Any error of a poll (endpoint unreachable, throttling, 5xx, timeouts) is logged and retried
+  after a capped exponential backoff (STREAM_BACKOFF_MAX_S); the run loop never dies from one.
+
+Checkpoints belong to one stream (serving.checkpoint): each stores the stream's ARN and creation
+time. At start (and when the stream is found created again), a checkpoint of another stream, or
+with a sequence number outside the shard's range, or (bare numbers written by older versions)
+whose record is not in the shard, is logged as a warning, counted in
+`churn_stream_checkpoints_discarded_total` and discarded: the shard is read from TRIM_HORIZON.
 """
 
 from __future__ import annotations
@@ -21,23 +45,38 @@ import base64
 import binascii
 import json
 import logging
+import math
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from churnops.aws import backoff_delay, is_transient
 from churnops.contract import load_contract
 from churnops.settings import Settings, get_settings
+from serving.checkpoint import Checkpoint, StreamIdentity, fit
+from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
 from serving.inference import BadInput, FastValidator, Row, check_row, log_record, parse_json, predict_rows
 from serving.metrics import get_metrics
-from serving.model import ModelManager
+from serving.model import ModelManager, ModelSet
+from serving.outbox import Outbox
 from serving.prediction_log import PredictionLog
 from serving.store import PredictionStore
 
 log = logging.getLogger(__name__)
 
-PUT_RETRIES = 8
+PUT_MAX_RECORDS = 500               # put_records: at most 500 entries ...
+PUT_MAX_BYTES = 4 * 1024 * 1024     # ... and 5 MiB per call (kept under it)
+ENTRY_REJECTED = ("ValidationException", "InvalidArgumentException")  # the entry itself, not the stream's state
+
+
+class ModelFailure(RuntimeError):
+    """The model cannot predict even the contract's example: not the records' fault."""
+
+
+class StreamHalt(RuntimeError):
+    """The consumer cannot go on without losing or re-emitting results (the outbox cannot be written)."""
 
 
 def decode_payload(data: bytes) -> object:
@@ -52,13 +91,6 @@ def decode_payload(data: bytes) -> object:
         if not raw.strip():
             raise first from None
         return parse_json(raw)
-
-
-def _payload_text(data: bytes) -> dict:
-    try:
-        return {"payload": data.decode("utf-8"), "payload_encoding": "utf-8"}
-    except UnicodeDecodeError:
-        return {"payload": base64.b64encode(data).decode(), "payload_encoding": "base64"}
 
 
 def _arrival(rec: dict, default: float) -> float:
@@ -76,11 +108,13 @@ class ShardState:
     shard_id: str
     iterator: str | None
     last_seq: str | None
+    failures: int = 0          # batches in a row that failed (model down, log spool failing)
+    not_before: float = 0.0    # monotonic time before which the shard is not polled again
 
 
 class Consumer:
     def __init__(self, settings: Settings | None = None, store: PredictionStore | None = None,
-                 models: ModelManager | None = None, kinesis=None):
+                 models: ModelManager | None = None, kinesis=None, s3=None):
         from churnops.aws import client
         from serving.store_factory import open_store
 
@@ -93,12 +127,21 @@ class Consumer:
                                   self.s.log_flush_interval_s, metrics=self.metrics)
         self.models = models or ModelManager(self.s, metrics=self.metrics)
         self.kin = kinesis or client("kinesis", self.s, max_attempts=4)
+        self._s3 = s3
+        # one folder per consumer slot: consumers sharing a state folder never send each other's entries
+        self.outbox = Outbox(self.s.state_path(self.s.stream_outbox_dir, "outbox") / f"consumer-{self.s.consumer_index}")
+        self.max_dlq_entry = min(KINESIS_RECORD_LIMIT - 4096, max(8192, 2 * self.s.dlq_preview_bytes + 16_384))
+        self.identity: StreamIdentity | None = None
         self.shards: dict[str, ShardState] = {}
+        self._shard_info: dict[str, dict] = {}
         self.stopping = False
         self.processed = 0
         self.dead = 0
-        self._pending_checkpoints: dict[str, str] = {}
-        self._last_shard_refresh = 0.0
+        self.discarded_checkpoints = 0
+        self._pending_checkpoints: dict[str, Checkpoint] = {}
+        self._last_shard_refresh = -math.inf
+        self._outbox_failures = 0
+        self._outbox_not_before = 0.0
         self._lock = threading.Lock()  # counters and pending checkpoints, shared by shard threads
         self._pool: ThreadPoolExecutor | None = None
 
@@ -107,36 +150,88 @@ class Consumer:
         return f"kinesis:{self.s.input_stream}:{shard_id}"
 
     def my_shards(self) -> list[str]:
+        """This consumer's share of the input stream's shards (CONSUMER_INDEX of CONSUMER_COUNT)."""
         shards, token = [], None
         while True:
             kw = {"NextToken": token} if token else {"StreamName": self.s.input_stream}
             resp = self.kin.list_shards(**kw)
-            shards += [sh["ShardId"] for sh in resp["Shards"]]
+            shards += resp["Shards"]
             token = resp.get("NextToken")
             if not token:
                 break
-        shards.sort()
+        self._shard_info = {sh["ShardId"]: sh for sh in shards}
+        ids = sorted(self._shard_info)
         n, i = max(1, self.s.consumer_count), self.s.consumer_index
-        return [sh for k, sh in enumerate(shards) if k % n == i % n]
+        return [sh for k, sh in enumerate(ids) if k % n == i % n]
+
+    def _discard(self, shard_id: str, ck: Checkpoint, code: str, why: str) -> None:
+        log.warning("shard %s: checkpoint %s discarded, reading from TRIM_HORIZON: %s", shard_id, ck.seq, why)
+        self.metrics.stream_checkpoints_discarded.labels(code).inc()
+        with self._lock:
+            self.discarded_checkpoints += 1
+            self._pending_checkpoints.pop(shard_id, None)
+
+    def _stored_checkpoint(self, shard_id: str) -> Checkpoint | None:
+        """This process's newest checkpoint of the shard, else the store's (None when there is none)."""
+        ck = self._pending_checkpoints.get(shard_id)
+        if ck is not None:
+            return ck
+        try:
+            raw = self.store.get_checkpoint(self.checkpoint_key(shard_id))
+        except Exception as exc:  # store down: resume from what this process already did, else start
+            log.warning("checkpoint read failed (%s); resuming from memory", exc)
+            st = self.shards.get(shard_id)
+            return self._make_checkpoint(shard_id, st.last_seq) if st and st.last_seq else None
+        if raw is None:
+            return None
+        try:
+            return Checkpoint.decode(raw)
+        except ValueError as exc:
+            self._discard(shard_id, Checkpoint("?"), "invalid", str(exc))
+            return None
 
     def _iterator(self, shard_id: str) -> tuple[str, str | None]:
-        seq = self._pending_checkpoints.get(shard_id)
-        if seq is None:
+        """A shard iterator after the checkpoint when it fits this stream and shard, else at TRIM_HORIZON."""
+        from botocore.exceptions import ClientError
+
+        ck = self._stored_checkpoint(shard_id)
+        if ck is not None and self.identity is not None:
             try:
-                seq = self.store.get_checkpoint(self.checkpoint_key(shard_id))
-            except Exception as exc:  # store down: resume from what this process already did, else start
-                log.warning("checkpoint read failed (%s); resuming from memory", exc)
-                st = self.shards.get(shard_id)
-                seq = st.last_seq if st else None
-        if seq:
-            it = self.kin.get_shard_iterator(StreamName=self.s.input_stream, ShardId=shard_id,
-                                             ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=seq)
-        else:
-            it = self.kin.get_shard_iterator(StreamName=self.s.input_stream, ShardId=shard_id,
-                                             ShardIteratorType="TRIM_HORIZON")
-        return it["ShardIterator"], seq
+                why = fit(ck, self.identity, self._shard_info.get(shard_id, {"ShardId": shard_id}), self.kin,
+                          self.s.input_stream)
+            except ClientError as exc:  # real Kinesis refuses a sequence number of another shard or stream
+                if exc.response.get("Error", {}).get("Code") != "InvalidArgumentException":
+                    raise
+                why = ("not_in_shard", f"Kinesis refuses it: {exc}")
+            if why:
+                self._discard(shard_id, ck, *why)
+                ck = None
+        if ck is not None:
+            try:
+                it = self.kin.get_shard_iterator(StreamName=self.s.input_stream, ShardId=shard_id,
+                                                 ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=ck.seq)
+                return it["ShardIterator"], ck.seq
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "InvalidArgumentException":
+                    raise
+                self._discard(shard_id, ck, "not_in_shard", f"Kinesis refuses it: {exc}")
+        it = self.kin.get_shard_iterator(StreamName=self.s.input_stream, ShardId=shard_id,
+                                         ShardIteratorType="TRIM_HORIZON")
+        return it["ShardIterator"], None
 
     def refresh_shards(self) -> None:
+        """Read the stream's identity and shards; start new shards at their checkpoint (or TRIM_HORIZON).
+
+        A stream deleted and created again under the same name (new creation time) drops every
+        shard's state: its sequence numbers start anew, nothing of the old stream applies."""
+        ident = StreamIdentity.describe(self.kin, self.s.input_stream)
+        if self.identity is not None and ident != self.identity:
+            log.warning("stream %s was created again (%s, created %s); dropping the old stream's shard positions",
+                        self.s.input_stream, ident.arn, ident.created)
+            with self._lock:
+                self.shards.clear()
+                self._pending_checkpoints.clear()
+        self.identity = ident
         for sh in self.my_shards():
             if sh not in self.shards:
                 it, seq = self._iterator(sh)
@@ -144,85 +239,230 @@ class Consumer:
                 log.info("shard %s: %s", sh, f"resuming after {seq}" if seq else "from TRIM_HORIZON")
         self._last_shard_refresh = time.monotonic()
 
-    def _checkpoint(self, shard_id: str, seq: str) -> None:
+    def _make_checkpoint(self, shard_id: str, seq: str) -> Checkpoint:
+        ident = self.identity
+        start = (self._shard_info.get(shard_id, {}).get("SequenceNumberRange") or {}).get("StartingSequenceNumber")
+        return Checkpoint(seq, ident.arn if ident else None, ident.created if ident else None, start)
+
+    def _checkpoint(self, shard_id: str, ck: Checkpoint | str) -> None:
+        if isinstance(ck, str):
+            ck = self._make_checkpoint(shard_id, ck)
         with self._lock:
-            self._pending_checkpoints[shard_id] = seq
+            self._pending_checkpoints[shard_id] = ck
             try:
-                for sh, sq in list(self._pending_checkpoints.items()):
-                    self.store.set_checkpoint(self.checkpoint_key(sh), sq)
+                for sh, c in list(self._pending_checkpoints.items()):
+                    self.store.set_checkpoint(self.checkpoint_key(sh), c.encode())
                     del self._pending_checkpoints[sh]
             except Exception as exc:  # kept in memory; written once the store is back
                 log.warning("checkpoint write failed (%s); will retry", exc)
 
     # ---- output -------------------------------------------------------------------------------------------
-    def _put_all(self, stream: str, entries: list[dict]) -> None:
-        """put_records in chunks of 500, retrying only the failed entries."""
-        for i in range(0, len(entries), 500):
-            todo = entries[i:i + 500]
-            delay = 0.05
-            for attempt in range(PUT_RETRIES + 1):
-                try:
-                    resp = self.kin.put_records(StreamName=stream, Records=todo)
-                except Exception as exc:
-                    if attempt == PUT_RETRIES:
-                        raise
-                    log.warning("put_records to %s failed (%s); retrying", stream, exc)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                if not resp.get("FailedRecordCount"):
-                    break
-                todo = [e for e, r in zip(todo, resp["Records"]) if r.get("ErrorCode")]
-                if attempt == PUT_RETRIES:
-                    raise RuntimeError(f"{len(todo)} record(s) still failing on {stream} after {PUT_RETRIES} retries")
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    def _put_all(self, stream: str, entries: list[dict]) -> list[dict]:
+        """put_records in chunks (500 entries, 4 MiB), retrying failed entries and transient errors with
+        capped exponential backoff, STREAM_PUT_RETRIES times. Returns the entries still not taken; an
+        entry Kinesis refuses for itself goes to the outbox's `rejected/` (logged, counted)."""
+        left: list[dict] = []
+        chunk: list[dict] = []
+        size = 0
+        for e in entries:
+            n = len(e["Data"]) + len(e["PartitionKey"].encode())
+            if chunk and (len(chunk) == PUT_MAX_RECORDS or size + n > PUT_MAX_BYTES):
+                left += self._put_chunk(stream, chunk)
+                chunk, size = [], 0
+            chunk.append(e)
+            size += n
+        if chunk:
+            left += self._put_chunk(stream, chunk)
+        return left
+
+    def _put_chunk(self, stream: str, todo: list[dict]) -> list[dict]:
+        from botocore.exceptions import ClientError
+
+        retries = max(0, self.s.stream_put_retries)
+        for attempt in range(retries + 1):
+            if attempt:
+                self.metrics.stream_retries.labels("put_records").inc()
+                time.sleep(backoff_delay(attempt, 0.1, min(2.0, self.s.stream_backoff_max_s)))
+            try:
+                resp = self.kin.put_records(StreamName=stream, Records=todo)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ENTRY_REJECTED:
+                    if len(todo) > 1:  # find the entry it is about: the others go out
+                        return [e for one in todo for e in self._put_chunk(stream, [one])]
+                    log.error("put_records to %s refused an entry for good (%s); kept in %s", stream, exc,
+                              self.outbox.dir / "rejected")
+                    self.outbox.reject(stream, todo[0], str(exc))
+                    self.metrics.stream_records.labels("rejected").inc()
+                    return []
+                if not is_transient(exc):
+                    log.warning("put_records to %s failed (%s)", stream, exc)
+                    return todo
+                log.warning("put_records to %s failed (%s); retrying", stream, exc)
+                continue
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.warning("put_records to %s failed (%s: %s)", stream, type(exc).__name__, exc)
+                    return todo
+                log.warning("put_records to %s failed (%s: %s); retrying", stream, type(exc).__name__, exc)
+                continue
+            if not resp.get("FailedRecordCount"):
+                return []
+            todo = [e for e, r in zip(todo, resp["Records"]) if r.get("ErrorCode")]
+        log.warning("put_records to %s: %d entr%s not taken after %d retries", stream, len(todo),
+                    "y" if len(todo) == 1 else "ies", retries)
+        return todo
+
+    def _emit(self, stream: str, entries: list[dict]) -> None:
+        """Put `entries` on `stream`; what is not taken within the retries waits in the outbox on disk."""
+        left = self._put_all(stream, entries) if entries else []
+        if not left:
+            return
+        try:
+            path = self.outbox.add(stream, left)
+        except OSError as exc:
+            raise StreamHalt(f"{len(left)} entries for stream {stream} could neither be put nor kept in "
+                             f"{self.outbox.dir} ({exc}); stopping so that none is lost or emitted twice") from exc
+        self.metrics.stream_records.labels("outbox").inc(len(left))
+        log.warning("%d entries for %s kept in %s; the shards wait until they are sent", len(left), stream, path)
+
+    def drain_outbox(self) -> bool:
+        """Send what waits in the outbox (with backoff between tries); True when it is empty."""
+        if not self.outbox.files():
+            return True
+        if time.monotonic() < self._outbox_not_before:
+            return False
+        sent, left = self.outbox.drain(self._put_all)
+        if left:
+            self._outbox_failures += 1
+            delay = backoff_delay(self._outbox_failures, 0.5, self.s.stream_backoff_max_s)
+            self._outbox_not_before = time.monotonic() + delay
+            log.warning("outbox: %d entries still waiting (sent %d); next try in %.1f s", left, sent, delay)
+            return False
+        self._outbox_failures = 0
+        log.info("outbox drained (%d entries sent)", sent)
+        return True
 
     # ---- one batch ------------------------------------------------------------------------------------------
+    def log_id(self, shard_id: str, seq: str) -> str:
+        """The log `_id` of a record: `stream:<stream creation, ms>:<shard>:<seq>`. The same for a re-emitted
+        batch; another for a stream created again under the same name, whose numbers start anew."""
+        created = round(self.identity.created * 1000) if self.identity is not None else 0
+        return f"stream:{created}:{shard_id}:{seq}"
+
+    def _row(self, rec: dict) -> Row:
+        obj = decode_payload(rec["Data"])
+        row = check_row(obj, self.contract, self.s.unknown_category, validator=self.validator)
+        if not (isinstance(obj, dict) and obj.get("request_id") is not None):
+            row.request_id = rec["SequenceNumber"]
+        return row
+
+    def _s3_client(self):
+        if self._s3 is None and self.s.dlq_s3_payloads:
+            from churnops.aws import client
+
+            self._s3 = client("s3", self.s, max_attempts=2, connect_timeout=2, read_timeout=10)
+        return self._s3
+
+    def _dead(self, shard_id: str, rec: dict, reason: str, code: str, details: object) -> dict:
+        """The dead-letter entry of one record, as a put_records entry (bounded size; never raises)."""
+        seq = str(rec.get("SequenceNumber"))
+        data = rec.get("Data")
+        data = data if isinstance(data, bytes) else str(data).encode("utf-8", "backslashreplace")
+        try:
+            entry = build_entry(data=data, reason=reason, reason_code=code, details=details,
+                                stream=self.s.input_stream, shard_id=shard_id, sequence_number=seq,
+                                partition_key=rec.get("PartitionKey"), preview_bytes=self.s.dlq_preview_bytes,
+                                s3=self._s3_client() if len(data) > self.s.dlq_preview_bytes else None,
+                                bucket=self.s.bucket)
+            body = encode_entry(entry, self.max_dlq_entry)
+        except Exception as exc:  # the entry of last resort: coordinates and reason only
+            log.error("dead letter %s/%s: entry not built (%s: %s)", shard_id, seq, type(exc).__name__, exc)
+            body = json.dumps({"reason": str(reason)[:500], "reason_code": str(code)[:100], "shard_id": shard_id,
+                               "sequence_number": seq, "payload_bytes": len(data), "ts": time.time()},
+                              default=str).encode("utf-8", "backslashreplace")
+        return {"Data": body, "PartitionKey": seq[-64:] or "0"}
+
+    def _model_works(self, ms: ModelSet) -> bool:
+        """Whether every model of the set predicts the contract's own example."""
+        try:
+            values = check_row(self.contract.example, self.contract, self.s.unknown_category).values
+            for m in ms.models():
+                m.bundle.predict_records([values])
+            return True
+        except Exception as exc:
+            log.error("model cannot predict the contract's example (%s: %s)", type(exc).__name__, exc)
+            return False
+
+    def _predict(self, ms: ModelSet, shard_id: str, rows: list[tuple[dict, Row]], dlq: list[dict]) -> list:
+        """Predictions for `rows`. When the batch fails, rows are predicted one by one and those that fail
+        alone become dead letters (removed from `rows`), unless the model fails on the contract's example
+        too: then it raises ModelFailure (nothing is emitted and the batch is retried later)."""
+        if not rows:
+            return []
+        try:
+            return predict_rows(ms, [r for _, r in rows])
+        except Exception as exc:
+            if not self._model_works(ms):
+                raise ModelFailure(f"the model fails on every record ({type(exc).__name__}: {exc})") from exc
+        keep, out = [], []
+        for rec, row in rows:
+            try:
+                out.append(predict_rows(ms, [row])[0])
+                keep.append((rec, row))
+            except Exception as exc:
+                self.metrics.rejections.labels("stream", "prediction_failed").inc()
+                dlq.append(self._dead(shard_id, rec, "the model could not predict this record", "prediction_failed",
+                                      {"exception": f"{type(exc).__name__}: {exc}"}))
+        rows[:] = keep
+        return out
+
     def process(self, shard_id: str, records: list[dict]) -> tuple[int, int]:
-        """Handle one get_records batch; returns (results, dead letters)."""
+        """Handle one get_records batch; returns (results, dead letters).
+
+        Any exception a record causes while it is decoded, validated or predicted makes it a dead
+        letter; the others go on. The log is written before anything is put on a stream, so a
+        failure before the puts (ModelFailure, a log spool that cannot be written) emits nothing."""
         ms = self.models.current
         t0 = time.perf_counter()
         rows: list[tuple[dict, Row]] = []
         dlq: list[dict] = []
         for rec in records:
-            seq = rec["SequenceNumber"]
-            data = rec["Data"]
             try:
-                obj = decode_payload(data)
-                rid_default = seq
-                row = check_row(obj, self.contract, self.s.unknown_category, validator=self.validator)
-                if not (isinstance(obj, dict) and obj.get("request_id") is not None):
-                    row.request_id = rid_default
-                rows.append((rec, row))
+                rows.append((rec, self._row(rec)))
             except BadInput as e:
                 self.metrics.rejections.labels("stream", e.reason).inc()
-                dlq.append({"reason": e.error, "reason_code": e.reason, "details": e.details, "shard_id": shard_id,
-                            "sequence_number": seq, "partition_key": rec.get("PartitionKey"),
-                            "ts": time.time(), **_payload_text(data)})
+                dlq.append(self._dead(shard_id, rec, e.error, e.reason, e.details))
+            except Exception as e:  # RecursionError, MemoryError, anything else: this record's doing
+                self.metrics.rejections.labels("stream", "undecodable").inc()
+                dlq.append(self._dead(shard_id, rec, f"record could not be decoded or validated ({type(e).__name__})",
+                                      "undecodable", {"exception": f"{type(e).__name__}: {e}"}))
+        preds = self._predict(ms, shard_id, rows, dlq)
         now = time.time()
         results, logs = [], []
-        if rows:
-            preds = predict_rows(ms, [r for _, r in rows])
-            latency = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
-            for (rec, row), (m, p, d) in zip(rows, preds):
-                seq = rec["SequenceNumber"]
+        latency = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
+        for (rec, row), (m, p, d) in zip(rows, preds):
+            seq = rec["SequenceNumber"]
+            try:
                 out = {"request_id": row.request_id, "sequence_number": seq, "shard_id": shard_id,
                        "probability": p, "churn": bool(d), "decision": d, "threshold": m.threshold,
                        "model_run_id": m.run_id, "model_version": m.version, "route": m.route, "ts": now}
                 if row.ignored:
                     out["ignored_fields"] = row.ignored
-                results.append({"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]})
-                logs.append(log_record(f"stream:{shard_id}:{seq}", row, m, p, d, "stream", latency,
-                                       ts=_arrival(rec, now), shard_id=shard_id, sequence_number=seq))
-                self.metrics.predictions.labels("stream", m.route, str(m.version), str(d)).inc()
-        if results:
-            self._put_all(self.s.output_stream, results)
-        if dlq:
-            self._put_all(self.s.dlq_stream, [{"Data": json.dumps(x, default=str).encode(),
-                                               "PartitionKey": x["sequence_number"][-64:]} for x in dlq])
+                entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
+                lrec = log_record(self.log_id(shard_id, seq), row, m, p, d, "stream", latency,
+                                  ts=_arrival(rec, now), shard_id=shard_id, sequence_number=seq)
+            except Exception as exc:
+                dlq.append(self._dead(shard_id, rec, "the result could not be encoded", "result_encoding",
+                                      {"exception": f"{type(exc).__name__}: {exc}"}))
+                continue
+            results.append(entry)
+            logs.append(lrec)
+            self.metrics.predictions.labels("stream", m.route, str(m.version), str(d)).inc()
         if logs:
-            self.plog.write_now(logs)  # store or fsync'ed spool, before the checkpoint moves
+            self.plog.write_now(logs)  # store or fsync'ed spool, before any put and before the checkpoint moves
+        self._emit(self.s.output_stream, results)
+        self._emit(self.s.dlq_stream, dlq)
         self.metrics.stream_records.labels("result").inc(len(results))
         self.metrics.stream_records.labels("dead_letter").inc(len(dlq))
         with self._lock:
@@ -232,9 +472,12 @@ class Consumer:
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def poll_once(self) -> int:
-        """One get_records per owned shard (several shards at once); returns how many input records were handled."""
+        """One get_records per owned shard (several shards at once); returns how many input records were
+        handled. While entries wait in the outbox, no shard is read (they are sent first)."""
         if time.monotonic() - self._last_shard_refresh > 30:
             self.refresh_shards()
+        if not self.drain_outbox():
+            return 0
         items = [(sh, st) for sh, st in list(self.shards.items()) if st.iterator is not None]
         threads = min(len(items), max(1, self.s.consumer_threads))
         if threads > 1:
@@ -253,7 +496,7 @@ class Consumer:
         """get_records on one shard, process the batch, checkpoint; returns how many records were handled."""
         from botocore.exceptions import ClientError
 
-        if self.stopping:
+        if self.stopping or time.monotonic() < st.not_before:
             return 0
         try:
             resp = self.kin.get_records(ShardIterator=st.iterator, Limit=min(10_000, self.s.consumer_batch_size))
@@ -264,7 +507,8 @@ class Consumer:
                 st.iterator, _ = self._iterator(sh)
                 return 0
             if code in ("ProvisionedThroughputExceededException", "LimitExceededException"):
-                time.sleep(0.5)
+                self.metrics.stream_retries.labels("get_records").inc()
+                st.not_before = time.monotonic() + 0.5
                 return 0
             raise
         records = resp.get("Records", [])
@@ -272,12 +516,18 @@ class Consumer:
         if records:
             try:
                 self.process(sh, records)
-            except Exception as exc:  # output stream down etc.: retry this batch from the checkpoint
-                log.warning("shard %s: batch failed (%s: %s); retrying from the checkpoint", sh,
-                            type(exc).__name__, exc)
-                time.sleep(1.0)
+            except StreamHalt:
+                raise
+            except Exception as exc:  # nothing was put yet: retry this batch from the checkpoint, later
+                st.failures += 1
+                delay = backoff_delay(st.failures, 0.5, self.s.stream_backoff_max_s)
+                st.not_before = time.monotonic() + delay
+                self.metrics.stream_retries.labels("batch").inc()
+                log.warning("shard %s: batch failed (%s: %s); retrying from the checkpoint in %.1f s", sh,
+                            type(exc).__name__, exc, delay)
                 st.iterator, _ = self._iterator(sh)
                 return 0
+            st.failures = 0
             st.last_seq = records[-1]["SequenceNumber"]
             self._checkpoint(sh, st.last_seq)
             handled = len(records)
@@ -296,25 +546,51 @@ class Consumer:
                 time.sleep(delay)
                 delay = min(delay * 1.5, 30)
 
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
     def run(self, max_idle_polls: int | None = None) -> None:
-        """Consume until SIGTERM/SIGINT (or `max_idle_polls` empty polls in a row, for tests/bench)."""
+        """Consume until SIGTERM/SIGINT (or `max_idle_polls` empty or failed polls in a row with nothing in
+        the outbox, for tests/bench).
+
+        An error of a poll (endpoint unreachable, throttling, 5xx, timeouts, a stream being created again)
+        is logged and retried after a capped exponential backoff; only StreamHalt ends the loop."""
         self.wait_for_model()
         if self.stopping:
             return
-        self.refresh_shards()
-        idle = 0
+        idle = failures = 0
         last_follow = time.monotonic()
         try:
             while not self.stopping:
-                n = self.poll_once()
-                if time.monotonic() - last_follow > 2:
-                    self.models.follow_state()
-                    last_follow = time.monotonic()
-                if n == 0:
+                try:
+                    n = self.poll_once()
+                    if time.monotonic() - last_follow > 2:
+                        self.models.follow_state()
+                        last_follow = time.monotonic()
+                    failures = 0
+                except StreamHalt:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    delay = backoff_delay(failures, 0.2, self.s.stream_backoff_max_s)
+                    self.metrics.stream_retries.labels("poll").inc()
+                    if is_transient(exc):
+                        log.warning("stream poll failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                    else:
+                        log.error("stream poll failed; retrying in %.1f s", delay, exc_info=True)
+                    self._last_shard_refresh = -math.inf  # read the stream and its shards again
+                    n = 0
+                    self._sleep(delay)
+                if n == 0 and not failures and self.outbox.files():  # waiting to send, not idle
+                    self._sleep(max(self.s.consumer_poll_interval_s, self._outbox_not_before - time.monotonic()))
+                elif n == 0:
                     idle += 1
                     if max_idle_polls is not None and idle >= max_idle_polls:
                         break
-                    time.sleep(self.s.consumer_poll_interval_s)
+                    if not failures:
+                        time.sleep(self.s.consumer_poll_interval_s)
                 else:
                     idle = 0
         finally:
@@ -322,7 +598,8 @@ class Consumer:
                 self._pool.shutdown(wait=True)
                 self._pool = None
             self.plog.close()
-            log.info("consumer stopped: %d results, %d dead letters", self.processed, self.dead)
+            log.info("consumer stopped: %d results, %d dead letters, %d in the outbox", self.processed, self.dead,
+                     self.outbox.count())
 
     def install_signal_handlers(self) -> None:
         def stop(signum, frame):

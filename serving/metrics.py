@@ -30,7 +30,13 @@ class Metrics:
         self.log_records = Counter("churn_prediction_log_records_total",
                                    "Prediction-log records by outcome (written, spooled, replayed, quarantined)", ["outcome"], **kw)
         self.model_reloads = Counter("churn_model_reloads_total", "Model reload attempts", ["result"], **kw)
-        self.stream_records = Counter("churn_stream_records_total", "Stream records by outcome", ["outcome"], **kw)
+        self.stream_records = Counter("churn_stream_records_total",
+                                      "Stream records by outcome (result, dead_letter, outbox, rejected)", ["outcome"], **kw)
+        self.stream_retries = Counter("churn_stream_retries_total",
+                                      "Stream calls that failed and were retried after a backoff", ["operation"], **kw)
+        self.stream_checkpoints_discarded = Counter("churn_stream_checkpoints_discarded_total",
+                                                    "Shard checkpoints discarded as not fitting the stream", ["reason"],
+                                                    **kw)
         gauge_kw = dict(kw)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             gauge_kw["multiprocess_mode"] = "liveall"

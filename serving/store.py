@@ -3,7 +3,7 @@
 Record shapes (plain dicts, JSON-serialisable apart from nothing):
 
 prediction = {
-    "_id": str,                 # request_id for HTTP; "stream:<shard_id>:<sequence_number>" for Kinesis
+    "_id": str,                 # request_id for HTTP; "stream:<stream created, ms>:<shard_id>:<sequence_number>" for Kinesis
     "ts": float,                # UNIX seconds, UTC
     "request_id": str,
     "source": "http" | "stream",

@@ -41,6 +41,17 @@ def stream_settings(moto_endpoint, tmp_path, monkeypatch):
     return s
 
 
+def one_shard(s, **update):
+    """`s` with its input stream created again with one shard (the fixture's has two)."""
+    from churnops.aws import client
+    from churnops.provision import ensure_streams
+
+    s = s.model_copy(update={"stream_shards": 1, **update})
+    client("kinesis", s).delete_stream(StreamName=s.input_stream)
+    ensure_streams(s)
+    return s
+
+
 def make_consumer(s, bundles, store, fraction=0.0):
     from serving.consumer import Consumer
     from serving.model import ModelManager
@@ -91,10 +102,12 @@ def test_raw_base64_poison_and_resume(stream_settings, bundles):
     assert reasons[seqs[70]]["payload"] == "not json at all"
     assert "NaN" in reasons[seqs[72]]["details"]["body"]
     logged = store.inner.find_predictions()
-    assert {r["_id"] for r in logged} == {f"stream:{sh}:{q}" for sh, q in seqs[:70]}
+    assert {r["_id"] for r in logged} == {c.log_id(sh, q) for sh, q in seqs[:70]}
+    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+    assert c.log_id("shardId-000000000001", "7") == f"stream:{round(created.timestamp() * 1000)}:shardId-000000000001:7"
     # the log's ts is the record's arrival on the stream: a re-emitted batch logs the same ts
     first = {r["_id"]: r["ts"] for r in logged}
-    arrived = {f"stream:{sh}:{r['SequenceNumber']}": r["ApproximateArrivalTimestamp"].timestamp()
+    arrived = {c.log_id(sh, r["SequenceNumber"]): r["ApproximateArrivalTimestamp"].timestamp()
                for sh in c.shards for r in kin.get_records(ShardIterator=kin.get_shard_iterator(
                    StreamName=s.input_stream, ShardId=sh, ShardIteratorType="TRIM_HORIZON")["ShardIterator"],
                    Limit=1000)["Records"]}
@@ -184,3 +197,295 @@ def test_decode_payload():
         decode_payload(b"@@@")
     with pytest.raises(BadInput):
         decode_payload(b"")
+
+
+def results_per_seq(kin, s) -> dict[tuple[str, str], int]:
+    """How many results the output stream holds for each input (shard, sequence number)."""
+    from collections import Counter
+
+    return dict(Counter((r["shard_id"], r["sequence_number"]) for r in read_stream(kin, s.output_stream)))
+
+
+def test_any_record_exception_is_a_dead_letter_and_the_shard_moves_on(stream_settings, bundles):
+    """Nested JSON (RecursionError in the stdlib parser), non-UTF-8 bytes and an unexpected exception in
+    validation each end in the DLQ with a reason; the valid records around them all get one result."""
+    from churnops.aws import client
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings)
+    kin = client("kinesis", s)
+    valid = [json.dumps({"request_id": f"v{i}", "features": example(customer_age=30 + i)}).encode() for i in range(6)]
+    nested = b"[" * 50_000 + b"]" * 50_000
+    nested_inside = json.dumps({"features": example()}).encode()[:-2] + b', "x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    not_utf8 = b'{"customer_age": "\xff\xfe"}'
+    explode = json.dumps(example(customer_age=77)).encode()
+    payloads = [valid[0], nested, valid[1], nested_inside, valid[2], not_utf8, valid[3], explode, valid[4], valid[5]]
+    seqs = put(kin, s, payloads)
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    real = c.validator
+
+    def validator(rec):  # any exception, not only BadInput, is the record's
+        if isinstance(rec, dict) and rec.get("customer_age") == 77:
+            raise KeyError("boom")
+        return real(rec)
+
+    c.validator = validator
+    c.run(max_idle_polls=3)
+    per_seq = results_per_seq(kin, s)
+    good = [seqs[i] for i in (0, 2, 4, 6, 8, 9)]
+    assert per_seq == {q: 1 for q in good}
+    dlq = {(d["shard_id"], d["sequence_number"]): d for d in read_stream(kin, s.dlq_stream)}
+    assert set(dlq) == {seqs[i] for i in (1, 3, 5, 7)}
+    for i in (1, 3, 5, 7):
+        d = dlq[seqs[i]]
+        assert d["reason"] and d["reason_code"], d
+        assert d["payload_bytes"] == len(payloads[i])
+    assert "KeyError" in dlq[seqs[7]]["details"]["exception"]
+    assert dlq[seqs[5]]["payload_encoding"] == "base64"
+    assert base64.b64decode(dlq[seqs[5]]["payload"]) == not_utf8
+    (sh,) = c.shards
+    assert json.loads(c.store.get_checkpoint(c.checkpoint_key(sh)))["seq"] == seqs[-1][1]
+
+
+def test_large_invalid_record_is_a_bounded_dead_letter_and_nothing_is_emitted_twice(stream_settings, bundles):
+    """A 600 KB invalid record with non-ASCII text: its DLQ entry stays far under 1 MiB (truncated, with the
+    original size and SHA-256, the whole payload in S3) and every valid record has exactly one result."""
+    import hashlib
+
+    from churnops.aws import client
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings, bucket=f"dl-{uuid.uuid4().hex[:8]}")
+    client("s3", s).create_bucket(Bucket=s.bucket)
+    kin = client("kinesis", s)
+    big = json.dumps({"request_id": "big", "features": example(gender="é" * 300_000)}, ensure_ascii=False).encode()
+    assert 600_000 < len(big) < 1_000_000
+    valid = [json.dumps({"request_id": f"v{i}", "features": example()}).encode() for i in range(8)]
+    seqs = put(kin, s, valid[:4] + [big] + valid[4:])
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    c.run(max_idle_polls=3)
+    assert results_per_seq(kin, s) == {q: 1 for q in seqs[:4] + seqs[5:]}
+    (sh,) = [x["ShardId"] for x in kin.list_shards(StreamName=s.dlq_stream)["Shards"]]
+    it = kin.get_shard_iterator(StreamName=s.dlq_stream, ShardId=sh, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    raw = kin.get_records(ShardIterator=it)["Records"]
+    assert len(raw) == 1 and len(raw[0]["Data"]) < 256 * 1024
+    d = json.loads(raw[0]["Data"])
+    assert (d["shard_id"], d["sequence_number"]) == seqs[4]
+    assert d["reason_code"] == "unknown_category" and "gender" in d["details"]
+    assert d["payload_truncated"] is True and d["payload_bytes"] == len(big)
+    assert d["payload_sha256"] == hashlib.sha256(big).hexdigest()
+    assert big.decode().startswith(d["payload"]) and 0 < len(d["payload"].encode()) <= s.dlq_preview_bytes
+    bucket, key = d["payload_s3_uri"].removeprefix("s3://").split("/", 1)
+    assert key.startswith("dead-letter/")
+    assert client("s3", s).get_object(Bucket=bucket, Key=key)["Body"].read() == big
+
+
+def test_dead_letter_entry_bounded_whatever_the_payload():
+    from serving.deadletter import build_entry, encode_entry
+
+    for data in (b"\x00" * 900_000, "\u2028é".encode() * 200_000, bytes(range(256)) * 4000, b"[" * 1_000_000):
+        e = build_entry(data=data, reason="r" * 10_000, reason_code="c", details={f"f{i}": "x" * 5000 for i in range(500)},
+                        stream="in", shard_id="sh", sequence_number="1", partition_key="k", preview_bytes=65_536)
+        body = encode_entry(e, 150_000)
+        assert len(body) <= 150_000
+        d = json.loads(body)
+        assert d["payload_bytes"] == len(data) and d["payload_truncated"] is True
+
+
+def test_put_records_failing_past_its_retries_goes_to_the_outbox_not_a_loop(stream_settings, bundles):
+    """The output stream takes half a batch, then refuses everything for longer than the retries: the taken
+    half is never emitted again, the rest waits on disk (the shard pauses) and goes out when the stream is back."""
+    from churnops.aws import client
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings, stream_put_retries=2, stream_backoff_max_s=0.2)
+    kin = client("kinesis", s)
+    seqs = put(kin, s, [json.dumps({"request_id": f"v{i}", "features": example()}).encode() for i in range(20)])
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    real = c.kin.put_records
+    calls = {"n": 0}
+    refused = {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}
+
+    def flaky(StreamName, Records):
+        if StreamName != s.output_stream:
+            return real(StreamName=StreamName, Records=Records)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            half = len(Records) // 2
+            resp = real(StreamName=StreamName, Records=Records[:half])
+            return {"FailedRecordCount": len(Records) - half, "Records": resp["Records"] + [refused] * (len(Records) - half)}
+        if calls["n"] <= 6:
+            return {"FailedRecordCount": len(Records), "Records": [refused] * len(Records)}
+        return real(StreamName=StreamName, Records=Records)
+
+    c.kin.put_records = flaky
+    c.refresh_shards()
+    c.poll_once()  # the batch: half out, the rest in the outbox after 2 retries; checkpoint moved
+    assert c.outbox.count() == 10
+    assert results_per_seq(kin, s) == {q: 1 for q in seqs[:10]}
+    c.run(max_idle_polls=20)
+    assert c.outbox.count() == 0
+    assert results_per_seq(kin, s) == {q: 1 for q in seqs}
+
+
+def test_entry_kinesis_refuses_for_itself_is_set_aside(stream_settings, bundles):
+    """An entry over Kinesis' limit (refused with ValidationException) never blocks the others."""
+    from churnops.aws import client
+    from serving.store_sqlite import SQLiteStore
+
+    s = stream_settings
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    entries = [{"Data": json.dumps({"i": i}).encode(), "PartitionKey": str(i)} for i in range(4)]
+    entries.insert(2, {"Data": b"x" * (1024 * 1024 + 1), "PartitionKey": "big"})
+    assert c._put_all(s.output_stream, entries) == []
+    assert sorted(r["i"] for r in read_stream(client("kinesis", s), s.output_stream)) == [0, 1, 2, 3]
+    rejected = (c.outbox.dir / "rejected" / "rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1 and json.loads(rejected[0])["key"] == "big"
+
+
+def test_transient_endpoint_errors_do_not_end_the_run_loop(stream_settings, bundles):
+    """EndpointConnectionError on get_records, list_shards and put_records (once each), a 5xx answer: the loop
+    backs off, goes on, and every record gets exactly one result."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from churnops.aws import client
+    from serving.store_sqlite import SQLiteStore
+
+    s = stream_settings.model_copy(update={"stream_backoff_max_s": 0.2})
+    kin = client("kinesis", s)
+    seqs = put(kin, s, [json.dumps({"request_id": f"v{i}", "features": example()}).encode() for i in range(60)])
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    down = EndpointConnectionError(endpoint_url=s.aws_endpoint_url)
+    faults = {"get_records": [2, 5], "list_shards": [1], "put_records": [2], "describe_stream_summary": [2]}
+    calls = {k: 0 for k in faults}
+
+    def wrap(name):
+        real = getattr(c.kin, name)
+
+        def call(**kw):
+            calls[name] += 1
+            if calls[name] in faults[name]:
+                if name == "get_records" and calls[name] == 5:
+                    raise ClientError({"Error": {"Code": "InternalFailure", "Message": "oops"},
+                                       "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetRecords")
+                raise down
+            return real(**kw)
+
+        setattr(c.kin, name, call)
+
+    for name in faults:
+        wrap(name)
+    c.run(max_idle_polls=5)
+    assert all(calls[k] >= max(v) for k, v in faults.items()), calls
+    assert results_per_seq(kin, s) == {q: 1 for q in seqs}
+
+
+def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles):
+    """Consume, delete and create the input stream again, put new records: the old checkpoints (numbers
+    beyond the new stream's) are reported and discarded, and every new record gets its result."""
+    import time
+
+    from churnops.aws import client
+    from churnops.provision import ensure_streams
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings)
+    kin = client("kinesis", s)
+    put(kin, s, [json.dumps({"request_id": f"old{i}", "features": example()}).encode() for i in range(30)])
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    c.run(max_idle_polls=2)
+    assert c.processed == 30
+    kin.delete_stream(StreamName=s.input_stream)
+    time.sleep(0.01)
+    ensure_streams(s)
+    new = put(kin, s, [json.dumps({"request_id": f"new{i}", "features": example()}).encode() for i in range(5)])
+    c2 = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    c2.run(max_idle_polls=2)
+    assert c2.processed == 5 and c2.discarded_checkpoints == 1
+    got = [r for r in read_stream(kin, s.output_stream) if r["request_id"].startswith("new")]
+    assert sorted((r["shard_id"], r["sequence_number"]) for r in got) == sorted(new)
+    logged = c2.store.find_predictions()
+    assert len(logged) == 35  # the new stream's records are not taken for the old one's (same numbers)
+    assert sorted(r["request_id"] for r in logged if r["request_id"].startswith("new")) == [f"new{i}" for i in range(5)]
+    # the new checkpoint belongs to the new stream: a restart resumes after it
+    c3 = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    c3.run(max_idle_polls=2)
+    assert c3.processed == 0 and c3.discarded_checkpoints == 0
+
+
+def test_stream_created_again_while_the_consumer_runs(stream_settings, bundles):
+    """The running consumer notices the new stream at its next shard refresh and reads it from the start."""
+    import math
+
+    from churnops.aws import client
+    from churnops.provision import ensure_streams
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings)
+    kin = client("kinesis", s)
+    put(kin, s, [json.dumps({"request_id": f"old{i}", "features": example()}).encode() for i in range(20)])
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    c.run(max_idle_polls=2)
+    kin.delete_stream(StreamName=s.input_stream)
+    ensure_streams(s)
+    new = put(kin, s, [json.dumps({"request_id": f"new{i}", "features": example()}).encode() for i in range(25)])
+    c._last_shard_refresh = -math.inf  # as 30 s later
+    c.run(max_idle_polls=2)
+    got = {(r["shard_id"], r["sequence_number"]) for r in read_stream(kin, s.output_stream)
+           if r["request_id"].startswith("new")}
+    assert got == set(new)
+
+
+def test_checkpoint_without_identity_is_checked_against_the_shard(stream_settings, bundles):
+    """A bare sequence number (as stored before identities) resumes only where the shard has that record."""
+    from churnops.aws import client
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings)
+    kin = client("kinesis", s)
+    seqs = put(kin, s, [json.dumps({"request_id": f"r{i}", "features": example()}).encode() for i in range(6)])
+    (sh,) = {q[0] for q in seqs}
+    store = SQLiteStore(s.state_dir / "p.db")
+    c = make_consumer(s, bundles, store)
+    store.set_checkpoint(c.checkpoint_key(sh), "2981")  # another stream's number: not in this shard
+    c.run(max_idle_polls=2)
+    assert c.processed == 6 and c.discarded_checkpoints == 1
+    store.set_checkpoint(c.checkpoint_key(sh), seqs[2][1])  # a record of this shard: resume after it
+    c2 = make_consumer(s, bundles, store)
+    c2.run(max_idle_polls=2)
+    assert c2.processed == 3 and c2.discarded_checkpoints == 0
+
+
+def test_model_failing_on_everything_pauses_the_shard_not_the_dlq(stream_settings, bundles):
+    """A model that fails on every record (and on the contract's example) is not the records' fault: no
+    dead letters, no checkpoint move; once the model works again every record gets its result. A model
+    that fails on one record only makes that record a dead letter."""
+    from churnops.aws import client
+    from serving.store_sqlite import SQLiteStore
+
+    s = one_shard(stream_settings, stream_backoff_max_s=0.1)
+    kin = client("kinesis", s)
+    seqs = put(kin, s, [json.dumps({"request_id": f"r{i}", "features": example(customer_age=30 + i)}).encode()
+                        for i in range(8)])
+    c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
+    bundle = c.models.current.champion.bundle
+    real = bundle.predict_records
+    state = {"broken": True}
+
+    def predict(records):
+        if state["broken"] or any(r["customer_age"] == 33 for r in records):
+            raise RuntimeError("model broken")
+        return real(records)
+
+    bundle.predict_records = predict
+    c.run(max_idle_polls=3)
+    assert c.processed == 0 and c.dead == 0 and read_stream(kin, s.dlq_stream) == []
+    (sh,) = c.shards
+    assert c.store.get_checkpoint(c.checkpoint_key(sh)) is None
+    state["broken"] = False
+    c.shards[sh].not_before = 0.0
+    c.stopping = False
+    c.run(max_idle_polls=3)
+    assert results_per_seq(kin, s) == {q: 1 for q in seqs[:3] + seqs[4:]}
+    (d,) = read_stream(kin, s.dlq_stream)
+    assert (d["shard_id"], d["sequence_number"], d["reason_code"]) == (*seqs[3], "prediction_failed")

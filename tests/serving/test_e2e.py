@@ -334,7 +334,9 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
     dlq = read_stream(kin, s.dlq_stream)
     assert {(d["shard_id"], d["sequence_number"]) for d in dlq} == set(keys[len(good):])
     ids = {r["_id"] for r in store.find_predictions()}
-    assert ids == {f"stream:{sh}:{q}" for sh, q in keys[:len(good)]}, "every input has one log record"
+    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+    ms = round(created.timestamp() * 1000)
+    assert ids == {f"stream:{ms}:{sh}:{q}" for sh, q in keys[:len(good)]}, "every input has one log record"
     rid = {r["request_id"] for r in results}
     assert {f"e{i}" for i in range(n)} <= rid
     assert all(r["model_run_id"] == trained["run_id"] for r in results)
