@@ -50,17 +50,30 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON (non-finite numbers are rejected)")
 
 
+MAX_JSON_DEPTH = 1024  # orjson's nesting limit; the stdlib fallback stops at the interpreter's stack
+
+
+def _too_deep() -> BadInput:
+    return BadInput("body is not acceptable JSON", {"body": f"nested deeper than {MAX_JSON_DEPTH} levels"},
+                    "too_deep", 400)
+
+
 def parse_json(raw: bytes | str) -> Any:
-    """Strict JSON: empty body, invalid JSON and NaN/Infinity raise `BadInput` (400)."""
+    """Strict JSON: empty body, invalid JSON, NaN/Infinity and nesting deeper than `MAX_JSON_DEPTH`
+    raise `BadInput` (400)."""
     if raw is None or (isinstance(raw, (bytes, str)) and not raw.strip()):
         raise BadInput("empty body", {"body": "expected a JSON document, got an empty body"}, "empty_body", 400)
     if _orjson is not None:
         try:
             return _orjson.loads(raw)  # strict: rejects NaN/Infinity; fast path only
-        except Exception:
-            pass  # re-parse below for a descriptive message (or a value orjson cannot hold)
+        except Exception as exc:
+            if "depth limit" in str(exc):  # orjson's nesting limit: the stdlib would recurse
+                raise _too_deep() from exc
+            # otherwise re-parse below for a descriptive message (or a value orjson cannot hold)
     try:
         return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError as exc:  # nesting deeper than the interpreter's stack
+        raise _too_deep() from exc
     except UnicodeDecodeError as exc:
         raise BadInput("body is not UTF-8 JSON", {"body": str(exc)[:200]}, "invalid_json", 400) from exc
     except ValueError as exc:
