@@ -53,3 +53,27 @@ def test_deeply_nested_json_is_a_4xx_on_every_json_endpoint(app_client, path, ra
     assert body["error"] and body["details"], body
     ok = post(client, "/predict", json.dumps(example()).encode())
     assert ok.status_code == 200, "the API still serves"
+
+
+@pytest.mark.parametrize("query", ["start=nan", "start=inf", "start=1e400", "end=-inf", "end=NaN", "start=-1e999"])
+def test_logs_refuses_non_finite_times_naming_the_parameter(app_client, query):
+    client, _ = app_client
+    r = client.get(f"/logs?{query}")
+    assert r.status_code == 422, (r.status_code, r.data[:200])
+    body = strict_json(r.data)
+    assert list(body["details"]) == [query.split("=")[0]], body
+    assert "finite" in body["details"][query.split("=")[0]]
+
+
+def test_every_json_answer_is_valid_json_even_with_non_finite_values(app_client):
+    """An answer that would carry NaN/Infinity writes null instead (no invalid JSON tokens)."""
+    from flask import jsonify
+
+    from serving.inference import dumps
+
+    client, state = app_client
+    app = client.application
+    with app.app_context():
+        body = jsonify({"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}}).get_data()
+    assert strict_json(body) == {"a": None, "b": [1.5, None], "c": {"d": None}}
+    assert strict_json(dumps({"a": float("nan"), "s": {1, 2} - {1, 2}})) == {"a": None, "s": "set()"}
