@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     app.config["MAX_CONTENT_LENGTH"] = s.max_body_bytes
     app.json.sort_keys = False
     app.extensions["churn"] = state
+    app.ready_check = lambda: models.current is not None  # type: ignore[attr-defined]  # read by the worker
 
     # ---- errors: always JSON, never a stack trace ----------------------------------------------
     @app.errorhandler(BadInput)

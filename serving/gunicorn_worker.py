@@ -151,8 +151,10 @@ class ConnectionBoard:
 
     def __init__(self, slots: int = 64):
         self.slots = slots
-        self._mem = mmap.mmap(-1, 16 * slots + 8)  # anonymous and shared: inherited across fork
-        self._cells = memoryview(self._mem).cast("q")  # [pid, connections] per slot, then slots ever used
+        self._mem = mmap.mmap(-1, 24 * slots + 8)  # anonymous and shared: inherited across fork
+        view = memoryview(self._mem)
+        self._cells = view[:16 * slots + 8].cast("q")  # [pid, connections] per slot, then slots ever used
+        self._ready = view[16 * slots + 8:].cast("q")  # per slot: 1 once that worker's app is ready
         self._reserved: dict[int, float] = {}  # master only: slot -> when handed out (pid -1)
 
     def claim(self) -> int | None:
@@ -164,6 +166,7 @@ class ConnectionBoard:
                     or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60))  # never started
             if free:
                 self._cells[2 * slot], self._cells[2 * slot + 1] = -1, 0
+                self._ready[slot] = 0
                 self._reserved[slot] = now
                 self._cells[2 * self.slots] = max(self._cells[2 * self.slots], slot + 1)
                 return slot
@@ -174,7 +177,20 @@ class ConnectionBoard:
         self._cells[2 * slot] = pid
 
     def release(self, slot: int) -> None:
+        self._ready[slot] = 0
         self._cells[2 * slot], self._cells[2 * slot + 1] = 0, 0
+
+    def set_ready(self, slot: int, pid: int) -> None:
+        """`pid`, in `slot`, has its app ready (its model loaded); it may not take connections yet."""
+        self._ready[slot] = pid
+
+    def ready_elsewhere(self, slot: int) -> bool:
+        """Another live worker has its app ready: a worker still loading can leave connections to it."""
+        for other in range(self.slots):
+            pid = self._ready[other]
+            if other != slot and pid > 0 and _alive(pid):
+                return True
+        return False
 
     def publish(self, slot: int, connections: int) -> None:
         self._cells[2 * slot + 1] = connections
@@ -256,9 +272,47 @@ class KeepAliveWorker(ThreadWorker):
             self._listening.register(listener, select.POLLIN)
         super().init_process()  # loads the app, then run()
 
+    # ---- readiness -----------------------------------------------------------------------
+    # The app loads its model in the background (serving/app.py); until it has, every request
+    # would get a 503. A worker whose app is not ready yet (`app.ready_check()` False) takes no
+    # connection while a ready sibling can answer it: the listeners stay with the siblings (a
+    # replacement of a killed worker waits out its model load this way). When no worker is ready
+    # (the first start, or the model cannot be loaded anywhere), every worker takes connections
+    # and answers them itself (a 503 naming the reason, /health), rather than leave them unanswered.
+    _ready = False
+
+    def _app_ready(self) -> bool:
+        """The app says it can serve (checked until it does once; then a plain attribute)."""
+        if not self._ready:
+            check = getattr(self.wsgi, "ready_check", None)
+            if check is None or check():
+                self._ready = True
+                if self.board_slot is not None:
+                    BOARD.set_ready(self.board_slot, os.getpid())
+                self.log.info("worker %s ready: taking connections", os.getpid())
+        return self._ready
+
+    def _leave_to_siblings(self) -> bool:
+        """Not ready while a ready sibling is: take no connections."""
+        return not self._app_ready() and self.board_slot is not None and BOARD.ready_elsewhere(self.board_slot)
+
+    def _wait_until_ready(self) -> None:
+        """Before the loop: stay off the listeners (and off the board) while loading and a sibling is ready."""
+        logged = False
+        while self.alive and self._leave_to_siblings():
+            if not logged:
+                self.log.info("worker %s loading: its siblings take the connections meanwhile", os.getpid())
+                logged = True
+            self.notify()
+            if not self.is_parent_alive():
+                self.alive = False
+                break
+            time.sleep(0.05)
+
     # ---- the loop ------------------------------------------------------------------------
     def run(self):
-        if self.board_slot is not None:  # on the board once the app is loaded, not while it loads
+        self._wait_until_ready()
+        if self.board_slot is not None:  # on the board once it takes connections, not while it loads
             BOARD.start(self.board_slot, os.getpid())
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
         try:
@@ -302,6 +356,9 @@ class KeepAliveWorker(ThreadWorker):
 
     def _should_accept(self) -> bool:
         """Listen for new connections while this worker is no busier than the least busy sibling."""
+        if not self._ready and self._leave_to_siblings():  # took connections when none was ready
+            self._waiting_since = None
+            return False
         if self._fair():
             self._waiting_since = None
             return True
@@ -537,6 +594,8 @@ class KeepAliveWorker(ThreadWorker):
                 resp.force_close()
             elif self._crowded():
                 resp.force_close()  # the client reconnects, and the least busy worker takes it
+            elif not self._ready:
+                resp.force_close()  # answered while loading: the reconnection may find a ready sibling
 
             respiter = self.wsgi(environ, resp.start_response)
             try:
