@@ -10,9 +10,11 @@ CPU. This worker is gthread's event loop with the pool taken out:
 
 - the loop waits on the listeners and on kept-alive connections, and serves a readable
   connection inline; connections stay registered (and blocking) between requests;
-- a new connection is served once its first bytes arrive, so a client that connects and sends
-  nothing never blocks the worker; like the sync worker, a client that stops half way through a
-  request does (put a buffering proxy in front of slow clients);
+- a request is served once all of it has arrived: the loop reads what a connection sends without
+  blocking into the parser's buffer, and hands the request over when its headers and its
+  Content-Length body (or final chunk) are there, so a client that sends nothing, or stops half
+  way through a request, never blocks the worker; one that has not sent a whole request within
+  `api_read_timeout_s` of its first byte gets a 408 and is closed;
 - new connections are spread evenly over the workers (`ConnectionBoard`) and taken between
   requests, not once per round;
 - headers go out in the same write as the body (`CoalescingResponse`), and a Content-Length body
@@ -244,6 +246,9 @@ class KeepAliveWorker(ThreadWorker):
     """
 
     ACCEPT_PATIENCE_S = 0.02
+    READ_TIMEOUT_S = 10.0  # settings.api_read_timeout_s: a whole request within this of its first byte
+    MAX_HEAD = 64 * 1024  # request line and headers longer than this: 431
+    READ_CHUNK = 256 * 1024
     ACCEPT_BURST = 64  # new connections taken in one round at most
     MAX_PIPELINED = 16  # requests answered back to back on one connection before the others' turn
     LINGER_S = 2.0  # how long a closing connection with unread input is read before it is closed
@@ -256,6 +261,8 @@ class KeepAliveWorker(ThreadWorker):
         self.board_slot = BOARD.claim()  # in the master, before the fork
         self._waiting_since: float | None = None
         self._forced = False
+        self._partial: dict = {}  # connection with part of a request -> when it must be complete
+        self._max_body = 1 << 20
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -267,6 +274,11 @@ class KeepAliveWorker(ThreadWorker):
         return _NoPool()
 
     def init_process(self):
+        from churnops.settings import get_settings
+
+        s = get_settings()
+        self.READ_TIMEOUT_S = float(s.api_read_timeout_s)
+        self._max_body = int(s.max_body_bytes)
         self._listening = select.poll()
         for listener in self.sockets:
             self._listening.register(listener, select.POLLIN)
@@ -326,6 +338,7 @@ class KeepAliveWorker(ThreadWorker):
                     break
                 self.murder_keepalived()
                 self.murder_pending()
+                self.murder_partial()
                 self._publish()
             # Shutting down: no new connections; kept-alive ones are still answered (with
             # `Connection: close`) until their keep-alive deadline, as gthread does, so a request
@@ -338,6 +351,7 @@ class KeepAliveWorker(ThreadWorker):
                 self._serve_backlog()
                 self.murder_keepalived()
                 self.murder_pending()
+                self.murder_partial()
         finally:
             if self.board_slot is not None:
                 BOARD.release(self.board_slot)
@@ -460,27 +474,133 @@ class KeepAliveWorker(ThreadWorker):
     # its hand-offs. `_idle` holds each one's keep-alive deadline, oldest first.
 
     def enqueue_req(self, conn):
-        """The first request on a new connection (its first bytes have arrived)."""
-        if self._serve(conn):
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
-            self._idle[conn] = time.monotonic() + self.cfg.keepalive
-        else:
-            self._close(conn)
+        """A new connection whose first bytes have arrived: from now on it is served when readable."""
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+        self.on_client_socket_readable(conn, conn.sock)
 
     def on_client_socket_readable(self, conn, client):
-        """The next request on a kept-alive connection (or the client closing it)."""
+        """More bytes (or the client closing): serve the request once all of it is there."""
         self._idle.pop(conn, None)
-        if self._serve(conn):
-            self._idle[conn] = time.monotonic() + self.cfg.keepalive
-        else:
+        whole = self._gather(conn)
+        if whole is None:  # closed, or refused (431) before any answer
+            self._partial.pop(conn, None)
             self.poller.unregister(client)
             self._close(conn)
+            return
+        if whole:
+            self._partial.pop(conn, None)
+            if not self._serve(conn):
+                self.poller.unregister(client)
+                self._close(conn)
+                return
+            if not _read_ahead(conn) or conn in self._backlog:
+                self._idle[conn] = time.monotonic() + self.cfg.keepalive
+                return
+        # part of a request: the clock runs from its first byte
+        self._partial.setdefault(conn, time.monotonic() + self.READ_TIMEOUT_S)
+
+    # ---- reading whole requests without blocking --------------------------------------------
+    def _gather(self, conn) -> bool | None:
+        """Read what the client sent, without blocking, into the parser's buffer.
+
+        True: a whole request is buffered (or the connection is not ours to buffer: TLS, HTTP/2,
+        a body above the size limit, which the app refuses unread); False: wait for more; None:
+        the client closed before a whole request (or it was refused with a 431).
+        """
+        if not conn.initialized:
+            conn.init()  # the parser, and blocking mode for the app's reads
+        if conn.is_http2 or isinstance(conn.sock, ssl.SSLSocket):
+            return True
+        buf = conn.parser.unreader.buf
+        if buf.getbuffer().nbytes:
+            state = self._whole(buf)
+            if state is not False:
+                return state
+        while True:
+            try:
+                data = conn.sock.recv(self.READ_CHUNK, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return None
+            if not data:
+                return None
+            buf.seek(0, os.SEEK_END)
+            buf.write(data)
+            state = self._whole(buf, conn)
+            if state is not False:
+                return state
+
+    def _whole(self, buf, conn=None) -> bool | None:
+        """Whether `buf` holds a whole request (see `_gather`)."""
+        value = buf.getbuffer()
+        size = value.nbytes
+        end = bytes(value[:self.MAX_HEAD + 4]).find(b"\r\n\r\n")
+        if end < 0:
+            if size <= self.MAX_HEAD:
+                return False
+            if conn is not None:
+                self._refuse(conn, 431, "request line and headers larger than %d bytes" % self.MAX_HEAD)
+            return None
+        head = bytes(value[:end]).lower()
+        del value
+        body = end + 4
+        if b"\ntransfer-encoding:" in head:  # chunked: whole once the last (empty) chunk is there
+            rest = buf.getvalue()[body:]
+            return rest.startswith(b"0\r\n") and rest.endswith(b"\r\n\r\n") or b"\r\n0\r\n\r\n" in rest
+        at = head.find(b"\ncontent-length:")
+        if at < 0:
+            return True  # no body
+        stop = head.find(b"\r", at + 16)
+        try:
+            length = int(head[at + 16:stop if stop >= 0 else len(head)])
+        except ValueError:
+            return True  # the parser answers the bad header
+        if length > self._max_body or size >= body + length:
+            return True
+        if conn is not None and b"\nexpect: 100-continue" in head and not getattr(conn, "continued", False):
+            conn.continued = True  # the client waits for this before it sends the body
+            try:
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n", socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        return False
+
+    def _refuse(self, conn, status: int, why: str) -> None:
+        """Answer `status` with a JSON error and `Connection: close`, without blocking."""
+        reason = {408: "Request Timeout", 431: "Request Header Fields Too Large"}.get(status, "Bad Request")
+        body = ('{"error":"%s","details":{"request":"%s"}}' % (reason.lower(), why)).encode()
+        head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                "Connection: close\r\n\r\n" % (status, reason, len(body))).encode()
+        try:
+            conn.sock.send(head + body, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def murder_partial(self) -> None:
+        """A connection that has not sent a whole request within `READ_TIMEOUT_S` gets a 408 and is closed."""
+        if not self._partial:
+            return
+        now = time.monotonic()
+        for conn, deadline in list(self._partial.items()):
+            if deadline > now:
+                break  # oldest first: the rest are later
+            del self._partial[conn]
+            self.log.info("closing a connection from %s: no whole request within %.0f s",
+                          conn.client, self.READ_TIMEOUT_S)
+            self._refuse(conn, 408, "no whole request within %g s" % self.READ_TIMEOUT_S)
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass
+            self._forget(conn)
 
     def _serve(self, conn) -> bool:
         """Answer the waiting request and up to `MAX_PIPELINED` the client sent behind it; True: keep alive.
 
         Requests already read ahead are invisible to the poller, so a connection that still holds
-        some after the cap goes on `_backlog` and is served again in the next round.
+        some after the cap goes on `_backlog` and is served again in the next round; one that holds
+        only part of the next request waits in the poller for the rest.
         """
         for _ in range(self.MAX_PIPELINED):
             try:
@@ -492,6 +612,8 @@ class KeepAliveWorker(ThreadWorker):
                 return False
             if not _read_ahead(conn):
                 return True
+            if not isinstance(conn.sock, ssl.SSLSocket) and self._whole(conn.parser.unreader.buf) is False:
+                return True  # part of the next request: the caller starts its clock
         self._backlog.append(conn)
         return True
 
@@ -577,6 +699,9 @@ class KeepAliveWorker(ThreadWorker):
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now()
+            if getattr(conn, "continued", False):  # `_whole` sent the 100 Continue already
+                conn.continued = False
+                req._expected_100_continue = False
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg,
                                         response_class=CoalescingResponse)
             environ["wsgi.multithread"] = False
