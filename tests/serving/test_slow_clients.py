@@ -5,11 +5,12 @@ after api_read_timeout_s) and with nginx in front (the embedded stack's proxy)."
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,72 @@ def test_expect_100_continue_gets_one_interim_answer(worker_api):
         while chunk := s.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 200 ") and b"100 Continue" not in data
+
+
+# ---- nginx in front (the embedded stack's api-proxy) --------------------------------------------
+
+
+class _OneAtATime(BaseHTTPRequestHandler):
+    """A blocking, single-threaded upstream: any half request that reached it would stop it."""
+
+    protocol_version = "HTTP/1.0"  # one request per connection
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(n)
+        out = json.dumps({"seen": len(body), "xff": self.headers.get("X-Forwarded-For")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def nginx_api(tmp_path_factory):
+    from reporting.webserver import nginx_binary
+
+    if nginx_binary() is None:
+        pytest.skip("nginx not installed (make system-deps installs it)")
+    d = tmp_path_factory.mktemp("nginx-api")
+    upstream = HTTPServer(("127.0.0.1", 0), _OneAtATime)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = free_port()
+    env = {"STATE_DIR": str(d / "state"), "API_PORT": str(port), "API_INTERNAL_PORT": str(upstream.server_address[1]),
+           "API_READ_TIMEOUT_S": str(READ_TIMEOUT_S), "MAX_BODY_BYTES": "20000", "ENV_FILE": "/nonexistent"}
+    srv = Server([sys.executable, "-m", "serving.proxy"], d / "proxy.log", env=env, cwd=ROOT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 30, srv.proc, d / "proxy.log")
+        yield port
+    finally:
+        srv.stop()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_nginx_shields_a_blocking_upstream_from_half_sent_requests(nginx_api):
+    slow = half_body_clients(nginx_api, 2) + half_body_clients(nginx_api, 2, headers_only=True)
+    try:
+        statuses = normal_clients_are_served(nginx_api)
+        assert statuses == [200] * len(statuses)
+        t0 = time.monotonic()
+        for s in slow:  # nginx drops them after its client timeouts; the upstream never saw them
+            assert read_answer(s)[0] in (0, 408)
+        assert time.monotonic() - t0 < READ_TIMEOUT_S + 3
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_nginx_sets_the_client_address_and_answers_json_errors(nginx_api):
+    with socket.create_connection(("127.0.0.1", nginx_api), timeout=10) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
+        status, body = read_answer(s)
+    assert status == 200 and json.loads(body)["xff"] == "127.0.0.1", "a client cannot claim another address"
+    status, body = request(nginx_api, "POST", "/predict", b"x" * 30_000)
+    assert status == 413 and "20000 byte limit" in json.loads(body)["details"]["body"]
