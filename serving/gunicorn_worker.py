@@ -248,7 +248,7 @@ class KeepAliveWorker(ThreadWorker):
     ACCEPT_PATIENCE_S = 0.02
     READ_TIMEOUT_S = 10.0  # settings.api_read_timeout_s: a whole request within this of its first byte
     MAX_HEAD = 64 * 1024  # request line and headers longer than this: 431
-    READ_CHUNK = 256 * 1024
+    READ_CHUNK = 1 << 20  # largest single read of a body still to come
     ACCEPT_BURST = 64  # new connections taken in one round at most
     MAX_PIPELINED = 16  # requests answered back to back on one connection before the others' turn
     LINGER_S = 2.0  # how long a closing connection with unread input is read before it is closed
@@ -516,9 +516,10 @@ class KeepAliveWorker(ThreadWorker):
             state = self._whole(buf)
             if state is not False:
                 return state
+        size = 8192  # recv allocates what it is asked for: small first, then what the body still needs
         while True:
             try:
-                data = conn.sock.recv(self.READ_CHUNK, socket.MSG_DONTWAIT)
+                data = conn.sock.recv(size, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError:
@@ -530,6 +531,7 @@ class KeepAliveWorker(ThreadWorker):
             state = self._whole(buf, conn)
             if state is not False:
                 return state
+            size = max(8192, min(conn.need - buf.tell(), self.READ_CHUNK))
 
     def _whole(self, buf, conn=None) -> bool | None:
         """Whether `buf` holds a whole request (see `_gather`)."""
@@ -538,6 +540,8 @@ class KeepAliveWorker(ThreadWorker):
         end = bytes(value[:self.MAX_HEAD + 4]).find(b"\r\n\r\n")
         if end < 0:
             if size <= self.MAX_HEAD:
+                if conn is not None:
+                    conn.need = 0
                 return False
             if conn is not None:
                 self._refuse(conn, 431, "request line and headers larger than %d bytes" % self.MAX_HEAD)
@@ -546,6 +550,8 @@ class KeepAliveWorker(ThreadWorker):
         del value
         body = end + 4
         if b"\ntransfer-encoding:" in head:  # chunked: whole once the last (empty) chunk is there
+            if conn is not None:
+                conn.need = 0
             rest = buf.getvalue()[body:]
             return rest.startswith(b"0\r\n") and rest.endswith(b"\r\n\r\n") or b"\r\n0\r\n\r\n" in rest
         at = head.find(b"\ncontent-length:")
@@ -558,6 +564,8 @@ class KeepAliveWorker(ThreadWorker):
             return True  # the parser answers the bad header
         if length > self._max_body or size >= body + length:
             return True
+        if conn is not None:
+            conn.need = body + length
         if conn is not None and b"\nexpect: 100-continue" in head and not getattr(conn, "continued", False):
             conn.continued = True  # the client waits for this before it sends the body
             try:
