@@ -535,9 +535,12 @@ class KeepAliveWorker(ThreadWorker):
 
     def _whole(self, buf, conn=None) -> bool | None:
         """Whether `buf` holds a whole request (see `_gather`)."""
-        value = buf.getbuffer()
-        size = value.nbytes
-        end = bytes(value[:self.MAX_HEAD + 4]).find(b"\r\n\r\n")
+        with buf.getbuffer() as value:
+            size = value.nbytes
+            raw = bytes(value[:self.MAX_HEAD + 4]) if size > self.MAX_HEAD + 4 else None
+        if raw is None:
+            raw = buf.getvalue()
+        end = raw.find(b"\r\n\r\n")
         if end < 0:
             if size <= self.MAX_HEAD:
                 if conn is not None:
@@ -546,8 +549,7 @@ class KeepAliveWorker(ThreadWorker):
             if conn is not None:
                 self._refuse(conn, 431, "request line and headers larger than %d bytes" % self.MAX_HEAD)
             return None
-        head = bytes(value[:end]).lower()
-        del value
+        head = raw[:end].lower()
         body = end + 4
         if b"\ntransfer-encoding:" in head:  # chunked: whole once the last (empty) chunk is there
             if conn is not None:
