@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 9696
     api_workers: int = 2
+    # a request's headers and body must arrive within this many seconds of its first byte, else the
+    # keep-alive worker answers 408 and closes (a slow client never holds a worker)
+    api_read_timeout_s: float = 10.0
+    # embedded stack: nginx in front of the API on api_port when installed ("off": gunicorn there)
+    api_proxy: Literal["auto", "off"] = "auto"
+    api_internal_port: int = 9695            # gunicorn's loopback port behind nginx
     admin_token: str = "change-me-local-admin"
     canary_fraction: float = 0.0
     unknown_category: Literal["reject", "unknown"] = "reject"

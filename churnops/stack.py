@@ -83,13 +83,41 @@ def programs(s: Settings) -> list[Program]:
         progs.append(Program("reports", [str(BIN / "python"), "-m", "reporting.webserver"], s.reports_port,
                              f"http://127.0.0.1:{s.reports_port}/", group="monitor"))
     if find_spec("serving.gunicorn_conf") is not None:
-        progs.append(Program("api", [str(BIN / "gunicorn"), "-c", "python:serving.gunicorn_conf", "serving.wsgi:app"],
-                             s.api_port, f"http://127.0.0.1:{s.api_port}/health", autostart=False, group="serve",
-                             stopwaitsecs=35))  # gunicorn's graceful_timeout is 30 s
+        proxy = _api_proxy(s)
+        if proxy is not None:  # nginx on the public port, gunicorn behind it on a loopback port
+            internal = s.api_internal_port
+            progs.append(Program("api", [str(BIN / "gunicorn"), "-c", "python:serving.gunicorn_conf", "serving.wsgi:app"],
+                                 internal, f"http://127.0.0.1:{internal}/health", autostart=False, group="serve",
+                                 env={"GUNICORN_BIND": proxy}, stopwaitsecs=35))  # gunicorn's graceful_timeout is 30 s
+            progs.append(Program(API_PROXY, [str(BIN / "python"), "-m", "serving.proxy"], s.api_port,
+                                 f"http://127.0.0.1:{s.api_port}/health", autostart=False, group="serve"))
+        else:
+            progs.append(Program("api", [str(BIN / "gunicorn"), "-c", "python:serving.gunicorn_conf", "serving.wsgi:app"],
+                                 s.api_port, f"http://127.0.0.1:{s.api_port}/health", autostart=False, group="serve",
+                                 stopwaitsecs=35))  # gunicorn's graceful_timeout is 30 s
     if find_spec("serving.consumer") is not None:
         progs.append(Program("consumer", [str(BIN / "python"), "-m", "serving.consumer"], None, None,
                              autostart=False, group="serve"))
     return progs
+
+
+API_PROXY = "api-proxy"
+
+
+def _api_proxy(s: Settings) -> str | None:
+    """gunicorn's bind address behind nginx when the API gets the proxy (nginx installed), else None."""
+    if find_spec("serving.proxy") is None:
+        return None
+    from serving.proxy import proxy_enabled, upstream_bind
+
+    return upstream_bind(s) if proxy_enabled(s) else None
+
+
+def with_proxy(s: Settings, names: list[str], stopping: bool = False) -> list[str]:
+    """`api` means the API and its nginx proxy (when the stack runs one): started after it, stopped before."""
+    if "api" not in names or API_PROXY in names or not any(p.name == API_PROXY for p in programs(s)):
+        return names
+    return [API_PROXY, *names] if stopping else [*names, API_PROXY]
 
 
 def paths(s: Settings) -> dict[str, Path]:
@@ -380,6 +408,7 @@ def start(s: Settings, names: list[str], timeout: float = 120) -> int:
     paths(s)["conf"].write_text(render_config(s))
     _ctl(s, "reread")
     _ctl(s, "update")
+    names = with_proxy(s, names)
     for n in names:
         _ctl(s, "stop", n)  # restart = stop + start; "not running" from stop is not an error here
         out = _ctl(s, "start", n)
@@ -393,7 +422,7 @@ def start(s: Settings, names: list[str], timeout: float = 120) -> int:
 
 def stop(s: Settings, names: list[str]) -> int:
     if supervisor_running(s):
-        for n in names:
+        for n in with_proxy(s, names, stopping=True):
             print(_ctl(s, "stop", n).stdout.strip())
     return 0
 

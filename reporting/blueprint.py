@@ -4,15 +4,18 @@
   prediction drift, realized performance by model version and route, window and n.
 * `GET /drift/metrics` — the same numbers as Prometheus text (scrape job `churn-drift`).
 
-Results are cached per process for `drift_cache_s` seconds; each computation also sets the
-multiprocess-safe gauges of `reporting.metrics` shown by the API's `/metrics`.
+Results are cached per process for `drift_cache_s` seconds, in a small LRU of `CACHE_ENTRIES`
+windows (`hours` must be a finite number in (0, 2160]: other values are a 422); each computation
+also sets the multiprocess-safe gauges of `reporting.metrics` shown by the API's `/metrics`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import OrderedDict
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -20,7 +23,9 @@ log = logging.getLogger(__name__)
 
 drift_blueprint = Blueprint("drift", __name__, url_prefix="/drift")
 
-_CACHE: dict[tuple[int, float], tuple[float, dict]] = {}
+CACHE_ENTRIES = 8  # distinct (store, hours) windows kept; the least recently used goes first
+MAX_HOURS = 24 * 90
+_CACHE: OrderedDict[tuple[int, float], tuple[float, dict]] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -70,6 +75,7 @@ def _compute(hours: float) -> dict:
     with _LOCK:
         hit = _CACHE.get(key)
         if hit and time.monotonic() - hit[0] < s.drift_cache_s:
+            _CACHE.move_to_end(key)
             return hit[1]
     result = live_drift(store, s, contract, hours)
     try:
@@ -79,8 +85,19 @@ def _compute(hours: float) -> dict:
     except Exception:  # metrics never break the endpoint
         log.exception("could not update drift gauges")
     with _LOCK:
-        _CACHE[key] = (time.monotonic(), result)
+        _remember(key, result, s.drift_cache_s)
     return result
+
+
+def _remember(key: tuple[int, float], result: dict, ttl_s: float) -> None:
+    """Cache `result` (under `_LOCK`): expired entries go, then the least recently used beyond the bound."""
+    now = time.monotonic()
+    _CACHE[key] = (now, result)
+    _CACHE.move_to_end(key)
+    for k in [k for k, (t, _) in _CACHE.items() if now - t >= ttl_s]:
+        del _CACHE[k]
+    while len(_CACHE) > CACHE_ENTRIES:
+        _CACHE.popitem(last=False)
 
 
 def _hours() -> float:
@@ -90,9 +107,12 @@ def _hours() -> float:
     if raw is None:
         st = current_app.extensions.get("churn")
         return float((st.settings if st else get_settings()).report_window_hours)
-    hours = float(raw)
-    if not 0 < hours <= 24 * 90:
-        raise ValueError("hours must be in (0, 2160]")
+    try:
+        hours = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number of hours, got {raw[:40]!r}") from None
+    if not math.isfinite(hours) or not 0 < hours <= MAX_HOURS:
+        raise ValueError(f"expected a finite number of hours in (0, {MAX_HOURS}], got {raw[:40]!r}")
     return hours
 
 
@@ -116,7 +136,11 @@ def drift_metrics():
     from reporting.metrics import drift_exposition
 
     try:
-        body = drift_exposition(_compute(_hours()))
+        hours = _hours()
+    except ValueError as exc:
+        return Response(f"# invalid query: hours: {exc}\n", status=422, content_type="text/plain; charset=utf-8")
+    try:
+        body = drift_exposition(_compute(hours))
     except Exception as exc:
         log.exception("drift metrics failed")
         return Response(f"# drift unavailable: {type(exc).__name__}\n", status=503, content_type=CONTENT_TYPE_LATEST)

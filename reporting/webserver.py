@@ -95,7 +95,17 @@ class ReportsHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    MAX_PATH = 4096  # bytes of request target; longer is a 414 (no file path is that long)
+
     def resolve(self) -> tuple[Path | None, int]:
+        if len(self.path) > self.MAX_PATH:
+            return None, 414
+        try:
+            return self._resolve()
+        except OSError:  # a name longer than the file system allows (ENAMETOOLONG), and the like
+            return None, 404
+
+    def _resolve(self) -> tuple[Path | None, int]:
         raw = urlsplit(self.path).path
         path = unquote(raw)
         if "\x00" in path or "\\" in path or not path.startswith("/"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import hmac
 import logging
+import math
 import os
 import time
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from churnops.contract import load_contract
@@ -29,6 +31,7 @@ from serving.inference import (
     batch_items,
     check_row,
     dumps,
+    json_text,
     log_record,
     parse_json,
     predict_rows,
@@ -77,13 +80,28 @@ def _err(status: int, error: str, details: dict | None = None) -> tuple[Response
     return jsonify({"error": error, "details": details or {}}), status
 
 
+class FiniteJSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider, writing null for NaN/Infinity so that every answer is valid JSON."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        kwargs.setdefault("default", self.default)
+        kwargs.setdefault("ensure_ascii", self.ensure_ascii)
+        kwargs.setdefault("sort_keys", self.sort_keys)
+        return json_text(obj, **kwargs)
+
+
 def _parse_time(name: str, value: str | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        x = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(x):
+            raise BadInput("invalid query parameter", {name: f"expected a finite time, got {value[:40]!r}"},
+                           "invalid_query", 422)
+        return x
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -113,9 +131,11 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             models.start_background()
 
     app = Flask(__name__)
+    app.json = FiniteJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = s.max_body_bytes
     app.json.sort_keys = False
     app.extensions["churn"] = state
+    app.ready_check = lambda: models.current is not None  # type: ignore[attr-defined]  # read by the worker
 
     # ---- errors: always JSON, never a stack trace ----------------------------------------------
     @app.errorhandler(BadInput)

@@ -39,6 +39,13 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = "churn-api"
 
+# gunicorn's control socket (`gunicornc`) defaults to one path per user ($XDG_RUNTIME_DIR or
+# ~/.gunicorn/gunicorn.ctl), shared by every gunicorn on the host: each instance would take over
+# (or remove) the others'. Ours lives in the state folder; a path too long for a Unix socket
+# (108 bytes) turns it off rather than falling back to the shared one.
+control_socket = str(_s.state_dir.resolve() / "gunicorn.ctl")
+control_socket_disable = len(control_socket.encode()) > 100
+
 
 def on_starting(server):
     shutil.rmtree(_prom, ignore_errors=True)

@@ -10,9 +10,11 @@ CPU. This worker is gthread's event loop with the pool taken out:
 
 - the loop waits on the listeners and on kept-alive connections, and serves a readable
   connection inline; connections stay registered (and blocking) between requests;
-- a new connection is served once its first bytes arrive, so a client that connects and sends
-  nothing never blocks the worker; like the sync worker, a client that stops half way through a
-  request does (put a buffering proxy in front of slow clients);
+- a request is served once all of it has arrived: the loop reads what a connection sends without
+  blocking into the parser's buffer, and hands the request over when its headers and its
+  Content-Length body (or final chunk) are there, so a client that sends nothing, or stops half
+  way through a request, never blocks the worker; one that has not sent a whole request within
+  `api_read_timeout_s` of its first byte gets a 408 and is closed;
 - new connections are spread evenly over the workers (`ConnectionBoard`) and taken between
   requests, not once per round;
 - headers go out in the same write as the body (`CoalescingResponse`), and a Content-Length body
@@ -151,8 +153,10 @@ class ConnectionBoard:
 
     def __init__(self, slots: int = 64):
         self.slots = slots
-        self._mem = mmap.mmap(-1, 16 * slots + 8)  # anonymous and shared: inherited across fork
-        self._cells = memoryview(self._mem).cast("q")  # [pid, connections] per slot, then slots ever used
+        self._mem = mmap.mmap(-1, 24 * slots + 8)  # anonymous and shared: inherited across fork
+        view = memoryview(self._mem)
+        self._cells = view[:16 * slots + 8].cast("q")  # [pid, connections] per slot, then slots ever used
+        self._ready = view[16 * slots + 8:].cast("q")  # per slot: 1 once that worker's app is ready
         self._reserved: dict[int, float] = {}  # master only: slot -> when handed out (pid -1)
 
     def claim(self) -> int | None:
@@ -164,6 +168,7 @@ class ConnectionBoard:
                     or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60))  # never started
             if free:
                 self._cells[2 * slot], self._cells[2 * slot + 1] = -1, 0
+                self._ready[slot] = 0
                 self._reserved[slot] = now
                 self._cells[2 * self.slots] = max(self._cells[2 * self.slots], slot + 1)
                 return slot
@@ -174,7 +179,20 @@ class ConnectionBoard:
         self._cells[2 * slot] = pid
 
     def release(self, slot: int) -> None:
+        self._ready[slot] = 0
         self._cells[2 * slot], self._cells[2 * slot + 1] = 0, 0
+
+    def set_ready(self, slot: int, pid: int) -> None:
+        """`pid`, in `slot`, has its app ready (its model loaded); it may not take connections yet."""
+        self._ready[slot] = pid
+
+    def ready_elsewhere(self, slot: int) -> bool:
+        """Another live worker has its app ready: a worker still loading can leave connections to it."""
+        for other in range(self.slots):
+            pid = self._ready[other]
+            if other != slot and pid > 0 and _alive(pid):
+                return True
+        return False
 
     def publish(self, slot: int, connections: int) -> None:
         self._cells[2 * slot + 1] = connections
@@ -228,6 +246,9 @@ class KeepAliveWorker(ThreadWorker):
     """
 
     ACCEPT_PATIENCE_S = 0.02
+    READ_TIMEOUT_S = 10.0  # settings.api_read_timeout_s: a whole request within this of its first byte
+    MAX_HEAD = 64 * 1024  # request line and headers longer than this: 431
+    READ_CHUNK = 1 << 20  # largest single read of a body still to come
     ACCEPT_BURST = 64  # new connections taken in one round at most
     MAX_PIPELINED = 16  # requests answered back to back on one connection before the others' turn
     LINGER_S = 2.0  # how long a closing connection with unread input is read before it is closed
@@ -240,6 +261,8 @@ class KeepAliveWorker(ThreadWorker):
         self.board_slot = BOARD.claim()  # in the master, before the fork
         self._waiting_since: float | None = None
         self._forced = False
+        self._partial: dict = {}  # connection with part of a request -> when it must be complete
+        self._max_body = 1 << 20
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -251,14 +274,57 @@ class KeepAliveWorker(ThreadWorker):
         return _NoPool()
 
     def init_process(self):
+        from churnops.settings import get_settings
+
+        s = get_settings()
+        self.READ_TIMEOUT_S = float(s.api_read_timeout_s)
+        self._max_body = int(s.max_body_bytes)
         self._listening = select.poll()
         for listener in self.sockets:
             self._listening.register(listener, select.POLLIN)
         super().init_process()  # loads the app, then run()
 
+    # ---- readiness -----------------------------------------------------------------------
+    # The app loads its model in the background (serving/app.py); until it has, every request
+    # would get a 503. A worker whose app is not ready yet (`app.ready_check()` False) takes no
+    # connection while a ready sibling can answer it: the listeners stay with the siblings (a
+    # replacement of a killed worker waits out its model load this way). When no worker is ready
+    # (the first start, or the model cannot be loaded anywhere), every worker takes connections
+    # and answers them itself (a 503 naming the reason, /health), rather than leave them unanswered.
+    _ready = False
+
+    def _app_ready(self) -> bool:
+        """The app says it can serve (checked until it does once; then a plain attribute)."""
+        if not self._ready:
+            check = getattr(self.wsgi, "ready_check", None)
+            if check is None or check():
+                self._ready = True
+                if self.board_slot is not None:
+                    BOARD.set_ready(self.board_slot, os.getpid())
+                self.log.info("worker %s ready: taking connections", os.getpid())
+        return self._ready
+
+    def _leave_to_siblings(self) -> bool:
+        """Not ready while a ready sibling is: take no connections."""
+        return not self._app_ready() and self.board_slot is not None and BOARD.ready_elsewhere(self.board_slot)
+
+    def _wait_until_ready(self) -> None:
+        """Before the loop: stay off the listeners (and off the board) while loading and a sibling is ready."""
+        logged = False
+        while self.alive and self._leave_to_siblings():
+            if not logged:
+                self.log.info("worker %s loading: its siblings take the connections meanwhile", os.getpid())
+                logged = True
+            self.notify()
+            if not self.is_parent_alive():
+                self.alive = False
+                break
+            time.sleep(0.05)
+
     # ---- the loop ------------------------------------------------------------------------
     def run(self):
-        if self.board_slot is not None:  # on the board once the app is loaded, not while it loads
+        self._wait_until_ready()
+        if self.board_slot is not None:  # on the board once it takes connections, not while it loads
             BOARD.start(self.board_slot, os.getpid())
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
         try:
@@ -272,6 +338,7 @@ class KeepAliveWorker(ThreadWorker):
                     break
                 self.murder_keepalived()
                 self.murder_pending()
+                self.murder_partial()
                 self._publish()
             # Shutting down: no new connections; kept-alive ones are still answered (with
             # `Connection: close`) until their keep-alive deadline, as gthread does, so a request
@@ -284,6 +351,7 @@ class KeepAliveWorker(ThreadWorker):
                 self._serve_backlog()
                 self.murder_keepalived()
                 self.murder_pending()
+                self.murder_partial()
         finally:
             if self.board_slot is not None:
                 BOARD.release(self.board_slot)
@@ -302,6 +370,9 @@ class KeepAliveWorker(ThreadWorker):
 
     def _should_accept(self) -> bool:
         """Listen for new connections while this worker is no busier than the least busy sibling."""
+        if not self._ready and self._leave_to_siblings():  # took connections when none was ready
+            self._waiting_since = None
+            return False
         if self._fair():
             self._waiting_since = None
             return True
@@ -403,27 +474,143 @@ class KeepAliveWorker(ThreadWorker):
     # its hand-offs. `_idle` holds each one's keep-alive deadline, oldest first.
 
     def enqueue_req(self, conn):
-        """The first request on a new connection (its first bytes have arrived)."""
-        if self._serve(conn):
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
-            self._idle[conn] = time.monotonic() + self.cfg.keepalive
-        else:
-            self._close(conn)
+        """A new connection whose first bytes have arrived: from now on it is served when readable."""
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
+        self.on_client_socket_readable(conn, conn.sock)
 
     def on_client_socket_readable(self, conn, client):
-        """The next request on a kept-alive connection (or the client closing it)."""
+        """More bytes (or the client closing): serve the request once all of it is there."""
         self._idle.pop(conn, None)
-        if self._serve(conn):
-            self._idle[conn] = time.monotonic() + self.cfg.keepalive
-        else:
+        whole = self._gather(conn)
+        if whole is None:  # closed, or refused (431) before any answer
+            self._partial.pop(conn, None)
             self.poller.unregister(client)
             self._close(conn)
+            return
+        if whole:
+            self._partial.pop(conn, None)
+            if not self._serve(conn):
+                self.poller.unregister(client)
+                self._close(conn)
+                return
+            if not _read_ahead(conn) or conn in self._backlog:
+                self._idle[conn] = time.monotonic() + self.cfg.keepalive
+                return
+        # part of a request: the clock runs from its first byte
+        self._partial.setdefault(conn, time.monotonic() + self.READ_TIMEOUT_S)
+
+    # ---- reading whole requests without blocking --------------------------------------------
+    def _gather(self, conn) -> bool | None:
+        """Read what the client sent, without blocking, into the parser's buffer.
+
+        True: a whole request is buffered (or the connection is not ours to buffer: TLS, HTTP/2,
+        a body above the size limit, which the app refuses unread); False: wait for more; None:
+        the client closed before a whole request (or it was refused with a 431).
+        """
+        if not conn.initialized:
+            conn.init()  # the parser, and blocking mode for the app's reads
+        if conn.is_http2 or isinstance(conn.sock, ssl.SSLSocket):
+            return True
+        buf = conn.parser.unreader.buf
+        if buf.getbuffer().nbytes:
+            state = self._whole(buf)
+            if state is not False:
+                return state
+        size = 8192  # recv allocates what it is asked for: small first, then what the body still needs
+        while True:
+            try:
+                data = conn.sock.recv(size, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return None
+            if not data:
+                return None
+            buf.seek(0, os.SEEK_END)
+            buf.write(data)
+            state = self._whole(buf, conn)
+            if state is not False:
+                return state
+            size = max(8192, min(conn.need - buf.tell(), self.READ_CHUNK))
+
+    def _whole(self, buf, conn=None) -> bool | None:
+        """Whether `buf` holds a whole request (see `_gather`)."""
+        with buf.getbuffer() as value:
+            size = value.nbytes
+            raw = bytes(value[:self.MAX_HEAD + 4]) if size > self.MAX_HEAD + 4 else None
+        if raw is None:
+            raw = buf.getvalue()
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            if size <= self.MAX_HEAD:
+                if conn is not None:
+                    conn.need = 0
+                return False
+            if conn is not None:
+                self._refuse(conn, 431, "request line and headers larger than %d bytes" % self.MAX_HEAD)
+            return None
+        head = raw[:end].lower()
+        body = end + 4
+        if b"\ntransfer-encoding:" in head:  # chunked: whole once the last (empty) chunk is there
+            if conn is not None:
+                conn.need = 0
+            rest = buf.getvalue()[body:]
+            return rest.startswith(b"0\r\n") and rest.endswith(b"\r\n\r\n") or b"\r\n0\r\n\r\n" in rest
+        at = head.find(b"\ncontent-length:")
+        if at < 0:
+            return True  # no body
+        stop = head.find(b"\r", at + 16)
+        try:
+            length = int(head[at + 16:stop if stop >= 0 else len(head)])
+        except ValueError:
+            return True  # the parser answers the bad header
+        if length > self._max_body or size >= body + length:
+            return True
+        if conn is not None:
+            conn.need = body + length
+        if conn is not None and b"\nexpect: 100-continue" in head and not getattr(conn, "continued", False):
+            conn.continued = True  # the client waits for this before it sends the body
+            try:
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n", socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        return False
+
+    def _refuse(self, conn, status: int, why: str) -> None:
+        """Answer `status` with a JSON error and `Connection: close`, without blocking."""
+        reason = {408: "Request Timeout", 431: "Request Header Fields Too Large"}.get(status, "Bad Request")
+        body = ('{"error":"%s","details":{"request":"%s"}}' % (reason.lower(), why)).encode()
+        head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                "Connection: close\r\n\r\n" % (status, reason, len(body))).encode()
+        try:
+            conn.sock.send(head + body, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def murder_partial(self) -> None:
+        """A connection that has not sent a whole request within `READ_TIMEOUT_S` gets a 408 and is closed."""
+        if not self._partial:
+            return
+        now = time.monotonic()
+        for conn, deadline in list(self._partial.items()):
+            if deadline > now:
+                break  # oldest first: the rest are later
+            del self._partial[conn]
+            self.log.info("closing a connection from %s: no whole request within %.0f s",
+                          conn.client, self.READ_TIMEOUT_S)
+            self._refuse(conn, 408, "no whole request within %g s" % self.READ_TIMEOUT_S)
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass
+            self._forget(conn)
 
     def _serve(self, conn) -> bool:
         """Answer the waiting request and up to `MAX_PIPELINED` the client sent behind it; True: keep alive.
 
         Requests already read ahead are invisible to the poller, so a connection that still holds
-        some after the cap goes on `_backlog` and is served again in the next round.
+        some after the cap goes on `_backlog` and is served again in the next round; one that holds
+        only part of the next request waits in the poller for the rest.
         """
         for _ in range(self.MAX_PIPELINED):
             try:
@@ -435,6 +622,8 @@ class KeepAliveWorker(ThreadWorker):
                 return False
             if not _read_ahead(conn):
                 return True
+            if not isinstance(conn.sock, ssl.SSLSocket) and self._whole(conn.parser.unreader.buf) is False:
+                return True  # part of the next request: the caller starts its clock
         self._backlog.append(conn)
         return True
 
@@ -520,6 +709,9 @@ class KeepAliveWorker(ThreadWorker):
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now()
+            if getattr(conn, "continued", False):  # `_whole` sent the 100 Continue already
+                conn.continued = False
+                req._expected_100_continue = False
             resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg,
                                         response_class=CoalescingResponse)
             environ["wsgi.multithread"] = False
@@ -537,6 +729,8 @@ class KeepAliveWorker(ThreadWorker):
                 resp.force_close()
             elif self._crowded():
                 resp.force_close()  # the client reconnects, and the least busy worker takes it
+            elif not self._ready:
+                resp.force_close()  # answered while loading: the reconnection may find a ready sibling
 
             respiter = self.wsgi(environ, resp.start_response)
             try:

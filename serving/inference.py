@@ -7,6 +7,7 @@ the encoder's pure-Python `transform_records` into one float32 matrix per model.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -26,13 +27,34 @@ except ImportError:  # pragma: no cover
 
 
 def dumps(obj) -> bytes:
-    """JSON bytes of a response body."""
+    """JSON bytes of a response body (non-finite numbers become null: NaN is not JSON)."""
     if _orjson is not None:
         try:
-            return _orjson.dumps(obj)
+            return _orjson.dumps(obj)  # writes null for NaN/Infinity
         except TypeError:
             pass
-    return json.dumps(obj, default=str).encode()
+    return json_text(obj, default=str).encode()
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every NaN/Infinity float (in dicts, lists, tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, **kwargs) -> str:
+    """`json.dumps` that never writes NaN/Infinity tokens (they become null); a retry only when present."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError as exc:
+        if "JSON compliant" not in str(exc):
+            raise
+        return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 class BadInput(ValueError):
@@ -50,17 +72,30 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON (non-finite numbers are rejected)")
 
 
+MAX_JSON_DEPTH = 1024  # orjson's nesting limit; the stdlib fallback stops at the interpreter's stack
+
+
+def _too_deep() -> BadInput:
+    return BadInput("body is not acceptable JSON", {"body": f"nested deeper than {MAX_JSON_DEPTH} levels"},
+                    "too_deep", 400)
+
+
 def parse_json(raw: bytes | str) -> Any:
-    """Strict JSON: empty body, invalid JSON and NaN/Infinity raise `BadInput` (400)."""
+    """Strict JSON: empty body, invalid JSON, NaN/Infinity and nesting deeper than `MAX_JSON_DEPTH`
+    raise `BadInput` (400)."""
     if raw is None or (isinstance(raw, (bytes, str)) and not raw.strip()):
         raise BadInput("empty body", {"body": "expected a JSON document, got an empty body"}, "empty_body", 400)
     if _orjson is not None:
         try:
             return _orjson.loads(raw)  # strict: rejects NaN/Infinity; fast path only
-        except Exception:
-            pass  # re-parse below for a descriptive message (or a value orjson cannot hold)
+        except Exception as exc:
+            if "depth limit" in str(exc):  # orjson's nesting limit: the stdlib would recurse
+                raise _too_deep() from exc
+            # otherwise re-parse below for a descriptive message (or a value orjson cannot hold)
     try:
         return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError as exc:  # nesting deeper than the interpreter's stack
+        raise _too_deep() from exc
     except UnicodeDecodeError as exc:
         raise BadInput("body is not UTF-8 JSON", {"body": str(exc)[:200]}, "invalid_json", 400) from exc
     except ValueError as exc:

@@ -56,3 +56,39 @@ def test_insufficient_data(settings_factory, monkeypatch):
     app = create_app(settings_factory(), store=MemoryStore(), start_background=False)
     body = app.test_client().get("/drift/report?hours=1").get_json()
     assert body["status"] == "insufficient_data" and body["n"] == 0
+
+
+def test_drift_cache_is_a_bounded_lru_with_ttl(client, monkeypatch):
+    """One entry per distinct `hours=` value forever was a memory leak: the cache keeps at most
+    CACHE_ENTRIES windows, the least recently used goes first, expired ones go on the next insert."""
+    import reporting.blueprint as bp
+
+    computed: list[float] = []
+
+    def fake(store, settings, contract, hours, now=None, reference=None):
+        computed.append(hours)
+        return {"n": 0, "status": "insufficient_data", "window": {"hours": hours}}
+
+    monkeypatch.setattr(bp, "live_drift", fake)
+    bp._CACHE.clear()
+    for i in range(1, 200):
+        assert client.get(f"/drift/report?hours={i / 7}").status_code == 200
+        if i % 3 == 0:  # hours=1/7 stays in use: the least recently used are evicted, not it
+            client.get(f"/drift/report?hours={1 / 7}")
+    assert len(bp._CACHE) == bp.CACHE_ENTRIES
+    assert (1 / 7) in {h for _, h in bp._CACHE}
+    assert computed.count(1 / 7) == 1, "a cached window is not recomputed"
+    monkeypatch.setattr(bp.time, "monotonic", lambda real=bp.time.monotonic: real() + 3600)
+    client.get("/drift/report?hours=5")
+    assert [h for _, h in bp._CACHE] == [5.0], "expired windows are dropped on the next insert"
+
+
+@pytest.mark.parametrize("hours", ["nan", "inf", "1e400", "-1", "0", "2161", "abc"])
+def test_drift_hours_out_of_range_is_422_naming_hours(client, hours):
+    import json
+
+    r = client.get(f"/drift/report?hours={hours}")
+    assert r.status_code == 422
+    assert "hours" in json.loads(r.data)["details"]
+    m = client.get(f"/drift/metrics?hours={hours}")
+    assert m.status_code == 422 and "hours" in m.get_data(as_text=True)

@@ -115,3 +115,19 @@ def test_nginx_config_and_rules(site):
         os.killpg(proc.pid, 15)
         proc.wait(10)
         assert not pid_file.exists() or proc.returncode is not None
+
+
+@pytest.mark.parametrize("path, expected", [("/" + "a" * 60_000, 414), ("/" + "b" * 300 + ".html", 404),
+                                            ("/" + "c/" * 3000, 414)])
+def test_python_fallback_answers_long_paths_cleanly(site, path, expected):
+    """A 60 KB path (or one name longer than the file system allows) got no answer and a trace."""
+    srv = python_server(site / "reports", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        status, headers, _ = raw_get(port, path)
+        assert status == expected
+        assert raw_get(port, "/")[0] == 200, "still serving"
+    finally:
+        srv.shutdown()
+        srv.server_close()

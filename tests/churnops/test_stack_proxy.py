@@ -1,0 +1,55 @@
+"""The embedded stack puts nginx in front of the API when nginx is installed (issue 13, item 7)."""
+
+from __future__ import annotations
+
+import pytest
+
+from churnops.settings import Settings
+from reporting.webserver import nginx_binary
+
+
+def settings(tmp_path, **over) -> Settings:
+    return Settings(**{"state_dir": tmp_path, "api_port": 9696, "api_internal_port": 9695, "_env_file": None, **over})
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make system-deps installs it)")
+def test_nginx_takes_the_public_port_and_gunicorn_moves_to_loopback(tmp_path):
+    from churnops.stack import programs, render_config, with_proxy
+
+    progs = {p.name: p for p in programs(settings(tmp_path))}
+    proxy, api = progs["api-proxy"], progs["api"]
+    assert proxy.port == 9696 and proxy.health == "http://127.0.0.1:9696/health" and proxy.group == "serve"
+    assert api.port == 9695 and api.env["GUNICORN_BIND"] == "127.0.0.1:9695"
+    conf = render_config(settings(tmp_path))
+    assert "[program:api-proxy]" in conf and 'GUNICORN_BIND="127.0.0.1:9695"' in conf
+    s = settings(tmp_path)
+    assert with_proxy(s, ["api", "consumer"]) == ["api", "consumer", "api-proxy"], "proxy started after the API"
+    assert with_proxy(s, ["api", "consumer"], stopping=True) == ["api-proxy", "api", "consumer"]
+    assert with_proxy(s, ["consumer"]) == ["consumer"]
+
+
+def test_without_the_proxy_gunicorn_keeps_the_public_port(tmp_path):
+    from churnops.stack import programs, with_proxy
+
+    s = settings(tmp_path, api_proxy="off")
+    progs = {p.name: p for p in programs(s)}
+    assert "api-proxy" not in progs
+    assert progs["api"].port == 9696 and "GUNICORN_BIND" not in progs["api"].env
+    assert with_proxy(s, ["api", "consumer"]) == ["api", "consumer"]
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make system-deps installs it)")
+def test_rendered_proxy_config_passes_nginx_t(tmp_path):
+    import subprocess
+
+    from reporting.webserver import nginx_args
+    from serving.proxy import render_config
+
+    conf = render_config(settings(tmp_path, api_read_timeout_s=2.5, max_body_bytes=12345))
+    text = conf.read_text()
+    assert "listen 127.0.0.1:9696" in text and "server 127.0.0.1:9695;" in text
+    assert "client_body_timeout   3s;" in text and "client_max_body_size    12345;" in text
+    r = subprocess.run(nginx_args(conf) + ["-t"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "[warn]" not in r.stderr, r.stderr
+    with pytest.raises(ValueError, match="API_INTERNAL_PORT"):
+        render_config(settings(tmp_path, api_internal_port=9696))
