@@ -273,7 +273,8 @@ class SQLiteStore(PredictionStore):
     def add_feedback(self, request_id: str, outcome: int, ts: float) -> None:
         self._run(lambda c: c.execute(
             "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts",
+            "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
+            "WHERE excluded.ts >= feedback.ts",
             (str(request_id), str(request_id), int(outcome), float(ts))))
 
     def add_feedback_many(self, items: list[dict]) -> None:
@@ -287,7 +288,8 @@ class SQLiteStore(PredictionStore):
             try:
                 conn.executemany(
                     "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts", rows)
+                    "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
+                    "WHERE excluded.ts >= feedback.ts", rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -328,6 +330,10 @@ class SQLiteStore(PredictionStore):
     def list_reports(self, limit: int = 100) -> list[dict]:
         return self._run(lambda c: [json.loads(d) for (d,) in c.execute(
             "SELECT doc FROM reports ORDER BY ts DESC, _id DESC LIMIT ?", (int(limit),)).fetchall()])
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Locked, busy, disk full, cannot open: the file, not the records (OperationalError)."""
+        return isinstance(exc, sqlite3.OperationalError) or super().is_unavailable(exc)
 
     def ping(self) -> bool:
         try:

@@ -97,7 +97,7 @@ def test_http_requests_never_fail_while_store_down(serving_settings, bundles):
         assert post(c, "/predict", {"request_id": f"h{i}", "features": example()}).status_code == 200
     state.plog.close()
     state.plog.replay()
-    assert sorted(r["_id"] for r in inner.find_predictions()) == sorted(f"h{i}" for i in range(40))
+    assert sorted(r["request_id"] for r in inner.find_predictions()) == sorted(f"h{i}" for i in range(40))
     assert inner.find_feedback(["h1"])[0]["outcome"] == 1
 
 
