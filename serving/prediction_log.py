@@ -248,6 +248,7 @@ class PredictionLog:
         seg.dirty = True
         self._seg = None
         self._q.append((_MARK, seg, None))
+        self._spool_used += seg.bytes
         return None
 
     def submit(self, record: dict) -> None:
@@ -288,6 +289,7 @@ class PredictionLog:
     def start(self) -> "PredictionLog":
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
+            reclaim_orphans(self.spool_dir)  # e.g. the journal of the worker this one replaces
             self._scan_spool()
             self._rotate()
             self._thread = threading.Thread(target=self._loop, name="prediction-log", daemon=True)
@@ -304,6 +306,7 @@ class PredictionLog:
             seg, self._seg = self._seg, None
             if seg is not None:
                 self._q.append((_MARK, seg, None))
+                self._spool_used += seg.bytes
         self._drain()
 
     def flush(self) -> None:
@@ -337,6 +340,7 @@ class PredictionLog:
             old, self._seg = self._seg, new
             if old is not None:
                 self._q.append((_MARK, old, None))
+                self._spool_used += old.bytes  # on disk until its marker is reached
 
     def _end_segment(self, seg: _Segment) -> None:
         """Every record of `seg` is handled: delete it, or keep it as a spool file when some record
@@ -348,9 +352,9 @@ class PredictionLog:
                 os.fsync(seg.fd)
                 os.rename(seg.path, seg.path.with_suffix(".jsonl"))
                 _fsync_dir(self.spool_dir)
-                self._spool_used += seg.bytes
             else:
                 seg.path.unlink()
+                self._spool_used = max(0, self._spool_used - seg.bytes)
         except OSError as exc:
             log.error("ending journal segment %s failed (%s)", seg.path, exc)
         finally:
