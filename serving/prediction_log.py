@@ -55,11 +55,17 @@ log = logging.getLogger(__name__)
 
 PREDICTION, FEEDBACK, BATCH = "prediction", "feedback", "batch"
 ENCODED = "encoded"  # a prediction already encoded by the store: (ts, JSON bytes)
+EBATCH = "encoded-batch"  # a batch with its columns encoded by the store: (PredictionBatch, JSON bytes)
 _MARK = "segment-end"  # queue marker: every item before it is handled, its segment can go
 
 
 def _size(item: tuple) -> int:
-    return item[1].n if item[0] == BATCH else (0 if item[0] == _MARK else 1)
+    kind = item[0]
+    if kind == BATCH:
+        return item[1].n
+    if kind == EBATCH:
+        return item[1][0].n
+    return 0 if kind == _MARK else 1
 
 
 class StoreUnavailable(Exception):
@@ -137,6 +143,8 @@ def _line(kind: str, record) -> bytes | None:
     try:
         if kind == ENCODED:
             return b'{"kind":"prediction","record":' + record[1] + b"}\n"
+        if kind == EBATCH:
+            return b'{"kind":"batch","record":' + record[1] + b"}\n"
         if kind == BATCH:
             record = {"const": record.const, "cols": record.cols, "features": record.features}
         return _dumpb({"kind": kind, "record": record}) + b"\n"
@@ -148,8 +156,8 @@ def _safe_line(kind: str, record, reason: str = "") -> str:
     """A quarantine line: ASCII JSON whatever the record holds (lone surrogates included)."""
     if kind == ENCODED:
         kind, record = PREDICTION, record[1].decode("utf-8", "backslashreplace")
-    elif kind == BATCH:
-        record = record.to_doc()
+    elif kind in (BATCH, EBATCH):
+        kind, record = BATCH, (record if kind == BATCH else record[0]).to_doc()
     return json.dumps({"kind": kind, "record": record, "error": reason}, default=str) + "\n"
 
 
@@ -161,6 +169,7 @@ class PredictionLog:
         self.store = store
         # stores that keep JSON text take records encoded in the request thread (see SQLiteStore)
         self._encode = getattr(store, "encode_prediction", None) if hasattr(store, "insert_encoded") else None
+        self._encode_batch = getattr(store, "encode_batch", None) if hasattr(store, "insert_encoded_batch") else None
         self.spool_dir = Path(spool_dir)
         self.batch_size = max(1, int(batch_size))
         # records queued that wake the writer before its interval; every wake-up costs the request
@@ -267,6 +276,12 @@ class PredictionLog:
     def submit_batch(self, batch: PredictionBatch) -> None:
         """A batch request's predictions, in columns (stored as one unit)."""
         if batch.n:
+            if self._encode_batch is not None:  # encoded once: for the journal and for the store
+                try:
+                    self._put((EBATCH, (batch, self._encode_batch(batch))), batch.n)
+                    return
+                except Exception:
+                    pass
             self._put((BATCH, batch), batch.n)
 
     def submit_feedback(self, request_id: str, outcome: int, ts: float) -> None:
@@ -453,6 +468,9 @@ class PredictionLog:
         elif kind == BATCH:
             for b in records:
                 self.store.insert_batch(b)
+        elif kind == EBATCH:
+            for b, doc in records:
+                self.store.insert_encoded_batch(b, doc)
         elif kind == FEEDBACK:
             self.store.add_feedback_many(records)
         else:

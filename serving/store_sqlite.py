@@ -210,12 +210,29 @@ class SQLiteStore(PredictionStore):
         """One chunk of record dicts; returns how many were written (0 when this chunk was already)."""
         return self.insert_encoded([self.encode_prediction(r) for r in records])
 
+    @staticmethod
+    def _span(batch: PredictionBatch) -> tuple[float, float]:
+        ts = batch.cols.get("ts")
+        return (float(batch.const["ts"]),) * 2 if ts is None else (float(min(ts)), float(max(ts)))
+
+    def encode_batch(self, batch: PredictionBatch) -> bytes:
+        """JSON of a batch's columns (`{"const", "cols", "features"}`): the prediction log encodes it
+        once in the request thread, for its journal and for `insert_encoded_batch`."""
+        return _dumpb({"const": batch.const, "cols": batch.cols, "features": batch.features})
+
+    def insert_encoded_batch(self, batch: PredictionBatch, doc: bytes) -> int:
+        """`insert_batch` with the columns already encoded by `encode_batch` (same chunk id)."""
+        if batch.n == 0:
+            return 0
+        lo, hi = self._span(batch)
+        key = _dumpb(["batch", lo, hi, batch.cols["_id"]])
+        return self._insert_chunk(b'{"batch":' + doc + b"}", lo, hi, batch.n, key)
+
     def insert_batch(self, batch: PredictionBatch) -> int:
         """One chunk in columns: no per-record dicts are built on the write path."""
         if batch.n == 0:
             return 0
-        ts = batch.cols.get("ts")
-        lo, hi = (float(batch.const["ts"]),) * 2 if ts is None else (float(min(ts)), float(max(ts)))
+        lo, hi = self._span(batch)
         cols = batch.cols
         if cols.get("request_id") is cols["_id"]:  # HTTP batches: the same list twice, stored once
             cols = {k: v for k, v in cols.items() if k != "request_id"}
