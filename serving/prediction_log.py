@@ -54,6 +54,7 @@ from serving.store_sqlite import _dumpb
 log = logging.getLogger(__name__)
 
 PREDICTION, FEEDBACK, BATCH = "prediction", "feedback", "batch"
+DROP_ALERT_S = 600.0  # /health stays `degraded` this long after a record was dropped
 ENCODED = "encoded"  # a prediction already encoded by the store: (ts, JSON bytes)
 EBATCH = "encoded-batch"  # a batch with its columns encoded by the store: (PredictionBatch, JSON bytes)
 _MARK = "segment-end"  # queue marker: every item before it is handled, its segment can go
@@ -204,6 +205,7 @@ class PredictionLog:
         self.written = 0
         self.spooled = 0
         self.dropped = 0
+        self._last_drop = -DROP_ALERT_S
         self.quarantined = 0
         self.last_error = ""
 
@@ -221,6 +223,7 @@ class PredictionLog:
                 return
             if self._queued >= self.queue_max_records:
                 self.dropped += n
+                self._last_drop = time.monotonic()
                 self._count("dropped", n)
                 return
             self._q.append((item[0], item[1], seg))
@@ -294,7 +297,8 @@ class PredictionLog:
     def status(self) -> dict:
         """What /health shows of the log."""
         degraded = [k for k, bad in (("store", not self.store_ok), ("journal", not self.journal_ok),
-                                     ("spool_full", self.spool_full), ("dropped", self.dropped > 0)) if bad]
+                                     ("spool_full", self.spool_full),
+                                     ("dropped", time.monotonic() - self._last_drop < DROP_ALERT_S)) if bad]
         return {"store_ok": self.store_ok, "journal_ok": self.journal_ok, "spool_full": self.spool_full,
                 "pending": self._queued, "spooled": self.spooled, "dropped": self.dropped,
                 "quarantined": self.quarantined, "spool_bytes": self._spool_used + (self._seg.bytes if self._seg else 0),
@@ -491,6 +495,7 @@ class PredictionLog:
         except OSError as exc:
             log.error("quarantining %d record(s) failed (%s); dropped", n, exc)
             self.dropped += n
+            self._last_drop = time.monotonic()
             self._count("dropped", n)
 
     def _defer(self, items: list[tuple]) -> None:
@@ -545,6 +550,7 @@ class PredictionLog:
             log.error("spooling %d prediction-log record(s) failed (%s); dropped", n, exc)
             self.last_error = f"spool: {type(exc).__name__}: {exc}"
             self.dropped += n
+            self._last_drop = time.monotonic()
             self._count("dropped", n)
             return
         finally:
