@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     # records queued that wake the log writer before its interval: each wake-up costs the request
     # thread GIL hand-overs (waking per 500 records cost ~4% of batch throughput)
     log_wake_records: int = 20_000
+    # prediction-log bounds (see serving/prediction_log.py): records queued in memory per process
+    # (beyond it records are replayed from the journal), bytes in the spool folder (journal
+    # segments and spool files of all processes), longest wait between tries of a dead store
+    log_queue_max_records: int = 100_000
+    spool_max_bytes: int = 1 << 30
+    log_retry_max_s: float = 30.0
+    log_journal: bool = True                 # journal every record before its answer (crash-safe)
     consumer_batch_size: int = 500
     consumer_poll_interval_s: float = 0.2
     consumer_index: int = 0                  # this consumer's slot among consumer_count

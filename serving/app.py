@@ -26,6 +26,7 @@ from churnops.settings import Settings, get_settings
 from serving.columnar import ColumnarValidator, from_rows, predict_columns
 from serving.fastpath import FastPredict
 from serving.inference import (
+    REQUEST_ID_RULE,
     BadInput,
     FastValidator,
     batch_items,
@@ -33,9 +34,12 @@ from serving.inference import (
     dumps,
     json_text,
     log_record,
+    new_request_id,
+    new_request_ids,
     parse_json,
     predict_rows,
     response_body,
+    valid_request_id,
     with_ignored,
 )
 from serving.metrics import get_metrics, render
@@ -121,7 +125,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     metrics = get_metrics()
     store = store or open_store(s)
     plog = PredictionLog(store, s.state_path(s.spool_dir, "spool"), s.log_batch_size, s.log_flush_interval_s,
-                         metrics=metrics, wake_records=s.log_wake_records)
+                         metrics=metrics, wake_records=s.log_wake_records, queue_max_records=s.log_queue_max_records,
+                         spool_max_bytes=s.spool_max_bytes, retry_max_s=s.log_retry_max_s, journal=s.log_journal)
     models = models or ModelManager(s, metrics=metrics)
     state = ServingState(s, store, plog, models)
     if start_background:
@@ -205,7 +210,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         m, p, d = predict_rows(ms, [row])[0]
         latency = (time.perf_counter() - t0) * 1000
         out = dumps(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
-        plog.submit(log_record(row.request_id, row, m, p, d, "http", latency))
+        plog.submit(log_record(new_request_id(), row, m, p, d, "http", latency))  # own entry id, journaled
         try:
             child(state.metrics.predictions, "http", m.route, str(m.version), str(d)).inc()
             child(state.metrics.latency, "http", m.route).observe(latency / 1000)
@@ -270,7 +275,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             plog.submit_batch(PredictionBatch(
                 const={"ts": now, "source": "http", "model_run_id": m.run_id, "model_version": m.version,
                        "route": m.route, "latency_ms": round(latency / n, 3), "batch": True},
-                cols={"_id": rids, "request_id": rids, "probability": proba, "decision": dec},
+                cols={"_id": new_request_ids(len(rids)), "request_id": rids, "probability": proba, "decision": dec},
                 features=batch.columns if idx is None else batch.take(idx)))
             positions = range(n) if idx is None else idx.tolist()
             for i, item in zip(positions, batch_items(rids, proba.tolist(), dec.tolist(), m)):
@@ -291,8 +296,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                            "not_object", 422)
         details = {}
         rid = data.get("request_id")
-        if not isinstance(rid, str) or not rid.strip() or len(rid) > 128:
-            details["request_id"] = "expected a non-empty string"
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
+            details["request_id"] = REQUEST_ID_RULE  # the same rule as /predict
         outcome = data.get("outcome", data.get("actual"))
         label = data.get("label")
         if outcome is None and label is not None:
@@ -313,14 +318,17 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         if details:
             raise BadInput("invalid feedback", details, "invalid_feedback", 422)
         ts = time.time()
-        plog.submit_feedback(rid.strip(), int(outcome), ts)
-        return jsonify({"request_id": rid.strip(), "outcome": int(outcome), "ts": ts, "status": "accepted"}), 202
+        rid = str(rid).strip()
+        plog.submit_feedback(rid, int(outcome), ts)
+        return jsonify({"request_id": rid, "outcome": int(outcome), "ts": ts, "status": "accepted"}), 202
 
     # ---- operations ----------------------------------------------------------------------------------
     @app.get("/health")
     def health():
-        return jsonify({"status": "ok", "pid": os.getpid(), "model_loaded": models.ready, "store_ok": plog.store_ok,
-                        "log_pending": plog.pending()})
+        st = plog.status()
+        return jsonify({"status": "degraded" if st["degraded"] else "ok", "pid": os.getpid(),
+                        "model_loaded": models.ready, "store_ok": plog.store_ok, "log_pending": plog.pending(),
+                        "prediction_log": st})
 
     @app.get("/ready")
     def ready():

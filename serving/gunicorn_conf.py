@@ -4,8 +4,9 @@
 
 Bind address and worker count come from settings (API_HOST, API_PORT, API_WORKERS). The
 Prometheus multiprocess folder (PROMETHEUS_MULTIPROC_DIR, default <state_dir>/prometheus) is
-emptied when the master starts; `child_exit` marks a dead worker's gauges; `worker_exit`
-flushes that worker's prediction log.
+emptied when the master starts; `child_exit` marks a dead worker's gauges and turns its
+prediction journal into a spool file (replayed by the other workers); `worker_exit` flushes
+that worker's prediction log.
 
 Workers are `serving.gunicorn_worker.KeepAliveWorker`: one request at a time like gunicorn's
 sync worker, but connections stay open between requests and are spread evenly over the workers.
@@ -131,3 +132,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, str(_prom))
+    # a worker that died without flushing (SIGKILL, OOM) left its journal: make it a spool file
+    # now (the other workers replay it); its flock went with the process
+    from serving.prediction_log import reclaim_orphans
+
+    try:
+        reclaim_orphans(_s.state_path(_s.spool_dir, "spool"))
+    except Exception:
+        server.log.exception("reclaiming the prediction journal of worker %s failed", worker.pid)

@@ -103,10 +103,16 @@ def parse_json(raw: bytes | str) -> Any:
         raise BadInput("body is not valid JSON", {"body": str(exc)[:200]}, reason, 400) from exc
 
 
+RESERVED_ID_PREFIXES = ("stream:",)  # log entry ids of the stream consumer: stream:<shard>:<seq>
+REQUEST_ID_RULE = (f"expected a non-empty string of at most {MAX_REQUEST_ID} characters, valid Unicode, "
+                   f"not starting with {' or '.join(repr(p) for p in RESERVED_ID_PREFIXES)} (reserved)")
+
+
 def valid_request_id(rid: str) -> bool:
-    """Non-blank, at most MAX_REQUEST_ID characters, and text UTF-8 can carry: JSON can hold a lone
-    surrogate ("\\ud800"), which no log store or JSON encoder downstream accepts."""
-    if not rid.strip() or len(rid) > MAX_REQUEST_ID:
+    """Non-blank, at most MAX_REQUEST_ID characters, not a reserved prefix (`stream:` names the
+    consumer's log entries), and text UTF-8 can carry: JSON can hold a lone surrogate
+    ("\\ud800"), which no log store or JSON encoder downstream accepts."""
+    if not rid.strip() or len(rid) > MAX_REQUEST_ID or rid.strip().startswith(RESERVED_ID_PREFIXES):
         return False
     try:
         rid.encode()
@@ -123,8 +129,7 @@ def split_envelope(obj: Any, prefix: str = "") -> tuple[str | None, Any]:
     rid = obj.get("request_id")
     if rid is not None:
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
-            raise BadInput("invalid request_id", {prefix + "request_id": f"expected a non-empty string of at most "
-                                                  f"{MAX_REQUEST_ID} characters, valid Unicode"},
+            raise BadInput("invalid request_id", {prefix + "request_id": REQUEST_ID_RULE},
                            "invalid_request_id", 422)
         rid = str(rid).strip()
     if "features" in obj and isinstance(obj["features"], dict):

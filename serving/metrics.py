@@ -28,7 +28,7 @@ class Metrics:
         self.http_requests = Counter("churn_http_requests_total", "HTTP requests", ["endpoint", "method", "status"],
                                      **kw)
         self.log_records = Counter("churn_prediction_log_records_total",
-                                   "Prediction-log records by outcome (written, spooled, replayed, quarantined)", ["outcome"], **kw)
+                                   "Prediction-log records by outcome (written, spooled, replayed, quarantined, dropped)", ["outcome"], **kw)
         self.model_reloads = Counter("churn_model_reloads_total", "Model reload attempts", ["result"], **kw)
         self.stream_records = Counter("churn_stream_records_total",
                                       "Stream records by outcome (result, dead_letter, outbox, rejected)", ["outcome"], **kw)

@@ -1,22 +1,46 @@
-"""Writes to the prediction log, off the request path, losing nothing when the store is down.
+"""Writes to the prediction log, off the request path, losing nothing a client was told about.
 
-One `PredictionLog` per process: `submit()` only appends to an in-memory deque (no lock, no
-thread wake-up: a `queue.Queue` woke the writer on every put and the GIL hand-offs showed in
-the tail latency); a background thread wakes every `flush_interval_s`, or as soon as
-`wake_records` records are waiting, and writes everything queued, `batch_size` records per store
-call. A batch request is queued as ONE `PredictionBatch` (columns) and written as one unit.
-When the store raises, the items are appended to a JSONL file in the spool folder (fsync'ed)
-and replayed once the store answers again; replay is idempotent because stores keep the first
-write of each `_id`. `close()` (atexit, gunicorn `worker_exit`, SIGTERM
-in the consumer) drains the queue before the process ends.
+One `PredictionLog` per process. `submit()` (request thread) does two things under one short
+lock: it appends the encoded record to this process's journal segment with ONE `os.write`
+(`<spool>/<ns>-<pid>-<n>.journal`, opened O_APPEND), and it queues the record in memory. A
+background thread wakes every `flush_interval_s` (or at `wake_records` queued records), starts a
+new segment, writes what was queued to the store (`batch_size` records per call), and then
+deletes the old segment: everything in it is in the store.
 
-Several processes may share one spool folder: a file is claimed by renaming it before replay,
-so two processes never replay the same file at once (and a double replay would be harmless).
+Durability: a record is in the journal before its HTTP answer is sent. `os.write` returns once
+the bytes are in the kernel's page cache, so a killed process (SIGKILL, OOM killer, a crash of
+the worker) loses nothing: its segments are no longer locked (see below) and any process sharing
+the spool folder (a sibling worker, the replacement worker, gunicorn's master on `child_exit`)
+turns them into spool files and replays them. The journal is not fsync'ed per request: a crash of
+the machine or the kernel (power loss) can lose the records of the last seconds (the segments not
+yet written back by the kernel); spool files are fsync'ed when they are made.
+
+While the store is down (a write failed with an error the store calls `is_unavailable`): records
+are only journaled (nothing more is queued in memory) and each segment becomes a spool file
+(`*.jsonl`) when it ends; records that were only in memory (the journal could not be written)
+are written to a spool file (fsync'ed). The store is retried with exponential backoff (from
+`replay_interval_s` up to `retry_max_s`) by replaying the spool; a replay is idempotent because
+records keep their `_id` and stores keep the first write of each.
+
+Bounds: the in-memory queue holds at most `queue_max_records` records (beyond it a journaled
+record is left to the journal, which is then replayed); the spool folder at most
+`spool_max_bytes` (journal segments and spool files of every process together). A record that
+fits in neither, or that could not be journaled (disk full) while the store is down, is dropped
+and counted (`dropped`, metric `churn_prediction_log_records_total{outcome="dropped"}`, `/health`).
+
+A record the store refuses by itself (the others take it) is isolated by bisection and written to
+`<spool>/quarantine/` with the reason, so one bad record never fails its neighbours and never
+marks the store down.
+
+Ownership: a process holds an exclusive `flock` on every file it is writing or replaying (its
+journal segments, `.tmp` files, `.replaying-<pid>` claims). A file whose lock can be taken has no
+live owner, whatever its name says (pids are reused: pid 1 in every container), and is reclaimed.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import logging
 import os
@@ -25,25 +49,128 @@ import time
 from pathlib import Path
 
 from serving.store import PredictionBatch, PredictionStore
+from serving.store_sqlite import _dumpb
 
 log = logging.getLogger(__name__)
 
 PREDICTION, FEEDBACK, BATCH = "prediction", "feedback", "batch"
-POISON_FAILURES = 5  # replays of one spool file that fail while the store takes other writes
+DROP_ALERT_S = 600.0  # /health stays `degraded` this long after a record was dropped
 ENCODED = "encoded"  # a prediction already encoded by the store: (ts, JSON bytes)
+EBATCH = "encoded-batch"  # a batch with its columns encoded by the store: (PredictionBatch, JSON bytes)
+_MARK = "segment-end"  # queue marker: every item before it is handled, its segment can go
 
 
 def _size(item: tuple) -> int:
-    return item[1].n if item[0] == BATCH else 1
+    kind = item[0]
+    if kind == BATCH:
+        return item[1].n
+    if kind == EBATCH:
+        return item[1][0].n
+    return 0 if kind == _MARK else 1
+
+
+class StoreUnavailable(Exception):
+    """The store is down (as opposed to refusing one record)."""
+
+
+class _Segment:
+    """One journal file of this process (held open and flock'ed until its records are handled)."""
+
+    __slots__ = ("path", "fd", "bytes", "records", "dirty", "closed")
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+        self.bytes = self.records = 0
+        self.dirty = False  # some record in it did not reach the store: it becomes a spool file
+        self.closed = False
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`; None when another open file holds it (or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def reclaim_orphans(spool_dir: str | Path) -> int:
+    """Journal segments and replay claims nobody holds become spool files again; `.tmp` files
+    nobody holds are deleted (incomplete by construction). Returns how many files were reclaimed.
+    Safe to call from any process at any time (gunicorn's master calls it when a worker dies)."""
+    d = Path(spool_dir)
+    if not d.is_dir():
+        return 0
+    n = 0
+    for p in list(d.glob("*.journal")) + list(d.glob("*.replaying-*")) + list(d.glob("*.tmp")):
+        fd = _try_lock(p)
+        if fd is None:
+            continue
+        try:
+            if p.suffix == ".tmp":
+                p.unlink()
+            else:
+                stem = p.name.split(".replaying-")[0] if ".replaying-" in p.name else p.stem
+                os.rename(p, p.with_name(stem + ".jsonl"))
+                n += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    if n:
+        _fsync_dir(d)
+        log.info("reclaimed %d orphaned journal/spool file(s) in %s", n, d)
+    return n
+
+
+def _line(kind: str, record) -> bytes | None:
+    """One spool/journal line; None when the record cannot be encoded (it then stays in memory)."""
+    try:
+        if kind == ENCODED:
+            return b'{"kind":"prediction","record":' + record[1] + b"}\n"
+        if kind == EBATCH:
+            return b'{"kind":"batch","record":' + record[1] + b"}\n"
+        if kind == BATCH:
+            record = {"const": record.const, "cols": record.cols, "features": record.features}
+        return _dumpb({"kind": kind, "record": record}) + b"\n"
+    except Exception:
+        return None
+
+
+def _safe_line(kind: str, record, reason: str = "") -> str:
+    """A quarantine line: ASCII JSON whatever the record holds (lone surrogates included)."""
+    if kind == ENCODED:
+        kind, record = PREDICTION, record[1].decode("utf-8", "backslashreplace")
+    elif kind in (BATCH, EBATCH):
+        kind, record = BATCH, (record if kind == BATCH else record[0]).to_doc()
+    return json.dumps({"kind": kind, "record": record, "error": reason}, default=str) + "\n"
 
 
 class PredictionLog:
     def __init__(self, store: PredictionStore, spool_dir: str | Path, batch_size: int = 500,
                  flush_interval_s: float = 0.5, replay_interval_s: float = 2.0, metrics=None,
-                 wake_records: int | None = None):
+                 wake_records: int | None = None, queue_max_records: int = 100_000,
+                 spool_max_bytes: int = 1 << 30, retry_max_s: float = 30.0, journal: bool = True):
         self.store = store
         # stores that keep JSON text take records encoded in the request thread (see SQLiteStore)
         self._encode = getattr(store, "encode_prediction", None) if hasattr(store, "insert_encoded") else None
+        self._encode_batch = getattr(store, "encode_batch", None) if hasattr(store, "insert_encoded_batch") else None
         self.spool_dir = Path(spool_dir)
         self.batch_size = max(1, int(batch_size))
         # records queued that wake the writer before its interval; every wake-up costs the request
@@ -51,26 +178,90 @@ class PredictionLog:
         self.wake_records = self.batch_size if wake_records is None else max(1, int(wake_records))
         self.flush_interval_s = float(flush_interval_s)
         self.replay_interval_s = float(replay_interval_s)
+        self.queue_max_records = max(1, int(queue_max_records))
+        self.spool_max_bytes = int(spool_max_bytes)
+        self.retry_max_s = float(retry_max_s)
+        self.journal = journal
         self.metrics = metrics
         self._q: collections.deque = collections.deque()
-        self._waiting = 0  # records queued since the writer last looked (approximate, lock-free)
+        self._queued = 0  # records in the queue (changed under _jlock)
+        self._waiting = 0  # records queued since the writer last looked
+        self._jlock = threading.Lock()  # journal fd + queue append: one segment boundary = one queue position
+        self._drain_lock = threading.Lock()  # one thread drains the queue at a time
+        self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._write_lock = threading.Lock()
+        self._seg: _Segment | None = None
         self._seq = 0
         self._last_replay = 0.0
-        self._replay_failures: dict[str, tuple[int, int]] = {}  # spool file -> (written then, failures)
+        self._failed_at = 0.0  # while the store is down: its last failed try
+        self._failures = 0  # failed tries since the store last took a write
+        self._spool_used = 0  # bytes in the spool folder besides this process's live segment
+        self._last_scan = 0.0
         self.store_ok = True
+        self.journal_ok = True
+        self.spool_full = False
         self.written = 0
         self.spooled = 0
+        self.dropped = 0
+        self._last_drop = -DROP_ALERT_S
+        self.quarantined = 0
+        self.last_error = ""
 
     # ---- producer side ---------------------------------------------------------------------------
     def _put(self, item: tuple, n: int = 1) -> None:
-        self._q.append(item)
+        line = _line(item[0], item[1]) if self._seg is not None else None
+        with self._jlock:
+            seg = self._seg
+            if seg is not None:
+                seg = self._append(seg, line, n) if line is not None else None
+            if seg is not None and (not self.store_ok or self._queued >= self.queue_max_records):
+                seg.dirty = True  # left to the journal: replayed from its spool file
+                self.spooled += n
+                self._count("spooled", n)
+                return
+            if self._queued >= self.queue_max_records:
+                self.dropped += n
+                self._last_drop = time.monotonic()
+                self._count("dropped", n)
+                return
+            self._q.append((item[0], item[1], seg))
+            self._queued += n
         self._waiting += n
         if self._waiting >= self.wake_records and not self._wake.is_set():
             self._wake.set()
+
+    def _append(self, seg: _Segment, line: bytes, n: int) -> _Segment | None:
+        """Journal one line (under _jlock); the segment, or None when it could not be written."""
+        if self._spool_used + seg.bytes + len(line) > self.spool_max_bytes:
+            if not self.spool_full:
+                log.error("spool folder %s is full (%d bytes, limit %d): records are kept in memory only",
+                          self.spool_dir, self._spool_used + seg.bytes, self.spool_max_bytes)
+            self.spool_full = True
+            return None
+        try:
+            written = os.write(seg.fd, line)
+        except OSError as exc:
+            written, err = -1, f"{type(exc).__name__}: {exc}"
+        else:
+            err = f"short write ({written} of {len(line)} bytes)"
+        if written == len(line):
+            seg.bytes += written
+            seg.records += n
+            if not self.journal_ok:
+                self.journal_ok = True
+            return seg
+        # disk full or I/O error: this segment takes no more lines (a torn last line is skipped on
+        # replay; the record stays in memory); the writer opens a new segment at its next round
+        log.error("prediction journal %s: write failed (%s); records are kept in memory only", seg.path, err)
+        self.journal_ok = False
+        self.last_error = f"journal: {err}"
+        seg.dirty = True
+        self._seg = None
+        self._q.append((_MARK, seg, None))
+        self._spool_used += seg.bytes
+        return None
 
     def submit(self, record: dict) -> None:
         if self._encode is not None:
@@ -88,216 +279,448 @@ class PredictionLog:
     def submit_batch(self, batch: PredictionBatch) -> None:
         """A batch request's predictions, in columns (stored as one unit)."""
         if batch.n:
+            if self._encode_batch is not None:  # encoded once: for the journal and for the store
+                try:
+                    self._put((EBATCH, (batch, self._encode_batch(batch))), batch.n)
+                    return
+                except Exception:
+                    pass
             self._put((BATCH, batch), batch.n)
 
     def submit_feedback(self, request_id: str, outcome: int, ts: float) -> None:
         self._put((FEEDBACK, {"request_id": str(request_id), "outcome": int(outcome), "ts": float(ts)}))
 
     def pending(self) -> int:
-        """Records queued and not yet written."""
-        return sum(map(_size, list(self._q)))
+        """Records queued in memory and not yet written."""
+        return self._queued
+
+    def status(self) -> dict:
+        """What /health shows of the log."""
+        degraded = [k for k, bad in (("store", not self.store_ok), ("journal", not self.journal_ok),
+                                     ("spool_full", self.spool_full),
+                                     ("dropped", time.monotonic() - self._last_drop < DROP_ALERT_S)) if bad]
+        return {"store_ok": self.store_ok, "journal_ok": self.journal_ok, "spool_full": self.spool_full,
+                "pending": self._queued, "spooled": self.spooled, "dropped": self.dropped,
+                "quarantined": self.quarantined, "spool_bytes": self._spool_used + (self._seg.bytes if self._seg else 0),
+                "spool_files": len(self.spool_files()), "degraded": degraded, "last_error": self.last_error}
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
+            reclaim_orphans(self.spool_dir)  # e.g. the journal of the worker this one replaces
+            self._scan_spool()
+            self._rotate()
             self._thread = threading.Thread(target=self._loop, name="prediction-log", daemon=True)
             self._thread.start()
         return self
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the writer and write (or spool) everything still queued."""
+        """Stop the writer and write (or spool) everything still queued; end the journal."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        self.flush()
+        with self._jlock:
+            seg, self._seg = self._seg, None
+            if seg is not None:
+                self._q.append((_MARK, seg, None))
+                self._spool_used += seg.bytes
+        self._drain()
 
     def flush(self) -> None:
-        """Drain the queue now, in the calling thread."""
-        while True:
-            batch = self._take()
-            if not batch:
-                return
-            self.write_now(batch)
+        """End the current journal segment and write everything queued now, in the calling thread."""
+        if self._seg is not None:
+            self._rotate()
+        self._drain()
+
+    # ---- journal segments -------------------------------------------------------------------------
+    def _open_segment(self) -> _Segment | None:
+        if not self.journal:
+            return None
+        self._seq += 1
+        path = self.spool_dir / f"{time.time_ns()}-{os.getpid()}-{self._seq}.journal"
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if self.journal_ok:
+                log.error("cannot open a prediction journal in %s (%s)", self.spool_dir, exc)
+            self.journal_ok = False
+            self.last_error = f"journal: {type(exc).__name__}: {exc}"
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: nobody else holds it
+        return _Segment(path, fd)
+
+    def _rotate(self) -> None:
+        """Start a new segment; the old one ends where the queue is now (a marker)."""
+        new = self._open_segment()
+        with self._jlock:
+            old, self._seg = self._seg, new
+            if old is not None:
+                self._q.append((_MARK, old, None))
+                self._spool_used += old.bytes  # on disk until its marker is reached
+
+    def _end_segment(self, seg: _Segment) -> None:
+        """Every record of `seg` is handled: delete it, or keep it as a spool file when some record
+        in it did not reach the store."""
+        with self._jlock:
+            seg.closed = True
+        try:
+            if seg.dirty and seg.bytes:
+                os.fsync(seg.fd)
+                os.rename(seg.path, seg.path.with_suffix(".jsonl"))
+                _fsync_dir(self.spool_dir)
+            else:
+                seg.path.unlink()
+                self._spool_used = max(0, self._spool_used - seg.bytes)
+        except OSError as exc:
+            log.error("ending journal segment %s failed (%s)", seg.path, exc)
+        finally:
+            os.close(seg.fd)
 
     # ---- writing ----------------------------------------------------------------------------------
-    def write_now(self, items: list[tuple[str, dict]] | list[dict]) -> bool:
+    def write_now(self, items: list) -> bool:
         """Write items synchronously (store, else spool). Returns True when the store took them.
 
         Items are `(kind, record)` pairs, bare prediction dicts or `PredictionBatch`es. Never raises
-        for a store error.
+        for a store error. While the store is down it is not tried before its backoff runs out.
         """
-        items = [i if isinstance(i, tuple) else (BATCH, i) if isinstance(i, PredictionBatch) else (PREDICTION, i)
-                 for i in items]
+        items = [(i[0], i[1], None) if isinstance(i, tuple) else (BATCH, i, None) if isinstance(i, PredictionBatch)
+                 else (PREDICTION, i, None) for i in items]
         if not items:
             return True
-        with self._write_lock:
-            try:
-                self._to_store(items)
-                if not self.store_ok:
-                    log.warning("prediction store is back")
-                self.store_ok = True
-                n = sum(map(_size, items))
-                self.written += n
-                self._count("written", n)
-                ok = True
-            except Exception as exc:  # store down: keep the records on disk
-                if self.store_ok:
-                    log.warning("prediction store failing (%s: %s); spooling to %s", type(exc).__name__, exc,
-                                self.spool_dir)
-                self.store_ok = False
-                self._spool(items)
-                ok = False
+        ok = self._write(items)
         if ok:
             self.maybe_replay()
         return ok
 
-    def _to_store(self, items: list[tuple[str, dict]]) -> None:
-        preds = [r for k, r in items if k == PREDICTION]
-        if preds:
-            self.store.insert_predictions(preds)
-        encoded = [r for k, r in items if k == ENCODED]
-        if encoded:
-            self.store.insert_encoded(encoded)
-        for k, r in items:
-            if k == BATCH:
-                self.store.insert_batch(r)
-        feedback = [r for k, r in items if k == FEEDBACK]
-        if feedback:
-            self.store.add_feedback_many(feedback)
+    def _write(self, items: list[tuple]) -> bool:
+        """Store `items` (isolating records the store refuses), else keep them on disk."""
+        if not self.store_ok and time.monotonic() < self.retry_at():
+            self._defer(items)
+            return False
+        try:
+            with self._write_lock:
+                self._store_isolating(items)
+        except StoreUnavailable as exc:
+            self._store_failed(exc.__cause__ or exc)
+            self._defer(items)
+            return False
+        self._store_back()
+        n = sum(map(_size, items))
+        self.written += n
+        self._count("written", n)
+        return True
 
-    def _spool(self, items: list[tuple[str, dict]]) -> None:
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+    def _store_failed(self, exc: BaseException) -> None:
+        if self.store_ok:
+            log.warning("prediction store failing (%s: %s); spooling to %s", type(exc).__name__, exc, self.spool_dir)
+        self._failures += 1  # backoff: reset only by a write the store took (not by a ping)
+        self._failed_at = time.monotonic()
+        self.store_ok = False
+        self.last_error = f"store: {type(exc).__name__}: {str(exc)[:200]}"
+
+    def retry_at(self) -> float:
+        """When a store that is down is tried next (monotonic clock): exponential backoff from
+        `replay_interval_s`, doubling per failed try, capped at `retry_max_s`."""
+        delay = max(0.01, self.replay_interval_s) * 2 ** min(max(self._failures - 1, 0), 30)
+        return self._failed_at + min(self.retry_max_s, delay)
+
+    def _store_back(self) -> None:
+        if not self.store_ok:
+            log.warning("prediction store is back")
+        self.store_ok = True
+        self._failures = 0
+
+    def _groups(self, items: list[tuple]) -> list[tuple[str, list[tuple]]]:
+        groups: dict[str, list] = {}
+        for it in items:
+            groups.setdefault(it[0], []).append(it)
+        return list(groups.items())
+
+    def _store_isolating(self, items: list[tuple]) -> None:
+        """Write items kind by kind; a kind the store refuses is bisected down to the records it
+        refuses, which go to quarantine. Raises StoreUnavailable when the store itself fails."""
+        for kind, group in self._groups(items):
+            self._store_group(kind, group)
+
+    def _store_group(self, kind: str, group: list[tuple]) -> None:
+        try:
+            self._to_store(kind, [it[1] for it in group])
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise StoreUnavailable(str(exc)) from exc
+            if len(group) == 1:
+                self._quarantine(group, f"{type(exc).__name__}: {exc}")
+                return
+            mid = len(group) // 2
+            self._store_group(kind, group[:mid])
+            self._store_group(kind, group[mid:])
+
+    def _unavailable(self, exc: Exception) -> bool:
+        check = getattr(self.store, "is_unavailable", None)
+        if check is not None:
+            return bool(check(exc))
+        return isinstance(exc, (OSError, TimeoutError))
+
+    def _to_store(self, kind: str, records: list) -> None:
+        if kind == PREDICTION:
+            self.store.insert_predictions(records)
+        elif kind == ENCODED:
+            self.store.insert_encoded(records)
+        elif kind == BATCH:
+            for b in records:
+                self.store.insert_batch(b)
+        elif kind == EBATCH:
+            for b, doc in records:
+                self.store.insert_encoded_batch(b, doc)
+        elif kind == FEEDBACK:
+            self.store.add_feedback_many(records)
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
+
+    def _quarantine(self, items: list[tuple], reason: str, name: str | None = None) -> None:
+        """Set records the store refuses aside in <spool>/quarantine for a person to look at."""
+        n = sum(map(_size, items))
+        q = self.spool_dir / "quarantine"
+        try:
+            q.mkdir(parents=True, exist_ok=True)
+            with open(q / (name or f"{time.time_ns()}-{os.getpid()}.jsonl"), "a") as fh:
+                for kind, rec, *_ in items:
+                    fh.write(_safe_line(kind, rec, reason))
+            log.error("%d prediction-log record(s) refused by the store (%s); set aside in %s", n, reason[:200], q)
+            self.quarantined += n
+            self._count("quarantined", n)
+        except OSError as exc:
+            log.error("quarantining %d record(s) failed (%s); dropped", n, exc)
+            self.dropped += n
+            self._last_drop = time.monotonic()
+            self._count("dropped", n)
+
+    def _defer(self, items: list[tuple]) -> None:
+        """Items the store did not take: journaled ones are replayed from their segment, the others
+        go to a spool file (dropped and counted when that cannot be written)."""
+        loose = []
+        with self._jlock:
+            for it in items:
+                seg = it[2]
+                if seg is not None and not seg.closed:
+                    seg.dirty = True
+                else:
+                    loose.append(it)
+        n = sum(map(_size, items)) - sum(map(_size, loose))
+        if n:
+            self.spooled += n
+            self._count("spooled", n)
+        if loose:
+            self._spool(loose)
+
+    def _spool(self, items: list[tuple]) -> None:
+        """Records only in memory -> one fsync'ed spool file; dropped and counted when it cannot be written."""
+        n = sum(map(_size, items))
+        lines = [ln for ln in (_line(k, r) for k, r, *_ in items) if ln is not None]
+        if len(lines) < len(items):
+            self._quarantine([it for it in items if _line(it[0], it[1]) is None], "record cannot be encoded as JSON")
+        data = b"".join(lines)
+        if not data:
+            return
         self._seq += 1
         name = self.spool_dir / f"{time.time_ns()}-{os.getpid()}-{self._seq}.jsonl"
         tmp = name.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            for k, r in items:
-                if k == ENCODED:  # replayed as a plain prediction record
-                    fh.write('{"kind":"prediction","record":' + r[1].decode() + "}\n")
-                    continue
-                if k == BATCH:
-                    r = r.to_doc()
-                fh.write(json.dumps({"kind": k, "record": r}, default=str, separators=(",", ":")) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, name)
+        fd = None
         try:
-            dfd = os.open(self.spool_dir, os.O_RDONLY)
+            if self._spool_used + len(data) > self.spool_max_bytes:
+                self.spool_full = True
+                raise OSError(f"spool folder limit of {self.spool_max_bytes} bytes reached")
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.replace(tmp, name)
+            _fsync_dir(self.spool_dir)
+        except OSError as exc:
             try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-        n = sum(map(_size, items))
+                tmp.unlink()
+            except OSError:
+                pass
+            log.error("spooling %d prediction-log record(s) failed (%s); dropped", n, exc)
+            self.last_error = f"spool: {type(exc).__name__}: {exc}"
+            self.dropped += n
+            self._last_drop = time.monotonic()
+            self._count("dropped", n)
+            return
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self._spool_used += len(data)
         self.spooled += n
         self._count("spooled", n)
 
+    # ---- spool replay -------------------------------------------------------------------------------
     def spool_files(self) -> list[Path]:
         if not self.spool_dir.exists():
             return []
         return sorted(self.spool_dir.glob("*.jsonl"))
 
     def maybe_replay(self, force: bool = False) -> int:
+        """Replay the spool when due: every `replay_interval_s`, or while the store is down when its
+        backoff runs out (doubling up to `retry_max_s` after each failed try)."""
         now = time.monotonic()
-        if not force and now - self._last_replay < self.replay_interval_s:
-            return 0
+        if not force:
+            if not self.store_ok and now < self.retry_at():
+                return 0
+            if self.store_ok and now - self._last_replay < self.replay_interval_s:
+                return 0
         self._last_replay = now
-        return self.replay()
+        files = self.spool_files()
+        if not files and not self.store_ok:  # nothing to replay: ask the store itself
+            ok = False
+            try:
+                ok = bool(self.store.ping())
+            except Exception:
+                ok = False
+            if ok:
+                self.store_ok = True  # the next write tells; the backoff stays until one succeeds
+            else:
+                self._store_failed(ConnectionError("store does not answer"))
+            return 0
+        return self.replay() if files else 0
 
     def replay(self) -> int:
         """Move spooled records into the store; returns how many were replayed."""
-        self._reclaim_orphans()
+        reclaim_orphans(self.spool_dir)
         done = 0
         for path in self.spool_files():
+            fd = _try_lock(path)
+            if fd is None:
+                continue  # another process is on it
             claimed = path.with_name(f"{path.stem}.replaying-{os.getpid()}")
             try:
-                os.rename(path, claimed)
-            except FileNotFoundError:
-                continue  # another process took it
-            try:
-                items = []
-                with open(claimed) as fh:
-                    for line in fh:
-                        line = line.strip()
-                        if line:
-                            d = json.loads(line)
-                            r = PredictionBatch.from_doc(d["record"]) if d["kind"] == BATCH else d["record"]
-                            items.append((d["kind"], r))
-                for i in range(0, len(items), self.batch_size):
-                    with self._write_lock:
-                        self._to_store(items[i:i + self.batch_size])
+                try:
+                    os.rename(path, claimed)
+                except OSError:
+                    continue  # another process took it
+                try:
+                    n = self._replay_file(claimed, path.name)
+                except StoreUnavailable as exc:
+                    log.warning("spool replay of %s failed (%s); will retry", path.name, exc)
+                    self._store_failed(exc.__cause__ or exc)
+                    try:
+                        os.rename(claimed, path)
+                    except OSError:
+                        pass
+                    break
                 claimed.unlink()
-                n = sum(map(_size, items))
                 done += n
                 self._count("replayed", n)
-            except Exception as exc:
-                if self._poisoned(path.name, exc):  # the store takes other writes but never this file
-                    quarantine = self.spool_dir / "quarantine"
-                    quarantine.mkdir(exist_ok=True)
-                    os.replace(claimed, quarantine / path.name)
-                    log.error("spool file %s failed %d replays while the store took other writes (%s); "
-                              "moved to %s for a person to look at", path.name, POISON_FAILURES, exc, quarantine)
-                    self._count("quarantined", 1)
-                    continue
-                log.warning("spool replay of %s failed (%s); will retry", path.name, exc)
-                try:
-                    os.rename(claimed, path)
-                except OSError:
-                    pass
-                self.store_ok = False
-                break
+                self._store_back()
+            finally:
+                os.close(fd)
         if done:
             log.info("replayed %d spooled record(s) into the prediction store", done)
+        self._scan_spool()
         return done
 
-    def _poisoned(self, name: str, exc: Exception) -> bool:
-        """True once `name` has failed POISON_FAILURES replays, each after the store had taken
-        other writes since the file's previous failure (a store that is down fails everything, and
-        then the file just waits)."""
-        written_at_last, count = self._replay_failures.get(name, (-1, 0))
-        if isinstance(exc, (ValueError, KeyError, TypeError)):
-            count = POISON_FAILURES  # the file itself cannot be read back
-        elif self.written != written_at_last:
-            count += 1
-        self._replay_failures[name] = (self.written, count)
-        return count >= POISON_FAILURES
+    def _replay_file(self, path: Path, name: str) -> int:
+        """Store the records of one spool file, `batch_size` at a time (lines that cannot be read
+        back go to quarantine; a torn last line, from a journal write that failed, is skipped: its
+        record stayed in memory). Raises StoreUnavailable."""
+        done, items, bad = 0, [], []
 
-    def _reclaim_orphans(self) -> None:
-        """Files claimed by a process that died mid-replay go back to the spool."""
-        if not self.spool_dir.exists():
-            return
-        for p in self.spool_dir.glob("*.replaying-*"):
-            try:
-                pid = int(p.name.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if pid == os.getpid():
-                continue
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        def push():
+            nonlocal done, items
+            if items:
+                with self._write_lock:
+                    self._store_isolating(items)
+                done += sum(map(_size, items))
+                items = []
+
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn last line
+                if not raw.strip():
+                    continue
                 try:
-                    os.rename(p, p.with_name(p.name.split(".replaying-")[0] + ".jsonl"))
-                except OSError:
-                    pass
-            except PermissionError:
-                pass
+                    d = json.loads(raw)
+                    kind = d["kind"]
+                    rec = PredictionBatch.from_doc(d["record"]) if kind == BATCH else d["record"]
+                    if kind not in (PREDICTION, FEEDBACK, BATCH) or not isinstance(rec, (dict, PredictionBatch)):
+                        raise ValueError(f"unknown record kind {kind!r}")
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    bad.append((raw.decode("utf-8", "backslashreplace"), f"{type(exc).__name__}: {exc}"))
+                    continue
+                items.append((kind, rec, None))
+                if sum(map(_size, items)) >= self.batch_size:
+                    push()
+        push()
+        if bad:
+            q = self.spool_dir / "quarantine"
+            q.mkdir(parents=True, exist_ok=True)
+            with open(q / name, "a") as fh:
+                for text, reason in bad:
+                    fh.write(json.dumps({"line": text, "error": reason}) + "\n")
+            log.error("%d line(s) of spool file %s cannot be read back; set aside in %s", len(bad), name, q)
+            self.quarantined += len(bad)
+            self._count("quarantined", len(bad))
+        return done
+
+    def _scan_spool(self) -> None:
+        """Bytes in the spool folder besides this process's live segment (every process's files)."""
+        total = 0
+        live = self._seg.path if self._seg is not None else None
+        try:
+            for p in self.spool_dir.iterdir():
+                if p.is_file() and p != live:
+                    try:
+                        total += p.stat().st_size
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+        self._spool_used = total
+        if self.spool_full and total + (self._seg.bytes if self._seg else 0) < 0.9 * self.spool_max_bytes:
+            self.spool_full = False
+        self._last_scan = time.monotonic()
 
     # ---- background thread --------------------------------------------------------------------------
-    def _take(self) -> list[tuple]:
-        """Queued items worth up to `batch_size` records (at least one item when any is queued)."""
+    def _take(self) -> tuple[list[tuple], _Segment | None]:
+        """Queued items worth up to `batch_size` records, stopping at a segment marker (returned)."""
         items, n = [], 0
         while n < self.batch_size:
             try:
                 item = self._q.popleft()
             except IndexError:
                 break
+            if item[0] == _MARK:
+                if items:
+                    with self._jlock:
+                        self._queued -= n
+                return items, item[1]
             items.append(item)
             n += _size(item)
-        return items
+        if n:
+            with self._jlock:
+                self._queued -= n
+        return items, None
+
+    def _drain(self) -> bool:
+        """Write everything queued (markers end their segments). True when anything was written."""
+        wrote = False
+        with self._drain_lock:
+            while True:
+                items, seg = self._take()
+                if items:
+                    self._write(items)
+                    wrote = True
+                if seg is not None:
+                    self._end_segment(seg)
+                if not items and seg is None:
+                    return wrote
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -305,16 +728,17 @@ class PredictionLog:
                 self._wake.wait(self.flush_interval_s)
                 self._wake.clear()
                 self._waiting = 0
-                wrote = False
-                while not self._stop.is_set():
-                    batch = self._take()
-                    if not batch:
-                        break
-                    self.write_now(batch)
-                    wrote = True
-                if not wrote and self.spool_files():
-                    if self.maybe_replay():
-                        self.store_ok = True
+                if self._stop.is_set():
+                    break
+                if self._seg is None or self._seg.bytes:
+                    self._rotate()
+                self._drain()
+                now = time.monotonic()
+                if now - self._last_scan >= max(self.replay_interval_s, 1.0):
+                    reclaim_orphans(self.spool_dir)
+                    self._scan_spool()
+                if not self.store_ok or self.spool_files():
+                    self.maybe_replay()
             except Exception:  # never let the writer die
                 log.exception("prediction log writer error")
                 time.sleep(0.5)

@@ -3,7 +3,9 @@
 Record shapes (plain dicts, JSON-serialisable apart from nothing):
 
 prediction = {
-    "_id": str,                 # request_id for HTTP; "stream:<stream created, ms>:<shard_id>:<sequence_number>" for Kinesis
+    "_id": str,                 # this log entry's own id: random for HTTP (every prediction gets its own
+                                #   entry, even when a client reuses a request_id); "stream:<stream created,
+                                #   ms>:<shard_id>:<sequence_number>" for Kinesis (a re-emitted batch keeps its ids)
     "ts": float,                # UNIX seconds, UTC
     "request_id": str,
     "source": "http" | "stream",
@@ -13,6 +15,8 @@ prediction = {
     "probability": float, "decision": int, "latency_ms": float,
 }
 feedback = {"_id": request_id, "request_id": str, "outcome": 0 | 1, "ts": float}
+           # one per request_id: the one with the newest `ts` wins (a replayed old outcome never
+           # overwrites a newer one); it applies to every prediction that carries the request_id
 report   = {"_id": str, "ts": float, ...headline numbers...}
 
 Writes are idempotent by `_id` as readers see them: a re-emitted stream batch or a replayed
@@ -104,10 +108,11 @@ class PredictionStore(ABC):
 
     @abstractmethod
     def add_feedback(self, request_id: str, outcome: int, ts: float) -> None:
-        """Record the realized outcome for a request (last write wins)."""
+        """Record the realized outcome for a request; kept only when `ts` is not older than the
+        stored one (newest wins, whatever order the writes arrive in)."""
 
     def add_feedback_many(self, items: list[dict]) -> None:
-        """Several `{"request_id", "outcome", "ts"}` records, in order (last write wins)."""
+        """Several `{"request_id", "outcome", "ts"}` records (newest `ts` wins per request_id)."""
         for f in items:
             self.add_feedback(f["request_id"], f["outcome"], f["ts"])
 
@@ -135,6 +140,11 @@ class PredictionStore(ABC):
     @abstractmethod
     def ping(self) -> bool:
         """True when the backend answers."""
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """True when `exc` means the store is down or busy (retry later, keep the records), False
+        when it refuses the records themselves (the prediction log isolates and quarantines them)."""
+        return isinstance(exc, (OSError, TimeoutError))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -64,10 +64,25 @@ class MongoStore(PredictionStore):
         return int(self.db.predictions.count_documents(_window(start, end)))
 
     def add_feedback(self, request_id: str, outcome: int, ts: float) -> None:
+        self.add_feedback_many([{"request_id": request_id, "outcome": outcome, "ts": ts}])
+
+    def add_feedback_many(self, items: list[dict]) -> None:
+        """Upserts that match only a stored record not newer than the new one (`ts` $lte): for a
+        newer stored record the upsert's insert hits the existing `_id` (duplicate key, ignored),
+        so the newest outcome wins whatever order the writes come in."""
+        from pymongo.errors import DuplicateKeyError
+
+        if not items:
+            return
         self._ensure_indexes()
-        rid = str(request_id)
-        self.db.feedback.replace_one({"_id": rid}, {"_id": rid, "request_id": rid, "outcome": int(outcome),
-                                                    "ts": float(ts)}, upsert=True)
+        for f in items:
+            rid, ts = str(f["request_id"]), float(f["ts"])
+            try:
+                self.db.feedback.update_one({"_id": rid, "ts": {"$lte": ts}},
+                                            {"$set": {"request_id": rid, "outcome": int(f["outcome"]), "ts": ts}},
+                                            upsert=True)
+            except DuplicateKeyError:
+                pass  # a newer outcome is stored
 
     def find_feedback(self, request_ids=None, start=None, end=None) -> list[dict]:
         q = _window(start, end)
@@ -88,6 +103,12 @@ class MongoStore(PredictionStore):
 
     def list_reports(self, limit: int = 100) -> list[dict]:
         return list(self.db.reports.find({}).sort([("ts", -1), ("_id", -1)]).limit(int(limit)))
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Connection, timeout, no primary, server-side timeouts: the server, not the records."""
+        from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
+
+        return isinstance(exc, (ConnectionFailure, ExecutionTimeout, WTimeoutError)) or super().is_unavailable(exc)
 
     def ping(self) -> bool:
         try:

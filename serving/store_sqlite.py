@@ -210,12 +210,29 @@ class SQLiteStore(PredictionStore):
         """One chunk of record dicts; returns how many were written (0 when this chunk was already)."""
         return self.insert_encoded([self.encode_prediction(r) for r in records])
 
+    @staticmethod
+    def _span(batch: PredictionBatch) -> tuple[float, float]:
+        ts = batch.cols.get("ts")
+        return (float(batch.const["ts"]),) * 2 if ts is None else (float(min(ts)), float(max(ts)))
+
+    def encode_batch(self, batch: PredictionBatch) -> bytes:
+        """JSON of a batch's columns (`{"const", "cols", "features"}`): the prediction log encodes it
+        once in the request thread, for its journal and for `insert_encoded_batch`."""
+        return _dumpb({"const": batch.const, "cols": batch.cols, "features": batch.features})
+
+    def insert_encoded_batch(self, batch: PredictionBatch, doc: bytes) -> int:
+        """`insert_batch` with the columns already encoded by `encode_batch` (same chunk id)."""
+        if batch.n == 0:
+            return 0
+        lo, hi = self._span(batch)
+        key = _dumpb(["batch", lo, hi, batch.cols["_id"]])
+        return self._insert_chunk(b'{"batch":' + doc + b"}", lo, hi, batch.n, key)
+
     def insert_batch(self, batch: PredictionBatch) -> int:
         """One chunk in columns: no per-record dicts are built on the write path."""
         if batch.n == 0:
             return 0
-        ts = batch.cols.get("ts")
-        lo, hi = (float(batch.const["ts"]),) * 2 if ts is None else (float(min(ts)), float(max(ts)))
+        lo, hi = self._span(batch)
         cols = batch.cols
         if cols.get("request_id") is cols["_id"]:  # HTTP batches: the same list twice, stored once
             cols = {k: v for k, v in cols.items() if k != "request_id"}
@@ -273,7 +290,8 @@ class SQLiteStore(PredictionStore):
     def add_feedback(self, request_id: str, outcome: int, ts: float) -> None:
         self._run(lambda c: c.execute(
             "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts",
+            "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
+            "WHERE excluded.ts >= feedback.ts",
             (str(request_id), str(request_id), int(outcome), float(ts))))
 
     def add_feedback_many(self, items: list[dict]) -> None:
@@ -287,7 +305,8 @@ class SQLiteStore(PredictionStore):
             try:
                 conn.executemany(
                     "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts", rows)
+                    "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
+                    "WHERE excluded.ts >= feedback.ts", rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -328,6 +347,10 @@ class SQLiteStore(PredictionStore):
     def list_reports(self, limit: int = 100) -> list[dict]:
         return self._run(lambda c: [json.loads(d) for (d,) in c.execute(
             "SELECT doc FROM reports ORDER BY ts DESC, _id DESC LIMIT ?", (int(limit),)).fetchall()])
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Locked, busy, disk full, cannot open: the file, not the records (OperationalError)."""
+        return isinstance(exc, sqlite3.OperationalError) or super().is_unavailable(exc)
 
     def ping(self) -> bool:
         try:

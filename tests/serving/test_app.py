@@ -40,7 +40,7 @@ def test_predict_bare_and_envelope_and_log(app_client):
     assert r2.json["ignored_fields"] == ["extra_field"]
     assert r2.json["probability"] == pytest.approx(b["probability"])
     wait_logged(state, 2)
-    recs = {x["_id"]: x for x in state.store.find_predictions()}
+    recs = {x["request_id"]: x for x in state.store.find_predictions()}
     rec = recs["abc-1"]
     assert rec["source"] == "http" and rec["route"] == "champion" and rec["features"]["gender"] == "m"
     assert rec["probability"] == pytest.approx(b["probability"]) and rec["latency_ms"] > 0

@@ -137,7 +137,7 @@ def test_batch_log_records_match_single_predictions(app_client):
     batch = post(client, "/predict/batch", [{"request_id": "many", "features": feats}]).json
     assert batch["predictions"][0]["probability"] == single["probability"]
     state.plog.flush()
-    recs = {r["_id"]: r for r in state.store.find_predictions()}
+    recs = {r["request_id"]: r for r in state.store.find_predictions()}
     a, b = recs["one"], recs["many"]
     assert b.pop("batch") is True
     for k in ("_id", "request_id", "ts", "latency_ms"):

@@ -205,3 +205,24 @@ def test_factory_picks_backend(tmp_path):
     m = open_store(Settings(_env_file=None, state_dir=tmp_path, mongodb_uri="mongodb://127.0.0.1:9/"))
     assert isinstance(m, MongoStore)
     m.close()
+
+
+def test_feedback_newest_ts_wins_whatever_the_order(store):
+    """Item 13: an older outcome written after a newer one (a replayed spool) does not replace it."""
+    store.add_feedback("r1", 0, 200.0)
+    store.add_feedback("r1", 1, 100.0)  # older, arrives later
+    store.add_feedback_many([{"request_id": "r2", "outcome": 1, "ts": 50.0},
+                             {"request_id": "r2", "outcome": 0, "ts": 60.0},
+                             {"request_id": "r3", "outcome": 1, "ts": 70.0}])
+    store.add_feedback_many([{"request_id": "r2", "outcome": 1, "ts": 55.0},  # stale
+                             {"request_id": "r3", "outcome": 0, "ts": 70.0}])  # same ts: the later write
+    got = {f["request_id"]: (f["outcome"], f["ts"]) for f in store.find_feedback()}
+    assert got == {"r1": (0, 200.0), "r2": (0, 60.0), "r3": (0, 70.0)}
+
+
+def test_a_reused_request_id_keeps_every_entry(store):
+    """Item 14: entries are keyed by their own `_id`; request_id is a field several entries share."""
+    store.insert_predictions([rec(1, 10.0, _id="e1", request_id="same"), rec(2, 11.0, _id="e2", request_id="same")])
+    store.insert_batch(batch_of([3], 12.0))
+    got = [r for r in store.find_predictions() if r["request_id"] == "same"]
+    assert [r["_id"] for r in got] == ["e1", "e2"] and [r["probability"] for r in got] == [0.01, 0.02]
