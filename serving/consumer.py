@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from churnops.contract import load_contract
+from churnops.redact import redact
+from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from serving.inference import BadInput, FastValidator, Row, check_row, log_record, parse_json, predict_rows
 from serving.metrics import get_metrics
@@ -292,7 +294,7 @@ class Consumer:
             try:
                 self.models.load_initial()
             except Exception as exc:
-                log.warning("model not loaded yet (%s); retrying in %.0f s", exc, delay)
+                log.warning("model not loaded yet (%s); retrying in %.0f s", redact(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 1.5, 30)
 
@@ -338,6 +340,7 @@ def main() -> None:
 
     setup_logging()
     s = get_settings()
+    bound_mlflow_http(s)
     try:
         c = Consumer(s)
         c.install_signal_handlers()
