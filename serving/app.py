@@ -105,7 +105,8 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
 
     s = settings or get_settings()
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
-    bound_mlflow_http(s)    # MLflow calls (background only) give up in seconds, not minutes
+    if start_background:    # a server process: its MLflow calls (background only) give up in seconds
+        bound_mlflow_http(s)
     metrics = get_metrics()
     store = store or open_store(s)
     plog = PredictionLog(store, s.state_path(s.spool_dir, "spool"), s.log_batch_size, s.log_flush_interval_s,
