@@ -146,7 +146,8 @@ def test_servers_bound_mlflow_http(tmp_path, monkeypatch):
     from churnops.registry import bound_mlflow_http
 
     for v in (MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR):
-        monkeypatch.delenv(v.name, raising=False)
+        monkeypatch.setenv(v.name, "0")  # recorded, so what bound_mlflow_http sets is undone after the test
+        monkeypatch.delenv(v.name)
     assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 120 and MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 7
     bound_mlflow_http(settings(tmp_path))
     assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 10

@@ -27,7 +27,8 @@ def worker_pids(url: str, n: int = 2, tries: int = 200) -> set[int]:
 
 def test_mlflow_silent_reload_and_drift_answer_at_once(tmp_path, mlflow_uri, mlflow_runs, monkeypatch):  # noqa: F811
     for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
-        monkeypatch.delenv(name, raising=False)  # only the server's own settings may bound MLflow's client
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)  # only the server's own settings may bound MLflow's client
     proxy = SwitchProxy(int(mlflow_uri.rsplit(":", 1)[1]))
     env_file = tmp_path / "env"
     env_file.write_text("MLFLOW_HTTP_REQUEST_TIMEOUT=2\nMLFLOW_HTTP_REQUEST_MAX_RETRIES=0\n"
