@@ -43,8 +43,8 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 	@if $(BIN)/python -c "import flows.report_flow" 2>/dev/null; then $(MAKE) --no-print-directory apply-prediction-reporting; fi
 	@echo ""
 	@echo "== demo done =="
-	@$(BIN)/python -c "from churnops.settings import get_settings; s = get_settings(); \
-	  print(f'  MLflow   {s.mlflow_tracking_uri}   (experiment {s.experiment_name}, model {s.model_name})'); \
+	@$(BIN)/python -c "from churnops.settings import get_settings; from churnops.redact import redact; s = get_settings(); \
+	  print(f'  MLflow   {redact(s.mlflow_tracking_uri)}   (experiment {s.experiment_name}, model {s.model_name})'); \
 	  print(f'  Prefect  {s.prefect_api_url.removesuffix(\"/api\")}   (deployments train-churn-model/churn-sweep ...)'); \
 	  print(f'  S3/Kinesis (moto)  {s.aws_endpoint_url}'); \
 	  print(f'  API      {s.api_url}'); print(f'  Reports  http://{s.reports_host}:{s.reports_port}')"

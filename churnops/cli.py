@@ -21,8 +21,10 @@ def setup_logging(level: str | None = None) -> None:
 
 def fail(exc: BaseException, what: str, code: int = 1) -> NoReturn:
     """Print `what failed: why` (the contract report in full) and exit; no stack trace."""
+    from churnops.redact import redact
+
     msg = str(exc) or type(exc).__name__
-    print(f"ERROR: {what} failed: {msg}", file=sys.stderr)
+    print(f"ERROR: {redact(what)} failed: {redact(msg)}", file=sys.stderr)
     if os.environ.get("DEBUG"):
         raise exc
     sys.exit(code)

@@ -6,6 +6,7 @@ import logging
 import re
 from pathlib import Path
 
+from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,10 @@ def check_tracking(settings: Settings | None = None, timeout: float = 5.0) -> No
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:  # noqa: S310
             if r.status != 200:
-                raise TrackingUnreachable(f"MLflow server {uri} answered {r.status} on /health")
+                raise TrackingUnreachable(f"MLflow server {redact(uri)} answered {r.status} on /health")
     except (urllib.error.URLError, OSError) as exc:
-        raise TrackingUnreachable(f"MLflow server {uri} unreachable ({exc}); start it with `make up`") from exc
+        raise TrackingUnreachable(f"MLflow server {redact(uri)} unreachable ({redact(exc)}); "
+                                  "start it with `make up`") from exc
 
 
 def alias_version(name: str, alias: str, settings: Settings | None = None):
@@ -73,13 +75,33 @@ def register(run_id: str, model_uri: str, settings: Settings | None = None, tags
 
 
 def resolve_model_uri(settings: Settings | None = None) -> str:
-    """What the servers load: `MODEL_URI` if set, else `runs:/<RUN_ID>/model`."""
+    """What the servers load: `MODEL_URI` if set, else `runs:/<RUN_ID>/model`, else the champion.
+
+    Checked against the allowlist of `churnops.model_uri` (raises `ModelUriError` naming
+    MODEL_URI or RUN_ID).
+    """
+    from churnops.model_uri import check_model_uri, check_run_id
+
     s = settings or get_settings()
     if s.model_uri:
-        return s.model_uri
+        return check_model_uri(s.model_uri, s, "MODEL_URI")
     if s.run_id:
-        return f"runs:/{s.run_id}/model"
+        return f"runs:/{check_run_id(s.run_id, 'RUN_ID')}/model"
     return f"models:/{s.model_name}@{CHAMPION}"
+
+
+def bound_mlflow_http(settings: Settings | None = None) -> None:
+    """Export the settings' MLflow HTTP timeout, retries and backoff for this (server) process.
+
+    MLflow reads MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES / _BACKOFF_FACTOR on every request;
+    its defaults (120 s, 7 retries, factor 2) hold a call to an unreachable server for minutes.
+    """
+    import os
+
+    s = settings or get_settings()
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(s.mlflow_http_request_timeout)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max(0, int(s.mlflow_http_request_max_retries)))
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(max(0, int(s.mlflow_http_request_backoff_factor)))
 
 
 def write_env_value(path: Path, key: str, value: str) -> None:
@@ -98,7 +120,7 @@ def pin_champion(settings: Settings | None = None, env_path: Path | None = None)
     s = settings or get_settings()
     mv = alias_version(s.model_name, CHAMPION, s)
     if mv is None:
-        raise LookupError(f"no {s.model_name}@{CHAMPION} in {s.mlflow_tracking_uri}: run `make train` first")
+        raise LookupError(f"no {s.model_name}@{CHAMPION} in {redact(s.mlflow_tracking_uri)}: run `make train` first")
     write_env_value(env_path or env_file(), "RUN_ID", mv.run_id)
     return mv.run_id
 

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     aws_secret_access_key: str = "test"
     mlflow_tracking_uri: str = "http://127.0.0.1:5051"
     prefect_api_url: str = "http://127.0.0.1:4200/api"
+    # MLflow's HTTP client in the servers (API, consumer, report server): seconds per request,
+    # retries, backoff factor (integer seconds, doubled per retry). MLflow's own defaults
+    # (120 s, 7 retries, factor 2) can hold a call for minutes; the servers export these instead.
+    mlflow_http_request_timeout: int = 10
+    mlflow_http_request_max_retries: int = 2
+    mlflow_http_request_backoff_factor: int = 1
 
     # --- data --------------------------------------------------------------------------------
     data: str | None = Field(None, description="path | s3://bucket/key | https://... ; empty = synthetic")
@@ -105,7 +111,9 @@ class Settings(BaseSettings):
     # embedded stack: nginx in front of the API on api_port when installed ("off": gunicorn there)
     api_proxy: Literal["auto", "off"] = "auto"
     api_internal_port: int = 9695            # gunicorn's loopback port behind nginx
-    admin_token: str = "change-me-local-admin"
+    # admin token of POST /model/reload; empty: generated once into <state_dir>/admin_token (see
+    # churnops/admin.py); required (16+ characters) in env=cloud
+    admin_token: str | None = None
     canary_fraction: float = 0.0
     unknown_category: Literal["reject", "unknown"] = "reject"
     max_body_bytes: int = 1_000_000

@@ -360,6 +360,20 @@ def up(s: Settings, timeout: float = 180, progs: list[Program] | None = None) ->
         print(f"ERROR: not healthy after {timeout:.0f} s: {', '.join(bad)}; logs in {p['logs']}", file=sys.stderr)
         return 1
     print_status(s, progs)
+    return print_admin_token(s)
+
+
+def print_admin_token(s: Settings) -> int:
+    """Say which admin token the API accepts (generated into the state folder when ADMIN_TOKEN is unset)."""
+    from churnops.admin import AdminTokenError, admin_token, token_path
+
+    try:
+        token = admin_token(s)
+    except AdminTokenError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    where = f"kept in {token_path(s)}" if (s.admin_token or "").strip() != token else "ADMIN_TOKEN"
+    print(f"admin token (POST /model/reload): {token}   ({where})")
     return 0
 
 

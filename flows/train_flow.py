@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from churnops import pipeline
 from churnops.contract import ContractViolation, load_contract
+from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 from churnops.tuning import best_trial
 
@@ -163,7 +164,7 @@ def main() -> None:
     print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()) + f"  threshold={summary['threshold']:.3f}")
     print(f"onnx parity max|diff|={summary['onnx_max_abs_diff']:.2e}  sweep {summary['sweep_seconds']:.1f} s "
           f"({summary['n_trials']} trials), MLflow logging {summary['logging_seconds']:.1f} s")
-    print(f"MLflow  {s.mlflow_tracking_uri}/#/models/{s.model_name}")
+    print(f"MLflow  {redact(s.mlflow_tracking_uri)}/#/models/{s.model_name}")
     logging.getLogger(__name__).debug(json.dumps(summary, default=str))
 
 

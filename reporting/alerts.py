@@ -7,6 +7,8 @@ import time
 
 import httpx
 
+from churnops.redact import redact
+
 log = logging.getLogger(__name__)
 
 
@@ -34,5 +36,6 @@ def send_alert(url: str | None, text: str, timeout_s: float = 5.0, retries: int 
             error = f"{type(exc).__name__}: {exc}"
         if i + 1 < attempts:
             time.sleep(min(backoff_s * 2**i, 10.0))
-    log.warning("webhook alert to %s failed after %d attempt(s): %s", url, i + 1, error)
+    error = redact(error, path=True)  # httpx messages may quote the URL: its path is the secret
+    log.warning("webhook alert to %s failed after %d attempt(s): %s", redact(url, path=True), i + 1, error)
     return {"sent": False, "attempts": i + 1, "status": status, "error": error}

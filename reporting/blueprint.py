@@ -4,9 +4,12 @@
   prediction drift, realized performance by model version and route, window and n.
 * `GET /drift/metrics` — the same numbers as Prometheus text (scrape job `churn-drift`).
 
-Results are cached per process for `drift_cache_s` seconds, in a small LRU of `CACHE_ENTRIES`
-windows (`hours` must be a finite number in (0, 2160]: other values are a 422); each computation
-also sets the multiprocess-safe gauges of `reporting.metrics` shown by the API's `/metrics`.
+The training reference is read from `<state_dir>/reference-cache/`; when it is not there yet a
+background thread fetches it from MLflow and the request answers 503 with Retry-After (MLflow is
+never called on a request thread). Results are cached per process for `drift_cache_s` seconds, in a
+small LRU of `CACHE_ENTRIES` windows (`hours` must be a finite number in (0, 2160]: other values are a
+422); each computation also sets the multiprocess-safe gauges of `reporting.metrics` shown by the API's
+`/metrics`.
 """
 
 from __future__ import annotations
@@ -46,8 +49,13 @@ def _context():
     return s, load_contract(s.dataset), store
 
 
-def live_drift(store, settings, contract, hours: float, now: float | None = None, reference=None) -> dict:
-    """Drift + realized performance of the last `hours` (no Evidently, no files)."""
+def live_drift(store, settings, contract, hours: float, now: float | None = None, reference=None,
+               references=None) -> dict:
+    """Drift + realized performance of the last `hours` (no Evidently, no files).
+
+    `references` (a `BackgroundReferences`) supplies the reference without calling MLflow here;
+    without it the reference is downloaded in this thread (batch callers only).
+    """
     from reporting.reference import load_reference, served_run_id
     from reporting.report import _jsonable, load_window, summarize_window
 
@@ -60,8 +68,9 @@ def live_drift(store, settings, contract, hours: float, now: float | None = None
                    message=f"not enough data (n={len(df)} < min {settings.report_min_rows})")
         return out
     if reference is None:
-        reference = load_reference(served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist()),
-                                   settings, contract)
+        run_ids = df["model_run_id"].dropna().astype(str).tolist()
+        reference = (references.get(run_ids) if references is not None
+                     else load_reference(served_run_id(settings, run_ids), settings, contract))
     d, perf = summarize_window(df, reference, settings)
     out.update(status=d["status"], reference_run_id=reference.run_id, drift=d, performance=perf,
                verdict={"drift": d["status"], "critical_features": d["critical_features"],
@@ -77,7 +86,7 @@ def _compute(hours: float) -> dict:
         if hit and time.monotonic() - hit[0] < s.drift_cache_s:
             _CACHE.move_to_end(key)
             return hit[1]
-    result = live_drift(store, s, contract, hours)
+    result = live_drift(store, s, contract, hours, references=_references(s, contract))
     try:
         from reporting.metrics import gauges
 
@@ -98,6 +107,32 @@ def _remember(key: tuple[int, float], result: dict, ttl_s: float) -> None:
         del _CACHE[k]
     while len(_CACHE) > CACHE_ENTRIES:
         _CACHE.popitem(last=False)
+
+
+def _references(settings, contract):
+    """The app's `BackgroundReferences` (MLflow is called only from its background thread)."""
+    from reporting.reference import BackgroundReferences
+
+    refs = current_app.extensions.get("drift_references")
+    if refs is None:
+        with _LOCK:
+            refs = current_app.extensions.setdefault("drift_references", BackgroundReferences(settings, contract))
+    return refs
+
+
+def _unavailable(exc: Exception) -> tuple[dict, int | None]:
+    """(answer body, Retry-After seconds or None) for a drift computation that failed."""
+    from churnops.redact import redact
+    from reporting.reference import ReferenceUnavailable
+
+    retry = getattr(exc, "retry_after", None)
+    if isinstance(exc, ReferenceUnavailable):  # expected while MLflow is away: no trace, URLs redacted
+        if retry is None:
+            log.warning("drift unavailable: %s", redact(exc))
+    else:
+        log.exception("drift computation failed")
+    return {"error": "drift report unavailable",
+            "details": {"reason": redact(f"{type(exc).__name__}: {exc}")[:500]}}, retry
 
 
 def _hours() -> float:
@@ -125,8 +160,11 @@ def drift_report():
     try:
         return jsonify(_compute(hours))
     except Exception as exc:
-        log.exception("drift report failed")
-        return jsonify({"error": "drift report unavailable", "details": {"reason": f"{type(exc).__name__}: {exc}"}}), 503
+        body, retry = _unavailable(exc)
+        resp = jsonify(body)
+        resp.status_code = 503
+        resp.headers["Retry-After"] = str(retry or 30)
+        return resp
 
 
 @drift_blueprint.get("/metrics")
@@ -142,6 +180,7 @@ def drift_metrics():
     try:
         body = drift_exposition(_compute(hours))
     except Exception as exc:
-        log.exception("drift metrics failed")
-        return Response(f"# drift unavailable: {type(exc).__name__}\n", status=503, content_type=CONTENT_TYPE_LATEST)
+        body, retry = _unavailable(exc)
+        return Response(f"# drift unavailable: {type(exc).__name__}\n", status=503, content_type=CONTENT_TYPE_LATEST,
+                        headers={"Retry-After": str(retry or 30)})
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
+from churnops.redact import redact
 from reporting.drift import Reference
 
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE, THRESHOLD_FILE = "reference_sample.csv", "threshold.json"
+RUN_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 
 
 class ReferenceUnavailable(RuntimeError):
@@ -49,29 +57,128 @@ def served_run_id(settings, model_run_ids: list[str] | None = None) -> str:
     if mv is None:
         raise ReferenceUnavailable(
             f"no logged predictions, no RUN_ID and no {settings.model_name}@champion at "
-            f"{settings.mlflow_tracking_uri}: train and pin a model first (make train && make pin)")
+            f"{redact(settings.mlflow_tracking_uri)}: train and pin a model first (make train && make pin)")
     return mv.run_id
 
 
+def local_run_id(settings, model_run_ids: list[str] | None = None) -> str | None:
+    """`served_run_id` when it needs no MLflow call (logged runs, RUN_ID, MODEL_URI runs:/), else None."""
+    ids = [r for r in (model_run_ids or []) if r]
+    if ids or settings.run_id or (settings.model_uri and settings.model_uri.startswith("runs:/")):
+        return served_run_id(settings, ids)
+    return None
+
+
+class ReferenceNotReady(ReferenceUnavailable):
+    """The reference is being fetched in the background (or the last fetch failed); ask again later."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackgroundReferences:
+    """References for a server: read from the local cache, fetched from MLflow only in a background thread.
+
+    `get` never calls MLflow: it answers from `<state_dir>/reference-cache/<run_id>/` or starts
+    (once at a time per run, at most every `retry_s` after a failure) a download thread and
+    raises `ReferenceNotReady`.
+    """
+
+    CHAMPION = "@champion"
+
+    def __init__(self, settings, contract, cache_root: Path | None = None, retry_s: float = 30.0):
+        self.settings, self.contract, self.cache_root, self.retry_s = settings, contract, cache_root, retry_s
+        self._lock = threading.Lock()
+        self._running: dict[str, threading.Thread] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
+        self._champion: str | None = None
+
+    def get(self, model_run_ids: list[str] | None = None) -> Reference:
+        run_id = local_run_id(self.settings, model_run_ids) or self._champion
+        key = run_id or self.CHAMPION
+        if run_id is not None:
+            folder = cache_folder(run_id, self.settings, self.cache_root)
+            if (folder / REFERENCE_FILE).exists():
+                return reference_from_folder(folder, self.contract, run_id)
+        return self._not_ready(key)
+
+    def _not_ready(self, key: str) -> Reference:
+        now = time.monotonic()
+        with self._lock:
+            failed = self._failed.get(key)
+            busy = key in self._running
+            if not busy and (failed is None or now - failed[0] >= self.retry_s):
+                t = threading.Thread(target=self._fetch, args=(key,), name="reference-fetch", daemon=True)
+                self._running[key] = t
+                t.start()
+                busy = True
+        what = "the champion's reference" if key == self.CHAMPION else f"the reference of run {key}"
+        if busy:
+            raise ReferenceNotReady(f"{what} is being fetched from MLflow; try again shortly", 5)
+        wait = max(1, int(self.retry_s - (now - failed[0])) + 1)
+        raise ReferenceNotReady(f"{what} is not available: {failed[1]}", wait)
+
+    def _fetch(self, key: str) -> None:
+        try:
+            run_id = key
+            if key == self.CHAMPION:
+                run_id = served_run_id(self.settings, [])
+                self._champion = run_id
+            fetch_run_files(run_id, self.settings, self.cache_root)
+            with self._lock:
+                self._failed.pop(key, None)
+        except Exception as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")[:400]
+            log.warning("reference fetch for %s failed (next try in %.0f s): %s", key, self.retry_s, reason)
+            with self._lock:
+                self._failed[key] = (time.monotonic(), reason)
+        finally:
+            with self._lock:
+                self._running.pop(key, None)
+
+
+def cache_folder(run_id: str, settings, cache_root: Path | None = None) -> Path:
+    """Where the reference files of `run_id` are kept once downloaded."""
+    if not RUN_FOLDER.fullmatch(run_id or ""):
+        raise ReferenceUnavailable(f"run id {str(run_id)[:60]!r} cannot name a reference folder")
+    return (cache_root or settings.state_dir / "reference-cache") / run_id
+
+
 def fetch_run_files(run_id: str, settings, cache_root: Path | None = None) -> Path:
-    """Download the reference sample and threshold of `run_id` (cached) and return the folder."""
+    """Download the reference sample and threshold of `run_id` (cached) and return the folder.
+
+    The files land in a temporary folder renamed into place, so a reader never sees half a file.
+    """
     import mlflow.artifacts
 
-    folder = (cache_root or settings.state_dir / "reference-cache") / run_id
+    folder = cache_folder(run_id, settings, cache_root)
     if (folder / REFERENCE_FILE).exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=folder.parent))
     try:
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_FILE, dst_path=str(folder),
-                                            tracking_uri=settings.mlflow_tracking_uri)
-    except Exception as exc:
-        raise ReferenceUnavailable(
-            f"cannot download {REFERENCE_FILE} of run {run_id} from {settings.mlflow_tracking_uri}: {exc}") from exc
-    try:
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=THRESHOLD_FILE, dst_path=str(folder),
-                                            tracking_uri=settings.mlflow_tracking_uri)
-    except Exception:  # optional: decisions then use 0.5
-        log.warning("run %s has no %s; reference decisions use 0.5", run_id, THRESHOLD_FILE)
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_FILE, dst_path=str(tmp),
+                                                tracking_uri=settings.mlflow_tracking_uri)
+        except Exception as exc:
+            raise ReferenceUnavailable(
+                f"cannot download {REFERENCE_FILE} of run {run_id} from {redact(settings.mlflow_tracking_uri)}: "
+                f"{redact(exc)[:300]}") from exc
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=THRESHOLD_FILE, dst_path=str(tmp),
+                                                tracking_uri=settings.mlflow_tracking_uri)
+        except Exception:  # optional: decisions then use 0.5
+            log.warning("run %s has no %s; reference decisions use 0.5", run_id, THRESHOLD_FILE)
+        if not (folder / REFERENCE_FILE).exists():
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder of an older version
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process renamed its copy first
+                if not (folder / REFERENCE_FILE).exists():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

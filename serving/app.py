@@ -8,7 +8,6 @@ Debug only: `python -m serving.app` runs Flask's development server.
 from __future__ import annotations
 
 import atexit
-import hmac
 import logging
 import math
 import os
@@ -21,7 +20,11 @@ from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from churnops.admin import admin_token, token_matches
 from churnops.contract import load_contract
+from churnops.model_uri import ModelUriError, check_model_uri, check_run_id
+from churnops.redact import redact
+from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from serving.columnar import ColumnarValidator, from_rows, predict_columns
 from serving.fastpath import FastPredict
@@ -43,7 +46,7 @@ from serving.inference import (
     with_ignored,
 )
 from serving.metrics import get_metrics, render
-from serving.model import ModelLoadError, ModelManager
+from serving.model import ModelManager, ReloadBusy
 from serving.prediction_log import PredictionLog
 from serving.store import PredictionBatch, PredictionStore
 
@@ -78,6 +81,7 @@ class ServingState:
         self.metrics = get_metrics()
         self.validator = FastValidator(self.contract, settings.unknown_category)
         self.columnar = ColumnarValidator(self.contract, settings.unknown_category)
+        self.admin_token = ""  # set by create_app (churnops.admin.admin_token)
 
 
 def _err(status: int, error: str, details: dict | None = None) -> tuple[Response, int]:
@@ -122,6 +126,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     from serving.store_factory import open_store
 
     s = settings or get_settings()
+    token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
+    if start_background:    # a server process: its MLflow calls (background only) give up in seconds
+        bound_mlflow_http(s)
     metrics = get_metrics()
     store = store or open_store(s)
     plog = PredictionLog(store, s.state_path(s.spool_dir, "spool"), s.log_batch_size, s.log_flush_interval_s,
@@ -129,6 +136,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                          spool_max_bytes=s.spool_max_bytes, retry_max_s=s.log_retry_max_s, journal=s.log_journal)
     models = models or ModelManager(s, metrics=metrics)
     state = ServingState(s, store, plog, models)
+    state.admin_token = token
     if start_background:
         plog.start()
         _LOGS.append(plog)
@@ -198,7 +206,7 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     def current_models():
         ms = models.current
         if ms is None:
-            raise BadInput("model not loaded yet", {"model": models.last_error or "loading"}, "not_ready", 503)
+            raise BadInput("model not loaded yet", {"model": redact(models.last_error or "loading")}, "not_ready", 503)
         return ms
 
     # ---- prediction ------------------------------------------------------------------------------
@@ -333,38 +341,77 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     @app.get("/ready")
     def ready():
         if models.current is None:
-            return _err(503, "model not loaded", {"model": models.last_error or "loading"})
+            return _err(503, "model not loaded", {"model": redact(models.last_error or "loading")})
         ms = models.current
         return jsonify({"status": "ready", "run_id": ms.champion.run_id, "version": ms.champion.version})
 
     @app.get("/model")
     def model_info():
         if models.current is None:
-            return _err(503, "model not loaded", {"model": models.last_error or "loading"})
+            return _err(503, "model not loaded", {"model": redact(models.last_error or "loading")})
         return jsonify(models.current.describe() | {"unknown_category": s.unknown_category, "pid": os.getpid()})
+
+    def admin_denied() -> tuple[Response, int] | None:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
+        if not token_matches(token, state.admin_token):
+            return _err(401, "admin token required",
+                        {"authorization": "send `Authorization: Bearer <ADMIN_TOKEN>` (the token `make up` "
+                                          "prints, kept in <state_dir>/admin_token unless ADMIN_TOKEN is set)"})
+        return None
+
+    def reload_target(data: dict) -> tuple[str | None, str | None | bool]:
+        """(champion, challenger) of a reload body, checked against the model URI allowlist."""
+        try:
+            champion = data.get("model_uri")
+            if champion is not None:
+                champion = check_model_uri(champion, s, "model_uri")
+                if data.get("run_id") is not None:
+                    raise ModelUriError("run_id", "send model_uri or run_id, not both")
+            elif data.get("run_id") is not None:
+                champion = f"runs:/{check_run_id(data['run_id'], 'run_id')}/model"
+            challenger = data.get("challenger_uri", True)
+            if challenger is False:
+                challenger = None
+            elif challenger is not None and challenger is not True:
+                challenger = check_model_uri(challenger, s, "challenger_uri")
+        except ModelUriError as exc:
+            raise BadInput("invalid reload request", {exc.field: exc.message}, "invalid_model_uri", 422) from exc
+        return champion, challenger
 
     @app.post("/model/reload")
     def reload_model():
-        auth = request.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
-        if not token or not hmac.compare_digest(token.encode(), s.admin_token.encode()):
-            return _err(401, "admin token required", {"authorization": "send `Authorization: Bearer <ADMIN_TOKEN>`"})
+        """Start a reload in the background: 202 + the job; the current model keeps serving."""
+        denied = admin_denied()
+        if denied:
+            return denied
         raw = request.get_data(cache=False)
         data = parse_json(raw) if raw.strip() else {}
         if not isinstance(data, dict):
             raise BadInput("expected a JSON object", {"body": "expected an object"}, "not_object", 422)
-        champion = data.get("model_uri") or (f"runs:/{data['run_id']}/model" if data.get("run_id") else None)
-        challenger = data.get("challenger_uri", True)
+        champion, challenger = reload_target(data)
         old = models.current
+        serving = old.champion.uri if old else None
         try:
-            ms = models.reload(champion, challenger)
-        except ModelLoadError as exc:
-            return _err(422, "reload failed; previous model still serving",
-                        {"model": str(exc), "serving": old.champion.uri if old else None})
-        except Exception as exc:
-            return _err(502, "reload failed; previous model still serving",
-                        {"model": f"{type(exc).__name__}: {str(exc)[:300]}", "serving": old.champion.uri if old else None})
-        return jsonify({"status": "reloaded", **ms.describe()})
+            job = models.submit_reload(champion, challenger)
+        except ReloadBusy as exc:
+            url = f"/model/reload/{exc.job['id']}"
+            return jsonify({"error": "a reload is already pending", "details": {"reload": url},
+                            **exc.job, "status_url": url}), 409
+        url = f"/model/reload/{job['id']}"
+        resp = jsonify({**job, "status_url": url, "serving": serving})
+        resp.headers["Location"] = url
+        return resp, 202
+
+    @app.get("/model/reload/<job_id>")
+    def reload_status(job_id: str):
+        denied = admin_denied()
+        if denied:
+            return denied
+        job = models.reload_status(job_id)
+        if job is None:
+            return _err(404, "not found", {"reload": f"no reload {job_id[:40]!r}"})
+        return jsonify({**job, "status_url": f"/model/reload/{job['id']}"})
 
     @app.get("/logs")
     def logs():

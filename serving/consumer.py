@@ -54,6 +54,8 @@ from dataclasses import dataclass
 
 from churnops.aws import backoff_delay, is_transient
 from churnops.contract import load_contract
+from churnops.redact import redact
+from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
@@ -542,7 +544,7 @@ class Consumer:
             try:
                 self.models.load_initial()
             except Exception as exc:
-                log.warning("model not loaded yet (%s); retrying in %.0f s", exc, delay)
+                log.warning("model not loaded yet (%s); retrying in %.0f s", redact(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 1.5, 30)
 
@@ -617,6 +619,7 @@ def main() -> None:
     quiet_process()  # before the model loader first imports mlflow
     setup_logging()
     s = get_settings()
+    bound_mlflow_http(s)
     try:
         c = Consumer(s)
         c.install_signal_handlers()

@@ -7,7 +7,9 @@ run, the challenger is loaded too and a request goes to it when sha256(request_i
 
 A `ModelSet` (champion + optional challenger) is immutable; a reload builds a complete new one
 and swaps one reference, so a request sees either the old set or the new one, never a mix,
-and a failed reload leaves the old set serving. Under gunicorn a reload reaches one worker;
+and a failed reload leaves the old set serving. `submit_reload` runs a reload in a background
+thread (MLflow is never called on a request thread) and records its status in
+`<state_dir>/reloads/<id>.json` (pending / loaded / failed with the reason). Under gunicorn a reload reaches one worker;
 it writes the accepted target to `<state_dir>/serving-model.json` and every other process
 (workers, consumer) polls that file and loads the same target.
 """
@@ -18,16 +20,19 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from churnops.bundle import Bundle
+from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -35,8 +40,33 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
+PENDING, LOADED, FAILED = "pending", "loaded", "failed"
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+KEEP_JOBS = 100
+
+
 class ModelLoadError(RuntimeError):
     """The model named could not be downloaded or loaded."""
+
+
+class ReloadBusy(RuntimeError):
+    """A reload of this process is still pending; `job` is that reload."""
+
+    def __init__(self, job: dict):
+        super().__init__(f"reload {job['id']} is still pending")
+        self.job = job
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -128,7 +158,7 @@ def _registry_info(s: Settings, uri: str, run_id: str) -> tuple[str | None, list
             full = c.get_model_version(mv.name, mv.version)
             return str(full.version), sorted(getattr(full, "aliases", []) or [])
     except Exception as exc:  # registry info is descriptive only
-        log.warning("no registry info for %s: %s", uri, exc)
+        log.warning("no registry info for %s: %s", uri, redact(exc))
     return None, []
 
 
@@ -151,14 +181,14 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
             try:
                 root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
             except Exception as exc:
-                raise ModelLoadError(f"cannot download {uri} from {s.mlflow_tracking_uri}: "
-                                     f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+                raise ModelLoadError(f"cannot download {uri} from {redact(s.mlflow_tracking_uri)}: "
+                                     f"{type(exc).__name__}: {redact(exc)[:300]}") from exc
         bdir = _find_bundle(root)
         try:
             bundle = Bundle.load(bdir, prefer_onnx=True, threads=1, native_min_rows=s.native_batch_min_rows,
                                  compiled_trees=s.compiled_trees)
         except Exception as exc:
-            raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {exc}") from exc
+            raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {redact(exc)}") from exc
         # smoke test: one all-missing row must give a probability
         p = bundle.predict_matrix(np.zeros((1, bundle.encoder.width), dtype=np.float32))
         if p.shape != (1,) or not np.isfinite(p).all():
@@ -210,7 +240,10 @@ class ModelManager:
     """Holds the current `ModelSet`; loads in the background; reloads atomically."""
 
     def __init__(self, settings: Settings | None = None, state_file: Path | None = None, metrics=None):
+        from churnops.registry import resolve_model_uri
+
         self.settings = settings or get_settings()
+        resolve_model_uri(self.settings)  # MODEL_URI / RUN_ID outside the allowlist: refuse at startup
         self.state_file = state_file or (self.settings.state_dir / "serving-model.json")
         self.current: ModelSet | None = None
         self.last_error: str | None = None
@@ -218,6 +251,8 @@ class ModelManager:
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._seen_state: tuple | None = None
+        self._jobs_lock = threading.Lock()
+        self._job: dict | None = None
         self.freeze_gc = True
 
     @property
@@ -252,7 +287,7 @@ class ModelManager:
                 try:
                     self.load_initial()
                 except Exception as exc:
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.last_error = redact(f"{type(exc).__name__}: {exc}")
                     log.warning("model not loaded yet (%s); retrying in %.0f s", self.last_error, delay)
                     self._stop.wait(delay)
                     delay = min(delay * 1.5, 30.0)
@@ -280,7 +315,7 @@ class ModelManager:
                 self._install(ms)
             log.info("followed reload to generation %s (%s)", st["generation"], st.get("champion"))
         except Exception as exc:
-            log.warning("could not follow reload generation %s: %s", st.get("generation"), exc)
+            log.warning("could not follow reload generation %s: %s", st.get("generation"), redact(exc))
 
     def reload(self, champion: str | None = None, challenger: str | None | bool = True) -> ModelSet:
         """Load a complete new set and swap it in; on any error the old set keeps serving."""
@@ -303,6 +338,70 @@ class ModelManager:
             if self.metrics:
                 self.metrics.model_reloads.labels("ok").inc()
             return ms
+
+    # ---- background reloads (POST /model/reload answers 202; GET /model/reload/<id> reads the job) ----
+
+    def submit_reload(self, champion: str | None = None, challenger: str | None | bool = True) -> dict:
+        """Start `reload` in a background thread; returns the job (`status` pending).
+
+        The job is written to `<state_dir>/reloads/<id>.json`, so any worker can answer its
+        status. Raises `ReloadBusy` while a job of this process is still pending.
+        """
+        with self._jobs_lock:
+            if self._job is not None and self._job["status"] == PENDING:
+                raise ReloadBusy(dict(self._job))
+            job = {"id": uuid.uuid4().hex, "status": PENDING, "champion": champion,
+                   "challenger": challenger if challenger is not True else "alias", "pid": os.getpid(),
+                   "submitted_at": time.time(), "finished_at": None, "generation": None, "reason": None}
+            self._job = job
+            self._write_job(job)
+        threading.Thread(target=self._run_job, args=(job, champion, challenger), name="model-reload",
+                         daemon=True).start()
+        return dict(job)
+
+    def _run_job(self, job: dict, champion: str | None, challenger: str | None | bool) -> None:
+        try:
+            ms = self.reload(champion, challenger)
+            update = {"status": LOADED, "generation": ms.generation, "champion": ms.champion.uri,
+                      "run_id": ms.champion.run_id, "version": ms.champion.version,
+                      "challenger": ms.challenger.uri if ms.challenger else None}
+        except Exception as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")[:600]
+            log.warning("reload %s failed, previous model still serving: %s", job["id"], reason)
+            update = {"status": FAILED, "reason": reason}
+        with self._jobs_lock:
+            job.update(update, finished_at=time.time())
+            self._write_job(job)
+
+    def _jobs_dir(self) -> Path:
+        return self.state_file.parent / "reloads"
+
+    def _write_job(self, job: dict) -> None:
+        d = self._jobs_dir()
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".{job['id']}.{os.getpid()}"
+            tmp.write_text(json.dumps(job))
+            os.replace(tmp, d / f"{job['id']}.json")
+            if job["status"] == PENDING:  # keep the newest jobs only
+                old = sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime)[:-KEEP_JOBS]
+                for p in old:
+                    p.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not record reload job %s: %s", job["id"], exc)
+
+    def reload_status(self, job_id: str) -> dict | None:
+        """The job `job_id` as recorded by whichever process runs it; None when unknown."""
+        if not JOB_ID.fullmatch(job_id or ""):
+            return None
+        try:
+            job = json.loads((self._jobs_dir() / f"{job_id}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if job.get("status") == PENDING and not _alive(int(job.get("pid") or 0)):
+            job.update(status=FAILED, reason=f"the process that ran the reload (pid {job.get('pid')}) exited "
+                                             "before it finished; previous model still serving")
+        return job
 
     def _write_state(self, ms: ModelSet) -> None:
         st = {"generation": ms.generation, "champion": ms.champion.uri,

@@ -70,12 +70,21 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
     spec.path("/metrics", operations={"get": {"summary": "Prometheus metrics (all workers)",
                                               "responses": {"200": {"description": "text exposition"}}}})
     spec.path("/model/reload", operations={"post": {
-        "summary": "Load a model and swap it in atomically (admin token: `Authorization: Bearer` or `X-Admin-Token`)",
+        "summary": "Start loading a model in the background; swapped in atomically when loaded, the old one serves "
+                   "meanwhile (admin token: `Authorization: Bearer` or `X-Admin-Token`). model_uri: "
+                   "`runs:/<32-hex run id>/<path>`, `models:/<MODEL_NAME>@<alias>` or `models:/<MODEL_NAME>/<version>`",
         "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
-            "model_uri": {"type": "string"}, "run_id": {"type": "string"}, "challenger_uri": {"type": "string"}}}}}},
-        "responses": {"200": ok_json("new model"), "401": {"description": "bad token", **err},
-                      "422": {"description": "model cannot be loaded; old model kept", **err},
-                      "502": {"description": "registry unreachable; old model kept", **err}}}})
+            "model_uri": {"type": "string"}, "run_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "challenger_uri": {"type": "string", "nullable": True}}}}}},
+        "responses": {"202": ok_json("reload started: id, status pending, status_url"),
+                      "401": {"description": "bad token", **err},
+                      "409": {"description": "a reload of this worker is still pending", **err},
+                      "422": {"description": "model_uri / run_id / challenger_uri not accepted", **err}}}})
+    spec.path("/model/reload/{id}", operations={"get": {
+        "summary": "Status of a reload (admin): pending, loaded, or failed with the reason",
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": ok_json("the reload job"), "401": {"description": "bad token", **err},
+                      "404": {"description": "unknown reload", **err}}}})
     return spec.to_dict()
 
 

@@ -9,17 +9,25 @@ import pytest
 from tests.reporting.conftest import MemoryStore, log_window
 
 
+def cache_reference(settings, reference_frame, run_id: str = "ref-run") -> None:
+    """What the background fetch leaves in <state_dir>/reference-cache/<run_id>/."""
+    folder = settings.state_dir / "reference-cache" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    reference_frame.to_csv(folder / "reference_sample.csv", index=False)
+
+
 @pytest.fixture
-def client(settings_factory, contract, reference, monkeypatch):
+def client(settings_factory, contract, reference_frame):
     from serving.app import create_app
 
     store = MemoryStore()
     log_window(store, contract, 400, seed=9, end=time.time() - 1, hours=1, drift=["category"])
-    monkeypatch.setattr("reporting.reference.load_reference", lambda *a, **k: reference)
     import reporting.blueprint as bp
 
     bp._CACHE.clear()
-    app = create_app(settings_factory(), store=store, start_background=False)
+    s = settings_factory()
+    cache_reference(s, reference_frame)
+    app = create_app(s, store=store, start_background=False)
     assert "drift" in app.blueprints
     return app.test_client()
 
@@ -65,7 +73,7 @@ def test_drift_cache_is_a_bounded_lru_with_ttl(client, monkeypatch):
 
     computed: list[float] = []
 
-    def fake(store, settings, contract, hours, now=None, reference=None):
+    def fake(store, settings, contract, hours, **kwargs):
         computed.append(hours)
         return {"n": 0, "status": "insufficient_data", "window": {"hours": hours}}
 
@@ -92,3 +100,44 @@ def test_drift_hours_out_of_range_is_422_naming_hours(client, hours):
     assert "hours" in json.loads(r.data)["details"]
     m = client.get(f"/drift/metrics?hours={hours}")
     assert m.status_code == 422 and "hours" in m.get_data(as_text=True)
+@pytest.mark.parametrize("mlflow", ["silent", "closed"])
+def test_drift_report_never_waits_for_mlflow(settings_factory, contract, reference_frame, monkeypatch, mlflow):
+    """Issue 13 item 16: with no cached reference and MLflow away, 503 + Retry-After at once, fetch in the background."""
+    import reporting.blueprint as bp
+    from churnops.localservers import free_port
+    from serving.app import create_app
+    from tests.netfaults import BlackHole
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    bh = BlackHole()
+    try:
+        port = bh.port if mlflow == "silent" else free_port()
+        store = MemoryStore()
+        log_window(store, contract, 400, seed=9, end=time.time() - 1, hours=1)
+        bp._CACHE.clear()
+        s = settings_factory(mlflow_tracking_uri=f"http://alice:s3cret@127.0.0.1:{port}")
+        client = create_app(s, store=store, start_background=False).test_client()
+        first = client.get("/drift/report")
+        assert first.status_code == 503 and int(first.headers["Retry-After"]) >= 1, first.get_json()
+        assert "being fetched" in first.get_json()["details"]["reason"]
+        m = client.get("/drift/metrics")
+        assert m.status_code == 503 and int(m.headers["Retry-After"]) >= 1
+        deadline = time.monotonic() + 30  # the background fetch gives up (1 s timeout, no retries)
+        while time.monotonic() < deadline:
+            r = client.get("/drift/report")
+            if "being fetched" not in r.get_json()["details"]["reason"]:
+                break
+            time.sleep(0.1)
+        body = r.get_json()
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1, body
+        assert "s3cret" not in str(body) and "***@127.0.0.1" in body["details"]["reason"], body
+        if mlflow == "silent":
+            assert bh.accepted >= 1
+        # the reference arrives in the cache (as a later fetch would leave it): served without MLflow
+        cache_reference(s, reference_frame)
+        ok = client.get("/drift/report")
+        assert ok.status_code == 200 and ok.get_json()["reference_run_id"] == "ref-run"
+    finally:
+        bh.close()

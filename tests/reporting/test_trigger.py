@@ -162,3 +162,16 @@ def test_retrain_flow_on_window(settings_factory, contract, reference, monkeypat
     finally:
         get_settings.cache_clear()
     assert out["action"] == "started" and starter.calls == 1
+
+
+def test_webhook_url_is_never_logged(caplog):
+    """Issue 13 item 19: the webhook URL is a secret (token in its path): a failure names only its host."""
+    hook = Hook(fail=10)
+    try:
+        url = hook.url.replace("/hook", "/services/T000/B000/XSECRETX?token=qq")
+        r = send_alert(url, "x", timeout_s=2, retries=1, backoff_s=0.01)
+        assert not r["sent"] and r["attempts"] == 2 and r["error"] == "HTTP 500"
+        assert "XSECRETX" not in caplog.text and "qq" not in caplog.text
+        assert f"127.0.0.1:{hook.srv.server_address[1]}/***" in caplog.text
+    finally:
+        hook.close()

@@ -349,7 +349,9 @@ def test_reload_reaches_every_worker(api, trained, challenger_version, stack_env
     hdr = {"X-Admin-Token": "test-admin"}
     target = f"models:/{stack_env.model_name}/{challenger_version['version']}"
     st, b = http("POST", f"{url}/model/reload", {"model_uri": target, "challenger_uri": None}, headers=hdr)
-    assert st == 200 and b["champion"]["run_id"] == challenger_version["run_id"], b
+    assert st == 202 and b["status"] in ("pending", "loaded"), b
+    done = wait_reload(url, b["status_url"], hdr)
+    assert done["status"] == "loaded" and done["run_id"] == challenger_version["run_id"], done
     try:
         deadline = time.monotonic() + 20
         seen: dict[int, str] = {}
@@ -362,4 +364,18 @@ def test_reload_reaches_every_worker(api, trained, challenger_version, stack_env
         assert len(seen) == 2 and set(seen.values()) == {challenger_version["run_id"]}, seen
     finally:
         st, b = http("POST", f"{url}/model/reload", {}, headers=hdr)
-        assert st == 200 and b["champion"]["run_id"] == trained["run_id"]
+        assert st == 202, b
+        done = wait_reload(url, b["status_url"], hdr)
+        assert done["status"] == "loaded" and done["run_id"] == trained["run_id"], done
+
+
+def wait_reload(url: str, status_url: str, hdr: dict, timeout: float = 60.0) -> dict:
+    """Poll a background reload's status (any worker answers it) until it is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st, job = http("GET", f"{url}{status_url}", headers=hdr)
+        assert st == 200, job
+        if job["status"] != "pending":
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"reload still pending: {job}")
