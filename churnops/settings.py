@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     aws_secret_access_key: str = "test"
     mlflow_tracking_uri: str = "http://127.0.0.1:5051"
     prefect_api_url: str = "http://127.0.0.1:4200/api"
+    # bind address of the MLflow and Prefect servers (Compose: 0.0.0.0 inside the container)
+    bind_host: str = "127.0.0.1"
+    mlflow_backend_store_uri: str | None = None       # default sqlite:///<state_dir>/mlflow/mlflow.db
+    mlflow_artifacts_destination: str | None = None   # default <state_dir>/mlflow/artifacts (Compose: s3://)
 
     # --- data --------------------------------------------------------------------------------
     data: str | None = Field(None, description="path | s3://bucket/key | https://... ; empty = synthetic")
@@ -111,6 +115,7 @@ class Settings(BaseSettings):
     # --- monitoring (reports, drift, retraining) -------------------------------------------------
     reports_dir: Path | None = None          # default <state_dir>/reports
     reports_port: int = 8888
+    prometheus_port: int = 9090              # embedded stack: Prometheus (Debian package) when installed
     report_window_hours: float = 3.0
     report_interval_hours: float = 3.0
     report_min_rows: int = 200
@@ -125,6 +130,7 @@ class Settings(BaseSettings):
     alert_retries: int = 3
     simulate_rate: float = 20.0              # records per second per simulator
     simulate_seconds: float = 30.0
+    simulate_interval_s: float = 0.0         # > 0: the simulator services send a round every interval
     simulate_count: int | None = None
     simulate_drift: str | None = None        # shift|category|missing|concept (comma-separated)
     simulate_drift_mode: Literal["sudden", "gradual"] = "sudden"
