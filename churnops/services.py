@@ -33,8 +33,21 @@ def mlflow_argv(s: Settings) -> list[str]:
     state = s.state_dir.resolve()
     backend = s.mlflow_backend_store_uri or f"sqlite:///{state}/mlflow/mlflow.db"
     artifacts = s.mlflow_artifacts_destination or str(state / "mlflow" / "artifacts")
-    return [str(BIN / "mlflow"), "server", "--host", s.bind_host, "--port", str(port_of(s.mlflow_tracking_uri)),
-            "--workers", "1", "--backend-store-uri", backend, "--artifacts-destination", artifacts, "--serve-artifacts"]
+    return [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        s.bind_host,
+        "--port",
+        str(port_of(s.mlflow_tracking_uri)),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--serve-artifacts",
+    ]
 
 
 def prefect_server_argv(s: Settings) -> list[str]:
@@ -54,15 +67,18 @@ def api_argv(s: Settings) -> list[str]:
 
 def prometheus_argv(s: Settings, binary: str = "prometheus") -> list[str]:
     """The Prometheus binary (Debian package) scraping the local API with monitoring/prometheus.local.yml."""
-    return [binary, f"--config.file={PROJECT_ROOT / 'monitoring' / 'prometheus.local.yml'}",
-            f"--storage.tsdb.path={s.state_dir.resolve() / 'prometheus-data'}",
-            f"--web.listen-address=127.0.0.1:{s.prometheus_port}", "--storage.tsdb.retention.time=7d"]
+    return [
+        binary,
+        f"--config.file={PROJECT_ROOT / 'monitoring' / 'prometheus.local.yml'}",
+        f"--storage.tsdb.path={s.state_dir.resolve() / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+        "--storage.tsdb.retention.time=7d",
+    ]
 
 
 def prefect_env(s: Settings) -> dict[str, str]:
     """Environment of the Prefect server and worker (PREFECT_HOME under the state folder)."""
-    return {"PREFECT_HOME": str(s.state_dir.resolve() / "prefect"),
-            "PREFECT_API_URL": s.prefect_api_url, **QUIET_ENV}
+    return {"PREFECT_HOME": str(s.state_dir.resolve() / "prefect"), "PREFECT_API_URL": s.prefect_api_url, **QUIET_ENV}
 
 
 def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
