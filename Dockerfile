@@ -57,6 +57,5 @@ WORKDIR /app
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 9696
-HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-  CMD ["churnops-health", "http://127.0.0.1:9696/health"]
+# no image-wide HEALTHCHECK: each compose service checks its own server with `churnops-health`
 CMD ["churnops-api"]
