@@ -16,8 +16,16 @@ BIN = Path(sys.executable).parent
 COMPOSE_FILES = ("docker-compose-registry.yml", "docker-compose-serve.yml")
 SECRET_VARS = ("ADMIN_TOKEN", "GRAFANA_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "MONGO_PASSWORD")
 # the ports of ARCHITECTURE.md, published on the host by these services
-PUBLISHED = {"localstack": 4566, "mlflow": 5051, "prefect-server": 4200, "api": 9696, "nginx": 8888,
-             "prometheus": 9090, "grafana": 3000, "mongo": 27017}
+PUBLISHED = {
+    "localstack": 4566,
+    "mlflow": 5051,
+    "prefect-server": 4200,
+    "api": 9696,
+    "nginx": 8888,
+    "prometheus": 9090,
+    "grafana": 3000,
+    "mongo": 27017,
+}
 
 
 def tool(name: str) -> str:

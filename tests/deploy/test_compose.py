@@ -22,8 +22,12 @@ VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
 def test_both_files_pass_the_compose_spec_schema():
-    out = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                          *(str(ROOT / f) for f in COMPOSE_FILES)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *(str(ROOT / f) for f in COMPOSE_FILES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     for f in COMPOSE_FILES:
         assert load_compose(f)["name"] == "churnops"  # one project: the serve side reaches the registry side
@@ -139,8 +143,9 @@ def test_two_consumers_split_the_shards_without_overlap(compose):
     for spec in consumers.values():
         env = spec["environment"]
         assert spec["command"] == ["churnops-consumer"]
-        s = Settings(_env_file=None, consumer_index=int(env["CONSUMER_INDEX"]),
-                     consumer_count=int(env["CONSUMER_COUNT"]))
+        s = Settings(
+            _env_file=None, consumer_index=int(env["CONSUMER_INDEX"]), consumer_count=int(env["CONSUMER_COUNT"])
+        )
         c = Consumer.__new__(Consumer)  # only the shard assignment: no store, no model, no network
         c.s, c.kin = s, Kin()
         owned.append(c.my_shards())
@@ -165,12 +170,19 @@ def test_services_get_their_configuration_from_the_environment(compose):
 def test_mounted_monitoring_files_are_the_checked_ones(compose):
     """Prometheus and Grafana get exactly the files tests/monitoring/test_monitoring_config.py checks."""
     prom = dict(v.split(":")[:2][::-1] for v in compose["prometheus"]["volumes"] if v.startswith("./"))
-    assert prom == {"/etc/prometheus/prometheus.yml": "./monitoring/prometheus.yml",
-                    "/etc/prometheus/alerts.yml": "./monitoring/alerts.yml"}
+    assert prom == {
+        "/etc/prometheus/prometheus.yml": "./monitoring/prometheus.yml",
+        "/etc/prometheus/alerts.yml": "./monitoring/alerts.yml",
+    }
     cfg = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
     assert cfg["rule_files"] == ["alerts.yml"]  # relative to the config: /etc/prometheus/alerts.yml
-    api_targets = {t for j in cfg["scrape_configs"] if j["job_name"].startswith("churn-")
-                   for sc in j["static_configs"] for t in sc["targets"]}
+    api_targets = {
+        t
+        for j in cfg["scrape_configs"]
+        if j["job_name"].startswith("churn-")
+        for sc in j["static_configs"]
+        for t in sc["targets"]
+    }
     assert api_targets == {"api:9696"} and "api" in compose  # the service name and its container port
     graf = dict(v.split(":")[:2][::-1] for v in compose["grafana"]["volumes"] if v.startswith("./"))
     assert graf["/var/lib/grafana/dashboards"] == "./monitoring/grafana/dashboards"

@@ -51,11 +51,17 @@ def test_consumer_health_needs_the_stream_and_the_store(moto_endpoint, tmp_path)
     from churnops.aws import client
     from churnops.settings import Settings
 
-    env = {**os.environ, "ENV_FILE": str(tmp_path / "none"), "AWS_ENDPOINT_URL": moto_endpoint,
-           "STATE_DIR": str(tmp_path), "INPUT_STREAM": "health-in"}
+    env = {
+        **os.environ,
+        "ENV_FILE": str(tmp_path / "none"),
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "STATE_DIR": str(tmp_path),
+        "INPUT_STREAM": "health-in",
+    }
     missing = health("consumer", env=env)
     assert missing.returncode == 1 and "stream health-in" in missing.stderr
     client("kinesis", Settings(_env_file=None, aws_endpoint_url=moto_endpoint)).create_stream(
-        StreamName="health-in", ShardCount=1)
+        StreamName="health-in", ShardCount=1
+    )
     ok = health("consumer", env=env)
     assert ok.returncode == 0, ok.stderr

@@ -51,8 +51,16 @@ def test_every_copy_source_exists_and_is_in_the_build_context():
 
 
 def test_context_leaves_out_state_secrets_and_the_venv():
-    for path in (".env.local", ".env.cloud", ".venv", ".stack", ".git", "tests", "bench/results/x.json",
-                 "churnops/__pycache__/settings.cpython-311.pyc"):
+    for path in (
+        ".env.local",
+        ".env.cloud",
+        ".venv",
+        ".stack",
+        ".git",
+        "tests",
+        "bench/results/x.json",
+        "churnops/__pycache__/settings.cpython-311.pyc",
+    ):
         assert ignored(path), path
     for path in ("pyproject.toml", "churnops/settings.py", "flows/train_flow.py", "serving/index.html"):
         assert not ignored(path), path
@@ -62,7 +70,7 @@ def test_multi_stage_non_root_no_build_tools_and_optional_torch():
     ins = instructions()
     stages = [a for i, a in ins if i == "FROM"]
     assert len(stages) >= 2 and stages[-1].endswith("AS runtime")
-    final = ins[max(k for k, (i, _) in enumerate(ins) if i == "FROM"):]
+    final = ins[max(k for k, (i, _) in enumerate(ins) if i == "FROM") :]
     users = [a for i, a in final if i == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     final_runs = " ".join(a for i, a in final if i == "RUN")
@@ -71,8 +79,9 @@ def test_multi_stage_non_root_no_build_tools_and_optional_torch():
     text = (ROOT / "Dockerfile").read_text()
     assert 'ARG TORCH_VERSION=""' in text and 'if [ -n "$TORCH_VERSION" ]' in text  # torch only when asked
     assert "postgres" in text  # MLflow's PostgreSQL driver (the `postgres` extra)
-    assert "psycopg2-binary" in str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-                                    ["optional-dependencies"]["postgres"])
+    assert "psycopg2-binary" in str(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
+    )
 
 
 def test_hadolint_passes():
@@ -83,8 +92,7 @@ def test_hadolint_passes():
 def test_actionlint_passes_on_the_workflows():
     flows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
     assert {f.name for f in flows} >= {"ci.yml", "deploy.yml"}
-    out = subprocess.run([tool("actionlint"), *map(str, flows)], capture_output=True, text=True, timeout=60,
-                         cwd=ROOT)
+    out = subprocess.run([tool("actionlint"), *map(str, flows)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -96,8 +104,9 @@ def test_workflows_do_what_the_issue_asks():
     assert "push" in on and "pull_request" in on
     assert ci["jobs"]["test"]["needs"] == "lint"
     for job in ci["jobs"].values():
-        assert any(s.get("uses", "").startswith("actions/cache@") and s["with"]["path"] == ".venv"
-                   for s in job["steps"])
+        assert any(
+            s.get("uses", "").startswith("actions/cache@") and s["with"]["path"] == ".venv" for s in job["steps"]
+        )
     assert any(s.get("run") == "make lint" for s in ci["jobs"]["lint"]["steps"])
     assert any(s.get("run") == "make test" for s in ci["jobs"]["test"]["steps"])
     dep = yaml.safe_load((ROOT / ".github/workflows/deploy.yml").read_text())

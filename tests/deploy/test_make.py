@@ -11,13 +11,32 @@ import pytest
 
 from tests.deploy.conftest import ROOT, SECRET_VARS
 
-SWITCHED = ("up", "down", "status", "logs", "setup-model-registry", "setup-model-serve", "start-serve", "stop-serve",
-            "init_aws", "apply-model-train-flow", "apply-prediction-reporting", "simulate", "report", "reset_all")
+SWITCHED = (
+    "up",
+    "down",
+    "status",
+    "logs",
+    "setup-model-registry",
+    "setup-model-serve",
+    "start-serve",
+    "stop-serve",
+    "init_aws",
+    "apply-model-train-flow",
+    "apply-prediction-reporting",
+    "simulate",
+    "report",
+    "reset_all",
+)
 
 
 def make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "MAKEFLAGS": "", **(env or {})})
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MAKEFLAGS": "", **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +55,15 @@ def test_help_lists_each_target_once_with_one_line(help_targets):
 def test_every_target_the_readme_names_is_listed_and_exists(help_targets):
     readme = (ROOT / "README.md").read_text()
     named = set(re.findall(r"\bmake ([a-z][a-z_-]+)", readme))
-    assert {"demo", "test", "setup-model-registry", "init_aws", "apply-model-train-flow", "setup-model-serve",
-            "apply-prediction-reporting"} <= named
+    assert {
+        "demo",
+        "test",
+        "setup-model-registry",
+        "init_aws",
+        "apply-model-train-flow",
+        "setup-model-serve",
+        "apply-prediction-reporting",
+    } <= named
     missing = sorted(named - set(help_targets))
     assert not missing, f"README names targets make help does not list: {missing}"
     for target in sorted(named):
@@ -46,8 +72,10 @@ def test_every_target_the_readme_names_is_listed_and_exists(help_targets):
 
 
 def test_runtime_docker_runs_the_compose_files(help_targets):
-    compose = "docker compose -p churnops --env-file .env.local --env-file .stack/docker/secrets.env " \
-              "-f docker-compose-registry.yml -f docker-compose-serve.yml"
+    compose = (
+        "docker compose -p churnops --env-file .env.local --env-file .stack/docker/secrets.env "
+        "-f docker-compose-registry.yml -f docker-compose-serve.yml"
+    )
     for target in SWITCHED:
         out = make("-n", target, "RUNTIME=docker")
         assert out.returncode == 0, f"make -n {target} RUNTIME=docker: {out.stderr}"
@@ -75,15 +103,25 @@ def fake_docker(tmp_path) -> dict:
 def test_cloud_refuses_to_start_without_secrets(tmp_path):
     env = fake_docker(tmp_path)
     secrets = tmp_path / "s" / "secrets.env"
-    out = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "docker-env", "env=cloud",
-                          f"DOCKER_SECRETS={secrets}"], capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "docker-env", "env=cloud", f"DOCKER_SECRETS={secrets}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode != 0
     for v in SECRET_VARS:
         assert v in out.stderr
     assert not secrets.exists()
     env.update({v: "from-the-secret-store" for v in SECRET_VARS})
-    ok = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "docker-env", "env=cloud",
-                         f"DOCKER_SECRETS={secrets}"], capture_output=True, text=True, timeout=60, env=env)
+    ok = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "docker-env", "env=cloud", f"DOCKER_SECRETS={secrets}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr
     assert secrets.read_text() == ""  # cloud values stay in the environment, never on disk
 
@@ -109,6 +147,11 @@ def test_docker_runtime_without_docker_says_so(tmp_path):
         src = next((p for p in (f"/usr/bin/{name}", f"/bin/{name}") if os.path.exists(p)), None)
         if src:
             (bindir / name).symlink_to(src)
-    out = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "docker-env"], capture_output=True,
-                         text=True, timeout=60, env={"PATH": str(bindir), "HOME": str(tmp_path)})
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "docker-env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(bindir), "HOME": str(tmp_path)},
+    )
     assert out.returncode != 0 and "RUNTIME=docker needs docker" in out.stderr

@@ -33,14 +33,16 @@ def server_block(text: str) -> str:
 def test_compose_nginx_serves_the_reports_with_the_embedded_rules():
     template = (ROOT / "nginx" / "nginx.conf").read_text()
     compose = (ROOT / "nginx" / "reports.compose.conf").read_text()
-    expected = server_block(template).replace("{{HOST}}:{{PORT}}", "0.0.0.0:8888").replace("{{REPORTS_DIR}}",
-                                                                                          "/srv/reports")
+    expected = (
+        server_block(template).replace("{{HOST}}:{{PORT}}", "0.0.0.0:8888").replace("{{REPORTS_DIR}}", "/srv/reports")
+    )
     assert server_block(compose) == expected
     assert "{{" not in compose
 
 
-@pytest.mark.skipif(not shutil.which("nginx") and not shutil.which("/usr/sbin/nginx"),
-                    reason="nginx not installed (make system-deps)")
+@pytest.mark.skipif(
+    not shutil.which("nginx") and not shutil.which("/usr/sbin/nginx"), reason="nginx not installed (make system-deps)"
+)
 def test_compose_nginx_config_passes_nginx_t(tmp_path):
     """The conf.d file inside an http block, as the nginx image includes it; paths moved into tmp."""
     reports = tmp_path / "reports"
@@ -49,11 +51,17 @@ def test_compose_nginx_config_passes_nginx_t(tmp_path):
     body = (ROOT / "nginx" / "reports.compose.conf").read_text().replace("/srv/reports", str(reports))
     body = body.replace("listen 0.0.0.0:8888;", "listen 127.0.0.1:1;")  # never bound by -t
     conf = tmp_path / "nginx.conf"
-    conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\nevents {{}}\n"
-                    f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path}/tmp;\n{body}\n}}\n")
+    conf.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/logs/error.log;\nevents {{}}\n"
+        f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path}/tmp;\n{body}\n}}\n"
+    )
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    out = subprocess.run([nginx, "-t", "-p", f"{tmp_path}/", "-e", f"{tmp_path}/logs/error.log", "-c", str(conf)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [nginx, "-t", "-p", f"{tmp_path}/", "-e", f"{tmp_path}/logs/error.log", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
 
 

@@ -28,10 +28,14 @@ def test_mongo_indexes_the_fields_the_embedded_store_indexes(tmp_path):
         st.add_feedback("a", 1, 2.0)
         st.save_report({"_id": "r1", "ts": 3.0})
     with sqlite3.connect(tmp_path / "p.db") as db:
-        sql = " ".join(r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+        sql = " ".join(
+            r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        )
     mongo = stores["mongo"].db
-    keys = {c: {k for ix in mongo[c].index_information().values() for k, _ in ix["key"]} for c in
-            ("predictions", "feedback", "reports")}
+    keys = {
+        c: {k for ix in mongo[c].index_information().values() for k, _ in ix["key"]}
+        for c in ("predictions", "feedback", "reports")
+    }
     # the embedded store indexes time on predictions (per chunk), feedback and reports: so does MongoDB
     assert "ts_min" in sql and "feedback (ts)" in sql and "reports (ts)" in sql
     assert {"ts", "request_id"} <= keys["predictions"] and {"ts", "request_id"} <= keys["feedback"]
@@ -56,8 +60,11 @@ def test_logs_endpoint_answers_the_same_on_both_stores(backend, serving_settings
     try:
         t0 = time.time()
         for i in range(5):
-            r = client.post("/predict", data=json.dumps({"request_id": f"w{i}", "features": example()}),
-                            content_type="application/json")
+            r = client.post(
+                "/predict",
+                data=json.dumps({"request_id": f"w{i}", "features": example()}),
+                content_type="application/json",
+            )
             assert r.status_code == 200, r.json
         deadline = time.monotonic() + 5
         while store.count_predictions() < 5 and time.monotonic() < deadline:
