@@ -59,10 +59,11 @@ def test_published_ports_are_the_architecture_ports_on_loopback(compose):
             assert hport == cport
             published[svc] = int(hport)
     assert published == PUBLISHED
-    s = Settings(_env_file=None)  # the embedded stack's defaults: the same ports
-    assert {s.api_port, s.reports_port, s.prometheus_port} <= set(PUBLISHED.values())
-    for url in (s.aws_endpoint_url, s.mlflow_tracking_uri, s.prefect_api_url, s.api_url):
-        assert int(url.split(":")[2].split("/")[0]) in PUBLISHED.values()
+    # the embedded stack's defaults (the class's, not this process's environment): the same ports
+    default = {name: f.default for name, f in Settings.model_fields.items()}
+    assert {default["api_port"], default["reports_port"], default["prometheus_port"]} <= set(PUBLISHED.values())
+    for key in ("aws_endpoint_url", "mlflow_tracking_uri", "prefect_api_url", "api_url"):
+        assert int(default[key].split(":")[2].split("/")[0]) in PUBLISHED.values(), key
     readme = (ROOT / "README.md").read_text()
     for port in PUBLISHED.values():
         assert f"127.0.0.1:{port}" in readme or f":{port}" in readme, f"port {port} not in the README"
