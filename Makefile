@@ -1,32 +1,57 @@
 # ChurnOps: the whole lifecycle on one laptop. `make demo` then `make test`; `make help` lists all.
+# RUNTIME=embedded (default: supervisord, no Docker) or RUNTIME=docker (the two compose files).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 env ?= local
 export ENV := $(env)
+RUNTIME ?= embedded
+ifeq ($(filter $(RUNTIME),embedded docker),)
+$(error RUNTIME must be embedded or docker, got '$(RUNTIME)')
+endif
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 STACK := $(BIN)/churnops-stack
+PY_DIRS := churnops flows serving simulators reporting bench tests
 
-.PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
-        setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
-        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor bench-faults venv system-deps
+# ---- Docker runtime: both compose files in one project; secrets from the environment (env=cloud)
+# or generated once per machine into .stack/docker/secrets.env (env=local, never committed)
+DOCKER_SECRETS ?= .stack/docker/secrets.env
+SECRET_VARS := ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD MONGO_PASSWORD
+DC := docker compose -p churnops --env-file .env.$(env) --env-file $(DOCKER_SECRETS) \
+      -f docker-compose-registry.yml -f docker-compose-serve.yml
+REGISTRY_SERVICES := localstack postgres mlflow prefect-server prefect-worker
+SERVE_SERVICES := mongo api consumer-0 consumer-1 simulate-http simulate-kinesis prometheus grafana nginx
+SERVING := api consumer-0 consumer-1
+# commands that write RUN_ID into the host's .env.<env> run as the host user with that file mounted
+DC_PIN := $(DC) run --rm --no-deps --user "$$(id -u):$$(id -g)" -v "$(CURDIR)/.env.$(env):/app/.env.pin" \
+          -e ENV_FILE=/app/.env.pin prefect-worker
+ifeq ($(RUNTIME),docker)
+DEPS := docker-env
+else
+DEPS := $(STAMP)
+endif
 
-help: ## list the targets
+.PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
+        pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
+        rollback reset_all lint bench bench-train bench-serve bench-monitor bench-faults venv system-deps docker-env
+
+help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
+	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (first time: about 2-3 minutes)"
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,lint]"
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
 
-system-deps: ## optional, root + apt only: nginx (reports; a Python server is the fallback) and wrk (bench-serve load)
-	@for pkg in nginx:nginx-light wrk:wrk; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
+system-deps: ## optional, root + apt only: nginx (reports), prometheus (scrapes the API), wrk (bench-serve load)
+	@for pkg in nginx:nginx-light prometheus:prometheus wrk:wrk; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
 	  if command -v $$bin >/dev/null; then echo "$$bin present"; \
 	  elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq $$deb >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$deb >/dev/null 2>&1)) \
@@ -55,58 +80,154 @@ test: $(STAMP) ## run the whole test suite (bootstraps .venv)
 
 run_tests: test ## alias of test
 
-up: $(STAMP) ## start the embedded stack (moto, MLflow, Prefect server + worker) under supervisord
+up: $(DEPS) ## start the stack: embedded = moto, MLflow, Prefect server + worker (supervisord); docker = registry side
+ifeq ($(RUNTIME),docker)
+	$(DC) up -d --build --wait $(REGISTRY_SERVICES)
+else
 	@$(STACK) up
+endif
 
-down: ## stop the embedded stack; waits until every process of it has exited (SIGKILL after STACK_STOP_TIMEOUT_S)
+down: ## stop the stack (state kept); embedded: waits until every process has exited (SIGKILL after STACK_STOP_TIMEOUT_S)
+ifeq ($(RUNTIME),docker)
+	$(DC) down
+else
 	@if [ -x $(STACK) ]; then $(STACK) down; else echo "nothing to stop"; fi
+endif
 
-status: ## show the stack's processes and health
+status: ## show the stack's processes / containers and their health
+ifeq ($(RUNTIME),docker)
+	$(DC) ps
+else
 	@$(STACK) status
+endif
 
-init_aws: $(STAMP) ## bucket, streams, and a cleaned SHA-256-versioned snapshot (DATA=path|s3://|https://; none = synthetic)
+logs: ## recent log lines of every service (svc=NAME for one)
+ifeq ($(RUNTIME),docker)
+	$(DC) logs --tail 100 $(svc)
+else
+	@tail -n 100 $(if $(svc),.stack/logs/$(svc).log,.stack/logs/*.log)
+endif
+
+setup-model-registry: $(DEPS) ## the registry side: storage, MLflow, Prefect server + worker (= up)
+ifeq ($(RUNTIME),docker)
+	$(DC) build
+	$(DC) up -d --wait $(REGISTRY_SERVICES)
+else
+	@$(STACK) up
+endif
+
+init_aws: $(DEPS) ## bucket, streams, and a cleaned SHA-256-versioned snapshot (DATA=path|s3://|https://; none = synthetic)
+ifeq ($(RUNTIME),docker)
+	$(DC) run --rm init-aws
+else
 	@$(BIN)/churnops-init-aws
+endif
 
-apply-model-train-flow: $(STAMP) ## register the scheduled training deployment (every TRAIN_INTERVAL_HOURS, default 6)
+apply-model-train-flow: $(DEPS) ## register the scheduled training deployment (every TRAIN_INTERVAL_HOURS, default 6)
+ifeq ($(RUNTIME),docker)
+	$(DC) run --rm prefect-worker churnops-deploy train
+else
 	@$(BIN)/churnops-deploy train
+endif
 
-train: $(STAMP) ## run the hyperopt sweep now and wait (progress bar per trial)
+train: $(DEPS) ## run the hyperopt sweep now and wait (progress bar per trial)
+ifeq ($(RUNTIME),docker)
+	$(DC) run --rm prefect-worker churnops-train
+else
 	@$(BIN)/churnops-train
+endif
 
-pin: $(STAMP) ## write the champion's RUN_ID into .env.local
+pin: $(DEPS) ## write the champion's RUN_ID into .env.local
+ifeq ($(RUNTIME),docker)
+	$(DC_PIN) churnops-pin
+else
 	@$(BIN)/churnops-pin
+endif
 
-setup-model-serve: $(STAMP) ## stack up, pin the champion if nothing is pinned, start API + consumer
+setup-model-serve: $(DEPS) ## stack up, pin the champion if nothing is pinned, start API + consumer (docker: + Mongo, simulators, Prometheus, Grafana, Nginx)
 	@$(MAKE) --no-print-directory up
 	@grep -q '^RUN_ID=.\+' .env.$(env) 2>/dev/null || $(MAKE) --no-print-directory pin
+ifeq ($(RUNTIME),docker)
+	$(DC) up -d --wait $(SERVE_SERVICES)
+else
 	@$(MAKE) --no-print-directory start-serve
+endif
 
-start-serve: $(STAMP) ## (re)start the HTTP API on 9696 and the Kinesis consumer on the pinned model
+start-serve: $(DEPS) ## (re)start the HTTP API on 9696 and the Kinesis consumer(s) on the pinned model
+ifeq ($(RUNTIME),docker)
+	$(DC) up -d --no-deps --force-recreate --wait $(SERVING)
+else
 	@$(STACK) start api consumer
+endif
 
-stop-serve: ## stop the HTTP API and the Kinesis consumer
+stop-serve: ## stop the HTTP API and the Kinesis consumer(s)
+ifeq ($(RUNTIME),docker)
+	$(DC) stop $(SERVING)
+else
 	@$(STACK) stop api consumer
+endif
 
-apply-prediction-reporting: $(STAMP) ## register the report flow (every 3 h) and the retrain trigger
+apply-prediction-reporting: $(DEPS) ## register the report flow (every 3 h) and the retrain trigger
+ifeq ($(RUNTIME),docker)
+	$(DC) run --rm prefect-worker churnops-deploy report
+else
 	@$(BIN)/churnops-deploy report
+endif
 
-report: $(STAMP) ## build a drift/quality report of the logged predictions now
+report: $(DEPS) ## build a drift/quality report of the logged predictions now
+ifeq ($(RUNTIME),docker)
+	$(DC) run --rm prefect-worker churnops-report
+else
 	@$(BIN)/churnops-report
+endif
 
-simulate: $(STAMP) ## send business traffic over HTTP and Kinesis for a bounded time (SIMULATE_SECONDS)
+simulate: $(DEPS) ## send business traffic over HTTP and Kinesis for a bounded time (SIMULATE_SECONDS)
+ifeq ($(RUNTIME),docker)
+	$(DC) run --rm --no-deps simulate-http churnops-simulate --allow-remote
+else
 	@$(BIN)/churnops-simulate
+endif
 
 retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
 	@$(BIN)/churnops-retrain
 
-rollback: $(STAMP) ## move champion back to the previous version and re-pin RUN_ID
+rollback: $(DEPS) ## move champion back to the previous version and re-pin RUN_ID
+ifeq ($(RUNTIME),docker)
+	$(DC_PIN) churnops-rollback
+else
 	@$(BIN)/churnops-rollback
+endif
 
-reset_all: ## stop everything, then delete all local state (.stack: MLflow db, Prefect db, logs, reports)
+reset_all: ## stop everything and delete all local state (embedded: .stack; docker: containers, volumes, secrets)
+ifeq ($(RUNTIME),docker)
+	$(DC) down -v --remove-orphans
+	rm -rf .stack/docker
+else
 	@if [ -x $(STACK) ]; then $(STACK) reset; else rm -rf .stack; fi
+endif
 
-lint: $(STAMP) ## ruff
-	$(BIN)/ruff check churnops flows serving simulators reporting bench tests
+# RUNTIME=docker prerequisite: the docker CLI, and the secrets (env=cloud: from the environment;
+# env=local: generated once, kept as long as the volumes that were initialised with them)
+docker-env:
+	@command -v docker >/dev/null || { echo "ERROR: RUNTIME=docker needs docker with the compose plugin" >&2; exit 2; }
+	@if [ "$(env)" = cloud ]; then \
+	  missing=""; for v in $(SECRET_VARS); do [ -n "$${!v}" ] || missing="$$missing $$v"; done; \
+	  if [ -n "$$missing" ]; then echo "ERROR: env=cloud needs$$missing in the environment (from your secret store)" >&2; exit 2; fi; \
+	  mkdir -p $(dir $(DOCKER_SECRETS)); : > $(DOCKER_SECRETS); \
+	else \
+	  mkdir -p $(dir $(DOCKER_SECRETS)); umask 077; touch $(DOCKER_SECRETS); \
+	  for v in $(SECRET_VARS); do grep -q "^$$v=." $(DOCKER_SECRETS) || \
+	    echo "$$v=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> $(DOCKER_SECRETS); done; \
+	fi
+
+lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (workflows), compose schema
+	@rc=0; \
+	$(BIN)/ruff check $(PY_DIRS) || rc=1; \
+	$(BIN)/ruff format --check $(PY_DIRS) || rc=1; \
+	$(BIN)/hadolint Dockerfile && echo "hadolint: Dockerfile ok" || rc=1; \
+	$(BIN)/actionlint .github/workflows/*.yml && echo "actionlint: workflows ok" || rc=1; \
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
+	exit $$rc
 
 bench: bench-train bench-serve bench-monitor bench-faults ## all benchmarks -> bench/results/*.json
 

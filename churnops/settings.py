@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     mlflow_http_request_timeout: int = 10
     mlflow_http_request_max_retries: int = 2
     mlflow_http_request_backoff_factor: int = 1
+    # bind address of the MLflow and Prefect servers (Compose: 0.0.0.0 inside the container)
+    bind_host: str = "127.0.0.1"
+    mlflow_backend_store_uri: str | None = None       # default sqlite:///<state_dir>/mlflow/mlflow.db
+    mlflow_artifacts_destination: str | None = None   # default <state_dir>/mlflow/artifacts (Compose: s3://)
 
     # --- data --------------------------------------------------------------------------------
     data: str | None = Field(None, description="path | s3://bucket/key | https://... ; empty = synthetic")
@@ -149,6 +153,7 @@ class Settings(BaseSettings):
     # --- monitoring (reports, drift, retraining) -------------------------------------------------
     reports_dir: Path | None = None          # default <state_dir>/reports
     reports_port: int = 8888
+    prometheus_port: int = 9090              # embedded stack: Prometheus (Debian package) when installed
     report_window_hours: float = 3.0
     report_interval_hours: float = 3.0
     report_min_rows: int = 200
@@ -163,6 +168,7 @@ class Settings(BaseSettings):
     alert_retries: int = 3
     simulate_rate: float = 20.0              # records per second per simulator
     simulate_seconds: float = 30.0
+    simulate_interval_s: float = 0.0         # > 0: the simulator services send a round every interval
     simulate_count: int | None = None
     simulate_drift: str | None = None        # shift|category|missing|concept (comma-separated)
     simulate_drift_mode: Literal["sudden", "gradual"] = "sudden"

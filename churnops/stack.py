@@ -30,7 +30,10 @@ from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import urlparse
 
+from churnops import services
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, get_settings
+from churnops import services
+from churnops.settings import PROJECT_ROOT, Settings, get_settings
 
 BIN = Path(sys.executable).parent
 MARKER = "CHURNOPS_STACK_DIR"  # environment variable naming the state folder of the stack a process belongs to
@@ -55,48 +58,43 @@ def _port(url: str) -> int:
 
 
 def programs(s: Settings) -> list[Program]:
-    """What the embedded stack runs; ports come from the settings' URLs."""
-    state = s.state_dir.resolve()
+    """What the embedded stack runs: the project's console scripts (the Docker image runs the same ones,
+    see churnops.services); ports come from the settings' URLs."""
     moto_port = _port(s.aws_endpoint_url or "http://127.0.0.1:4566")
     mlflow_port = _port(s.mlflow_tracking_uri)
     prefect_port = _port(s.prefect_api_url)
-    prefect_env = {
-        "PREFECT_HOME": str(state / "prefect"),
-        "PREFECT_API_URL": s.prefect_api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    prefect_env = services.prefect_env(s)
     progs = [
-        Program("moto", [str(BIN / "python"), "-m", "churnops.motoserver", "-H", "127.0.0.1", "-p", str(moto_port)],
+        Program("moto", [str(BIN / "churnops-moto"), "-H", "127.0.0.1", "-p", str(moto_port)],
                 moto_port,
                 f"http://127.0.0.1:{moto_port}/moto-api/"),
-        Program("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                           "--workers", "1", "--backend-store-uri", f"sqlite:///{state}/mlflow/mlflow.db",
-                           "--artifacts-destination", str(state / "mlflow" / "artifacts"), "--serve-artifacts"],
-                mlflow_port, f"http://127.0.0.1:{mlflow_port}/health"),
-        Program("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(prefect_port)],
+        Program("mlflow", [str(BIN / "churnops-mlflow")], mlflow_port, f"http://127.0.0.1:{mlflow_port}/health"),
+        Program("prefect-server", [str(BIN / "churnops-prefect-server")],
                 prefect_port, f"http://127.0.0.1:{prefect_port}/api/health", env=prefect_env),
-        Program("prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", s.work_pool, "--type", "process"],
-                None, None, env=prefect_env, startsecs=5),
+        Program("prefect-worker", [str(BIN / "churnops-prefect-worker")], None, None, env=prefect_env, startsecs=5),
     ]
     if find_spec("reporting.webserver") is not None:
-        progs.append(Program("reports", [str(BIN / "python"), "-m", "reporting.webserver"], s.reports_port,
+        progs.append(Program("reports", [str(BIN / "churnops-reports")], s.reports_port,
                              f"http://127.0.0.1:{s.reports_port}/", group="monitor"))
+    prometheus = shutil.which("prometheus")
+    if prometheus:  # `make system-deps` installs the Debian package; optional
+        progs.append(Program("prometheus", services.prometheus_argv(s, prometheus), s.prometheus_port,
+                             f"http://127.0.0.1:{s.prometheus_port}/-/ready", group="monitor", startsecs=2))
     if find_spec("serving.gunicorn_conf") is not None:
         proxy = _api_proxy(s)
         if proxy is not None:  # nginx on the public port, gunicorn behind it on a loopback port
             internal = s.api_internal_port
-            progs.append(Program("api", [str(BIN / "gunicorn"), "-c", "python:serving.gunicorn_conf", "serving.wsgi:app"],
+            progs.append(Program("api", [str(BIN / "churnops-api")],
                                  internal, f"http://127.0.0.1:{internal}/health", autostart=False, group="serve",
                                  env={"GUNICORN_BIND": proxy}, stopwaitsecs=35))  # gunicorn's graceful_timeout is 30 s
-            progs.append(Program(API_PROXY, [str(BIN / "python"), "-m", "serving.proxy"], s.api_port,
+            progs.append(Program(API_PROXY, [str(BIN / "churnops-api-proxy")], s.api_port,
                                  f"http://127.0.0.1:{s.api_port}/health", autostart=False, group="serve"))
         else:
-            progs.append(Program("api", [str(BIN / "gunicorn"), "-c", "python:serving.gunicorn_conf", "serving.wsgi:app"],
+            progs.append(Program("api", [str(BIN / "churnops-api")],
                                  s.api_port, f"http://127.0.0.1:{s.api_port}/health", autostart=False, group="serve",
                                  stopwaitsecs=35))  # gunicorn's graceful_timeout is 30 s
     if find_spec("serving.consumer") is not None:
-        progs.append(Program("consumer", [str(BIN / "python"), "-m", "serving.consumer"], None, None,
+        progs.append(Program("consumer", [str(BIN / "churnops-consumer")], None, None,
                              autostart=False, group="serve"))
     return progs
 
@@ -118,6 +116,15 @@ def with_proxy(s: Settings, names: list[str], stopping: bool = False) -> list[st
     if "api" not in names or API_PROXY in names or not any(p.name == API_PROXY for p in programs(s)):
         return names
     return [API_PROXY, *names] if stopping else [*names, API_PROXY]
+def program_env(s: Settings) -> dict[str, str]:
+    """Environment every program gets: the settings that shape the services' command lines, so each
+    console script rebuilds the same argv as `churnops.services` does here."""
+    env = {"PYTHONUNBUFFERED": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "STATE_DIR": str(s.state_dir.resolve()), "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+           "PREFECT_API_URL": s.prefect_api_url, "WORK_POOL": s.work_pool}
+    if s.aws_endpoint_url:
+        env["AWS_ENDPOINT_URL"] = s.aws_endpoint_url
+    return env
 
 
 def paths(s: Settings) -> dict[str, Path]:
@@ -143,7 +150,7 @@ def render_config(s: Settings, progs: list[Program] | None = None) -> str:
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
         "[supervisorctl]", f"serverurl=unix://{p['sock']}", "",
     ]
-    base_env = {"PYTHONUNBUFFERED": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}", **stack_env(s)}
+    base_env = {**program_env(s), **stack_env(s)}
     for prog in programs(s) if progs is None else progs:
         env = {**base_env, **prog.env}
         env_line = ",".join(f'{k}="{v}"' for k, v in env.items())

@@ -1,0 +1,61 @@
+# syntax=docker/dockerfile:1
+# One image for every Python service of ChurnOps (MLflow, Prefect server and worker, API, stream
+# consumer, simulators, init). Each compose service runs one of the project's console scripts
+# (churnops-api, churnops-consumer, ...), the same ones the embedded stack runs.
+#
+#   docker build -t churnops:local .                            # default: no torch
+#   docker build --build-arg TORCH_VERSION=2.9.1 -t churnops:torch .   # image track (CPU torch)
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ---- build: a virtual environment with the pinned dependencies, then the project --------------
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VERSION=""
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /app
+# dependencies first (their layer is reused until pyproject.toml changes)
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && if [ -n "$TORCH_VERSION" ]; then \
+      pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"; fi
+COPY churnops/ churnops/
+COPY flows/ flows/
+COPY serving/ serving/
+COPY simulators/ simulators/
+COPY reporting/ reporting/
+COPY monitoring/ monitoring/
+COPY nginx/ nginx/
+# editable: the project root stays /app, where Prefect deployments find flows/ (from_source)
+RUN pip install --no-deps -e .
+
+# ---- runtime: the venv and the code, a non-root user, no compilers --------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+# libgomp1: OpenMP runtime that XGBoost's wheel links against (a shared library, not a build tool)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 churn \
+ && useradd --system --uid 10001 --gid churn --home-dir /data --no-create-home churn \
+ && mkdir -p /data /reports \
+ && chown churn:churn /data /reports
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    STATE_DIR=/data \
+    REPORTS_DIR=/reports \
+    ENV_FILE=/nonexistent/.env \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DO_NOT_TRACK=true \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false
+WORKDIR /app
+USER 10001:10001
+VOLUME ["/data"]
+EXPOSE 9696
+# no image-wide HEALTHCHECK: each compose service checks its own server with `churnops-health`
+CMD ["churnops-api"]

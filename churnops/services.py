@@ -1,0 +1,155 @@
+"""The command line of every long-running service, in one place.
+
+The embedded stack (`churnops.stack`, under supervisord) and the Docker image (compose
+`command:`) run the same console scripts (`churnops-mlflow`, `churnops-api`, ...); each script
+builds its argv here from the settings and `exec`s the real server, so signals reach it
+directly. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+from churnops.settings import PROJECT_ROOT, Settings, get_settings
+
+BIN = Path(sys.executable).parent
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def port_of(url: str, default: int = 80) -> int:
+    """The port of a URL (`default` when it names none)."""
+    return urlparse(url).port or default
+
+
+def mlflow_argv(s: Settings) -> list[str]:
+    """`mlflow server` on the tracking URI's port; SQLite + local artifacts unless configured otherwise."""
+    state = s.state_dir.resolve()
+    backend = s.mlflow_backend_store_uri or f"sqlite:///{state}/mlflow/mlflow.db"
+    artifacts = s.mlflow_artifacts_destination or str(state / "mlflow" / "artifacts")
+    return [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        s.bind_host,
+        "--port",
+        str(port_of(s.mlflow_tracking_uri)),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--serve-artifacts",
+    ]
+
+
+def prefect_server_argv(s: Settings) -> list[str]:
+    """`prefect server start` on the API URL's port (database: PREFECT_API_DATABASE_CONNECTION_URL or SQLite)."""
+    return [str(BIN / "prefect"), "server", "start", "--host", s.bind_host, "--port", str(port_of(s.prefect_api_url))]
+
+
+def prefect_worker_argv(s: Settings) -> list[str]:
+    """A process worker polling WORK_POOL: it runs the project's flows."""
+    return [str(BIN / "prefect"), "worker", "start", "--pool", s.work_pool, "--type", "process"]
+
+
+def api_argv(s: Settings) -> list[str]:
+    """gunicorn with the project's config (bind, workers from API_HOST/API_PORT/API_WORKERS)."""
+    return [str(BIN / "gunicorn"), "-c", "python:serving.gunicorn_conf", "serving.wsgi:app"]
+
+
+def prometheus_argv(s: Settings, binary: str = "prometheus") -> list[str]:
+    """The Prometheus binary (Debian package) scraping the local API with monitoring/prometheus.local.yml."""
+    return [
+        binary,
+        f"--config.file={PROJECT_ROOT / 'monitoring' / 'prometheus.local.yml'}",
+        f"--storage.tsdb.path={s.state_dir.resolve() / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{s.prometheus_port}",
+        "--storage.tsdb.retention.time=7d",
+    ]
+
+
+def prefect_env(s: Settings) -> dict[str, str]:
+    """Environment of the Prefect server and worker (PREFECT_HOME under the state folder)."""
+    return {"PREFECT_HOME": str(s.state_dir.resolve() / "prefect"), "PREFECT_API_URL": s.prefect_api_url, **QUIET_ENV}
+
+
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Replace this process with `argv` (the environment gains `env` where not already set)."""
+    for k, v in {**QUIET_ENV, **(env or {})}.items():
+        os.environ.setdefault(k, v)
+    sys.stdout.flush()
+    os.execv(argv[0], argv + sys.argv[1:])
+
+
+def mlflow_main() -> None:
+    s = get_settings()
+    if not s.mlflow_backend_store_uri:
+        (s.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+    _exec(mlflow_argv(s))
+
+
+def prefect_server_main() -> None:
+    s = get_settings()
+    _exec(prefect_server_argv(s), prefect_env(s))
+
+
+def prefect_worker_main() -> None:
+    s = get_settings()
+    _exec(prefect_worker_argv(s), prefect_env(s))
+
+
+def api_main() -> None:
+    _exec(api_argv(get_settings()))
+
+
+def repeat(run: Callable[[], object], interval_s: float, stop: threading.Event | None = None) -> int:
+    """Call `run` now and then every `interval_s` seconds until SIGTERM/SIGINT (once when `interval_s` <= 0).
+
+    A run that fails (exception or non-zero exit) is reported and the next one still happens, so a
+    long-running simulator service outlives an API restart. Returns the last run's exit code.
+    """
+    stop = stop or threading.Event()
+    if interval_s > 0 and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    code = 0
+    while True:
+        started = time.monotonic()
+        try:
+            result = run()
+            code = result if isinstance(result, int) else 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception as exc:  # a long-running service reports and goes on
+            print(f"ERROR: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            code = 1
+        if interval_s <= 0:
+            return code
+        if stop.wait(max(0.0, interval_s - (time.monotonic() - started))):
+            return code
+
+
+def _simulator(target: Callable[[], object]) -> None:
+    sys.exit(repeat(target, get_settings().simulate_interval_s))
+
+
+def simulate_http_main() -> None:
+    """HTTP simulator; with SIMULATE_INTERVAL_S > 0 a long-running service that sends a round every interval."""
+    from simulators.http_sim import main
+
+    _simulator(main)
+
+
+def simulate_kinesis_main() -> None:
+    """Kinesis simulator; with SIMULATE_INTERVAL_S > 0 a long-running service that sends a round every interval."""
+    from simulators.kinesis_sim import main
+
+    _simulator(main)
