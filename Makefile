@@ -12,7 +12,7 @@ STACK := $(BIN)/churnops-stack
 
 .PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
         setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
-        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
+        retrain-check rollback reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor venv system-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
@@ -54,6 +54,15 @@ test: $(STAMP) ## run the whole test suite (bootstraps .venv)
 	$(BIN)/python -m pytest -q
 
 run_tests: test ## alias of test
+
+test-code: $(STAMP) ## only the code tests (units and real-server integration)
+	$(BIN)/python -m pytest -q -m code
+
+test-data: $(STAMP) ## only the data tests (data sets against their contracts)
+	$(BIN)/python -m pytest -q -m data
+
+test-model: $(STAMP) ## only the model-behaviour tests on a freshly trained model (invariance, direction, known cases)
+	$(BIN)/python -m pytest -q -m model
 
 up: $(STAMP) ## start the embedded stack (moto, MLflow, Prefect server + worker) under supervisord
 	@$(STACK) up
