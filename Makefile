@@ -36,7 +36,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback reset_all lint bench bench-train bench-serve bench-monitor bench-faults venv system-deps docker-env
+        rollback reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -79,6 +79,15 @@ test: $(STAMP) ## run the whole test suite (bootstraps .venv)
 	$(BIN)/python -m pytest -q
 
 run_tests: test ## alias of test
+
+test-code: $(STAMP) ## only the code tests (units and real-server integration)
+	$(BIN)/python -m pytest -q -m code
+
+test-data: $(STAMP) ## only the data tests (data sets against their contracts)
+	$(BIN)/python -m pytest -q -m data
+
+test-model: $(STAMP) ## only the model-behaviour tests on a freshly trained model (invariance, direction, known cases)
+	$(BIN)/python -m pytest -q -m model
 
 up: $(DEPS) ## start the stack: embedded = moto, MLflow, Prefect server + worker (supervisord); docker = registry side
 ifeq ($(RUNTIME),docker)

@@ -12,6 +12,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from reporting.trends import render_trends
+
 
 def _fmt(v, spec=".3f"):
     return "–" if v is None else format(v, spec)
@@ -56,13 +58,16 @@ def render_index(summaries: list[dict]) -> str:
             f'<td>{html.escape(", ".join(h.get("model_versions") or []) or "–")}</td><td>{" · ".join(links)}</td></tr>'
         )
     body = "\n".join(rows) or '<tr><td colspan="10">no reports yet</td></tr>'
+    trends = render_trends(summaries)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Churn model reports</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}th{{background:#f4f4f4}}</style>
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}th{{background:#f4f4f4}}
+.trends{{display:flex;flex-wrap:wrap;gap:12px;margin:1em 0}}.trend{{margin:0}}figcaption{{font-size:13px}}</style>
 </head><body><h1>Churn model: prediction reports</h1>
 <p>Newest first. Drift: PSI against the training reference of the served model (warn/critical when PSI
 and the KS / chi-squared test agree). Realized AUC on predictions that received an outcome.</p>
+{trends}
 <table><thead><tr><th>created</th><th>status</th><th>rows (report / window)</th><th>window</th><th>max PSI</th>
 <th>drifted features</th><th>prediction PSI</th><th>realized AUC</th><th>model version</th><th>files</th></tr></thead>
 <tbody>

@@ -19,8 +19,11 @@ def _feature_schema(contract: DatasetContract) -> dict:
         else:
             p = {"type": "string", "enum": list(f.categories)}
         props[name] = p
-    return {"type": "object", "properties": props, "required": list(contract.features),
-            "additionalProperties": True, "description": "Clean feature names of the data contract; extra fields are ignored and reported."}
+    schema = {"type": "object", "properties": props, "required": list(contract.features),
+              "additionalProperties": True, "description": "Clean feature names of the data contract; extra fields are ignored and reported."}
+    if contract.example:
+        schema["example"] = dict(contract.example)
+    return schema
 
 
 def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:

@@ -25,6 +25,17 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
+SUITES = ("code", "data", "model")  # tests/data -> data, tests/model -> model, everything else -> code
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give every test exactly one suite marker, from its folder (`make test-code|test-data|test-model`)."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        suite = parts[0] if parts[0] in ("data", "model") else "code"
+        item.add_marker(getattr(pytest.mark, suite))
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory):
     """A real moto server (S3 + Kinesis over HTTP) on a free port."""

@@ -8,6 +8,8 @@ import pytest
 
 from tests.reporting.conftest import MemoryStore, log_window
 
+WINDOW: dict = {}
+
 
 def cache_reference(settings, reference_frame, run_id: str = "ref-run") -> None:
     """What the background fetch leaves in <state_dir>/reference-cache/<run_id>/."""
@@ -22,6 +24,7 @@ def client(settings_factory, contract, reference_frame):
 
     store = MemoryStore()
     log_window(store, contract, 400, seed=9, end=time.time() - 1, hours=1, drift=["category"])
+    WINDOW["probabilities"] = [r["probability"] for r in store.find_predictions()]
     import reporting.blueprint as bp
 
     bp._CACHE.clear()
@@ -32,7 +35,11 @@ def client(settings_factory, contract, reference_frame):
     return app.test_client()
 
 
-def test_drift_report_json(client):
+def test_drift_report_json(client, reference):
+    import pandas as pd
+
+    from reporting.drift import Thresholds, compare_feature
+
     r = client.get("/drift/report?hours=3")
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
@@ -40,7 +47,11 @@ def test_drift_report_json(client):
     card = body["drift"]["features"]["card_category"]
     assert card["status"] in ("warn", "critical") and card["test"] == "chi2" and card["p_value"] < 0.05
     assert body["drift"]["features"]["customer_age"]["test"] == "ks"
-    assert body["drift"]["prediction"]["psi"] >= 0
+    # the endpoint compared the 400 logged probabilities with the reference's predictions (the statistic itself
+    # is checked against hand computations in test_drift.py)
+    expected = compare_feature(reference.prediction, pd.Series(WINDOW["probabilities"]), Thresholds())["psi"]
+    assert len(WINDOW["probabilities"]) == 400
+    assert body["drift"]["prediction"]["psi"] == pytest.approx(expected)
     assert body["performance"]["overall"]["n"] > 100
     assert body["verdict"]["drift"] in ("warn", "critical")
     assert client.get("/drift/report?hours=-1").status_code == 422

@@ -283,8 +283,13 @@ def test_openapi_and_index(app_client):
     spec = client.get("/openapi.json").json
     assert spec["openapi"].startswith("3.") and "/predict" in spec["paths"] and "/predict/batch" in spec["paths"]
     assert spec["components"]["schemas"]["Features"]["properties"]["gender"]["enum"] == ["f", "m"]
+    features = spec["components"]["schemas"]["Features"]
+    assert features["properties"]["customer_age"]["minimum"] == 18  # numeric inputs get the contract's range
+    # the form is prefilled with the contract's example, which the API accepts as it is
+    assert set(features["example"]) == set(features["properties"])
+    assert client.post("/predict", json=features["example"]).status_code == 200
     html = client.get("/").get_data(as_text=True)
-    assert "<form" in html and "fetch(\"/predict\"" in html
+    assert "<form" in html and "fetch(\"/predict\"" in html and "<select" in html and "/openapi.json" in html
 
 
 def test_reload_auth_and_refused_target_keeps_old(app_client, bundles, serving_settings):

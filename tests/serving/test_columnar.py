@@ -53,21 +53,17 @@ def row_path(objs, unknown):
     return [check_row(o, CONTRACT, unknown, prefix=i, validator=v) for i, o in enumerate(objs)]
 
 
-@pytest.mark.parametrize("unknown", ["reject", "unknown"])
-@pytest.mark.parametrize("seed", range(40))
-def test_columns_equal_rows_or_defer(seed, unknown):
-    rng = random.Random(seed)
-    objs = random_batch(rng, rng.randint(1, 60), VALID_EDITS + (BAD_EDITS if seed % 2 else []))
-    cv = ColumnarValidator(CONTRACT, unknown)
-    got = cv(objs)
+def row_accepts(obj, unknown) -> bool:
     try:
-        rows = row_path(objs, unknown)
+        row_path([obj], unknown)
     except BadInput:
-        assert got is None  # whatever the row path rejects, the column path never accepts
-        return
-    if got is None:  # deferring to the row path is allowed (string numbers, integer ids), not on plain input
-        assert seed % 2
-        return
+        return False
+    return True
+
+
+def assert_columns_match_rows(cv: ColumnarValidator, got, objs: list, unknown: str) -> None:
+    """The columns `got` (from `objs`) hold exactly what the row path makes of the same objects."""
+    rows = row_path(objs, unknown)
     want = from_rows(rows, cv)
     assert got.n == len(objs)
     for name in CONTRACT.features:
@@ -85,30 +81,51 @@ def test_columns_equal_rows_or_defer(seed, unknown):
                                   enc.transform_records([r.values for r in rows]))
 
 
+@pytest.mark.parametrize("unknown", ["reject", "unknown"])
+@pytest.mark.parametrize("seed", range(40))
+def test_columns_equal_rows_or_defer(seed, unknown):
+    rng = random.Random(seed)
+    objs = random_batch(rng, rng.randint(1, 60), VALID_EDITS + (BAD_EDITS if seed % 2 else []))
+    cv = ColumnarValidator(CONTRACT, unknown)
+    got = cv(objs)
+    accepted = [o for o in objs if row_accepts(o, unknown)]
+    if len(accepted) < len(objs):
+        assert got is None  # whatever the row path rejects, the column path never accepts
+    elif got is None:  # deferring to the row path is allowed (string numbers, integer ids), not on plain input
+        assert seed % 2
+    else:
+        assert_columns_match_rows(cv, got, objs, unknown)
+    # every case compares values: the rows both paths accept, as one batch
+    both = [o for o in accepted if cv([o]) is not None]
+    assert len(both) >= len(objs) // 2, "the random batch should be mostly valid"
+    if both:
+        sub = cv(both)
+        assert sub is not None
+        assert_columns_match_rows(cv, sub, both, unknown)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_decoded_body_equals_columns_or_defers(seed):
     """`decode` (msgspec, straight from the bytes) accepts a subset of what the dict path accepts, with equal values."""
     rng = random.Random(seed)
     objs = random_batch(rng, rng.randint(1, 60), VALID_EDITS + (BAD_EDITS if seed % 2 else []))
     cv = ColumnarValidator(CONTRACT)
-    raw = json.dumps(objs if seed % 3 else {"records": objs}).encode()
-    got = cv.decode(raw)
-    try:
-        row_path(objs, "reject")
-    except BadInput:
+    got = cv.decode(json.dumps(objs if seed % 3 else {"records": objs}).encode())
+    if not all(row_accepts(o, "reject") for o in objs):
         assert got is None
-        return
-    plain = all("features" not in o and set(o) - {"request_id"} == set(CONTRACT.features) for o in objs)
-    if got is None:
-        assert not plain, "exact contract rows must take the decoder"
-        return
-    want = cv(objs)
-    assert got.n == want.n == len(objs) and got.ignored == want.ignored == {}
-    for name in CONTRACT.features:
-        a, b = got.columns[name], want.columns[name]
-        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-    assert [r for r, o in zip(got.request_ids, objs) if "request_id" in o] == \
-        [r for r, o in zip(want.request_ids, objs) if "request_id" in o]
+    # values are compared in every case: on the whole batch when decoded, and on the rows it decodes one by one
+    plain = [o for o in objs if row_accepts(o, "reject") and cv.decode(json.dumps([o]).encode()) is not None]
+    assert len(plain) >= len(objs) // 3, "the random batch should be mostly exact contract rows"
+    for subset in ([objs] if got is not None else []) + ([plain] if plain else []):
+        dec = cv.decode(json.dumps(subset).encode())
+        assert dec is not None, "rows the decoder takes one by one, it takes together"
+        want = cv(subset)
+        assert dec.n == want.n == len(subset) and dec.ignored == want.ignored == {}
+        for name in CONTRACT.features:
+            a, b = dec.columns[name], want.columns[name]
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+        assert [r for r, o in zip(dec.request_ids, subset) if "request_id" in o] == \
+            [r for r, o in zip(want.request_ids, subset) if "request_id" in o]
 
 
 def test_decoder_defers_on_what_it_cannot_judge_alone():
