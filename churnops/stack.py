@@ -32,8 +32,6 @@ from urllib.parse import urlparse
 
 from churnops import services
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, get_settings
-from churnops import services
-from churnops.settings import PROJECT_ROOT, Settings, get_settings
 
 BIN = Path(sys.executable).parent
 MARKER = "CHURNOPS_STACK_DIR"  # environment variable naming the state folder of the stack a process belongs to
