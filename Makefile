@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
 
-system-deps: ## optional, root + apt only: nginx (reports; a Python server is the fallback) and wrk (bench-serve load)
+system-deps: ## optional, root + apt only: nginx (reports, and the buffering proxy in front of the API; without it a Python server serves the reports and the API worker bounds slow reads) and wrk (bench-serve load)
 	@for pkg in nginx:nginx-light wrk:wrk; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
 	  if command -v $$bin >/dev/null; then echo "$$bin present"; \
 	  elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
