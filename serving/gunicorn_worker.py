@@ -156,7 +156,7 @@ class ConnectionBoard:
         self._mem = mmap.mmap(-1, 24 * slots + 8)  # anonymous and shared: inherited across fork
         view = memoryview(self._mem)
         self._cells = view[:16 * slots + 8].cast("q")  # [pid, connections] per slot, then slots ever used
-        self._ready = view[16 * slots + 8:].cast("q")  # per slot: 1 once that worker's app is ready
+        self._ready_pids = view[16 * slots + 8:].cast("q")  # per slot: the pid of its worker once its app is ready
         self._reserved: dict[int, float] = {}  # master only: slot -> when handed out (pid -1)
 
     def claim(self) -> int | None:
@@ -168,7 +168,7 @@ class ConnectionBoard:
                     or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60))  # never started
             if free:
                 self._cells[2 * slot], self._cells[2 * slot + 1] = -1, 0
-                self._ready[slot] = 0
+                self._ready_pids[slot] = 0
                 self._reserved[slot] = now
                 self._cells[2 * self.slots] = max(self._cells[2 * self.slots], slot + 1)
                 return slot
@@ -179,17 +179,17 @@ class ConnectionBoard:
         self._cells[2 * slot] = pid
 
     def release(self, slot: int) -> None:
-        self._ready[slot] = 0
+        self._ready_pids[slot] = 0
         self._cells[2 * slot], self._cells[2 * slot + 1] = 0, 0
 
     def set_ready(self, slot: int, pid: int) -> None:
         """`pid`, in `slot`, has its app ready (its model loaded); it may not take connections yet."""
-        self._ready[slot] = pid
+        self._ready_pids[slot] = pid
 
     def ready_elsewhere(self, slot: int) -> bool:
         """Another live worker has its app ready: a worker still loading can leave connections to it."""
         for other in range(self.slots):
-            pid = self._ready[other]
+            pid = self._ready_pids[other]
             if other != slot and pid > 0 and _alive(pid):
                 return True
         return False

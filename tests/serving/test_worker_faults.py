@@ -163,3 +163,23 @@ def test_control_socket_is_in_the_state_folder(gunicorn_api):
     sock = gunicorn_api["state"] / "gunicorn.ctl"
     assert sock.is_socket(), sorted(p.name for p in gunicorn_api["state"].iterdir())
     assert oct(sock.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_board_knows_which_siblings_are_ready():
+    import subprocess
+
+    from serving.gunicorn_worker import ConnectionBoard
+
+    board = ConnectionBoard(slots=3)
+    me, other, dead = board.claim(), board.claim(), board.claim()
+    assert not board.ready_elsewhere(me), "nobody ready yet: a loading worker answers itself"
+    board.set_ready(me, os.getpid())
+    assert not board.ready_elsewhere(me) and board.ready_elsewhere(other)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    board.set_ready(dead, int(gone.stdout))
+    assert not board.ready_elsewhere(me), "a killed worker's flag does not count"
+    board.set_ready(other, os.getppid())
+    assert board.ready_elsewhere(me)
+    board.release(other)
+    assert not board.ready_elsewhere(me)
+    assert board.claim() == other and not board.ready_elsewhere(me), "a slot handed out again starts not ready"
