@@ -553,7 +553,8 @@ class PredictionLog:
         tmp = name.with_suffix(".tmp")
         fd = None
         try:
-            if self._spool_used + len(data) > self.spool_max_bytes:
+            live = self._seg
+            if self._spool_used + (live.bytes if live is not None else 0) + len(data) > self.spool_max_bytes:
                 self.spool_full = True
                 raise OSError(f"spool folder limit of {self.spool_max_bytes} bytes reached")
             self.spool_dir.mkdir(parents=True, exist_ok=True)
