@@ -278,7 +278,8 @@ class PredictionLog:
             return seg
         # disk full or I/O error: this segment takes no more lines (a torn last line is skipped on
         # replay; the record stays in memory); the writer opens a new segment at its next round
-        log.error("prediction journal %s: write failed (%s); records are kept in memory only", seg.path, err)
+        if self.journal_ok:
+            log.error("prediction journal %s: write failed (%s); records are kept in memory only", seg.path, err)
         self.journal_ok = False
         self.last_error = f"journal: {err}"
         seg.dirty = True
