@@ -126,7 +126,8 @@ class Consumer:
         self.validator = FastValidator(self.contract, self.s.unknown_category)
         self.store = store or open_store(self.s)
         self.plog = PredictionLog(self.store, self.s.state_path(self.s.spool_dir, "spool"), self.s.log_batch_size,
-                                  self.s.log_flush_interval_s, metrics=self.metrics)
+                                  self.s.log_flush_interval_s, metrics=self.metrics,
+                                  spool_max_bytes=self.s.spool_max_bytes, retry_max_s=self.s.log_retry_max_s)
         self.models = models or ModelManager(self.s, metrics=self.metrics)
         self.kin = kinesis or client("kinesis", self.s, max_attempts=4)
         self._s3 = s3

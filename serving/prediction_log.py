@@ -99,6 +99,24 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+def _create_locked(path: Path, append: bool = False) -> int:
+    """A new file at `path`, write-only, already flock'ed when it appears under that name (created
+    as `<path>.new` and renamed, so that no reclaimer ever sees it unlocked)."""
+    new = path.with_name(path.name + ".new")
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_APPEND if append else 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(new, path)
+    except BaseException:
+        os.close(fd)
+        try:
+            new.unlink()
+        except OSError:
+            pass
+        raise
+    return fd
+
+
 def _fsync_dir(d: Path) -> None:
     try:
         dfd = os.open(d, os.O_RDONLY)
@@ -118,6 +136,12 @@ def reclaim_orphans(spool_dir: str | Path) -> int:
     if not d.is_dir():
         return 0
     n = 0
+    for p in d.glob("*.new"):  # a process died between creating and naming a file (empty)
+        try:
+            if time.time() - p.stat().st_mtime > 60:
+                p.unlink()
+        except OSError:
+            pass
     for p in list(d.glob("*.journal")) + list(d.glob("*.replaying-*")) + list(d.glob("*.tmp")):
         fd = _try_lock(p)
         if fd is None:
@@ -254,7 +278,8 @@ class PredictionLog:
             return seg
         # disk full or I/O error: this segment takes no more lines (a torn last line is skipped on
         # replay; the record stays in memory); the writer opens a new segment at its next round
-        log.error("prediction journal %s: write failed (%s); records are kept in memory only", seg.path, err)
+        if self.journal_ok:
+            log.error("prediction journal %s: write failed (%s); records are kept in memory only", seg.path, err)
         self.journal_ok = False
         self.last_error = f"journal: {err}"
         seg.dirty = True
@@ -342,14 +367,13 @@ class PredictionLog:
         path = self.spool_dir / f"{time.time_ns()}-{os.getpid()}-{self._seq}.journal"
         try:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = _create_locked(path, append=True)
         except OSError as exc:
             if self.journal_ok:
                 log.error("cannot open a prediction journal in %s (%s)", self.spool_dir, exc)
             self.journal_ok = False
             self.last_error = f"journal: {type(exc).__name__}: {exc}"
             return None
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: nobody else holds it
         return _Segment(path, fd)
 
     def _rotate(self) -> None:
@@ -530,12 +554,12 @@ class PredictionLog:
         tmp = name.with_suffix(".tmp")
         fd = None
         try:
-            if self._spool_used + len(data) > self.spool_max_bytes:
+            live = self._seg
+            if self._spool_used + (live.bytes if live is not None else 0) + len(data) > self.spool_max_bytes:
                 self.spool_full = True
                 raise OSError(f"spool folder limit of {self.spool_max_bytes} bytes reached")
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = _create_locked(tmp)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

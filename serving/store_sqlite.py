@@ -320,7 +320,8 @@ class SQLiteStore(PredictionStore):
             ids = [str(r) for r in request_ids]
             if not ids:
                 return []
-            where += (" AND " if where else " WHERE ") + f"request_id IN ({','.join('?' * len(ids))})"
+            # `_id` is the request_id (one feedback per request): the primary key's index serves it
+            where += (" AND " if where else " WHERE ") + f"_id IN ({','.join('?' * len(ids))})"
             args += ids
         sql = f"SELECT _id, request_id, outcome, ts FROM feedback{where} ORDER BY ts, _id"
         return self._run(lambda c: [
