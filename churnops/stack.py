@@ -213,8 +213,10 @@ def stack_processes(s: Settings) -> list:
     """Every live process of this stack (psutil.Process): supervisord and whatever carries its marker.
 
     supervisord is found by its pid file too (when its command line names this stack's config: a
-    stack started before the marker existed), with all its descendants; other processes by `CHURNOPS_STACK_DIR` in their environment, orphans included.
-    The calling process and its ancestors are never part of the answer.
+    stack started before the marker existed), with all its descendants; other processes by
+    `CHURNOPS_STACK_DIR` in their environment, orphans included (nginx, which writes its title over
+    its environment, by its `-p` prefix in the state folder). The calling process and its ancestors
+    are never part of the answer.
     """
     import psutil
 
@@ -235,8 +237,16 @@ def stack_processes(s: Settings) -> list:
         try:
             if proc.environ().get(MARKER) == state:
                 found[proc.pid] = proc
+            # nginx writes its process title over its environment: known by its prefix in the state folder
+            elif proc.name().startswith("nginx") and any(state + "/" in part for part in proc.cmdline()):
+                found[proc.pid] = proc
         except (psutil.Error, OSError):
             continue
+    for proc in list(found.values()):  # e.g. nginx workers, whose title hides both marker and prefix
+        try:
+            found.update({c.pid: c for c in proc.children(recursive=True) if c.pid not in mine})
+        except psutil.Error:
+            pass
     alive = []
     for pid, proc in sorted(found.items()):
         try:
