@@ -3,12 +3,15 @@
 Accepted: `runs:/<32-hex run id>/<artifact path>` and `models:/<configured MODEL_NAME>@<alias>`
 or `models:/<configured MODEL_NAME>/<version>`. Anything else (`mlflow-artifacts://host:port/…`,
 `http://…`, `file:…`, a local path, another model name) is refused with `ModelUriError`, both in
-`POST /model/reload` and for `MODEL_URI` / `RUN_ID` in the settings.
+`POST /model/reload` and for `MODEL_URI` / `RUN_ID` in the settings. One exception, for the operator
+only: `MODEL_URI` in the settings may name an existing local bundle folder by its absolute path
+(offline serving, tests); a reload request never can.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from churnops.settings import Settings
 
@@ -41,8 +44,13 @@ def check_run_id(value: object, field: str = "run_id") -> str:
     return value
 
 
-def check_model_uri(value: object, s: Settings, field: str = "model_uri") -> str:
-    """`value` when it is an accepted model URI, else `ModelUriError` saying what is accepted."""
+def check_model_uri(value: object, s: Settings, field: str = "model_uri", allow_local: bool = False) -> str:
+    """`value` when it is an accepted model URI, else `ModelUriError` saying what is accepted.
+
+    `allow_local` (settings only, never a request): an absolute path to an existing folder is accepted too.
+    """
+    if allow_local and isinstance(value, str) and value.startswith("/") and Path(value).is_dir():
+        return value
     if not isinstance(value, str):
         raise ModelUriError(field, f"expected a string ({accepted(s)}), got a {type(value).__name__}")
     m = _RUNS.fullmatch(value)

@@ -84,7 +84,7 @@ def resolve_model_uri(settings: Settings | None = None) -> str:
 
     s = settings or get_settings()
     if s.model_uri:
-        return check_model_uri(s.model_uri, s, "MODEL_URI")
+        return check_model_uri(s.model_uri, s, "MODEL_URI", allow_local=True)
     if s.run_id:
         return f"runs:/{check_run_id(s.run_id, 'RUN_ID')}/model"
     return f"models:/{s.model_name}@{CHAMPION}"

@@ -124,7 +124,7 @@ def test_refused_model_uris_say_what_is_accepted(tmp_path, uri):
 
 
 def test_settings_pin_is_checked_at_startup(tmp_path):
-    from churnops.model_uri import ModelUriError
+    from churnops.model_uri import ModelUriError, check_model_uri
     from churnops.registry import resolve_model_uri
     from serving.model import ModelManager
 
@@ -133,6 +133,15 @@ def test_settings_pin_is_checked_at_startup(tmp_path):
         ModelManager(settings(tmp_path, model_uri="mlflow-artifacts://10.0.0.5:8080/x"))
     with pytest.raises(ModelUriError, match="RUN_ID"):
         ModelManager(settings(tmp_path, run_id="../../x"))
+    # the operator's own setting may name a local bundle folder (absolute path, existing); a request never can
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    assert resolve_model_uri(settings(tmp_path, model_uri=str(bundle))) == str(bundle)
+    for not_local in ("bundle", str(tmp_path / "missing"), f"file://{bundle}"):
+        with pytest.raises(ModelUriError, match="MODEL_URI"):
+            resolve_model_uri(settings(tmp_path, model_uri=not_local))
+    with pytest.raises(ModelUriError, match="model_uri"):
+        check_model_uri(str(bundle), settings(tmp_path), "model_uri")
 
 
 def test_servers_bound_mlflow_http(tmp_path, monkeypatch):

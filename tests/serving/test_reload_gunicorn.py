@@ -56,6 +56,9 @@ def test_mlflow_silent_reload_and_drift_answer_at_once(tmp_path, mlflow_uri, mlf
         hdr = {"Authorization": f"Bearer {token}"}
         st, b = http("POST", f"{url}/predict/batch", [example(request_id=f"g{i}") for i in range(250)])
         assert st == 200 and b["count"] == 250
+        deadline = time.monotonic() + 30  # the batch is in the store: the drift window has rows to compare
+        while time.monotonic() < deadline and http("GET", f"{url}/logs?limit=1000")[1].get("count", 0) < 250:
+            time.sleep(0.1)
 
         proxy.blackhole()  # MLflow accepts connections and never answers
         st, job = http("POST", f"{url}/model/reload", {"run_id": mlflow_runs["native"], "challenger_uri": None},
