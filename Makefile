@@ -12,7 +12,8 @@ STACK := $(BIN)/churnops-stack
 
 .PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
         setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
-        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
+        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps \
+        demo-image bench-image
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
@@ -20,7 +21,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (first time: about 2-3 minutes)"
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,image]"
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
@@ -49,6 +50,10 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 	  print(f'  S3/Kinesis (moto)  {s.aws_endpoint_url}'); \
 	  print(f'  API      {s.api_url}'); print(f'  Reports  http://{s.reports_host}:{s.reports_port}')"
 	@echo "  stop with: make down"
+
+demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> ONNX parity -> MLflow registry
+	@$(MAKE) --no-print-directory up
+	@$(BIN)/python -m flows.image_train_flow
 
 test: $(STAMP) ## run the whole test suite (bootstraps .venv)
 	$(BIN)/python -m pytest -q
@@ -119,3 +124,6 @@ bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 
 bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json
 	$(BIN)/python bench/bench_monitor.py
+
+bench-image: $(STAMP) ## raw-digits CNN: accuracy, ISP throughput, ONNX parity/speed, ISP sensitivity -> bench/results/image.json
+	$(BIN)/python bench/bench_image.py
