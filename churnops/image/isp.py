@@ -9,6 +9,7 @@ them with the parameters of the contract's `isp` section. Only RGGB mosaics are 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -105,6 +106,7 @@ def color_correction(rgb: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return np.clip(rgb @ np.asarray(matrix, dtype=np.float32).T, 0.0, 1.0)
 
 
+@lru_cache(maxsize=32)
 def _toe(gamma: float, slope: float) -> tuple[float, float]:
     """Breakpoint b and offset a of V = (1+a) L**(1/gamma) - a (L >= b), V = slope L (L < b)."""
     from scipy.optimize import brentq
