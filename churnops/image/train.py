@@ -51,9 +51,9 @@ class ImageData:
 class SweepSpace:
     """Bounds of the sweep (tests shrink `epochs`)."""
 
-    lr: tuple[float, float] = (3e-4, 1e-2)
-    widths: tuple[int, ...] = (8, 16, 24, 32)
-    epochs: tuple[int, int] = (6, 20)
+    lr: tuple[float, float] = (1e-3, 1e-2)
+    widths: tuple[int, ...] = (8, 12, 16)
+    epochs: tuple[int, int] = (4, 10)
     strength: tuple[float, float] = (0.0, 1.0)
 
     def hyperopt(self) -> dict:

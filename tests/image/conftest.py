@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
-pytest.importorskip("tifffile", reason="the image extra is not installed (pip install -e .[image])")
-
 
 @pytest.fixture(scope="session")
 def raw_contract():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
+pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
 
 from churnops.image import train  # noqa: E402
 from churnops.image.dataset import dataset_sha256, list_images, load_arrays  # noqa: E402

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from churnops.image import isp, sensor
-from churnops.image.dataset import ImageDataError, dataset_sha256, list_images, load_image, read_raw
+pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
+pytest.importorskip("tifffile", reason="the image extra is not installed (pip install -e .[image])")
+
+from churnops.image import isp, sensor  # noqa: E402
+from churnops.image.dataset import ImageDataError, dataset_sha256, list_images, load_image, read_raw  # noqa: E402
 
 
 def test_dng_round_trip_through_rawpy(tmp_path, raw_contract):
