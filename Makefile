@@ -53,7 +53,7 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 
 demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> ONNX parity -> MLflow registry
 	@$(MAKE) --no-print-directory up
-	@$(BIN)/python -m flows.image_train_flow
+	@$(BIN)/python -c "from churnops.entry import image_train; image_train()"
 
 test: $(STAMP) ## run the whole test suite (bootstraps .venv)
 	$(BIN)/python -m pytest -q

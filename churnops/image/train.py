@@ -107,7 +107,10 @@ def resolve_data(contract: ImageContract, s: Settings, data: str | None, limit: 
         return Path(data), False
     root = s.state_dir / "images" / (f"{contract.name}-seed{s.seed}" + ("" if limit is None else f"-first{limit}"))
     done = root / ".complete"
-    if not done.exists():
+    if not done.exists() or json.loads(done.read_text()).get("contract") != contract.fingerprint():
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)  # made by an older contract (or interrupted): make it anew
         files = generate(root, contract, seed=s.seed, limit=limit)
         done.write_text(json.dumps({"files": len(files), "seed": s.seed, "contract": contract.fingerprint()}))
     return root, True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -175,3 +177,21 @@ def test_contract_dispatch_by_task(tmp_path):
     bad.write_text("name: x\ntask: image_classification\nmodel_name: m\nexperiment_name: e\nclasses: [a]\n")
     with pytest.raises(ValueError, match="classes"):
         load_any_contract(bad)
+
+
+def test_generated_folder_is_reused_until_the_contract_changes(tmp_path, raw_contract):
+    from churnops.image.train import resolve_data
+    from churnops.settings import Settings
+
+    s = Settings(state_dir=tmp_path, seed=9)
+    root, synthetic = resolve_data(raw_contract, s, None, limit=12)
+    assert synthetic and root == tmp_path / "images" / "raw_digits-seed9-first12"
+    first = (root / "0" / "0000.dng").read_bytes()
+    (root / "0" / "0000.dng").write_bytes(b"tampered")  # reused as is: nothing regenerates it
+    assert resolve_data(raw_contract, s, None, limit=12)[0] == root
+    assert (root / "0" / "0000.dng").read_bytes() == b"tampered"
+    brighter = raw_contract.model_copy(update={"sensor": raw_contract.sensor.model_copy(update={"exposure": 0.9})})
+    resolve_data(brighter, s, None, limit=12)
+    regenerated = (root / "0" / "0000.dng").read_bytes()
+    assert regenerated not in (b"tampered", first)
+    assert resolve_data(raw_contract, Settings(state_dir=tmp_path), "/some/folder", limit=12) == (Path("/some/folder"), False)
