@@ -36,7 +36,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults venv system-deps docker-env
+        rollback reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-image demo-image venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -45,7 +45,7 @@ help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch th
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (first time: about 2-3 minutes)"
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,lint]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,lint,image]"
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
@@ -74,6 +74,10 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 	  print(f'  S3/Kinesis (moto)  {s.aws_endpoint_url}'); \
 	  print(f'  API      {s.api_url}'); print(f'  Reports  http://{s.reports_host}:{s.reports_port}')"
 	@echo "  stop with: make down"
+
+demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> ONNX parity -> MLflow registry
+	@$(MAKE) --no-print-directory up
+	@$(BIN)/python -c "from churnops.entry import image_train; image_train()"
 
 test: $(STAMP) ## run the whole test suite (bootstraps .venv)
 	$(BIN)/python -m pytest -q
@@ -251,3 +255,5 @@ bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/
 
 bench-faults: $(STAMP) ## worker/consumer SIGKILL, store down, MLflow down: failures and losses -> bench/results/faults.json
 	$(BIN)/python bench/bench_faults.py
+bench-image: $(STAMP) ## raw-digits CNN: accuracy, ISP throughput, ONNX parity/speed, ISP sensitivity -> bench/results/image.json
+	$(BIN)/python bench/bench_image.py

@@ -122,6 +122,8 @@ def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"data contract {p}: not valid YAML ({exc})") from exc
+    if isinstance(raw, dict) and raw.get("task", "binary_classification") != "binary_classification":
+        raise ValueError(f"data contract {p} is a {raw['task']} contract, not a tabular one: use load_any_contract")
     try:
         return DatasetContract.model_validate(raw)
     except Exception as exc:  # pydantic.ValidationError: keep the field paths, name the file
@@ -303,3 +305,39 @@ def validate_record(
                 errors[name] = str(exc)
     ignored = [k for k in record if k not in contract.features]
     return RecordResult(values, errors, ignored)
+
+
+# ---- task dispatch ---------------------------------------------------------------------------------
+
+
+TASKS = ("binary_classification", "image_classification")
+
+
+def load_any_contract(name_or_path: str | Path = "bank_churners"):
+    """THE place that picks a contract class by the file's `task` (default binary_classification).
+
+    Returns a `DatasetContract` (tabular) or a `churnops.image.contract.ImageContract`.
+    """
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = DATASETS_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        raise FileNotFoundError(
+            f"data contract {name_or_path!r} not found: expected a YAML file path or one of "
+            f"{sorted(x.stem for x in DATASETS_DIR.glob('*.yaml'))}"
+        )
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"data contract {p}: not valid YAML ({exc})") from exc
+    task = raw.get("task", "binary_classification") if isinstance(raw, dict) else None
+    if task == "binary_classification":
+        return load_contract(p)
+    if task == "image_classification":
+        from churnops.image.contract import ImageContract
+
+        try:
+            return ImageContract.model_validate(raw)
+        except Exception as exc:
+            raise ValueError(f"data contract {p} is invalid: {exc}") from exc
+    raise ValueError(f"data contract {p}: task {task!r} is not one of {list(TASKS)}")

@@ -1,0 +1,143 @@
+"""bench-image: the image track on the full raw digits, through the real flow and an MLflow server.
+
+Generates the 1,797 raw DNG digits (in a temporary folder), runs `image_train_flow` (the sweep,
+refit, ISP sensitivity, ONNX gate, registration) against its own MLflow server and Prefect's test
+harness, then times the ISP alone (images/s over the DNG files: read + seven stages) and the
+registered model's ONNX export against torch (parity and batch/single-image latency). Writes
+bench/results/image.json and prints a summary. Not a test: figures are measured, not asserted.
+
+    python bench/bench_image.py [--trials 12] [--max-epochs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "results" / "image.json"
+TARGETS = {"test_accuracy": ">= 0.97", "onnx_max_abs_diff": "<= 1e-4"}
+
+
+def _timeit(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--max-epochs", type=int, default=None)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-image-"))
+    os.environ.update({"ENV_FILE": str(tmp / "none"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+                       "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "STATE_DIR": str(tmp / "state")})
+    from churnops.localservers import start_mlflow
+
+    (tmp / "mlflow").mkdir()
+    mlf, mlflow_url = start_mlflow(tmp / "mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
+    import torch
+
+    result: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                                "torch": torch.__version__, "device": "cpu"},
+                    "n_trials": a.trials, "targets": TARGETS}
+    try:
+        from prefect.testing.utilities import prefect_test_harness
+
+        from churnops.settings import get_settings
+
+        get_settings.cache_clear()
+        with prefect_test_harness(server_startup_timeout=120):
+            from flows.image_train_flow import image_train_flow
+
+            t0 = time.perf_counter()
+            out = image_train_flow(n_trials=a.trials, max_epochs=a.max_epochs)
+            result["flow_seconds"] = round(time.perf_counter() - t0, 1)
+        result |= {k: out[k] for k in ("test_metrics", "onnx_max_abs_diff", "sweep_seconds", "best_params",
+                                       "dataset_sha256", "data_source", "images", "sensitivity")}
+        result["isp"] = bench_isp(get_settings())
+        result["onnx_vs_torch"] = bench_onnx(out)
+    finally:
+        mlf.stop()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps({k: result[k] for k in ("test_metrics", "onnx_max_abs_diff", "sweep_seconds", "isp", "onnx_vs_torch")},
+                     indent=1))
+    print("sensitivity: " + ", ".join(f"{r['variation']} {r['accuracy']:.4f}" for r in result["sensitivity"]))
+    print(f"wrote {OUT}")
+
+
+def bench_isp(s) -> dict:
+    """Images/s of read (rawpy) + the seven ISP stages over the generated DNG files, one process."""
+    from churnops.contract import load_any_contract
+    from churnops.image.dataset import list_images, read_raw
+    from churnops.image.isp import process
+
+    c = load_any_contract("raw_digits")
+    files = list_images(s.state_dir / "images" / f"raw_digits-seed{s.seed}", c)
+    t0 = time.perf_counter()
+    frames = [read_raw(f.path) for f in files]
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for fr in frames:
+        process(fr, c.isp)
+    t_isp = time.perf_counter() - t0
+    return {"images": len(files), "read_images_per_s": round(len(files) / t_read, 1),
+            "isp_images_per_s": round(len(files) / t_isp, 1),
+            "read_plus_isp_images_per_s": round(len(files) / (t_read + t_isp), 1), "processes": 1}
+
+
+def bench_onnx(out: dict) -> dict:
+    """Parity and latency of the registered ONNX model against the refit torch net (same weights)."""
+    import mlflow
+    import torch
+
+    from churnops.contract import load_any_contract
+    from churnops.image.dataset import list_images, load_arrays
+    from churnops.image.model import DigitCNN, onnx_session
+    from churnops.settings import get_settings
+
+    s = get_settings()
+    c = load_any_contract("raw_digits")
+    files = list_images(s.state_dir / "images" / f"raw_digits-seed{s.seed}", c)
+    X, _ = load_arrays(files[:512], c)
+    client = mlflow.MlflowClient(s.mlflow_tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = client.download_artifacts(out["run_id"], "cnn_state_dict.pt", tmp)
+        net = DigitCNN(len(c.classes), out["best_params"]["width"])
+        net.load_state_dict(torch.load(state))
+    net.eval()
+    sess = onnx_session(mlflow.onnx.load_model(out["model_uri"]).SerializeToString(), threads=1)
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        p_torch = torch.softmax(net(torch.from_numpy(X)), 1).numpy()
+        single_torch = _timeit(lambda: net(torch.from_numpy(X[:1])), 200)
+        batch_torch = _timeit(lambda: net(torch.from_numpy(X)), 5)
+    p_onnx = sess.run(["probabilities"], {"image": X})[0]
+    single_onnx = _timeit(lambda: sess.run(["probabilities"], {"image": X[:1]}), 200)
+    batch_onnx = _timeit(lambda: sess.run(["probabilities"], {"image": X}), 5)
+    ms = lambda v, q: round(float(np.percentile(v, q)) * 1000, 3)  # noqa: E731
+    return {
+        "images": len(X), "threads": 1, "max_abs_diff": float(np.abs(p_onnx - p_torch).max()),
+        "argmax_agreement": float((p_onnx.argmax(1) == p_torch.argmax(1)).mean()),
+        "single_image_ms": {"torch_p50": ms(single_torch, 50), "torch_p99": ms(single_torch, 99),
+                            "onnx_p50": ms(single_onnx, 50), "onnx_p99": ms(single_onnx, 99)},
+        "batch_images_per_s": {"torch": round(len(X) / min(batch_torch), 1), "onnx": round(len(X) / min(batch_onnx), 1)},
+    }
+
+
+if __name__ == "__main__":
+    main()

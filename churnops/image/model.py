@@ -1,0 +1,137 @@
+"""A small CNN for the image track, deterministic on CPU for a given seed.
+
+conv3x3(w) -> pool -> conv3x3(2w) -> pool -> conv3x3(4w) -> average over 2x2 cells = the embedding
+(16w numbers, what image drift will compare) -> linear -> class logits. Inputs are (N, 3, H, W)
+in [0, 1]; each image's channels are standardised first. Training is Adam with a one-cycle
+learning-rate schedule over seeded mini-batches with seeded augmentation (shifts,
+brightness and per-channel gain jitter, scaled by `strength` in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def set_determinism(seed: int, threads: int = 1) -> None:
+    """Seed torch, use deterministic kernels and a fixed thread count (results depend on it)."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(max(1, threads))
+
+
+def _block(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class DigitCNN(nn.Module):
+    def __init__(self, n_classes: int, width: int = 16):
+        super().__init__()
+        w = int(width)
+        self.features = nn.Sequential(
+            *_block(3, w), nn.MaxPool2d(2),
+            *_block(w, 2 * w), nn.MaxPool2d(2),
+            *_block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # keep where strokes are: 2x2 cells
+        )
+        self.head = nn.Linear(16 * w, n_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        # each image's channels standardised: exposure and white balance shifts mostly cancel here
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True)
+        return self.features((x - mean) / (std + 1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class Exported(nn.Module):
+    """What ONNX carries: class probabilities and the embedding."""
+
+    def __init__(self, net: DigitCNN):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        z = self.net.embed(x)
+        return torch.softmax(self.net.head(z), dim=1), z
+
+
+def augment(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts (up to 3*strength px), brightness (+-25%) and channel gains (+-15%), scaled by strength."""
+    if strength <= 0:
+        return x
+    n = x.shape[0]
+    shift = int(round(3 * strength))
+    if shift:
+        pad = nn.functional.pad(x, (shift,) * 4, mode="replicate")
+        dy, dx = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
+        x = pad[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+    bright = 1 + 0.25 * strength * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
+    gains = 1 + 0.15 * strength * (2 * torch.rand(n, 3, 1, 1, generator=gen) - 1)
+    return (x * bright * gains).clamp(0, 1)
+
+
+def fit(X: np.ndarray, y: np.ndarray, n_classes: int, width: int, lr: float, epochs: int,
+        strength: float, seed: int, threads: int = 1, batch_size: int = 64) -> DigitCNN:
+    """Train a fresh CNN; the same arguments give the same weights."""
+    set_determinism(seed, threads)
+    net = DigitCNN(n_classes, width)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = max(1, int(epochs) * -(-len(X) // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    Xt, yt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(int(epochs)):
+        order = torch.randperm(len(Xt), generator=gen)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(net(augment(Xt[idx], strength, gen)), yt[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    return net
+
+
+@torch.no_grad()
+def predict_proba(net: DigitCNN, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """(N, classes) float32 softmax probabilities."""
+    net.eval()
+    out = [torch.softmax(net(torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], dtype=np.float32))), 1)
+           for i in range(0, len(X), batch_size)]
+    return torch.cat(out).numpy() if out else np.empty((0, net.head.out_features), np.float32)
+
+
+def export_onnx(net: DigitCNN, height: int, width: int) -> bytes:
+    """ONNX (opset 17, dynamic batch): input `image` (N, 3, H, W) -> `probabilities`, `embedding`."""
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            Exported(net).eval(), (torch.zeros(1, 3, height, width),), buf, dynamo=False, opset_version=17,
+            input_names=["image"], output_names=["probabilities", "embedding"],
+            dynamic_axes={"image": {0: "n"}, "probabilities": {0: "n"}, "embedding": {0: "n"}},
+        )
+    return buf.getvalue()
+
+
+def onnx_session(onnx_bytes: bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def onnx_proba(session, X: np.ndarray) -> np.ndarray:
+    return session.run(["probabilities"], {"image": np.ascontiguousarray(X, dtype=np.float32)})[0]

@@ -1,0 +1,162 @@
+"""Prefect flow: the image track's sweep, from raw DNG captures to a registered ONNX CNN.
+
+Thin over `churnops.image.train` (each step a task, so the Prefect UI shows where a run failed).
+`make demo-image` runs it in this process on the generated raw digits; `DATA=<folder>` takes a
+folder of DNG/PNG/JPG files in the `<class>/<file>` layout instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from churnops.contract import load_any_contract
+from churnops.image.contract import ImageContract
+from churnops.settings import Settings, get_settings
+
+FLOW_NAME = "train-image-model"
+
+
+def image_settings(s: Settings, contract: ImageContract) -> Settings:
+    """The settings with the contract's model and experiment names (registry helpers read them there)."""
+    return s.model_copy(update={"model_name": contract.model_name, "experiment_name": contract.experiment_name})
+
+
+def contract_of(name: str) -> ImageContract:
+    contract = load_any_contract(name)
+    if not isinstance(contract, ImageContract):
+        raise ValueError(f"data contract {name!r} is not an image_classification contract")
+    return contract
+
+
+@task(name="preflight", cache_policy=NO_CACHE, retries=0)
+def preflight(s: Settings) -> None:
+    """Fail fast, naming the URI, when MLflow cannot be reached."""
+    from churnops.registry import check_tracking
+
+    check_tracking(s)
+
+
+@task(name="load-images", cache_policy=NO_CACHE)
+def load_images(contract: ImageContract, s: Settings, data: str | None, limit: int | None):
+    from churnops.image import train
+
+    root, synthetic = train.resolve_data(contract, s, data, limit)
+    d = train.prepare(root, contract, s, synthetic)
+    get_run_logger().info("%d images from %s (sha256 %s, %s)", len(d.files), root, d.sha256[:12],
+                          train.DATA_SOURCE_SYNTHETIC if synthetic else "real")
+    return d
+
+
+@task(name="sweep", cache_policy=NO_CACHE)
+def sweep(d, contract, s: Settings, exp_id: str, run_id: str, timer, n_trials: int, space):
+    from churnops.image import train
+    from churnops.registry import client
+
+    t0 = time.perf_counter()
+    trials = train.run_sweep(d, contract, s, n_trials, space, train.TrialLogger(client(s), exp_id, run_id, timer))
+    best = train.best_trial(trials)
+    get_run_logger().info("%d trials in %.1f s; best #%d val accuracy %.4f %s", len(trials),
+                          time.perf_counter() - t0, best.number, best.metrics["accuracy"], best.params)
+    return trials, best, time.perf_counter() - t0
+
+
+@task(name="refit-evaluate", cache_policy=NO_CACHE)
+def refit_evaluate(d, best, contract, s: Settings):
+    from churnops.image import train
+
+    net = train.refit(d, best, contract, s)
+    return net, train.evaluate(net, d, contract)
+
+
+@task(name="isp-sensitivity", cache_policy=NO_CACHE)
+def isp_sensitivity(net, d, contract: ImageContract, s: Settings, run_id: str):
+    """Accuracy under ISP variations on the test set's raw files; logged; floors checked."""
+    from churnops.image import analysis, model, train
+    from churnops.image.dataset import RAW_SUFFIXES, read_raw
+
+    raw = [i for i in d.idx_test if d.files[i].path.suffix.lower() in RAW_SUFFIXES]
+    frames = [read_raw(d.files[i].path, d.files[i].rel) for i in raw]
+    table = analysis.sensitivity(lambda X: model.predict_proba(net, X), frames, d.y[raw], contract, s.seed)
+    analysis.log_sensitivity(table, run_id, s.mlflow_tracking_uri)
+    get_run_logger().info("ISP sensitivity:\n%s", table[["variation", "accuracy", "delta"]].to_string(index=False))
+    train.check_sensitivity_floors(table, contract)
+    return table
+
+
+@task(name="onnx-log-register", cache_policy=NO_CACHE)
+def log_register(net, d, ev, best, trials, contract, s: Settings, run_id: str, timer):
+    from churnops.image import train
+
+    onnx_bytes, diff = train.onnx_gate(net, d, ev, contract, s.onnx_tolerance)
+    return train.log_and_register(net, onnx_bytes, diff, d, ev, best, trials, contract, s, run_id, timer) | {"onnx_max_abs_diff": diff}
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def image_train_flow(contract: str = "raw_digits", n_trials: int = 12, data: str | None = None,
+                     limit: int | None = None, max_epochs: int | None = None) -> dict:
+    """Sweep, refit, analyse, check and register the image CNN. Returns the run summary.
+
+    `limit` keeps the first N generated digits and `max_epochs` caps the epoch range (tests).
+    """
+    from churnops import pipeline
+    from churnops.image import train
+    from churnops.lineage import lineage_tags
+    from churnops.registry import client
+
+    c = contract_of(contract)
+    s = image_settings(get_settings(), c)
+    preflight(s)
+    d = load_images(c, s, data, limit)
+    space = train.SweepSpace()
+    if max_epochs is not None:
+        space.epochs = (min(space.epochs[0], max_epochs), max_epochs)
+    config = train.training_config(c, s, n_trials, space)
+    source = train.DATA_SOURCE_SYNTHETIC if d.synthetic else "real"
+    tags = lineage_tags(d.sha256, config, s.seed, d.synthetic, str(d.root)) | {
+        "data_source": source, "dataset": c.name, "task": c.task}
+    tags |= {f"pkg.{k}": v for k, v in train.package_versions().items()}
+    exp_id, run_id = pipeline.start_parent_run(s, tags)
+    timer = pipeline.Timer()
+    try:
+        trials, best, sweep_s = sweep(d, c, s, exp_id, run_id, timer, n_trials, space)
+        net, ev = refit_evaluate(d, best, c, s)
+        table = isp_sensitivity(net, d, c, s, run_id)
+        reg = log_register(net, d, ev, best, trials, c, s, run_id, timer)
+    except BaseException:
+        client(s).set_terminated(run_id, status="FAILED")
+        raise
+    client(s).set_terminated(run_id)
+    return {
+        "run_id": run_id, "model_name": s.model_name, "version": reg["version"], "aliases": reg["aliases"],
+        "model_uri": reg["model_uri"], "test_metrics": ev["metrics"], "onnx_max_abs_diff": reg["onnx_max_abs_diff"],
+        "n_trials": len(trials), "sweep_seconds": sweep_s, "best_params": best.params,
+        "dataset_sha256": d.sha256, "data_source": source, "images": len(d.files),
+        "sensitivity": table[["variation", "accuracy", "delta"]].to_dict("records"),
+    }
+
+
+def main() -> None:
+    """`make demo-image`: run the flow now in this process and print the outcome."""
+    from churnops.cli import fail, setup_logging
+
+    setup_logging()
+    s = get_settings()
+    try:
+        out = image_train_flow(data=s.data)
+    except Exception as exc:
+        fail(exc, f"image training flow {FLOW_NAME}")
+    m = out["test_metrics"]
+    print(f"\nregistered {out['model_name']} v{out['version']} aliases={out['aliases']} ({out['data_source']}, "
+          f"{out['images']} images, sha256 {out['dataset_sha256'][:12]})")
+    print(f"run_id {out['run_id']}")
+    print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
+    print(f"onnx parity max|diff|={out['onnx_max_abs_diff']:.2e}  sweep {out['sweep_seconds']:.1f} s ({out['n_trials']} trials)")
+    print("ISP sensitivity: " + ", ".join(f"{r['variation']} {r['accuracy']:.3f}" for r in out["sensitivity"]))
+    print(f"MLflow  {s.mlflow_tracking_uri}/#/models/{out['model_name']}")
+
+
+if __name__ == "__main__":
+    main()

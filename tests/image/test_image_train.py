@@ -1,0 +1,135 @@
+"""The CNN, the ONNX parity gate, the sensitivity rules and the image flow end to end (MLflow server)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
+pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
+
+from churnops.image import train  # noqa: E402
+from churnops.image.dataset import dataset_sha256, list_images, load_arrays  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small(raw_folder, raw_contract):
+    files = list_images(raw_folder, raw_contract)
+    X, y = load_arrays(files[:120], raw_contract)
+    return X, y
+
+
+def test_cnn_fit_is_deterministic(small):
+    from churnops.image.model import fit
+
+    X, y = small
+    a = fit(X, y, 10, width=8, lr=3e-3, epochs=1, strength=0.5, seed=3)
+    b = fit(X, y, 10, width=8, lr=3e-3, epochs=1, strength=0.5, seed=3)
+    c = fit(X, y, 10, width=8, lr=3e-3, epochs=1, strength=0.5, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
+    assert not all(np.array_equal(sa[k].numpy(), sc[k].numpy()) for k in sa)
+
+
+def test_onnx_gate_passes_and_fails(small, raw_contract):
+    from churnops.image.model import fit, predict_proba
+    from churnops.pipeline import ParityError
+
+    X, y = small
+    net = fit(X, y, 10, width=8, lr=3e-3, epochs=1, strength=0.0, seed=1)
+    d = train.ImageData(None, [], X, y, np.arange(0), np.arange(0), np.arange(len(y)), "", True)
+    ev = {"test_proba": predict_proba(net, X)}
+    onnx_bytes, diff = train.onnx_gate(net, d, ev, raw_contract, 1e-4)
+    assert onnx_bytes[:2] and diff <= 1e-4
+    ev_off = {"test_proba": ev["test_proba"] + np.float32(1e-3)}  # a native answer the export does not reproduce
+    with pytest.raises(ParityError, match="ONNX parity 1.0.e-03 > tolerance 1e-04"):
+        train.onnx_gate(net, d, ev_off, raw_contract, 1e-4)
+
+
+def test_sensitivity_floors(raw_contract):
+    import pandas as pd
+
+    table = pd.DataFrame({"variation": ["baseline", "noise_3pct"], "accuracy": [0.98, 0.80]})
+    train.check_sensitivity_floors(table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_3pct": 0.8}}))
+    with pytest.raises(train.SensitivityGateError, match="noise_3pct 0.8000 < 0.9"):
+        train.check_sensitivity_floors(table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_3pct": 0.9}}))
+    with pytest.raises(train.SensitivityGateError, match=r"unknown variations \['noise_9pct'\]"):
+        train.check_sensitivity_floors(table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_9pct": 0.5}}))
+
+
+@pytest.fixture
+def image_env(mlflow_uri, tmp_path):
+    """Settings pointed at the test MLflow server, state in a temporary folder."""
+    from churnops.settings import get_settings
+
+    values = {"MLFLOW_TRACKING_URI": mlflow_uri, "STATE_DIR": str(tmp_path / "state"), "TRAIN_THREADS": "1"}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    get_settings.cache_clear()
+    yield get_settings()
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    get_settings.cache_clear()
+
+
+@pytest.mark.integration
+def test_image_flow_generates_trains_registers(image_env, prefect_harness, raw_contract):
+    import mlflow
+
+    from flows.image_train_flow import image_train_flow
+
+    out = image_train_flow(n_trials=2, limit=200, max_epochs=2)
+    c = mlflow.MlflowClient(image_env.mlflow_tracking_uri)
+    # the data set was generated under STATE_DIR and versioned by path + bytes
+    root = image_env.state_dir / "images" / "raw_digits-seed42-first200"
+    assert out["dataset_sha256"] == dataset_sha256(list_images(root, raw_contract)) and out["images"] == 200
+    # every trial is a nested run of the sweep
+    nested = c.search_runs([c.get_experiment_by_name("raw-digits-sweep").experiment_id],
+                           f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    assert len(nested) == 2 and all("val_accuracy" in r.data.metrics for r in nested)
+    run = c.get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data_source"] == "synthetic-sensor" and run.data.tags["dataset_sha256"] == out["dataset_sha256"]
+    assert run.data.tags["pkg.torch"].startswith("2.13.0")
+    assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
+    # the sensitivity baseline re-develops the same test frames with the same ISP: same accuracy
+    assert run.data.metrics["sens_baseline_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert {r["variation"] for r in out["sensitivity"]} >= {"wb_gray_world", "demosaic_nearest", "noise_3pct",
+                                                             "gamma_1.8", "exposure_plus_1", "exposure_minus_1"}
+    arts = {a.path for a in c.list_artifacts(out["run_id"])}
+    assert {"isp_sensitivity.csv", "isp_sensitivity.png", "isp_sensitivity.json", "image_meta.json"} <= arts
+    # registered under the contract's model name, tagged with the data source and version
+    mv = c.get_model_version("raw-digits-cnn", out["version"])
+    assert mv.tags["data_source"] == "synthetic-sensor" and mv.tags["dataset_sha256"] == out["dataset_sha256"]
+    # the registered ONNX model answers like the flow's evaluation on the first test images
+    import onnxruntime as ort
+
+    onnx_model = mlflow.onnx.load_model(f"models:/raw-digits-cnn/{out['version']}")
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    X, _ = load_arrays(list_images(root, raw_contract)[:4], raw_contract)
+    p, emb = sess.run(None, {"image": X})
+    assert p.shape == (4, 10) and np.allclose(p.sum(1), 1, atol=1e-5) and emb.shape[0] == 4
+
+
+@pytest.mark.integration
+def test_image_flow_sensitivity_floor_blocks_registration(image_env, prefect_harness, raw_folder, tmp_path):
+    import mlflow
+    import yaml
+
+    from churnops.contract import DATASETS_DIR
+    from churnops.image.train import SensitivityGateError
+    from flows.image_train_flow import image_train_flow
+
+    spec = yaml.safe_load((DATASETS_DIR / "raw_digits.yaml").read_text())
+    spec |= {"model_name": "raw-digits-floor", "sensitivity_floor": {"baseline": 1.01}}
+    path = tmp_path / "floor.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SensitivityGateError, match="baseline .* < 1.01; model not registered"):
+        image_train_flow(contract=str(path), n_trials=1, data=str(raw_folder), max_epochs=1)
+    c = mlflow.MlflowClient(image_env.mlflow_tracking_uri)
+    assert c.search_model_versions("name='raw-digits-floor'") == []
+    runs = c.search_runs([c.get_experiment_by_name("raw-digits-sweep").experiment_id],
+                         "tags.data_source = 'real'", order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED"
