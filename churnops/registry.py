@@ -82,6 +82,31 @@ def resolve_model_uri(settings: Settings | None = None) -> str:
     return f"models:/{s.model_name}@{CHAMPION}"
 
 
+def pin_problem(settings: Settings | None = None) -> str | None:
+    """Why the pinned RUN_ID cannot be served (the run is gone, e.g. after `make reset_all`), or None.
+
+    None as well when nothing is pinned, the pin is a MODEL_URI, or the tracking server does not
+    answer (the server then retries; this check is about pins that can never load).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from churnops.settings import env_file
+
+    s = settings or get_settings()
+    if s.model_uri or not s.run_id:
+        return None
+    try:
+        client(s).get_run(s.run_id)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower():
+            return (f"RUN_ID={s.run_id} pinned in {env_file()} does not exist in MLflow {s.mlflow_tracking_uri} "
+                    f"(state reset?): run `make pin` to pin the current champion")
+        return None
+    except Exception:
+        return None
+    return None
+
+
 def write_env_value(path: Path, key: str, value: str) -> None:
     """Set `KEY=value` in a dotenv file, replacing an existing line or appending one."""
     text = path.read_text() if path.exists() else ""

@@ -170,6 +170,20 @@ def export_env() -> None:
     get_settings.cache_clear()
 
 
+# what serving loads: written by `make pin` / `make rollback` / a hand edit of the dotenv file
+PIN_KEYS = ("RUN_ID", "MODEL_URI")
+
+
+def child_env() -> dict[str, str]:
+    """The environment for long-lived children (supervisord and the servers it starts).
+
+    The process environment minus the pin keys, which `export_env` may have copied from the
+    dotenv file: a server reads them from the file when it starts, so the file stays the truth
+    and a later `make pin` / `make rollback` / hand edit + `make start-serve` is what it serves.
+    """
+    return {k: v for k, v in os.environ.items() if k.upper() not in PIN_KEYS}
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings read once per process (call `get_settings.cache_clear()` after changing env)."""

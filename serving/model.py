@@ -151,6 +151,11 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
             try:
                 root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
             except Exception as exc:
+                from churnops.registry import pin_problem
+
+                problem = pin_problem(s) if uri == f"runs:/{s.run_id}/model" else None
+                if problem:
+                    raise ModelLoadError(f"cannot download {uri}: {problem}") from exc
                 raise ModelLoadError(f"cannot download {uri} from {s.mlflow_tracking_uri}: "
                                      f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         bdir = _find_bundle(root)
