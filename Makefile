@@ -12,7 +12,7 @@ STACK := $(BIN)/churnops-stack
 
 .PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
         setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
-        retrain-check rollback reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
+        retrain-check rollback promote reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
@@ -99,8 +99,11 @@ simulate: $(STAMP) ## send business traffic over HTTP and Kinesis for a bounded 
 retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
 	@$(BIN)/churnops-retrain
 
-rollback: $(STAMP) ## move champion back to the previous version and re-pin RUN_ID
-	@$(BIN)/churnops-rollback
+rollback: $(STAMP) ## REASON="..." [VERSION=n]: move champion back (to alias previous, or version n), audited; re-pin RUN_ID
+	@VERSION="$(VERSION)" REASON="$(REASON)" $(BIN)/churnops-rollback
+
+promote: $(STAMP) ## VERSION=n REASON="...": make version n the champion by hand (old one -> alias previous), audited; re-pin RUN_ID
+	@VERSION="$(VERSION)" REASON="$(REASON)" $(BIN)/churnops-promote
 
 reset_all: ## stop everything and delete all local state (.stack: MLflow db, Prefect db, logs, reports)
 	@$(MAKE) --no-print-directory down || true

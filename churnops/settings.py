@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     dask_workers: int = 2
     train_threads: int = 0  # 0 = all cores for the serial sweep
 
+    # --- governance (promotion rules, approval) ---------------------------------------------------
+    rules_file: Path | None = None           # promotion rules YAML; default churnops/rules/<task>.yaml
+    auto_approve: bool = False               # headless runs promote a challenger that passes every rule
+    approval_timeout_s: float = 3600.0       # a paused training run waits this long for approve/reject
+    # (0: no pause; the challenger stays `awaiting approval` until `make promote`)
+
     # --- deployments -------------------------------------------------------------------------
     work_pool: str = "churn-local"
     train_interval_hours: float = 6.0
@@ -76,6 +82,7 @@ class Settings(BaseSettings):
     # --- serving pin ---------------------------------------------------------------------------
     run_id: str | None = None
     model_uri: str | None = None
+    alias_poll_s: float = 5.0                # servers on models:/<name>@<alias> check the alias this often
 
     # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
     api_url: str = "http://127.0.0.1:9696"
@@ -137,6 +144,24 @@ class Settings(BaseSettings):
 
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"
+
+    @model_validator(mode="after")
+    def _model_name_follows_dataset(self) -> "Settings":
+        """MODEL_NAME when set; else the name the data set's contract declares; else the default
+        for the churn contract and `<contract name>-xgboost` for any other data set."""
+        if "model_name" in self.model_fields_set:
+            return self
+        try:
+            from churnops.contract import load_contract
+
+            contract = load_contract(self.dataset)
+        except Exception:  # an unknown DATASET fails where it is used, with its own message
+            return self
+        if contract.model_name:
+            self.model_name = contract.model_name
+        elif contract.name != "bank_churners":
+            self.model_name = f"{contract.name.replace('_', '-')}-xgboost"
+        return self
 
     def state_path(self, value: Path | None, default: str) -> Path:
         """`value` when set, else `<state_dir>/<default>`."""
