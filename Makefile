@@ -12,7 +12,7 @@ STACK := $(BIN)/churnops-stack
 
 .PHONY: help demo test run_tests up down status init_aws apply-model-train-flow train pin \
         setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate \
-        retrain-check rollback promote reset_all lint bench bench-train bench-serve bench-monitor venv system-deps
+        retrain-check collect-labels rollback promote reset_all lint bench bench-train bench-serve bench-monitor bench-loop venv system-deps
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-28s %s\n", $$1, $$2}'
@@ -96,6 +96,9 @@ report: $(STAMP) ## build a drift/quality report of the logged predictions now
 simulate: $(STAMP) ## send business traffic over HTTP and Kinesis for a bounded time (SIMULATE_SECONDS)
 	@$(BIN)/churnops-simulate
 
+collect-labels: $(STAMP) ## join /feedback outcomes to logged features -> a new snapshot (LABEL_POLICY append|sliding|replace)
+	@$(BIN)/churnops-collect-labels
+
 retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
 	@$(BIN)/churnops-retrain
 
@@ -112,13 +115,16 @@ reset_all: ## stop everything and delete all local state (.stack: MLflow db, Pre
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check churnops flows serving simulators reporting bench tests
 
-bench: bench-train bench-serve bench-monitor ## all benchmarks -> bench/results/*.json
+bench: bench-train bench-serve bench-monitor bench-loop ## all benchmarks -> bench/results/*.json
 
 bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> bench/results/train.json
 	$(BIN)/python bench/bench_train.py
 
 bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 	$(BIN)/python bench/bench_serve.py
+
+bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
+	$(BIN)/python bench/bench_loop.py
 
 bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json
 	$(BIN)/python bench/bench_monitor.py

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     approval_timeout_s: float = 3600.0       # a paused training run waits this long for approve/reject
     # (0: no pause; the challenger stays `awaiting approval` until `make promote`)
 
+    # --- fresh labels (make collect-labels) ---------------------------------------------------------
+    label_policy: Literal["append", "sliding", "replace"] = "append"  # how new rows join the parent snapshot
+    label_window_rows: int = 20_000          # sliding: keep the newest N rows
+    label_holdout_fraction: float = 0.2      # newest labelled rows held out for evaluation
+    label_lookback_hours: float = 24 * 30    # predictions this far before a label's window are joined
+    label_min_rows: int = 50                 # fewer joined labels: no new snapshot
+
     # --- deployments -------------------------------------------------------------------------
     work_pool: str = "churn-local"
     train_interval_hours: float = 6.0

@@ -48,8 +48,9 @@ def preflight(s: Settings) -> None:
 
 
 @task(name="load-snapshot", cache_policy=NO_CACHE)
-def load_snapshot(s: Settings, data: str | None):
-    """Latest clean snapshot from S3 (ingesting `data` first when given)."""
+def load_snapshot(s: Settings, data: str | None, snapshot: str | None = None):
+    """The snapshot named (s3:// URI or SHA-256), else the latest clean snapshot from S3
+    (ingesting `data` first when given)."""
     from botocore.exceptions import ClientError
 
     from churnops.cleaning import check_raw_frame
@@ -57,7 +58,11 @@ def load_snapshot(s: Settings, data: str | None):
     from churnops.sources import load_raw
 
     contract = load_contract(s.dataset)
-    if data:
+    if snapshot:
+        from churnops.feature_store import snapshot_at
+
+        snap = snapshot_at(snapshot, contract, s)
+    elif data:
         raw = load_raw(s, data)
         clean, report = check_raw_frame(raw.frame, contract, subject=raw.source)
         if not report.ok:
@@ -72,6 +77,15 @@ def load_snapshot(s: Settings, data: str | None):
             ) from exc
     get_run_logger().info("snapshot %s rows=%d synthetic=%s", snap.uri, snap.rows, snap.synthetic)
     return snap, read_snapshot(snap, contract, s)
+
+
+@task(name="load-holdout", cache_policy=NO_CACHE)
+def load_holdout(s: Settings, holdout: str):
+    """The held-out slice of the freshest labels (evaluation only, never trained on)."""
+    from churnops.feature_store import read_snapshot, snapshot_at
+
+    contract = load_contract(s.dataset)
+    return read_snapshot(snapshot_at(holdout, contract, s), contract, s)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
@@ -107,6 +121,21 @@ def log_register(model, prep, ev, best, trials, s: Settings, parent_run_id, time
     return pipeline.log_and_register(
         model, prep, ev, best, trials, load_contract(s.dataset), s, parent_run_id, timer, lineage, data_profile
     )
+
+
+def snapshot_lineage(s: Settings, snap, holdout: str | None) -> dict[str, str]:
+    """Tags naming the parent snapshot (and the held-out slice) of a snapshot built from feedback."""
+    from churnops.feature_store import snapshot_metadata
+
+    tags = {"snapshot_source": snap.source or "unknown"}
+    if snap.source == "feedback":
+        meta = snapshot_metadata(snap, s)
+        tags |= {"parent_snapshot": meta.get("parent-snapshot", ""), "parent_sha256": meta.get("parent-sha256", ""),
+                 "label_policy": meta.get("policy", ""), "label_window_start": meta.get("window-start", ""),
+                 "label_window_end": meta.get("window-end", "")}
+    if holdout:
+        tags["holdout_snapshot"] = holdout
+    return tags
 
 
 @task(name="governance-evidence", cache_policy=NO_CACHE)
@@ -198,7 +227,8 @@ def govern(s: Settings, version: str, aliases: list[str], evidence: dict, approv
 
 @flow(name=FLOW_NAME, log_prints=True)
 def train_flow(n_trials: int | None = None, data: str | None = None, progress: bool = False,
-               data_profile: bool = True, approval_timeout_s: float | None = None) -> dict:
+               data_profile: bool = True, approval_timeout_s: float | None = None,
+               snapshot: str | None = None, holdout: str | None = None) -> dict:
     """Sweep, refit, check and register the churn model. Returns the run summary."""
     from churnops.lineage import lineage_tags
     from churnops.registry import client
@@ -206,18 +236,19 @@ def train_flow(n_trials: int | None = None, data: str | None = None, progress: b
     s = get_settings()
     contract = load_contract(s.dataset)
     preflight(s)
-    snap, clean = load_snapshot(s, data)
+    snap, clean = load_snapshot(s, data, snapshot)
     validate(clean, s, snap.uri)
+    fresh = load_holdout(s, holdout) if holdout else None
     prep = prepare(clean, s)
     config = pipeline.training_config(s, contract) | {"n_trials": n_trials or s.n_trials}
-    lineage = lineage_tags(snap.sha256, config, s.seed, snap.synthetic, snap.uri)
+    lineage = lineage_tags(snap.sha256, config, s.seed, snap.synthetic, snap.uri) | snapshot_lineage(s, snap, holdout)
     exp_id, run_id = pipeline.start_parent_run(s, lineage | {"dataset": contract.name})
     timer = pipeline.Timer()
     try:
         trials, best, sweep_s = sweep(prep, s, exp_id, run_id, timer, n_trials, progress)
         trial_logging_s = timer.seconds  # per-trial nested runs, inside the sweep's wall time
         model, ev = refit_evaluate(prep, best, s)
-        proof = evidence(model, prep, ev, s)
+        proof = evidence(model, prep, ev, s, fresh)
         out = log_register(model, prep, ev, best, trials, s, run_id, timer, lineage, data_profile)
     except BaseException:
         client(s).set_terminated(run_id, status="FAILED")
