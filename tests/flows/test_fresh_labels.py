@@ -30,7 +30,7 @@ def log_traffic(s, real_data_path, n=300):
                       "probability": 0.5, "decision": 0, "latency_ms": 1.0})
         fb.append({"request_id": rid, "outcome": int(row[contract.target.name]), "ts": now - 100 + i * 0.1})
     fb += [{"request_id": "never-predicted", "outcome": 1, "ts": now - 50},
-           {"request_id": "fresh-0", "outcome": 9, "ts": now - 40}]
+           {"request_id": "fresh-invalid", "outcome": 9, "ts": now - 40}]
     store = open_store(s)
     try:
         store.insert_predictions(preds)
