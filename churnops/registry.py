@@ -96,6 +96,10 @@ def pin_problem(settings: Settings | None = None) -> str | None:
     if s.model_uri or not s.run_id:
         return None
     try:
+        check_tracking(s, timeout=3.0)  # down: no verdict (the MLflow client would retry for minutes)
+    except TrackingUnreachable:
+        return None
+    try:
         client(s).get_run(s.run_id)
     except MlflowException as exc:
         if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower():
