@@ -27,7 +27,7 @@ SERVE_SERVICES := mongo api consumer-0 consumer-1 simulate-http simulate-kinesis
 SERVING := api consumer-0 consumer-1
 # commands that write RUN_ID into the host's .env.<env> run as the host user with that file mounted
 DC_PIN := $(DC) run --rm --no-deps --user "$$(id -u):$$(id -g)" -v "$(CURDIR)/.env.$(env):/app/.env.pin" \
-          -e ENV_FILE=/app/.env.pin prefect-worker
+          -e ENV_FILE=/app/.env.pin -e VERSION -e REASON prefect-worker
 ifeq ($(RUNTIME),docker)
 DEPS := docker-env
 else
@@ -36,7 +36,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-image demo-image venv system-deps docker-env
+        rollback promote collect-labels reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-loop bench-image demo-image venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -201,14 +201,28 @@ else
 	@$(BIN)/churnops-simulate
 endif
 
+collect-labels: $(DEPS) ## join /feedback outcomes to logged features -> a new snapshot (LABEL_POLICY append|sliding|replace)
+ifeq ($(RUNTIME),docker)
+	$(DC) run --rm prefect-worker churnops-collect-labels
+else
+	@$(BIN)/churnops-collect-labels
+endif
+
 retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
 	@$(BIN)/churnops-retrain
 
-rollback: $(DEPS) ## move champion back to the previous version and re-pin RUN_ID
+rollback: $(DEPS) ## REASON="..." [VERSION=n]: move champion back (to alias previous, or version n), audited; re-pin RUN_ID
 ifeq ($(RUNTIME),docker)
-	$(DC_PIN) churnops-rollback
+	@VERSION="$(VERSION)" REASON="$(REASON)" $(DC_PIN) churnops-rollback
 else
-	@$(BIN)/churnops-rollback
+	@VERSION="$(VERSION)" REASON="$(REASON)" $(BIN)/churnops-rollback
+endif
+
+promote: $(DEPS) ## VERSION=n REASON="...": make version n the champion by hand (old one -> alias previous), audited; re-pin RUN_ID
+ifeq ($(RUNTIME),docker)
+	@VERSION="$(VERSION)" REASON="$(REASON)" $(DC_PIN) churnops-promote
+else
+	@VERSION="$(VERSION)" REASON="$(REASON)" $(BIN)/churnops-promote
 endif
 
 reset_all: ## stop everything and delete all local state (embedded: .stack; docker: containers, volumes, secrets)
@@ -242,7 +256,7 @@ lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
 	exit $$rc
 
-bench: bench-train bench-serve bench-monitor bench-faults ## all benchmarks -> bench/results/*.json
+bench: bench-train bench-serve bench-monitor bench-faults bench-loop bench-image ## all benchmarks -> bench/results/*.json
 
 bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> bench/results/train.json
 	$(BIN)/python bench/bench_train.py
@@ -250,10 +264,14 @@ bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> b
 bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 	$(BIN)/python bench/bench_serve.py
 
+bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
+	$(BIN)/python bench/bench_loop.py
+
 bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json
 	$(BIN)/python bench/bench_monitor.py
 
 bench-faults: $(STAMP) ## worker/consumer SIGKILL, store down, MLflow down: failures and losses -> bench/results/faults.json
 	$(BIN)/python bench/bench_faults.py
+
 bench-image: $(STAMP) ## raw-digits CNN: accuracy, ISP throughput, ONNX parity/speed, ISP sensitivity -> bench/results/image.json
 	$(BIN)/python bench/bench_image.py

@@ -70,6 +70,7 @@ class DatasetContract(BaseModel):
     unknown_markers: list[str] = Field(default_factory=lambda: ["Unknown"])
     features: dict[str, FeatureSpec]
     example: dict[str, Any] = Field(default_factory=dict)  # one valid clean record
+    model_name: str | None = None  # registered model name (default: derived from `name`)
 
     # ---- derived views ------------------------------------------------------------------------
     @property
@@ -105,7 +106,9 @@ class DatasetContract(BaseModel):
 
     def fingerprint(self) -> str:
         """Stable SHA-256 of the contract's content."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        # model_name unset is left out, so a contract's fingerprint does not change with this field
+        exclude = {"model_name"} if self.model_name is None else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
 
 def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract:

@@ -52,9 +52,13 @@ def _prefix(s: Settings, contract: DatasetContract) -> str:
 
 
 def put_snapshot(
-    clean: pd.DataFrame, contract: DatasetContract, source: str, synthetic: bool, settings: Settings | None = None
+    clean: pd.DataFrame, contract: DatasetContract, source: str, synthetic: bool, settings: Settings | None = None,
+    extra_meta: dict[str, str] | None = None,
 ) -> Snapshot:
-    """Upload `clean` unless identical content is already stored; move `latest` to it."""
+    """Upload `clean` unless identical content is already stored; move `latest` to it.
+
+    `extra_meta` adds S3 metadata (e.g. a feedback snapshot's parent, window and row counts).
+    """
     from botocore.exceptions import ClientError
 
     from churnops.aws import client
@@ -82,6 +86,7 @@ def put_snapshot(
                 "source": source[:200],
                 "synthetic": str(synthetic).lower(),
                 "contract-sha256": contract.fingerprint(),
+                **{k: str(v)[:500] for k, v in (extra_meta or {}).items()},
             },
         )
         snap.created = True
@@ -122,3 +127,45 @@ def read_snapshot(snap: Snapshot, contract: DatasetContract, settings: Settings 
         if f.kind != "numeric" and n in df:
             df[n] = df[n].astype(object).where(df[n].notna(), None)
     return df
+
+
+def snapshot_at(uri: str, contract: DatasetContract, settings: Settings | None = None) -> Snapshot:
+    """The stored snapshot at `s3://bucket/key` (or a bare SHA-256 under this data set's prefix)."""
+    from botocore.exceptions import ClientError
+
+    from churnops.aws import client
+
+    s = settings or get_settings()
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://"):].partition("/")
+    else:
+        bucket, key = s.bucket, f"{_prefix(s, contract)}/{uri}.csv"
+    try:
+        head = client("s3", s).head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        raise FileNotFoundError(f"snapshot s3://{bucket}/{key} not found at {s.aws_endpoint_url}") from exc
+    meta = head.get("Metadata", {})
+    sha = meta.get("sha256") or key.rsplit("/", 1)[-1].removesuffix(".csv")
+    return Snapshot(sha, key, bucket, int(meta.get("rows", 0)), meta.get("source", ""),
+                    meta.get("synthetic") == "true", contract.name)
+
+
+def snapshot_metadata(snap: Snapshot, settings: Settings | None = None) -> dict[str, str]:
+    """The S3 metadata stored with a snapshot (source, parent, window, counts, ...)."""
+    from churnops.aws import client
+
+    s = settings or get_settings()
+    return dict(client("s3", s).head_object(Bucket=snap.bucket, Key=snap.key).get("Metadata", {}))
+
+
+def put_holdout(frame: pd.DataFrame, contract: DatasetContract, settings: Settings | None = None) -> str:
+    """Store a held-out evaluation slice (content-addressed, never `latest`); returns its URI."""
+    from churnops.aws import client
+
+    s = settings or get_settings()
+    payload = canonical_csv(frame)
+    key = f"{_prefix(s, contract)}/holdout/{content_sha256(payload)}.csv"
+    client("s3", s).put_object(Bucket=s.bucket, Key=key, Body=payload, ContentType="text/csv",
+                               Metadata={"sha256": content_sha256(payload), "rows": str(len(frame)),
+                                         "source": "feedback-holdout", "synthetic": "false"})
+    return f"s3://{s.bucket}/{key}"

@@ -207,6 +207,91 @@ def evaluate(model, prep: Prepared, best: TrialResult, s: Settings) -> dict:
     }
 
 
+# ---- governance evidence ------------------------------------------------------------------------------
+
+
+def contract_yaml(contract: DatasetContract) -> str:
+    """The contract as YAML (the model carries it as artifact `contract.yaml`)."""
+    import yaml
+
+    return yaml.safe_dump(contract.model_dump(mode="json", exclude_none=False), sort_keys=False)
+
+
+def load_alias_bundle(s: Settings, alias: str = "champion"):
+    """The Bundle of `<model>@alias` (None when the alias is not set)."""
+    import mlflow
+
+    from churnops.bundle import Bundle
+    from churnops.registry import alias_version
+
+    mv = alias_version(s.model_name, alias, s)
+    if mv is None:
+        return None, None
+    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{s.model_name}/{mv.version}", dst_path=tmp))
+        metas = sorted(root.rglob("meta.json"))
+        if not metas:
+            raise FileNotFoundError(f"no model bundle in {s.model_name} v{mv.version}")
+        return mv, Bundle.load(metas[0].parent, prefer_onnx=False)
+
+
+def auc(y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, proba)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def governance_evidence(model, prep: Prepared, ev: dict, contract: DatasetContract, s: Settings,
+                        onnx_diff: float, fresh: pd.DataFrame | None = None, measure_latency: bool = False) -> dict:
+    """What the promotion rules judge: the challenger's test metrics and calibration, and the
+    champion re-scored on the same evaluation data (the challenger's test split, and `fresh`, the
+    held-out slice of the newest labelled rows, when given)."""
+    from churnops.governance import expected_calibration_error
+
+    target = contract.target.name
+    y_test = prep.split.y_test
+    evidence: dict = {
+        "test_auc_roc": float(ev["metrics"]["auc_roc"]),
+        "calibration_error": expected_calibration_error(y_test, ev["test_proba"]),
+        "onnx_parity_passed": bool(onnx_diff <= s.onnx_tolerance), "onnx_max_abs_diff": float(onnx_diff),
+        "contract_passed": True, "contract_fingerprint": contract.fingerprint(), "comparisons": [],
+    }
+    frames = [("test split", prep.clean.iloc[prep.idx_test], ev["test_proba"])]
+    if fresh is not None and len(fresh):
+        frames.append(("fresh slice", fresh, model.predict_proba(prep.encoder.transform_frame(fresh))[:, 1]))
+        evidence["fresh_rows"] = int(len(fresh))
+    try:
+        mv, champ = load_alias_bundle(s, "champion")
+    except Exception as exc:
+        mv, champ = None, None
+        evidence["champion_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if mv is not None and champ is not None:
+        evidence["champion_version"] = str(mv.version)
+        fp = champ.meta.get("contract_fingerprint")
+        if fp and fp != contract.fingerprint():
+            evidence["contract_passed"] = False
+            evidence["contract_passed_detail"] = (f"champion v{mv.version} was trained with contract {fp[:12]}, "
+                                                  f"this model with {contract.fingerprint()[:12]}")
+        try:
+            for name, frame, proba in frames:
+                y = frame[target].to_numpy().astype(int)
+                champ_p = champ.predict_matrix(champ.encoder.transform_frame(frame))
+                evidence["comparisons"].append({"on": name, "rows": int(len(frame)),
+                                                "challenger_auc_roc": auc(y, proba), "champion_auc_roc": auc(y, champ_p)})
+        except Exception as exc:
+            evidence["champion_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if measure_latency:
+        X = prep.split.X_test[:200]
+        times = []
+        for i in range(len(X)):
+            t0 = time.perf_counter()
+            model.predict_proba(X[i:i + 1])
+            times.append((time.perf_counter() - t0) * 1000)
+        evidence["latency_ms_p95"] = float(np.percentile(times, 95)) if times else None
+    return evidence
+
+
 # ---- artifacts --------------------------------------------------------------------------------------------
 
 
@@ -298,6 +383,7 @@ def log_and_register(
 
     meta = {
         "model_name": s.model_name, "dataset": contract.name, "target": contract.target.name,
+        "contract_fingerprint": contract.fingerprint(),
         "features": contract.feature_names, "test_metrics": ev["metrics"], "best_params": best.params,
         "n_trees": best.n_trees, "onnx_max_abs_diff": diff, "run_id": parent_run_id,
         "threshold_strategy": s.threshold_strategy, **{k: v for k, v in lineage.items() if not k.startswith("pkg.")},
@@ -307,6 +393,7 @@ def log_and_register(
         bundle_dir = write_bundle(tmp / "bundle", prep.encoder, model, ev["threshold"], meta, onnx_bytes)
         art = tmp / "artifacts"
         art.mkdir()
+        (art / "contract.yaml").write_text(contract_yaml(contract))
         (art / "evaluation.json").write_text(json.dumps(
             {k: v for k, v in ev.items() if k != "test_proba"} | {"onnx_max_abs_diff": diff}, indent=1))
         (art / "threshold.json").write_text(json.dumps(
@@ -346,7 +433,8 @@ def log_and_register(
                     code_paths=[str(Path(__file__).resolve().parent)],
                 )
         with timer:
-            version, aliases = register(parent_run_id, info.model_uri, s, tags={"run_id": parent_run_id})
+            version, aliases = register(parent_run_id, info.model_uri, s, tags={
+                "run_id": parent_run_id, "dataset": contract.name, "contract_fingerprint": contract.fingerprint()})
             mlflow.MlflowClient(s.mlflow_tracking_uri).set_tag(parent_run_id, "registered_version", str(version))
     return TrainOutcome(
         run_id=parent_run_id, model_uri=info.model_uri, version=str(version), aliases=aliases,

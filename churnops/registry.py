@@ -104,6 +104,35 @@ def bound_mlflow_http(settings: Settings | None = None) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(max(0, int(s.mlflow_http_request_backoff_factor)))
 
 
+def pin_problem(settings: Settings | None = None) -> str | None:
+    """Why the pinned RUN_ID cannot be served (the run is gone, e.g. after `make reset_all`), or None.
+
+    None as well when nothing is pinned, the pin is a MODEL_URI, or the tracking server does not
+    answer (the server then retries; this check is about pins that can never load).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from churnops.settings import env_file
+
+    s = settings or get_settings()
+    if s.model_uri or not s.run_id:
+        return None
+    try:
+        check_tracking(s, timeout=3.0)  # down: no verdict (the MLflow client would retry for minutes)
+    except TrackingUnreachable:
+        return None
+    try:
+        client(s).get_run(s.run_id)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower():
+            return (f"RUN_ID={s.run_id} pinned in {env_file()} does not exist in MLflow {s.mlflow_tracking_uri} "
+                    f"(state reset?): run `make pin` to pin the current champion")
+        return None
+    except Exception:
+        return None
+    return None
+
+
 def write_env_value(path: Path, key: str, value: str) -> None:
     """Set `KEY=value` in a dotenv file, replacing an existing line or appending one."""
     text = path.read_text() if path.exists() else ""
@@ -137,59 +166,63 @@ def pin_main() -> None:
     print(f"pinned RUN_ID={run_id} in {env_file()}")
 
 
-def rollback(settings: Settings | None = None) -> tuple[str, str]:
-    """Move `champion` back to the version that held it before (recorded in a tag); audited.
+def rollback(settings: Settings | None = None, reason: str = "", version: str | None = None) -> tuple[str, str]:
+    """Move `champion` back (to `version`, else alias `previous`); intent + audit records. Returns (from, to)."""
+    from churnops.governance import rollback as _rollback
 
-    Every promotion through `promote` records the previous champion on the new version as tag
-    `previous_champion`; rollback follows it. Returns (from_version, to_version).
-    """
-    import time as _time
-
-    s = settings or get_settings()
-    c = client(s)
-    current = alias_version(s.model_name, CHAMPION, s)
-    if current is None:
-        raise LookupError(f"{s.model_name} has no {CHAMPION}: nothing to roll back")
-    prev = current.tags.get("previous_champion")
-    if not prev:
-        versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{s.model_name}'"))
-        older = [v for v in versions if v < int(current.version)]
-        if not older:
-            raise LookupError(f"{s.model_name} v{current.version} is the only candidate: nothing to roll back to")
-        prev = str(older[-1])
-    c.set_registered_model_alias(s.model_name, CHAMPION, prev)
-    c.set_model_version_tag(s.model_name, prev, "rolled_back_from", current.version)
-    c.set_registered_model_tag(s.model_name, f"audit.{_time.time_ns()}", f"rollback champion v{current.version} -> v{prev}")
-    return current.version, prev
+    return _rollback(reason or "rollback", version, settings or get_settings())
 
 
-def promote(version: str, settings: Settings | None = None) -> str | None:
-    """Make `version` the champion, remembering the previous one for rollback; audited."""
-    import time as _time
+def promote(version: str, settings: Settings | None = None, reason: str = "") -> str | None:
+    """Make `version` the champion (the old one becomes alias `previous`); audited. Returns the old version."""
+    from churnops.governance import promote as _promote
 
-    s = settings or get_settings()
-    c = client(s)
-    current = alias_version(s.model_name, CHAMPION, s)
-    if current is not None and current.version != str(version):
-        c.set_model_version_tag(s.model_name, str(version), "previous_champion", current.version)
-    c.set_registered_model_alias(s.model_name, CHAMPION, str(version))
-    c.set_registered_model_tag(
-        s.model_name, f"audit.{_time.time_ns()}",
-        f"promote v{version} to champion (was v{current.version if current else 'none'})",
-    )
-    return current.version if current else None
+    return _promote(str(version), reason or "promoted by hand", settings or get_settings())
+
+
+def _reason_version() -> tuple[str, str | None]:
+    import os
+
+    reason = (os.environ.get("REASON") or "").strip()
+    version = (os.environ.get("VERSION") or "").strip() or None
+    return reason, version
 
 
 def rollback_main() -> None:
+    """`make rollback [VERSION=n] REASON="..."`: move champion back, re-pin RUN_ID."""
     from churnops.cli import fail, setup_logging
     from churnops.settings import env_file
 
     setup_logging()
     s = get_settings()
+    reason, version = _reason_version()
     try:
-        old, new = rollback(s)
+        if not reason:
+            raise ValueError('REASON is required: make rollback [VERSION=n] REASON="why"')
+        old, new = rollback(s, reason, version)
         mv = alias_version(s.model_name, CHAMPION, s)
         write_env_value(env_file(), "RUN_ID", mv.run_id)
     except Exception as exc:
         fail(exc, "make rollback")
-    print(f"champion {s.model_name}: v{old} -> v{new}; pinned RUN_ID={mv.run_id} (restart serving: make start-serve)")
+    print(f"champion {s.model_name}: v{old} -> v{new}; pinned RUN_ID={mv.run_id} "
+          f"(servers on @champion follow by themselves; pinned servers: make start-serve)")
+
+
+def promote_main() -> None:
+    """`make promote VERSION=n REASON="..."`: make version n the champion, re-pin RUN_ID."""
+    from churnops.cli import fail, setup_logging
+    from churnops.settings import env_file
+
+    setup_logging()
+    s = get_settings()
+    reason, version = _reason_version()
+    try:
+        if not reason or not version:
+            raise ValueError('VERSION and REASON are required: make promote VERSION=n REASON="why"')
+        old = promote(version, s, reason)
+        mv = alias_version(s.model_name, CHAMPION, s)
+        write_env_value(env_file(), "RUN_ID", mv.run_id)
+    except Exception as exc:
+        fail(exc, "make promote")
+    print(f"champion {s.model_name}: v{old} -> v{version}; pinned RUN_ID={mv.run_id} "
+          f"(servers on @champion follow by themselves; pinned servers: make start-serve)")

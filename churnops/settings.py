@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     dask_workers: int = 2
     train_threads: int = 0  # 0 = all cores for the serial sweep
 
+    # --- governance (promotion rules, approval) ---------------------------------------------------
+    rules_file: Path | None = None           # promotion rules YAML; default churnops/rules/<task>.yaml
+    auto_approve: bool = False               # headless runs promote a challenger that passes every rule
+    approval_timeout_s: float = 3600.0       # a paused training run waits this long for approve/reject
+    # (0: no pause; the challenger stays `awaiting approval` until `make promote`)
+
+    # --- fresh labels (make collect-labels) ---------------------------------------------------------
+    label_policy: Literal["append", "sliding", "replace"] = "append"  # how new rows join the parent snapshot
+    label_window_rows: int = 20_000          # sliding: keep the newest N rows
+    label_holdout_fraction: float = 0.2      # newest labelled rows held out for evaluation
+    label_lookback_hours: float = 24 * 30    # predictions this far before a label's window are joined
+    label_min_rows: int = 50                 # fewer joined labels: no new snapshot
+
     # --- deployments -------------------------------------------------------------------------
     work_pool: str = "churn-local"
     train_interval_hours: float = 6.0
@@ -103,6 +116,7 @@ class Settings(BaseSettings):
     # --- serving pin ---------------------------------------------------------------------------
     run_id: str | None = None
     model_uri: str | None = None
+    alias_poll_s: float = 5.0                # servers on models:/<name>@<alias> check the alias this often
 
     # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
     api_url: str = "http://127.0.0.1:9696"
@@ -185,6 +199,24 @@ class Settings(BaseSettings):
     # then SIGKILL (each program's own stop timeout, gunicorn's graceful 30 s included, fits in it)
     stack_stop_timeout_s: float = 45.0
 
+    @model_validator(mode="after")
+    def _model_name_follows_dataset(self) -> "Settings":
+        """MODEL_NAME when set; else the name the data set's contract declares; else the default
+        for the churn contract and `<contract name>-xgboost` for any other data set."""
+        if "model_name" in self.model_fields_set:
+            return self
+        try:
+            from churnops.contract import load_contract
+
+            contract = load_contract(self.dataset)
+        except Exception:  # an unknown DATASET fails where it is used, with its own message
+            return self
+        if contract.model_name:
+            self.model_name = contract.model_name
+        elif contract.name != "bank_churners":
+            self.model_name = f"{contract.name.replace('_', '-')}-xgboost"
+        return self
+
     def state_path(self, value: Path | None, default: str) -> Path:
         """`value` when set, else `<state_dir>/<default>`."""
         return Path(value) if value else self.state_dir / default
@@ -225,6 +257,20 @@ def export_env() -> None:
             if value is not None and value != "":
                 os.environ.setdefault(key.upper(), value)
     get_settings.cache_clear()
+
+
+# what serving loads: written by `make pin` / `make rollback` / a hand edit of the dotenv file
+PIN_KEYS = ("RUN_ID", "MODEL_URI")
+
+
+def child_env() -> dict[str, str]:
+    """The environment for long-lived children (supervisord and the servers it starts).
+
+    The process environment minus the pin keys, which `export_env` may have copied from the
+    dotenv file: a server reads them from the file when it starts, so the file stays the truth
+    and a later `make pin` / `make rollback` / hand edit + `make start-serve` is what it serves.
+    """
+    return {k: v for k, v in os.environ.items() if k.upper() not in PIN_KEYS}
 
 
 @lru_cache(maxsize=1)

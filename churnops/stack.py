@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from churnops import services
-from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, get_settings
+from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, child_env, get_settings
 
 BIN = Path(sys.executable).parent
 MARKER = "CHURNOPS_STACK_DIR"  # environment variable naming the state folder of the stack a process belongs to
@@ -365,8 +365,9 @@ def up(s: Settings, timeout: float = 180, progs: list[Program] | None = None) ->
                 _ctl(s, "start", prog.name)
         print(f"stack already running (supervisord pid {_ctl(s, 'pid').stdout.strip()}): config re-read")
     else:
+        # child_env: no RUN_ID/MODEL_URI copied in, the servers read the pin from the dotenv file
         out = subprocess.run([str(BIN / "supervisord"), "-c", str(p["conf"])], capture_output=True, text=True,
-                             env={**os.environ, **stack_env(s)})
+                             env={**child_env(), **stack_env(s)})
         if out.returncode != 0:
             print(f"ERROR: supervisord failed to start: {out.stderr.strip() or out.stdout.strip()}", file=sys.stderr)
             return 1
@@ -434,6 +435,13 @@ def start(s: Settings, names: list[str], timeout: float = 120) -> int:
     if not supervisor_running(s):
         print("ERROR: stack not running: run `make up` first", file=sys.stderr)
         return 2
+    if {"api", "consumer"} & set(names):
+        from churnops.registry import pin_problem
+
+        problem = pin_problem(s)
+        if problem:
+            print(f"ERROR: {problem}", file=sys.stderr)
+            return 2
     paths(s)["conf"].write_text(render_config(s))
     _ctl(s, "reread")
     _ctl(s, "update")

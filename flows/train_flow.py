@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
 
 from churnops import pipeline
 from churnops.contract import ContractViolation, load_contract
@@ -47,8 +49,9 @@ def preflight(s: Settings) -> None:
 
 
 @task(name="load-snapshot", cache_policy=NO_CACHE)
-def load_snapshot(s: Settings, data: str | None):
-    """Latest clean snapshot from S3 (ingesting `data` first when given)."""
+def load_snapshot(s: Settings, data: str | None, snapshot: str | None = None):
+    """The snapshot named (s3:// URI or SHA-256), else the latest clean snapshot from S3
+    (ingesting `data` first when given)."""
     from botocore.exceptions import ClientError
 
     from churnops.cleaning import check_raw_frame
@@ -56,7 +59,11 @@ def load_snapshot(s: Settings, data: str | None):
     from churnops.sources import load_raw
 
     contract = load_contract(s.dataset)
-    if data:
+    if snapshot:
+        from churnops.feature_store import snapshot_at
+
+        snap = snapshot_at(snapshot, contract, s)
+    elif data:
         raw = load_raw(s, data)
         clean, report = check_raw_frame(raw.frame, contract, subject=raw.source)
         if not report.ok:
@@ -71,6 +78,15 @@ def load_snapshot(s: Settings, data: str | None):
             ) from exc
     get_run_logger().info("snapshot %s rows=%d synthetic=%s", snap.uri, snap.rows, snap.synthetic)
     return snap, read_snapshot(snap, contract, s)
+
+
+@task(name="load-holdout", cache_policy=NO_CACHE)
+def load_holdout(s: Settings, holdout: str):
+    """The held-out slice of the freshest labels (evaluation only, never trained on)."""
+    from churnops.feature_store import read_snapshot, snapshot_at
+
+    contract = load_contract(s.dataset)
+    return read_snapshot(snapshot_at(holdout, contract, s), contract, s)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
@@ -108,9 +124,112 @@ def log_register(model, prep, ev, best, trials, s: Settings, parent_run_id, time
     )
 
 
+def snapshot_lineage(s: Settings, snap, holdout: str | None) -> dict[str, str]:
+    """Tags naming the parent snapshot (and the held-out slice) of a snapshot built from feedback."""
+    from churnops.feature_store import snapshot_metadata
+
+    tags = {"snapshot_source": snap.source or "unknown"}
+    if snap.source == "feedback":
+        meta = snapshot_metadata(snap, s)
+        tags |= {"parent_snapshot": meta.get("parent-snapshot", ""), "parent_sha256": meta.get("parent-sha256", ""),
+                 "label_policy": meta.get("policy", ""), "label_window_start": meta.get("window-start", ""),
+                 "label_window_end": meta.get("window-end", "")}
+    if holdout:
+        tags["holdout_snapshot"] = holdout
+    return tags
+
+
+@task(name="governance-evidence", cache_policy=NO_CACHE)
+def evidence(model, prep, ev, s: Settings, fresh=None) -> dict:
+    """Challenger metrics, calibration, parity, and the champion re-scored on the same data."""
+    from churnops.bundle import export_onnx, onnx_parity
+    from churnops.governance import load_rules
+
+    rules = load_rules(path=s.rules_file)
+    diff = onnx_parity(export_onnx(model, prep.encoder.width), prep.split.X_test, ev["test_proba"])
+    return pipeline.governance_evidence(model, prep, ev, load_contract(s.dataset), s, diff, fresh,
+                                        measure_latency=rules.get("max_latency_ms") is not None)
+
+
+class ApprovalInput(RunInput):
+    """The form the Prefect UI shows on a paused training run: approve or reject, and why."""
+
+    decision: Literal["approve", "reject"]
+    reason: str
+    approver: str = ""
+
+
+def approval_description(s: Settings, version: str, evidence: dict, results) -> str:
+    """Markdown for the approval form: both models' metrics side by side, then every rule."""
+    champ = evidence.get("champion_version")
+    lines = [f"### Promote {s.model_name} v{version} to champion?", "",
+             f"| evaluation data | challenger v{version} | champion v{champ} |", "|---|---|---|"]
+    for c in evidence.get("comparisons", []):
+        lines.append(f"| AUC-ROC, {c['on']} ({c['rows']} rows) | {c['challenger_auc_roc']:.4f} | {c['champion_auc_roc']:.4f} |")
+    lines += [f"| calibration error (ECE), test split | {evidence['calibration_error']:.4f} | |", "", "| rule | result | detail |",
+              "|---|---|---|"]
+    lines += [f"| {r.name} | {'pass' if r.passed else 'FAIL'} | {r.detail} |" for r in results]
+    lines += ["", "Choose `approve` or `reject` and give a reason."]
+    return "\n".join(lines)
+
+
+def govern(s: Settings, version: str, aliases: list[str], evidence: dict, approval_timeout_s: float | None) -> dict:
+    """Give the new version its one outcome; pause for a person's decision when every rule passes."""
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    from churnops import governance as g
+
+    logger = get_run_logger()
+    results = g.evaluate_rules(g.load_rules(path=s.rules_file), evidence)
+    rules = g.results_json(results)
+    champ = evidence.get("champion_version")
+    out = {"outcome": None, "rules": rules, "champion_version": champ}
+    if g.CHAMPION in aliases:  # the first model of this name: nothing to protect
+        g.set_outcome(s, version, g.PROMOTED, results, "first registered model")
+        g.record_audit(s, "promote", s.model_name, None, version, "first registered model", rules, who="train-flow")
+        return out | {"outcome": g.PROMOTED}
+    bad = g.failed(results)
+    if bad:
+        reason = "; ".join(f"{r.name}: {r.detail}" for r in bad)
+        g.set_outcome(s, version, g.BLOCKED, results, reason)
+        g.record_audit(s, "blocked", s.model_name, champ, version, reason, rules, who="train-flow")
+        logger.warning("challenger v%s blocked by %d rule(s): %s", version, len(bad), reason)
+        return out | {"outcome": g.BLOCKED, "failed_rules": [r.name for r in bad]}
+    if s.auto_approve:
+        g.promote(version, "AUTO_APPROVE=true and every rule passed", s, who="auto-approve", rules=rules)
+        return out | {"outcome": g.PROMOTED}
+    timeout = s.approval_timeout_s if approval_timeout_s is None else approval_timeout_s
+    g.set_outcome(s, version, g.AWAITING, results)
+    g.record_audit(s, "awaiting approval", s.model_name, champ, version, "every rule passed", rules, who="train-flow")
+    if timeout <= 0:
+        logger.info("challenger v%s awaits approval: `make promote VERSION=%s REASON=...`", version, version)
+        return out | {"outcome": g.AWAITING}
+    form = ApprovalInput.with_initial_data(description=approval_description(s, version, evidence, results))
+    logger.info("challenger v%s passed every rule: waiting up to %.0f s for approve/reject in the Prefect UI",
+                version, timeout)
+    try:
+        answer = pause_flow_run(wait_for_input=form, timeout=max(1, int(timeout)),
+                                poll_interval=max(1, min(10, int(timeout // 10) or 1)), key=f"approve-v{version}")
+    except FlowPauseTimeout:
+        g.set_outcome(s, version, g.EXPIRED, reason=f"no decision within {timeout:.0f} s; champion unchanged")
+        g.record_audit(s, "expired", s.model_name, champ, version, f"no decision within {timeout:.0f} s", rules,
+                       who="train-flow")
+        logger.warning("approval of v%s expired after %.0f s: champion v%s unchanged", version, timeout, champ)
+        return out | {"outcome": g.EXPIRED}
+    who = answer.approver or "prefect-ui"
+    if answer.decision == "approve":
+        g.promote(version, answer.reason or "approved in the Prefect UI", s, who=who, rules=rules, action="approve")
+        return out | {"outcome": g.PROMOTED, "reason": answer.reason}
+    g.set_outcome(s, version, g.REJECTED, reason=answer.reason)
+    g.record_audit(s, "reject", s.model_name, champ, version, answer.reason, rules, who=who)
+    return out | {"outcome": g.REJECTED, "reason": answer.reason}
+
+
 @flow(name=FLOW_NAME, log_prints=True)
 def train_flow(n_trials: int | None = None, data: str | None = None, progress: bool = False,
-               data_profile: bool = True) -> dict:
+               data_profile: bool = True, approval_timeout_s: float | None = None,
+               snapshot: str | None = None, holdout: str | None = None) -> dict:
     """Sweep, refit, check and register the churn model. Returns the run summary."""
     from churnops.lineage import lineage_tags
     from churnops.registry import client
@@ -118,29 +237,35 @@ def train_flow(n_trials: int | None = None, data: str | None = None, progress: b
     s = get_settings()
     contract = load_contract(s.dataset)
     preflight(s)
-    snap, clean = load_snapshot(s, data)
+    snap, clean = load_snapshot(s, data, snapshot)
     validate(clean, s, snap.uri)
+    fresh = load_holdout(s, holdout) if holdout else None
     prep = prepare(clean, s)
     config = pipeline.training_config(s, contract) | {"n_trials": n_trials or s.n_trials}
-    lineage = lineage_tags(snap.sha256, config, s.seed, snap.synthetic, snap.uri)
+    lineage = lineage_tags(snap.sha256, config, s.seed, snap.synthetic, snap.uri) | snapshot_lineage(s, snap, holdout)
     exp_id, run_id = pipeline.start_parent_run(s, lineage | {"dataset": contract.name})
     timer = pipeline.Timer()
     try:
         trials, best, sweep_s = sweep(prep, s, exp_id, run_id, timer, n_trials, progress)
         trial_logging_s = timer.seconds  # per-trial nested runs, inside the sweep's wall time
         model, ev = refit_evaluate(prep, best, s)
+        proof = evidence(model, prep, ev, s, fresh)
         out = log_register(model, prep, ev, best, trials, s, run_id, timer, lineage, data_profile)
     except BaseException:
         client(s).set_terminated(run_id, status="FAILED")
         raise
     client(s).set_terminated(run_id)
     out.sweep_seconds = sweep_s
+    decision = govern(s, out.version, out.aliases, proof, approval_timeout_s)
+    if decision["outcome"] == "promoted" and "champion" not in out.aliases:
+        out.aliases = [*out.aliases, "champion"]
     summary = {
         "run_id": out.run_id, "model_name": s.model_name, "version": out.version, "aliases": out.aliases,
         "test_metrics": out.test_metrics, "threshold": out.threshold, "onnx_max_abs_diff": out.onnx_max_abs_diff,
         "n_trials": out.n_trials, "sweep_seconds": sweep_s, "logging_seconds": out.logging_seconds,
         "trial_logging_seconds": trial_logging_s,
         "best_params": out.best_params, "dataset_sha256": snap.sha256, "synthetic": snap.synthetic,
+        "outcome": decision["outcome"], "rules": decision["rules"], "champion_version": decision["champion_version"],
     }
     return summary
 
@@ -160,6 +285,8 @@ def main() -> None:
     m = summary["test_metrics"]
     tag = " (SYNTHETIC data)" if summary["synthetic"] else ""
     print(f"\nregistered {summary['model_name']} v{summary['version']} aliases={summary['aliases']}{tag}")
+    print(f"outcome: {summary['outcome']}" + "".join(
+        f"\n  {'pass' if r['passed'] else 'FAIL'}  {r['name']}: {r['detail']}" for r in summary["rules"]))
     print(f"run_id {summary['run_id']}")
     print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()) + f"  threshold={summary['threshold']:.3f}")
     print(f"onnx parity max|diff|={summary['onnx_max_abs_diff']:.2e}  sweep {summary['sweep_seconds']:.1f} s "

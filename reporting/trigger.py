@@ -42,13 +42,30 @@ def reasons_for(drift: dict | None, performance: dict | None, settings, min_labe
     return reasons
 
 
-def default_start_training(settings) -> Callable[[], str]:
-    """Start the training deployment without waiting for it; returns the flow run id."""
-    def start() -> str:
-        from prefect.deployments import run_deployment
+def fresh_training_parameters(settings, collect: Callable[[], dict] | None = None) -> dict:
+    """Collect the fresh labels into a new snapshot; the training deployment's parameters naming
+    it and its held-out slice (empty, i.e. the latest snapshot, when too few labels joined)."""
+    if collect is None:
+        from flows.labels_flow import collect_labels_flow as collect
+    out = collect()
+    if out.get("snapshot"):
+        return {"snapshot": out["snapshot"], "holdout": out.get("holdout")}
+    return {"labels": out.get("status", "no new snapshot")}
 
-        fr = run_deployment(settings.training_deployment, timeout=0, tags=["retrain-trigger"])
-        return str(fr.id)
+
+def default_start_training(settings, run=None, collect: Callable[[], dict] | None = None) -> Callable[[], dict]:
+    """Collect fresh labels, then start the training deployment on that snapshot without waiting.
+
+    Returns {"flow_run_id", "parameters"}; `run` is prefect's `run_deployment` unless given.
+    """
+    def start() -> dict:
+        params = fresh_training_parameters(settings, collect)
+        labels_note = params.pop("labels", None)
+        runner = run
+        if runner is None:
+            from prefect.deployments import run_deployment as runner
+        fr = runner(settings.training_deployment, timeout=0, tags=["retrain-trigger"], parameters=params)
+        return {"flow_run_id": str(fr.id), "parameters": params, "labels": labels_note}
     return start
 
 
@@ -77,7 +94,13 @@ def evaluate_trigger(store, settings, drift: dict | None, performance: dict | No
         else:
             starter = start_training or default_start_training(settings)
             try:
-                decision["flow_run_id"] = starter()
+                started = starter()
+                if isinstance(started, dict):  # the default starter also says what it trains on
+                    decision["parameters"] = started.get("parameters")
+                    if started.get("labels"):
+                        decision["labels"] = started["labels"]
+                    started = started["flow_run_id"]
+                decision["flow_run_id"] = started
                 decision["started"] = True
                 decision["action"] = "started"
                 store.set_checkpoint(LAST_STARTED, repr(float(now)))

@@ -432,6 +432,32 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             return _err(503, "prediction store unavailable", {"store": f"{type(exc).__name__}: {str(exc)[:200]}"})
         return jsonify({"count": len(records), "start": start, "end": end, "limit": limit, "records": records})
 
+    @app.get("/audit")
+    def audit():
+        """The governance audit trail (promotions, rollbacks, approvals), newest first, paged."""
+        a = request.args
+        bad = {}
+        try:
+            limit = int(a.get("limit", 50))
+            if not 1 <= limit <= LOGS_MAX_LIMIT:
+                raise ValueError
+        except ValueError:
+            bad["limit"] = f"expected an integer in 1..{LOGS_MAX_LIMIT}"
+        try:
+            offset = int(a.get("offset", 0))
+            if offset < 0:
+                raise ValueError
+        except ValueError:
+            bad["offset"] = "expected an integer >= 0"
+        if bad:
+            raise BadInput("invalid query parameter", bad, "invalid_query", 422)
+        try:
+            records = store.find_audit(limit, offset)
+        except Exception as exc:
+            return _err(503, "prediction store unavailable", {"store": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        nxt = offset + limit if len(records) == limit else None
+        return jsonify({"count": len(records), "limit": limit, "offset": offset, "next_offset": nxt, "records": records})
+
     @app.get("/metrics")
     def metrics_endpoint():
         body, ctype = render()

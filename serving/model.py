@@ -181,6 +181,11 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
             try:
                 root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
             except Exception as exc:
+                from churnops.registry import pin_problem
+
+                problem = pin_problem(s) if uri == f"runs:/{s.run_id}/model" else None
+                if problem:
+                    raise ModelLoadError(f"cannot download {uri}: {redact(problem)}") from exc
                 raise ModelLoadError(f"cannot download {uri} from {redact(s.mlflow_tracking_uri)}: "
                                      f"{type(exc).__name__}: {redact(exc)[:300]}") from exc
         bdir = _find_bundle(root)
@@ -189,6 +194,7 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
                                  compiled_trees=s.compiled_trees)
         except Exception as exc:
             raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {redact(exc)}") from exc
+        check_contract(bundle.meta, uri, s)
         # smoke test: one all-missing row must give a probability
         p = bundle.predict_matrix(np.zeros((1, bundle.encoder.width), dtype=np.float32))
         if p.shape != (1,) or not np.isfinite(p).all():
@@ -201,6 +207,21 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_contract(meta: dict, uri: str, s: Settings) -> None:
+    """Refuse a model trained with another data contract than the one this server validates with."""
+    fp = meta.get("contract_fingerprint")
+    if not fp:  # models registered before models carried their contract
+        return
+    from churnops.contract import load_contract
+
+    served = load_contract(s.dataset)
+    if fp != served.fingerprint():
+        raise ModelLoadError(
+            f"model {uri} was trained with data contract {meta.get('dataset')!r} (fingerprint {fp[:12]}), "
+            f"this server validates requests with {served.name!r} (fingerprint {served.fingerprint()[:12]}, "
+            f"DATASET={s.dataset}): serve it with that contract, or pin a model of this one")
 
 
 def challenger_uri(s: Settings, champion_run_id: str) -> str | None:
@@ -291,8 +312,15 @@ class ModelManager:
                     log.warning("model not loaded yet (%s); retrying in %.0f s", self.last_error, delay)
                     self._stop.wait(delay)
                     delay = min(delay * 1.5, 30.0)
+            last_alias_poll = time.monotonic()
             while not self._stop.wait(watch_s):
                 self.follow_state()
+                if time.monotonic() - last_alias_poll >= self.settings.alias_poll_s:
+                    last_alias_poll = time.monotonic()
+                    try:
+                        self.follow_alias()
+                    except Exception as exc:  # registry down: keep serving what is loaded
+                        log.warning("could not follow the registry alias: %s", exc)
 
         t = threading.Thread(target=run, name="model-loader", daemon=True)
         t.start()
@@ -316,6 +344,31 @@ class ModelManager:
             log.info("followed reload to generation %s (%s)", st["generation"], st.get("champion"))
         except Exception as exc:
             log.warning("could not follow reload generation %s: %s", st.get("generation"), redact(exc))
+
+    def follow_alias(self) -> bool:
+        """When serving `models:/<name>@<alias>`, load the version the alias points to now.
+
+        One registry call per poll; a promotion or rollback is served within `alias_poll_s` (plus
+        the load), the new set swapped in atomically so no request fails. RUN_ID and version pins
+        are never moved. Returns True when it switched.
+        """
+        from churnops.registry import alias_version
+
+        ms = self.current
+        uri = ms.champion.uri if ms is not None else ""
+        if not uri.startswith("models:/") or "@" not in uri:
+            return False
+        name, alias = uri[len("models:/"):].split("@", 1)
+        mv = alias_version(name, alias, self.settings)
+        if mv is None or str(mv.version) == str(ms.champion.version):
+            return False
+        with self._reload_lock:
+            new = build_model_set(self.settings, uri, True, ms.generation)
+            if self.current is not ms:  # an admin reload won meanwhile
+                return False
+            self._install(new)
+        log.info("followed %s to v%s (was v%s)", uri, new.champion.version, ms.champion.version)
+        return True
 
     def reload(self, champion: str | None = None, challenger: str | None | bool = True) -> ModelSet:
         """Load a complete new set and swap it in; on any error the old set keeps serving."""

@@ -18,6 +18,8 @@ feedback = {"_id": request_id, "request_id": str, "outcome": 0 | 1, "ts": float}
            # one per request_id: the one with the newest `ts` wins (a replayed old outcome never
            # overwrites a newer one); it applies to every prediction that carries the request_id
 report   = {"_id": str, "ts": float, ...headline numbers...}
+audit    = {"_id": str, "ts": float, "actor": str, "action": str, "model": str, "from_version", "to_version",
+            "reason": str, "rules": list, ...}   # append-only (churnops.governance writes them)
 
 Writes are idempotent by `_id` as readers see them: a re-emitted stream batch or a replayed
 spool file never duplicates a record in `find_predictions` / `count_predictions`, and the first
@@ -136,6 +138,17 @@ class PredictionStore(ABC):
     @abstractmethod
     def list_reports(self, limit: int = 100) -> list[dict]:
         """Report metadata, newest first."""
+
+    def add_audit(self, record: dict) -> dict:
+        """Append one audit record (who, when, action, from, to, reason, rule results); never updated.
+
+        Returns the stored record (with its `seq`/`_id`). Backends implement it; the base refuses.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no audit trail")
+
+    def find_audit(self, limit: int = 50, offset: int = 0) -> list[dict]:
+        """Audit records, newest first, paged."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no audit trail")
 
     @abstractmethod
     def ping(self) -> bool:

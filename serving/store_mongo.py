@@ -110,6 +110,20 @@ class MongoStore(PredictionStore):
 
         return isinstance(exc, (ConnectionFailure, ExecutionTimeout, WTimeoutError)) or super().is_unavailable(exc)
 
+    def add_audit(self, record: dict) -> dict:
+        """Insert only (an `_id` already present is an error, never an overwrite)."""
+        import time
+        import uuid
+
+        ts = float(record.get("ts") or time.time())
+        rec = {**record, "_id": str(record.get("_id") or f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"), "ts": ts}
+        self.db.audit.insert_one(dict(rec))
+        return rec
+
+    def find_audit(self, limit: int = 50, offset: int = 0) -> list[dict]:
+        cur = self.db.audit.find({}).sort([("ts", -1), ("_id", -1)]).skip(int(offset)).limit(int(limit))
+        return list(cur)
+
     def ping(self) -> bool:
         try:
             self.client.admin.command("ping")

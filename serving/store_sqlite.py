@@ -46,6 +46,16 @@ CREATE TABLE IF NOT EXISTS reports (_id TEXT PRIMARY KEY, ts REAL NOT NULL, doc 
 CREATE INDEX IF NOT EXISTS reports_ts ON reports (ts);
 """
 
+# the audit trail: append-only (the triggers refuse updates and deletes); created on first use
+_AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, _id TEXT NOT NULL UNIQUE, ts REAL NOT NULL, doc TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+"""
+
 # one row per prediction (versions before the chunked format) -> chunks of 1,000, in one statement
 _MIGRATE = """
 INSERT OR IGNORE INTO prediction_chunks (_id, ts_min, ts_max, n, doc)
@@ -352,6 +362,34 @@ class SQLiteStore(PredictionStore):
     def is_unavailable(self, exc: BaseException) -> bool:
         """Locked, busy, disk full, cannot open: the file, not the records (OperationalError)."""
         return isinstance(exc, sqlite3.OperationalError) or super().is_unavailable(exc)
+
+    # ---- audit ------------------------------------------------------------------------------------
+    def _audit_table(self, conn: sqlite3.Connection) -> None:
+        if not getattr(self, "_audit_ready", False):
+            conn.executescript(_AUDIT_SCHEMA)
+            self._audit_ready = True
+
+    def add_audit(self, record: dict) -> dict:
+        import uuid
+
+        rec = {**record, "_id": str(record.get("_id") or uuid.uuid4().hex), "ts": float(record.get("ts") or time.time())}
+
+        def go(conn):
+            self._audit_table(conn)
+            cur = conn.execute("INSERT INTO audit (_id, ts, doc) VALUES (?, ?, ?)",
+                               (rec["_id"], rec["ts"], json.dumps(rec, default=str)))
+            return cur.lastrowid
+
+        rec["seq"] = int(self._run(go))
+        return rec
+
+    def find_audit(self, limit: int = 50, offset: int = 0) -> list[dict]:
+        def go(conn):
+            self._audit_table(conn)
+            return [dict(json.loads(d), seq=s) for s, d in conn.execute(
+                "SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT ? OFFSET ?", (int(limit), int(offset))).fetchall()]
+
+        return self._run(go)
 
     def ping(self) -> bool:
         try:

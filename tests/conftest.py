@@ -62,7 +62,7 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def stack_env(moto_endpoint, mlflow_uri):
+def stack_env(moto_endpoint, mlflow_uri, tmp_path_factory):
     """Point settings at the test servers (unique bucket); yields the Settings object."""
     from churnops.settings import get_settings
 
@@ -75,6 +75,8 @@ def stack_env(moto_endpoint, mlflow_uri):
         "BUCKET": "test-feature-store",
         "MODEL_NAME": "churn-test",
         "EXPERIMENT_NAME": "churn-test",
+        "APPROVAL_TIMEOUT_S": "0",  # no pause: a challenger that passes the rules awaits `make promote`
+        "STATE_DIR": str(tmp_path_factory.mktemp("state")),  # the audit trail's store
     }
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)

@@ -297,3 +297,64 @@ def test_entry_points_turn_telemetry_off_before_importing_mlflow(tmp_path):
     env |= {"STATE_DIR": str(tmp_path / "st"), "ENV_FILE": str(tmp_path / "none")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert "TELEMETRY true true false" in out.stdout, out.stderr
+def test_repin_after_down_up_reaches_the_servers_under_the_real_supervisor(tmp_path, monkeypatch):
+    """Pin A, up, down/up, pin B (the file), start: the program sees B, not the copy of A.
+
+    `export_env` copies `.env.local` (RUN_ID=A) into the stack process before supervisord starts;
+    the supervised programs must still read the pin from the file when they (re)start.
+    """
+    import os
+    import time
+
+    from churnops import stack
+    from churnops.registry import write_env_value
+    from churnops.settings import export_env, get_settings
+
+    env_path, seen = tmp_path / ".env.test", tmp_path / "seen.txt"
+    env_path.write_text("RUN_ID=run-a\n")
+    for k in ("RUN_ID", "MODEL_URI"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("ENV_FILE", str(env_path))
+    monkeypatch.setenv("STATE_DIR", str(tmp_path / "st"))
+    probe = ("import time; from churnops.settings import get_settings; "
+             f"open({str(seen)!r}, 'w').write(str(get_settings().run_id)); time.sleep(120)")
+    monkeypatch.setattr(stack, "programs", lambda s: [
+        stack.Program("probe", [sys.executable, "-c", probe], None, None, startsecs=1)])
+
+    def wait_seen(expected: str) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if seen.exists() and seen.read_text() == expected:
+                break
+            time.sleep(0.2)
+        return seen.read_text() if seen.exists() else ""
+
+    try:
+        export_env()  # what every console script (make up/start-serve) does first
+        assert os.environ["RUN_ID"] == "run-a"
+        s = get_settings()
+        assert stack.up(s, timeout=30) == 0
+        assert wait_seen("run-a") == "run-a"
+        stack.down(s)
+        seen.unlink()
+        assert stack.up(s, timeout=30) == 0
+        assert wait_seen("run-a") == "run-a"
+        write_env_value(env_path, "RUN_ID", "run-b")  # make pin / make rollback / a hand edit
+        seen.unlink()
+        assert stack.start(s, ["probe"], timeout=30) == 0
+        assert wait_seen("run-b") == "run-b"
+    finally:
+        stack.down(get_settings())
+        os.environ.pop("RUN_ID", None)
+        get_settings.cache_clear()
+
+
+def test_pin_problem_names_a_run_that_no_longer_exists(stack_env):
+    from churnops.registry import client, pin_problem
+
+    gone = stack_env.model_copy(update={"run_id": "0" * 32, "model_uri": None})
+    msg = pin_problem(gone)
+    assert msg is not None and "0" * 32 in msg and "does not exist" in msg and "make pin" in msg
+    exp = client(stack_env).get_experiment_by_name("Default")
+    run = client(stack_env).create_run(exp.experiment_id if exp else "0")
+    assert pin_problem(stack_env.model_copy(update={"run_id": run.info.run_id, "model_uri": None})) is None

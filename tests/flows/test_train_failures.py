@@ -96,19 +96,29 @@ def test_reproducible_and_alias_movement(trained, stack_env):
 
 
 def test_promote_then_rollback_restores_champion_with_audit(trained, stack_env):
-    """Promotion records the previous champion; rollback follows it back; both are audited."""
+    """Promotion keeps the old champion as alias `previous`; rollback returns to it; intent + audit records."""
     from churnops.registry import alias_version, client, promote, rollback
+    from serving.store_factory import open_store
 
     name = stack_env.model_name
     c = client(stack_env)
     first = alias_version(name, "champion", stack_env).version
     newest = str(max(int(v.version) for v in c.search_model_versions(f"name='{name}'")))
     assert newest != first
-    assert promote(newest, stack_env) == first
+    assert promote(newest, stack_env, reason="better on fresh labels") == first
     assert alias_version(name, "champion", stack_env).version == newest
+    assert alias_version(name, "previous", stack_env).version == first
     assert c.get_model_version(name, newest).tags["previous_champion"] == first
-    assert rollback(stack_env) == (newest, first)
+    assert rollback(stack_env, reason="complaints from sales") == (newest, first)
     assert alias_version(name, "champion", stack_env).version == first
-    audits = [v for k, v in c.get_registered_model(name).tags.items() if k.startswith("audit.")]
-    assert any(a.startswith(f"promote v{newest}") for a in audits)
-    assert any(a == f"rollback champion v{newest} -> v{first}" for a in audits)
+    assert alias_version(name, "previous", stack_env).version == newest
+    store = open_store(stack_env)
+    try:
+        audit = store.find_audit(limit=3)
+    finally:
+        store.close()
+    assert [a["action"] for a in audit] == ["rollback", "rollback-intent", "promote"]
+    assert [(a["from_version"], a["to_version"]) for a in audit] == [(newest, first), (newest, first), (first, newest)]
+    assert audit[0]["reason"] == "complaints from sales" and audit[2]["reason"] == "better on fresh labels"
+    assert audit[0]["actor"]
+    assert any(k.startswith("audit.") for k in c.get_model_version(name, newest).tags)

@@ -351,3 +351,17 @@ def test_fast_validator_matches_contract_validation():
                 continue
             got = fast(rec)
             assert (got.values, got.errors, got.ignored) == (want.values, want.errors, want.ignored), rec
+
+
+def test_audit_is_paged_newest_first(app_client):
+    client, state = app_client
+    for i in range(3):
+        state.store.add_audit({"actor": "ana", "action": "promote", "from_version": str(i), "to_version": str(i + 1),
+                               "reason": f"r{i}", "rules": []})
+    r = client.get("/audit?limit=2")
+    assert r.status_code == 200 and [x["reason"] for x in r.json["records"]] == ["r2", "r1"]
+    assert r.json["next_offset"] == 2
+    r2 = client.get("/audit?limit=2&offset=2")
+    assert [x["reason"] for x in r2.json["records"]] == ["r0"] and r2.json["next_offset"] is None
+    bad = client.get("/audit?limit=0&offset=-1")
+    assert bad.status_code == 422 and set(bad.json["details"]) == {"limit", "offset"}

@@ -226,3 +226,28 @@ def test_a_reused_request_id_keeps_every_entry(store):
     store.insert_batch(batch_of([3], 12.0))
     got = [r for r in store.find_predictions() if r["request_id"] == "same"]
     assert [r["_id"] for r in got] == ["e1", "e2"] and [r["probability"] for r in got] == [0.01, 0.02]
+
+
+def test_audit_is_append_only_newest_first_and_paged(store):
+    for i in range(5):
+        store.add_audit({"actor": "ana", "action": "promote", "model": "m", "from_version": str(i),
+                         "to_version": str(i + 1), "reason": f"r{i}", "ts": 1000.0 + i, "rules": [{"name": "x", "passed": True}]})
+    page1, page2 = store.find_audit(limit=2), store.find_audit(limit=2, offset=2)
+    assert [r["reason"] for r in page1] == ["r4", "r3"]
+    assert [r["reason"] for r in page2] == ["r2", "r1"]
+    assert page1[0]["rules"] == [{"name": "x", "passed": True}] and page1[0]["actor"] == "ana"
+    assert len(store.find_audit(limit=50)) == 5
+
+
+def test_sqlite_audit_records_cannot_be_changed(tmp_path):
+    import sqlite3
+
+    from serving.store_sqlite import SQLiteStore
+
+    s = SQLiteStore(tmp_path / "p.db")
+    rec = s.add_audit({"actor": "ana", "action": "rollback", "reason": "bad"})
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        s._run(lambda c: c.execute("UPDATE audit SET doc = '{}' WHERE _id = ?", (rec["_id"],)))
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        s._run(lambda c: c.execute("DELETE FROM audit"))
+    assert s.find_audit()[0]["reason"] == "bad"

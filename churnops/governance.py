@@ -1,0 +1,238 @@
+"""Registry governance: promotion rules, the challenger's outcome, promote / rollback with an audit trail.
+
+Rules live in one YAML file per task (`churnops/rules/<task>.yaml`). `evaluate_rules` returns each
+rule's result; `decide_outcome` turns them into one outcome per challenger: `blocked` (every
+failed rule listed), `awaiting approval`, `promoted`, `rejected` or `expired`, recorded as tags
+on the MLflow model version (`outcome`, `rules`) and as an audit record in the prediction store.
+`promote` and `rollback` move the `champion` alias (the one before stays addressable as
+`previous`) and write audit records: rollback writes an intent record first, so an
+interrupted rollback is visible.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from churnops.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+RULES_DIR = Path(__file__).resolve().parent / "rules"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+BLOCKED, AWAITING, PROMOTED, REJECTED, EXPIRED = "blocked", "awaiting approval", "promoted", "rejected", "expired"
+KNOWN_RULES = ("min_test_auc_roc", "max_calibration_error", "min_improvement_auc_roc", "require_onnx_parity",
+               "require_contract", "max_latency_ms")
+
+
+@dataclass
+class RuleResult:
+    """One rule's verdict: the measured value against its limit."""
+
+    name: str
+    passed: bool
+    value: float | bool | None
+    limit: float | bool | None
+    detail: str = ""
+
+
+def load_rules(task: str = "binary_classification", path: str | Path | None = None) -> dict:
+    """The rules of `task` (or of the YAML file `path`), checked for unknown names."""
+    p = Path(path) if path else RULES_DIR / f"{task}.yaml"
+    if not p.exists():
+        raise FileNotFoundError(f"promotion rules {p} not found (tasks: {sorted(x.stem for x in RULES_DIR.glob('*.yaml'))})")
+    raw = yaml.safe_load(p.read_text()) or {}
+    rules = raw.get("rules")
+    if not isinstance(rules, dict):
+        raise ValueError(f"promotion rules {p}: expected a mapping `rules:`")
+    unknown = sorted(set(rules) - set(KNOWN_RULES))
+    if unknown:
+        raise ValueError(f"promotion rules {p}: unknown rule(s) {unknown}; known: {list(KNOWN_RULES)}")
+    return rules
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
+    """Weighted mean |fraction positive - mean predicted| over equal-width probability bins."""
+    y, p = np.asarray(y, dtype=float), np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
+    if len(y) == 0:
+        return float("nan")
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(y[m].mean() - p[m].mean())
+    return float(ece)
+
+
+def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
+    """Each configured rule's result on `evidence`.
+
+    evidence keys: test_auc_roc, calibration_error, onnx_parity_passed, contract_passed,
+    latency_ms_p95, and for the improvement rule a list `comparisons` of
+    {"on": "test split" | "fresh slice", "challenger_auc_roc", "champion_auc_roc"} (empty: no
+    champion), or `champion_error` when the champion could not be re-scored.
+    """
+    out: list[RuleResult] = []
+
+    def limit_rule(name, value, limit, ok, what):
+        if limit is None:
+            return
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            out.append(RuleResult(name, False, None, limit, f"{what} not measured"))
+        else:
+            out.append(RuleResult(name, bool(ok(value, limit)), float(value), limit, f"{what} {value:.4f} vs {limit}"))
+
+    limit_rule("min_test_auc_roc", evidence.get("test_auc_roc"), rules.get("min_test_auc_roc"),
+               lambda v, lim: v >= lim, "test AUC-ROC")
+    limit_rule("max_calibration_error", evidence.get("calibration_error"), rules.get("max_calibration_error"),
+               lambda v, lim: v <= lim, "calibration error (ECE)")
+    min_gain = rules.get("min_improvement_auc_roc")
+    if min_gain is not None:
+        if evidence.get("champion_error"):
+            out.append(RuleResult("min_improvement_auc_roc", False, None, min_gain,
+                                  f"champion could not be re-scored: {evidence['champion_error']}"))
+        elif not evidence.get("comparisons"):
+            out.append(RuleResult("min_improvement_auc_roc", True, None, min_gain, "no champion to beat"))
+        else:
+            parts, worst = [], None
+            for c in evidence["comparisons"]:
+                gain = float(c["challenger_auc_roc"]) - float(c["champion_auc_roc"])
+                worst = gain if worst is None else min(worst, gain)
+                parts.append(f"{c['on']}: {c['challenger_auc_roc']:.4f} vs champion {c['champion_auc_roc']:.4f} "
+                             f"({gain:+.4f})")
+            out.append(RuleResult("min_improvement_auc_roc", worst >= min_gain, worst, min_gain,
+                                  "; ".join(parts) + f"; need >= {min_gain:+.4f}"))
+    for name, key, what in (("require_onnx_parity", "onnx_parity_passed", "ONNX parity"),
+                            ("require_contract", "contract_passed", "data contract")):
+        if rules.get(name):
+            ok = bool(evidence.get(key))
+            out.append(RuleResult(name, ok, ok, True, f"{what} {'passed' if ok else 'failed'}"
+                                  + (f": {evidence.get(key + '_detail')}" if evidence.get(key + "_detail") else "")))
+    limit_rule("max_latency_ms", evidence.get("latency_ms_p95"), rules.get("max_latency_ms"),
+               lambda v, lim: v <= lim, "p95 single-row latency ms")
+    return out
+
+
+def failed(results: list[RuleResult]) -> list[RuleResult]:
+    return [r for r in results if not r.passed]
+
+
+def results_json(results: list[RuleResult]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+def actor() -> str:
+    """Who acts: CHURNOPS_ACTOR, else the login name."""
+    try:
+        return os.environ.get("CHURNOPS_ACTOR") or getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+# ---- audit ------------------------------------------------------------------------------------------
+
+
+def record_audit(s: Settings, action: str, model: str, from_version: str | None, to_version: str | None,
+                 reason: str = "", rules: list[dict] | None = None, who: str | None = None, **extra) -> dict:
+    """Append an audit record to the prediction store and tag the model version(s) it names."""
+    from churnops.registry import client
+    from serving.store_factory import open_store
+
+    rec = {"ts": time.time(), "actor": who or actor(), "action": action, "model": model,
+           "from_version": from_version, "to_version": to_version, "reason": reason or "", "rules": rules or [], **extra}
+    store = open_store(s)
+    try:
+        rec = store.add_audit(rec)
+    finally:
+        store.close()
+    tag = json.dumps({k: rec[k] for k in ("ts", "actor", "action", "from_version", "to_version", "reason")}, default=str)
+    for v in {x for x in (to_version, from_version) if x}:
+        try:
+            client(s).set_model_version_tag(model, str(v), f"audit.{rec['_id']}", tag[:5000])
+        except Exception as exc:  # the store record is the trail; the tag is a convenience
+            log.warning("could not tag %s v%s with the audit record: %s", model, v, exc)
+    return rec
+
+
+def set_outcome(s: Settings, version: str, outcome: str, results: list[RuleResult] | None = None,
+                reason: str = "") -> None:
+    """The challenger's outcome (and its rule results) as tags on its model version."""
+    from churnops.registry import client
+
+    c = client(s)
+    c.set_model_version_tag(s.model_name, str(version), "outcome", outcome)
+    if results is not None:
+        c.set_model_version_tag(s.model_name, str(version), "rules", json.dumps(results_json(results))[:5000])
+        bad = failed(results)
+        if bad:
+            c.set_model_version_tag(s.model_name, str(version), "failed_rules", ", ".join(r.name for r in bad))
+    if reason:
+        c.set_model_version_tag(s.model_name, str(version), "outcome_reason", reason[:500])
+
+
+# ---- promote / rollback -------------------------------------------------------------------------------
+
+
+def promote(version: str, reason: str, s: Settings | None = None, who: str | None = None,
+            rules: list[dict] | None = None, action: str = "promote") -> str | None:
+    """Make `version` the champion (the old one becomes `previous`); audited. Returns the old version."""
+    from churnops.registry import alias_version, client
+
+    s = s or get_settings()
+    c = client(s)
+    c.get_model_version(s.model_name, str(version))  # fails clearly when the version does not exist
+    current = alias_version(s.model_name, CHAMPION, s)
+    old = current.version if current else None
+    if old == str(version):
+        raise ValueError(f"{s.model_name} v{version} is already the champion")
+    if old is not None:
+        c.set_registered_model_alias(s.model_name, PREVIOUS, old)
+        c.set_model_version_tag(s.model_name, str(version), "previous_champion", old)
+    c.set_registered_model_alias(s.model_name, CHAMPION, str(version))
+    c.set_model_version_tag(s.model_name, str(version), "outcome", PROMOTED)
+    record_audit(s, action, s.model_name, old, str(version), reason, rules, who)
+    log.info("%s v%s is champion (was v%s): %s", s.model_name, version, old, reason)
+    return old
+
+
+def rollback(reason: str, version: str | None = None, s: Settings | None = None, who: str | None = None) -> tuple[str, str]:
+    """Move `champion` to `version` (default: alias `previous`, else the version the champion
+    replaced); an intent record is written before and an audit record after. Returns (from, to).
+    """
+    from churnops.registry import alias_version, client
+
+    s = s or get_settings()
+    c = client(s)
+    current = alias_version(s.model_name, CHAMPION, s)
+    if current is None:
+        raise LookupError(f"{s.model_name} has no {CHAMPION}: nothing to roll back")
+    target = str(version) if version else None
+    if target is None:
+        prev = alias_version(s.model_name, PREVIOUS, s)
+        target = prev.version if prev is not None and prev.version != current.version else current.tags.get("previous_champion")
+    if not target:
+        older = sorted((int(v.version) for v in c.search_model_versions(f"name='{s.model_name}'")
+                        if int(v.version) < int(current.version)))
+        if not older:
+            raise LookupError(f"{s.model_name} v{current.version} is the only candidate: nothing to roll back to")
+        target = str(older[-1])
+    if target == current.version:
+        raise ValueError(f"{s.model_name} v{target} is already the champion")
+    c.get_model_version(s.model_name, target)  # fails clearly when the version does not exist
+    who = who or actor()
+    record_audit(s, "rollback-intent", s.model_name, current.version, target, reason, who=who)
+    c.set_registered_model_alias(s.model_name, PREVIOUS, current.version)
+    c.set_registered_model_alias(s.model_name, CHAMPION, target)
+    c.set_model_version_tag(s.model_name, target, "rolled_back_from", current.version)
+    c.set_model_version_tag(s.model_name, current.version, "outcome", "rolled back")
+    record_audit(s, "rollback", s.model_name, current.version, target, reason, who=who)
+    return current.version, target

@@ -1,0 +1,91 @@
+"""Prefect flow "collect-labels": outcomes from /feedback + logged features -> a new feature-store snapshot.
+
+Thin over `churnops.labels`: reads the labels received since the last collection (checkpoint
+`labels:last_collected` in the prediction store) and the predictions logged up to
+`LABEL_LOOKBACK_HOURS` before them, joins them by `request_id`, sets aside the newest slice for
+evaluation, builds the training set from the latest snapshot by `LABEL_POLICY`, checks it
+against the data contract and stores it (SHA-256, metadata: source `feedback`, parent snapshot,
+window, row counts). `make collect-labels` runs it now.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prefect import flow
+
+from churnops.cli import flow_logger
+from churnops.contract import load_contract
+from churnops.settings import get_settings
+
+FLOW_NAME = "collect-labels"
+CHECKPOINT = "labels:last_collected"
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def collect_labels_flow(since: float | None = None, until: float | None = None, policy: str | None = None) -> dict:
+    """Join the labels of [since, until) to their features and store a new snapshot. Returns the summary."""
+    from churnops.feature_store import latest_snapshot, put_holdout, put_snapshot, read_snapshot
+    from churnops.labels import build_training_set, join_labels
+    from churnops.pipeline import validate_clean
+    from serving.store_factory import open_store
+
+    s = get_settings()
+    contract = load_contract(s.dataset)
+    policy = policy or s.label_policy
+    store = open_store(s)
+    try:
+        until = time.time() if until is None else float(until)
+        if since is None:
+            last = store.get_checkpoint(CHECKPOINT)
+            since = float(last) if last else 0.0
+        feedback = store.find_feedback(start=since, end=until)
+        preds = store.find_predictions(max(0.0, since - s.label_lookback_hours * 3600.0), until)
+        rows, rep = join_labels(preds, feedback, contract)
+        summary = {"window": {"start": since, "end": until}, "policy": policy, "report": rep.as_dict(),
+                   "snapshot": None, "holdout": None}
+        log = flow_logger(__name__)
+        if rep.joined < s.label_min_rows:
+            summary["status"] = f"not enough labels: {rep.joined} joined < LABEL_MIN_ROWS {s.label_min_rows}"
+            log.info("collect-labels: %s", json.dumps(summary, default=str))
+            return summary
+        parent = latest_snapshot(contract, s)
+        train, hold = build_training_set(read_snapshot(parent, contract, s), rows, contract, policy,  # type: ignore[arg-type]
+                                         s.label_window_rows, s.label_holdout_fraction)
+        validate_clean(train, contract, f"training set from feedback ({policy})")
+        meta = {"parent-snapshot": parent.uri, "parent-sha256": parent.sha256, "policy": policy,
+                "window-start": repr(since), "window-end": repr(until), "labels": rep.labels,
+                "new-rows": rep.joined - len(hold), "holdout-rows": len(hold), "parent-rows": parent.rows}
+        holdout_uri = put_holdout(hold, contract, s) if len(hold) else None
+        if holdout_uri:
+            meta["holdout"] = holdout_uri
+        snap = put_snapshot(train, contract, "feedback", parent.synthetic, s, extra_meta=meta)
+        store.set_checkpoint(CHECKPOINT, repr(until))
+        summary |= {"status": "snapshot written", "snapshot": snap.uri, "snapshot_sha256": snap.sha256,
+                    "parent": parent.uri, "rows": len(train), "holdout": holdout_uri, "holdout_rows": len(hold)}
+        log.info("collect-labels: %s", json.dumps(summary, default=str))
+        return summary
+    finally:
+        store.close()
+
+
+def main() -> None:
+    from churnops.cli import fail, setup_logging
+
+    setup_logging()
+    try:
+        out = collect_labels_flow()
+    except Exception as exc:
+        fail(exc, f"flow {FLOW_NAME}")
+    r = out["report"]
+    print(f"{out['status']}: {r['labels']} label(s), {r['joined']} joined; unknown ids {r['unknown_ids']}, "
+          f"duplicates {r['duplicates']}, conflicting {r['conflicting']}, invalid outcomes {r['invalid_outcomes']}, "
+          f"invalid features {r['invalid_features']}, late {r['late']}")
+    if out.get("snapshot"):
+        print(f"snapshot {out['snapshot']} ({out['rows']} rows, policy {out['policy']}, parent {out['parent']})")
+        print(f"held out {out['holdout']} ({out['holdout_rows']} newest labelled rows)")
+
+
+if __name__ == "__main__":
+    main()
