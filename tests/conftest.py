@@ -107,3 +107,27 @@ def trained(stack_env, prefect_harness, real_data_path):
     ensure_bucket(stack_env)
     ensure_streams(stack_env)
     return train_flow(n_trials=6, data=real_data_path, data_profile=False)
+
+
+@pytest.fixture
+def own_model(stack_env, trained, monkeypatch, request):
+    """Settings naming this test module's own registered model: a copy of the session's trained run as
+    version 1 (champion). Tests that promote, approve or roll back use it, so the session's model (which
+    other tests expect at version 1) never moves, whatever the order the tests run in."""
+    import mlflow
+
+    from churnops.registry import client
+    from churnops.settings import get_settings
+
+    name = f"{stack_env.model_name}-{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}"
+    monkeypatch.setenv("MODEL_NAME", name)
+    get_settings.cache_clear()
+    s = get_settings()
+    c = client(s)
+    if not c.search_model_versions(f"name = '{name}'"):
+        mlflow.set_registry_uri(s.mlflow_tracking_uri)
+        mv = mlflow.register_model(f"runs:/{trained['run_id']}/model", name)
+        c.set_registered_model_alias(name, "champion", mv.version)
+    yield s
+    monkeypatch.undo()
+    get_settings.cache_clear()

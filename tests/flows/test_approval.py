@@ -82,53 +82,53 @@ def tags(s, version):
     return client(s).get_model_version(s.model_name, version).tags
 
 
-def test_blocked_challenger_lists_failed_rules_and_keeps_champion(trained, stack_env, prefect_harness):
-    v, before = new_version(trained, stack_env), champion(stack_env)
+def test_blocked_challenger_lists_failed_rules_and_keeps_champion(trained, own_model, prefect_harness):
+    v, before = new_version(trained, own_model), champion(own_model)
     bad = PASSING | {"test_auc_roc": 0.5, "onnx_parity_passed": False}
-    out = run_gate(stack_env, v, bad, 30)
+    out = run_gate(own_model, v, bad, 30)
     assert out["outcome"] == "blocked" and set(out["failed_rules"]) == {"min_test_auc_roc", "require_onnx_parity"}
-    assert champion(stack_env) == before
-    assert tags(stack_env, v)["outcome"] == "blocked"
-    assert tags(stack_env, v)["failed_rules"] == "min_test_auc_roc, require_onnx_parity"
-    a = last_audit(stack_env)[0]
+    assert champion(own_model) == before
+    assert tags(own_model, v)["outcome"] == "blocked"
+    assert tags(own_model, v)["failed_rules"] == "min_test_auc_roc, require_onnx_parity"
+    a = last_audit(own_model)[0]
     assert a["action"] == "blocked" and a["to_version"] == v and "min_test_auc_roc" in a["reason"]
 
 
-def test_approve_in_the_pause_promotes(trained, stack_env, prefect_harness):
-    v, before = new_version(trained, stack_env), champion(stack_env)
-    out = run_gate(stack_env, v, PASSING, 60, {"decision": "approve", "reason": "better on fresh labels",
+def test_approve_in_the_pause_promotes(trained, own_model, prefect_harness):
+    v, before = new_version(trained, own_model), champion(own_model)
+    out = run_gate(own_model, v, PASSING, 60, {"decision": "approve", "reason": "better on fresh labels",
                                                "approver": "ana"})
     assert out["outcome"] == "promoted"
-    assert champion(stack_env) == v
+    assert champion(own_model) == v
     from churnops.registry import alias_version
 
-    assert alias_version(stack_env.model_name, "previous", stack_env).version == before
-    a = last_audit(stack_env)[0]
+    assert alias_version(own_model.model_name, "previous", own_model).version == before
+    a = last_audit(own_model)[0]
     assert (a["action"], a["actor"], a["reason"], a["from_version"], a["to_version"]) == \
         ("approve", "ana", "better on fresh labels", before, v)
     assert all(r["passed"] for r in a["rules"])
 
 
-def test_reject_in_the_pause_keeps_champion_with_reason(trained, stack_env, prefect_harness):
-    v, before = new_version(trained, stack_env), champion(stack_env)
-    out = run_gate(stack_env, v, PASSING, 60, {"decision": "reject", "reason": "wait for the quarter", "approver": "bo"})
-    assert out["outcome"] == "rejected" and champion(stack_env) == before
-    assert tags(stack_env, v)["outcome"] == "rejected"
-    a = last_audit(stack_env)[0]
+def test_reject_in_the_pause_keeps_champion_with_reason(trained, own_model, prefect_harness):
+    v, before = new_version(trained, own_model), champion(own_model)
+    out = run_gate(own_model, v, PASSING, 60, {"decision": "reject", "reason": "wait for the quarter", "approver": "bo"})
+    assert out["outcome"] == "rejected" and champion(own_model) == before
+    assert tags(own_model, v)["outcome"] == "rejected"
+    a = last_audit(own_model)[0]
     assert (a["action"], a["actor"], a["reason"]) == ("reject", "bo", "wait for the quarter")
 
 
-def test_no_decision_before_timeout_expires_and_keeps_champion(trained, stack_env, prefect_harness):
-    v, before = new_version(trained, stack_env), champion(stack_env)
-    out = run_gate(stack_env, v, PASSING, 2)
-    assert out["outcome"] == "expired" and champion(stack_env) == before
-    assert tags(stack_env, v)["outcome"] == "expired"
-    assert last_audit(stack_env)[0]["action"] == "expired"
+def test_no_decision_before_timeout_expires_and_keeps_champion(trained, own_model, prefect_harness):
+    v, before = new_version(trained, own_model), champion(own_model)
+    out = run_gate(own_model, v, PASSING, 2)
+    assert out["outcome"] == "expired" and champion(own_model) == before
+    assert tags(own_model, v)["outcome"] == "expired"
+    assert last_audit(own_model)[0]["action"] == "expired"
 
 
-def test_headless_promotes_only_with_auto_approve(trained, stack_env, prefect_harness):
-    v, before = new_version(trained, stack_env), champion(stack_env)
-    assert run_gate(stack_env, v, PASSING, 0)["outcome"] == "awaiting approval"
-    assert champion(stack_env) == before and tags(stack_env, v)["outcome"] == "awaiting approval"
-    assert run_gate(stack_env, v, PASSING, 0, auto=True)["outcome"] == "promoted"
-    assert champion(stack_env) == v and last_audit(stack_env)[0]["actor"] == "auto-approve"
+def test_headless_promotes_only_with_auto_approve(trained, own_model, prefect_harness):
+    v, before = new_version(trained, own_model), champion(own_model)
+    assert run_gate(own_model, v, PASSING, 0)["outcome"] == "awaiting approval"
+    assert champion(own_model) == before and tags(own_model, v)["outcome"] == "awaiting approval"
+    assert run_gate(own_model, v, PASSING, 0, auto=True)["outcome"] == "promoted"
+    assert champion(own_model) == v and last_audit(own_model)[0]["actor"] == "auto-approve"

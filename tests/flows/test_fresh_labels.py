@@ -40,7 +40,7 @@ def log_traffic(s, real_data_path, n=300):
     return clean
 
 
-def test_collect_labels_snapshot_reaches_training_through_the_trigger(trained, stack_env, real_data_path, prefect_harness):
+def test_collect_labels_snapshot_reaches_training_through_the_trigger(trained, own_model, real_data_path, prefect_harness):
     from churnops.contract import load_contract
     from churnops.feature_store import latest_snapshot, snapshot_at, snapshot_metadata
     from churnops.registry import client
@@ -49,9 +49,9 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(trained, s
     from serving.store_factory import open_store
     from tests.reporting.test_trigger import CRITICAL
 
-    contract = load_contract(stack_env.dataset)
-    parent = latest_snapshot(contract, stack_env)
-    log_traffic(stack_env, real_data_path)
+    contract = load_contract(own_model.dataset)
+    parent = latest_snapshot(contract, own_model)
+    log_traffic(own_model, real_data_path)
 
     started = []
 
@@ -62,33 +62,33 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(trained, s
         started.append((name, kw))
         return FlowRun()
 
-    store = open_store(stack_env)
+    store = open_store(own_model)
     try:
-        d = evaluate_trigger(store, stack_env, CRITICAL, None, start_training=default_start_training(stack_env, run=run),
+        d = evaluate_trigger(store, own_model, CRITICAL, None, start_training=default_start_training(own_model, run=run),
                              alert=False)
     finally:
         store.close()
     assert d["action"] == "started" and d["flow_run_id"] == "run-1"
     (name, kw), = started
     params = kw["parameters"]
-    assert name == stack_env.training_deployment and params == d["parameters"]
-    snap = snapshot_at(params["snapshot"], contract, stack_env)
-    meta = snapshot_metadata(snap, stack_env)
+    assert name == own_model.training_deployment and params == d["parameters"]
+    snap = snapshot_at(params["snapshot"], contract, own_model)
+    meta = snapshot_metadata(snap, own_model)
     # 300 joined (the unknown id and the invalid outcome counted, not used); 20 % newest held out
     assert snap.source == "feedback" and meta["parent-snapshot"] == parent.uri and meta["policy"] == "append"
     assert (meta["labels"], meta["new-rows"], meta["holdout-rows"]) == ("302", "240", "60")
     assert snap.rows == parent.rows + 240
-    assert latest_snapshot(contract, stack_env).sha256 == snap.sha256
+    assert latest_snapshot(contract, own_model).sha256 == snap.sha256
 
     out = train_flow(n_trials=2, data_profile=False, **params)
-    tags = client(stack_env).get_run(out["run_id"]).data.tags
+    tags = client(own_model).get_run(out["run_id"]).data.tags
     assert tags["dataset_sha256"] == snap.sha256 and tags["parent_snapshot"] == parent.uri
     assert tags["parent_sha256"] == parent.sha256 and tags["holdout_snapshot"] == params["holdout"]
     gain = next(r for r in out["rules"] if r["name"] == "min_improvement_auc_roc")
     assert "fresh slice" in gain["detail"] and "test split" in gain["detail"]
 
 
-def test_collect_labels_with_too_few_labels_writes_nothing(trained, stack_env, prefect_harness):
+def test_collect_labels_with_too_few_labels_writes_nothing(trained, own_model, prefect_harness):
     from flows.labels_flow import collect_labels_flow
 
     out = collect_labels_flow(since=time.time() + 3600)

@@ -95,15 +95,19 @@ def test_reproducible_and_alias_movement(trained, stack_env):
     assert b["aliases"] == ["challenger"]
 
 
-def test_promote_then_rollback_restores_champion_with_audit(trained, stack_env):
+def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):
     """Promotion keeps the old champion as alias `previous`; rollback returns to it; intent + audit records."""
+    import mlflow
+
     from churnops.registry import alias_version, client, promote, rollback
     from serving.store_factory import open_store
 
+    stack_env = own_model  # this module's own registered model: the session's champion never moves
     name = stack_env.model_name
     c = client(stack_env)
     first = alias_version(name, "champion", stack_env).version
-    newest = str(max(int(v.version) for v in c.search_model_versions(f"name='{name}'")))
+    mlflow.set_registry_uri(stack_env.mlflow_tracking_uri)
+    newest = str(mlflow.register_model(f"runs:/{trained['run_id']}/model", name).version)  # a version of its own
     assert newest != first
     assert promote(newest, stack_env, reason="better on fresh labels") == first
     assert alias_version(name, "champion", stack_env).version == newest

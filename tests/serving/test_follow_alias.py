@@ -10,15 +10,15 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_champion_server_follows_promotion_and_rollback_without_failed_requests(trained, stack_env, tmp_path):
+def test_champion_server_follows_promotion_and_rollback_without_failed_requests(trained, own_model, tmp_path):
     import mlflow
 
     from churnops.governance import promote, rollback
     from churnops.registry import alias_version
     from serving.model import ModelManager
 
-    name = stack_env.model_name
-    s = stack_env.model_copy(update={"model_uri": f"models:/{name}@champion", "run_id": None,
+    name = own_model.model_name
+    s = own_model.model_copy(update={"model_uri": f"models:/{name}@champion", "run_id": None,
                                      "state_dir": tmp_path, "canary_fraction": 0.0})
     mm = ModelManager(s)
     mm.freeze_gc = False
