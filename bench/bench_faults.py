@@ -86,8 +86,9 @@ class Load:
         feats = json.dumps(EXAMPLE).encode()
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         conn = aiohttp.TCPConnector(limit=self.concurrency)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout,
-                                         headers={"Content-Type": "application/json"}) as session:
+        async with aiohttp.ClientSession(
+            connector=conn, timeout=timeout, headers={"Content-Type": "application/json"}
+        ) as session:
 
             async def worker(w: int) -> None:
                 i = 0
@@ -110,16 +111,21 @@ class Load:
             await asyncio.gather(*(worker(w) for w in range(self.concurrency)))
 
     def summary(self) -> dict:
-        return {"requests": self.total(), "answered_200": self.status.get(200, 0),
-                "non_2xx_by_status": {str(k): v for k, v in sorted(self.status.items()) if not 200 <= k < 300},
-                "connection_errors": dict(self.errors), "non_2xx_samples": {str(k): v for k, v in self.samples.items()}}
+        return {
+            "requests": self.total(),
+            "answered_200": self.status.get(200, 0),
+            "non_2xx_by_status": {str(k): v for k, v in sorted(self.status.items()) if not 200 <= k < 300},
+            "connection_errors": dict(self.errors),
+            "non_2xx_samples": {str(k): v for k, v in self.samples.items()},
+        }
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 
-def http(method: str, url: str, body: dict | None = None, token: str | None = None,
-         timeout: float = 10.0) -> tuple[int | str, str, float]:
+def http(
+    method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 10.0
+) -> tuple[int | str, str, float]:
     """(status or error name, body text, seconds) of one request; never raises."""
     headers = {"Content-Type": "application/json"}
     if token:
@@ -252,10 +258,14 @@ def accounting(load: Load, state: Path) -> dict:
     stored = stored_ids(state)
     stored_set = set(stored)
     n_spooled, spooled = spool_records(state)
-    return {"answered_200_unique": len(answered), "log_entries": len(stored),
-            "answered_not_in_store": len(answered - stored_set),
-            "answered_still_in_spool": len((answered - stored_set) & spooled),
-            "answered_unlogged": len(answered - stored_set - spooled), "spool_records_left": n_spooled}
+    return {
+        "answered_200_unique": len(answered),
+        "log_entries": len(stored),
+        "answered_not_in_store": len(answered - stored_set),
+        "answered_still_in_spool": len((answered - stored_set) & spooled),
+        "answered_unlogged": len(answered - stored_set - spooled),
+        "spool_records_left": n_spooled,
+    }
 
 
 # ---- scenarios --------------------------------------------------------------------------------------------
@@ -278,8 +288,14 @@ def worker_kill(env: dict, folder: Path, servers: list) -> dict:
         load.stop()
     time.sleep(2.0)  # a few flush intervals
     stop_gracefully(srv, servers)
-    return {"load_seconds": KILL_LOAD_S, "concurrency": 16, "killed_worker_pid": killed,
-            "requests_before_kill": at_kill, **load.summary(), **accounting(load, Path(env["STATE_DIR"]))}
+    return {
+        "load_seconds": KILL_LOAD_S,
+        "concurrency": 16,
+        "killed_worker_pid": killed,
+        "requests_before_kill": at_kill,
+        **load.summary(),
+        **accounting(load, Path(env["STATE_DIR"])),
+    }
 
 
 def read_stream(s, stream: str) -> list[dict]:
@@ -289,8 +305,9 @@ def read_stream(s, stream: str) -> list[dict]:
     kin = client("kinesis", s)
     out = []
     for shard in kin.list_shards(StreamName=stream)["Shards"]:
-        it = kin.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                    ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        it = kin.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")[
+            "ShardIterator"
+        ]
         while it:
             r = kin.get_records(ShardIterator=it, Limit=10000)
             if not r["Records"]:
@@ -318,15 +335,26 @@ def consumer_kill(s, env: dict, folder: Path, servers: list) -> dict:
     kin = client("kinesis", s)
     n, poison_every = STREAM_RECORDS, 100
     feats = json.dumps(EXAMPLE)
-    recs = [{"Data": (b"{not json" if i % poison_every == poison_every - 1
-                      else f'{{"request_id":"ck-{i}","features":{feats}}}'.encode()), "PartitionKey": f"k{i}"}
-            for i in range(n)]
+    recs = [
+        {
+            "Data": (
+                b"{not json"
+                if i % poison_every == poison_every - 1
+                else f'{{"request_id":"ck-{i}","features":{feats}}}'.encode()
+            ),
+            "PartitionKey": f"k{i}",
+        }
+        for i in range(n)
+    ]
     n_poison = sum(1 for r in recs if r["Data"].startswith(b"{not"))
     n_valid = n - n_poison
     for i in range(0, n, 500):
-        kin.put_records(StreamName=s.input_stream, Records=recs[i:i + 500])
-    env = api_env(env, folder) | {k.upper(): v for k, v in names.items()} | {
-        "STREAM_SHARDS": "2", "CONSUMER_POLL_INTERVAL_S": "0.05"}
+        kin.put_records(StreamName=s.input_stream, Records=recs[i : i + 500])
+    env = (
+        api_env(env, folder)
+        | {k.upper(): v for k, v in names.items()}
+        | {"STREAM_SHARDS": "2", "CONSUMER_POLL_INTERVAL_S": "0.05"}
+    )
     db = Path(env["STATE_DIR"]) / "predictions.db"
     store: SQLiteStore | None = None
 
@@ -355,8 +383,14 @@ def consumer_kill(s, env: dict, folder: Path, servers: list) -> dict:
         c.proc.wait(10)
         c.stop()
         servers.remove(c)
-        kills.append({"at_log_entries": logged(), "target_log_entries": int(frac * n_valid),
-                      "alive_at_kill": alive, "exit_code": c.proc.returncode})
+        kills.append(
+            {
+                "at_log_entries": logged(),
+                "target_log_entries": int(frac * n_valid),
+                "alive_at_kill": alive,
+                "exit_code": c.proc.returncode,
+            }
+        )
     c = Server(args, folder / "consumer-final.log", env=env, cwd=ROOT)
     servers.append(c)
     # done when everything is logged, or when the count stopped moving for 10 s after it moved at all
@@ -380,13 +414,19 @@ def consumer_kill(s, env: dict, folder: Path, servers: list) -> dict:
     rids = [r.get("request_id") for r in results]
     if store is not None:
         store.close()
-    return {"records": n, "valid": n_valid, "poison": n_poison, "kills": kills,
-            "results_total": len(results), "results_unique": len(set(rids)),
-            "valid_without_result": len({f"ck-{i}" for i in range(n) if i % poison_every != poison_every - 1}
-                                        - set(rids)),
-            "log_entries": len(entries), "log_entries_unique": len(set(entries)),
-            "dead_letters_total": len(dead),
-            "dead_letters_unique": len({(d.get("shard_id"), d.get("sequence_number")) for d in dead})}
+    return {
+        "records": n,
+        "valid": n_valid,
+        "poison": n_poison,
+        "kills": kills,
+        "results_total": len(results),
+        "results_unique": len(set(rids)),
+        "valid_without_result": len({f"ck-{i}" for i in range(n) if i % poison_every != poison_every - 1} - set(rids)),
+        "log_entries": len(entries),
+        "log_entries_unique": len(set(entries)),
+        "dead_letters_total": len(dead),
+        "dead_letters_unique": len({(d.get("shard_id"), d.get("sequence_number")) for d in dead}),
+    }
 
 
 def store_down(env: dict, folder: Path, servers: list) -> dict:
@@ -415,8 +455,13 @@ def store_down(env: dict, folder: Path, servers: list) -> dict:
                     h = json.loads(text) if code == 200 else {}
                 except ValueError:
                     h = {}
-                health.append({"t_s": round(time.monotonic() - t0, 1), "status": code,
-                               **{k: h[k] for k in ("store_ok", "log_pending") if k in h}})
+                health.append(
+                    {
+                        "t_s": round(time.monotonic() - t0, 1),
+                        "status": code,
+                        **{k: h[k] for k in ("store_ok", "log_pending") if k in h},
+                    }
+                )
             i += 1
             time.sleep(0.5)
         during = load.summary()
@@ -432,12 +477,18 @@ def store_down(env: dict, folder: Path, servers: list) -> dict:
         time.sleep(1.0)
     spooled_metric = metric_total(url, "churn_prediction_log_records_total", 'outcome="spooled"')
     stop_gracefully(srv, servers)
-    return {"store_down_seconds": STORE_DOWN_S, "concurrency": 16,
-            "workers_rss_mb_before": {"sum": base_sum, "max": base_max},
-            "workers_rss_mb_peak": {"sum": peak_sum, "max": peak_max},
-            "spool_records_peak_seen": peak_spool, "spooled_records_metric": spooled_metric,
-            "health_during": health, "answered_200_while_down": during["answered_200"],
-            **load.summary(), **accounting(load, state)}
+    return {
+        "store_down_seconds": STORE_DOWN_S,
+        "concurrency": 16,
+        "workers_rss_mb_before": {"sum": base_sum, "max": base_max},
+        "workers_rss_mb_peak": {"sum": peak_sum, "max": peak_max},
+        "spool_records_peak_seen": peak_spool,
+        "spooled_records_metric": spooled_metric,
+        "health_during": health,
+        "answered_200_while_down": during["answered_200"],
+        **load.summary(),
+        **accounting(load, state),
+    }
 
 
 def mlflow_down_reload(env: dict, folder: Path, servers: list, mlflow_srv, run_id: str, token: str) -> dict:
@@ -453,17 +504,25 @@ def mlflow_down_reload(env: dict, folder: Path, servers: list, mlflow_srv, run_i
     try:
         mlflow_up = http("GET", f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/health", timeout=3)[0]
         f0, n0 = load.failed(), load.total()
-        code, text, secs = http("POST", f"{url}/model/reload", {"run_id": run_id}, token=token,
-                                timeout=RELOAD_TIMEOUT_S)
+        code, text, secs = http(
+            "POST", f"{url}/model/reload", {"run_id": run_id}, token=token, timeout=RELOAD_TIMEOUT_S
+        )
         f1, n1 = load.failed(), load.total()
         time.sleep(3.0)
     finally:
         load.stop()
     after = {p: http("GET", f"{url}{p}", timeout=5)[:2] for p in ("/ready", "/model")}
     stop_gracefully(srv, servers)
-    return {"mlflow_health_after_stop": mlflow_up, "reload_status": code, "reload_seconds": round(secs, 2),
-            "reload_body": text[:400], "requests_while_pending": n1 - n0, "failed_while_pending": f1 - f0,
-            "after": {p: {"status": c, "body": b[:300]} for p, (c, b) in after.items()}, **load.summary()}
+    return {
+        "mlflow_health_after_stop": mlflow_up,
+        "reload_status": code,
+        "reload_seconds": round(secs, 2),
+        "reload_body": text[:400],
+        "requests_while_pending": n1 - n0,
+        "failed_while_pending": f1 - f0,
+        "after": {p: {"status": c, "body": b[:300]} for p, (c, b) in after.items()},
+        **load.summary(),
+    }
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
@@ -508,14 +567,25 @@ def main() -> None:
 
     quiet_process()  # MLflow telemetry / Prefect analytics off here and in every server started below
     tmp = Path(tempfile.mkdtemp(prefix="bench-faults-"))
-    os.environ.update({"ENV_FILE": str(tmp / "none"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                       "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "STATE_DIR": str(tmp / "state")})
+    os.environ.update(
+        {
+            "ENV_FILE": str(tmp / "none"),
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+            "STATE_DIR": str(tmp / "state"),
+        }
+    )
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     servers: list = []
     token = secrets.token_hex(16)
-    result: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                                "note": "load generator, gunicorn, consumer, moto and MLflow share the same cores"},
-                    "goal": "no failed request besides those in flight on a killed worker; no lost prediction"}
+    result: dict = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "load generator, gunicorn, consumer, moto and MLflow share the same cores",
+        },
+        "goal": "no failed request besides those in flight on a killed worker; no lost prediction",
+    }
     t_start = time.perf_counter()
     try:
         s, run_id, mlf = setup(tmp, servers, result)
@@ -548,33 +618,40 @@ def print_table(r: dict) -> None:
     def g(section: str, key: str, default="-"):
         return r.get(section, {}).get(key, default)
 
-    print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 gunicorn workers, embedded SQLite log; "
-          f"goal: {r['goal']})")
+    print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 gunicorn workers, embedded SQLite log; goal: {r['goal']})")
     for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload"):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
     if "error" not in r.get("worker_kill", {"error": 1}):
-        print(f"  a) worker SIGKILL under load   requests {g('worker_kill', 'requests')}, non-2xx "
-              f"{g('worker_kill', 'non_2xx_by_status')}, connection errors {g('worker_kill', 'connection_errors')}, "
-              f"answered-200-but-unlogged {g('worker_kill', 'answered_unlogged')} "
-              f"(still in spool {g('worker_kill', 'answered_still_in_spool')})")
+        print(
+            f"  a) worker SIGKILL under load   requests {g('worker_kill', 'requests')}, non-2xx "
+            f"{g('worker_kill', 'non_2xx_by_status')}, connection errors {g('worker_kill', 'connection_errors')}, "
+            f"answered-200-but-unlogged {g('worker_kill', 'answered_unlogged')} "
+            f"(still in spool {g('worker_kill', 'answered_still_in_spool')})"
+        )
     if "error" not in r.get("consumer_kill", {"error": 1}):
-        print(f"  b) consumer SIGKILL x2         results {g('consumer_kill', 'results_unique')} unique / "
-              f"{g('consumer_kill', 'results_total')} total of {g('consumer_kill', 'valid')} valid "
-              f"(without result {g('consumer_kill', 'valid_without_result')}); log entries "
-              f"{g('consumer_kill', 'log_entries_unique')} unique / {g('consumer_kill', 'log_entries')}; DLQ "
-              f"{g('consumer_kill', 'dead_letters_total')} for {g('consumer_kill', 'poison')} poison records")
+        print(
+            f"  b) consumer SIGKILL x2         results {g('consumer_kill', 'results_unique')} unique / "
+            f"{g('consumer_kill', 'results_total')} total of {g('consumer_kill', 'valid')} valid "
+            f"(without result {g('consumer_kill', 'valid_without_result')}); log entries "
+            f"{g('consumer_kill', 'log_entries_unique')} unique / {g('consumer_kill', 'log_entries')}; DLQ "
+            f"{g('consumer_kill', 'dead_letters_total')} for {g('consumer_kill', 'poison')} poison records"
+        )
     if "error" not in r.get("store_down", {"error": 1}):
-        print(f"  c) store down {g('store_down', 'store_down_seconds'):.0f} s under load  workers' RSS peak "
-              f"{g('store_down', 'workers_rss_mb_peak')} MiB (before {g('store_down', 'workers_rss_mb_before')}), "
-              f"spooled {g('store_down', 'spooled_records_metric')} (peak in spool "
-              f"{g('store_down', 'spool_records_peak_seen')}), lost {g('store_down', 'answered_unlogged')} of "
-              f"{g('store_down', 'answered_200_unique')}; non-2xx {g('store_down', 'non_2xx_by_status')}, "
-              f"connection errors {g('store_down', 'connection_errors')}")
+        print(
+            f"  c) store down {g('store_down', 'store_down_seconds'):.0f} s under load  workers' RSS peak "
+            f"{g('store_down', 'workers_rss_mb_peak')} MiB (before {g('store_down', 'workers_rss_mb_before')}), "
+            f"spooled {g('store_down', 'spooled_records_metric')} (peak in spool "
+            f"{g('store_down', 'spool_records_peak_seen')}), lost {g('store_down', 'answered_unlogged')} of "
+            f"{g('store_down', 'answered_200_unique')}; non-2xx {g('store_down', 'non_2xx_by_status')}, "
+            f"connection errors {g('store_down', 'connection_errors')}"
+        )
     if "error" not in r.get("mlflow_down_reload", {"error": 1}):
-        print(f"  d) MLflow down, /model/reload  answered {g('mlflow_down_reload', 'reload_status')} after "
-              f"{g('mlflow_down_reload', 'reload_seconds')} s; predictions failed meanwhile "
-              f"{g('mlflow_down_reload', 'failed_while_pending')} of {g('mlflow_down_reload', 'requests_while_pending')}")
+        print(
+            f"  d) MLflow down, /model/reload  answered {g('mlflow_down_reload', 'reload_status')} after "
+            f"{g('mlflow_down_reload', 'reload_seconds')} s; predictions failed meanwhile "
+            f"{g('mlflow_down_reload', 'failed_while_pending')} of {g('mlflow_down_reload', 'requests_while_pending')}"
+        )
 
 
 if __name__ == "__main__":

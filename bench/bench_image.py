@@ -41,9 +41,17 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=None)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-image-"))
-    os.environ.update({"ENV_FILE": str(tmp / "none"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-                       "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "STATE_DIR": str(tmp / "state")})
+    os.environ.update(
+        {
+            "ENV_FILE": str(tmp / "none"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "STATE_DIR": str(tmp / "state"),
+        }
+    )
     from churnops.localservers import start_mlflow
 
     (tmp / "mlflow").mkdir()
@@ -51,9 +59,16 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
     import torch
 
-    result: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                                "torch": torch.__version__, "device": "cpu"},
-                    "n_trials": a.trials, "targets": TARGETS}
+    result: dict = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": "cpu",
+        },
+        "n_trials": a.trials,
+        "targets": TARGETS,
+    }
     try:
         from prefect.testing.utilities import prefect_test_harness
 
@@ -66,16 +81,31 @@ def main() -> None:
             t0 = time.perf_counter()
             out = image_train_flow(n_trials=a.trials, max_epochs=a.max_epochs)
             result["flow_seconds"] = round(time.perf_counter() - t0, 1)
-        result |= {k: out[k] for k in ("test_metrics", "onnx_max_abs_diff", "sweep_seconds", "best_params",
-                                       "dataset_sha256", "data_source", "images", "sensitivity")}
+        result |= {
+            k: out[k]
+            for k in (
+                "test_metrics",
+                "onnx_max_abs_diff",
+                "sweep_seconds",
+                "best_params",
+                "dataset_sha256",
+                "data_source",
+                "images",
+                "sensitivity",
+            )
+        }
         result["isp"] = bench_isp(get_settings())
         result["onnx_vs_torch"] = bench_onnx(out)
     finally:
         mlf.stop()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1, default=str))
-    print(json.dumps({k: result[k] for k in ("test_metrics", "onnx_max_abs_diff", "sweep_seconds", "isp", "onnx_vs_torch")},
-                     indent=1))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("test_metrics", "onnx_max_abs_diff", "sweep_seconds", "isp", "onnx_vs_torch")},
+            indent=1,
+        )
+    )
     print("sensitivity: " + ", ".join(f"{r['variation']} {r['accuracy']:.4f}" for r in result["sensitivity"]))
     print(f"wrote {OUT}")
 
@@ -95,9 +125,13 @@ def bench_isp(s) -> dict:
     for fr in frames:
         process(fr, c.isp)
     t_isp = time.perf_counter() - t0
-    return {"images": len(files), "read_images_per_s": round(len(files) / t_read, 1),
-            "isp_images_per_s": round(len(files) / t_isp, 1),
-            "read_plus_isp_images_per_s": round(len(files) / (t_read + t_isp), 1), "processes": 1}
+    return {
+        "images": len(files),
+        "read_images_per_s": round(len(files) / t_read, 1),
+        "isp_images_per_s": round(len(files) / t_isp, 1),
+        "read_plus_isp_images_per_s": round(len(files) / (t_read + t_isp), 1),
+        "processes": 1,
+    }
 
 
 def bench_onnx(out: dict) -> dict:
@@ -131,11 +165,20 @@ def bench_onnx(out: dict) -> dict:
     batch_onnx = _timeit(lambda: sess.run(["probabilities"], {"image": X}), 5)
     ms = lambda v, q: round(float(np.percentile(v, q)) * 1000, 3)  # noqa: E731
     return {
-        "images": len(X), "threads": 1, "max_abs_diff": float(np.abs(p_onnx - p_torch).max()),
+        "images": len(X),
+        "threads": 1,
+        "max_abs_diff": float(np.abs(p_onnx - p_torch).max()),
         "argmax_agreement": float((p_onnx.argmax(1) == p_torch.argmax(1)).mean()),
-        "single_image_ms": {"torch_p50": ms(single_torch, 50), "torch_p99": ms(single_torch, 99),
-                            "onnx_p50": ms(single_onnx, 50), "onnx_p99": ms(single_onnx, 99)},
-        "batch_images_per_s": {"torch": round(len(X) / min(batch_torch), 1), "onnx": round(len(X) / min(batch_onnx), 1)},
+        "single_image_ms": {
+            "torch_p50": ms(single_torch, 50),
+            "torch_p99": ms(single_torch, 99),
+            "onnx_p50": ms(single_onnx, 50),
+            "onnx_p99": ms(single_onnx, 99),
+        },
+        "batch_images_per_s": {
+            "torch": round(len(X) / min(batch_torch), 1),
+            "onnx": round(len(X) / min(batch_onnx), 1),
+        },
     }
 
 

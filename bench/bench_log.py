@@ -27,9 +27,19 @@ OUT = ROOT / "bench" / "results" / "log.json"
 
 
 def record(i: int, features: dict) -> dict:
-    return {"_id": f"{i:032x}", "ts": time.time(), "request_id": f"req-{i}", "source": "http", "model_run_id": "r" * 32,
-            "model_version": "3", "route": "champion", "features": features, "probability": 0.123456789,
-            "decision": 0, "latency_ms": 0.5}
+    return {
+        "_id": f"{i:032x}",
+        "ts": time.time(),
+        "request_id": f"req-{i}",
+        "source": "http",
+        "model_run_id": "r" * 32,
+        "model_version": "3",
+        "route": "champion",
+        "features": features,
+        "probability": 0.123456789,
+        "decision": 0,
+        "latency_ms": 0.5,
+    }
 
 
 def batch(n: int, features: dict):
@@ -38,11 +48,23 @@ def batch(n: int, features: dict):
 
     ids = new_request_ids(n)
     return PredictionBatch(
-        const={"ts": time.time(), "source": "http", "model_run_id": "r" * 32, "model_version": "3",
-               "route": "champion", "latency_ms": 0.01, "batch": True},
-        cols={"_id": new_request_ids(n), "request_id": ids, "probability": np.random.rand(n),
-              "decision": np.zeros(n, dtype=np.int64)},
-        features={k: ([v] * n if isinstance(v, str) else np.full(n, float(v))) for k, v in features.items()})
+        const={
+            "ts": time.time(),
+            "source": "http",
+            "model_run_id": "r" * 32,
+            "model_version": "3",
+            "route": "champion",
+            "latency_ms": 0.01,
+            "batch": True,
+        },
+        cols={
+            "_id": new_request_ids(n),
+            "request_id": ids,
+            "probability": np.random.rand(n),
+            "decision": np.zeros(n, dtype=np.int64),
+        },
+        features={k: ([v] * n if isinstance(v, str) else np.full(n, float(v))) for k, v in features.items()},
+    )
 
 
 def run(journal: bool, kind: str, features: dict) -> float:
@@ -51,8 +73,9 @@ def run(journal: bool, kind: str, features: dict) -> float:
     from serving.store_sqlite import SQLiteStore
 
     with tempfile.TemporaryDirectory() as d:
-        plog = PredictionLog(SQLiteStore(Path(d) / "p.db"), Path(d) / "spool", journal=journal,
-                             wake_records=20_000).start()
+        plog = PredictionLog(
+            SQLiteStore(Path(d) / "p.db"), Path(d) / "spool", journal=journal, wake_records=20_000
+        ).start()
         try:
             if kind == "single":
                 recs = [record(i, features) for i in range(20_000)]

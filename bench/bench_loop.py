@@ -52,20 +52,34 @@ def main() -> None:
     if not DATA.exists():
         sys.exit(f"bench-loop needs the real data file at {DATA}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-loop-"))
-    os.environ.update({"ENV_FILE": str(tmp / "none"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-                       "STATE_DIR": str(tmp / "state"), "AUTO_APPROVE": "true", "LABEL_POLICY": a.policy,
-                       "N_TRIALS": str(a.trials), "ALIAS_POLL_S": "1"})
+    os.environ.update(
+        {
+            "ENV_FILE": str(tmp / "none"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+            "STATE_DIR": str(tmp / "state"),
+            "AUTO_APPROVE": "true",
+            "LABEL_POLICY": a.policy,
+            "N_TRIALS": str(a.trials),
+            "ALIAS_POLL_S": "1",
+        }
+    )
     from churnops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
     mlf, mlflow_url = start_mlflow(tmp / "mlflow")
     os.environ.update({"AWS_ENDPOINT_URL": moto_url, "MLFLOW_TRACKING_URI": mlflow_url})
-    result: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version()}, "data": str(DATA),
-                    "n_trials": a.trials, "drifted_rows_labelled": a.rows, "label_policy": a.policy,
-                    "drift": "concept: true outcome of income_category 'less than $40k' flipped (simulators.traffic)",
-                    "traffic": "customers sampled with replacement from the real file (the population trained on)"}
+    result: dict = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "data": str(DATA),
+        "n_trials": a.trials,
+        "drifted_rows_labelled": a.rows,
+        "label_policy": a.policy,
+        "drift": "concept: true outcome of income_category 'less than $40k' flipped (simulators.traffic)",
+        "traffic": "customers sampled with replacement from the real file (the population trained on)",
+    }
     try:
         import numpy as np
         import pandas as pd
@@ -95,7 +109,9 @@ def main() -> None:
 
             def realized(n, seed, drift):
                 df, y = traffic(pool, contract, n, seed, drift)
-                p = server.current.champion.bundle.predict_matrix(server.current.champion.bundle.encoder.transform_frame(df))
+                p = server.current.champion.bundle.predict_matrix(
+                    server.current.champion.bundle.encoder.transform_frame(df)
+                )
                 return df, y, p, auc(y, p)
 
             _, _, _, auc_before = realized(3000, 1, False)
@@ -105,11 +121,24 @@ def main() -> None:
             preds, fb = [], []
             for i, row in enumerate(df[contract.feature_names].to_dict("records")):
                 rid = f"loop-{i}"
-                feats = {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v) for k, v in row.items()}
-                preds.append({"_id": rid, "request_id": rid, "ts": now - 600 + i * 0.01, "source": "http",
-                              "model_run_id": server.current.champion.run_id, "model_version": server.current.champion.version,
-                              "route": "champion", "features": feats, "probability": float(p[i]),
-                              "decision": int(p[i] >= server.current.champion.threshold), "latency_ms": 1.0})
+                feats = {
+                    k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v) for k, v in row.items()
+                }
+                preds.append(
+                    {
+                        "_id": rid,
+                        "request_id": rid,
+                        "ts": now - 600 + i * 0.01,
+                        "source": "http",
+                        "model_run_id": server.current.champion.run_id,
+                        "model_version": server.current.champion.version,
+                        "route": "champion",
+                        "features": feats,
+                        "probability": float(p[i]),
+                        "decision": int(p[i] >= server.current.champion.threshold),
+                        "latency_ms": 1.0,
+                    }
+                )
                 fb.append({"request_id": rid, "outcome": int(y[i]), "ts": now - 300 + i * 0.01})
             store.insert_predictions(preds)
             store.add_feedback_many(fb)
@@ -124,8 +153,14 @@ def main() -> None:
                 return Run()
 
             t0 = time.perf_counter()
-            decision = evaluate_trigger(store, s, None, {"overall": {"auc_roc": auc_after, "n": a.rows}},
-                                        start_training=default_start_training(s, run=run_inline), alert=False)
+            decision = evaluate_trigger(
+                store,
+                s,
+                None,
+                {"overall": {"auc_roc": auc_after, "n": a.rows}},
+                start_training=default_start_training(s, run=run_inline),
+                alert=False,
+            )
             store.close()
             t_trained = time.perf_counter()
             while server.current.champion.version != trained.get("version") and time.perf_counter() - t_trained < 120:
@@ -133,19 +168,28 @@ def main() -> None:
                 time.sleep(0.2)
             t_served = time.perf_counter()
             _, _, _, auc_loop = realized(3000, 3, True)
-            result.update({
-                "first_model": {"version": first["version"], "test_auc_roc": first["test_metrics"]["auc_roc"]},
-                "trigger": {k: decision.get(k) for k in ("action", "reasons", "parameters")},
-                "retrained": {"version": trained.get("version"), "outcome": trained.get("outcome"),
-                              "test_auc_roc": (trained.get("test_metrics") or {}).get("auc_roc"),
-                              "rules": trained.get("rules")},
-                "serving_version_after": server.current.champion.version,
-                "realized_auc": {"before_drift": auc_before, "after_drift": auc_after, "after_loop": auc_loop},
-                "recovered_share_of_lost_auc": (auc_loop - auc_after) / (auc_before - auc_after)
-                if auc_before > auc_after else None,
-                "seconds": {"trigger_to_trained": t_trained - t0, "trained_to_serving": t_served - t_trained,
-                            "trigger_to_serving": t_served - t0},
-            })
+            result.update(
+                {
+                    "first_model": {"version": first["version"], "test_auc_roc": first["test_metrics"]["auc_roc"]},
+                    "trigger": {k: decision.get(k) for k in ("action", "reasons", "parameters")},
+                    "retrained": {
+                        "version": trained.get("version"),
+                        "outcome": trained.get("outcome"),
+                        "test_auc_roc": (trained.get("test_metrics") or {}).get("auc_roc"),
+                        "rules": trained.get("rules"),
+                    },
+                    "serving_version_after": server.current.champion.version,
+                    "realized_auc": {"before_drift": auc_before, "after_drift": auc_after, "after_loop": auc_loop},
+                    "recovered_share_of_lost_auc": (auc_loop - auc_after) / (auc_before - auc_after)
+                    if auc_before > auc_after
+                    else None,
+                    "seconds": {
+                        "trigger_to_trained": t_trained - t0,
+                        "trained_to_serving": t_served - t_trained,
+                        "trigger_to_serving": t_served - t0,
+                    },
+                }
+            )
     finally:
         moto.stop(), mlf.stop()
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,13 @@ quiet_process()  # MLflow telemetry / Prefect analytics off
 
 
 def score(df: pd.DataFrame) -> np.ndarray:
-    z = (-0.06 * (df["total_trans_ct"] - 64) - 0.0004 * (df["total_revolving_bal"] - 1160)
-         - 2.5 * (df["total_ct_chng_q4_q1"] - 0.71) + 0.4 * (df["contacts_count_12_mon"] - 2.4) - 1.8)
+    z = (
+        -0.06 * (df["total_trans_ct"] - 64)
+        - 0.0004 * (df["total_revolving_bal"] - 1160)
+        - 2.5 * (df["total_ct_chng_q4_q1"] - 0.71)
+        + 0.4 * (df["contacts_count_12_mon"] - 2.4)
+        - 1.8
+    )
     return 1.0 / (1.0 + np.exp(-z.to_numpy(dtype=float)))
 
 
@@ -59,13 +64,25 @@ def log_rows(store, clean: pd.DataFrame, contract, end: float, hours: float, see
     docs, fb = [], []
     for i, (f, p, t) in enumerate(zip(records, probs, ts)):
         rid = f"bench-{seed}-{i}"
-        docs.append({"_id": rid, "ts": float(t), "request_id": rid, "source": "http", "model_run_id": "bench",
-                     "model_version": "1", "route": "champion", "features": f, "probability": float(p),
-                     "decision": int(p >= 0.5), "latency_ms": 1.0})
+        docs.append(
+            {
+                "_id": rid,
+                "ts": float(t),
+                "request_id": rid,
+                "source": "http",
+                "model_run_id": "bench",
+                "model_version": "1",
+                "route": "champion",
+                "features": f,
+                "probability": float(p),
+                "decision": int(p >= 0.5),
+                "latency_ms": 1.0,
+            }
+        )
         if i % 2 == 0:
             fb.append((rid, int(clean["churn"].iat[i]), float(t) + 1))
     for k in range(0, len(docs), 5000):
-        store.insert_predictions(docs[k:k + 5000])
+        store.insert_predictions(docs[k : k + 5000])
     store.add_feedback_many([{"request_id": rid, "outcome": o, "ts": t} for rid, o, t in fb])
 
 
@@ -81,9 +98,10 @@ def main() -> None:
     ref_frame = clean_frame(generate_customers(5000, seed=101), contract)
     ref_frame["prediction"] = score(ref_frame)
     reference = Reference.from_frame(ref_frame, contract, run_id="bench")
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "platform": platform.platform()},
-                     "note": "SYNTHETIC customers; other work may have been running on the machine"}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "note": "SYNTHETIC customers; other work may have been running on the machine",
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -94,8 +112,13 @@ def main() -> None:
         t = time.perf_counter()
         build_report(store, s, contract, window_hours=3, reference=reference, out_dir=tmp / "warm")
         results["first_report_cold_imports_seconds"] = round(time.perf_counter() - t, 2)
-        rows.append(("first report in a fresh process (300 rows, imports Evidently)",
-                     f"{results['first_report_cold_imports_seconds']:.2f} s", "-"))
+        rows.append(
+            (
+                "first report in a fresh process (300 rows, imports Evidently)",
+                f"{results['first_report_cold_imports_seconds']:.2f} s",
+                "-",
+            )
+        )
         store.close()
         for n in (10_000, 100_000):
             store, kind = open_store(tmp / f"pred-{n}.db")
@@ -110,25 +133,48 @@ def main() -> None:
             html = (tmp / "reports" / summary["files"]["html"]).stat().st_size
             q = summary["files"].get("quality_html")
             qsize = (tmp / "reports" / q).stat().st_size if q else None
-            results[f"report_{n}"] = {"seconds": round(secs, 2), "store": kind, "rows_window": summary["n_window"],
-                                      "rows_evidently": summary["n"], "html_bytes": html, "quality_html_bytes": qsize,
-                                      "ingest_seconds": round(ingest, 2), "status": summary["status"]}
-            rows.append((f"report, {n:,}-row window ({kind} store; Evidently on {summary['n']:,})", f"{secs:.2f} s",
-                         "<= 10 s" if n == 10_000 else "-"))
-            rows.append((f"  report HTML / quality HTML size ({n:,})", f"{html / 1e6:.2f} MB / "
-                         f"{(qsize or 0) / 1e6:.2f} MB", "< 10 MB"))
+            results[f"report_{n}"] = {
+                "seconds": round(secs, 2),
+                "store": kind,
+                "rows_window": summary["n_window"],
+                "rows_evidently": summary["n"],
+                "html_bytes": html,
+                "quality_html_bytes": qsize,
+                "ingest_seconds": round(ingest, 2),
+                "status": summary["status"],
+            }
+            rows.append(
+                (
+                    f"report, {n:,}-row window ({kind} store; Evidently on {summary['n']:,})",
+                    f"{secs:.2f} s",
+                    "<= 10 s" if n == 10_000 else "-",
+                )
+            )
+            rows.append(
+                (
+                    f"  report HTML / quality HTML size ({n:,})",
+                    f"{html / 1e6:.2f} MB / {(qsize or 0) / 1e6:.2f} MB",
+                    "< 10 MB",
+                )
+            )
             store.close()
     big = pd.concat([clean_frame(generate_customers(100_000, seed=7), contract)] * 10, ignore_index=True)
     big["prediction"] = score(big)
-    compute_drift(reference, big.head(1000))                       # warm-up (imports)
+    compute_drift(reference, big.head(1000))  # warm-up (imports)
     times = []
     for _ in range(3):
         t = time.perf_counter()
         compute_drift(reference, big)
         times.append(time.perf_counter() - t)
-    results["drift_1m"] = {"rows": len(big), "features": len(contract.features) + 1, "seconds_best": round(min(times), 3),
-                           "seconds_all": [round(x, 3) for x in times]}
-    rows.append((f"drift stats, {len(big):,} rows x 19 features + prediction", f"{min(times):.2f} s (best of 3)", "<= 2 s"))
+    results["drift_1m"] = {
+        "rows": len(big),
+        "features": len(contract.features) + 1,
+        "seconds_best": round(min(times), 3),
+        "seconds_all": [round(x, 3) for x in times],
+    }
+    rows.append(
+        (f"drift stats, {len(big):,} rows x 19 features + prediction", f"{min(times):.2f} s (best of 3)", "<= 2 s")
+    )
     out = ROOT / "bench" / "results" / "monitor.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -38,8 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
 OUT = ROOT / "bench" / "results" / "serve.json"
-TARGETS = {"model_call_us_per_row": 100, "p99_ms_c16": 10, "req_per_s": 1500, "batch_rows_per_s": 100_000,
-           "stream_records_per_s": 2000}
+TARGETS = {
+    "model_call_us_per_row": 100,
+    "p99_ms_c16": 10,
+    "req_per_s": 1500,
+    "batch_rows_per_s": 100_000,
+    "stream_records_per_s": 2000,
+}
 EXAMPLE = load_contract("bank_churners").example  # one valid record, declared with the contract
 HTTP_SECONDS = float(os.environ.get("BENCH_HTTP_SECONDS", "8"))
 
@@ -95,8 +100,9 @@ def reference_app():
         df = pd.DataFrame([feats])
         p = float(seed_predict(bundle, df)[0])
         rid = uuid.uuid4().hex
-        conn.execute("INSERT INTO p VALUES (?, ?, ?)",
-                     (rid, time.time(), json.dumps({"features": feats, "probability": p})))
+        conn.execute(
+            "INSERT INTO p VALUES (?, ?, ?)", (rid, time.time(), json.dumps({"features": feats, "probability": p}))
+        )
         return jsonify({"request_id": rid, "probability": p, "churn": p >= bundle.threshold})
 
     return app
@@ -139,9 +145,17 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float, max_req
     def pct(q):
         return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else None
 
-    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "seconds": round(wall, 2),
-            "req_per_s": round(len(lat) / wall, 1), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "mean_ms": round(statistics.fmean(lat) * 1000, 3) if lat else None}
+    return {
+        "concurrency": concurrency,
+        "requests": len(lat),
+        "errors": errors,
+        "seconds": round(wall, 2),
+        "req_per_s": round(len(lat) / wall, 1),
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "mean_ms": round(statistics.fmean(lat) * 1000, 3) if lat else None,
+    }
 
 
 WRK_SCRIPT = """
@@ -166,15 +180,28 @@ def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
     lua_body = "[==[" + body.decode() + "]==]"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT % lua_body)
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(seconds))}s", "-s", f.name, url],
-                         capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(seconds))}s", "-s", f.name, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON "))
-    r = _json.loads(line[len("WRKJSON "):])
+    r = _json.loads(line[len("WRKJSON ") :])
     wall = r["duration_us"] / 1e6
     ok = r["requests"] - r["errors"]
-    return {"concurrency": concurrency, "requests": ok, "errors": r["errors"], "seconds": round(wall, 2),
-            "req_per_s": round(ok / wall, 1), "p50_ms": r["p50"] / 1000, "p95_ms": r["p95"] / 1000,
-            "p99_ms": r["p99"] / 1000, "mean_ms": round(r["mean"] / 1000, 3), "load_generator": "wrk"}
+    return {
+        "concurrency": concurrency,
+        "requests": ok,
+        "errors": r["errors"],
+        "seconds": round(wall, 2),
+        "req_per_s": round(ok / wall, 1),
+        "p50_ms": r["p50"] / 1000,
+        "p95_ms": r["p95"] / 1000,
+        "p99_ms": r["p99"] / 1000,
+        "mean_ms": round(r["mean"] / 1000, 3),
+        "load_generator": "wrk",
+    }
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -251,13 +278,19 @@ def model_call(bundle_dir: Path) -> dict:
         "onnx_batch1000_same_row_us_per_row": round(per_call(lambda: onnx.predict_matrix(X1000), 200) / 1000, 3),
         "onnx_batch1000_real_rows_us_per_row": round(per_call(lambda: onnx.predict_matrix(Xreal), 100) / 1000, 3),
         "native_batch1000_real_rows_us_per_row": round(
-            per_call(lambda: native.booster.inplace_predict(Xreal), 100) / 1000, 3),
+            per_call(lambda: native.booster.inplace_predict(Xreal), 100) / 1000, 3
+        ),
         "compiled_trees_batch1000_real_rows_us_per_row": round(
-            per_call(lambda: compiled.predict_matrix(Xreal), 100) / 1000, 3) if compiled.forest else None,
-        "compiled_trees_max_abs_diff_vs_xgboost": float(np.max(np.abs(
-            compiled.predict_matrix(Xreal) - native.booster.inplace_predict(Xreal)))) if compiled.forest else None,
-        "reference_pandas_native_us": round(per_call(
-            lambda: seed_predict(native, pd.DataFrame([EXAMPLE])), 1000), 2),
+            per_call(lambda: compiled.predict_matrix(Xreal), 100) / 1000, 3
+        )
+        if compiled.forest
+        else None,
+        "compiled_trees_max_abs_diff_vs_xgboost": float(
+            np.max(np.abs(compiled.predict_matrix(Xreal) - native.booster.inplace_predict(Xreal)))
+        )
+        if compiled.forest
+        else None,
+        "reference_pandas_native_us": round(per_call(lambda: seed_predict(native, pd.DataFrame([EXAMPLE])), 1000), 2),
         "runtime": onnx.runtime,
     }
 
@@ -293,8 +326,15 @@ def batch_rate(url: str, rows: int = 1000, concurrency: int = 2, server_pid: int
     """POST /predict/batch with `rows` distinct real rows, one request in flight per worker, for HTTP_SECONDS."""
     body = json.dumps(real_records(rows)).encode()
     r = load(f"{url}/predict/batch", body, concurrency, seconds=HTTP_SECONDS, server_pid=server_pid)
-    out = {"rows_per_request": rows, "concurrency": concurrency, "requests": r["requests"], "errors": r["errors"],
-           "rows_per_s": round(r["req_per_s"] * rows), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
+    out = {
+        "rows_per_request": rows,
+        "concurrency": concurrency,
+        "requests": r["requests"],
+        "errors": r["errors"],
+        "rows_per_s": round(r["req_per_s"] * rows),
+        "p50_ms": r["p50_ms"],
+        "p99_ms": r["p99_ms"],
+    }
     if "server_cpu_us_per_request" in r:
         out["server_cpu_us_per_row"] = round(r["server_cpu_us_per_request"] / rows, 2)
     return out
@@ -309,9 +349,16 @@ def stream_rate(s, n: int = 10_000) -> dict:
     from serving.consumer import Consumer
 
     tag = uuid.uuid4().hex[:6]
-    s = s.model_copy(update={"input_stream": f"bin-{tag}", "output_stream": f"bout-{tag}",
-                             "dlq_stream": f"bdlq-{tag}", "stream_shards": 2, "consumer_batch_size": 1000,
-                             "consumer_poll_interval_s": 0.01})
+    s = s.model_copy(
+        update={
+            "input_stream": f"bin-{tag}",
+            "output_stream": f"bout-{tag}",
+            "dlq_stream": f"bdlq-{tag}",
+            "stream_shards": 2,
+            "consumer_batch_size": 1000,
+            "consumer_poll_interval_s": 0.01,
+        }
+    )
     ensure_streams(s)
     kin = client("kinesis", s)
     recs = []
@@ -320,16 +367,22 @@ def stream_rate(s, n: int = 10_000) -> dict:
         recs.append({"Data": payload if i % 2 else base64.b64encode(payload), "PartitionKey": f"k{i}"})
     t_put = time.perf_counter()
     for i in range(0, n, 500):
-        kin.put_records(StreamName=s.input_stream, Records=recs[i:i + 500])
+        kin.put_records(StreamName=s.input_stream, Records=recs[i : i + 500])
     put_s = time.perf_counter() - t_put
     c = Consumer(s)
     c.wait_for_model()
     t0 = time.perf_counter()
     c.run(max_idle_polls=3)
     wall = time.perf_counter() - t0 - 3 * s.consumer_poll_interval_s
-    return {"records": n, "processed": c.processed, "dead_letters": c.dead, "consumer_seconds": round(wall, 2),
-            "records_per_s": round(c.processed / wall, 1), "put_seconds": round(put_s, 2),
-            "end_to_end_records_per_s": round(c.processed / (wall + put_s), 1)}
+    return {
+        "records": n,
+        "processed": c.processed,
+        "dead_letters": c.dead,
+        "consumer_seconds": round(wall, 2),
+        "records_per_s": round(c.processed / wall, 1),
+        "put_seconds": round(put_s, 2),
+        "end_to_end_records_per_s": round(c.processed / (wall + put_s), 1),
+    }
 
 
 # ---- main --------------------------------------------------------------------------------------------------
@@ -340,13 +393,24 @@ def main() -> None:
     from churnops.settings import quiet_process
 
     quiet_process()  # MLflow telemetry / Prefect analytics off here and in the servers started below
-    os.environ.update({"ENV_FILE": str(tmp / "none"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-                       "STATE_DIR": str(tmp / "state")})
+    os.environ.update(
+        {
+            "ENV_FILE": str(tmp / "none"),
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+            "STATE_DIR": str(tmp / "state"),
+        }
+    )
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     servers = []
-    result: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                                "note": "load generator, gunicorn, moto and MLflow share the same cores"},
-                    "targets": TARGETS}
+    result: dict = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "note": "load generator, gunicorn, moto and MLflow share the same cores",
+        },
+        "targets": TARGETS,
+    }
     try:
         from churnops.localservers import free_port, start_mlflow, start_moto
         from churnops.settings import get_settings
@@ -382,7 +446,9 @@ def main() -> None:
         import mlflow
 
         mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model", dst_path=str(tmp / "model")))
+        path = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model", dst_path=str(tmp / "model"))
+        )
         bundle_dir = path / "artifacts" / "bundle"
         result["model_call"] = mc = model_call(bundle_dir)
         print(f"model call: {mc}", flush=True)
@@ -412,9 +478,14 @@ def main() -> None:
         servers.remove(api)
 
         ref_port = free_port()
-        ref = start_gunicorn("bench_serve:reference_app()",
-                             env | {"REF_BUNDLE": str(bundle_dir), "REF_DB": str(tmp / "reference.db")},
-                             tmp / "ref.log", ref_port, servers, chdir=ROOT / "bench")
+        ref = start_gunicorn(
+            "bench_serve:reference_app()",
+            env | {"REF_BUNDLE": str(bundle_dir), "REF_DB": str(tmp / "reference.db")},
+            tmp / "ref.log",
+            ref_port,
+            servers,
+            chdir=ROOT / "bench",
+        )
         ref_url = f"http://127.0.0.1:{ref_port}"
         result["reference_http"] = []
         for c in (1, 16):
@@ -459,26 +530,37 @@ def print_table(r: dict) -> None:
     print(f"  ONNX, 1000 distinct real rows      {mc['onnx_batch1000_real_rows_us_per_row']:>10.2f} us/row")
     print(f"  XGBoost, 1000 distinct real rows   {mc['native_batch1000_real_rows_us_per_row']:>10.2f} us/row")
     if mc.get("compiled_trees_batch1000_real_rows_us_per_row") is not None:
-        print(f"  compiled trees, 1000 real rows     {mc['compiled_trees_batch1000_real_rows_us_per_row']:>10.2f} us/row"
-              f"   (the API's batch runtime from 128 rows; max diff vs XGBoost "
-              f"{mc['compiled_trees_max_abs_diff_vs_xgboost']:.1e})")
+        print(
+            f"  compiled trees, 1000 real rows     {mc['compiled_trees_batch1000_real_rows_us_per_row']:>10.2f} us/row"
+            f"   (the API's batch runtime from 128 rows; max diff vs XGBoost "
+            f"{mc['compiled_trees_max_abs_diff_vs_xgboost']:.1e})"
+        )
     print(f"  reference: pandas row + native     {mc['reference_pandas_native_us']:>10.1f} us")
-    print(f"  {'design':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'cpu us/req':>12}")
+    print(
+        f"  {'design':<10}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'cpu us/req':>12}"
+    )
     for name, rows in (("ours", r["http"]), ("reference", r["reference_http"])):
         for x in rows:
-            print(f"  {name:<10}{x['concurrency']:>5}{x['req_per_s']:>10.0f}{x['p50_ms']:>9.2f}{x['p95_ms']:>9.2f}"
-                  f"{x['p99_ms']:>9.2f}{x['errors']:>8}{x.get('server_cpu_us_per_request', float('nan')):>12.0f}")
+            print(
+                f"  {name:<10}{x['concurrency']:>5}{x['req_per_s']:>10.0f}{x['p50_ms']:>9.2f}{x['p95_ms']:>9.2f}"
+                f"{x['p99_ms']:>9.2f}{x['errors']:>8}{x.get('server_cpu_us_per_request', float('nan')):>12.0f}"
+            )
     c16 = next(x for x in r["http"] if x["concurrency"] == 16)
     if "runs_p99_ms" in c16:
-        print(f"  c=16: median of 3 runs by p99; p99 of the runs {c16['runs_p99_ms']} ms, "
-              f"req/s {c16['runs_req_per_s']}")
+        print(
+            f"  c=16: median of 3 runs by p99; p99 of the runs {c16['runs_p99_ms']} ms, req/s {c16['runs_req_per_s']}"
+        )
     b = r["batch"]
-    print(f"  batch (1000 distinct rows/request) {b['rows_per_s']:>10,} rows/s (target >= 100,000); "
-          f"server CPU {b.get('server_cpu_us_per_row', float('nan')):.1f} us/row")
+    print(
+        f"  batch (1000 distinct rows/request) {b['rows_per_s']:>10,} rows/s (target >= 100,000); "
+        f"server CPU {b.get('server_cpu_us_per_row', float('nan')):.1f} us/row"
+    )
     st = r["stream"]
-    print(f"  stream through moto (consumer)     {st['records_per_s']:>10,.0f} records/s (target >= 2,000); "
-          f"put+consume {st['end_to_end_records_per_s']:,.0f}/s")
+    print(
+        f"  stream through moto (consumer)     {st['records_per_s']:>10,.0f} records/s (target >= 2,000); "
+        f"put+consume {st['end_to_end_records_per_s']:,.0f}/s"
+    )
     print(f"  ratios vs reference: {r['ratios_vs_reference']}")
     print(f"  targets met: {r['targets_met']}")
 

@@ -37,16 +37,25 @@ def main() -> None:
     from churnops.settings import quiet_process
 
     quiet_process()  # MLflow telemetry / Prefect analytics off here and in the servers started below
-    os.environ.update({"ENV_FILE": str(tmp / "none"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                       "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"})
+    os.environ.update(
+        {
+            "ENV_FILE": str(tmp / "none"),
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        }
+    )
     from churnops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
     mlf, mlflow_url = start_mlflow(tmp / "mlflow")
     os.environ.update({"AWS_ENDPOINT_URL": moto_url, "MLFLOW_TRACKING_URI": mlflow_url, "N_TRIALS": str(a.trials)})
-    result: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                    "data": str(DATA), "n_trials": a.trials, "targets": TARGETS}
+    result: dict = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "data": str(DATA),
+        "n_trials": a.trials,
+        "targets": TARGETS,
+    }
     try:
         from prefect.testing.utilities import prefect_test_harness
 
@@ -76,8 +85,10 @@ def main() -> None:
             "mlflow_trial_logging_s": round(trial_log_s, 2),
             "sweep_plus_logging_s": round(total, 2),
             "logging_share": round(log_s / total, 4),
-            "test_auc_roc": round(m["auc_roc"], 5), "test_pr_auc": round(m["pr_auc"], 5),
-            "test_f1": round(m["f1"], 5), "test_log_loss": round(m["log_loss"], 5),
+            "test_auc_roc": round(m["auc_roc"], 5),
+            "test_pr_auc": round(m["pr_auc"], 5),
+            "test_f1": round(m["f1"], 5),
+            "test_log_loss": round(m["log_loss"], 5),
             "threshold": round(summary["threshold"], 4),
             "onnx_max_abs_diff": summary["onnx_max_abs_diff"],
             "best_params": summary["best_params"],
@@ -112,12 +123,16 @@ def parallel_speedup(s, n_trials: int) -> dict:
     ):
         t0 = time.perf_counter()
         trials = run_sweep(prep.split, cfg)
-        out[label] = {"wall_s": round(time.perf_counter() - t0, 2),
-                      "best_val_auc": round(best_trial(trials).metrics["auc_roc"], 5),
-                      "fit_s_sum": round(sum(t.fit_seconds for t in trials), 2)}
+        out[label] = {
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "best_val_auc": round(best_trial(trials).metrics["auc_roc"], 5),
+            "fit_s_sum": round(sum(t.fit_seconds for t in trials), 2),
+        }
     out["speedup_dask2_vs_1_worker"] = round(out["serial_1_thread"]["wall_s"] / out["dask_2_workers"]["wall_s"], 2)
-    out["note"] = ("Dask gets one TPE suggestion per free worker as soon as a trial ends, so its trial sequence differs from the serial "
-                   "one; wall time includes starting the local cluster.")
+    out["note"] = (
+        "Dask gets one TPE suggestion per free worker as soon as a trial ends, so its trial sequence differs from the serial "
+        "one; wall time includes starting the local cluster."
+    )
     return out
 
 

@@ -59,13 +59,17 @@ def admin_token(s: Settings) -> str:
             raise AdminTokenError(
                 "ADMIN_TOKEN must be set in env=cloud to a secret of at least "
                 f"{MIN_CLOUD_LENGTH} characters (not empty, not the old default {OLD_DEFAULT!r}); "
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         return configured
     if configured and configured != OLD_DEFAULT:
         return configured
     if configured == OLD_DEFAULT:
-        log.warning("ADMIN_TOKEN=%s is the old published default and is ignored; the admin token is in %s",
-                    OLD_DEFAULT, token_path(s))
+        log.warning(
+            "ADMIN_TOKEN=%s is the old published default and is ignored; the admin token is in %s",
+            OLD_DEFAULT,
+            token_path(s),
+        )
     return _read_or_create(token_path(s))
 
 

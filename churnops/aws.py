@@ -26,12 +26,25 @@ def describe_endpoint_error(exc: Exception, settings: Settings | None = None) ->
     return f"AWS endpoint {s.aws_endpoint_url or 'default AWS'} unreachable or failing: {type(exc).__name__}: {exc}"
 
 
-THROTTLING_CODES = frozenset({
-    "ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException", "Throttling",
-    "RequestLimitExceeded", "SlowDown", "TooManyRequestsException", "KMSThrottlingException",
-    "InternalFailure", "InternalError", "InternalServerError", "ServiceUnavailable", "ServiceUnavailableException",
-    "RequestTimeout", "RequestTimeoutException",
-})
+THROTTLING_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "TooManyRequestsException",
+        "KMSThrottlingException",
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
 
 
 def is_transient(exc: BaseException) -> bool:

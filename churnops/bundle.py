@@ -82,8 +82,14 @@ class Bundle:
     forest: Any = None
 
     @classmethod
-    def load(cls, path: str | Path, prefer_onnx: bool = True, threads: int = 1,
-             native_min_rows: int = 0, compiled_trees: bool = False) -> "Bundle":
+    def load(
+        cls,
+        path: str | Path,
+        prefer_onnx: bool = True,
+        threads: int = 1,
+        native_min_rows: int = 0,
+        compiled_trees: bool = False,
+    ) -> "Bundle":
         from churnops.features import FeatureEncoder
 
         p = Path(path)

@@ -88,9 +88,7 @@ def check_raw_frame(raw: pd.DataFrame, contract: DatasetContract, subject: str):
             sample = raw.loc[bad, raw_col].astype(str).unique()[:3].tolist()
             report.failures.append(f"{name}: {int(bad.sum())} non-numeric value(s), e.g. {sample}")
     kept = set(contract.features) | {contract.target.name}
-    extra = sorted(
-        c for c in raw.columns if not contract.is_dropped(c) and renamed.get(c) not in kept
-    )
+    extra = sorted(c for c in raw.columns if not contract.is_dropped(c) and renamed.get(c) not in kept)
     if extra:
         report.warnings.append(f"columns not in the contract, ignored: {extra}")
     return clean, report

@@ -179,9 +179,7 @@ def check_clean_frame(df, contract: DatasetContract, subject: str = "frame") -> 
     else:
         bad = df[target].isna().sum()
         if bad:
-            report.failures.append(
-                f"{target}: {bad} row(s) with a label outside {contract.target.labels}"
-            )
+            report.failures.append(f"{target}: {bad} row(s) with a label outside {contract.target.labels}")
         elif df[target].nunique() < 2 and len(df):
             report.failures.append(f"{target}: only one class present; need both labels")
     for name, spec in contract.features.items():
@@ -212,14 +210,10 @@ def check_clean_frame(df, contract: DatasetContract, subject: str = "frame") -> 
             present = col.dropna().astype(str)
             unknown_cats = sorted(set(present.unique()) - set(spec.categories))
             if unknown_cats:
-                report.failures.append(
-                    f"{name}: unexpected categories {unknown_cats[:5]} (allowed {spec.categories})"
-                )
+                report.failures.append(f"{name}: unexpected categories {unknown_cats[:5]} (allowed {spec.categories})")
             nulls = col.isna().mean() if len(col) else 0.0
         if nulls > spec.max_null_fraction:
-            report.failures.append(
-                f"{name}: null fraction {nulls:.3f} > allowed {spec.max_null_fraction}"
-            )
+            report.failures.append(f"{name}: null fraction {nulls:.3f} > allowed {spec.max_null_fraction}")
     return report
 
 

@@ -52,7 +52,11 @@ def _prefix(s: Settings, contract: DatasetContract) -> str:
 
 
 def put_snapshot(
-    clean: pd.DataFrame, contract: DatasetContract, source: str, synthetic: bool, settings: Settings | None = None,
+    clean: pd.DataFrame,
+    contract: DatasetContract,
+    source: str,
+    synthetic: bool,
+    settings: Settings | None = None,
     extra_meta: dict[str, str] | None = None,
 ) -> Snapshot:
     """Upload `clean` unless identical content is already stored; move `latest` to it.
@@ -137,7 +141,7 @@ def snapshot_at(uri: str, contract: DatasetContract, settings: Settings | None =
 
     s = settings or get_settings()
     if uri.startswith("s3://"):
-        bucket, _, key = uri[len("s3://"):].partition("/")
+        bucket, _, key = uri[len("s3://") :].partition("/")
     else:
         bucket, key = s.bucket, f"{_prefix(s, contract)}/{uri}.csv"
     try:
@@ -146,8 +150,15 @@ def snapshot_at(uri: str, contract: DatasetContract, settings: Settings | None =
         raise FileNotFoundError(f"snapshot s3://{bucket}/{key} not found at {s.aws_endpoint_url}") from exc
     meta = head.get("Metadata", {})
     sha = meta.get("sha256") or key.rsplit("/", 1)[-1].removesuffix(".csv")
-    return Snapshot(sha, key, bucket, int(meta.get("rows", 0)), meta.get("source", ""),
-                    meta.get("synthetic") == "true", contract.name)
+    return Snapshot(
+        sha,
+        key,
+        bucket,
+        int(meta.get("rows", 0)),
+        meta.get("source", ""),
+        meta.get("synthetic") == "true",
+        contract.name,
+    )
 
 
 def snapshot_metadata(snap: Snapshot, settings: Settings | None = None) -> dict[str, str]:
@@ -165,7 +176,16 @@ def put_holdout(frame: pd.DataFrame, contract: DatasetContract, settings: Settin
     s = settings or get_settings()
     payload = canonical_csv(frame)
     key = f"{_prefix(s, contract)}/holdout/{content_sha256(payload)}.csv"
-    client("s3", s).put_object(Bucket=s.bucket, Key=key, Body=payload, ContentType="text/csv",
-                               Metadata={"sha256": content_sha256(payload), "rows": str(len(frame)),
-                                         "source": "feedback-holdout", "synthetic": "false"})
+    client("s3", s).put_object(
+        Bucket=s.bucket,
+        Key=key,
+        Body=payload,
+        ContentType="text/csv",
+        Metadata={
+            "sha256": content_sha256(payload),
+            "rows": str(len(frame)),
+            "source": "feedback-holdout",
+            "synthetic": "false",
+        },
+    )
     return f"s3://{s.bucket}/{key}"

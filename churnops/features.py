@@ -126,9 +126,7 @@ class FeatureEncoder:
         if cached is None:
             cached = {
                 "ordinal": [(n, {c: i for i, c in enumerate(cats)}) for n, cats in self.ordinal],
-                "categorical": [
-                    (n, {c: i for i, c in enumerate(cats)}, len(cats)) for n, cats in self.categorical
-                ],
+                "categorical": [(n, {c: i for i, c in enumerate(cats)}, len(cats)) for n, cats in self.categorical],
             }
             object.__setattr__(self, "_lookup_cache", cached)
         return cached

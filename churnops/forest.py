@@ -30,8 +30,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MAX_DEPTH = 12          # 4,096 leaves per tree once padded; deeper ensembles stay on XGBoost
-BLOCK_ROWS = 64         # rows evaluated together per tree (measured best among 32-256)
+MAX_DEPTH = 12  # 4,096 leaves per tree once padded; deeper ensembles stay on XGBoost
+BLOCK_ROWS = 64  # rows evaluated together per tree (measured best among 32-256)
 CHECK_TOLERANCE = 1e-6  # largest margin difference from XGBoost accepted at load (measured: 0)
 _OBJECTIVES = ("binary:logistic", "reg:logistic")
 
@@ -134,9 +134,9 @@ class Forest:
     block to read (feature, or feature + n_features where NaN goes right) and the threshold; the
     leaves left to right with the XGBoost node each one stands for; and the base margin."""
 
-    rowsel: np.ndarray      # int32 [trees, 2**depth - 1]
+    rowsel: np.ndarray  # int32 [trees, 2**depth - 1]
     thresholds: np.ndarray  # float32 [trees, 2**depth - 1]
-    leaves: np.ndarray      # float32 [trees, 2**depth]
+    leaves: np.ndarray  # float32 [trees, 2**depth]
     leaf_nodes: np.ndarray  # int32 [trees, 2**depth]: XGBoost's node id of each padded leaf
     depth: int
     base_margin: np.float32
@@ -166,7 +166,7 @@ class Forest:
         if depth > MAX_DEPTH:
             return None
         n_features = int(params["num_feature"])
-        inner, width = 2 ** depth - 1, 2 ** depth
+        inner, width = 2**depth - 1, 2**depth
         rowsel = np.zeros((len(trees), inner), np.int32)
         thr = np.zeros((len(trees), inner), np.float32)
         leaves = np.zeros((len(trees), width), np.float32)
@@ -213,7 +213,7 @@ class Forest:
         if not diff <= CHECK_TOLERANCE:
             return f"margins differ by {diff:.3g}"
         for start in range(0, len(X), 8192):  # bounded memory: rows x trees leaf ids per chunk
-            chunk = X[start:start + 8192]
+            chunk = X[start : start + 8192]
             want = booster.predict(xgb.DMatrix(chunk, missing=np.nan), pred_leaf=True)
             want = np.asarray(want).astype(np.int64).reshape(len(chunk), -1)
             got = self.leaf_nodes_of(chunk)
@@ -287,12 +287,19 @@ def _depth(tree: dict) -> int:
     return best
 
 
-def _lay_out(tree: dict, depth: int, rowsel: np.ndarray, thr: np.ndarray, leaves: np.ndarray,
-             leaf_nodes: np.ndarray, n_features: int):
+def _lay_out(
+    tree: dict,
+    depth: int,
+    rowsel: np.ndarray,
+    thr: np.ndarray,
+    leaves: np.ndarray,
+    leaf_nodes: np.ndarray,
+    n_features: int,
+):
     """Fill one tree's padded arrays (breadth-first positions: children of p at 2p+1 and 2p+2)."""
     left, right = tree["left_children"], tree["right_children"]
     feat, cond, default_left = tree["split_indices"], tree["split_conditions"], tree["default_left"]
-    inner = 2 ** depth - 1
+    inner = 2**depth - 1
     stack = [(0, 0, 0)]  # (node id, position, level)
     while stack:
         nid, pos, level = stack.pop()

@@ -29,8 +29,14 @@ log = logging.getLogger(__name__)
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 BLOCKED, AWAITING, PROMOTED, REJECTED, EXPIRED = "blocked", "awaiting approval", "promoted", "rejected", "expired"
-KNOWN_RULES = ("min_test_auc_roc", "max_calibration_error", "min_improvement_auc_roc", "require_onnx_parity",
-               "require_contract", "max_latency_ms")
+KNOWN_RULES = (
+    "min_test_auc_roc",
+    "max_calibration_error",
+    "min_improvement_auc_roc",
+    "require_onnx_parity",
+    "require_contract",
+    "max_latency_ms",
+)
 
 
 @dataclass
@@ -48,7 +54,9 @@ def load_rules(task: str = "binary_classification", path: str | Path | None = No
     """The rules of `task` (or of the YAML file `path`), checked for unknown names."""
     p = Path(path) if path else RULES_DIR / f"{task}.yaml"
     if not p.exists():
-        raise FileNotFoundError(f"promotion rules {p} not found (tasks: {sorted(x.stem for x in RULES_DIR.glob('*.yaml'))})")
+        raise FileNotFoundError(
+            f"promotion rules {p} not found (tasks: {sorted(x.stem for x in RULES_DIR.glob('*.yaml'))})"
+        )
     raw = yaml.safe_load(p.read_text()) or {}
     rules = raw.get("rules")
     if not isinstance(rules, dict):
@@ -91,15 +99,32 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
         else:
             out.append(RuleResult(name, bool(ok(value, limit)), float(value), limit, f"{what} {value:.4f} vs {limit}"))
 
-    limit_rule("min_test_auc_roc", evidence.get("test_auc_roc"), rules.get("min_test_auc_roc"),
-               lambda v, lim: v >= lim, "test AUC-ROC")
-    limit_rule("max_calibration_error", evidence.get("calibration_error"), rules.get("max_calibration_error"),
-               lambda v, lim: v <= lim, "calibration error (ECE)")
+    limit_rule(
+        "min_test_auc_roc",
+        evidence.get("test_auc_roc"),
+        rules.get("min_test_auc_roc"),
+        lambda v, lim: v >= lim,
+        "test AUC-ROC",
+    )
+    limit_rule(
+        "max_calibration_error",
+        evidence.get("calibration_error"),
+        rules.get("max_calibration_error"),
+        lambda v, lim: v <= lim,
+        "calibration error (ECE)",
+    )
     min_gain = rules.get("min_improvement_auc_roc")
     if min_gain is not None:
         if evidence.get("champion_error"):
-            out.append(RuleResult("min_improvement_auc_roc", False, None, min_gain,
-                                  f"champion could not be re-scored: {evidence['champion_error']}"))
+            out.append(
+                RuleResult(
+                    "min_improvement_auc_roc",
+                    False,
+                    None,
+                    min_gain,
+                    f"champion could not be re-scored: {evidence['champion_error']}",
+                )
+            )
         elif not evidence.get("comparisons"):
             out.append(RuleResult("min_improvement_auc_roc", True, None, min_gain, "no champion to beat"))
         else:
@@ -107,18 +132,41 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
             for c in evidence["comparisons"]:
                 gain = float(c["challenger_auc_roc"]) - float(c["champion_auc_roc"])
                 worst = gain if worst is None else min(worst, gain)
-                parts.append(f"{c['on']}: {c['challenger_auc_roc']:.4f} vs champion {c['champion_auc_roc']:.4f} "
-                             f"({gain:+.4f})")
-            out.append(RuleResult("min_improvement_auc_roc", worst >= min_gain, worst, min_gain,
-                                  "; ".join(parts) + f"; need >= {min_gain:+.4f}"))
-    for name, key, what in (("require_onnx_parity", "onnx_parity_passed", "ONNX parity"),
-                            ("require_contract", "contract_passed", "data contract")):
+                parts.append(
+                    f"{c['on']}: {c['challenger_auc_roc']:.4f} vs champion {c['champion_auc_roc']:.4f} ({gain:+.4f})"
+                )
+            out.append(
+                RuleResult(
+                    "min_improvement_auc_roc",
+                    worst >= min_gain,
+                    worst,
+                    min_gain,
+                    "; ".join(parts) + f"; need >= {min_gain:+.4f}",
+                )
+            )
+    for name, key, what in (
+        ("require_onnx_parity", "onnx_parity_passed", "ONNX parity"),
+        ("require_contract", "contract_passed", "data contract"),
+    ):
         if rules.get(name):
             ok = bool(evidence.get(key))
-            out.append(RuleResult(name, ok, ok, True, f"{what} {'passed' if ok else 'failed'}"
-                                  + (f": {evidence.get(key + '_detail')}" if evidence.get(key + "_detail") else "")))
-    limit_rule("max_latency_ms", evidence.get("latency_ms_p95"), rules.get("max_latency_ms"),
-               lambda v, lim: v <= lim, "p95 single-row latency ms")
+            out.append(
+                RuleResult(
+                    name,
+                    ok,
+                    ok,
+                    True,
+                    f"{what} {'passed' if ok else 'failed'}"
+                    + (f": {evidence.get(key + '_detail')}" if evidence.get(key + "_detail") else ""),
+                )
+            )
+    limit_rule(
+        "max_latency_ms",
+        evidence.get("latency_ms_p95"),
+        rules.get("max_latency_ms"),
+        lambda v, lim: v <= lim,
+        "p95 single-row latency ms",
+    )
     return out
 
 
@@ -141,20 +189,40 @@ def actor() -> str:
 # ---- audit ------------------------------------------------------------------------------------------
 
 
-def record_audit(s: Settings, action: str, model: str, from_version: str | None, to_version: str | None,
-                 reason: str = "", rules: list[dict] | None = None, who: str | None = None, **extra) -> dict:
+def record_audit(
+    s: Settings,
+    action: str,
+    model: str,
+    from_version: str | None,
+    to_version: str | None,
+    reason: str = "",
+    rules: list[dict] | None = None,
+    who: str | None = None,
+    **extra,
+) -> dict:
     """Append an audit record to the prediction store and tag the model version(s) it names."""
     from churnops.registry import client
     from serving.store_factory import open_store
 
-    rec = {"ts": time.time(), "actor": who or actor(), "action": action, "model": model,
-           "from_version": from_version, "to_version": to_version, "reason": reason or "", "rules": rules or [], **extra}
+    rec = {
+        "ts": time.time(),
+        "actor": who or actor(),
+        "action": action,
+        "model": model,
+        "from_version": from_version,
+        "to_version": to_version,
+        "reason": reason or "",
+        "rules": rules or [],
+        **extra,
+    }
     store = open_store(s)
     try:
         rec = store.add_audit(rec)
     finally:
         store.close()
-    tag = json.dumps({k: rec[k] for k in ("ts", "actor", "action", "from_version", "to_version", "reason")}, default=str)
+    tag = json.dumps(
+        {k: rec[k] for k in ("ts", "actor", "action", "from_version", "to_version", "reason")}, default=str
+    )
     for v in {x for x in (to_version, from_version) if x}:
         try:
             client(s).set_model_version_tag(model, str(v), f"audit.{rec['_id']}", tag[:5000])
@@ -163,8 +231,9 @@ def record_audit(s: Settings, action: str, model: str, from_version: str | None,
     return rec
 
 
-def set_outcome(s: Settings, version: str, outcome: str, results: list[RuleResult] | None = None,
-                reason: str = "") -> None:
+def set_outcome(
+    s: Settings, version: str, outcome: str, results: list[RuleResult] | None = None, reason: str = ""
+) -> None:
     """The challenger's outcome (and its rule results) as tags on its model version."""
     from churnops.registry import client
 
@@ -182,8 +251,14 @@ def set_outcome(s: Settings, version: str, outcome: str, results: list[RuleResul
 # ---- promote / rollback -------------------------------------------------------------------------------
 
 
-def promote(version: str, reason: str, s: Settings | None = None, who: str | None = None,
-            rules: list[dict] | None = None, action: str = "promote") -> str | None:
+def promote(
+    version: str,
+    reason: str,
+    s: Settings | None = None,
+    who: str | None = None,
+    rules: list[dict] | None = None,
+    action: str = "promote",
+) -> str | None:
     """Make `version` the champion (the old one becomes `previous`); audited. Returns the old version."""
     from churnops.registry import alias_version, client
 
@@ -204,7 +279,9 @@ def promote(version: str, reason: str, s: Settings | None = None, who: str | Non
     return old
 
 
-def rollback(reason: str, version: str | None = None, s: Settings | None = None, who: str | None = None) -> tuple[str, str]:
+def rollback(
+    reason: str, version: str | None = None, s: Settings | None = None, who: str | None = None
+) -> tuple[str, str]:
     """Move `champion` to `version` (default: alias `previous`, else the version the champion
     replaced); an intent record is written before and an audit record after. Returns (from, to).
     """
@@ -218,10 +295,19 @@ def rollback(reason: str, version: str | None = None, s: Settings | None = None,
     target = str(version) if version else None
     if target is None:
         prev = alias_version(s.model_name, PREVIOUS, s)
-        target = prev.version if prev is not None and prev.version != current.version else current.tags.get("previous_champion")
+        target = (
+            prev.version
+            if prev is not None and prev.version != current.version
+            else current.tags.get("previous_champion")
+        )
     if not target:
-        older = sorted((int(v.version) for v in c.search_model_versions(f"name='{s.model_name}'")
-                        if int(v.version) < int(current.version)))
+        older = sorted(
+            (
+                int(v.version)
+                for v in c.search_model_versions(f"name='{s.model_name}'")
+                if int(v.version) < int(current.version)
+            )
+        )
         if not older:
             raise LookupError(f"{s.model_name} v{current.version} is the only candidate: nothing to roll back to")
         target = str(older[-1])

@@ -28,14 +28,14 @@ Policy = Literal["append", "sliding", "replace"]
 class LabelReport:
     """What happened to every label in the window."""
 
-    labels: int = 0                 # feedback records read
-    joined: int = 0                 # rows produced (one per request id)
-    unknown_ids: int = 0            # no prediction logged for the id (at or before the label)
-    duplicates: int = 0             # extra labels for an id, same outcome (used once)
-    conflicting: int = 0            # ids labelled with different outcomes (dropped)
-    invalid_outcomes: int = 0       # outcome not 0/1
-    invalid_features: int = 0       # logged features break the contract (dropped)
-    late: int = 0                   # joined labels that came more than `late_after_s` after the prediction
+    labels: int = 0  # feedback records read
+    joined: int = 0  # rows produced (one per request id)
+    unknown_ids: int = 0  # no prediction logged for the id (at or before the label)
+    duplicates: int = 0  # extra labels for an id, same outcome (used once)
+    conflicting: int = 0  # ids labelled with different outcomes (dropped)
+    invalid_outcomes: int = 0  # outcome not 0/1
+    invalid_features: int = 0  # logged features break the contract (dropped)
+    late: int = 0  # joined labels that came more than `late_after_s` after the prediction
     by_source: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)  # a few examples, for the report
 
@@ -55,8 +55,13 @@ def _outcome(v) -> int | None:
     return None
 
 
-def join_labels(predictions: list[dict], feedback: list[dict], contract: DatasetContract,
-                late_after_s: float = 86_400.0, max_problems: int = 20) -> tuple[pd.DataFrame, LabelReport]:
+def join_labels(
+    predictions: list[dict],
+    feedback: list[dict],
+    contract: DatasetContract,
+    late_after_s: float = 86_400.0,
+    max_problems: int = 20,
+) -> tuple[pd.DataFrame, LabelReport]:
     """Join labels to logged features by `request_id`; returns (clean frame with target and
     `label_ts`, `prediction_ts`, `request_id`, `source` columns, report)."""
     rep = LabelReport(labels=len(feedback))
@@ -92,8 +97,10 @@ def join_labels(predictions: list[dict], feedback: list[dict], contract: Dataset
                 rep.problems.append(f"{rid}: no prediction logged for this request id")
             continue
         pred = max(before, key=lambda p: float(p.get("ts", 0.0)))
-        feats = {k: (v if v is not None else (contract.unknown_markers[0] if contract.unknown_markers else v))
-                 for k, v in (pred.get("features") or {}).items()}
+        feats = {
+            k: (v if v is not None else (contract.unknown_markers[0] if contract.unknown_markers else v))
+            for k, v in (pred.get("features") or {}).items()
+        }
         checked = validate_record(feats, contract)
         if not checked.ok:
             rep.invalid_features += 1
@@ -104,17 +111,30 @@ def join_labels(predictions: list[dict], feedback: list[dict], contract: Dataset
             rep.late += 1
         src = str(pred.get("source", "unknown"))
         rep.by_source[src] = rep.by_source.get(src, 0) + 1
-        rows.append({**checked.values, target: outcome, "request_id": rid, "source": src,
-                     "prediction_ts": float(pred["ts"]), "label_ts": label_ts})
+        rows.append(
+            {
+                **checked.values,
+                target: outcome,
+                "request_id": rid,
+                "source": src,
+                "prediction_ts": float(pred["ts"]),
+                "label_ts": label_ts,
+            }
+        )
     rep.joined = len(rows)
     cols = [*contract.feature_names, target, "request_id", "source", "prediction_ts", "label_ts"]
     df = pd.DataFrame(rows, columns=cols).sort_values(["label_ts", "request_id"], kind="stable").reset_index(drop=True)
     return df, rep
 
 
-def build_training_set(parent: pd.DataFrame | None, new: pd.DataFrame, contract: DatasetContract,
-                       policy: Policy = "append", window_rows: int | None = None,
-                       holdout_fraction: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_training_set(
+    parent: pd.DataFrame | None,
+    new: pd.DataFrame,
+    contract: DatasetContract,
+    policy: Policy = "append",
+    window_rows: int | None = None,
+    holdout_fraction: float = 0.2,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training frame, held-out slice): the newest `holdout_fraction` of `new` (by label time) is
     held out; the rest joins the parent per `policy` (append; sliding: the newest `window_rows`
     rows, parent rows counting as older; replace: the new rows only)."""
@@ -127,12 +147,12 @@ def build_training_set(parent: pd.DataFrame | None, new: pd.DataFrame, contract:
     cols = [*contract.feature_names, contract.target.name]
     new = new.sort_values("label_ts", kind="stable") if "label_ts" in new else new
     n_hold = int(round(len(new) * holdout_fraction))
-    holdout = new.iloc[len(new) - n_hold:][cols].reset_index(drop=True)
-    fresh = new.iloc[:len(new) - n_hold][cols]
+    holdout = new.iloc[len(new) - n_hold :][cols].reset_index(drop=True)
+    fresh = new.iloc[: len(new) - n_hold][cols]
     if policy == "replace" or parent is None:
         train = fresh
     else:
         train = pd.concat([parent[cols], fresh], ignore_index=True)
         if policy == "sliding":
-            train = train.iloc[-int(window_rows):]
+            train = train.iloc[-int(window_rows) :]
     return train.reset_index(drop=True), holdout

@@ -49,8 +49,12 @@ class Server:
         self.log = log
         self.fh = open(log, "w")
         self.proc = subprocess.Popen(
-            args, stdout=self.fh, stderr=subprocess.STDOUT, env=quiet_env({**os.environ, **(env or {})}),
-            cwd=cwd, start_new_session=True,
+            args,
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            env=quiet_env({**os.environ, **(env or {})}),
+            cwd=cwd,
+            start_new_session=True,
         )
 
     def stop(self) -> None:
@@ -68,8 +72,9 @@ class Server:
 
 def start_moto(folder: Path) -> tuple[Server, str]:
     port = free_port()
-    srv = Server([str(BIN / "python"), "-m", "churnops.motoserver", "-H", "127.0.0.1", "-p", str(port)],
-                 folder / "moto.log")
+    srv = Server(
+        [str(BIN / "python"), "-m", "churnops.motoserver", "-H", "127.0.0.1", "-p", str(port)], folder / "moto.log"
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/moto-api/", 60, srv.proc, folder / "moto.log")
     return srv, url
@@ -78,10 +83,23 @@ def start_moto(folder: Path) -> tuple[Server, str]:
 def start_mlflow(folder: Path) -> tuple[Server, str]:
     port = free_port()
     srv = Server(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
-         "--serve-artifacts"],
-        folder / "mlflow.log", cwd=folder,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/mlflow.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--serve-artifacts",
+        ],
+        folder / "mlflow.log",
+        cwd=folder,
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", 120, srv.proc, folder / "mlflow.log")

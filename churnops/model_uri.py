@@ -32,8 +32,7 @@ class ModelUriError(ValueError):
 
 def accepted(s: Settings) -> str:
     """The accepted forms, for error messages and docs."""
-    return (f"runs:/<32-hex run id>/<artifact path>, models:/{s.model_name}@<alias> "
-            f"or models:/{s.model_name}/<version>")
+    return f"runs:/<32-hex run id>/<artifact path>, models:/{s.model_name}@<alias> or models:/{s.model_name}/<version>"
 
 
 def check_run_id(value: object, field: str = "run_id") -> str:
@@ -58,8 +57,9 @@ def check_model_uri(value: object, s: Settings, field: str = "model_uri", allow_
         return value
     prefix = f"models:/{s.model_name}"
     if value.startswith(prefix):
-        rest = value[len(prefix):]
+        rest = value[len(prefix) :]
         if (rest.startswith("@") and _ALIAS.fullmatch(rest[1:])) or (
-                rest.startswith("/") and _VERSION.fullmatch(rest[1:])):
+            rest.startswith("/") and _VERSION.fullmatch(rest[1:])
+        ):
             return value
     raise ModelUriError(field, f"{value[:80]!r} is not accepted; expected {accepted(s)}")

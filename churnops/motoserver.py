@@ -20,8 +20,9 @@ import threading
 
 def is_kinesis(environ: dict) -> bool:
     """A Kinesis API call: JSON protocol (X-Amz-Target) or the RPC-v2 CBOR path."""
-    return (environ.get("HTTP_X_AMZ_TARGET", "").startswith("Kinesis_")
-            or "/service/Kinesis_" in environ.get("PATH_INFO", ""))
+    return environ.get("HTTP_X_AMZ_TARGET", "").startswith("Kinesis_") or "/service/Kinesis_" in environ.get(
+        "PATH_INFO", ""
+    )
 
 
 def one_kinesis_call_at_a_time(app):
@@ -53,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto_server does
     app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, one_kinesis_call_at_a_time(app), threaded=True,
-               request_handler=MotoRequestHandler)
+    run_simple(args.host, args.port, one_kinesis_call_at_a_time(app), threaded=True, request_handler=MotoRequestHandler)
 
 
 if __name__ == "__main__":

@@ -98,9 +98,14 @@ def prepare(clean: pd.DataFrame, contract: DatasetContract, s: Settings) -> Prep
 
 def sweep_config(s: Settings, n_trials: int | None = None) -> SweepConfig:
     return SweepConfig(
-        n_trials=n_trials or s.n_trials, seed=s.seed, max_trees=s.max_trees,
-        early_stopping=s.early_stopping_rounds, threads=s.train_threads,
-        executor=s.sweep_executor, dask_address=s.dask_address, dask_workers=s.dask_workers,
+        n_trials=n_trials or s.n_trials,
+        seed=s.seed,
+        max_trees=s.max_trees,
+        early_stopping=s.early_stopping_rounds,
+        threads=s.train_threads,
+        executor=s.sweep_executor,
+        dask_address=s.dask_address,
+        dask_workers=s.dask_workers,
     )
 
 
@@ -108,9 +113,14 @@ def training_config(s: Settings, contract: DatasetContract) -> dict:
     """What determines a run's result besides the data: hashed into the `config_hash` tag."""
     return {
         "contract": contract.fingerprint(),
-        "n_trials": s.n_trials, "seed": s.seed, "test_size": s.test_size, "val_size": s.val_size,
-        "max_trees": s.max_trees, "early_stopping_rounds": s.early_stopping_rounds,
-        "threshold_strategy": s.threshold_strategy, "target_precision": s.target_precision,
+        "n_trials": s.n_trials,
+        "seed": s.seed,
+        "test_size": s.test_size,
+        "val_size": s.val_size,
+        "max_trees": s.max_trees,
+        "early_stopping_rounds": s.early_stopping_rounds,
+        "threshold_strategy": s.threshold_strategy,
+        "target_precision": s.target_precision,
         "sweep_executor": s.sweep_executor,
     }
 
@@ -122,7 +132,13 @@ class TrialLogger:
     """Logs each finished trial as a nested MLflow run (3 calls: create, batch, terminate)."""
 
     def __init__(self, mlflow_client, experiment_id: str, parent_run_id: str, timer: Timer, progress=None):
-        self.c, self.exp, self.parent, self.timer, self.progress = mlflow_client, experiment_id, parent_run_id, timer, progress
+        self.c, self.exp, self.parent, self.timer, self.progress = (
+            mlflow_client,
+            experiment_id,
+            parent_run_id,
+            timer,
+            progress,
+        )
         self.best_auc = -1.0
 
     def __call__(self, tr: TrialResult) -> None:
@@ -131,7 +147,8 @@ class TrialLogger:
         now = int(time.time() * 1000)
         with self.timer:
             run = self.c.create_run(
-                self.exp, run_name=f"trial-{tr.number:03d}",
+                self.exp,
+                run_name=f"trial-{tr.number:03d}",
                 tags={"mlflow.parentRunId": self.parent, "trial": str(tr.number)},
             )
             params = [Param(k, repr(v) if isinstance(v, float) else str(v)) for k, v in tr.params.items()]
@@ -163,8 +180,15 @@ def start_parent_run(s: Settings, tags: dict) -> tuple[str, str]:
 # ---- sweep and refit ----------------------------------------------------------------------------------
 
 
-def sweep(prep: Prepared, s: Settings, exp_id: str, parent_run_id: str, timer: Timer,
-          n_trials: int | None = None, show_progress: bool = True) -> list[TrialResult]:
+def sweep(
+    prep: Prepared,
+    s: Settings,
+    exp_id: str,
+    parent_run_id: str,
+    timer: Timer,
+    n_trials: int | None = None,
+    show_progress: bool = True,
+) -> list[TrialResult]:
     """Run the TPE sweep; every trial becomes a nested run of `parent_run_id`."""
     from tqdm.auto import tqdm
 
@@ -229,7 +253,9 @@ def load_alias_bundle(s: Settings, alias: str = "champion"):
         return None, None
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{s.model_name}/{mv.version}", dst_path=tmp))
+        root = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{s.model_name}/{mv.version}", dst_path=tmp)
+        )
         metas = sorted(root.rglob("meta.json"))
         if not metas:
             raise FileNotFoundError(f"no model bundle in {s.model_name} v{mv.version}")
@@ -242,8 +268,16 @@ def auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(roc_auc_score(y, proba)) if len(np.unique(y)) == 2 else float("nan")
 
 
-def governance_evidence(model, prep: Prepared, ev: dict, contract: DatasetContract, s: Settings,
-                        onnx_diff: float, fresh: pd.DataFrame | None = None, measure_latency: bool = False) -> dict:
+def governance_evidence(
+    model,
+    prep: Prepared,
+    ev: dict,
+    contract: DatasetContract,
+    s: Settings,
+    onnx_diff: float,
+    fresh: pd.DataFrame | None = None,
+    measure_latency: bool = False,
+) -> dict:
     """What the promotion rules judge: the challenger's test metrics and calibration, and the
     champion re-scored on the same evaluation data (the challenger's test split, and `fresh`, the
     held-out slice of the newest labelled rows, when given)."""
@@ -254,8 +288,11 @@ def governance_evidence(model, prep: Prepared, ev: dict, contract: DatasetContra
     evidence: dict = {
         "test_auc_roc": float(ev["metrics"]["auc_roc"]),
         "calibration_error": expected_calibration_error(y_test, ev["test_proba"]),
-        "onnx_parity_passed": bool(onnx_diff <= s.onnx_tolerance), "onnx_max_abs_diff": float(onnx_diff),
-        "contract_passed": True, "contract_fingerprint": contract.fingerprint(), "comparisons": [],
+        "onnx_parity_passed": bool(onnx_diff <= s.onnx_tolerance),
+        "onnx_max_abs_diff": float(onnx_diff),
+        "contract_passed": True,
+        "contract_fingerprint": contract.fingerprint(),
+        "comparisons": [],
     }
     frames = [("test split", prep.clean.iloc[prep.idx_test], ev["test_proba"])]
     if fresh is not None and len(fresh):
@@ -271,14 +308,22 @@ def governance_evidence(model, prep: Prepared, ev: dict, contract: DatasetContra
         fp = champ.meta.get("contract_fingerprint")
         if fp and fp != contract.fingerprint():
             evidence["contract_passed"] = False
-            evidence["contract_passed_detail"] = (f"champion v{mv.version} was trained with contract {fp[:12]}, "
-                                                  f"this model with {contract.fingerprint()[:12]}")
+            evidence["contract_passed_detail"] = (
+                f"champion v{mv.version} was trained with contract {fp[:12]}, "
+                f"this model with {contract.fingerprint()[:12]}"
+            )
         try:
             for name, frame, proba in frames:
                 y = frame[target].to_numpy().astype(int)
                 champ_p = champ.predict_matrix(champ.encoder.transform_frame(frame))
-                evidence["comparisons"].append({"on": name, "rows": int(len(frame)),
-                                                "challenger_auc_roc": auc(y, proba), "champion_auc_roc": auc(y, champ_p)})
+                evidence["comparisons"].append(
+                    {
+                        "on": name,
+                        "rows": int(len(frame)),
+                        "challenger_auc_roc": auc(y, proba),
+                        "champion_auc_roc": auc(y, champ_p),
+                    }
+                )
         except Exception as exc:
             evidence["champion_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     if measure_latency:
@@ -286,7 +331,7 @@ def governance_evidence(model, prep: Prepared, ev: dict, contract: DatasetContra
         times = []
         for i in range(len(X)):
             t0 = time.perf_counter()
-            model.predict_proba(X[i:i + 1])
+            model.predict_proba(X[i : i + 1])
             times.append((time.perf_counter() - t0) * 1000)
         evidence["latency_ms_p95"] = float(np.percentile(times, 95)) if times else None
     return evidence
@@ -304,15 +349,19 @@ def baseline_statistics(clean: pd.DataFrame, contract: DatasetContract, bins: in
             v = col.dropna().to_numpy(dtype=float)
             edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1))) if len(v) else np.array([])
             out["features"][name] = {
-                "kind": "numeric", "mean": float(v.mean()) if len(v) else None,
+                "kind": "numeric",
+                "mean": float(v.mean()) if len(v) else None,
                 "std": float(v.std()) if len(v) else None,
-                "min": float(v.min()) if len(v) else None, "max": float(v.max()) if len(v) else None,
-                "quantile_edges": edges.tolist(), "null_fraction": float(col.isna().mean()),
+                "min": float(v.min()) if len(v) else None,
+                "max": float(v.max()) if len(v) else None,
+                "quantile_edges": edges.tolist(),
+                "null_fraction": float(col.isna().mean()),
             }
         else:
             freq = col.fillna("<missing>").value_counts(normalize=True)
             out["features"][name] = {
-                "kind": spec.kind, "frequencies": {str(k): float(v) for k, v in freq.items()},
+                "kind": spec.kind,
+                "frequencies": {str(k): float(v) for k, v in freq.items()},
                 "null_fraction": float(col.isna().mean()),
             }
     target = contract.target.name
@@ -364,8 +413,16 @@ def data_profile_html(clean: pd.DataFrame, contract: DatasetContract, path: Path
 
 
 def log_and_register(
-    model, prep: Prepared, ev: dict, best: TrialResult, trials: list[TrialResult],
-    contract: DatasetContract, s: Settings, parent_run_id: str, timer: Timer, lineage: dict,
+    model,
+    prep: Prepared,
+    ev: dict,
+    best: TrialResult,
+    trials: list[TrialResult],
+    contract: DatasetContract,
+    s: Settings,
+    parent_run_id: str,
+    timer: Timer,
+    lineage: dict,
     data_profile: bool = True,
 ) -> TrainOutcome:
     """Bundle + ONNX parity gate, log everything to the parent run, then register."""
@@ -382,11 +439,18 @@ def log_and_register(
         raise ParityError(f"ONNX parity {diff:.2e} > tolerance {s.onnx_tolerance:.0e}: model not registered")
 
     meta = {
-        "model_name": s.model_name, "dataset": contract.name, "target": contract.target.name,
+        "model_name": s.model_name,
+        "dataset": contract.name,
+        "target": contract.target.name,
         "contract_fingerprint": contract.fingerprint(),
-        "features": contract.feature_names, "test_metrics": ev["metrics"], "best_params": best.params,
-        "n_trees": best.n_trees, "onnx_max_abs_diff": diff, "run_id": parent_run_id,
-        "threshold_strategy": s.threshold_strategy, **{k: v for k, v in lineage.items() if not k.startswith("pkg.")},
+        "features": contract.feature_names,
+        "test_metrics": ev["metrics"],
+        "best_params": best.params,
+        "n_trees": best.n_trees,
+        "onnx_max_abs_diff": diff,
+        "run_id": parent_run_id,
+        "threshold_strategy": s.threshold_strategy,
+        **{k: v for k, v in lineage.items() if not k.startswith("pkg.")},
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -394,19 +458,29 @@ def log_and_register(
         art = tmp / "artifacts"
         art.mkdir()
         (art / "contract.yaml").write_text(contract_yaml(contract))
-        (art / "evaluation.json").write_text(json.dumps(
-            {k: v for k, v in ev.items() if k != "test_proba"} | {"onnx_max_abs_diff": diff}, indent=1))
-        (art / "threshold.json").write_text(json.dumps(
-            {"threshold": ev["threshold"], "strategy": s.threshold_strategy, "target_precision": s.target_precision}))
-        (art / "baseline_stats.json").write_text(json.dumps(baseline_statistics(prep.clean.iloc[prep.idx_train], contract), indent=1))
+        (art / "evaluation.json").write_text(
+            json.dumps({k: v for k, v in ev.items() if k != "test_proba"} | {"onnx_max_abs_diff": diff}, indent=1)
+        )
+        (art / "threshold.json").write_text(
+            json.dumps(
+                {"threshold": ev["threshold"], "strategy": s.threshold_strategy, "target_precision": s.target_precision}
+            )
+        )
+        (art / "baseline_stats.json").write_text(
+            json.dumps(baseline_statistics(prep.clean.iloc[prep.idx_train], contract), indent=1)
+        )
         ref = prep.clean.iloc[prep.idx_train]
         if len(ref) > s.reference_sample_rows:
             ref = ref.sample(s.reference_sample_rows, random_state=s.seed)
         ref = ref.copy()
         ref["prediction"] = model.predict_proba(prep.encoder.transform_frame(ref))[:, 1]
         ref.to_csv(art / "reference_sample.csv", index=False)
-        pd.DataFrame([{"trial": t.number, **t.params, "n_trees": t.n_trees, **{f"val_{k}": v for k, v in t.metrics.items()}}
-                      for t in trials]).to_csv(art / "trials.csv", index=False)
+        pd.DataFrame(
+            [
+                {"trial": t.number, **t.params, "n_trees": t.n_trees, **{f"val_{k}": v for k, v in t.metrics.items()}}
+                for t in trials
+            ]
+        ).to_csv(art / "trials.csv", index=False)
         _plots(ev, art)
         if data_profile:
             data_profile_html(prep.clean, contract, art / "data_profile.html")
@@ -422,22 +496,50 @@ def log_and_register(
             warnings.simplefilter("ignore", UserWarning)
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
             with mlflow.start_run(run_id=parent_run_id):
-                mlflow.log_params({k: (repr(v) if isinstance(v, float) else v) for k, v in best.params.items()} | {"n_trees": best.n_trees})
-                mlflow.log_metrics({f"test_{k}": v for k, v in ev["metrics"].items()}
-                                   | {"threshold": ev["threshold"], "onnx_max_abs_diff": diff,
-                                      "best_val_auc_roc": best.metrics["auc_roc"], "n_trials": len(trials)})
+                mlflow.log_params(
+                    {k: (repr(v) if isinstance(v, float) else v) for k, v in best.params.items()}
+                    | {"n_trees": best.n_trees}
+                )
+                mlflow.log_metrics(
+                    {f"test_{k}": v for k, v in ev["metrics"].items()}
+                    | {
+                        "threshold": ev["threshold"],
+                        "onnx_max_abs_diff": diff,
+                        "best_val_auc_roc": best.metrics["auc_roc"],
+                        "n_trials": len(trials),
+                    }
+                )
                 mlflow.log_artifacts(str(art))
                 info = mlflow.pyfunc.log_model(
-                    name="model", python_model=ChurnPyfunc(), artifacts={"bundle": str(bundle_dir)},
-                    signature=signature, pip_requirements=["xgboost", "onnxruntime", "pandas", "numpy", "mlflow"],
+                    name="model",
+                    python_model=ChurnPyfunc(),
+                    artifacts={"bundle": str(bundle_dir)},
+                    signature=signature,
+                    pip_requirements=["xgboost", "onnxruntime", "pandas", "numpy", "mlflow"],
                     code_paths=[str(Path(__file__).resolve().parent)],
                 )
         with timer:
-            version, aliases = register(parent_run_id, info.model_uri, s, tags={
-                "run_id": parent_run_id, "dataset": contract.name, "contract_fingerprint": contract.fingerprint()})
+            version, aliases = register(
+                parent_run_id,
+                info.model_uri,
+                s,
+                tags={
+                    "run_id": parent_run_id,
+                    "dataset": contract.name,
+                    "contract_fingerprint": contract.fingerprint(),
+                },
+            )
             mlflow.MlflowClient(s.mlflow_tracking_uri).set_tag(parent_run_id, "registered_version", str(version))
     return TrainOutcome(
-        run_id=parent_run_id, model_uri=info.model_uri, version=str(version), aliases=aliases,
-        best_params=best.params, test_metrics=ev["metrics"], threshold=ev["threshold"],
-        onnx_max_abs_diff=diff, n_trials=len(trials), sweep_seconds=0.0, logging_seconds=timer.seconds,
+        run_id=parent_run_id,
+        model_uri=info.model_uri,
+        version=str(version),
+        aliases=aliases,
+        best_params=best.params,
+        test_metrics=ev["metrics"],
+        threshold=ev["threshold"],
+        onnx_max_abs_diff=diff,
+        n_trials=len(trials),
+        sweep_seconds=0.0,
+        logging_seconds=timer.seconds,
     )

@@ -14,7 +14,8 @@ MASK = "***"
 # scheme://[userinfo@]host[:port][/path][?query][#fragment], stopping at whitespace and quotes
 _URL = re.compile(r"""(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'"<>`]+)""")
 _SECRET_KEYS = re.compile(
-    r"(token|secret|passw|pwd|key|sig|signature|credential|auth|session|code|x-amz-security-token)", re.I)
+    r"(token|secret|passw|pwd|key|sig|signature|credential|auth|session|code|x-amz-security-token)", re.I
+)
 
 
 def _query(query: str) -> str:

@@ -39,8 +39,9 @@ def check_tracking(settings: Settings | None = None, timeout: float = 5.0) -> No
             if r.status != 200:
                 raise TrackingUnreachable(f"MLflow server {redact(uri)} answered {r.status} on /health")
     except (urllib.error.URLError, OSError) as exc:
-        raise TrackingUnreachable(f"MLflow server {redact(uri)} unreachable ({redact(exc)}); "
-                                  "start it with `make up`") from exc
+        raise TrackingUnreachable(
+            f"MLflow server {redact(uri)} unreachable ({redact(exc)}); start it with `make up`"
+        ) from exc
 
 
 def alias_version(name: str, alias: str, settings: Settings | None = None):
@@ -124,9 +125,14 @@ def pin_problem(settings: Settings | None = None) -> str | None:
     try:
         client(s).get_run(s.run_id)
     except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower():
-            return (f"RUN_ID={s.run_id} pinned in {env_file()} does not exist in MLflow {s.mlflow_tracking_uri} "
-                    f"(state reset?): run `make pin` to pin the current champion")
+        if (
+            getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+            or "not found" in str(exc).lower()
+        ):
+            return (
+                f"RUN_ID={s.run_id} pinned in {env_file()} does not exist in MLflow {s.mlflow_tracking_uri} "
+                f"(state reset?): run `make pin` to pin the current champion"
+            )
         return None
     except Exception:
         return None
@@ -138,7 +144,11 @@ def write_env_value(path: Path, key: str, value: str) -> None:
     text = path.read_text() if path.exists() else ""
     line = f"{key}={value}"
     pattern = re.compile(rf"^\s*{re.escape(key)}\s*=.*$", re.MULTILINE)
-    text = pattern.sub(line, text, count=1) if pattern.search(text) else (text.rstrip("\n") + "\n" + line + "\n").lstrip("\n")
+    text = (
+        pattern.sub(line, text, count=1)
+        if pattern.search(text)
+        else (text.rstrip("\n") + "\n" + line + "\n").lstrip("\n")
+    )
     path.write_text(text)
 
 
@@ -204,8 +214,10 @@ def rollback_main() -> None:
         write_env_value(env_file(), "RUN_ID", mv.run_id)
     except Exception as exc:
         fail(exc, "make rollback")
-    print(f"champion {s.model_name}: v{old} -> v{new}; pinned RUN_ID={mv.run_id} "
-          f"(servers on @champion follow by themselves; pinned servers: make start-serve)")
+    print(
+        f"champion {s.model_name}: v{old} -> v{new}; pinned RUN_ID={mv.run_id} "
+        f"(servers on @champion follow by themselves; pinned servers: make start-serve)"
+    )
 
 
 def promote_main() -> None:
@@ -224,5 +236,7 @@ def promote_main() -> None:
         write_env_value(env_file(), "RUN_ID", mv.run_id)
     except Exception as exc:
         fail(exc, "make promote")
-    print(f"champion {s.model_name}: v{old} -> v{version}; pinned RUN_ID={mv.run_id} "
-          f"(servers on @champion follow by themselves; pinned servers: make start-serve)")
+    print(
+        f"champion {s.model_name}: v{old} -> v{version}; pinned RUN_ID={mv.run_id} "
+        f"(servers on @champion follow by themselves; pinned servers: make start-serve)"
+    )

@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     mlflow_http_request_backoff_factor: int = 1
     # bind address of the MLflow and Prefect servers (Compose: 0.0.0.0 inside the container)
     bind_host: str = "127.0.0.1"
-    mlflow_backend_store_uri: str | None = None       # default sqlite:///<state_dir>/mlflow/mlflow.db
-    mlflow_artifacts_destination: str | None = None   # default <state_dir>/mlflow/artifacts (Compose: s3://)
+    mlflow_backend_store_uri: str | None = None  # default sqlite:///<state_dir>/mlflow/mlflow.db
+    mlflow_artifacts_destination: str | None = None  # default <state_dir>/mlflow/artifacts (Compose: s3://)
 
     # --- data --------------------------------------------------------------------------------
     data: str | None = Field(None, description="path | s3://bucket/key | https://... ; empty = synthetic")
@@ -72,11 +72,11 @@ class Settings(BaseSettings):
     output_stream: str = "results"
     dlq_stream: str = "predictions-dlq"
     stream_shards: int = 2
-    dlq_preview_bytes: int = 65_536          # payload bytes kept in a dead-letter entry (the rest: size + SHA-256)
-    dlq_s3_payloads: bool = True             # store truncated payloads whole under s3://<bucket>/dead-letter/
-    stream_put_retries: int = 5              # put_records retries of one batch before its rest goes to the outbox
-    stream_backoff_max_s: float = 30.0       # cap of the consumer's exponential backoff on stream errors
-    stream_outbox_dir: Path | None = None    # default <state_dir>/outbox
+    dlq_preview_bytes: int = 65_536  # payload bytes kept in a dead-letter entry (the rest: size + SHA-256)
+    dlq_s3_payloads: bool = True  # store truncated payloads whole under s3://<bucket>/dead-letter/
+    stream_put_retries: int = 5  # put_records retries of one batch before its rest goes to the outbox
+    stream_backoff_max_s: float = 30.0  # cap of the consumer's exponential backoff on stream errors
+    stream_outbox_dir: Path | None = None  # default <state_dir>/outbox
 
     # --- training ------------------------------------------------------------------------------
     experiment_name: str = "churn-sweep"
@@ -97,17 +97,17 @@ class Settings(BaseSettings):
     train_threads: int = 0  # 0 = all cores for the serial sweep
 
     # --- governance (promotion rules, approval) ---------------------------------------------------
-    rules_file: Path | None = None           # promotion rules YAML; default churnops/rules/<task>.yaml
-    auto_approve: bool = False               # headless runs promote a challenger that passes every rule
-    approval_timeout_s: float = 3600.0       # a paused training run waits this long for approve/reject
+    rules_file: Path | None = None  # promotion rules YAML; default churnops/rules/<task>.yaml
+    auto_approve: bool = False  # headless runs promote a challenger that passes every rule
+    approval_timeout_s: float = 3600.0  # a paused training run waits this long for approve/reject
     # (0: no pause; the challenger stays `awaiting approval` until `make promote`)
 
     # --- fresh labels (make collect-labels) ---------------------------------------------------------
     label_policy: Literal["append", "sliding", "replace"] = "append"  # how new rows join the parent snapshot
-    label_window_rows: int = 20_000          # sliding: keep the newest N rows
-    label_holdout_fraction: float = 0.2      # newest labelled rows held out for evaluation
-    label_lookback_hours: float = 24 * 30    # predictions this far before a label's window are joined
-    label_min_rows: int = 50                 # fewer joined labels: no new snapshot
+    label_window_rows: int = 20_000  # sliding: keep the newest N rows
+    label_holdout_fraction: float = 0.2  # newest labelled rows held out for evaluation
+    label_lookback_hours: float = 24 * 30  # predictions this far before a label's window are joined
+    label_min_rows: int = 50  # fewer joined labels: no new snapshot
 
     # --- deployments -------------------------------------------------------------------------
     work_pool: str = "churn-local"
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     # --- serving pin ---------------------------------------------------------------------------
     run_id: str | None = None
     model_uri: str | None = None
-    alias_poll_s: float = 5.0                # servers on models:/<name>@<alias> check the alias this often
+    alias_poll_s: float = 5.0  # servers on models:/<name>@<alias> check the alias this often
 
     # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
     api_url: str = "http://127.0.0.1:9696"
@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     api_read_timeout_s: float = 10.0
     # embedded stack: nginx in front of the API on api_port when installed ("off": gunicorn there)
     api_proxy: Literal["auto", "off"] = "auto"
-    api_internal_port: int = 9695            # gunicorn's loopback port behind nginx
+    api_internal_port: int = 9695  # gunicorn's loopback port behind nginx
     # admin token of POST /model/reload; empty: generated once into <state_dir>/admin_token (see
     # churnops/admin.py); required (16+ characters) in env=cloud
     admin_token: str | None = None
@@ -145,9 +145,9 @@ class Settings(BaseSettings):
     mongodb_uri: str | None = None
     mongodb_db: str = "churn"
     prediction_db_path: Path | None = None  # embedded store file; default <state_dir>/predictions.db
-    spool_dir: Path | None = None            # default <state_dir>/spool
+    spool_dir: Path | None = None  # default <state_dir>/spool
     log_flush_interval_s: float = 0.5
-    log_batch_size: int = 500                # records per store call
+    log_batch_size: int = 500  # records per store call
     # records queued that wake the log writer before its interval: each wake-up costs the request
     # thread GIL hand-overs (waking per 500 records cost ~4% of batch throughput)
     log_wake_records: int = 20_000
@@ -157,17 +157,17 @@ class Settings(BaseSettings):
     log_queue_max_records: int = 100_000
     spool_max_bytes: int = 1 << 30
     log_retry_max_s: float = 30.0
-    log_journal: bool = True                 # journal every record before its answer (crash-safe)
+    log_journal: bool = True  # journal every record before its answer (crash-safe)
     consumer_batch_size: int = 500
     consumer_poll_interval_s: float = 0.2
-    consumer_index: int = 0                  # this consumer's slot among consumer_count
+    consumer_index: int = 0  # this consumer's slot among consumer_count
     consumer_count: int = 1
-    consumer_threads: int = 4                # shards one consumer process polls at once
+    consumer_threads: int = 4  # shards one consumer process polls at once
 
     # --- monitoring (reports, drift, retraining) -------------------------------------------------
-    reports_dir: Path | None = None          # default <state_dir>/reports
+    reports_dir: Path | None = None  # default <state_dir>/reports
     reports_port: int = 8888
-    prometheus_port: int = 9090              # embedded stack: Prometheus (Debian package) when installed
+    prometheus_port: int = 9090  # embedded stack: Prometheus (Debian package) when installed
     report_window_hours: float = 3.0
     report_interval_hours: float = 3.0
     report_min_rows: int = 200
@@ -180,18 +180,18 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     alert_timeout_s: float = 5.0
     alert_retries: int = 3
-    simulate_rate: float = 20.0              # records per second per simulator
+    simulate_rate: float = 20.0  # records per second per simulator
     simulate_seconds: float = 30.0
-    simulate_interval_s: float = 0.0         # > 0: the simulator services send a round every interval
+    simulate_interval_s: float = 0.0  # > 0: the simulator services send a round every interval
     simulate_count: int | None = None
-    simulate_drift: str | None = None        # shift|category|missing|concept (comma-separated)
+    simulate_drift: str | None = None  # shift|category|missing|concept (comma-separated)
     simulate_drift_mode: Literal["sudden", "gradual"] = "sudden"
     feedback_delay_s: float = 5.0
     reports_host: str = "127.0.0.1"
-    report_keep: int = 100                   # newest reports kept in reports_dir (0 = all); ~9 MB each
-    retrain_min_critical_features: int = 2   # critical features that make the window critical
+    report_keep: int = 100  # newest reports kept in reports_dir (0 = all); ~9 MB each
+    retrain_min_critical_features: int = 2  # critical features that make the window critical
     training_deployment: str = "train-churn-model/churn-sweep"
-    drift_cache_s: float = 60.0              # GET /drift/* recomputes at most this often
+    drift_cache_s: float = 60.0  # GET /drift/* recomputes at most this often
 
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"

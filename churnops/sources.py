@@ -21,8 +21,8 @@ class DataSourceError(ValueError):
 @dataclass
 class RawData:
     frame: pd.DataFrame
-    source: str          # what was read, as given
-    synthetic: bool      # True when the generator made it
+    source: str  # what was read, as given
+    synthetic: bool  # True when the generator made it
 
 
 def _parse_csv(payload: bytes, where: str) -> pd.DataFrame:

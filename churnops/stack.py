@@ -63,37 +63,84 @@ def programs(s: Settings) -> list[Program]:
     prefect_port = _port(s.prefect_api_url)
     prefect_env = services.prefect_env(s)
     progs = [
-        Program("moto", [str(BIN / "churnops-moto"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                moto_port,
-                f"http://127.0.0.1:{moto_port}/moto-api/"),
+        Program(
+            "moto",
+            [str(BIN / "churnops-moto"), "-H", "127.0.0.1", "-p", str(moto_port)],
+            moto_port,
+            f"http://127.0.0.1:{moto_port}/moto-api/",
+        ),
         Program("mlflow", [str(BIN / "churnops-mlflow")], mlflow_port, f"http://127.0.0.1:{mlflow_port}/health"),
-        Program("prefect-server", [str(BIN / "churnops-prefect-server")],
-                prefect_port, f"http://127.0.0.1:{prefect_port}/api/health", env=prefect_env),
+        Program(
+            "prefect-server",
+            [str(BIN / "churnops-prefect-server")],
+            prefect_port,
+            f"http://127.0.0.1:{prefect_port}/api/health",
+            env=prefect_env,
+        ),
         Program("prefect-worker", [str(BIN / "churnops-prefect-worker")], None, None, env=prefect_env, startsecs=5),
     ]
     if find_spec("reporting.webserver") is not None:
-        progs.append(Program("reports", [str(BIN / "churnops-reports")], s.reports_port,
-                             f"http://127.0.0.1:{s.reports_port}/", group="monitor"))
+        progs.append(
+            Program(
+                "reports",
+                [str(BIN / "churnops-reports")],
+                s.reports_port,
+                f"http://127.0.0.1:{s.reports_port}/",
+                group="monitor",
+            )
+        )
     prometheus = shutil.which("prometheus")
     if prometheus:  # `make system-deps` installs the Debian package; optional
-        progs.append(Program("prometheus", services.prometheus_argv(s, prometheus), s.prometheus_port,
-                             f"http://127.0.0.1:{s.prometheus_port}/-/ready", group="monitor", startsecs=2))
+        progs.append(
+            Program(
+                "prometheus",
+                services.prometheus_argv(s, prometheus),
+                s.prometheus_port,
+                f"http://127.0.0.1:{s.prometheus_port}/-/ready",
+                group="monitor",
+                startsecs=2,
+            )
+        )
     if find_spec("serving.gunicorn_conf") is not None:
         proxy = _api_proxy(s)
         if proxy is not None:  # nginx on the public port, gunicorn behind it on a loopback port
             internal = s.api_internal_port
-            progs.append(Program("api", [str(BIN / "churnops-api")],
-                                 internal, f"http://127.0.0.1:{internal}/health", autostart=False, group="serve",
-                                 env={"GUNICORN_BIND": proxy}, stopwaitsecs=35))  # gunicorn's graceful_timeout is 30 s
-            progs.append(Program(API_PROXY, [str(BIN / "churnops-api-proxy")], s.api_port,
-                                 f"http://127.0.0.1:{s.api_port}/health", autostart=False, group="serve"))
+            progs.append(
+                Program(
+                    "api",
+                    [str(BIN / "churnops-api")],
+                    internal,
+                    f"http://127.0.0.1:{internal}/health",
+                    autostart=False,
+                    group="serve",
+                    env={"GUNICORN_BIND": proxy},
+                    stopwaitsecs=35,
+                )
+            )  # gunicorn's graceful_timeout is 30 s
+            progs.append(
+                Program(
+                    API_PROXY,
+                    [str(BIN / "churnops-api-proxy")],
+                    s.api_port,
+                    f"http://127.0.0.1:{s.api_port}/health",
+                    autostart=False,
+                    group="serve",
+                )
+            )
         else:
-            progs.append(Program("api", [str(BIN / "churnops-api")],
-                                 s.api_port, f"http://127.0.0.1:{s.api_port}/health", autostart=False, group="serve",
-                                 stopwaitsecs=35))  # gunicorn's graceful_timeout is 30 s
+            progs.append(
+                Program(
+                    "api",
+                    [str(BIN / "churnops-api")],
+                    s.api_port,
+                    f"http://127.0.0.1:{s.api_port}/health",
+                    autostart=False,
+                    group="serve",
+                    stopwaitsecs=35,
+                )
+            )  # gunicorn's graceful_timeout is 30 s
     if find_spec("serving.consumer") is not None:
-        progs.append(Program("consumer", [str(BIN / "churnops-consumer")], None, None,
-                             autostart=False, group="serve"))
+        progs.append(Program("consumer", [str(BIN / "churnops-consumer")], None, None, autostart=False, group="serve"))
     return progs
 
 
@@ -114,12 +161,19 @@ def with_proxy(s: Settings, names: list[str], stopping: bool = False) -> list[st
     if "api" not in names or API_PROXY in names or not any(p.name == API_PROXY for p in programs(s)):
         return names
     return [API_PROXY, *names] if stopping else [*names, API_PROXY]
+
+
 def program_env(s: Settings) -> dict[str, str]:
     """Environment every program gets: the settings that shape the services' command lines, so each
     console script rebuilds the same argv as `churnops.services` does here."""
-    env = {"PYTHONUNBUFFERED": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "STATE_DIR": str(s.state_dir.resolve()), "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
-           "PREFECT_API_URL": s.prefect_api_url, "WORK_POOL": s.work_pool}
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "STATE_DIR": str(s.state_dir.resolve()),
+        "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+        "PREFECT_API_URL": s.prefect_api_url,
+        "WORK_POOL": s.work_pool,
+    }
     if s.aws_endpoint_url:
         env["AWS_ENDPOINT_URL"] = s.aws_endpoint_url
     return env
@@ -127,8 +181,13 @@ def program_env(s: Settings) -> dict[str, str]:
 
 def paths(s: Settings) -> dict[str, Path]:
     state = s.state_dir.resolve()
-    return {"state": state, "conf": state / "supervisord.conf", "sock": state / "supervisor.sock",
-            "pid": state / "supervisord.pid", "logs": state / "logs"}
+    return {
+        "state": state,
+        "conf": state / "supervisord.conf",
+        "sock": state / "supervisor.sock",
+        "pid": state / "supervisord.pid",
+        "logs": state / "logs",
+    }
 
 
 def stack_env(s: Settings) -> dict[str, str]:
@@ -141,12 +200,22 @@ def render_config(s: Settings, progs: list[Program] | None = None) -> str:
     p = paths(s)
     lines = [
         "; generated by `churnops-stack` from settings; edits are overwritten",
-        "[unix_http_server]", f"file={p['sock']}", "",
-        "[supervisord]", f"logfile={p['logs'] / 'supervisord.log'}", f"pidfile={p['pid']}",
-        f"directory={PROJECT_ROOT}", "nodaemon=false", "logfile_maxbytes=10MB", "", 
+        "[unix_http_server]",
+        f"file={p['sock']}",
+        "",
+        "[supervisord]",
+        f"logfile={p['logs'] / 'supervisord.log'}",
+        f"pidfile={p['pid']}",
+        f"directory={PROJECT_ROOT}",
+        "nodaemon=false",
+        "logfile_maxbytes=10MB",
+        "",
         "[rpcinterface:supervisor]",
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-        "[supervisorctl]", f"serverurl=unix://{p['sock']}", "",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{p['sock']}",
+        "",
     ]
     base_env = {**program_env(s), **stack_env(s)}
     for prog in programs(s) if progs is None else progs:
@@ -161,18 +230,23 @@ def render_config(s: Settings, progs: list[Program] | None = None) -> str:
             f"startsecs={prog.startsecs}",
             "startretries=20",
             f"stopsignal={prog.stopsignal}",
-            "stopasgroup=true", "killasgroup=true", f"stopwaitsecs={prog.stopwaitsecs}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            f"stopwaitsecs={prog.stopwaitsecs}",
             "redirect_stderr=true",
             f"stdout_logfile={p['logs'] / (prog.name + '.log')}",
-            "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=2",
-            f"environment={env_line}", "",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=2",
+            f"environment={env_line}",
+            "",
         ]
     return "\n".join(lines)
 
 
 def _ctl(s: Settings, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "supervisorctl"), "-c", str(paths(s)["conf"]), *args],
-                          capture_output=True, text=True, check=check)
+    return subprocess.run(
+        [str(BIN / "supervisorctl"), "-c", str(paths(s)["conf"]), *args], capture_output=True, text=True, check=check
+    )
 
 
 def supervisor_running(s: Settings) -> bool:
@@ -348,13 +422,22 @@ def up(s: Settings, timeout: float = 180, progs: list[Program] | None = None) ->
                 print(f"  {describe(proc)}")
             survivors = stop_processes(s, min(s.stack_stop_timeout_s, 30.0))
             if survivors:
-                print("ERROR: could not stop the stack's leftover processes: "
-                      + "; ".join(describe(x) for x in survivors), file=sys.stderr)
+                print(
+                    "ERROR: could not stop the stack's leftover processes: "
+                    + "; ".join(describe(x) for x in survivors),
+                    file=sys.stderr,
+                )
                 return 2
-        busy = [f"{prog.port} ({prog.name})" for prog in progs if prog.autostart and prog.port and port_in_use(prog.port)]
+        busy = [
+            f"{prog.port} ({prog.name})" for prog in progs if prog.autostart and prog.port and port_in_use(prog.port)
+        ]
         if busy:
-            print("ERROR: port(s) already in use by a process this stack did not start: " + ", ".join(busy)
-                  + ". Stop that process, or run `make down` if it is an older stack.", file=sys.stderr)
+            print(
+                "ERROR: port(s) already in use by a process this stack did not start: "
+                + ", ".join(busy)
+                + ". Stop that process, or run `make down` if it is an older stack.",
+                file=sys.stderr,
+            )
             return 2
     p["conf"].write_text(render_config(s, progs))
     if running:
@@ -366,8 +449,12 @@ def up(s: Settings, timeout: float = 180, progs: list[Program] | None = None) ->
         print(f"stack already running (supervisord pid {_ctl(s, 'pid').stdout.strip()}): config re-read")
     else:
         # child_env: no RUN_ID/MODEL_URI copied in, the servers read the pin from the dotenv file
-        out = subprocess.run([str(BIN / "supervisord"), "-c", str(p["conf"])], capture_output=True, text=True,
-                             env={**child_env(), **stack_env(s)})
+        out = subprocess.run(
+            [str(BIN / "supervisord"), "-c", str(p["conf"])],
+            capture_output=True,
+            text=True,
+            env={**child_env(), **stack_env(s)},
+        )
         if out.returncode != 0:
             print(f"ERROR: supervisord failed to start: {out.stderr.strip() or out.stdout.strip()}", file=sys.stderr)
             return 1
@@ -404,8 +491,10 @@ def down(s: Settings, timeout: float | None = None, kill: bool = True) -> int:
         return 0
     survivors = stop_processes(s, timeout, kill=kill)
     if survivors:
-        print("ERROR: the stack's processes are still running: " + "; ".join(describe(x) for x in survivors),
-              file=sys.stderr)
+        print(
+            "ERROR: the stack's processes are still running: " + "; ".join(describe(x) for x in survivors),
+            file=sys.stderr,
+        )
         return 1
     print("stack stopped")
     return 0
@@ -420,9 +509,12 @@ def reset(s: Settings, timeout: float | None = None, kill: bool = True) -> int:
     down(s, timeout, kill=kill)
     survivors = stack_processes(s)
     if survivors:
-        print(f"ERROR: not deleting {state}: processes of the stack are still running: "
-              + "; ".join(describe(x) for x in survivors) + ". Stop them, then run `make reset_all` again.",
-              file=sys.stderr)
+        print(
+            f"ERROR: not deleting {state}: processes of the stack are still running: "
+            + "; ".join(describe(x) for x in survivors)
+            + ". Stop them, then run `make reset_all` again.",
+            file=sys.stderr,
+        )
         return 1
     if state.exists():
         shutil.rmtree(state)
@@ -452,7 +544,9 @@ def start(s: Settings, names: list[str], timeout: float = 120) -> int:
         print(out.stdout.strip() or out.stderr.strip())
     bad = wait_healthy([p for p in programs(s) if p.name in names], timeout)
     if bad:
-        print(f"ERROR: not healthy after {timeout:.0f} s: {', '.join(bad)}; logs in {paths(s)['logs']}", file=sys.stderr)
+        print(
+            f"ERROR: not healthy after {timeout:.0f} s: {', '.join(bad)}; logs in {paths(s)['logs']}", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -483,9 +577,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="embedded stack under supervisord")
     ap.add_argument("action", choices=["up", "down", "reset", "status", "start", "stop", "config"])
     ap.add_argument("names", nargs="*", help="programs for start/stop")
-    ap.add_argument("--timeout", type=float, default=None,
-                    help="up/start: seconds to wait for health (180); down/reset: seconds before SIGKILL "
-                         "of the survivors (STACK_STOP_TIMEOUT_S, 45)")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="up/start: seconds to wait for health (180); down/reset: seconds before SIGKILL "
+        "of the survivors (STACK_STOP_TIMEOUT_S, 45)",
+    )
     ap.add_argument("--no-kill", action="store_true", help="down/reset: never SIGKILL survivors, only report them")
     a = ap.parse_args(argv)
     s = get_settings()

@@ -32,9 +32,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def generate_customers(
-    n: int = 10_127, seed: int = 42, churn_rate: float = 0.16, signal: float = 2.5
-) -> pd.DataFrame:
+def generate_customers(n: int = 10_127, seed: int = 42, churn_rate: float = 0.16, signal: float = 2.5) -> pd.DataFrame:
     """Return `n` synthetic customers as a raw BankChurners-shaped frame (same 23 columns).
 
     `signal` scales the churn mechanism's log-odds: higher makes churn easier to predict.
@@ -52,9 +50,11 @@ def generate_customers(
     inactive = np.clip(rng.poisson(2.3, n), 0, 6)
     contacts = np.clip(rng.poisson(2.4, n), 0, 6)
 
-    income_level = pd.Series(income).map(
-        {"Less than $40K": 0, "$40K - $60K": 1, "$60K - $80K": 2, "$80K - $120K": 3, "$120K +": 4, "Unknown": 1.5}
-    ).to_numpy()
+    income_level = (
+        pd.Series(income)
+        .map({"Less than $40K": 0, "$40K - $60K": 1, "$60K - $80K": 2, "$80K - $120K": 3, "$120K +": 4, "Unknown": 1.5})
+        .to_numpy()
+    )
     card_boost = pd.Series(card).map({"Blue": 0.0, "Silver": 0.9, "Gold": 1.3, "Platinum": 1.6}).to_numpy()
     log_limit = 8.1 + 0.35 * income_level + card_boost + 0.25 * (gender == "M") + rng.normal(0, 0.55, n)
     credit_limit = np.clip(np.exp(log_limit), 1438.3, 34516.0).round(1)
@@ -65,9 +65,7 @@ def generate_customers(
 
     # latent engagement drives both behaviour and churn
     engagement = rng.normal(0, 1, n)
-    trans_ct = np.clip(
-        64 + 18 * engagement - 2.5 * relationships + rng.normal(0, 12, n), 10, 139
-    ).round().astype(int)
+    trans_ct = np.clip(64 + 18 * engagement - 2.5 * relationships + rng.normal(0, 12, n), 10, 139).round().astype(int)
     trans_amt = np.clip(trans_ct**1.55 * np.exp(rng.normal(0.9, 0.35, n)), 510, 18484).round()
     ct_chng = np.clip(rng.gamma(9, 0.08, n) + 0.12 * engagement, 0.0, 3.714).round(3)
     amt_chng = np.clip(rng.gamma(12, 0.063, n) + 0.08 * engagement, 0.0, 3.397).round(3)

@@ -68,7 +68,7 @@ class SweepConfig:
     early_stopping: int = 50
     threads: int = 0
     n_startup: int = 15
-    executor: str = "local"        # "local" | "dask"
+    executor: str = "local"  # "local" | "dask"
     dask_address: str | None = None
     dask_workers: int = 2
 
@@ -110,8 +110,11 @@ class _DaskEngine:
             self.client = Client(cfg.dask_address)
         else:
             self.cluster = LocalCluster(
-                n_workers=cfg.dask_workers, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=logging.WARNING,
+                n_workers=cfg.dask_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
             )
             self.client = Client(self.cluster)
         self.client.wait_for_workers(1 if cfg.dask_address else cfg.dask_workers, timeout=60)
@@ -124,8 +127,9 @@ class _DaskEngine:
     def submit(self, tid: int, params: dict) -> None:
         # pin the trial to a free worker: the scheduler would otherwise stack trials on one worker
         worker = self.free.pop(0)
-        fut = self.client.submit(_evaluate, params, self.data_future, self.cfg, 1, pure=False,
-                                 workers=[worker], allow_other_workers=True)
+        fut = self.client.submit(
+            _evaluate, params, self.data_future, self.cfg, 1, pure=False, workers=[worker], allow_other_workers=True
+        )
         self.pending[fut] = (tid, worker)
 
     def next_done(self) -> tuple[int, dict]:
@@ -182,8 +186,12 @@ def run_sweep(
             tid, out = engine.next_done()
             doc, params, number = in_flight.pop(tid)
             tr = TrialResult(
-                number=number, params=normalise_params(params), metrics=out["metrics"],
-                n_trees=out["n_trees"], fit_seconds=out["fit_seconds"], val_proba=out["val_proba"],
+                number=number,
+                params=normalise_params(params),
+                metrics=out["metrics"],
+                n_trees=out["n_trees"],
+                fit_seconds=out["fit_seconds"],
+                val_proba=out["val_proba"],
             )
             doc["state"] = JOB_STATE_DONE
             doc["result"] = {"loss": tr.loss, "status": STATUS_OK}

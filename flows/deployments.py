@@ -19,9 +19,9 @@ from churnops.settings import PROJECT_ROOT, Settings, get_settings
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    group: str            # the make target's group: "train" or "report"
-    entrypoint: str       # path:function, relative to the project root
-    name: str             # deployment name (flow-name/deployment-name in the UI)
+    group: str  # the make target's group: "train" or "report"
+    entrypoint: str  # path:function, relative to the project root
+    name: str  # deployment name (flow-name/deployment-name in the UI)
     interval_hours: float
     parameters: dict = field(default_factory=dict)
     description: str = ""
@@ -29,12 +29,30 @@ class DeploymentSpec:
 
 def specs(s: Settings) -> list[DeploymentSpec]:
     return [
-        DeploymentSpec("train", "flows/train_flow.py:train_flow", "churn-sweep", s.train_interval_hours,
-                       {}, "hyperopt sweep -> MLflow runs -> register best as challenger"),
-        DeploymentSpec("report", "flows/report_flow.py:report_flow", "prediction-report", s.report_interval_hours,
-                       {}, "Evidently report of the logged predictions vs the training reference"),
-        DeploymentSpec("report", "flows/retrain_flow.py:retrain_trigger_flow", "retrain-trigger", 0.5,
-                       {}, "start training when drift is critical or realized AUC is below the floor"),
+        DeploymentSpec(
+            "train",
+            "flows/train_flow.py:train_flow",
+            "churn-sweep",
+            s.train_interval_hours,
+            {},
+            "hyperopt sweep -> MLflow runs -> register best as challenger",
+        ),
+        DeploymentSpec(
+            "report",
+            "flows/report_flow.py:report_flow",
+            "prediction-report",
+            s.report_interval_hours,
+            {},
+            "Evidently report of the logged predictions vs the training reference",
+        ),
+        DeploymentSpec(
+            "report",
+            "flows/retrain_flow.py:retrain_trigger_flow",
+            "retrain-trigger",
+            0.5,
+            {},
+            "start training when drift is critical or realized AUC is below the floor",
+        ),
     ]
 
 

@@ -45,8 +45,13 @@ def load_images(contract: ImageContract, s: Settings, data: str | None, limit: i
 
     root, synthetic = train.resolve_data(contract, s, data, limit)
     d = train.prepare(root, contract, s, synthetic)
-    get_run_logger().info("%d images from %s (sha256 %s, %s)", len(d.files), root, d.sha256[:12],
-                          train.DATA_SOURCE_SYNTHETIC if synthetic else "real")
+    get_run_logger().info(
+        "%d images from %s (sha256 %s, %s)",
+        len(d.files),
+        root,
+        d.sha256[:12],
+        train.DATA_SOURCE_SYNTHETIC if synthetic else "real",
+    )
     return d
 
 
@@ -58,8 +63,14 @@ def sweep(d, contract, s: Settings, exp_id: str, run_id: str, timer, n_trials: i
     t0 = time.perf_counter()
     trials = train.run_sweep(d, contract, s, n_trials, space, train.TrialLogger(client(s), exp_id, run_id, timer))
     best = train.best_trial(trials)
-    get_run_logger().info("%d trials in %.1f s; best #%d val accuracy %.4f %s", len(trials),
-                          time.perf_counter() - t0, best.number, best.metrics["accuracy"], best.params)
+    get_run_logger().info(
+        "%d trials in %.1f s; best #%d val accuracy %.4f %s",
+        len(trials),
+        time.perf_counter() - t0,
+        best.number,
+        best.metrics["accuracy"],
+        best.params,
+    )
     return trials, best, time.perf_counter() - t0
 
 
@@ -91,12 +102,19 @@ def log_register(net, d, ev, best, trials, contract, s: Settings, run_id: str, t
     from churnops.image import train
 
     onnx_bytes, diff = train.onnx_gate(net, d, ev, contract, s.onnx_tolerance)
-    return train.log_and_register(net, onnx_bytes, diff, d, ev, best, trials, contract, s, run_id, timer) | {"onnx_max_abs_diff": diff}
+    return train.log_and_register(net, onnx_bytes, diff, d, ev, best, trials, contract, s, run_id, timer) | {
+        "onnx_max_abs_diff": diff
+    }
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def image_train_flow(contract: str = "raw_digits", n_trials: int = 12, data: str | None = None,
-                     limit: int | None = None, max_epochs: int | None = None) -> dict:
+def image_train_flow(
+    contract: str = "raw_digits",
+    n_trials: int = 12,
+    data: str | None = None,
+    limit: int | None = None,
+    max_epochs: int | None = None,
+) -> dict:
     """Sweep, refit, analyse, check and register the image CNN. Returns the run summary.
 
     `limit` keeps the first N generated digits and `max_epochs` caps the epoch range (tests).
@@ -116,7 +134,10 @@ def image_train_flow(contract: str = "raw_digits", n_trials: int = 12, data: str
     config = train.training_config(c, s, n_trials, space)
     source = train.DATA_SOURCE_SYNTHETIC if d.synthetic else "real"
     tags = lineage_tags(d.sha256, config, s.seed, d.synthetic, str(d.root)) | {
-        "data_source": source, "dataset": c.name, "task": c.task}
+        "data_source": source,
+        "dataset": c.name,
+        "task": c.task,
+    }
     tags |= {f"pkg.{k}": v for k, v in train.package_versions().items()}
     exp_id, run_id = pipeline.start_parent_run(s, tags)
     timer = pipeline.Timer()
@@ -130,10 +151,19 @@ def image_train_flow(contract: str = "raw_digits", n_trials: int = 12, data: str
         raise
     client(s).set_terminated(run_id)
     return {
-        "run_id": run_id, "model_name": s.model_name, "version": reg["version"], "aliases": reg["aliases"],
-        "model_uri": reg["model_uri"], "test_metrics": ev["metrics"], "onnx_max_abs_diff": reg["onnx_max_abs_diff"],
-        "n_trials": len(trials), "sweep_seconds": sweep_s, "best_params": best.params,
-        "dataset_sha256": d.sha256, "data_source": source, "images": len(d.files),
+        "run_id": run_id,
+        "model_name": s.model_name,
+        "version": reg["version"],
+        "aliases": reg["aliases"],
+        "model_uri": reg["model_uri"],
+        "test_metrics": ev["metrics"],
+        "onnx_max_abs_diff": reg["onnx_max_abs_diff"],
+        "n_trials": len(trials),
+        "sweep_seconds": sweep_s,
+        "best_params": best.params,
+        "dataset_sha256": d.sha256,
+        "data_source": source,
+        "images": len(d.files),
         "sensitivity": table[["variation", "accuracy", "delta"]].to_dict("records"),
     }
 
@@ -149,11 +179,15 @@ def main() -> None:
     except Exception as exc:
         fail(exc, f"image training flow {FLOW_NAME}")
     m = out["test_metrics"]
-    print(f"\nregistered {out['model_name']} v{out['version']} aliases={out['aliases']} ({out['data_source']}, "
-          f"{out['images']} images, sha256 {out['dataset_sha256'][:12]})")
+    print(
+        f"\nregistered {out['model_name']} v{out['version']} aliases={out['aliases']} ({out['data_source']}, "
+        f"{out['images']} images, sha256 {out['dataset_sha256'][:12]})"
+    )
     print(f"run_id {out['run_id']}")
     print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
-    print(f"onnx parity max|diff|={out['onnx_max_abs_diff']:.2e}  sweep {out['sweep_seconds']:.1f} s ({out['n_trials']} trials)")
+    print(
+        f"onnx parity max|diff|={out['onnx_max_abs_diff']:.2e}  sweep {out['sweep_seconds']:.1f} s ({out['n_trials']} trials)"
+    )
     print("ISP sensitivity: " + ", ".join(f"{r['variation']} {r['accuracy']:.3f}" for r in out["sensitivity"]))
     print(f"MLflow  {s.mlflow_tracking_uri}/#/models/{out['model_name']}")
 

@@ -43,27 +43,53 @@ def collect_labels_flow(since: float | None = None, until: float | None = None, 
         feedback = store.find_feedback(start=since, end=until)
         preds = store.find_predictions(max(0.0, since - s.label_lookback_hours * 3600.0), until)
         rows, rep = join_labels(preds, feedback, contract)
-        summary = {"window": {"start": since, "end": until}, "policy": policy, "report": rep.as_dict(),
-                   "snapshot": None, "holdout": None}
+        summary = {
+            "window": {"start": since, "end": until},
+            "policy": policy,
+            "report": rep.as_dict(),
+            "snapshot": None,
+            "holdout": None,
+        }
         log = flow_logger(__name__)
         if rep.joined < s.label_min_rows:
             summary["status"] = f"not enough labels: {rep.joined} joined < LABEL_MIN_ROWS {s.label_min_rows}"
             log.info("collect-labels: %s", json.dumps(summary, default=str))
             return summary
         parent = latest_snapshot(contract, s)
-        train, hold = build_training_set(read_snapshot(parent, contract, s), rows, contract, policy,  # type: ignore[arg-type]
-                                         s.label_window_rows, s.label_holdout_fraction)
+        train, hold = build_training_set(
+            read_snapshot(parent, contract, s),
+            rows,
+            contract,
+            policy,  # type: ignore[arg-type]
+            s.label_window_rows,
+            s.label_holdout_fraction,
+        )
         validate_clean(train, contract, f"training set from feedback ({policy})")
-        meta = {"parent-snapshot": parent.uri, "parent-sha256": parent.sha256, "policy": policy,
-                "window-start": repr(since), "window-end": repr(until), "labels": rep.labels,
-                "new-rows": rep.joined - len(hold), "holdout-rows": len(hold), "parent-rows": parent.rows}
+        meta = {
+            "parent-snapshot": parent.uri,
+            "parent-sha256": parent.sha256,
+            "policy": policy,
+            "window-start": repr(since),
+            "window-end": repr(until),
+            "labels": rep.labels,
+            "new-rows": rep.joined - len(hold),
+            "holdout-rows": len(hold),
+            "parent-rows": parent.rows,
+        }
         holdout_uri = put_holdout(hold, contract, s) if len(hold) else None
         if holdout_uri:
             meta["holdout"] = holdout_uri
         snap = put_snapshot(train, contract, "feedback", parent.synthetic, s, extra_meta=meta)
         store.set_checkpoint(CHECKPOINT, repr(until))
-        summary |= {"status": "snapshot written", "snapshot": snap.uri, "snapshot_sha256": snap.sha256,
-                    "parent": parent.uri, "rows": len(train), "holdout": holdout_uri, "holdout_rows": len(hold)}
+        summary |= {
+            "status": "snapshot written",
+            "snapshot": snap.uri,
+            "snapshot_sha256": snap.sha256,
+            "parent": parent.uri,
+            "rows": len(train),
+            "holdout": holdout_uri,
+            "holdout_rows": len(hold),
+        }
         log.info("collect-labels: %s", json.dumps(summary, default=str))
         return summary
     finally:
@@ -79,9 +105,11 @@ def main() -> None:
     except Exception as exc:
         fail(exc, f"flow {FLOW_NAME}")
     r = out["report"]
-    print(f"{out['status']}: {r['labels']} label(s), {r['joined']} joined; unknown ids {r['unknown_ids']}, "
-          f"duplicates {r['duplicates']}, conflicting {r['conflicting']}, invalid outcomes {r['invalid_outcomes']}, "
-          f"invalid features {r['invalid_features']}, late {r['late']}")
+    print(
+        f"{out['status']}: {r['labels']} label(s), {r['joined']} joined; unknown ids {r['unknown_ids']}, "
+        f"duplicates {r['duplicates']}, conflicting {r['conflicting']}, invalid outcomes {r['invalid_outcomes']}, "
+        f"invalid features {r['invalid_features']}, late {r['late']}"
+    )
     if out.get("snapshot"):
         print(f"snapshot {out['snapshot']} ({out['rows']} rows, policy {out['policy']}, parent {out['parent']})")
         print(f"held out {out['holdout']} ({out['holdout_rows']} newest labelled rows)")

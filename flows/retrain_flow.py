@@ -23,8 +23,7 @@ FLOW_NAME = "retrain-trigger"
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = False,
-                         start_training: Any = None) -> dict:
+def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = False, start_training: Any = None) -> dict:
     """Evaluate the recent window; start the training deployment when due. Returns the decision."""
     from flows.report_flow import open_store
     from reporting.trigger import evaluate_window
@@ -32,8 +31,14 @@ def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = Fals
     s = get_settings()
     store = open_store(s)
     try:
-        decision = evaluate_window(store, s, load_contract(s.dataset), window_hours=window_hours,
-                                   start_training=start_training, dry_run=dry_run)
+        decision = evaluate_window(
+            store,
+            s,
+            load_contract(s.dataset),
+            window_hours=window_hours,
+            start_training=start_training,
+            dry_run=dry_run,
+        )
     finally:
         store.close()
     flow_logger(__name__).info("retrain trigger: %s", json.dumps(decision, default=str))

@@ -106,7 +106,11 @@ def sweep(prep, s: Settings, exp_id: str, parent_run_id: str, timer, n_trials: i
     best = best_trial(trials)
     get_run_logger().info(
         "%d trials in %.1f s; best #%d val AUC %.4f (%d trees)",
-        len(trials), time.perf_counter() - t0, best.number, best.metrics["auc_roc"], best.n_trees,
+        len(trials),
+        time.perf_counter() - t0,
+        best.number,
+        best.metrics["auc_roc"],
+        best.n_trees,
     )
     return trials, best, time.perf_counter() - t0
 
@@ -131,9 +135,13 @@ def snapshot_lineage(s: Settings, snap, holdout: str | None) -> dict[str, str]:
     tags = {"snapshot_source": snap.source or "unknown"}
     if snap.source == "feedback":
         meta = snapshot_metadata(snap, s)
-        tags |= {"parent_snapshot": meta.get("parent-snapshot", ""), "parent_sha256": meta.get("parent-sha256", ""),
-                 "label_policy": meta.get("policy", ""), "label_window_start": meta.get("window-start", ""),
-                 "label_window_end": meta.get("window-end", "")}
+        tags |= {
+            "parent_snapshot": meta.get("parent-snapshot", ""),
+            "parent_sha256": meta.get("parent-sha256", ""),
+            "label_policy": meta.get("policy", ""),
+            "label_window_start": meta.get("window-start", ""),
+            "label_window_end": meta.get("window-end", ""),
+        }
     if holdout:
         tags["holdout_snapshot"] = holdout
     return tags
@@ -147,8 +155,16 @@ def evidence(model, prep, ev, s: Settings, fresh=None) -> dict:
 
     rules = load_rules(path=s.rules_file)
     diff = onnx_parity(export_onnx(model, prep.encoder.width), prep.split.X_test, ev["test_proba"])
-    return pipeline.governance_evidence(model, prep, ev, load_contract(s.dataset), s, diff, fresh,
-                                        measure_latency=rules.get("max_latency_ms") is not None)
+    return pipeline.governance_evidence(
+        model,
+        prep,
+        ev,
+        load_contract(s.dataset),
+        s,
+        diff,
+        fresh,
+        measure_latency=rules.get("max_latency_ms") is not None,
+    )
 
 
 class ApprovalInput(RunInput):
@@ -162,12 +178,22 @@ class ApprovalInput(RunInput):
 def approval_description(s: Settings, version: str, evidence: dict, results) -> str:
     """Markdown for the approval form: both models' metrics side by side, then every rule."""
     champ = evidence.get("champion_version")
-    lines = [f"### Promote {s.model_name} v{version} to champion?", "",
-             f"| evaluation data | challenger v{version} | champion v{champ} |", "|---|---|---|"]
+    lines = [
+        f"### Promote {s.model_name} v{version} to champion?",
+        "",
+        f"| evaluation data | challenger v{version} | champion v{champ} |",
+        "|---|---|---|",
+    ]
     for c in evidence.get("comparisons", []):
-        lines.append(f"| AUC-ROC, {c['on']} ({c['rows']} rows) | {c['challenger_auc_roc']:.4f} | {c['champion_auc_roc']:.4f} |")
-    lines += [f"| calibration error (ECE), test split | {evidence['calibration_error']:.4f} | |", "", "| rule | result | detail |",
-              "|---|---|---|"]
+        lines.append(
+            f"| AUC-ROC, {c['on']} ({c['rows']} rows) | {c['challenger_auc_roc']:.4f} | {c['champion_auc_roc']:.4f} |"
+        )
+    lines += [
+        f"| calibration error (ECE), test split | {evidence['calibration_error']:.4f} | |",
+        "",
+        "| rule | result | detail |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r.name} | {'pass' if r.passed else 'FAIL'} | {r.detail} |" for r in results]
     lines += ["", "Choose `approve` or `reject` and give a reason."]
     return "\n".join(lines)
@@ -206,15 +232,21 @@ def govern(s: Settings, version: str, aliases: list[str], evidence: dict, approv
         logger.info("challenger v%s awaits approval: `make promote VERSION=%s REASON=...`", version, version)
         return out | {"outcome": g.AWAITING}
     form = ApprovalInput.with_initial_data(description=approval_description(s, version, evidence, results))
-    logger.info("challenger v%s passed every rule: waiting up to %.0f s for approve/reject in the Prefect UI",
-                version, timeout)
+    logger.info(
+        "challenger v%s passed every rule: waiting up to %.0f s for approve/reject in the Prefect UI", version, timeout
+    )
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=max(1, int(timeout)),
-                                poll_interval=max(1, min(10, int(timeout // 10) or 1)), key=f"approve-v{version}")
+        answer = pause_flow_run(
+            wait_for_input=form,
+            timeout=max(1, int(timeout)),
+            poll_interval=max(1, min(10, int(timeout // 10) or 1)),
+            key=f"approve-v{version}",
+        )
     except FlowPauseTimeout:
         g.set_outcome(s, version, g.EXPIRED, reason=f"no decision within {timeout:.0f} s; champion unchanged")
-        g.record_audit(s, "expired", s.model_name, champ, version, f"no decision within {timeout:.0f} s", rules,
-                       who="train-flow")
+        g.record_audit(
+            s, "expired", s.model_name, champ, version, f"no decision within {timeout:.0f} s", rules, who="train-flow"
+        )
         logger.warning("approval of v%s expired after %.0f s: champion v%s unchanged", version, timeout, champ)
         return out | {"outcome": g.EXPIRED}
     who = answer.approver or "prefect-ui"
@@ -227,9 +259,15 @@ def govern(s: Settings, version: str, aliases: list[str], evidence: dict, approv
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def train_flow(n_trials: int | None = None, data: str | None = None, progress: bool = False,
-               data_profile: bool = True, approval_timeout_s: float | None = None,
-               snapshot: str | None = None, holdout: str | None = None) -> dict:
+def train_flow(
+    n_trials: int | None = None,
+    data: str | None = None,
+    progress: bool = False,
+    data_profile: bool = True,
+    approval_timeout_s: float | None = None,
+    snapshot: str | None = None,
+    holdout: str | None = None,
+) -> dict:
     """Sweep, refit, check and register the churn model. Returns the run summary."""
     from churnops.lineage import lineage_tags
     from churnops.registry import client
@@ -260,12 +298,23 @@ def train_flow(n_trials: int | None = None, data: str | None = None, progress: b
     if decision["outcome"] == "promoted" and "champion" not in out.aliases:
         out.aliases = [*out.aliases, "champion"]
     summary = {
-        "run_id": out.run_id, "model_name": s.model_name, "version": out.version, "aliases": out.aliases,
-        "test_metrics": out.test_metrics, "threshold": out.threshold, "onnx_max_abs_diff": out.onnx_max_abs_diff,
-        "n_trials": out.n_trials, "sweep_seconds": sweep_s, "logging_seconds": out.logging_seconds,
+        "run_id": out.run_id,
+        "model_name": s.model_name,
+        "version": out.version,
+        "aliases": out.aliases,
+        "test_metrics": out.test_metrics,
+        "threshold": out.threshold,
+        "onnx_max_abs_diff": out.onnx_max_abs_diff,
+        "n_trials": out.n_trials,
+        "sweep_seconds": sweep_s,
+        "logging_seconds": out.logging_seconds,
         "trial_logging_seconds": trial_logging_s,
-        "best_params": out.best_params, "dataset_sha256": snap.sha256, "synthetic": snap.synthetic,
-        "outcome": decision["outcome"], "rules": decision["rules"], "champion_version": decision["champion_version"],
+        "best_params": out.best_params,
+        "dataset_sha256": snap.sha256,
+        "synthetic": snap.synthetic,
+        "outcome": decision["outcome"],
+        "rules": decision["rules"],
+        "champion_version": decision["champion_version"],
     }
     return summary
 
@@ -285,12 +334,16 @@ def main() -> None:
     m = summary["test_metrics"]
     tag = " (SYNTHETIC data)" if summary["synthetic"] else ""
     print(f"\nregistered {summary['model_name']} v{summary['version']} aliases={summary['aliases']}{tag}")
-    print(f"outcome: {summary['outcome']}" + "".join(
-        f"\n  {'pass' if r['passed'] else 'FAIL'}  {r['name']}: {r['detail']}" for r in summary["rules"]))
+    print(
+        f"outcome: {summary['outcome']}"
+        + "".join(f"\n  {'pass' if r['passed'] else 'FAIL'}  {r['name']}: {r['detail']}" for r in summary["rules"])
+    )
     print(f"run_id {summary['run_id']}")
     print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()) + f"  threshold={summary['threshold']:.3f}")
-    print(f"onnx parity max|diff|={summary['onnx_max_abs_diff']:.2e}  sweep {summary['sweep_seconds']:.1f} s "
-          f"({summary['n_trials']} trials), MLflow logging {summary['logging_seconds']:.1f} s")
+    print(
+        f"onnx parity max|diff|={summary['onnx_max_abs_diff']:.2e}  sweep {summary['sweep_seconds']:.1f} s "
+        f"({summary['n_trials']} trials), MLflow logging {summary['logging_seconds']:.1f} s"
+    )
     print(f"MLflow  {redact(s.mlflow_tracking_uri)}/#/models/{s.model_name}")
     logging.getLogger(__name__).debug(json.dumps(summary, default=str))
 

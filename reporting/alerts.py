@@ -12,8 +12,14 @@ from churnops.redact import redact
 log = logging.getLogger(__name__)
 
 
-def send_alert(url: str | None, text: str, timeout_s: float = 5.0, retries: int = 3,
-               backoff_s: float = 0.5, extra: dict | None = None) -> dict:
+def send_alert(
+    url: str | None,
+    text: str,
+    timeout_s: float = 5.0,
+    retries: int = 3,
+    backoff_s: float = 0.5,
+    extra: dict | None = None,
+) -> dict:
     """POST `{"text": text}` to `url`; retry (exponential backoff) on errors and non-2xx answers.
 
     Returns `{"sent": bool, "attempts": n, "status": last HTTP status or None, "error": str|None}`.

@@ -49,8 +49,9 @@ def _context():
     return s, load_contract(s.dataset), store
 
 
-def live_drift(store, settings, contract, hours: float, now: float | None = None, reference=None,
-               references=None) -> dict:
+def live_drift(
+    store, settings, contract, hours: float, now: float | None = None, reference=None, references=None
+) -> dict:
     """Drift + realized performance of the last `hours` (no Evidently, no files).
 
     `references` (a `BackgroundReferences`) supplies the reference without calling MLflow here;
@@ -61,20 +62,35 @@ def live_drift(store, settings, contract, hours: float, now: float | None = None
 
     now = time.time() if now is None else now
     df = load_window(store, contract, now - hours * 3600.0, now)
-    out = {"window": {"start": now - hours * 3600.0, "end": now, "hours": hours}, "n": int(len(df)),
-           "min_rows": settings.report_min_rows}
+    out = {
+        "window": {"start": now - hours * 3600.0, "end": now, "hours": hours},
+        "n": int(len(df)),
+        "min_rows": settings.report_min_rows,
+    }
     if len(df) < settings.report_min_rows:
-        out.update(status="insufficient_data",
-                   message=f"not enough data (n={len(df)} < min {settings.report_min_rows})")
+        out.update(
+            status="insufficient_data", message=f"not enough data (n={len(df)} < min {settings.report_min_rows})"
+        )
         return out
     if reference is None:
         run_ids = df["model_run_id"].dropna().astype(str).tolist()
-        reference = (references.get(run_ids) if references is not None
-                     else load_reference(served_run_id(settings, run_ids), settings, contract))
+        reference = (
+            references.get(run_ids)
+            if references is not None
+            else load_reference(served_run_id(settings, run_ids), settings, contract)
+        )
     d, perf = summarize_window(df, reference, settings)
-    out.update(status=d["status"], reference_run_id=reference.run_id, drift=d, performance=perf,
-               verdict={"drift": d["status"], "critical_features": d["critical_features"],
-                        "prediction": (d.get("prediction") or {}).get("status")})
+    out.update(
+        status=d["status"],
+        reference_run_id=reference.run_id,
+        drift=d,
+        performance=perf,
+        verdict={
+            "drift": d["status"],
+            "critical_features": d["critical_features"],
+            "prediction": (d.get("prediction") or {}).get("status"),
+        },
+    )
     return _jsonable(out)
 
 
@@ -131,8 +147,10 @@ def _unavailable(exc: Exception) -> tuple[dict, int | None]:
             log.warning("drift unavailable: %s", redact(exc))
     else:
         log.exception("drift computation failed")
-    return {"error": "drift report unavailable",
-            "details": {"reason": redact(f"{type(exc).__name__}: {exc}")[:500]}}, retry
+    return {
+        "error": "drift report unavailable",
+        "details": {"reason": redact(f"{type(exc).__name__}: {exc}")[:500]},
+    }, retry
 
 
 def _hours() -> float:
@@ -181,6 +199,10 @@ def drift_metrics():
         body = drift_exposition(_compute(hours))
     except Exception as exc:
         body, retry = _unavailable(exc)
-        return Response(f"# drift unavailable: {type(exc).__name__}\n", status=503, content_type=CONTENT_TYPE_LATEST,
-                        headers={"Retry-After": str(retry or 30)})
+        return Response(
+            f"# drift unavailable: {type(exc).__name__}\n",
+            status=503,
+            content_type=CONTENT_TYPE_LATEST,
+            headers={"Retry-After": str(retry or 30)},
+        )
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-EPS = 1e-4          # floor for empty-bin proportions in PSI
+EPS = 1e-4  # floor for empty-bin proportions in PSI
 MISSING = "<missing>"
 OK, WARN, CRITICAL = "ok", "warn", "critical"
 STATUS_CODE = {OK: 0, WARN: 1, CRITICAL: 2}
@@ -93,7 +93,7 @@ def ks_statistic_sorted(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float
         last = np.ones(len(a), dtype=bool)
         last[:-1] = a[1:] != a[:-1]
         pts = a[last]
-        fa = (np.flatnonzero(last) + 1) / na                  # ECDF of a at its own tie-group ends
+        fa = (np.flatnonzero(last) + 1) / na  # ECDF of a at its own tie-group ends
         fb = np.searchsorted(b, pts, side="right") / nb
         d = max(d, float(np.max(np.abs(fa - fb))))
     return d
@@ -132,11 +132,11 @@ def chi2_pvalue(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, 
 @dataclass
 class FeatureRef:
     name: str
-    kind: str                               # numeric | categorical | ordinal
-    edges: np.ndarray | None = None         # numeric: quantile edges
+    kind: str  # numeric | categorical | ordinal
+    edges: np.ndarray | None = None  # numeric: quantile edges
     sorted_values: np.ndarray | None = None  # numeric: sorted non-missing values (KS)
     categories: list[str] = field(default_factory=list)
-    counts: np.ndarray | None = None        # bins (+ missing) or categories (+ missing)
+    counts: np.ndarray | None = None  # bins (+ missing) or categories (+ missing)
     n: int = 0
 
     @property
@@ -152,16 +152,18 @@ class Reference:
     prediction: FeatureRef | None = None
     target_rate: float | None = None
     run_id: str | None = None
-    frame: pd.DataFrame | None = None       # the reference sample (Evidently report)
-    threshold: float = 0.5                  # decision threshold of the model run
+    frame: pd.DataFrame | None = None  # the reference sample (Evidently report)
+    threshold: float = 0.5  # decision threshold of the model run
 
     @classmethod
-    def from_frame(cls, ref: pd.DataFrame, contract, prediction_col: str = "prediction",
-                   bins: int = 10, run_id: str | None = None) -> "Reference":
+    def from_frame(
+        cls, ref: pd.DataFrame, contract, prediction_col: str = "prediction", bins: int = 10, run_id: str | None = None
+    ) -> "Reference":
         feats = {}
         for name, spec in contract.features.items():
-            feats[name] = _feature_ref(name, spec.kind, ref[name], bins,
-                                       spec.categories if spec.kind != "numeric" else None)
+            feats[name] = _feature_ref(
+                name, spec.kind, ref[name], bins, spec.categories if spec.kind != "numeric" else None
+            )
         pred = None
         if prediction_col in ref:
             pred = _feature_ref("prediction", "numeric", ref[prediction_col], bins)
@@ -172,8 +174,8 @@ class Reference:
 
 def _cat_codes(col: pd.Series, categories: list[str]) -> np.ndarray:
     """Category index per value; len(categories) for missing (known categories must be listed)."""
-    codes = pd.Categorical(col, categories=categories).codes            # missing or unseen -> -1
-    codes = np.where(codes < 0, len(categories), codes)                 # ... -> the missing bucket
+    codes = pd.Categorical(col, categories=categories).codes  # missing or unseen -> -1
+    codes = np.where(codes < 0, len(categories), codes)  # ... -> the missing bucket
     return codes
 
 
@@ -187,8 +189,9 @@ def _feature_ref(name: str, kind: str, col: pd.Series, bins: int, categories: li
     cats = list(categories or [])
     cats += sorted(c for c in seen if c not in cats)
     codes = _cat_codes(col, cats)
-    return FeatureRef(name, kind, categories=cats, counts=np.bincount(codes, minlength=len(cats) + 1).astype(float),
-                      n=len(col))
+    return FeatureRef(
+        name, kind, categories=cats, counts=np.bincount(codes, minlength=len(cats) + 1).astype(float), n=len(col)
+    )
 
 
 def _status(psi_value: float, p_value: float, th: Thresholds) -> str:
@@ -206,16 +209,22 @@ def compare_feature(ref: FeatureRef, cur: pd.Series | np.ndarray, th: Thresholds
     """PSI + test p-value + status of one feature of the current window."""
     if ref.kind == "numeric":
         v = cur.to_numpy(dtype=float, na_value=np.nan) if isinstance(cur, pd.Series) else np.asarray(cur, dtype=float)
-        present = np.sort(v[~np.isnan(v)])      # one sort serves both the bins and KS
+        present = np.sort(v[~np.isnan(v)])  # one sort serves both the bins and KS
         counts = sorted_bin_counts(present, ref.edges, len(v) - len(present))
-        keep = (ref.counts + counts) > 0        # the missing bin only when seen somewhere
+        keep = (ref.counts + counts) > 0  # the missing bin only when seen somewhere
         p_value_psi = psi(ref.props[keep], (counts / max(counts.sum(), 1))[keep])
         d = ks_statistic_sorted(ref.sorted_values, present)
         p = ks_pvalue(d, len(ref.sorted_values), len(present))
-        out = {"kind": "numeric", "psi": p_value_psi, "test": "ks", "statistic": d, "p_value": p,
-               "null_fraction": float(np.isnan(v).mean()) if len(v) else 0.0,
-               "mean": float(present.mean()) if len(present) else None,
-               "reference_mean": float(ref.sorted_values.mean()) if len(ref.sorted_values) else None}
+        out = {
+            "kind": "numeric",
+            "psi": p_value_psi,
+            "test": "ks",
+            "statistic": d,
+            "p_value": p,
+            "null_fraction": float(np.isnan(v).mean()) if len(v) else 0.0,
+            "mean": float(present.mean()) if len(present) else None,
+            "reference_mean": float(ref.sorted_values.mean()) if len(ref.sorted_values) else None,
+        }
     else:
         col = cur if isinstance(cur, pd.Series) else pd.Series(cur, dtype=object)
         codes = _cat_codes(col, ref.categories)
@@ -223,16 +232,28 @@ def compare_feature(ref: FeatureRef, cur: pd.Series | np.ndarray, th: Thresholds
         keep = (ref.counts + counts) > 0
         value = psi(ref.props[keep], (counts / max(counts.sum(), 1))[keep])
         chi2, p = chi2_pvalue(ref.counts, counts)
-        out = {"kind": ref.kind, "psi": value, "test": "chi2", "statistic": chi2, "p_value": p,
-               "null_fraction": float(counts[-1] / max(counts.sum(), 1)),
-               "frequencies": {c: float(x) for c, x in zip(ref.categories + [MISSING], counts / max(counts.sum(), 1))
-                               if x > 0}}
+        out = {
+            "kind": ref.kind,
+            "psi": value,
+            "test": "chi2",
+            "statistic": chi2,
+            "p_value": p,
+            "null_fraction": float(counts[-1] / max(counts.sum(), 1)),
+            "frequencies": {
+                c: float(x) for c, x in zip(ref.categories + [MISSING], counts / max(counts.sum(), 1)) if x > 0
+            },
+        }
     out["status"] = _status(out["psi"], out["p_value"], th)
     return out
 
 
-def compute_drift(reference: Reference, current: pd.DataFrame, th: Thresholds | None = None,
-                  prediction_col: str = "prediction", min_critical_features: int = 2) -> dict:
+def compute_drift(
+    reference: Reference,
+    current: pd.DataFrame,
+    th: Thresholds | None = None,
+    prediction_col: str = "prediction",
+    min_critical_features: int = 2,
+) -> dict:
     """Per-feature drift of `current` against `reference`, prediction drift and verdicts."""
     th = th or Thresholds()
     features = {}
@@ -244,8 +265,11 @@ def compute_drift(reference: Reference, current: pd.DataFrame, th: Thresholds | 
         pred = compare_feature(reference.prediction, current[prediction_col], th)
     n_crit = sum(f["status"] == CRITICAL for f in features.values())
     n_warn = sum(f["status"] == WARN for f in features.values())
-    overall = CRITICAL if (n_crit >= min_critical_features or (pred and pred["status"] == CRITICAL)) else (
-        WARN if (n_crit or n_warn or (pred and pred["status"] == WARN)) else OK)
+    overall = (
+        CRITICAL
+        if (n_crit >= min_critical_features or (pred and pred["status"] == CRITICAL))
+        else (WARN if (n_crit or n_warn or (pred and pred["status"] == WARN)) else OK)
+    )
     return {
         "n": int(len(current)),
         "thresholds": {"psi_warn": th.psi_warn, "psi_critical": th.psi_critical, "p_value": th.p_value},

@@ -52,10 +52,10 @@ def render_index(summaries: list[dict]) -> str:
         rows.append(
             f'<tr class="report" id="{html.escape(s.get("id", ""))}"><td>{when}</td>'
             f'<td style="color:{STATUS_COLOR.get(status, "#000")}"><b>{html.escape(status)}</b><br><small>{html.escape(msg)}</small></td>'
-            f'<td>{h.get("n", 0)} / {h.get("n_window", 0)}</td><td>{_fmt(s.get("window", {}).get("hours"), "g")} h</td>'
-            f'<td>{_fmt(h.get("max_psi"))}</td><td>{html.escape(drifted)}</td><td>{_fmt(h.get("prediction_psi"))}</td>'
-            f'<td>{_fmt(h.get("realized_auc"))} <small>(n={h.get("n_labelled", 0)})</small></td>'
-            f'<td>{html.escape(", ".join(h.get("model_versions") or []) or "–")}</td><td>{" · ".join(links)}</td></tr>'
+            f"<td>{h.get('n', 0)} / {h.get('n_window', 0)}</td><td>{_fmt(s.get('window', {}).get('hours'), 'g')} h</td>"
+            f"<td>{_fmt(h.get('max_psi'))}</td><td>{html.escape(drifted)}</td><td>{_fmt(h.get('prediction_psi'))}</td>"
+            f"<td>{_fmt(h.get('realized_auc'))} <small>(n={h.get('n_labelled', 0)})</small></td>"
+            f"<td>{html.escape(', '.join(h.get('model_versions') or []) or '–')}</td><td>{' · '.join(links)}</td></tr>"
         )
     body = "\n".join(rows) or '<tr><td colspan="10">no reports yet</td></tr>'
     trends = render_trends(summaries)

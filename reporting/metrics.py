@@ -26,11 +26,13 @@ class DriftGauges:
         if multiprocess_mode:
             kw["multiprocess_mode"] = multiprocess_mode
         self.feature_psi = Gauge(NAMES["feature_psi"], "PSI of a feature vs the training reference", ["feature"], **kw)
-        self.feature_status = Gauge(NAMES["feature_status"], "Drift status per feature: 0 ok, 1 warn, 2 critical",
-                                    ["feature"], **kw)
+        self.feature_status = Gauge(
+            NAMES["feature_status"], "Drift status per feature: 0 ok, 1 warn, 2 critical", ["feature"], **kw
+        )
         self.prediction_psi = Gauge(NAMES["prediction_psi"], "PSI of predicted probabilities vs the reference", **kw)
-        self.realized_auc = Gauge(NAMES["realized_auc"], "AUC-ROC on predictions with feedback outcomes",
-                                  ["model_version", "route"], **kw)
+        self.realized_auc = Gauge(
+            NAMES["realized_auc"], "AUC-ROC on predictions with feedback outcomes", ["model_version", "route"], **kw
+        )
         self.window_rows = Gauge(NAMES["window_rows"], "Predictions in the monitored window", **kw)
 
     def update(self, result: dict) -> None:

@@ -43,10 +43,18 @@ def quality(y, p, decision=None) -> dict:
     fn = int(((d == 0) & (y == 1)).sum())
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
-    f1 = 2 * precision * recall / (precision + recall) if precision and recall else (0.0 if precision is not None and recall is not None else None)
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision and recall
+        else (0.0 if precision is not None and recall is not None else None)
+    )
     return {
-        "n": int(len(y)), "positives": int(y.sum()), "auc_roc": auc_roc(y, p),
-        "precision": precision, "recall": recall, "f1": f1,
+        "n": int(len(y)),
+        "positives": int(y.sum()),
+        "auc_roc": auc_roc(y, p),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "brier": float(np.mean((p - y) ** 2)) if len(y) else None,
         "ece": ece(y, p) if len(y) else None,
         "accuracy": float((d == y).mean()) if len(y) else None,
@@ -61,6 +69,7 @@ def realized_performance(labelled: pd.DataFrame) -> dict:
     groups = []
     keys = labelled[["model_version", "route"]].astype(str).fillna("none")
     for (ver, route), g in labelled.groupby([keys["model_version"], keys["route"]], sort=True):
-        groups.append({"model_version": ver, "route": route,
-                       **quality(g["outcome"], g["probability"], g.get("decision"))})
+        groups.append(
+            {"model_version": ver, "route": route, **quality(g["outcome"], g["probability"], g.get("decision"))}
+        )
     return {"n": int(len(labelled)), "overall": overall, "by_model": groups}

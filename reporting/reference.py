@@ -57,7 +57,8 @@ def served_run_id(settings, model_run_ids: list[str] | None = None) -> str:
     if mv is None:
         raise ReferenceUnavailable(
             f"no logged predictions, no RUN_ID and no {settings.model_name}@champion at "
-            f"{redact(settings.mlflow_tracking_uri)}: train and pin a model first (make train && make pin)")
+            f"{redact(settings.mlflow_tracking_uri)}: train and pin a model first (make train && make pin)"
+        )
     return mv.run_id
 
 
@@ -159,15 +160,24 @@ def fetch_run_files(run_id: str, settings, cache_root: Path | None = None) -> Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=folder.parent))
     try:
         try:
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_FILE, dst_path=str(tmp),
-                                                tracking_uri=settings.mlflow_tracking_uri)
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=REFERENCE_FILE,
+                dst_path=str(tmp),
+                tracking_uri=settings.mlflow_tracking_uri,
+            )
         except Exception as exc:
             raise ReferenceUnavailable(
                 f"cannot download {REFERENCE_FILE} of run {run_id} from {redact(settings.mlflow_tracking_uri)}: "
-                f"{redact(exc)[:300]}") from exc
+                f"{redact(exc)[:300]}"
+            ) from exc
         try:
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=THRESHOLD_FILE, dst_path=str(tmp),
-                                                tracking_uri=settings.mlflow_tracking_uri)
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=THRESHOLD_FILE,
+                dst_path=str(tmp),
+                tracking_uri=settings.mlflow_tracking_uri,
+            )
         except Exception:  # optional: decisions then use 0.5
             log.warning("run %s has no %s; reference decisions use 0.5", run_id, THRESHOLD_FILE)
         if not (folder / REFERENCE_FILE).exists():

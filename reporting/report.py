@@ -30,8 +30,17 @@ from reporting.performance import realized_performance
 
 log = logging.getLogger(__name__)
 
-META_COLUMNS = ["ts", "request_id", "source", "model_run_id", "model_version", "route", "probability",
-                "decision", "latency_ms"]
+META_COLUMNS = [
+    "ts",
+    "request_id",
+    "source",
+    "model_run_id",
+    "model_version",
+    "route",
+    "probability",
+    "decision",
+    "latency_ms",
+]
 MIN_LABELLED_FOR_QUALITY = 20
 
 
@@ -91,34 +100,54 @@ def sample_rows(df: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
 # ---- Evidently ------------------------------------------------------------------------------------------
 
 
-def evidently_reports(reference: pd.DataFrame, current: pd.DataFrame, contract, threshold: float,
-                      html_path: Path, quality_path: Path | None) -> dict:
+def evidently_reports(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    contract,
+    threshold: float,
+    html_path: Path,
+    quality_path: Path | None,
+) -> dict:
     """Write the drift/summary report and (when possible) the quality report; returns sizes."""
     from evidently import BinaryClassification, DataDefinition, Dataset, Report
     from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset
 
     cols = contract.feature_names + ["prediction"]
-    dd = DataDefinition(numerical_columns=contract.numeric_features + ["prediction"],
-                        categorical_columns=contract.categorical_features + contract.ordinal_features)
+    dd = DataDefinition(
+        numerical_columns=contract.numeric_features + ["prediction"],
+        categorical_columns=contract.categorical_features + contract.ordinal_features,
+    )
     cur = current.rename(columns={"probability": "prediction"})[cols]
     ref = reference[cols]
     snap = Report([DataDriftPreset(columns=cols), DataSummaryPreset(columns=cols)]).run(
         current_data=Dataset.from_pandas(cur, data_definition=dd),
-        reference_data=Dataset.from_pandas(ref, data_definition=dd))
+        reference_data=Dataset.from_pandas(ref, data_definition=dd),
+    )
     snap.save_html(str(html_path))
     out = {"html_bytes": html_path.stat().st_size, "quality_bytes": None}
     target = contract.target.name
     lab = current[current["outcome"].notna()]
-    if quality_path is not None and len(lab) >= MIN_LABELLED_FOR_QUALITY and lab["outcome"].nunique() == 2 \
-            and target in reference:
-        ddq = DataDefinition(numerical_columns=["prediction"], categorical_columns=[target],
-                             classification=[BinaryClassification(target=target, prediction_probas="prediction")])
-        qcur = pd.DataFrame({target: lab["outcome"].astype(int).to_numpy(), "prediction": lab["probability"].to_numpy()})
-        qref = pd.DataFrame({target: reference[target].astype(int).to_numpy(),
-                             "prediction": reference["prediction"].to_numpy()})
+    if (
+        quality_path is not None
+        and len(lab) >= MIN_LABELLED_FOR_QUALITY
+        and lab["outcome"].nunique() == 2
+        and target in reference
+    ):
+        ddq = DataDefinition(
+            numerical_columns=["prediction"],
+            categorical_columns=[target],
+            classification=[BinaryClassification(target=target, prediction_probas="prediction")],
+        )
+        qcur = pd.DataFrame(
+            {target: lab["outcome"].astype(int).to_numpy(), "prediction": lab["probability"].to_numpy()}
+        )
+        qref = pd.DataFrame(
+            {target: reference[target].astype(int).to_numpy(), "prediction": reference["prediction"].to_numpy()}
+        )
         q = Report([ClassificationPreset(probas_threshold=threshold)]).run(
             current_data=Dataset.from_pandas(qcur, data_definition=ddq),
-            reference_data=Dataset.from_pandas(qref, data_definition=ddq))
+            reference_data=Dataset.from_pandas(qref, data_definition=ddq),
+        )
         q.save_html(str(quality_path))
         out["quality_bytes"] = quality_path.stat().st_size
     return out
@@ -150,12 +179,20 @@ def headline(summary: dict) -> dict:
     perf = (summary.get("performance") or {}).get("overall") or {}
     pred = d.get("prediction") or {}
     return {
-        "status": summary["status"], "message": summary.get("message"), "n": summary.get("n", 0),
-        "n_window": summary.get("n_window", 0), "n_labelled": (summary.get("performance") or {}).get("n", 0),
-        "max_psi": d.get("max_psi"), "n_critical": d.get("n_critical"), "n_warn": d.get("n_warn"),
-        "drifted_features": d.get("drifted_features", []), "drift_status": d.get("status"),
-        "prediction_psi": pred.get("psi"), "prediction_status": pred.get("status"),
-        "realized_auc": perf.get("auc_roc"), "model_versions": summary.get("model_versions", []),
+        "status": summary["status"],
+        "message": summary.get("message"),
+        "n": summary.get("n", 0),
+        "n_window": summary.get("n_window", 0),
+        "n_labelled": (summary.get("performance") or {}).get("n", 0),
+        "max_psi": d.get("max_psi"),
+        "n_critical": d.get("n_critical"),
+        "n_warn": d.get("n_warn"),
+        "drifted_features": d.get("drifted_features", []),
+        "drift_status": d.get("status"),
+        "prediction_psi": pred.get("psi"),
+        "prediction_status": pred.get("status"),
+        "realized_auc": perf.get("auc_roc"),
+        "model_versions": summary.get("model_versions", []),
         "reference_run_id": summary.get("reference_run_id"),
     }
 
@@ -170,9 +207,16 @@ def summarize_window(df: pd.DataFrame, reference: drift_mod.Reference, settings)
     return d, perf
 
 
-def build_report(store, settings, contract, window_hours: float | None = None, now: float | None = None,
-                 reference: drift_mod.Reference | None = None, out_dir: Path | None = None,
-                 evidently: bool = True) -> dict:
+def build_report(
+    store,
+    settings,
+    contract,
+    window_hours: float | None = None,
+    now: float | None = None,
+    reference: drift_mod.Reference | None = None,
+    out_dir: Path | None = None,
+    evidently: bool = True,
+) -> dict:
     """Build one report for the window ending `now`; returns the summary (also written as JSON)."""
     from reporting.reference import load_reference, served_run_id
 
@@ -184,15 +228,22 @@ def build_report(store, settings, contract, window_hours: float | None = None, n
     out.mkdir(parents=True, exist_ok=True)
     rid = report_id(now)
     summary: dict = {
-        "_id": rid, "id": rid, "ts": now, "created": datetime.fromtimestamp(now, timezone.utc).isoformat(),
-        "window": {"start": start, "end": now, "hours": hours}, "files": {},
+        "_id": rid,
+        "id": rid,
+        "ts": now,
+        "created": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+        "window": {"start": start, "end": now, "hours": hours},
+        "files": {},
     }
     df = load_window(store, contract, start, now)
     summary["n_window"] = int(len(df))
     summary["model_versions"] = sorted({str(v) for v in df["model_version"].dropna().unique()}) if len(df) else []
     if len(df) < settings.report_min_rows:
-        summary.update(status="insufficient_data", n=int(len(df)),
-                       message=f"not enough data (n={len(df)} < min {settings.report_min_rows})")
+        summary.update(
+            status="insufficient_data",
+            n=int(len(df)),
+            message=f"not enough data (n={len(df)} < min {settings.report_min_rows})",
+        )
     else:
         if reference is None:
             run_id = served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist())
@@ -200,12 +251,18 @@ def build_report(store, settings, contract, window_hours: float | None = None, n
         summary["reference_run_id"] = reference.run_id
         d, perf = summarize_window(df, reference, settings)
         sample = sample_rows(df, settings.report_max_rows, seed=settings.seed)
-        summary.update(status="ok" if d["status"] == "ok" else f"drift_{d['status']}", n=int(len(sample)),
-                       sampled=len(sample) < len(df), drift=d, performance=perf,
-                       message=f"{d['n_critical']} critical, {d['n_warn']} warn feature(s)")
+        summary.update(
+            status="ok" if d["status"] == "ok" else f"drift_{d['status']}",
+            n=int(len(sample)),
+            sampled=len(sample) < len(df),
+            drift=d,
+            performance=perf,
+            message=f"{d['n_critical']} critical, {d['n_warn']} warn feature(s)",
+        )
         if evidently and reference.frame is not None:
-            sizes = evidently_reports(reference.frame, sample, contract, reference.threshold,
-                                      out / f"{rid}.html", out / f"{rid}-quality.html")
+            sizes = evidently_reports(
+                reference.frame, sample, contract, reference.threshold, out / f"{rid}.html", out / f"{rid}-quality.html"
+            )
             summary["files"]["html"] = f"{rid}.html"
             if sizes["quality_bytes"]:
                 summary["files"]["quality_html"] = f"{rid}-quality.html"
@@ -219,8 +276,10 @@ def build_report(store, settings, contract, window_hours: float | None = None, n
     write_index(out)
     meta = {"_id": rid, "ts": now, "window_hours": hours, "files": summary["files"], **summary["headline"]}
     if summary.get("drift"):
-        meta["features"] = {k: {"psi": v["psi"], "p_value": v["p_value"], "status": v["status"]}
-                            for k, v in summary["drift"]["features"].items()}
+        meta["features"] = {
+            k: {"psi": v["psi"], "p_value": v["p_value"], "status": v["status"]}
+            for k, v in summary["drift"]["features"].items()
+        }
     store.save_report(_jsonable(meta))
     log.info("report %s: %s (n=%s, %.1f s)", rid, summary["status"], summary.get("n"), summary["seconds"])
     return summary

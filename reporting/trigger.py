@@ -30,8 +30,10 @@ def reasons_for(drift: dict | None, performance: dict | None, settings, min_labe
     reasons = []
     if drift:
         if drift.get("n_critical", 0) >= settings.retrain_min_critical_features:
-            reasons.append(f"data drift critical: {drift['n_critical']} feature(s) "
-                           f"{', '.join(drift.get('critical_features', []))} (max PSI {drift.get('max_psi', 0):.3f})")
+            reasons.append(
+                f"data drift critical: {drift['n_critical']} feature(s) "
+                f"{', '.join(drift.get('critical_features', []))} (max PSI {drift.get('max_psi', 0):.3f})"
+            )
         pred = drift.get("prediction") or {}
         if pred.get("status") == "critical":
             reasons.append(f"prediction drift critical: PSI {pred['psi']:.3f}, p={pred['p_value']:.2g}")
@@ -58,6 +60,7 @@ def default_start_training(settings, run=None, collect: Callable[[], dict] | Non
 
     Returns {"flow_run_id", "parameters"}; `run` is prefect's `run_deployment` unless given.
     """
+
     def start() -> dict:
         params = fresh_training_parameters(settings, collect)
         labels_note = params.pop("labels", None)
@@ -66,13 +69,22 @@ def default_start_training(settings, run=None, collect: Callable[[], dict] | Non
             from prefect.deployments import run_deployment as runner
         fr = runner(settings.training_deployment, timeout=0, tags=["retrain-trigger"], parameters=params)
         return {"flow_run_id": str(fr.id), "parameters": params, "labels": labels_note}
+
     return start
 
 
-def evaluate_trigger(store, settings, drift: dict | None, performance: dict | None,
-                     start_training: Callable[[], str] | None = None, now: float | None = None,
-                     window: dict | None = None, min_labelled: int = 50, alert: bool = True,
-                     dry_run: bool = False) -> dict:
+def evaluate_trigger(
+    store,
+    settings,
+    drift: dict | None,
+    performance: dict | None,
+    start_training: Callable[[], str] | None = None,
+    now: float | None = None,
+    window: dict | None = None,
+    min_labelled: int = 50,
+    alert: bool = True,
+    dry_run: bool = False,
+) -> dict:
     """Decide, start training when due (respecting the cooldown), record and alert; returns the decision."""
     now = time.time() if now is None else now
     reasons = reasons_for(drift, performance, settings, min_labelled)
@@ -80,16 +92,23 @@ def evaluate_trigger(store, settings, drift: dict | None, performance: dict | No
     last_ts = float(last) if last else None
     cooldown_s = settings.retrain_cooldown_hours * 3600.0
     decision = {
-        "ts": now, "time": datetime.fromtimestamp(now, timezone.utc).isoformat(), "reasons": reasons,
-        "triggered": bool(reasons), "started": False, "action": "none", "flow_run_id": None,
-        "last_started": last_ts, "cooldown_hours": settings.retrain_cooldown_hours, "window": window,
+        "ts": now,
+        "time": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+        "reasons": reasons,
+        "triggered": bool(reasons),
+        "started": False,
+        "action": "none",
+        "flow_run_id": None,
+        "last_started": last_ts,
+        "cooldown_hours": settings.retrain_cooldown_hours,
+        "window": window,
         "deployment": settings.training_deployment,
     }
     if reasons:
         if last_ts is not None and now - last_ts < cooldown_s:
             decision["action"] = "cooldown"
             decision["next_allowed"] = last_ts + cooldown_s
-        elif dry_run:                     # decided and recorded; nothing started, no cooldown consumed
+        elif dry_run:  # decided and recorded; nothing started, no cooldown consumed
             decision["action"] = "dry_run"
         else:
             starter = start_training or default_start_training(settings)
@@ -109,11 +128,17 @@ def evaluate_trigger(store, settings, drift: dict | None, performance: dict | No
                 decision["error"] = f"{type(exc).__name__}: {exc}"
                 log.error("could not start %s: %s", settings.training_deployment, exc)
     if alert and settings.alert_webhook_url and decision["action"] in ("started", "start_failed", "cooldown"):
-        text = {"started": f":rotating_light: churn model retraining started ({settings.training_deployment})",
-                "start_failed": ":x: churn model retraining could NOT be started",
-                "cooldown": ":hourglass: churn model retraining due but in cooldown"}[decision["action"]]
-        decision["alert"] = send_alert(settings.alert_webhook_url, text + ": " + "; ".join(reasons),
-                                       settings.alert_timeout_s, settings.alert_retries)
+        text = {
+            "started": f":rotating_light: churn model retraining started ({settings.training_deployment})",
+            "start_failed": ":x: churn model retraining could NOT be started",
+            "cooldown": ":hourglass: churn model retraining due but in cooldown",
+        }[decision["action"]]
+        decision["alert"] = send_alert(
+            settings.alert_webhook_url,
+            text + ": " + "; ".join(reasons),
+            settings.alert_timeout_s,
+            settings.alert_retries,
+        )
     store.set_checkpoint(LAST_DECISION, json.dumps(decision, default=str))
     try:
         history = json.loads(store.get_checkpoint(HISTORY) or "[]")
@@ -125,8 +150,16 @@ def evaluate_trigger(store, settings, drift: dict | None, performance: dict | No
     return decision
 
 
-def evaluate_window(store, settings, contract, window_hours: float | None = None, now: float | None = None,
-                    reference=None, start_training: Callable[[], str] | None = None, dry_run: bool = False) -> dict:
+def evaluate_window(
+    store,
+    settings,
+    contract,
+    window_hours: float | None = None,
+    now: float | None = None,
+    reference=None,
+    start_training: Callable[[], str] | None = None,
+    dry_run: bool = False,
+) -> dict:
     """Compute drift + realized performance over the window, then `evaluate_trigger`."""
     from reporting.reference import load_reference, served_run_id
     from reporting.report import load_window, summarize_window
@@ -140,8 +173,10 @@ def evaluate_window(store, settings, contract, window_hours: float | None = None
         window["note"] = f"not enough data (n={len(df)} < min {settings.report_min_rows})"
     else:
         if reference is None:
-            reference = load_reference(served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist()),
-                                       settings, contract)
+            reference = load_reference(
+                served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist()), settings, contract
+            )
         drift, perf = summarize_window(df, reference, settings)
-    return evaluate_trigger(store, settings, drift, perf, start_training=start_training, now=now, window=window,
-                            dry_run=dry_run)
+    return evaluate_trigger(
+        store, settings, drift, perf, start_training=start_training, now=now, window=window, dry_run=dry_run
+    )

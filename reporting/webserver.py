@@ -27,8 +27,9 @@ from urllib.parse import unquote, urlsplit
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf"
 
 
-def render_config(reports_dir: Path, prefix: Path, port: int, host: str = "127.0.0.1",
-                  template: Path = TEMPLATE) -> Path:
+def render_config(
+    reports_dir: Path, prefix: Path, port: int, host: str = "127.0.0.1", template: Path = TEMPLATE
+) -> Path:
     """Render the nginx template into `<prefix>/nginx.conf` (creating logs/ and tmp/)."""
     reports_dir, prefix = Path(reports_dir).resolve(), Path(prefix).resolve()
     for d in (reports_dir, prefix / "logs", prefix / "tmp"):
@@ -37,8 +38,13 @@ def render_config(reports_dir: Path, prefix: Path, port: int, host: str = "127.0
         if bad in str(reports_dir) or bad in str(prefix):
             raise ValueError(f"path {reports_dir} / {prefix} contains {bad!r}: not allowed in an nginx config")
     text = template.read_text()
-    for key, value in {"REPORTS_DIR": str(reports_dir), "PREFIX": str(prefix), "PORT": str(int(port)),
-                       "HOST": host, "USER_DIRECTIVE": user_directive(reports_dir)}.items():
+    for key, value in {
+        "REPORTS_DIR": str(reports_dir),
+        "PREFIX": str(prefix),
+        "PORT": str(int(port)),
+        "HOST": host,
+        "USER_DIRECTIVE": user_directive(reports_dir),
+    }.items():
         text = text.replace("{{" + key + "}}", value)
     out = prefix / "nginx.conf"
     out.write_text(text)
@@ -58,14 +64,22 @@ def user_directive(reports_dir: Path) -> str:
 
 
 def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
-                                          if os.access(p, os.X_OK)), None)
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
 
 
 def nginx_args(conf: Path, binary: str | None = None) -> list[str]:
     prefix = conf.parent
-    return [binary or nginx_binary() or "nginx", "-p", f"{prefix}/", "-e", str(prefix / "logs" / "error.log"),
-            "-c", str(conf)]
+    return [
+        binary or nginx_binary() or "nginx",
+        "-p",
+        f"{prefix}/",
+        "-e",
+        str(prefix / "logs" / "error.log"),
+        "-c",
+        str(conf),
+    ]
 
 
 def nginx_test(conf: Path) -> subprocess.CompletedProcess:
@@ -119,7 +133,7 @@ class ReportsHandler(BaseHTTPRequestHandler):
         root = self.root.resolve()
         target = root / rel if rel else root
         if target.is_dir():
-            if rel:                       # autoindex off; only the root has an index
+            if rel:  # autoindex off; only the root has an index
                 return None, 404
             target = root / "index.html"
         try:

@@ -107,33 +107,51 @@ def _parse_time(name: str, value: str | None) -> float | None:
         pass
     else:
         if not math.isfinite(x):
-            raise BadInput("invalid query parameter", {name: f"expected a finite time, got {value[:40]!r}"},
-                           "invalid_query", 422)
+            raise BadInput(
+                "invalid query parameter", {name: f"expected a finite time, got {value[:40]!r}"}, "invalid_query", 422
+            )
         return x
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise BadInput("invalid query parameter", {name: f"expected UNIX seconds or ISO 8601, got {value[:40]!r}"},
-                       "invalid_query", 422) from exc
+        raise BadInput(
+            "invalid query parameter",
+            {name: f"expected UNIX seconds or ISO 8601, got {value[:40]!r}"},
+            "invalid_query",
+            422,
+        ) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
 
 
-def create_app(settings: Settings | None = None, store: PredictionStore | None = None,
-               models: ModelManager | None = None, start_background: bool = True) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    store: PredictionStore | None = None,
+    models: ModelManager | None = None,
+    start_background: bool = True,
+) -> Flask:
     """Build the app. Nothing touches the network here: the model loads in a background thread."""
     from serving.store_factory import open_store
 
     s = settings or get_settings()
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
-    if start_background:    # a server process: its MLflow calls (background only) give up in seconds
+    if start_background:  # a server process: its MLflow calls (background only) give up in seconds
         bound_mlflow_http(s)
     metrics = get_metrics()
     store = store or open_store(s)
-    plog = PredictionLog(store, s.state_path(s.spool_dir, "spool"), s.log_batch_size, s.log_flush_interval_s,
-                         metrics=metrics, wake_records=s.log_wake_records, queue_max_records=s.log_queue_max_records,
-                         spool_max_bytes=s.spool_max_bytes, retry_max_s=s.log_retry_max_s, journal=s.log_journal)
+    plog = PredictionLog(
+        store,
+        s.state_path(s.spool_dir, "spool"),
+        s.log_batch_size,
+        s.log_flush_interval_s,
+        metrics=metrics,
+        wake_records=s.log_wake_records,
+        queue_max_records=s.log_queue_max_records,
+        spool_max_bytes=s.spool_max_bytes,
+        retry_max_s=s.log_retry_max_s,
+        journal=s.log_journal,
+    )
     models = models or ModelManager(s, metrics=metrics)
     state = ServingState(s, store, plog, models)
     state.admin_token = token
@@ -232,8 +250,12 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         return Response(predict_body(read_body()), mimetype="application/json")
 
     # the same handler in front of Flask for the common case (see serving/fastpath.py)
-    app.wsgi_app = FastPredict(app.wsgi_app, predict_body, s.max_body_bytes,
-                               lambda: child(state.metrics.http_requests, "/predict", "POST", "200").inc())
+    app.wsgi_app = FastPredict(
+        app.wsgi_app,
+        predict_body,
+        s.max_body_bytes,
+        lambda: child(state.metrics.http_requests, "/predict", "POST", "200").inc(),
+    )
 
     @app.post("/predict/batch")
     def predict_batch():
@@ -248,13 +270,18 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             if isinstance(data, dict) and isinstance(data.get("records"), list):
                 data = data["records"]
         if not isinstance(data, list):
-            raise BadInput("expected a JSON array of feature objects",
-                           {"body": f"expected an array, got {type(data).__name__}"}, "not_array", 422)
+            raise BadInput(
+                "expected a JSON array of feature objects",
+                {"body": f"expected an array, got {type(data).__name__}"},
+                "not_array",
+                422,
+            )
         if not data:
             raise BadInput("empty batch", {"body": "expected at least one record"}, "empty_batch", 422)
         if len(data) > s.batch_row_limit:
-            raise BadInput("batch too large", {"body": f"{len(data)} rows > limit {s.batch_row_limit}"},
-                           "batch_too_large", 413)
+            raise BadInput(
+                "batch too large", {"body": f"{len(data)} rows > limit {s.batch_row_limit}"}, "batch_too_large", 413
+            )
         if batch is None:
             batch = state.columnar(data)  # fast path: whole columns at once
         if batch is None:  # something is off: check row by row to name every problem
@@ -266,13 +293,21 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                     details.update(e.details)
                     reason = reason or e.reason
             if details:
-                raise BadInput(f"invalid features in {len({k.split('.')[0] for k in details})} of {len(data)} rows",
-                               details, reason or "invalid", 422)
+                raise BadInput(
+                    f"invalid features in {len({k.split('.')[0] for k in details})} of {len(data)} rows",
+                    details,
+                    reason or "invalid",
+                    422,
+                )
             batch = from_rows(rows, state.columnar)
         n = batch.n
         if len(set(batch.request_ids)) != n:
-            raise BadInput("duplicate request_id in batch", {"request_id": "each row needs a distinct request_id"},
-                           "duplicate_request_id", 422)
+            raise BadInput(
+                "duplicate request_id in batch",
+                {"request_id": "each row needs a distinct request_id"},
+                "duplicate_request_id",
+                422,
+            )
         groups = predict_columns(ms, batch)
         latency = (time.perf_counter() - t0) * 1000
         now = time.time()
@@ -280,11 +315,21 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         for m, idx, proba in groups:
             dec = (proba >= m.threshold).astype(np.int64)
             rids = batch.request_ids if idx is None else [batch.request_ids[i] for i in idx.tolist()]
-            plog.submit_batch(PredictionBatch(
-                const={"ts": now, "source": "http", "model_run_id": m.run_id, "model_version": m.version,
-                       "route": m.route, "latency_ms": round(latency / n, 3), "batch": True},
-                cols={"_id": new_request_ids(len(rids)), "request_id": rids, "probability": proba, "decision": dec},
-                features=batch.columns if idx is None else batch.take(idx)))
+            plog.submit_batch(
+                PredictionBatch(
+                    const={
+                        "ts": now,
+                        "source": "http",
+                        "model_run_id": m.run_id,
+                        "model_version": m.version,
+                        "route": m.route,
+                        "latency_ms": round(latency / n, 3),
+                        "batch": True,
+                    },
+                    cols={"_id": new_request_ids(len(rids)), "request_id": rids, "probability": proba, "decision": dec},
+                    features=batch.columns if idx is None else batch.take(idx),
+                )
+            )
             positions = range(n) if idx is None else idx.tolist()
             for i, item in zip(positions, batch_items(rids, proba.tolist(), dec.tolist(), m)):
                 out[i] = item if i not in batch.ignored else with_ignored(item, batch.ignored[i])
@@ -293,15 +338,18 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
                 if k:
                     child(state.metrics.predictions, "http", m.route, str(m.version), d).inc(k)
         child(state.metrics.latency, "http_batch", "mixed").observe(latency / 1000)
-        return Response(b'{"count":%d,"predictions":[' % n + b",".join(out) + b'],"latency_ms":'
-                        + dumps(round(latency, 3)) + b"}", mimetype="application/json")
+        return Response(
+            b'{"count":%d,"predictions":[' % n + b",".join(out) + b'],"latency_ms":' + dumps(round(latency, 3)) + b"}",
+            mimetype="application/json",
+        )
 
     @app.post("/feedback")
     def feedback():
         data = body_json()
         if not isinstance(data, dict):
-            raise BadInput("expected a JSON object", {"body": f"expected an object, got {type(data).__name__}"},
-                           "not_object", 422)
+            raise BadInput(
+                "expected a JSON object", {"body": f"expected an object, got {type(data).__name__}"}, "not_object", 422
+            )
         details = {}
         rid = data.get("request_id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
@@ -334,9 +382,16 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
     @app.get("/health")
     def health():
         st = plog.status()
-        return jsonify({"status": "degraded" if st["degraded"] else "ok", "pid": os.getpid(),
-                        "model_loaded": models.ready, "store_ok": plog.store_ok, "log_pending": plog.pending(),
-                        "prediction_log": st})
+        return jsonify(
+            {
+                "status": "degraded" if st["degraded"] else "ok",
+                "pid": os.getpid(),
+                "model_loaded": models.ready,
+                "store_ok": plog.store_ok,
+                "log_pending": plog.pending(),
+                "prediction_log": st,
+            }
+        )
 
     @app.get("/ready")
     def ready():
@@ -355,9 +410,14 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
         if not token_matches(token, state.admin_token):
-            return _err(401, "admin token required",
-                        {"authorization": "send `Authorization: Bearer <ADMIN_TOKEN>` (the token `make up` "
-                                          "prints, kept in <state_dir>/admin_token unless ADMIN_TOKEN is set)"})
+            return _err(
+                401,
+                "admin token required",
+                {
+                    "authorization": "send `Authorization: Bearer <ADMIN_TOKEN>` (the token `make up` "
+                    "prints, kept in <state_dir>/admin_token unless ADMIN_TOKEN is set)"
+                },
+            )
         return None
 
     def reload_target(data: dict) -> tuple[str | None, str | None | bool]:
@@ -396,8 +456,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             job = models.submit_reload(champion, challenger)
         except ReloadBusy as exc:
             url = f"/model/reload/{exc.job['id']}"
-            return jsonify({"error": "a reload is already pending", "details": {"reload": url},
-                            **exc.job, "status_url": url}), 409
+            return jsonify(
+                {"error": "a reload is already pending", "details": {"reload": url}, **exc.job, "status_url": url}
+            ), 409
         url = f"/model/reload/{job['id']}"
         resp = jsonify({**job, "status_url": url, "serving": serving})
         resp.headers["Location"] = url
@@ -422,8 +483,12 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
             if not 1 <= limit <= LOGS_MAX_LIMIT:
                 raise ValueError
         except ValueError as exc:
-            raise BadInput("invalid query parameter", {"limit": f"expected an integer in 1..{LOGS_MAX_LIMIT}"},
-                           "invalid_query", 422) from exc
+            raise BadInput(
+                "invalid query parameter",
+                {"limit": f"expected an integer in 1..{LOGS_MAX_LIMIT}"},
+                "invalid_query",
+                422,
+            ) from exc
         if start is not None and end is not None and end <= start:
             raise BadInput("invalid query parameter", {"end": "must be after start"}, "invalid_query", 422)
         try:
@@ -456,7 +521,9 @@ def create_app(settings: Settings | None = None, store: PredictionStore | None =
         except Exception as exc:
             return _err(503, "prediction store unavailable", {"store": f"{type(exc).__name__}: {str(exc)[:200]}"})
         nxt = offset + limit if len(records) == limit else None
-        return jsonify({"count": len(records), "limit": limit, "offset": offset, "next_offset": nxt, "records": records})
+        return jsonify(
+            {"count": len(records), "limit": limit, "offset": offset, "next_offset": nxt, "records": records}
+        )
 
     @app.get("/metrics")
     def metrics_endpoint():

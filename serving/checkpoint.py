@@ -46,8 +46,14 @@ class Checkpoint:
         return self.stream_arn is not None and self.stream_created is not None
 
     def encode(self) -> str:
-        return json.dumps({"seq": self.seq, "stream_arn": self.stream_arn, "stream_created": self.stream_created,
-                           "shard_start": self.shard_start})
+        return json.dumps(
+            {
+                "seq": self.seq,
+                "stream_arn": self.stream_arn,
+                "stream_created": self.stream_created,
+                "shard_start": self.shard_start,
+            }
+        )
 
     @classmethod
     def decode(cls, value: str) -> "Checkpoint":
@@ -72,8 +78,9 @@ def shard_range(shard: dict) -> tuple[int | None, int | None]:
     return (int(start) if start is not None else None, int(end) if end is not None else None)
 
 
-def fit(ck: Checkpoint, ident: StreamIdentity, shard: dict, kin=None,
-        stream: str | None = None) -> tuple[str, str] | None:
+def fit(
+    ck: Checkpoint, ident: StreamIdentity, shard: dict, kin=None, stream: str | None = None
+) -> tuple[str, str] | None:
     """None when `ck` may be resumed from on this stream and shard, else (reason code, why in one line).
 
     A checkpoint without identity is checked against the shard itself (needs `kin` and `stream`):
@@ -81,8 +88,10 @@ def fit(ck: Checkpoint, ident: StreamIdentity, shard: dict, kin=None,
     begins after it anyway, so discarding it skips nothing.
     """
     if ck.has_identity and not ident.same(ck.stream_arn, ck.stream_created):
-        return "stream_identity", (f"it belongs to another stream ({ck.stream_arn} created {ck.stream_created}, this one is "
-                f"{ident.arn} created {ident.created})")
+        return "stream_identity", (
+            f"it belongs to another stream ({ck.stream_arn} created {ck.stream_created}, this one is "
+            f"{ident.arn} created {ident.created})"
+        )
     start, end = shard_range(shard)
     seq = int(ck.seq)
     if start is not None and seq < start:
@@ -90,8 +99,12 @@ def fit(ck: Checkpoint, ident: StreamIdentity, shard: dict, kin=None,
     if end is not None and seq > end:
         return "out_of_range", f"sequence number {ck.seq} is after the closed shard's last ({end})"
     if not ck.has_identity and kin is not None and stream:
-        it = kin.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="AT_SEQUENCE_NUMBER",
-                                    StartingSequenceNumber=ck.seq)["ShardIterator"]
+        it = kin.get_shard_iterator(
+            StreamName=stream,
+            ShardId=shard["ShardId"],
+            ShardIteratorType="AT_SEQUENCE_NUMBER",
+            StartingSequenceNumber=ck.seq,
+        )["ShardIterator"]
         recs = kin.get_records(ShardIterator=it, Limit=1).get("Records", [])
         if not recs or recs[0]["SequenceNumber"] != ck.seq:
             return "not_in_shard", f"it has no stream identity and the shard holds no record {ck.seq}"

@@ -154,7 +154,13 @@ class ColumnarValidator:
         """Raw categorical columns, cleaned through their distinct values (ValueError: not acceptable)."""
         for (name, spec, markers), col in zip(self.categorical, cols):
             mapping = {v: self._clean_category(v, spec, markers) for v in set(col)}  # TypeError: unhashable
-            columns[name] = [mapping[v] for v in col] if any(k != v for k, v in mapping.items()) else col if type(col) is list else list(col)
+            columns[name] = (
+                [mapping[v] for v in col]
+                if any(k != v for k, v in mapping.items())
+                else col
+                if type(col) is list
+                else list(col)
+            )
 
     def _clean_category(self, v, spec, markers):
         """Clean value of one distinct raw value; ValueError leaves the row path to name the problem."""

@@ -68,8 +68,8 @@ from serving.store import PredictionStore
 
 log = logging.getLogger(__name__)
 
-PUT_MAX_RECORDS = 500               # put_records: at most 500 entries ...
-PUT_MAX_BYTES = 4 * 1024 * 1024     # ... and 5 MiB per call (kept under it)
+PUT_MAX_RECORDS = 500  # put_records: at most 500 entries ...
+PUT_MAX_BYTES = 4 * 1024 * 1024  # ... and 5 MiB per call (kept under it)
 ENTRY_REJECTED = ("ValidationException", "InvalidArgumentException")  # the entry itself, not the stream's state
 
 
@@ -110,13 +110,19 @@ class ShardState:
     shard_id: str
     iterator: str | None
     last_seq: str | None
-    failures: int = 0          # batches in a row that failed (model down, log spool failing)
-    not_before: float = 0.0    # monotonic time before which the shard is not polled again
+    failures: int = 0  # batches in a row that failed (model down, log spool failing)
+    not_before: float = 0.0  # monotonic time before which the shard is not polled again
 
 
 class Consumer:
-    def __init__(self, settings: Settings | None = None, store: PredictionStore | None = None,
-                 models: ModelManager | None = None, kinesis=None, s3=None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        store: PredictionStore | None = None,
+        models: ModelManager | None = None,
+        kinesis=None,
+        s3=None,
+    ):
         from churnops.aws import client
         from serving.store_factory import open_store
 
@@ -125,14 +131,22 @@ class Consumer:
         self.contract = load_contract(self.s.dataset)
         self.validator = FastValidator(self.contract, self.s.unknown_category)
         self.store = store or open_store(self.s)
-        self.plog = PredictionLog(self.store, self.s.state_path(self.s.spool_dir, "spool"), self.s.log_batch_size,
-                                  self.s.log_flush_interval_s, metrics=self.metrics,
-                                  spool_max_bytes=self.s.spool_max_bytes, retry_max_s=self.s.log_retry_max_s)
+        self.plog = PredictionLog(
+            self.store,
+            self.s.state_path(self.s.spool_dir, "spool"),
+            self.s.log_batch_size,
+            self.s.log_flush_interval_s,
+            metrics=self.metrics,
+            spool_max_bytes=self.s.spool_max_bytes,
+            retry_max_s=self.s.log_retry_max_s,
+        )
         self.models = models or ModelManager(self.s, metrics=self.metrics)
         self.kin = kinesis or client("kinesis", self.s, max_attempts=4)
         self._s3 = s3
         # one folder per consumer slot: consumers sharing a state folder never send each other's entries
-        self.outbox = Outbox(self.s.state_path(self.s.stream_outbox_dir, "outbox") / f"consumer-{self.s.consumer_index}")
+        self.outbox = Outbox(
+            self.s.state_path(self.s.stream_outbox_dir, "outbox") / f"consumer-{self.s.consumer_index}"
+        )
         self.max_dlq_entry = min(KINESIS_RECORD_LIMIT - 4096, max(8192, 2 * self.s.dlq_preview_bytes + 16_384))
         self.identity: StreamIdentity | None = None
         self.shards: dict[str, ShardState] = {}
@@ -200,8 +214,13 @@ class Consumer:
         ck = self._stored_checkpoint(shard_id)
         if ck is not None and self.identity is not None:
             try:
-                why = fit(ck, self.identity, self._shard_info.get(shard_id, {"ShardId": shard_id}), self.kin,
-                          self.s.input_stream)
+                why = fit(
+                    ck,
+                    self.identity,
+                    self._shard_info.get(shard_id, {"ShardId": shard_id}),
+                    self.kin,
+                    self.s.input_stream,
+                )
             except ClientError as exc:  # real Kinesis refuses a sequence number of another shard or stream
                 if exc.response.get("Error", {}).get("Code") != "InvalidArgumentException":
                     raise
@@ -211,15 +230,20 @@ class Consumer:
                 ck = None
         if ck is not None:
             try:
-                it = self.kin.get_shard_iterator(StreamName=self.s.input_stream, ShardId=shard_id,
-                                                 ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=ck.seq)
+                it = self.kin.get_shard_iterator(
+                    StreamName=self.s.input_stream,
+                    ShardId=shard_id,
+                    ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                    StartingSequenceNumber=ck.seq,
+                )
                 return it["ShardIterator"], ck.seq
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "InvalidArgumentException":
                     raise
                 self._discard(shard_id, ck, "not_in_shard", f"Kinesis refuses it: {exc}")
-        it = self.kin.get_shard_iterator(StreamName=self.s.input_stream, ShardId=shard_id,
-                                         ShardIteratorType="TRIM_HORIZON")
+        it = self.kin.get_shard_iterator(
+            StreamName=self.s.input_stream, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+        )
         return it["ShardIterator"], None
 
     def refresh_shards(self) -> None:
@@ -229,8 +253,12 @@ class Consumer:
         shard's state: its sequence numbers start anew, nothing of the old stream applies."""
         ident = StreamIdentity.describe(self.kin, self.s.input_stream)
         if self.identity is not None and ident != self.identity:
-            log.warning("stream %s was created again (%s, created %s); dropping the old stream's shard positions",
-                        self.s.input_stream, ident.arn, ident.created)
+            log.warning(
+                "stream %s was created again (%s, created %s); dropping the old stream's shard positions",
+                self.s.input_stream,
+                ident.arn,
+                ident.created,
+            )
             with self._lock:
                 self.shards.clear()
                 self._pending_checkpoints.clear()
@@ -293,8 +321,12 @@ class Consumer:
                 if code in ENTRY_REJECTED:
                     if len(todo) > 1:  # find the entry it is about: the others go out
                         return [e for one in todo for e in self._put_chunk(stream, [one])]
-                    log.error("put_records to %s refused an entry for good (%s); kept in %s", stream, exc,
-                              self.outbox.dir / "rejected")
+                    log.error(
+                        "put_records to %s refused an entry for good (%s); kept in %s",
+                        stream,
+                        exc,
+                        self.outbox.dir / "rejected",
+                    )
                     self.outbox.reject(stream, todo[0], str(exc))
                     self.metrics.stream_records.labels("rejected").inc()
                     return []
@@ -312,8 +344,13 @@ class Consumer:
             if not resp.get("FailedRecordCount"):
                 return []
             todo = [e for e, r in zip(todo, resp["Records"]) if r.get("ErrorCode")]
-        log.warning("put_records to %s: %d entr%s not taken after %d retries", stream, len(todo),
-                    "y" if len(todo) == 1 else "ies", retries)
+        log.warning(
+            "put_records to %s: %d entr%s not taken after %d retries",
+            stream,
+            len(todo),
+            "y" if len(todo) == 1 else "ies",
+            retries,
+        )
         return todo
 
     def _emit(self, stream: str, entries: list[dict]) -> None:
@@ -324,8 +361,10 @@ class Consumer:
         try:
             path = self.outbox.add(stream, left)
         except OSError as exc:
-            raise StreamHalt(f"{len(left)} entries for stream {stream} could neither be put nor kept in "
-                             f"{self.outbox.dir} ({exc}); stopping so that none is lost or emitted twice") from exc
+            raise StreamHalt(
+                f"{len(left)} entries for stream {stream} could neither be put nor kept in "
+                f"{self.outbox.dir} ({exc}); stopping so that none is lost or emitted twice"
+            ) from exc
         self.metrics.stream_records.labels("outbox").inc(len(left))
         log.warning("%d entries for %s kept in %s; the shards wait until they are sent", len(left), stream, path)
 
@@ -373,17 +412,33 @@ class Consumer:
         data = rec.get("Data")
         data = data if isinstance(data, bytes) else str(data).encode("utf-8", "backslashreplace")
         try:
-            entry = build_entry(data=data, reason=reason, reason_code=code, details=details,
-                                stream=self.s.input_stream, shard_id=shard_id, sequence_number=seq,
-                                partition_key=rec.get("PartitionKey"), preview_bytes=self.s.dlq_preview_bytes,
-                                s3=self._s3_client() if len(data) > self.s.dlq_preview_bytes else None,
-                                bucket=self.s.bucket)
+            entry = build_entry(
+                data=data,
+                reason=reason,
+                reason_code=code,
+                details=details,
+                stream=self.s.input_stream,
+                shard_id=shard_id,
+                sequence_number=seq,
+                partition_key=rec.get("PartitionKey"),
+                preview_bytes=self.s.dlq_preview_bytes,
+                s3=self._s3_client() if len(data) > self.s.dlq_preview_bytes else None,
+                bucket=self.s.bucket,
+            )
             body = encode_entry(entry, self.max_dlq_entry)
         except Exception as exc:  # the entry of last resort: coordinates and reason only
             log.error("dead letter %s/%s: entry not built (%s: %s)", shard_id, seq, type(exc).__name__, exc)
-            body = json.dumps({"reason": str(reason)[:500], "reason_code": str(code)[:100], "shard_id": shard_id,
-                               "sequence_number": seq, "payload_bytes": len(data), "ts": time.time()},
-                              default=str).encode("utf-8", "backslashreplace")
+            body = json.dumps(
+                {
+                    "reason": str(reason)[:500],
+                    "reason_code": str(code)[:100],
+                    "shard_id": shard_id,
+                    "sequence_number": seq,
+                    "payload_bytes": len(data),
+                    "ts": time.time(),
+                },
+                default=str,
+            ).encode("utf-8", "backslashreplace")
         return {"Data": body, "PartitionKey": seq[-64:] or "0"}
 
     def _model_works(self, ms: ModelSet) -> bool:
@@ -415,8 +470,15 @@ class Consumer:
                 keep.append((rec, row))
             except Exception as exc:
                 self.metrics.rejections.labels("stream", "prediction_failed").inc()
-                dlq.append(self._dead(shard_id, rec, "the model could not predict this record", "prediction_failed",
-                                      {"exception": f"{type(exc).__name__}: {exc}"}))
+                dlq.append(
+                    self._dead(
+                        shard_id,
+                        rec,
+                        "the model could not predict this record",
+                        "prediction_failed",
+                        {"exception": f"{type(exc).__name__}: {exc}"},
+                    )
+                )
         rows[:] = keep
         return out
 
@@ -438,8 +500,15 @@ class Consumer:
                 dlq.append(self._dead(shard_id, rec, e.error, e.reason, e.details))
             except Exception as e:  # RecursionError, MemoryError, anything else: this record's doing
                 self.metrics.rejections.labels("stream", "undecodable").inc()
-                dlq.append(self._dead(shard_id, rec, f"record could not be decoded or validated ({type(e).__name__})",
-                                      "undecodable", {"exception": f"{type(e).__name__}: {e}"}))
+                dlq.append(
+                    self._dead(
+                        shard_id,
+                        rec,
+                        f"record could not be decoded or validated ({type(e).__name__})",
+                        "undecodable",
+                        {"exception": f"{type(e).__name__}: {e}"},
+                    )
+                )
         preds = self._predict(ms, shard_id, rows, dlq)
         now = time.time()
         results, logs = [], []
@@ -447,17 +516,44 @@ class Consumer:
         for (rec, row), (m, p, d) in zip(rows, preds):
             seq = rec["SequenceNumber"]
             try:
-                out = {"request_id": row.request_id, "sequence_number": seq, "shard_id": shard_id,
-                       "probability": p, "churn": bool(d), "decision": d, "threshold": m.threshold,
-                       "model_run_id": m.run_id, "model_version": m.version, "route": m.route, "ts": now}
+                out = {
+                    "request_id": row.request_id,
+                    "sequence_number": seq,
+                    "shard_id": shard_id,
+                    "probability": p,
+                    "churn": bool(d),
+                    "decision": d,
+                    "threshold": m.threshold,
+                    "model_run_id": m.run_id,
+                    "model_version": m.version,
+                    "route": m.route,
+                    "ts": now,
+                }
                 if row.ignored:
                     out["ignored_fields"] = row.ignored
                 entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
-                lrec = log_record(self.log_id(shard_id, seq), row, m, p, d, "stream", latency,
-                                  ts=_arrival(rec, now), shard_id=shard_id, sequence_number=seq)
+                lrec = log_record(
+                    self.log_id(shard_id, seq),
+                    row,
+                    m,
+                    p,
+                    d,
+                    "stream",
+                    latency,
+                    ts=_arrival(rec, now),
+                    shard_id=shard_id,
+                    sequence_number=seq,
+                )
             except Exception as exc:
-                dlq.append(self._dead(shard_id, rec, "the result could not be encoded", "result_encoding",
-                                      {"exception": f"{type(exc).__name__}: {exc}"}))
+                dlq.append(
+                    self._dead(
+                        shard_id,
+                        rec,
+                        "the result could not be encoded",
+                        "result_encoding",
+                        {"exception": f"{type(exc).__name__}: {exc}"},
+                    )
+                )
                 continue
             results.append(entry)
             logs.append(lrec)
@@ -526,8 +622,13 @@ class Consumer:
                 delay = backoff_delay(st.failures, 0.5, self.s.stream_backoff_max_s)
                 st.not_before = time.monotonic() + delay
                 self.metrics.stream_retries.labels("batch").inc()
-                log.warning("shard %s: batch failed (%s: %s); retrying from the checkpoint in %.1f s", sh,
-                            type(exc).__name__, exc, delay)
+                log.warning(
+                    "shard %s: batch failed (%s: %s); retrying from the checkpoint in %.1f s",
+                    sh,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 st.iterator, _ = self._iterator(sh)
                 return 0
             st.failures = 0
@@ -601,8 +702,12 @@ class Consumer:
                 self._pool.shutdown(wait=True)
                 self._pool = None
             self.plog.close()
-            log.info("consumer stopped: %d results, %d dead letters, %d in the outbox", self.processed, self.dead,
-                     self.outbox.count())
+            log.info(
+                "consumer stopped: %d results, %d dead letters, %d in the outbox",
+                self.processed,
+                self.dead,
+                self.outbox.count(),
+            )
 
     def install_signal_handlers(self) -> None:
         def stop(signum, frame):
@@ -624,8 +729,14 @@ def main() -> None:
     try:
         c = Consumer(s)
         c.install_signal_handlers()
-        log.info("consumer %d/%d on %s -> %s (dlq %s)", s.consumer_index, s.consumer_count, s.input_stream,
-                 s.output_stream, s.dlq_stream)
+        log.info(
+            "consumer %d/%d on %s -> %s (dlq %s)",
+            s.consumer_index,
+            s.consumer_count,
+            s.input_stream,
+            s.output_stream,
+            s.dlq_stream,
+        )
         c.run()
     except Exception as exc:
         fail(exc, f"stream consumer on {s.input_stream} at {s.aws_endpoint_url}")

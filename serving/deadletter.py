@@ -21,7 +21,7 @@ import time
 log = logging.getLogger(__name__)
 
 KINESIS_RECORD_LIMIT = 1024 * 1024  # data + partition key
-DETAIL_CHARS = 1000                 # per detail value
+DETAIL_CHARS = 1000  # per detail value
 DETAIL_KEYS = 50
 
 
@@ -54,8 +54,9 @@ def preview(data: bytes, limit: int) -> dict:
         out.update(payload=cut, payload_encoding="utf-8", payload_truncated=len(data) > limit)
     else:
         raw = data[: max(0, limit) * 3 // 4]  # base64 grows by 4/3
-        out.update(payload=base64.b64encode(raw).decode(), payload_encoding="base64",
-                   payload_truncated=len(raw) < len(data))
+        out.update(
+            payload=base64.b64encode(raw).decode(), payload_encoding="base64", payload_truncated=len(raw) < len(data)
+        )
     return out
 
 
@@ -75,30 +76,66 @@ def encode_entry(entry: dict, max_entry_bytes: int) -> bytes:
             entry["payload_truncated"] = True
         elif entry.get("details"):
             entry["details"] = {"_omitted": "details too large for a dead-letter entry"}
-            if len(json.dumps(entry, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")) > max_entry_bytes:
+            if (
+                len(json.dumps(entry, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace"))
+                > max_entry_bytes
+            ):
                 entry["details"] = {}
         else:
             entry = {k: (_text(v, 200) if isinstance(v, str) else v) for k, v in entry.items()}
-            if len(json.dumps(entry, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")) > max_entry_bytes:
+            if (
+                len(json.dumps(entry, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace"))
+                > max_entry_bytes
+            ):
                 keep = ("reason_code", "shard_id", "sequence_number", "payload_bytes", "payload_sha256", "ts")
                 return json.dumps({k: entry.get(k) for k in keep}, default=str).encode()[:max_entry_bytes]
 
 
-def build_entry(*, data: bytes, reason: str, reason_code: str, details: object, stream: str, shard_id: str,
-                sequence_number: str, partition_key: str | None, preview_bytes: int,
-                s3=None, bucket: str | None = None) -> dict:
+def build_entry(
+    *,
+    data: bytes,
+    reason: str,
+    reason_code: str,
+    details: object,
+    stream: str,
+    shard_id: str,
+    sequence_number: str,
+    partition_key: str | None,
+    preview_bytes: int,
+    s3=None,
+    bucket: str | None = None,
+) -> dict:
     """The dead-letter entry of one record (see the module docstring); never raises."""
-    entry = {"reason": _text(reason), "reason_code": _text(reason_code, 100), "details": bounded_details(details),
-             "stream": stream, "shard_id": shard_id, "sequence_number": sequence_number,
-             "partition_key": partition_key, "ts": time.time(), **preview(data, preview_bytes)}
+    entry = {
+        "reason": _text(reason),
+        "reason_code": _text(reason_code, 100),
+        "details": bounded_details(details),
+        "stream": stream,
+        "shard_id": shard_id,
+        "sequence_number": sequence_number,
+        "partition_key": partition_key,
+        "ts": time.time(),
+        **preview(data, preview_bytes),
+    }
     if entry["payload_truncated"] and s3 is not None and bucket:
         key = f"dead-letter/{stream}/{shard_id}/{sequence_number}-{entry['payload_sha256'][:16]}"
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/octet-stream",
-                          Metadata={"sha256": entry["payload_sha256"], "reason-code": entry["reason_code"]})
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/octet-stream",
+                Metadata={"sha256": entry["payload_sha256"], "reason-code": entry["reason_code"]},
+            )
             entry["payload_s3_uri"] = f"s3://{bucket}/{key}"
         except Exception as exc:  # the entry still says what the record was (size, SHA-256, preview)
-            log.warning("dead letter %s/%s: full payload not stored in s3://%s (%s: %s)", shard_id, sequence_number,
-                        bucket, type(exc).__name__, exc)
+            log.warning(
+                "dead letter %s/%s: full payload not stored in s3://%s (%s: %s)",
+                shard_id,
+                sequence_number,
+                bucket,
+                type(exc).__name__,
+                exc,
+            )
             entry["payload_s3_error"] = _text(f"{type(exc).__name__}: {exc}", 300)
     return entry

@@ -20,8 +20,14 @@ JSON_HEADERS = [("Content-Type", "application/json")]
 class FastPredict:
     """Serve `POST <path>` through `handler(body) -> response bytes`; all else (and errors) to `app`."""
 
-    def __init__(self, app, handler: Callable[[bytes], bytes], max_body_bytes: int, on_ok: Callable[[], None],
-                 path: str = "/predict"):
+    def __init__(
+        self,
+        app,
+        handler: Callable[[bytes], bytes],
+        max_body_bytes: int,
+        on_ok: Callable[[], None],
+        path: str = "/predict",
+    ):
         self.app = app
         self.handler = handler
         self.max_body_bytes = max_body_bytes

@@ -155,8 +155,8 @@ class ConnectionBoard:
         self.slots = slots
         self._mem = mmap.mmap(-1, 24 * slots + 8)  # anonymous and shared: inherited across fork
         view = memoryview(self._mem)
-        self._cells = view[:16 * slots + 8].cast("q")  # [pid, connections] per slot, then slots ever used
-        self._ready_pids = view[16 * slots + 8:].cast("q")  # per slot: the pid of its worker once its app is ready
+        self._cells = view[: 16 * slots + 8].cast("q")  # [pid, connections] per slot, then slots ever used
+        self._ready_pids = view[16 * slots + 8 :].cast("q")  # per slot: the pid of its worker once its app is ready
         self._reserved: dict[int, float] = {}  # master only: slot -> when handed out (pid -1)
 
     def claim(self) -> int | None:
@@ -164,8 +164,9 @@ class ConnectionBoard:
         now = time.monotonic()
         for slot in range(self.slots):
             pid = self._cells[2 * slot]
-            free = (pid == 0 or (pid > 0 and not _alive(pid))
-                    or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60))  # never started
+            free = (
+                pid == 0 or (pid > 0 and not _alive(pid)) or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60)
+            )  # never started
             if free:
                 self._cells[2 * slot], self._cells[2 * slot + 1] = -1, 0
                 self._ready_pids[slot] = 0
@@ -537,7 +538,7 @@ class KeepAliveWorker(ThreadWorker):
         """Whether `buf` holds a whole request (see `_gather`)."""
         with buf.getbuffer() as value:
             size = value.nbytes
-            raw = bytes(value[:self.MAX_HEAD + 4]) if size > self.MAX_HEAD + 4 else None
+            raw = bytes(value[: self.MAX_HEAD + 4]) if size > self.MAX_HEAD + 4 else None
         if raw is None:
             raw = buf.getvalue()
         end = raw.find(b"\r\n\r\n")
@@ -561,7 +562,7 @@ class KeepAliveWorker(ThreadWorker):
             return True  # no body
         stop = head.find(b"\r", at + 16)
         try:
-            length = int(head[at + 16:stop if stop >= 0 else len(head)])
+            length = int(head[at + 16 : stop if stop >= 0 else len(head)])
         except ValueError:
             return True  # the parser answers the bad header
         if length > self._max_body or size >= body + length:
@@ -580,8 +581,10 @@ class KeepAliveWorker(ThreadWorker):
         """Answer `status` with a JSON error and `Connection: close`, without blocking."""
         reason = {408: "Request Timeout", 431: "Request Header Fields Too Large"}.get(status, "Bad Request")
         body = ('{"error":"%s","details":{"request":"%s"}}' % (reason.lower(), why)).encode()
-        head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                "Connection: close\r\n\r\n" % (status, reason, len(body))).encode()
+        head = (
+            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            "Connection: close\r\n\r\n" % (status, reason, len(body))
+        ).encode()
         try:
             conn.sock.send(head + body, socket.MSG_DONTWAIT)
         except OSError:
@@ -596,8 +599,9 @@ class KeepAliveWorker(ThreadWorker):
             if deadline > now:
                 break  # oldest first: the rest are later
             del self._partial[conn]
-            self.log.info("closing a connection from %s: no whole request within %.0f s",
-                          conn.client, self.READ_TIMEOUT_S)
+            self.log.info(
+                "closing a connection from %s: no whole request within %.0f s", conn.client, self.READ_TIMEOUT_S
+            )
             self._refuse(conn, 408, "no whole request within %g s" % self.READ_TIMEOUT_S)
             try:
                 self.poller.unregister(conn.sock)
@@ -712,8 +716,9 @@ class KeepAliveWorker(ThreadWorker):
             if getattr(conn, "continued", False):  # `_whole` sent the 100 Continue already
                 conn.continued = False
                 req._expected_100_continue = False
-            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg,
-                                        response_class=CoalescingResponse)
+            resp, environ = wsgi.create(
+                req, conn.sock, conn.client, conn.server, self.cfg, response_class=CoalescingResponse
+            )
             environ["wsgi.multithread"] = False
             if isinstance(getattr(req.body, "reader", None), LengthReader):
                 environ["wsgi.input"] = WholeBody(req.body)

@@ -76,8 +76,9 @@ MAX_JSON_DEPTH = 1024  # orjson's nesting limit; the stdlib fallback stops at th
 
 
 def _too_deep() -> BadInput:
-    return BadInput("body is not acceptable JSON", {"body": f"nested deeper than {MAX_JSON_DEPTH} levels"},
-                    "too_deep", 400)
+    return BadInput(
+        "body is not acceptable JSON", {"body": f"nested deeper than {MAX_JSON_DEPTH} levels"}, "too_deep", 400
+    )
 
 
 def parse_json(raw: bytes | str) -> Any:
@@ -104,8 +105,10 @@ def parse_json(raw: bytes | str) -> Any:
 
 
 RESERVED_ID_PREFIXES = ("stream:",)  # log entry ids of the stream consumer: stream:<shard>:<seq>
-REQUEST_ID_RULE = (f"expected a non-empty string of at most {MAX_REQUEST_ID} characters, valid Unicode, "
-                   f"not starting with {' or '.join(repr(p) for p in RESERVED_ID_PREFIXES)} (reserved)")
+REQUEST_ID_RULE = (
+    f"expected a non-empty string of at most {MAX_REQUEST_ID} characters, valid Unicode, "
+    f"not starting with {' or '.join(repr(p) for p in RESERVED_ID_PREFIXES)} (reserved)"
+)
 
 
 def valid_request_id(rid: str) -> bool:
@@ -124,19 +127,26 @@ def valid_request_id(rid: str) -> bool:
 def split_envelope(obj: Any, prefix: str = "") -> tuple[str | None, Any]:
     """`{"request_id", "features": {...}}` or a bare feature object -> (request_id, features)."""
     if not isinstance(obj, dict):
-        raise BadInput("expected a JSON object", {prefix + "body" if not prefix else prefix.rstrip("."):
-                                                  f"expected an object, got {type(obj).__name__}"}, "not_object", 422)
+        raise BadInput(
+            "expected a JSON object",
+            {prefix + "body" if not prefix else prefix.rstrip("."): f"expected an object, got {type(obj).__name__}"},
+            "not_object",
+            422,
+        )
     rid = obj.get("request_id")
     if rid is not None:
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
-            raise BadInput("invalid request_id", {prefix + "request_id": REQUEST_ID_RULE},
-                           "invalid_request_id", 422)
+            raise BadInput("invalid request_id", {prefix + "request_id": REQUEST_ID_RULE}, "invalid_request_id", 422)
         rid = str(rid).strip()
     if "features" in obj and isinstance(obj["features"], dict):
         return rid, obj["features"]
     if "features" in obj:
-        raise BadInput("invalid features", {prefix + "features": f"expected an object, got {type(obj['features']).__name__}"},
-                       "not_object", 422)
+        raise BadInput(
+            "invalid features",
+            {prefix + "features": f"expected an object, got {type(obj['features']).__name__}"},
+            "not_object",
+            422,
+        )
     if "request_id" not in obj:
         return rid, obj
     return rid, {k: v for k, v in obj.items() if k != "request_id"}
@@ -162,13 +172,12 @@ def new_request_id() -> str:
 def new_request_ids(n: int) -> list[str]:
     """`n` random 128-bit ids as 32 hex digits, from one urandom call (a batch's ids)."""
     h = os.urandom(16 * n).hex()
-    return [h[i:i + 32] for i in range(0, 32 * n, 32)]
+    return [h[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 def numeric_bounds(spec) -> tuple[float, float]:
     """A numeric feature's closed range; open ends become the largest finite floats (never admits +-inf)."""
-    return (-sys.float_info.max if spec.min is None else spec.min,
-            sys.float_info.max if spec.max is None else spec.max)
+    return (-sys.float_info.max if spec.min is None else spec.min, sys.float_info.max if spec.max is None else spec.max)
 
 
 class FastValidator:
@@ -225,13 +234,21 @@ class FastValidator:
         try:
             return validate_record(record, self.contract, self.unknown_category)
         except OverflowError:  # an integer too large for a float
-            big = {k: "number too large" for k, v in record.items()
-                   if k in self.names and type(v) is int and abs(v) > sys.float_info.max}
+            big = {
+                k: "number too large"
+                for k, v in record.items()
+                if k in self.names and type(v) is int and abs(v) > sys.float_info.max
+            }
             return RecordResult({}, big or {"features": "number too large"}, [])
 
 
-def check_row(obj: Any, contract: DatasetContract, unknown_category: str, prefix: str | int = "",
-              validator: FastValidator | None = None) -> Row:
+def check_row(
+    obj: Any,
+    contract: DatasetContract,
+    unknown_category: str,
+    prefix: str | int = "",
+    validator: FastValidator | None = None,
+) -> Row:
     """Validate one input; `prefix` (a row index in a batch) prefixes the field names of errors."""
     if type(obj) is dict and "features" not in obj and "request_id" not in obj:
         feats, rid = obj, None  # the common bare object
@@ -288,19 +305,43 @@ def predict_rows(models: ModelSet, rows: list[Row]) -> list[tuple[LoadedModel, f
     return out
 
 
-def log_record(_id: str, row: Row, m: LoadedModel, p: float, d: int, source: str, latency_ms: float,
-               ts: float | None = None, **extra) -> dict:
+def log_record(
+    _id: str,
+    row: Row,
+    m: LoadedModel,
+    p: float,
+    d: int,
+    source: str,
+    latency_ms: float,
+    ts: float | None = None,
+    **extra,
+) -> dict:
     return {
-        "_id": _id, "ts": ts if ts is not None else time.time(), "request_id": row.request_id, "source": source,
-        "model_run_id": m.run_id, "model_version": m.version, "route": m.route, "features": row.values,
-        "probability": p, "decision": d, "latency_ms": round(latency_ms, 3), **extra,
+        "_id": _id,
+        "ts": ts if ts is not None else time.time(),
+        "request_id": row.request_id,
+        "source": source,
+        "model_run_id": m.run_id,
+        "model_version": m.version,
+        "route": m.route,
+        "features": row.values,
+        "probability": p,
+        "decision": d,
+        "latency_ms": round(latency_ms, 3),
+        **extra,
     }
 
 
 def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
     body = {
-        "request_id": row.request_id, "probability": p, "churn": bool(d), "decision": d,
-        "threshold": m.threshold, "model_run_id": m.run_id, "model_version": m.version, "route": m.route,
+        "request_id": row.request_id,
+        "probability": p,
+        "churn": bool(d),
+        "decision": d,
+        "threshold": m.threshold,
+        "model_run_id": m.run_id,
+        "model_version": m.version,
+        "route": m.route,
     }
     if row.ignored:
         body["ignored_fields"] = row.ignored
@@ -313,8 +354,10 @@ def batch_items(rids: list[str], probabilities: list[float], decisions: list[int
     tail = dumps({"threshold": m.threshold, "model_run_id": m.run_id, "model_version": m.version, "route": m.route})
     yes, no = b',"churn":true,"decision":1,' + tail[1:], b',"churn":false,"decision":0,' + tail[1:]
     d = dumps
-    return [b'{"request_id":' + d(r) + b',"probability":' + d(p) + (yes if c else no)
-            for r, p, c in zip(rids, probabilities, decisions)]
+    return [
+        b'{"request_id":' + d(r) + b',"probability":' + d(p) + (yes if c else no)
+        for r, p, c in zip(rids, probabilities, decisions)
+    ]
 
 
 def with_ignored(item: bytes, ignored: list[str]) -> bytes:

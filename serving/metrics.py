@@ -18,30 +18,61 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.12
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         kw = {"registry": registry} if registry is not None else {}
-        self.predictions = Counter("churn_predictions_total", "Predictions served",
-                                   ["source", "route", "model_version", "decision"], **kw)
-        self.latency = Histogram("churn_prediction_latency_seconds", "Prediction latency (validation to response)",
-                                 ["source", "route"], buckets=LATENCY_BUCKETS, **kw)
-        self.probability = Histogram("churn_prediction_probability", "Predicted churn probability",
-                                     ["route"], buckets=[i / 10 for i in range(1, 11)], **kw)
+        self.predictions = Counter(
+            "churn_predictions_total", "Predictions served", ["source", "route", "model_version", "decision"], **kw
+        )
+        self.latency = Histogram(
+            "churn_prediction_latency_seconds",
+            "Prediction latency (validation to response)",
+            ["source", "route"],
+            buckets=LATENCY_BUCKETS,
+            **kw,
+        )
+        self.probability = Histogram(
+            "churn_prediction_probability",
+            "Predicted churn probability",
+            ["route"],
+            buckets=[i / 10 for i in range(1, 11)],
+            **kw,
+        )
         self.rejections = Counter("churn_rejections_total", "Rejected inputs by reason", ["source", "reason"], **kw)
-        self.http_requests = Counter("churn_http_requests_total", "HTTP requests", ["endpoint", "method", "status"],
-                                     **kw)
-        self.log_records = Counter("churn_prediction_log_records_total",
-                                   "Prediction-log records by outcome (written, spooled, replayed, quarantined, dropped)", ["outcome"], **kw)
+        self.http_requests = Counter(
+            "churn_http_requests_total", "HTTP requests", ["endpoint", "method", "status"], **kw
+        )
+        self.log_records = Counter(
+            "churn_prediction_log_records_total",
+            "Prediction-log records by outcome (written, spooled, replayed, quarantined, dropped)",
+            ["outcome"],
+            **kw,
+        )
         self.model_reloads = Counter("churn_model_reloads_total", "Model reload attempts", ["result"], **kw)
-        self.stream_records = Counter("churn_stream_records_total",
-                                      "Stream records by outcome (result, dead_letter, outbox, rejected)", ["outcome"], **kw)
-        self.stream_retries = Counter("churn_stream_retries_total",
-                                      "Stream calls that failed and were retried after a backoff", ["operation"], **kw)
-        self.stream_checkpoints_discarded = Counter("churn_stream_checkpoints_discarded_total",
-                                                    "Shard checkpoints discarded as not fitting the stream", ["reason"],
-                                                    **kw)
+        self.stream_records = Counter(
+            "churn_stream_records_total",
+            "Stream records by outcome (result, dead_letter, outbox, rejected)",
+            ["outcome"],
+            **kw,
+        )
+        self.stream_retries = Counter(
+            "churn_stream_retries_total",
+            "Stream calls that failed and were retried after a backoff",
+            ["operation"],
+            **kw,
+        )
+        self.stream_checkpoints_discarded = Counter(
+            "churn_stream_checkpoints_discarded_total",
+            "Shard checkpoints discarded as not fitting the stream",
+            ["reason"],
+            **kw,
+        )
         gauge_kw = dict(kw)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             gauge_kw["multiprocess_mode"] = "liveall"
-        self.model_info = Gauge("churn_model_loaded", "1 for each loaded model (route, run id, version)",
-                                ["route", "run_id", "version"], **gauge_kw)
+        self.model_info = Gauge(
+            "churn_model_loaded",
+            "1 for each loaded model (route, run id, version)",
+            ["route", "run_id", "version"],
+            **gauge_kw,
+        )
 
 
 _METRICS: Metrics | None = None

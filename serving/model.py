@@ -86,11 +86,19 @@ class LoadedModel:
     def describe(self) -> dict:
         meta = self.bundle.meta
         return {
-            "route": self.route, "uri": self.uri, "run_id": self.run_id, "version": self.version,
-            "aliases": self.aliases, "threshold": self.threshold, "runtime": self.bundle.runtime,
-            "batch_runtime": self.bundle.batch_runtime, "native_batch_min_rows": self.bundle.native_min_rows,
-            "test_metrics": meta.get("test_metrics", {}), "model_name": meta.get("model_name"),
-            "dataset": meta.get("dataset"), "loaded_at": self.loaded_at,
+            "route": self.route,
+            "uri": self.uri,
+            "run_id": self.run_id,
+            "version": self.version,
+            "aliases": self.aliases,
+            "threshold": self.threshold,
+            "runtime": self.bundle.runtime,
+            "batch_runtime": self.bundle.batch_runtime,
+            "native_batch_min_rows": self.bundle.native_min_rows,
+            "test_metrics": meta.get("test_metrics", {}),
+            "model_name": meta.get("model_name"),
+            "dataset": meta.get("dataset"),
+            "loaded_at": self.loaded_at,
         }
 
 
@@ -107,7 +115,11 @@ class ModelSet:
     generation: int = 0
 
     def pick(self, request_id: str) -> LoadedModel:
-        if self.challenger is not None and self.canary_fraction > 0 and route_fraction(request_id) < self.canary_fraction:
+        if (
+            self.challenger is not None
+            and self.canary_fraction > 0
+            and route_fraction(request_id) < self.canary_fraction
+        ):
             return self.challenger
         return self.champion
 
@@ -143,7 +155,7 @@ def _registry_info(s: Settings, uri: str, run_id: str) -> tuple[str | None, list
     try:
         c = client(s)
         if uri.startswith("models:/"):
-            rest = uri[len("models:/"):]
+            rest = uri[len("models:/") :]
             if "@" in rest:
                 name, alias = rest.split("@", 1)
                 mv = c.get_model_version_by_alias(name, alias)
@@ -186,12 +198,19 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
                 problem = pin_problem(s) if uri == f"runs:/{s.run_id}/model" else None
                 if problem:
                     raise ModelLoadError(f"cannot download {uri}: {redact(problem)}") from exc
-                raise ModelLoadError(f"cannot download {uri} from {redact(s.mlflow_tracking_uri)}: "
-                                     f"{type(exc).__name__}: {redact(exc)[:300]}") from exc
+                raise ModelLoadError(
+                    f"cannot download {uri} from {redact(s.mlflow_tracking_uri)}: "
+                    f"{type(exc).__name__}: {redact(exc)[:300]}"
+                ) from exc
         bdir = _find_bundle(root)
         try:
-            bundle = Bundle.load(bdir, prefer_onnx=True, threads=1, native_min_rows=s.native_batch_min_rows,
-                                 compiled_trees=s.compiled_trees)
+            bundle = Bundle.load(
+                bdir,
+                prefer_onnx=True,
+                threads=1,
+                native_min_rows=s.native_batch_min_rows,
+                compiled_trees=s.compiled_trees,
+            )
         except Exception as exc:
             raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {redact(exc)}") from exc
         check_contract(bundle.meta, uri, s)
@@ -221,7 +240,8 @@ def check_contract(meta: dict, uri: str, s: Settings) -> None:
         raise ModelLoadError(
             f"model {uri} was trained with data contract {meta.get('dataset')!r} (fingerprint {fp[:12]}), "
             f"this server validates requests with {served.name!r} (fingerprint {served.fingerprint()[:12]}, "
-            f"DATASET={s.dataset}): serve it with that contract, or pin a model of this one")
+            f"DATASET={s.dataset}): serve it with that contract, or pin a model of this one"
+        )
 
 
 def challenger_uri(s: Settings, champion_run_id: str) -> str | None:
@@ -236,8 +256,9 @@ def challenger_uri(s: Settings, champion_run_id: str) -> str | None:
     return f"models:/{s.model_name}/{mv.version}"
 
 
-def build_model_set(s: Settings, champion: str | None = None, challenger: str | None | bool = True,
-                    generation: int = 0) -> ModelSet:
+def build_model_set(
+    s: Settings, champion: str | None = None, challenger: str | None | bool = True, generation: int = 0
+) -> ModelSet:
     """Load champion (`champion` or the settings' pin) and, when canary applies, the challenger.
 
     `challenger=True` resolves the `challenger` alias; a string is a URI; None/False: none.
@@ -284,7 +305,11 @@ class ModelManager:
         """(champion uri, challenger spec, generation) from the shared state file, else settings."""
         st = self._read_state()
         if st:
-            return st.get("champion"), st.get("challenger") if "challenger" in st else True, int(st.get("generation", 0))
+            return (
+                st.get("champion"),
+                st.get("challenger") if "challenger" in st else True,
+                int(st.get("generation", 0)),
+            )
         return None, True, 0
 
     def _read_state(self) -> dict | None:
@@ -358,7 +383,7 @@ class ModelManager:
         uri = ms.champion.uri if ms is not None else ""
         if not uri.startswith("models:/") or "@" not in uri:
             return False
-        name, alias = uri[len("models:/"):].split("@", 1)
+        name, alias = uri[len("models:/") :].split("@", 1)
         mv = alias_version(name, alias, self.settings)
         if mv is None or str(mv.version) == str(ms.champion.version):
             return False
@@ -373,8 +398,12 @@ class ModelManager:
     def reload(self, champion: str | None = None, challenger: str | None | bool = True) -> ModelSet:
         """Load a complete new set and swap it in; on any error the old set keeps serving."""
         with self._reload_lock:
-            gen = max(self.current.generation if self.current else 0,
-                      int((self._read_state() or {}).get("generation", 0))) + 1
+            gen = (
+                max(
+                    self.current.generation if self.current else 0, int((self._read_state() or {}).get("generation", 0))
+                )
+                + 1
+            )
             try:
                 if champion is None:
                     from churnops.settings import get_settings as gs
@@ -403,21 +432,35 @@ class ModelManager:
         with self._jobs_lock:
             if self._job is not None and self._job["status"] == PENDING:
                 raise ReloadBusy(dict(self._job))
-            job = {"id": uuid.uuid4().hex, "status": PENDING, "champion": champion,
-                   "challenger": challenger if challenger is not True else "alias", "pid": os.getpid(),
-                   "submitted_at": time.time(), "finished_at": None, "generation": None, "reason": None}
+            job = {
+                "id": uuid.uuid4().hex,
+                "status": PENDING,
+                "champion": champion,
+                "challenger": challenger if challenger is not True else "alias",
+                "pid": os.getpid(),
+                "submitted_at": time.time(),
+                "finished_at": None,
+                "generation": None,
+                "reason": None,
+            }
             self._job = job
             self._write_job(job)
-        threading.Thread(target=self._run_job, args=(job, champion, challenger), name="model-reload",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._run_job, args=(job, champion, challenger), name="model-reload", daemon=True
+        ).start()
         return dict(job)
 
     def _run_job(self, job: dict, champion: str | None, challenger: str | None | bool) -> None:
         try:
             ms = self.reload(champion, challenger)
-            update = {"status": LOADED, "generation": ms.generation, "champion": ms.champion.uri,
-                      "run_id": ms.champion.run_id, "version": ms.champion.version,
-                      "challenger": ms.challenger.uri if ms.challenger else None}
+            update = {
+                "status": LOADED,
+                "generation": ms.generation,
+                "champion": ms.champion.uri,
+                "run_id": ms.champion.run_id,
+                "version": ms.champion.version,
+                "challenger": ms.challenger.uri if ms.challenger else None,
+            }
         except Exception as exc:
             reason = redact(f"{type(exc).__name__}: {exc}")[:600]
             log.warning("reload %s failed, previous model still serving: %s", job["id"], reason)
@@ -452,13 +495,20 @@ class ModelManager:
         except (OSError, ValueError):
             return None
         if job.get("status") == PENDING and not _alive(int(job.get("pid") or 0)):
-            job.update(status=FAILED, reason=f"the process that ran the reload (pid {job.get('pid')}) exited "
-                                             "before it finished; previous model still serving")
+            job.update(
+                status=FAILED,
+                reason=f"the process that ran the reload (pid {job.get('pid')}) exited "
+                "before it finished; previous model still serving",
+            )
         return job
 
     def _write_state(self, ms: ModelSet) -> None:
-        st = {"generation": ms.generation, "champion": ms.champion.uri,
-              "challenger": ms.challenger.uri if ms.challenger else None, "ts": time.time()}
+        st = {
+            "generation": ms.generation,
+            "champion": ms.champion.uri,
+            "challenger": ms.challenger.uri if ms.challenger else None,
+            "ts": time.time(),
+        }
         self._seen_state = (st["generation"], st["champion"], st["challenger"])
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -483,9 +533,14 @@ class ModelManager:
                     self.metrics.model_info.labels(m.route, m.run_id, str(m.version)).set(1)
             except Exception:
                 pass
-        log.info("serving champion %s (v%s)%s", ms.champion.run_id, ms.champion.version,
-                 f" + challenger {ms.challenger.run_id} (v{ms.challenger.version}) at {ms.canary_fraction:.0%}"
-                 if ms.challenger else "")
+        log.info(
+            "serving champion %s (v%s)%s",
+            ms.champion.run_id,
+            ms.champion.version,
+            f" + challenger {ms.challenger.run_id} (v{ms.challenger.version}) at {ms.canary_fraction:.0%}"
+            if ms.challenger
+            else "",
+        )
 
 
 def freeze_gc(gen0_threshold: int = 20_000) -> None:

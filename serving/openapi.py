@@ -19,8 +19,13 @@ def _feature_schema(contract: DatasetContract) -> dict:
         else:
             p = {"type": "string", "enum": list(f.categories)}
         props[name] = p
-    schema = {"type": "object", "properties": props, "required": list(contract.features),
-              "additionalProperties": True, "description": "Clean feature names of the data contract; extra fields are ignored and reported."}
+    schema = {
+        "type": "object",
+        "properties": props,
+        "required": list(contract.features),
+        "additionalProperties": True,
+        "description": "Clean feature names of the data contract; extra fields are ignored and reported.",
+    }
     if contract.example:
         schema["example"] = dict(contract.example)
     return schema
@@ -29,65 +34,210 @@ def _feature_schema(contract: DatasetContract) -> dict:
 def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
     from apispec import APISpec
 
-    spec = APISpec(title="Churn prediction API", version=version, openapi_version="3.0.3",
-                   info={"description": "Churn probability and decision from the pinned model; canary routing; prediction log."})
+    spec = APISpec(
+        title="Churn prediction API",
+        version=version,
+        openapi_version="3.0.3",
+        info={"description": "Churn probability and decision from the pinned model; canary routing; prediction log."},
+    )
     spec.components.schema("Features", _feature_schema(contract))
-    spec.components.schema("Envelope", {"type": "object", "required": ["features"], "properties": {
-        "request_id": {"type": "string", "maxLength": 128}, "features": {"$ref": "#/components/schemas/Features"}}})
-    spec.components.schema("Prediction", {"type": "object", "properties": {
-        "request_id": {"type": "string"}, "probability": {"type": "number"}, "churn": {"type": "boolean"},
-        "decision": {"type": "integer", "enum": [0, 1]}, "threshold": {"type": "number"},
-        "model_run_id": {"type": "string"}, "model_version": {"type": "string", "nullable": True},
-        "route": {"type": "string", "enum": ["champion", "challenger"]},
-        "ignored_fields": {"type": "array", "items": {"type": "string"}}}})
-    spec.components.schema("Error", {"type": "object", "required": ["error", "details"], "properties": {
-        "error": {"type": "string"}, "details": {"type": "object", "additionalProperties": {"type": "string"}}}})
+    spec.components.schema(
+        "Envelope",
+        {
+            "type": "object",
+            "required": ["features"],
+            "properties": {
+                "request_id": {"type": "string", "maxLength": 128},
+                "features": {"$ref": "#/components/schemas/Features"},
+            },
+        },
+    )
+    spec.components.schema(
+        "Prediction",
+        {
+            "type": "object",
+            "properties": {
+                "request_id": {"type": "string"},
+                "probability": {"type": "number"},
+                "churn": {"type": "boolean"},
+                "decision": {"type": "integer", "enum": [0, 1]},
+                "threshold": {"type": "number"},
+                "model_run_id": {"type": "string"},
+                "model_version": {"type": "string", "nullable": True},
+                "route": {"type": "string", "enum": ["champion", "challenger"]},
+                "ignored_fields": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    )
+    spec.components.schema(
+        "Error",
+        {
+            "type": "object",
+            "required": ["error", "details"],
+            "properties": {
+                "error": {"type": "string"},
+                "details": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    )
     err = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     one = {"oneOf": [{"$ref": "#/components/schemas/Features"}, {"$ref": "#/components/schemas/Envelope"}]}
-    ok_json = lambda desc, schema=None: {"description": desc, "content": {"application/json": {"schema": schema or {"type": "object"}}}}  # noqa: E731
-    spec.path("/predict", operations={"post": {
-        "summary": "Predict one customer", "requestBody": {"required": True, "content": {"application/json": {"schema": one}}},
-        "responses": {"200": ok_json("prediction", {"$ref": "#/components/schemas/Prediction"}),
-                      "400": {"description": "not JSON / empty / NaN", **err}, "413": {"description": "body too large", **err},
-                      "422": {"description": "contract violation, per field", **err}, "503": {"description": "model not loaded", **err}}}})
-    spec.path("/predict/batch", operations={"post": {
-        "summary": "Predict a list of customers (up to the batch row limit)",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "array", "items": one}}}},
-        "responses": {"200": ok_json("predictions", {"type": "object", "properties": {
-            "count": {"type": "integer"}, "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}}),
-            "400": {"description": "bad JSON", **err}, "413": {"description": "too large / too many rows", **err},
-            "422": {"description": "contract violation; details keyed `<index>.<field>`", **err}}}})
-    spec.path("/feedback", operations={"post": {
-        "summary": "Realized outcome for a request", "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["request_id"], "properties": {"request_id": {"type": "string"},
-                                                                          "outcome": {"type": "integer", "enum": [0, 1]},
-                                                                          "label": {"type": "string"}}}}}},
-        "responses": {"202": ok_json("accepted"), "422": {"description": "invalid", **err}}}})
-    for path, summary in (("/health", "Liveness"), ("/ready", "Readiness: 503 until a model is loaded"),
-                          ("/model", "Loaded model(s): run id, version, aliases, threshold, test metrics, runtime")):
-        spec.path(path, operations={"get": {"summary": summary, "responses": {"200": ok_json("ok"), "503": {"description": "not ready", **err}}}})
-    spec.path("/logs", operations={"get": {
-        "summary": "Prediction log window (start <= ts < end; UNIX seconds or ISO 8601)",
-        "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("start", "end", "limit")],
-        "responses": {"200": ok_json("records"), "422": {"description": "bad parameter", **err}, "503": {"description": "store down", **err}}}})
-    spec.path("/metrics", operations={"get": {"summary": "Prometheus metrics (all workers)",
-                                              "responses": {"200": {"description": "text exposition"}}}})
-    spec.path("/model/reload", operations={"post": {
-        "summary": "Start loading a model in the background; swapped in atomically when loaded, the old one serves "
-                   "meanwhile (admin token: `Authorization: Bearer` or `X-Admin-Token`). model_uri: "
-                   "`runs:/<32-hex run id>/<path>`, `models:/<MODEL_NAME>@<alias>` or `models:/<MODEL_NAME>/<version>`",
-        "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object", "properties": {
-            "model_uri": {"type": "string"}, "run_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-            "challenger_uri": {"type": "string", "nullable": True}}}}}},
-        "responses": {"202": ok_json("reload started: id, status pending, status_url"),
-                      "401": {"description": "bad token", **err},
-                      "409": {"description": "a reload of this worker is still pending", **err},
-                      "422": {"description": "model_uri / run_id / challenger_uri not accepted", **err}}}})
-    spec.path("/model/reload/{id}", operations={"get": {
-        "summary": "Status of a reload (admin): pending, loaded, or failed with the reason",
-        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {"200": ok_json("the reload job"), "401": {"description": "bad token", **err},
-                      "404": {"description": "unknown reload", **err}}}})
+
+    def ok_json(desc: str, schema: dict | None = None) -> dict:
+        return {"description": desc, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+    spec.path(
+        "/predict",
+        operations={
+            "post": {
+                "summary": "Predict one customer",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": one}}},
+                "responses": {
+                    "200": ok_json("prediction", {"$ref": "#/components/schemas/Prediction"}),
+                    "400": {"description": "not JSON / empty / NaN", **err},
+                    "413": {"description": "body too large", **err},
+                    "422": {"description": "contract violation, per field", **err},
+                    "503": {"description": "model not loaded", **err},
+                },
+            }
+        },
+    )
+    spec.path(
+        "/predict/batch",
+        operations={
+            "post": {
+                "summary": "Predict a list of customers (up to the batch row limit)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "array", "items": one}}},
+                },
+                "responses": {
+                    "200": ok_json(
+                        "predictions",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "count": {"type": "integer"},
+                                "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                            },
+                        },
+                    ),
+                    "400": {"description": "bad JSON", **err},
+                    "413": {"description": "too large / too many rows", **err},
+                    "422": {"description": "contract violation; details keyed `<index>.<field>`", **err},
+                },
+            }
+        },
+    )
+    spec.path(
+        "/feedback",
+        operations={
+            "post": {
+                "summary": "Realized outcome for a request",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["request_id"],
+                                "properties": {
+                                    "request_id": {"type": "string"},
+                                    "outcome": {"type": "integer", "enum": [0, 1]},
+                                    "label": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"202": ok_json("accepted"), "422": {"description": "invalid", **err}},
+            }
+        },
+    )
+    for path, summary in (
+        ("/health", "Liveness"),
+        ("/ready", "Readiness: 503 until a model is loaded"),
+        ("/model", "Loaded model(s): run id, version, aliases, threshold, test metrics, runtime"),
+    ):
+        spec.path(
+            path,
+            operations={
+                "get": {
+                    "summary": summary,
+                    "responses": {"200": ok_json("ok"), "503": {"description": "not ready", **err}},
+                }
+            },
+        )
+    spec.path(
+        "/logs",
+        operations={
+            "get": {
+                "summary": "Prediction log window (start <= ts < end; UNIX seconds or ISO 8601)",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}} for n in ("start", "end", "limit")
+                ],
+                "responses": {
+                    "200": ok_json("records"),
+                    "422": {"description": "bad parameter", **err},
+                    "503": {"description": "store down", **err},
+                },
+            }
+        },
+    )
+    spec.path(
+        "/metrics",
+        operations={
+            "get": {
+                "summary": "Prometheus metrics (all workers)",
+                "responses": {"200": {"description": "text exposition"}},
+            }
+        },
+    )
+    spec.path(
+        "/model/reload",
+        operations={
+            "post": {
+                "summary": "Start loading a model in the background; swapped in atomically when loaded, the old one serves "
+                "meanwhile (admin token: `Authorization: Bearer` or `X-Admin-Token`). model_uri: "
+                "`runs:/<32-hex run id>/<path>`, `models:/<MODEL_NAME>@<alias>` or `models:/<MODEL_NAME>/<version>`",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "model_uri": {"type": "string"},
+                                    "run_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                                    "challenger_uri": {"type": "string", "nullable": True},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": ok_json("reload started: id, status pending, status_url"),
+                    "401": {"description": "bad token", **err},
+                    "409": {"description": "a reload of this worker is still pending", **err},
+                    "422": {"description": "model_uri / run_id / challenger_uri not accepted", **err},
+                },
+            }
+        },
+    )
+    spec.path(
+        "/model/reload/{id}",
+        operations={
+            "get": {
+                "summary": "Status of a reload (admin): pending, loaded, or failed with the reason",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": ok_json("the reload job"),
+                    "401": {"description": "bad token", **err},
+                    "404": {"description": "unknown reload", **err},
+                },
+            }
+        },
+    )
     return spec.to_dict()
 
 

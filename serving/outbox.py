@@ -75,7 +75,9 @@ class Outbox:
                 continue
             by_stream: dict[str, list[dict]] = {}
             for it in items:
-                by_stream.setdefault(it["stream"], []).append({"Data": base64.b64decode(it["data"]), "PartitionKey": it["key"]})
+                by_stream.setdefault(it["stream"], []).append(
+                    {"Data": base64.b64decode(it["data"]), "PartitionKey": it["key"]}
+                )
             left: list[str] = []
             for stream, entries in by_stream.items():
                 rest = put(stream, entries)

@@ -187,10 +187,20 @@ def _safe_line(kind: str, record, reason: str = "") -> str:
 
 
 class PredictionLog:
-    def __init__(self, store: PredictionStore, spool_dir: str | Path, batch_size: int = 500,
-                 flush_interval_s: float = 0.5, replay_interval_s: float = 2.0, metrics=None,
-                 wake_records: int | None = None, queue_max_records: int = 100_000,
-                 spool_max_bytes: int = 1 << 30, retry_max_s: float = 30.0, journal: bool = True):
+    def __init__(
+        self,
+        store: PredictionStore,
+        spool_dir: str | Path,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.5,
+        replay_interval_s: float = 2.0,
+        metrics=None,
+        wake_records: int | None = None,
+        queue_max_records: int = 100_000,
+        spool_max_bytes: int = 1 << 30,
+        retry_max_s: float = 30.0,
+        journal: bool = True,
+    ):
         self.store = store
         # stores that keep JSON text take records encoded in the request thread (see SQLiteStore)
         self._encode = getattr(store, "encode_prediction", None) if hasattr(store, "insert_encoded") else None
@@ -260,8 +270,12 @@ class PredictionLog:
         """Journal one line (under _jlock); the segment, or None when it could not be written."""
         if self._spool_used + seg.bytes + len(line) > self.spool_max_bytes:
             if not self.spool_full:
-                log.error("spool folder %s is full (%d bytes, limit %d): records are kept in memory only",
-                          self.spool_dir, self._spool_used + seg.bytes, self.spool_max_bytes)
+                log.error(
+                    "spool folder %s is full (%d bytes, limit %d): records are kept in memory only",
+                    self.spool_dir,
+                    self._spool_used + seg.bytes,
+                    self.spool_max_bytes,
+                )
             self.spool_full = True
             return None
         try:
@@ -321,13 +335,29 @@ class PredictionLog:
 
     def status(self) -> dict:
         """What /health shows of the log."""
-        degraded = [k for k, bad in (("store", not self.store_ok), ("journal", not self.journal_ok),
-                                     ("spool_full", self.spool_full),
-                                     ("dropped", time.monotonic() - self._last_drop < DROP_ALERT_S)) if bad]
-        return {"store_ok": self.store_ok, "journal_ok": self.journal_ok, "spool_full": self.spool_full,
-                "pending": self._queued, "spooled": self.spooled, "dropped": self.dropped,
-                "quarantined": self.quarantined, "spool_bytes": self._spool_used + (self._seg.bytes if self._seg else 0),
-                "spool_files": len(self.spool_files()), "degraded": degraded, "last_error": self.last_error}
+        degraded = [
+            k
+            for k, bad in (
+                ("store", not self.store_ok),
+                ("journal", not self.journal_ok),
+                ("spool_full", self.spool_full),
+                ("dropped", time.monotonic() - self._last_drop < DROP_ALERT_S),
+            )
+            if bad
+        ]
+        return {
+            "store_ok": self.store_ok,
+            "journal_ok": self.journal_ok,
+            "spool_full": self.spool_full,
+            "pending": self._queued,
+            "spooled": self.spooled,
+            "dropped": self.dropped,
+            "quarantined": self.quarantined,
+            "spool_bytes": self._spool_used + (self._seg.bytes if self._seg else 0),
+            "spool_files": len(self.spool_files()),
+            "degraded": degraded,
+            "last_error": self.last_error,
+        }
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
@@ -410,8 +440,14 @@ class PredictionLog:
         Items are `(kind, record)` pairs, bare prediction dicts or `PredictionBatch`es. Never raises
         for a store error. While the store is down it is not tried before its backoff runs out.
         """
-        items = [(i[0], i[1], None) if isinstance(i, tuple) else (BATCH, i, None) if isinstance(i, PredictionBatch)
-                 else (PREDICTION, i, None) for i in items]
+        items = [
+            (i[0], i[1], None)
+            if isinstance(i, tuple)
+            else (BATCH, i, None)
+            if isinstance(i, PredictionBatch)
+            else (PREDICTION, i, None)
+            for i in items
+        ]
         if not items:
             return True
         ok = self._write(items)
@@ -562,7 +598,7 @@ class PredictionLog:
             fd = _create_locked(tmp)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
             os.replace(tmp, name)
             _fsync_dir(self.spool_dir)

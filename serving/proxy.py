@@ -46,9 +46,15 @@ def render_config(s: Settings, prefix: Path | None = None, template: Path = TEMP
             raise ValueError(f"path {prefix} contains {bad!r}: not allowed in an nginx config")
     if s.api_port == s.api_internal_port:
         raise ValueError(f"API_INTERNAL_PORT must differ from API_PORT ({s.api_port})")
-    values = {"PREFIX": str(prefix), "HOST": s.api_host, "PORT": str(int(s.api_port)),
-              "UPSTREAM": upstream_bind(s), "READ_TIMEOUT": str(max(1, math.ceil(s.api_read_timeout_s))),
-              "MAX_BODY": str(int(s.max_body_bytes)), "USER_DIRECTIVE": user_directive(prefix)}
+    values = {
+        "PREFIX": str(prefix),
+        "HOST": s.api_host,
+        "PORT": str(int(s.api_port)),
+        "UPSTREAM": upstream_bind(s),
+        "READ_TIMEOUT": str(max(1, math.ceil(s.api_read_timeout_s))),
+        "MAX_BODY": str(int(s.max_body_bytes)),
+        "USER_DIRECTIVE": user_directive(prefix),
+    }
     text = template.read_text()
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)

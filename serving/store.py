@@ -79,8 +79,11 @@ class PredictionBatch:
 
     def to_doc(self) -> dict:
         """JSON-ready form (numpy arrays as lists); `from_doc` reverses it."""
-        return {"const": self.const, "cols": {k: _plain(v) for k, v in self.cols.items()},
-                "features": {k: _plain(v) for k, v in self.features.items()}}
+        return {
+            "const": self.const,
+            "cols": {k: _plain(v) for k, v in self.cols.items()},
+            "features": {k: _plain(v) for k, v in self.features.items()},
+        }
 
     @classmethod
     def from_doc(cls, doc: dict) -> "PredictionBatch":
@@ -100,8 +103,9 @@ class PredictionStore(ABC):
         return self.insert_predictions(batch.rows())
 
     @abstractmethod
-    def find_predictions(self, start: float | None = None, end: float | None = None,
-                         limit: int | None = None) -> list[dict]:
+    def find_predictions(
+        self, start: float | None = None, end: float | None = None, limit: int | None = None
+    ) -> list[dict]:
         """Predictions with start <= ts < end, oldest first."""
 
     @abstractmethod
@@ -119,8 +123,9 @@ class PredictionStore(ABC):
             self.add_feedback(f["request_id"], f["outcome"], f["ts"])
 
     @abstractmethod
-    def find_feedback(self, request_ids: list[str] | None = None, start: float | None = None,
-                      end: float | None = None) -> list[dict]:
+    def find_feedback(
+        self, request_ids: list[str] | None = None, start: float | None = None, end: float | None = None
+    ) -> list[dict]:
         """Feedback records by request id and/or by time window."""
 
     @abstractmethod

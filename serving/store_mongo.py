@@ -26,8 +26,12 @@ class MongoStore(PredictionStore):
     def from_uri(cls, uri: str, db: str = "churn", timeout_ms: int = 3000) -> "MongoStore":
         from pymongo import MongoClient
 
-        return cls(MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                               socketTimeoutMS=10 * timeout_ms), db)
+        return cls(
+            MongoClient(
+                uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=10 * timeout_ms
+            ),
+            db,
+        )
 
     def _ensure_indexes(self) -> None:
         if not self._indexed:
@@ -78,9 +82,11 @@ class MongoStore(PredictionStore):
         for f in items:
             rid, ts = str(f["request_id"]), float(f["ts"])
             try:
-                self.db.feedback.update_one({"_id": rid, "ts": {"$lte": ts}},
-                                            {"$set": {"request_id": rid, "outcome": int(f["outcome"]), "ts": ts}},
-                                            upsert=True)
+                self.db.feedback.update_one(
+                    {"_id": rid, "ts": {"$lte": ts}},
+                    {"$set": {"request_id": rid, "outcome": int(f["outcome"]), "ts": ts}},
+                    upsert=True,
+                )
             except DuplicateKeyError:
                 pass  # a newer outcome is stored
 

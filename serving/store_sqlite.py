@@ -130,8 +130,9 @@ class SQLiteStore(PredictionStore):
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=self.timeout_s, check_same_thread=False,
-                                   isolation_level=None)
+            conn = sqlite3.connect(
+                str(self.path), timeout=self.timeout_s, check_same_thread=False, isolation_level=None
+            )
             deadline = time.monotonic() + self.timeout_s
             while True:  # several processes may open a fresh file at once: retry the setup
                 try:
@@ -142,11 +143,16 @@ class SQLiteStore(PredictionStore):
                     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
-                    if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='prediction_chunks_ts_min'"
-                                    ).fetchone()[0] == 0:
+                    if (
+                        conn.execute(
+                            "SELECT COUNT(*) FROM sqlite_master WHERE name='prediction_chunks_ts_min'"
+                        ).fetchone()[0]
+                        == 0
+                    ):
                         conn.executescript(_SCHEMA)
-                    if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='predictions'"
-                                    ).fetchone()[0]:
+                    if conn.execute(
+                        "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='predictions'"
+                    ).fetchone()[0]:
                         self._migrate(conn)
                     break
                 except sqlite3.OperationalError as exc:
@@ -162,8 +168,9 @@ class SQLiteStore(PredictionStore):
         """Move one-row-per-prediction tables of older versions into chunks (once, atomically)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='predictions'"
-                            ).fetchone()[0]:  # another process may have done it meanwhile
+            if conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='predictions'").fetchone()[
+                0
+            ]:  # another process may have done it meanwhile
                 for stmt in filter(str.strip, _MIGRATE.split(";")):
                     conn.execute(stmt)
             conn.execute("COMMIT")
@@ -198,7 +205,9 @@ class SQLiteStore(PredictionStore):
         def go(conn):
             cur = conn.execute(
                 "INSERT INTO prediction_chunks (_id, ts_min, ts_max, n, doc) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(_id) DO NOTHING", (chunk_id, ts_min, ts_max, n, text))
+                "ON CONFLICT(_id) DO NOTHING",
+                (chunk_id, ts_min, ts_max, n, text),
+            )
             return n if cur.rowcount == 1 else 0
 
         return self._run(go)
@@ -213,8 +222,7 @@ class SQLiteStore(PredictionStore):
         if not items:
             return 0
         ts = [t for t, _ in items]
-        return self._insert_chunk(b'{"rows":[' + b",".join([b for _, b in items]) + b"]}", min(ts), max(ts),
-                                  len(items))
+        return self._insert_chunk(b'{"rows":[' + b",".join([b for _, b in items]) + b"]}", min(ts), max(ts), len(items))
 
     def insert_predictions(self, records: list[dict]) -> int:
         """One chunk of record dicts; returns how many were written (0 when this chunk was already)."""
@@ -298,11 +306,14 @@ class SQLiteStore(PredictionStore):
 
     # ---- feedback ---------------------------------------------------------------------------------
     def add_feedback(self, request_id: str, outcome: int, ts: float) -> None:
-        self._run(lambda c: c.execute(
-            "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
-            "WHERE excluded.ts >= feedback.ts",
-            (str(request_id), str(request_id), int(outcome), float(ts))))
+        self._run(
+            lambda c: c.execute(
+                "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
+                "WHERE excluded.ts >= feedback.ts",
+                (str(request_id), str(request_id), int(outcome), float(ts)),
+            )
+        )
 
     def add_feedback_many(self, items: list[dict]) -> None:
         """Several feedback records in one transaction (64 KiB pages make one per record costly)."""
@@ -316,7 +327,9 @@ class SQLiteStore(PredictionStore):
                 conn.executemany(
                     "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
-                    "WHERE excluded.ts >= feedback.ts", rows)
+                    "WHERE excluded.ts >= feedback.ts",
+                    rows,
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -334,9 +347,12 @@ class SQLiteStore(PredictionStore):
             where += (" AND " if where else " WHERE ") + f"_id IN ({','.join('?' * len(ids))})"
             args += ids
         sql = f"SELECT _id, request_id, outcome, ts FROM feedback{where} ORDER BY ts, _id"
-        return self._run(lambda c: [
-            {"_id": i, "request_id": r, "outcome": int(o), "ts": t} for i, r, o, t in c.execute(sql, args).fetchall()
-        ])
+        return self._run(
+            lambda c: [
+                {"_id": i, "request_id": r, "outcome": int(o), "ts": t}
+                for i, r, o, t in c.execute(sql, args).fetchall()
+            ]
+        )
 
     # ---- checkpoints and reports --------------------------------------------------------------------
     def get_checkpoint(self, key: str) -> str | None:
@@ -344,20 +360,32 @@ class SQLiteStore(PredictionStore):
         return row[0] if row else None
 
     def set_checkpoint(self, key: str, value: str) -> None:
-        self._run(lambda c: c.execute(
-            "INSERT INTO checkpoints (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            (key, str(value))))
+        self._run(
+            lambda c: c.execute(
+                "INSERT INTO checkpoints (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, str(value)),
+            )
+        )
 
     def save_report(self, meta: dict) -> None:
         doc = json.dumps(meta, default=str)
-        self._run(lambda c: c.execute(
-            "INSERT INTO reports (_id, ts, doc) VALUES (?, ?, ?) "
-            "ON CONFLICT(_id) DO UPDATE SET ts=excluded.ts, doc=excluded.doc",
-            (str(meta["_id"]), float(meta.get("ts", 0.0)), doc)))
+        self._run(
+            lambda c: c.execute(
+                "INSERT INTO reports (_id, ts, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT(_id) DO UPDATE SET ts=excluded.ts, doc=excluded.doc",
+                (str(meta["_id"]), float(meta.get("ts", 0.0)), doc),
+            )
+        )
 
     def list_reports(self, limit: int = 100) -> list[dict]:
-        return self._run(lambda c: [json.loads(d) for (d,) in c.execute(
-            "SELECT doc FROM reports ORDER BY ts DESC, _id DESC LIMIT ?", (int(limit),)).fetchall()])
+        return self._run(
+            lambda c: [
+                json.loads(d)
+                for (d,) in c.execute(
+                    "SELECT doc FROM reports ORDER BY ts DESC, _id DESC LIMIT ?", (int(limit),)
+                ).fetchall()
+            ]
+        )
 
     def is_unavailable(self, exc: BaseException) -> bool:
         """Locked, busy, disk full, cannot open: the file, not the records (OperationalError)."""
@@ -372,12 +400,18 @@ class SQLiteStore(PredictionStore):
     def add_audit(self, record: dict) -> dict:
         import uuid
 
-        rec = {**record, "_id": str(record.get("_id") or uuid.uuid4().hex), "ts": float(record.get("ts") or time.time())}
+        rec = {
+            **record,
+            "_id": str(record.get("_id") or uuid.uuid4().hex),
+            "ts": float(record.get("ts") or time.time()),
+        }
 
         def go(conn):
             self._audit_table(conn)
-            cur = conn.execute("INSERT INTO audit (_id, ts, doc) VALUES (?, ?, ?)",
-                               (rec["_id"], rec["ts"], json.dumps(rec, default=str)))
+            cur = conn.execute(
+                "INSERT INTO audit (_id, ts, doc) VALUES (?, ?, ?)",
+                (rec["_id"], rec["ts"], json.dumps(rec, default=str)),
+            )
             return cur.lastrowid
 
         rec["seq"] = int(self._run(go))
@@ -386,8 +420,12 @@ class SQLiteStore(PredictionStore):
     def find_audit(self, limit: int = 50, offset: int = 0) -> list[dict]:
         def go(conn):
             self._audit_table(conn)
-            return [dict(json.loads(d), seq=s) for s, d in conn.execute(
-                "SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT ? OFFSET ?", (int(limit), int(offset))).fetchall()]
+            return [
+                dict(json.loads(d), seq=s)
+                for s, d in conn.execute(
+                    "SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT ? OFFSET ?", (int(limit), int(offset))
+                ).fetchall()
+            ]
 
         return self._run(go)
 

@@ -1,6 +1,6 @@
 """HTTP business simulator: `POST /predict` at a rate, outcomes to `POST /feedback` later.
 
-    python -m simulators.http_sim --seconds 20 --rate 20 --drift shift,concept --drift-mode gradual
+python -m simulators.http_sim --seconds 20 --rate 20 --drift shift,concept --drift-mode gradual
 """
 
 from __future__ import annotations
@@ -21,10 +21,25 @@ from simulators.traffic import (
 )
 
 
-def run_http(settings, contract, *, rate: float, seconds: float | None, count: int | None, seed: int,
-             drift: list[str], drift_mode: str = "sudden", feedback_delay_s: float = 5.0, feedback: bool = True,
-             api_url: str | None = None, pool=None, source: str = "auto", stop=lambda: False,
-             allow_remote: bool = False, onset: float = 0.0) -> RunStats:
+def run_http(
+    settings,
+    contract,
+    *,
+    rate: float,
+    seconds: float | None,
+    count: int | None,
+    seed: int,
+    drift: list[str],
+    drift_mode: str = "sudden",
+    feedback_delay_s: float = 5.0,
+    feedback: bool = True,
+    api_url: str | None = None,
+    pool=None,
+    source: str = "auto",
+    stop=lambda: False,
+    allow_remote: bool = False,
+    onset: float = 0.0,
+) -> RunStats:
     import httpx
 
     api = (api_url or settings.api_url).rstrip("/")
@@ -83,10 +98,22 @@ def main() -> None:
     a = p.parse_args()
     setup_logging()
     try:
-        st = run_http(s, load_contract(s.dataset), rate=a.rate, seconds=a.seconds, count=a.count, seed=a.seed,
-                      drift=parse_drift(a.drift), drift_mode=a.drift_mode, feedback_delay_s=a.feedback_delay,
-                      feedback=not a.no_feedback, api_url=a.api_url, source=a.source, allow_remote=a.allow_remote,
-                      onset=a.onset)
+        st = run_http(
+            s,
+            load_contract(s.dataset),
+            rate=a.rate,
+            seconds=a.seconds,
+            count=a.count,
+            seed=a.seed,
+            drift=parse_drift(a.drift),
+            drift_mode=a.drift_mode,
+            feedback_delay_s=a.feedback_delay,
+            feedback=not a.no_feedback,
+            api_url=a.api_url,
+            source=a.source,
+            allow_remote=a.allow_remote,
+            onset=a.onset,
+        )
     except Exception as exc:
         fail(exc, "HTTP simulator")
     print(json.dumps(st.as_dict(), indent=1))

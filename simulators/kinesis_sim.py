@@ -22,10 +22,26 @@ from simulators.traffic import (
 )
 
 
-def run_kinesis(settings, contract, *, rate: float, seconds: float | None, count: int | None, seed: int,
-                drift: list[str], drift_mode: str = "sudden", feedback_delay_s: float = 5.0, feedback: bool = True,
-                api_url: str | None = None, stream: str | None = None, pool=None, source: str = "auto",
-                stop=lambda: False, allow_remote: bool = False, onset: float = 0.0) -> RunStats:
+def run_kinesis(
+    settings,
+    contract,
+    *,
+    rate: float,
+    seconds: float | None,
+    count: int | None,
+    seed: int,
+    drift: list[str],
+    drift_mode: str = "sudden",
+    feedback_delay_s: float = 5.0,
+    feedback: bool = True,
+    api_url: str | None = None,
+    stream: str | None = None,
+    pool=None,
+    source: str = "auto",
+    stop=lambda: False,
+    allow_remote: bool = False,
+    onset: float = 0.0,
+) -> RunStats:
     from churnops.aws import client as aws_client
 
     api = (api_url or settings.api_url).rstrip("/")
@@ -39,14 +55,21 @@ def run_kinesis(settings, contract, *, rate: float, seconds: float | None, count
         where = "given pool"
     n = planned_count(rate, seconds, count)
     records, changed = plan_records(pool, contract, n, seed + 1, drift, drift_mode, onset, prefix="kin")
-    stats = RunStats("kinesis", drift={"kinds": drift, "mode": drift_mode, "rows_changed": changed,
-                                       "customers": where, "stream": stream})
+    stats = RunStats(
+        "kinesis",
+        drift={"kinds": drift, "mode": drift_mode, "rows_changed": changed, "customers": where, "stream": stream},
+    )
     kin = aws_client("kinesis", settings)
     fb = FeedbackSender(api) if feedback else None
 
     def send(batch: list[Planned]):
-        entries = [{"Data": json.dumps({"request_id": r.request_id, "features": r.features}).encode(),
-                    "PartitionKey": r.request_id} for r in batch]
+        entries = [
+            {
+                "Data": json.dumps({"request_id": r.request_id, "features": r.features}).encode(),
+                "PartitionKey": r.request_id,
+            }
+            for r in batch
+        ]
         try:
             resp = kin.put_records(StreamName=stream, Records=entries)
         except Exception as exc:
@@ -58,8 +81,9 @@ def run_kinesis(settings, contract, *, rate: float, seconds: float | None, count
         return out
 
     try:
-        return run_paced(records, send, stats, rate, None if count else seconds, fb, feedback_delay_s, stop,
-                         max_batch=500)
+        return run_paced(
+            records, send, stats, rate, None if count else seconds, fb, feedback_delay_s, stop, max_batch=500
+        )
     finally:
         if fb:
             fb.close()
@@ -78,10 +102,23 @@ def main() -> None:
     a = p.parse_args()
     setup_logging()
     try:
-        st = run_kinesis(s, load_contract(s.dataset), rate=a.rate, seconds=a.seconds, count=a.count, seed=a.seed,
-                         drift=parse_drift(a.drift), drift_mode=a.drift_mode, feedback_delay_s=a.feedback_delay,
-                         feedback=not a.no_feedback, api_url=a.api_url, stream=a.stream, source=a.source,
-                         allow_remote=a.allow_remote, onset=a.onset)
+        st = run_kinesis(
+            s,
+            load_contract(s.dataset),
+            rate=a.rate,
+            seconds=a.seconds,
+            count=a.count,
+            seed=a.seed,
+            drift=parse_drift(a.drift),
+            drift_mode=a.drift_mode,
+            feedback_delay_s=a.feedback_delay,
+            feedback=not a.no_feedback,
+            api_url=a.api_url,
+            stream=a.stream,
+            source=a.source,
+            allow_remote=a.allow_remote,
+            onset=a.onset,
+        )
     except Exception as exc:
         fail(exc, "Kinesis simulator")
     print(json.dumps(st.as_dict(), indent=1))

@@ -37,9 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     pool, where = customer_pool(s, contract, a.source, a.seed)
-    common = dict(rate=a.rate, seconds=a.seconds, count=a.count, seed=a.seed, drift=drift, drift_mode=a.drift_mode,
-                  feedback_delay_s=a.feedback_delay, feedback=not a.no_feedback, api_url=a.api_url, pool=pool,
-                  allow_remote=a.allow_remote, onset=a.onset)
+    common = dict(
+        rate=a.rate,
+        seconds=a.seconds,
+        count=a.count,
+        seed=a.seed,
+        drift=drift,
+        drift_mode=a.drift_mode,
+        feedback_delay_s=a.feedback_delay,
+        feedback=not a.no_feedback,
+        api_url=a.api_url,
+        pool=pool,
+        allow_remote=a.allow_remote,
+        onset=a.onset,
+    )
     results: dict[str, dict] = {}
     stop = threading.Event()
 
@@ -54,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.only in (None, "http"):
         threads.append(threading.Thread(target=job, args=("http", run_http), daemon=True))
     if a.only in (None, "kinesis"):
-        threads.append(threading.Thread(target=job, args=("kinesis", run_kinesis), kwargs={"stream": a.stream},
-                                        daemon=True))
+        threads.append(
+            threading.Thread(target=job, args=("kinesis", run_kinesis), kwargs={"stream": a.stream}, daemon=True)
+        )
     for t in threads:
         t.start()
     try:
@@ -75,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in r:
                 print(f"[{name}] ERROR {r['error']}")
                 continue
-            print(f"[{name}] sent {r['sent']}/{r['planned']} in {r['seconds']} s; feedback posted {r['feedback_sent']}"
-                  f" (pending {r['feedback_pending']}); rows changed by drift {r['drift']['rows_changed']}")
+            print(
+                f"[{name}] sent {r['sent']}/{r['planned']} in {r['seconds']} s; feedback posted {r['feedback_sent']}"
+                f" (pending {r['feedback_pending']}); rows changed by drift {r['drift']['rows_changed']}"
+            )
             for k, v in sorted(r["counts"].items()):
                 print(f"    {k:40s} {v}")
     return 1 if any("error" in r for r in results.values()) else 0

@@ -90,8 +90,9 @@ def strengths(n: int, mode: str = "sudden", onset: float = 0.0) -> np.ndarray:
     return (i >= start).astype(float)
 
 
-def apply_drift(df: pd.DataFrame, kinds: list[str], strength: np.ndarray, rng: np.random.Generator,
-                target: str = "churn") -> tuple[pd.DataFrame, np.ndarray, dict]:
+def apply_drift(
+    df: pd.DataFrame, kinds: list[str], strength: np.ndarray, rng: np.random.Generator, target: str = "churn"
+) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Inject drift into clean rows; returns (features, outcomes, counts of rows changed per kind)."""
     df = df.reset_index(drop=True).copy()
     n = len(df)
@@ -145,8 +146,16 @@ class Planned:
     strength: float
 
 
-def plan_records(pool: pd.DataFrame, contract, n: int, seed: int, drift: list[str], mode: str = "sudden",
-                 onset: float = 0.0, prefix: str = "sim") -> tuple[list[Planned], dict]:
+def plan_records(
+    pool: pd.DataFrame,
+    contract,
+    n: int,
+    seed: int,
+    drift: list[str],
+    mode: str = "sudden",
+    onset: float = 0.0,
+    prefix: str = "sim",
+) -> tuple[list[Planned], dict]:
     """The `n` records a simulator will send, drift applied; (records, drift counts)."""
     rng = np.random.default_rng(seed)
     rows = pool.iloc[rng.integers(0, len(pool), n)]
@@ -154,8 +163,10 @@ def plan_records(pool: pd.DataFrame, contract, n: int, seed: int, drift: list[st
     feats, outcomes, changed = apply_drift(rows, drift, st, rng, contract.target.name)
     records = feats[contract.feature_names].to_dict(orient="records")
     run = uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | int(rng.integers(0, 2**63))).hex[:8]
-    planned = [Planned(f"{prefix}-{run}-{i:07d}", to_request_features(r, contract), int(o), float(x))
-               for i, (r, o, x) in enumerate(zip(records, outcomes, st))]
+    planned = [
+        Planned(f"{prefix}-{run}-{i:07d}", to_request_features(r, contract), int(o), float(x))
+        for i, (r, o, x) in enumerate(zip(records, outcomes, st))
+    ]
     return planned, changed
 
 
@@ -167,16 +178,23 @@ class RunStats:
     name: str
     planned: int = 0
     sent: int = 0
-    counts: Counter = field(default_factory=Counter)   # "POST /predict 200", "kinesis put ok", ...
+    counts: Counter = field(default_factory=Counter)  # "POST /predict 200", "kinesis put ok", ...
     feedback_sent: int = 0
     feedback_pending: int = 0
     drift: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "planned": self.planned, "sent": self.sent, "counts": dict(self.counts),
-                "feedback_sent": self.feedback_sent, "feedback_pending": self.feedback_pending,
-                "drift": self.drift, "seconds": round(self.seconds, 2)}
+        return {
+            "name": self.name,
+            "planned": self.planned,
+            "sent": self.sent,
+            "counts": dict(self.counts),
+            "feedback_sent": self.feedback_sent,
+            "feedback_pending": self.feedback_pending,
+            "drift": self.drift,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 class FeedbackSender:
@@ -200,10 +218,18 @@ class FeedbackSender:
         self.client.close()
 
 
-def run_paced(records: list[Planned], send_batch: Callable[[list[Planned]], list[tuple[Planned, str, bool]]],
-              stats: RunStats, rate: float, seconds: float | None, feedback: Callable[[str, int], str] | None,
-              feedback_delay_s: float, stop: Callable[[], bool] = lambda: False, max_batch: int = 100,
-              drain: bool = True) -> RunStats:
+def run_paced(
+    records: list[Planned],
+    send_batch: Callable[[list[Planned]], list[tuple[Planned, str, bool]]],
+    stats: RunStats,
+    rate: float,
+    seconds: float | None,
+    feedback: Callable[[str, int], str] | None,
+    feedback_delay_s: float,
+    stop: Callable[[], bool] = lambda: False,
+    max_batch: int = 100,
+    drain: bool = True,
+) -> RunStats:
     """Send `records` at `rate`/s for at most `seconds`; post outcomes `feedback_delay_s` after each send.
 
     `send_batch` returns (record, count key, accepted) per record; only accepted records get feedback.
@@ -227,7 +253,7 @@ def run_paced(records: list[Planned], send_batch: Callable[[list[Planned]], list
             break
         target = min(n, int((now - t0) * rate) + 1) if rate > 0 else n
         if target > i:
-            batch = records[i:min(target, i + max_batch)]
+            batch = records[i : min(target, i + max_batch)]
             i += len(batch)
             for rec, key, ok in send_batch(batch):
                 stats.counts[key] += 1

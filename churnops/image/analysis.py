@@ -41,8 +41,10 @@ def _spec(**update) -> Variation:
 VARIATIONS: dict[str, tuple[str, Variation]] = {
     "baseline": ("the contract's ISP", lambda f, spec, rng: (f, spec)),
     "wb_gray_world": ("white balance from the frame's channel means", _spec(white_balance="gray_world")),
-    "wb_warm_shift": ("camera white balance x (1.3, 1, 0.77): a warmer illuminant guess",
-                      lambda f, spec, rng: (replace(f, wb=f.wb * np.array([1.3, 1.0, 0.77], np.float32)), spec)),
+    "wb_warm_shift": (
+        "camera white balance x (1.3, 1, 0.77): a warmer illuminant guess",
+        lambda f, spec, rng: (replace(f, wb=f.wb * np.array([1.3, 1.0, 0.77], np.float32)), spec),
+    ),
     "wb_none": ("no white balance", _spec(white_balance="none")),
     "demosaic_nearest": ("nearest-neighbour demosaic instead of bilinear", _spec(demosaic="nearest")),
     "noise_1pct": ("extra read noise, sigma 1% of the raw range", _noise(0.01)),
@@ -64,14 +66,23 @@ def develop(frames: list[RawFrame], spec: IspSpec, variation: Variation, seed: i
     return np.ascontiguousarray(np.stack(out), dtype=np.float32)
 
 
-def sensitivity(predict_proba: Callable[[np.ndarray], np.ndarray], frames: list[RawFrame], labels: np.ndarray,
-                contract: ImageContract, seed: int = 42):
+def sensitivity(
+    predict_proba: Callable[[np.ndarray], np.ndarray],
+    frames: list[RawFrame],
+    labels: np.ndarray,
+    contract: ImageContract,
+    seed: int = 42,
+):
     """DataFrame: variation, description, accuracy, delta (vs baseline), n."""
     import pandas as pd
 
     rows = []
     for name, (desc, var) in VARIATIONS.items():
-        acc = float((predict_proba(develop(frames, contract.isp, var, seed)).argmax(1) == labels).mean()) if frames else float("nan")
+        acc = (
+            float((predict_proba(develop(frames, contract.isp, var, seed)).argmax(1) == labels).mean())
+            if frames
+            else float("nan")
+        )
         rows.append({"variation": name, "description": desc, "accuracy": acc, "n": len(frames)})
     table = pd.DataFrame(rows)
     table.insert(3, "delta", table["accuracy"] - table.loc[table["variation"] == "baseline", "accuracy"].iloc[0])
@@ -104,5 +115,11 @@ def log_sensitivity(table, run_id: str, tracking_uri: str) -> None:
         plot(table, Path(tmp) / "isp_sensitivity.png")
         client.log_artifacts(run_id, tmp)
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"sens_{v}_accuracy", float(a), now, 0)
-                                      for v, a in zip(table["variation"], table["accuracy"]) if a == a])
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(f"sens_{v}_accuracy", float(a), now, 0)
+            for v, a in zip(table["variation"], table["accuracy"])
+            if a == a
+        ],
+    )

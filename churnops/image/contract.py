@@ -23,12 +23,13 @@ class SensorSpec(BaseModel):
     # per-channel sensitivities (R, G, B): what white balance undoes; as-shot neutral = gains / gains[G]
     gains: tuple[float, float, float] = (0.55, 1.0, 0.7)
     # camera RGB from linear sRGB; rows sum to 1 so grey stays grey before the gains
-    color_matrix: list[list[float]] = Field(default_factory=lambda: [
-        [0.80, 0.15, 0.05], [0.10, 0.80, 0.10], [0.05, 0.20, 0.75]])
-    blur_sigma: float = Field(0.7, ge=0)          # optics, in scene pixels
-    electrons_per_dn: float = Field(4.0, gt=0)     # shot noise: Poisson in electrons
-    read_noise_dn: float = Field(6.0, ge=0)        # Gaussian, in DN
-    exposure: float = Field(0.8, gt=0)             # scene 1.0 -> this fraction of full scale (before gains)
+    color_matrix: list[list[float]] = Field(
+        default_factory=lambda: [[0.80, 0.15, 0.05], [0.10, 0.80, 0.10], [0.05, 0.20, 0.75]]
+    )
+    blur_sigma: float = Field(0.7, ge=0)  # optics, in scene pixels
+    electrons_per_dn: float = Field(4.0, gt=0)  # shot noise: Poisson in electrons
+    read_noise_dn: float = Field(6.0, ge=0)  # Gaussian, in DN
+    exposure: float = Field(0.8, gt=0)  # scene 1.0 -> this fraction of full scale (before gains)
 
     @field_validator("color_matrix")
     @classmethod
@@ -51,7 +52,7 @@ class IspSpec(BaseModel):
     demosaic: Literal["bilinear", "nearest"] = "bilinear"
     color_correction: Literal["camera", "none"] = "camera"
     exposure_stops: float = 0.0
-    gamma: float = Field(2.222, gt=0)   # power 1/gamma ...
+    gamma: float = Field(2.222, gt=0)  # power 1/gamma ...
     toe_slope: float = Field(4.5, ge=0)  # ... with a linear toe of this slope (BT.709; 0 = pure power)
     denoise_sigma: float = Field(0.5, ge=0)
     sharpen_amount: float = Field(0.3, ge=0)

@@ -27,8 +27,8 @@ class ImageDataError(ValueError):
 @dataclass(frozen=True)
 class ImageFile:
     path: Path
-    rel: str      # POSIX path relative to the root, e.g. "3/0007.dng"
-    label: int    # index into the contract's classes
+    rel: str  # POSIX path relative to the root, e.g. "3/0007.dng"
+    label: int  # index into the contract's classes
 
 
 def list_images(root: Path, contract: ImageContract) -> list[ImageFile]:
@@ -46,7 +46,9 @@ def list_images(root: Path, contract: ImageContract) -> list[ImageFile]:
         if len(parts) != 2:
             raise ImageDataError(f"{root}: {rel} is not in the <class>/<file> layout")
         if parts[0] not in classes:
-            raise ImageDataError(f"{root}: folder {parts[0]!r} is not a class of contract {contract.name} {contract.classes}")
+            raise ImageDataError(
+                f"{root}: folder {parts[0]!r} is not a class of contract {contract.name} {contract.classes}"
+            )
         if p.suffix.lower() not in contract.extensions:
             raise ImageDataError(f"{root}: {rel} has extension {p.suffix!r}; expected one of {contract.extensions}")
         files.append(ImageFile(p, rel, classes[parts[0]]))
@@ -92,8 +94,14 @@ def read_raw(source: Path | bytes, name: str = "raw image") -> RawFrame:
         wb = np.asarray(r.camera_whitebalance[:3], dtype=np.float32)
         if not np.all(wb > 0):
             wb = np.ones(3, np.float32)  # no AsShotNeutral: leave the channels as they are
-        return RawFrame(bayer=bayer, cfa=cfa, black=black, white=float(r.white_level), wb=wb / wb[1],
-                        rgb_cam=np.asarray(r.color_matrix, dtype=np.float32)[:, :3])
+        return RawFrame(
+            bayer=bayer,
+            cfa=cfa,
+            black=black,
+            white=float(r.white_level),
+            wb=wb / wb[1],
+            rgb_cam=np.asarray(r.color_matrix, dtype=np.float32)[:, :3],
+        )
 
 
 def read_standard(source: Path | bytes, name: str = "image") -> np.ndarray:
@@ -115,17 +123,27 @@ def load_image(path: Path, contract: ImageContract, isp: IspSpec | None = None) 
         rgb = read_standard(path, str(path))
     want = (contract.image.height, contract.image.width)
     if rgb.shape[:2] != want:
-        raise ImageDataError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]}; contract {contract.name} expects {want[1]}x{want[0]}")
+        raise ImageDataError(
+            f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]}; contract {contract.name} expects {want[1]}x{want[0]}"
+        )
     return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_arrays(files: list[ImageFile], contract: ImageContract, isp: IspSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    files: list[ImageFile], contract: ImageContract, isp: IspSpec | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, H, W) float32 inputs and (N,) int64 labels."""
-    X = np.stack([load_image(f.path, contract, isp) for f in files]) if files else np.empty((0, 3, contract.image.height, contract.image.width), np.float32)
+    X = (
+        np.stack([load_image(f.path, contract, isp) for f in files])
+        if files
+        else np.empty((0, 3, contract.image.height, contract.image.width), np.float32)
+    )
     return X, np.array([f.label for f in files], dtype=np.int64)
 
 
-def stratified_split(labels: np.ndarray, test_size: float, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_size: float, val_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index arrays (train, val, test), stratified by class, deterministic in the seed."""
     from sklearn.model_selection import train_test_split
 

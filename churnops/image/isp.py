@@ -26,12 +26,12 @@ class UnsupportedRawError(ValueError):
 class RawFrame:
     """What the ISP needs from a raw file (read by `dataset.read_raw`)."""
 
-    bayer: np.ndarray        # uint16 (H, W)
-    cfa: str                 # "RGGB": colour of sites (0,0) (0,1) (1,0) (1,1)
-    black: np.ndarray        # float (2, 2): black level of each site of the tile
+    bayer: np.ndarray  # uint16 (H, W)
+    cfa: str  # "RGGB": colour of sites (0,0) (0,1) (1,0) (1,1)
+    black: np.ndarray  # float (2, 2): black level of each site of the tile
     white: float
-    wb: np.ndarray           # (3,) camera white-balance multipliers R, G, B (1 / AsShotNeutral)
-    rgb_cam: np.ndarray      # (3, 3) camera RGB -> linear sRGB
+    wb: np.ndarray  # (3,) camera white-balance multipliers R, G, B (1 / AsShotNeutral)
+    rgb_cam: np.ndarray  # (3, 3) camera RGB -> linear sRGB
 
 
 def channel_index(cfa: str) -> np.ndarray:
@@ -72,7 +72,7 @@ def gray_world(mosaic: np.ndarray, cfa: str) -> np.ndarray:
 
 def exposure(mosaic: np.ndarray, stops: float) -> np.ndarray:
     """Digital gain of 2**stops (clipped at 1); identity at 0."""
-    return mosaic if stops == 0 else np.clip(mosaic * np.float32(2.0 ** stops), 0.0, 1.0)
+    return mosaic if stops == 0 else np.clip(mosaic * np.float32(2.0**stops), 0.0, 1.0)
 
 
 def demosaic(mosaic: np.ndarray, cfa: str, method: str = "bilinear") -> np.ndarray:
@@ -118,7 +118,7 @@ def _toe(gamma: float, slope: float) -> tuple[float, float]:
         raise ValueError(f"isp.toe_slope {slope} must be 0 or above 1")
     # slope continuity gives a from b; value continuity fixes b
     a_of = lambda b: slope * b ** (1 - p) / p - 1  # noqa: E731
-    b = brentq(lambda b: slope * b - ((1 + a_of(b)) * b ** p - a_of(b)), 1e-9, 0.999)
+    b = brentq(lambda b: slope * b - ((1 + a_of(b)) * b**p - a_of(b)), 1e-9, 0.999)
     return float(b), float(a_of(b))
 
 

@@ -30,10 +30,13 @@ class DigitCNN(nn.Module):
         super().__init__()
         w = int(width)
         self.features = nn.Sequential(
-            *_block(3, w), nn.MaxPool2d(2),
-            *_block(w, 2 * w), nn.MaxPool2d(2),
+            *_block(3, w),
+            nn.MaxPool2d(2),
+            *_block(w, 2 * w),
+            nn.MaxPool2d(2),
             *_block(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # keep where strokes are: 2x2 cells
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),  # keep where strokes are: 2x2 cells
         )
         self.head = nn.Linear(16 * w, n_classes)
 
@@ -68,14 +71,24 @@ def augment(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Ten
     if shift:
         pad = nn.functional.pad(x, (shift,) * 4, mode="replicate")
         dy, dx = torch.randint(0, 2 * shift + 1, (2,), generator=gen).tolist()
-        x = pad[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+        x = pad[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
     bright = 1 + 0.25 * strength * (2 * torch.rand(n, 1, 1, 1, generator=gen) - 1)
     gains = 1 + 0.15 * strength * (2 * torch.rand(n, 3, 1, 1, generator=gen) - 1)
     return (x * bright * gains).clamp(0, 1)
 
 
-def fit(X: np.ndarray, y: np.ndarray, n_classes: int, width: int, lr: float, epochs: int,
-        strength: float, seed: int, threads: int = 1, batch_size: int = 64) -> DigitCNN:
+def fit(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    width: int,
+    lr: float,
+    epochs: int,
+    strength: float,
+    seed: int,
+    threads: int = 1,
+    batch_size: int = 64,
+) -> DigitCNN:
     """Train a fresh CNN; the same arguments give the same weights."""
     set_determinism(seed, threads)
     net = DigitCNN(n_classes, width)
@@ -83,13 +96,16 @@ def fit(X: np.ndarray, y: np.ndarray, n_classes: int, width: int, lr: float, epo
     steps = max(1, int(epochs) * -(-len(X) // batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
-    Xt, yt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64))
+    Xt, yt = (
+        torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)),
+        torch.from_numpy(np.asarray(y, dtype=np.int64)),
+    )
     loss_fn = nn.CrossEntropyLoss()
     net.train()
     for _ in range(int(epochs)):
         order = torch.randperm(len(Xt), generator=gen)
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             opt.zero_grad()
             loss = loss_fn(net(augment(Xt[idx], strength, gen)), yt[idx])
             loss.backward()
@@ -103,8 +119,10 @@ def fit(X: np.ndarray, y: np.ndarray, n_classes: int, width: int, lr: float, epo
 def predict_proba(net: DigitCNN, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """(N, classes) float32 softmax probabilities."""
     net.eval()
-    out = [torch.softmax(net(torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], dtype=np.float32))), 1)
-           for i in range(0, len(X), batch_size)]
+    out = [
+        torch.softmax(net(torch.from_numpy(np.ascontiguousarray(X[i : i + batch_size], dtype=np.float32))), 1)
+        for i in range(0, len(X), batch_size)
+    ]
     return torch.cat(out).numpy() if out else np.empty((0, net.head.out_features), np.float32)
 
 
@@ -117,8 +135,13 @@ def export_onnx(net: DigitCNN, height: int, width: int) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            Exported(net).eval(), (torch.zeros(1, 3, height, width),), buf, dynamo=False, opset_version=17,
-            input_names=["image"], output_names=["probabilities", "embedding"],
+            Exported(net).eval(),
+            (torch.zeros(1, 3, height, width),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["probabilities", "embedding"],
             dynamic_axes={"image": {0: "n"}, "probabilities": {0: "n"}, "embedding": {0: "n"}},
         )
     return buf.getvalue()

@@ -21,9 +21,9 @@ import numpy as np
 from churnops.image.contract import ImageContract, SensorSpec
 
 # linear sRGB (D65) -> CIE XYZ
-SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                        [0.2126729, 0.7151522, 0.0721750],
-                        [0.0193339, 0.1191920, 0.9503041]])
+SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
 XYZ_TO_SRGB = np.linalg.inv(SRGB_TO_XYZ)
 RGGB = np.array([[0, 1], [1, 2]])  # channel index at each site of the 2x2 tile
 
@@ -32,9 +32,9 @@ RGGB = np.array([[0, 1], [1, 2]])  # channel index at each site of the 2x2 tile
 class Capture:
     """One raw frame as the camera wrote it."""
 
-    raw: np.ndarray          # uint16 (H, W) mosaic
+    raw: np.ndarray  # uint16 (H, W) mosaic
     label: int
-    index: int               # position in load_digits
+    index: int  # position in load_digits
 
 
 def scene(digit: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -99,20 +99,20 @@ def write_dng(path: Path, raw: np.ndarray, spec: SensorSpec, model: str = "Churn
     if raw.dtype != np.uint16 or raw.ndim != 2:
         raise ValueError(f"raw frame must be a 2-D uint16 array, got {raw.dtype} {raw.shape}")
     tags = [
-        (50706, "B", 4, (1, 4, 0, 0), True),             # DNGVersion
-        (50707, "B", 4, (1, 1, 0, 0), True),             # DNGBackwardVersion
-        (50708, "s", 0, model, True),                    # UniqueCameraModel
-        (271, "s", 0, "ChurnOps", True),                 # Make
-        (272, "s", 0, model, True),                      # Model
-        (33421, "H", 2, (2, 2), True),                   # CFARepeatPatternDim
-        (33422, "B", 4, tuple(RGGB.ravel()), True),      # CFAPattern: R G / G B
-        (50710, "B", 3, (0, 1, 2), True),                # CFAPlaneColor
-        (50711, "H", 1, 1, True),                        # CFALayout: rectangular
-        (50713, "H", 2, (1, 1), True),                   # BlackLevelRepeatDim
-        (50714, "I", 1, int(spec.black_level), True),    # BlackLevel
-        (50717, "I", 1, int(spec.white_level), True),    # WhiteLevel
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (50708, "s", 0, model, True),  # UniqueCameraModel
+        (271, "s", 0, "ChurnOps", True),  # Make
+        (272, "s", 0, model, True),  # Model
+        (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+        (33422, "B", 4, tuple(RGGB.ravel()), True),  # CFAPattern: R G / G B
+        (50710, "B", 3, (0, 1, 2), True),  # CFAPlaneColor
+        (50711, "H", 1, 1, True),  # CFALayout: rectangular
+        (50713, "H", 2, (1, 1), True),  # BlackLevelRepeatDim
+        (50714, "I", 1, int(spec.black_level), True),  # BlackLevel
+        (50717, "I", 1, int(spec.white_level), True),  # WhiteLevel
         (50721, "2i", 9, _rationals(camera_from_xyz(spec), True), True),  # ColorMatrix1
-        (50778, "H", 1, 21, True),                       # CalibrationIlluminant1: D65
+        (50778, "H", 1, 21, True),  # CalibrationIlluminant1: D65
         (50728, "2I", 3, _rationals(as_shot_neutral(spec), False), True),  # AsShotNeutral
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

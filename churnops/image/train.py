@@ -127,8 +127,14 @@ def prepare(root: Path, contract: ImageContract, s: Settings, synthetic: bool) -
 
 def training_config(contract: ImageContract, s: Settings, n_trials: int, space: SweepSpace) -> dict:
     """What determines a run's result besides the data: hashed into the `config_hash` tag."""
-    return {"contract": contract.fingerprint(), "n_trials": n_trials, "seed": s.seed, "test_size": s.test_size,
-            "val_size": s.val_size, "space": space.__dict__}
+    return {
+        "contract": contract.fingerprint(),
+        "n_trials": n_trials,
+        "seed": s.seed,
+        "test_size": s.test_size,
+        "val_size": s.val_size,
+        "space": space.__dict__,
+    }
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------
@@ -159,8 +165,11 @@ class TrialLogger:
 
         now = int(time.time() * 1000)
         with self.timer:
-            run = self.c.create_run(self.exp, run_name=f"trial-{t.number:03d}",
-                                    tags={"mlflow.parentRunId": self.parent, "trial": str(t.number)})
+            run = self.c.create_run(
+                self.exp,
+                run_name=f"trial-{t.number:03d}",
+                tags={"mlflow.parentRunId": self.parent, "trial": str(t.number)},
+            )
             params = [Param(k, repr(v) if isinstance(v, float) else str(v)) for k, v in t.params.items()]
             metrics = [Metric(f"val_{k}", v, now, 0) for k, v in t.metrics.items()]
             metrics.append(Metric("fit_seconds", t.fit_seconds, now, 0))
@@ -168,8 +177,9 @@ class TrialLogger:
             self.c.set_terminated(run.info.run_id)
 
 
-def run_sweep(data: ImageData, contract: ImageContract, s: Settings, n_trials: int, space: SweepSpace,
-              on_trial=None) -> list[ImageTrial]:
+def run_sweep(
+    data: ImageData, contract: ImageContract, s: Settings, n_trials: int, space: SweepSpace, on_trial=None
+) -> list[ImageTrial]:
     """TPE over the space (serial, seeded); loss = 1 - validation accuracy."""
     from hyperopt import STATUS_OK, Trials, fmin, tpe
 
@@ -181,21 +191,46 @@ def run_sweep(data: ImageData, contract: ImageContract, s: Settings, n_trials: i
     threads = torch_threads(s)
 
     def objective(p: dict) -> dict:
-        params = {"lr": float(p["lr"]), "width": int(p["width"]), "epochs": int(p["epochs"]),
-                  "strength": float(p["strength"])}
+        params = {
+            "lr": float(p["lr"]),
+            "width": int(p["width"]),
+            "epochs": int(p["epochs"]),
+            "strength": float(p["strength"]),
+        }
         t0 = time.perf_counter()
-        net = fit(Xtr, ytr, len(contract.classes), params["width"], params["lr"], params["epochs"],
-                  params["strength"], s.seed, threads)
+        net = fit(
+            Xtr,
+            ytr,
+            len(contract.classes),
+            params["width"],
+            params["lr"],
+            params["epochs"],
+            params["strength"],
+            s.seed,
+            threads,
+        )
         proba = predict_proba(net, Xva)
-        trial = ImageTrial(len(trials), params, classification_metrics(yva, proba, len(contract.classes)),
-                           time.perf_counter() - t0, proba)
+        trial = ImageTrial(
+            len(trials),
+            params,
+            classification_metrics(yva, proba, len(contract.classes)),
+            time.perf_counter() - t0,
+            proba,
+        )
         trials.append(trial)
         if on_trial is not None:
             on_trial(trial)
         return {"loss": 1.0 - trial.metrics["accuracy"] + 1e-3 * trial.metrics["log_loss"], "status": STATUS_OK}
 
-    fmin(objective, space.hyperopt(), algo=tpe.suggest, max_evals=n_trials, trials=Trials(),
-         rstate=np.random.default_rng(s.seed), show_progressbar=False)
+    fmin(
+        objective,
+        space.hyperopt(),
+        algo=tpe.suggest,
+        max_evals=n_trials,
+        trials=Trials(),
+        rstate=np.random.default_rng(s.seed),
+        show_progressbar=False,
+    )
     return trials
 
 
@@ -213,8 +248,17 @@ def refit(data: ImageData, best: ImageTrial, contract: ImageContract, s: Setting
 
     idx = np.concatenate([data.idx_train, data.idx_val])
     p = best.params
-    return fit(data.X[idx], data.y[idx], len(contract.classes), p["width"], p["lr"], p["epochs"], p["strength"],
-               s.seed, torch_threads(s))
+    return fit(
+        data.X[idx],
+        data.y[idx],
+        len(contract.classes),
+        p["width"],
+        p["lr"],
+        p["epochs"],
+        p["strength"],
+        s.seed,
+        torch_threads(s),
+    )
 
 
 def evaluate(net, data: ImageData, contract: ImageContract) -> dict:
@@ -252,8 +296,11 @@ def check_sensitivity_floors(table, contract: ImageContract) -> None:
         raise SensitivityGateError(f"sensitivity_floor names unknown variations {unknown}; known: {sorted(acc)}")
     low = {k: (acc[k], v) for k, v in contract.sensitivity_floor.items() if not acc[k] >= v}
     if low:
-        raise SensitivityGateError("accuracy under ISP variations below the contract's floor: " + ", ".join(
-            f"{k} {a:.4f} < {f}" for k, (a, f) in sorted(low.items())) + "; model not registered")
+        raise SensitivityGateError(
+            "accuracy under ISP variations below the contract's floor: "
+            + ", ".join(f"{k} {a:.4f} < {f}" for k, (a, f) in sorted(low.items()))
+            + "; model not registered"
+        )
 
 
 def _confusion_png(cm: list, classes: list[str], path: Path) -> None:
@@ -271,8 +318,19 @@ def _confusion_png(cm: list, classes: list[str], path: Path) -> None:
     fig.tight_layout(), fig.savefig(path, dpi=90), plt.close(fig)
 
 
-def log_and_register(net, onnx_bytes: bytes, diff: float, data: ImageData, ev: dict, best: ImageTrial,
-                     trials: list[ImageTrial], contract: ImageContract, s: Settings, parent_run_id: str, timer) -> dict:
+def log_and_register(
+    net,
+    onnx_bytes: bytes,
+    diff: float,
+    data: ImageData,
+    ev: dict,
+    best: ImageTrial,
+    trials: list[ImageTrial],
+    contract: ImageContract,
+    s: Settings,
+    parent_run_id: str,
+    timer,
+) -> dict:
     """Log metrics, artifacts and the ONNX model to the parent run, then register it (tags: data source, SHA-256)."""
     import warnings
 
@@ -285,20 +343,43 @@ def log_and_register(net, onnx_bytes: bytes, diff: float, data: ImageData, ev: d
 
     source = DATA_SOURCE_SYNTHETIC if data.synthetic else "real"
     meta = {
-        "task": contract.task, "dataset": contract.name, "model_name": s.model_name, "classes": contract.classes,
-        "input": {"name": "image", "shape": [None, 3, contract.image.height, contract.image.width],
-                  "range": [0.0, 1.0], "layout": "NCHW RGB, ISP output for raw files"},
-        "outputs": ["probabilities", "embedding"], "isp": contract.isp.model_dump(mode="json"),
-        "contract_sha256": contract.fingerprint(), "dataset_sha256": data.sha256, "data_source": source,
-        "best_params": best.params, "test_metrics": ev["metrics"], "onnx_max_abs_diff": diff, "run_id": parent_run_id,
+        "task": contract.task,
+        "dataset": contract.name,
+        "model_name": s.model_name,
+        "classes": contract.classes,
+        "input": {
+            "name": "image",
+            "shape": [None, 3, contract.image.height, contract.image.width],
+            "range": [0.0, 1.0],
+            "layout": "NCHW RGB, ISP output for raw files",
+        },
+        "outputs": ["probabilities", "embedding"],
+        "isp": contract.isp.model_dump(mode="json"),
+        "contract_sha256": contract.fingerprint(),
+        "dataset_sha256": data.sha256,
+        "data_source": source,
+        "best_params": best.params,
+        "test_metrics": ev["metrics"],
+        "onnx_max_abs_diff": diff,
+        "run_id": parent_run_id,
     }
     with tempfile.TemporaryDirectory() as tmp:
         art = Path(tmp)
         (art / "image_meta.json").write_text(json.dumps(meta, indent=1))
-        (art / "evaluation.json").write_text(json.dumps(
-            {k: v for k, v in ev.items() if k != "test_proba"} | {"onnx_max_abs_diff": diff}, indent=1))
-        pd.DataFrame([{"trial": t.number, **t.params, **{f"val_{k}": v for k, v in t.metrics.items()},
-                       "fit_seconds": t.fit_seconds} for t in trials]).to_csv(art / "trials.csv", index=False)
+        (art / "evaluation.json").write_text(
+            json.dumps({k: v for k, v in ev.items() if k != "test_proba"} | {"onnx_max_abs_diff": diff}, indent=1)
+        )
+        pd.DataFrame(
+            [
+                {
+                    "trial": t.number,
+                    **t.params,
+                    **{f"val_{k}": v for k, v in t.metrics.items()},
+                    "fit_seconds": t.fit_seconds,
+                }
+                for t in trials
+            ]
+        ).to_csv(art / "trials.csv", index=False)
         torch.save(net.state_dict(), art / "cnn_state_dict.pt")
         _confusion_png(ev["confusion_matrix"], contract.classes, art / "confusion_matrix.png")
         with timer, warnings.catch_warnings():
@@ -306,14 +387,25 @@ def log_and_register(net, onnx_bytes: bytes, diff: float, data: ImageData, ev: d
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
             with mlflow.start_run(run_id=parent_run_id):
                 mlflow.log_params({k: (repr(v) if isinstance(v, float) else v) for k, v in best.params.items()})
-                mlflow.log_metrics({f"test_{k}": v for k, v in ev["metrics"].items()}
-                                   | {"onnx_max_abs_diff": diff, "best_val_accuracy": best.metrics["accuracy"],
-                                      "n_trials": len(trials)})
+                mlflow.log_metrics(
+                    {f"test_{k}": v for k, v in ev["metrics"].items()}
+                    | {
+                        "onnx_max_abs_diff": diff,
+                        "best_val_accuracy": best.metrics["accuracy"],
+                        "n_trials": len(trials),
+                    }
+                )
                 mlflow.log_artifacts(str(art))
-                info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model",
-                                             pip_requirements=["onnxruntime", "numpy", "mlflow"])
+                info = mlflow.onnx.log_model(
+                    onnx.load_from_string(onnx_bytes), name="model", pip_requirements=["onnxruntime", "numpy", "mlflow"]
+                )
         with timer:
-            tags = {"run_id": parent_run_id, "data_source": source, "dataset_sha256": data.sha256, "task": contract.task}
+            tags = {
+                "run_id": parent_run_id,
+                "data_source": source,
+                "dataset_sha256": data.sha256,
+                "task": contract.task,
+            }
             version, aliases = register(parent_run_id, info.model_uri, s, tags=tags)
             mlflow.MlflowClient(s.mlflow_tracking_uri).set_tag(parent_run_id, "registered_version", str(version))
     return {"model_uri": info.model_uri, "version": str(version), "aliases": aliases}

@@ -27,16 +27,12 @@ def test_snake_case():
     assert snake_case(" Card Category ") == "card_category"
 
 
-
-
-
-
 def test_contract_reports_every_failure(raw_real, contract):
     bad = raw_real.head(300).copy()
-    bad.loc[0, "Customer_Age"] = 250            # out of range
-    bad.loc[1, "Card_Category"] = "Titanium"    # unknown category
+    bad.loc[0, "Customer_Age"] = 250  # out of range
+    bad.loc[1, "Card_Category"] = "Titanium"  # unknown category
     bad["Credit_Limit"] = bad["Credit_Limit"].astype(object)
-    bad.loc[2, "Credit_Limit"] = "lots"         # not numeric
+    bad.loc[2, "Credit_Limit"] = "lots"  # not numeric
     bad = bad.drop(columns=["Total_Trans_Ct"])  # missing column
     _, report = check_raw_frame(bad, contract, "bad.csv")
     text = str(report)
@@ -56,10 +52,6 @@ def test_contract_min_rows_and_labels(raw_real, contract):
     text = str(report)
     assert "rows: 50 < minimum 200" in text
     assert "label outside" in text
-
-
-
-
 
 
 def test_validate_record_accepts_and_reports(contract, raw_real):
@@ -92,8 +84,9 @@ def test_other_dataset_contract_loads(tmp_path):
     )
     c = load_contract(str(p))
     assert c.feature_names == ["x1", "color"] and c.features["color"].categories == ["red", "blue"]
-    raw = pd.DataFrame({"Id": range(20), "X1": np.arange(20.0), "Color": ["Red", "Blue"] * 10,
-                        "Outcome": ["yes", "no"] * 10})
+    raw = pd.DataFrame(
+        {"Id": range(20), "X1": np.arange(20.0), "Color": ["Red", "Blue"] * 10, "Outcome": ["yes", "no"] * 10}
+    )
     clean, report = check_raw_frame(raw, c, "toy")
     assert report.ok, str(report)
     assert list(clean.columns) == ["x1", "color", "y"] and clean["y"].sum() == 10

@@ -47,12 +47,17 @@ def test_encoder_frame_and_records_agree(contract, clean):
 
 def test_encoder_values(contract):
     enc = FeatureEncoder.from_contract(contract)
-    rec = {n: 1.0 for n in enc.numeric} | {"education_level": "doctorate", "income_category": None,
-                                          "gender": "m", "marital_status": "unknown", "card_category": "gold"}
+    rec = {n: 1.0 for n in enc.numeric} | {
+        "education_level": "doctorate",
+        "income_category": None,
+        "gender": "m",
+        "marital_status": "unknown",
+        "card_category": "gold",
+    }
     x = enc.transform_records([rec])[0]
     names = enc.output_names
-    assert x[names.index("education_level")] == 5.0          # last of 6 ordered levels
-    assert math.isnan(x[names.index("income_category")])      # unknown ordinal -> missing
+    assert x[names.index("education_level")] == 5.0  # last of 6 ordered levels
+    assert math.isnan(x[names.index("income_category")])  # unknown ordinal -> missing
     assert x[names.index("gender=m")] == 1 and x[names.index("gender=f")] == 0
     assert x[names.index("card_category=gold")] == 1 and x[names.index("card_category=blue")] == 0
     unseen = enc.transform_records([rec | {"card_category": "titanium"}])[0]
@@ -63,8 +68,17 @@ def test_search_space_covers_the_issue_parameters():
     from hyperopt.pyll.stochastic import sample
 
     space = search_space()
-    assert set(space) == {"learning_rate", "max_depth", "min_child_weight", "subsample", "colsample_bytree",
-                          "gamma", "reg_alpha", "reg_lambda", "scale_pos_weight"}
+    assert set(space) == {
+        "learning_rate",
+        "max_depth",
+        "min_child_weight",
+        "subsample",
+        "colsample_bytree",
+        "gamma",
+        "reg_alpha",
+        "reg_lambda",
+        "scale_pos_weight",
+    }
     rng = np.random.default_rng(0)
     draws = [normalise_params(sample(space, rng=rng)) for _ in range(300)]
     lr = np.array([d["learning_rate"] for d in draws])
@@ -93,7 +107,7 @@ def test_threshold_strategies():
     p = np.array([0.1, 0.2, 0.35, 0.6, 0.4, 0.7, 0.8, 0.9])
     t_f1 = choose_threshold(y, p, "max_f1", 0.9)
     t_prec = choose_threshold(y, p, "precision", 1.0)
-    assert t_f1 == pytest.approx(0.4)       # F1 0.889 at 0.4
-    assert t_prec == pytest.approx(0.7)     # lowest threshold with precision 1.0
+    assert t_f1 == pytest.approx(0.4)  # F1 0.889 at 0.4
+    assert t_prec == pytest.approx(0.7)  # lowest threshold with precision 1.0
     pred = (p >= t_prec).astype(int)
     assert pred[y == 0].sum() == 0

@@ -24,17 +24,23 @@ def booster(objective: str = "binary:logistic", **params) -> xgb.Booster:
     if objective.startswith("multi"):
         y = np.digitize(X[:, 0], [-0.5, 0.5])
         params["num_class"] = 3
-    return xgb.train({"objective": objective, "nthread": 1, "seed": 1, **params},
-                     xgb.DMatrix(X, y, missing=np.nan), num_boost_round=rounds)
+    return xgb.train(
+        {"objective": objective, "nthread": 1, "seed": 1, **params},
+        xgb.DMatrix(X, y, missing=np.nan),
+        num_boost_round=rounds,
+    )
 
 
-@pytest.mark.parametrize("params", [
-    {"max_depth": 1},                                          # stumps
-    {"max_depth": 4, "eta": 0.3},
-    {"max_depth": 8, "min_child_weight": 30, "rounds": 25},    # uneven trees: shallow leaves padded down
-    {"max_depth": 0, "grow_policy": "lossguide", "max_leaves": 12},
-    {"max_depth": 5, "base_score": 0.8, "scale_pos_weight": 3.0},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_depth": 1},  # stumps
+        {"max_depth": 4, "eta": 0.3},
+        {"max_depth": 8, "min_child_weight": 30, "rounds": 25},  # uneven trees: shallow leaves padded down
+        {"max_depth": 0, "grow_policy": "lossguide", "max_leaves": 12},
+        {"max_depth": 5, "base_score": 0.8, "scale_pos_weight": 3.0},
+    ],
+)
 def test_same_probabilities_as_xgboost(params):
     b = booster(**params)
     forest = Forest.from_booster(b)
@@ -52,11 +58,14 @@ def test_same_probabilities_as_xgboost(params):
     assert np.isnan(Xc).any() and forest.disagreement(b) is None
 
 
-@pytest.mark.parametrize("objective,params", [
-    ("multi:softprob", {}),             # several outputs
-    ("reg:squarederror", {}),           # not a probability
-    ("binary:logistic", {"booster": "dart", "rate_drop": 0.1}),  # weighted trees
-])
+@pytest.mark.parametrize(
+    "objective,params",
+    [
+        ("multi:softprob", {}),  # several outputs
+        ("reg:squarederror", {}),  # not a probability
+        ("binary:logistic", {"booster": "dart", "rate_drop": 0.1}),  # weighted trees
+    ],
+)
 def test_unsupported_models_stay_on_xgboost(objective, params):
     assert Forest.from_booster(booster(objective, max_depth=3, **params)) is None
 
@@ -66,8 +75,11 @@ def test_categorical_splits_stay_on_xgboost():
 
     X, y = data(600)
     df = pd.DataFrame(X[:, :3], columns=["a", "b", "c"]).assign(k=pd.Categorical(np.where(y == 1, "x", "y")))
-    b = xgb.train({"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
-                  xgb.DMatrix(df, y, enable_categorical=True), num_boost_round=5)
+    b = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
+        xgb.DMatrix(df, y, enable_categorical=True),
+        num_boost_round=5,
+    )
     assert Forest.from_booster(b) is None
 
 
@@ -100,7 +112,9 @@ def test_check_catches_one_wrong_default_direction_or_threshold():
         broken = json.loads(json.dumps(model))
         bt = broken["learner"]["gradient_booster"]["model"]["trees"][k]
         if t["split_indices"][nid] in path_feats or rng.random() < 0.5:  # nudge the threshold up
-            bt["split_conditions"][nid] = float(np.nextafter(np.float32(bt["split_conditions"][nid]), np.float32(np.inf)))
+            bt["split_conditions"][nid] = float(
+                np.nextafter(np.float32(bt["split_conditions"][nid]), np.float32(np.inf))
+            )
         else:  # missing values the other way (reachable: the feature is not used above)
             bt["default_left"][nid] = 1 - bt["default_left"][nid]
         tried += 1

@@ -15,14 +15,25 @@ from churnops.governance import (
     load_rules,
 )
 
-RULES = {"min_test_auc_roc": 0.8, "max_calibration_error": 0.1, "min_improvement_auc_roc": 0.0,
-         "require_onnx_parity": True, "require_contract": True, "max_latency_ms": 5.0}
+RULES = {
+    "min_test_auc_roc": 0.8,
+    "max_calibration_error": 0.1,
+    "min_improvement_auc_roc": 0.0,
+    "require_onnx_parity": True,
+    "require_contract": True,
+    "max_latency_ms": 5.0,
+}
 
 
 def good(**over) -> dict:
-    ev = {"test_auc_roc": 0.95, "calibration_error": 0.03, "onnx_parity_passed": True, "contract_passed": True,
-          "latency_ms_p95": 1.2, "comparisons": [{"on": "test split", "rows": 100, "challenger_auc_roc": 0.95,
-                                                  "champion_auc_roc": 0.90}]}
+    ev = {
+        "test_auc_roc": 0.95,
+        "calibration_error": 0.03,
+        "onnx_parity_passed": True,
+        "contract_passed": True,
+        "latency_ms_p95": 1.2,
+        "comparisons": [{"on": "test split", "rows": 100, "challenger_auc_roc": 0.95, "champion_auc_roc": 0.90}],
+    }
     return ev | over
 
 
@@ -44,12 +55,24 @@ def test_a_passing_challenger_passes_every_rule():
 
 
 def test_a_failing_challenger_lists_every_failed_rule():
-    ev = good(test_auc_roc=0.7, calibration_error=0.2, onnx_parity_passed=False, latency_ms_p95=9.0,
-              comparisons=[{"on": "test split", "rows": 100, "challenger_auc_roc": 0.90, "champion_auc_roc": 0.91},
-                           {"on": "fresh slice", "rows": 50, "challenger_auc_roc": 0.88, "champion_auc_roc": 0.80}])
+    ev = good(
+        test_auc_roc=0.7,
+        calibration_error=0.2,
+        onnx_parity_passed=False,
+        latency_ms_p95=9.0,
+        comparisons=[
+            {"on": "test split", "rows": 100, "challenger_auc_roc": 0.90, "champion_auc_roc": 0.91},
+            {"on": "fresh slice", "rows": 50, "challenger_auc_roc": 0.88, "champion_auc_roc": 0.80},
+        ],
+    )
     bad = {r.name: r for r in failed(evaluate_rules(RULES, ev))}
-    assert set(bad) == {"min_test_auc_roc", "max_calibration_error", "min_improvement_auc_roc",
-                        "require_onnx_parity", "max_latency_ms"}
+    assert set(bad) == {
+        "min_test_auc_roc",
+        "max_calibration_error",
+        "min_improvement_auc_roc",
+        "require_onnx_parity",
+        "max_latency_ms",
+    }
     gain = bad["min_improvement_auc_roc"]
     assert gain.value == pytest.approx(-0.01) and "fresh slice" in gain.detail and "test split" in gain.detail
 

@@ -20,16 +20,27 @@ def pred(rid, ts, age=45, source="http", **over) -> dict:
 
 
 def test_join_takes_the_latest_prediction_before_the_label_and_counts_every_problem():
-    preds = [pred("a", 10, age=30), pred("a", 20, age=31), pred("a", 99, age=32),  # 99: after the label
-             pred("b", 10, source="stream"), pred("c", 10), pred("d", 10, customer_age=500),
-             pred("e", 10), pred("f", 10)]
-    fb = [{"request_id": "a", "outcome": 1, "ts": 50},
-          {"request_id": "b", "outcome": 0, "ts": 11}, {"request_id": "b", "outcome": 0, "ts": 12},  # duplicate
-          {"request_id": "c", "outcome": 1, "ts": 11}, {"request_id": "c", "outcome": 0, "ts": 12},  # conflicting
-          {"request_id": "d", "outcome": 1, "ts": 11},                                                # invalid feature
-          {"request_id": "e", "outcome": 7, "ts": 11},                                                # invalid outcome
-          {"request_id": "zz", "outcome": 1, "ts": 11},                                               # unknown id
-          {"request_id": "f", "outcome": 1, "ts": 10 + 3 * 86_400}]                                   # late
+    preds = [
+        pred("a", 10, age=30),
+        pred("a", 20, age=31),
+        pred("a", 99, age=32),  # 99: after the label
+        pred("b", 10, source="stream"),
+        pred("c", 10),
+        pred("d", 10, customer_age=500),
+        pred("e", 10),
+        pred("f", 10),
+    ]
+    fb = [
+        {"request_id": "a", "outcome": 1, "ts": 50},
+        {"request_id": "b", "outcome": 0, "ts": 11},
+        {"request_id": "b", "outcome": 0, "ts": 12},  # duplicate
+        {"request_id": "c", "outcome": 1, "ts": 11},
+        {"request_id": "c", "outcome": 0, "ts": 12},  # conflicting
+        {"request_id": "d", "outcome": 1, "ts": 11},  # invalid feature
+        {"request_id": "e", "outcome": 7, "ts": 11},  # invalid outcome
+        {"request_id": "zz", "outcome": 1, "ts": 11},  # unknown id
+        {"request_id": "f", "outcome": 1, "ts": 10 + 3 * 86_400},
+    ]  # late
     df, rep = join_labels(preds, fb, C)
     assert list(df["request_id"]) == ["b", "a", "f"]
     row_a = df.set_index("request_id").loc["a"]
@@ -57,7 +68,9 @@ def frame(n, start_ts=0.0, churn=0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize(("policy", "window", "rows"), [("append", None, 100 + 8), ("sliding", 50, 50), ("replace", None, 8)])
+@pytest.mark.parametrize(
+    ("policy", "window", "rows"), [("append", None, 100 + 8), ("sliding", 50, 50), ("replace", None, 8)]
+)
 def test_policy_and_held_out_newest_slice(policy, window, rows):
     parent = frame(100, churn=0).drop(columns="label_ts")
     new = frame(10, start_ts=1000, churn=1).sample(frac=1, random_state=1)  # order must not matter

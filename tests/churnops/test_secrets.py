@@ -18,15 +18,23 @@ def settings(tmp_path, **kw) -> Settings:
 # ---- redact -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("http://alice:s3cret@mlflow.example:5051", "http://***@mlflow.example:5051"),
-    ("API request to https://alice:s3cret@h/api/2.0/runs/get failed",
-     "API request to https://***@h/api/2.0/runs/get failed"),
-    ("https://h/x?run=1&access_token=abc&X-Amz-Signature=ff#top", "https://h/x?run=1&access_token=***&X-Amz-Signature=***#top"),
-    ("mlflow-artifacts://u:p@h:1/a/b", "mlflow-artifacts://***@h:1/a/b"),
-    ("no url here", "no url here"),
-    ("http://127.0.0.1:5051", "http://127.0.0.1:5051"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("http://alice:s3cret@mlflow.example:5051", "http://***@mlflow.example:5051"),
+        (
+            "API request to https://alice:s3cret@h/api/2.0/runs/get failed",
+            "API request to https://***@h/api/2.0/runs/get failed",
+        ),
+        (
+            "https://h/x?run=1&access_token=abc&X-Amz-Signature=ff#top",
+            "https://h/x?run=1&access_token=***&X-Amz-Signature=***#top",
+        ),
+        ("mlflow-artifacts://u:p@h:1/a/b", "mlflow-artifacts://***@h:1/a/b"),
+        ("no url here", "no url here"),
+        ("http://127.0.0.1:5051", "http://127.0.0.1:5051"),
+    ],
+)
 def test_redact_hides_credentials_and_query_tokens(text, expected):
     from churnops.redact import redact
 
@@ -101,20 +109,43 @@ def test_make_up_prints_the_generated_token(tmp_path, capsys):
 RUN = "0123456789abcdef0123456789abcdef"
 
 
-@pytest.mark.parametrize("uri", [f"runs:/{RUN}/model", f"runs:/{RUN}/artifacts/bundle",
-                                 "models:/churn-xgboost@champion", "models:/churn-xgboost/12"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"runs:/{RUN}/model",
+        f"runs:/{RUN}/artifacts/bundle",
+        "models:/churn-xgboost@champion",
+        "models:/churn-xgboost/12",
+    ],
+)
 def test_accepted_model_uris(tmp_path, uri):
     from churnops.model_uri import check_model_uri
 
     assert check_model_uri(uri, settings(tmp_path)) == uri
 
 
-@pytest.mark.parametrize("uri", [
-    "mlflow-artifacts://10.0.0.5:8080/evil/model", "http://10.0.0.5/model", "file:///etc", "/tmp/bundle",
-    "models:/other-model@champion", "models:/churn-xgboost", "models:/churn-xgboost/1/../x",
-    "models:/churn-xgboost@champ ion", f"runs:/{RUN}/../../etc", "runs:/abc/model", f"runs:/{RUN}/",
-    f"runs:/{RUN.upper()}/model", "", 12, None, ["runs:/x"], {"uri": 1},
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mlflow-artifacts://10.0.0.5:8080/evil/model",
+        "http://10.0.0.5/model",
+        "file:///etc",
+        "/tmp/bundle",
+        "models:/other-model@champion",
+        "models:/churn-xgboost",
+        "models:/churn-xgboost/1/../x",
+        "models:/churn-xgboost@champ ion",
+        f"runs:/{RUN}/../../etc",
+        "runs:/abc/model",
+        f"runs:/{RUN}/",
+        f"runs:/{RUN.upper()}/model",
+        "",
+        12,
+        None,
+        ["runs:/x"],
+        {"uri": 1},
+    ],
+)
 def test_refused_model_uris_say_what_is_accepted(tmp_path, uri):
     from churnops.model_uri import ModelUriError, check_model_uri
 

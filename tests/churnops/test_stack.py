@@ -21,8 +21,14 @@ def test_config_names_every_service_and_port(tmp_path):
     from churnops import services
     from churnops.stack import BIN, render_config
 
-    s = Settings(state_dir=tmp_path, aws_endpoint_url="http://127.0.0.1:4566", mlflow_tracking_uri="http://127.0.0.1:5051",
-                 prefect_api_url="http://127.0.0.1:4200/api", work_pool="churn-local", _env_file=None)
+    s = Settings(
+        state_dir=tmp_path,
+        aws_endpoint_url="http://127.0.0.1:4566",
+        mlflow_tracking_uri="http://127.0.0.1:5051",
+        prefect_api_url="http://127.0.0.1:4200/api",
+        work_pool="churn-local",
+        _env_file=None,
+    )
     conf = render_config(s)
     for name in ("moto", "mlflow", "prefect-server", "prefect-worker"):
         assert f"[program:{name}]" in conf
@@ -42,9 +48,14 @@ def test_config_names_every_service_and_port(tmp_path):
 def test_compose_settings_change_the_service_command_lines(tmp_path):
     from churnops import services
 
-    s = Settings(state_dir=tmp_path, mlflow_tracking_uri="http://mlflow:5051", bind_host="0.0.0.0",
-                 mlflow_backend_store_uri="postgresql://churn:pw@postgres:5432/mlflow",
-                 mlflow_artifacts_destination="s3://bucket/mlflow", _env_file=None)
+    s = Settings(
+        state_dir=tmp_path,
+        mlflow_tracking_uri="http://mlflow:5051",
+        bind_host="0.0.0.0",
+        mlflow_backend_store_uri="postgresql://churn:pw@postgres:5432/mlflow",
+        mlflow_artifacts_destination="s3://bucket/mlflow",
+        _env_file=None,
+    )
     argv = services.mlflow_argv(s)
     assert argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == "5051"
     assert argv[argv.index("--backend-store-uri") + 1] == "postgresql://churn:pw@postgres:5432/mlflow"
@@ -88,10 +99,19 @@ def test_up_refuses_a_port_taken_by_someone_else(tmp_path):
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "STATE_DIR": str(tmp_path),
-               "ENV_FILE": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
-        out = subprocess.run([sys.executable, "-m", "churnops.stack", "up", "--timeout", "5"],
-                             capture_output=True, text=True, env=env, timeout=60)
+        env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "STATE_DIR": str(tmp_path),
+            "ENV_FILE": str(tmp_path / "none"),
+            "PATH": "/usr/bin:/bin",
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "churnops.stack", "up", "--timeout", "5"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
     assert out.returncode == 2
     assert f"{port} (moto)" in out.stderr and "already in use" in out.stderr
 
@@ -197,7 +217,9 @@ def test_down_kills_what_ignores_sigterm_and_names_it(tmp_path, capsys, cleanup)
     assert up(s, 30, progs=[_sleeper(tmp_path, "0", "escape")]) == 0
     pids = _wait_for(lambda: [p.pid for p in stack_processes(s)] if len(stack_processes(s)) == 3 else None)
     cleanup += pids
-    escaped = [pid for pid in pids if os.getsid(pid) == pid and "supervisord" not in " ".join(psutil.Process(pid).cmdline())]
+    escaped = [
+        pid for pid in pids if os.getsid(pid) == pid and "supervisord" not in " ".join(psutil.Process(pid).cmdline())
+    ]
     assert len(escaped) == 1
     capsys.readouterr()
     assert down(s, timeout=3) == 0
@@ -232,8 +254,13 @@ def test_up_stops_its_own_leftovers_instead_of_refusing_their_port(tmp_path, cap
 
     s = _settings(tmp_path)
     port = free_port()
-    web = Program("web", [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)], port,
-                  f"http://127.0.0.1:{port}/", startsecs=1)
+    web = Program(
+        "web",
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+        port,
+        f"http://127.0.0.1:{port}/",
+        startsecs=1,
+    )
     assert up(s, 30, progs=[web]) == 0
     first = _wait_for(lambda: _program_pids(s, "web"))
     cleanup += first
@@ -276,8 +303,11 @@ def test_local_servers_children_run_with_telemetry_off(tmp_path, monkeypatch):
 
     for name in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):
         monkeypatch.delenv(name, raising=False)  # not inherited from this process: set by Server itself
-    srv = Server([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"], tmp_path / "env.log",
-                 env={"DO_NOT_TRACK": "false"})
+    srv = Server(
+        [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        tmp_path / "env.log",
+        env={"DO_NOT_TRACK": "false"},
+    )
     srv.proc.wait(30)
     srv.stop()
     env = json.loads((tmp_path / "env.log").read_text())
@@ -287,16 +317,23 @@ def test_local_servers_children_run_with_telemetry_off(tmp_path, monkeypatch):
 
 
 def test_entry_points_turn_telemetry_off_before_importing_mlflow(tmp_path):
-    code = ("import os, sys; sys.argv = ['churnops-stack', 'config']\n"
-            "from churnops import entry\n"
-            "try:\n    entry.stack()\nexcept SystemExit:\n    pass\n"
-            "print('TELEMETRY', os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DO_NOT_TRACK'],"
-            " os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    code = (
+        "import os, sys; sys.argv = ['churnops-stack', 'config']\n"
+        "from churnops import entry\n"
+        "try:\n    entry.stack()\nexcept SystemExit:\n    pass\n"
+        "print('TELEMETRY', os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DO_NOT_TRACK'],"
+        " os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED")
+    }
     env |= {"STATE_DIR": str(tmp_path / "st"), "ENV_FILE": str(tmp_path / "none")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert "TELEMETRY true true false" in out.stdout, out.stderr
+
+
 def test_repin_after_down_up_reaches_the_servers_under_the_real_supervisor(tmp_path, monkeypatch):
     """Pin A, up, down/up, pin B (the file), start: the program sees B, not the copy of A.
 
@@ -316,10 +353,13 @@ def test_repin_after_down_up_reaches_the_servers_under_the_real_supervisor(tmp_p
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("ENV_FILE", str(env_path))
     monkeypatch.setenv("STATE_DIR", str(tmp_path / "st"))
-    probe = ("import time; from churnops.settings import get_settings; "
-             f"open({str(seen)!r}, 'w').write(str(get_settings().run_id)); time.sleep(120)")
-    monkeypatch.setattr(stack, "programs", lambda s: [
-        stack.Program("probe", [sys.executable, "-c", probe], None, None, startsecs=1)])
+    probe = (
+        "import time; from churnops.settings import get_settings; "
+        f"open({str(seen)!r}, 'w').write(str(get_settings().run_id)); time.sleep(120)"
+    )
+    monkeypatch.setattr(
+        stack, "programs", lambda s: [stack.Program("probe", [sys.executable, "-c", probe], None, None, startsecs=1)]
+    )
 
     def wait_seen(expected: str) -> str:
         deadline = time.monotonic() + 30

@@ -13,8 +13,13 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-PASSING = {"test_auc_roc": 0.99, "calibration_error": 0.01, "onnx_parity_passed": True, "contract_passed": True,
-           "comparisons": [{"on": "test split", "rows": 100, "challenger_auc_roc": 0.99, "champion_auc_roc": 0.95}]}
+PASSING = {
+    "test_auc_roc": 0.99,
+    "calibration_error": 0.01,
+    "onnx_parity_passed": True,
+    "contract_passed": True,
+    "comparisons": [{"on": "test split", "rows": 100, "challenger_auc_roc": 0.99, "champion_auc_roc": 0.95}],
+}
 
 
 def new_version(trained, s) -> str:
@@ -96,22 +101,30 @@ def test_blocked_challenger_lists_failed_rules_and_keeps_champion(trained, own_m
 
 def test_approve_in_the_pause_promotes(trained, own_model, prefect_harness):
     v, before = new_version(trained, own_model), champion(own_model)
-    out = run_gate(own_model, v, PASSING, 60, {"decision": "approve", "reason": "better on fresh labels",
-                                               "approver": "ana"})
+    out = run_gate(
+        own_model, v, PASSING, 60, {"decision": "approve", "reason": "better on fresh labels", "approver": "ana"}
+    )
     assert out["outcome"] == "promoted"
     assert champion(own_model) == v
     from churnops.registry import alias_version
 
     assert alias_version(own_model.model_name, "previous", own_model).version == before
     a = last_audit(own_model)[0]
-    assert (a["action"], a["actor"], a["reason"], a["from_version"], a["to_version"]) == \
-        ("approve", "ana", "better on fresh labels", before, v)
+    assert (a["action"], a["actor"], a["reason"], a["from_version"], a["to_version"]) == (
+        "approve",
+        "ana",
+        "better on fresh labels",
+        before,
+        v,
+    )
     assert all(r["passed"] for r in a["rules"])
 
 
 def test_reject_in_the_pause_keeps_champion_with_reason(trained, own_model, prefect_harness):
     v, before = new_version(trained, own_model), champion(own_model)
-    out = run_gate(own_model, v, PASSING, 60, {"decision": "reject", "reason": "wait for the quarter", "approver": "bo"})
+    out = run_gate(
+        own_model, v, PASSING, 60, {"decision": "reject", "reason": "wait for the quarter", "approver": "bo"}
+    )
     assert out["outcome"] == "rejected" and champion(own_model) == before
     assert tags(own_model, v)["outcome"] == "rejected"
     a = last_audit(own_model)[0]

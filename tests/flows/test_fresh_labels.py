@@ -23,14 +23,30 @@ def log_traffic(s, real_data_path, n=300):
     preds, fb = [], []
     for i, row in clean.iterrows():
         rid = f"fresh-{i}"
-        feats = {k: (None if pd.isna(v) else (float(v) if contract.features[k].kind == "numeric" else v))
-                 for k, v in row[contract.feature_names].items()}
-        preds.append({"_id": rid, "request_id": rid, "ts": now - 200 + i * 0.1, "source": "http" if i % 2 else "stream",
-                      "model_run_id": "r", "model_version": "1", "route": "champion", "features": feats,
-                      "probability": 0.5, "decision": 0, "latency_ms": 1.0})
+        feats = {
+            k: (None if pd.isna(v) else (float(v) if contract.features[k].kind == "numeric" else v))
+            for k, v in row[contract.feature_names].items()
+        }
+        preds.append(
+            {
+                "_id": rid,
+                "request_id": rid,
+                "ts": now - 200 + i * 0.1,
+                "source": "http" if i % 2 else "stream",
+                "model_run_id": "r",
+                "model_version": "1",
+                "route": "champion",
+                "features": feats,
+                "probability": 0.5,
+                "decision": 0,
+                "latency_ms": 1.0,
+            }
+        )
         fb.append({"request_id": rid, "outcome": int(row[contract.target.name]), "ts": now - 100 + i * 0.1})
-    fb += [{"request_id": "never-predicted", "outcome": 1, "ts": now - 50},
-           {"request_id": "fresh-invalid", "outcome": 9, "ts": now - 40}]
+    fb += [
+        {"request_id": "never-predicted", "outcome": 1, "ts": now - 50},
+        {"request_id": "fresh-invalid", "outcome": 9, "ts": now - 40},
+    ]
     store = open_store(s)
     try:
         store.insert_predictions(preds)
@@ -40,7 +56,9 @@ def log_traffic(s, real_data_path, n=300):
     return clean
 
 
-def test_collect_labels_snapshot_reaches_training_through_the_trigger(trained, own_model, real_data_path, prefect_harness):
+def test_collect_labels_snapshot_reaches_training_through_the_trigger(
+    trained, own_model, real_data_path, prefect_harness
+):
     from churnops.contract import load_contract
     from churnops.feature_store import latest_snapshot, snapshot_at, snapshot_metadata
     from churnops.registry import client
@@ -64,12 +82,13 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(trained, o
 
     store = open_store(own_model)
     try:
-        d = evaluate_trigger(store, own_model, CRITICAL, None, start_training=default_start_training(own_model, run=run),
-                             alert=False)
+        d = evaluate_trigger(
+            store, own_model, CRITICAL, None, start_training=default_start_training(own_model, run=run), alert=False
+        )
     finally:
         store.close()
     assert d["action"] == "started" and d["flow_run_id"] == "run-1"
-    (name, kw), = started
+    ((name, kw),) = started
     params = kw["parameters"]
     assert name == own_model.training_deployment and params == d["parameters"]
     snap = snapshot_at(params["snapshot"], contract, own_model)

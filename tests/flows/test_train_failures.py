@@ -33,8 +33,10 @@ def test_contract_violation_stops_flow_with_full_report(trained, stack_env, real
 
 @pytest.mark.parametrize(
     ("variable", "message"),
-    [("MLFLOW_TRACKING_URI", r"MLflow server http://127.0.0.1:9 unreachable"),
-     ("AWS_ENDPOINT_URL", r"S3 endpoint http://127.0.0.1:9 unreachable")],
+    [
+        ("MLFLOW_TRACKING_URI", r"MLflow server http://127.0.0.1:9 unreachable"),
+        ("AWS_ENDPOINT_URL", r"S3 endpoint http://127.0.0.1:9 unreachable"),
+    ],
 )
 def test_unreachable_dependency_fails_fast_naming_it(trained, stack_env, monkeypatch, variable, message):
     from churnops.settings import get_settings
@@ -90,7 +92,7 @@ def test_reproducible_and_alias_movement(trained, stack_env):
     cb = client(stack_env).get_run(b["run_id"]).data.tags["config_hash"]
     assert ca == cb
     aliases = _aliases(stack_env)
-    assert aliases["champion"] == trained["version"]           # first model ever stays champion
+    assert aliases["champion"] == trained["version"]  # first model ever stays champion
     assert aliases["challenger"] == b["version"] != trained["version"]
     assert b["aliases"] == ["challenger"]
 

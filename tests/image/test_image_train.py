@@ -54,9 +54,13 @@ def test_sensitivity_floors(raw_contract):
     table = pd.DataFrame({"variation": ["baseline", "noise_3pct"], "accuracy": [0.98, 0.80]})
     train.check_sensitivity_floors(table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_3pct": 0.8}}))
     with pytest.raises(train.SensitivityGateError, match="noise_3pct 0.8000 < 0.9"):
-        train.check_sensitivity_floors(table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_3pct": 0.9}}))
+        train.check_sensitivity_floors(
+            table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_3pct": 0.9}})
+        )
     with pytest.raises(train.SensitivityGateError, match=r"unknown variations \['noise_9pct'\]"):
-        train.check_sensitivity_floors(table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_9pct": 0.5}}))
+        train.check_sensitivity_floors(
+            table, raw_contract.model_copy(update={"sensitivity_floor": {"noise_9pct": 0.5}})
+        )
 
 
 @pytest.fixture
@@ -86,18 +90,27 @@ def test_image_flow_generates_trains_registers(image_env, prefect_harness, raw_c
     root = image_env.state_dir / "images" / "raw_digits-seed42-first200"
     assert out["dataset_sha256"] == dataset_sha256(list_images(root, raw_contract)) and out["images"] == 200
     # every trial is a nested run of the sweep
-    nested = c.search_runs([c.get_experiment_by_name("raw-digits-sweep").experiment_id],
-                           f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    nested = c.search_runs(
+        [c.get_experiment_by_name("raw-digits-sweep").experiment_id], f"tags.mlflow.parentRunId = '{out['run_id']}'"
+    )
     assert len(nested) == 2 and all("val_accuracy" in r.data.metrics for r in nested)
     run = c.get_run(out["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.tags["data_source"] == "synthetic-sensor" and run.data.tags["dataset_sha256"] == out["dataset_sha256"]
+    assert (
+        run.data.tags["data_source"] == "synthetic-sensor" and run.data.tags["dataset_sha256"] == out["dataset_sha256"]
+    )
     assert run.data.tags["pkg.torch"].startswith("2.13.0")
     assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
     # the sensitivity baseline re-develops the same test frames with the same ISP: same accuracy
     assert run.data.metrics["sens_baseline_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
-    assert {r["variation"] for r in out["sensitivity"]} >= {"wb_gray_world", "demosaic_nearest", "noise_3pct",
-                                                             "gamma_1.8", "exposure_plus_1", "exposure_minus_1"}
+    assert {r["variation"] for r in out["sensitivity"]} >= {
+        "wb_gray_world",
+        "demosaic_nearest",
+        "noise_3pct",
+        "gamma_1.8",
+        "exposure_plus_1",
+        "exposure_minus_1",
+    }
     arts = {a.path for a in c.list_artifacts(out["run_id"])}
     assert {"isp_sensitivity.csv", "isp_sensitivity.png", "isp_sensitivity.json", "image_meta.json"} <= arts
     # registered under the contract's model name, tagged with the data source and version
@@ -130,6 +143,10 @@ def test_image_flow_sensitivity_floor_blocks_registration(image_env, prefect_har
         image_train_flow(contract=str(path), n_trials=1, data=str(raw_folder), max_epochs=1)
     c = mlflow.MlflowClient(image_env.mlflow_tracking_uri)
     assert c.search_model_versions("name='raw-digits-floor'") == []
-    runs = c.search_runs([c.get_experiment_by_name("raw-digits-sweep").experiment_id],
-                         "tags.data_source = 'real'", order_by=["attributes.start_time DESC"], max_results=1)
+    runs = c.search_runs(
+        [c.get_experiment_by_name("raw-digits-sweep").experiment_id],
+        "tags.data_source = 'real'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     assert runs[0].info.status == "FAILED"

@@ -71,18 +71,34 @@ def test_isp_matches_rawpy_postprocess(raw_folder, raw_contract):
     for f in files:
         ours = isp.process(read_raw(f.path), spec)
         with rawpy.imread(str(f.path)) as r:
-            ref = r.postprocess(
-                use_camera_wb=True, no_auto_bright=True, gamma=(2.222, 4.5), output_bps=16,
-                output_color=rawpy.ColorSpace.sRGB, demosaic_algorithm=rawpy.DemosaicAlgorithm.LINEAR, user_flip=0,
-            ).astype(np.float32) / 65535.0
+            ref = (
+                r.postprocess(
+                    use_camera_wb=True,
+                    no_auto_bright=True,
+                    gamma=(2.222, 4.5),
+                    output_bps=16,
+                    output_color=rawpy.ColorSpace.sRGB,
+                    demosaic_algorithm=rawpy.DemosaicAlgorithm.LINEAR,
+                    user_flip=0,
+                ).astype(np.float32)
+                / 65535.0
+            )
         assert ours.shape == ref.shape == (32, 32, 3)
         worst = max(worst, float(np.abs(ours - ref).max()))
     assert worst <= 1e-3
     # and the comparison can fail: camera white balance off is far from LibRaw's
     off = isp.process(read_raw(files[0].path), spec.model_copy(update={"white_balance": "none"}))
     with rawpy.imread(str(files[0].path)) as r:
-        ref = r.postprocess(use_camera_wb=True, no_auto_bright=True, output_bps=16, user_flip=0,
-                            demosaic_algorithm=rawpy.DemosaicAlgorithm.LINEAR).astype(np.float32) / 65535.0
+        ref = (
+            r.postprocess(
+                use_camera_wb=True,
+                no_auto_bright=True,
+                output_bps=16,
+                user_flip=0,
+                demosaic_algorithm=rawpy.DemosaicAlgorithm.LINEAR,
+            ).astype(np.float32)
+            / 65535.0
+        )
     assert np.abs(off - ref).max() > 0.05
 
 
@@ -102,7 +118,7 @@ def test_isp_stages_on_known_values():
     np.testing.assert_allclose(near[0, 0], [0.2, 0.5, 0.9], rtol=1e-6)
     # BT.709 curve: linear toe 4.5 L below ~0.018, 1.099 L^0.45 - 0.099 above
     g = isp.gamma_curve(np.array([0.01, 0.5, 1.0], np.float32), 1 / 0.45, 4.5)
-    np.testing.assert_allclose(g, [0.045, 1.099 * 0.5 ** 0.45 - 0.099, 1.0], atol=2e-3)
+    np.testing.assert_allclose(g, [0.045, 1.099 * 0.5**0.45 - 0.099, 1.0], atol=2e-3)
     cc = isp.color_correction(np.array([[[0.5, 0.5, 0.5]]], np.float32), np.eye(3) * 1.5)
     np.testing.assert_allclose(cc, 0.75)
     edge = np.zeros((8, 8, 3), np.float32)
@@ -194,4 +210,7 @@ def test_generated_folder_is_reused_until_the_contract_changes(tmp_path, raw_con
     resolve_data(brighter, s, None, limit=12)
     regenerated = (root / "0" / "0000.dng").read_bytes()
     assert regenerated not in (b"tampered", first)
-    assert resolve_data(raw_contract, Settings(state_dir=tmp_path), "/some/folder", limit=12) == (Path("/some/folder"), False)
+    assert resolve_data(raw_contract, Settings(state_dir=tmp_path), "/some/folder", limit=12) == (
+        Path("/some/folder"),
+        False,
+    )

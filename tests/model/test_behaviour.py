@@ -25,7 +25,9 @@ def bundle(trained, stack_env, tmp_path_factory):
     from churnops.bundle import Bundle
 
     mlflow.set_tracking_uri(stack_env.mlflow_tracking_uri)
-    path = mlflow.artifacts.download_artifacts(f"runs:/{trained['run_id']}/model", dst_path=str(tmp_path_factory.mktemp("b")))
+    path = mlflow.artifacts.download_artifacts(
+        f"runs:/{trained['run_id']}/model", dst_path=str(tmp_path_factory.mktemp("b"))
+    )
     return Bundle.load(f"{path}/artifacts/bundle", prefer_onnx=True)
 
 
@@ -38,12 +40,16 @@ def customers(real_data_path) -> pd.DataFrame:
 
 
 def _scores(bundle, frame: pd.DataFrame) -> np.ndarray:
-    records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-               for r in frame.to_dict(orient="records")]
+    records = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in frame.to_dict(orient="records")
+    ]
     return np.asarray(bundle.predict_records(records), dtype=float)
 
 
-@pytest.mark.parametrize(("column", "values"), [("gender", ["f", "m"]), ("marital_status", ["married", "single", "divorced"])])
+@pytest.mark.parametrize(
+    ("column", "values"), [("gender", ["f", "m"]), ("marital_status", ["married", "single", "divorced"])]
+)
 def test_invariance_protected_like_attributes_barely_move_the_score(bundle, customers, column, values):
     base = _scores(bundle, customers)
     for v in values:
@@ -68,15 +74,40 @@ def test_direction_more_inactive_months_raise_churn_risk(bundle, customers):
     assert (delta > 1e-3).sum() > (delta < -1e-3).sum()
 
 
-ENGAGED = {"customer_age": 45, "gender": "f", "dependent_count": 2, "education_level": "graduate",
-           "marital_status": "married", "income_category": "$60k - $80k", "card_category": "blue",
-           "months_on_book": 36, "total_relationship_count": 5, "months_inactive_12_mon": 1,
-           "contacts_count_12_mon": 1, "credit_limit": 9000.0, "total_revolving_bal": 1500,
-           "avg_open_to_buy": 7500.0, "total_amt_chng_q4_q1": 0.8, "total_trans_amt": 14000,
-           "total_trans_ct": 110, "total_ct_chng_q4_q1": 0.8, "avg_utilization_ratio": 0.167}
-DISENGAGED = {**ENGAGED, "total_relationship_count": 1, "months_inactive_12_mon": 4, "contacts_count_12_mon": 5,
-              "total_revolving_bal": 0, "avg_open_to_buy": 9000.0, "avg_utilization_ratio": 0.0,
-              "total_amt_chng_q4_q1": 0.4, "total_trans_amt": 900, "total_trans_ct": 20, "total_ct_chng_q4_q1": 0.3}
+ENGAGED = {
+    "customer_age": 45,
+    "gender": "f",
+    "dependent_count": 2,
+    "education_level": "graduate",
+    "marital_status": "married",
+    "income_category": "$60k - $80k",
+    "card_category": "blue",
+    "months_on_book": 36,
+    "total_relationship_count": 5,
+    "months_inactive_12_mon": 1,
+    "contacts_count_12_mon": 1,
+    "credit_limit": 9000.0,
+    "total_revolving_bal": 1500,
+    "avg_open_to_buy": 7500.0,
+    "total_amt_chng_q4_q1": 0.8,
+    "total_trans_amt": 14000,
+    "total_trans_ct": 110,
+    "total_ct_chng_q4_q1": 0.8,
+    "avg_utilization_ratio": 0.167,
+}
+DISENGAGED = {
+    **ENGAGED,
+    "total_relationship_count": 1,
+    "months_inactive_12_mon": 4,
+    "contacts_count_12_mon": 5,
+    "total_revolving_bal": 0,
+    "avg_open_to_buy": 9000.0,
+    "avg_utilization_ratio": 0.0,
+    "total_amt_chng_q4_q1": 0.4,
+    "total_trans_amt": 900,
+    "total_trans_ct": 20,
+    "total_ct_chng_q4_q1": 0.3,
+}
 
 
 def test_known_cases(bundle):

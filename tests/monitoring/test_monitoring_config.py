@@ -53,9 +53,16 @@ def test_dashboard_exprs_reference_defined_metrics():
             assert n in defined, f"{n} in {e!r} is not a metric the servers define"
         used |= set(names)
     # everything the issue asks for is on the dashboard
-    for need in ("churn_http_requests_total", "churn_prediction_latency_seconds_bucket", "churn_predictions_total",
-                 "churn_rejections_total", "churn_feature_psi", "churn_prediction_psi", "churn_realized_auc",
-                 "churn_feature_drift_status"):
+    for need in (
+        "churn_http_requests_total",
+        "churn_prediction_latency_seconds_bucket",
+        "churn_predictions_total",
+        "churn_rejections_total",
+        "churn_feature_psi",
+        "churn_prediction_psi",
+        "churn_realized_auc",
+        "churn_feature_drift_status",
+    ):
         assert need in used
     text = json.dumps(dash)
     for q in ("0.50", "0.95", "0.99"):
@@ -70,7 +77,9 @@ def test_prometheus_and_grafana_yaml():
         assert jobs["churn-api"]["metrics_path"] == "/metrics"
         assert jobs["churn-drift"]["metrics_path"] == "/drift/metrics"
         assert all(t.endswith(":9696") for t in jobs["churn-api"]["static_configs"][0]["targets"])
-    assert yaml.safe_load((MON / "prometheus.local.yml").read_text())["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9696"]
+    assert yaml.safe_load((MON / "prometheus.local.yml").read_text())["scrape_configs"][0]["static_configs"][0][
+        "targets"
+    ] == ["127.0.0.1:9696"]
     rules = yaml.safe_load((MON / "alerts.yml").read_text())
     for r in rules["groups"][0]["rules"]:
         assert all(n in defined for n in METRIC.findall(r["expr"])), r["expr"]

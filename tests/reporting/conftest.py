@@ -33,8 +33,10 @@ class MemoryStore(PredictionStore):
         return (start is None or ts >= start) and (end is None or ts < end)
 
     def find_predictions(self, start=None, end=None, limit=None):
-        out = sorted((copy.deepcopy(r) for r in self.predictions.values() if self._in(r["ts"], start, end)),
-                     key=lambda r: r["ts"])
+        out = sorted(
+            (copy.deepcopy(r) for r in self.predictions.values() if self._in(r["ts"], start, end)),
+            key=lambda r: r["ts"],
+        )
         return out[:limit] if limit else out
 
     def count_predictions(self, start=None, end=None):
@@ -45,8 +47,11 @@ class MemoryStore(PredictionStore):
 
     def find_feedback(self, request_ids=None, start=None, end=None):
         ids = set(request_ids) if request_ids is not None else None
-        return [dict(f) for f in self.feedback.values()
-                if (ids is None or f["request_id"] in ids) and self._in(f["ts"], start, end)]
+        return [
+            dict(f)
+            for f in self.feedback.values()
+            if (ids is None or f["request_id"] in ids) and self._in(f["ts"], start, end)
+        ]
 
     def get_checkpoint(self, key):
         return self.checkpoints.get(key)
@@ -73,9 +78,15 @@ def contract():
 
 def score(df: pd.DataFrame) -> np.ndarray:
     """A fixed, reasonably good churn score for synthetic customers (stands in for a model)."""
-    z = (-0.06 * (df["total_trans_ct"] - 64) - 0.0004 * (df["total_revolving_bal"] - 1160)
-         - 2.5 * (df["total_ct_chng_q4_q1"] - 0.71) + 0.4 * (df["contacts_count_12_mon"] - 2.4)
-         + 0.4 * (df["months_inactive_12_mon"] - 2.3) - 0.35 * (df["total_relationship_count"] - 3.8) - 1.8)
+    z = (
+        -0.06 * (df["total_trans_ct"] - 64)
+        - 0.0004 * (df["total_revolving_bal"] - 1160)
+        - 2.5 * (df["total_ct_chng_q4_q1"] - 0.71)
+        + 0.4 * (df["contacts_count_12_mon"] - 2.4)
+        + 0.4 * (df["months_inactive_12_mon"] - 2.3)
+        - 0.35 * (df["total_relationship_count"] - 3.8)
+        - 1.8
+    )
     return 1.0 / (1.0 + np.exp(-z.to_numpy(dtype=float)))
 
 
@@ -97,9 +108,18 @@ def reference(reference_frame, contract):
     return Reference.from_frame(reference_frame, contract, run_id="ref-run")
 
 
-def log_window(store, contract, n: int, seed: int, end: float, hours: float = 3.0, drift: list[str] | None = None,
-               feedback_fraction: float = 0.6, run_id: str = "ref-run", version: str = "1",
-               ) -> pd.DataFrame:
+def log_window(
+    store,
+    contract,
+    n: int,
+    seed: int,
+    end: float,
+    hours: float = 3.0,
+    drift: list[str] | None = None,
+    feedback_fraction: float = 0.6,
+    run_id: str = "ref-run",
+    version: str = "1",
+) -> pd.DataFrame:
     """Insert `n` predictions (synthetic customers, drift applied) spread over the window + feedback."""
     from simulators.traffic import customer_pool, plan_records
 
@@ -113,12 +133,29 @@ def log_window(store, contract, n: int, seed: int, end: float, hours: float = 3.
     probs = score(pd.DataFrame(clean))
     docs = []
     for i, (r, c, p, t) in enumerate(zip(recs, clean, probs, ts)):
-        docs.append({"_id": r.request_id, "ts": float(t), "request_id": r.request_id, "source": "http",
-                     "model_run_id": run_id, "model_version": version, "route": "champion" if i % 5 else "challenger",
-                     "features": c, "probability": float(p), "decision": int(p >= 0.5), "latency_ms": 1.0})
+        docs.append(
+            {
+                "_id": r.request_id,
+                "ts": float(t),
+                "request_id": r.request_id,
+                "source": "http",
+                "model_run_id": run_id,
+                "model_version": version,
+                "route": "champion" if i % 5 else "challenger",
+                "features": c,
+                "probability": float(p),
+                "decision": int(p >= 0.5),
+                "latency_ms": 1.0,
+            }
+        )
     store.insert_predictions(docs)
-    store.add_feedback_many([{"request_id": r.request_id, "outcome": r.outcome, "ts": float(t) + 1.0}
-                             for r, t in zip(recs, ts) if rng.random() < feedback_fraction])
+    store.add_feedback_many(
+        [
+            {"request_id": r.request_id, "outcome": r.outcome, "ts": float(t) + 1.0}
+            for r, t in zip(recs, ts)
+            if rng.random() < feedback_fraction
+        ]
+    )
     return pd.DataFrame(clean)
 
 
@@ -128,9 +165,15 @@ def settings_factory(tmp_path):
     from churnops.settings import Settings
 
     def make(**kw):
-        base = dict(state_dir=tmp_path / "state", reports_dir=tmp_path / "reports", report_min_rows=200,
-                    report_max_rows=2000, _env_file=None)
+        base = dict(
+            state_dir=tmp_path / "state",
+            reports_dir=tmp_path / "reports",
+            report_min_rows=200,
+            report_max_rows=2000,
+            _env_file=None,
+        )
         return Settings(**(base | kw))
+
     return make
 
 

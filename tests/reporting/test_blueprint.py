@@ -111,6 +111,8 @@ def test_drift_hours_out_of_range_is_422_naming_hours(client, hours):
     assert "hours" in json.loads(r.data)["details"]
     m = client.get(f"/drift/metrics?hours={hours}")
     assert m.status_code == 422 and "hours" in m.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("mlflow", ["silent", "closed"])
 def test_drift_report_never_waits_for_mlflow(settings_factory, contract, reference_frame, monkeypatch, mlflow):
     """Issue 13 item 16: with no cached reference and MLflow away, 503 + Retry-After at once, fetch in the background."""

@@ -22,7 +22,7 @@ def test_psi_matches_hand_computation():
 
 
 def test_numeric_psi_uses_reference_quantile_bins():
-    ref = np.arange(100, dtype=float)                     # deciles: 10 values per bin
+    ref = np.arange(100, dtype=float)  # deciles: 10 values per bin
     edges = D.quantile_edges(ref, 10)
     assert len(edges) == 11
     counts = D.bin_counts(ref, edges)
@@ -32,7 +32,10 @@ def test_numeric_psi_uses_reference_quantile_bins():
     assert c[0] == 50 and c[9] == 50
     rng = np.random.default_rng(0)
     for x in (rng.normal(50, 30, 1000), rng.integers(0, 100, 1000).astype(float), np.arange(100.0)):
-        assert D.sorted_bin_counts(np.sort(x), edges, 3).tolist() == D.bin_counts(np.append(x, [np.nan] * 3), edges).tolist()
+        assert (
+            D.sorted_bin_counts(np.sort(x), edges, 3).tolist()
+            == D.bin_counts(np.append(x, [np.nan] * 3), edges).tolist()
+        )
     fref = D._feature_ref("x", "numeric", pd.Series(ref), 10)
     out = D.compare_feature(fref, pd.Series(cur), D.Thresholds())
     props_c = np.array([0.5] + [0] * 8 + [0.5])
@@ -44,8 +47,10 @@ def test_numeric_psi_uses_reference_quantile_bins():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ks_matches_scipy_with_ties_and_without(seed):
     rng = np.random.default_rng(seed)
-    for a, b in [(rng.normal(size=3000), rng.normal(0.05, 1, size=1700)),
-                 (rng.integers(0, 7, 800).astype(float), rng.integers(0, 8, 1200).astype(float))]:
+    for a, b in [
+        (rng.normal(size=3000), rng.normal(0.05, 1, size=1700)),
+        (rng.integers(0, 7, 800).astype(float), rng.integers(0, 8, 1200).astype(float)),
+    ]:
         d = D.ks_statistic_sorted(np.sort(a), np.sort(b))
         ref = stats.ks_2samp(a, b, method="asymp")
         assert d == pytest.approx(ref.statistic, abs=1e-12)
@@ -81,8 +86,11 @@ def pool(contract):
     return clean_frame(generate_customers(20_000, seed=7), contract)
 
 
-DRIFTED = {"shift": {"total_trans_ct", "total_trans_amt"}, "category": {"card_category"},
-           "missing": {"education_level", "income_category"}}
+DRIFTED = {
+    "shift": {"total_trans_ct", "total_trans_amt"},
+    "category": {"card_category"},
+    "missing": {"education_level", "income_category"},
+}
 
 
 @pytest.mark.parametrize("kind", sorted(DRIFTED))
@@ -148,6 +156,6 @@ def test_false_positive_rate_without_drift(pool, reference):
 
 def test_prediction_drift(reference, pool):
     cur, _ = _window(pool, 5)
-    cur["prediction"] = np.clip(score(cur) * 0.3 + 0.5, 0, 1)     # the model suddenly scores everyone higher
+    cur["prediction"] = np.clip(score(cur) * 0.3 + 0.5, 0, 1)  # the model suddenly scores everyone higher
     out = D.compute_drift(reference, cur)
     assert out["prediction"]["status"] == "critical" and out["status"] == "critical"

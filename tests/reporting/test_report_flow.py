@@ -44,8 +44,9 @@ def test_report_end_to_end(tmp_path, settings_factory, contract, reference_run, 
     from reporting.report import build_report
 
     for name, store in _stores(tmp_path):
-        s = settings_factory(mlflow_tracking_uri=mlflow_uri, reports_dir=tmp_path / f"reports-{name}",
-                             report_max_rows=1000)
+        s = settings_factory(
+            mlflow_tracking_uri=mlflow_uri, reports_dir=tmp_path / f"reports-{name}", report_max_rows=1000
+        )
         t0 = time.time()
         # 1) too few rows: recorded, not failed
         log_window(store, contract, 50, seed=1, end=t0 - 5 * 3600, hours=0.5, run_id=reference_run)
@@ -68,7 +69,7 @@ def test_report_end_to_end(tmp_path, settings_factory, contract, reference_run, 
         assert html.exists() and 100_000 < html.stat().st_size < 10_000_000
         assert (folder / second["files"]["quality_html"]).stat().st_size < 10_000_000
         text = html.read_text(errors="replace")
-        assert "<script src=\"http" not in text and "stylesheet\" href=\"http" not in text  # opens offline
+        assert '<script src="http' not in text and 'stylesheet" href="http' not in text  # opens offline
         # index: newest first, both listed; JSON summary on disk
         index = (folder / "index.html").read_text()
         assert index.index(second["id"]) < index.index(first["id"])
@@ -94,9 +95,13 @@ def test_report_flow_under_prefect(tmp_path, monkeypatch, contract, reference_ru
     store = SQLiteStore(db)
     log_window(store, contract, 400, seed=3, end=time.time() - 5, hours=1.0, run_id=reference_run)
     store.close()
-    for k, v in {"MLFLOW_TRACKING_URI": mlflow_uri, "STATE_DIR": str(tmp_path / "state"),
-                 "REPORTS_DIR": str(tmp_path / "reports"), "PREDICTION_DB_PATH": str(db),
-                 "REPORT_MAX_ROWS": "500"}.items():
+    for k, v in {
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "STATE_DIR": str(tmp_path / "state"),
+        "REPORTS_DIR": str(tmp_path / "reports"),
+        "PREDICTION_DB_PATH": str(db),
+        "REPORT_MAX_ROWS": "500",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("MONGODB_URI", raising=False)
     get_settings.cache_clear()
@@ -118,5 +123,7 @@ def test_prune_keeps_newest(tmp_path):
         (tmp_path / f"report-2026010{i}T000000Z.html").write_text("x")
     removed = prune_reports(tmp_path, 2)
     assert len(removed) == 3
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["report-20260103T000000Z.json",
-                                                              "report-20260104T000000Z.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "report-20260103T000000Z.json",
+        "report-20260104T000000Z.json",
+    ]

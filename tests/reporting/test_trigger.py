@@ -12,10 +12,20 @@ from reporting.alerts import send_alert
 from reporting.trigger import HISTORY, LAST_DECISION, LAST_STARTED, evaluate_trigger, evaluate_window
 from tests.reporting.conftest import MemoryStore, log_window
 
-CRITICAL = {"n_critical": 3, "critical_features": ["a", "b", "c"], "max_psi": 0.5,
-            "prediction": {"status": "ok", "psi": 0.01, "p_value": 0.5}, "status": "critical"}
-CALM = {"n_critical": 0, "critical_features": [], "max_psi": 0.01,
-        "prediction": {"status": "ok", "psi": 0.01, "p_value": 0.5}, "status": "ok"}
+CRITICAL = {
+    "n_critical": 3,
+    "critical_features": ["a", "b", "c"],
+    "max_psi": 0.5,
+    "prediction": {"status": "ok", "psi": 0.01, "p_value": 0.5},
+    "status": "critical",
+}
+CALM = {
+    "n_critical": 0,
+    "critical_features": [],
+    "max_psi": 0.01,
+    "prediction": {"status": "ok", "psi": 0.01, "p_value": 0.5},
+    "status": "ok",
+}
 
 
 class Starter:
@@ -44,7 +54,12 @@ def test_cooldown_starts_training_once_per_window(settings_factory):
     assert d3["action"] == "started" and start.calls == 2
     last = json.loads(store.get_checkpoint(LAST_DECISION))
     assert last["action"] == "started" and "data drift critical: 3 feature(s) a, b, c" in last["reasons"][0]
-    assert [h["action"] for h in json.loads(store.get_checkpoint(HISTORY))] == ["started", "none", "cooldown", "started"]
+    assert [h["action"] for h in json.loads(store.get_checkpoint(HISTORY))] == [
+        "started",
+        "none",
+        "cooldown",
+        "started",
+    ]
 
 
 def test_reasons_auc_floor_and_prediction_drift(settings_factory):
@@ -53,11 +68,13 @@ def test_reasons_auc_floor_and_prediction_drift(settings_factory):
     perf = {"overall": {"auc_roc": 0.61, "n": 300}}
     d = evaluate_trigger(store, s, CALM, perf, start_training=start, now=1.0)
     assert d["started"] and d["reasons"] == ["realized AUC 0.610 < floor 0.85 on 300 labelled predictions"]
-    few = {"overall": {"auc_roc": 0.5, "n": 10}}            # too few labels to judge
+    few = {"overall": {"auc_roc": 0.5, "n": 10}}  # too few labels to judge
     assert evaluate_trigger(MemoryStore(), s, CALM, few, start_training=start, now=1.0)["action"] == "none"
     pred = dict(CALM, prediction={"status": "critical", "psi": 0.4, "p_value": 1e-9})
-    assert "prediction drift critical" in evaluate_trigger(MemoryStore(), s, pred, None, start_training=start,
-                                                           now=1.0)["reasons"][0]
+    assert (
+        "prediction drift critical"
+        in evaluate_trigger(MemoryStore(), s, pred, None, start_training=start, now=1.0)["reasons"][0]
+    )
 
 
 def test_failed_start_is_recorded_and_retried(settings_factory):
@@ -66,9 +83,10 @@ def test_failed_start_is_recorded_and_retried(settings_factory):
 
     def broken():
         raise ConnectionError("prefect down")
+
     d = evaluate_trigger(store, s, CRITICAL, None, start_training=broken, now=10.0)
     assert d["action"] == "start_failed" and "prefect down" in d["error"]
-    assert store.get_checkpoint(LAST_STARTED) is None       # no cooldown consumed
+    assert store.get_checkpoint(LAST_STARTED) is None  # no cooldown consumed
     assert evaluate_trigger(store, s, CRITICAL, None, start_training=Starter(), now=20.0)["action"] == "started"
 
 
@@ -90,6 +108,7 @@ class Hook:
 
             def log_message(self, *a):
                 pass
+
         self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/hook"
         threading.Thread(target=self.srv.serve_forever, daemon=True).start()
@@ -105,8 +124,9 @@ def test_webhook_retries_until_success():
         r = send_alert(hook.url, "drift!", timeout_s=2, retries=3, backoff_s=0.01)
         assert r == {"sent": True, "attempts": 3, "status": 200, "error": None}
         assert hook.bodies == [{"text": "drift!"}] * 3
-        r = send_alert(hook.url.replace(str(hook.srv.server_address[1]), "1"), "x", timeout_s=0.5, retries=1,
-                       backoff_s=0.01)
+        r = send_alert(
+            hook.url.replace(str(hook.srv.server_address[1]), "1"), "x", timeout_s=0.5, retries=1, backoff_s=0.01
+        )
         assert not r["sent"] and r["attempts"] == 2 and "ConnectError" in r["error"]
     finally:
         hook.close()
@@ -146,7 +166,7 @@ def test_retrain_flow_on_window(settings_factory, contract, reference, monkeypat
     finally:
         get_settings.cache_clear()
     assert retrain_flow.retrain_trigger_flow.name == "retrain-trigger"
-    assert out["action"] == "cooldown"                   # started a moment ago through the same store
+    assert out["action"] == "cooldown"  # started a moment ago through the same store
     store.checkpoints.pop(LAST_STARTED)
     get_settings.cache_clear()
     try:
@@ -154,7 +174,7 @@ def test_retrain_flow_on_window(settings_factory, contract, reference, monkeypat
     finally:
         get_settings.cache_clear()
     assert out["action"] == "dry_run" and out["flow_run_id"] is None
-    assert store.get_checkpoint(LAST_STARTED) is None                 # a dry run consumes no cooldown
+    assert store.get_checkpoint(LAST_STARTED) is None  # a dry run consumes no cooldown
     get_settings.cache_clear()
     try:
         starter = Starter()

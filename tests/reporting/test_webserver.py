@@ -18,8 +18,18 @@ import pytest
 from reporting.webserver import nginx_binary, nginx_test, python_server, render_config
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBES = ["/../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E/secret.txt", "/..%2fsecret.txt", "/%2e%2e%2fsecret.txt",
-          "/reports/../secret.txt", "/./../secret.txt", "/..%5csecret.txt", "//etc/passwd", "/%2e%2e/%2e%2e/etc/passwd"]
+PROBES = [
+    "/../secret.txt",
+    "/%2e%2e/secret.txt",
+    "/%2E%2E/secret.txt",
+    "/..%2fsecret.txt",
+    "/%2e%2e%2fsecret.txt",
+    "/reports/../secret.txt",
+    "/./../secret.txt",
+    "/..%5csecret.txt",
+    "//etc/passwd",
+    "/%2e%2e/%2e%2e/etc/passwd",
+]
 
 
 def free_port() -> int:
@@ -71,9 +81,9 @@ def check_rules(port: int) -> None:
         status, _, body = raw_get(port, probe)
         assert status in (400, 404), (probe, status)
         assert b"TOP-SECRET" not in body and b"root:" not in body
-    assert raw_get(port, "/sub/")[0] in (403, 404)           # no directory listing
-    assert raw_get(port, "/.index.html.1.tmp")[0] == 404     # no dot-files
-    assert raw_get(port, "/link.txt")[0] in (403, 404)       # symlink out of the folder refused
+    assert raw_get(port, "/sub/")[0] in (403, 404)  # no directory listing
+    assert raw_get(port, "/.index.html.1.tmp")[0] == 404  # no dot-files
+    assert raw_get(port, "/link.txt")[0] in (403, 404)  # symlink out of the folder refused
     assert raw_get(port, "/", "POST")[0] == 405
     assert raw_get(port, "/index.html", "DELETE")[0] == 405
 
@@ -95,10 +105,24 @@ def test_nginx_config_and_rules(site):
     r = nginx_test(conf)
     assert r.returncode == 0, r.stderr
     assert "syntax is ok" in r.stderr and "[warn]" not in r.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "reporting.webserver", "--dir", str(site / "reports"),
-                             "--prefix", str(site / "nginx"), "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "ENV_FILE": "/nonexistent"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reporting.webserver",
+            "--dir",
+            str(site / "reports"),
+            "--prefix",
+            str(site / "nginx"),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "ENV_FILE": "/nonexistent"},
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -107,7 +131,9 @@ def test_nginx_config_and_rules(site):
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read().decode() if proc.poll() is not None else "timeout") from None
+                    raise AssertionError(
+                        proc.stdout.read().decode() if proc.poll() is not None else "timeout"
+                    ) from None
                 time.sleep(0.2)
         check_rules(port)
     finally:
@@ -117,8 +143,9 @@ def test_nginx_config_and_rules(site):
         assert not pid_file.exists() or proc.returncode is not None
 
 
-@pytest.mark.parametrize("path, expected", [("/" + "a" * 60_000, 414), ("/" + "b" * 300 + ".html", 404),
-                                            ("/" + "c/" * 3000, 414)])
+@pytest.mark.parametrize(
+    "path, expected", [("/" + "a" * 60_000, 414), ("/" + "b" * 300 + ".html", 404), ("/" + "c/" * 3000, 414)]
+)
 def test_python_fallback_answers_long_paths_cleanly(site, path, expected):
     """A 60 KB path (or one name longer than the file system allows) got no answer and a trace."""
     srv = python_server(site / "reports", 0)

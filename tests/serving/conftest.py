@@ -31,12 +31,16 @@ def make_bundle(path: Path, seed: int, with_onnx: bool = True, run_id: str | Non
     enc = FeatureEncoder.from_contract(contract)
     X = enc.transform_frame(clean)
     y = clean[contract.target.name].to_numpy().astype(int)
-    model = xgb.XGBClassifier(n_estimators=20 + seed % 7, max_depth=3, learning_rate=0.3, n_jobs=1,
-                              random_state=seed)
+    model = xgb.XGBClassifier(n_estimators=20 + seed % 7, max_depth=3, learning_rate=0.3, n_jobs=1, random_state=seed)
     model.fit(X, y)
     onnx = export_onnx(model, enc.width) if with_onnx else None
-    meta = {"model_name": "churn-test", "dataset": "bank_churners", "features": contract.feature_names,
-            "test_metrics": {"auc_roc": 0.9, "f1": 0.5}, "run_id": run_id or f"localrun{seed}"}
+    meta = {
+        "model_name": "churn-test",
+        "dataset": "bank_churners",
+        "features": contract.feature_names,
+        "test_metrics": {"auc_roc": 0.9, "f1": 0.5},
+        "run_id": run_id or f"localrun{seed}",
+    }
     return write_bundle(path, enc, model, 0.5, meta, onnx)
 
 
@@ -56,8 +60,14 @@ def serving_settings(tmp_path, monkeypatch):
     from churnops.settings import Settings
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    return Settings(_env_file=None, state_dir=tmp_path / "state", log_flush_interval_s=0.05,
-                    max_body_bytes=20_000, batch_row_limit=50, mlflow_tracking_uri="http://127.0.0.1:9")
+    return Settings(
+        _env_file=None,
+        state_dir=tmp_path / "state",
+        log_flush_interval_s=0.05,
+        max_body_bytes=20_000,
+        batch_row_limit=50,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+    )
 
 
 def local_model_set(bundles, fraction: float = 0.0):

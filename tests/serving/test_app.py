@@ -60,9 +60,13 @@ def test_flask_view_answers_what_the_fast_path_passes_on(app_client):
 
     before = ok_count()
     fast = post(client, "/predict", {"request_id": "fast-1", "features": example()}).json
-    env = EnvironBuilder(path="/predict", method="POST", content_type="application/json",
-                         input_stream=io.BytesIO(json.dumps({"request_id": "view-1", "features": example()}).encode()),
-                         headers={"Transfer-Encoding": "chunked"}).get_environ()
+    env = EnvironBuilder(
+        path="/predict",
+        method="POST",
+        content_type="application/json",
+        input_stream=io.BytesIO(json.dumps({"request_id": "view-1", "features": example()}).encode()),
+        headers={"Transfer-Encoding": "chunked"},
+    ).get_environ()
     del env["CONTENT_LENGTH"]
     env["wsgi.input_terminated"] = True  # what gunicorn sets for a chunked upload
     body, status, _ = run_wsgi_app(client.application, env, buffered=True)
@@ -79,18 +83,21 @@ def test_unknown_marker_and_case_are_accepted(app_client):
     assert r.status_code == 200, r.json
 
 
-@pytest.mark.parametrize("body,field,fragment", [
-    ({k: v for k, v in example().items() if k != "gender"}, "gender", "missing"),
-    (example(customer_age="old"), "customer_age", "expected a number"),
-    (example(customer_age=True), "customer_age", "expected a number"),
-    (example(gender=1), "gender", "expected a string"),
-    (example(card_category="diamond"), "card_category", "unknown category"),
-    (example(customer_age=150), "customer_age", "above maximum"),
-    (example(avg_utilization_ratio=-0.5), "avg_utilization_ratio", "below minimum"),
-    (example(credit_limit=None), "credit_limit", "null"),
-    ({"request_id": "x", "features": [1, 2]}, "features", "expected an object"),
-    ({"request_id": {"a": 1}, "features": example()}, "request_id", "string"),
-])
+@pytest.mark.parametrize(
+    "body,field,fragment",
+    [
+        ({k: v for k, v in example().items() if k != "gender"}, "gender", "missing"),
+        (example(customer_age="old"), "customer_age", "expected a number"),
+        (example(customer_age=True), "customer_age", "expected a number"),
+        (example(gender=1), "gender", "expected a string"),
+        (example(card_category="diamond"), "card_category", "unknown category"),
+        (example(customer_age=150), "customer_age", "above maximum"),
+        (example(avg_utilization_ratio=-0.5), "avg_utilization_ratio", "below minimum"),
+        (example(credit_limit=None), "credit_limit", "null"),
+        ({"request_id": "x", "features": [1, 2]}, "features", "expected an object"),
+        ({"request_id": {"a": 1}, "features": example()}, "request_id", "string"),
+    ],
+)
 def test_contract_violations_name_the_field(app_client, body, field, fragment):
     client, _ = app_client
     r = post(client, "/predict", body)
@@ -108,11 +115,18 @@ def test_several_problems_are_all_listed(app_client):
     assert set(r.json["details"]) == {"customer_age", "gender", "total_trans_ct"}
 
 
-@pytest.mark.parametrize("raw,fragment", [
-    ('{"customer_age": NaN}', "NaN"), ('{"customer_age": Infinity}', "Infinity"),
-    ('{"customer_age": -Infinity}', "Infinity"), ("not json", "Expecting value"), ("", "empty"),
-    ("   ", "empty"), (b"\xff\xfe{", "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "raw,fragment",
+    [
+        ('{"customer_age": NaN}', "NaN"),
+        ('{"customer_age": Infinity}', "Infinity"),
+        ('{"customer_age": -Infinity}', "Infinity"),
+        ("not json", "Expecting value"),
+        ("", "empty"),
+        ("   ", "empty"),
+        (b"\xff\xfe{", "UTF-8"),
+    ],
+)
 def test_bad_json_is_400(app_client, raw, fragment):
     client, _ = app_client
     r = post(client, "/predict", raw)
@@ -154,8 +168,11 @@ def test_batch(app_client):
 def test_batch_rows_answer_like_single_predictions(app_client):
     client, _ = app_client
     odd = 'q"uo\\te\t\u00e9\u4e2d'  # a request_id JSON must escape
-    rows = [{"request_id": odd, "features": example()}, example(customer_age=61, extra_field=1),
-            {"request_id": "plain", "features": example(total_trans_ct=20)}]
+    rows = [
+        {"request_id": odd, "features": example()},
+        example(customer_age=61, extra_field=1),
+        {"request_id": "plain", "features": example(total_trans_ct=20)},
+    ]
     r = post(client, "/predict/batch", rows)
     assert r.status_code == 200, r.json
     got = r.json["predictions"]
@@ -203,8 +220,11 @@ def test_json_errors_for_404_405(app_client):
 
 def test_unexpected_error_is_json_500(app_client, monkeypatch):
     client, state = app_client
-    monkeypatch.setattr(state.models.current.champion.bundle, "predict_records",
-                        lambda rows: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(
+        state.models.current.champion.bundle,
+        "predict_records",
+        lambda rows: (_ for _ in ()).throw(RuntimeError("boom")),
+    )
     r = post(client, "/predict", example())
     assert r.status_code == 500 and r.json["details"]["exception"] == "RuntimeError"
     monkeypatch.undo()
@@ -266,13 +286,15 @@ def test_metrics_count_predictions_and_rejections(app_client):
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
     before = val("churn_rejections_total", source="http", reason="unknown_category")
-    before_p = val("churn_predictions_total", source="http", route="champion", model_version="None", decision="0") + \
-        val("churn_predictions_total", source="http", route="champion", model_version="None", decision="1")
+    before_p = val(
+        "churn_predictions_total", source="http", route="champion", model_version="None", decision="0"
+    ) + val("churn_predictions_total", source="http", route="champion", model_version="None", decision="1")
     post(client, "/predict", example(card_category="diamond"))
     post(client, "/predict", example())
     assert val("churn_rejections_total", source="http", reason="unknown_category") == before + 1
-    after_p = val("churn_predictions_total", source="http", route="champion", model_version="None", decision="0") + \
-        val("churn_predictions_total", source="http", route="champion", model_version="None", decision="1")
+    after_p = val("churn_predictions_total", source="http", route="champion", model_version="None", decision="0") + val(
+        "churn_predictions_total", source="http", route="champion", model_version="None", decision="1"
+    )
     assert after_p == before_p + 1
     text = client.get("/metrics").get_data(as_text=True)
     assert "churn_rejections_total" in text and "churn_prediction_latency_seconds_bucket" in text
@@ -289,7 +311,7 @@ def test_openapi_and_index(app_client):
     assert set(features["example"]) == set(features["properties"])
     assert client.post("/predict", json=features["example"]).status_code == 200
     html = client.get("/").get_data(as_text=True)
-    assert "<form" in html and "fetch(\"/predict\"" in html and "<select" in html and "/openapi.json" in html
+    assert "<form" in html and 'fetch("/predict"' in html and "<select" in html and "/openapi.json" in html
 
 
 def test_reload_auth_and_refused_target_keeps_old(app_client, bundles, serving_settings):
@@ -331,8 +353,28 @@ def test_fast_validator_matches_contract_validation():
     from serving.inference import FastValidator
 
     contract = load_contract("bank_churners")
-    odd = [None, True, "12", " M ", "Unknown", "unknown", "UNKNOWN ", float("nan"), float("inf"), -1, 10**400,
-           1e9, "diamond", 3.5, [], {}, "blue", "f", "graduate", "$120k +"]
+    odd = [
+        None,
+        True,
+        "12",
+        " M ",
+        "Unknown",
+        "unknown",
+        "UNKNOWN ",
+        float("nan"),
+        float("inf"),
+        -1,
+        10**400,
+        1e9,
+        "diamond",
+        3.5,
+        [],
+        {},
+        "blue",
+        "f",
+        "graduate",
+        "$120k +",
+    ]
     rng = rnd.Random(7)
     for mode in ("reject", "unknown"):
         fast = FastValidator(contract, mode)
@@ -356,8 +398,16 @@ def test_fast_validator_matches_contract_validation():
 def test_audit_is_paged_newest_first(app_client):
     client, state = app_client
     for i in range(3):
-        state.store.add_audit({"actor": "ana", "action": "promote", "from_version": str(i), "to_version": str(i + 1),
-                               "reason": f"r{i}", "rules": []})
+        state.store.add_audit(
+            {
+                "actor": "ana",
+                "action": "promote",
+                "from_version": str(i),
+                "to_version": str(i + 1),
+                "reason": f"r{i}",
+                "rules": [],
+            }
+        )
     r = client.get("/audit?limit=2")
     assert r.status_code == 200 and [x["reason"] for x in r.json["records"]] == ["r2", "r1"]
     assert r.json["next_offset"] == 2

@@ -18,12 +18,32 @@ from tests.serving.test_app import post
 CONTRACT = load_contract("bank_churners")
 
 # (field, value) edits: valid variants, then ones the row path must judge
-VALID_EDITS = [("gender", "F"), ("gender", " m "), ("education_level", "Unknown"), ("marital_status", "Unknown"),
-               ("income_category", "unknown"), ("customer_age", 18), ("customer_age", 100.0),
-               ("avg_open_to_buy", -5.5), ("extra_field", 1), ("card_category", "Gold")]
-BAD_EDITS = [("customer_age", "45"), ("customer_age", True), ("customer_age", None), ("customer_age", 101),
-             ("customer_age", 10**400), ("gender", 1), ("gender", "x"), ("card_category", ["blue"]),
-             ("education_level", None), ("request_id", ""), ("request_id", 7), ("features", [1])]
+VALID_EDITS = [
+    ("gender", "F"),
+    ("gender", " m "),
+    ("education_level", "Unknown"),
+    ("marital_status", "Unknown"),
+    ("income_category", "unknown"),
+    ("customer_age", 18),
+    ("customer_age", 100.0),
+    ("avg_open_to_buy", -5.5),
+    ("extra_field", 1),
+    ("card_category", "Gold"),
+]
+BAD_EDITS = [
+    ("customer_age", "45"),
+    ("customer_age", True),
+    ("customer_age", None),
+    ("customer_age", 101),
+    ("customer_age", 10**400),
+    ("gender", 1),
+    ("gender", "x"),
+    ("card_category", ["blue"]),
+    ("education_level", None),
+    ("request_id", ""),
+    ("request_id", 7),
+    ("features", [1]),
+]
 
 
 def random_batch(rng: random.Random, n: int, edits: list) -> list:
@@ -77,8 +97,9 @@ def assert_columns_match_rows(cv: ColumnarValidator, got, objs: list, unknown: s
     assert [rid for rid, o in zip(got.request_ids, objs) if "request_id" in o] == supplied
     assert all(len(r) == 32 for r, o in zip(got.request_ids, objs) if "request_id" not in o)
     enc = FeatureEncoder.from_contract(CONTRACT)
-    np.testing.assert_array_equal(enc.transform_columns(got.columns, got.n),
-                                  enc.transform_records([r.values for r in rows]))
+    np.testing.assert_array_equal(
+        enc.transform_columns(got.columns, got.n), enc.transform_records([r.values for r in rows])
+    )
 
 
 @pytest.mark.parametrize("unknown", ["reject", "unknown"])
@@ -124,8 +145,9 @@ def test_decoded_body_equals_columns_or_defers(seed):
         for name in CONTRACT.features:
             a, b = dec.columns[name], want.columns[name]
             assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-        assert [r for r, o in zip(dec.request_ids, subset) if "request_id" in o] == \
-            [r for r, o in zip(want.request_ids, subset) if "request_id" in o]
+        assert [r for r, o in zip(dec.request_ids, subset) if "request_id" in o] == [
+            r for r, o in zip(want.request_ids, subset) if "request_id" in o
+        ]
 
 
 def test_decoder_defers_on_what_it_cannot_judge_alone():
@@ -134,7 +156,7 @@ def test_decoder_defers_on_what_it_cannot_judge_alone():
     assert cv.decode(b"[{%s}]" % row.encode()) is not None
     assert cv.decode(b'[{%s, "customer_age": 200}]' % row.encode()) is None, "a repeated key: the last one counts"
     assert cv.decode(b'[{%s, "customer_age": NaN}]' % row.encode()) is None
-    assert cv.decode(b"[{%s, \"request_id\": \" \"}]" % row.encode()) is None
+    assert cv.decode(b'[{%s, "request_id": " "}]' % row.encode()) is None
     assert cv.decode(b"[]") is None and cv.decode(b"") is None and cv.decode(b'{"rows": []}') is None
 
 

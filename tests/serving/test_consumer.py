@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 def read_stream(kin, stream) -> list[dict]:
     out = []
     for sh in kin.list_shards(StreamName=stream)["Shards"]:
-        it = kin.get_shard_iterator(StreamName=stream, ShardId=sh["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        it = kin.get_shard_iterator(StreamName=stream, ShardId=sh["ShardId"], ShardIteratorType="TRIM_HORIZON")[
+            "ShardIterator"
+        ]
         while it:
             r = kin.get_records(ShardIterator=it, Limit=10_000)
             out += [json.loads(x["Data"]) for x in r["Records"]]
@@ -34,9 +36,18 @@ def stream_settings(moto_endpoint, tmp_path, monkeypatch):
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     tag = uuid.uuid4().hex[:8]
-    s = Settings(_env_file=None, aws_endpoint_url=moto_endpoint, state_dir=tmp_path / "state",
-                 input_stream=f"in-{tag}", output_stream=f"out-{tag}", dlq_stream=f"dlq-{tag}", stream_shards=2,
-                 consumer_batch_size=25, consumer_poll_interval_s=0.01, mlflow_tracking_uri="http://127.0.0.1:9")
+    s = Settings(
+        _env_file=None,
+        aws_endpoint_url=moto_endpoint,
+        state_dir=tmp_path / "state",
+        input_stream=f"in-{tag}",
+        output_stream=f"out-{tag}",
+        dlq_stream=f"dlq-{tag}",
+        stream_shards=2,
+        consumer_batch_size=25,
+        consumer_poll_interval_s=0.01,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+    )
     ensure_streams(s)
     return s
 
@@ -76,10 +87,16 @@ def test_raw_base64_poison_and_resume(stream_settings, bundles):
     s = stream_settings
     kin = client("kinesis", s)
     store = FlakyStore(SQLiteStore(s.state_dir / "p.db"))
-    good = [json.dumps({"request_id": f"s{i}", "features": example(customer_age=30 + i % 40)}).encode() for i in range(60)]
+    good = [
+        json.dumps({"request_id": f"s{i}", "features": example(customer_age=30 + i % 40)}).encode() for i in range(60)
+    ]
     b64 = [base64.b64encode(json.dumps(example()).encode()) for _ in range(10)]
-    poison = [b"not json at all", json.dumps(example(gender="x")).encode(), b'{"customer_age": NaN}',
-              base64.b64encode(b"[1,2")]
+    poison = [
+        b"not json at all",
+        json.dumps(example(gender="x")).encode(),
+        b'{"customer_age": NaN}',
+        base64.b64encode(b"[1,2"),
+    ]
     seqs = put(kin, s, good + b64 + poison)
     c = make_consumer(s, bundles, store)
     store.down = True  # the store is away for the first batches: spooled, nothing lost
@@ -103,14 +120,22 @@ def test_raw_base64_poison_and_resume(stream_settings, bundles):
     assert "NaN" in reasons[seqs[72]]["details"]["body"]
     logged = store.inner.find_predictions()
     assert {r["_id"] for r in logged} == {c.log_id(sh, q) for sh, q in seqs[:70]}
-    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"][
+        "StreamCreationTimestamp"
+    ]
     assert c.log_id("shardId-000000000001", "7") == f"stream:{round(created.timestamp() * 1000)}:shardId-000000000001:7"
     # the log's ts is the record's arrival on the stream: a re-emitted batch logs the same ts
     first = {r["_id"]: r["ts"] for r in logged}
-    arrived = {c.log_id(sh, r["SequenceNumber"]): r["ApproximateArrivalTimestamp"].timestamp()
-               for sh in c.shards for r in kin.get_records(ShardIterator=kin.get_shard_iterator(
-                   StreamName=s.input_stream, ShardId=sh, ShardIteratorType="TRIM_HORIZON")["ShardIterator"],
-                   Limit=1000)["Records"]}
+    arrived = {
+        c.log_id(sh, r["SequenceNumber"]): r["ApproximateArrivalTimestamp"].timestamp()
+        for sh in c.shards
+        for r in kin.get_records(
+            ShardIterator=kin.get_shard_iterator(
+                StreamName=s.input_stream, ShardId=sh, ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"],
+            Limit=1000,
+        )["Records"]
+    }
     assert all(first[k] == arrived[k] for k in first)
     # checkpoints: a new consumer resumes after them and re-emits nothing
     for sh in c.shards:
@@ -161,7 +186,9 @@ def test_put_records_retries_failed_entries(stream_settings, bundles):
         sent.append(len(Records))
         if len(sent) == 1:  # first call: the second half fails
             resp = real(StreamName=StreamName, Records=Records[: len(Records) // 2])
-            fails = [{"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}] * (len(Records) - len(Records) // 2)
+            fails = [{"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}] * (
+                len(Records) - len(Records) // 2
+            )
             return {"FailedRecordCount": len(fails), "Records": resp["Records"] + fails}
         return real(StreamName=StreamName, Records=Records)
 
@@ -284,8 +311,17 @@ def test_dead_letter_entry_bounded_whatever_the_payload():
     from serving.deadletter import build_entry, encode_entry
 
     for data in (b"\x00" * 900_000, "\u2028é".encode() * 200_000, bytes(range(256)) * 4000, b"[" * 1_000_000):
-        e = build_entry(data=data, reason="r" * 10_000, reason_code="c", details={f"f{i}": "x" * 5000 for i in range(500)},
-                        stream="in", shard_id="sh", sequence_number="1", partition_key="k", preview_bytes=65_536)
+        e = build_entry(
+            data=data,
+            reason="r" * 10_000,
+            reason_code="c",
+            details={f"f{i}": "x" * 5000 for i in range(500)},
+            stream="in",
+            shard_id="sh",
+            sequence_number="1",
+            partition_key="k",
+            preview_bytes=65_536,
+        )
         body = encode_entry(e, 150_000)
         assert len(body) <= 150_000
         d = json.loads(body)
@@ -313,7 +349,10 @@ def test_put_records_failing_past_its_retries_goes_to_the_outbox_not_a_loop(stre
         if calls["n"] == 1:
             half = len(Records) // 2
             resp = real(StreamName=StreamName, Records=Records[:half])
-            return {"FailedRecordCount": len(Records) - half, "Records": resp["Records"] + [refused] * (len(Records) - half)}
+            return {
+                "FailedRecordCount": len(Records) - half,
+                "Records": resp["Records"] + [refused] * (len(Records) - half),
+            }
         if calls["n"] <= 6:
             return {"FailedRecordCount": len(Records), "Records": [refused] * len(Records)}
         return real(StreamName=StreamName, Records=Records)
@@ -366,8 +405,13 @@ def test_transient_endpoint_errors_do_not_end_the_run_loop(stream_settings, bund
             calls[name] += 1
             if calls[name] in faults[name]:
                 if name == "get_records" and calls[name] == 5:
-                    raise ClientError({"Error": {"Code": "InternalFailure", "Message": "oops"},
-                                       "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetRecords")
+                    raise ClientError(
+                        {
+                            "Error": {"Code": "InternalFailure", "Message": "oops"},
+                            "ResponseMetadata": {"HTTPStatusCode": 500},
+                        },
+                        "GetRecords",
+                    )
                 raise down
             return real(**kw)
 
@@ -431,8 +475,11 @@ def test_stream_created_again_while_the_consumer_runs(stream_settings, bundles):
     new = put(kin, s, [json.dumps({"request_id": f"new{i}", "features": example()}).encode() for i in range(25)])
     c._last_shard_refresh = -math.inf  # as 30 s later
     c.run(max_idle_polls=2)
-    got = {(r["shard_id"], r["sequence_number"]) for r in read_stream(kin, s.output_stream)
-           if r["request_id"].startswith("new")}
+    got = {
+        (r["shard_id"], r["sequence_number"])
+        for r in read_stream(kin, s.output_stream)
+        if r["request_id"].startswith("new")
+    }
     assert got == set(new)
 
 
@@ -465,8 +512,11 @@ def test_model_failing_on_everything_pauses_the_shard_not_the_dlq(stream_setting
 
     s = one_shard(stream_settings, stream_backoff_max_s=0.1)
     kin = client("kinesis", s)
-    seqs = put(kin, s, [json.dumps({"request_id": f"r{i}", "features": example(customer_age=30 + i)}).encode()
-                        for i in range(8)])
+    seqs = put(
+        kin,
+        s,
+        [json.dumps({"request_id": f"r{i}", "features": example(customer_age=30 + i)}).encode() for i in range(8)],
+    )
     c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
     bundle = c.models.current.champion.bundle
     real = bundle.predict_records

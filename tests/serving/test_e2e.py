@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def http(method: str, url: str, body=None, headers=None, timeout=20):
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw = r.read()
@@ -38,10 +39,16 @@ def http(method: str, url: str, body=None, headers=None, timeout=20):
 
 def serving_env(stack_env, trained, state_dir: Path, **extra) -> dict:
     return {
-        "RUN_ID": trained["run_id"], "STATE_DIR": str(state_dir), "MODEL_NAME": stack_env.model_name,
-        "MLFLOW_TRACKING_URI": stack_env.mlflow_tracking_uri, "AWS_ENDPOINT_URL": stack_env.aws_endpoint_url,
-        "ADMIN_TOKEN": "test-admin", "LOG_FLUSH_INTERVAL_S": "0.05", "CANARY_FRACTION": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prom"), **{k: str(v) for k, v in extra.items()},
+        "RUN_ID": trained["run_id"],
+        "STATE_DIR": str(state_dir),
+        "MODEL_NAME": stack_env.model_name,
+        "MLFLOW_TRACKING_URI": stack_env.mlflow_tracking_uri,
+        "AWS_ENDPOINT_URL": stack_env.aws_endpoint_url,
+        "ADMIN_TOKEN": "test-admin",
+        "LOG_FLUSH_INTERVAL_S": "0.05",
+        "CANARY_FRACTION": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prom"),
+        **{k: str(v) for k, v in extra.items()},
     }
 
 
@@ -50,8 +57,12 @@ def api(stack_env, trained, tmp_path_factory):
     d = tmp_path_factory.mktemp("api")
     port = free_port()
     env = serving_env(stack_env, trained, d / "state", API_PORT=port, API_WORKERS=2)
-    srv = Server([sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
-                 d / "gunicorn.log", env=env, cwd=ROOT)
+    srv = Server(
+        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        d / "gunicorn.log",
+        env=env,
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", 60, srv.proc, d / "gunicorn.log")
     deadline = time.monotonic() + 120
@@ -123,8 +134,9 @@ def test_connections_close_cleanly_with_body_read_or_not(api):
         assert st == 200 and 0 <= b["probability"] <= 1
     body = b"x" * 3_000_000  # over the 1 MB limit: answered before the body is read
     s = socket.create_connection((host, int(port)), timeout=20)
-    s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(body))
+    s.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
     sender = threading.Thread(target=lambda: _send_quietly(s, body))
     sender.start()
     data = b""
@@ -160,8 +172,13 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
     out = json.loads(r.read())
     assert r.status == 200 and out["count"] == 1000 and len({p["request_id"] for p in out["predictions"]}) == 1000
     one = json.dumps(example()).encode()
-    conn.request("POST", "/predict", body=iter([one[:10], one[10:]]), encode_chunked=True,
-                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    conn.request(
+        "POST",
+        "/predict",
+        body=iter([one[:10], one[10:]]),
+        encode_chunked=True,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
     r = conn.getresponse()
     assert r.status == 200 and 0 <= json.loads(r.read())["probability"] <= 1
     conn.request("OPTIONS", "/predict")  # an answer with an empty body
@@ -177,8 +194,10 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
     conn.close()
 
     one = json.dumps(example()).encode()
-    req = (b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-           b"Content-Length: %d\r\n\r\n%s" % (len(one), one))
+    req = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(one),
+        one,
+    )
     s = socket.create_connection((host, int(port)), timeout=3)  # well under the 5 s keep-alive
     s.sendall(req * 20 + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")  # more than one round
     data = b""
@@ -291,19 +310,26 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
 
     tag = uuid.uuid4().hex[:8]
     streams = {"INPUT_STREAM": f"in-{tag}", "OUTPUT_STREAM": f"out-{tag}", "DLQ_STREAM": f"dlq-{tag}"}
-    s = stack_env.model_copy(update={"input_stream": streams["INPUT_STREAM"], "output_stream": streams["OUTPUT_STREAM"],
-                                     "dlq_stream": streams["DLQ_STREAM"], "stream_shards": 2})
+    s = stack_env.model_copy(
+        update={
+            "input_stream": streams["INPUT_STREAM"],
+            "output_stream": streams["OUTPUT_STREAM"],
+            "dlq_stream": streams["DLQ_STREAM"],
+            "stream_shards": 2,
+        }
+    )
     ensure_streams(s)
     kin = client("kinesis", s)
     n = 1500
-    good = [json.dumps({"request_id": f"e{i}", "features": example(total_trans_ct=10 + i % 100)}).encode()
-            for i in range(n)]
+    good = [
+        json.dumps({"request_id": f"e{i}", "features": example(total_trans_ct=10 + i % 100)}).encode() for i in range(n)
+    ]
     good += [base64.b64encode(json.dumps(example()).encode()) for _ in range(20)]
     poison = [b"\x00garbage", json.dumps(example(card_category="diamond")).encode()]
     entries = [{"Data": d, "PartitionKey": f"k{i}"} for i, d in enumerate(good + poison)]
     keys = []
     for i in range(0, len(entries), 500):
-        resp = kin.put_records(StreamName=s.input_stream, Records=entries[i:i + 500])
+        resp = kin.put_records(StreamName=s.input_stream, Records=entries[i : i + 500])
         assert not resp.get("FailedRecordCount")
         keys += [(r["ShardId"], r["SequenceNumber"]) for r in resp["Records"]]
     env = serving_env(stack_env, trained, tmp_path / "state", CONSUMER_BATCH_SIZE=100, **streams)
@@ -333,14 +359,16 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
     c2.fh.close()
     results = read_stream(kin, s.output_stream)
     got = {(r["shard_id"], r["sequence_number"]) for r in results}
-    assert got == set(keys[:len(good)]), "every valid input has a result"
+    assert got == set(keys[: len(good)]), "every valid input has a result"
     assert len(results) - len(got) <= 2 * 100, "at most the last batch per shard re-emitted"
     dlq = read_stream(kin, s.dlq_stream)
-    assert {(d["shard_id"], d["sequence_number"]) for d in dlq} == set(keys[len(good):])
+    assert {(d["shard_id"], d["sequence_number"]) for d in dlq} == set(keys[len(good) :])
     ids = {r["_id"] for r in store.find_predictions()}
-    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"]["StreamCreationTimestamp"]
+    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"][
+        "StreamCreationTimestamp"
+    ]
     ms = round(created.timestamp() * 1000)
-    assert ids == {f"stream:{ms}:{sh}:{q}" for sh, q in keys[:len(good)]}, "every input has one log record"
+    assert ids == {f"stream:{ms}:{sh}:{q}" for sh, q in keys[: len(good)]}, "every input has one log record"
     rid = {r["request_id"] for r in results}
     assert {f"e{i}" for i in range(n)} <= rid
     assert all(r["model_run_id"] == trained["run_id"] for r in results)

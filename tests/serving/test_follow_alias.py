@@ -18,8 +18,9 @@ def test_champion_server_follows_promotion_and_rollback_without_failed_requests(
     from serving.model import ModelManager
 
     name = own_model.model_name
-    s = own_model.model_copy(update={"model_uri": f"models:/{name}@champion", "run_id": None,
-                                     "state_dir": tmp_path, "canary_fraction": 0.0})
+    s = own_model.model_copy(
+        update={"model_uri": f"models:/{name}@champion", "run_id": None, "state_dir": tmp_path, "canary_fraction": 0.0}
+    )
     mm = ModelManager(s)
     mm.freeze_gc = False
     mm.load_initial()

@@ -17,6 +17,7 @@ def post(client, path, raw: bytes):
 
 def strict_json(raw: bytes):
     """Parse as a strict JSON client does: NaN / Infinity tokens are an error."""
+
     def refuse(token):
         raise AssertionError(f"answer holds the non-JSON token {token}")
 
@@ -40,11 +41,18 @@ def test_parse_json_refuses_deep_nesting_with_a_400(raw):
 
 
 @pytest.mark.parametrize("path", ["/predict", "/predict/batch", "/feedback"])
-@pytest.mark.parametrize("raw", [nested(5000), nested(1000), b'{"records":' + nested(3000) + b"}",
-                                 b'[{"Customer_Age":' + nested(990) + b"}]",
-                                 b'{"request_id":' + nested(990) + b',"outcome":1}',
-                                 b'{"features":' + nested(990, b'{"a":', b"}")[:-1] + b"1" + b"}" * 990 + b"}"],
-                         ids=["list5000", "list1000", "records3000", "field990", "rid990", "features990"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        nested(5000),
+        nested(1000),
+        b'{"records":' + nested(3000) + b"}",
+        b'[{"Customer_Age":' + nested(990) + b"}]",
+        b'{"request_id":' + nested(990) + b',"outcome":1}',
+        b'{"features":' + nested(990, b'{"a":', b"}")[:-1] + b"1" + b"}" * 990 + b"}",
+    ],
+    ids=["list5000", "list1000", "records3000", "field990", "rid990", "features990"],
+)
 def test_deeply_nested_json_is_a_4xx_on_every_json_endpoint(app_client, path, raw):
     client, state = app_client
     r = post(client, path, raw)

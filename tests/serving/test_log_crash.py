@@ -37,11 +37,24 @@ def test_sigkill_of_a_worker_loses_no_answered_prediction(tmp_path, bundles):
     other workers), each once."""
     port = free_port()
     state = tmp_path / "state"
-    env = {"MODEL_URI": str(bundles["a"]), "STATE_DIR": str(state), "API_PORT": str(port), "API_WORKERS": "2",
-           "LOG_FLUSH_INTERVAL_S": "3", "CANARY_FRACTION": "0", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
-           "PROMETHEUS_MULTIPROC_DIR": str(state / "prom"), "MONGODB_URI": "", "ADMIN_TOKEN": "test-admin-crash"}
-    srv = Server([sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
-                 tmp_path / "gunicorn.log", env=env, cwd=ROOT)
+    env = {
+        "MODEL_URI": str(bundles["a"]),
+        "STATE_DIR": str(state),
+        "API_PORT": str(port),
+        "API_WORKERS": "2",
+        "LOG_FLUSH_INTERVAL_S": "3",
+        "CANARY_FRACTION": "0",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "PROMETHEUS_MULTIPROC_DIR": str(state / "prom"),
+        "MONGODB_URI": "",
+        "ADMIN_TOKEN": "test-admin-crash",
+    }
+    srv = Server(
+        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        tmp_path / "gunicorn.log",
+        env=env,
+        cwd=ROOT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60, srv.proc, tmp_path / "gunicorn.log")
         pids: set[int] = set()
@@ -64,8 +77,12 @@ def test_sigkill_of_a_worker_loses_no_answered_prediction(tmp_path, bundles):
                 try:
                     if conn is None:
                         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                    conn.request("POST", "/predict", json.dumps({"request_id": rid, "features": body}),
-                                 {"Content-Type": "application/json"})
+                    conn.request(
+                        "POST",
+                        "/predict",
+                        json.dumps({"request_id": rid, "features": body}),
+                        {"Content-Type": "application/json"},
+                    )
                     r = conn.getresponse()
                     r.read()
                     if r.status == 200:
@@ -73,6 +90,7 @@ def test_sigkill_of_a_worker_loses_no_answered_prediction(tmp_path, bundles):
                             answered.append(rid)
                 except (OSError, http.client.HTTPException):
                     conn = None  # the killed worker's connection: reconnect
+
         threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
         for t in threads:
             t.start()

@@ -16,13 +16,21 @@ def test_feedback_checks_request_id_like_predict(app_client):
     stays healthy."""
     client, state = app_client
     assert post(client, "/feedback", {"request_id": "ok-1", "outcome": 1}).status_code == 202
-    for bad in (SURROGATE_BODY, {"request_id": "stream:shardId-0:42", "outcome": 1},
-                {"request_id": "x" * 129, "outcome": 0}, {"request_id": ["a"], "outcome": 0},
-                {"request_id": True, "outcome": 0}, {"request_id": "  ", "outcome": 0}):
+    for bad in (
+        SURROGATE_BODY,
+        {"request_id": "stream:shardId-0:42", "outcome": 1},
+        {"request_id": "x" * 129, "outcome": 0},
+        {"request_id": ["a"], "outcome": 0},
+        {"request_id": True, "outcome": 0},
+        {"request_id": "  ", "outcome": 0},
+    ):
         r = post(client, "/feedback", bad)
         assert r.status_code == 422 and "request_id" in r.json["details"], (bad, r.json)
-        p = post(client, "/predict", bad if isinstance(bad, str) else {"request_id": bad["request_id"],
-                                                                         "features": example()})
+        p = post(
+            client,
+            "/predict",
+            bad if isinstance(bad, str) else {"request_id": bad["request_id"], "features": example()},
+        )
         assert p.status_code == 422 and "request_id" in p.json["details"], (bad, p.json)
     assert post(client, "/feedback", {"request_id": 7, "outcome": 0}).json["request_id"] == "7"  # as /predict
     assert post(client, "/feedback", {"request_id": "ok-2", "outcome": 0}).status_code == 202
@@ -39,8 +47,11 @@ def test_reused_request_id_logs_every_prediction(app_client):
     probs = []
     for age in (30, 50):
         probs.append(post(client, "/predict", {"request_id": "dup", "features": example(customer_age=age)}).json)
-    b = post(client, "/predict/batch", [{"request_id": "dup", "features": example(customer_age=60)},
-                                        {"request_id": "other", "features": example()}])
+    b = post(
+        client,
+        "/predict/batch",
+        [{"request_id": "dup", "features": example(customer_age=60)}, {"request_id": "other", "features": example()}],
+    )
     assert b.status_code == 200
     for rid in ("stream:s:1", "stream:"):
         r = post(client, "/predict/batch", [{"request_id": rid, "features": example()}])

@@ -18,9 +18,19 @@ from tests.serving.test_app import post
 
 
 def rec(i):
-    return {"_id": f"p{i}", "ts": 1000.0 + i, "request_id": f"p{i}", "source": "http", "model_run_id": "r",
-            "model_version": "1", "route": "champion", "features": {}, "probability": 0.1, "decision": 0,
-            "latency_ms": 1.0}
+    return {
+        "_id": f"p{i}",
+        "ts": 1000.0 + i,
+        "request_id": f"p{i}",
+        "source": "http",
+        "model_run_id": "r",
+        "model_version": "1",
+        "route": "champion",
+        "features": {},
+        "probability": 0.1,
+        "decision": 0,
+        "latency_ms": 1.0,
+    }
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mongo"])
@@ -197,9 +207,11 @@ def test_replayed_old_feedback_never_overwrites_newer(tmp_path, backend):
 
 def _lock_sqlite(path) -> subprocess.Popen:
     """Another process holding `BEGIN EXCLUSIVE` on the SQLite file until it is killed."""
-    code = ("import sqlite3, sys, time\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(120)\n")
+    code = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(120)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     return p
@@ -220,8 +232,15 @@ def test_dead_store_bounded_queue_backoff_nothing_lost(tmp_path, backend):
         inner = MongoStore.from_uri(f"mongodb://127.0.0.1:{free_port()}", timeout_ms=100)
         locker = None
     store = CountingStore(inner)
-    plog = PredictionLog(store, tmp_path / "spool", batch_size=50, flush_interval_s=0.02, replay_interval_s=0.05,
-                         retry_max_s=0.4, queue_max_records=200).start()
+    plog = PredictionLog(
+        store,
+        tmp_path / "spool",
+        batch_size=50,
+        flush_interval_s=0.02,
+        replay_interval_s=0.05,
+        retry_max_s=0.4,
+        queue_max_records=200,
+    ).start()
     peak = 0
     try:
         t0 = time.monotonic()
@@ -266,8 +285,15 @@ def test_spool_size_cap_counts_what_it_drops_and_keeps_the_rest(tmp_path):
     inner = SQLiteStore(tmp_path / "p.db")
     store = FlakyStore(inner)
     store.down = True
-    plog = PredictionLog(store, tmp_path / "spool", flush_interval_s=0.02, replay_interval_s=0.05,
-                         queue_max_records=100, spool_max_bytes=60_000, metrics=metrics).start()
+    plog = PredictionLog(
+        store,
+        tmp_path / "spool",
+        flush_interval_s=0.02,
+        replay_interval_s=0.05,
+        queue_max_records=100,
+        spool_max_bytes=60_000,
+        metrics=metrics,
+    ).start()
     for i in range(1000):
         plog.submit(rec(i))
         if i % 100 == 99:

@@ -26,8 +26,13 @@ def make_app(tmp_path, bundles, tracking_uri: str, loaded: bool = True):
     from serving.model import ModelManager
     from serving.store_sqlite import SQLiteStore
 
-    s = Settings(_env_file=None, state_dir=tmp_path / "state", mlflow_tracking_uri=tracking_uri,
-                 log_flush_interval_s=0.05, model_name="churn-test")
+    s = Settings(
+        _env_file=None,
+        state_dir=tmp_path / "state",
+        mlflow_tracking_uri=tracking_uri,
+        log_flush_interval_s=0.05,
+        model_name="churn-test",
+    )
     mm = ModelManager(s)
     mm.freeze_gc = False
     if loaded:
@@ -82,11 +87,16 @@ def test_reload_rejects_non_string_and_foreign_uris_with_422(tmp_path, bundles, 
     """Issue 13 items 9 and 18: nothing outside the allowlist is loaded, and no host is called for it."""
     client, state, hdr = make_app(tmp_path, bundles, "http://127.0.0.1:9")
     cases = [
-        ({"model_uri": 12}, "model_uri"), ({"model_uri": ["runs:/x"]}, "model_uri"), ({"model_uri": {}}, "model_uri"),
-        ({"run_id": 7}, "run_id"), ({"run_id": "../../etc"}, "run_id"), ({"challenger_uri": 3}, "challenger_uri"),
+        ({"model_uri": 12}, "model_uri"),
+        ({"model_uri": ["runs:/x"]}, "model_uri"),
+        ({"model_uri": {}}, "model_uri"),
+        ({"run_id": 7}, "run_id"),
+        ({"run_id": "../../etc"}, "run_id"),
+        ({"challenger_uri": 3}, "challenger_uri"),
         ({"model_uri": f"mlflow-artifacts://127.0.0.1:{blackhole.port}/evil/model"}, "model_uri"),
         ({"model_uri": f"http://127.0.0.1:{blackhole.port}/model"}, "model_uri"),
-        ({"model_uri": f"file://{bundles['b']}"}, "model_uri"), ({"model_uri": str(bundles["b"])}, "model_uri"),
+        ({"model_uri": f"file://{bundles['b']}"}, "model_uri"),
+        ({"model_uri": str(bundles["b"])}, "model_uri"),
         ({"model_uri": "models:/another-model@champion"}, "model_uri"),
         ({"model_uri": f"runs:/{RUN}/model", "run_id": RUN}, "run_id"),
         ({"challenger_uri": f"mlflow-artifacts://127.0.0.1:{blackhole.port}/x"}, "challenger_uri"),
@@ -96,7 +106,9 @@ def test_reload_rejects_non_string_and_foreign_uris_with_422(tmp_path, bundles, 
         assert r.status_code == 422, (body, r.status_code, r.json)
         assert list(r.json["details"]) == [field], (body, r.json)
         if field != "run_id":
-            assert "models:/churn-test@<alias>" in r.json["details"][field] and "runs:/<32-hex" in r.json["details"][field]
+            assert (
+                "models:/churn-test@<alias>" in r.json["details"][field] and "runs:/<32-hex" in r.json["details"][field]
+            )
     assert blackhole.accepted == 0
     assert not (state.settings.state_dir / "reloads").exists()  # nothing was started
     assert post(client, "/predict", example()).json["model_run_id"] == "localrun1"
@@ -114,8 +126,9 @@ def test_reload_needs_the_admin_token(tmp_path, bundles):
 
 
 @pytest.mark.parametrize("mlflow", ["silent", "closed"])
-def test_reload_with_mlflow_away_answers_202_and_keeps_serving(tmp_path, bundles, blackhole, fast_mlflow_http,
-                                                               mlflow, caplog):
+def test_reload_with_mlflow_away_answers_202_and_keeps_serving(
+    tmp_path, bundles, blackhole, fast_mlflow_http, mlflow, caplog
+):
     """Issue 13 items 16 and 19: MLflow is off the request path; its credentials never show."""
     port = blackhole.port if mlflow == "silent" else free_port()
     client, state, hdr = make_app(tmp_path, bundles, f"http://alice:s3cret@127.0.0.1:{port}")
@@ -162,8 +175,9 @@ def test_status_of_a_reload_whose_worker_died(tmp_path, bundles):
     jid = uuid.uuid4().hex
     d = state.settings.state_dir / "reloads"
     d.mkdir(parents=True)
-    (d / f"{jid}.json").write_text(json.dumps({"id": jid, "status": "pending", "pid": 2**22 + 17,
-                                               "submitted_at": time.time()}))
+    (d / f"{jid}.json").write_text(
+        json.dumps({"id": jid, "status": "pending", "pid": 2**22 + 17, "submitted_at": time.time()})
+    )
     job = client.get(f"/model/reload/{jid}", headers=hdr).json
     assert job["status"] == "failed" and "exited before it finished" in job["reason"]
 
@@ -178,8 +192,12 @@ def test_not_loaded_answers_redact_the_mlflow_uri(tmp_path, bundles, fast_mlflow
         while models.last_error is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert models.last_error, "the loader did not fail"
-        for r in (client.get("/ready"), client.get("/model"), post(client, "/predict", example()),
-                  post(client, "/predict/batch", [example()])):
+        for r in (
+            client.get("/ready"),
+            client.get("/model"),
+            post(client, "/predict", example()),
+            post(client, "/predict/batch", [example()]),
+        ):
             assert r.status_code == 503, r.json
             text = json.dumps(r.json)
             assert "s3cret" not in text and "***@127.0.0.1" in text, text

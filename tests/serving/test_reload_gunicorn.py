@@ -26,22 +26,39 @@ def worker_pids(url: str, n: int = 2, tries: int = 200) -> set[int]:
 
 
 def test_mlflow_silent_reload_and_drift_answer_at_once(tmp_path, mlflow_uri, mlflow_runs, monkeypatch):  # noqa: F811
-    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+    for name in (
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
         monkeypatch.setenv(name, "0")
         monkeypatch.delenv(name)  # only the server's own settings may bound MLflow's client
     proxy = SwitchProxy(int(mlflow_uri.rsplit(":", 1)[1]))
     env_file = tmp_path / "env"
-    env_file.write_text("MLFLOW_HTTP_REQUEST_TIMEOUT=2\nMLFLOW_HTTP_REQUEST_MAX_RETRIES=0\n"
-                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=0\n")
+    env_file.write_text(
+        "MLFLOW_HTTP_REQUEST_TIMEOUT=2\nMLFLOW_HTTP_REQUEST_MAX_RETRIES=0\nMLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=0\n"
+    )
     port, state = free_port(), tmp_path / "state"
-    env = {"ENV_FILE": str(env_file), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}",
-           "RUN_ID": mlflow_runs["a"], "MODEL_NAME": "churn-test", "STATE_DIR": str(state), "API_PORT": str(port),
-           "API_WORKERS": "2", "LOG_FLUSH_INTERVAL_S": "0.05", "CANARY_FRACTION": "0",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    env = {
+        "ENV_FILE": str(env_file),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{proxy.port}",
+        "RUN_ID": mlflow_runs["a"],
+        "MODEL_NAME": "churn-test",
+        "STATE_DIR": str(state),
+        "API_PORT": str(port),
+        "API_WORKERS": "2",
+        "LOG_FLUSH_INTERVAL_S": "0.05",
+        "CANARY_FRACTION": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
     env.pop("ADMIN_TOKEN", None)
     log = tmp_path / "gunicorn.log"
-    srv = Server([sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
-                 log, env={**env, "ADMIN_TOKEN": ""}, cwd=ROOT)
+    srv = Server(
+        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        log,
+        env={**env, "ADMIN_TOKEN": ""},
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", 60, srv.proc, log)
@@ -61,8 +78,13 @@ def test_mlflow_silent_reload_and_drift_answer_at_once(tmp_path, mlflow_uri, mlf
             time.sleep(0.1)
 
         proxy.blackhole()  # MLflow accepts connections and never answers
-        st, job = http("POST", f"{url}/model/reload", {"run_id": mlflow_runs["native"], "challenger_uri": None},
-                       headers=hdr, timeout=20)
+        st, job = http(
+            "POST",
+            f"{url}/model/reload",
+            {"run_id": mlflow_runs["native"], "challenger_uri": None},
+            headers=hdr,
+            timeout=20,
+        )
         assert st == 202 and job["status"] == "pending", job
         for _ in range(2):  # unauthenticated drift reports: never wait for MLflow on a worker
             st, body = http("GET", f"{url}/drift/report", timeout=20)
@@ -80,8 +102,9 @@ def test_mlflow_silent_reload_and_drift_answer_at_once(tmp_path, mlflow_uri, mlf
         assert worker_pids(url) == pids and "WORKER TIMEOUT" not in log.read_text()
 
         proxy.forward()  # MLflow back: the same reload succeeds and every worker follows
-        st, job = http("POST", f"{url}/model/reload", {"run_id": mlflow_runs["native"], "challenger_uri": None},
-                       headers=hdr)
+        st, job = http(
+            "POST", f"{url}/model/reload", {"run_id": mlflow_runs["native"], "challenger_uri": None}, headers=hdr
+        )
         assert st == 202, job
         deadline, seen = time.monotonic() + 60, {}
         while time.monotonic() < deadline:

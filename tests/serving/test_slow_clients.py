@@ -23,10 +23,19 @@ READ_TIMEOUT_S = 3
 
 
 def api_env(bundles, state: Path, port: int, **extra) -> dict:
-    return {"MODEL_URI": str(bundles["a"]), "STATE_DIR": str(state), "API_PORT": str(port), "API_WORKERS": "2",
-            "CANARY_FRACTION": "0", "LOG_FLUSH_INTERVAL_S": "0.05", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
-            "PROMETHEUS_MULTIPROC_DIR": str(state / "prom"), "ADMIN_TOKEN": "test-admin",
-            "API_READ_TIMEOUT_S": str(READ_TIMEOUT_S), **extra}
+    return {
+        "MODEL_URI": str(bundles["a"]),
+        "STATE_DIR": str(state),
+        "API_PORT": str(port),
+        "API_WORKERS": "2",
+        "CANARY_FRACTION": "0",
+        "LOG_FLUSH_INTERVAL_S": "0.05",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "PROMETHEUS_MULTIPROC_DIR": str(state / "prom"),
+        "ADMIN_TOKEN": "test-admin",
+        "API_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+        **extra,
+    }
 
 
 def wait_ready(port: int, timeout: float = 120) -> None:
@@ -68,8 +77,11 @@ def half_body_clients(port: int, n: int = 2, headers_only: bool = False) -> list
         if headers_only:
             s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: appl")
         else:
-            s.sendall(f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+            s.sendall(
+                f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[: len(body) // 2]
+            )
         socks.append(s)
     return socks
 
@@ -90,8 +102,12 @@ def normal_clients_are_served(port: int, n: int = 20) -> list[int]:
 def worker_api(bundles, tmp_path_factory):
     d = tmp_path_factory.mktemp("slow")
     port = free_port()
-    srv = Server([sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
-                 d / "gunicorn.log", env=api_env(bundles, d / "state", port), cwd=ROOT)
+    srv = Server(
+        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        d / "gunicorn.log",
+        env=api_env(bundles, d / "state", port),
+        cwd=ROOT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 90, srv.proc, d / "gunicorn.log")
         wait_ready(port)
@@ -132,8 +148,10 @@ def test_a_body_sent_in_pieces_within_the_deadline_is_served(worker_api):
 def test_expect_100_continue_gets_one_interim_answer(worker_api):
     body = json.dumps(example()).encode()
     with socket.create_connection(("127.0.0.1", worker_api), timeout=10) as s:
-        s.sendall(f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
-                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(body)
         data = b""
@@ -176,8 +194,14 @@ def nginx_api(tmp_path_factory):
     upstream = HTTPServer(("127.0.0.1", 0), _OneAtATime)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     port = free_port()
-    env = {"STATE_DIR": str(d / "state"), "API_PORT": str(port), "API_INTERNAL_PORT": str(upstream.server_address[1]),
-           "API_READ_TIMEOUT_S": str(READ_TIMEOUT_S), "MAX_BODY_BYTES": "20000", "ENV_FILE": "/nonexistent"}
+    env = {
+        "STATE_DIR": str(d / "state"),
+        "API_PORT": str(port),
+        "API_INTERNAL_PORT": str(upstream.server_address[1]),
+        "API_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+        "MAX_BODY_BYTES": "20000",
+        "ENV_FILE": "/nonexistent",
+    }
     srv = Server([sys.executable, "-m", "serving.proxy"], d / "proxy.log", env=env, cwd=ROOT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 30, srv.proc, d / "proxy.log")

@@ -10,9 +10,20 @@ from serving.store import PredictionStore
 
 
 def rec(i: int, ts: float, **over) -> dict:
-    return {"_id": f"id{i}", "ts": ts, "request_id": f"id{i}", "source": "http", "model_run_id": "run1",
-            "model_version": "1", "route": "champion", "features": {"customer_age": 40 + i, "gender": "f"},
-            "probability": i / 100, "decision": int(i % 2), "latency_ms": 1.5, **over}
+    return {
+        "_id": f"id{i}",
+        "ts": ts,
+        "request_id": f"id{i}",
+        "source": "http",
+        "model_run_id": "run1",
+        "model_version": "1",
+        "route": "champion",
+        "features": {"customer_age": 40 + i, "gender": "f"},
+        "probability": i / 100,
+        "decision": int(i % 2),
+        "latency_ms": 1.5,
+        **over,
+    }
 
 
 @pytest.fixture(params=["sqlite", "mongo"])
@@ -50,11 +61,23 @@ def batch_of(ids: list[int], ts: float, probability: float = 0.25):
 
     rids = [f"id{i}" for i in ids]
     return PredictionBatch(
-        const={"ts": ts, "source": "http", "model_run_id": "run1", "model_version": "1", "route": "champion",
-               "latency_ms": 0.01, "batch": True},
-        cols={"_id": rids, "request_id": rids, "probability": np.full((len(ids), 2), probability)[:, 1],  # a view
-              "decision": np.array([i % 2 for i in ids])},
-        features={"customer_age": np.array([40.0 + i for i in ids]), "gender": ["f" if i % 2 else None for i in ids]})
+        const={
+            "ts": ts,
+            "source": "http",
+            "model_run_id": "run1",
+            "model_version": "1",
+            "route": "champion",
+            "latency_ms": 0.01,
+            "batch": True,
+        },
+        cols={
+            "_id": rids,
+            "request_id": rids,
+            "probability": np.full((len(ids), 2), probability)[:, 1],  # a view
+            "decision": np.array([i % 2 for i in ids]),
+        },
+        features={"customer_age": np.array([40.0 + i for i in ids]), "gender": ["f" if i % 2 else None for i in ids]},
+    )
 
 
 def test_batches_read_back_as_records(store):
@@ -64,9 +87,20 @@ def test_batches_read_back_as_records(store):
     store.insert_predictions([rec(2, 400.0), rec(9, 600.0)])  # id2 again, written later: ignored
     got = store.find_predictions()
     assert [r["_id"] for r in got] == ["id0", "id1", "id2", "id3", "id9"]
-    assert got[1] == {"_id": "id1", "ts": 500.0, "request_id": "id1", "source": "http", "model_run_id": "run1",
-                      "model_version": "1", "route": "champion", "features": {"customer_age": 41.0, "gender": "f"},
-                      "probability": 0.25, "decision": 1, "latency_ms": 0.01, "batch": True}
+    assert got[1] == {
+        "_id": "id1",
+        "ts": 500.0,
+        "request_id": "id1",
+        "source": "http",
+        "model_run_id": "run1",
+        "model_version": "1",
+        "route": "champion",
+        "features": {"customer_age": 41.0, "gender": "f"},
+        "probability": 0.25,
+        "decision": 1,
+        "latency_ms": 0.01,
+        "batch": True,
+    }
     assert got[0]["features"]["gender"] is None and type(got[0]["decision"]) is int
     assert store.count_predictions() == 5 and store.count_predictions(450.0, 550.0) == 4
     assert [r["_id"] for r in store.find_predictions(limit=2)] == ["id0", "id1"]
@@ -99,8 +133,13 @@ def test_feedback_last_write_wins_and_filters(store):
     assert [f["request_id"] for f in store.find_feedback(["b", "zz"])] == ["b"]
     assert [f["request_id"] for f in store.find_feedback(start=25.0)] == ["a"]
     assert store.find_feedback([]) == []
-    store.add_feedback_many([{"request_id": "c", "outcome": 1, "ts": 40.0}, {"request_id": "b", "outcome": 1, "ts": 41.0},
-                             {"request_id": "c", "outcome": 0, "ts": 42.0}])
+    store.add_feedback_many(
+        [
+            {"request_id": "c", "outcome": 1, "ts": 40.0},
+            {"request_id": "b", "outcome": 1, "ts": 41.0},
+            {"request_id": "c", "outcome": 0, "ts": 42.0},
+        ]
+    )
     fb = {f["request_id"]: (f["outcome"], f["ts"]) for f in store.find_feedback()}
     assert fb == {"a": (0, 30.0), "b": (1, 41.0), "c": (0, 42.0)}
 
@@ -152,7 +191,9 @@ def test_sqlite_limit_reads_only_the_chunks_it_needs(tmp_path):
     s.insert_predictions([rec(i, 1500.0 + i) for i in range(20, 30)])
     assert [r["_id"] for r in s.find_predictions(limit=12)] == [f"id{i}" for i in range(10)] + ["id20", "id21"]
     assert [r["_id"] for r in s.find_predictions(1525.0, 2012.0, limit=7)] == [f"id{i}" for i in range(25, 30)] + [
-        "id10", "id11"]
+        "id10",
+        "id11",
+    ]
 
 
 def test_sqlite_file_of_older_version_is_converted(tmp_path):
@@ -164,14 +205,19 @@ def test_sqlite_file_of_older_version_is_converted(tmp_path):
 
     path = tmp_path / "old.db"
     c = sqlite3.connect(path)
-    c.executescript("CREATE TABLE predictions (_id TEXT PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, source TEXT, "
-                    "route TEXT, model_version TEXT, doc TEXT NOT NULL); CREATE TABLE reports (_id TEXT PRIMARY KEY, "
-                    "ts REAL NOT NULL, doc TEXT NOT NULL); CREATE INDEX reports_ts ON reports (ts);")
-    c.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  [(f"id{i}", 10.0 + i, f"id{i}", "http", "champion", "1", json.dumps(rec(i, 10.0 + i)))
-                   for i in range(2500)])
-    c.execute("INSERT INTO predictions VALUES ('nan', 1.0, 'nan', 'http', 'champion', '1', ?)",
-              (json.dumps(rec(7777, 1.0, _id="nan", latency_ms=float("nan"))),))  # NaN: not strict JSON
+    c.executescript(
+        "CREATE TABLE predictions (_id TEXT PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, source TEXT, "
+        "route TEXT, model_version TEXT, doc TEXT NOT NULL); CREATE TABLE reports (_id TEXT PRIMARY KEY, "
+        "ts REAL NOT NULL, doc TEXT NOT NULL); CREATE INDEX reports_ts ON reports (ts);"
+    )
+    c.executemany(
+        "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(f"id{i}", 10.0 + i, f"id{i}", "http", "champion", "1", json.dumps(rec(i, 10.0 + i))) for i in range(2500)],
+    )
+    c.execute(
+        "INSERT INTO predictions VALUES ('nan', 1.0, 'nan', 'http', 'champion', '1', ?)",
+        (json.dumps(rec(7777, 1.0, _id="nan", latency_ms=float("nan"))),),
+    )  # NaN: not strict JSON
     c.commit()
     c.close()
     s = SQLiteStore(path)
@@ -186,10 +232,13 @@ def test_sqlite_reads_what_only_the_json_fallback_can_write(tmp_path):
     from serving.store_sqlite import SQLiteStore
 
     s = SQLiteStore(tmp_path / "p.db")
-    s.insert_predictions([rec(1, 10.0), rec(2, 11.0, request_id="\ud800", _id="\ud800"),
-                          rec(3, 12.0, latency_ms=float("nan"))])
+    s.insert_predictions(
+        [rec(1, 10.0), rec(2, 11.0, request_id="\ud800", _id="\ud800"), rec(3, 12.0, latency_ms=float("nan"))]
+    )
     got = s.find_predictions()
-    assert [r["_id"] for r in got] == ["id1", "\ud800", "id3"] and got[2]["latency_ms"] is None  # orjson writes NaN as null
+    assert [r["_id"] for r in got] == ["id1", "\ud800", "id3"] and got[2][
+        "latency_ms"
+    ] is None  # orjson writes NaN as null
     assert s.find_predictions(limit=0) == [] and s.count_predictions(11.0, 12.0) == 1
 
 
@@ -211,11 +260,19 @@ def test_feedback_newest_ts_wins_whatever_the_order(store):
     """Item 13: an older outcome written after a newer one (a replayed spool) does not replace it."""
     store.add_feedback("r1", 0, 200.0)
     store.add_feedback("r1", 1, 100.0)  # older, arrives later
-    store.add_feedback_many([{"request_id": "r2", "outcome": 1, "ts": 50.0},
-                             {"request_id": "r2", "outcome": 0, "ts": 60.0},
-                             {"request_id": "r3", "outcome": 1, "ts": 70.0}])
-    store.add_feedback_many([{"request_id": "r2", "outcome": 1, "ts": 55.0},  # stale
-                             {"request_id": "r3", "outcome": 0, "ts": 70.0}])  # same ts: the later write
+    store.add_feedback_many(
+        [
+            {"request_id": "r2", "outcome": 1, "ts": 50.0},
+            {"request_id": "r2", "outcome": 0, "ts": 60.0},
+            {"request_id": "r3", "outcome": 1, "ts": 70.0},
+        ]
+    )
+    store.add_feedback_many(
+        [
+            {"request_id": "r2", "outcome": 1, "ts": 55.0},  # stale
+            {"request_id": "r3", "outcome": 0, "ts": 70.0},
+        ]
+    )  # same ts: the later write
     got = {f["request_id"]: (f["outcome"], f["ts"]) for f in store.find_feedback()}
     assert got == {"r1": (0, 200.0), "r2": (0, 60.0), "r3": (0, 70.0)}
 
@@ -230,8 +287,18 @@ def test_a_reused_request_id_keeps_every_entry(store):
 
 def test_audit_is_append_only_newest_first_and_paged(store):
     for i in range(5):
-        store.add_audit({"actor": "ana", "action": "promote", "model": "m", "from_version": str(i),
-                         "to_version": str(i + 1), "reason": f"r{i}", "ts": 1000.0 + i, "rules": [{"name": "x", "passed": True}]})
+        store.add_audit(
+            {
+                "actor": "ana",
+                "action": "promote",
+                "model": "m",
+                "from_version": str(i),
+                "to_version": str(i + 1),
+                "reason": f"r{i}",
+                "ts": 1000.0 + i,
+                "rules": [{"name": "x", "passed": True}],
+            }
+        )
     page1, page2 = store.find_audit(limit=2), store.find_audit(limit=2, offset=2)
     assert [r["reason"] for r in page1] == ["r4", "r3"]
     assert [r["reason"] for r in page2] == ["r2", "r1"]

@@ -72,12 +72,24 @@ def gunicorn_api(bundles, tmp_path_factory):
     port = free_port()
     conf = tmp_path / "slow_conf.py"
     conf.write_text(SLOW_CONF)
-    env = {"MODEL_URI": str(bundles["a"]), "STATE_DIR": str(tmp_path / "state"), "API_PORT": str(port),
-           "API_WORKERS": "2", "CANARY_FRACTION": "0", "LOG_FLUSH_INTERVAL_S": "0.05",
-           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-           "ADMIN_TOKEN": "test-admin", "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
-    srv = Server([sys.executable, "-m", "gunicorn", "-c", "python:slow_conf", "serving.app:create_app()"],
-                 tmp_path / "gunicorn.log", env=env, cwd=ROOT)
+    env = {
+        "MODEL_URI": str(bundles["a"]),
+        "STATE_DIR": str(tmp_path / "state"),
+        "API_PORT": str(port),
+        "API_WORKERS": "2",
+        "CANARY_FRACTION": "0",
+        "LOG_FLUSH_INTERVAL_S": "0.05",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        "ADMIN_TOKEN": "test-admin",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+    }
+    srv = Server(
+        [sys.executable, "-m", "gunicorn", "-c", "python:slow_conf", "serving.app:create_app()"],
+        tmp_path / "gunicorn.log",
+        env=env,
+        cwd=ROOT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60, srv.proc, tmp_path / "gunicorn.log")
         yield {"port": port, "state": tmp_path / "state", "log": tmp_path / "gunicorn.log"}

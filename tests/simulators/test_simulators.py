@@ -48,6 +48,7 @@ class FakeAPI:
 
             def log_message(self, *a):
                 pass
+
         self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
         threading.Thread(target=self.srv.serve_forever, daemon=True).start()
@@ -96,20 +97,30 @@ def test_planned_records_pass_the_contract(pool, contract):
     for r in recs:
         assert validate_record(r.features, contract, "reject").ok, r.features
     again, _ = T.plan_records(pool, contract, 300, seed=1, drift=["missing", "category", "shift"])
-    assert [r.features for r in again] == [r.features for r in recs]            # seeded
+    assert [r.features for r in again] == [r.features for r in recs]  # seeded
 
 
 def test_http_sim_count_rate_and_delayed_feedback(api, pool, contract):
     from simulators.http_sim import run_http
 
-    st = run_http(None, contract, rate=100, seconds=None, count=40, seed=5, drift=["concept"],
-                  feedback_delay_s=0.4, api_url=api.url, pool=pool)
+    st = run_http(
+        None,
+        contract,
+        rate=100,
+        seconds=None,
+        count=40,
+        seed=5,
+        drift=["concept"],
+        feedback_delay_s=0.4,
+        api_url=api.url,
+        pool=pool,
+    )
     assert st.sent == 40 and st.counts["POST /predict 200"] == 40 and st.counts["POST /feedback 200"] == 40
     assert st.feedback_pending == 0 and st.drift["rows_changed"]["concept"] > 0
     sent_at = {b["request_id"]: t for t, b in api.predict}
     for t, b in api.feedback:
         assert t - sent_at[b["request_id"]] >= 0.39
-    assert 0.3 <= api.predict[-1][0] - api.predict[0][0] <= 2.0                # ~100/s pacing
+    assert 0.3 <= api.predict[-1][0] - api.predict[0][0] <= 2.0  # ~100/s pacing
     # outcomes are the planned ones (concept segment flipped)
     recs, _ = T.plan_records(pool, contract, 40, 5, ["concept"], prefix="http")
     outcomes = {b["request_id"]: b["outcome"] for _, b in api.feedback}
@@ -121,8 +132,9 @@ def test_http_sim_duration_bound(api, pool, contract):
     from simulators.http_sim import run_http
 
     t0 = time.monotonic()
-    st = run_http(None, contract, rate=20, seconds=1.0, count=None, seed=6, drift=[], feedback=False,
-                  api_url=api.url, pool=pool)
+    st = run_http(
+        None, contract, rate=20, seconds=1.0, count=None, seed=6, drift=[], feedback=False, api_url=api.url, pool=pool
+    )
     assert time.monotonic() - t0 < 3.0
     assert st.planned == 20 and 15 <= st.sent <= 20 and not api.feedback
 
@@ -131,8 +143,25 @@ def test_run_main_prints_summary(api, capsys, monkeypatch):
     from simulators.run import main
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    rc = main(["--only", "http", "--count", "10", "--rate", "50", "--drift", "shift", "--feedback-delay", "0.1",
-               "--api-url", api.url, "--source", "generator", "--json"])
+    rc = main(
+        [
+            "--only",
+            "http",
+            "--count",
+            "10",
+            "--rate",
+            "50",
+            "--drift",
+            "shift",
+            "--feedback-delay",
+            "0.1",
+            "--api-url",
+            api.url,
+            "--source",
+            "generator",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["results"]["http"]["counts"]["POST /predict 200"] == 10
     assert out["results"]["http"]["drift"]["rows_changed"] == {"shift": 10}
@@ -150,8 +179,18 @@ def test_kinesis_sim_on_moto(moto_endpoint, api, pool, contract, monkeypatch):
         if kin.describe_stream(StreamName="sim-test")["StreamDescription"]["StreamStatus"] == "ACTIVE":
             break
         time.sleep(0.1)
-    st = run_kinesis(s, contract, rate=200, seconds=None, count=25, seed=7, drift=["missing"], feedback_delay_s=0.1,
-                     api_url=api.url, pool=pool)
+    st = run_kinesis(
+        s,
+        contract,
+        rate=200,
+        seconds=None,
+        count=25,
+        seed=7,
+        drift=["missing"],
+        feedback_delay_s=0.1,
+        api_url=api.url,
+        pool=pool,
+    )
     assert st.counts["kinesis put ok"] == 25 and st.counts["POST /feedback 200"] == 25
     shard = kin.describe_stream(StreamName="sim-test")["StreamDescription"]["Shards"][0]["ShardId"]
     it = kin.get_shard_iterator(StreamName="sim-test", ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
