@@ -111,8 +111,8 @@ class DatasetContract(BaseModel):
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
 
-def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract:
-    """Load a contract by shipped name (`bank_churners`) or by YAML/JSON file path."""
+def read_contract_file(name_or_path: str | Path) -> tuple[Path, Any]:
+    """(path, parsed YAML) of a contract given by shipped name or file path; errors name the file."""
     p = Path(name_or_path)
     if not p.suffix:
         p = DATASETS_DIR / f"{name_or_path}.yaml"
@@ -125,6 +125,12 @@ def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"data contract {p}: not valid YAML ({exc})") from exc
+    return p, raw
+
+
+def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract:
+    """Load a contract by shipped name (`bank_churners`) or by YAML/JSON file path."""
+    p, raw = read_contract_file(name_or_path)
     if isinstance(raw, dict) and raw.get("task", "binary_classification") != "binary_classification":
         raise ValueError(f"data contract {p} is a {raw['task']} contract, not a tabular one: use load_any_contract")
     try:
@@ -315,18 +321,7 @@ def load_any_contract(name_or_path: str | Path = "bank_churners"):
 
     Returns a `DatasetContract` (tabular) or a `churnops.image.contract.ImageContract`.
     """
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = DATASETS_DIR / f"{name_or_path}.yaml"
-    if not p.exists():
-        raise FileNotFoundError(
-            f"data contract {name_or_path!r} not found: expected a YAML file path or one of "
-            f"{sorted(x.stem for x in DATASETS_DIR.glob('*.yaml'))}"
-        )
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"data contract {p}: not valid YAML ({exc})") from exc
+    p, raw = read_contract_file(name_or_path)
     task = raw.get("task", "binary_classification") if isinstance(raw, dict) else None
     if task == "binary_classification":
         return load_contract(p)
