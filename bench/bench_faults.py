@@ -609,8 +609,9 @@ def main() -> None:
         for srv in reversed(servers):
             srv.stop()
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1, default=str))
+    from table import save  # bench/table.py: the one results table
+
+    save("faults", result)
     print_table(result)
 
 

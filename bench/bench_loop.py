@@ -192,8 +192,9 @@ def main() -> None:
             )
     finally:
         moto.stop(), mlf.stop()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1, default=str))
+    from table import save  # bench/table.py: the one results table
+
+    save("loop", result)
     r = result.get("realized_auc", {})
     print(json.dumps(r), result.get("seconds"), f"-> {OUT}")
 

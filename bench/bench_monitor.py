@@ -12,7 +12,6 @@ Targets on 2 cores: 10k report <= 10 s; 1M-row drift <= 2 s; report < 10 MB.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -175,9 +174,9 @@ def main() -> None:
     rows.append(
         (f"drift stats, {len(big):,} rows x 19 features + prediction", f"{min(times):.2f} s (best of 3)", "<= 2 s")
     )
-    out = ROOT / "bench" / "results" / "monitor.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    from table import save  # bench/table.py: the one results table
+
+    out = save("monitor", results)
     w = max(len(r[0]) for r in rows)
     print(f"{'measure':{w}}  {'value':>22}  target")
     for a, b, c in rows:

@@ -516,8 +516,9 @@ def main() -> None:
     finally:
         for srv in reversed(servers):
             srv.stop()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1, default=str))
+    from table import save  # bench/table.py: the one results table
+
+    save("serve", result)
     print_table(result)
 
 

@@ -11,7 +11,6 @@ prints a table. Not a test: figures are measured, not asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -98,8 +97,9 @@ def main() -> None:
     finally:
         mlf.stop()
         moto.stop()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1, default=str))
+    from table import save  # bench/table.py: the one results table
+
+    save("train", result)
     print_table(result)
 
 
