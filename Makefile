@@ -256,7 +256,7 @@ lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
 	exit $$rc
 
-bench: bench-train bench-serve bench-monitor bench-faults bench-loop bench-image ## all benchmarks -> bench/results/*.json, then the one table
+bench: bench-train bench-serve bench-monitor bench-faults bench-loop bench-image ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
 	$(BIN)/python bench/table.py
 
 bench-table: $(STAMP) ## print the one table of bench/results/*.json and write it into README.md
@@ -264,18 +264,24 @@ bench-table: $(STAMP) ## print the one table of bench/results/*.json and write i
 
 bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> bench/results/train.json
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 	$(BIN)/python bench/bench_serve.py
+	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
 	$(BIN)/python bench/bench_loop.py
+	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json
 	$(BIN)/python bench/bench_monitor.py
+	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-faults: $(STAMP) ## worker/consumer SIGKILL, store down, MLflow down: failures and losses -> bench/results/faults.json
 	$(BIN)/python bench/bench_faults.py
+	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-image: $(STAMP) ## raw-digits CNN: accuracy, ISP throughput, ONNX parity/speed, ISP sensitivity -> bench/results/image.json
 	$(BIN)/python bench/bench_image.py
+	$(BIN)/python bench/table.py --readme >/dev/null
