@@ -1,0 +1,188 @@
+"""How big the project is and how many of its files one operation crosses.
+
+    python bench/footprint.py [--label before]   -> bench/results/footprint.json (one entry per label)
+
+Lines of code per package (non-blank lines that are not comments), and the project's own files
+whose functions run during: one `POST /predict` (Flask test client, in process, after a warm-up
+request; the gunicorn worker is not part of it), one stream record (the consumer on a real moto
+Kinesis stream), one training run (the real flow, 2 trials, on the real file) and one report
+(`build_report` over 300 logged predictions). Files are found with a profiler hook on every
+thread, so helpers called from the prediction log's writer thread count too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
+OUT = ROOT / "bench" / "results" / "footprint.json"
+PACKAGES = ("churnops", "serving", "reporting", "flows", "simulators", "bench", "tests")
+
+
+def lines_of_code() -> dict:
+    """Per package: Python files and non-blank, non-comment lines."""
+    out = {}
+    for pkg in PACKAGES:
+        files = sorted((ROOT / pkg).rglob("*.py"))
+        loc = 0
+        for f in files:
+            loc += sum(1 for ln in f.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#"))
+        out[pkg] = {"files": len(files), "loc": loc}
+    out["product (all but bench, tests)"] = {
+        k: sum(out[p][k] for p in PACKAGES if p not in ("bench", "tests")) for k in ("files", "loc")
+    }
+    return out
+
+
+class Recorder:
+    """Project files whose functions are called while `record()` is active, on every thread.
+
+    The hook is installed once, before any server thread exists (a profile hook reaches only the
+    threads started after it), and records only inside `record()`.
+    """
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.active = False
+        self.root = str(ROOT) + os.sep
+        self.skip = (str(ROOT / ".venv"), str(ROOT / "bench"))
+
+    def _hook(self, frame, event, arg):
+        if self.active and event == "call":
+            f = frame.f_code.co_filename
+            if f.startswith(self.root) and not f.startswith(self.skip):
+                self.files.add(os.path.relpath(f, ROOT))
+
+    def install(self) -> None:
+        threading.setprofile(self._hook)
+        sys.setprofile(self._hook)
+
+    @contextmanager
+    def record(self, into: dict, name: str):
+        self.files, self.active = set(), True
+        try:
+            yield
+        finally:
+            self.active = False
+            into[name] = {"files": len(self.files), "list": sorted(self.files)}
+
+
+REC = Recorder()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--label", default="now")
+    a = ap.parse_args()
+    if not DATA.exists():
+        sys.exit(f"footprint needs the real data file at {DATA}")
+    REC.install()
+    tmp = Path(tempfile.mkdtemp(prefix="footprint-"))
+    os.environ.update(
+        {
+            "ENV_FILE": str(tmp / "none"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "STATE_DIR": str(tmp / "state"),
+            "AUTO_APPROVE": "true",
+            "LOG_FLUSH_INTERVAL_S": "0.05",
+        }
+    )
+    from churnops.localservers import start_mlflow, start_moto
+
+    (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
+    moto, moto_url = start_moto(tmp / "moto")
+    mlf, mlflow_url = start_mlflow(tmp / "mlflow")
+    os.environ.update({"AWS_ENDPOINT_URL": moto_url, "MLFLOW_TRACKING_URI": mlflow_url})
+    out: dict = {"loc": lines_of_code(), "crossed": {}}
+    try:
+        from prefect.testing.utilities import prefect_test_harness
+
+        from churnops.contract import load_contract
+        from churnops.provision import ensure_bucket, ensure_streams
+        from churnops.settings import get_settings
+
+        get_settings.cache_clear()
+        s = get_settings()
+        ensure_bucket(s), ensure_streams(s)
+        contract = load_contract(s.dataset)
+        example = dict(contract.example)
+        with prefect_test_harness(server_startup_timeout=120):
+            from flows.train_flow import train_flow
+
+            with REC.record(out["crossed"], "training run"):
+                trained = train_flow(n_trials=2, data=str(DATA), data_profile=False)
+        os.environ["RUN_ID"] = trained["run_id"]
+        get_settings.cache_clear()
+        s = get_settings()
+
+        from serving.app import create_app
+
+        app = create_app()
+        client = app.test_client()
+        deadline = time.monotonic() + 120
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        client.post("/predict", json={"request_id": "warm", "features": example})
+        time.sleep(0.3)
+        with REC.record(out["crossed"], "POST /predict"):
+            r = client.post("/predict", json={"request_id": "one", "features": example})
+            time.sleep(0.3)  # the log writer's flush
+        assert r.status_code == 200, r.get_json()
+
+        from serving.consumer import Consumer
+
+        consumer = Consumer(s)
+        consumer.wait_for_model()
+        kin = consumer.kin
+        for tag in ("warm", "one"):
+            kin.put_record(
+                StreamName=s.input_stream,
+                Data=json.dumps({"request_id": f"stream-{tag}", "features": example}).encode(),
+                PartitionKey=tag,
+            )
+            with REC.record(out["crossed"], f"one stream record ({tag})"):
+                deadline = time.monotonic() + 30
+                while consumer.processed < (1 if tag == "warm" else 2) and time.monotonic() < deadline:
+                    consumer.poll_once()
+                time.sleep(0.3)  # the log writer's flush
+        assert consumer.processed == 2, consumer.processed
+        out["crossed"]["one stream record"] = out["crossed"].pop("one stream record (one)")
+        out["crossed"].pop("one stream record (warm)")
+
+        client.post("/predict/batch", json=[example] * 300)
+        time.sleep(1.0)
+        from reporting.report import build_report
+        from serving.store_factory import open_store
+
+        store = open_store(s)
+        with REC.record(out["crossed"], "one report"):
+            build_report(store, s, contract, window_hours=1.0, out_dir=tmp / "reports")
+    finally:
+        moto.stop(), mlf.stop()
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results[a.label] = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} | out
+    from table import commit
+
+    results[a.label]["commit"] = commit()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    for k, v in out["loc"].items():
+        print(f"{k:34s} {v['files']:4d} files {v['loc']:7,d} lines")
+    for k, v in out["crossed"].items():
+        print(f"{k:34s} crosses {v['files']} project files")
+    print(f"-> {OUT} [{a.label}]")
+
+
+if __name__ == "__main__":
+    main()
