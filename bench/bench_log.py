@@ -96,6 +96,7 @@ def run(journal: bool, kind: str, features: dict) -> float:
 
 def main() -> dict:
     from churnops.contract import load_contract
+
     contract = load_contract("bank_churners")
     features = contract.validator().validate(contract.example).values
     out = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}

@@ -27,6 +27,7 @@ def ColumnarValidator(contract, unknown="reject"):
 def FastValidator(contract, unknown="reject"):
     return _FastValidator(contract.validator(), unknown)
 
+
 # (field, value) edits: valid variants, then ones the row path must judge
 VALID_EDITS = [
     ("gender", "F"),

@@ -166,7 +166,9 @@ def test_fast_and_plain_paths_answer_the_same(two_apps, path):
         assert_same(normalized(a.json), normalized(b.json), where)  # every case compares its whole body
         statuses[a.status_code] = statuses.get(a.status_code, 0) + 1
     # the random bodies cover both answers, in good measure
-    assert statuses.get(200, 0) >= CASES // 4 and sum(v for k, v in statuses.items() if k >= 400) >= CASES // 4, statuses
+    assert statuses.get(200, 0) >= CASES // 4 and sum(v for k, v in statuses.items() if k >= 400) >= CASES // 4, (
+        statuses
+    )
     # and both logged the same clean features for the same predictions
     logged = []
     for st in states:
