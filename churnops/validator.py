@@ -108,6 +108,7 @@ class CompiledContract:
         self.names = frozenset(self.by_name)
         self._snake_case = snake_case
         self._declared = {r.raw_name: r.name for r in self.rules if r.raw_name}
+        self._aliases: dict[str, str | None] = {}  # field name -> feature (memo of feature_of, bounded)
         self._labels = {str(x).strip().lower() for x in contract.target.labels}
         self._positive = contract.target.positive.strip().lower()
 
@@ -118,8 +119,13 @@ class CompiledContract:
             return key
         if key in self._declared:
             return self._declared[key]
+        if key in self._aliases:
+            return self._aliases[key]
         clean = self._snake_case(key) if isinstance(key, str) else None
-        return clean if clean in self.by_name else None
+        name = clean if clean in self.by_name else None
+        if len(self._aliases) < 4096:  # the names clients send are few; odd ones are not kept
+            self._aliases[key] = name
+        return name
 
     # ---- one value ----------------------------------------------------------------------------------
     def check_value(self, rule: FeatureRule, v: Any, unknown_category: UnknownPolicy) -> tuple[Any, str | None]:
