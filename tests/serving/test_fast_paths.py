@@ -194,3 +194,62 @@ def test_fast_paths_off_turns_every_one_off(serving_settings):
     assert worker_class(serving_settings) == "serving.gunicorn_worker.KeepAliveWorker"
     on = FastPaths.from_settings(CONTRACT, serving_settings)
     assert on.on and on.check_batch([dict(CONTRACT.example)]) is not None
+
+
+@pytest.mark.integration
+def test_gunicorn_with_fast_paths_off_answers_like_the_fast_app(bundles, tmp_path, two_apps):
+    """A real gunicorn with FAST_PATHS=off runs gunicorn's sync worker and the plain path, and gives
+    the fast app's answers (raw names included)."""
+    import http.client
+    import sys
+    from pathlib import Path
+
+    from churnops.localservers import Server, free_port, wait_http
+    from tests.serving.conftest import example
+
+    root = Path(__file__).resolve().parents[2]
+    fast, _, _ = two_apps
+    port = free_port()
+    env = {
+        "MODEL_URI": str(bundles["a"]),
+        "FAST_PATHS": "off",
+        "NATIVE_BATCH_MIN_ROWS": "8",
+        "STATE_DIR": str(tmp_path / "state"),
+        "API_PORT": str(port),
+        "API_WORKERS": "1",
+        "CANARY_FRACTION": "0",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        "ADMIN_TOKEN": "test-admin",
+        "PYTHONPATH": str(root),
+    }
+    srv = Server(
+        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        tmp_path / "gunicorn.log",
+        env=env,
+        cwd=root,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", 90, srv.proc, tmp_path / "gunicorn.log")
+        assert "Using worker: sync" in (tmp_path / "gunicorn.log").read_text()
+        raw = {RAW[k]: v for k, v in example().items() if k in RAW} | {
+            k: v for k, v in example().items() if k not in RAW
+        }
+        bodies = [
+            ("/predict", {"request_id": "id-1", "features": example()}),
+            ("/predict", {"request_id": "id-2", "features": raw}),
+            ("/predict", example(customer_age=300)),
+            ("/predict/batch", [{"request_id": f"id-{i}", **example(customer_age=20 + i)} for i in range(12)]),
+            ("/predict/batch", [raw, example(gender="x")]),
+        ]
+        for path, body in bodies:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            r = c.getresponse()
+            got = (r.status, json.loads(r.read()))
+            c.close()
+            want = post(fast, path, body)
+            assert got[0] == want.status_code, (path, got)
+            assert_same(normalized(got[1]), normalized(want.json), f"{path} {body}")
+    finally:
+        srv.stop()
