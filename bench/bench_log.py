@@ -96,10 +96,9 @@ def run(journal: bool, kind: str, features: dict) -> float:
 
 def main() -> dict:
     from churnops.contract import load_contract
-    from serving.inference import FastValidator
 
     contract = load_contract("bank_churners")
-    features = FastValidator(contract)(contract.example).values
+    features = contract.validator().validate(contract.example).values
     out = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}
     for kind in ("single", "batch_row"):
         for journal in (False, True):

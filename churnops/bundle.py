@@ -69,7 +69,7 @@ class Bundle:
     booster is loaded too and takes matrices of at least that many rows (onnxruntime has the lower
     per-call cost, the trees' own evaluation the lower per-row cost on large batches; the training
     flow gates their agreement at 1e-4 and measures ~4e-7). With `compiled_trees`, the booster's
-    matrices go through `churnops.forest` (about 1.8x XGBoost's predictor on real rows, checked
+    matrices go through `churnops.speed.forest` (about 1.8x XGBoost's predictor on real rows, checked
     against it at load) when it supports the model.
     """
 
@@ -106,7 +106,7 @@ class Bundle:
             b.booster.set_param({"nthread": threads})
             b.native_min_rows = native_min_rows if b.session is not None else 0
             if compiled_trees and threads == 1:  # the kernel is single-threaded
-                from churnops.forest import Forest
+                from churnops.speed.forest import Forest
 
                 b.forest = Forest.from_booster(b.booster)
         return b

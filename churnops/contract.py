@@ -4,19 +4,21 @@ A contract names the target and its positive label, the id and leakage columns t
 for every feature its kind (numeric, categorical, ordinal), dtype, allowed categories, range
 and tolerated null fraction. `check_raw_frame` runs every check and returns one report listing
 every failure; `validate_record` does the same for one request record (used by the servers).
+Both read the contract's one compiled validator (`churnops.validator`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+from churnops.validator import CompiledContract, RecordResult, compile_contract
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 
@@ -71,6 +73,11 @@ class DatasetContract(BaseModel):
     features: dict[str, FeatureSpec]
     example: dict[str, Any] = Field(default_factory=dict)  # one valid clean record
     model_name: str | None = None  # registered model name (default: derived from `name`)
+    _compiled: Any = PrivateAttr(default=None)  # churnops.validator.compile_contract's cache
+
+    def validator(self) -> CompiledContract:
+        """The one compiled validator of this contract (`churnops.validator.CompiledContract`)."""
+        return compile_contract(self)
 
     # ---- derived views ------------------------------------------------------------------------
     @property
@@ -172,84 +179,12 @@ class ContractViolation(ValueError):
 
 
 def check_clean_frame(df, contract: DatasetContract, subject: str = "frame") -> ContractReport:
-    """Check a clean frame (snake_case columns, labels lowercased) against every rule."""
-    import numpy as np
-    import pandas as pd
-
-    report = ContractReport(subject=subject, rows=len(df))
-    if len(df) < contract.min_rows:
-        report.failures.append(f"rows: {len(df)} < minimum {contract.min_rows}")
-    target = contract.target.name
-    if target not in df.columns:
-        report.failures.append(f"{target}: target column missing")
-    else:
-        bad = df[target].isna().sum()
-        if bad:
-            report.failures.append(f"{target}: {bad} row(s) with a label outside {contract.target.labels}")
-        elif df[target].nunique() < 2 and len(df):
-            report.failures.append(f"{target}: only one class present; need both labels")
-    for name, spec in contract.features.items():
-        if name not in df.columns:
-            report.failures.append(f"{name}: column missing (expected {spec.kind} {spec.dtype})")
-            continue
-        col = df[name]
-        if spec.kind == "numeric":
-            values = pd.to_numeric(col, errors="coerce")
-            not_numeric = int((values.isna() & col.notna()).sum())
-            if not_numeric:
-                sample = col[values.isna() & col.notna()].astype(str).unique()[:3].tolist()
-                report.failures.append(f"{name}: {not_numeric} non-numeric value(s), e.g. {sample}")
-            finite = values[np.isfinite(values)]
-            infinite = int((values.notna() & ~np.isfinite(values)).sum())
-            if infinite:
-                report.failures.append(f"{name}: {infinite} infinite value(s)")
-            if spec.min is not None and (finite < spec.min).any():
-                report.failures.append(
-                    f"{name}: {(finite < spec.min).sum()} value(s) below min {spec.min} (min seen {finite.min()})"
-                )
-            if spec.max is not None and (finite > spec.max).any():
-                report.failures.append(
-                    f"{name}: {(finite > spec.max).sum()} value(s) above max {spec.max} (max seen {finite.max()})"
-                )
-            nulls = values.isna().mean() if len(values) else 0.0
-        else:
-            present = col.dropna().astype(str)
-            unknown_cats = sorted(set(present.unique()) - set(spec.categories))
-            if unknown_cats:
-                report.failures.append(f"{name}: unexpected categories {unknown_cats[:5]} (allowed {spec.categories})")
-            nulls = col.isna().mean() if len(col) else 0.0
-        if nulls > spec.max_null_fraction:
-            report.failures.append(f"{name}: null fraction {nulls:.3f} > allowed {spec.max_null_fraction}")
-    return report
+    """Check a clean frame (snake_case columns, labels lowercased) against every rule
+    (`churnops.validator.CompiledContract.check_frame`)."""
+    return contract.validator().check_frame(df, subject)
 
 
 # ---- record checks (servers) ------------------------------------------------------------------------
-
-
-@dataclass
-class RecordResult:
-    """A validated request record: clean values in contract order, or the problems found."""
-
-    values: dict[str, Any]
-    errors: dict[str, str]
-    ignored: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def clean_category(value: str, spec: FeatureSpec, markers: set[str], unknown_category: str = "reject") -> str | None:
-    """Clean value of a string category (case-insensitive; the unknown marker follows the column's
-    policy; an unseen category is rejected with ValueError, or mapped with `unknown_category="unknown"`)."""
-    c = value.strip().lower()
-    if c in markers:
-        return "unknown" if spec.unknown == "category" else None
-    if c in spec.categories:
-        return c
-    if unknown_category == "reject":
-        raise ValueError(f"unknown category {value[:40]!r}; allowed {spec.categories}")
-    return "unknown" if spec.unknown == "category" and "unknown" in spec.categories else None
 
 
 def validate_record(
@@ -257,57 +192,9 @@ def validate_record(
     contract: DatasetContract,
     unknown_category: Literal["reject", "unknown"] = "reject",
 ) -> RecordResult:
-    """Validate one feature object against the contract without pandas.
-
-    Numeric fields must be finite JSON numbers (numeric strings are accepted) inside the range;
-    categorical fields must be strings among the allowed categories (case-insensitive; the
-    literal unknown marker follows the column's policy). With `unknown_category="unknown"`, an
-    unseen category is mapped to missing/`unknown` instead of rejected. Extra fields are
-    ignored and reported.
-    """
-    if not isinstance(record, dict):
-        return RecordResult({}, {"features": f"expected a JSON object, got {type(record).__name__}"}, [])
-    values: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    markers = contract.unknown_marker_set()
-    for name, spec in contract.features.items():
-        if name not in record:
-            errors[name] = f"missing required {spec.kind} field"
-            continue
-        v = record[name]
-        if spec.kind == "numeric":
-            if isinstance(v, bool) or v is None:
-                errors[name] = f"expected a number, got {type(v).__name__ if v is not None else 'null'}"
-                continue
-            if isinstance(v, str):
-                try:
-                    v = float(v.strip())
-                except ValueError:
-                    errors[name] = f"expected a number, got string {v[:40]!r}"
-                    continue
-            if not isinstance(v, (int, float)):
-                errors[name] = f"expected a number, got {type(v).__name__}"
-                continue
-            if not math.isfinite(v):
-                errors[name] = f"expected a finite number, got {v}"
-                continue
-            if spec.min is not None and v < spec.min:
-                errors[name] = f"value {v} below minimum {spec.min:g}"
-                continue
-            if spec.max is not None and v > spec.max:
-                errors[name] = f"value {v} above maximum {spec.max:g}"
-                continue
-            values[name] = float(v)
-        else:
-            if not isinstance(v, str):
-                errors[name] = f"expected a string category, got {type(v).__name__ if v is not None else 'null'}"
-                continue
-            try:
-                values[name] = clean_category(v, spec, markers, unknown_category)
-            except ValueError as exc:
-                errors[name] = str(exc)
-    ignored = [k for k in record if k not in contract.features]
-    return RecordResult(values, errors, ignored)
+    """Validate one feature object against the contract without pandas (the contract's compiled
+    validator: `churnops.validator.CompiledContract.validate`, which documents the rules)."""
+    return contract.validator().validate(record, unknown_category)
 
 
 # ---- task dispatch ---------------------------------------------------------------------------------

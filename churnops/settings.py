@@ -139,9 +139,12 @@ class Settings(BaseSettings):
     # matrices of at least this many rows go to the booster's trees (compiled, else XGBoost's own
     # predictor) instead of ONNX: faster per row on real rows; ONNX answers one row (0: ONNX only)
     native_batch_min_rows: int = 128
-    # evaluate the booster's batches with churnops.forest (numba; ~1.8x XGBoost's predictor, checked
+    # evaluate the booster's batches with churnops.speed.forest (numba; ~1.8x XGBoost's predictor, checked
     # against it at load, XGBoost kept when unsupported or different)
     compiled_trees: bool = True
+    # every fast path of churnops/speed (WSGI fast path, one-pass record and column validators,
+    # msgspec batch parser, compiled trees, keep-alive worker) at once; "off": the plain path only
+    fast_paths: Literal["on", "off"] = "on"
     mongodb_uri: str | None = None
     mongodb_db: str = "churn"
     prediction_db_path: Path | None = None  # embedded store file; default <state_dir>/predictions.db

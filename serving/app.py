@@ -26,12 +26,11 @@ from churnops.model_uri import ModelUriError, check_model_uri, check_run_id
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
-from serving.columnar import ColumnarValidator, from_rows, predict_columns
-from serving.fastpath import FastPredict
+from churnops.speed import FastPaths
+from serving.columnar import from_rows, predict_columns
 from serving.inference import (
     REQUEST_ID_RULE,
     BadInput,
-    FastValidator,
     batch_items,
     check_row,
     dumps,
@@ -79,8 +78,9 @@ class ServingState:
         self.plog = plog
         self.models = models
         self.metrics = get_metrics()
-        self.validator = FastValidator(self.contract, settings.unknown_category)
-        self.columnar = ColumnarValidator(self.contract, settings.unknown_category)
+        self.compiled = self.contract.validator()  # the one validator (churnops.validator)
+        self.fast = FastPaths.from_settings(self.contract, settings)  # FAST_PATHS=off: the plain path
+        self.validator = self.fast.record
         self.admin_token = ""  # set by create_app (churnops.admin.admin_token)
 
 
@@ -249,8 +249,8 @@ def create_app(
     def predict():
         return Response(predict_body(read_body()), mimetype="application/json")
 
-    # the same handler in front of Flask for the common case (see serving/fastpath.py)
-    app.wsgi_app = FastPredict(
+    # the same handler in front of Flask for the common case (see churnops/speed/wsgi.py)
+    app.wsgi_app = state.fast.wrap_wsgi(
         app.wsgi_app,
         predict_body,
         s.max_body_bytes,
@@ -262,7 +262,7 @@ def create_app(
         t0 = time.perf_counter()
         ms = current_models()
         raw = read_body()
-        batch = state.columnar.decode(raw)  # fastest: exact contract rows, parsed and checked in one pass
+        batch = state.fast.decode_batch(raw)  # fastest: exact contract rows, parsed and checked in one pass
         if batch is not None:
             data = batch.request_ids
         else:
@@ -283,7 +283,7 @@ def create_app(
                 "batch too large", {"body": f"{len(data)} rows > limit {s.batch_row_limit}"}, "batch_too_large", 413
             )
         if batch is None:
-            batch = state.columnar(data)  # fast path: whole columns at once
+            batch = state.fast.check_batch(data)  # fast path: whole columns at once
         if batch is None:  # something is off: check row by row to name every problem
             rows, details, reason = [], {}, None
             for i, obj in enumerate(data):
@@ -299,7 +299,7 @@ def create_app(
                     reason or "invalid",
                     422,
                 )
-            batch = from_rows(rows, state.columnar)
+            batch = from_rows(rows, state.compiled)
         n = batch.n
         if len(set(batch.request_ids)) != n:
             raise BadInput(
@@ -338,8 +338,14 @@ def create_app(
                 if k:
                     child(state.metrics.predictions, "http", m.route, str(m.version), d).inc(k)
         child(state.metrics.latency, "http_batch", "mixed").observe(latency / 1000)
+        renamed = b',"renamed":' + dumps(batch.renamed) if batch.renamed else b""
         return Response(
-            b'{"count":%d,"predictions":[' % n + b",".join(out) + b'],"latency_ms":' + dumps(round(latency, 3)) + b"}",
+            b'{"count":%d,"predictions":[' % n
+            + b",".join(out)
+            + b'],"latency_ms":'
+            + dumps(round(latency, 3))
+            + renamed
+            + b"}",
             mimetype="application/json",
         )
 
@@ -357,15 +363,9 @@ def create_app(
         outcome = data.get("outcome", data.get("actual"))
         label = data.get("label")
         if outcome is None and label is not None:
-            labels = {str(x).strip().lower() for x in state.contract.target.labels}
-            pos = state.contract.target.positive.strip().lower()
-            lab = str(label).strip().lower()
-            if lab == pos or lab in ("churn", "churned", "true", "1", "yes"):
-                outcome = 1
-            elif lab in labels or lab in ("no_churn", "stayed", "false", "0", "no"):
-                outcome = 0
-            else:
-                details["label"] = f"unknown label {str(label)[:40]!r}; expected one of {sorted(labels)}"
+            outcome = state.compiled.outcome_of(label)  # the contract's labels, from its compiled validator
+            if outcome is None:
+                details["label"] = f"unknown label {str(label)[:40]!r}; expected one of {state.compiled.label_names}"
         elif isinstance(outcome, bool):
             outcome = int(outcome)
         if "label" not in details:

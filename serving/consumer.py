@@ -57,9 +57,10 @@ from churnops.contract import load_contract
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
+from churnops.speed import FastPaths
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
-from serving.inference import BadInput, FastValidator, Row, check_row, log_record, parse_json, predict_rows
+from serving.inference import BadInput, Row, check_row, log_record, parse_json, predict_rows
 from serving.metrics import get_metrics
 from serving.model import ModelManager, ModelSet
 from serving.outbox import Outbox
@@ -129,7 +130,7 @@ class Consumer:
         self.s = settings or get_settings()
         self.metrics = get_metrics()
         self.contract = load_contract(self.s.dataset)
-        self.validator = FastValidator(self.contract, self.s.unknown_category)
+        self.validator = FastPaths.from_settings(self.contract, self.s).record  # FAST_PATHS=off: the reference
         self.store = store or open_store(self.s)
         self.plog = PredictionLog(
             self.store,
@@ -531,6 +532,8 @@ class Consumer:
                 }
                 if row.ignored:
                     out["ignored_fields"] = row.ignored
+                if row.renamed:
+                    out["renamed"] = row.renamed
                 entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
                 lrec = log_record(
                     self.log_id(shard_id, seq),

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from churnops.settings import get_settings, quiet_process
+from churnops.speed import worker_class as speed_worker_class
 
 quiet_process()  # MLflow telemetry / Prefect analytics off in the master and (inherited) every worker
 _s = get_settings()
@@ -28,7 +29,7 @@ _prom = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_s.state_dir 
 
 bind = os.environ.get("GUNICORN_BIND", f"{_s.api_host}:{_s.api_port}")
 workers = int(os.environ.get("GUNICORN_WORKERS", _s.api_workers))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "serving.gunicorn_worker.KeepAliveWorker")
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", speed_worker_class(_s))  # FAST_PATHS=off: sync
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = 60
 graceful_timeout = 30

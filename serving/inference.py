@@ -1,6 +1,7 @@
 """Request parsing, contract validation and prediction shared by the HTTP API and the consumer.
 
-No pandas here: records are validated with `churnops.contract.validate_record` and encoded with
+No pandas here: records are validated with the contract's compiled validator (`churnops.validator`,
+or its fast twin `churnops.speed.records.FastValidator`) and encoded with
 the encoder's pure-Python `transform_records` into one float32 matrix per model.
 """
 
@@ -8,17 +9,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from churnops.contract import DatasetContract, RecordResult, validate_record
+from churnops.contract import DatasetContract, RecordResult
+from churnops.request_ids import (  # noqa: F401  (re-exported: the request id rules of every server path)
+    MAX_REQUEST_ID,
+    REQUEST_ID_RULE,
+    RESERVED_ID_PREFIXES,
+    new_request_id,
+    new_request_ids,
+    valid_request_id,
+)
 from serving.model import LoadedModel, ModelSet
-
-MAX_REQUEST_ID = 128
 
 try:  # fast JSON when available (a dependency of prefect); the stdlib gives the error messages
     import orjson as _orjson
@@ -104,26 +108,6 @@ def parse_json(raw: bytes | str) -> Any:
         raise BadInput("body is not valid JSON", {"body": str(exc)[:200]}, reason, 400) from exc
 
 
-RESERVED_ID_PREFIXES = ("stream:",)  # log entry ids of the stream consumer: stream:<shard>:<seq>
-REQUEST_ID_RULE = (
-    f"expected a non-empty string of at most {MAX_REQUEST_ID} characters, valid Unicode, "
-    f"not starting with {' or '.join(repr(p) for p in RESERVED_ID_PREFIXES)} (reserved)"
-)
-
-
-def valid_request_id(rid: str) -> bool:
-    """Non-blank, at most MAX_REQUEST_ID characters, not a reserved prefix (`stream:` names the
-    consumer's log entries), and text UTF-8 can carry: JSON can hold a lone surrogate
-    ("\\ud800"), which no log store or JSON encoder downstream accepts."""
-    if not rid.strip() or len(rid) > MAX_REQUEST_ID or rid.strip().startswith(RESERVED_ID_PREFIXES):
-        return False
-    try:
-        rid.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def split_envelope(obj: Any, prefix: str = "") -> tuple[str | None, Any]:
     """`{"request_id", "features": {...}}` or a bare feature object -> (request_id, features)."""
     if not isinstance(obj, dict):
@@ -157,89 +141,7 @@ class Row:
     request_id: str
     values: dict
     ignored: list[str] = field(default_factory=list)
-
-
-def new_request_id() -> str:
-    """A random uuid4 as 32 hex digits, without a getrandom() syscall per request.
-
-    `random` is reseeded in every forked worker by CPython, so workers never share a sequence.
-    """
-    n = random.getrandbits(128)
-    n = (n & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)  # version 4, RFC variant
-    return "%032x" % n
-
-
-def new_request_ids(n: int) -> list[str]:
-    """`n` random 128-bit ids as 32 hex digits, from one urandom call (a batch's ids)."""
-    h = os.urandom(16 * n).hex()
-    return [h[i : i + 32] for i in range(0, 32 * n, 32)]
-
-
-def numeric_bounds(spec) -> tuple[float, float]:
-    """A numeric feature's closed range; open ends become the largest finite floats (never admits +-inf)."""
-    return (-sys.float_info.max if spec.min is None else spec.min, sys.float_info.max if spec.max is None else spec.max)
-
-
-class FastValidator:
-    """`validate_record` with a fast path for the common, valid record.
-
-    The fast path accepts exactly what `validate_record` accepts without conversion (finite
-    int/float numbers in range, known categories or the unknown marker) and gives the same
-    values; anything else falls back to `validate_record` for its per-field messages.
-    """
-
-    def __init__(self, contract: DatasetContract, unknown_category: str = "reject"):
-        self.contract = contract
-        self.unknown_category = unknown_category
-        markers = contract.unknown_marker_set()
-        plan = []
-        for name, spec in contract.features.items():
-            if spec.kind == "numeric":
-                plan.append((name, True, *numeric_bounds(spec), None))
-            else:
-                table = {c: c for c in spec.categories}
-                for m in markers:
-                    table[m] = "unknown" if spec.unknown == "category" else None
-                plan.append((name, False, 0, 0, table))
-        self.plan = tuple(plan)
-        self.names = frozenset(contract.features)
-
-    def __call__(self, record: Any) -> RecordResult:
-        if type(record) is dict:
-            values = {}
-            try:
-                for name, numeric, lo, hi, table in self.plan:
-                    v = record[name]
-                    if numeric:
-                        t = type(v)
-                        if (t is float or t is int) and lo <= v <= hi:  # NaN fails the comparison
-                            values[name] = float(v)
-                            continue
-                        break
-                    if type(v) is str:
-                        c = table.get(v)
-                        if c is None and v not in table:
-                            c = v.strip().lower()
-                            if c not in table:
-                                break
-                            c = table[c]
-                        values[name] = c
-                        continue
-                    break
-                else:
-                    ignored = [k for k in record if k not in self.names] if len(record) != len(self.plan) else []
-                    return RecordResult(values, {}, ignored)
-            except KeyError:
-                pass
-        try:
-            return validate_record(record, self.contract, self.unknown_category)
-        except OverflowError:  # an integer too large for a float
-            big = {
-                k: "number too large"
-                for k, v in record.items()
-                if k in self.names and type(v) is int and abs(v) > sys.float_info.max
-            }
-            return RecordResult({}, big or {"features": "number too large"}, [])
+    renamed: dict[str, str] = field(default_factory=dict)  # raw field name -> feature name
 
 
 def check_row(
@@ -247,18 +149,19 @@ def check_row(
     contract: DatasetContract,
     unknown_category: str,
     prefix: str | int = "",
-    validator: FastValidator | None = None,
+    validator: Callable[[Any], RecordResult] | None = None,
 ) -> Row:
-    """Validate one input; `prefix` (a row index in a batch) prefixes the field names of errors."""
+    """Validate one input with `validator` (default: the contract's compiled validator, the
+    reference); `prefix` (a row index in a batch) prefixes the field names of errors."""
     if type(obj) is dict and "features" not in obj and "request_id" not in obj:
         feats, rid = obj, None  # the common bare object
     else:
         rid, feats = split_envelope(obj, f"{prefix}." if type(prefix) is int else prefix)
-    res = validator(feats) if validator is not None else validate_record(feats, contract, unknown_category)
+    res = validator(feats) if validator is not None else contract.validator().validate(feats, unknown_category)
     if res.errors:
         p = f"{prefix}." if type(prefix) is int else prefix
         raise BadInput("invalid features", {p + k: v for k, v in res.errors.items()}, _reason(res.errors), 422)
-    return Row(rid or new_request_id(), res.values, res.ignored)
+    return Row(rid or new_request_id(), res.values, res.ignored, res.renamed)
 
 
 def _reason(errors: dict[str, str]) -> str:
@@ -345,6 +248,8 @@ def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
     }
     if row.ignored:
         body["ignored_fields"] = row.ignored
+    if row.renamed:
+        body["renamed"] = row.renamed
     return body
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from churnops.bundle import Bundle
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
+from churnops.speed import enabled as speed_enabled
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
                 prefer_onnx=True,
                 threads=1,
                 native_min_rows=s.native_batch_min_rows,
-                compiled_trees=s.compiled_trees,
+                compiled_trees=s.compiled_trees and speed_enabled(s),  # FAST_PATHS=off: XGBoost's predictor
             )
         except Exception as exc:
             raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {redact(exc)}") from exc

@@ -24,7 +24,10 @@ def _feature_schema(contract: DatasetContract) -> dict:
         "properties": props,
         "required": list(contract.features),
         "additionalProperties": True,
-        "description": "Clean feature names of the data contract; extra fields are ignored and reported.",
+        "description": (
+            "Clean feature names of the data contract (the raw data file's column names, e.g. "
+            "`Customer_Age`, are accepted too, renamed and reported); extra fields are ignored and reported."
+        ),
     }
     if contract.example:
         schema["example"] = dict(contract.example)
@@ -66,7 +69,16 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
                 "model_version": {"type": "string", "nullable": True},
                 "route": {"type": "string", "enum": ["champion", "challenger"]},
                 "ignored_fields": {"type": "array", "items": {"type": "string"}},
+                "renamed": {"$ref": "#/components/schemas/Renamed"},
             },
+        },
+    )
+    spec.components.schema(
+        "Renamed",
+        {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "raw field name -> contract feature name, for fields sent under the raw file's names",
         },
     )
     spec.components.schema(
@@ -119,6 +131,7 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
                             "properties": {
                                 "count": {"type": "integer"},
                                 "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                                "renamed": {"$ref": "#/components/schemas/Renamed"},
                             },
                         },
                     ),

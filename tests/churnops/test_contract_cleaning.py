@@ -99,3 +99,48 @@ def test_bad_contract_file_names_the_file(tmp_path):
         load_contract(str(p))
     with pytest.raises(FileNotFoundError, match="nope"):
         load_contract("nope")
+
+
+def test_validate_record_maps_the_raw_files_names(contract, raw_real):
+    """The file's first row, with its own column names, validates to the contract's example."""
+    raw = raw_real.head(1).to_dict(orient="records")[0]
+    r = validate_record(raw, contract)
+    assert r.ok, r.errors
+    assert r.renamed["Customer_Age"] == "customer_age" and r.renamed["Months_on_book"] == "months_on_book"
+    assert len(r.renamed) == 19
+    assert sorted(r.ignored)[:2] == ["Attrition_Flag", "CLIENTNUM"] and len(r.ignored) == 4
+    want = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in contract.example.items()}
+    assert r.values == want
+    both = validate_record(dict(contract.example, Gender="F"), contract)
+    assert both.errors == {"Gender": "the raw name of gender, also sent as 'gender': send one of them"}
+    two_raw = validate_record(dict(raw, CustomerAge=45), contract)
+    assert set(two_raw.errors) == {"CustomerAge"}
+    bad = validate_record(dict(raw, Customer_Age=300), contract)
+    assert bad.errors == {"Customer_Age": "value 300 above maximum 100"}
+
+
+def test_one_rule_reaches_every_check(contract):
+    """A range changed in the contract changes the training check, the record validator, its fast
+    twin and the column/msgspec batch path alike: they all read the one compiled description."""
+    import json
+
+    from churnops.contract import DatasetContract, check_clean_frame
+    from churnops.speed.columnar import ColumnarValidator
+    from churnops.speed.records import FastValidator
+
+    d = contract.model_dump()
+    d["features"]["customer_age"]["max"] = 60
+    narrow = DatasetContract.model_validate(d)
+    rec = dict(contract.example, customer_age=70)
+    body = json.dumps([rec]).encode()
+    frame = pd.DataFrame([rec] * 250).assign(churn=[0.0, 1.0] * 125)
+    for c, accepted in ((contract, True), (narrow, False)):
+        compiled = c.validator()
+        assert compiled is c.validator()  # compiled once per contract
+        assert validate_record(rec, c).ok is accepted
+        assert FastValidator(compiled)(rec).ok is accepted
+        assert (ColumnarValidator(compiled)([rec]) is not None) is accepted
+        assert (ColumnarValidator(compiled).decode(body) is not None) is accepted
+        assert check_clean_frame(frame, c).ok is accepted
+    assert validate_record(rec, narrow).errors == {"customer_age": "value 70 above maximum 60"}
+    assert "customer_age: 250 value(s) above max 60" in str(check_clean_frame(frame, narrow))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from churnops.forest import Forest
+from churnops.speed.forest import Forest
 
 
 def data(n: int = 3000, width: int = 9, seed: int = 0):

@@ -350,7 +350,7 @@ def test_fast_validator_matches_contract_validation():
     import random as rnd
 
     from churnops.contract import load_contract, validate_record
-    from serving.inference import FastValidator
+    from churnops.speed.records import FastValidator
 
     contract = load_contract("bank_churners")
     odd = [
@@ -377,7 +377,7 @@ def test_fast_validator_matches_contract_validation():
     ]
     rng = rnd.Random(7)
     for mode in ("reject", "unknown"):
-        fast = FastValidator(contract, mode)
+        fast = FastValidator(contract.validator(), mode)
         for _ in range(3000):
             rec = example()
             for _k in range(rng.choice([0, 0, 1, 2])):

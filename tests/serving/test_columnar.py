@@ -10,12 +10,23 @@ import pytest
 
 from churnops.contract import load_contract
 from churnops.features import FeatureEncoder
-from serving.columnar import ColumnarValidator, from_rows
-from serving.inference import BadInput, FastValidator, check_row
+from churnops.speed.columnar import ColumnarValidator as _ColumnarValidator
+from churnops.speed.records import FastValidator as _FastValidator
+from serving.columnar import from_rows
+from serving.inference import BadInput, check_row
 from tests.serving.conftest import example
 from tests.serving.test_app import post
 
 CONTRACT = load_contract("bank_churners")
+
+
+def ColumnarValidator(contract, unknown="reject"):
+    return _ColumnarValidator(contract.validator(), unknown)
+
+
+def FastValidator(contract, unknown="reject"):
+    return _FastValidator(contract.validator(), unknown)
+
 
 # (field, value) edits: valid variants, then ones the row path must judge
 VALID_EDITS = [
@@ -81,10 +92,10 @@ def row_accepts(obj, unknown) -> bool:
     return True
 
 
-def assert_columns_match_rows(cv: ColumnarValidator, got, objs: list, unknown: str) -> None:
+def assert_columns_match_rows(cv: _ColumnarValidator, got, objs: list, unknown: str) -> None:
     """The columns `got` (from `objs`) hold exactly what the row path makes of the same objects."""
     rows = row_path(objs, unknown)
-    want = from_rows(rows, cv)
+    want = from_rows(rows, cv.compiled)
     assert got.n == len(objs)
     for name in CONTRACT.features:
         a, b = got.columns[name], want.columns[name]
