@@ -28,6 +28,7 @@ from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from serving.columnar import ColumnarValidator, from_rows, predict_columns
 from serving.fastpath import FastPredict
+from serving.image_http import refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
     BadInput,
@@ -49,6 +50,7 @@ from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
 from serving.prediction_log import PredictionLog
 from serving.store import PredictionBatch, PredictionStore
+from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +76,16 @@ atexit.register(close_all_logs)
 class ServingState:
     def __init__(self, settings: Settings, store: PredictionStore, plog: PredictionLog, models: ModelManager):
         self.settings = settings
-        self.contract = load_contract(settings.dataset)
+        # image serving hook (serving/tasks.py): an image contract has no tabular validators
+        self.image_contract = image_contract(settings)
+        self.contract = load_contract(settings.dataset) if self.image_contract is None else None
         self.store = store
         self.plog = plog
         self.models = models
         self.metrics = get_metrics()
-        self.validator = FastValidator(self.contract, settings.unknown_category)
-        self.columnar = ColumnarValidator(self.contract, settings.unknown_category)
+        tabular = self.contract is not None
+        self.validator = FastValidator(self.contract, settings.unknown_category) if tabular else None
+        self.columnar = ColumnarValidator(self.contract, settings.unknown_category) if tabular else None
         self.admin_token = ""  # set by create_app (churnops.admin.admin_token)
 
 
@@ -178,7 +183,8 @@ def create_app(
     def http_error(e: HTTPException):
         details = {}
         if e.code == 413:
-            details = {"body": f"request body larger than the {s.max_body_bytes} byte limit"}
+            limit = request.max_content_length or s.max_body_bytes  # a route may set its own (/predict/image)
+            details = {"body": f"request body larger than the {limit} byte limit"}
             state.metrics.rejections.labels("http", "body_too_large").inc()
         elif e.code == 405:
             details = {"method": f"{request.method} not allowed on {request.path}"}
@@ -231,6 +237,7 @@ def create_app(
     def predict_body(raw: bytes) -> bytes:
         """One prediction: JSON body in, JSON response out. Raises before anything is logged."""
         t0 = time.perf_counter()
+        refuse_tabular(state, "/predict")  # image serving hook: 409 on an image server
         ms = current_models()
         row = check_row(parse_json(raw), state.contract, s.unknown_category, validator=state.validator)
         m, p, d = predict_rows(ms, [row])[0]
@@ -260,6 +267,7 @@ def create_app(
     @app.post("/predict/batch")
     def predict_batch():
         t0 = time.perf_counter()
+        refuse_tabular(state, "/predict/batch")  # image serving hook: 409 on an image server
         ms = current_models()
         raw = read_body()
         batch = state.columnar.decode(raw)  # fastest: exact contract rows, parsed and checked in one pass
@@ -345,6 +353,7 @@ def create_app(
 
     @app.post("/feedback")
     def feedback():
+        refuse_tabular(state, "/feedback")  # image serving hook: outcomes are binary labels
         data = body_json()
         if not isinstance(data, dict):
             raise BadInput(
@@ -539,6 +548,8 @@ def create_app(
     @app.get("/")
     def index():
         return Response(INDEX_HTML, mimetype="text/html")
+
+    register_image_routes(app, state, current_models, child)  # POST /predict/image (serving/image_http.py)
 
     # ---- optional blueprints by other packages -------------------------------------------------------
     try:
