@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
 pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
 
-from churnops.image.dataset import list_images, load_image  # noqa: E402
+from churnops.image.dataset import load_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
