@@ -543,6 +543,10 @@ def create_app(
     def openapi():
         from serving.openapi import cached_spec
 
+        if state.image_contract is not None:  # image serving hook
+            from serving.image_http import image_openapi
+
+            return jsonify(image_openapi(state.image_contract))
         return jsonify(cached_spec(s.dataset))
 
     @app.get("/")

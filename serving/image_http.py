@@ -140,3 +140,42 @@ def register_image_routes(app: Flask, state, current_models, child) -> None:
         except Exception:  # metrics never fail a prediction that is already logged
             pass
         return Response(dumps(out), mimetype="application/json")
+
+
+def image_openapi(contract) -> dict:
+    """The OpenAPI document of an image server: `POST /predict/image` (the tabular routes answer 409)."""
+    image = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": f"ChurnOps image API ({contract.name})", "version": "1"},
+        "paths": {
+            ROUTE: {
+                "post": {
+                    "summary": f"Classify one {contract.image.width}x{contract.image.height} image",
+                    "parameters": [
+                        {"name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string"}}
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {t: image for t in CONTENT_TYPES}
+                        | {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"file": {"type": "string", "format": "binary"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "class, probabilities per class, model name/version, request_id"},
+                        "400": {"description": "empty body"},
+                        "409": {"description": "this server serves a tabular model"},
+                        "413": {"description": "body over IMAGE_MAX_BODY_BYTES"},
+                        "415": {"description": "missing, unsupported or mismatching Content-Type"},
+                        "422": {"description": "not an image, unreadable, unsupported CFA, wrong size"},
+                    },
+                }
+            }
+        },
+    }

@@ -231,6 +231,11 @@ def test_tabular_routes_refuse_on_an_image_server(served):
         r = c.post(path, json=payload)
         assert r.status_code == 409 and "POST /predict/image" in r.json["details"]["path"], r.json
     assert c.post("/feedback", json={"request_id": "a", "outcome": 1}).status_code == 409
+    spec = c.get("/openapi.json")
+    assert (
+        spec.status_code == 200
+        and "image/x-adobe-dng" in spec.json["paths"]["/predict/image"]["post"]["requestBody"]["content"]
+    )
 
 
 def test_image_route_refuses_on_a_tabular_server(tmp_path):
