@@ -21,11 +21,6 @@ def _contract(dataset: str):
     return load_any_contract(dataset)
 
 
-def served_task(s: Settings) -> str:
-    """The `task` of the contract `DATASET` names (binary_classification | image_classification)."""
-    return getattr(_contract(s.dataset), "task", "binary_classification")  # tabular contracts carry no task
-
-
 def image_contract(s: Settings):
     """The served `ImageContract` when DATASET names an image contract, else None (tabular)."""
     c = _contract(s.dataset)

@@ -231,6 +231,8 @@ def test_tabular_routes_refuse_on_an_image_server(served):
         r = c.post(path, json=payload)
         assert r.status_code == 409 and "POST /predict/image" in r.json["details"]["path"], r.json
     assert c.post("/feedback", json={"request_id": "a", "outcome": 1}).status_code == 409
+    model = c.get("/model").json["champion"]
+    assert model["runtime"] == "onnx" and model["dataset"] == "raw_digits" and model["threshold"] is None
     spec = c.get("/openapi.json")
     assert (
         spec.status_code == 200
