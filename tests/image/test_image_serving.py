@@ -348,3 +348,72 @@ def test_stream_image_uri_records_end_to_end(image_model, raw_contract):
     (logged,) = store.find_predictions(limit=100)
     assert logged["request_id"] == "ok-7" and logged["_id"].startswith("stream:") and logged["source"] == "stream"
     assert logged["features"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.integration
+def test_predict_image_through_gunicorn(image_model, raw_contract, tmp_path):
+    """The real server (gunicorn, its keep-alive worker): a DNG body, a 2 MB one over MAX_BODY_BYTES but
+    under the image limit (read and refused by content), and a 50 MB one refused 413 from its headers."""
+    import socket
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from churnops.localservers import Server, free_port, wait_http
+
+    s = image_model["settings"]
+    port = free_port()
+    env = {
+        "DATASET": "raw_digits",
+        "MODEL_NAME": s.model_name,
+        "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+        "STATE_DIR": str(tmp_path / "state"),
+        "API_PORT": str(port),
+        "API_WORKERS": "1",
+        "ADMIN_TOKEN": "test-admin-token-123456",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
+    root = Path(__file__).resolve().parents[2]
+    srv = Server(
+        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        tmp_path / "gunicorn.log",
+        env=env,
+        cwd=root,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def post(body: bytes, ctype: str):
+        req = urllib.request.Request(f"{url}/predict/image", data=body, method="POST", headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    try:
+        wait_http(f"{url}/health", 60, srv.proc, tmp_path / "gunicorn.log")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/ready", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except urllib.error.HTTPError:
+                time.sleep(0.2)
+        f, data = dng(image_model, 9)
+        want = expected(image_model, load_image(f.path, raw_contract))
+        st, b = post(data, "image/x-adobe-dng")
+        assert st == 200 and b["class_index"] == int(want.argmax()) and b["model_version"] == image_model["version"]
+        st, b = post(b"\0" * 2_000_000, "image/x-adobe-dng")
+        assert st == 422 and b["error"] == "not an image", b
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 50000000\r\n\r\n" + b"\0" * 65536
+            )
+            answer = sock.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 413") and "20000000 byte limit" in answer, answer[:300]
+    finally:
+        srv.stop()
