@@ -3,10 +3,14 @@
 Generates the 1,797 raw DNG digits (in a temporary folder), runs `image_train_flow` (the sweep,
 refit, ISP sensitivity, ONNX gate, registration) against its own MLflow server and Prefect's test
 harness, then times the ISP alone (images/s over the DNG files: read + seven stages) and the
-registered model's ONNX export against torch (parity and batch/single-image latency). Writes
-bench/results/image.json and prints a summary. Not a test: figures are measured, not asserted.
+registered model's ONNX export against torch (parity and batch/single-image latency), and the
+single-image latency of `POST /predict/image` (the real Flask app with the registered champion
+loaded from MLflow and the prediction log writing to SQLite, through Flask's test client: the
+server's own time per request, without a socket). Writes bench/results/image.json and prints a
+summary. Not a test: figures are measured, not asserted. The defaults (4 trials, at most 8 epochs)
+keep a run on 2 cores to a few minutes.
 
-    python bench/bench_image.py [--trials 12] [--max-epochs 20]
+    python bench/bench_image.py [--trials 4] [--max-epochs 8] [--requests 300]
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ def _timeit(fn, repeat: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--max-epochs", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=300)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-image-"))
     os.environ.update(
@@ -67,6 +72,7 @@ def main() -> None:
             "device": "cpu",
         },
         "n_trials": a.trials,
+        "max_epochs": a.max_epochs,
         "targets": TARGETS,
     }
     try:
@@ -96,13 +102,25 @@ def main() -> None:
         }
         result["isp"] = bench_isp(get_settings())
         result["onnx_vs_torch"] = bench_onnx(out)
+        result["predict_image_http"] = bench_http(out, a.requests)
     finally:
         mlf.stop()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1, default=str))
     print(
         json.dumps(
-            {k: result[k] for k in ("test_metrics", "onnx_max_abs_diff", "sweep_seconds", "isp", "onnx_vs_torch")},
+            {
+                k: result[k]
+                for k in (
+                    "test_metrics",
+                    "onnx_max_abs_diff",
+                    "sweep_seconds",
+                    "flow_seconds",
+                    "isp",
+                    "onnx_vs_torch",
+                    "predict_image_http",
+                )
+            },
             indent=1,
         )
     )
@@ -180,6 +198,59 @@ def bench_onnx(out: dict) -> dict:
             "onnx": round(len(X) / min(batch_onnx), 1),
         },
     }
+
+
+def bench_http(out: dict, n: int) -> dict:
+    """p50/p99 of single-image `POST /predict/image` (DNG and PNG bodies) through the real app."""
+    import io
+
+    from PIL import Image
+
+    from churnops.contract import load_any_contract
+    from churnops.image.dataset import list_images, load_image
+    from churnops.settings import get_settings
+    from serving.app import create_app
+    from serving.model import ModelManager
+    from serving.store_sqlite import SQLiteStore
+
+    s = get_settings().model_copy(update={"dataset": "raw_digits", "model_name": out["model_name"]})
+    c = load_any_contract("raw_digits")
+    every = list_images(s.state_dir / "images" / f"raw_digits-seed{s.seed}", c)
+    files = every[:: max(1, len(every) // n)][:n]  # spread over the classes
+    mm = ModelManager(s)
+    mm.load_initial()
+    app = create_app(s, store=SQLiteStore(s.state_dir / "bench-predictions.db"), models=mm, start_background=False)
+    plog = app.extensions["churn"].plog
+    plog.start()
+    client = app.test_client()
+    dng = [f.path.read_bytes() for f in files]
+    png = []
+    for f in files:
+        buf = io.BytesIO()
+        rgb = load_image(f.path, c).transpose(1, 2, 0)
+        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(buf, "PNG")
+        png.append(buf.getvalue())
+    figures: dict = {"requests": len(files), "model_version": out["version"], "transport": "flask test client"}
+    try:
+        for kind, bodies, ctype in (("dng", dng, "image/x-adobe-dng"), ("png", png, "image/png")):
+            client.post("/predict/image", data=bodies[0], headers={"Content-Type": ctype})  # warm-up
+            times = []
+            for body in bodies:
+                t0 = time.perf_counter()
+                r = client.post("/predict/image", data=body, headers={"Content-Type": ctype})
+                times.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    raise RuntimeError(
+                        f"POST /predict/image answered {r.status_code}: {r.get_data(as_text=True)[:300]}"
+                    )
+            figures[kind] = {
+                "p50_ms": round(float(np.percentile(times, 50)) * 1000, 3),
+                "p99_ms": round(float(np.percentile(times, 99)) * 1000, 3),
+                "mean_body_bytes": round(float(np.mean([len(b) for b in bodies])), 1),
+            }
+    finally:
+        plog.close()
+    return figures
 
 
 if __name__ == "__main__":

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     canary_fraction: float = 0.0
     unknown_category: Literal["reject", "unknown"] = "reject"
     max_body_bytes: int = 1_000_000
+    # image serving (DATASET=<image contract>): POST /predict/image bodies and stream image_uri objects
+    # above this size are refused (413 / dead letter) without being read
+    image_max_body_bytes: int = 20_000_000
+    # buckets a stream record's image_uri may name (comma-separated); empty: BUCKET only
+    image_uri_buckets: str = ""
     batch_row_limit: int = 1000
     # matrices of at least this many rows go to the booster's trees (compiled, else XGBoost's own
     # predictor) instead of ONNX: faster per row on real rows; ONNX answers one row (0: ONNX only)
@@ -209,9 +214,9 @@ class Settings(BaseSettings):
         if "model_name" in self.model_fields_set:
             return self
         try:
-            from churnops.contract import load_contract
+            from churnops.contract import load_any_contract
 
-            contract = load_contract(self.dataset)
+            contract = load_any_contract(self.dataset)  # tabular or image: both name their model
         except Exception:  # an unknown DATASET fails where it is used, with its own message
             return self
         if contract.model_name:

@@ -28,6 +28,7 @@ from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
 from serving.columnar import from_rows, predict_columns
+from serving.image_http import refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
     BadInput,
@@ -48,6 +49,7 @@ from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
 from serving.prediction_log import PredictionLog
 from serving.store import PredictionBatch, PredictionStore
+from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +75,17 @@ atexit.register(close_all_logs)
 class ServingState:
     def __init__(self, settings: Settings, store: PredictionStore, plog: PredictionLog, models: ModelManager):
         self.settings = settings
-        self.contract = load_contract(settings.dataset)
+        # image serving hook (serving/tasks.py): an image contract has no tabular validators
+        self.image_contract = image_contract(settings)
+        self.contract = load_contract(settings.dataset) if self.image_contract is None else None
         self.store = store
         self.plog = plog
         self.models = models
         self.metrics = get_metrics()
-        self.compiled = self.contract.validator()  # the one validator (churnops.validator)
-        self.fast = FastPaths.from_settings(self.contract, settings)  # FAST_PATHS=off: the plain path
-        self.validator = self.fast.record
+        tabular = self.contract is not None  # image serving hook: no tabular contract on an image server
+        self.compiled = self.contract.validator() if tabular else None  # the one validator (churnops.validator)
+        self.fast = FastPaths.from_settings(self.contract, settings) if tabular else None  # FAST_PATHS=off: plain
+        self.validator = self.fast.record if tabular else None
         self.admin_token = ""  # set by create_app (churnops.admin.admin_token)
 
 
@@ -178,7 +183,8 @@ def create_app(
     def http_error(e: HTTPException):
         details = {}
         if e.code == 413:
-            details = {"body": f"request body larger than the {s.max_body_bytes} byte limit"}
+            limit = request.max_content_length or s.max_body_bytes  # a route may set its own (/predict/image)
+            details = {"body": f"request body larger than the {limit} byte limit"}
             state.metrics.rejections.labels("http", "body_too_large").inc()
         elif e.code == 405:
             details = {"method": f"{request.method} not allowed on {request.path}"}
@@ -231,6 +237,7 @@ def create_app(
     def predict_body(raw: bytes) -> bytes:
         """One prediction: JSON body in, JSON response out. Raises before anything is logged."""
         t0 = time.perf_counter()
+        refuse_tabular(state, "/predict")  # image serving hook: 409 on an image server
         ms = current_models()
         row = check_row(parse_json(raw), state.contract, s.unknown_category, validator=state.validator)
         m, p, d = predict_rows(ms, [row])[0]
@@ -250,16 +257,18 @@ def create_app(
         return Response(predict_body(read_body()), mimetype="application/json")
 
     # the same handler in front of Flask for the common case (see churnops/speed/wsgi.py)
-    app.wsgi_app = state.fast.wrap_wsgi(
-        app.wsgi_app,
-        predict_body,
-        s.max_body_bytes,
-        lambda: child(state.metrics.http_requests, "/predict", "POST", "200").inc(),
-    )
+    if state.fast is not None:  # image serving hook: an image server has no tabular fast path
+        app.wsgi_app = state.fast.wrap_wsgi(
+            app.wsgi_app,
+            predict_body,
+            s.max_body_bytes,
+            lambda: child(state.metrics.http_requests, "/predict", "POST", "200").inc(),
+        )
 
     @app.post("/predict/batch")
     def predict_batch():
         t0 = time.perf_counter()
+        refuse_tabular(state, "/predict/batch")  # image serving hook: 409 on an image server
         ms = current_models()
         raw = read_body()
         batch = state.fast.decode_batch(raw)  # fastest: exact contract rows, parsed and checked in one pass
@@ -351,6 +360,7 @@ def create_app(
 
     @app.post("/feedback")
     def feedback():
+        refuse_tabular(state, "/feedback")  # image serving hook: outcomes are binary labels
         data = body_json()
         if not isinstance(data, dict):
             raise BadInput(
@@ -534,11 +544,17 @@ def create_app(
     def openapi():
         from serving.openapi import cached_spec
 
+        if state.image_contract is not None:  # image serving hook
+            from serving.image_http import image_openapi
+
+            return jsonify(image_openapi(state.image_contract))
         return jsonify(cached_spec(s.dataset))
 
     @app.get("/")
     def index():
         return Response(INDEX_HTML, mimetype="text/html")
+
+    register_image_routes(app, state, current_models, child)  # POST /predict/image (serving/image_http.py)
 
     # ---- optional blueprints by other packages -------------------------------------------------------
     try:

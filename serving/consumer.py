@@ -66,6 +66,7 @@ from serving.model import ModelManager, ModelSet
 from serving.outbox import Outbox
 from serving.prediction_log import PredictionLog
 from serving.store import PredictionStore
+from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,11 @@ class Consumer:
 
         self.s = settings or get_settings()
         self.metrics = get_metrics()
-        self.contract = load_contract(self.s.dataset)
-        self.validator = FastPaths.from_settings(self.contract, self.s).record  # FAST_PATHS=off: the reference
+        # image serving hook (serving/tasks.py, serving/image_stream.py): image_uri records, no tabular contract
+        self.image = image_contract(self.s)
+        self.contract = load_contract(self.s.dataset) if self.image is None else None
+        # FAST_PATHS=off: the reference validator
+        self.validator = FastPaths.from_settings(self.contract, self.s).record if self.image is None else None
         self.store = store or open_store(self.s)
         self.plog = PredictionLog(
             self.store,
@@ -489,6 +493,10 @@ class Consumer:
         Any exception a record causes while it is decoded, validated or predicted makes it a dead
         letter; the others go on. The log is written before anything is put on a stream, so a
         failure before the puts (ModelFailure, a log spool that cannot be written) emits nothing."""
+        if self.image is not None:  # image serving hook
+            from serving.image_stream import process_images
+
+            return process_images(self, shard_id, records)
         ms = self.models.current
         t0 = time.perf_counter()
         rows: list[tuple[dict, Row]] = []

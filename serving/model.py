@@ -178,6 +178,13 @@ def _registry_info(s: Settings, uri: str, run_id: str) -> tuple[str | None, list
 def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir: Path | None = None) -> LoadedModel:
     """Download `uri` (runs:/, models:/, or a local bundle folder) and load it (ONNX, 1 thread)."""
     s = settings or get_settings()
+    from serving.tasks import image_contract  # image serving hook: DATASET=<image contract> loads the CNN
+
+    contract = image_contract(s)
+    if contract is not None:
+        from serving.image import load_image_model
+
+        return load_image_model(uri, route, s, contract, cache_dir)
     local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
     tmp = None
     try:

@@ -53,6 +53,7 @@ def render_config(s: Settings, prefix: Path | None = None, template: Path = TEMP
         "UPSTREAM": upstream_bind(s),
         "READ_TIMEOUT": str(max(1, math.ceil(s.api_read_timeout_s))),
         "MAX_BODY": str(int(s.max_body_bytes)),
+        "IMAGE_MAX_BODY": str(int(s.image_max_body_bytes)),  # POST /predict/image
         "USER_DIRECTIVE": user_directive(prefix),
     }
     text = template.read_text()

@@ -77,6 +77,14 @@ def read_raw(source: Path | bytes, name: str = "raw image") -> RawFrame:
         handle = rawpy.imread(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (rawpy.LibRawError, OSError, ValueError) as exc:
         raise ImageDataError(f"{name}: not a readable raw file ({type(exc).__name__}: {exc})") from exc
+    try:
+        return _frame(handle, name)
+    except rawpy.LibRawError as exc:  # the header parsed but the data did not: truncated or corrupt
+        raise ImageDataError(f"{name}: truncated or corrupt raw data ({type(exc).__name__}: {exc})") from exc
+
+
+def _frame(handle, name: str) -> RawFrame:
+    """The RawFrame of an opened rawpy handle (closes it); UnsupportedRawError names what is off."""
     with handle as r:
         if r.num_colors != 3:
             raise UnsupportedRawError(f"{name}: {r.num_colors}-colour sensor; only 3-colour Bayer raw is supported")

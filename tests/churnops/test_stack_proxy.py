@@ -49,6 +49,7 @@ def test_rendered_proxy_config_passes_nginx_t(tmp_path):
     text = conf.read_text()
     assert "listen 127.0.0.1:9696" in text and "server 127.0.0.1:9695;" in text
     assert "client_body_timeout   3s;" in text and "client_max_body_size    12345;" in text
+    assert "client_max_body_size 20000000;" in text  # POST /predict/image: IMAGE_MAX_BODY_BYTES
     r = subprocess.run(nginx_args(conf) + ["-t"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "[warn]" not in r.stderr, r.stderr
     with pytest.raises(ValueError, match="API_INTERNAL_PORT"):

@@ -1,0 +1,381 @@
+"""Image classification serving core: decode and check one image, load the ONNX CNN, predict, summarise.
+
+Shared by `POST /predict/image` (serving/image_http.py) and the stream's `image_uri` records
+(serving/image_stream.py). Every problem with an input raises `BadInput` naming it (a 4xx, or a
+dead letter with its `reason` as reason_code):
+
+- empty body (400 empty_body); bytes that are no DNG/PNG/JPEG (422 not_an_image); bytes of another
+  format than the declared Content-Type (415 content_type_mismatch);
+- a DNG LibRaw cannot read to the end (422 unreadable_image), a CFA layout the ISP does not
+  demosaic (422 unsupported_raw), a size other than the contract's (422 wrong_size; PNG/JPEG are
+  refused from their header, before the pixels are decoded).
+
+The model is what the image flow registers (churnops/image/train.py): an MLflow ONNX model
+(`image` (N, 3, H, W) -> `probabilities`, `embedding`) plus the run's `image_meta.json`; it is
+refused unless its contract fingerprint is the served contract's. A log record carries an image
+summary in place of `features` (SHA-256, byte size, width/height, per-channel means and standard
+deviations of the model input, the embedding's mean/std/norm and a fixed 16-number random
+projection of it), never the pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from serving.inference import BadInput
+
+DNG, PNG, JPEG = "image/x-adobe-dng", "image/png", "image/jpeg"
+CONTENT_TYPES = (DNG, PNG, JPEG)
+ALIASES = {"image/dng": DNG, "image/x-dng": DNG, "image/jpg": JPEG, "image/pjpeg": JPEG}
+EMBED_DIMS = 16  # logged projection of the CNN embedding (what image drift compares)
+EMBED_SEED = 20_261_127  # fixed: the projection is the same in every process and release
+
+
+class ImageModelError(RuntimeError):
+    """The image model named cannot be loaded or is not a model of the served contract."""
+
+
+# ---- decoding ----------------------------------------------------------------------------------------
+
+
+def sniff(data: bytes) -> str | None:
+    """The content type the leading bytes show (DNG is TIFF-based), or None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return PNG
+    if data[:3] == b"\xff\xd8\xff":
+        return JPEG
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return DNG
+    return None
+
+
+def content_type_of(header: str | None) -> str | None:
+    """`image/png; charset=x` -> `image/png` (aliases mapped); None when absent."""
+    if not header:
+        return None
+    base = header.split(";", 1)[0].strip().lower()
+    return ALIASES.get(base, base) or None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    x: np.ndarray  # (3, H, W) float32 in [0, 1]: the model input (ISP output for DNG)
+    content_type: str
+    sha256: str
+    nbytes: int
+    width: int
+    height: int
+
+
+def _wrong_size(contract, name: str, width: int, height: int) -> BadInput:
+    want_w, want_h = contract.image.width, contract.image.height
+    return BadInput(
+        "wrong image size",
+        {name: f"image is {width}x{height}; contract {contract.name} expects {want_w}x{want_h} (width x height)"},
+        "wrong_size",
+        422,
+    )
+
+
+def _raw_rgb(data: bytes, contract, name: str) -> np.ndarray:
+    from churnops.image.dataset import ImageDataError, read_raw
+    from churnops.image.isp import UnsupportedRawError, process
+
+    try:
+        frame = read_raw(data, name)
+    except UnsupportedRawError as exc:
+        raise BadInput("unsupported raw image", {name: str(exc)}, "unsupported_raw", 422) from exc
+    except ImageDataError as exc:
+        raise BadInput("unreadable DNG image", {name: str(exc)}, "unreadable_image", 422) from exc
+    h, w = frame.bayer.shape
+    if (h, w) != (contract.image.height, contract.image.width):
+        raise _wrong_size(contract, name, w, h)
+    try:
+        return process(frame, contract.isp)
+    except UnsupportedRawError as exc:
+        raise BadInput("unsupported raw image", {name: str(exc)}, "unsupported_raw", 422) from exc
+
+
+def _standard_rgb(data: bytes, ctype: str, contract, name: str) -> np.ndarray:
+    from PIL import Image
+
+    label = "PNG" if ctype == PNG else "JPEG"
+    try:
+        with Image.open(io.BytesIO(data), formats=[label]) as im:
+            w, h = im.size
+            if (h, w) != (contract.image.height, contract.image.width):
+                raise _wrong_size(contract, name, w, h)  # before the pixels are decoded
+            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except BadInput:
+        raise
+    except Exception as exc:  # truncated data, bad chunks, decompression bombs: the file's fault
+        raise BadInput(
+            f"unreadable {label} image",
+            {name: f"not a readable {label} image ({type(exc).__name__}: {exc})"[:300]},
+            "unreadable_image",
+            422,
+        ) from exc
+
+
+def decode(data: bytes, declared: str | None, contract, name: str = "body") -> DecodedImage:
+    """Bytes (of the declared content type, or sniffed when None) -> the model input; BadInput names the problem."""
+    if not data:
+        raise BadInput(
+            "empty body", {name: "expected the bytes of a DNG, PNG or JPEG image, got 0 bytes"}, "empty_body", 400
+        )
+    found = sniff(data)
+    if declared is not None and declared not in CONTENT_TYPES:
+        raise BadInput(
+            "unsupported content type",
+            {name: f"content type {declared!r} is not one of {', '.join(CONTENT_TYPES)}"},
+            "unsupported_media_type",
+            415,
+        )
+    if found is None:
+        what = declared or "DNG, PNG or JPEG"
+        raise BadInput(
+            "not an image",
+            {name: f"{len(data)} bytes that are not a {what} image (starts {data[:8]!r})"},
+            "not_an_image",
+            422,
+        )
+    if declared is not None and declared != found:
+        raise BadInput(
+            "content type does not match the image",
+            {name: f"declared {declared} but the bytes are {found}"},
+            "content_type_mismatch",
+            415,
+        )
+    rgb = _raw_rgb(data, contract, name) if found == DNG else _standard_rgb(data, found, contract, name)
+    if rgb.shape != (contract.image.height, contract.image.width, 3):
+        raise _wrong_size(contract, name, rgb.shape[1], rgb.shape[0])
+    return DecodedImage(
+        x=np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32),
+        content_type=found,
+        sha256=hashlib.sha256(data).hexdigest(),
+        nbytes=len(data),
+        width=int(rgb.shape[1]),
+        height=int(rgb.shape[0]),
+    )
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+
+
+class ImageBundle:
+    """The ONNX CNN and its metadata; quacks like `churnops.bundle.Bundle` where serving describes models."""
+
+    runtime = batch_runtime = "onnx"
+    native_min_rows = 0
+    threshold = None  # a class is the argmax, there is no decision threshold
+
+    def __init__(self, onnx_model: bytes | str, meta: dict):
+        """`onnx_model`: the bytes, or the path of model.onnx (MLflow keeps the weights beside it as external data)."""
+        from churnops.image.model import onnx_session
+
+        self.meta = meta
+        self.classes = [str(c) for c in meta["classes"]]
+        self.session = onnx_session(onnx_model, threads=1)
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, H, W) -> (probabilities (N, classes), embedding (N, D)), float32."""
+        p, z = self.session.run(["probabilities", "embedding"], {"image": np.ascontiguousarray(X, dtype=np.float32)})
+        return p, z
+
+
+def _run_of(uri: str, s) -> str:
+    """The MLflow run behind `runs:/<id>/...` or a registered `models:/<name>@<alias>` / `models:/<name>/<v>`."""
+    from churnops.registry import client
+
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/", 1)[0]
+    if uri.startswith("models:/"):
+        rest = uri[len("models:/") :]
+        c = client(s)
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = c.get_model_version_by_alias(name, alias)
+        elif "/" in rest:
+            name, version = rest.split("/", 1)
+            mv = c.get_model_version(name, version)
+        else:
+            raise ImageModelError(f"{uri}: name a registered version or alias (models:/<name>@<alias>)")
+        if not mv.run_id:
+            raise ImageModelError(f"{uri}: the registered version has no run (image_meta.json lives in the run)")
+        return str(mv.run_id)
+    raise ImageModelError(f"{uri}: expected runs:/, models:/ or a local folder")
+
+
+def load_image_model(uri: str, route: str, s, contract, cache_dir: Path | None = None):
+    """Download and check the image model `uri`; returns a `serving.model.LoadedModel` (ModelLoadError on failure)."""
+    from churnops.redact import redact
+    from serving.model import LoadedModel, ModelLoadError, _registry_info
+
+    local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
+    tmp = None
+    try:
+        if local is not None and local.exists():
+            root, run_id = local, ""
+            meta_path = next(iter(sorted(local.rglob("image_meta.json"))), None)
+        else:
+            import mlflow
+
+            mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+            mlflow.set_registry_uri(s.mlflow_tracking_uri)
+            base = cache_dir or (s.state_dir / "model-cache")
+            base.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix="image-model-", dir=base))
+            try:
+                run_id = _run_of(uri, s)
+                root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp / "model")))
+                try:
+                    meta_path = Path(
+                        mlflow.artifacts.download_artifacts(
+                            artifact_uri=f"runs:/{run_id}/image_meta.json", dst_path=str(tmp / "meta")
+                        )
+                    )
+                except Exception:
+                    meta_path = None
+            except ImageModelError as exc:
+                raise ModelLoadError(str(exc)) from exc
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"cannot download image model {uri} from {redact(s.mlflow_tracking_uri)}: "
+                    f"{type(exc).__name__}: {redact(exc)[:300]}"
+                ) from exc
+        onnx_files = sorted(root.rglob("*.onnx"))
+        if meta_path is None or not onnx_files:
+            raise ModelLoadError(
+                f"{uri} is not an image model (no ONNX file and image_meta.json): DATASET={s.dataset} serves "
+                f"image models registered by the image flow (make demo-image)"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("task") != "image_classification" or meta.get("contract_sha256") != contract.fingerprint():
+            raise ModelLoadError(
+                f"model {uri} was trained with data contract {meta.get('dataset')!r} "
+                f"(fingerprint {str(meta.get('contract_sha256'))[:12]}), this server serves {contract.name!r} "
+                f"(fingerprint {contract.fingerprint()[:12]}, DATASET={s.dataset}): pin a model of this contract"
+            )
+        try:
+            bundle = ImageBundle(str(onnx_files[0]), meta)  # read whole before the folder goes
+            p, _ = bundle.predict(np.zeros((1, 3, contract.image.height, contract.image.width), np.float32))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the image model of {uri}: {type(exc).__name__}: {redact(exc)}") from exc
+        if p.shape != (1, len(contract.classes)) or not np.isfinite(p).all():
+            raise ModelLoadError(f"image model {uri} returned shape {p.shape} on a smoke-test image")
+        run_id = run_id or str(meta.get("run_id") or "")
+        version, aliases = (None, []) if local is not None and local.exists() else _registry_info(s, uri, run_id)
+        return LoadedModel(bundle=bundle, uri=uri, run_id=run_id, version=version, aliases=aliases, route=route)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- prediction, answer, log record ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    model: object  # serving.model.LoadedModel
+    proba: np.ndarray  # (classes,)
+    embedding: np.ndarray  # (D,)
+
+    @property
+    def index(self) -> int:
+        return int(self.proba.argmax())
+
+    @property
+    def label(self) -> str:
+        return self.model.bundle.classes[self.index]
+
+
+def predict(ms, request_id: str, img: DecodedImage) -> ImagePrediction:
+    """The model the request routes to (canary by request_id), on one image."""
+    m = ms.pick(request_id)
+    p, z = m.bundle.predict(img.x[None])
+    return ImagePrediction(m, p[0], z[0])
+
+
+@lru_cache(maxsize=4)
+def _projection(dim: int) -> np.ndarray:
+    """A fixed (dim, 16) Gaussian random projection (seeded), scaled to keep distances on average."""
+    rng = np.random.default_rng([EMBED_SEED, dim])
+    return (rng.standard_normal((dim, EMBED_DIMS)) / np.sqrt(EMBED_DIMS)).astype(np.float64)
+
+
+def summary(img: DecodedImage, embedding: np.ndarray) -> dict:
+    """What the prediction log keeps of an image (in place of `features`): never the pixels."""
+    z = np.asarray(embedding, dtype=np.float64)
+    flat = img.x.reshape(3, -1).astype(np.float64)
+    r = lambda v: [round(float(a), 6) for a in v]  # noqa: E731
+    return {
+        "sha256": img.sha256,
+        "bytes": img.nbytes,
+        "content_type": img.content_type,
+        "width": img.width,
+        "height": img.height,
+        "channel_means": r(flat.mean(1)),
+        "channel_stds": r(flat.std(1)),
+        "embedding": {
+            "dim": int(z.size),
+            "mean": round(float(z.mean()), 6),
+            "std": round(float(z.std()), 6),
+            "norm": round(float(np.linalg.norm(z)), 6),
+            "projection": r(z @ _projection(z.size)),
+        },
+    }
+
+
+def answer(pred: ImagePrediction, request_id: str) -> dict:
+    m = pred.model
+    return {
+        "request_id": request_id,
+        "class": pred.label,
+        "class_index": pred.index,
+        "probability": float(pred.proba[pred.index]),
+        "probabilities": {c: float(v) for c, v in zip(m.bundle.classes, pred.proba.tolist())},
+        "model_name": m.bundle.meta.get("model_name"),
+        "model_version": m.version,
+        "model_run_id": m.run_id,
+        "route": m.route,
+    }
+
+
+def log_entry(
+    _id: str,
+    request_id: str,
+    pred: ImagePrediction,
+    img: DecodedImage,
+    source: str,
+    latency_ms: float,
+    ts=None,
+    **extra,
+) -> dict:
+    """A prediction-log record like the tabular ones (decision = class index), `features` = the image summary."""
+    m = pred.model
+    return {
+        "_id": _id,
+        "ts": ts if ts is not None else time.time(),
+        "request_id": request_id,
+        "source": source,
+        "model_run_id": m.run_id,
+        "model_version": m.version,
+        "route": m.route,
+        "task": "image_classification",
+        "features": summary(img, pred.embedding),
+        "probability": float(pred.proba[pred.index]),
+        "decision": pred.index,
+        "predicted_class": pred.label,
+        "latency_ms": round(latency_ms, 3),
+        **extra,
+    }

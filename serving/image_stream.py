@@ -1,0 +1,163 @@
+"""The stream consumer's image records: `{"request_id": ..., "image_uri": "s3://bucket/key"}`.
+
+`Consumer.process` hands a batch here when DATASET names an image contract (serving/tasks.py).
+Each record's object is fetched from S3 (only from BUCKET or IMAGE_URI_BUCKETS; refused unread
+when larger than IMAGE_MAX_BODY_BYTES), decoded and checked like a `POST /predict/image` body
+(serving/image.py), predicted, logged (before anything is put), and its result put on the
+results stream. A record that fails for itself (not a JSON object, no or bad image_uri, object
+missing, too big, not an image, wrong size, unsupported raw) goes to the dead-letter stream with
+its reason_code and the shard moves on. A transient S3 error (endpoint down, throttling, 5xx)
+raises: the consumer retries the whole batch from its checkpoint later, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from serving.image import answer, decode, log_entry, predict
+from serving.inference import REQUEST_ID_RULE, BadInput, valid_request_id
+
+
+def allowed_buckets(s) -> set[str]:
+    extra = {b.strip() for b in (s.image_uri_buckets or "").split(",") if b.strip()}
+    return extra or {s.bucket}
+
+
+def parse_record(obj, seq: str, s) -> tuple[str, str, str]:
+    """(request_id, bucket, key) of a decoded record; BadInput names what is off."""
+    if not isinstance(obj, dict):
+        raise BadInput(
+            "expected a JSON object",
+            {"record": f"expected {{request_id, image_uri}}, got {type(obj).__name__}"},
+            "not_object",
+        )
+    uri = obj.get("image_uri")
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise BadInput("invalid image_uri", {"image_uri": "expected s3://<bucket>/<key>"}, "invalid_image_uri")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        raise BadInput(
+            "invalid image_uri", {"image_uri": f"{uri[:200]!r}: expected s3://<bucket>/<key>"}, "invalid_image_uri"
+        )
+    buckets = allowed_buckets(s)
+    if bucket not in buckets:
+        raise BadInput(
+            "image_uri bucket not allowed",
+            {"image_uri": f"bucket {bucket!r} is not one of {sorted(buckets)} (IMAGE_URI_BUCKETS)"},
+            "bucket_not_allowed",
+        )
+    rid = obj.get("request_id")
+    if rid is None:
+        return seq, bucket, key
+    rid = str(rid).strip() if isinstance(rid, (str, int)) and not isinstance(rid, bool) else ""
+    if not valid_request_id(rid):
+        raise BadInput("invalid request_id", {"request_id": REQUEST_ID_RULE}, "invalid_request_id")
+    return rid, bucket, key
+
+
+def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
+    """The object's bytes; BadInput when it is missing or larger than `limit` (then its body is not read)."""
+    from botocore.exceptions import ClientError
+
+    from churnops.aws import is_transient
+
+    try:
+        obj = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_transient(exc):
+            raise
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+            raise BadInput("image not found", {"image_uri": f"s3://{bucket}/{key}: {code}"}, "image_not_found") from exc
+        raise BadInput(
+            "image could not be fetched", {"image_uri": f"s3://{bucket}/{key}: {code or exc}"}, "image_fetch_failed"
+        ) from exc
+    body = obj["Body"]
+    try:
+        size = int(obj.get("ContentLength") or 0)
+        if size > limit:
+            raise BadInput(
+                "image too large",
+                {"image_uri": f"s3://{bucket}/{key} is {size} bytes > the {limit} byte limit (IMAGE_MAX_BODY_BYTES)"},
+                "image_too_large",
+            )
+        data = body.read(limit + 1)
+        if len(data) > limit:
+            raise BadInput(
+                "image too large",
+                {"image_uri": f"s3://{bucket}/{key} is over the {limit} byte limit (IMAGE_MAX_BODY_BYTES)"},
+                "image_too_large",
+            )
+        return data
+    finally:
+        body.close()
+
+
+def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, int]:
+    """`Consumer.process` for image records: results and dead letters, log first; returns their counts."""
+    from churnops.aws import client
+    from serving.consumer import _arrival, decode_payload
+
+    s, contract = consumer.s, consumer.image
+    if getattr(consumer, "_image_s3", None) is None:
+        consumer._image_s3 = client("s3", s, max_attempts=2, connect_timeout=2, read_timeout=10)
+    ms = consumer.models.current
+    results, logs, dlq = [], [], []
+    for rec in records:
+        t0 = time.perf_counter()
+        seq = rec["SequenceNumber"]
+        try:
+            rid, bucket, key = parse_record(decode_payload(rec["Data"]), seq, s)
+            img = decode(fetch(consumer._image_s3, bucket, key, int(s.image_max_body_bytes)), None, contract, "image")
+            pred = predict(ms, rid, img)
+        except BadInput as e:
+            consumer.metrics.rejections.labels("stream", e.reason).inc()
+            dlq.append(consumer._dead(shard_id, rec, e.error, e.reason, e.details))
+            continue
+        except Exception as e:
+            from churnops.aws import is_transient
+
+            if is_transient(e):
+                raise  # S3 down: retry the batch later from the checkpoint
+            consumer.metrics.rejections.labels("stream", "prediction_failed").inc()
+            dlq.append(
+                consumer._dead(
+                    shard_id,
+                    rec,
+                    "the image could not be predicted",
+                    "prediction_failed",
+                    {"exception": f"{type(e).__name__}: {e}"},
+                )
+            )
+            continue
+        now = time.time()
+        uri = f"s3://{bucket}/{key}"
+        out = answer(pred, rid) | {"sequence_number": seq, "shard_id": shard_id, "image_uri": uri, "ts": now}
+        results.append({"Data": json.dumps(out).encode(), "PartitionKey": rid[:256]})
+        logs.append(
+            log_entry(
+                consumer.log_id(shard_id, seq),
+                rid,
+                pred,
+                img,
+                "stream",
+                (time.perf_counter() - t0) * 1000,
+                ts=_arrival(rec, now),
+                shard_id=shard_id,
+                sequence_number=seq,
+                image_uri=uri,
+            )
+        )
+        m = pred.model
+        consumer.metrics.predictions.labels("stream", m.route, str(m.version), pred.label).inc()
+    if logs:
+        consumer.plog.write_now(logs)  # store or fsync'ed spool, before any put and before the checkpoint moves
+    consumer._emit(s.output_stream, results)
+    consumer._emit(s.dlq_stream, dlq)
+    consumer.metrics.stream_records.labels("result").inc(len(results))
+    consumer.metrics.stream_records.labels("dead_letter").inc(len(dlq))
+    with consumer._lock:
+        consumer.processed += len(results)
+        consumer.dead += len(dlq)
+    return len(results), len(dlq)
