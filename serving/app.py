@@ -26,6 +26,7 @@ from churnops.model_uri import ModelUriError, check_model_uri, check_run_id
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
+from churnops.store.base import PredictionBatch, PredictionStore
 from serving.columnar import ColumnarValidator, from_rows, predict_columns
 from serving.fastpath import FastPredict
 from serving.inference import (
@@ -48,7 +49,6 @@ from serving.inference import (
 from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
 from serving.prediction_log import PredictionLog
-from serving.store import PredictionBatch, PredictionStore
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def create_app(
     start_background: bool = True,
 ) -> Flask:
     """Build the app. Nothing touches the network here: the model loads in a background thread."""
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     s = settings or get_settings()
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
@@ -540,16 +540,9 @@ def create_app(
     def index():
         return Response(INDEX_HTML, mimetype="text/html")
 
-    # ---- optional blueprints by other packages -------------------------------------------------------
-    try:
-        from reporting.blueprint import drift_blueprint  # type: ignore[import-not-found]
-    except Exception:  # module absent (or broken): the API runs without it
-        drift_blueprint = None
-    if drift_blueprint is not None:
-        try:
-            app.register_blueprint(drift_blueprint)
-        except Exception:
-            log.exception("could not register reporting.blueprint.drift_blueprint")
+    from serving.drift import drift_blueprint
+
+    app.register_blueprint(drift_blueprint)
 
     return app
 

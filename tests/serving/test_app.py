@@ -135,9 +135,9 @@ def test_bad_json_is_400(app_client, raw, fragment):
 
 
 def test_unknown_category_mapping_setting(serving_settings, bundles):
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
     from tests.serving.conftest import local_model_set
 
     s = serving_settings.model_copy(update={"unknown_category": "unknown"})
@@ -337,9 +337,9 @@ def test_drift_blueprint_is_registered_when_present(app_client, monkeypatch):
 
     bp = Blueprint("drift", __name__)
     bp.add_url_rule("/drift/report", "report", lambda: {"ok": True})
-    mod = types.ModuleType("reporting.blueprint")
+    mod = types.ModuleType("serving.drift")
     mod.drift_blueprint = bp
-    monkeypatch.setitem(sys.modules, "reporting.blueprint", mod)
+    monkeypatch.setitem(sys.modules, "serving.drift", mod)
     _, state = app_client
     app = create_app(state.settings, store=state.store, models=state.models, start_background=False)
     assert app.test_client().get("/drift/report").json == {"ok": True}
