@@ -51,6 +51,23 @@ def reasons_for(drift: dict | None, performance: dict | None, settings, min_labe
     return reasons
 
 
+def key_numbers(drift: dict | None, performance: dict | None) -> dict:
+    """The numbers of the window summary a decision rests on (kept with the decision)."""
+    drift = drift or {}
+    pred = drift.get("prediction") or {}
+    overall = (performance or {}).get("overall") or {}
+    return {
+        "max_psi": drift.get("max_psi"),
+        "n_critical": drift.get("n_critical"),
+        "critical_features": drift.get("critical_features", []),
+        "feature_psi": {k: f.get("psi") for k, f in (drift.get("features") or {}).items()},
+        "prediction_psi": pred.get("psi"),
+        "prediction_status": pred.get("status"),
+        "realized_auc": overall.get("auc_roc"),
+        "n_labelled": overall.get("n", 0),
+    }
+
+
 def fresh_training_parameters(settings, collect: Callable[[], dict] | None = None) -> dict:
     """Collect the fresh labels into a new snapshot; the training deployment's parameters naming
     it and its held-out slice (empty, i.e. the latest snapshot, when too few labels joined)."""
@@ -109,6 +126,7 @@ def evaluate_trigger(
         "last_started": last_ts,
         "cooldown_hours": settings.retrain_cooldown_hours,
         "window": window,
+        "numbers": key_numbers(drift, performance),
         "deployment": settings.training_deployment,
     }
     if reasons:

@@ -169,6 +169,13 @@ def log_window(
     return pd.DataFrame(clean)
 
 
+def cache_reference(settings, reference_frame, run_id: str = "ref-run") -> None:
+    """What the background fetch leaves in <state_dir>/reference-cache/<run_id>/."""
+    folder = settings.state_dir / "reference-cache" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    reference_frame.to_csv(folder / "reference_sample.csv", index=False)
+
+
 @pytest.fixture
 def settings_factory(tmp_path):
     """Settings with the reports and state folders in tmp_path."""

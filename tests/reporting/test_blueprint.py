@@ -6,16 +6,9 @@ import time
 
 import pytest
 
-from tests.reporting.conftest import MemoryStore, log_window
+from tests.reporting.conftest import MemoryStore, cache_reference, log_window
 
 WINDOW: dict = {}
-
-
-def cache_reference(settings, reference_frame, run_id: str = "ref-run") -> None:
-    """What the background fetch leaves in <state_dir>/reference-cache/<run_id>/."""
-    folder = settings.state_dir / "reference-cache" / run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    reference_frame.to_csv(folder / "reference_sample.csv", index=False)
 
 
 @pytest.fixture
