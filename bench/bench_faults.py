@@ -225,7 +225,7 @@ def spool_records(state: Path) -> tuple[int, set[str]]:
 
 def stored_ids(state: Path) -> list[str]:
     """request_id of every prediction the embedded store answers for (as find_predictions gives them)."""
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     db = state / "predictions.db"
     if not db.exists():
@@ -326,7 +326,7 @@ def consumer_kill(s, env: dict, folder: Path, servers: list) -> dict:
     from churnops.aws import client
     from churnops.localservers import Server
     from churnops.provision import ensure_streams
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     tag = secrets.token_hex(3)
     names = {"input_stream": f"fin-{tag}", "output_stream": f"fout-{tag}", "dlq_stream": f"fdlq-{tag}"}

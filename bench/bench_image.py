@@ -209,9 +209,9 @@ def bench_http(out: dict, n: int) -> dict:
     from churnops.contract import load_any_contract
     from churnops.image.dataset import list_images, load_image
     from churnops.settings import get_settings
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
 
     s = get_settings().model_copy(update={"dataset": "raw_digits", "model_name": out["model_name"]})
     c = load_any_contract("raw_digits")

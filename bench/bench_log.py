@@ -43,8 +43,8 @@ def record(i: int, features: dict) -> dict:
 
 
 def batch(n: int, features: dict):
+    from churnops.store.base import PredictionBatch
     from serving.inference import new_request_ids
-    from serving.store import PredictionBatch
 
     ids = new_request_ids(n)
     return PredictionBatch(
@@ -69,8 +69,8 @@ def batch(n: int, features: dict):
 
 def run(journal: bool, kind: str, features: dict) -> float:
     """CPU microseconds per record in the request thread (thread CPU time: steady on a busy machine)."""
+    from churnops.store.sqlite import SQLiteStore
     from serving.prediction_log import PredictionLog
-    from serving.store_sqlite import SQLiteStore
 
     with tempfile.TemporaryDirectory() as d:
         plog = PredictionLog(

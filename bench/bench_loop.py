@@ -90,9 +90,9 @@ def main() -> None:
         from churnops.pipeline import auc
         from churnops.provision import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
+        from churnops.store.factory import open_store
         from reporting.trigger import default_start_training, evaluate_trigger
         from serving.model import ModelManager
-        from serving.store_factory import open_store
 
         get_settings.cache_clear()
         s = get_settings()

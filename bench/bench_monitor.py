@@ -43,7 +43,7 @@ def score(df: pd.DataFrame) -> np.ndarray:
 
 def open_store(path: Path):
     try:
-        from serving.store_sqlite import SQLiteStore
+        from churnops.store.sqlite import SQLiteStore
 
         return SQLiteStore(path), "sqlite"
     except ImportError:
@@ -88,9 +88,9 @@ def log_rows(store, clean: pd.DataFrame, contract, end: float, hours: float, see
 def main() -> None:
     from churnops.cleaning import clean_frame
     from churnops.contract import load_contract
+    from churnops.monitoring.drift import Reference, compute_drift
     from churnops.settings import Settings
     from churnops.synthetic import generate_customers
-    from reporting.drift import Reference, compute_drift
     from reporting.report import build_report
 
     contract = load_contract("bank_churners")

@@ -470,7 +470,7 @@ def main() -> None:
             print(f"http c={c}: {r}", flush=True)
         result["batch"] = batch_rate(url, server_pid=pid)
         print(f"batch: {result['batch']}", flush=True)
-        from serving.store_sqlite import SQLiteStore
+        from churnops.store.sqlite import SQLiteStore
 
         time.sleep(1.0)
         result["logged_http_records"] = SQLiteStore(tmp / "state" / "predictions.db").count_predictions()

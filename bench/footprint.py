@@ -162,8 +162,8 @@ def main() -> None:
 
         client.post("/predict/batch", json=[example] * 300)
         time.sleep(1.0)
+        from churnops.store.factory import open_store
         from reporting.report import build_report
-        from serving.store_factory import open_store
 
         store = open_store(s)
         with REC.record(out["crossed"], "one report"):

@@ -202,7 +202,7 @@ def record_audit(
 ) -> dict:
     """Append an audit record to the prediction store and tag the model version(s) it names."""
     from churnops.registry import client
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     rec = {
         "ts": time.time(),

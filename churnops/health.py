@@ -29,7 +29,7 @@ def check_url(url: str, timeout: float = 5.0) -> str | None:
 def check_consumer(s: Settings) -> str | None:
     """None when the input stream and the prediction log both answer, else the reason."""
     from churnops.aws import client
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     try:
         client("kinesis", s).describe_stream_summary(StreamName=s.input_stream)

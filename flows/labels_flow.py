@@ -29,7 +29,7 @@ def collect_labels_flow(since: float | None = None, until: float | None = None, 
     from churnops.feature_store import latest_snapshot, put_holdout, put_snapshot, read_snapshot
     from churnops.labels import build_training_set, join_labels
     from churnops.pipeline import validate_clean
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     s = get_settings()
     contract = load_contract(s.dataset)

@@ -21,7 +21,7 @@ FLOW_NAME = "prediction-report"
 
 
 def open_store(settings):
-    from serving.store_factory import open_store as _open
+    from churnops.store.factory import open_store as _open
 
     return _open(settings)
 

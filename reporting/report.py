@@ -1,7 +1,8 @@
 """The prediction report: a window of the prediction log against the model's training reference.
 
-`build_report` loads the window (predictions + feedback) from a `PredictionStore`, computes our
-drift statistics and realized performance on every row, writes into the reports directory
+`build_report` summarizes the window (predictions + feedback) of a `PredictionStore` with
+`churnops.monitoring.window` (our drift statistics and realized performance on every row; the same
+numbers the trigger and `/drift` answer), writes into the reports directory
 
 * `<id>.html`          Evidently: data drift (features + prediction), data summary
 * `<id>-quality.html`  Evidently: classification quality on the rows that have outcomes
@@ -21,26 +22,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from reporting import drift as drift_mod
+from churnops.monitoring.drift import Reference
+from churnops.monitoring.window import jsonable, summarize
 from reporting.index import write_index
-from reporting.performance import realized_performance
 
 log = logging.getLogger(__name__)
 
-META_COLUMNS = [
-    "ts",
-    "request_id",
-    "source",
-    "model_run_id",
-    "model_version",
-    "route",
-    "probability",
-    "decision",
-    "latency_ms",
-]
 MIN_LABELLED_FOR_QUALITY = 20
 
 
@@ -48,47 +37,6 @@ def reports_dir(settings) -> Path:
     d = settings.state_path(settings.reports_dir, "reports")
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def predictions_frame(records: list[dict], contract) -> pd.DataFrame:
-    """Prediction log records -> one row per prediction: contract features + meta columns."""
-    if not records:
-        return pd.DataFrame(columns=contract.feature_names + META_COLUMNS)
-    feats = pd.DataFrame.from_records([r.get("features") or {} for r in records])
-    for name, spec in contract.features.items():
-        if name not in feats:
-            feats[name] = np.nan if spec.kind == "numeric" else None
-        elif spec.kind == "numeric":
-            feats[name] = pd.to_numeric(feats[name], errors="coerce").astype("float64")
-        else:
-            col = feats[name].astype(object)
-            feats[name] = col.where(col.notna(), None)
-    meta = pd.DataFrame.from_records([{k: r.get(k) for k in META_COLUMNS} for r in records])
-    df = pd.concat([feats[contract.feature_names], meta], axis=1)
-    df["probability"] = pd.to_numeric(df["probability"], errors="coerce").astype(float)
-    return df
-
-
-def attach_outcomes(df: pd.DataFrame, feedback: list[dict]) -> pd.DataFrame:
-    """Add `outcome` (float, NaN when no feedback yet) by request id; last feedback wins."""
-    df = df.copy()
-    if not feedback:
-        df["outcome"] = np.nan
-        return df
-    fb = pd.DataFrame.from_records(feedback)
-    fb = fb.sort_values("ts").drop_duplicates("request_id", keep="last")
-    df["outcome"] = df["request_id"].map(fb.set_index("request_id")["outcome"]).astype(float)
-    return df
-
-
-def load_window(store, contract, start: float, end: float) -> pd.DataFrame:
-    records = store.find_predictions(start=start, end=end)
-    df = predictions_frame(records, contract)
-    if len(df):
-        df = attach_outcomes(df, store.find_feedback(start=start))
-    else:
-        df["outcome"] = pd.Series(dtype=float)
-    return df
 
 
 def sample_rows(df: pd.DataFrame, max_rows: int, seed: int = 0) -> pd.DataFrame:
@@ -160,19 +108,6 @@ def report_id(ts: float) -> str:
     return "report-" + datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")[:-4] + "Z"
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if not np.isfinite(v) else v
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def headline(summary: dict) -> dict:
     """The numbers the index and the store keep."""
     d = summary.get("drift") or {}
@@ -197,33 +132,26 @@ def headline(summary: dict) -> dict:
     }
 
 
-def summarize_window(df: pd.DataFrame, reference: drift_mod.Reference, settings) -> tuple[dict, dict]:
-    """Drift (every row) + realized performance (labelled rows)."""
-    th = drift_mod.Thresholds.from_settings(settings)
-    cur = df.rename(columns={"probability": "prediction"})
-    d = drift_mod.compute_drift(reference, cur, th, min_critical_features=settings.retrain_min_critical_features)
-    lab = df[df["outcome"].notna()]
-    perf = realized_performance(lab)
-    return d, perf
-
-
 def build_report(
     store,
     settings,
     contract,
     window_hours: float | None = None,
     now: float | None = None,
-    reference: drift_mod.Reference | None = None,
+    reference: Reference | None = None,
     out_dir: Path | None = None,
     evidently: bool = True,
 ) -> dict:
-    """Build one report for the window ending `now`; returns the summary (also written as JSON)."""
-    from reporting.reference import load_reference, served_run_id
+    """Build one report for the window ending `now`; returns the summary (also written as JSON).
 
+    The numbers come from `churnops.monitoring.window.summarize` (computed afresh, then cached for
+    the trigger and `/drift`); Evidently gets a seeded sample of at most `report_max_rows` rows.
+    """
     t0 = time.perf_counter()
-    now = time.time() if now is None else now
     hours = float(window_hours if window_hours is not None else settings.report_window_hours)
-    start = now - hours * 3600.0
+    w = summarize(store, settings, contract, hours, now, reference=reference, fresh=True)
+    win, df = w.summary, w.frame
+    now = win["window"]["end"]
     out = Path(out_dir) if out_dir else reports_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
     rid = report_id(now)
@@ -232,33 +160,29 @@ def build_report(
         "id": rid,
         "ts": now,
         "created": datetime.fromtimestamp(now, timezone.utc).isoformat(),
-        "window": {"start": start, "end": now, "hours": hours},
+        "window": dict(win["window"]),
         "files": {},
+        "n_window": win["n"],
+        "model_versions": list(win["model_versions"]),
     }
-    df = load_window(store, contract, start, now)
-    summary["n_window"] = int(len(df))
-    summary["model_versions"] = sorted({str(v) for v in df["model_version"].dropna().unique()}) if len(df) else []
-    if len(df) < settings.report_min_rows:
-        summary.update(
-            status="insufficient_data",
-            n=int(len(df)),
-            message=f"not enough data (n={len(df)} < min {settings.report_min_rows})",
-        )
+    if win["status"] == "insufficient_data":
+        summary.update(status="insufficient_data", n=win["n"], message=win["message"])
     else:
-        if reference is None:
-            run_id = served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist())
-            reference = load_reference(run_id, settings, contract)
-        summary["reference_run_id"] = reference.run_id
-        d, perf = summarize_window(df, reference, settings)
+        d = win["drift"]
         sample = sample_rows(df, settings.report_max_rows, seed=settings.seed)
         summary.update(
+            reference_run_id=win["reference_run_id"],
             status="ok" if d["status"] == "ok" else f"drift_{d['status']}",
             n=int(len(sample)),
             sampled=len(sample) < len(df),
             drift=d,
-            performance=perf,
+            performance=win["performance"],
             message=f"{d['n_critical']} critical, {d['n_warn']} warn feature(s)",
         )
+        if evidently and reference is None:
+            from churnops.monitoring.reference import load_reference
+
+            reference = load_reference(win["reference_run_id"], settings, contract)  # cached on disk and in memory
         if evidently and reference.frame is not None:
             sizes = evidently_reports(
                 reference.frame, sample, contract, reference.threshold, out / f"{rid}.html", out / f"{rid}-quality.html"
@@ -270,7 +194,7 @@ def build_report(
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["files"]["json"] = f"{rid}.json"
     summary["headline"] = headline(summary)
-    summary = _jsonable(summary)
+    summary = jsonable(summary)
     (out / f"{rid}.json").write_text(json.dumps(summary, indent=1))
     prune_reports(out, settings.report_keep)
     write_index(out)
@@ -280,7 +204,7 @@ def build_report(
             k: {"psi": v["psi"], "p_value": v["p_value"], "status": v["status"]}
             for k, v in summary["drift"]["features"].items()
         }
-    store.save_report(_jsonable(meta))
+    store.save_report(jsonable(meta))
     log.info("report %s: %s (n=%s, %.1f s)", rid, summary["status"], summary.get("n"), summary["seconds"])
     return summary
 

@@ -25,6 +25,11 @@ LAST_STARTED, LAST_DECISION, HISTORY = "retrain:last_started", "retrain:last_dec
 HISTORY_KEEP = 50
 
 
+def _num(value, spec: str) -> str:
+    """A statistic for a reason text; the summaries carry a non-finite value as None."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def reasons_for(drift: dict | None, performance: dict | None, settings, min_labelled: int = 50) -> list[str]:
     """Why training should start (empty list: it should not)."""
     reasons = []
@@ -32,16 +37,35 @@ def reasons_for(drift: dict | None, performance: dict | None, settings, min_labe
         if drift.get("n_critical", 0) >= settings.retrain_min_critical_features:
             reasons.append(
                 f"data drift critical: {drift['n_critical']} feature(s) "
-                f"{', '.join(drift.get('critical_features', []))} (max PSI {drift.get('max_psi', 0):.3f})"
+                f"{', '.join(drift.get('critical_features', []))} (max PSI {_num(drift.get('max_psi'), '.3f')})"
             )
         pred = drift.get("prediction") or {}
         if pred.get("status") == "critical":
-            reasons.append(f"prediction drift critical: PSI {pred['psi']:.3f}, p={pred['p_value']:.2g}")
+            reasons.append(
+                f"prediction drift critical: PSI {_num(pred.get('psi'), '.3f')}, p={_num(pred.get('p_value'), '.2g')}"
+            )
     overall = (performance or {}).get("overall") or {}
     auc, n = overall.get("auc_roc"), overall.get("n", 0)
     if auc is not None and n >= min_labelled and auc < settings.auc_floor:
         reasons.append(f"realized AUC {auc:.3f} < floor {settings.auc_floor} on {n} labelled predictions")
     return reasons
+
+
+def key_numbers(drift: dict | None, performance: dict | None) -> dict:
+    """The numbers of the window summary a decision rests on (kept with the decision)."""
+    drift = drift or {}
+    pred = drift.get("prediction") or {}
+    overall = (performance or {}).get("overall") or {}
+    return {
+        "max_psi": drift.get("max_psi"),
+        "n_critical": drift.get("n_critical"),
+        "critical_features": drift.get("critical_features", []),
+        "feature_psi": {k: f.get("psi") for k, f in (drift.get("features") or {}).items()},
+        "prediction_psi": pred.get("psi"),
+        "prediction_status": pred.get("status"),
+        "realized_auc": overall.get("auc_roc"),
+        "n_labelled": overall.get("n", 0),
+    }
 
 
 def fresh_training_parameters(settings, collect: Callable[[], dict] | None = None) -> dict:
@@ -102,6 +126,7 @@ def evaluate_trigger(
         "last_started": last_ts,
         "cooldown_hours": settings.retrain_cooldown_hours,
         "window": window,
+        "numbers": key_numbers(drift, performance),
         "deployment": settings.training_deployment,
     }
     if reasons:
@@ -160,23 +185,25 @@ def evaluate_window(
     start_training: Callable[[], str] | None = None,
     dry_run: bool = False,
 ) -> dict:
-    """Compute drift + realized performance over the window, then `evaluate_trigger`."""
-    from reporting.reference import load_reference, served_run_id
-    from reporting.report import load_window, summarize_window
+    """The window's summary (`churnops.monitoring.window`, shared with the report and `/drift`),
+    then `evaluate_trigger` on its drift and realized performance."""
+    from churnops.monitoring.window import window_summary
 
-    now = time.time() if now is None else now
     hours = float(window_hours if window_hours is not None else settings.report_window_hours)
-    df = load_window(store, contract, now - hours * 3600.0, now)
-    window = {"start": now - hours * 3600.0, "end": now, "hours": hours, "n": int(len(df))}
-    if len(df) < settings.report_min_rows:
+    summary = window_summary(store, settings, contract, hours, now, reference=reference)
+    window = {**summary["window"], "n": summary["n"]}
+    if summary["status"] == "insufficient_data":
         drift, perf = None, None
-        window["note"] = f"not enough data (n={len(df)} < min {settings.report_min_rows})"
+        window["note"] = summary["message"]
     else:
-        if reference is None:
-            reference = load_reference(
-                served_run_id(settings, df["model_run_id"].dropna().astype(str).tolist()), settings, contract
-            )
-        drift, perf = summarize_window(df, reference, settings)
+        drift, perf = summary["drift"], summary["performance"]
     return evaluate_trigger(
-        store, settings, drift, perf, start_training=start_training, now=now, window=window, dry_run=dry_run
+        store,
+        settings,
+        drift,
+        perf,
+        start_training=start_training,
+        now=now,
+        window=window,
+        dry_run=dry_run,
     )

@@ -17,12 +17,13 @@ import argparse
 import mimetypes
 import os
 import shutil
-import subprocess
 import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from churnops.nginx import nginx_args, nginx_binary, nginx_test, user_directive
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf"
 
@@ -49,41 +50,6 @@ def render_config(
     out = prefix / "nginx.conf"
     out.write_text(text)
     return out
-
-
-def user_directive(reports_dir: Path) -> str:
-    """Started as root, nginx workers would switch to `nobody`, who may not read the folder: run
-    them as the folder's owner instead. As a normal user the directive is not needed (and ignored)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "# user: not root, workers run as the current user"
-    import grp
-    import pwd
-
-    st = Path(reports_dir).stat()
-    return f"user {pwd.getpwuid(st.st_uid).pw_name} {grp.getgrgid(st.st_gid).gr_name};"
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
-
-
-def nginx_args(conf: Path, binary: str | None = None) -> list[str]:
-    prefix = conf.parent
-    return [
-        binary or nginx_binary() or "nginx",
-        "-p",
-        f"{prefix}/",
-        "-e",
-        str(prefix / "logs" / "error.log"),
-        "-c",
-        str(conf),
-    ]
-
-
-def nginx_test(conf: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(nginx_args(conf) + ["-t"], capture_output=True, text=True, timeout=30)
 
 
 # ---- Python fallback ---------------------------------------------------------------------------------

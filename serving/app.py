@@ -27,6 +27,7 @@ from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
+from churnops.store.base import PredictionBatch, PredictionStore
 from serving.columnar import from_rows, predict_columns
 from serving.image_http import refuse_tabular, register_image_routes
 from serving.inference import (
@@ -48,7 +49,6 @@ from serving.inference import (
 from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
 from serving.prediction_log import PredictionLog
-from serving.store import PredictionBatch, PredictionStore
 from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def create_app(
     start_background: bool = True,
 ) -> Flask:
     """Build the app. Nothing touches the network here: the model loads in a background thread."""
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     s = settings or get_settings()
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
@@ -556,16 +556,9 @@ def create_app(
 
     register_image_routes(app, state, current_models, child)  # POST /predict/image (serving/image_http.py)
 
-    # ---- optional blueprints by other packages -------------------------------------------------------
-    try:
-        from reporting.blueprint import drift_blueprint  # type: ignore[import-not-found]
-    except Exception:  # module absent (or broken): the API runs without it
-        drift_blueprint = None
-    if drift_blueprint is not None:
-        try:
-            app.register_blueprint(drift_blueprint)
-        except Exception:
-            log.exception("could not register reporting.blueprint.drift_blueprint")
+    from serving.drift import drift_blueprint
+
+    app.register_blueprint(drift_blueprint)
 
     return app
 

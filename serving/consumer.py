@@ -58,6 +58,7 @@ from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
+from churnops.store.base import PredictionStore
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
 from serving.inference import BadInput, Row, check_row, log_record, parse_json, predict_rows
@@ -65,7 +66,6 @@ from serving.metrics import get_metrics
 from serving.model import ModelManager, ModelSet
 from serving.outbox import Outbox
 from serving.prediction_log import PredictionLog
-from serving.store import PredictionStore
 from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Consumer:
         s3=None,
     ):
         from churnops.aws import client
-        from serving.store_factory import open_store
+        from churnops.store.factory import open_store
 
         self.s = settings or get_settings()
         self.metrics = get_metrics()

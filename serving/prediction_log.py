@@ -48,8 +48,8 @@ import threading
 import time
 from pathlib import Path
 
-from serving.store import PredictionBatch, PredictionStore
-from serving.store_sqlite import _dumpb
+from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.store.sqlite import _dumpb
 
 log = logging.getLogger(__name__)
 

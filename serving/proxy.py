@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from churnops.nginx import nginx_args, nginx_binary, user_directive
 from churnops.settings import Settings, get_settings
-from reporting.webserver import nginx_args, nginx_binary, user_directive
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "api-proxy.conf"
 

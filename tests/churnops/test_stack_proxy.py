@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from churnops.nginx import nginx_binary
 from churnops.settings import Settings
-from reporting.webserver import nginx_binary
 
 
 def settings(tmp_path, **over) -> Settings:
@@ -42,7 +42,7 @@ def test_without_the_proxy_gunicorn_keeps_the_public_port(tmp_path):
 def test_rendered_proxy_config_passes_nginx_t(tmp_path):
     import subprocess
 
-    from reporting.webserver import nginx_args
+    from churnops.nginx import nginx_args
     from serving.proxy import render_config
 
     conf = render_config(settings(tmp_path, api_read_timeout_s=2.5, max_body_bytes=12345))

@@ -72,7 +72,7 @@ def champion(s):
 
 
 def last_audit(s, n=1):
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     store = open_store(s)
     try:

@@ -15,7 +15,7 @@ def log_traffic(s, real_data_path, n=300):
     """Log `n` real customers as predictions (half HTTP, half stream) and their outcomes as feedback."""
     from churnops.cleaning import clean_frame
     from churnops.contract import load_contract
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     contract = load_contract(s.dataset)
     clean = clean_frame(pd.read_csv(real_data_path), contract).sample(n, random_state=7).reset_index(drop=True)
@@ -62,9 +62,9 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(
     from churnops.contract import load_contract
     from churnops.feature_store import latest_snapshot, snapshot_at, snapshot_metadata
     from churnops.registry import client
+    from churnops.store.factory import open_store
     from flows.train_flow import train_flow
     from reporting.trigger import default_start_training, evaluate_trigger
-    from serving.store_factory import open_store
     from tests.reporting.test_trigger import CRITICAL
 
     contract = load_contract(own_model.dataset)

@@ -126,9 +126,9 @@ def test_drift_labels_retrain_rules_approval_serving(loop_settings, api, real_da
 
     from churnops.contract import load_contract
     from churnops.registry import alias_version
+    from churnops.store.factory import open_store
     from flows.train_flow import train_flow
     from reporting.trigger import default_start_training, evaluate_window
-    from serving.store_factory import open_store
     from simulators.traffic import apply_drift
 
     s = loop_settings

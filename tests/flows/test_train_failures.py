@@ -102,7 +102,7 @@ def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):
     import mlflow
 
     from churnops.registry import alias_version, client, promote, rollback
-    from serving.store_factory import open_store
+    from churnops.store.factory import open_store
 
     stack_env = own_model  # this module's own registered model: the session's champion never moves
     name = stack_env.model_name

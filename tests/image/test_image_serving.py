@@ -68,9 +68,9 @@ def expected(image_model, x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def served(image_model):
     """(app, client, store) of an image server with the registered champion loaded and its log running."""
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
 
     s = image_model["settings"]
     mm = ModelManager(s)
@@ -242,9 +242,9 @@ def test_tabular_routes_refuse_on_an_image_server(served):
 
 def test_image_route_refuses_on_a_tabular_server(tmp_path):
     from churnops.settings import Settings
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
 
     s = Settings(_env_file=None, state_dir=tmp_path, mlflow_tracking_uri="http://127.0.0.1:9")
     app = create_app(s, store=SQLiteStore(tmp_path / "p.db"), models=ModelManager(s), start_background=False)
@@ -286,9 +286,9 @@ def test_stream_image_uri_records_end_to_end(image_model, raw_contract):
     """DNGs in moto S3, records on moto Kinesis: results + log entries; poison records to the DLQ."""
     from churnops.aws import client
     from churnops.provision import ensure_streams
+    from churnops.store.sqlite import SQLiteStore
     from serving.consumer import Consumer
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
     from tests.serving.test_consumer import read_stream
 
     tag = uuid.uuid4().hex[:8]

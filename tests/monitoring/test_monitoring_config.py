@@ -16,10 +16,10 @@ METRIC = re.compile(r"\b(churn_[a-z0-9_]+)")
 
 
 def defined_metrics() -> set[str]:
-    """Sample names the servers actually expose: serving.metrics + reporting.metrics (fresh registries)."""
+    """Sample names the servers actually expose: serving.metrics + churnops.monitoring.gauges (fresh registries)."""
     from prometheus_client import CollectorRegistry
 
-    from reporting.metrics import DriftGauges
+    from churnops.monitoring.gauges import DriftGauges
 
     reg = CollectorRegistry()
     DriftGauges(reg, multiprocess_mode=None)

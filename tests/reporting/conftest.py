@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.store import PredictionStore
+from churnops.store.base import PredictionStore
 
 
 class MemoryStore(PredictionStore):
@@ -69,6 +69,16 @@ class MemoryStore(PredictionStore):
         return True
 
 
+@pytest.fixture(autouse=True)
+def _fresh_window_cache():
+    """Each test starts with an empty window-summary cache (it is per process)."""
+    from churnops.monitoring.window import clear_cache
+
+    clear_cache()
+    yield
+    clear_cache()
+
+
 @pytest.fixture(scope="session")
 def contract():
     from churnops.contract import load_contract
@@ -103,7 +113,7 @@ def reference_frame(contract):
 
 @pytest.fixture(scope="session")
 def reference(reference_frame, contract):
-    from reporting.drift import Reference
+    from churnops.monitoring.drift import Reference
 
     return Reference.from_frame(reference_frame, contract, run_id="ref-run")
 
@@ -157,6 +167,13 @@ def log_window(
         ]
     )
     return pd.DataFrame(clean)
+
+
+def cache_reference(settings, reference_frame, run_id: str = "ref-run") -> None:
+    """What the background fetch leaves in <state_dir>/reference-cache/<run_id>/."""
+    folder = settings.state_dir / "reference-cache" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    reference_frame.to_csv(folder / "reference_sample.csv", index=False)
 
 
 @pytest.fixture

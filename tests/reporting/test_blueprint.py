@@ -6,16 +6,9 @@ import time
 
 import pytest
 
-from tests.reporting.conftest import MemoryStore, log_window
+from tests.reporting.conftest import MemoryStore, cache_reference, log_window
 
 WINDOW: dict = {}
-
-
-def cache_reference(settings, reference_frame, run_id: str = "ref-run") -> None:
-    """What the background fetch leaves in <state_dir>/reference-cache/<run_id>/."""
-    folder = settings.state_dir / "reference-cache" / run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    reference_frame.to_csv(folder / "reference_sample.csv", index=False)
 
 
 @pytest.fixture
@@ -25,9 +18,6 @@ def client(settings_factory, contract, reference_frame):
     store = MemoryStore()
     log_window(store, contract, 400, seed=9, end=time.time() - 1, hours=1, drift=["category"])
     WINDOW["probabilities"] = [r["probability"] for r in store.find_predictions()]
-    import reporting.blueprint as bp
-
-    bp._CACHE.clear()
     s = settings_factory()
     cache_reference(s, reference_frame)
     app = create_app(s, store=store, start_background=False)
@@ -38,7 +28,7 @@ def client(settings_factory, contract, reference_frame):
 def test_drift_report_json(client, reference):
     import pandas as pd
 
-    from reporting.drift import Thresholds, compare_feature
+    from churnops.monitoring.drift import Thresholds, compare_feature
 
     r = client.get("/drift/report?hours=3")
     assert r.status_code == 200, r.get_json()
@@ -68,10 +58,8 @@ def test_drift_gauges_exposed(client):
 
 
 def test_insufficient_data(settings_factory, monkeypatch):
-    import reporting.blueprint as bp
     from serving.app import create_app
 
-    bp._CACHE.clear()
     app = create_app(settings_factory(), store=MemoryStore(), start_background=False)
     body = app.test_client().get("/drift/report?hours=1").get_json()
     assert body["status"] == "insufficient_data" and body["n"] == 0
@@ -80,26 +68,26 @@ def test_insufficient_data(settings_factory, monkeypatch):
 def test_drift_cache_is_a_bounded_lru_with_ttl(client, monkeypatch):
     """One entry per distinct `hours=` value forever was a memory leak: the cache keeps at most
     CACHE_ENTRIES windows, the least recently used goes first, expired ones go on the next insert."""
-    import reporting.blueprint as bp
+    from churnops.monitoring import window as W
 
     computed: list[float] = []
 
-    def fake(store, settings, contract, hours, **kwargs):
+    def fake(store, settings, contract, hours, now=None, **kwargs):
         computed.append(hours)
-        return {"n": 0, "status": "insufficient_data", "window": {"hours": hours}}
+        return W.Window({"n": 0, "status": "insufficient_data", "window": {"hours": hours}})
 
-    monkeypatch.setattr(bp, "live_drift", fake)
-    bp._CACHE.clear()
+    monkeypatch.setattr(W, "compute", fake)
+    W.clear_cache()
     for i in range(1, 200):
         assert client.get(f"/drift/report?hours={i / 7}").status_code == 200
         if i % 3 == 0:  # hours=1/7 stays in use: the least recently used are evicted, not it
             client.get(f"/drift/report?hours={1 / 7}")
-    assert len(bp._CACHE) == bp.CACHE_ENTRIES
-    assert (1 / 7) in {h for _, h in bp._CACHE}
+    assert len(W._CACHE) == W.CACHE_ENTRIES
+    assert (1 / 7) in {k.hours for k in W._CACHE}
     assert computed.count(1 / 7) == 1, "a cached window is not recomputed"
-    monkeypatch.setattr(bp.time, "monotonic", lambda real=bp.time.monotonic: real() + 3600)
+    monkeypatch.setattr(W.time, "monotonic", lambda real=W.time.monotonic: real() + 3600)
     client.get("/drift/report?hours=5")
-    assert [h for _, h in bp._CACHE] == [5.0], "expired windows are dropped on the next insert"
+    assert [k.hours for k in W._CACHE] == [5.0], "expired windows are dropped on the next insert"
 
 
 @pytest.mark.parametrize("hours", ["nan", "inf", "1e400", "-1", "0", "2161", "abc"])
@@ -116,7 +104,6 @@ def test_drift_hours_out_of_range_is_422_naming_hours(client, hours):
 @pytest.mark.parametrize("mlflow", ["silent", "closed"])
 def test_drift_report_never_waits_for_mlflow(settings_factory, contract, reference_frame, monkeypatch, mlflow):
     """Issue 13 item 16: with no cached reference and MLflow away, 503 + Retry-After at once, fetch in the background."""
-    import reporting.blueprint as bp
     from churnops.localservers import free_port
     from serving.app import create_app
     from tests.netfaults import BlackHole
@@ -129,7 +116,6 @@ def test_drift_report_never_waits_for_mlflow(settings_factory, contract, referen
         port = bh.port if mlflow == "silent" else free_port()
         store = MemoryStore()
         log_window(store, contract, 400, seed=9, end=time.time() - 1, hours=1)
-        bp._CACHE.clear()
         s = settings_factory(mlflow_tracking_uri=f"http://alice:s3cret@127.0.0.1:{port}")
         client = create_app(s, store=store, start_background=False).test_client()
         first = client.get("/drift/report")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from reporting import drift as D
+from churnops.monitoring import drift as D
 from tests.reporting.conftest import score
 
 
@@ -111,7 +111,7 @@ def test_detection_power_each_injected_drift(kind, pool, reference):
 
 def test_concept_drift_detected_by_realized_auc(pool, reference):
     """Concept drift leaves features alone (no drift flagged) but realized AUC falls below 0.85."""
-    from reporting.performance import auc_roc
+    from churnops.monitoring.performance import auc_roc
     from simulators.traffic import apply_drift
 
     for seed in range(3):

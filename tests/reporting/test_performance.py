@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reporting.performance import auc_roc, ece, quality, realized_performance
+from churnops.monitoring.performance import auc_roc, ece, quality, realized_performance
 
 
 def test_auc_matches_sklearn_with_ties():

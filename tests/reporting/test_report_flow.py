@@ -10,7 +10,7 @@ import pytest
 from tests.reporting.conftest import MemoryStore, log_window
 
 try:
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 except ImportError:  # pragma: no cover - the embedded store not there yet
     SQLiteStore = None
 
@@ -87,7 +87,7 @@ def test_report_end_to_end(tmp_path, settings_factory, contract, reference_run, 
 def test_report_flow_under_prefect(tmp_path, monkeypatch, contract, reference_run, mlflow_uri, prefect_harness):
     """The deployed entrypoint `flows/report_flow.py:report_flow`, run as a Prefect flow on the SQLite store."""
     if SQLiteStore is None:
-        pytest.skip("serving.store_sqlite not available")
+        pytest.skip("churnops.store.sqlite not available")
     from churnops.settings import get_settings
     from flows.report_flow import report_flow
 

@@ -124,9 +124,9 @@ class FlakyStore:
 @pytest.fixture
 def app_client(serving_settings, bundles):
     """(client, app state) for an app serving bundle `a` from a SQLite log in tmp."""
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
 
     store = SQLiteStore(serving_settings.state_dir / "predictions.db")
     mm = ModelManager(serving_settings)

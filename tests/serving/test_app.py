@@ -135,9 +135,9 @@ def test_bad_json_is_400(app_client, raw, fragment):
 
 
 def test_unknown_category_mapping_setting(serving_settings, bundles):
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
     from tests.serving.conftest import local_model_set
 
     s = serving_settings.model_copy(update={"unknown_category": "unknown"})
@@ -327,22 +327,15 @@ def test_reload_auth_and_refused_target_keeps_old(app_client, bundles, serving_s
     assert not (serving_settings.state_dir / "serving-model.json").exists()
 
 
-def test_drift_blueprint_is_registered_when_present(app_client, monkeypatch):
-    import sys
-    import types
-
-    from flask import Blueprint
-
+def test_drift_blueprint_is_registered(app_client):
+    """The API always serves `/drift/*` (serving.drift); a bad window is refused before any computation."""
     from serving.app import create_app
 
-    bp = Blueprint("drift", __name__)
-    bp.add_url_rule("/drift/report", "report", lambda: {"ok": True})
-    mod = types.ModuleType("reporting.blueprint")
-    mod.drift_blueprint = bp
-    monkeypatch.setitem(sys.modules, "reporting.blueprint", mod)
     _, state = app_client
     app = create_app(state.settings, store=state.store, models=state.models, start_background=False)
-    assert app.test_client().get("/drift/report").json == {"ok": True}
+    assert app.blueprints["drift"].import_name == "serving.drift"
+    r = app.test_client().get("/drift/report?hours=abc")
+    assert r.status_code == 422 and "hours" in r.json["details"], r.json
 
 
 def test_fast_validator_matches_contract_validation():

@@ -42,9 +42,9 @@ def test_model_set_split_and_labels(bundles):
 
 
 def test_http_canary_labels_response_and_log(serving_settings, bundles):
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
 
     mm = ModelManager(serving_settings)
     mm.current = local_model_set(bundles, 0.5)

@@ -82,7 +82,7 @@ def put(kin, s, payloads: list[bytes]) -> list[str]:
 
 def test_raw_base64_poison_and_resume(stream_settings, bundles):
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = stream_settings
     kin = client("kinesis", s)
@@ -152,7 +152,7 @@ def test_raw_base64_poison_and_resume(stream_settings, bundles):
 
 def test_expired_iterator_is_renewed_from_checkpoint(stream_settings, bundles):
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = stream_settings
     kin = client("kinesis", s)
@@ -175,7 +175,7 @@ def test_expired_iterator_is_renewed_from_checkpoint(stream_settings, bundles):
 
 
 def test_put_records_retries_failed_entries(stream_settings, bundles):
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = stream_settings
     c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
@@ -202,7 +202,7 @@ def test_put_records_retries_failed_entries(stream_settings, bundles):
 
 def test_consumers_split_shards(stream_settings, bundles):
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = stream_settings
     kin = client("kinesis", s)
@@ -237,7 +237,7 @@ def test_any_record_exception_is_a_dead_letter_and_the_shard_moves_on(stream_set
     """Nested JSON (RecursionError in the stdlib parser), non-UTF-8 bytes and an unexpected exception in
     validation each end in the DLQ with a reason; the valid records around them all get one result."""
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings)
     kin = client("kinesis", s)
@@ -280,7 +280,7 @@ def test_large_invalid_record_is_a_bounded_dead_letter_and_nothing_is_emitted_tw
     import hashlib
 
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings, bucket=f"dl-{uuid.uuid4().hex[:8]}")
     client("s3", s).create_bucket(Bucket=s.bucket)
@@ -332,7 +332,7 @@ def test_put_records_failing_past_its_retries_goes_to_the_outbox_not_a_loop(stre
     """The output stream takes half a batch, then refuses everything for longer than the retries: the taken
     half is never emitted again, the rest waits on disk (the shard pauses) and goes out when the stream is back."""
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings, stream_put_retries=2, stream_backoff_max_s=0.2)
     kin = client("kinesis", s)
@@ -370,7 +370,7 @@ def test_put_records_failing_past_its_retries_goes_to_the_outbox_not_a_loop(stre
 def test_entry_kinesis_refuses_for_itself_is_set_aside(stream_settings, bundles):
     """An entry over Kinesis' limit (refused with ValidationException) never blocks the others."""
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = stream_settings
     c = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
@@ -388,7 +388,7 @@ def test_transient_endpoint_errors_do_not_end_the_run_loop(stream_settings, bund
     from botocore.exceptions import EndpointConnectionError
 
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = stream_settings.model_copy(update={"stream_backoff_max_s": 0.2})
     kin = client("kinesis", s)
@@ -431,7 +431,7 @@ def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles
 
     from churnops.aws import client
     from churnops.provision import ensure_streams
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings)
     kin = client("kinesis", s)
@@ -463,7 +463,7 @@ def test_stream_created_again_while_the_consumer_runs(stream_settings, bundles):
 
     from churnops.aws import client
     from churnops.provision import ensure_streams
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings)
     kin = client("kinesis", s)
@@ -486,7 +486,7 @@ def test_stream_created_again_while_the_consumer_runs(stream_settings, bundles):
 def test_checkpoint_without_identity_is_checked_against_the_shard(stream_settings, bundles):
     """A bare sequence number (as stored before identities) resumes only where the shard has that record."""
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings)
     kin = client("kinesis", s)
@@ -508,7 +508,7 @@ def test_model_failing_on_everything_pauses_the_shard_not_the_dlq(stream_setting
     dead letters, no checkpoint move; once the model works again every record gets its result. A model
     that fails on one record only makes that record a dead letter."""
     from churnops.aws import client
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings, stream_backoff_max_s=0.1)
     kin = client("kinesis", s)

@@ -306,7 +306,7 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
 
     from churnops.aws import client
     from churnops.provision import ensure_streams
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     tag = uuid.uuid4().hex[:8]
     streams = {"INPUT_STREAM": f"in-{tag}", "OUTPUT_STREAM": f"out-{tag}", "DLQ_STREAM": f"dlq-{tag}"}

@@ -123,9 +123,9 @@ def assert_same(a: dict, b: dict, where: str) -> None:
 @pytest.fixture
 def two_apps(serving_settings, bundles):
     """(fast client, plain client): the same model, fast paths on and off."""
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager, ModelSet, load_model
-    from serving.store_sqlite import SQLiteStore
 
     apps, closers = [], []
     for mode in ("on", "off"):

@@ -103,7 +103,7 @@ def test_sigkill_of_a_worker_loses_no_answered_prediction(tmp_path, bundles):
         for t in threads:
             t.join(15)
         assert before_kill > 50 and len(answered) > before_kill
-        from serving.store_sqlite import SQLiteStore
+        from churnops.store.sqlite import SQLiteStore
 
         store = SQLiteStore(state / "predictions.db")
         want = set(answered)

@@ -65,9 +65,9 @@ def test_reused_request_id_logs_every_prediction(app_client):
 
 def test_health_says_degraded_while_the_store_is_down(serving_settings, bundles):
     """Item 12: /health names the failing part and the counts while the store is away."""
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
     from tests.serving.conftest import local_model_set
 
     store = FlakyStore(SQLiteStore(serving_settings.state_dir / "p.db"))

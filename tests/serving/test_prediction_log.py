@@ -10,9 +10,9 @@ import time
 import mongomock
 import pytest
 
+from churnops.store.mongo import MongoStore
+from churnops.store.sqlite import SQLiteStore
 from serving.prediction_log import PredictionLog
-from serving.store_mongo import MongoStore
-from serving.store_sqlite import SQLiteStore
 from tests.serving.conftest import FlakyStore, example
 from tests.serving.test_app import post
 

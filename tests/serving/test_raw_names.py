@@ -142,9 +142,9 @@ def test_raw_rows_on_predict_batch(app_client):
 
 
 def test_raw_rows_answer_the_same_with_fast_paths_off(serving_settings, bundles, app_client):
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
 
     client, _ = app_client
     s = serving_settings.model_copy(update={"fast_paths": "off", "state_dir": serving_settings.state_dir / "plain"})
@@ -175,7 +175,7 @@ def test_raw_row_on_the_stream(moto_endpoint, tmp_path, monkeypatch, bundles):
     from churnops.aws import client
     from churnops.provision import ensure_streams
     from churnops.settings import Settings
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
     from tests.serving.test_consumer import make_consumer, put, read_stream
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)

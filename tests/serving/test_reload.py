@@ -22,9 +22,9 @@ def post(client, path, body, **kw):
 def make_app(tmp_path, bundles, tracking_uri: str, loaded: bool = True):
     """(client, state, auth header) of an app serving bundle `a`, its MLflow at `tracking_uri`."""
     from churnops.settings import Settings
+    from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from serving.store_sqlite import SQLiteStore
 
     s = Settings(
         _env_file=None,

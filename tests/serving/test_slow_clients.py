@@ -186,7 +186,7 @@ class _OneAtATime(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def nginx_api(tmp_path_factory):
-    from reporting.webserver import nginx_binary
+    from churnops.nginx import nginx_binary
 
     if nginx_binary() is None:
         pytest.skip("nginx not installed (make system-deps installs it)")

@@ -6,7 +6,7 @@ import multiprocessing as mp
 
 import pytest
 
-from serving.store import PredictionStore
+from churnops.store.base import PredictionStore
 
 
 def rec(i: int, ts: float, **over) -> dict:
@@ -29,13 +29,13 @@ def rec(i: int, ts: float, **over) -> dict:
 @pytest.fixture(params=["sqlite", "mongo"])
 def store(request, tmp_path) -> PredictionStore:
     if request.param == "sqlite":
-        from serving.store_sqlite import SQLiteStore
+        from churnops.store.sqlite import SQLiteStore
 
         s = SQLiteStore(tmp_path / "p.db")
     else:
         import mongomock
 
-        from serving.store_mongo import MongoStore
+        from churnops.store.mongo import MongoStore
 
         s = MongoStore(mongomock.MongoClient(), "churn")
     yield s
@@ -57,7 +57,7 @@ def test_insert_is_idempotent_first_write_wins(store):
 def batch_of(ids: list[int], ts: float, probability: float = 0.25):
     import numpy as np
 
-    from serving.store import PredictionBatch
+    from churnops.store.base import PredictionBatch
 
     rids = [f"id{i}" for i in ids]
     return PredictionBatch(
@@ -158,7 +158,7 @@ def test_checkpoints_and_reports(store):
 
 
 def _writer(path, k):
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = SQLiteStore(path)
     for j in range(20):
@@ -168,7 +168,7 @@ def _writer(path, k):
 
 def test_sqlite_concurrent_processes(tmp_path):
     """Several processes (gunicorn workers + consumer) writing one file lose nothing."""
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     path = tmp_path / "p.db"
     ctx = mp.get_context("spawn")  # fresh processes, all opening the new file at once
@@ -183,7 +183,7 @@ def test_sqlite_concurrent_processes(tmp_path):
 
 def test_sqlite_limit_reads_only_the_chunks_it_needs(tmp_path):
     """Chunks written out of time order (several workers) still give the oldest records first."""
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = SQLiteStore(tmp_path / "p.db")
     s.insert_predictions([rec(i, 2000.0 + i) for i in range(10, 20)])
@@ -201,7 +201,7 @@ def test_sqlite_file_of_older_version_is_converted(tmp_path):
     import json
     import sqlite3
 
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     path = tmp_path / "old.db"
     c = sqlite3.connect(path)
@@ -229,7 +229,7 @@ def test_sqlite_file_of_older_version_is_converted(tmp_path):
 
 def test_sqlite_reads_what_only_the_json_fallback_can_write(tmp_path):
     """A lone surrogate (accepted by the stdlib JSON parser) or a NaN never makes a chunk unreadable."""
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = SQLiteStore(tmp_path / "p.db")
     s.insert_predictions(
@@ -244,9 +244,9 @@ def test_sqlite_reads_what_only_the_json_fallback_can_write(tmp_path):
 
 def test_factory_picks_backend(tmp_path):
     from churnops.settings import Settings
-    from serving.store_factory import open_store
-    from serving.store_mongo import MongoStore
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.factory import open_store
+    from churnops.store.mongo import MongoStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = Settings(_env_file=None, state_dir=tmp_path)
     st = open_store(s)
@@ -309,7 +309,7 @@ def test_audit_is_append_only_newest_first_and_paged(store):
 def test_sqlite_audit_records_cannot_be_changed(tmp_path):
     import sqlite3
 
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     s = SQLiteStore(tmp_path / "p.db")
     rec = s.add_audit({"actor": "ana", "action": "rollback", "reason": "bad"})

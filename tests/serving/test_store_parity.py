@@ -13,8 +13,8 @@ from tests.serving.conftest import example, local_model_set
 def open_stores(tmp_path):
     import mongomock
 
-    from serving.store_mongo import MongoStore
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.mongo import MongoStore
+    from churnops.store.sqlite import SQLiteStore
 
     return {"sqlite": SQLiteStore(tmp_path / "p.db"), "mongo": MongoStore(mongomock.MongoClient(), "churn")}
 

@@ -28,9 +28,9 @@ write of an `_id` wins. (MongoDB enforces it on insert; the embedded store on re
 A batch request's predictions travel as one `PredictionBatch` (columns, not 1,000 dicts) and
 reach the store through `insert_batch`; `rows()` gives the same record dicts as above.
 
-Backends: `serving.store_sqlite.SQLiteStore` (embedded default, one WAL-mode file shared by all
-processes) and `serving.store_mongo.MongoStore` (when MONGODB_URI is set);
-`serving.store_factory.open_store(settings)` picks one. Servers write through
+Backends: `churnops.store.sqlite.SQLiteStore` (embedded default, one WAL-mode file shared by all
+processes) and `churnops.store.mongo.MongoStore` (when MONGODB_URI is set);
+`churnops.store.factory.open_store(settings)` picks one. Servers write through
 `serving.prediction_log.PredictionLog` (background batching, disk spool while the store is down).
 """
 
@@ -163,6 +163,11 @@ class PredictionStore(ABC):
         """True when `exc` means the store is down or busy (retry later, keep the records), False
         when it refuses the records themselves (the prediction log isolates and quarantines them)."""
         return isinstance(exc, (OSError, TimeoutError))
+
+    def cache_key(self) -> str:
+        """Names the data this store reads (the monitoring cache keeps window summaries under it);
+        by default this object, so two objects never share an entry."""
+        return f"{type(self).__name__}@{id(self)}"
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

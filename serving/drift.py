@@ -1,4 +1,4 @@
-"""Flask blueprint registered by the API when present: live drift of the recent window.
+"""Flask blueprint of the API: live drift of the recent window.
 
 * `GET /drift/report?hours=3` — JSON: per-feature PSI / KS or chi-squared p-value / status,
   prediction drift, realized performance by model version and route, window and n.
@@ -6,10 +6,11 @@
 
 The training reference is read from `<state_dir>/reference-cache/`; when it is not there yet a
 background thread fetches it from MLflow and the request answers 503 with Retry-After (MLflow is
-never called on a request thread). Results are cached per process for `drift_cache_s` seconds, in a
-small LRU of `CACHE_ENTRIES` windows (`hours` must be a finite number in (0, 2160]: other values are a
-422); each computation also sets the multiprocess-safe gauges of `reporting.metrics` shown by the API's
-`/metrics`.
+never called on a request thread). The numbers are `churnops.monitoring.window.window_summary`, the
+same function (and per-process cache: an LRU of `CACHE_ENTRIES` windows, each kept `drift_cache_s`
+seconds) the report and the retraining trigger use. `hours` must be a finite number in (0, 2160]: other
+values are a 422. Each answer also sets the multiprocess-safe gauges of `churnops.monitoring.gauges`
+shown by the API's `/metrics`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
-from collections import OrderedDict
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -26,9 +25,7 @@ log = logging.getLogger(__name__)
 
 drift_blueprint = Blueprint("drift", __name__, url_prefix="/drift")
 
-CACHE_ENTRIES = 8  # distinct (store, hours) windows kept; the least recently used goes first
 MAX_HOURS = 24 * 90
-_CACHE: OrderedDict[tuple[int, float], tuple[float, dict]] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -43,91 +40,31 @@ def _context():
     s = get_settings()
     store = current_app.extensions.get("drift_store")
     if store is None:
-        from serving.store_factory import open_store
+        from churnops.store.factory import open_store
 
         store = current_app.extensions["drift_store"] = open_store(s)
     return s, load_contract(s.dataset), store
 
 
-def live_drift(
-    store, settings, contract, hours: float, now: float | None = None, reference=None, references=None
-) -> dict:
-    """Drift + realized performance of the last `hours` (no Evidently, no files).
-
-    `references` (a `BackgroundReferences`) supplies the reference without calling MLflow here;
-    without it the reference is downloaded in this thread (batch callers only).
-    """
-    from reporting.reference import load_reference, served_run_id
-    from reporting.report import _jsonable, load_window, summarize_window
-
-    now = time.time() if now is None else now
-    df = load_window(store, contract, now - hours * 3600.0, now)
-    out = {
-        "window": {"start": now - hours * 3600.0, "end": now, "hours": hours},
-        "n": int(len(df)),
-        "min_rows": settings.report_min_rows,
-    }
-    if len(df) < settings.report_min_rows:
-        out.update(
-            status="insufficient_data", message=f"not enough data (n={len(df)} < min {settings.report_min_rows})"
-        )
-        return out
-    if reference is None:
-        run_ids = df["model_run_id"].dropna().astype(str).tolist()
-        reference = (
-            references.get(run_ids)
-            if references is not None
-            else load_reference(served_run_id(settings, run_ids), settings, contract)
-        )
-    d, perf = summarize_window(df, reference, settings)
-    out.update(
-        status=d["status"],
-        reference_run_id=reference.run_id,
-        drift=d,
-        performance=perf,
-        verdict={
-            "drift": d["status"],
-            "critical_features": d["critical_features"],
-            "prediction": (d.get("prediction") or {}).get("status"),
-        },
-    )
-    return _jsonable(out)
-
-
 def _compute(hours: float) -> dict:
+    """The shared window summary (`churnops.monitoring.window`: its LRU of windows, each kept
+    `drift_cache_s` seconds); every answer also sets the drift gauges of `/metrics`."""
+    from churnops.monitoring.window import window_summary
+
     s, contract, store = _context()
-    key = (id(store), hours)
-    with _LOCK:
-        hit = _CACHE.get(key)
-        if hit and time.monotonic() - hit[0] < s.drift_cache_s:
-            _CACHE.move_to_end(key)
-            return hit[1]
-    result = live_drift(store, s, contract, hours, references=_references(s, contract))
+    result = window_summary(store, s, contract, hours, references=_references(s, contract))
     try:
-        from reporting.metrics import gauges
+        from churnops.monitoring.gauges import gauges
 
         gauges().update(result)
     except Exception:  # metrics never break the endpoint
         log.exception("could not update drift gauges")
-    with _LOCK:
-        _remember(key, result, s.drift_cache_s)
     return result
-
-
-def _remember(key: tuple[int, float], result: dict, ttl_s: float) -> None:
-    """Cache `result` (under `_LOCK`): expired entries go, then the least recently used beyond the bound."""
-    now = time.monotonic()
-    _CACHE[key] = (now, result)
-    _CACHE.move_to_end(key)
-    for k in [k for k, (t, _) in _CACHE.items() if now - t >= ttl_s]:
-        del _CACHE[k]
-    while len(_CACHE) > CACHE_ENTRIES:
-        _CACHE.popitem(last=False)
 
 
 def _references(settings, contract):
     """The app's `BackgroundReferences` (MLflow is called only from its background thread)."""
-    from reporting.reference import BackgroundReferences
+    from churnops.monitoring.reference import BackgroundReferences
 
     refs = current_app.extensions.get("drift_references")
     if refs is None:
@@ -138,8 +75,8 @@ def _references(settings, contract):
 
 def _unavailable(exc: Exception) -> tuple[dict, int | None]:
     """(answer body, Retry-After seconds or None) for a drift computation that failed."""
+    from churnops.monitoring.reference import ReferenceUnavailable
     from churnops.redact import redact
-    from reporting.reference import ReferenceUnavailable
 
     retry = getattr(exc, "retry_after", None)
     if isinstance(exc, ReferenceUnavailable):  # expected while MLflow is away: no trace, URLs redacted
@@ -189,7 +126,7 @@ def drift_report():
 def drift_metrics():
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    from reporting.metrics import drift_exposition
+    from churnops.monitoring.gauges import drift_exposition
 
     try:
         hours = _hours()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.store import PredictionStore
+from churnops.store.base import PredictionStore
 
 
 def _window(start, end) -> dict:

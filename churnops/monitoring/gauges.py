@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from reporting.drift import STATUS_CODE
+from churnops.monitoring.drift import STATUS_CODE
 
 NAMES = {
     "feature_psi": "churn_feature_psi",

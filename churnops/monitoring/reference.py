@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnops.monitoring.drift import Reference
 from churnops.redact import redact
-from reporting.drift import Reference
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from churnops.settings import Settings, get_settings
-from serving.store import PredictionStore
+from churnops.store.base import PredictionStore
 
 
 def sqlite_path(settings: Settings):
@@ -14,10 +14,10 @@ def open_store(settings: Settings | None = None) -> PredictionStore:
     """The configured store; opening does not touch the network (connections are lazy)."""
     s = settings or get_settings()
     if s.mongodb_uri:
-        from serving.store_mongo import MongoStore
+        from churnops.store.mongo import MongoStore
 
         return MongoStore.from_uri(s.mongodb_uri, s.mongodb_db)
-    from serving.store_sqlite import SQLiteStore
+    from churnops.store.sqlite import SQLiteStore
 
     return SQLiteStore(sqlite_path(s))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.store import PredictionBatch, PredictionStore
+from churnops.store.base import PredictionBatch, PredictionStore
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prediction_chunks (
@@ -434,6 +434,10 @@ class SQLiteStore(PredictionStore):
             return self._run(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
         except sqlite3.Error:
             return False
+
+    def cache_key(self) -> str:
+        """Every store object on the same file reads the same data."""
+        return f"sqlite:{self.path.resolve()}"
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,1 @@
+"""Monitoring core: drift statistics, training references, realized performance, the window summary, gauges."""

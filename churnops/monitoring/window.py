@@ -1,0 +1,261 @@
+"""The monitoring window: the prediction log of a time window summarized against the training reference.
+
+`window_summary` is the one place this is computed; the report (`reporting.report`), the retraining
+trigger (`reporting.trigger`) and `GET /drift/*` (`serving.drift`) all call it. The summary holds
+
+* `window` (start, end, hours), `n` (rows in the window), `min_rows`, `model_versions`
+* `status`: `insufficient_data` (fewer than `report_min_rows` rows; then `message` says so and
+  nothing else is computed) or the drift status `ok` / `warn` / `critical`
+* `reference_run_id`, `drift` (`drift.compute_drift`: every feature and the predictions, every row),
+  `performance` (`performance.realized_performance` on the rows with feedback), `verdict`
+
+as plain JSON values (NaN becomes None). Summaries are cached per process in an LRU of
+`CACHE_ENTRIES` windows, each reused for `settings.drift_cache_s` seconds: a window ending "now"
+(`now=None`) is one entry per (store, hours), so the trigger run right after a report, or `/drift`
+asked twice, does not compute it again. The cached dicts are shared: callers must not modify them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnops.monitoring import drift as drift_mod
+from churnops.monitoring.performance import realized_performance
+
+META_COLUMNS = [
+    "ts",
+    "request_id",
+    "source",
+    "model_run_id",
+    "model_version",
+    "route",
+    "probability",
+    "decision",
+    "latency_ms",
+]
+CACHE_ENTRIES = 8  # distinct windows kept; the least recently used goes first
+
+
+# ---- the rows of a window ----------------------------------------------------------------------------
+
+
+def predictions_frame(records: list[dict], contract) -> pd.DataFrame:
+    """Prediction log records -> one row per prediction: contract features + meta columns."""
+    if not records:
+        return pd.DataFrame(columns=contract.feature_names + META_COLUMNS)
+    feats = pd.DataFrame.from_records([r.get("features") or {} for r in records])
+    for name, spec in contract.features.items():
+        if name not in feats:
+            feats[name] = np.nan if spec.kind == "numeric" else None
+        elif spec.kind == "numeric":
+            feats[name] = pd.to_numeric(feats[name], errors="coerce").astype("float64")
+        else:
+            col = feats[name].astype(object)
+            feats[name] = col.where(col.notna(), None)
+    meta = pd.DataFrame.from_records([{k: r.get(k) for k in META_COLUMNS} for r in records])
+    df = pd.concat([feats[contract.feature_names], meta], axis=1)
+    df["probability"] = pd.to_numeric(df["probability"], errors="coerce").astype(float)
+    return df
+
+
+def attach_outcomes(df: pd.DataFrame, feedback: list[dict]) -> pd.DataFrame:
+    """Add `outcome` (float, NaN when no feedback yet) by request id; last feedback wins."""
+    df = df.copy()
+    if not feedback:
+        df["outcome"] = np.nan
+        return df
+    fb = pd.DataFrame.from_records(feedback)
+    fb = fb.sort_values("ts").drop_duplicates("request_id", keep="last")
+    df["outcome"] = df["request_id"].map(fb.set_index("request_id")["outcome"]).astype(float)
+    return df
+
+
+def load_window(store, contract, start: float, end: float) -> pd.DataFrame:
+    """Predictions with start <= ts < end and their outcomes (feedback given since `start`)."""
+    records = store.find_predictions(start=start, end=end)
+    df = predictions_frame(records, contract)
+    if len(df):
+        df = attach_outcomes(df, store.find_feedback(start=start))
+    else:
+        df["outcome"] = pd.Series(dtype=float)
+    return df
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy scalars as Python numbers, NaN and infinities as None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return None if not np.isfinite(v) else v
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def summarize_window(df: pd.DataFrame, reference: drift_mod.Reference, settings) -> tuple[dict, dict]:
+    """(drift of every row, realized performance of the labelled rows) of a loaded window."""
+    th = drift_mod.Thresholds.from_settings(settings)
+    cur = df.rename(columns={"probability": "prediction"})
+    d = drift_mod.compute_drift(reference, cur, th, min_critical_features=settings.retrain_min_critical_features)
+    perf = realized_performance(df[df["outcome"].notna()])
+    return d, perf
+
+
+# ---- the summary ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """A summary and, when it was computed by this call (not taken from the cache), its rows."""
+
+    summary: dict
+    frame: pd.DataFrame | None = None
+
+
+def compute(
+    store, settings, contract, hours: float, now: float | None = None, reference=None, references=None
+) -> Window:
+    """Load and summarize the window of `hours` ending `now` (no cache).
+
+    The reference is `reference`, else `references.get(run ids)` (a `BackgroundReferences`: never
+    calls MLflow in this thread), else downloaded here (`reference.load_reference`: batch callers).
+    """
+    now = time.time() if now is None else now
+    start = now - hours * 3600.0
+    df = load_window(store, contract, start, now)
+    out: dict = {
+        "window": {"start": start, "end": now, "hours": hours},
+        "n": int(len(df)),
+        "min_rows": settings.report_min_rows,
+        "model_versions": sorted({str(v) for v in df["model_version"].dropna().unique()}) if len(df) else [],
+    }
+    if len(df) < settings.report_min_rows:
+        out.update(
+            status="insufficient_data", message=f"not enough data (n={len(df)} < min {settings.report_min_rows})"
+        )
+        return Window(jsonable(out), df)
+    if reference is None:
+        run_ids = df["model_run_id"].dropna().astype(str).tolist()
+        if references is not None:
+            reference = references.get(run_ids)
+        else:
+            from churnops.monitoring.reference import load_reference, served_run_id
+
+            reference = load_reference(served_run_id(settings, run_ids), settings, contract)
+    d, perf = summarize_window(df, reference, settings)
+    out.update(
+        status=d["status"],
+        reference_run_id=reference.run_id,
+        drift=d,
+        performance=perf,
+        verdict={
+            "drift": d["status"],
+            "critical_features": d["critical_features"],
+            "prediction": (d.get("prediction") or {}).get("status"),
+        },
+    )
+    return Window(jsonable(out), df)
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    store: str
+    hours: float
+    end: float | None  # None: the window ending when it is asked for
+    reference: str  # "served": the reference of the window's own model runs
+    params: tuple
+
+
+_CACHE: OrderedDict[CacheKey, tuple[float, dict, tuple]] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def cache_key(store, settings, contract, hours: float, now: float | None, reference) -> CacheKey:
+    """What a summary depends on: the store's data, the window, the reference and the thresholds."""
+    store_key = getattr(store, "cache_key", None)
+    return CacheKey(
+        store=store_key() if callable(store_key) else f"{type(store).__name__}@{id(store)}",
+        hours=float(hours),
+        end=None if now is None else float(now),
+        reference="served" if reference is None else f"{reference.run_id}@{id(reference)}",
+        params=(
+            settings.psi_warn,
+            settings.psi_critical,
+            settings.drift_p_value,
+            settings.report_min_rows,
+            settings.retrain_min_critical_features,
+            contract.fingerprint(),
+        ),
+    )
+
+
+def remember(key: CacheKey, summary: dict, ttl_s: float, keep: tuple = ()) -> None:
+    """Cache `summary`: expired entries go, then the least recently used beyond `CACHE_ENTRIES`.
+
+    `keep` holds the objects an id in the key names (store, reference), so no other object can
+    take that id while the entry lives.
+    """
+    with _LOCK:
+        t = time.monotonic()
+        _CACHE[key] = (t, summary, keep)
+        _CACHE.move_to_end(key)
+        for k in [k for k, (t0, _, _) in _CACHE.items() if t - t0 >= ttl_s]:
+            del _CACHE[k]
+        while len(_CACHE) > CACHE_ENTRIES:
+            _CACHE.popitem(last=False)
+
+
+def cached(key: CacheKey, ttl_s: float) -> dict | None:
+    """The cached summary under `key` when younger than `ttl_s` seconds (marked recently used)."""
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit and time.monotonic() - hit[0] < ttl_s:
+            _CACHE.move_to_end(key)
+            return hit[1]
+    return None
+
+
+def clear_cache() -> None:
+    with _LOCK:
+        _CACHE.clear()
+
+
+def summarize(
+    store,
+    settings,
+    contract,
+    hours: float,
+    now: float | None = None,
+    reference=None,
+    references=None,
+    fresh: bool = False,
+) -> Window:
+    """The window summary of `hours` ending `now` (default: now), from the cache when it is there.
+
+    `fresh=True` computes it again (and caches the result); a computed `Window` also carries its rows.
+    """
+    key = cache_key(store, settings, contract, hours, now, reference)
+    if not fresh:
+        hit = cached(key, settings.drift_cache_s)
+        if hit is not None:
+            return Window(hit)
+    w = compute(store, settings, contract, hours, now, reference=reference, references=references)
+    remember(key, w.summary, settings.drift_cache_s, keep=(store, reference))
+    return w
+
+
+def window_summary(
+    store, settings, contract, hours: float, now: float | None = None, reference=None, references=None
+) -> dict:
+    """`summarize(...).summary`: the summary dict of the window (cached; do not modify it)."""
+    return summarize(store, settings, contract, hours, now, reference=reference, references=references).summary
