@@ -90,6 +90,23 @@ def stack_env(moto_endpoint, mlflow_uri, tmp_path_factory):
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def pristine_env(monkeypatch):
+    """No setting from the process environment for this test, so `Settings(_env_file=None)` is the
+    defaults whatever ran before (the session's `stack_env` sets MODEL_NAME and others)."""
+    from churnops.settings import Settings, get_settings
+
+    names = {n.upper() for n in Settings.model_fields} | {
+        str(f.validation_alias).upper() for f in Settings.model_fields.values() if f.validation_alias
+    }
+    for k in list(os.environ):
+        if k.upper() in names:
+            monkeypatch.delenv(k)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def real_data_path() -> str:
     """The real BankChurners file beside the project (tests and benchmarks may read it)."""

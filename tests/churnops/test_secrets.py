@@ -10,6 +10,8 @@ import pytest
 
 from churnops.settings import Settings
 
+pytestmark = pytest.mark.usefixtures("pristine_env")  # these tests read the defaults
+
 
 def settings(tmp_path, **kw) -> Settings:
     return Settings(_env_file=None, state_dir=tmp_path / "state", **kw)

@@ -103,7 +103,7 @@ def bggr(data: bytes) -> bytes:
     return data.replace(tag + bytes([0, 1, 1, 2]), tag + bytes([2, 1, 1, 0]))
 
 
-def test_model_name_follows_an_image_contract():
+def test_model_name_follows_an_image_contract(pristine_env):
     from churnops.settings import Settings
 
     assert Settings(_env_file=None, dataset="raw_digits").model_name == "raw-digits-cnn"
