@@ -21,12 +21,8 @@ import itertools
 import operator
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
-
-try:
-    import msgspec
-except ImportError:  # pragma: no cover - the dict path below does the same work, slower
-    msgspec = None
 
 from churnops.contract import DatasetContract, clean_category
 from serving.inference import (
@@ -93,7 +89,7 @@ class ColumnarValidator:
         self._lo = np.array([lo for _, lo, _ in self.numeric], dtype=np.float64)
         self._hi = np.array([hi for _, _, hi in self.numeric], dtype=np.float64)
 
-        self._decoders = self._row_decoders(contract) if msgspec is not None else None
+        self._decoders = self._row_decoders(contract)
 
     def _row_decoders(self, contract: DatasetContract):
         """msgspec decoders for `[row, ...]` and `{"records": [row, ...]}` with exact contract rows."""
