@@ -20,6 +20,7 @@ import pandas as pd
 
 from churnops.contract import ContractViolation, DatasetContract
 from churnops.features import FeatureEncoder
+from churnops.metrics import auc_roc, expected_calibration_error
 from churnops.settings import Settings
 from churnops.training import Split, choose_threshold, classification_metrics, make_classifier, stratified_split
 from churnops.tuning import SweepConfig, TrialResult, run_sweep
@@ -263,9 +264,9 @@ def load_alias_bundle(s: Settings, alias: str = "champion"):
 
 
 def auc(y: np.ndarray, proba: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, proba)) if len(np.unique(y)) == 2 else float("nan")
+    """AUC-ROC, NaN when `y` has one class (the improvement rule then fails, it cannot compare)."""
+    value = auc_roc(y, proba)
+    return float("nan") if value is None else value
 
 
 def governance_evidence(
@@ -281,7 +282,6 @@ def governance_evidence(
     """What the promotion rules judge: the challenger's test metrics and calibration, and the
     champion re-scored on the same evaluation data (the challenger's test split, and `fresh`, the
     held-out slice of the newest labelled rows, when given)."""
-    from churnops.governance import expected_calibration_error
 
     target = contract.target.name
     y_test = prep.split.y_test
@@ -338,36 +338,6 @@ def governance_evidence(
 
 
 # ---- artifacts --------------------------------------------------------------------------------------------
-
-
-def baseline_statistics(clean: pd.DataFrame, contract: DatasetContract, bins: int = 10) -> dict:
-    """Per-feature reference statistics for drift monitoring (quantile bin edges, frequencies)."""
-    out: dict = {"rows": int(len(clean)), "features": {}}
-    for name, spec in contract.features.items():
-        col = clean[name]
-        if spec.kind == "numeric":
-            v = col.dropna().to_numpy(dtype=float)
-            edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1))) if len(v) else np.array([])
-            out["features"][name] = {
-                "kind": "numeric",
-                "mean": float(v.mean()) if len(v) else None,
-                "std": float(v.std()) if len(v) else None,
-                "min": float(v.min()) if len(v) else None,
-                "max": float(v.max()) if len(v) else None,
-                "quantile_edges": edges.tolist(),
-                "null_fraction": float(col.isna().mean()),
-            }
-        else:
-            freq = col.fillna("<missing>").value_counts(normalize=True)
-            out["features"][name] = {
-                "kind": spec.kind,
-                "frequencies": {str(k): float(v) for k, v in freq.items()},
-                "null_fraction": float(col.isna().mean()),
-            }
-    target = contract.target.name
-    if target in clean:
-        out["target_rate"] = float(clean[target].mean())
-    return out
 
 
 def _plots(ev: dict, folder: Path) -> None:
@@ -465,9 +435,6 @@ def log_and_register(
             json.dumps(
                 {"threshold": ev["threshold"], "strategy": s.threshold_strategy, "target_precision": s.target_precision}
             )
-        )
-        (art / "baseline_stats.json").write_text(
-            json.dumps(baseline_statistics(prep.clean.iloc[prep.idx_train], contract), indent=1)
         )
         ref = prep.clean.iloc[prep.idx_train]
         if len(ref) > s.reference_sample_rows:

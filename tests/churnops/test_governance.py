@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from churnops.governance import (
-    evaluate_rules,
-    expected_calibration_error,
-    failed,
-    load_rules,
-)
+from churnops.governance import evaluate_rules, failed, load_rules
+from churnops.metrics import expected_calibration_error
 
 RULES = {
     "min_test_auc_roc": 0.8,
