@@ -4,14 +4,13 @@ tripwire on the hyperopt code it relies on."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
 from importlib.metadata import version
 
 import numpy as np
 
 from churnops.training import Split
 from churnops.tuning import SerialEngine, SweepConfig, run_sweep, search_space, tpe_trials
+from tests.tripwire import changed
 
 N_TRIALS, N_STARTUP, SEED = 14, 5, 7
 
@@ -107,17 +106,8 @@ HYPEROPT_SOURCES = {
 }
 
 
-def _source_hash(ref: str) -> str:
-    import importlib
-
-    module, _, path = ref.partition(":")
-    obj = importlib.import_module(module)
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
-
-
 def test_tripwire_hyperopt_version_and_code_relied_upon():
     assert version("hyperopt") == HYPEROPT_VERSION, "hyperopt changed: re-check churnops.tuning.tpe_trials"
-    changed = {ref for ref, digest in HYPEROPT_SOURCES.items() if _source_hash(ref) != digest}
-    assert not changed, f"hyperopt code relied upon by churnops.tuning changed: {sorted(changed)}"
+    assert not changed(HYPEROPT_SOURCES), (
+        f"hyperopt code relied upon by churnops.tuning changed: {changed(HYPEROPT_SOURCES)}"
+    )
