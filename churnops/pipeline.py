@@ -456,11 +456,10 @@ def log_and_register(
 
         example = prep.clean[contract.feature_names].head(5)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+            # integer columns (the contract's counts, the 0/1 decision) are deliberate: never missing
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
             signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "churn": [1]}))
-        with timer, warnings.catch_warnings():
-            # mlflow nags about type hints / input examples / integer outputs: all deliberate here
-            warnings.simplefilter("ignore", UserWarning)
+        with timer:
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
             with mlflow.start_run(run_id=parent_run_id):
                 mlflow.log_params(
