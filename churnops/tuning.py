@@ -173,10 +173,10 @@ def tpe_trials(
         while len(in_flight) < engine.slots and submitted < n_trials:
             tid = trials.new_trial_ids(1)
             trials.refresh()
-            docs = algo(tid, domain, trials, rstate.integers(2**31 - 1))
-            params = space_eval(space, base.spec_from_misc(docs[0]["misc"]))
-            trials.insert_trial_docs(docs)
+            trials.insert_trial_docs(algo(tid, domain, trials, rstate.integers(2**31 - 1)))
             trials.refresh()
+            stored = next(d for d in trials.trials if d["tid"] == tid[0])  # as fmin evaluates it
+            params = space_eval(space, base.spec_from_misc(stored["misc"]))
             in_flight[tid[0]] = (params, submitted)
             submitted += 1
             engine.submit(tid[0], params)
