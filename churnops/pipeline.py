@@ -398,7 +398,7 @@ def log_and_register(
     """Bundle + ONNX parity gate, log everything to the parent run, then register."""
     import mlflow
 
-    from churnops.bundle import ChurnPyfunc, export_onnx, onnx_parity, write_bundle
+    from churnops.bundle import export_onnx, onnx_parity, write_bundle
     from churnops.registry import register
 
     onnx_bytes = export_onnx(model, prep.encoder.width)
@@ -478,9 +478,10 @@ def log_and_register(
                 mlflow.log_artifacts(str(art))
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=ChurnPyfunc(),
+                    python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
                     artifacts={"bundle": str(bundle_dir)},
                     signature=signature,
+                    input_example=example,  # MLflow loads the model and scores it (a check of the logged model)
                     pip_requirements=["xgboost", "onnxruntime", "pandas", "numpy", "mlflow"],
                     code_paths=[str(Path(__file__).resolve().parent)],
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -20,10 +21,10 @@ def test_importing_the_pyfunc_model_warns_nothing():
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr[-2000:]
 
 
-def test_project_processes_get_no_artifact_progress_bars():
+def test_project_processes_get_no_artifact_progress_bars_nor_mlflow_info_lines():
     code = (
-        "from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as v; "
-        "print(v.get(), v.get() is False)"
+        "import logging; from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as v; "
+        "print(v.get() is False, logging.getLogger('mlflow.pyfunc').getEffectiveLevel())"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=quiet_env({}), timeout=120)
-    assert r.stdout.split() == ["False", "True"], r.stderr[-2000:]
+    assert r.stdout.split() == ["True", str(logging.WARNING)], r.stderr[-2000:]
