@@ -67,20 +67,6 @@ def load_rules(task: str = "binary_classification", path: str | Path | None = No
     return rules
 
 
-def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
-    """Weighted mean |fraction positive - mean predicted| over equal-width probability bins."""
-    y, p = np.asarray(y, dtype=float), np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
-    if len(y) == 0:
-        return float("nan")
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            ece += m.mean() * abs(y[m].mean() - p[m].mean())
-    return float(ece)
-
-
 def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
     """Each configured rule's result on `evidence`.
 

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from churnops.services import mlflow_server_argv, moto_server_argv
 from churnops.settings import quiet_env
 
 BIN = Path(sys.executable).parent
@@ -72,9 +73,7 @@ class Server:
 
 def start_moto(folder: Path) -> tuple[Server, str]:
     port = free_port()
-    srv = Server(
-        [str(BIN / "python"), "-m", "churnops.motoserver", "-H", "127.0.0.1", "-p", str(port)], folder / "moto.log"
-    )
+    srv = Server(moto_server_argv("127.0.0.1", port), folder / "moto.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/moto-api/", 60, srv.proc, folder / "moto.log")
     return srv, url
@@ -82,25 +81,8 @@ def start_moto(folder: Path) -> tuple[Server, str]:
 
 def start_mlflow(folder: Path) -> tuple[Server, str]:
     port = free_port()
-    srv = Server(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{folder}/mlflow.db",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-            "--serve-artifacts",
-        ],
-        folder / "mlflow.log",
-        cwd=folder,
-    )
+    argv = mlflow_server_argv("127.0.0.1", port, f"sqlite:///{folder}/mlflow.db", str(folder / "artifacts"))
+    srv = Server(argv, folder / "mlflow.log", cwd=folder)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", 120, srv.proc, folder / "mlflow.log")
     return srv, url

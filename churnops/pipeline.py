@@ -20,6 +20,7 @@ import pandas as pd
 
 from churnops.contract import ContractViolation, DatasetContract
 from churnops.features import FeatureEncoder
+from churnops.metrics import auc_roc, expected_calibration_error
 from churnops.settings import Settings
 from churnops.training import Split, choose_threshold, classification_metrics, make_classifier, stratified_split
 from churnops.tuning import SweepConfig, TrialResult, run_sweep
@@ -263,9 +264,9 @@ def load_alias_bundle(s: Settings, alias: str = "champion"):
 
 
 def auc(y: np.ndarray, proba: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, proba)) if len(np.unique(y)) == 2 else float("nan")
+    """AUC-ROC, NaN when `y` has one class (the improvement rule then fails, it cannot compare)."""
+    value = auc_roc(y, proba)
+    return float("nan") if value is None else value
 
 
 def governance_evidence(
@@ -281,7 +282,6 @@ def governance_evidence(
     """What the promotion rules judge: the challenger's test metrics and calibration, and the
     champion re-scored on the same evaluation data (the challenger's test split, and `fresh`, the
     held-out slice of the newest labelled rows, when given)."""
-    from churnops.governance import expected_calibration_error
 
     target = contract.target.name
     y_test = prep.split.y_test
@@ -338,36 +338,6 @@ def governance_evidence(
 
 
 # ---- artifacts --------------------------------------------------------------------------------------------
-
-
-def baseline_statistics(clean: pd.DataFrame, contract: DatasetContract, bins: int = 10) -> dict:
-    """Per-feature reference statistics for drift monitoring (quantile bin edges, frequencies)."""
-    out: dict = {"rows": int(len(clean)), "features": {}}
-    for name, spec in contract.features.items():
-        col = clean[name]
-        if spec.kind == "numeric":
-            v = col.dropna().to_numpy(dtype=float)
-            edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1))) if len(v) else np.array([])
-            out["features"][name] = {
-                "kind": "numeric",
-                "mean": float(v.mean()) if len(v) else None,
-                "std": float(v.std()) if len(v) else None,
-                "min": float(v.min()) if len(v) else None,
-                "max": float(v.max()) if len(v) else None,
-                "quantile_edges": edges.tolist(),
-                "null_fraction": float(col.isna().mean()),
-            }
-        else:
-            freq = col.fillna("<missing>").value_counts(normalize=True)
-            out["features"][name] = {
-                "kind": spec.kind,
-                "frequencies": {str(k): float(v) for k, v in freq.items()},
-                "null_fraction": float(col.isna().mean()),
-            }
-    target = contract.target.name
-    if target in clean:
-        out["target_rate"] = float(clean[target].mean())
-    return out
 
 
 def _plots(ev: dict, folder: Path) -> None:
@@ -428,7 +398,7 @@ def log_and_register(
     """Bundle + ONNX parity gate, log everything to the parent run, then register."""
     import mlflow
 
-    from churnops.bundle import ChurnPyfunc, export_onnx, onnx_parity, write_bundle
+    from churnops.bundle import export_onnx, onnx_parity, write_bundle
     from churnops.registry import register
 
     onnx_bytes = export_onnx(model, prep.encoder.width)
@@ -466,9 +436,6 @@ def log_and_register(
                 {"threshold": ev["threshold"], "strategy": s.threshold_strategy, "target_precision": s.target_precision}
             )
         )
-        (art / "baseline_stats.json").write_text(
-            json.dumps(baseline_statistics(prep.clean.iloc[prep.idx_train], contract), indent=1)
-        )
         ref = prep.clean.iloc[prep.idx_train]
         if len(ref) > s.reference_sample_rows:
             ref = ref.sample(s.reference_sample_rows, random_state=s.seed)
@@ -489,11 +456,10 @@ def log_and_register(
 
         example = prep.clean[contract.feature_names].head(5)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+            # integer columns (the contract's counts, the 0/1 decision) are deliberate: never missing
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
             signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "churn": [1]}))
-        with timer, warnings.catch_warnings():
-            # mlflow nags about type hints / input examples / integer outputs: all deliberate here
-            warnings.simplefilter("ignore", UserWarning)
+        with timer:
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
             with mlflow.start_run(run_id=parent_run_id):
                 mlflow.log_params(
@@ -512,9 +478,10 @@ def log_and_register(
                 mlflow.log_artifacts(str(art))
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=ChurnPyfunc(),
+                    python_model=str(Path(__file__).resolve().parent / "pyfunc_model.py"),
                     artifacts={"bundle": str(bundle_dir)},
                     signature=signature,
+                    input_example=example,  # MLflow loads the model and scores it (a check of the logged model)
                     pip_requirements=["xgboost", "onnxruntime", "pandas", "numpy", "mlflow"],
                     code_paths=[str(Path(__file__).resolve().parent)],
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from churnops.redact import redact
@@ -198,8 +199,9 @@ def _reason_version() -> tuple[str, str | None]:
     return reason, version
 
 
-def rollback_main() -> None:
-    """`make rollback [VERSION=n] REASON="..."`: move champion back, re-pin RUN_ID."""
+def _move_champion(command: str, move: Callable[[Settings, str, str | None], tuple[str | None, str]]) -> None:
+    """`make rollback` / `make promote`: `move(settings, reason, version)` -> (old, new) versions;
+    then re-pin RUN_ID to the new champion's run and say so (or fail naming `command`)."""
     from churnops.cli import fail, setup_logging
     from churnops.settings import env_file
 
@@ -207,36 +209,34 @@ def rollback_main() -> None:
     s = get_settings()
     reason, version = _reason_version()
     try:
-        if not reason:
-            raise ValueError('REASON is required: make rollback [VERSION=n] REASON="why"')
-        old, new = rollback(s, reason, version)
+        old, new = move(s, reason, version)
         mv = alias_version(s.model_name, CHAMPION, s)
         write_env_value(env_file(), "RUN_ID", mv.run_id)
     except Exception as exc:
-        fail(exc, "make rollback")
+        fail(exc, command)
     print(
         f"champion {s.model_name}: v{old} -> v{new}; pinned RUN_ID={mv.run_id} "
         f"(servers on @champion follow by themselves; pinned servers: make start-serve)"
     )
 
 
+def rollback_main() -> None:
+    """`make rollback [VERSION=n] REASON="..."`: move champion back, re-pin RUN_ID."""
+
+    def move(s: Settings, reason: str, version: str | None) -> tuple[str | None, str]:
+        if not reason:
+            raise ValueError('REASON is required: make rollback [VERSION=n] REASON="why"')
+        return rollback(s, reason, version)
+
+    _move_champion("make rollback", move)
+
+
 def promote_main() -> None:
     """`make promote VERSION=n REASON="..."`: make version n the champion, re-pin RUN_ID."""
-    from churnops.cli import fail, setup_logging
-    from churnops.settings import env_file
 
-    setup_logging()
-    s = get_settings()
-    reason, version = _reason_version()
-    try:
+    def move(s: Settings, reason: str, version: str | None) -> tuple[str | None, str]:
         if not reason or not version:
             raise ValueError('VERSION and REASON are required: make promote VERSION=n REASON="why"')
-        old = promote(version, s, reason)
-        mv = alias_version(s.model_name, CHAMPION, s)
-        write_env_value(env_file(), "RUN_ID", mv.run_id)
-    except Exception as exc:
-        fail(exc, "make promote")
-    print(
-        f"champion {s.model_name}: v{old} -> v{version}; pinned RUN_ID={mv.run_id} "
-        f"(servers on @champion follow by themselves; pinned servers: make start-serve)"
-    )
+        return promote(version, s, reason), version
+
+    _move_champion("make promote", move)

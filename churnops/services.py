@@ -17,10 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from churnops.settings import PROJECT_ROOT, Settings, get_settings
+from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, get_settings
 
 BIN = Path(sys.executable).parent
-QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def port_of(url: str, default: int = 80) -> int:
@@ -28,18 +27,20 @@ def port_of(url: str, default: int = 80) -> int:
     return urlparse(url).port or default
 
 
-def mlflow_argv(s: Settings) -> list[str]:
-    """`mlflow server` on the tracking URI's port; SQLite + local artifacts unless configured otherwise."""
-    state = s.state_dir.resolve()
-    backend = s.mlflow_backend_store_uri or f"sqlite:///{state}/mlflow/mlflow.db"
-    artifacts = s.mlflow_artifacts_destination or str(state / "mlflow" / "artifacts")
+def moto_server_argv(host: str, port: int) -> list[str]:
+    """The S3 + Kinesis endpoint (`churnops.motoserver`) on `host:port`; health at `/moto-api/`."""
+    return [str(BIN / "churnops-moto"), "-H", host, "-p", str(port)]
+
+
+def mlflow_server_argv(host: str, port: int, backend: str, artifacts: str) -> list[str]:
+    """`mlflow server` (one worker, serving the artifacts it stores under `artifacts`); health at `/health`."""
     return [
         str(BIN / "mlflow"),
         "server",
         "--host",
-        s.bind_host,
+        host,
         "--port",
-        str(port_of(s.mlflow_tracking_uri)),
+        str(port),
         "--workers",
         "1",
         "--backend-store-uri",
@@ -48,6 +49,14 @@ def mlflow_argv(s: Settings) -> list[str]:
         artifacts,
         "--serve-artifacts",
     ]
+
+
+def mlflow_argv(s: Settings) -> list[str]:
+    """`mlflow server` on the tracking URI's port; SQLite + local artifacts unless configured otherwise."""
+    state = s.state_dir.resolve()
+    backend = s.mlflow_backend_store_uri or f"sqlite:///{state}/mlflow/mlflow.db"
+    artifacts = s.mlflow_artifacts_destination or str(state / "mlflow" / "artifacts")
+    return mlflow_server_argv(s.bind_host, port_of(s.mlflow_tracking_uri), backend, artifacts)
 
 
 def prefect_server_argv(s: Settings) -> list[str]:

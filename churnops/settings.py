@@ -21,11 +21,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # MLflow's telemetry client starts when `mlflow` is imported and rewrites os.environ from a thread
 # (`_MLFLOW_TELEMETRY_SESSION_ID`), which broke `requests` iterating the environment; Prefect's
 # client and server send analytics. Names checked in mlflow 3.17 (telemetry/utils.py: DO_NOT_TRACK
-# must be "true") and prefect 3.8 (_internal/analytics, server/services/telemetry.py).
+# must be "true") and prefect 3.8 (_internal/analytics, server/services/telemetry.py). MLflow's
+# artifact-download progress bars (one per model load, mlflow/environment_variables.py) and its
+# INFO lines ("Validating input example", "Waiting up to 300 seconds") are noise between the lines
+# of `make demo` and in the servers' logs; its warnings stay, and so does the sweep's progress bar.
 QUIET_ENV: dict[str, str] = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 
 

@@ -28,7 +28,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from urllib.parse import urlparse
 
 from churnops import services
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, child_env, get_settings
@@ -51,21 +50,17 @@ class Program:
     group: str = "core"
 
 
-def _port(url: str) -> int:
-    return urlparse(url).port or 80
-
-
 def programs(s: Settings) -> list[Program]:
     """What the embedded stack runs: the project's console scripts (the Docker image runs the same ones,
     see churnops.services); ports come from the settings' URLs."""
-    moto_port = _port(s.aws_endpoint_url or "http://127.0.0.1:4566")
-    mlflow_port = _port(s.mlflow_tracking_uri)
-    prefect_port = _port(s.prefect_api_url)
+    moto_port = services.port_of(s.aws_endpoint_url or "http://127.0.0.1:4566")
+    mlflow_port = services.port_of(s.mlflow_tracking_uri)
+    prefect_port = services.port_of(s.prefect_api_url)
     prefect_env = services.prefect_env(s)
     progs = [
         Program(
             "moto",
-            [str(BIN / "churnops-moto"), "-H", "127.0.0.1", "-p", str(moto_port)],
+            services.moto_server_argv("127.0.0.1", moto_port),
             moto_port,
             f"http://127.0.0.1:{moto_port}/moto-api/",
         ),

@@ -54,12 +54,13 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 
         log_loss,
         precision_score,
         recall_score,
-        roc_auc_score,
     )
+
+    from churnops.metrics import auc_roc
 
     pred = (proba >= threshold).astype(int)
     return {
-        "auc_roc": float(roc_auc_score(y, proba)),
+        "auc_roc": auc_roc(y, proba),
         "pr_auc": float(average_precision_score(y, proba)),
         "log_loss": float(log_loss(y, np.clip(proba, 1e-7, 1 - 1e-7))),
         "f1": float(f1_score(y, pred, zero_division=0)),

@@ -1,9 +1,14 @@
 """Hyperopt TPE sweep over XGBoost, serial or on a Dask cluster.
 
-The sweep asks TPE for a batch of suggestions (one for serial, one per worker for Dask),
-evaluates the batch, tells TPE the losses, and repeats. With a batch of one this is exactly
-what `hyperopt.fmin` does. Every finished trial is handed to `on_trial` (the flow logs it to
-MLflow there), so the engine knows nothing about tracking.
+The sweep asks TPE for one suggestion per free slot (one for serial, one per worker for Dask),
+evaluates, tells TPE each loss as its trial finishes, and repeats. With one slot this is exactly
+what `hyperopt.fmin` does (a test compares the two sequences). hyperopt's own parallel paths need
+MongoDB or Spark, so the Dask loop is ours; it uses hyperopt's public `Trials` calls only
+(`new_trial_ids`, `insert_trial_docs`, `refresh`, `trials`) and records a finished trial the way
+`fmin` does (state, result and refresh time on the trial's document); the pinned hyperopt range
+in pyproject.toml and tests/churnops/test_tuning.py fail loudly if that changes. Every finished
+trial is handed to `on_trial` (the flow logs it to MLflow there), so the loop knows nothing about
+tracking.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -77,16 +82,16 @@ def _evaluate(params: dict, data: Split, cfg: SweepConfig, threads: int) -> dict
     return fit_trial(normalise_params(params), data, cfg.seed, cfg.max_trees, cfg.early_stopping, threads)
 
 
-class _SerialEngine:
-    """Trials one after another in this process."""
+class SerialEngine:
+    """Trials one after another in this process: `evaluate(params)` is the trial's output."""
 
     slots = 1
 
-    def __init__(self, data: Split, cfg: SweepConfig):
-        self.data, self.cfg, self.done = data, cfg, []
+    def __init__(self, evaluate: Callable[[dict], dict]):
+        self.evaluate, self.done = evaluate, []
 
     def submit(self, tid: int, params: dict) -> None:
-        self.done.append((tid, _evaluate(params, self.data, self.cfg, self.cfg.threads)))
+        self.done.append((tid, self.evaluate(params)))
 
     def next_done(self) -> tuple[int, dict]:
         return self.done.pop(0)
@@ -95,7 +100,7 @@ class _SerialEngine:
         pass
 
 
-class _DaskEngine:
+class DaskEngine:
     """Trials on a Dask cluster: an existing scheduler (`dask_address`) or a local one.
 
     One trial per worker at a time (XGBoost single-threaded inside it); as soon as any trial
@@ -147,6 +152,45 @@ class _DaskEngine:
             self.cluster.close()
 
 
+def tpe_trials(
+    engine, n_trials: int, seed: int, n_startup: int, space: dict, loss: Callable[[dict], float]
+) -> Iterator[tuple[int, dict, dict]]:
+    """TPE over `space` on `engine` (`slots`, `submit(tid, params)`, `next_done() -> (tid, out)`):
+    yields `(number, params, out)` as trials finish, `number` counting suggestions from 0; the
+    trial's loss is `loss(out)`."""
+    from hyperopt import STATUS_OK, Trials, base, space_eval, tpe
+    from hyperopt.base import JOB_STATE_DONE
+    from hyperopt.utils import coarse_utcnow
+
+    domain = base.Domain(lambda p: {"loss": 0.0, "status": STATUS_OK}, space)
+    trials = Trials()
+    rstate = np.random.default_rng(seed)  # as fmin: one draw per suggestion
+    algo = functools.partial(tpe.suggest, n_startup_jobs=min(n_startup, n_trials))
+    in_flight: dict[int, tuple[dict, int]] = {}  # tid -> (params, number)
+    submitted = finished = 0
+    while finished < n_trials:
+        # fill every free slot; a pending trial counts for TPE as a trial with infinite loss
+        while len(in_flight) < engine.slots and submitted < n_trials:
+            tid = trials.new_trial_ids(1)
+            trials.refresh()
+            trials.insert_trial_docs(algo(tid, domain, trials, rstate.integers(2**31 - 1)))
+            trials.refresh()
+            stored = next(d for d in trials.trials if d["tid"] == tid[0])  # as fmin evaluates it
+            params = space_eval(space, base.spec_from_misc(stored["misc"]))
+            in_flight[tid[0]] = (params, submitted)
+            submitted += 1
+            engine.submit(tid[0], params)
+        tid, out = engine.next_done()
+        params, number = in_flight.pop(tid)
+        doc = next(d for d in trials.trials if d["tid"] == tid)  # the stored document, as fmin does
+        doc["state"] = JOB_STATE_DONE
+        doc["result"] = {"loss": loss(out), "status": STATUS_OK}
+        doc["refresh_time"] = coarse_utcnow()
+        trials.refresh()
+        finished += 1
+        yield number, params, out
+
+
 def run_sweep(
     data: Split, cfg: SweepConfig, on_trial: Callable[[TrialResult], None] | None = None
 ) -> list[TrialResult]:
@@ -155,36 +199,15 @@ def run_sweep(
     Serial runs are deterministic for a seed (exactly `hyperopt.fmin`'s sequence). On Dask the
     sequence depends on which trial finishes first, so it is not bit-reproducible.
     """
-    from hyperopt import STATUS_OK, Trials, base, space_eval, tpe
-    from hyperopt.base import JOB_STATE_DONE
-    from hyperopt.utils import coarse_utcnow
-
-    space = search_space()
-    domain = base.Domain(lambda p: {"loss": 0.0, "status": STATUS_OK}, space)
-    trials = Trials()
-    rstate = np.random.default_rng(cfg.seed)
-    algo = functools.partial(tpe.suggest, n_startup_jobs=min(cfg.n_startup, cfg.n_trials))
-    engine = _DaskEngine(data, cfg) if cfg.executor == "dask" else _SerialEngine(data, cfg)
+    if cfg.executor == "dask":
+        engine = DaskEngine(data, cfg)
+    else:
+        engine = SerialEngine(lambda params: _evaluate(params, data, cfg, cfg.threads))
     results: list[TrialResult] = []
-    in_flight: dict[int, tuple[dict, dict, int]] = {}  # tid -> (trial doc, params, number)
-    submitted = 0
     try:
-        while len(results) < cfg.n_trials:
-            # fill every free slot; TPE suggests one point per call (pending points have no loss
-            # yet, so they do not steer it; each call has its own seed)
-            while len(in_flight) < engine.slots and submitted < cfg.n_trials:
-                new_ids = trials.new_trial_ids(1)
-                trials.refresh()
-                docs = algo(new_ids, domain, trials, rstate.integers(2**31 - 1))
-                trials.insert_trial_docs(docs)
-                trials.refresh()
-                doc = next(t for t in trials._dynamic_trials if t["tid"] == new_ids[0])
-                params = space_eval(space, base.spec_from_misc(doc["misc"]))
-                in_flight[new_ids[0]] = (doc, params, submitted)
-                submitted += 1
-                engine.submit(new_ids[0], params)
-            tid, out = engine.next_done()
-            doc, params, number = in_flight.pop(tid)
+        for number, params, out in tpe_trials(
+            engine, cfg.n_trials, cfg.seed, cfg.n_startup, search_space(), lambda out: 1.0 - out["metrics"]["auc_roc"]
+        ):
             tr = TrialResult(
                 number=number,
                 params=normalise_params(params),
@@ -193,10 +216,6 @@ def run_sweep(
                 fit_seconds=out["fit_seconds"],
                 val_proba=out["val_proba"],
             )
-            doc["state"] = JOB_STATE_DONE
-            doc["result"] = {"loss": tr.loss, "status": STATUS_OK}
-            doc["refresh_time"] = coarse_utcnow()
-            trials.refresh()
             results.append(tr)
             if on_trial:
                 on_trial(tr)

@@ -1,4 +1,4 @@
-"""Serve the reports directory on REPORTS_PORT (8888): nginx when installed, else Python.
+"""Serve the reports directory on REPORTS_PORT (8888): nginx when installed, else Flask (werkzeug).
 
     python -m reporting.webserver                 # foreground (supervisor): nginx or the fallback
     python -m reporting.webserver --python        # force the Python fallback
@@ -14,14 +14,14 @@ cacheable (immutable once written).
 from __future__ import annotations
 
 import argparse
-import mimetypes
 import os
-import shutil
 import sys
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+
+from flask import Flask, Response, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from churnops.nginx import nginx_args, nginx_binary, nginx_test, user_directive
 
@@ -52,102 +52,81 @@ def render_config(
     return out
 
 
-# ---- Python fallback ---------------------------------------------------------------------------------
+# ---- Python fallback: Flask's send_from_directory under the same rules ----------------------------
+
+MAX_PATH = 4096  # bytes of request target; longer is a 414 (no file path is that long)
 
 
-class ReportsHandler(BaseHTTPRequestHandler):
-    root: Path = Path(".")
+def _deny(status: int) -> Response:
+    headers = {"Allow": "GET, HEAD"} if status == 405 else {}
+    return Response(
+        f"{status} {HTTPStatus(status).phrase}\n", status, headers, content_type="text/plain; charset=utf-8"
+    )
+
+
+def _allowed(root: Path, path: str) -> int:
+    """200 when the decoded URL path `path` may be served from `root`, else the status refusing it."""
+    if "\x00" in path or "\\" in path or not path.startswith("/"):
+        return 400
+    parts = path.split("/")
+    if any(p in ("..", ".") for p in parts):
+        return 400
+    if any(p.startswith(".") for p in parts if p):
+        return 404
+    target = root.joinpath(*(p for p in parts if p)) if path != "/" else root / "index.html"
+    try:  # no symlinks, nothing outside the folder (ENAMETOOLONG and the like: 404)
+        if target.is_symlink() or root not in target.resolve(strict=True).parents:
+            return 404
+    except OSError:
+        return 404
+    return 200
+
+
+def reports_app(reports_dir: Path) -> Flask:
+    """The Flask app serving `reports_dir` (GET/HEAD, the rules of the module docstring)."""
+    root = Path(reports_dir).resolve()
+    app = Flask(__name__, static_folder=None)
+    app.url_map.merge_slashes = False  # `//etc/passwd` is refused, not redirected
+
+    @app.route("/", defaults={"name": ""}, methods=["GET", "HEAD"], provide_automatic_options=False)
+    @app.route("/<path:name>", methods=["GET", "HEAD"], provide_automatic_options=False)
+    def serve(name: str) -> Response:
+        if len(request.environ.get("RAW_URI") or request.full_path) > MAX_PATH:
+            return _deny(414)
+        status = _allowed(root, request.path)
+        if status != 200:
+            return _deny(status)
+        name = name or "index.html"  # autoindex off: only the root has an index
+        resp = send_from_directory(root, name, max_age=None, etag=False)
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        base = Path(name).name
+        if base == "index.html":
+            resp.headers["Cache-Control"] = "no-cache"
+        elif base.startswith("report-"):
+            resp.headers["Cache-Control"] = "public, max-age=604800, immutable"
+        else:
+            resp.headers["Cache-Control"] = "public, max-age=300"
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def refuse(exc: HTTPException) -> Response:
+        return _deny(exc.code or 500)
+
+    return app
+
+
+class _Handler(WSGIRequestHandler):
     server_version = "churn-reports"
     sys_version = ""
 
-    def log_message(self, fmt, *args):  # quiet: the supervisor keeps stderr
+    def log_request(self, *args, **kwargs) -> None:  # quiet: the supervisor keeps stderr
         if os.environ.get("REPORTS_ACCESS_LOG"):
-            super().log_message(fmt, *args)
-
-    def _deny(self, status: int) -> None:
-        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        if status == 405:
-            self.send_header("Allow", "GET, HEAD")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    MAX_PATH = 4096  # bytes of request target; longer is a 414 (no file path is that long)
-
-    def resolve(self) -> tuple[Path | None, int]:
-        if len(self.path) > self.MAX_PATH:
-            return None, 414
-        try:
-            return self._resolve()
-        except OSError:  # a name longer than the file system allows (ENAMETOOLONG), and the like
-            return None, 404
-
-    def _resolve(self) -> tuple[Path | None, int]:
-        raw = urlsplit(self.path).path
-        path = unquote(raw)
-        if "\x00" in path or "\\" in path or not path.startswith("/"):
-            return None, 400
-        parts = path.split("/")
-        if any(p in ("..", ".") for p in parts):
-            return None, 400
-        if any(p.startswith(".") for p in parts if p):
-            return None, 404
-        rel = "/".join(p for p in parts if p)
-        root = self.root.resolve()
-        target = root / rel if rel else root
-        if target.is_dir():
-            if rel:  # autoindex off; only the root has an index
-                return None, 404
-            target = root / "index.html"
-        try:
-            real = target.resolve(strict=True)
-        except (FileNotFoundError, OSError):
-            return None, 404
-        if target.is_symlink() or root not in real.parents or not real.is_file():
-            return None, 404
-        return real, 200
-
-    def _serve(self) -> None:
-        f, status = self.resolve()
-        if f is None:
-            return self._deny(status)
-        ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
-        if ctype.startswith("text/") or ctype == "application/json":
-            ctype += "; charset=utf-8"
-        size = f.stat().st_size
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(size))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if f.name == "index.html":
-            self.send_header("Cache-Control", "no-cache")
-        elif f.name.startswith("report-"):
-            self.send_header("Cache-Control", "public, max-age=604800, immutable")
-        else:
-            self.send_header("Cache-Control", "public, max-age=300")
-        self.end_headers()
-        if self.command == "GET":
-            with open(f, "rb") as fh:
-                shutil.copyfileobj(fh, self.wfile)
-
-    do_GET = _serve
-    do_HEAD = _serve
-
-    def _method_not_allowed(self):
-        return self._deny(405)
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed
+            super().log_request(*args, **kwargs)
 
 
-def python_server(reports_dir: Path, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    handler = type("Handler", (ReportsHandler,), {"root": Path(reports_dir).resolve()})
-    ThreadingHTTPServer.allow_reuse_address = True
-    srv = ThreadingHTTPServer((host, port), handler)
-    srv.daemon_threads = True
-    return srv
+def python_server(reports_dir: Path, port: int, host: str = "127.0.0.1") -> BaseWSGIServer:
+    """A threaded werkzeug server of `reports_app` (`serve_forever`, `shutdown`, `server_close`)."""
+    return make_server(host, port, reports_app(reports_dir), threaded=True, request_handler=_Handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
+from psutil import pid_exists
 
 
 class CoalescingResponse(wsgi.Response):
@@ -113,6 +114,7 @@ class WholeBody:
     gunicorn's `Body.read(n)` fetches 1 KB at a time and copies the rest of its 8 KB socket buffer
     after each piece, which costs about 5 ms for a 500 KB batch body. This reads the socket in
     pieces of up to 1 MB instead. Lines and iteration, and anything after them, stay gunicorn's.
+    gunicorn 27's `Body.read` reads in large steps itself: this class goes with that upgrade.
     """
 
     def __init__(self, body):
@@ -165,7 +167,7 @@ class ConnectionBoard:
         for slot in range(self.slots):
             pid = self._cells[2 * slot]
             free = (
-                pid == 0 or (pid > 0 and not _alive(pid)) or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60)
+                pid == 0 or (pid > 0 and not pid_exists(pid)) or (pid < 0 and now - self._reserved.get(slot, -1e9) > 60)
             )  # never started
             if free:
                 self._cells[2 * slot], self._cells[2 * slot + 1] = -1, 0
@@ -191,7 +193,7 @@ class ConnectionBoard:
         """Another live worker has its app ready: a worker still loading can leave connections to it."""
         for other in range(self.slots):
             pid = self._ready_pids[other]
-            if other != slot and pid > 0 and _alive(pid):
+            if other != slot and pid > 0 and pid_exists(pid):
                 return True
         return False
 
@@ -207,21 +209,11 @@ class ConnectionBoard:
                 continue
             count = cells[2 * other + 1]
             if fewest is None or count < fewest:
-                if not _alive(pid):  # killed without cleaning up: forget it
+                if not pid_exists(pid):  # killed without cleaning up: forget it
                     self.release(other)
                     continue
                 fewest = count
         return fewest
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 BOARD = ConnectionBoard()
@@ -707,7 +699,8 @@ class KeepAliveWorker(ThreadWorker):
             self._forget(conn, registered=True)
 
     def handle_request(self, req, conn):
-        """gthread's `handle_request` (gunicorn 26.2), answering through `CoalescingResponse`."""
+        """gthread's `handle_request` (gunicorn 26.2, the pinned release: tests/serving/test_gunicorn_tripwire.py),
+        answering through `CoalescingResponse` and deciding keep-alive with this worker's own state."""
         environ = {}
         resp = None
         try:

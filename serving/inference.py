@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import orjson as _orjson  # fast JSON; the stdlib parser gives the error messages
+
 from churnops.contract import DatasetContract, RecordResult
 from churnops.request_ids import (  # noqa: F401  (re-exported: the request id rules of every server path)
     MAX_REQUEST_ID,
@@ -24,19 +26,13 @@ from churnops.request_ids import (  # noqa: F401  (re-exported: the request id r
 )
 from serving.model import LoadedModel, ModelSet
 
-try:  # fast JSON when available (a dependency of prefect); the stdlib gives the error messages
-    import orjson as _orjson
-except ImportError:  # pragma: no cover
-    _orjson = None
-
 
 def dumps(obj) -> bytes:
     """JSON bytes of a response body (non-finite numbers become null: NaN is not JSON)."""
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(obj)  # writes null for NaN/Infinity
-        except TypeError:
-            pass
+    try:
+        return _orjson.dumps(obj)  # writes null for NaN/Infinity
+    except TypeError:
+        pass
     return json_text(obj, default=str).encode()
 
 
@@ -68,9 +64,6 @@ class BadInput(ValueError):
         super().__init__(error)
         self.error, self.details, self.reason, self.status = error, details, reason, status
 
-    def body(self) -> dict:
-        return {"error": self.error, "details": self.details}
-
 
 def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON (non-finite numbers are rejected)")
@@ -90,13 +83,12 @@ def parse_json(raw: bytes | str) -> Any:
     raise `BadInput` (400)."""
     if raw is None or (isinstance(raw, (bytes, str)) and not raw.strip()):
         raise BadInput("empty body", {"body": "expected a JSON document, got an empty body"}, "empty_body", 400)
-    if _orjson is not None:
-        try:
-            return _orjson.loads(raw)  # strict: rejects NaN/Infinity; fast path only
-        except Exception as exc:
-            if "depth limit" in str(exc):  # orjson's nesting limit: the stdlib would recurse
-                raise _too_deep() from exc
-            # otherwise re-parse below for a descriptive message (or a value orjson cannot hold)
+    try:
+        return _orjson.loads(raw)  # strict: rejects NaN/Infinity; fast path only
+    except Exception as exc:
+        if "depth limit" in str(exc):  # orjson's nesting limit: the stdlib would recurse
+            raise _too_deep() from exc
+        # otherwise re-parse below for a descriptive message (or a value orjson cannot hold)
     try:
         return json.loads(raw, parse_constant=_no_constants)
     except RecursionError as exc:  # nesting deeper than the interpreter's stack

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from churnops.bundle import Bundle
 from churnops.redact import redact
@@ -56,18 +57,6 @@ class ReloadBusy(RuntimeError):
     def __init__(self, job: dict):
         super().__init__(f"reload {job['id']} is still pending")
         self.job = job
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -502,7 +491,8 @@ class ModelManager:
             job = json.loads((self._jobs_dir() / f"{job_id}.json").read_text())
         except (OSError, ValueError):
             return None
-        if job.get("status") == PENDING and not _alive(int(job.get("pid") or 0)):
+        pid = int(job.get("pid") or 0)
+        if job.get("status") == PENDING and not (pid > 0 and psutil.pid_exists(pid)):
             job.update(
                 status=FAILED,
                 reason=f"the process that ran the reload (pid {job.get('pid')}) exited "

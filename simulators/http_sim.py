@@ -87,6 +87,24 @@ def add_common_args(p: argparse.ArgumentParser, s) -> None:
     p.add_argument("--allow-remote", action="store_true", help="allow non-loopback endpoints (Compose)")
 
 
+def common_options(a: argparse.Namespace) -> dict:
+    """The keyword arguments of `run_http` / `run_kinesis` from the options of `add_common_args`."""
+    return {
+        "rate": a.rate,
+        "seconds": a.seconds,
+        "count": a.count,
+        "seed": a.seed,
+        "drift": parse_drift(a.drift),
+        "drift_mode": a.drift_mode,
+        "feedback_delay_s": a.feedback_delay,
+        "feedback": not a.no_feedback,
+        "api_url": a.api_url,
+        "source": a.source,
+        "allow_remote": a.allow_remote,
+        "onset": a.onset,
+    }
+
+
 def main() -> None:
     from churnops.cli import fail, setup_logging
     from churnops.contract import load_contract
@@ -101,18 +119,7 @@ def main() -> None:
         st = run_http(
             s,
             load_contract(s.dataset),
-            rate=a.rate,
-            seconds=a.seconds,
-            count=a.count,
-            seed=a.seed,
-            drift=parse_drift(a.drift),
-            drift_mode=a.drift_mode,
-            feedback_delay_s=a.feedback_delay,
-            feedback=not a.no_feedback,
-            api_url=a.api_url,
-            source=a.source,
-            allow_remote=a.allow_remote,
-            onset=a.onset,
+            **common_options(a),
         )
     except Exception as exc:
         fail(exc, "HTTP simulator")

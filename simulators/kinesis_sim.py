@@ -15,7 +15,6 @@ from simulators.traffic import (
     RunStats,
     check_loopback,
     customer_pool,
-    parse_drift,
     plan_records,
     planned_count,
     run_paced,
@@ -93,7 +92,7 @@ def main() -> None:
     from churnops.cli import fail, setup_logging
     from churnops.contract import load_contract
     from churnops.settings import get_settings
-    from simulators.http_sim import add_common_args
+    from simulators.http_sim import add_common_args, common_options
 
     s = get_settings()
     p = argparse.ArgumentParser(description="Kinesis traffic simulator")
@@ -105,19 +104,8 @@ def main() -> None:
         st = run_kinesis(
             s,
             load_contract(s.dataset),
-            rate=a.rate,
-            seconds=a.seconds,
-            count=a.count,
-            seed=a.seed,
-            drift=parse_drift(a.drift),
-            drift_mode=a.drift_mode,
-            feedback_delay_s=a.feedback_delay,
-            feedback=not a.no_feedback,
-            api_url=a.api_url,
             stream=a.stream,
-            source=a.source,
-            allow_remote=a.allow_remote,
-            onset=a.onset,
+            **common_options(a),
         )
     except Exception as exc:
         fail(exc, "Kinesis simulator")

@@ -1,6 +1,6 @@
 """Realized performance: feedback outcomes joined to logged predictions.
 
-AUC-ROC (rank formula with tie correction, no sklearn needed), precision, recall, F1 at the
+AUC-ROC and expected calibration error (churnops.metrics), precision, recall, F1 at the
 served decision, Brier score and expected calibration error (10 equal-width bins), overall and
 per model version / route.
 """
@@ -9,28 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
-
-def auc_roc(y: np.ndarray, p: np.ndarray) -> float | None:
-    """Mann-Whitney AUC; None when only one class is present."""
-    y = np.asarray(y, dtype=int)
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if n1 == 0 or n0 == 0:
-        return None
-    r = rankdata(p)
-    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: sum_b |mean(p_b) - mean(y_b)| * n_b / n."""
-    idx = np.minimum((np.asarray(p) * bins).astype(int), bins - 1)
-    n = np.bincount(idx, minlength=bins)
-    sp = np.bincount(idx, weights=p, minlength=bins)
-    sy = np.bincount(idx, weights=y, minlength=bins)
-    nz = n > 0
-    return float(np.sum(np.abs(sp[nz] - sy[nz])) / max(len(p), 1))
+from churnops.metrics import auc_roc
+from churnops.metrics import expected_calibration_error as ece
 
 
 def quality(y, p, decision=None) -> dict:

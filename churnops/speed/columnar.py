@@ -24,12 +24,8 @@ import itertools
 import operator
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
-
-try:
-    import msgspec
-except ImportError:  # pragma: no cover - the dict path below does the same work, slower
-    msgspec = None
 
 from churnops.request_ids import new_request_id, new_request_ids, valid_request_id
 from churnops.validator import CompiledContract, clean_category
@@ -91,7 +87,7 @@ class ColumnarValidator:
         self._lo = np.array([lo for _, lo, _ in self.numeric], dtype=np.float64)
         self._hi = np.array([hi for _, _, hi in self.numeric], dtype=np.float64)
 
-        self._decoders = self._row_decoders() if msgspec is not None and not self.deferred else None
+        self._decoders = self._row_decoders() if not self.deferred else None
 
     def _row_decoders(self):
         """msgspec decoders for `[row, ...]` and `{"records": [row, ...]}` with exact contract rows."""

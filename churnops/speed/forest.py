@@ -12,7 +12,7 @@ model the probabilities are bit for bit XGBoost's. On 1,000 real rows it takes a
 
 Only what it can reproduce exactly is compiled: `gbtree` boosters with numeric splits, one
 output and a logistic objective (XGBoost compares `value < threshold` in float32, as here).
-`Forest.from_booster` returns None for anything else, and also when numba is not installed or
+`Forest.from_booster` returns None for anything else, and also when
 the result disagrees with XGBoost at load: on rows built to reach every split with its feature
 missing, at its threshold and one float32 step below it, the margins must agree within 1e-6 and
 every row must end in the same leaf of every tree as XGBoost's `pred_leaf` says (about 2 s for
@@ -183,10 +183,6 @@ class Forest:
     @classmethod
     def from_booster(cls, booster, check: bool = True) -> "Forest | None":
         """A checked `Forest` for an `xgboost.Booster`, or None (keep XGBoost's predictor)."""
-        try:
-            import numba  # noqa: F401
-        except ImportError:
-            return None
         try:
             model = json.loads(bytes(booster.save_raw("json")))
             forest = cls.from_model_json(model)

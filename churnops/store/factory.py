@@ -20,10 +20,3 @@ def open_store(settings: Settings | None = None) -> PredictionStore:
     from churnops.store.sqlite import SQLiteStore
 
     return SQLiteStore(sqlite_path(s))
-
-
-def describe(settings: Settings | None = None) -> str:
-    s = settings or get_settings()
-    if s.mongodb_uri:
-        return f"mongodb ({s.mongodb_db})"
-    return f"sqlite ({sqlite_path(s)})"

@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from churnops.governance import (
-    evaluate_rules,
-    expected_calibration_error,
-    failed,
-    load_rules,
-)
+from churnops.governance import evaluate_rules, failed, load_rules
+from churnops.metrics import expected_calibration_error
 
 RULES = {
     "min_test_auc_roc": 0.8,
@@ -132,3 +128,24 @@ def test_server_refuses_a_model_trained_with_another_contract(tmp_path, monkeypa
     other.write_text(yaml.safe_dump(raw))
     with pytest.raises(ModelLoadError, match=r"trained with data contract 'bank_churners'.*'other_churn'"):
         load_model(str(bundle), "champion", Settings(_env_file=None, state_dir=tmp_path / "st", dataset=str(other)))
+
+
+@pytest.mark.parametrize(
+    "main, env, says",
+    [
+        ("promote_main", {"REASON": "better"}, "make promote failed: VERSION and REASON are required"),
+        ("rollback_main", {"VERSION": "3"}, "make rollback failed: REASON is required"),
+    ],
+)
+def test_promote_and_rollback_commands_name_what_is_missing(main, env, says, monkeypatch, capsys):
+    """Refused before any registry call: exit 1 and a line naming the command and the missing value."""
+    from churnops import registry
+
+    monkeypatch.delenv("REASON", raising=False)
+    monkeypatch.delenv("VERSION", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as exit_info:
+        getattr(registry, main)()
+    assert exit_info.value.code == 1
+    assert says in capsys.readouterr().err

@@ -23,12 +23,9 @@ def defined_metrics() -> set[str]:
 
     reg = CollectorRegistry()
     DriftGauges(reg, multiprocess_mode=None)
-    try:
-        from serving.metrics import Metrics
+    from serving.metrics import Metrics
 
-        Metrics(reg)
-    except ImportError:  # pragma: no cover
-        pytest.skip("serving.metrics not available")
+    Metrics(reg)
     names = set()
     for m in reg.collect():
         if m.type == "counter":

@@ -196,37 +196,6 @@ def test_sqlite_limit_reads_only_the_chunks_it_needs(tmp_path):
     ]
 
 
-def test_sqlite_file_of_older_version_is_converted(tmp_path):
-    """One row per prediction (the format before chunks) becomes chunks on first open, nothing lost."""
-    import json
-    import sqlite3
-
-    from churnops.store.sqlite import SQLiteStore
-
-    path = tmp_path / "old.db"
-    c = sqlite3.connect(path)
-    c.executescript(
-        "CREATE TABLE predictions (_id TEXT PRIMARY KEY, ts REAL NOT NULL, request_id TEXT, source TEXT, "
-        "route TEXT, model_version TEXT, doc TEXT NOT NULL); CREATE TABLE reports (_id TEXT PRIMARY KEY, "
-        "ts REAL NOT NULL, doc TEXT NOT NULL); CREATE INDEX reports_ts ON reports (ts);"
-    )
-    c.executemany(
-        "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(f"id{i}", 10.0 + i, f"id{i}", "http", "champion", "1", json.dumps(rec(i, 10.0 + i))) for i in range(2500)],
-    )
-    c.execute(
-        "INSERT INTO predictions VALUES ('nan', 1.0, 'nan', 'http', 'champion', '1', ?)",
-        (json.dumps(rec(7777, 1.0, _id="nan", latency_ms=float("nan"))),),
-    )  # NaN: not strict JSON
-    c.commit()
-    c.close()
-    s = SQLiteStore(path)
-    assert s.count_predictions() == 2501 and s.find_predictions(start=5.0, limit=1) == [rec(0, 10.0)]
-    assert s.find_predictions(2505.0, 2507.0) == [rec(2495, 2505.0), rec(2496, 2506.0)]
-    s.insert_predictions([rec(9999, 1.0)])
-    assert s.count_predictions() == 2502
-
-
 def test_sqlite_reads_what_only_the_json_fallback_can_write(tmp_path):
     """A lone surrogate (accepted by the stdlib JSON parser) or a NaN never makes a chunk unreadable."""
     from churnops.store.sqlite import SQLiteStore

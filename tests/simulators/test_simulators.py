@@ -197,3 +197,20 @@ def test_kinesis_sim_on_moto(moto_endpoint, api, pool, contract, monkeypatch):
     records = [json.loads(r["Data"]) for r in kin.get_records(ShardIterator=it, Limit=100)["Records"]]
     assert len(records) == 25 and {r["request_id"] for r in records} == {b["request_id"] for _, b in api.feedback}
     assert sum(r["features"]["education_level"] == "Unknown" for r in records) >= 10
+
+
+def test_command_line_options_fit_both_simulators():
+    """The shared options of both command lines are exactly keyword arguments of both runners."""
+    import argparse
+    import inspect
+
+    from churnops.settings import Settings
+    from simulators.http_sim import add_common_args, common_options, run_http
+    from simulators.kinesis_sim import run_kinesis
+
+    p = argparse.ArgumentParser()
+    add_common_args(p, Settings())
+    opts = common_options(p.parse_args(["--drift", "shift", "--no-feedback", "--count", "7"]))
+    assert opts["count"] == 7 and opts["feedback"] is False and opts["drift"] == ["shift"]
+    inspect.signature(run_http).bind(None, None, **opts)
+    inspect.signature(run_kinesis).bind(None, None, stream="s", **opts)
