@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -54,10 +54,11 @@ class TrialResult:
     n_trees: int
     fit_seconds: float
     val_proba: np.ndarray = field(repr=False)
+    objective: float | None = None  # the task's loss (churnops.tasks); None: 1 - AUC-ROC
 
     @property
     def loss(self) -> float:
-        return 1.0 - self.metrics["auc_roc"]
+        return self.objective if self.objective is not None else 1.0 - self.metrics["auc_roc"]
 
 
 @dataclass
@@ -71,10 +72,11 @@ class SweepConfig:
     executor: str = "local"  # "local" | "dask"
     dask_address: str | None = None
     dask_workers: int = 2
+    task: Any = None  # churnops.tasks object: estimator, space, metrics, loss (None: binary classification)
 
 
 def _evaluate(params: dict, data: Split, cfg: SweepConfig, threads: int) -> dict:
-    return fit_trial(normalise_params(params), data, cfg.seed, cfg.max_trees, cfg.early_stopping, threads)
+    return fit_trial(normalise_params(params), data, cfg.seed, cfg.max_trees, cfg.early_stopping, threads, cfg.task)
 
 
 class _SerialEngine:
@@ -159,7 +161,7 @@ def run_sweep(
     from hyperopt.base import JOB_STATE_DONE
     from hyperopt.utils import coarse_utcnow
 
-    space = search_space()
+    space = cfg.task.search_space() if cfg.task is not None else search_space()
     domain = base.Domain(lambda p: {"loss": 0.0, "status": STATUS_OK}, space)
     trials = Trials()
     rstate = np.random.default_rng(cfg.seed)
@@ -192,6 +194,7 @@ def run_sweep(
                 n_trees=out["n_trees"],
                 fit_seconds=out["fit_seconds"],
                 val_proba=out["val_proba"],
+                objective=out.get("loss"),
             )
             doc["state"] = JOB_STATE_DONE
             doc["result"] = {"loss": tr.loss, "status": STATUS_OK}
