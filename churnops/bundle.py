@@ -58,8 +58,12 @@ def onnx_proba(session, X: np.ndarray, task=None) -> np.ndarray:
 
 
 def onnx_parity(onnx_bytes: bytes, X: np.ndarray, native_proba: np.ndarray, task=None) -> float:
-    """Max absolute output difference (probability, or value) between ONNX and the native model on X."""
-    return float(np.max(np.abs(onnx_proba(onnx_session(onnx_bytes), X, task) - native_proba)))
+    """Disagreement between ONNX and the native model on X, as the task measures it: the max
+    absolute probability difference (classifiers), the max relative value difference (regression)."""
+    from churnops.tasks import task_for
+
+    task = task or task_for()
+    return task.parity(onnx_proba(onnx_session(onnx_bytes), X, task), native_proba)
 
 
 @dataclass

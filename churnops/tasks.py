@@ -73,6 +73,10 @@ class BinaryClassification:
     def loss(self, metrics: dict) -> float:
         return 1.0 - metrics["auc_roc"]
 
+    def parity(self, onnx: np.ndarray, native: np.ndarray) -> float:
+        """Max absolute probability difference (the gate's tolerance applies to it)."""
+        return float(np.max(np.abs(onnx - native)))
+
     def onnx_output(self, outs: list) -> np.ndarray:
         """Positive-class probabilities from an ONNX classifier's outputs (dict or tensor)."""
         probs = outs[1]
@@ -198,6 +202,12 @@ class Regression:
 
     def loss(self, metrics: dict) -> float:
         return metrics["rmse"]
+
+    def parity(self, onnx: np.ndarray, native: np.ndarray) -> float:
+        """Max difference relative to the value's size (at least 1): both runtimes sum the trees in
+        float32, so on values in the hundreds their absolute difference is ~1e-4 by rounding alone."""
+        native = np.asarray(native, dtype=np.float64)
+        return float(np.max(np.abs(onnx - native) / np.maximum(1.0, np.abs(native))))
 
     def onnx_output(self, outs: list) -> np.ndarray:
         """Predicted values from an ONNX regressor's one output ([N, 1] or [N])."""
