@@ -9,6 +9,7 @@ servers call `task_for(...)` and never test the task themselves.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,55 @@ class BinaryClassification:
         from churnops.pipeline import _plots
 
         _plots(ev, folder)
+
+    # ---- serving -------------------------------------------------------------------------------
+    def decide(self, p: float, threshold: float | None) -> int:
+        return int(p >= threshold)
+
+    def answer(self, p: float, d: int | None, threshold: float | None) -> dict:
+        """A prediction's own fields in an answer (HTTP, batch, stream)."""
+        return {"probability": p, "churn": bool(d), "decision": d, "threshold": threshold}
+
+    def log_fields(self, p: float, d: int | None) -> dict:
+        """A prediction's own fields in the prediction log."""
+        return {"probability": p, "decision": d}
+
+    def output_columns(self, values: np.ndarray, threshold: float | None) -> dict[str, np.ndarray]:
+        """A batch's prediction columns in the log (`log_fields`, column-wise)."""
+        return {"probability": values, "decision": (values >= threshold).astype(np.int64)}
+
+    def batch_items(self, rids: list[str], cols: dict[str, np.ndarray], m) -> list[bytes]:
+        from serving.inference import batch_items
+
+        return batch_items(rids, cols["probability"].tolist(), cols["decision"].tolist(), m)
+
+    def decision_counts(self, cols: dict[str, np.ndarray]) -> dict[str, int]:
+        """Rows per decision label (the predictions counter)."""
+        positives = int(cols["decision"].sum())
+        return {"1": positives, "0": len(cols["decision"]) - positives}
+
+    def parse_feedback(self, data: dict, contract) -> tuple[Any, dict[str, str], str]:
+        """(outcome 0/1, problems by field, answer key) of a /feedback body: `outcome` (or `actual`)
+        0/1/true/false, or a `label` among the contract's labels."""
+        details: dict[str, str] = {}
+        outcome = data.get("outcome", data.get("actual"))
+        label = data.get("label")
+        if outcome is None and label is not None:
+            labels = {str(x).strip().lower() for x in contract.target.labels}
+            pos = contract.target.positive.strip().lower()
+            lab = str(label).strip().lower()
+            if lab == pos or lab in ("churn", "churned", "true", "1", "yes"):
+                outcome = 1
+            elif lab in labels or lab in ("no_churn", "stayed", "false", "0", "no"):
+                outcome = 0
+            else:
+                details["label"] = f"unknown label {str(label)[:40]!r}; expected one of {sorted(labels)}"
+        elif isinstance(outcome, bool):
+            outcome = int(outcome)
+        if "label" not in details:
+            if outcome not in (0, 1) or isinstance(outcome, float) and outcome not in (0.0, 1.0):
+                details["outcome"] = "expected 0 or 1 (or a `label`)"
+        return (int(outcome) if not details else None), details, "outcome"
 
 
 @dataclass(frozen=True)
@@ -262,6 +312,45 @@ class Regression:
         ax.barh([k for k, _ in top], [v for _, v in top])
         ax.set_title("feature importance (gain share)")
         fig.tight_layout(), fig.savefig(folder / "feature_importance.png", dpi=90), plt.close(fig)
+
+    # ---- serving -------------------------------------------------------------------------------
+    def decide(self, p: float, threshold: float | None) -> None:
+        return None
+
+    def answer(self, p: float, d: int | None, threshold: float | None) -> dict:
+        return {"prediction": p}
+
+    def log_fields(self, p: float, d: int | None) -> dict:
+        return {"prediction": p}
+
+    def output_columns(self, values: np.ndarray, threshold: float | None) -> dict[str, np.ndarray]:
+        return {"prediction": values}
+
+    def batch_items(self, rids: list[str], cols: dict[str, np.ndarray], m) -> list[bytes]:
+        from serving.inference import dumps
+
+        tail = dumps({"model_run_id": m.run_id, "model_version": m.version, "route": m.route})
+        d = dumps
+        return [
+            b'{"request_id":' + d(r) + b',"prediction":' + d(v) + b"," + tail[1:]
+            for r, v in zip(rids, cols["prediction"].tolist())
+        ]
+
+    def decision_counts(self, cols: dict[str, np.ndarray]) -> dict[str, int]:
+        return {"none": len(cols["prediction"])}
+
+    def parse_feedback(self, data: dict, contract) -> tuple[Any, dict[str, str], str]:
+        """(observed value, problems by field, answer key) of a /feedback body: `value` (or
+        `outcome`/`actual`), a finite JSON number."""
+        key = next((k for k in ("value", "outcome", "actual") if k in data), "value")
+        v = data.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            shown = "null" if v is None else (repr(v)[:40] if isinstance(v, (int, float, str)) else type(v).__name__)
+            return None, {key: f"expected a finite number (the observed {contract.target.name}), got {shown}"}, "value"
+        t = contract.target
+        if (t.min is not None and v < t.min) or (t.max is not None and v > t.max):
+            return None, {key: f"value {v} outside the target's range [{t.min:g}, {t.max:g}]"}, "value"
+        return float(v), {}, "value"
 
 
 Task = BinaryClassification | Regression

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -26,13 +25,13 @@ from churnops.model_uri import ModelUriError, check_model_uri, check_run_id
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
+from churnops.tasks import task_for
 from serving.columnar import ColumnarValidator, from_rows, predict_columns
 from serving.fastpath import FastPredict
 from serving.inference import (
     REQUEST_ID_RULE,
     BadInput,
     FastValidator,
-    batch_items,
     check_row,
     dumps,
     json_text,
@@ -75,6 +74,7 @@ class ServingState:
     def __init__(self, settings: Settings, store: PredictionStore, plog: PredictionLog, models: ModelManager):
         self.settings = settings
         self.contract = load_contract(settings.dataset)
+        self.task = task_for(self.contract)  # what differs per task (answers, feedback)
         self.store = store
         self.plog = plog
         self.models = models
@@ -313,7 +313,8 @@ def create_app(
         now = time.time()
         out: list = [None] * n
         for m, idx, proba in groups:
-            dec = (proba >= m.threshold).astype(np.int64)
+            task = m.bundle.task  # what a prediction answers and logs (churnops.tasks)
+            cols = task.output_columns(proba, m.threshold)
             rids = batch.request_ids if idx is None else [batch.request_ids[i] for i in idx.tolist()]
             plog.submit_batch(
                 PredictionBatch(
@@ -326,15 +327,14 @@ def create_app(
                         "latency_ms": round(latency / n, 3),
                         "batch": True,
                     },
-                    cols={"_id": new_request_ids(len(rids)), "request_id": rids, "probability": proba, "decision": dec},
+                    cols={"_id": new_request_ids(len(rids)), "request_id": rids, **cols},
                     features=batch.columns if idx is None else batch.take(idx),
                 )
             )
             positions = range(n) if idx is None else idx.tolist()
-            for i, item in zip(positions, batch_items(rids, proba.tolist(), dec.tolist(), m)):
+            for i, item in zip(positions, task.batch_items(rids, cols, m)):
                 out[i] = item if i not in batch.ignored else with_ignored(item, batch.ignored[i])
-            positives = int(dec.sum())
-            for d, k in (("1", positives), ("0", len(dec) - positives)):
+            for d, k in task.decision_counts(cols).items():
                 if k:
                     child(state.metrics.predictions, "http", m.route, str(m.version), d).inc(k)
         child(state.metrics.latency, "http_batch", "mixed").observe(latency / 1000)
@@ -354,29 +354,15 @@ def create_app(
         rid = data.get("request_id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
             details["request_id"] = REQUEST_ID_RULE  # the same rule as /predict
-        outcome = data.get("outcome", data.get("actual"))
-        label = data.get("label")
-        if outcome is None and label is not None:
-            labels = {str(x).strip().lower() for x in state.contract.target.labels}
-            pos = state.contract.target.positive.strip().lower()
-            lab = str(label).strip().lower()
-            if lab == pos or lab in ("churn", "churned", "true", "1", "yes"):
-                outcome = 1
-            elif lab in labels or lab in ("no_churn", "stayed", "false", "0", "no"):
-                outcome = 0
-            else:
-                details["label"] = f"unknown label {str(label)[:40]!r}; expected one of {sorted(labels)}"
-        elif isinstance(outcome, bool):
-            outcome = int(outcome)
-        if "label" not in details:
-            if outcome not in (0, 1) or isinstance(outcome, float) and outcome not in (0.0, 1.0):
-                details["outcome"] = "expected 0 or 1 (or a `label`)"
+        # classifiers: outcome 0/1 or a label; regressions: a finite `value` (churnops.tasks)
+        outcome, problems, key = state.task.parse_feedback(data, state.contract)
+        details |= problems
         if details:
             raise BadInput("invalid feedback", details, "invalid_feedback", 422)
         ts = time.time()
         rid = str(rid).strip()
-        plog.submit_feedback(rid, int(outcome), ts)
-        return jsonify({"request_id": rid, "outcome": int(outcome), "ts": ts, "status": "accepted"}), 202
+        plog.submit_feedback(rid, outcome, ts)
+        return jsonify({"request_id": rid, key: outcome, "ts": ts, "status": "accepted"}), 202
 
     # ---- operations ----------------------------------------------------------------------------------
     @app.get("/health")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.store import PredictionBatch, PredictionStore
+from serving.store import feedback_outcome as _outcome
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prediction_chunks (
@@ -311,13 +312,13 @@ class SQLiteStore(PredictionStore):
                 "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
                 "WHERE excluded.ts >= feedback.ts",
-                (str(request_id), str(request_id), int(outcome), float(ts)),
+                (str(request_id), str(request_id), _outcome(outcome), float(ts)),
             )
         )
 
     def add_feedback_many(self, items: list[dict]) -> None:
         """Several feedback records in one transaction (64 KiB pages make one per record costly)."""
-        rows = [(str(f["request_id"]), str(f["request_id"]), int(f["outcome"]), float(f["ts"])) for f in items]
+        rows = [(str(f["request_id"]), str(f["request_id"]), _outcome(f["outcome"]), float(f["ts"])) for f in items]
         if not rows:
             return
 
