@@ -350,7 +350,7 @@ class SQLiteStore(PredictionStore):
         sql = f"SELECT _id, request_id, outcome, ts FROM feedback{where} ORDER BY ts, _id"
         return self._run(
             lambda c: [
-                {"_id": i, "request_id": r, "outcome": int(o), "ts": t}
+                {"_id": i, "request_id": r, "outcome": _outcome(o), "ts": t}
                 for i, r, o, t in c.execute(sql, args).fetchall()
             ]
         )

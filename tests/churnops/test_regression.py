@@ -197,3 +197,97 @@ def test_pyfunc_answers_predicted_values(diabetes_model):
     ex = load_contract("diabetes").example
     out = model.predict(pd.DataFrame([ex, {**ex, "bmi": 40.0}]).astype(float))  # the signature: doubles
     assert list(out.columns) == ["prediction"] and np.isfinite(out["prediction"]).all()
+
+
+# ---- serving the registered regression model ---------------------------------------------------
+
+
+@pytest.fixture
+def regression_app(diabetes_model, tmp_path, monkeypatch):
+    """(client, app state, bundle folder): the app validating with the diabetes contract and serving
+    version 1 of the trained regression from its downloaded bundle (ONNX runtime), SQLite log in tmp."""
+    from churnops.settings import Settings
+    from serving.app import create_app
+    from serving.model import ModelManager, ModelSet, load_model
+    from serving.store_sqlite import SQLiteStore
+
+    _, s = diabetes_model
+    folder = _download_bundle(s, "1", tmp_path / "model")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    settings = Settings(
+        _env_file=None,
+        dataset="diabetes",
+        model_name=MODEL,
+        state_dir=tmp_path / "state",
+        log_flush_interval_s=0.05,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+    )
+    store = SQLiteStore(settings.state_dir / "predictions.db")
+    mm = ModelManager(settings)
+    mm.current = ModelSet(load_model(str(folder), "champion", settings), None, 0.0)
+    app = create_app(settings, store=store, models=mm, start_background=False)
+    state = app.extensions["churn"]
+    state.plog.start()
+    yield app.test_client(), state, folder
+    state.plog.close()
+    store.close()
+
+
+def _post(client, path, body):
+    import json
+
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+def test_served_regression_answers_the_boosters_own_value_and_logs_it(regression_app):
+    import xgboost as xgb
+
+    client, state, folder = regression_app
+    contract = load_contract("diabetes")
+    rows = [contract.example, {**contract.example, "bmi": 22.0, "s5": 4.1}]
+    booster = xgb.Booster()
+    booster.load_model(str(folder / "booster.json"))
+    expected = booster.inplace_predict(np.array([[r[f] for f in contract.feature_names] for r in rows], np.float32))
+    assert expected[0] != pytest.approx(expected[1])  # the two rows tell the models apart
+
+    r = _post(client, "/predict", {"request_id": "d-1", "features": rows[0]})
+    assert r.status_code == 200, r.json
+    assert r.json["prediction"] == pytest.approx(float(expected[0]), rel=1e-5)
+    assert r.json["model_version"] is None  # served from a local folder, not the registry
+    assert not {"probability", "decision", "churn", "threshold"} & set(r.json)
+
+    rb = _post(client, "/predict/batch", [{"request_id": "d-2", **rows[0]}, {"request_id": "d-3", **rows[1]}])
+    assert rb.status_code == 200, rb.json
+    got = {p["request_id"]: p["prediction"] for p in rb.json["predictions"]}
+    assert got["d-2"] == pytest.approx(float(expected[0]), rel=1e-5)
+    assert got["d-3"] == pytest.approx(float(expected[1]), rel=1e-5)
+
+    deadline = __import__("time").monotonic() + 5
+    while state.store.count_predictions() < 3 and __import__("time").monotonic() < deadline:
+        state.plog.flush()
+    recs = {x["request_id"]: x for x in state.store.find_predictions()}
+    assert set(recs) == {"d-1", "d-2", "d-3"}
+    assert recs["d-1"]["prediction"] == pytest.approx(r.json["prediction"]) and "probability" not in recs["d-1"]
+    assert recs["d-3"]["prediction"] == pytest.approx(float(expected[1]), rel=1e-5)
+
+
+def test_regression_feedback_takes_a_finite_value_and_refuses_anything_else(regression_app):
+    client, state, _ = regression_app
+    ok = _post(client, "/feedback", {"request_id": "v1", "value": 151.5})
+    assert ok.status_code == 202 and ok.json["value"] == 151.5
+    assert _post(client, "/feedback", {"request_id": "v2", "outcome": 90}).status_code == 202
+    for body, field, words in (
+        ({"request_id": "v3", "value": "high"}, "value", "expected a finite number"),
+        ({"request_id": "v3", "value": True}, "value", "expected a finite number"),
+        ({"request_id": "v3"}, "value", "got null"),
+        ({"request_id": "v3", "outcome": [1]}, "outcome", "got list"),
+        ({"request_id": "v3", "value": 1e6}, "value", "outside the target's range"),
+    ):
+        r = _post(client, "/feedback", body)
+        assert r.status_code == 422, (body, r.json)
+        assert words in r.json["details"][field], r.json
+    r = client.post("/feedback", data=b'{"request_id": "v3", "value": NaN}', content_type="application/json")
+    assert r.status_code in (400, 422) and r.status_code != 500
+    state.plog.flush()
+    fb = {f["request_id"]: f["outcome"] for f in state.store.find_feedback()}
+    assert fb == {"v1": 151.5, "v2": 90}  # nothing refused was kept; the accepted values as sent
