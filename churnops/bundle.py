@@ -163,7 +163,9 @@ def write_bundle(
     classifier.get_booster().save_model(str(p / BOOSTER_FILE))
     if onnx_bytes is not None:
         (p / ONNX_FILE).write_bytes(onnx_bytes)
-    (p / META_FILE).write_text(json.dumps({**meta, "threshold": None if threshold is None else float(threshold)}, indent=1, default=str))
+    (p / META_FILE).write_text(
+        json.dumps({**meta, "threshold": None if threshold is None else float(threshold)}, indent=1, default=str)
+    )
     return p
 
 

@@ -122,7 +122,9 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
         lambda v, lim: v <= lim,
         "calibration error (ECE)",
     )
-    limit_rule("max_test_rmse", evidence.get("test_rmse"), rules.get("max_test_rmse"), lambda v, lim: v <= lim, "test RMSE")
+    limit_rule(
+        "max_test_rmse", evidence.get("test_rmse"), rules.get("max_test_rmse"), lambda v, lim: v <= lim, "test RMSE"
+    )
     limit_rule("min_test_r2", evidence.get("test_r2"), rules.get("min_test_r2"), lambda v, lim: v >= lim, "test R²")
     limit_rule(
         "max_share_off",
@@ -137,7 +139,9 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
             continue
         if evidence.get("champion_error"):
             out.append(
-                RuleResult(rule, False, None, min_gain, f"champion could not be re-scored: {evidence['champion_error']}")
+                RuleResult(
+                    rule, False, None, min_gain, f"champion could not be re-scored: {evidence['champion_error']}"
+                )
             )
         elif not evidence.get("comparisons"):
             out.append(RuleResult(rule, True, None, min_gain, "no champion to beat"))
@@ -153,7 +157,9 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
                 worst = gain if worst is None else min(worst, gain)
                 parts.append(f"{c['on']}: {float(ch):.4f} vs champion {float(champ):.4f} ({gain:+.4f})")
             out.append(
-                RuleResult(rule, bool(worst >= min_gain), worst, min_gain, "; ".join(parts) + f"; need >= {min_gain:+.4f}")
+                RuleResult(
+                    rule, bool(worst >= min_gain), worst, min_gain, "; ".join(parts) + f"; need >= {min_gain:+.4f}"
+                )
             )
     for name, key, what in (
         ("require_onnx_parity", "onnx_parity_passed", "ONNX parity"),

@@ -136,7 +136,13 @@ class TrialLogger:
     """Logs each finished trial as a nested MLflow run (3 calls: create, batch, terminate)."""
 
     def __init__(
-        self, mlflow_client, experiment_id: str, parent_run_id: str, timer: Timer, progress=None, task: Task | None = None
+        self,
+        mlflow_client,
+        experiment_id: str,
+        parent_run_id: str,
+        timer: Timer,
+        progress=None,
+        task: Task | None = None,
     ):
         self.c, self.exp, self.parent, self.timer, self.progress = (
             mlflow_client,
@@ -328,9 +334,7 @@ def governance_evidence(
             for name, frame, proba in frames:
                 y = frame[target].to_numpy()
                 champ_p = champ.predict_matrix(champ.encoder.transform_frame(frame))
-                evidence["comparisons"].append(
-                    {"on": name, "rows": int(len(frame))} | task.compare(y, proba, champ_p)
-                )
+                evidence["comparisons"].append({"on": name, "rows": int(len(frame))} | task.compare(y, proba, champ_p))
         except Exception as exc:
             evidence["champion_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     if measure_latency:
