@@ -199,6 +199,30 @@ def test_pyfunc_answers_predicted_values(diabetes_model):
     assert list(out.columns) == ["prediction"] and np.isfinite(out["prediction"]).all()
 
 
+def test_a_second_run_is_judged_against_the_champion_rescored_in_rmse(diabetes_model, monkeypatch):
+    """Same snapshot, same seed: the challenger is the champion's twin, so the champion re-scored on
+    the challenger's test split has the RMSE version 1 reported and the improvement is zero (passes
+    `min_improvement_rmse: 0.0`); the challenger then awaits a person (APPROVAL_TIMEOUT_S=0)."""
+    from churnops.registry import alias_version
+    from churnops.settings import get_settings
+    from flows.train_flow import train_flow
+
+    first, _ = diabetes_model
+    for k, v in {"DATASET": "diabetes", "MODEL_NAME": MODEL, "EXPERIMENT_NAME": "diabetes-test"}.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    try:
+        second = train_flow(n_trials=3, data_profile=False)
+        assert second["version"] == "2" and second["champion_version"] == "1"
+        assert second["outcome"] == "awaiting approval", second["rules"]
+        gain = next(r for r in second["rules"] if r["name"] == "min_improvement_rmse")
+        assert gain["passed"] and gain["value"] == pytest.approx(0.0, abs=1e-3)
+        assert f"vs champion {first['test_metrics']['rmse']:.4f}" in gain["detail"]
+        assert alias_version(MODEL, "champion", get_settings()).version == "1"
+    finally:
+        get_settings.cache_clear()
+
+
 # ---- serving the registered regression model ---------------------------------------------------
 
 
