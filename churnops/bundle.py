@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ ENCODER_FILE, BOOSTER_FILE, ONNX_FILE, META_FILE = "encoder.json", "booster.json
 
 
 def export_onnx(classifier, width: int) -> bytes:
-    """Convert a fitted XGBClassifier to ONNX (input `features`: float32 [N, width])."""
+    """Convert a fitted XGBClassifier or XGBRegressor to ONNX (input `features`: float32 [N, width])."""
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
 
@@ -44,18 +45,22 @@ def onnx_session(onnx_bytes: bytes, threads: int = 1):
     return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_proba(session, X: np.ndarray) -> np.ndarray:
-    """Positive-class probabilities from an ONNX session (handles dict or tensor outputs)."""
+def onnx_proba(session, X: np.ndarray, task=None) -> np.ndarray:
+    """The model's output from an ONNX session: positive-class probabilities (handles dict or
+    tensor outputs), or the predicted values of a regression `task` (churnops.tasks)."""
+    from churnops.tasks import task_for
+
     outs = session.run(None, {"features": np.ascontiguousarray(X, dtype=np.float32)})
-    probs = outs[1]
-    if isinstance(probs, list):  # ZipMap output: list of {label: p}
-        return np.array([p[1] for p in probs], dtype=np.float64)
-    return np.ascontiguousarray(np.asarray(probs, dtype=np.float64)[:, 1])
+    return (task or task_for()).onnx_output(outs)
 
 
-def onnx_parity(onnx_bytes: bytes, X: np.ndarray, native_proba: np.ndarray) -> float:
-    """Max absolute probability difference between ONNX and the native model on X."""
-    return float(np.max(np.abs(onnx_proba(onnx_session(onnx_bytes), X) - native_proba)))
+def onnx_parity(onnx_bytes: bytes, X: np.ndarray, native_proba: np.ndarray, task=None) -> float:
+    """Disagreement between ONNX and the native model on X, as the task measures it: the max
+    absolute probability difference (classifiers), the max relative value difference (regression)."""
+    from churnops.tasks import task_for
+
+    task = task or task_for()
+    return task.parity(onnx_proba(onnx_session(onnx_bytes), X, task), native_proba)
 
 
 @dataclass
@@ -71,7 +76,7 @@ class Bundle:
     """
 
     encoder: Any
-    threshold: float
+    threshold: float | None  # None: the task has no decision (regression)
     meta: dict = field(default_factory=dict)
     booster: Any = None
     session: Any = None
@@ -92,7 +97,8 @@ class Bundle:
         p = Path(path)
         meta = json.loads((p / META_FILE).read_text())
         enc = FeatureEncoder.from_json((p / ENCODER_FILE).read_text())
-        b = cls(encoder=enc, threshold=float(meta["threshold"]), meta=meta)
+        threshold = meta.get("threshold")
+        b = cls(encoder=enc, threshold=None if threshold is None else float(threshold), meta=meta)
         if prefer_onnx and (p / ONNX_FILE).exists():
             b.session = onnx_session((p / ONNX_FILE).read_bytes(), threads)
         if b.session is None or (native_min_rows > 0 and (p / BOOSTER_FILE).exists()):
@@ -107,6 +113,13 @@ class Bundle:
 
                 b.forest = Forest.from_booster(b.booster)
         return b
+
+    @cached_property
+    def task(self):
+        """What the model predicts (churnops.tasks; bundles written before `task` are classifiers)."""
+        from churnops.tasks import task_for
+
+        return task_for(self.meta.get("task", "binary_classification"))
 
     @property
     def runtime(self) -> str:
@@ -124,7 +137,7 @@ class Bundle:
 
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
         if self.session is not None and not (0 < self.native_min_rows <= len(X)):
-            return onnx_proba(self.session, X)
+            return onnx_proba(self.session, X, self.task)
         if self.forest is not None:
             try:
                 return self.forest.predict(X)
@@ -137,7 +150,9 @@ class Bundle:
         return self.predict_matrix(self.encoder.transform_records(records))
 
 
-def write_bundle(path: str | Path, encoder, classifier, threshold: float, meta: dict, onnx_bytes: bytes | None) -> Path:
+def write_bundle(
+    path: str | Path, encoder, classifier, threshold: float | None, meta: dict, onnx_bytes: bytes | None
+) -> Path:
     """Write the bundle folder (see module docstring)."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
@@ -145,12 +160,15 @@ def write_bundle(path: str | Path, encoder, classifier, threshold: float, meta: 
     classifier.get_booster().save_model(str(p / BOOSTER_FILE))
     if onnx_bytes is not None:
         (p / ONNX_FILE).write_bytes(onnx_bytes)
-    (p / META_FILE).write_text(json.dumps({**meta, "threshold": float(threshold)}, indent=1, default=str))
+    (p / META_FILE).write_text(
+        json.dumps({**meta, "threshold": None if threshold is None else float(threshold)}, indent=1, default=str)
+    )
     return p
 
 
 class ChurnPyfunc(PythonModel):
-    """MLflow pyfunc wrapper: clean-feature DataFrame in, probability + decision out."""
+    """MLflow pyfunc wrapper: clean-feature DataFrame in, probability + decision (or, for a
+    regression, the predicted value) out."""
 
     def load_context(self, context):
         folder = Path(context.artifacts["bundle"])
@@ -160,5 +178,4 @@ class ChurnPyfunc(PythonModel):
         # typed: mlflow warns about a `predict` without type hints (a DataFrame hint turns its
         # type-hint validation off; the logged signature describes the input)
         X = self.bundle.encoder.transform_frame(model_input)
-        proba = self.bundle.predict_matrix(X)
-        return pd.DataFrame({"probability": proba, "churn": (proba >= self.bundle.threshold).astype(int)})
+        return self.bundle.task.pyfunc_output(self.bundle.predict_matrix(X), self.bundle.threshold)

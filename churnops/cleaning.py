@@ -2,14 +2,13 @@
 
 Cleaning renames columns to snake_case, drops id and leakage columns, lowercases categorical
 values, applies each column's policy for the literal unknown marker (own category `unknown`, or
-missing), coerces numeric dtypes and turns the target label into 0/1. Ordered categories stay
+missing), coerces numeric dtypes and turns the target label into 0/1 (regression: a number). Ordered categories stay
 as labels here; the feature encoder turns them into ordinals for the model, so the snapshot,
 requests, the prediction log and reports all share one readable representation.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from churnops.contract import DatasetContract, snake_case
@@ -61,10 +60,9 @@ def clean_frame(raw: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
     clean = pd.DataFrame(out, index=df.index)
     target = contract.target.name
     if target in df.columns:
-        labels = df[target].astype(str).str.strip()
-        known = labels.isin(contract.target.labels)
-        clean[target] = np.where(labels == contract.target.positive, 1.0, 0.0)
-        clean.loc[~known, target] = np.nan
+        from churnops.tasks import task_for
+
+        clean[target] = task_for(contract).clean_target(df[target], contract)
     return clean.reset_index(drop=True)
 
 

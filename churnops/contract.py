@@ -10,6 +10,7 @@ Both read the contract's one compiled validator (`churnops.validator`).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +54,25 @@ class FeatureSpec(BaseModel):
 
 
 class TargetSpec(BaseModel):
+    """The target: a label column (classification: `positive` among `labels`) or a number
+    (regression: optional `min`/`max` range)."""
+
     source: str
     name: str = "target"
-    positive: str
-    labels: list[str]
+    positive: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    min: float | None = None
+    max: float | None = None
+
+
+TABULAR_TASKS = ("binary_classification", "regression")
 
 
 class DatasetContract(BaseModel):
-    """A tabular binary-classification data set, as configuration."""
+    """A tabular data set (binary classification or regression), as configuration."""
 
     name: str
+    task: Literal["binary_classification", "regression"] = "binary_classification"
     description: str = ""
     target: TargetSpec
     id_columns: list[str] = Field(default_factory=list)
@@ -73,6 +83,19 @@ class DatasetContract(BaseModel):
     features: dict[str, FeatureSpec]
     example: dict[str, Any] = Field(default_factory=dict)  # one valid clean record
     model_name: str | None = None  # registered model name (default: derived from `name`)
+    tolerance: float | None = None  # regression: an error above this counts as "off" (metric, rule)
+
+    @model_validator(mode="after")
+    def _check_target(self) -> "DatasetContract":
+        if self.task == "binary_classification":
+            if not self.target.positive or not self.target.labels:
+                raise ValueError("target: a binary_classification contract needs `positive` and `labels`")
+            if self.target.positive not in self.target.labels:
+                raise ValueError(f"target: positive {self.target.positive!r} is not among labels {self.target.labels}")
+        elif self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance > 0):
+            raise ValueError(f"tolerance: expected a positive number, got {self.tolerance}")
+        return self
+
     _compiled: Any = PrivateAttr(default=None)  # churnops.validator.compile_contract's cache
 
     def validator(self) -> CompiledContract:
@@ -113,9 +136,15 @@ class DatasetContract(BaseModel):
 
     def fingerprint(self) -> str:
         """Stable SHA-256 of the contract's content."""
-        # model_name unset is left out, so a contract's fingerprint does not change with this field
-        exclude = {"model_name"} if self.model_name is None else None
-        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
+        # fields at their defaults are left out, so a contract's fingerprint does not change when a
+        # field is added to the schema (model_name, task, tolerance, target range)
+        exclude: dict = {k: True for k in ("model_name", "tolerance") if getattr(self, k) is None}
+        if self.task == "binary_classification":
+            exclude["task"] = True
+        target_defaults = {k for k in ("min", "max") if getattr(self.target, k) is None}
+        if target_defaults:
+            exclude["target"] = target_defaults
+        return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
 
 
 def read_contract_file(name_or_path: str | Path) -> tuple[Path, Any]:
@@ -136,9 +165,10 @@ def read_contract_file(name_or_path: str | Path) -> tuple[Path, Any]:
 
 
 def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract:
-    """Load a contract by shipped name (`bank_churners`) or by YAML/JSON file path."""
+    """Load a tabular contract (binary classification or regression) by shipped name
+    (`bank_churners`, `diabetes`) or by YAML/JSON file path."""
     p, raw = read_contract_file(name_or_path)
-    if isinstance(raw, dict) and raw.get("task", "binary_classification") != "binary_classification":
+    if isinstance(raw, dict) and raw.get("task", "binary_classification") not in TABULAR_TASKS:
         raise ValueError(f"data contract {p} is a {raw['task']} contract, not a tabular one: use load_any_contract")
     try:
         return DatasetContract.model_validate(raw)
@@ -200,7 +230,7 @@ def validate_record(
 # ---- task dispatch ---------------------------------------------------------------------------------
 
 
-TASKS = ("binary_classification", "image_classification")
+TASKS = ("binary_classification", "regression", "image_classification")
 
 
 def load_any_contract(name_or_path: str | Path = "bank_churners"):
@@ -210,7 +240,7 @@ def load_any_contract(name_or_path: str | Path = "bank_churners"):
     """
     p, raw = read_contract_file(name_or_path)
     task = raw.get("task", "binary_classification") if isinstance(raw, dict) else None
-    if task == "binary_classification":
+    if task in TABULAR_TASKS:  # what differs per tabular task: churnops.tasks
         return load_contract(p)
     if task == "image_classification":
         from churnops.image.contract import ImageContract

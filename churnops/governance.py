@@ -36,7 +36,14 @@ KNOWN_RULES = (
     "require_onnx_parity",
     "require_contract",
     "max_latency_ms",
+    # regression (churnops/rules/regression.yaml)
+    "max_test_rmse",
+    "min_test_r2",
+    "max_share_off",
+    "min_improvement_rmse",
 )
+# improvement rules: (rule, compared metric, +1 when higher is better / -1 when lower is better)
+IMPROVEMENT_RULES = (("min_improvement_auc_roc", "auc_roc", 1.0), ("min_improvement_rmse", "rmse", -1.0))
 
 
 @dataclass
@@ -70,10 +77,12 @@ def load_rules(task: str = "binary_classification", path: str | Path | None = No
 def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
     """Each configured rule's result on `evidence`.
 
-    evidence keys: test_auc_roc, calibration_error, onnx_parity_passed, contract_passed,
-    latency_ms_p95, and for the improvement rule a list `comparisons` of
-    {"on": "test split" | "fresh slice", "challenger_auc_roc", "champion_auc_roc"} (empty: no
-    champion), or `champion_error` when the champion could not be re-scored.
+    evidence keys: test_auc_roc, calibration_error (classifiers), test_rmse, test_r2, share_off
+    (regressions), onnx_parity_passed, contract_passed, latency_ms_p95, and for the improvement
+    rules a list `comparisons` of {"on": "test split" | "fresh slice", "challenger_<metric>",
+    "champion_<metric>"} (empty: no champion), or `champion_error` when the champion could not be
+    re-scored. An improvement is challenger minus champion for AUC-ROC and champion minus
+    challenger for RMSE (positive: the challenger is better).
     """
     out: list[RuleResult] = []
 
@@ -99,35 +108,43 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
         lambda v, lim: v <= lim,
         "calibration error (ECE)",
     )
-    min_gain = rules.get("min_improvement_auc_roc")
-    if min_gain is not None:
+    limit_rule(
+        "max_test_rmse", evidence.get("test_rmse"), rules.get("max_test_rmse"), lambda v, lim: v <= lim, "test RMSE"
+    )
+    limit_rule("min_test_r2", evidence.get("test_r2"), rules.get("min_test_r2"), lambda v, lim: v >= lim, "test R²")
+    limit_rule(
+        "max_share_off",
+        evidence.get("share_off"),
+        rules.get("max_share_off"),
+        lambda v, lim: v <= lim,
+        "share of test predictions off by more than the tolerance",
+    )
+    for rule, metric, sign in IMPROVEMENT_RULES:
+        min_gain = rules.get(rule)
+        if min_gain is None:
+            continue
         if evidence.get("champion_error"):
             out.append(
                 RuleResult(
-                    "min_improvement_auc_roc",
-                    False,
-                    None,
-                    min_gain,
-                    f"champion could not be re-scored: {evidence['champion_error']}",
+                    rule, False, None, min_gain, f"champion could not be re-scored: {evidence['champion_error']}"
                 )
             )
         elif not evidence.get("comparisons"):
-            out.append(RuleResult("min_improvement_auc_roc", True, None, min_gain, "no champion to beat"))
+            out.append(RuleResult(rule, True, None, min_gain, "no champion to beat"))
         else:
             parts, worst = [], None
             for c in evidence["comparisons"]:
-                gain = float(c["challenger_auc_roc"]) - float(c["champion_auc_roc"])
+                ch, champ = c.get(f"challenger_{metric}"), c.get(f"champion_{metric}")
+                if ch is None or champ is None:
+                    worst = float("nan")
+                    parts.append(f"{c['on']}: {metric} not measured")
+                    continue
+                gain = sign * (float(ch) - float(champ))
                 worst = gain if worst is None else min(worst, gain)
-                parts.append(
-                    f"{c['on']}: {c['challenger_auc_roc']:.4f} vs champion {c['champion_auc_roc']:.4f} ({gain:+.4f})"
-                )
+                parts.append(f"{c['on']}: {float(ch):.4f} vs champion {float(champ):.4f} ({gain:+.4f})")
             out.append(
                 RuleResult(
-                    "min_improvement_auc_roc",
-                    worst >= min_gain,
-                    worst,
-                    min_gain,
-                    "; ".join(parts) + f"; need >= {min_gain:+.4f}",
+                    rule, bool(worst >= min_gain), worst, min_gain, "; ".join(parts) + f"; need >= {min_gain:+.4f}"
                 )
             )
     for name, key, what in (

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,10 @@ import pandas as pd
 
 from churnops.contract import ContractViolation, DatasetContract
 from churnops.features import FeatureEncoder
-from churnops.metrics import auc_roc, expected_calibration_error
+from churnops.metrics import auc_roc
 from churnops.settings import Settings
-from churnops.training import Split, choose_threshold, classification_metrics, make_classifier, stratified_split
+from churnops.tasks import Task, task_for
+from churnops.training import Split, choose_threshold, classification_metrics
 from churnops.tuning import SweepConfig, TrialResult, run_sweep
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Prepared:
     idx_val: np.ndarray
     idx_test: np.ndarray
     encoder: FeatureEncoder
+    task: Task = field(default_factory=task_for)  # what differs per task (churnops.tasks)
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TrainOutcome:
     aliases: list[str]
     best_params: dict
     test_metrics: dict
-    threshold: float
+    threshold: float | None  # None: the task has no decision threshold (regression)
     onnx_max_abs_diff: float
     n_trials: int
     sweep_seconds: float
@@ -89,16 +91,18 @@ def validate_clean(clean: pd.DataFrame, contract: DatasetContract, subject: str)
 
 def prepare(clean: pd.DataFrame, contract: DatasetContract, s: Settings) -> Prepared:
     """Encode features (contract columns only: ids and leakage never reach the model) and split."""
+    task = task_for(contract)
     enc = FeatureEncoder.from_contract(contract)
     X = enc.transform_frame(clean)
-    y = clean[contract.target.name].to_numpy().astype(np.int32)
-    tr, va, te = stratified_split(y, s.test_size, s.val_size, s.seed)
+    y = task.target_array(clean[contract.target.name])
+    tr, va, te = task.split(y, s.test_size, s.val_size, s.seed)
     split = Split(X[tr], y[tr], X[va], y[va], X[te], y[te])
-    return Prepared(clean, split, tr, va, te, enc)
+    return Prepared(clean, split, tr, va, te, enc, task)
 
 
-def sweep_config(s: Settings, n_trials: int | None = None) -> SweepConfig:
+def sweep_config(s: Settings, n_trials: int | None = None, task: Task | None = None) -> SweepConfig:
     return SweepConfig(
+        task=task,
         n_trials=n_trials or s.n_trials,
         seed=s.seed,
         max_trees=s.max_trees,
@@ -132,7 +136,15 @@ def training_config(s: Settings, contract: DatasetContract) -> dict:
 class TrialLogger:
     """Logs each finished trial as a nested MLflow run (3 calls: create, batch, terminate)."""
 
-    def __init__(self, mlflow_client, experiment_id: str, parent_run_id: str, timer: Timer, progress=None):
+    def __init__(
+        self,
+        mlflow_client,
+        experiment_id: str,
+        parent_run_id: str,
+        timer: Timer,
+        progress=None,
+        task: Task | None = None,
+    ):
         self.c, self.exp, self.parent, self.timer, self.progress = (
             mlflow_client,
             experiment_id,
@@ -140,7 +152,9 @@ class TrialLogger:
             timer,
             progress,
         )
-        self.best_auc = -1.0
+        self.headline = (task or task_for()).headline  # the validation metric shown per trial
+        self.best_loss = float("inf")
+        self.best = float("nan")
 
     def __call__(self, tr: TrialResult) -> None:
         from mlflow.entities import Metric, Param
@@ -158,9 +172,10 @@ class TrialLogger:
             metrics.append(Metric("fit_seconds", tr.fit_seconds, now, 0))
             self.c.log_batch(run.info.run_id, metrics=metrics, params=params)
             self.c.set_terminated(run.info.run_id)
-        self.best_auc = max(self.best_auc, tr.metrics["auc_roc"])
+        if tr.loss < self.best_loss:
+            self.best_loss, self.best = tr.loss, tr.metrics[self.headline]
         if self.progress is not None:
-            self.progress.set_postfix(auc=f"{tr.metrics['auc_roc']:.4f}", best=f"{self.best_auc:.4f}")
+            self.progress.set_postfix({self.headline: f"{tr.metrics[self.headline]:.4f}", "best": f"{self.best:.4f}"})
             self.progress.update(1)
 
 
@@ -195,22 +210,28 @@ def sweep(
 
     from churnops.registry import client
 
-    cfg = sweep_config(s, n_trials)
+    cfg = sweep_config(s, n_trials, prep.task)
     bar = tqdm(total=cfg.n_trials, desc="sweep trials", unit="trial", disable=not show_progress, mininterval=0.5)
     try:
-        return run_sweep(prep.split, cfg, TrialLogger(client(s), exp_id, parent_run_id, timer, bar))
+        return run_sweep(prep.split, cfg, TrialLogger(client(s), exp_id, parent_run_id, timer, bar, prep.task))
     finally:
         bar.close()
 
 
 def refit(prep: Prepared, best: TrialResult, s: Settings):
     """Refit the best configuration on train with its early-stopped tree count (deterministic)."""
-    model = make_classifier(best.params, s.seed, best.n_trees, s.train_threads, None)
+    model = prep.task.make_estimator(best.params, s.seed, best.n_trees, s.train_threads, None)
     model.fit(prep.split.X_train, prep.split.y_train, verbose=False)
     return model
 
 
 def evaluate(model, prep: Prepared, best: TrialResult, s: Settings) -> dict:
+    """The task's test evaluation (`ev`): `metrics`, `threshold` (None without one), `test_proba`
+    (the model's test output: probabilities, or values for a regression), `feature_importance`."""
+    return prep.task.evaluate(model, prep, s)
+
+
+def evaluate_classifier(model, prep: Prepared, s: Settings) -> dict:
     """Threshold from validation; metrics, confusion matrix, calibration on the held-out test set."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import confusion_matrix
@@ -282,12 +303,10 @@ def governance_evidence(
     """What the promotion rules judge: the challenger's test metrics and calibration, and the
     champion re-scored on the same evaluation data (the challenger's test split, and `fresh`, the
     held-out slice of the newest labelled rows, when given)."""
-
+    task = prep.task
     target = contract.target.name
     y_test = prep.split.y_test
-    evidence: dict = {
-        "test_auc_roc": float(ev["metrics"]["auc_roc"]),
-        "calibration_error": expected_calibration_error(y_test, ev["test_proba"]),
+    evidence: dict = task.evidence(y_test, ev) | {
         "onnx_parity_passed": bool(onnx_diff <= s.onnx_tolerance),
         "onnx_max_abs_diff": float(onnx_diff),
         "contract_passed": True,
@@ -296,7 +315,7 @@ def governance_evidence(
     }
     frames = [("test split", prep.clean.iloc[prep.idx_test], ev["test_proba"])]
     if fresh is not None and len(fresh):
-        frames.append(("fresh slice", fresh, model.predict_proba(prep.encoder.transform_frame(fresh))[:, 1]))
+        frames.append(("fresh slice", fresh, task.predict(model, prep.encoder.transform_frame(fresh))))
         evidence["fresh_rows"] = int(len(fresh))
     try:
         mv, champ = load_alias_bundle(s, "champion")
@@ -314,16 +333,9 @@ def governance_evidence(
             )
         try:
             for name, frame, proba in frames:
-                y = frame[target].to_numpy().astype(int)
+                y = frame[target].to_numpy()
                 champ_p = champ.predict_matrix(champ.encoder.transform_frame(frame))
-                evidence["comparisons"].append(
-                    {
-                        "on": name,
-                        "rows": int(len(frame)),
-                        "challenger_auc_roc": auc(y, proba),
-                        "champion_auc_roc": auc(y, champ_p),
-                    }
-                )
+                evidence["comparisons"].append({"on": name, "rows": int(len(frame))} | task.compare(y, proba, champ_p))
         except Exception as exc:
             evidence["champion_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     if measure_latency:
@@ -331,7 +343,7 @@ def governance_evidence(
         times = []
         for i in range(len(X)):
             t0 = time.perf_counter()
-            model.predict_proba(X[i : i + 1])
+            task.predict(model, X[i : i + 1])
             times.append((time.perf_counter() - t0) * 1000)
         evidence["latency_ms_p95"] = float(np.percentile(times, 95)) if times else None
     return evidence
@@ -401,8 +413,9 @@ def log_and_register(
     from churnops.bundle import export_onnx, onnx_parity, write_bundle
     from churnops.registry import register
 
+    task = prep.task
     onnx_bytes = export_onnx(model, prep.encoder.width)
-    diff = onnx_parity(onnx_bytes, prep.split.X_test, ev["test_proba"])
+    diff = onnx_parity(onnx_bytes, prep.split.X_test, ev["test_proba"], task)
     if not diff <= s.onnx_tolerance:
         with timer:
             mlflow.MlflowClient(s.mlflow_tracking_uri).log_metric(parent_run_id, "onnx_max_abs_diff", diff)
@@ -410,6 +423,7 @@ def log_and_register(
 
     meta = {
         "model_name": s.model_name,
+        "task": task.name,
         "dataset": contract.name,
         "target": contract.target.name,
         "contract_fingerprint": contract.fingerprint(),
@@ -419,7 +433,7 @@ def log_and_register(
         "n_trees": best.n_trees,
         "onnx_max_abs_diff": diff,
         "run_id": parent_run_id,
-        "threshold_strategy": s.threshold_strategy,
+        "threshold_strategy": s.threshold_strategy if ev["threshold"] is not None else None,
         **{k: v for k, v in lineage.items() if not k.startswith("pkg.")},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -431,16 +445,21 @@ def log_and_register(
         (art / "evaluation.json").write_text(
             json.dumps({k: v for k, v in ev.items() if k != "test_proba"} | {"onnx_max_abs_diff": diff}, indent=1)
         )
-        (art / "threshold.json").write_text(
-            json.dumps(
-                {"threshold": ev["threshold"], "strategy": s.threshold_strategy, "target_precision": s.target_precision}
+        if ev["threshold"] is not None:
+            (art / "threshold.json").write_text(
+                json.dumps(
+                    {
+                        "threshold": ev["threshold"],
+                        "strategy": s.threshold_strategy,
+                        "target_precision": s.target_precision,
+                    }
+                )
             )
-        )
         ref = prep.clean.iloc[prep.idx_train]
         if len(ref) > s.reference_sample_rows:
             ref = ref.sample(s.reference_sample_rows, random_state=s.seed)
         ref = ref.copy()
-        ref["prediction"] = model.predict_proba(prep.encoder.transform_frame(ref))[:, 1]
+        ref["prediction"] = task.predict(model, prep.encoder.transform_frame(ref))
         ref.to_csv(art / "reference_sample.csv", index=False)
         pd.DataFrame(
             [
@@ -448,7 +467,7 @@ def log_and_register(
                 for t in trials
             ]
         ).to_csv(art / "trials.csv", index=False)
-        _plots(ev, art)
+        task.plots(ev, art)
         if data_profile:
             data_profile_html(prep.clean, contract, art / "data_profile.html")
 
@@ -458,7 +477,7 @@ def log_and_register(
         with warnings.catch_warnings():
             # integer columns (the contract's counts, the 0/1 decision) are deliberate: never missing
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
-            signature = infer_signature(example, pd.DataFrame({"probability": [0.5], "churn": [1]}))
+            signature = infer_signature(example, task.signature_output())
         with timer:
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
             with mlflow.start_run(run_id=parent_run_id):
@@ -469,11 +488,11 @@ def log_and_register(
                 mlflow.log_metrics(
                     {f"test_{k}": v for k, v in ev["metrics"].items()}
                     | {
-                        "threshold": ev["threshold"],
                         "onnx_max_abs_diff": diff,
-                        "best_val_auc_roc": best.metrics["auc_roc"],
+                        f"best_val_{task.headline}": best.metrics[task.headline],
                         "n_trials": len(trials),
                     }
+                    | ({"threshold": ev["threshold"]} if ev["threshold"] is not None else {})
                 )
                 mlflow.log_artifacts(str(art))
                 info = mlflow.pyfunc.log_model(

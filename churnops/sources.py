@@ -75,10 +75,16 @@ def load_raw(settings: Settings | None = None, data: str | None = None) -> RawDa
     uri = data if data is not None else s.data
     if uri:
         return RawData(_parse_csv(read_bytes(uri, s), uri), uri, synthetic=False)
+    from churnops.datasets_bundled import bundled_frame
+
+    bundled = bundled_frame(s.dataset)
+    if bundled is not None:  # a real data set shipped with an installed package (e.g. diabetes)
+        log.info("no DATA given: using the bundled %s data set (%d rows)", s.dataset, len(bundled))
+        return RawData(bundled, f"bundled:{s.dataset}", synthetic=False)
     if s.dataset != "bank_churners":
         raise DataSourceError(
             f"DATASET={s.dataset} needs DATA=path|s3://...|https://...: the synthetic generator only "
-            "knows the bank_churners schema"
+            "knows the bank_churners schema (bundled data sets: diabetes)"
         )
     from churnops.synthetic import generate_customers
 

@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclass
 class Split:
-    """Encoded train/validation/test arrays (float32 features, 0/1 labels)."""
+    """Encoded train/validation/test arrays (float32 features; 0/1 labels or float targets)."""
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -69,20 +69,28 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 
     }
 
 
-def fit_trial(params: dict, data: Split, seed: int, max_trees: int, early_stopping: int, threads: int) -> dict:
-    """Train on train, early-stop on validation; return validation metrics and tree count."""
+def fit_trial(
+    params: dict, data: Split, seed: int, max_trees: int, early_stopping: int, threads: int, task=None
+) -> dict:
+    """Train on train, early-stop on validation; return validation metrics, the loss the sweep
+    minimises and tree count. `task` (churnops.tasks; default binary classification) picks the
+    estimator, the metrics and the loss."""
     import time
 
+    from churnops.tasks import task_for
+
+    task = task or task_for()
     t0 = time.perf_counter()
-    model = make_classifier(params, seed, max_trees, threads, early_stopping)
+    model = task.make_estimator(params, seed, max_trees, threads, early_stopping)
     model.fit(data.X_train, data.y_train, eval_set=[(data.X_val, data.y_val)], verbose=False)
     best_iter = int(model.best_iteration)
-    proba = model.predict_proba(data.X_val, iteration_range=(0, best_iter + 1))[:, 1]
-    metrics = classification_metrics(data.y_val, proba)
+    pred = task.predict(model, data.X_val, iteration_range=(0, best_iter + 1))
+    metrics = task.metrics(data.y_val, pred)
     return {
         "metrics": metrics,
+        "loss": task.loss(metrics),
         "n_trees": best_iter + 1,
-        "val_proba": proba.astype(np.float32),
+        "val_proba": pred.astype(np.float32),
         "fit_seconds": time.perf_counter() - t0,
     }
 

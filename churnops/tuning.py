@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,10 +60,11 @@ class TrialResult:
     n_trees: int
     fit_seconds: float
     val_proba: np.ndarray = field(repr=False)
+    objective: float | None = None  # the task's loss (churnops.tasks); None: 1 - AUC-ROC
 
     @property
     def loss(self) -> float:
-        return 1.0 - self.metrics["auc_roc"]
+        return self.objective if self.objective is not None else 1.0 - self.metrics["auc_roc"]
 
 
 @dataclass
@@ -76,10 +78,11 @@ class SweepConfig:
     executor: str = "local"  # "local" | "dask"
     dask_address: str | None = None
     dask_workers: int = 2
+    task: Any = None  # churnops.tasks object: estimator, space, metrics, loss (None: binary classification)
 
 
 def _evaluate(params: dict, data: Split, cfg: SweepConfig, threads: int) -> dict:
-    return fit_trial(normalise_params(params), data, cfg.seed, cfg.max_trees, cfg.early_stopping, threads)
+    return fit_trial(normalise_params(params), data, cfg.seed, cfg.max_trees, cfg.early_stopping, threads, cfg.task)
 
 
 class SerialEngine:
@@ -191,6 +194,12 @@ def tpe_trials(
         yield number, params, out
 
 
+def trial_loss(out: dict) -> float:
+    """What TPE minimises: the task's loss (`churnops.tasks`), else 1 - validation AUC-ROC."""
+    loss = out.get("loss")
+    return float(loss) if loss is not None else 1.0 - out["metrics"]["auc_roc"]
+
+
 def run_sweep(
     data: Split, cfg: SweepConfig, on_trial: Callable[[TrialResult], None] | None = None
 ) -> list[TrialResult]:
@@ -203,11 +212,10 @@ def run_sweep(
         engine = DaskEngine(data, cfg)
     else:
         engine = SerialEngine(lambda params: _evaluate(params, data, cfg, cfg.threads))
+    space = cfg.task.search_space() if cfg.task is not None else search_space()
     results: list[TrialResult] = []
     try:
-        for number, params, out in tpe_trials(
-            engine, cfg.n_trials, cfg.seed, cfg.n_startup, search_space(), lambda out: 1.0 - out["metrics"]["auc_roc"]
-        ):
+        for number, params, out in tpe_trials(engine, cfg.n_trials, cfg.seed, cfg.n_startup, space, trial_loss):
             tr = TrialResult(
                 number=number,
                 params=normalise_params(params),
@@ -215,6 +223,7 @@ def run_sweep(
                 n_trees=out["n_trees"],
                 fit_seconds=out["fit_seconds"],
                 val_proba=out["val_proba"],
+                objective=out.get("loss"),
             )
             results.append(tr)
             if on_trial:

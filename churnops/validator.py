@@ -109,8 +109,8 @@ class CompiledContract:
         self._snake_case = snake_case
         self._declared = {r.raw_name: r.name for r in self.rules if r.raw_name}
         self._aliases: dict[str, str | None] = {}  # field name -> feature (memo of feature_of, bounded)
-        self._labels = {str(x).strip().lower() for x in contract.target.labels}
-        self._positive = contract.target.positive.strip().lower()
+        self._labels = {str(x).strip().lower() for x in contract.target.labels or []}  # none: a regression
+        self._positive = (contract.target.positive or "").strip().lower()
 
     # ---- names ------------------------------------------------------------------------------------
     def feature_of(self, key: str) -> str | None:
@@ -231,11 +231,9 @@ class CompiledContract:
         if target not in df.columns:
             report.failures.append(f"{target}: target column missing")
         else:
-            bad = df[target].isna().sum()
-            if bad:
-                report.failures.append(f"{target}: {bad} row(s) with a label outside {contract.target.labels}")
-            elif df[target].nunique() < 2 and len(df):
-                report.failures.append(f"{target}: only one class present; need both labels")
+            from churnops.tasks import task_for
+
+            report.failures.extend(task_for(contract).check_target(df[target], contract))
         for rule in self.rules:
             name = rule.name
             if name not in df.columns:

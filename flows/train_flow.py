@@ -105,11 +105,12 @@ def sweep(prep, s: Settings, exp_id: str, parent_run_id: str, timer, n_trials: i
     trials = pipeline.sweep(prep, s, exp_id, parent_run_id, timer, n_trials, progress)
     best = best_trial(trials)
     get_run_logger().info(
-        "%d trials in %.1f s; best #%d val AUC %.4f (%d trees)",
+        "%d trials in %.1f s; best #%d val %s %.4f (%d trees)",
         len(trials),
         time.perf_counter() - t0,
         best.number,
-        best.metrics["auc_roc"],
+        prep.task.headline,
+        best.metrics[prep.task.headline],
         best.n_trees,
     )
     return trials, best, time.perf_counter() - t0
@@ -153,8 +154,8 @@ def evidence(model, prep, ev, s: Settings, fresh=None) -> dict:
     from churnops.bundle import export_onnx, onnx_parity
     from churnops.governance import load_rules
 
-    rules = load_rules(path=s.rules_file)
-    diff = onnx_parity(export_onnx(model, prep.encoder.width), prep.split.X_test, ev["test_proba"])
+    rules = load_rules(prep.task.name, path=s.rules_file)
+    diff = onnx_parity(export_onnx(model, prep.encoder.width), prep.split.X_test, ev["test_proba"], prep.task)
     return pipeline.governance_evidence(
         model,
         prep,
@@ -185,11 +186,20 @@ def approval_description(s: Settings, version: str, evidence: dict, results) -> 
         "|---|---|---|",
     ]
     for c in evidence.get("comparisons", []):
-        lines.append(
-            f"| AUC-ROC, {c['on']} ({c['rows']} rows) | {c['challenger_auc_roc']:.4f} | {c['champion_auc_roc']:.4f} |"
-        )
+        for metric in sorted(k.removeprefix("challenger_") for k in c if k.startswith("challenger_")):
+            lines.append(
+                f"| {metric}, {c['on']} ({c['rows']} rows) | {c[f'challenger_{metric}']:.4f} "
+                f"| {c[f'champion_{metric}']:.4f} |"
+            )
+    for key, what in (
+        ("calibration_error", "calibration error (ECE)"),
+        ("test_rmse", "RMSE"),
+        ("test_r2", "R²"),
+        ("share_off", "share off by more than the tolerance"),
+    ):
+        if key in evidence:
+            lines.append(f"| {what}, test split | {evidence[key]:.4f} | |")
     lines += [
-        f"| calibration error (ECE), test split | {evidence['calibration_error']:.4f} | |",
         "",
         "| rule | result | detail |",
         "|---|---|---|",
@@ -199,7 +209,14 @@ def approval_description(s: Settings, version: str, evidence: dict, results) -> 
     return "\n".join(lines)
 
 
-def govern(s: Settings, version: str, aliases: list[str], evidence: dict, approval_timeout_s: float | None) -> dict:
+def govern(
+    s: Settings,
+    version: str,
+    aliases: list[str],
+    evidence: dict,
+    approval_timeout_s: float | None,
+    task: str = "binary_classification",
+) -> dict:
     """Give the new version its one outcome; pause for a person's decision when every rule passes."""
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
@@ -207,7 +224,7 @@ def govern(s: Settings, version: str, aliases: list[str], evidence: dict, approv
     from churnops import governance as g
 
     logger = get_run_logger()
-    results = g.evaluate_rules(g.load_rules(path=s.rules_file), evidence)
+    results = g.evaluate_rules(g.load_rules(task, path=s.rules_file), evidence)
     rules = g.results_json(results)
     champ = evidence.get("champion_version")
     out = {"outcome": None, "rules": rules, "champion_version": champ}
@@ -294,12 +311,13 @@ def train_flow(
         raise
     client(s).set_terminated(run_id)
     out.sweep_seconds = sweep_s
-    decision = govern(s, out.version, out.aliases, proof, approval_timeout_s)
+    decision = govern(s, out.version, out.aliases, proof, approval_timeout_s, contract.task)
     if decision["outcome"] == "promoted" and "champion" not in out.aliases:
         out.aliases = [*out.aliases, "champion"]
     summary = {
         "run_id": out.run_id,
         "model_name": s.model_name,
+        "task": contract.task,
         "version": out.version,
         "aliases": out.aliases,
         "test_metrics": out.test_metrics,
@@ -339,7 +357,8 @@ def main() -> None:
         + "".join(f"\n  {'pass' if r['passed'] else 'FAIL'}  {r['name']}: {r['detail']}" for r in summary["rules"])
     )
     print(f"run_id {summary['run_id']}")
-    print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()) + f"  threshold={summary['threshold']:.3f}")
+    threshold = f"  threshold={summary['threshold']:.3f}" if summary["threshold"] is not None else ""
+    print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()) + threshold)
     print(
         f"onnx parity max|diff|={summary['onnx_max_abs_diff']:.2e}  sweep {summary['sweep_seconds']:.1f} s "
         f"({summary['n_trials']} trials), MLflow logging {summary['logging_seconds']:.1f} s"

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -28,12 +27,12 @@ from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
 from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.tasks import task_for
 from serving.columnar import from_rows, predict_columns
 from serving.image_http import refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
     BadInput,
-    batch_items,
     check_row,
     dumps,
     json_text,
@@ -78,6 +77,7 @@ class ServingState:
         # image serving hook (serving/tasks.py): an image contract has no tabular validators
         self.image_contract = image_contract(settings)
         self.contract = load_contract(settings.dataset) if self.image_contract is None else None
+        self.task = task_for(self.contract) if self.contract is not None else None  # answers, feedback per task
         self.store = store
         self.plog = plog
         self.models = models
@@ -322,7 +322,8 @@ def create_app(
         now = time.time()
         out: list = [None] * n
         for m, idx, proba in groups:
-            dec = (proba >= m.threshold).astype(np.int64)
+            task = m.bundle.task  # what a prediction answers and logs (churnops.tasks)
+            cols = task.output_columns(proba, m.threshold)
             rids = batch.request_ids if idx is None else [batch.request_ids[i] for i in idx.tolist()]
             plog.submit_batch(
                 PredictionBatch(
@@ -335,15 +336,14 @@ def create_app(
                         "latency_ms": round(latency / n, 3),
                         "batch": True,
                     },
-                    cols={"_id": new_request_ids(len(rids)), "request_id": rids, "probability": proba, "decision": dec},
+                    cols={"_id": new_request_ids(len(rids)), "request_id": rids, **cols},
                     features=batch.columns if idx is None else batch.take(idx),
                 )
             )
             positions = range(n) if idx is None else idx.tolist()
-            for i, item in zip(positions, batch_items(rids, proba.tolist(), dec.tolist(), m)):
+            for i, item in zip(positions, task.batch_items(rids, cols, m)):
                 out[i] = item if i not in batch.ignored else with_ignored(item, batch.ignored[i])
-            positives = int(dec.sum())
-            for d, k in (("1", positives), ("0", len(dec) - positives)):
+            for d, k in task.decision_counts(cols).items():
                 if k:
                     child(state.metrics.predictions, "http", m.route, str(m.version), d).inc(k)
         child(state.metrics.latency, "http_batch", "mixed").observe(latency / 1000)
@@ -370,23 +370,15 @@ def create_app(
         rid = data.get("request_id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
             details["request_id"] = REQUEST_ID_RULE  # the same rule as /predict
-        outcome = data.get("outcome", data.get("actual"))
-        label = data.get("label")
-        if outcome is None and label is not None:
-            outcome = state.compiled.outcome_of(label)  # the contract's labels, from its compiled validator
-            if outcome is None:
-                details["label"] = f"unknown label {str(label)[:40]!r}; expected one of {state.compiled.label_names}"
-        elif isinstance(outcome, bool):
-            outcome = int(outcome)
-        if "label" not in details:
-            if outcome not in (0, 1) or isinstance(outcome, float) and outcome not in (0.0, 1.0):
-                details["outcome"] = "expected 0 or 1 (or a `label`)"
+        # classifiers: outcome 0/1 or a label; regressions: a finite `value` (churnops.tasks)
+        outcome, problems, key = state.task.parse_feedback(data, state.contract)
+        details |= problems
         if details:
             raise BadInput("invalid feedback", details, "invalid_feedback", 422)
         ts = time.time()
         rid = str(rid).strip()
-        plog.submit_feedback(rid, int(outcome), ts)
-        return jsonify({"request_id": rid, "outcome": int(outcome), "ts": ts, "status": "accepted"}), 202
+        plog.submit_feedback(rid, outcome, ts)
+        return jsonify({"request_id": rid, key: outcome, "ts": ts, "status": "accepted"}), 202
 
     # ---- operations ----------------------------------------------------------------------------------
     @app.get("/health")

@@ -189,14 +189,15 @@ def route_groups(models: ModelSet, request_ids: list[str]) -> list[tuple[LoadedM
 
 
 def predict_rows(models: ModelSet, rows: list[Row]) -> list[tuple[LoadedModel, float, int]]:
-    """Route each row, one matrix call per model; returns (model, probability, decision) per row."""
+    """Route each row, one matrix call per model; returns (model, probability, decision) per row
+    (a regression model: (model, predicted value, None))."""
     out: list = [None] * len(rows)
     for m, idx in route_groups(models, [r.request_id for r in rows]):
         idx = range(len(rows)) if idx is None else idx
         proba = m.bundle.predict_records([rows[i].values for i in idx])
-        thr = m.threshold
+        thr, decide = m.threshold, m.bundle.task.decide
         for i, p in zip(idx, proba.tolist()):
-            out[i] = (m, float(p), int(p >= thr))
+            out[i] = (m, float(p), decide(p, thr))
     return out
 
 
@@ -220,8 +221,7 @@ def log_record(
         "model_version": m.version,
         "route": m.route,
         "features": row.values,
-        "probability": p,
-        "decision": d,
+        **m.bundle.task.log_fields(p, d),
         "latency_ms": round(latency_ms, 3),
         **extra,
     }
@@ -230,10 +230,7 @@ def log_record(
 def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
     body = {
         "request_id": row.request_id,
-        "probability": p,
-        "churn": bool(d),
-        "decision": d,
-        "threshold": m.threshold,
+        **m.bundle.task.answer(p, d, m.threshold),
         "model_run_id": m.run_id,
         "model_version": m.version,
         "route": m.route,

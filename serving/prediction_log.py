@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.store.base import feedback_outcome as _outcome
 from churnops.store.sqlite import _dumpb
 
 log = logging.getLogger(__name__)
@@ -326,8 +327,9 @@ class PredictionLog:
                     pass
             self._put((BATCH, batch), batch.n)
 
-    def submit_feedback(self, request_id: str, outcome: int, ts: float) -> None:
-        self._put((FEEDBACK, {"request_id": str(request_id), "outcome": int(outcome), "ts": float(ts)}))
+    def submit_feedback(self, request_id: str, outcome: int | float, ts: float) -> None:
+        """0/1 outcome of a classifier, or the observed value (float) of a regression."""
+        self._put((FEEDBACK, {"request_id": str(request_id), "outcome": _outcome(outcome), "ts": float(ts)}))
 
     def pending(self) -> int:
         """Records queued in memory and not yet written."""

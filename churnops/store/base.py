@@ -14,7 +14,7 @@ prediction = {
     "features": dict,           # clean feature values as validated (contract names)
     "probability": float, "decision": int, "latency_ms": float,
 }
-feedback = {"_id": request_id, "request_id": str, "outcome": 0 | 1, "ts": float}
+feedback = {"_id": request_id, "request_id": str, "outcome": 0 | 1 (a regression: float), "ts": float}
            # one per request_id: the one with the newest `ts` wins (a replayed old outcome never
            # overwrites a newer one); it applies to every prediction that carries the request_id
 report   = {"_id": str, "ts": float, ...headline numbers...}
@@ -45,6 +45,11 @@ import numpy as np
 
 def _plain(v: Any) -> Any:
     return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+def feedback_outcome(value) -> int | float:
+    """A feedback outcome as stored: 0/1 of a classifier; a regression's observed value stays a float."""
+    return value if isinstance(value, float) else int(value)
 
 
 @dataclass

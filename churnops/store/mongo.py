@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from churnops.store.base import PredictionStore
+from churnops.store.base import feedback_outcome as _outcome
 
 
 def _window(start, end) -> dict:
@@ -84,7 +85,7 @@ class MongoStore(PredictionStore):
             try:
                 self.db.feedback.update_one(
                     {"_id": rid, "ts": {"$lte": ts}},
-                    {"$set": {"request_id": rid, "outcome": int(f["outcome"]), "ts": ts}},
+                    {"$set": {"request_id": rid, "outcome": _outcome(f["outcome"]), "ts": ts}},
                     upsert=True,
                 )
             except DuplicateKeyError:

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.store.base import feedback_outcome as _outcome
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prediction_chunks (
@@ -275,13 +276,13 @@ class SQLiteStore(PredictionStore):
                 "INSERT INTO feedback (_id, request_id, outcome, ts) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(_id) DO UPDATE SET outcome=excluded.outcome, ts=excluded.ts "
                 "WHERE excluded.ts >= feedback.ts",
-                (str(request_id), str(request_id), int(outcome), float(ts)),
+                (str(request_id), str(request_id), _outcome(outcome), float(ts)),
             )
         )
 
     def add_feedback_many(self, items: list[dict]) -> None:
         """Several feedback records in one transaction (64 KiB pages make one per record costly)."""
-        rows = [(str(f["request_id"]), str(f["request_id"]), int(f["outcome"]), float(f["ts"])) for f in items]
+        rows = [(str(f["request_id"]), str(f["request_id"]), _outcome(f["outcome"]), float(f["ts"])) for f in items]
         if not rows:
             return
 
@@ -313,7 +314,7 @@ class SQLiteStore(PredictionStore):
         sql = f"SELECT _id, request_id, outcome, ts FROM feedback{where} ORDER BY ts, _id"
         return self._run(
             lambda c: [
-                {"_id": i, "request_id": r, "outcome": int(o), "ts": t}
+                {"_id": i, "request_id": r, "outcome": _outcome(o), "ts": t}
                 for i, r, o, t in c.execute(sql, args).fetchall()
             ]
         )

@@ -40,8 +40,8 @@ def test_shipped_rules_load_and_unknown_names_are_refused(tmp_path):
     bad.write_text(yaml.safe_dump({"rules": {"min_auc": 0.9}}))
     with pytest.raises(ValueError, match=r"unknown rule\(s\) \['min_auc'\]"):
         load_rules(path=bad)
-    with pytest.raises(FileNotFoundError, match="regression.yaml"):
-        load_rules("regression")
+    with pytest.raises(FileNotFoundError, match="multiclass.yaml"):
+        load_rules("multiclass")
 
 
 def test_a_passing_challenger_passes_every_rule():

@@ -14,6 +14,8 @@ pytestmark = pytest.mark.usefixtures("pristine_env")  # these tests read the def
 
 
 def settings(tmp_path, **kw) -> Settings:
+    # the default model name, whatever MODEL_NAME a session fixture (stack_env) has set meanwhile
+    kw.setdefault("model_name", "churn-xgboost")
     return Settings(_env_file=None, state_dir=tmp_path / "state", **kw)
 
 
