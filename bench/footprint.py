@@ -120,7 +120,7 @@ def main() -> None:
         with prefect_test_harness(server_startup_timeout=120):
             from flows.train_flow import train_flow
 
-            with REC.record(out["crossed"], "training run"):
+            with REC.record(out["crossed"], "one training run (2 trials)"):
                 trained = train_flow(n_trials=2, data=str(DATA), data_profile=False)
         os.environ["RUN_ID"] = trained["run_id"]
         get_settings.cache_clear()
@@ -135,7 +135,7 @@ def main() -> None:
             time.sleep(0.2)
         client.post("/predict", json={"request_id": "warm", "features": example})
         time.sleep(0.3)
-        with REC.record(out["crossed"], "POST /predict"):
+        with REC.record(out["crossed"], "one POST /predict"):
             r = client.post("/predict", json={"request_id": "one", "features": example})
             time.sleep(0.3)  # the log writer's flush
         assert r.status_code == 200, r.get_json()

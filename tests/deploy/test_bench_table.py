@@ -49,3 +49,4 @@ def test_the_readme_table_is_the_generated_one():
     t = load_table()
     body = (ROOT / "README.md").read_text()
     assert body.split(t.BEGIN, 1)[1].split(t.END, 1)[0].strip() == t.table().strip()
+    assert body.split(t.FP_BEGIN, 1)[1].split(t.FP_END, 1)[0].strip() == t.footprint_table().strip()

@@ -79,9 +79,12 @@ def api(loop_settings, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", 60, srv.proc, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and call("GET", f"{url}/ready")[0] != 200:
-        time.sleep(0.2)
+    deadline, loaded = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and loaded < 20:  # both workers have loaded the model (any may answer)
+        st, m = call("GET", f"{url}/model")
+        loaded = loaded + 1 if st == 200 and (m.get("champion") or {}).get("version") else 0
+        time.sleep(0.05)
+    assert loaded >= 20, f"the API never had its model loaded in every worker: {log.read_text()[-2000:]}"
     yield url
     srv.stop()
 
