@@ -68,10 +68,11 @@ def api(stack_env, trained, tmp_path_factory):
     deadline = time.monotonic() + 120
     pids = set()
     while time.monotonic() < deadline and len(pids) < 2:  # both workers have loaded the model
-        st, body = http("GET", f"{url}/ready")
-        if st == 200:
-            pids.add(http("GET", f"{url}/health")[1]["pid"])
+        st, body = http("GET", f"{url}/health")
+        if st == 200 and body.get("model_loaded"):  # the same answer names the worker and its model state
+            pids.add(body["pid"])
         time.sleep(0.1)
+    assert len(pids) == 2, f"both workers should have loaded the model: {pids}"
     yield {"url": url, "env": env, "state": d / "state", "log": d / "gunicorn.log"}
     srv.stop()
 
