@@ -382,6 +382,11 @@ def log_and_register(
         ).to_csv(art / "trials.csv", index=False)
         torch.save(net.state_dict(), art / "cnn_state_dict.pt")
         _confusion_png(ev["confusion_matrix"], contract.classes, art / "confusion_matrix.png")
+        # the image drift reference: summaries of a sample of the images, as serving logs them
+        from churnops.image.monitor import REFERENCE_FILE, reference_payload
+
+        ref = reference_payload(data.files, data.X, onnx_bytes, contract.classes, seed=s.seed)
+        (art / REFERENCE_FILE).write_text(json.dumps(ref))
         with timer, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)

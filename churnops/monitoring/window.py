@@ -130,6 +130,10 @@ def compute(
     The reference is `reference`, else `references.get(run ids)` (a `BackgroundReferences`: never
     calls MLflow in this thread), else downloaded here (`reference.load_reference`: batch callers).
     """
+    if getattr(contract, "task", None) == "image_classification":  # image monitoring hook
+        from churnops.image.monitor import image_window
+
+        return Window(image_window(store, settings, contract, hours, now, reference, references))
     now = time.time() if now is None else now
     start = now - hours * 3600.0
     df = load_window(store, contract, start, now)

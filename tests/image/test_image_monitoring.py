@@ -1,0 +1,157 @@
+"""Image monitoring: the training reference, the image window (channel Wasserstein, embedding MMD,
+class drift, realized accuracy), the report's HTML section, the gauges, camera drift in the simulators.
+
+The servers are real (the module's CNN registered on the test MLflow server, an image API on a
+SQLite log); captures are rendered by the simulator's drifted camera. Expected values are computed
+here independently: scipy's `wasserstein_distance` on the channel means read back from the store
+and from the run's `image_reference.json`, accuracy from the digits' true classes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
+pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
+
+N = 60  # captures per window
+CLEAN_START = 300  # digit indices the model never saw (the fixture trains on the first 300)
+
+
+def means_of(data: bytes, contract) -> np.ndarray:
+    """Per-channel means of the model input of one DNG (through the ISP), computed here."""
+    from serving.image import DNG, decode
+
+    return decode(data, DNG, contract).x.reshape(3, -1).mean(1)
+
+
+# ---- no server ---------------------------------------------------------------------------------------------
+
+
+def test_camera_drift_moves_the_channel_means(raw_contract):
+    from simulators.camera import capture, parse_camera_drift
+
+    idx = range(CLEAN_START, CLEAN_START + 12)
+    clean = np.array([means_of(capture(i, raw_contract, 7, [], 0.0)[0], raw_contract) for i in idx])
+    brighter = np.array([means_of(capture(i, raw_contract, 7, ["exposure"], 1.0)[0], raw_contract) for i in idx])
+    warm = np.array([means_of(capture(i, raw_contract, 7, ["white_balance"], 1.0)[0], raw_contract) for i in idx])
+    noisy = [capture(i, raw_contract, 7, ["noise"], 1.0)[0] for i in idx]
+    assert (brighter > clean).all()  # +1 stop raises every channel of every image
+    assert (warm[:, 0] > clean[:, 0]).all() and (warm[:, 2] < clean[:, 2]).all()  # red up, blue down
+    assert capture(CLEAN_START, raw_contract, 7, [], 0.0) == capture(CLEAN_START, raw_contract, 7, [], 0.0)
+    assert noisy[0] != capture(CLEAN_START, raw_contract, 7, [], 0.0)[0]
+    assert parse_camera_drift("noise, exposure") == ["noise", "exposure"]
+    with pytest.raises(ValueError, match=r"unknown camera drift kind\(s\) \['shift'\]"):
+        parse_camera_drift("noise,shift")
+
+
+def test_image_feedback_parses_a_class_index_or_name(raw_contract):
+    from churnops.image.feedback import ImageFeedback
+
+    f = ImageFeedback()
+    assert f.parse_feedback({"outcome": 7}, raw_contract) == (7, {}, "outcome")
+    assert f.parse_feedback({"label": "3"}, raw_contract) == (3, {}, "outcome")
+    assert f.parse_feedback({"outcome": 4.0}, raw_contract)[0] == 4
+    for bad in (10, -1, 2.5, True, None, "ten", [1]):
+        v, problems, _ = f.parse_feedback({"outcome": bad}, raw_contract)
+        assert v is None and "expected a class index 0..9" in problems["outcome"], bad
+
+
+# ---- on a served model -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def monitored(image_model, raw_contract):
+    """An image server; a clean window of N captures, then N with camera noise, each with feedback.
+
+    Returns the app, client, store, settings and the window bounds and sent requests.
+    """
+    from churnops.store.sqlite import SQLiteStore
+    from serving.app import create_app
+    from serving.model import ModelManager
+    from simulators.camera import capture
+
+    s = image_model["settings"].model_copy(update={"report_min_rows": 30, "image_mmd_permutations": 100})
+    mm = ModelManager(s)
+    mm.load_initial()
+    store = SQLiteStore(s.state_dir / "monitored.db")
+    app = create_app(s, store=store, models=mm, start_background=False)
+    plog = app.extensions["churn"].plog
+    plog.start()
+    c = app.test_client()
+    sent: dict[str, list] = {"clean": [], "noise": []}
+
+    def post(kind: str, drift: list[str]) -> None:
+        for k in range(N):
+            i = CLEAN_START + k
+            data, label = capture(i, raw_contract, 7, drift, 1.0)
+            rid = f"mon-{kind}-{i}"
+            r = c.post("/predict/image", data=data, headers={"Content-Type": "image/x-adobe-dng", "X-Request-ID": rid})
+            assert r.status_code == 200, r.json
+            sent[kind].append((rid, label, r.json["class_index"]))
+            # the true class, as an index or as the class name
+            fb = {"request_id": rid, "outcome": label} if k % 2 else {"request_id": rid, "label": str(label)}
+            assert c.post("/feedback", json=fb).status_code == 202
+        plog.flush()
+
+    t0 = time.time() - 1
+    post("clean", [])
+    t_mid = time.time() + 0.01
+    time.sleep(0.05)
+    post("noise", ["noise"])
+    t_end = time.time() + 1
+    yield {"app": app, "client": c, "store": store, "settings": s, "t0": t0, "t_mid": t_mid, "t_end": t_end, "sent": sent}
+    plog.close()
+
+
+def window(m, raw_contract, start: float, end: float) -> dict:
+    from churnops.monitoring.window import summarize
+
+    return summarize(m["store"], m["settings"], raw_contract, (end - start) / 3600.0, now=end, fresh=True).summary
+
+
+def reference_records(image_model) -> list[dict]:
+    """The run's logged reference, read from MLflow here."""
+    import mlflow
+
+    mlflow.set_tracking_uri(image_model["settings"].mlflow_tracking_uri)
+    return mlflow.artifacts.load_dict(f"runs:/{image_model['run_id']}/image_reference.json")["records"]
+
+
+def test_training_logs_an_image_reference(image_model, raw_contract):
+    import mlflow
+
+    mlflow.set_tracking_uri(image_model["settings"].mlflow_tracking_uri)
+    ref = mlflow.artifacts.load_dict(f"runs:/{image_model['run_id']}/image_reference.json")
+    assert ref["classes"] == raw_contract.classes and ref["rows"] == len(ref["records"]) == 300
+    first = ref["records"][0]
+    assert set(first["features"]) >= {"sha256", "channel_means", "embedding", "thumbnail_png"}
+    f = next(f for f in image_model["files"] if f.rel == first["_id"])
+    assert np.allclose(first["features"]["channel_means"], means_of(f.path.read_bytes(), raw_contract), atol=1e-5)
+
+
+def test_noise_drift_is_detected_and_a_clean_window_is_not(monitored, image_model, raw_contract):
+    from scipy.stats import wasserstein_distance
+
+    ref = np.array([r["features"]["channel_means"] for r in reference_records(image_model)])
+    clean = window(monitored, raw_contract, monitored["t0"], monitored["t_mid"])
+    noisy = window(monitored, raw_contract, monitored["t_mid"], monitored["t_end"])
+    for w, kind in ((clean, "clean"), (noisy, "noise")):
+        assert w["n"] == N and w["task"] == "image_classification" and w["reference_run_id"] == image_model["run_id"]
+        rows = monitored["store"].find_predictions(start=w["window"]["start"], end=w["window"]["end"])
+        assert sorted(r["request_id"] for r in rows) == sorted(rid for rid, _, _ in monitored["sent"][kind])
+        cur = np.array([r["features"]["channel_means"] for r in rows])
+        for j, ch in enumerate("rgb"):  # independent: scipy on the numbers read back here
+            assert w["image"]["channel_wasserstein"][ch] == pytest.approx(wasserstein_distance(ref[:, j], cur[:, j]))
+        sent = monitored["sent"][kind]
+        acc = np.mean([label == pred for _, label, pred in sent])
+        assert w["performance"]["n"] == N and w["performance"]["overall"]["accuracy"] == pytest.approx(acc)
+    cm, nm = clean["image"]["embedding_mmd"], noisy["image"]["embedding_mmd"]
+    assert cm["p_value"] > 0.05 and clean["image"]["signals"]["embedding_mmd"] == "ok", clean["image"]
+    assert nm["p_value"] < 0.01 and nm["mmd2"] > cm["mmd2"], noisy["image"]
+    assert noisy["image"]["signals"]["embedding_mmd"] == "critical" and noisy["status"] == "critical"
+    assert "embedding_mmd" in noisy["drift"]["critical_features"]
+    assert len(noisy["image"]["thumbnails"]["current"]) == 8 and len(noisy["image"]["thumbnails"]["reference"]) == 8
