@@ -97,13 +97,23 @@ def monitored(image_model, raw_contract):
             assert c.post("/feedback", json=fb).status_code == 202
         plog.flush()
 
-    t0 = time.time() - 1
+    t0 = time.time() - 0.01
     post("clean", [])
     t_mid = time.time() + 0.01
     time.sleep(0.05)
     post("noise", ["noise"])
-    t_end = time.time() + 1
-    yield {"app": app, "client": c, "store": store, "settings": s, "t0": t0, "t_mid": t_mid, "t_end": t_end, "sent": sent}
+    t_end = time.time() + 0.01
+    time.sleep(0.05)  # what other tests log later is outside both windows
+    yield {
+        "app": app,
+        "client": c,
+        "store": store,
+        "settings": s,
+        "t0": t0,
+        "t_mid": t_mid,
+        "t_end": t_end,
+        "sent": sent,
+    }
     plog.close()
 
 
@@ -155,3 +165,94 @@ def test_noise_drift_is_detected_and_a_clean_window_is_not(monitored, image_mode
     assert noisy["image"]["signals"]["embedding_mmd"] == "critical" and noisy["status"] == "critical"
     assert "embedding_mmd" in noisy["drift"]["critical_features"]
     assert len(noisy["image"]["thumbnails"]["current"]) == 8 and len(noisy["image"]["thumbnails"]["reference"]) == 8
+
+
+def test_report_has_the_image_section_with_thumbnails(monitored, raw_contract, tmp_path):
+    import base64
+    import json
+
+    from reporting.report import build_report
+
+    m = monitored
+    hours = (m["t_end"] - m["t_mid"]) / 3600.0
+    summary = build_report(
+        m["store"], m["settings"], raw_contract, window_hours=hours, now=m["t_end"], out_dir=tmp_path
+    )
+    assert summary["status"] == "drift_critical" and summary["n"] == N, summary.get("message")
+    page = (tmp_path / summary["files"]["html"]).read_text()
+    assert '<section id="image-drift">' in page and "embedding MMD" in page and "channel R Wasserstein" in page
+    w = summary["image"]["channel_wasserstein"]
+    assert f"{w['r']:.4f}" in page and f"p={summary['image']['embedding_mmd']['p_value']:.3g}" in page
+    for side in ("reference", "current"):
+        block = page.split(f'<div id="thumbs-{side}">', 1)[1].split("</div>", 1)[0]
+        thumbs = block.split('src="data:image/png;base64,')[1:]
+        assert len(thumbs) == 8
+        assert base64.b64decode(thumbs[0].split('"', 1)[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # offline, no CDN
+    saved = json.loads((tmp_path / summary["files"]["json"]).read_text())
+    assert saved["drift"]["critical_features"] == summary["drift"]["critical_features"]
+    (rec,) = [r for r in m["store"].list_reports() if r["_id"] == summary["id"]]
+    assert rec["status"] == "drift_critical" and rec["drift_status"] == "critical"
+
+
+def test_drift_endpoints_and_gauges_on_an_image_server(monitored, raw_contract):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from churnops.monitoring.gauges import DriftGauges
+
+    c = monitored["client"]
+    hours = (time.time() - monitored["t0"]) / 3600.0
+    for _ in range(100):  # the reference is fetched by a background thread: 503 + Retry-After until then
+        r = c.get(f"/drift/report?hours={hours:.6f}")
+        if r.status_code != 503:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["n"] >= 2 * N and body["status"] == "critical" and "embedding_mmd" in body["drift"]["critical_features"]
+    text = c.get(f"/drift/metrics?hours={hours:.6f}").get_data(as_text=True)
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    for ch in "rgb":
+        v = float(lines[f'churn_image_channel_wasserstein{{channel="{ch}"}}'])
+        assert v == pytest.approx(body["image"]["channel_wasserstein"][ch])
+    assert "churn_image_embedding_mmd_p_value" in text and "churn_realized_accuracy" in text
+    reg = CollectorRegistry()
+    DriftGauges(reg, multiprocess_mode=None).update(body)
+    assert reg.get_sample_value("churn_image_channel_wasserstein", {"channel": "r"}) == pytest.approx(
+        body["image"]["channel_wasserstein"]["r"]
+    )
+    assert reg.get_sample_value("churn_image_embedding_mmd_p_value") == body["image"]["embedding_mmd"]["p_value"]
+    assert b"churn_image_embedding_mmd2" in generate_latest(reg)
+
+
+def test_feedback_on_an_image_server(monitored):
+    c = monitored["client"]
+    rid = monitored["sent"]["clean"][0][0]
+    r = c.post("/feedback", json={"request_id": rid, "label": "7"})
+    assert r.status_code == 202 and r.json["outcome"] == 7
+    r = c.post("/feedback", json={"request_id": rid, "outcome": 12})
+    assert r.status_code == 422 and "expected a class index 0..9" in r.json["details"]["outcome"], r.json
+    r = c.post("/feedback", json={"request_id": rid, "label": "cat"})
+    assert r.status_code == 422 and "unknown class 'cat'" in r.json["details"]["label"], r.json
+
+
+def test_exposure_drift_raises_the_logged_channel_means(monitored, raw_contract):
+    from simulators.camera import capture
+
+    m, c = monitored, monitored["client"]
+    pairs = []
+    for i in range(CLEAN_START, CLEAN_START + 10):
+        rid = f"exp-{i}"
+        data, _ = capture(i, raw_contract, 7, ["exposure"], 1.0)  # +1 stop
+        assert (
+            c.post("/predict/image", data=data, headers={"Content-Type": DNG_TYPE, "X-Request-ID": rid}).status_code
+            == 200
+        )
+        pairs.append((f"mon-clean-{i}", rid))
+    m["app"].extensions["churn"].plog.flush()
+    logged = {r["request_id"]: np.array(r["features"]["channel_means"]) for r in m["store"].find_predictions()}
+    for clean, bright in pairs:
+        assert (logged[bright] > logged[clean]).all(), (logged[clean], logged[bright])
+
+
+DNG_TYPE = "image/x-adobe-dng"
