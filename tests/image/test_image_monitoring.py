@@ -256,3 +256,62 @@ def test_exposure_drift_raises_the_logged_channel_means(monitored, raw_contract)
 
 
 DNG_TYPE = "image/x-adobe-dng"
+
+
+@pytest.fixture(scope="module")
+def http_api(monitored):
+    """The monitored app behind a real HTTP server (werkzeug, loopback, free port)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    srv = make_server("127.0.0.1", 0, monitored["app"], threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
+def test_camera_simulators_send_drifted_captures_over_http_and_kinesis(monitored, http_api, raw_contract):
+    """`DRIFT=exposure`: HTTP captures and image_uri stream records are served, logged brighter, and labelled."""
+    from churnops.aws import client
+    from churnops.store.sqlite import SQLiteStore
+    from serving.consumer import Consumer
+    from serving.model import ModelManager
+    from simulators.camera import capture, plan_captures, run_camera_http, run_camera_kinesis
+
+    m, s = (
+        monitored,
+        monitored["settings"].model_copy(update={"input_stream": "img-sim-in", "output_stream": "img-sim-out"}),
+    )
+    kw = dict(rate=100, seconds=None, count=6, seed=11, drift_mode="sudden", feedback_delay_s=0.1, api_url=http_api)
+    http = run_camera_http(s, raw_contract, drift=["exposure"], **kw)
+    assert http.counts["POST /predict/image 200"] == 6 and http.counts["POST /feedback 202"] == 6, http.counts
+    assert http.drift["rows_changed"] == {"exposure": 6}
+
+    s3, kin = client("s3", s), client("kinesis", s)
+    s3.create_bucket(Bucket=s.bucket)  # the fixture model's own bucket: nothing else in this module makes it
+    for name in (s.input_stream, s.output_stream):
+        kin.create_stream(StreamName=name, ShardCount=1)
+    for _ in range(50):
+        if kin.describe_stream(StreamName=s.input_stream)["StreamDescription"]["StreamStatus"] == "ACTIVE":
+            break
+        time.sleep(0.1)
+    st = run_camera_kinesis(s, raw_contract, drift=["exposure"], **kw)
+    assert st.counts["kinesis put ok"] == 6 and st.counts["POST /feedback 202"] == 6, st.counts
+    store = SQLiteStore(s.state_dir / "camera-stream.db")
+    mm = ModelManager(s)
+    mm.load_initial()
+    consumer = Consumer(s, store=store, models=mm)
+    consumer.run(max_idle_polls=3)
+    consumer.plog.close()
+    streamed = store.find_predictions()
+    assert len(streamed) == 6 and all(r["source"] != "http" for r in streamed)
+
+    m["app"].extensions["churn"].plog.flush()
+    feedback = {f["request_id"]: f["outcome"] for f in m["store"].find_feedback()}
+    for records, seed, prefix in ((m["store"].find_predictions(), 11, "img-http"), (streamed, 12, "img-kin")):
+        logged = {r["request_id"]: np.array(r["features"]["channel_means"]) for r in records}
+        for p in plan_captures(6, seed, ["exposure"], prefix=prefix):  # what the simulator planned (seeded)
+            clean = means_of(capture(p.features["index"], raw_contract, seed, [], 0.0)[0], raw_contract)
+            assert (logged[p.request_id] > clean).all(), (p, clean, logged[p.request_id])  # +1 stop: brighter
+            assert feedback[p.request_id] == p.outcome  # the true class, posted after the delay
