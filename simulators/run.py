@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if image:
         pool, where = None, "raw digits (simulated camera)"
-        run_http, run_kinesis = run_camera_http, run_camera_kinesis  # noqa: F811
+        run_http, run_kinesis = run_camera_http, run_camera_kinesis
     else:
         pool, where = customer_pool(s, contract, a.source, a.seed)
     common = dict(

@@ -3,7 +3,8 @@
 data (generate the raw digits or take a folder) -> SHA-256 version -> ISP -> stratified split ->
 hyperopt TPE sweep over learning rate, width, epochs, augmentation (each trial a nested MLflow run
 of the sweep's parent run) -> refit the best on train+val -> test metrics -> ISP sensitivity ->
-ONNX export with the parity gate -> log ONE model -> register under the contract's model name.
+ONNX export with the parity gate -> log ONE model (+ `image_reference.json`, the image drift
+reference of `churnops.image.monitor`) -> register under the contract's model name.
 Nothing is registered unless every step before succeeded. MLflow helpers are the project's own
 (`pipeline.start_parent_run`, `pipeline.Timer`, `lineage.lineage_tags`, `registry.register`).
 """

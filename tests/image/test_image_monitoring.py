@@ -315,3 +315,25 @@ def test_camera_simulators_send_drifted_captures_over_http_and_kinesis(monitored
             clean = means_of(capture(p.features["index"], raw_contract, seed, [], 0.0)[0], raw_contract)
             assert (logged[p.request_id] > clean).all(), (p, clean, logged[p.request_id])  # +1 stop: brighter
             assert feedback[p.request_id] == p.outcome  # the true class, posted after the delay
+
+
+def test_make_simulate_on_an_image_server(http_api, monkeypatch, capsys):
+    """`DATASET=raw_digits SIMULATE_DRIFT=white_balance make simulate` = `simulators.run` with camera captures."""
+    import json
+
+    from churnops.settings import get_settings
+    from simulators.run import main
+
+    monkeypatch.setenv("DATASET", "raw_digits")
+    monkeypatch.setenv("SIMULATE_DRIFT", "white_balance")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    get_settings.cache_clear()
+    try:
+        args = ["--only", "http", "--count", "4", "--rate", "100", "--feedback-delay", "0.1", "--api-url", http_api]
+        rc = main([*args, "--json"])
+    finally:
+        get_settings.cache_clear()
+    out = json.loads(capsys.readouterr().out)
+    http = out["results"]["http"]
+    assert rc == 0 and out["drift"] == ["white_balance"], out
+    assert http["counts"] == {"POST /predict/image 200": 4, "POST /feedback 202": 4}
