@@ -40,14 +40,20 @@ class DriftGauges:
         self.window_rows = Gauge(NAMES["window_rows"], "Predictions in the monitored window", **kw)
         # image monitoring (churnops/image/monitor.py): set only for windows of an image server
         self.image_wasserstein = Gauge(
-            NAMES["image_wasserstein"], "Wasserstein distance of per-image channel means vs the reference", ["channel"], **kw
+            NAMES["image_wasserstein"],
+            "Wasserstein distance of per-image channel means vs the reference",
+            ["channel"],
+            **kw,
         )
         self.image_mmd_p_value = Gauge(
             NAMES["image_mmd_p_value"], "Permutation p-value of the MMD test on CNN embeddings vs the reference", **kw
         )
         self.image_mmd = Gauge(NAMES["image_mmd"], "Squared MMD of CNN embeddings vs the reference", **kw)
         self.realized_accuracy = Gauge(
-            NAMES["realized_accuracy"], "Accuracy on image predictions with feedback classes", ["model_version", "route"], **kw
+            NAMES["realized_accuracy"],
+            "Accuracy on image predictions with feedback classes",
+            ["model_version", "route"],
+            **kw,
         )
 
     def update(self, result: dict) -> None:
