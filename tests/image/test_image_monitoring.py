@@ -337,3 +337,18 @@ def test_make_simulate_on_an_image_server(http_api, monkeypatch, capsys):
     http = out["results"]["http"]
     assert rc == 0 and out["drift"] == ["white_balance"], out
     assert http["counts"] == {"POST /predict/image 200": 4, "POST /feedback 202": 4}
+
+
+def test_retraining_trigger_reads_the_image_window(monitored, raw_contract):
+    from reporting.trigger import evaluate_window
+
+    m = monitored
+    s = m["settings"].model_copy(update={"retrain_min_critical_features": 1})
+    hours = (m["t_end"] - m["t_mid"]) / 3600.0
+    d = evaluate_window(m["store"], s, raw_contract, window_hours=hours, now=m["t_end"], dry_run=True)
+    assert d["action"] == "dry_run" and "embedding_mmd" in d["numbers"]["critical_features"], d
+    assert any("data drift critical" in r and "embedding_mmd" in r for r in d["reasons"]), d["reasons"]
+    clean = evaluate_window(
+        m["store"], s, raw_contract, window_hours=(m["t_mid"] - m["t0"]) / 3600.0, now=m["t_mid"], dry_run=True
+    )
+    assert "embedding_mmd" not in clean["numbers"]["critical_features"], clean
