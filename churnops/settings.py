@@ -188,6 +188,13 @@ class Settings(BaseSettings):
     psi_warn: float = 0.1
     psi_critical: float = 0.2
     drift_p_value: float = 0.05
+    # image drift (DATASET=<image contract>): Wasserstein of per-image channel means (0..1 scale),
+    # MMD permutation test on the logged embedding projections (churnops/image/monitor.py)
+    image_wasserstein_warn: float = 0.02
+    image_wasserstein_critical: float = 0.05
+    image_mmd_p_value: float = 0.01
+    image_mmd_permutations: int = 200
+    image_mmd_max_rows: int = 500  # rows per side in the MMD (the kernel matrix is quadratic)
     retrain_cooldown_hours: float = 12.0
     auc_floor: float = 0.85
     alert_webhook_url: str | None = None

@@ -14,7 +14,7 @@ import json
 from prefect import flow
 
 from churnops.cli import flow_logger
-from churnops.contract import load_contract
+from churnops.contract import load_any_contract
 from churnops.settings import get_settings
 
 FLOW_NAME = "prediction-report"
@@ -34,7 +34,7 @@ def report_flow(window_hours: float | None = None) -> dict:
     s = get_settings()
     store = open_store(s)
     try:
-        summary = build_report(store, s, load_contract(s.dataset), window_hours=window_hours)
+        summary = build_report(store, s, load_any_contract(s.dataset), window_hours=window_hours)
     finally:
         store.close()
     out = {"id": summary["id"], "status": summary["status"], "files": summary["files"], **summary["headline"]}

@@ -8,6 +8,9 @@ numbers the trigger and `/drift` answer), writes into the reports directory
 * `<id>-quality.html`  Evidently: classification quality on the rows that have outcomes
 * `<id>.json`          summary: window, n, drift per feature, prediction drift, performance
 
+For an image server (an image contract) `<id>.html` is instead the image drift section of
+`churnops.image.monitor` (channel Wasserstein, embedding MMD, predicted classes, thumbnails).
+
 regenerates `index.html` and stores the headline in the store (`save_report`). Windows larger
 than `report_max_rows` are sampled (seeded) for the Evidently report, which keeps a report
 under 10 MB; our statistics and realized performance use every row. With fewer than
@@ -167,6 +170,22 @@ def build_report(
     }
     if win["status"] == "insufficient_data":
         summary.update(status="insufficient_data", n=win["n"], message=win["message"])
+    elif win.get("image") is not None:  # image monitoring hook: our own HTML section, no Evidently
+        from churnops.image.monitor import image_section_html
+
+        d = win["drift"]
+        summary.update(
+            reference_run_id=win["reference_run_id"],
+            status="ok" if d["status"] == "ok" else f"drift_{d['status']}",
+            n=win["n"],
+            sampled=False,
+            drift=d,
+            image=win["image"],
+            performance=win["performance"],
+            message=f"image drift {d['status']}: {', '.join(d['drifted_features']) or 'no signal'}",
+        )
+        (out / f"{rid}.html").write_text(image_section_html(win, f"Image drift report {rid}"))
+        summary["files"]["html"] = f"{rid}.html"
     else:
         d = win["drift"]
         sample = sample_rows(df, settings.report_max_rows, seed=settings.seed)

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from churnops.admin import admin_token, token_matches
 from churnops.contract import load_contract
+from churnops.image.feedback import ImageFeedback
 from churnops.model_uri import ModelUriError, check_model_uri, check_run_id
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
@@ -77,7 +78,8 @@ class ServingState:
         # image serving hook (serving/tasks.py): an image contract has no tabular validators
         self.image_contract = image_contract(settings)
         self.contract = load_contract(settings.dataset) if self.image_contract is None else None
-        self.task = task_for(self.contract) if self.contract is not None else None  # answers, feedback per task
+        # answers, feedback per task; image serving hook: an image server's feedback is a class index or name
+        self.task = task_for(self.contract) if self.contract is not None else ImageFeedback()
         self.store = store
         self.plog = plog
         self.models = models
@@ -360,7 +362,6 @@ def create_app(
 
     @app.post("/feedback")
     def feedback():
-        refuse_tabular(state, "/feedback")  # image serving hook: outcomes are binary labels
         data = body_json()
         if not isinstance(data, dict):
             raise BadInput(
@@ -370,8 +371,8 @@ def create_app(
         rid = data.get("request_id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
             details["request_id"] = REQUEST_ID_RULE  # the same rule as /predict
-        # classifiers: outcome 0/1 or a label; regressions: a finite `value` (churnops.tasks)
-        outcome, problems, key = state.task.parse_feedback(data, state.contract)
+        # classifiers: outcome 0/1 or a label; regressions: a finite `value` (churnops.tasks); images: a class
+        outcome, problems, key = state.task.parse_feedback(data, state.contract or state.image_contract)
         details |= problems
         if details:
             raise BadInput("invalid feedback", details, "invalid_feedback", 422)

@@ -32,9 +32,9 @@ _LOCK = threading.Lock()
 def _context():
     """(settings, contract, store) from the API's state, or opened from settings."""
     state = current_app.extensions.get("churn")
-    if state is not None:
-        return state.settings, state.contract, state.store
-    from churnops.contract import load_contract
+    if state is not None:  # image monitoring hook: an image server has an image contract instead
+        return state.settings, state.contract if state.contract is not None else state.image_contract, state.store
+    from churnops.contract import load_any_contract as load_contract
     from churnops.settings import get_settings
 
     s = get_settings()
@@ -68,6 +68,8 @@ def _references(settings, contract):
 
     refs = current_app.extensions.get("drift_references")
     if refs is None:
+        if getattr(contract, "task", None) == "image_classification":  # image monitoring hook
+            from churnops.image.monitor import ImageReferences as BackgroundReferences
         with _LOCK:
             refs = current_app.extensions.setdefault("drift_references", BackgroundReferences(settings, contract))
     return refs

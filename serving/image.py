@@ -15,7 +15,7 @@ The model is what the image flow registers (churnops/image/train.py): an MLflow 
 refused unless its contract fingerprint is the served contract's. A log record carries an image
 summary in place of `features` (SHA-256, byte size, width/height, per-channel means and standard
 deviations of the model input, the embedding's mean/std/norm and a fixed 16-number random
-projection of it), never the pixels.
+projection of it, a 16x16 thumbnail; `churnops.image.summary`), never the pixels.
 """
 
 from __future__ import annotations
@@ -27,18 +27,16 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from churnops.image.summary import EMBED_DIMS, EMBED_SEED, summary  # noqa: F401  (the one summary function)
 from serving.inference import BadInput
 
 DNG, PNG, JPEG = "image/x-adobe-dng", "image/png", "image/jpeg"
 CONTENT_TYPES = (DNG, PNG, JPEG)
 ALIASES = {"image/dng": DNG, "image/x-dng": DNG, "image/jpg": JPEG, "image/pjpeg": JPEG}
-EMBED_DIMS = 16  # logged projection of the CNN embedding (what image drift compares)
-EMBED_SEED = 20_261_127  # fixed: the projection is the same in every process and release
 
 
 class ImageModelError(RuntimeError):
@@ -304,36 +302,6 @@ def predict(ms, request_id: str, img: DecodedImage) -> ImagePrediction:
     m = ms.pick(request_id)
     p, z = m.bundle.predict(img.x[None])
     return ImagePrediction(m, p[0], z[0])
-
-
-@lru_cache(maxsize=4)
-def _projection(dim: int) -> np.ndarray:
-    """A fixed (dim, 16) Gaussian random projection (seeded), scaled to keep distances on average."""
-    rng = np.random.default_rng([EMBED_SEED, dim])
-    return (rng.standard_normal((dim, EMBED_DIMS)) / np.sqrt(EMBED_DIMS)).astype(np.float64)
-
-
-def summary(img: DecodedImage, embedding: np.ndarray) -> dict:
-    """What the prediction log keeps of an image (in place of `features`): never the pixels."""
-    z = np.asarray(embedding, dtype=np.float64)
-    flat = img.x.reshape(3, -1).astype(np.float64)
-    r = lambda v: [round(float(a), 6) for a in v]  # noqa: E731
-    return {
-        "sha256": img.sha256,
-        "bytes": img.nbytes,
-        "content_type": img.content_type,
-        "width": img.width,
-        "height": img.height,
-        "channel_means": r(flat.mean(1)),
-        "channel_stds": r(flat.std(1)),
-        "embedding": {
-            "dim": int(z.size),
-            "mean": round(float(z.mean()), 6),
-            "std": round(float(z.std()), 6),
-            "norm": round(float(np.linalg.norm(z)), 6),
-            "projection": r(z @ _projection(z.size)),
-        },
-    }
 
 
 def answer(pred: ImagePrediction, request_id: str) -> dict:

@@ -3,6 +3,9 @@
     python -m simulators.run --seconds 20 [--rate 20] [--drift shift,category,missing,concept]
                              [--drift-mode sudden|gradual] [--only http|kinesis]
 
+With DATASET=<image contract> (raw_digits) it sends simulated camera captures instead, and
+`--drift` (SIMULATE_DRIFT) takes the camera drifts noise,white_balance,exposure (simulators/camera.py).
+
 Prints what was sent: counts by path and status, feedback posted, drift applied.
 """
 
@@ -16,8 +19,9 @@ import threading
 
 def main(argv: list[str] | None = None) -> int:
     from churnops.cli import setup_logging
-    from churnops.contract import load_contract
+    from churnops.contract import load_any_contract
     from churnops.settings import get_settings
+    from simulators.camera import parse_camera_drift, run_camera_http, run_camera_kinesis
     from simulators.http_sim import add_common_args, run_http
     from simulators.kinesis_sim import run_kinesis
     from simulators.traffic import customer_pool, parse_drift
@@ -30,13 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary as JSON only")
     a = p.parse_args(argv)
     setup_logging()
-    contract = load_contract(s.dataset)
+    contract = load_any_contract(s.dataset)
+    image = getattr(contract, "task", None) == "image_classification"  # image hook: camera captures, camera drift
     try:
-        drift = parse_drift(a.drift)
+        drift = parse_camera_drift(a.drift) if image else parse_drift(a.drift)
     except ValueError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
-    pool, where = customer_pool(s, contract, a.source, a.seed)
+    if image:
+        pool, where = None, "raw digits (simulated camera)"
+        run_http, run_kinesis = run_camera_http, run_camera_kinesis
+    else:
+        pool, where = customer_pool(s, contract, a.source, a.seed)
     common = dict(
         rate=a.rate,
         seconds=a.seconds,

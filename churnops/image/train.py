@@ -3,7 +3,8 @@
 data (generate the raw digits or take a folder) -> SHA-256 version -> ISP -> stratified split ->
 hyperopt TPE sweep over learning rate, width, epochs, augmentation (each trial a nested MLflow run
 of the sweep's parent run) -> refit the best on train+val -> test metrics -> ISP sensitivity ->
-ONNX export with the parity gate -> log ONE model -> register under the contract's model name.
+ONNX export with the parity gate -> log ONE model (+ `image_reference.json`, the image drift
+reference of `churnops.image.monitor`) -> register under the contract's model name.
 Nothing is registered unless every step before succeeded. MLflow helpers are the project's own
 (`pipeline.start_parent_run`, `pipeline.Timer`, `lineage.lineage_tags`, `registry.register`).
 """
@@ -382,6 +383,11 @@ def log_and_register(
         ).to_csv(art / "trials.csv", index=False)
         torch.save(net.state_dict(), art / "cnn_state_dict.pt")
         _confusion_png(ev["confusion_matrix"], contract.classes, art / "confusion_matrix.png")
+        # the image drift reference: summaries of a sample of the images, as serving logs them
+        from churnops.image.monitor import REFERENCE_FILE, reference_payload
+
+        ref = reference_payload(data.files, data.X, onnx_bytes, contract.classes, seed=s.seed)
+        (art / REFERENCE_FILE).write_text(json.dumps(ref))
         with timer, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)

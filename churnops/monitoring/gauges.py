@@ -17,6 +17,10 @@ NAMES = {
     "prediction_psi": "churn_prediction_psi",
     "realized_auc": "churn_realized_auc",
     "window_rows": "churn_monitor_window_rows",
+    "image_wasserstein": "churn_image_channel_wasserstein",
+    "image_mmd_p_value": "churn_image_embedding_mmd_p_value",
+    "image_mmd": "churn_image_embedding_mmd2",
+    "realized_accuracy": "churn_realized_accuracy",
 }
 
 
@@ -34,6 +38,23 @@ class DriftGauges:
             NAMES["realized_auc"], "AUC-ROC on predictions with feedback outcomes", ["model_version", "route"], **kw
         )
         self.window_rows = Gauge(NAMES["window_rows"], "Predictions in the monitored window", **kw)
+        # image monitoring (churnops/image/monitor.py): set only for windows of an image server
+        self.image_wasserstein = Gauge(
+            NAMES["image_wasserstein"],
+            "Wasserstein distance of per-image channel means vs the reference",
+            ["channel"],
+            **kw,
+        )
+        self.image_mmd_p_value = Gauge(
+            NAMES["image_mmd_p_value"], "Permutation p-value of the MMD test on CNN embeddings vs the reference", **kw
+        )
+        self.image_mmd = Gauge(NAMES["image_mmd"], "Squared MMD of CNN embeddings vs the reference", **kw)
+        self.realized_accuracy = Gauge(
+            NAMES["realized_accuracy"],
+            "Accuracy on image predictions with feedback classes",
+            ["model_version", "route"],
+            **kw,
+        )
 
     def update(self, result: dict) -> None:
         drift = result.get("drift") or {}
@@ -47,6 +68,15 @@ class DriftGauges:
             if g.get("auc_roc") is not None:
                 self.realized_auc.labels(g["model_version"], g["route"]).set(g["auc_roc"])
         self.window_rows.set(result.get("n", 0))
+        image = result.get("image")
+        if image:  # image monitoring hook
+            for ch, v in image["channel_wasserstein"].items():
+                self.image_wasserstein.labels(ch).set(v)
+            self.image_mmd_p_value.set(image["embedding_mmd"]["p_value"])
+            self.image_mmd.set(image["embedding_mmd"]["mmd2"])
+            for g in (result.get("performance") or {}).get("by_model") or []:
+                if g.get("accuracy") is not None:
+                    self.realized_accuracy.labels(g["model_version"], g["route"]).set(g["accuracy"])
 
 
 _GAUGES: DriftGauges | None = None

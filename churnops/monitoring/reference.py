@@ -99,10 +99,18 @@ class BackgroundReferences:
         run_id = local_run_id(self.settings, model_run_ids) or self._champion
         key = run_id or self.CHAMPION
         if run_id is not None:
-            folder = cache_folder(run_id, self.settings, self.cache_root)
-            if (folder / REFERENCE_FILE).exists():
-                return reference_from_folder(folder, self.contract, run_id)
+            ref = self._cached(cache_folder(run_id, self.settings, self.cache_root), run_id)
+            if ref is not None:
+                return ref
         return self._not_ready(key)
+
+    def _cached(self, folder: Path, run_id: str):
+        """The prepared reference when its files are in `folder`, else None (image monitoring hook: overridden)."""
+        return reference_from_folder(folder, self.contract, run_id) if (folder / REFERENCE_FILE).exists() else None
+
+    def _download(self, run_id: str) -> None:
+        """Fetch the reference files of `run_id` into the cache (image monitoring hook: overridden)."""
+        fetch_run_files(run_id, self.settings, self.cache_root)
 
     def _not_ready(self, key: str) -> Reference:
         now = time.monotonic()
@@ -126,7 +134,7 @@ class BackgroundReferences:
             if key == self.CHAMPION:
                 run_id = served_run_id(self.settings, [])
                 self._champion = run_id
-            fetch_run_files(run_id, self.settings, self.cache_root)
+            self._download(run_id)
             with self._lock:
                 self._failed.pop(key, None)
         except Exception as exc:

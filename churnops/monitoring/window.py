@@ -9,7 +9,8 @@ trigger (`reporting.trigger`) and `GET /drift/*` (`serving.drift`) all call it. 
 * `reference_run_id`, `drift` (`drift.compute_drift`: every feature and the predictions, every row),
   `performance` (`performance.realized_performance` on the rows with feedback), `verdict`
 
-as plain JSON values (NaN becomes None). Summaries are cached per process in an LRU of
+as plain JSON values (NaN becomes None). For an image contract `compute` hands the window to
+`churnops.image.monitor.image_window` (the image monitoring hook; same keys, signals for features). Summaries are cached per process in an LRU of
 `CACHE_ENTRIES` windows, each reused for `settings.drift_cache_s` seconds: a window ending "now"
 (`now=None`) is one entry per (store, hours), so the trigger run right after a report, or `/drift`
 asked twice, does not compute it again. The cached dicts are shared: callers must not modify them.
@@ -130,6 +131,10 @@ def compute(
     The reference is `reference`, else `references.get(run ids)` (a `BackgroundReferences`: never
     calls MLflow in this thread), else downloaded here (`reference.load_reference`: batch callers).
     """
+    if getattr(contract, "task", None) == "image_classification":  # image monitoring hook
+        from churnops.image.monitor import image_window
+
+        return Window(image_window(store, settings, contract, hours, now, reference, references))
     now = time.time() if now is None else now
     start = now - hours * 3600.0
     df = load_window(store, contract, start, now)

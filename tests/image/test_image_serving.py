@@ -1,7 +1,7 @@
 """Image serving: POST /predict/image, the bad-input matrix, logging, and image_uri stream records.
 
 A small CNN is trained on the session's 300 raw digits and registered on the test MLflow server
-(module fixture `image_model`); the servers load it from the registry as they load a tabular model.
+(module fixture `image_model` of tests/image/conftest.py); the servers load it from the registry as they load a tabular model.
 Expected classes are computed independently: the dataset loader (`load_image`, from the file on
 disk) and the ONNX bytes the fixture exported, never the serving code.
 """
@@ -21,41 +21,6 @@ pytest.importorskip("torch", reason="the image extra is not installed (pip insta
 pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
 
 from churnops.image.dataset import load_image  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def image_model(moto_endpoint, mlflow_uri, raw_folder, raw_contract, tmp_path_factory):
-    """A width-8 CNN (4 epochs) on the raw digits, registered as `raw-digits-serve-<tag>` v1 (champion)."""
-    from churnops import pipeline
-    from churnops.image import train
-    from churnops.image.model import fit
-    from churnops.registry import client
-    from churnops.settings import Settings
-
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(
-        _env_file=None,
-        aws_endpoint_url=moto_endpoint,
-        mlflow_tracking_uri=mlflow_uri,
-        state_dir=tmp_path_factory.mktemp("image-serving-state"),
-        dataset="raw_digits",
-        model_name=f"raw-digits-serve-{tag}",
-        experiment_name=f"raw-digits-serve-{tag}",
-        bucket=f"images-{tag}",
-        train_threads=1,
-        log_flush_interval_s=0.05,
-    )
-    d = train.prepare(raw_folder, raw_contract, s, synthetic=True)
-    idx = np.concatenate([d.idx_train, d.idx_val])
-    params = {"lr": 5e-3, "width": 8, "epochs": 4, "strength": 0.3}
-    net = fit(d.X[idx], d.y[idx], len(raw_contract.classes), 8, 5e-3, 4, 0.3, seed=1, threads=1)
-    ev = train.evaluate(net, d, raw_contract)
-    onnx_bytes, diff = train.onnx_gate(net, d, ev, raw_contract, 1e-4)
-    _, run_id = pipeline.start_parent_run(s, {"data_source": train.DATA_SOURCE_SYNTHETIC})
-    best = train.ImageTrial(0, params, ev["metrics"], 0.0, ev["test_proba"])
-    reg = train.log_and_register(net, onnx_bytes, diff, d, ev, best, [best], raw_contract, s, run_id, pipeline.Timer())
-    client(s).set_terminated(run_id)
-    return {"settings": s, "run_id": run_id, "version": str(reg["version"]), "onnx": onnx_bytes, "files": d.files}
 
 
 def expected(image_model, x: np.ndarray) -> np.ndarray:
@@ -230,7 +195,6 @@ def test_tabular_routes_refuse_on_an_image_server(served):
     for path, payload in (("/predict", {"customer_age": 40}), ("/predict/batch", [{"customer_age": 40}])):
         r = c.post(path, json=payload)
         assert r.status_code == 409 and "POST /predict/image" in r.json["details"]["path"], r.json
-    assert c.post("/feedback", json={"request_id": "a", "outcome": 1}).status_code == 409
     model = c.get("/model").json["champion"]
     assert model["runtime"] == "onnx" and model["dataset"] == "raw_digits" and model["threshold"] is None
     spec = c.get("/openapi.json")
@@ -268,7 +232,8 @@ def test_image_prediction_is_logged_with_a_summary_not_the_pixels(served, image_
     assert rec["decision"] == r.json["class_index"] and rec["predicted_class"] == r.json["class"]
     assert rec["probability"] == pytest.approx(max(r.json["probabilities"].values()))
     assert rec["model_version"] == image_model["version"] and rec["source"] == "http"
-    assert len(json.dumps(rec)) < 2000  # a summary: 32x32x3 pixels would not fit
+    assert len(feats["thumbnail_png"]) < 1100  # a 16x16 PNG derivative
+    assert len(json.dumps(rec)) < 3000  # a summary: 32x32x3 pixels (4 kB as base64) would not fit
 
 
 def test_a_model_of_another_contract_is_refused(image_model, raw_contract):
