@@ -121,7 +121,54 @@ class BinaryClassification:
 
         _plots(ev, folder)
 
+    # ---- labels and monitoring -----------------------------------------------------------------
+    def observed(self, v, contract) -> tuple[Any, str | None]:
+        """(0/1, None) for a logged feedback outcome, or (None, what is wrong with it)."""
+        if isinstance(v, bool):
+            return int(v), None
+        if isinstance(v, (int, np.integer)) and int(v) in (0, 1):
+            return int(v), None
+        if isinstance(v, (float, np.floating)) and v in (0.0, 1.0):
+            return int(v), None
+        if isinstance(v, str) and v.strip() in ("0", "1"):
+            return int(v.strip()), None
+        return None, f"invalid outcome {v!r} (expected 0 or 1)"
+
+    def realized_quality(self, labelled) -> dict:
+        """Realized metrics of labelled logged predictions (`outcome`, `probability`, `decision`)."""
+        from churnops.monitoring.performance import quality
+
+        return quality(labelled["outcome"], labelled["probability"], labelled.get("decision"))
+
+    def performance_reasons(self, overall: dict, settings, min_labelled: int) -> list[str]:
+        """Why the realized performance should start training: AUC below `auc_floor`."""
+        auc, n = overall.get("auc_roc"), overall.get("n", 0)
+        if auc is not None and n >= min_labelled and auc < settings.auc_floor:
+            return [f"realized AUC {auc:.3f} < floor {settings.auc_floor} on {n} labelled predictions"]
+        return []
+
     # ---- serving -------------------------------------------------------------------------------
+    value_metric: str = "probability"  # the `serving.metrics.Metrics` histogram of served values
+
+    def decision_label(self, d: int | None) -> str:
+        """The predictions counter's `decision` label of one prediction."""
+        return str(d)
+
+    def answer_schema(self) -> dict:
+        """OpenAPI properties of a prediction's own fields (`answer`)."""
+        return {
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "churn": {"type": "boolean"},
+            "decision": {"type": "integer", "enum": [0, 1]},
+            "threshold": {"type": "number"},
+        }
+
+    def feedback_schema(self, contract) -> dict:
+        """OpenAPI properties of a /feedback body besides `request_id` (`parse_feedback`)."""
+        return {
+            "outcome": {"type": "integer", "enum": [0, 1], "description": "realized outcome (1: positive)"},
+            "label": {"type": "string", "enum": list(contract.target.labels or []), "description": "or a label"},
+        }
     def decide(self, p: float, threshold: float | None) -> int:
         return int(p >= threshold)
 
@@ -309,7 +356,74 @@ class Regression:
         ax.set_title("feature importance (gain share)")
         fig.tight_layout(), fig.savefig(folder / "feature_importance.png", dpi=90), plt.close(fig)
 
+    # ---- labels and monitoring -----------------------------------------------------------------
+    def observed(self, v, contract) -> tuple[Any, str | None]:
+        """(float, None) for a logged observed value (a finite number, or its text, in the target's
+        range), or (None, what is wrong with it)."""
+        x = v
+        if isinstance(v, str):
+            try:
+                x = float(v.strip())
+            except ValueError:
+                x = None
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
+            return None, f"invalid value {v!r} (expected a finite number, the observed {contract.target.name})"
+        t = contract.target
+        if (t.min is not None and x < t.min) or (t.max is not None and x > t.max):
+            lo, hi = ("-inf" if t.min is None else f"{t.min:g}"), ("inf" if t.max is None else f"{t.max:g}")
+            return None, f"value {float(x):g} outside the target's range [{lo}, {hi}]"
+        return float(x), None
+
+    def realized_quality(self, labelled) -> dict:
+        """MAE, RMSE, R² (None under 2 rows), share off by the tolerance, mean error, of labelled
+        logged predictions (`outcome` = observed value, `prediction`)."""
+        y = np.asarray(labelled["outcome"], dtype=np.float64)
+        pred = np.asarray(labelled["prediction"], dtype=np.float64)
+        if not len(y):
+            return {"n": 0, "mae": None, "rmse": None, "r2": None, "bias": None}
+        m = regression_metrics(y, pred, self.tolerance) if len(y) >= 2 else {
+            "mae": float(np.mean(np.abs(pred - y))), "rmse": rmse(y, pred), "r2": None
+        }
+        if len(y) < 2 and self.tolerance is not None:
+            m["share_off"] = float(np.mean(np.abs(pred - y) > self.tolerance))
+        return {"n": int(len(y)), **m, "bias": float(np.mean(pred - y)), "mean_observed": float(y.mean())}
+
+    def rmse_ceiling(self, settings, training: dict | None) -> tuple[float | None, str]:
+        """(ceiling on realized RMSE, where it comes from): `RMSE_CEILING`, else `RMSE_CEILING_FACTOR`
+        times the training run's test RMSE (recorded with the reference), else none."""
+        if settings.rmse_ceiling is not None:
+            return float(settings.rmse_ceiling), "RMSE_CEILING"
+        test = (training or {}).get("rmse")
+        if test is not None and settings.rmse_ceiling_factor:
+            f = settings.rmse_ceiling_factor
+            return f * float(test), f"{f:g} x training test RMSE {float(test):.3f}"
+        return None, "no RMSE_CEILING and no training test RMSE"
+
+    def performance_reasons(self, overall: dict, settings, min_labelled: int) -> list[str]:
+        """Why the realized performance should start training: RMSE above the ceiling."""
+        value, n = overall.get("rmse"), overall.get("n", 0)
+        ceiling, source = self.rmse_ceiling(settings, overall.get("training"))
+        if value is not None and ceiling is not None and n >= min_labelled and value > ceiling:
+            return [f"realized RMSE {value:.3f} > ceiling {ceiling:.3f} ({source}) on {n} labelled predictions"]
+        return []
+
     # ---- serving -------------------------------------------------------------------------------
+    value_metric: str = "predicted_value"
+
+    def decision_label(self, d: int | None) -> str:
+        return "none"
+
+    def answer_schema(self) -> dict:
+        return {"prediction": {"type": "number", "description": "the predicted value of the target"}}
+
+    def feedback_schema(self, contract) -> dict:
+        t = contract.target
+        p: dict = {"type": "number", "description": f"the observed {t.name} (also accepted as `outcome`)"}
+        if t.min is not None:
+            p["minimum"] = t.min
+        if t.max is not None:
+            p["maximum"] = t.max
+        return {"value": p}
     def decide(self, p: float, threshold: float | None) -> None:
         return None
 
