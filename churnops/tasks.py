@@ -140,6 +140,25 @@ class BinaryClassification:
 
         return quality(labelled["outcome"], labelled["probability"], labelled.get("decision"))
 
+    def quality_report(self, labelled, reference, target: str, threshold: float | None):
+        """Evidently's classification quality (run, not saved) of labelled logged predictions
+        (`outcome`, `prediction`) against the reference sample (`target`, `prediction`); None
+        unless the window has both classes."""
+        from evidently import BinaryClassification as Binary
+        from evidently import DataDefinition, Report
+        from evidently.presets import ClassificationPreset
+
+        if labelled["outcome"].nunique() != 2:
+            return None
+        dd = DataDefinition(
+            numerical_columns=["prediction"],
+            categorical_columns=[target],
+            classification=[Binary(target=target, prediction_probas="prediction")],
+        )
+        return _run_quality(
+            Report([ClassificationPreset(probas_threshold=threshold)]), dd, labelled, reference, target, int
+        )
+
     def performance_reasons(self, overall: dict, settings, min_labelled: int) -> list[str]:
         """Why the realized performance should start training: AUC below `auc_floor`."""
         auc, n = overall.get("auc_roc"), overall.get("n", 0)
@@ -169,6 +188,7 @@ class BinaryClassification:
             "outcome": {"type": "integer", "enum": [0, 1], "description": "realized outcome (1: positive)"},
             "label": {"type": "string", "enum": list(contract.target.labels or []), "description": "or a label"},
         }
+
     def decide(self, p: float, threshold: float | None) -> int:
         return int(p >= threshold)
 
@@ -381,9 +401,11 @@ class Regression:
         pred = np.asarray(labelled["prediction"], dtype=np.float64)
         if not len(y):
             return {"n": 0, "mae": None, "rmse": None, "r2": None, "bias": None}
-        m = regression_metrics(y, pred, self.tolerance) if len(y) >= 2 else {
-            "mae": float(np.mean(np.abs(pred - y))), "rmse": rmse(y, pred), "r2": None
-        }
+        m = (
+            regression_metrics(y, pred, self.tolerance)
+            if len(y) >= 2
+            else {"mae": float(np.mean(np.abs(pred - y))), "rmse": rmse(y, pred), "r2": None}
+        )
         if len(y) < 2 and self.tolerance is not None:
             m["share_off"] = float(np.mean(np.abs(pred - y) > self.tolerance))
         return {"n": int(len(y)), **m, "bias": float(np.mean(pred - y)), "mean_observed": float(y.mean())}
@@ -398,6 +420,19 @@ class Regression:
             f = settings.rmse_ceiling_factor
             return f * float(test), f"{f:g} x training test RMSE {float(test):.3f}"
         return None, "no RMSE_CEILING and no training test RMSE"
+
+    def quality_report(self, labelled, reference, target: str, threshold: float | None):
+        """Evidently's regression quality (MAE, RMSE, R², error plots; run, not saved) of labelled
+        logged predictions (`outcome` = observed value, `prediction`) against the reference sample."""
+        from evidently import DataDefinition, Report
+        from evidently import Regression as EvRegression
+        from evidently.presets import RegressionPreset
+
+        dd = DataDefinition(
+            numerical_columns=[target, "prediction"],
+            regression=[EvRegression(target=target, prediction="prediction")],
+        )
+        return _run_quality(Report([RegressionPreset()]), dd, labelled, reference, target, float)
 
     def performance_reasons(self, overall: dict, settings, min_labelled: int) -> list[str]:
         """Why the realized performance should start training: RMSE above the ceiling."""
@@ -424,6 +459,7 @@ class Regression:
         if t.max is not None:
             p["maximum"] = t.max
         return {"value": p}
+
     def decide(self, p: float, threshold: float | None) -> None:
         return None
 
@@ -464,6 +500,23 @@ class Regression:
 
 
 Task = BinaryClassification | Regression
+
+
+def _run_quality(report, dd, labelled, reference, target: str, cast):
+    """Run an Evidently quality `report` on (window's outcome, prediction) vs the reference's."""
+    import pandas as pd
+    from evidently import Dataset
+
+    cur = pd.DataFrame(
+        {target: labelled["outcome"].astype(cast).to_numpy(), "prediction": labelled["prediction"].to_numpy()}
+    )
+    ref = pd.DataFrame(
+        {target: reference[target].astype(cast).to_numpy(), "prediction": reference["prediction"].to_numpy()}
+    )
+    return report.run(
+        current_data=Dataset.from_pandas(cur, data_definition=dd),
+        reference_data=Dataset.from_pandas(ref, data_definition=dd),
+    )
 
 
 def rmse(y: np.ndarray, pred: np.ndarray) -> float:
