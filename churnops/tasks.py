@@ -173,6 +173,13 @@ class BinaryClassification:
         """The predictions counter's `decision` label of one prediction."""
         return str(d)
 
+    feedback_summary: str = "`outcome` 0/1 (or a `label`)"  # what /feedback takes, in a sentence
+
+    def describe(self, contract) -> str:
+        """What a prediction answers, for the API description."""
+        name = contract.target.name
+        return f"{name[:1].upper()}{name[1:]} probability and decision"
+
     def answer_schema(self) -> dict:
         """OpenAPI properties of a prediction's own fields (`answer`)."""
         return {
@@ -447,6 +454,11 @@ class Regression:
 
     def decision_label(self, d: int | None) -> str:
         return "none"
+
+    feedback_summary: str = "the observed `value` of the target"
+
+    def describe(self, contract) -> str:
+        return f"Predicted {contract.target.name} (regression)"
 
     def answer_schema(self) -> dict:
         return {"prediction": {"type": "number", "description": "the predicted value of the target"}}

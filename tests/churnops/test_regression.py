@@ -315,3 +315,62 @@ def test_regression_feedback_takes_a_finite_value_and_refuses_anything_else(regr
     state.plog.flush()
     fb = {f["request_id"]: f["outcome"] for f in state.store.find_feedback()}
     assert fb == {"v1": 151.5, "v2": 90}  # nothing refused was kept; the accepted values as sent
+
+
+# ---- metrics and the API description of a served regression ------------------------------------
+
+
+def _samples(client) -> dict[str, float]:
+    """`name{labels}` -> value of the /metrics exposition."""
+    out = {}
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_regression_predictions_have_their_own_value_histogram_and_decision_label(regression_app):
+    client, _, _ = regression_app
+    before = _samples(client)
+    r = _post(client, "/predict", {"request_id": "m-1", "features": load_contract("diabetes").example})
+    assert r.status_code == 200, r.json
+    after = _samples(client)
+
+    def delta(key):
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta('churn_predicted_value_count{route="champion"}') == 1
+    assert delta('churn_predicted_value_sum{route="champion"}') == pytest.approx(r.json["prediction"], rel=1e-6)
+    assert delta('churn_prediction_probability_count{route="champion"}') == 0  # not a probability
+    counted = [k for k in after if k.startswith("churn_predictions_total{") and delta(k) == 1]
+    assert counted == ['churn_predictions_total{decision="none",model_version="None",route="champion",source="http"}']
+    assert not any('decision="None"' in k for k in after)
+
+
+def test_openapi_documents_the_regression_answer_and_feedback_value(regression_app):
+    client, _, _ = regression_app
+    spec = client.get("/openapi.json").json
+    answer = spec["components"]["schemas"]["Prediction"]["properties"]
+    assert answer["prediction"]["type"] == "number"
+    assert not {"probability", "churn", "decision", "threshold"} & set(answer)
+    body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"request_id", "value"}
+    assert body["properties"]["value"] | {"description": ""} == {
+        "type": "number",
+        "minimum": 0.0,
+        "maximum": 1000.0,  # the diabetes contract's target range
+        "description": "",
+    }
+    assert "progression" in spec["info"]["description"]
+
+
+def test_openapi_of_the_classifier_still_documents_probability_and_outcome():
+    from serving.openapi import build_spec
+
+    spec = build_spec(load_contract("bank_churners"))
+    answer = spec["components"]["schemas"]["Prediction"]["properties"]
+    assert {"probability", "churn", "decision", "threshold"} <= set(answer) and "prediction" not in answer
+    body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["outcome"]["enum"] == [0, 1]
+    assert body["properties"]["label"]["enum"] == ["Attrited Customer", "Existing Customer"]
