@@ -374,3 +374,81 @@ def test_openapi_of_the_classifier_still_documents_probability_and_outcome():
     body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["outcome"]["enum"] == [0, 1]
     assert body["properties"]["label"]["enum"] == ["Attrited Customer", "Existing Customer"]
+
+
+# ---- feedback values close the loop: fresh labels and the retraining trigger --------------------
+
+
+def test_feedback_values_become_a_snapshot_and_far_off_values_trigger_retraining(diabetes_model, tmp_path, monkeypatch):
+    """Logged regression predictions + /feedback values in a prediction log of their own: the
+    trigger, with the run's reference and test RMSE fetched from MLflow, fires on values 200 off;
+    `collect-labels` (its own snapshot prefix, seeded with the bundled data) keeps them as floats."""
+    from churnops.datasets_bundled import diabetes
+    from churnops.feature_store import latest_snapshot, read_snapshot
+    from churnops.monitoring.window import clear_cache
+    from churnops.provision import init_aws
+    from churnops.settings import get_settings
+    from churnops.store.factory import open_store
+    from flows.labels_flow import collect_labels_flow
+    from reporting.trigger import evaluate_window
+
+    summary, _ = diabetes_model
+    env = {
+        "DATASET": "diabetes",
+        "MODEL_NAME": MODEL,
+        "EXPERIMENT_NAME": "diabetes-test",
+        "SNAPSHOT_PREFIX": "snapshots-regression-labels",
+        "PREDICTION_DB_PATH": str(tmp_path / "predictions.db"),
+        "REPORT_MIN_ROWS": "50",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    clear_cache()
+    try:
+        s = get_settings()
+        assert init_aws(s)["snapshot"].rows == 442
+        raw = diabetes().iloc[:100]
+        c = load_contract("diabetes")
+        t0 = 1_900_000_000.0
+        store = open_store(s)
+        try:
+            store.insert_predictions(
+                [
+                    {
+                        "_id": f"fb-{i}",
+                        "request_id": f"fb-{i}",
+                        "ts": t0 + i,
+                        "source": "http",
+                        "model_run_id": summary["run_id"],
+                        "model_version": "1",
+                        "route": "champion",
+                        "features": {f: float(raw.iloc[i][f]) for f in c.feature_names},
+                        "prediction": float(raw.iloc[i]["target"]),
+                        "latency_ms": 1.0,
+                    }
+                    for i in range(100)
+                ]
+            )
+            values = [float(raw.iloc[i]["target"]) + 200.25 for i in range(100)]
+            store.add_feedback_many(
+                [{"request_id": f"fb-{i}", "outcome": values[i], "ts": t0 + 200 + i} for i in range(100)]
+            )
+            d = evaluate_window(store, s, c, 1.0, now=t0 + 400, dry_run=True)
+        finally:
+            store.close()
+        test_rmse = summary["test_metrics"]["rmse"]
+        assert d["action"] == "dry_run" and len(d["reasons"]) == 1, d
+        assert d["reasons"][0] == (
+            f"realized RMSE 200.250 > ceiling {1.5 * test_rmse:.3f} "
+            f"(1.5 x training test RMSE {test_rmse:.3f}) on 100 labelled predictions"
+        )
+
+        out = collect_labels_flow(since=t0, until=t0 + 400)
+        assert out["report"]["joined"] == 100 and out["report"]["invalid_outcomes"] == 0, out
+        assert (out["rows"], out["holdout_rows"]) == (442 + 80, 20)
+        snap = read_snapshot(latest_snapshot(c, s), c, s)
+        assert snap["progression"].iloc[442:].tolist() == pytest.approx(values[:80])  # the observed floats
+    finally:
+        get_settings.cache_clear()
+        clear_cache()
