@@ -132,6 +132,13 @@ def test_window_reads_the_predicted_values_and_scores_the_feedback_values(store,
     assert "auc_roc" not in o and o["training"]["rmse"] == pytest.approx(data[2])
     assert perf["by_model"][0]["model_version"] == "1" and perf["by_model"][0]["n"] == len(win)
 
+    from churnops.monitoring.gauges import drift_exposition
+
+    text = drift_exposition(out).decode()
+    line = next(x for x in text.splitlines() if x.startswith("churn_realized_rmse{"))
+    assert 'model_version="1"' in line and float(line.split()[-1]) == pytest.approx(o["rmse"])
+    assert "churn_realized_auc{" not in text
+
 
 def test_shifted_predicted_values_are_critical_prediction_drift(store, settings, reference, data):
     _, win, _ = data
