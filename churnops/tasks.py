@@ -93,7 +93,7 @@ class BinaryClassification:
 
     def evidence(self, y_test: np.ndarray, ev: dict) -> dict:
         """What the rules judge about the challenger alone."""
-        from churnops.governance import expected_calibration_error
+        from churnops.metrics import expected_calibration_error
 
         return {
             "test_auc_roc": float(ev["metrics"]["auc_roc"]),
