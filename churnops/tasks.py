@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -167,13 +167,13 @@ class BinaryClassification:
         return []
 
     # ---- serving -------------------------------------------------------------------------------
-    value_metric: str = "probability"  # the `serving.metrics.Metrics` histogram of served values
+    value_metric: ClassVar[str] = "probability"  # the `serving.metrics.Metrics` histogram of served values
 
     def decision_label(self, d: int | None) -> str:
         """The predictions counter's `decision` label of one prediction."""
         return str(d)
 
-    feedback_summary: str = "`outcome` 0/1 (or a `label`)"  # what /feedback takes, in a sentence
+    feedback_summary: ClassVar[str] = "`outcome` 0/1 (or a `label`)"  # what /feedback takes, in a sentence
 
     def describe(self, contract) -> str:
         """What a prediction answers, for the API description."""
@@ -450,12 +450,12 @@ class Regression:
         return []
 
     # ---- serving -------------------------------------------------------------------------------
-    value_metric: str = "predicted_value"
+    value_metric: ClassVar[str] = "predicted_value"
 
     def decision_label(self, d: int | None) -> str:
         return "none"
 
-    feedback_summary: str = "the observed `value` of the target"
+    feedback_summary: ClassVar[str] = "the observed `value` of the target"
 
     def describe(self, contract) -> str:
         return f"Predicted {contract.target.name} (regression)"
