@@ -1,6 +1,7 @@
 """Fresh labelled data: outcomes sent to `/feedback` joined with the features logged for the same request.
 
-`join_labels` is pure (records in, frame + report out): every label is matched, by its
+`join_labels` is pure (records in, frame + report out): every label (a 0/1 outcome, or a
+regression's observed value: what counts as valid is the contract's task, `churnops.tasks`) is matched, by its
 `request_id`, to the latest prediction logged for that id at or before the label's time (HTTP
 and stream alike), its features re-validated with the data contract. Labels for ids never
 predicted, labels given twice (the same outcome: used once; conflicting: dropped), labels with an
@@ -16,10 +17,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from churnops.contract import DatasetContract, validate_record
+from churnops.tasks import task_for
 
 Policy = Literal["append", "sliding", "replace"]
 
@@ -33,7 +34,7 @@ class LabelReport:
     unknown_ids: int = 0  # no prediction logged for the id (at or before the label)
     duplicates: int = 0  # extra labels for an id, same outcome (used once)
     conflicting: int = 0  # ids labelled with different outcomes (dropped)
-    invalid_outcomes: int = 0  # outcome not 0/1
+    invalid_outcomes: int = 0  # outcome not valid for the task (not 0/1; not a number in the target's range)
     invalid_features: int = 0  # logged features break the contract (dropped)
     late: int = 0  # joined labels that came more than `late_after_s` after the prediction
     by_source: dict = field(default_factory=dict)
@@ -41,18 +42,6 @@ class LabelReport:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _outcome(v) -> int | None:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, (int, np.integer)) and int(v) in (0, 1):
-        return int(v)
-    if isinstance(v, float) and v in (0.0, 1.0):
-        return int(v)
-    if isinstance(v, str) and v.strip() in ("0", "1"):
-        return int(v.strip())
-    return None
 
 
 def join_labels(
@@ -64,19 +53,21 @@ def join_labels(
 ) -> tuple[pd.DataFrame, LabelReport]:
     """Join labels to logged features by `request_id`; returns (clean frame with target and
     `label_ts`, `prediction_ts`, `request_id`, `source` columns, report)."""
+    task = task_for(contract)  # what a valid observed outcome is (0/1, or a value in the target's range)
     rep = LabelReport(labels=len(feedback))
     by_id: dict[str, list[dict]] = defaultdict(list)
     for p in predictions:
         rid = p.get("request_id") or p.get("_id")
         if rid is not None:
             by_id[str(rid)].append(p)
-    labels: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    labels: dict[str, list[tuple[float, int | float]]] = defaultdict(list)
     for f in feedback:
-        rid, out = str(f.get("request_id")), _outcome(f.get("outcome"))
-        if out is None:
+        rid = str(f.get("request_id"))
+        out, problem = task.observed(f.get("outcome"), contract)
+        if problem is not None:
             rep.invalid_outcomes += 1
             if len(rep.problems) < max_problems:
-                rep.problems.append(f"{rid}: invalid outcome {f.get('outcome')!r} (expected 0 or 1)")
+                rep.problems.append(f"{rid}: {problem}")
             continue
         labels[rid].append((float(f.get("ts") or 0.0), out))
     target = contract.target.name

@@ -197,6 +197,8 @@ class Settings(BaseSettings):
     image_mmd_max_rows: int = 500  # rows per side in the MMD (the kernel matrix is quadratic)
     retrain_cooldown_hours: float = 12.0
     auc_floor: float = 0.85
+    rmse_ceiling: float | None = Field(default=None, gt=0)  # regression: realized RMSE above it triggers training
+    rmse_ceiling_factor: float | None = Field(default=1.5, gt=0)  # ... else this factor x the run's test RMSE
     alert_webhook_url: str | None = None
     alert_timeout_s: float = 5.0
     alert_retries: int = 3

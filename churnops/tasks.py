@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -121,7 +121,81 @@ class BinaryClassification:
 
         _plots(ev, folder)
 
+    # ---- labels and monitoring -----------------------------------------------------------------
+    def observed(self, v, contract) -> tuple[Any, str | None]:
+        """(0/1, None) for a logged feedback outcome, or (None, what is wrong with it)."""
+        if isinstance(v, bool):
+            return int(v), None
+        if isinstance(v, (int, np.integer)) and int(v) in (0, 1):
+            return int(v), None
+        if isinstance(v, (float, np.floating)) and v in (0.0, 1.0):
+            return int(v), None
+        if isinstance(v, str) and v.strip() in ("0", "1"):
+            return int(v.strip()), None
+        return None, f"invalid outcome {v!r} (expected 0 or 1)"
+
+    def realized_quality(self, labelled) -> dict:
+        """Realized metrics of labelled logged predictions (`outcome`, `probability`, `decision`)."""
+        from churnops.monitoring.performance import quality
+
+        return quality(labelled["outcome"], labelled["probability"], labelled.get("decision"))
+
+    def quality_report(self, labelled, reference, target: str, threshold: float | None):
+        """Evidently's classification quality (run, not saved) of labelled logged predictions
+        (`outcome`, `prediction`) against the reference sample (`target`, `prediction`); None
+        unless the window has both classes."""
+        from evidently import BinaryClassification as Binary
+        from evidently import DataDefinition, Report
+        from evidently.presets import ClassificationPreset
+
+        if labelled["outcome"].nunique() != 2:
+            return None
+        dd = DataDefinition(
+            numerical_columns=["prediction"],
+            categorical_columns=[target],
+            classification=[Binary(target=target, prediction_probas="prediction")],
+        )
+        return _run_quality(
+            Report([ClassificationPreset(probas_threshold=threshold)]), dd, labelled, reference, target, int
+        )
+
+    def performance_reasons(self, overall: dict, settings, min_labelled: int) -> list[str]:
+        """Why the realized performance should start training: AUC below `auc_floor`."""
+        auc, n = overall.get("auc_roc"), overall.get("n", 0)
+        if auc is not None and n >= min_labelled and auc < settings.auc_floor:
+            return [f"realized AUC {auc:.3f} < floor {settings.auc_floor} on {n} labelled predictions"]
+        return []
+
     # ---- serving -------------------------------------------------------------------------------
+    value_metric: ClassVar[str] = "probability"  # the `serving.metrics.Metrics` histogram of served values
+
+    def decision_label(self, d: int | None) -> str:
+        """The predictions counter's `decision` label of one prediction."""
+        return str(d)
+
+    feedback_summary: ClassVar[str] = "`outcome` 0/1 (or a `label`)"  # what /feedback takes, in a sentence
+
+    def describe(self, contract) -> str:
+        """What a prediction answers, for the API description."""
+        name = contract.target.name
+        return f"{name[:1].upper()}{name[1:]} probability and decision"
+
+    def answer_schema(self) -> dict:
+        """OpenAPI properties of a prediction's own fields (`answer`)."""
+        return {
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "churn": {"type": "boolean"},
+            "decision": {"type": "integer", "enum": [0, 1]},
+            "threshold": {"type": "number"},
+        }
+
+    def feedback_schema(self, contract) -> dict:
+        """OpenAPI properties of a /feedback body besides `request_id` (`parse_feedback`)."""
+        return {
+            "outcome": {"type": "integer", "enum": [0, 1], "description": "realized outcome (1: positive)"},
+            "label": {"type": "string", "enum": list(contract.target.labels or []), "description": "or a label"},
+        }
+
     def decide(self, p: float, threshold: float | None) -> int:
         return int(p >= threshold)
 
@@ -309,7 +383,95 @@ class Regression:
         ax.set_title("feature importance (gain share)")
         fig.tight_layout(), fig.savefig(folder / "feature_importance.png", dpi=90), plt.close(fig)
 
+    # ---- labels and monitoring -----------------------------------------------------------------
+    def observed(self, v, contract) -> tuple[Any, str | None]:
+        """(float, None) for a logged observed value (a finite number, or its text, in the target's
+        range), or (None, what is wrong with it)."""
+        x = v
+        if isinstance(v, str):
+            try:
+                x = float(v.strip())
+            except ValueError:
+                x = None
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not math.isfinite(x):
+            return None, f"invalid value {v!r} (expected a finite number, the observed {contract.target.name})"
+        t = contract.target
+        if (t.min is not None and x < t.min) or (t.max is not None and x > t.max):
+            lo, hi = ("-inf" if t.min is None else f"{t.min:g}"), ("inf" if t.max is None else f"{t.max:g}")
+            return None, f"value {float(x):g} outside the target's range [{lo}, {hi}]"
+        return float(x), None
+
+    def realized_quality(self, labelled) -> dict:
+        """MAE, RMSE, R² (None under 2 rows), share off by the tolerance, mean error, of labelled
+        logged predictions (`outcome` = observed value, `prediction`)."""
+        y = np.asarray(labelled["outcome"], dtype=np.float64)
+        pred = np.asarray(labelled["prediction"], dtype=np.float64)
+        if not len(y):
+            return {"n": 0, "mae": None, "rmse": None, "r2": None, "bias": None}
+        m = (
+            regression_metrics(y, pred, self.tolerance)
+            if len(y) >= 2
+            else {"mae": float(np.mean(np.abs(pred - y))), "rmse": rmse(y, pred), "r2": None}
+        )
+        if len(y) < 2 and self.tolerance is not None:
+            m["share_off"] = float(np.mean(np.abs(pred - y) > self.tolerance))
+        return {"n": int(len(y)), **m, "bias": float(np.mean(pred - y)), "mean_observed": float(y.mean())}
+
+    def rmse_ceiling(self, settings, training: dict | None) -> tuple[float | None, str]:
+        """(ceiling on realized RMSE, where it comes from): `RMSE_CEILING`, else `RMSE_CEILING_FACTOR`
+        times the training run's test RMSE (recorded with the reference), else none."""
+        if settings.rmse_ceiling is not None:
+            return float(settings.rmse_ceiling), "RMSE_CEILING"
+        test = (training or {}).get("rmse")
+        if test is not None and settings.rmse_ceiling_factor:
+            f = settings.rmse_ceiling_factor
+            return f * float(test), f"{f:g} x training test RMSE {float(test):.3f}"
+        return None, "no RMSE_CEILING and no training test RMSE"
+
+    def quality_report(self, labelled, reference, target: str, threshold: float | None):
+        """Evidently's regression quality (MAE, RMSE, R², error plots; run, not saved) of labelled
+        logged predictions (`outcome` = observed value, `prediction`) against the reference sample."""
+        from evidently import DataDefinition, Report
+        from evidently import Regression as EvRegression
+        from evidently.presets import RegressionPreset
+
+        dd = DataDefinition(
+            numerical_columns=[target, "prediction"],
+            regression=[EvRegression(target=target, prediction="prediction")],
+        )
+        return _run_quality(Report([RegressionPreset()]), dd, labelled, reference, target, float)
+
+    def performance_reasons(self, overall: dict, settings, min_labelled: int) -> list[str]:
+        """Why the realized performance should start training: RMSE above the ceiling."""
+        value, n = overall.get("rmse"), overall.get("n", 0)
+        ceiling, source = self.rmse_ceiling(settings, overall.get("training"))
+        if value is not None and ceiling is not None and n >= min_labelled and value > ceiling:
+            return [f"realized RMSE {value:.3f} > ceiling {ceiling:.3f} ({source}) on {n} labelled predictions"]
+        return []
+
     # ---- serving -------------------------------------------------------------------------------
+    value_metric: ClassVar[str] = "predicted_value"
+
+    def decision_label(self, d: int | None) -> str:
+        return "none"
+
+    feedback_summary: ClassVar[str] = "the observed `value` of the target"
+
+    def describe(self, contract) -> str:
+        return f"Predicted {contract.target.name} (regression)"
+
+    def answer_schema(self) -> dict:
+        return {"prediction": {"type": "number", "description": "the predicted value of the target"}}
+
+    def feedback_schema(self, contract) -> dict:
+        t = contract.target
+        p: dict = {"type": "number", "description": f"the observed {t.name} (also accepted as `outcome`)"}
+        if t.min is not None:
+            p["minimum"] = t.min
+        if t.max is not None:
+            p["maximum"] = t.max
+        return {"value": p}
+
     def decide(self, p: float, threshold: float | None) -> None:
         return None
 
@@ -350,6 +512,23 @@ class Regression:
 
 
 Task = BinaryClassification | Regression
+
+
+def _run_quality(report, dd, labelled, reference, target: str, cast):
+    """Run an Evidently quality `report` on (window's outcome, prediction) vs the reference's."""
+    import pandas as pd
+    from evidently import Dataset
+
+    cur = pd.DataFrame(
+        {target: labelled["outcome"].astype(cast).to_numpy(), "prediction": labelled["prediction"].to_numpy()}
+    )
+    ref = pd.DataFrame(
+        {target: reference[target].astype(cast).to_numpy(), "prediction": reference["prediction"].to_numpy()}
+    )
+    return report.run(
+        current_data=Dataset.from_pandas(cur, data_definition=dd),
+        reference_data=Dataset.from_pandas(ref, data_definition=dd),
+    )
 
 
 def rmse(y: np.ndarray, pred: np.ndarray) -> float:

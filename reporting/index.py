@@ -19,6 +19,13 @@ def _fmt(v, spec=".3f"):
     return "–" if v is None else format(v, spec)
 
 
+def _realized(h: dict) -> str:
+    """A report's realized metric: RMSE for a regression's window, else AUC."""
+    if h.get("realized_rmse") is not None:
+        return f"RMSE {_fmt(h['realized_rmse'])}"
+    return _fmt(h.get("realized_auc"))
+
+
 def load_summaries(folder: Path) -> list[dict]:
     out = []
     for p in Path(folder).glob("report-*.json"):
@@ -54,7 +61,7 @@ def render_index(summaries: list[dict]) -> str:
             f'<td style="color:{STATUS_COLOR.get(status, "#000")}"><b>{html.escape(status)}</b><br><small>{html.escape(msg)}</small></td>'
             f"<td>{h.get('n', 0)} / {h.get('n_window', 0)}</td><td>{_fmt(s.get('window', {}).get('hours'), 'g')} h</td>"
             f"<td>{_fmt(h.get('max_psi'))}</td><td>{html.escape(drifted)}</td><td>{_fmt(h.get('prediction_psi'))}</td>"
-            f"<td>{_fmt(h.get('realized_auc'))} <small>(n={h.get('n_labelled', 0)})</small></td>"
+            f"<td>{_realized(h)} <small>(n={h.get('n_labelled', 0)})</small></td>"
             f"<td>{html.escape(', '.join(h.get('model_versions') or []) or '–')}</td><td>{' · '.join(links)}</td></tr>"
         )
     body = "\n".join(rows) or '<tr><td colspan="10">no reports yet</td></tr>'
@@ -69,7 +76,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}}
 and the KS / chi-squared test agree). Realized AUC on predictions that received an outcome.</p>
 {trends}
 <table><thead><tr><th>created</th><th>status</th><th>rows (report / window)</th><th>window</th><th>max PSI</th>
-<th>drifted features</th><th>prediction PSI</th><th>realized AUC</th><th>model version</th><th>files</th></tr></thead>
+<th>drifted features</th><th>prediction PSI</th><th>realized AUC / RMSE</th><th>model version</th><th>files</th></tr></thead>
 <tbody>
 {body}
 </tbody></table></body></html>

@@ -5,7 +5,8 @@
 numbers the trigger and `/drift` answer), writes into the reports directory
 
 * `<id>.html`          Evidently: data drift (features + prediction), data summary
-* `<id>-quality.html`  Evidently: classification quality on the rows that have outcomes
+* `<id>-quality.html`  Evidently: the task's quality on the rows that have outcomes (classification
+                       quality; a regression's MAE, RMSE, R² and error plots on the feedback values)
 * `<id>.json`          summary: window, n, drift per feature, prediction drift, performance
 
 For an image server (an image contract) `<id>.html` is instead the image drift section of
@@ -19,6 +20,7 @@ under 10 MB; our statistics and realized performance use every row. With fewer t
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import time
@@ -60,15 +62,17 @@ def evidently_reports(
     quality_path: Path | None,
 ) -> dict:
     """Write the drift/summary report and (when possible) the quality report; returns sizes."""
-    from evidently import BinaryClassification, DataDefinition, Dataset, Report
-    from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
+
+    from churnops.tasks import task_for
 
     cols = contract.feature_names + ["prediction"]
     dd = DataDefinition(
         numerical_columns=contract.numeric_features + ["prediction"],
         categorical_columns=contract.categorical_features + contract.ordinal_features,
     )
-    cur = current.rename(columns={"probability": "prediction"})[cols]
+    cur = current[cols]  # `prediction`: the task's served value (churnops.monitoring.window)
     ref = reference[cols]
     snap = Report([DataDriftPreset(columns=cols), DataSummaryPreset(columns=cols)]).run(
         current_data=Dataset.from_pandas(cur, data_definition=dd),
@@ -78,30 +82,61 @@ def evidently_reports(
     out = {"html_bytes": html_path.stat().st_size, "quality_bytes": None}
     target = contract.target.name
     lab = current[current["outcome"].notna()]
-    if (
-        quality_path is not None
-        and len(lab) >= MIN_LABELLED_FOR_QUALITY
-        and lab["outcome"].nunique() == 2
-        and target in reference
-    ):
-        ddq = DataDefinition(
-            numerical_columns=["prediction"],
-            categorical_columns=[target],
-            classification=[BinaryClassification(target=target, prediction_probas="prediction")],
-        )
-        qcur = pd.DataFrame(
-            {target: lab["outcome"].astype(int).to_numpy(), "prediction": lab["probability"].to_numpy()}
-        )
-        qref = pd.DataFrame(
-            {target: reference[target].astype(int).to_numpy(), "prediction": reference["prediction"].to_numpy()}
-        )
-        q = Report([ClassificationPreset(probas_threshold=threshold)]).run(
-            current_data=Dataset.from_pandas(qcur, data_definition=ddq),
-            reference_data=Dataset.from_pandas(qref, data_definition=ddq),
-        )
-        q.save_html(str(quality_path))
-        out["quality_bytes"] = quality_path.stat().st_size
+    if quality_path is not None and len(lab) >= MIN_LABELLED_FOR_QUALITY and target in reference:
+        q = task_for(contract).quality_report(lab, reference, target, threshold)  # per task; None: not possible
+        if q is not None:
+            q.save_html(str(quality_path))
+            out["quality_bytes"] = quality_path.stat().st_size
     return out
+
+
+REALIZED_LABELS = {
+    "n": "labelled predictions",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "share_off": "share off by more than the tolerance",
+    "bias": "mean error (predicted - observed)",
+    "auc_roc": "AUC-ROC",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
+    "brier": "Brier score",
+    "ece": "expected calibration error",
+    "accuracy": "accuracy",
+}
+
+
+def realized_section(performance: dict) -> str:
+    """Our realized-performance table (every labelled row, the task's metrics; the training run's
+    test value beside it when known) as an HTML section."""
+    overall = (performance or {}).get("overall") or {}
+    training = overall.get("training") or {}
+    rows = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{_cell(overall[k])}</td><td>{_cell(training.get(k))}</td></tr>"
+        for k, label in REALIZED_LABELS.items()
+        if k in overall
+    )
+    return (
+        '<section id="realized-performance" style="font-family:sans-serif;margin:1em">'
+        f"<h2>Realized performance ({html.escape(str(performance.get('task', '')))}, feedback on every row)</h2>"
+        "<table border=1 cellpadding=4><tr><th>metric</th><th>window</th><th>training test</th></tr>"
+        f"{rows}</table></section>"
+    )
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "–"
+    return str(v) if isinstance(v, int) else format(float(v), ".4g")
+
+
+def insert_section(path: Path, section: str) -> None:
+    """Put `section` at the top of the body of the HTML file at `path`."""
+    text = path.read_text()
+    i = text.find("<body>")
+    text = text[: i + 6] + section + text[i + 6 :] if i >= 0 else section + text
+    path.write_text(text)
 
 
 # ---- the report ----------------------------------------------------------------------------------------
@@ -130,6 +165,7 @@ def headline(summary: dict) -> dict:
         "prediction_psi": pred.get("psi"),
         "prediction_status": pred.get("status"),
         "realized_auc": perf.get("auc_roc"),
+        "realized_rmse": perf.get("rmse"),
         "model_versions": summary.get("model_versions", []),
         "reference_run_id": summary.get("reference_run_id"),
     }
@@ -209,6 +245,8 @@ def build_report(
             summary["files"]["html"] = f"{rid}.html"
             if sizes["quality_bytes"]:
                 summary["files"]["quality_html"] = f"{rid}-quality.html"
+                insert_section(out / f"{rid}-quality.html", realized_section(win["performance"]))
+                sizes["quality_bytes"] = (out / f"{rid}-quality.html").stat().st_size
             summary.update(sizes)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["files"]["json"] = f"{rid}.json"

@@ -1,8 +1,10 @@
 """Retraining trigger: start the training deployment when the model's window looks bad.
 
 Conditions (any): drift status critical (>= `retrain_min_critical_features` critical features,
-or the prediction distribution critical), or realized AUC below `auc_floor` on at least
-`min_labelled` labelled predictions. Training starts at most once per
+or the prediction distribution critical), or the realized performance of the task on at least
+`min_labelled` labelled predictions (`churnops.tasks`: `performance_reasons`): a classifier's AUC
+below `auc_floor`, a regression's RMSE above `rmse_ceiling` (else `rmse_ceiling_factor` times the
+run's test RMSE). Training starts at most once per
 `retrain_cooldown_hours`; the last start and every decision (with its reasons) are kept in the
 prediction store's checkpoints (`retrain:last_started`, `retrain:last_decision`,
 `retrain:history`). An optional webhook alert (Slack-compatible) reports starts and
@@ -44,10 +46,10 @@ def reasons_for(drift: dict | None, performance: dict | None, settings, min_labe
             reasons.append(
                 f"prediction drift critical: PSI {_num(pred.get('psi'), '.3f')}, p={_num(pred.get('p_value'), '.2g')}"
             )
+    from churnops.tasks import task_for
+
     overall = (performance or {}).get("overall") or {}
-    auc, n = overall.get("auc_roc"), overall.get("n", 0)
-    if auc is not None and n >= min_labelled and auc < settings.auc_floor:
-        reasons.append(f"realized AUC {auc:.3f} < floor {settings.auc_floor} on {n} labelled predictions")
+    reasons += task_for((performance or {}).get("task")).performance_reasons(overall, settings, min_labelled)
     return reasons
 
 
@@ -64,6 +66,7 @@ def key_numbers(drift: dict | None, performance: dict | None) -> dict:
         "prediction_psi": pred.get("psi"),
         "prediction_status": pred.get("status"),
         "realized_auc": overall.get("auc_roc"),
+        "realized_rmse": overall.get("rmse"),
         "n_labelled": overall.get("n", 0),
     }
 

@@ -247,9 +247,10 @@ def create_app(
         out = dumps(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
         plog.submit(log_record(new_request_id(), row, m, p, d, "http", latency))  # own entry id, journaled
         try:
-            child(state.metrics.predictions, "http", m.route, str(m.version), str(d)).inc()
+            task = m.bundle.task  # a classifier: decision 0/1 and the probability; a regression: its value
+            child(state.metrics.predictions, "http", m.route, str(m.version), task.decision_label(d)).inc()
             child(state.metrics.latency, "http", m.route).observe(latency / 1000)
-            child(state.metrics.probability, m.route).observe(p)
+            child(getattr(state.metrics, task.value_metric), m.route).observe(p)
         except Exception:  # metrics never fail a prediction that is already logged
             log.exception("updating prediction metrics failed")
         return out

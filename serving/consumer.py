@@ -565,7 +565,7 @@ class Consumer:
                 continue
             results.append(entry)
             logs.append(lrec)
-            self.metrics.predictions.labels("stream", m.route, str(m.version), str(d)).inc()
+            self.metrics.predictions.labels("stream", m.route, str(m.version), m.bundle.task.decision_label(d)).inc()
         if logs:
             self.plog.write_now(logs)  # store or fsync'ed spool, before any put and before the checkpoint moves
         self._emit(self.s.output_stream, results)

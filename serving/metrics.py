@@ -13,6 +13,8 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
+# a regression's predicted values: any scale, so a 1-2.5-5 series (sum / count give the mean)
+VALUE_BUCKETS = (0.0, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 1e4, 1e5, 1e6)
 
 
 class Metrics:
@@ -33,6 +35,13 @@ class Metrics:
             "Predicted churn probability",
             ["route"],
             buckets=[i / 10 for i in range(1, 11)],
+            **kw,
+        )
+        self.predicted_value = Histogram(
+            "churn_predicted_value",
+            "Predicted value of a regression model",
+            ["route"],
+            buckets=VALUE_BUCKETS,
             **kw,
         )
         self.rejections = Counter("churn_rejections_total", "Rejected inputs by reason", ["source", "reason"], **kw)

@@ -1,10 +1,15 @@
-"""OpenAPI 3 description of the HTTP API, built with apispec (served at /openapi.json)."""
+"""OpenAPI 3 description of the HTTP API, built with apispec (served at /openapi.json).
+
+The prediction's own fields and the /feedback body are the contract's task's (`churnops.tasks`):
+a classifier answers probability/churn/decision/threshold and takes an `outcome` 0/1 or a `label`;
+a regression answers `prediction` and takes the observed `value` in the target's range."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 from churnops.contract import DatasetContract
+from churnops.tasks import task_for
 
 
 def _feature_schema(contract: DatasetContract) -> dict:
@@ -37,11 +42,13 @@ def _feature_schema(contract: DatasetContract) -> dict:
 def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
     from apispec import APISpec
 
+    task = task_for(contract)
+    what = task.describe(contract)
     spec = APISpec(
         title="Churn prediction API",
         version=version,
         openapi_version="3.0.3",
-        info={"description": "Churn probability and decision from the pinned model; canary routing; prediction log."},
+        info={"description": f"{what} from the pinned model; canary routing; prediction log."},
     )
     spec.components.schema("Features", _feature_schema(contract))
     spec.components.schema(
@@ -61,10 +68,7 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
             "type": "object",
             "properties": {
                 "request_id": {"type": "string"},
-                "probability": {"type": "number"},
-                "churn": {"type": "boolean"},
-                "decision": {"type": "integer", "enum": [0, 1]},
-                "threshold": {"type": "number"},
+                **task.answer_schema(),
                 "model_run_id": {"type": "string"},
                 "model_version": {"type": "string", "nullable": True},
                 "route": {"type": "string", "enum": ["champion", "challenger"]},
@@ -146,7 +150,7 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
         "/feedback",
         operations={
             "post": {
-                "summary": "Realized outcome for a request",
+                "summary": f"Realized outcome for a request: {task.feedback_summary}",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -154,11 +158,7 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
                             "schema": {
                                 "type": "object",
                                 "required": ["request_id"],
-                                "properties": {
-                                    "request_id": {"type": "string"},
-                                    "outcome": {"type": "integer", "enum": [0, 1]},
-                                    "label": {"type": "string"},
-                                },
+                                "properties": {"request_id": {"type": "string"}, **task.feedback_schema(contract)},
                             }
                         }
                     },

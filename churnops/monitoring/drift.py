@@ -154,6 +154,7 @@ class Reference:
     run_id: str | None = None
     frame: pd.DataFrame | None = None  # the reference sample (Evidently report)
     threshold: float = 0.5  # decision threshold of the model run
+    test_metrics: dict | None = None  # the model run's test metrics (evaluation.json), when known
 
     @classmethod
     def from_frame(

@@ -16,6 +16,7 @@ NAMES = {
     "feature_status": "churn_feature_drift_status",
     "prediction_psi": "churn_prediction_psi",
     "realized_auc": "churn_realized_auc",
+    "realized_rmse": "churn_realized_rmse",
     "window_rows": "churn_monitor_window_rows",
     "image_wasserstein": "churn_image_channel_wasserstein",
     "image_mmd_p_value": "churn_image_embedding_mmd_p_value",
@@ -33,9 +34,17 @@ class DriftGauges:
         self.feature_status = Gauge(
             NAMES["feature_status"], "Drift status per feature: 0 ok, 1 warn, 2 critical", ["feature"], **kw
         )
-        self.prediction_psi = Gauge(NAMES["prediction_psi"], "PSI of predicted probabilities vs the reference", **kw)
+        self.prediction_psi = Gauge(
+            NAMES["prediction_psi"], "PSI of predicted probabilities (a regression: values) vs the reference", **kw
+        )
         self.realized_auc = Gauge(
             NAMES["realized_auc"], "AUC-ROC on predictions with feedback outcomes", ["model_version", "route"], **kw
+        )
+        self.realized_rmse = Gauge(
+            NAMES["realized_rmse"],
+            "RMSE of a regression on predictions with feedback values",
+            ["model_version", "route"],
+            **kw,
         )
         self.window_rows = Gauge(NAMES["window_rows"], "Predictions in the monitored window", **kw)
         # image monitoring (churnops/image/monitor.py): set only for windows of an image server
@@ -67,6 +76,8 @@ class DriftGauges:
         for g in (result.get("performance") or {}).get("by_model") or []:
             if g.get("auc_roc") is not None:
                 self.realized_auc.labels(g["model_version"], g["route"]).set(g["auc_roc"])
+            if g.get("rmse") is not None:
+                self.realized_rmse.labels(g["model_version"], g["route"]).set(g["rmse"])
         self.window_rows.set(result.get("n", 0))
         image = result.get("image")
         if image:  # image monitoring hook

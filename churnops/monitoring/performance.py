@@ -1,6 +1,7 @@
 """Realized performance: feedback outcomes joined to logged predictions.
 
-AUC-ROC and expected calibration error (churnops.metrics), precision, recall, F1 at the
+The metrics are the task's (`churnops.tasks`: `realized_quality`). A regression: MAE, RMSE, R²,
+mean error and the share off by the contract's tolerance on the observed values. A classifier: AUC-ROC and expected calibration error (churnops.metrics), precision, recall, F1 at the
 served decision, Brier score and expected calibration error (10 equal-width bins), overall and
 per model version / route.
 """
@@ -42,15 +43,20 @@ def quality(y, p, decision=None) -> dict:
     }
 
 
-def realized_performance(labelled: pd.DataFrame) -> dict:
-    """`labelled` has columns outcome, probability, decision, model_version, route."""
+def realized_performance(labelled: pd.DataFrame, task=None, training: dict | None = None) -> dict:
+    """`labelled` has columns outcome, model_version, route and the task's logged output (a
+    classifier: probability, decision; a regression: prediction). `training`: the model run's test
+    metrics, kept with the overall numbers for comparison (the regression's RMSE ceiling)."""
+    from churnops.tasks import task_for
+
+    task = task or task_for(None)
     if labelled is None or not len(labelled):
-        return {"n": 0, "overall": None, "by_model": []}
-    overall = quality(labelled["outcome"], labelled["probability"], labelled.get("decision"))
+        return {"task": task.name, "n": 0, "overall": None, "by_model": []}
+    overall = task.realized_quality(labelled)
+    if training:
+        overall["training"] = {k: v for k, v in training.items() if isinstance(v, (int, float))}
     groups = []
     keys = labelled[["model_version", "route"]].astype(str).fillna("none")
     for (ver, route), g in labelled.groupby([keys["model_version"], keys["route"]], sort=True):
-        groups.append(
-            {"model_version": ver, "route": route, **quality(g["outcome"], g["probability"], g.get("decision"))}
-        )
-    return {"n": int(len(labelled)), "overall": overall, "by_model": groups}
+        groups.append({"model_version": ver, "route": route, **task.realized_quality(g)})
+    return {"task": task.name, "n": int(len(labelled)), "overall": overall, "by_model": groups}

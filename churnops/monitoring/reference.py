@@ -1,4 +1,4 @@
-"""The training reference of a model run: `reference_sample.csv` (+ threshold) from MLflow.
+"""The training reference of a model run: `reference_sample.csv` (+ threshold, test metrics) from MLflow.
 
 Downloaded once per run into `<state_dir>/reference-cache/<run_id>/` (outside the served
 reports directory) and prepared as a `drift.Reference`.
@@ -24,7 +24,7 @@ from churnops.redact import redact
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE, THRESHOLD_FILE = "reference_sample.csv", "threshold.json"
+REFERENCE_FILE, THRESHOLD_FILE, EVALUATION_FILE = "reference_sample.csv", "threshold.json", "evaluation.json"
 RUN_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 
 
@@ -186,8 +186,17 @@ def fetch_run_files(run_id: str, settings, cache_root: Path | None = None) -> Pa
                 dst_path=str(tmp),
                 tracking_uri=settings.mlflow_tracking_uri,
             )
-        except Exception:  # optional: decisions then use 0.5
-            log.warning("run %s has no %s; reference decisions use 0.5", run_id, THRESHOLD_FILE)
+        except Exception:  # optional: decisions then use 0.5 (a regression has none)
+            log.info("run %s has no %s; reference decisions use 0.5", run_id, THRESHOLD_FILE)
+        try:
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=EVALUATION_FILE,
+                dst_path=str(tmp),
+                tracking_uri=settings.mlflow_tracking_uri,
+            )
+        except Exception:  # optional: the test metrics (a regression's RMSE ceiling factor needs them)
+            log.warning("run %s has no %s; no training test metrics to compare with", run_id, EVALUATION_FILE)
         if not (folder / REFERENCE_FILE).exists():
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder of an older version
             try:
@@ -213,6 +222,9 @@ def _build(folder: Path, contract, run_id: str) -> Reference:
     ref = Reference.from_frame(frame, contract, run_id=run_id)
     th = folder / THRESHOLD_FILE
     ref.threshold = float(json.loads(th.read_text())["threshold"]) if th.exists() else 0.5
+    ev = folder / EVALUATION_FILE
+    if ev.exists():
+        ref.test_metrics = dict(json.loads(ev.read_text()).get("metrics") or {})
     return ref
 
 

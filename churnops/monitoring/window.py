@@ -7,7 +7,8 @@ trigger (`reporting.trigger`) and `GET /drift/*` (`serving.drift`) all call it. 
 * `status`: `insufficient_data` (fewer than `report_min_rows` rows; then `message` says so and
   nothing else is computed) or the drift status `ok` / `warn` / `critical`
 * `reference_run_id`, `drift` (`drift.compute_drift`: every feature and the predictions, every row),
-  `performance` (`performance.realized_performance` on the rows with feedback), `verdict`
+  `performance` (`performance.realized_performance` on the rows with feedback: per task, AUC and
+  calibration of a classifier, MAE/RMSE/R² of a regression's feedback values), `verdict`
 
 as plain JSON values (NaN becomes None). For an image contract `compute` hands the window to
 `churnops.image.monitor.image_window` (the image monitoring hook; same keys, signals for features). Summaries are cached per process in an LRU of
@@ -29,6 +30,7 @@ import pandas as pd
 
 from churnops.monitoring import drift as drift_mod
 from churnops.monitoring.performance import realized_performance
+from churnops.tasks import task_for
 
 META_COLUMNS = [
     "ts",
@@ -39,6 +41,7 @@ META_COLUMNS = [
     "route",
     "probability",
     "decision",
+    "prediction",
     "latency_ms",
 ]
 CACHE_ENTRIES = 8  # distinct windows kept; the least recently used goes first
@@ -48,7 +51,10 @@ CACHE_ENTRIES = 8  # distinct windows kept; the least recently used goes first
 
 
 def predictions_frame(records: list[dict], contract) -> pd.DataFrame:
-    """Prediction log records -> one row per prediction: contract features + meta columns."""
+    """Prediction log records -> one row per prediction: contract features + meta columns.
+
+    `prediction` is the served value the drift statistics compare: the task's logged output field
+    (`churnops.tasks`: a classifier's `probability`, a regression's predicted value)."""
     if not records:
         return pd.DataFrame(columns=contract.feature_names + META_COLUMNS)
     feats = pd.DataFrame.from_records([r.get("features") or {} for r in records])
@@ -63,6 +69,7 @@ def predictions_frame(records: list[dict], contract) -> pd.DataFrame:
     meta = pd.DataFrame.from_records([{k: r.get(k) for k in META_COLUMNS} for r in records])
     df = pd.concat([feats[contract.feature_names], meta], axis=1)
     df["probability"] = pd.to_numeric(df["probability"], errors="coerce").astype(float)
+    df["prediction"] = pd.to_numeric(df[task_for(contract).output_field], errors="coerce").astype(float)
     return df
 
 
@@ -103,12 +110,12 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def summarize_window(df: pd.DataFrame, reference: drift_mod.Reference, settings) -> tuple[dict, dict]:
-    """(drift of every row, realized performance of the labelled rows) of a loaded window."""
+def summarize_window(df: pd.DataFrame, reference: drift_mod.Reference, settings, task=None) -> tuple[dict, dict]:
+    """(drift of every row, realized performance of the labelled rows) of a loaded window; `task`
+    (`churnops.tasks`, default: binary classification) picks the realized metrics."""
     th = drift_mod.Thresholds.from_settings(settings)
-    cur = df.rename(columns={"probability": "prediction"})
-    d = drift_mod.compute_drift(reference, cur, th, min_critical_features=settings.retrain_min_critical_features)
-    perf = realized_performance(df[df["outcome"].notna()])
+    d = drift_mod.compute_drift(reference, df, th, min_critical_features=settings.retrain_min_critical_features)
+    perf = realized_performance(df[df["outcome"].notna()], task, training=reference.test_metrics)
     return d, perf
 
 
@@ -157,7 +164,7 @@ def compute(
             from churnops.monitoring.reference import load_reference, served_run_id
 
             reference = load_reference(served_run_id(settings, run_ids), settings, contract)
-    d, perf = summarize_window(df, reference, settings)
+    d, perf = summarize_window(df, reference, settings, task_for(contract))
     out.update(
         status=d["status"],
         reference_run_id=reference.run_id,

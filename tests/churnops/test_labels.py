@@ -85,3 +85,52 @@ def test_bad_policy_is_named():
         build_training_set(None, frame(3), C, "merge")
     with pytest.raises(ValueError, match="LABEL_WINDOW_ROWS"):
         build_training_set(None, frame(3), C, "sliding")
+
+
+# ---- a regression contract: the observed values are the target -------------------------------------
+
+D = load_contract("diabetes")  # target `progression` in [0, 1000]
+
+
+def dpred(rid, ts, bmi=32.1) -> dict:
+    return {"_id": f"{rid}@{ts}", "request_id": rid, "ts": ts, "source": "http", "features": {**D.example, "bmi": bmi}}
+
+
+def test_regression_labels_join_as_floats_and_every_problem_is_counted():
+    preds = [dpred("a", 10, bmi=30.0), dpred("a", 20, bmi=31.0), dpred("b", 10), dpred("c", 10), dpred("d", 10)]
+    preds += [dpred("e", 10), dpred("f", 10), dpred("g", 10)]
+    fb = [
+        {"request_id": "a", "outcome": 151.5, "ts": 50},
+        {"request_id": "b", "outcome": 90, "ts": 11},
+        {"request_id": "b", "outcome": 90.0, "ts": 12},  # duplicate (same value)
+        {"request_id": "c", "outcome": 90.0, "ts": 11},
+        {"request_id": "c", "outcome": 91.0, "ts": 12},  # conflicting values
+        {"request_id": "d", "outcome": 1e6, "ts": 11},  # outside the target's range
+        {"request_id": "e", "outcome": "high", "ts": 11},  # not a number
+        {"request_id": "f", "outcome": None, "ts": 11},  # missing
+        {"request_id": "g", "outcome": "0.5", "ts": 11},  # a number's text: kept as that number
+        {"request_id": "zz", "outcome": 100.0, "ts": 11},  # unknown id
+    ]
+    df, rep = join_labels(preds, fb, D)
+    assert list(df["request_id"]) == ["g", "b", "a"]  # by label time (b: its later duplicate)
+    got = df.set_index("request_id")["progression"]
+    assert got.to_dict() == {"g": 0.5, "b": 90.0, "a": 151.5}  # not rounded to classes
+    assert df["progression"].dtype == "float64"
+    assert df.set_index("request_id").loc["a", "bmi"] == 31.0  # the latest prediction before the label
+    assert (rep.labels, rep.joined, rep.duplicates, rep.conflicting) == (10, 3, 1, 1)
+    assert (rep.invalid_outcomes, rep.unknown_ids, rep.invalid_features) == (3, 1, 0)
+    text = " | ".join(rep.problems)
+    assert "d: value 1e+06 outside the target's range [0, 1000]" in text
+    assert "e: invalid value 'high' (expected a finite number, the observed progression)" in text
+    assert "f: invalid value None" in text and "c: conflicting outcomes [90.0, 91.0]" in text
+
+
+def test_regression_training_set_from_labels_keeps_the_values():
+    preds = [dpred(f"r{i}", 10 + i, bmi=20.0 + i) for i in range(10)]
+    fb = [{"request_id": f"r{i}", "outcome": 100.25 + i, "ts": 100 + i} for i in range(10)]
+    rows, rep = join_labels(preds, fb, D)
+    parent = pd.DataFrame([{**D.example, "progression": 42.0}] * 3)
+    train, hold = build_training_set(parent, rows, D, "append", holdout_fraction=0.2)
+    assert list(hold["progression"]) == [108.25, 109.25]  # the newest labelled rows, held out
+    assert list(train["progression"]) == [42.0] * 3 + [100.25 + i for i in range(8)]
+    assert list(train.columns) == [*D.feature_names, "progression"]

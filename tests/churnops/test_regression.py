@@ -315,3 +315,140 @@ def test_regression_feedback_takes_a_finite_value_and_refuses_anything_else(regr
     state.plog.flush()
     fb = {f["request_id"]: f["outcome"] for f in state.store.find_feedback()}
     assert fb == {"v1": 151.5, "v2": 90}  # nothing refused was kept; the accepted values as sent
+
+
+# ---- metrics and the API description of a served regression ------------------------------------
+
+
+def _samples(client) -> dict[str, float]:
+    """`name{labels}` -> value of the /metrics exposition."""
+    out = {}
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_regression_predictions_have_their_own_value_histogram_and_decision_label(regression_app):
+    client, _, _ = regression_app
+    before = _samples(client)
+    r = _post(client, "/predict", {"request_id": "m-1", "features": load_contract("diabetes").example})
+    assert r.status_code == 200, r.json
+    after = _samples(client)
+
+    def delta(key):
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta('churn_predicted_value_count{route="champion"}') == 1
+    assert delta('churn_predicted_value_sum{route="champion"}') == pytest.approx(r.json["prediction"], rel=1e-6)
+    assert delta('churn_prediction_probability_count{route="champion"}') == 0  # not a probability
+    counted = [k for k in after if k.startswith("churn_predictions_total{") and delta(k) == 1]
+    assert counted == ['churn_predictions_total{decision="none",model_version="None",route="champion",source="http"}']
+    assert not any('decision="None"' in k for k in after)
+
+
+def test_openapi_documents_the_regression_answer_and_feedback_value(regression_app):
+    client, _, _ = regression_app
+    spec = client.get("/openapi.json").json
+    answer = spec["components"]["schemas"]["Prediction"]["properties"]
+    assert answer["prediction"]["type"] == "number"
+    assert not {"probability", "churn", "decision", "threshold"} & set(answer)
+    body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"request_id", "value"}
+    assert body["properties"]["value"] | {"description": ""} == {
+        "type": "number",
+        "minimum": 0.0,
+        "maximum": 1000.0,  # the diabetes contract's target range
+        "description": "",
+    }
+    assert "progression" in spec["info"]["description"]
+
+
+def test_openapi_of_the_classifier_still_documents_probability_and_outcome():
+    from serving.openapi import build_spec
+
+    spec = build_spec(load_contract("bank_churners"))
+    answer = spec["components"]["schemas"]["Prediction"]["properties"]
+    assert {"probability", "churn", "decision", "threshold"} <= set(answer) and "prediction" not in answer
+    body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["outcome"]["enum"] == [0, 1]
+    assert body["properties"]["label"]["enum"] == ["Attrited Customer", "Existing Customer"]
+
+
+# ---- feedback values close the loop: fresh labels and the retraining trigger --------------------
+
+
+def test_feedback_values_become_a_snapshot_and_far_off_values_trigger_retraining(diabetes_model, tmp_path, monkeypatch):
+    """Logged regression predictions + /feedback values in a prediction log of their own: the
+    trigger, with the run's reference and test RMSE fetched from MLflow, fires on values 200 off;
+    `collect-labels` (its own snapshot prefix, seeded with the bundled data) keeps them as floats."""
+    from churnops.datasets_bundled import diabetes
+    from churnops.feature_store import latest_snapshot, read_snapshot
+    from churnops.monitoring.window import clear_cache
+    from churnops.provision import init_aws
+    from churnops.settings import get_settings
+    from churnops.store.factory import open_store
+    from flows.labels_flow import collect_labels_flow
+    from reporting.trigger import evaluate_window
+
+    summary, _ = diabetes_model
+    env = {
+        "DATASET": "diabetes",
+        "MODEL_NAME": MODEL,
+        "EXPERIMENT_NAME": "diabetes-test",
+        "SNAPSHOT_PREFIX": "snapshots-regression-labels",
+        "PREDICTION_DB_PATH": str(tmp_path / "predictions.db"),
+        "REPORT_MIN_ROWS": "50",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    clear_cache()
+    try:
+        s = get_settings()
+        assert init_aws(s)["snapshot"].rows == 442
+        raw = diabetes().iloc[:100]
+        c = load_contract("diabetes")
+        t0 = 1_900_000_000.0
+        store = open_store(s)
+        try:
+            store.insert_predictions(
+                [
+                    {
+                        "_id": f"fb-{i}",
+                        "request_id": f"fb-{i}",
+                        "ts": t0 + i,
+                        "source": "http",
+                        "model_run_id": summary["run_id"],
+                        "model_version": "1",
+                        "route": "champion",
+                        "features": {f: float(raw.iloc[i][f]) for f in c.feature_names},
+                        "prediction": float(raw.iloc[i]["target"]),
+                        "latency_ms": 1.0,
+                    }
+                    for i in range(100)
+                ]
+            )
+            values = [float(raw.iloc[i]["target"]) + 200.25 for i in range(100)]
+            store.add_feedback_many(
+                [{"request_id": f"fb-{i}", "outcome": values[i], "ts": t0 + 200 + i} for i in range(100)]
+            )
+            d = evaluate_window(store, s, c, 1.0, now=t0 + 400, dry_run=True)
+        finally:
+            store.close()
+        test_rmse = summary["test_metrics"]["rmse"]
+        assert d["action"] == "dry_run" and len(d["reasons"]) == 1, d
+        assert d["reasons"][0] == (
+            f"realized RMSE 200.250 > ceiling {1.5 * test_rmse:.3f} "
+            f"(1.5 x training test RMSE {test_rmse:.3f}) on 100 labelled predictions"
+        )
+
+        out = collect_labels_flow(since=t0, until=t0 + 400)
+        assert out["report"]["joined"] == 100 and out["report"]["invalid_outcomes"] == 0, out
+        assert (out["rows"], out["holdout_rows"]) == (442 + 80, 20)
+        snap = read_snapshot(latest_snapshot(c, s), c, s)
+        assert snap["progression"].iloc[442:].tolist() == pytest.approx(values[:80])  # the observed floats
+    finally:
+        get_settings.cache_clear()
+        clear_cache()
