@@ -105,8 +105,9 @@ def main() -> None:
         result["predict_image_http"] = bench_http(out, a.requests)
     finally:
         mlf.stop()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1, default=str))
+    from table import save  # bench/table.py: the one results table
+
+    save("image", result)
     print(
         json.dumps(
             {

@@ -180,15 +180,22 @@ def monitor_rows(r: dict) -> list[Row]:
 
 
 def image_rows(r: dict) -> list[Row]:
+    http = r.get("predict_image_http") or {}
     return [
-        ("raw digits CNN: test accuracy", n(g(r, "test_metrics.accuracy"), ".4f"), "≥ 0.97"),
+        (
+            f"raw digits CNN ({r.get('n_trials')} trials): test accuracy",
+            n(g(r, "test_metrics.accuracy"), ".4f"),
+            "≥ 0.97",
+        ),
         ("ISP: read + seven stages (images/s, 1 process)", n(g(r, "isp.read_plus_isp_images_per_s"), ",.0f"), "—"),
         ("ONNX vs torch max abs difference", n(r.get("onnx_max_abs_diff"), ".1e"), "≤ 1e-4"),
         (
-            "`POST /predict/image` latency p50 / p99 (ms)",
-            f"{n(g(r, 'http.p50_ms'), '.1f')} / {n(g(r, 'http.p99_ms'), '.1f')}",
+            "`POST /predict/image` p50 / p99 (ms), DNG | PNG body (Flask test client)",
+            f"{n(g(http, 'dng.p50_ms'), '.1f')} / {n(g(http, 'dng.p99_ms'), '.1f')} | "
+            f"{n(g(http, 'png.p50_ms'), '.1f')} / {n(g(http, 'png.p99_ms'), '.1f')}",
             "—",
         ),
+        ("training flow, CPU only (s)", n(r.get("flow_seconds"), ".0f"), "—"),
     ]
 
 

@@ -41,9 +41,17 @@ KNOWN_RULES = (
     "min_test_r2",
     "max_share_off",
     "min_improvement_rmse",
+    # image classification (churnops/rules/image_classification.yaml)
+    "min_test_accuracy",
+    "min_accuracy_under",
+    "min_improvement_accuracy",
 )
 # improvement rules: (rule, compared metric, +1 when higher is better / -1 when lower is better)
-IMPROVEMENT_RULES = (("min_improvement_auc_roc", "auc_roc", 1.0), ("min_improvement_rmse", "rmse", -1.0))
+IMPROVEMENT_RULES = (
+    ("min_improvement_auc_roc", "auc_roc", 1.0),
+    ("min_improvement_rmse", "rmse", -1.0),
+    ("min_improvement_accuracy", "accuracy", 1.0),
+)
 
 
 @dataclass
@@ -78,7 +86,7 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
     """Each configured rule's result on `evidence`.
 
     evidence keys: test_auc_roc, calibration_error (classifiers), test_rmse, test_r2, share_off
-    (regressions), onnx_parity_passed, contract_passed, latency_ms_p95, and for the improvement
+    (regressions), test_accuracy and `sensitivity` {variation: accuracy} (image classifiers), onnx_parity_passed, contract_passed, latency_ms_p95, and for the improvement
     rules a list `comparisons` of {"on": "test split" | "fresh slice", "challenger_<metric>",
     "champion_<metric>"} (empty: no champion), or `champion_error` when the champion could not be
     re-scored. An improvement is challenger minus champion for AUC-ROC and champion minus
@@ -119,6 +127,21 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
         lambda v, lim: v <= lim,
         "share of test predictions off by more than the tolerance",
     )
+    limit_rule(
+        "min_test_accuracy",
+        evidence.get("test_accuracy"),
+        rules.get("min_test_accuracy"),
+        lambda v, lim: v >= lim,
+        "test accuracy",
+    )
+    for variation, floor in (rules.get("min_accuracy_under") or {}).items():  # the ISP sensitivity table
+        limit_rule(
+            f"min_accuracy_under.{variation}",
+            (evidence.get("sensitivity") or {}).get(variation),
+            floor,
+            lambda v, lim: v >= lim,
+            f"accuracy under ISP variation {variation}",
+        )
     for rule, metric, sign in IMPROVEMENT_RULES:
         min_gain = rules.get(rule)
         if min_gain is None:

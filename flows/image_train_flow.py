@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from churnops.contract import load_any_contract
 from churnops.image.contract import ImageContract
 from churnops.settings import Settings, get_settings
+from flows.train_flow import govern
 
 FLOW_NAME = "train-image-model"
 
@@ -97,6 +98,13 @@ def isp_sensitivity(net, d, contract: ImageContract, s: Settings, run_id: str):
     return table
 
 
+@task(name="governance-evidence", cache_policy=NO_CACHE)
+def evidence(d, ev, table, s: Settings) -> dict:
+    from churnops.image import train
+
+    return train.governance_evidence(d, ev, table, s)
+
+
 @task(name="onnx-log-register", cache_policy=NO_CACHE)
 def log_register(net, d, ev, best, trials, contract, s: Settings, run_id: str, timer):
     from churnops.image import train
@@ -114,6 +122,7 @@ def image_train_flow(
     data: str | None = None,
     limit: int | None = None,
     max_epochs: int | None = None,
+    approval_timeout_s: float | None = None,
 ) -> dict:
     """Sweep, refit, analyse, check and register the image CNN. Returns the run summary.
 
@@ -145,11 +154,14 @@ def image_train_flow(
         trials, best, sweep_s = sweep(d, c, s, exp_id, run_id, timer, n_trials, space)
         net, ev = refit_evaluate(d, best, c, s)
         table = isp_sensitivity(net, d, c, s, run_id)
+        proof = evidence(d, ev, table, s)
         reg = log_register(net, d, ev, best, trials, c, s, run_id, timer)
     except BaseException:
         client(s).set_terminated(run_id, status="FAILED")
         raise
     client(s).set_terminated(run_id)
+    # the same governance as the tabular tasks: rules, one outcome, a person's approval (flows.train_flow)
+    gate = govern(s, str(reg["version"]), reg["aliases"], proof, approval_timeout_s, task=c.task)
     return {
         "run_id": run_id,
         "model_name": s.model_name,
@@ -165,6 +177,9 @@ def image_train_flow(
         "data_source": source,
         "images": len(d.files),
         "sensitivity": table[["variation", "accuracy", "delta"]].to_dict("records"),
+        "outcome": gate["outcome"],
+        "rules": gate["rules"],
+        "champion_version": proof.get("champion_version"),
     }
 
 
@@ -183,6 +198,9 @@ def main() -> None:
         f"\nregistered {out['model_name']} v{out['version']} aliases={out['aliases']} ({out['data_source']}, "
         f"{out['images']} images, sha256 {out['dataset_sha256'][:12]})"
     )
+    print(f"outcome: {out['outcome']}")
+    for r in out["rules"]:
+        print(f"  {'pass' if r['passed'] else 'FAIL'}  {r['name']}: {r['detail']}")
     print(f"run_id {out['run_id']}")
     print("test  " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
     print(

@@ -277,6 +277,40 @@ def evaluate(net, data: ImageData, contract: ImageContract) -> dict:
     }
 
 
+def governance_evidence(data: ImageData, ev: dict, table, s: Settings) -> dict:
+    """What the promotion rules (churnops/rules/image_classification.yaml) judge: test accuracy, the
+    ISP sensitivity table, and the current champion re-scored on this run's test split (its ONNX
+    model from the registry). Computed before registration, so the champion is the one to beat."""
+    from churnops.image.model import onnx_proba, onnx_session
+    from churnops.registry import alias_version
+
+    acc = float(ev["metrics"]["accuracy"])
+    out: dict = {
+        "test_accuracy": acc,
+        "sensitivity": {str(r.variation): float(r.accuracy) for r in table.itertuples()},
+        "onnx_parity_passed": True,  # registration is reached only through the parity gate
+        "contract_passed": True,  # list_images refused any file the contract does not allow
+        "comparisons": [],
+    }
+    champ = alias_version(s.model_name, "champion", s)
+    out["champion_version"] = str(champ.version) if champ is not None else None
+    if champ is None:
+        return out
+    X, y = data.X[data.idx_test], data.y[data.idx_test]
+    try:
+        import mlflow.onnx
+
+        mlflow.set_registry_uri(s.mlflow_tracking_uri)
+        proto = mlflow.onnx.load_model(f"models:/{s.model_name}/{champ.version}")
+        champion_acc = float((onnx_proba(onnx_session(proto.SerializeToString()), X).argmax(1) == y).mean())
+        out["comparisons"].append(
+            {"on": "test split", "rows": int(len(y)), "challenger_accuracy": acc, "champion_accuracy": champion_acc}
+        )
+    except Exception as exc:  # the improvement rule then fails, naming why
+        out["champion_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return out
+
+
 def onnx_gate(net, data: ImageData, ev: dict, contract: ImageContract, tolerance: float) -> tuple[bytes, float]:
     """Export to ONNX; max |p_onnx - p_torch| over the test set must be <= tolerance, else ParityError."""
     from churnops.image.model import export_onnx, onnx_proba, onnx_session

@@ -150,3 +150,54 @@ def test_image_flow_sensitivity_floor_blocks_registration(image_env, prefect_har
         max_results=1,
     )
     assert runs[0].info.status == "FAILED"
+
+
+@pytest.mark.integration
+def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harness, raw_folder, tmp_path, monkeypatch):
+    """The first model is promoted; a second one is judged by churnops/rules/image_classification.yaml
+    against the champion re-scored on its test split, and a failed ISP-sensitivity rule blocks it."""
+    import uuid
+
+    import yaml
+
+    from churnops.contract import DATASETS_DIR
+    from churnops.registry import alias_version, client
+    from churnops.settings import get_settings
+    from churnops.store.factory import open_store
+    from flows.image_train_flow import image_train_flow
+
+    name = f"raw-digits-gov-{uuid.uuid4().hex[:6]}"
+    spec = yaml.safe_load((DATASETS_DIR / "raw_digits.yaml").read_text()) | {"model_name": name}
+    path = tmp_path / "gov.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    first = image_train_flow(contract=str(path), n_trials=1, data=str(raw_folder), max_epochs=1, approval_timeout_s=0)
+    assert first["outcome"] == "promoted" and first["champion_version"] is None
+    names = {r["name"] for r in first["rules"]}
+    assert {"min_test_accuracy", "min_accuracy_under.noise_1pct", "min_improvement_accuracy"} <= names
+
+    rules = tmp_path / "strict.yaml"
+    strict = {"min_accuracy_under": {"noise_3pct": 1.01}, "min_improvement_accuracy": 0.0, "require_onnx_parity": True}
+    rules.write_text(yaml.safe_dump({"task": "image_classification", "rules": strict}))
+    monkeypatch.setenv("RULES_FILE", str(rules))
+    get_settings.cache_clear()
+    second = image_train_flow(contract=str(path), n_trials=1, data=str(raw_folder), max_epochs=1, approval_timeout_s=0)
+    by_name = {r["name"]: r for r in second["rules"]}
+    assert second["outcome"] == "blocked" and second["champion_version"] == first["version"]
+    assert not by_name["min_accuracy_under.noise_3pct"]["passed"]
+    noise = next(r["accuracy"] for r in second["sensitivity"] if r["variation"] == "noise_3pct")
+    assert by_name["min_accuracy_under.noise_3pct"]["value"] == pytest.approx(noise)
+    # the champion was re-scored on the challenger's test split (same data and seed: about the same net)
+    gain = by_name["min_improvement_accuracy"]
+    assert "vs champion" in gain["detail"] and abs(gain["value"]) <= 0.1 and gain["passed"] == (gain["value"] >= 0)
+    s = get_settings()
+    assert alias_version(name, "champion", s).version == first["version"]  # a blocked model never serves
+    assert client(s).get_model_version(name, second["version"]).tags["outcome"] == "blocked"
+    store = open_store(s)
+    try:
+        audit = store.find_audit(limit=5)
+    finally:
+        store.close()
+    assert [(a["action"], a["model"], str(a["to_version"])) for a in audit[:2]] == [
+        ("blocked", name, second["version"]),
+        ("promote", name, first["version"]),
+    ]
