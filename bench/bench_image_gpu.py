@@ -2,6 +2,7 @@
 
     python bench/bench_image_gpu.py prepare            # here: raw digits -> ISP -> bench/gpu/digits.npz
     python bench/bench_image_gpu.py run --out F.json   # anywhere with torch: time the trials per device
+    python bench/bench_image_gpu.py combine --gpu-json G.json --here-json H.json  # -> bench/results/image_gpu.json
 
 `prepare` generates the 1,797 raw digits (DNG) and develops them through the contract's ISP, exactly
 as the training flow does, and stores the model inputs with the flow's split. `run` trains the same
@@ -115,15 +116,33 @@ def run(out: Path, n_trials: int, devices: list[str]) -> None:
     print(f"-> {out}")
 
 
+def combine(gpu_machine: Path, here: Path) -> None:
+    """bench/results/image_gpu.json: the GPU machine's run (GPU and its CPU) beside this machine's CPU run."""
+    from table import save
+
+    save(
+        "image_gpu",
+        {
+            "gpu_machine": json.loads(gpu_machine.read_text()),
+            "this_machine": json.loads(here.read_text()),
+            "note": "the same trials and data on each device; the project trains on CPU (torch CPU wheel)",
+        },
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["prepare", "run"])
+    ap.add_argument("mode", choices=["prepare", "run", "combine"])
+    ap.add_argument("--gpu-json", type=Path, help="combine: the JSON `run` wrote on the GPU machine")
+    ap.add_argument("--here-json", type=Path, help="combine: the JSON `run --devices cpu` wrote here")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "image_gpu.json")
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--devices", default="cuda,cpu")
     a = ap.parse_args()
     if a.mode == "prepare":
         prepare()
+    elif a.mode == "combine":
+        combine(a.gpu_json, a.here_json)
     else:
         run(a.out, a.trials, a.devices.split(","))
 

@@ -190,12 +190,27 @@ def image_rows(r: dict) -> list[Row]:
         ("ISP: read + seven stages (images/s, 1 process)", n(g(r, "isp.read_plus_isp_images_per_s"), ",.0f"), "—"),
         ("ONNX vs torch max abs difference", n(r.get("onnx_max_abs_diff"), ".1e"), "≤ 1e-4"),
         (
-            "`POST /predict/image` p50 / p99 (ms), DNG | PNG body (Flask test client)",
-            f"{n(g(http, 'dng.p50_ms'), '.1f')} / {n(g(http, 'dng.p99_ms'), '.1f')} | "
-            f"{n(g(http, 'png.p50_ms'), '.1f')} / {n(g(http, 'png.p99_ms'), '.1f')}",
+            "`POST /predict/image` p50 / p99 (ms), Flask test client",
+            f"DNG body {n(g(http, 'dng.p50_ms'), '.1f')} / {n(g(http, 'dng.p99_ms'), '.1f')}; "
+            f"PNG body {n(g(http, 'png.p50_ms'), '.1f')} / {n(g(http, 'png.p99_ms'), '.1f')}",
             "—",
         ),
         ("training flow, CPU only (s)", n(r.get("flow_seconds"), ".0f"), "—"),
+    ]
+
+
+def image_gpu_rows(r: dict) -> list[Row]:
+    gm, here = r.get("gpu_machine") or {}, r.get("this_machine") or {}
+    n_trials = len(gm.get("trials") or here.get("trials") or [])
+    gpu = g(gm, "machine.gpu") or "GPU"
+    return [
+        (
+            f"image sweep's training work, {n_trials} trials: {gpu} / its {g(gm, 'machine.cpu_threads')}-thread CPU / "
+            f"this machine's {g(here, 'machine.cpu_threads')} cores (s)",
+            f"{n(g(gm, 'devices.cuda.seconds'), '.1f')} / {n(g(gm, 'devices.cpu.seconds'), '.1f')} / "
+            f"{n(g(here, 'devices.cpu.seconds'), '.1f')}",
+            "—",
+        )
     ]
 
 
@@ -206,6 +221,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict], list[Row]]]] = {
     "train": ("make bench-train", train_rows),
     "monitor": ("make bench-monitor", monitor_rows),
     "image": ("make bench-image", image_rows),
+    "image_gpu": ("python bench/bench_image_gpu.py", image_gpu_rows),
 }
 
 
