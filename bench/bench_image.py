@@ -57,11 +57,12 @@ def main() -> None:
             "STATE_DIR": str(tmp / "state"),
         }
     )
-    from churnops.localservers import start_mlflow
+    from churnops.localservers import start_mlflow, start_moto
 
-    (tmp / "mlflow").mkdir()
+    (tmp / "mlflow").mkdir(), (tmp / "moto").mkdir()
     mlf, mlflow_url = start_mlflow(tmp / "mlflow")
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
+    moto, moto_url = start_moto(tmp / "moto")  # the feature store the flow publishes the images to
+    os.environ.update({"MLFLOW_TRACKING_URI": mlflow_url, "AWS_ENDPOINT_URL": moto_url})
     import torch
 
     result: dict = {
@@ -104,7 +105,7 @@ def main() -> None:
         result["onnx_vs_torch"] = bench_onnx(out)
         result["predict_image_http"] = bench_http(out, a.requests)
     finally:
-        mlf.stop()
+        mlf.stop(), moto.stop()
     from table import save  # bench/table.py: the one results table
 
     save("image", result)

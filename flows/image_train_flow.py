@@ -43,13 +43,20 @@ def preflight(s: Settings) -> None:
 @task(name="load-images", cache_policy=NO_CACHE)
 def load_images(contract: ImageContract, s: Settings, data: str | None, limit: int | None):
     from churnops.image import train
+    from churnops.image.feature_store import fetch_images, put_images
 
-    root, synthetic = train.resolve_data(contract, s, data, limit)
+    if data and data.startswith("s3://"):  # a published version of the feature store
+        root, manifest = fetch_images(data, contract, s)
+        synthetic = manifest.get("data_source") == train.DATA_SOURCE_SYNTHETIC
+    else:
+        root, synthetic = train.resolve_data(contract, s, data, limit)
     d = train.prepare(root, contract, s, synthetic)
+    # every training set lands in the feature store, versioned by its SHA-256, like the tabular snapshots
+    d.uri = put_images(d.files, d.sha256, contract, s, train.DATA_SOURCE_SYNTHETIC if synthetic else "real")
     get_run_logger().info(
         "%d images from %s (sha256 %s, %s)",
         len(d.files),
-        root,
+        d.uri,
         d.sha256[:12],
         train.DATA_SOURCE_SYNTHETIC if synthetic else "real",
     )
@@ -142,7 +149,7 @@ def image_train_flow(
         space.epochs = (min(space.epochs[0], max_epochs), max_epochs)
     config = train.training_config(c, s, n_trials, space)
     source = train.DATA_SOURCE_SYNTHETIC if d.synthetic else "real"
-    tags = lineage_tags(d.sha256, config, s.seed, d.synthetic, str(d.root)) | {
+    tags = lineage_tags(d.sha256, config, s.seed, d.synthetic, d.uri or str(d.root)) | {
         "data_source": source,
         "dataset": c.name,
         "task": c.task,
@@ -174,6 +181,7 @@ def image_train_flow(
         "sweep_seconds": sweep_s,
         "best_params": best.params,
         "dataset_sha256": d.sha256,
+        "dataset_uri": d.uri,
         "data_source": source,
         "images": len(d.files),
         "sensitivity": table[["variation", "accuracy", "delta"]].to_dict("records"),

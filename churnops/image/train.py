@@ -46,6 +46,7 @@ class ImageData:
     idx_test: np.ndarray
     sha256: str
     synthetic: bool
+    uri: str | None = None  # the published version in the feature store (churnops.image.feature_store)
 
 
 @dataclass

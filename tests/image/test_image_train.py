@@ -64,11 +64,17 @@ def test_sensitivity_floors(raw_contract):
 
 
 @pytest.fixture
-def image_env(mlflow_uri, tmp_path):
-    """Settings pointed at the test MLflow server, state in a temporary folder."""
+def image_env(mlflow_uri, moto_endpoint, tmp_path):
+    """Settings pointed at the test MLflow and moto (S3) servers, state in a temporary folder."""
     from churnops.settings import get_settings
 
-    values = {"MLFLOW_TRACKING_URI": mlflow_uri, "STATE_DIR": str(tmp_path / "state"), "TRAIN_THREADS": "1"}
+    values = {
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "BUCKET": "image-feature-store",
+        "STATE_DIR": str(tmp_path / "state"),
+        "TRAIN_THREADS": "1",
+    }
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     get_settings.cache_clear()
@@ -89,6 +95,20 @@ def test_image_flow_generates_trains_registers(image_env, prefect_harness, raw_c
     # the data set was generated under STATE_DIR and versioned by path + bytes
     root = image_env.state_dir / "images" / "raw_digits-seed42-first200"
     assert out["dataset_sha256"] == dataset_sha256(list_images(root, raw_contract)) and out["images"] == 200
+    # ... and published in the feature store under that version, its manifest written last
+    import json
+
+    from churnops.aws import client as aws_client
+
+    assert out["dataset_uri"] == f"s3://image-feature-store/images/raw_digits/{out['dataset_sha256']}"
+    manifest = json.loads(
+        aws_client("s3", image_env)
+        .get_object(Bucket="image-feature-store", Key=f"images/raw_digits/{out['dataset_sha256']}/manifest.json")[
+            "Body"
+        ]
+        .read()
+    )
+    assert len(manifest["files"]) == 200 and manifest["data_source"] == "synthetic-sensor"
     # every trial is a nested run of the sweep
     nested = c.search_runs(
         [c.get_experiment_by_name("raw-digits-sweep").experiment_id], f"tags.mlflow.parentRunId = '{out['run_id']}'"
@@ -180,7 +200,11 @@ def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harnes
     rules.write_text(yaml.safe_dump({"task": "image_classification", "rules": strict}))
     monkeypatch.setenv("RULES_FILE", str(rules))
     get_settings.cache_clear()
-    second = image_train_flow(contract=str(path), n_trials=1, data=str(raw_folder), max_epochs=1, approval_timeout_s=0)
+    # the second run trains on the version the first one published in the feature store
+    second = image_train_flow(
+        contract=str(path), n_trials=1, data=first["dataset_uri"], max_epochs=1, approval_timeout_s=0
+    )
+    assert second["dataset_sha256"] == first["dataset_sha256"] and second["dataset_uri"] == first["dataset_uri"]
     by_name = {r["name"]: r for r in second["rules"]}
     assert second["outcome"] == "blocked" and second["champion_version"] == first["version"]
     assert not by_name["min_accuracy_under.noise_3pct"]["passed"]
