@@ -21,9 +21,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +29,7 @@ import numpy as np
 
 from churnops.image.drift import channel_wasserstein, mmd_test, summaries
 from churnops.monitoring.drift import CRITICAL, OK, WARN, psi
-from churnops.monitoring.reference import BackgroundReferences, ReferenceUnavailable, cache_folder
-from churnops.redact import redact
+from churnops.monitoring.reference import BackgroundReferences, ReferenceUnavailable, fetch_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -103,30 +99,8 @@ def reference_from_folder(folder: Path, run_id: str | None = None) -> ImageRefer
 
 def fetch_image_reference(run_id: str, settings, cache_root: Path | None = None) -> Path:
     """Download `image_reference.json` of `run_id` into the reference cache (renamed into place)."""
-    import mlflow.artifacts
-
-    folder = cache_folder(run_id, settings, cache_root)
-    if (folder / REFERENCE_FILE).exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=folder.parent))
-    try:
-        try:
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=REFERENCE_FILE,
-                dst_path=str(tmp),
-                tracking_uri=settings.mlflow_tracking_uri,
-            )
-        except Exception as exc:
-            raise ReferenceUnavailable(
-                f"cannot download {REFERENCE_FILE} of run {run_id} from {redact(settings.mlflow_tracking_uri)}: "
-                f"{redact(exc)[:300]} (image models registered before image monitoring have no reference: retrain)"
-            ) from exc
-        os.replace(tmp / REFERENCE_FILE, folder / REFERENCE_FILE)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    hint = " (image models registered before image monitoring have no reference: retrain)"
+    return fetch_artifacts(run_id, settings, REFERENCE_FILE, cache_root=cache_root, hint=hint)
 
 
 def load_image_reference(run_id: str, settings, cache_root: Path | None = None) -> ImageReference:

@@ -154,59 +154,69 @@ def cache_folder(run_id: str, settings, cache_root: Path | None = None) -> Path:
     return (cache_root or settings.state_dir / "reference-cache") / run_id
 
 
-def fetch_run_files(run_id: str, settings, cache_root: Path | None = None) -> Path:
-    """Download the reference sample and threshold of `run_id` (cached) and return the folder.
+def fetch_artifacts(
+    run_id: str,
+    settings,
+    required: str,
+    optional: tuple[tuple[str, int, str], ...] = (),
+    cache_root: Path | None = None,
+    hint: str = "",
+) -> Path:
+    """Download `required` and each of `optional` ((file, log level, what its absence means)) that
+    exists of `run_id` into its cache folder, once; return the folder.
 
     The files land in a temporary folder renamed into place, so a reader never sees half a file.
     """
     import mlflow.artifacts
 
     folder = cache_folder(run_id, settings, cache_root)
-    if (folder / REFERENCE_FILE).exists():
+    if (folder / required).exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", dir=folder.parent))
+
+    def get(name: str) -> None:
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=name, dst_path=str(tmp), tracking_uri=settings.mlflow_tracking_uri
+        )
+
     try:
         try:
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=REFERENCE_FILE,
-                dst_path=str(tmp),
-                tracking_uri=settings.mlflow_tracking_uri,
-            )
+            get(required)
         except Exception as exc:
             raise ReferenceUnavailable(
-                f"cannot download {REFERENCE_FILE} of run {run_id} from {redact(settings.mlflow_tracking_uri)}: "
-                f"{redact(exc)[:300]}"
+                f"cannot download {required} of run {run_id} from {redact(settings.mlflow_tracking_uri)}: "
+                f"{redact(exc)[:300]}{hint}"
             ) from exc
-        try:
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=THRESHOLD_FILE,
-                dst_path=str(tmp),
-                tracking_uri=settings.mlflow_tracking_uri,
-            )
-        except Exception:  # optional: decisions then use 0.5 (a regression has none)
-            log.info("run %s has no %s; reference decisions use 0.5", run_id, THRESHOLD_FILE)
-        try:
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=EVALUATION_FILE,
-                dst_path=str(tmp),
-                tracking_uri=settings.mlflow_tracking_uri,
-            )
-        except Exception:  # optional: the test metrics (a regression's RMSE ceiling factor needs them)
-            log.warning("run %s has no %s; no training test metrics to compare with", run_id, EVALUATION_FILE)
-        if not (folder / REFERENCE_FILE).exists():
+        for name, level, absent in optional:
+            try:
+                get(name)
+            except Exception:
+                log.log(level, "run %s has no %s; %s", run_id, name, absent)
+        if not (folder / required).exists():
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder of an older version
             try:
                 os.replace(tmp, folder)
             except OSError:  # another process renamed its copy first
-                if not (folder / REFERENCE_FILE).exists():
+                if not (folder / required).exists():
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def fetch_run_files(run_id: str, settings, cache_root: Path | None = None) -> Path:
+    """Download the reference sample, threshold and test metrics of `run_id` (cached); the folder."""
+    return fetch_artifacts(
+        run_id,
+        settings,
+        REFERENCE_FILE,
+        (
+            (THRESHOLD_FILE, logging.INFO, "reference decisions use 0.5"),  # a regression has none
+            (EVALUATION_FILE, logging.WARNING, "no training test metrics to compare with"),
+        ),
+        cache_root,
+    )
 
 
 def load_reference(run_id: str, settings, contract, cache_root: Path | None = None) -> Reference:
