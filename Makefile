@@ -36,7 +36,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback promote collect-labels reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-loop bench-image bench-table demo-image venv system-deps docker-env
+        rollback promote collect-labels replay-quarantine reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-loop bench-image bench-table demo-image venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -207,6 +207,9 @@ ifeq ($(RUNTIME),docker)
 else
 	@$(BIN)/churnops-collect-labels
 endif
+
+replay-quarantine: $(STAMP) ## offer the prediction log's quarantined records to the store again (those still refused stay)
+	$(BIN)/python -m serving.quarantine
 
 retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
 	@$(BIN)/churnops-retrain

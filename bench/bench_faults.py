@@ -15,7 +15,16 @@ b) consumer_kill: N records on the input stream, the consumer SIGKILLed twice mi
 c) store_down: the SQLite prediction log locked exclusively by another connection for
    BENCH_STORE_DOWN_S (30) s under load: peak RSS of the workers, records spooled, lost;
 d) mlflow_down_reload: MLflow stopped, then POST /model/reload under light load: status and time
-   of the answer, predictions failed while it was pending.
+   of the answer, predictions failed while it was pending;
+e) store_auth_failure: the prediction log on the MongoDB backend (MongoStore's code over mongomock,
+   MongoDB itself cannot be installed here) whose driver raises pymongo's OperationFailure code 18
+   (authentication failed) for BENCH_AUTH_FAIL_S (10) s under /predict load at c=8 (the API in
+   process), then recovers: predictions answered 200, lost, quarantined, store calls during the
+   failure, /health during it;
+f) spool_full_stream: BENCH_SPOOL_STREAM_RECORDS (2000) records on the input stream; the consumer's
+   SQLite log locked for BENCH_SPOOL_FULL_S (45) s (longer than its 30 s busy timeout) with a spool cap
+   of 20 KB: results emitted whose prediction is neither in the store nor in the spool (during the
+   outage and at the end), then every record's result once the store is back.
 
 It records what happens (status codes, counts) and asserts nothing: the figures are the result.
 Goal: no failed request besides those in flight on a killed worker, no lost prediction.
@@ -45,6 +54,9 @@ OUT = ROOT / "bench" / "results" / "faults.json"
 KILL_LOAD_S = float(os.environ.get("BENCH_KILL_LOAD_S", "8"))
 STORE_DOWN_S = float(os.environ.get("BENCH_STORE_DOWN_S", "30"))
 STREAM_RECORDS = int(os.environ.get("BENCH_STREAM_RECORDS", "20000"))
+AUTH_FAIL_S = float(os.environ.get("BENCH_AUTH_FAIL_S", "10"))
+SPOOL_FULL_S = float(os.environ.get("BENCH_SPOOL_FULL_S", "45"))
+SPOOL_STREAM_RECORDS = int(os.environ.get("BENCH_SPOOL_STREAM_RECORDS", "2000"))
 RELOAD_TIMEOUT_S = 75.0  # above gunicorn's worker timeout (60 s): a worker killed mid-reload shows as an error
 
 
@@ -525,6 +537,215 @@ def mlflow_down_reload(env: dict, folder: Path, servers: list, mlflow_srv, run_i
     }
 
 
+class _AuthFailingDB:
+    """A mongomock database whose collections' writes raise pymongo's OperationFailure code 18 while
+    `state["failing"]` (what a MongoDB server answers when the credentials are refused); counts them."""
+
+    def __init__(self, db, state: dict):
+        self._db, self._state = db, state
+
+    def __getattr__(self, name):
+        coll, state = getattr(self._db, name), self._state
+
+        class Coll:
+            def __getattr__(self, attr):
+                fn = getattr(coll, attr)
+                if attr not in ("insert_many", "insert_one", "update_one", "replace_one"):
+                    return fn
+
+                def write(*a, **kw):
+                    from pymongo.errors import OperationFailure
+
+                    with state["lock"]:
+                        state["calls"] += 1
+                        if state["failing"]:
+                            state["calls_failing"] += 1
+                            raise OperationFailure("Authentication failed.", code=18)
+                        return fn(*a, **kw)  # mongomock is not thread-safe: one write at a time
+
+                return write
+
+        return Coll()
+
+
+def store_auth_failure(s, folder: Path) -> dict:
+    """e) MongoDB refusing the credentials for AUTH_FAIL_S under /predict load at c=8, then recovering."""
+    import mongomock
+
+    from churnops.store.mongo import MongoStore
+    from serving.app import create_app
+    from serving.model import ModelManager
+
+    state = {"failing": False, "calls": 0, "calls_failing": 0, "lock": threading.Lock()}
+    store = MongoStore(mongomock.MongoClient(), "churn", label="MongoDB mongodb://churn:***@mongo:27017 (mongomock)")
+    store.db = _AuthFailingDB(store.db, state)
+    s = s.model_copy(update={"state_dir": folder / "state", "log_retry_max_s": 2.0})
+    mm = ModelManager(s)
+    mm.current = mm.load_initial()
+    app = create_app(s, store=store, models=mm, start_background=False)
+    plog = app.extensions["churn"].plog
+    plog.replay_interval_s = 0.5
+    plog.start()
+    ok_ids: list[str] = []
+    statuses: collections.Counter = collections.Counter()
+    stop = threading.Event()
+    body = {"features": EXAMPLE}
+
+    def client(w: int) -> None:
+        c, i = app.test_client(), 0
+        while not stop.is_set():
+            rid = f"af-{w}-{i}"
+            i += 1
+            r = c.post("/predict", json={**body, "request_id": rid})
+            statuses[r.status_code] += 1
+            if r.status_code == 200:
+                ok_ids.append(rid)
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(8)]
+    for th in threads:
+        th.start()
+    health = []
+    try:
+        time.sleep(2.0)
+        state["failing"] = True
+        t0 = time.monotonic()
+        before = len(ok_ids)
+        while time.monotonic() - t0 < AUTH_FAIL_S:
+            time.sleep(1.0)
+            h = app.test_client().get("/health").json
+            pl = h["prediction_log"]
+            health.append(
+                {
+                    "t_s": round(time.monotonic() - t0, 1),
+                    "status": h["status"],
+                    "degraded": pl["degraded"],
+                    "store_error": pl.get("store_error"),
+                    "quarantined": pl["quarantined"],
+                }
+            )
+        during = len(ok_ids) - before
+        state["failing"] = False
+        time.sleep(3.0)  # recovered, under load
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(30)
+    plog.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and plog.spool_files():
+        plog.replay()
+        time.sleep(0.5)
+    with state["lock"]:
+        stored = {str(r["request_id"]) for r in store.find_predictions()}
+    answered = set(ok_ids)
+    st = plog.status()
+    return {
+        "auth_failure_seconds": AUTH_FAIL_S,
+        "concurrency": 8,
+        "answered_200": len(ok_ids),
+        "answered_200_during_failure": during,
+        "non_200": {str(k): v for k, v in statuses.items() if k != 200},
+        "store_calls_during_failure": state["calls_failing"],
+        "health_during": health,
+        "lost": len(answered - stored),
+        "quarantined": st["quarantined"],
+        "quarantine_files": st["quarantine_files"],
+        "dropped": st["dropped"],
+        "spooled": st["spooled"],
+        "written": plog.written,
+        "store_ok_after": st["store_ok"],
+    }
+
+
+def spool_full_stream(s, env: dict, folder: Path, servers: list) -> dict:
+    """f) the consumer's store locked and its spool full: nothing may be emitted that is not logged."""
+    from churnops.aws import client
+    from churnops.localservers import Server
+    from churnops.provision import ensure_streams
+    from churnops.store.sqlite import SQLiteStore
+
+    tag = secrets.token_hex(3)
+    names = {"input_stream": f"sin-{tag}", "output_stream": f"sout-{tag}", "dlq_stream": f"sdlq-{tag}"}
+    s = s.model_copy(update=names | {"stream_shards": 2})
+    ensure_streams(s)
+    kin = client("kinesis", s)
+    n = SPOOL_STREAM_RECORDS
+    feats = json.dumps(EXAMPLE)
+    recs = [
+        {"Data": f'{{"request_id":"sf-{i}","features":{feats}}}'.encode(), "PartitionKey": f"k{i}"} for i in range(n)
+    ]
+    env = (
+        api_env(env, folder)
+        | {k.upper(): v for k, v in names.items()}
+        | {"STREAM_SHARDS": "2", "CONSUMER_POLL_INTERVAL_S": "0.05", "SPOOL_MAX_BYTES": "20000"}
+        | {"LOG_RETRY_MAX_S": "2", "STREAM_BACKOFF_MAX_S": "2", "CONSUMER_BATCH_SIZE": "100"}
+    )
+    state = Path(env["STATE_DIR"])
+    db = state / "predictions.db"
+    state.mkdir(parents=True, exist_ok=True)
+    SQLiteStore(db).ping()  # the file exists (WAL) before it is locked
+    # first half before the outage, so the consumer has its model and is running
+    for i in range(0, n // 2, 500):
+        kin.put_records(StreamName=s.input_stream, Records=recs[i : min(i + 500, n // 2)])
+    c = Server([sys.executable, "-m", "serving.consumer"], folder / "consumer.log", env=env, cwd=ROOT)
+    servers.append(c)
+    reader = SQLiteStore(db)
+
+    def logged_ids() -> set[str]:
+        return {str(r["request_id"]) for r in reader.find_predictions()}
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(logged_ids()) < n // 2 and c.proc.poll() is None:
+        time.sleep(0.2)
+    lock = sqlite3.connect(str(db), timeout=30, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    for i in range(n // 2, n, 500):
+        kin.put_records(StreamName=s.input_stream, Records=recs[i : min(i + 500, n)])
+    t0 = time.monotonic()
+    samples = []
+    while time.monotonic() - t0 < SPOOL_FULL_S:
+        time.sleep(5.0)
+        emitted = {r.get("request_id") for r in read_stream(s, s.output_stream)}
+        kept = logged_ids() | spool_records(state)[1]
+        samples.append(
+            {
+                "t_s": round(time.monotonic() - t0, 1),
+                "results_emitted": len(emitted),
+                "emitted_not_logged_nor_spooled": len(emitted - kept),
+                "spool_bytes": sum(p.stat().st_size for p in (state / "spool").glob("*") if p.is_file())
+                if (state / "spool").exists()
+                else 0,
+            }
+        )
+    lock.rollback()
+    lock.close()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(logged_ids()) < n and c.proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(2.0)
+    c.stop()
+    servers.remove(c)
+    results = read_stream(s, s.output_stream)
+    rids = [r.get("request_id") for r in results]
+    logged = logged_ids()
+    reader.close()
+    text = (folder / "consumer.log").read_text(errors="replace") if (folder / "consumer.log").exists() else ""
+    return {
+        "records": n,
+        "store_locked_seconds": SPOOL_FULL_S,
+        "spool_max_bytes": 20000,
+        "during_outage": samples,
+        "emitted_not_logged_max_during": max((x["emitted_not_logged_nor_spooled"] for x in samples), default=0),
+        "batches_refused_not_logged": text.count("NotLogged"),
+        "results_total": len(results),
+        "results_unique": len(set(rids)),
+        "without_result": len({f"sf-{i}" for i in range(n)} - set(rids)),
+        "log_entries_unique": len(logged),
+        "emitted_not_logged_at_end": len(set(rids) - logged),
+    }
+
+
 # ---- main ---------------------------------------------------------------------------------------------------
 
 
@@ -596,8 +817,13 @@ def main() -> None:
             ("consumer_kill", lambda: consumer_kill(s, env, tmp / "b", servers)),
             ("store_down", lambda: store_down(env, tmp / "c", servers)),
             ("mlflow_down_reload", lambda: mlflow_down_reload(env, tmp / "d", servers, mlf, run_id, token)),
+            ("store_auth_failure", lambda: store_auth_failure(s, tmp / "e")),
+            ("spool_full_stream", lambda: spool_full_stream(s, env, tmp / "f", servers)),
         ]
+        only = {x for x in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if x}  # e.g. a rerun of one scenario
         for name, fn in scenarios:
+            if only and name not in only:
+                continue
             t0 = time.perf_counter()
             try:
                 result[name] = fn()
@@ -620,7 +846,14 @@ def print_table(r: dict) -> None:
         return r.get(section, {}).get(key, default)
 
     print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 gunicorn workers, embedded SQLite log; goal: {r['goal']})")
-    for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload"):
+    for name in (
+        "worker_kill",
+        "consumer_kill",
+        "store_down",
+        "mlflow_down_reload",
+        "store_auth_failure",
+        "spool_full_stream",
+    ):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
     if "error" not in r.get("worker_kill", {"error": 1}):
@@ -652,6 +885,20 @@ def print_table(r: dict) -> None:
             f"  d) MLflow down, /model/reload  answered {g('mlflow_down_reload', 'reload_status')} after "
             f"{g('mlflow_down_reload', 'reload_seconds')} s; predictions failed meanwhile "
             f"{g('mlflow_down_reload', 'failed_while_pending')} of {g('mlflow_down_reload', 'requests_while_pending')}"
+        )
+    if "error" not in r.get("store_auth_failure", {"error": 1}):
+        print(
+            f"  e) MongoDB auth failure {g('store_auth_failure', 'auth_failure_seconds'):.0f} s  answered 200 "
+            f"{g('store_auth_failure', 'answered_200')} ({g('store_auth_failure', 'answered_200_during_failure')} "
+            f"during), lost {g('store_auth_failure', 'lost')}, quarantined {g('store_auth_failure', 'quarantined')}, "
+            f"store calls while failing {g('store_auth_failure', 'store_calls_during_failure')}"
+        )
+    if "error" not in r.get("spool_full_stream", {"error": 1}):
+        print(
+            f"  f) spool full under the stream  emitted-not-logged during {g('spool_full_stream', 'emitted_not_logged_max_during')}"
+            f", at the end {g('spool_full_stream', 'emitted_not_logged_at_end')}; results "
+            f"{g('spool_full_stream', 'results_unique')} unique / {g('spool_full_stream', 'results_total')} of "
+            f"{g('spool_full_stream', 'records')} (without result {g('spool_full_stream', 'without_result')})"
         )
 
 

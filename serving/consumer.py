@@ -567,7 +567,7 @@ class Consumer:
             logs.append(lrec)
             self.metrics.predictions.labels("stream", m.route, str(m.version), m.bundle.task.decision_label(d)).inc()
         if logs:
-            self.plog.write_now(logs)  # store or fsync'ed spool, before any put and before the checkpoint moves
+            self.plog.write_now(logs).check()  # stored or spooled before any put or checkpoint, else NotLogged
         self._emit(self.s.output_stream, results)
         self._emit(self.s.dlq_stream, dlq)
         self.metrics.stream_records.labels("result").inc(len(results))

@@ -152,7 +152,7 @@ def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, i
         m = pred.model
         consumer.metrics.predictions.labels("stream", m.route, str(m.version), pred.label).inc()
     if logs:
-        consumer.plog.write_now(logs)  # store or fsync'ed spool, before any put and before the checkpoint moves
+        consumer.plog.write_now(logs).check()  # stored or spooled before any put or checkpoint, else NotLogged
     consumer._emit(s.output_stream, results)
     consumer._emit(s.dlq_stream, dlq)
     consumer.metrics.stream_records.labels("result").inc(len(results))

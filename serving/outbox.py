@@ -6,6 +6,16 @@ without emitting the batch again. `drain` sends the files oldest first through a
 that returns the entries still not taken; a file is deleted once all of its entries went out,
 rewritten with the rest otherwise. Entries Kinesis rejects for what they are (not for its own
 state) are moved to `rejected/` by the caller with `reject`, so they never block the files behind.
+
+Durability: every file is written to a `.tmp`, fsync'ed, renamed over its name, and the folder is
+fsync'ed after the rename (and after a delete), so a file survives a crash of the machine once
+`add` returns, and a file sent completely does not come back after one.
+
+Delivery is **at-least-once**, not exactly-once: a crash (or a kill) after `put` took entries and
+before the file is rewritten or deleted sends those entries again on the next `drain`. Kinesis has
+no idempotent put, so nothing here can make it exact; the entries carry their own idempotency key
+instead (a result: `shard_id` + `sequence_number` of its input record; a dead letter the same),
+byte for byte the same when sent again, so a reader drops repeats by that key.
 """
 
 from __future__ import annotations
@@ -27,13 +37,23 @@ def _line(stream: str, e: dict) -> str:
     return json.dumps({"stream": stream, "data": base64.b64encode(e["Data"]).decode(), "key": e["PartitionKey"]})
 
 
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write(path: Path, lines: list[str]) -> None:
+    """Replace `path` with `lines`: tmp file fsync'ed, renamed, then the folder fsync'ed."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write("".join(x + "\n" for x in lines))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 class Outbox:
@@ -64,7 +84,8 @@ class Outbox:
         return n
 
     def drain(self, put: Put) -> tuple[int, int]:
-        """Send pending files in order until one does not go out completely; returns (sent, left)."""
+        """Send pending files in order until one does not go out completely; returns (sent, left).
+        At-least-once: a crash between `put` and the rewrite of a file sends its entries again."""
         sent = 0
         for f in self.files():
             try:
@@ -87,6 +108,7 @@ class Outbox:
                 _write(f, left)
                 return sent, self.count()
             f.unlink()
+            _fsync_dir(self.dir)
         return sent, 0
 
     def reject(self, stream: str, entry: dict, why: str) -> None:
@@ -102,3 +124,5 @@ class Outbox:
         d = self.dir / "rejected"
         d.mkdir(parents=True, exist_ok=True)
         os.replace(f, d / f.name)
+        _fsync_dir(d)
+        _fsync_dir(self.dir)

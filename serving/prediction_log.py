@@ -28,9 +28,20 @@ record is left to the journal, which is then replayed); the spool folder at most
 fits in neither, or that could not be journaled (disk full) while the store is down, is dropped
 and counted (`dropped`, metric `churn_prediction_log_records_total{outcome="dropped"}`, `/health`).
 
-A record the store refuses by itself (the others take it) is isolated by bisection and written to
-`<spool>/quarantine/` with the reason, so one bad record never fails its neighbours and never
-marks the store down.
+What is an error of the records and what is the store's: only an error the store's
+`is_record_error` claims (one record too large, not encodable, breaking a key or a constraint)
+is about the records. Such a write is bisected down to the records that cause it, which go to
+the quarantine (serving.quarantine: counted, capped, files 0600, fsync'ed, replayed by
+`make replay-quarantine`), so one bad record never fails its neighbours and never marks the
+store down. Every other error (MongoDB refusing the credentials or out of disk, SQLite locked,
+full or "malformed", a network error, an error nobody classified) is the store being unavailable:
+one call, no bisection, the records are spooled, the store is retried with backoff and /health
+is degraded with the store's name and the error (secrets redacted). `written` counts only the
+records the store took.
+
+`write_now` (the stream consumer) answers what happened to each record (`Written`): a caller that
+must not go on with records neither stored, spooled nor quarantined calls `.check()`, which raises
+`NotLogged` (the consumer then emits nothing and keeps its checkpoint: the shard retries).
 
 Ownership: a process holds an exclusive `flock` on every file it is writing or replaying (its
 journal segments, `.tmp` files, `.replaying-<pid>` claims). A file whose lock can be taken has no
@@ -46,11 +57,14 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.redact import redact
+from churnops.store.base import PredictionBatch, PredictionStore, is_record_error
 from churnops.store.base import feedback_outcome as _outcome
 from churnops.store.sqlite import _dumpb
+from serving.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +73,13 @@ DROP_ALERT_S = 600.0  # /health stays `degraded` this long after a record was dr
 ENCODED = "encoded"  # a prediction already encoded by the store: (ts, JSON bytes)
 EBATCH = "encoded-batch"  # a batch with its columns encoded by the store: (PredictionBatch, JSON bytes)
 _MARK = "segment-end"  # queue marker: every item before it is handled, its segment can go
+
+
+def _describe_error(exc: BaseException) -> str:
+    """An error's message, with the code of a driver error that has one (MongoDB's OperationFailure)."""
+    code = getattr(exc, "code", None)
+    msg = str(exc)[:250]
+    return f"code {code}: {msg}" if isinstance(code, int) else msg
 
 
 def _size(item: tuple) -> int:
@@ -72,6 +93,38 @@ def _size(item: tuple) -> int:
 
 class StoreUnavailable(Exception):
     """The store is down (as opposed to refusing one record)."""
+
+
+class NotLogged(RuntimeError):
+    """Some records were neither stored, spooled nor quarantined (store down and spool full)."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `write_now` did with the records it was given (each counted once)."""
+
+    stored: int = 0
+    spooled: int = 0
+    quarantined: int = 0
+    dropped: int = 0
+
+    def __bool__(self) -> bool:
+        """True when the store took every record (what `write_now` returned before)."""
+        return self.spooled == 0 and self.dropped == 0 and self.quarantined == 0
+
+    @property
+    def kept(self) -> bool:
+        """Every record is in the store, the spool or the quarantine (nothing dropped)."""
+        return self.dropped == 0
+
+    def check(self) -> "Written":
+        """Raise NotLogged when a record was dropped; else self."""
+        if self.dropped:
+            raise NotLogged(
+                f"{self.dropped} prediction-log record(s) could be neither stored nor spooled "
+                "(store unavailable and spool full or unwritable)"
+            )
+        return self
 
 
 class _Segment:
@@ -178,13 +231,30 @@ def _line(kind: str, record) -> bytes | None:
         return None
 
 
-def _safe_line(kind: str, record, reason: str = "") -> str:
+def quarantine_line(kind: str, record, reason: str = "") -> str:
     """A quarantine line: ASCII JSON whatever the record holds (lone surrogates included)."""
     if kind == ENCODED:
         kind, record = PREDICTION, record[1].decode("utf-8", "backslashreplace")
     elif kind in (BATCH, EBATCH):
         kind, record = BATCH, (record if kind == BATCH else record[0]).to_doc()
     return json.dumps({"kind": kind, "record": record, "error": reason}, default=str) + "\n"
+
+
+def parse_line(raw: str | bytes) -> tuple | None:
+    """The `(kind, record, None)` item of a spool or quarantine line; None when it is not one (a
+    quarantined line that could not be read back, or anything else unreadable)."""
+    try:
+        d = json.loads(raw)
+        kind, rec = d["kind"], d["record"]
+        if kind == PREDICTION and isinstance(rec, str):  # a quarantined encoded record: its JSON text
+            rec = json.loads(rec)
+        if kind == BATCH:
+            rec = PredictionBatch.from_doc(rec)
+        if kind not in (PREDICTION, FEEDBACK, BATCH) or not isinstance(rec, (dict, PredictionBatch)):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return kind, rec, None
 
 
 class PredictionLog:
@@ -201,6 +271,7 @@ class PredictionLog:
         spool_max_bytes: int = 1 << 30,
         retry_max_s: float = 30.0,
         journal: bool = True,
+        quarantine_max_bytes: int | None = None,
     ):
         self.store = store
         # stores that keep JSON text take records encoded in the request thread (see SQLiteStore)
@@ -218,6 +289,11 @@ class PredictionLog:
         self.retry_max_s = float(retry_max_s)
         self.journal = journal
         self.metrics = metrics
+        # its own cap (an eighth of the spool's by default), and counted inside the spool's
+        self.quarantine = Quarantine(
+            self.spool_dir / "quarantine",
+            self.spool_max_bytes // 8 if quarantine_max_bytes is None else int(quarantine_max_bytes),
+        )
         self._q: collections.deque = collections.deque()
         self._queued = 0  # records in the queue (changed under _jlock)
         self._waiting = 0  # records queued since the writer last looked
@@ -243,6 +319,7 @@ class PredictionLog:
         self._last_drop = -DROP_ALERT_S
         self.quarantined = 0
         self.last_error = ""
+        self.store_error = ""  # the store's last error while it is unavailable (redacted)
 
     # ---- producer side ---------------------------------------------------------------------------
     def _put(self, item: tuple, n: int = 1) -> None:
@@ -347,19 +424,32 @@ class PredictionLog:
             )
             if bad
         ]
+        q_files, q_bytes = self.quarantine.usage()
         return {
+            "store": self.store_name(),
             "store_ok": self.store_ok,
+            "store_error": "" if self.store_ok else self.store_error,
             "journal_ok": self.journal_ok,
             "spool_full": self.spool_full,
             "pending": self._queued,
             "spooled": self.spooled,
             "dropped": self.dropped,
             "quarantined": self.quarantined,
+            "quarantine_files": q_files,
+            "quarantine_bytes": q_bytes,
+            "quarantine_max_bytes": self.quarantine.max_bytes,
             "spool_bytes": self._spool_used + (self._seg.bytes if self._seg else 0),
             "spool_files": len(self.spool_files()),
             "degraded": degraded,
-            "last_error": self.last_error,
+            "last_error": redact(self.last_error),
         }
+
+    def store_name(self) -> str:
+        """The store's own description (e.g. `SQLite /path`, `MongoDB mongodb://***@host database churn`)."""
+        try:
+            return redact(self.store.describe())
+        except Exception:
+            return type(self.store).__name__
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "PredictionLog":
@@ -436,8 +526,9 @@ class PredictionLog:
             os.close(seg.fd)
 
     # ---- writing ----------------------------------------------------------------------------------
-    def write_now(self, items: list) -> bool:
-        """Write items synchronously (store, else spool). Returns True when the store took them.
+    def write_now(self, items: list) -> Written:
+        """Write items synchronously (store, else spool); returns what happened to them (`Written`:
+        true when the store took all; `.check()` raises NotLogged when some were dropped).
 
         Items are `(kind, record)` pairs, bare prediction dicts or `PredictionBatch`es. Never raises
         for a store error. While the store is down it is not tried before its backoff runs out.
@@ -451,37 +542,47 @@ class PredictionLog:
             for i in items
         ]
         if not items:
-            return True
-        ok = self._write(items)
-        if ok:
+            return Written()
+        res = self._write(items)
+        if res.stored:
             self.maybe_replay()
-        return ok
+        return res
 
-    def _write(self, items: list[tuple]) -> bool:
+    def _write(self, items: list[tuple]) -> Written:
         """Store `items` (isolating records the store refuses), else keep them on disk."""
         if not self.store_ok and time.monotonic() < self.retry_at():
-            self._defer(items)
-            return False
+            return self._defer(items)
         try:
             with self._write_lock:
-                self._store_isolating(items)
+                refused = self._store_isolating(items)
         except StoreUnavailable as exc:
             self._store_failed(exc.__cause__ or exc)
-            self._defer(items)
-            return False
+            return self._defer(items)
         self._store_back()
-        n = sum(map(_size, items))
+        quarantined = dropped = 0
+        if refused:
+            quarantined, dropped = self._quarantine(refused)
+        n = sum(map(_size, items)) - quarantined - dropped
         self.written += n
         self._count("written", n)
-        return True
+        return Written(stored=n, quarantined=quarantined, dropped=dropped)
+
+    def offer(self, items: list[tuple]) -> list[tuple[tuple, str]]:
+        """Store `(kind, record, None)` items now, whatever the backoff; returns those the store
+        refuses for what they are, each with its reason (nothing is quarantined or counted here).
+        Raises StoreUnavailable when the store itself fails. `make replay-quarantine` uses it."""
+        with self._write_lock:
+            return self._store_isolating(items)
 
     def _store_failed(self, exc: BaseException) -> None:
+        why = redact(f"{type(exc).__name__}: {_describe_error(exc)}")[:300]
         if self.store_ok:
-            log.warning("prediction store failing (%s: %s); spooling to %s", type(exc).__name__, exc, self.spool_dir)
+            log.warning("prediction store %s unavailable (%s); spooling to %s", self.store_name(), why, self.spool_dir)
         self._failures += 1  # backoff: reset only by a write the store took (not by a ping)
         self._failed_at = time.monotonic()
         self.store_ok = False
-        self.last_error = f"store: {type(exc).__name__}: {str(exc)[:200]}"
+        self.store_error = why
+        self.last_error = f"store: {why}"
 
     def retry_at(self) -> float:
         """When a store that is down is tried next (monotonic clock): exponential backoff from
@@ -492,7 +593,10 @@ class PredictionLog:
     def _store_back(self) -> None:
         if not self.store_ok:
             log.warning("prediction store is back")
+        if self.spool_full:
+            self._scan_spool()  # the spool may have room again
         self.store_ok = True
+        self.store_error = ""
         self._failures = 0
 
     def _groups(self, items: list[tuple]) -> list[tuple[str, list[tuple]]]:
@@ -501,30 +605,34 @@ class PredictionLog:
             groups.setdefault(it[0], []).append(it)
         return list(groups.items())
 
-    def _store_isolating(self, items: list[tuple]) -> None:
-        """Write items kind by kind; a kind the store refuses is bisected down to the records it
-        refuses, which go to quarantine. Raises StoreUnavailable when the store itself fails."""
+    def _store_isolating(self, items: list[tuple]) -> list[tuple[tuple, str]]:
+        """Write items kind by kind; a write failing with a record error is bisected down to the
+        records that cause it, returned with their reasons. Raises StoreUnavailable (after one
+        call, no bisection) when the error is the store's."""
+        refused: list[tuple[tuple, str]] = []
         for kind, group in self._groups(items):
-            self._store_group(kind, group)
+            self._store_group(kind, group, refused)
+        return refused
 
-    def _store_group(self, kind: str, group: list[tuple]) -> None:
+    def _store_group(self, kind: str, group: list[tuple], refused: list) -> None:
         try:
             self._to_store(kind, [it[1] for it in group])
         except Exception as exc:
             if self._unavailable(exc):
                 raise StoreUnavailable(str(exc)) from exc
             if len(group) == 1:
-                self._quarantine(group, f"{type(exc).__name__}: {exc}")
+                refused.append((group[0], f"{type(exc).__name__}: {exc}"))
                 return
             mid = len(group) // 2
-            self._store_group(kind, group[:mid])
-            self._store_group(kind, group[mid:])
+            self._store_group(kind, group[:mid], refused)
+            self._store_group(kind, group[mid:], refused)
 
     def _unavailable(self, exc: Exception) -> bool:
-        check = getattr(self.store, "is_unavailable", None)
+        """Anything but an error the store provably attributes to the records (is_record_error)."""
+        check = getattr(self.store, "is_record_error", None)
         if check is not None:
-            return bool(check(exc))
-        return isinstance(exc, (OSError, TimeoutError))
+            return not check(exc)
+        return not is_record_error(exc)
 
     def _to_store(self, kind: str, records: list) -> None:
         if kind == PREDICTION:
@@ -542,25 +650,40 @@ class PredictionLog:
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 
-    def _quarantine(self, items: list[tuple], reason: str, name: str | None = None) -> None:
-        """Set records the store refuses aside in <spool>/quarantine for a person to look at."""
-        n = sum(map(_size, items))
-        q = self.spool_dir / "quarantine"
-        try:
-            q.mkdir(parents=True, exist_ok=True)
-            with open(q / (name or f"{time.time_ns()}-{os.getpid()}.jsonl"), "a") as fh:
-                for kind, rec, *_ in items:
-                    fh.write(_safe_line(kind, rec, reason))
-            log.error("%d prediction-log record(s) refused by the store (%s); set aside in %s", n, reason[:200], q)
-            self.quarantined += n
-            self._count("quarantined", n)
-        except OSError as exc:
-            log.error("quarantining %d record(s) failed (%s); dropped", n, exc)
-            self.dropped += n
-            self._last_drop = time.monotonic()
-            self._count("dropped", n)
+    def _quarantine(self, refused: list[tuple[tuple, str]]) -> tuple[int, int]:
+        """Set records the store refuses (with their reasons) aside in the quarantine; returns
+        (quarantined, dropped): those beyond its cap (or the spool's) are dropped and counted."""
+        return self._set_aside([(quarantine_line(it[0], it[1], why), _size(it)) for it, why in refused], refused[0][1])
 
-    def _defer(self, items: list[tuple]) -> None:
+    def _set_aside(self, entries: list[tuple[str, int]], reason: str) -> tuple[int, int]:
+        """Quarantine lines, each with the number of records it holds; returns (quarantined, dropped)."""
+        live = self._seg.bytes if self._seg is not None else 0
+        try:
+            k, size = self.quarantine.add([ln for ln, _ in entries], self.spool_max_bytes - self._spool_used - live)
+            err = f"quarantine {self.quarantine.dir} full (limit {self.quarantine.max_bytes} bytes, or the spool's)"
+        except OSError as exc:
+            k, size, err = 0, 0, f"{type(exc).__name__}: {exc}"
+        quarantined = sum(n for _, n in entries[:k])
+        dropped = sum(n for _, n in entries[k:])
+        self._spool_used += size
+        if quarantined:
+            log.error(
+                "%d prediction-log record(s) refused by the store (%s); set aside in %s",
+                quarantined,
+                redact(reason)[:200],
+                self.quarantine.dir,
+            )
+            self.quarantined += quarantined
+            self._count("quarantined", quarantined)
+        if dropped:
+            log.error("%d record(s) refused by the store could not be quarantined (%s); dropped", dropped, err)
+            self.last_error = f"quarantine: {err}"
+            self.dropped += dropped
+            self._last_drop = time.monotonic()
+            self._count("dropped", dropped)
+        return quarantined, dropped
+
+    def _defer(self, items: list[tuple]) -> Written:
         """Items the store did not take: journaled ones are replayed from their segment, the others
         go to a spool file (dropped and counted when that cannot be written)."""
         loose = []
@@ -575,18 +698,18 @@ class PredictionLog:
         if n:
             self.spooled += n
             self._count("spooled", n)
-        if loose:
-            self._spool(loose)
+        res = self._spool(loose) if loose else Written()
+        return Written(spooled=n + res.spooled, quarantined=res.quarantined, dropped=res.dropped)
 
-    def _spool(self, items: list[tuple]) -> None:
+    def _spool(self, items: list[tuple]) -> Written:
         """Records only in memory -> one fsync'ed spool file; dropped and counted when it cannot be written."""
-        n = sum(map(_size, items))
-        lines = [ln for ln in (_line(k, r) for k, r, *_ in items) if ln is not None]
-        if len(lines) < len(items):
-            self._quarantine([it for it in items if _line(it[0], it[1]) is None], "record cannot be encoded as JSON")
-        data = b"".join(lines)
+        encoded = [(it, _line(it[0], it[1])) for it in items]
+        bad = [(it, "record cannot be encoded as JSON") for it, ln in encoded if ln is None]
+        quarantined, qdropped = self._quarantine(bad) if bad else (0, 0)
+        n = sum(_size(it) for it, ln in encoded if ln is not None)
+        data = b"".join(ln for _, ln in encoded if ln is not None)
         if not data:
-            return
+            return Written(quarantined=quarantined, dropped=qdropped)
         self._seq += 1
         name = self.spool_dir / f"{time.time_ns()}-{os.getpid()}-{self._seq}.jsonl"
         tmp = name.with_suffix(".tmp")
@@ -614,13 +737,14 @@ class PredictionLog:
             self.dropped += n
             self._last_drop = time.monotonic()
             self._count("dropped", n)
-            return
+            return Written(quarantined=quarantined, dropped=qdropped + n)
         finally:
             if fd is not None:
                 os.close(fd)
         self._spool_used += len(data)
         self.spooled += n
         self._count("spooled", n)
+        return Written(spooled=n, quarantined=quarantined, dropped=qdropped)
 
     # ---- spool replay -------------------------------------------------------------------------------
     def spool_files(self) -> list[Path]:
@@ -697,8 +821,9 @@ class PredictionLog:
             nonlocal done, items
             if items:
                 with self._write_lock:
-                    self._store_isolating(items)
-                done += sum(map(_size, items))
+                    refused = self._store_isolating(items)
+                quarantined, dropped = self._quarantine(refused) if refused else (0, 0)
+                done += sum(map(_size, items)) - quarantined - dropped
                 items = []
 
         with open(path, "rb") as fh:
@@ -707,28 +832,17 @@ class PredictionLog:
                     break  # torn last line
                 if not raw.strip():
                     continue
-                try:
-                    d = json.loads(raw)
-                    kind = d["kind"]
-                    rec = PredictionBatch.from_doc(d["record"]) if kind == BATCH else d["record"]
-                    if kind not in (PREDICTION, FEEDBACK, BATCH) or not isinstance(rec, (dict, PredictionBatch)):
-                        raise ValueError(f"unknown record kind {kind!r}")
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    bad.append((raw.decode("utf-8", "backslashreplace"), f"{type(exc).__name__}: {exc}"))
+                item = parse_line(raw)
+                if item is None:
+                    bad.append(raw.decode("utf-8", "backslashreplace"))
                     continue
-                items.append((kind, rec, None))
+                items.append(item)
                 if sum(map(_size, items)) >= self.batch_size:
                     push()
         push()
         if bad:
-            q = self.spool_dir / "quarantine"
-            q.mkdir(parents=True, exist_ok=True)
-            with open(q / name, "a") as fh:
-                for text, reason in bad:
-                    fh.write(json.dumps({"line": text, "error": reason}) + "\n")
-            log.error("%d line(s) of spool file %s cannot be read back; set aside in %s", len(bad), name, q)
-            self.quarantined += len(bad)
-            self._count("quarantined", len(bad))
+            why = f"a line of spool file {name} cannot be read back"
+            self._set_aside([(json.dumps({"line": text, "error": why, "file": name}) + "\n", 1) for text in bad], why)
         return done
 
     def _scan_spool(self) -> None:
@@ -744,6 +858,7 @@ class PredictionLog:
                         pass
         except OSError:
             pass
+        total += self.quarantine.usage()[1]
         self._spool_used = total
         if self.spool_full and total + (self._seg.bytes if self._seg else 0) < 0.9 * self.spool_max_bytes:
             self.spool_full = False

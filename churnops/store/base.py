@@ -52,6 +52,17 @@ def feedback_outcome(value) -> int | float:
     return value if isinstance(value, float) else int(value)
 
 
+# raised by the encoding of one record (JSON/BSON, a lone surrogate, an int beyond 64 bits, a key
+# or value the record lacks): the record's doing, whatever the store
+RECORD_ERRORS: tuple[type[BaseException], ...] = (UnicodeError, TypeError, ValueError, KeyError, OverflowError)
+
+
+def is_record_error(exc: BaseException) -> bool:
+    """Whether `exc` comes from encoding the records themselves (see `RECORD_ERRORS`); an OSError
+    or a timeout never is (a ConnectionError is also neither a TypeError nor a ValueError)."""
+    return isinstance(exc, RECORD_ERRORS) and not isinstance(exc, (OSError, TimeoutError))
+
+
 @dataclass
 class PredictionBatch:
     """Prediction records in columns: `const` holds the fields every row shares (ts, source, model,
@@ -164,10 +175,22 @@ class PredictionStore(ABC):
     def ping(self) -> bool:
         """True when the backend answers."""
 
+    def is_record_error(self, exc: BaseException) -> bool:
+        """True only when `exc` is provably about the records written (one of them cannot be
+        encoded, is too large, breaks a key or constraint): the prediction log then isolates the
+        record that causes it and quarantines it. Anything else (down, busy, locked, full, corrupt,
+        credentials refused, or an error this method does not know) is the store's state: the log
+        keeps the records on disk and retries. Backends add the errors their driver raises."""
+        return is_record_error(exc)
+
     def is_unavailable(self, exc: BaseException) -> bool:
-        """True when `exc` means the store is down or busy (retry later, keep the records), False
-        when it refuses the records themselves (the prediction log isolates and quarantines them)."""
-        return isinstance(exc, (OSError, TimeoutError))
+        """The store is down or cannot write now (retry later, keep the records): any error that
+        `is_record_error` does not claim."""
+        return not self.is_record_error(exc)
+
+    def describe(self) -> str:
+        """Which store this is, for /health and logs (no secrets)."""
+        return type(self).__name__
 
     def cache_key(self) -> str:
         """Names the data this store reads (the monitoring cache keeps window summaries under it);

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from churnops.redact import redact
 from churnops.store.base import PredictionStore
 from churnops.store.base import feedback_outcome as _outcome
+
+# write-error codes about the document written, not the server: duplicate key (11000, 11001,
+# 12582), document validation (121), document too large (10334, 17419, 17420), bad value (2),
+# field names ($-prefixed 52, empty 56, dotted 57), key too long (17280), invalid BSON (22)
+RECORD_CODES = frozenset({2, 22, 52, 56, 57, 121, 10334, 11000, 11001, 12582, 17280, 17419, 17420})
 
 
 def _window(start, end) -> dict:
@@ -18,9 +24,10 @@ def _window(start, end) -> dict:
 class MongoStore(PredictionStore):
     """`PredictionStore` on a MongoDB database (collections: predictions, feedback, checkpoints, reports)."""
 
-    def __init__(self, client, db: str = "churn"):
+    def __init__(self, client, db: str = "churn", label: str | None = None):
         self.client = client
         self.db = client[db]
+        self.label = label or f"MongoDB database {db}"
         self._indexed = False
 
     @classmethod
@@ -32,6 +39,7 @@ class MongoStore(PredictionStore):
                 uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=10 * timeout_ms
             ),
             db,
+            f"MongoDB {redact(uri)} database {db}",
         )
 
     def _ensure_indexes(self) -> None:
@@ -111,11 +119,29 @@ class MongoStore(PredictionStore):
     def list_reports(self, limit: int = 100) -> list[dict]:
         return list(self.db.reports.find({}).sort([("ts", -1), ("_id", -1)]).limit(int(limit)))
 
-    def is_unavailable(self, exc: BaseException) -> bool:
-        """Connection, timeout, no primary, server-side timeouts: the server, not the records."""
-        from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
+    def is_record_error(self, exc: BaseException) -> bool:
+        """A document that cannot be encoded (bson.errors.BSONError: InvalidDocument, a lone
+        surrogate, DocumentTooLarge) or write errors whose every code is about the document
+        (`RECORD_CODES`). Not: OperationFailure in general (auth 18/13, disk full 14031, not
+        primary, interrupted...), connection failures, timeouts, or write errors with other codes:
+        the server, not the records."""
+        from bson.errors import BSONError
+        from pymongo.errors import BulkWriteError, ConnectionFailure, DocumentTooLarge, WriteError
 
-        return isinstance(exc, (ConnectionFailure, ExecutionTimeout, WTimeoutError)) or super().is_unavailable(exc)
+        if isinstance(exc, ConnectionFailure):
+            return False
+        if isinstance(exc, (BSONError, DocumentTooLarge)):
+            return True
+        if isinstance(exc, BulkWriteError):
+            errs = (exc.details or {}).get("writeErrors") or []
+            concerns = (exc.details or {}).get("writeConcernErrors") or []
+            return bool(errs) and not concerns and all(e.get("code") in RECORD_CODES for e in errs)
+        if isinstance(exc, WriteError):
+            return exc.code in RECORD_CODES
+        return super().is_record_error(exc)
+
+    def describe(self) -> str:
+        return self.label
 
     def add_audit(self, record: dict) -> dict:
         """Insert only (an `_id` already present is an error, never an overwrite)."""

@@ -352,9 +352,15 @@ class SQLiteStore(PredictionStore):
             ]
         )
 
-    def is_unavailable(self, exc: BaseException) -> bool:
-        """Locked, busy, disk full, cannot open: the file, not the records (OperationalError)."""
-        return isinstance(exc, sqlite3.OperationalError) or super().is_unavailable(exc)
+    def is_record_error(self, exc: BaseException) -> bool:
+        """A row's data: too big (DataError, SQLITE_TOOBIG), a constraint or type mismatch of that
+        row (IntegrityError), or an encoding error of a record. Not: locked, busy, disk full,
+        cannot open (OperationalError), "database disk image is malformed" (DatabaseError),
+        out of memory, internal errors: the file, not the records."""
+        return isinstance(exc, (sqlite3.DataError, sqlite3.IntegrityError)) or super().is_record_error(exc)
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
 
     # ---- audit ------------------------------------------------------------------------------------
     def _audit_table(self, conn: sqlite3.Connection) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from churnops.store.mongo import MongoStore
 from churnops.store.sqlite import SQLiteStore
-from serving.prediction_log import PredictionLog
+from serving.prediction_log import PredictionLog, Written
 from tests.serving.conftest import FlakyStore, example
 from tests.serving.test_app import post
 
@@ -72,7 +72,7 @@ def test_spool_file_is_complete_jsonl(tmp_path):
     store = FlakyStore(SQLiteStore(tmp_path / "p.db"))
     store.down = True
     plog = PredictionLog(store, tmp_path / "spool")
-    assert plog.write_now([rec(1), rec(2)]) is False
+    assert plog.write_now([rec(1), rec(2)]) == Written(spooled=2)
     (f,) = plog.spool_files()
     lines = [json.loads(x) for x in f.read_text().splitlines()]
     assert [x["record"]["_id"] for x in lines] == ["p1", "p2"] and lines[0]["kind"] == "prediction"
@@ -145,7 +145,11 @@ def test_a_spool_file_the_store_never_takes_is_quarantined_not_blocking(tmp_path
     (spool / "0002-1-1.jsonl").write_text(json.dumps({"kind": "prediction", "record": rec(1)}) + "\n")
     assert plog.replay() == 1
     assert sorted(r["_id"] for r in store.find_predictions()) == ["p0", "p1"]
-    assert plog.spool_files() == [] and [p.name for p in (spool / "quarantine").iterdir()] == ["0001-1-1.jsonl"]
+    assert plog.spool_files() == []
+    (q,) = (spool / "quarantine").iterdir()  # the unreadable line, with the file it came from
+    assert [(x["line"], x["file"]) for x in map(json.loads, q.read_text().splitlines())] == [
+        ("{not json\n", "0001-1-1.jsonl")
+    ]
 
 
 def inner_store(backend: str, tmp_path, **kw):
