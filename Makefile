@@ -64,7 +64,7 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 	@$(MAKE) --no-print-directory apply-model-train-flow
 	@$(MAKE) --no-print-directory train
 	@$(MAKE) --no-print-directory pin
-	@if $(BIN)/python -c "import serving.gunicorn_conf" 2>/dev/null; then $(MAKE) --no-print-directory start-serve; fi
+	@if $(BIN)/python -c "import serving.server" 2>/dev/null; then $(MAKE) --no-print-directory start-serve; fi
 	@if $(BIN)/python -c "import flows.report_flow" 2>/dev/null; then $(MAKE) --no-print-directory apply-prediction-reporting; fi
 	@echo ""
 	@echo "== demo done =="

@@ -4,7 +4,7 @@
 
 Starts its own moto and MLflow servers and trains a small model like bench_serve.py (or takes
 BENCH_RUN_ID with MLFLOW_TRACKING_URI / AWS_ENDPOINT_URL of running servers). Each scenario then
-runs on its own gunicorn API (2 workers, embedded SQLite prediction log, its own state folder)
+runs on its own API (the API's server, granian, 2 workers, embedded SQLite prediction log, its own state folder)
 or consumer, so one scenario's outcome never changes another's:
 
 a) worker_kill: SIGKILL of one API worker under load (c=16, ~8 s): requests, answers by status,
@@ -15,7 +15,11 @@ b) consumer_kill: N records on the input stream, the consumer SIGKILLed twice mi
 c) store_down: the SQLite prediction log locked exclusively by another connection for
    BENCH_STORE_DOWN_S (30) s under load: peak RSS of the workers, records spooled, lost;
 d) mlflow_down_reload: MLflow stopped, then POST /model/reload under light load: status and time
-   of the answer, predictions failed while it was pending.
+   of the answer, predictions failed while it was pending;
+e) client_faults: per server candidate (bench/bench_servers.py: granian, gunicorn gthread, the
+   former keep-alive worker), the edge's misbehaving clients (churnops/badclients.py: fake-end
+   chunked body, endless chunked upload, slow oversize upload, slow reader of GET /logs?limit=10000,
+   an 8 MB body from urllib) with /health probed every 0.25 s: answered within 2 s or not.
 
 It records what happens (status codes, counts) and asserts nothing: the figures are the result.
 Goal: no failed request besides those in flight on a killed worker, no lost prediction.
@@ -39,7 +43,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench_serve import DATA, EXAMPLE, ROOT, start_gunicorn, wait_ready
+from bench_serve import DATA, EXAMPLE, ROOT, wait_ready
+from bench_serve import start_api as start_server
 
 OUT = ROOT / "bench" / "results" / "faults.json"
 KILL_LOAD_S = float(os.environ.get("BENCH_KILL_LOAD_S", "8"))
@@ -151,7 +156,7 @@ def start_api(env: dict, folder: Path, servers: list):
     from churnops.localservers import free_port
 
     port = free_port()
-    srv = start_gunicorn("serving.wsgi:app", env, folder / "api.log", port, servers)
+    srv = start_server(env, folder / "api.log", port, servers)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
     return srv, url
@@ -528,6 +533,24 @@ def mlflow_down_reload(env: dict, folder: Path, servers: list, mlflow_srv, run_i
 # ---- main ---------------------------------------------------------------------------------------------------
 
 
+def client_faults(env: dict, folder: Path, servers: list) -> dict:
+    """The edge's misbehaving clients against each server candidate (bench/bench_servers.py)."""
+    import bench_servers as bs
+
+    body = json.dumps(bs.real_records(1000)).encode()
+    bs.keepalive_module(folder / "keepalive")
+    out = {}
+    for cand in bs.CANDIDATES:
+        srv, url = bs.start(cand, env | {"API_READ_TIMEOUT_S": "3"}, folder / cand, servers)
+        try:
+            bs.fill_logs(url, body)
+            out[cand] = bs.client_faults(int(url.rsplit(":", 1)[1]))
+        finally:
+            bs.stop(srv, servers)
+        out[cand]["passed_all"] = bs.passed_all(out[cand])
+    return out
+
+
 def setup(tmp: Path, servers: list, result: dict):
     """moto + MLflow + a small trained model (or BENCH_RUN_ID): (settings, run id, the MLflow Server or None)."""
     from churnops.localservers import start_mlflow, start_moto
@@ -582,7 +605,7 @@ def main() -> None:
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-            "note": "load generator, gunicorn, consumer, moto and MLflow share the same cores",
+            "note": "load generator, API server, consumer, moto and MLflow share the same cores",
         },
         "goal": "no failed request besides those in flight on a killed worker; no lost prediction",
     }
@@ -596,6 +619,7 @@ def main() -> None:
             ("consumer_kill", lambda: consumer_kill(s, env, tmp / "b", servers)),
             ("store_down", lambda: store_down(env, tmp / "c", servers)),
             ("mlflow_down_reload", lambda: mlflow_down_reload(env, tmp / "d", servers, mlf, run_id, token)),
+            ("client_faults", lambda: client_faults(env, tmp / "e", servers)),
         ]
         for name, fn in scenarios:
             t0 = time.perf_counter()
@@ -619,8 +643,8 @@ def print_table(r: dict) -> None:
     def g(section: str, key: str, default="-"):
         return r.get(section, {}).get(key, default)
 
-    print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 gunicorn workers, embedded SQLite log; goal: {r['goal']})")
-    for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload"):
+    print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 API workers, embedded SQLite log; goal: {r['goal']})")
+    for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload", "client_faults"):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
     if "error" not in r.get("worker_kill", {"error": 1}):
@@ -647,6 +671,10 @@ def print_table(r: dict) -> None:
             f"{g('store_down', 'answered_200_unique')}; non-2xx {g('store_down', 'non_2xx_by_status')}, "
             f"connection errors {g('store_down', 'connection_errors')}"
         )
+    for cand, f in r.get("client_faults", {}).items():
+        if isinstance(f, dict) and "passed_all" in f:
+            marks = " ".join(f"{k}={'ok' if v.get('passed') else 'FAIL'}" for k, v in f.items() if isinstance(v, dict))
+            print(f"  e) client faults, {cand:<10} {marks}")
     if "error" not in r.get("mlflow_down_reload", {"error": 1}):
         print(
             f"  d) MLflow down, /model/reload  answered {g('mlflow_down_reload', 'reload_status')} after "
