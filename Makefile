@@ -36,7 +36,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback promote collect-labels reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-loop bench-image bench-table demo-image venv system-deps docker-env
+        rollback promote collect-labels reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-table demo-image venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -269,6 +269,9 @@ bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> b
 bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/table.py --readme >/dev/null
+
+bench-servers: $(STAMP) ## granian vs gunicorn gthread vs the former keep-alive worker, client faults, ceiling -> bench/results/servers.json
+	$(BIN)/python bench/bench_servers.py
 
 bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
 	$(BIN)/python bench/bench_loop.py
