@@ -36,7 +36,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback promote collect-labels replay-quarantine reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-loop bench-image bench-table demo-image venv system-deps docker-env
+        rollback promote collect-labels replay-quarantine reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-table demo-image venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -64,7 +64,7 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 	@$(MAKE) --no-print-directory apply-model-train-flow
 	@$(MAKE) --no-print-directory train
 	@$(MAKE) --no-print-directory pin
-	@if $(BIN)/python -c "import serving.gunicorn_conf" 2>/dev/null; then $(MAKE) --no-print-directory start-serve; fi
+	@if $(BIN)/python -c "import serving.server" 2>/dev/null; then $(MAKE) --no-print-directory start-serve; fi
 	@if $(BIN)/python -c "import flows.report_flow" 2>/dev/null; then $(MAKE) --no-print-directory apply-prediction-reporting; fi
 	@echo ""
 	@echo "== demo done =="
@@ -272,6 +272,9 @@ bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> b
 bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 	$(BIN)/python bench/bench_serve.py
 	$(BIN)/python bench/table.py --readme >/dev/null
+
+bench-servers: $(STAMP) ## granian vs gunicorn gthread vs the former keep-alive worker, client faults, ceiling -> bench/results/servers.json
+	$(BIN)/python bench/bench_servers.py
 
 bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
 	$(BIN)/python bench/bench_loop.py

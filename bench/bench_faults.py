@@ -4,7 +4,7 @@
 
 Starts its own moto and MLflow servers and trains a small model like bench_serve.py (or takes
 BENCH_RUN_ID with MLFLOW_TRACKING_URI / AWS_ENDPOINT_URL of running servers). Each scenario then
-runs on its own gunicorn API (2 workers, embedded SQLite prediction log, its own state folder)
+runs on its own API (the API's server, granian, 2 workers, embedded SQLite prediction log, its own state folder)
 or consumer, so one scenario's outcome never changes another's:
 
 a) worker_kill: SIGKILL of one API worker under load (c=16, ~8 s): requests, answers by status,
@@ -25,6 +25,10 @@ f) spool_full_stream: BENCH_SPOOL_STREAM_RECORDS (2000) records on the input str
    SQLite log locked for BENCH_SPOOL_FULL_S (45) s (longer than its 30 s busy timeout) with a spool cap
    of 20 KB: results emitted whose prediction is neither in the store nor in the spool (during the
    outage and at the end), then every record's result once the store is back.
+g) client_faults: per server candidate (bench/bench_servers.py: granian, gunicorn gthread, the
+   former keep-alive worker), the edge's misbehaving clients (churnops/badclients.py: fake-end
+   chunked body, endless chunked upload, slow oversize upload, slow reader of GET /logs?limit=10000,
+   an 8 MB body from urllib) with /health probed every 0.25 s: answered within 2 s or not.
 
 It records what happens (status codes, counts) and asserts nothing: the figures are the result.
 Goal: no failed request besides those in flight on a killed worker, no lost prediction.
@@ -48,7 +52,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench_serve import DATA, EXAMPLE, ROOT, start_gunicorn, wait_ready
+from bench_serve import DATA, EXAMPLE, ROOT, wait_ready
+from bench_serve import start_api as start_server
 
 OUT = ROOT / "bench" / "results" / "faults.json"
 KILL_LOAD_S = float(os.environ.get("BENCH_KILL_LOAD_S", "8"))
@@ -163,7 +168,7 @@ def start_api(env: dict, folder: Path, servers: list):
     from churnops.localservers import free_port
 
     port = free_port()
-    srv = start_gunicorn("serving.wsgi:app", env, folder / "api.log", port, servers)
+    srv = start_server(env, folder / "api.log", port, servers)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
     return srv, url
@@ -749,6 +754,24 @@ def spool_full_stream(s, env: dict, folder: Path, servers: list) -> dict:
 # ---- main ---------------------------------------------------------------------------------------------------
 
 
+def client_faults(env: dict, folder: Path, servers: list) -> dict:
+    """The edge's misbehaving clients against each server candidate (bench/bench_servers.py)."""
+    import bench_servers as bs
+
+    body = json.dumps(bs.real_records(1000)).encode()
+    bs.keepalive_module(folder / "keepalive")
+    out = {}
+    for cand in bs.CANDIDATES:
+        srv, url = bs.start(cand, env | {"API_READ_TIMEOUT_S": "3"}, folder / cand, servers)
+        try:
+            bs.fill_logs(url, body)
+            out[cand] = bs.client_faults(int(url.rsplit(":", 1)[1]))
+        finally:
+            bs.stop(srv, servers)
+        out[cand]["passed_all"] = bs.passed_all(out[cand])
+    return out
+
+
 def setup(tmp: Path, servers: list, result: dict):
     """moto + MLflow + a small trained model (or BENCH_RUN_ID): (settings, run id, the MLflow Server or None)."""
     from churnops.localservers import start_mlflow, start_moto
@@ -803,7 +826,7 @@ def main() -> None:
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-            "note": "load generator, gunicorn, consumer, moto and MLflow share the same cores",
+            "note": "load generator, API server, consumer, moto and MLflow share the same cores",
         },
         "goal": "no failed request besides those in flight on a killed worker; no lost prediction",
     }
@@ -819,6 +842,7 @@ def main() -> None:
             ("mlflow_down_reload", lambda: mlflow_down_reload(env, tmp / "d", servers, mlf, run_id, token)),
             ("store_auth_failure", lambda: store_auth_failure(s, tmp / "e")),
             ("spool_full_stream", lambda: spool_full_stream(s, env, tmp / "f", servers)),
+            ("client_faults", lambda: client_faults(env, tmp / "g", servers)),
         ]
         only = {x for x in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if x}  # e.g. a rerun of one scenario
         for name, fn in scenarios:
@@ -845,7 +869,7 @@ def print_table(r: dict) -> None:
     def g(section: str, key: str, default="-"):
         return r.get(section, {}).get(key, default)
 
-    print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 gunicorn workers, embedded SQLite log; goal: {r['goal']})")
+    print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 API workers, embedded SQLite log; goal: {r['goal']})")
     for name in (
         "worker_kill",
         "consumer_kill",
@@ -853,6 +877,7 @@ def print_table(r: dict) -> None:
         "mlflow_down_reload",
         "store_auth_failure",
         "spool_full_stream",
+        "client_faults",
     ):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
@@ -880,6 +905,10 @@ def print_table(r: dict) -> None:
             f"{g('store_down', 'answered_200_unique')}; non-2xx {g('store_down', 'non_2xx_by_status')}, "
             f"connection errors {g('store_down', 'connection_errors')}"
         )
+    for cand, f in r.get("client_faults", {}).items():
+        if isinstance(f, dict) and "passed_all" in f:
+            marks = " ".join(f"{k}={'ok' if v.get('passed') else 'FAIL'}" for k, v in f.items() if isinstance(v, dict))
+            print(f"  e) client faults, {cand:<10} {marks}")
     if "error" not in r.get("mlflow_down_reload", {"error": 1}):
         print(
             f"  d) MLflow down, /model/reload  answered {g('mlflow_down_reload', 'reload_status')} after "

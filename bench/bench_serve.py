@@ -7,13 +7,14 @@ on ../shared/data/bank_churners.csv through the real flow (5 trials), unless BEN
 given together with MLFLOW_TRACKING_URI / AWS_ENDPOINT_URL of running servers. Then:
 
 * model call per row: ONNX (onnxruntime, 1 thread) on a one-row numpy matrix, plus encoding;
-* HTTP single-row latency p50/p95/p99 and requests/s against gunicorn (2 workers, prediction
+* HTTP single-row latency p50/p95/p99 and requests/s against the API's server (granian, 2 workers, prediction
   log on, SQLite) at concurrency 1, 16 (three runs; the median by p99 is reported) and 64, from
   wrk when installed (`make system-deps`), else an asyncio aiohttp client on loopback;
 * batch rows/s (POST /predict/batch, 1,000 distinct real rows, one request in flight per worker);
 * the server's CPU time per request (gunicorn master + workers, psutil): steadier than rates on
   a shared machine whose speed drifts from minute to minute;
 * stream records/s end to end through moto (put -> consumer -> results + log);
+* the ceiling: a hello-world WSGI app on the same server, 2 workers, c=16 (goal: /predict >= 0.5 of it);
 * the seed project's reference design in the same run (per request: one-row pandas DataFrame,
   native XGBoost predict, synchronous SQLite insert) under the same gunicorn, and the ratios.
 Targets on 2 cores: model call <= 100 us/row; p99 <= 10 ms at c=16; >= 1,500 req/s;
@@ -159,7 +160,7 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float, max_req
 
 
 WRK_SCRIPT = """
-wrk.method = "POST"
+wrk.method = "%s"
 wrk.body = %s
 wrk.headers["Content-Type"] = "application/json"
 done = function(summary, latency, requests)
@@ -171,7 +172,7 @@ end
 """
 
 
-def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+def _wrk(url: str, body: bytes, concurrency: int, seconds: float, method: str = "POST") -> dict:
     """wrk (C, one thread) as the load generator: leaves more of the 2 cores to the server."""
     import json as _json
     import subprocess
@@ -179,7 +180,7 @@ def _wrk(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
 
     lua_body = "[==[" + body.decode() + "]==]"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % lua_body)
+        f.write(WRK_SCRIPT % (method, lua_body if body else "nil"))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(seconds))}s", "-s", f.name, url],
         capture_output=True,
@@ -225,8 +226,10 @@ def cpu_seconds(pid: int | None) -> float:
     return total
 
 
-def load(url, body, concurrency, seconds=HTTP_SECONDS, max_requests=200_000, server_pid=None, warmup=True) -> dict:
-    """wrk when installed (`make system-deps`) unless BENCH_LOADGEN=python; else the aiohttp client.
+def load(
+    url, body, concurrency, seconds=HTTP_SECONDS, max_requests=200_000, server_pid=None, warmup=True, method="POST"
+) -> dict:
+    """wrk when installed (`make system-deps`) unless BENCH_LOADGEN=python; else the aiohttp client (POST only).
 
     With `server_pid`, also the server's CPU time per request (steadier than rates on a shared machine).
     """
@@ -234,10 +237,10 @@ def load(url, body, concurrency, seconds=HTTP_SECONDS, max_requests=200_000, ser
 
     use_wrk = shutil.which("wrk") and os.environ.get("BENCH_LOADGEN", "wrk") == "wrk"
     if warmup:
-        _wrk(url, body, concurrency, 1.0) if use_wrk else asyncio.run(_load(url, body, concurrency, 1.0, 2000))
+        _wrk(url, body, concurrency, 1.0, method) if use_wrk else asyncio.run(_load(url, body, concurrency, 1.0, 2000))
     cpu0 = cpu_seconds(server_pid)
     if use_wrk:
-        r = _wrk(url, body, concurrency, seconds)
+        r = _wrk(url, body, concurrency, seconds, method)
     else:
         r = asyncio.run(_load(url, body, concurrency, seconds, max_requests)) | {"load_generator": "aiohttp"}
     if server_pid is not None and r["requests"]:
@@ -302,6 +305,21 @@ def start_gunicorn(app: str, env: dict, log: Path, port: int, servers: list, chd
     if chdir:
         args += ["--chdir", str(chdir)]
     srv = Server(args + [app], log, env=env | {"API_PORT": str(port), "API_WORKERS": "2"}, cwd=ROOT)
+    servers.append(srv)
+    wait_http(f"http://127.0.0.1:{port}/health", 120, srv.proc, log)
+    return srv
+
+
+def start_api(env: dict, log: Path, port: int, servers: list, app: str = "serving.wsgi:app"):
+    """The API's own server (serving/server.py: granian), 2 workers, on `port`."""
+    from churnops.localservers import Server, wait_http
+
+    srv = Server(
+        [sys.executable, "-m", "serving.server", app],
+        log,
+        env=env | {"API_PORT": str(port), "API_WORKERS": "2"},
+        cwd=ROOT,
+    )
     servers.append(srv)
     wait_http(f"http://127.0.0.1:{port}/health", 120, srv.proc, log)
     return srv
@@ -407,7 +425,7 @@ def main() -> None:
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-            "note": "load generator, gunicorn, moto and MLflow share the same cores",
+            "note": "load generator, API server, moto and MLflow share the same cores",
         },
         "targets": TARGETS,
     }
@@ -455,7 +473,7 @@ def main() -> None:
 
         env = {"RUN_ID": run_id, "STATE_DIR": str(tmp / "state"), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}
         port = free_port()
-        api = start_gunicorn("serving.wsgi:app", env, tmp / "api.log", port, servers)
+        api = start_api(env, tmp / "api.log", port, servers)
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
         body = json.dumps(EXAMPLE).encode()
@@ -494,6 +512,13 @@ def main() -> None:
             print(f"reference c={c}: {r}", flush=True)
         ref.stop()
         servers.remove(ref)
+
+        from bench_servers import hello_ceiling  # the same server, a hello-world app: the ceiling
+
+        result["ceiling"] = hello_ceiling("granian", env, tmp / "hello", servers)
+        ours16_rate = next(r for r in result["http"] if r["concurrency"] == 16)["req_per_s"]
+        result["ceiling"]["predict_c16_over_ceiling"] = round(ours16_rate / result["ceiling"]["req_per_s"], 2)
+        print(f"ceiling: {result['ceiling']}", flush=True)
 
         result["stream"] = stream_rate(s)
         print(f"stream: {result['stream']}", flush=True)
@@ -562,6 +587,11 @@ def print_table(r: dict) -> None:
         f"  stream through moto (consumer)     {st['records_per_s']:>10,.0f} records/s (target >= 2,000); "
         f"put+consume {st['end_to_end_records_per_s']:,.0f}/s"
     )
+    if "ceiling" in r:
+        print(
+            f"  hello-world ceiling (same server)  {r['ceiling']['req_per_s']:>10,.0f} req/s at c=16; /predict at "
+            f"{r['ceiling']['predict_c16_over_ceiling']} of it (goal >= 0.5)"
+        )
     print(f"  ratios vs reference: {r['ratios_vs_reference']}")
     print(f"  targets met: {r['targets_met']}")
 

@@ -70,8 +70,8 @@ def prefect_worker_argv(s: Settings) -> list[str]:
 
 
 def api_argv(s: Settings) -> list[str]:
-    """gunicorn with the project's config (bind, workers from API_HOST/API_PORT/API_WORKERS)."""
-    return [str(BIN / "gunicorn"), "-c", "python:serving.gunicorn_conf", "serving.wsgi:app"]
+    """The API server (serving/server.py: granian; bind and workers from API_HOST/API_PORT/API_WORKERS)."""
+    return [sys.executable, "-m", "serving.server"]
 
 
 def prometheus_argv(s: Settings, binary: str = "prometheus") -> list[str]:

@@ -128,12 +128,15 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 9696
     api_workers: int = 2
-    # a request's headers and body must arrive within this many seconds of its first byte, else the
-    # keep-alive worker answers 408 and closes (a slow client never holds a worker)
+    # a request's headers and body must arrive within this many seconds of its first byte (nginx in
+    # front answers 408 after it; under granian alone a slow client holds one of a worker's threads)
     api_read_timeout_s: float = 10.0
-    # embedded stack: nginx in front of the API on api_port when installed ("off": gunicorn there)
+    # a starting API worker waits this long for its model before it takes connections (a replacement
+    # worker takes no traffic while it loads); a failed load ends the wait at once (503 naming it)
+    api_load_wait_s: float = 60.0
+    # embedded stack: nginx in front of the API on api_port when installed ("off": the server there)
     api_proxy: Literal["auto", "off"] = "auto"
-    api_internal_port: int = 9695  # gunicorn's loopback port behind nginx
+    api_internal_port: int = 9695  # the API server's loopback port behind nginx
     # admin token of POST /model/reload; empty: generated once into <state_dir>/admin_token (see
     # churnops/admin.py); required (16+ characters) in env=cloud
     admin_token: str | None = None

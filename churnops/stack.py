@@ -6,7 +6,7 @@ supervisor: restarts, logs, one control socket), and waits for each service's he
 taken by something that is not ours fails with a message naming the port and the service.
 
 Every process of the stack carries `CHURNOPS_STACK_DIR=<state folder>` in its environment
-(supervisord, its programs, and what they start: gunicorn workers, MLflow's server workers,
+(supervisord, its programs, and what they start: API server workers, MLflow's server workers,
 Prefect's flow runs). That marker is how `down` knows it is done (it waits, bounded, until no
 process carries it, then sends SIGTERM and SIGKILL to the survivors and names them), how
 `reset` knows it may delete the state folder, and how `up` recognises the leftovers of an
@@ -96,9 +96,9 @@ def programs(s: Settings) -> list[Program]:
                 startsecs=2,
             )
         )
-    if find_spec("serving.gunicorn_conf") is not None:
+    if find_spec("serving.server") is not None:
         proxy = _api_proxy(s)
-        if proxy is not None:  # nginx on the public port, gunicorn behind it on a loopback port
+        if proxy is not None:  # nginx on the public port, the API server behind it on a loopback port
             internal = s.api_internal_port
             progs.append(
                 Program(
@@ -108,10 +108,10 @@ def programs(s: Settings) -> list[Program]:
                     f"http://127.0.0.1:{internal}/health",
                     autostart=False,
                     group="serve",
-                    env={"GUNICORN_BIND": proxy},
+                    env={"API_BIND": proxy},
                     stopwaitsecs=35,
                 )
-            )  # gunicorn's graceful_timeout is 30 s
+            )  # the server's graceful stop takes up to 30 s
             progs.append(
                 Program(
                     API_PROXY,
@@ -133,7 +133,7 @@ def programs(s: Settings) -> list[Program]:
                     group="serve",
                     stopwaitsecs=35,
                 )
-            )  # gunicorn's graceful_timeout is 30 s
+            )  # the server's graceful stop takes up to 30 s
     if find_spec("serving.consumer") is not None:
         progs.append(Program("consumer", [str(BIN / "churnops-consumer")], None, None, autostart=False, group="serve"))
     return progs
@@ -143,7 +143,7 @@ API_PROXY = "api-proxy"
 
 
 def _api_proxy(s: Settings) -> str | None:
-    """gunicorn's bind address behind nginx when the API gets the proxy (nginx installed), else None."""
+    """The API server's bind address behind nginx when the API gets the proxy (nginx installed), else None."""
     if find_spec("serving.proxy") is None:
         return None
     from serving.proxy import proxy_enabled, upstream_bind

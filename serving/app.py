@@ -30,6 +30,7 @@ from churnops.speed import FastPaths
 from churnops.store.base import PredictionBatch, PredictionStore
 from churnops.tasks import task_for
 from serving.columnar import from_rows, predict_columns
+from serving.edge import read_capped
 from serving.image_http import refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
@@ -219,8 +220,8 @@ def create_app(
 
     def read_body() -> bytes:
         n = request.content_length
-        if n is None:  # chunked upload: werkzeug reads it and enforces MAX_CONTENT_LENGTH
-            return request.get_data(cache=False)
+        if n is None:  # chunked upload: all of it, or a 413 past MAX_BODY_BYTES
+            return read_capped(request.environ["wsgi.input"], s.max_body_bytes)
         if n > s.max_body_bytes:
             raise RequestEntityTooLarge()
         # one read of the declared length: werkzeug's chunked readall costs ~3 us per batch row

@@ -1,6 +1,7 @@
-"""gunicorn configuration of the prediction API.
+"""gunicorn configuration of the prediction API: the alternative to the API's server (granian,
+serving/server.py), kept for comparison (bench/bench_servers.py runs gunicorn's `gthread` with it).
 
-    gunicorn -c python:serving.gunicorn_conf "serving.app:create_app()"
+    gunicorn -c python:serving.gunicorn_conf serving.wsgi:app
 
 Bind address and worker count come from settings (API_HOST, API_PORT, API_WORKERS). The
 Prometheus multiprocess folder (PROMETHEUS_MULTIPROC_DIR, default <state_dir>/prometheus) is
@@ -8,10 +9,9 @@ emptied when the master starts; `child_exit` marks a dead worker's gauges and tu
 prediction journal into a spool file (replayed by the other workers); `worker_exit` flushes
 that worker's prediction log.
 
-Workers are `serving.gunicorn_worker.KeepAliveWorker`: one request at a time like gunicorn's
-sync worker, but connections stay open between requests and are spread evenly over the workers.
-GUNICORN_WORKER_CLASS picks another (`sync`, `gthread`); sync workers then close a connection at
-once when its request was read to the end (see `fast_close` below).
+Workers are gunicorn's `gthread` (GUNICORN_THREADS threads each, default 4); GUNICORN_WORKER_CLASS
+picks another (`sync`: a connection is then closed at once when its request was read to the end,
+see `fast_close` below).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import shutil
 from pathlib import Path
 
 from churnops.settings import get_settings, quiet_process
-from churnops.speed import worker_class as speed_worker_class
 
 quiet_process()  # MLflow telemetry / Prefect analytics off in the master and (inherited) every worker
 _s = get_settings()
@@ -29,8 +28,8 @@ _prom = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_s.state_dir 
 
 bind = os.environ.get("GUNICORN_BIND", f"{_s.api_host}:{_s.api_port}")
 workers = int(os.environ.get("GUNICORN_WORKERS", _s.api_workers))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", speed_worker_class(_s))  # FAST_PATHS=off: sync
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5

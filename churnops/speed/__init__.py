@@ -1,8 +1,7 @@
 """The speed code, in one place, behind one small interface (`FastPaths`).
 
 The plain path is the reference and the specification: the Flask view, the contract's one
-compiled validator (`churnops.validator`), ONNX or XGBoost's own predictor, gunicorn's sync
-worker. Each fast path below gives exactly the plain path's answer (tests/serving/
+compiled validator (`churnops.validator`), ONNX or XGBoost's own predictor. Each fast path below gives exactly the plain path's answer (tests/serving/
 test_fast_paths.py runs randomized valid and invalid input through both and compares status
 codes and bodies) and defers to the plain path for anything it cannot prove it handles the same.
 `FAST_PATHS=off` (`Settings.fast_paths`) turns all of them off at once.
@@ -13,10 +12,9 @@ codes and bodies) and defers to the plain path for anything it cannot prove it h
 | `records.FastValidator`: one record in one pass over the compiled rules | the common valid record without the reference's general checks | the rules' two wire shapes (number, category); anything else goes to the reference |
 | `columnar.ColumnarValidator`: a batch checked per column; `.decode` parses exact contract rows with msgspec, checking types and ranges while parsing | batch 61,700-85,900 -> 76,100-115,800 rows/s with the keep-alive worker and the one-read body; 2.3 µs per row of parsing and checking (README) | msgspec (optional: without it the orjson + column path runs); numpy |
 | `forest.Forest`: the booster's trees compiled with numba for matrices of `NATIVE_BATCH_MIN_ROWS` rows or more | 4.55 against 7.33 µs per row for XGBoost's predictor on 1,000 real rows, max difference 0.0 (bench/results/serve.json, `model_call`) | numba; checked against XGBoost's leaves at load, XGBoost kept when unsupported or different |
-| `serving.gunicorn_worker.KeepAliveWorker`: connections kept alive, one request at a time, no thread pool | part of the batch step above; c=16 5,110-5,412 req/s, p99 6.9-7.2 ms with it (bench/results/serve.json, `http`) | gunicorn's worker internals (pinned versions; see that module) |
 
-The keep-alive worker stays in `serving/gunicorn_worker.py` (gunicorn loads it by dotted name);
-`FastPaths.worker_class` names it, and `gunicorn_conf` asks for it.
+The HTTP server is not a fast path: granian serves the API whatever FAST_PATHS says (chosen by
+measurement, bench/bench_servers.py).
 """
 
 from __future__ import annotations
@@ -30,18 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from churnops.speed.columnar import ColumnBatch
     from churnops.validator import RecordResult
 
-KEEPALIVE_WORKER = "serving.gunicorn_worker.KeepAliveWorker"
-PLAIN_WORKER = "sync"
-
 
 def enabled(settings: Settings) -> bool:
     """Whether the fast paths are on (`FAST_PATHS`, default on)."""
     return settings.fast_paths == "on"
-
-
-def worker_class(settings: Settings) -> str:
-    """gunicorn's worker class: the keep-alive worker when the fast paths are on, else `sync`."""
-    return KEEPALIVE_WORKER if enabled(settings) else PLAIN_WORKER
 
 
 @dataclass

@@ -13,28 +13,28 @@ def settings(tmp_path, **over) -> Settings:
 
 
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make system-deps installs it)")
-def test_nginx_takes_the_public_port_and_gunicorn_moves_to_loopback(tmp_path):
+def test_nginx_takes_the_public_port_and_server_moves_to_loopback(tmp_path):
     from churnops.stack import programs, render_config, with_proxy
 
     progs = {p.name: p for p in programs(settings(tmp_path))}
     proxy, api = progs["api-proxy"], progs["api"]
     assert proxy.port == 9696 and proxy.health == "http://127.0.0.1:9696/health" and proxy.group == "serve"
-    assert api.port == 9695 and api.env["GUNICORN_BIND"] == "127.0.0.1:9695"
+    assert api.port == 9695 and api.env["API_BIND"] == "127.0.0.1:9695"
     conf = render_config(settings(tmp_path))
-    assert "[program:api-proxy]" in conf and 'GUNICORN_BIND="127.0.0.1:9695"' in conf
+    assert "[program:api-proxy]" in conf and 'API_BIND="127.0.0.1:9695"' in conf
     s = settings(tmp_path)
     assert with_proxy(s, ["api", "consumer"]) == ["api", "consumer", "api-proxy"], "proxy started after the API"
     assert with_proxy(s, ["api", "consumer"], stopping=True) == ["api-proxy", "api", "consumer"]
     assert with_proxy(s, ["consumer"]) == ["consumer"]
 
 
-def test_without_the_proxy_gunicorn_keeps_the_public_port(tmp_path):
+def test_without_the_proxy_the_server_keeps_the_public_port(tmp_path):
     from churnops.stack import programs, with_proxy
 
     s = settings(tmp_path, api_proxy="off")
     progs = {p.name: p for p in programs(s)}
     assert "api-proxy" not in progs
-    assert progs["api"].port == 9696 and "GUNICORN_BIND" not in progs["api"].env
+    assert progs["api"].port == 9696 and "API_BIND" not in progs["api"].env
     assert with_proxy(s, ["api", "consumer"]) == ["api", "consumer"]
 
 

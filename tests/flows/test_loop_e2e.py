@@ -72,7 +72,7 @@ def api(loop_settings, tmp_path):
     from tests.serving.test_e2e import ROOT
 
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        [sys.executable, "-m", "serving.server"],
         log,
         env=env,
         cwd=ROOT,

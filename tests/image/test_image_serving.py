@@ -342,7 +342,7 @@ def test_predict_image_through_gunicorn(image_model, raw_contract, tmp_path):
     }
     root = Path(__file__).resolve().parents[2]
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        [sys.executable, "-m", "serving.server"],
         tmp_path / "gunicorn.log",
         env=env,
         cwd=root,

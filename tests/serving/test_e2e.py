@@ -58,7 +58,7 @@ def api(stack_env, trained, tmp_path_factory):
     port = free_port()
     env = serving_env(stack_env, trained, d / "state", API_PORT=port, API_WORKERS=2)
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        [sys.executable, "-m", "serving.server"],
         d / "gunicorn.log",
         env=env,
         cwd=ROOT,

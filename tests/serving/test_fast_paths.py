@@ -182,24 +182,22 @@ def test_fast_and_plain_paths_answer_the_same(two_apps, path):
 
 
 def test_fast_paths_off_turns_every_one_off(serving_settings):
-    """One setting: no fast record or column validator, no msgspec decoder, no WSGI fast path, sync worker."""
-    from churnops.speed import FastPaths, worker_class
+    """One setting: no fast record or column validator, no msgspec decoder, no WSGI fast path."""
+    from churnops.speed import FastPaths
 
     off = serving_settings.model_copy(update={"fast_paths": "off"})
     fp = FastPaths.from_settings(CONTRACT, off)
     assert not fp.on and fp.decode_batch(b"[]") is None and fp.check_batch([CONTRACT.example]) is None
     app = object()
     assert fp.wrap_wsgi(app, lambda raw: raw, 10, lambda: None) is app
-    assert worker_class(off) == "sync"
-    assert worker_class(serving_settings) == "serving.gunicorn_worker.KeepAliveWorker"
     on = FastPaths.from_settings(CONTRACT, serving_settings)
     assert on.on and on.check_batch([dict(CONTRACT.example)]) is not None
 
 
 @pytest.mark.integration
-def test_gunicorn_with_fast_paths_off_answers_like_the_fast_app(bundles, tmp_path, two_apps):
-    """A real gunicorn with FAST_PATHS=off runs gunicorn's sync worker and the plain path, and gives
-    the fast app's answers (raw names included)."""
+def test_server_with_fast_paths_off_answers_like_the_fast_app(bundles, tmp_path, two_apps):
+    """The real server with FAST_PATHS=off runs the plain path and gives the fast app's answers
+    (raw names included)."""
     import http.client
     import sys
     from pathlib import Path
@@ -224,14 +222,13 @@ def test_gunicorn_with_fast_paths_off_answers_like_the_fast_app(bundles, tmp_pat
         "PYTHONPATH": str(root),
     }
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
-        tmp_path / "gunicorn.log",
+        [sys.executable, "-m", "serving.server"],
+        tmp_path / "server.log",
         env=env,
         cwd=root,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/ready", 90, srv.proc, tmp_path / "gunicorn.log")
-        assert "Using worker: sync" in (tmp_path / "gunicorn.log").read_text()
+        wait_http(f"http://127.0.0.1:{port}/ready", 90, srv.proc, tmp_path / "server.log")
         raw = {RAW[k]: v for k, v in example().items() if k in RAW} | {
             k: v for k, v in example().items() if k not in RAW
         }

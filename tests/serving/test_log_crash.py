@@ -50,7 +50,7 @@ def test_sigkill_of_a_worker_loses_no_answered_prediction(tmp_path, bundles):
         "ADMIN_TOKEN": "test-admin-crash",
     }
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        [sys.executable, "-m", "serving.server"],
         tmp_path / "gunicorn.log",
         env=env,
         cwd=ROOT,

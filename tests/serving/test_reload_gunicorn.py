@@ -54,7 +54,7 @@ def test_mlflow_silent_reload_and_drift_answer_at_once(tmp_path, mlflow_uri, mlf
     env.pop("ADMIN_TOKEN", None)
     log = tmp_path / "gunicorn.log"
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
+        [sys.executable, "-m", "serving.server"],
         log,
         env={**env, "ADMIN_TOKEN": ""},
         cwd=ROOT,

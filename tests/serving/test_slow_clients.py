@@ -1,6 +1,7 @@
 """Slow clients (issue 13, item 7): two clients that send half a request and stop must not hold
-up anyone else, with the keep-alive worker alone (it buffers whole requests and answers 408
-after api_read_timeout_s) and with nginx in front (the embedded stack's proxy)."""
+up anyone else, with the API's server alone (granian: a half-sent request holds one of a worker's
+threads, never the worker; half-sent headers are dropped after api_read_timeout_s) and with nginx
+in front (the embedded stack's proxy, which answers 408)."""
 
 from __future__ import annotations
 
@@ -103,13 +104,13 @@ def worker_api(bundles, tmp_path_factory):
     d = tmp_path_factory.mktemp("slow")
     port = free_port()
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf", "serving.app:create_app()"],
-        d / "gunicorn.log",
+        [sys.executable, "-m", "serving.server"],
+        d / "server.log",
         env=api_env(bundles, d / "state", port),
         cwd=ROOT,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", 90, srv.proc, d / "gunicorn.log")
+        wait_http(f"http://127.0.0.1:{port}/health", 90, srv.proc, d / "server.log")
         wait_ready(port)
         yield port
     finally:
@@ -123,11 +124,11 @@ def test_half_sent_requests_do_not_block_the_workers(worker_api, headers_only):
     try:
         statuses = normal_clients_are_served(port)
         assert statuses == [200] * len(statuses)
-        t0 = time.monotonic()
-        for s in slow:  # the slow clients get a 408 once the read deadline passes, then a close
-            status, body = read_answer(s)
-            assert status == 408 and json.loads(body)["error"] == "request timeout", (status, body)
-        assert time.monotonic() - t0 < READ_TIMEOUT_S + 3
+        if headers_only:  # dropped (or a 408) once the header read deadline passes
+            t0 = time.monotonic()
+            for s in slow:
+                assert read_answer(s)[0] in (0, 408)
+            assert time.monotonic() - t0 < READ_TIMEOUT_S + 3
     finally:
         for s in slow:
             s.close()

@@ -1,5 +1,5 @@
-"""A real gunicorn (2 keep-alive workers, a local model bundle): a worker killed under load, and
-the control socket (issue 13, items 5 and 20)."""
+"""The API's real server (2 workers, a local model bundle): a worker killed under load is replaced,
+and the replacement takes no traffic before its model is loaded (issue 13, item 5; issue 18)."""
 
 from __future__ import annotations
 
@@ -20,26 +20,24 @@ from tests.serving.conftest import example
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_DELAY_S = 2.0  # each worker's model load takes this long (a slow MLflow download, say)
 
-# The project's gunicorn config, with a model load made slow in every worker: the hook runs in the
-# worker before the app (and its background model loader) is created.
-SLOW_CONF = f"""
-from serving.gunicorn_conf import *  # noqa: F401,F403
-from serving.gunicorn_conf import post_fork as _post_fork
+# The API's WSGI entry with a model load made slow in every worker: patched before the app (and
+# its background model loader) is created.
+SLOW_WSGI = f"""
+import time
+
+import serving.model as m
+
+real = m.load_model
 
 
-def post_fork(server, worker):
-    _post_fork(server, worker)
-    import time
+def slow(*a, **k):
+    time.sleep({LOAD_DELAY_S})
+    return real(*a, **k)
 
-    import serving.model as m
 
-    real = m.load_model
+m.load_model = slow
 
-    def slow(*a, **k):
-        time.sleep({LOAD_DELAY_S})
-        return real(*a, **k)
-
-    m.load_model = slow
+from serving.wsgi import app  # noqa: E402,F401
 """
 
 
@@ -66,12 +64,11 @@ def ready_workers(port: int, n: int = 2, timeout: float = 90) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def gunicorn_api(bundles, tmp_path_factory):
+def server_api(bundles, tmp_path_factory):
     """One server for the module (its workers take seconds to start on a busy machine)."""
-    tmp_path = tmp_path_factory.mktemp("gunicorn")
+    tmp_path = tmp_path_factory.mktemp("server")
     port = free_port()
-    conf = tmp_path / "slow_conf.py"
-    conf.write_text(SLOW_CONF)
+    (tmp_path / "slow_wsgi.py").write_text(SLOW_WSGI)
     env = {
         "MODEL_URI": str(bundles["a"]),
         "STATE_DIR": str(tmp_path / "state"),
@@ -85,14 +82,14 @@ def gunicorn_api(bundles, tmp_path_factory):
         "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
     }
     srv = Server(
-        [sys.executable, "-m", "gunicorn", "-c", "python:slow_conf", "serving.app:create_app()"],
-        tmp_path / "gunicorn.log",
+        [sys.executable, "-m", "serving.server", "slow_wsgi:app"],
+        tmp_path / "server.log",
         env=env,
         cwd=ROOT,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", 60, srv.proc, tmp_path / "gunicorn.log")
-        yield {"port": port, "state": tmp_path / "state", "log": tmp_path / "gunicorn.log"}
+        wait_http(f"http://127.0.0.1:{port}/health", 60, srv.proc, tmp_path / "server.log")
+        yield {"port": port, "state": tmp_path / "state", "log": tmp_path / "server.log"}
     finally:
         srv.stop()
 
@@ -143,10 +140,10 @@ class Load:
             t.join(15)
 
 
-def test_a_replacement_worker_takes_no_traffic_before_its_model_is_loaded(gunicorn_api):
-    port = gunicorn_api["port"]
+def test_a_replacement_worker_takes_no_traffic_before_its_model_is_loaded(server_api):
+    port = server_api["port"]
     pids = ready_workers(port)
-    assert len(pids) == 2, gunicorn_api["log"].read_text()[-3000:]
+    assert len(pids) == 2, server_api["log"].read_text()[-3000:]
     victim = min(pids)
     with Load(port) as load:
         time.sleep(1.0)
@@ -168,30 +165,3 @@ def test_a_replacement_worker_takes_no_traffic_before_its_model_is_loaded(gunico
     assert statuses.get(200, 0) > 50, statuses
     assert set(statuses) == {200}, f"non-200 answers {statuses}: {load.bodies}"
     assert load.conn_errors <= len(load.threads), "only requests in flight on the killed worker may fail"
-
-
-def test_control_socket_is_in_the_state_folder(gunicorn_api):
-    """gunicorn's default control socket is one per user, shared by every gunicorn on the host."""
-    sock = gunicorn_api["state"] / "gunicorn.ctl"
-    assert sock.is_socket(), sorted(p.name for p in gunicorn_api["state"].iterdir())
-    assert oct(sock.stat().st_mode & 0o777) == oct(0o600)
-
-
-def test_board_knows_which_siblings_are_ready():
-    import subprocess
-
-    from serving.gunicorn_worker import ConnectionBoard
-
-    board = ConnectionBoard(slots=3)
-    me, other, dead = board.claim(), board.claim(), board.claim()
-    assert not board.ready_elsewhere(me), "nobody ready yet: a loading worker answers itself"
-    board.set_ready(me, os.getpid())
-    assert not board.ready_elsewhere(me) and board.ready_elsewhere(other)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    board.set_ready(dead, int(gone.stdout))
-    assert not board.ready_elsewhere(me), "a killed worker's flag does not count"
-    board.set_ready(other, os.getppid())
-    assert board.ready_elsewhere(me)
-    board.release(other)
-    assert not board.ready_elsewhere(me)
-    assert board.claim() == other and not board.ready_elsewhere(me), "a slot handed out again starts not ready"
