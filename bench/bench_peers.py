@@ -17,7 +17,7 @@ Servers, one at a time, 2 workers each, 1 XGBoost/ONNX thread per worker:
   prediction log and its metrics included;
 * BentoML (`bentoml serve`, bench/peers/bentoml_service.py), adaptive batching on and off;
 * MLServer with its XGBoost runtime (`mlserver start`, `parallel_workers: 2`), adaptive batching
-  on and off; Open Inference Protocol request, `predict_proba` output.
+  on and off; Open Inference Protocol request (its runtime's `predict` output: the probability).
 The peers get the rows already encoded as floats (their runtimes have no data contract), so they do
 less work per request than ours. Before any timing each server's probabilities on 1,000 distinct
 real rows (and a few single rows) must match the booster's within 1e-5.
@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,8 +194,11 @@ def post_json(url: str, body: object, timeout: float = 30) -> object:
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
-    with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (loopback)
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (loopback)
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:  # say what the server answered
+        raise RuntimeError(f"{url} answered {exc.code}: {exc.read()[:600]!r}") from exc
 
 
 def max_abs_diff(got: list[float], expected: list[float]) -> float:
@@ -315,19 +319,24 @@ MLSERVER_BATCHING = {"max_batch_size": 64, "max_batch_time": 0.002}
 
 
 def mlserver_infer_body(rows: list[list[float]]) -> dict:
-    """Open Inference Protocol request: one FP32 tensor, the classifier's `predict_proba` output asked for."""
+    """Open Inference Protocol request: one FP32 tensor, the runtime's `predict` output asked for.
+
+    mlserver-xgboost loads a booster file as an `XGBRegressor` first (it succeeds for a
+    `binary:logistic` booster too), so `predict` answers the positive-class probability and
+    `predict_proba` is refused.
+    """
     width = len(rows[0]) if rows else 0
+    data = [None if v != v else v for r in rows for v in r]  # JSON has no NaN: a missing value is null
     return {
-        "inputs": [
-            {"name": "predict", "shape": [len(rows), width], "datatype": "FP32", "data": [v for r in rows for v in r]}
-        ],
-        "outputs": [{"name": "predict_proba"}],
+        "inputs": [{"name": "predict", "shape": [len(rows), width], "datatype": "FP32", "data": data}],
+        "outputs": [{"name": "predict"}],
     }
 
 
 def mlserver_probabilities(response: dict) -> list[float]:
-    """Positive-class probabilities from an OIP response whose `predict_proba` output is [n, 2]."""
-    out = next(o for o in response["outputs"] if o["name"] == "predict_proba")
+    """Positive-class probabilities from an OIP response: its `predict` output ([n] or [n, 1]), or
+    column 1 of a `predict_proba` output ([n, 2])."""
+    out = next(o for o in response["outputs"] if o["name"] in ("predict", "predict_proba"))
     data, shape = out["data"], out["shape"]
     if len(shape) == 2 and shape[1] == 2:
         return [float(x) for x in data[1::2]]
@@ -341,6 +350,7 @@ def mlserver_target(port: int, model: Model, batching: bool) -> Target:
         config={
             "server": "mlserver start (mlserver_xgboost.XGBoostModel)",
             "parallel_workers": WORKERS,
+            "debug": False,
             "adaptive_batching": batching,
             **(MLSERVER_BATCHING if batching else {}),
             "input": "encoded FP32 tensor (Open Inference Protocol)",
@@ -365,6 +375,7 @@ def start_mlserver(model: Model, folder: Path, port: int, batching: bool):
         "grpc_port": free_port(),
         "metrics_port": free_port(),
         "parallel_workers": WORKERS,
+        "debug": False,  # production: no uvicorn access log line per request (debug defaults to true)
     }
     (d / "settings.json").write_text(json.dumps(settings))
     ms = {

@@ -53,14 +53,16 @@ def test_wrk_output_without_the_summary_line_is_an_error(bp):
         bp.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n", 1, 1)
 
 
-def test_open_inference_body_is_one_flat_fp32_tensor_and_the_positive_class_is_read_back(bp):
+def test_open_inference_body_is_one_flat_fp32_tensor_and_the_probability_is_read_back(bp):
     body = bp.mlserver_infer_body([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     (tensor,) = body["inputs"]
     assert tensor["shape"] == [2, 3] and tensor["datatype"] == "FP32"
     assert tensor["data"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    assert body["outputs"] == [{"name": "predict_proba"}]
-    answer = {"outputs": [{"name": "predict_proba", "shape": [2, 2], "data": [0.9, 0.1, 0.25, 0.75]}]}
+    assert body["outputs"] == [{"name": "predict"}]
+    answer = {"outputs": [{"name": "predict", "shape": [2, 1], "data": [0.1, 0.75]}]}
     assert bp.mlserver_probabilities(answer) == [0.1, 0.75]
+    answer = {"outputs": [{"name": "predict_proba", "shape": [2, 2], "data": [0.9, 0.1, 0.25, 0.75]}]}
+    assert bp.mlserver_probabilities(answer) == [0.1, 0.75]  # the positive class's column
 
 
 def test_max_abs_diff_flags_a_missing_row(bp):
