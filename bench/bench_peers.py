@@ -42,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from churnops.localservers import Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -438,14 +440,37 @@ def parse_wrk(stdout: str, rows_per_request: int, concurrency: int) -> dict:
     }
 
 
-def wrk(url: str, body: object, concurrency: int, seconds: float, rows: int, folder: Path) -> dict:
-    """wrk -t1 against `url` for `seconds` (after a 1 s warm-up), POSTing `body` as JSON."""
+def server_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a server's whole process tree (master, workers, helpers)."""
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            c = p.cpu_times()
+            total += c.user + c.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def wrk(
+    url: str, body: object, concurrency: int, seconds: float, rows: int, folder: Path, pid: int | None = None
+) -> dict:
+    """wrk -t1 against `url` for `seconds` (after a 1 s warm-up), POSTing `body` as JSON; with the
+    server's `pid`, also its CPU time per request (steadier than rates on a shared machine)."""
     body_file = folder / "wrk-body.json"
     body_file.write_text(json.dumps(body))
     script = folder / "wrk.lua"
     script.write_text(wrk_script(body_file))
     result = {}
     for secs in (1, seconds):  # warm-up, then the measured run
+        cpu0 = server_cpu_seconds(pid)
         out = subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(secs))}s", "-s", str(script), url],
             capture_output=True,
@@ -453,6 +478,8 @@ def wrk(url: str, body: object, concurrency: int, seconds: float, rows: int, fol
             timeout=secs + 60,
         )
         result = parse_wrk(out.stdout, rows, concurrency)
+        if pid is not None and result["requests"]:
+            result["server_cpu_us_per_request"] = round((server_cpu_seconds(pid) - cpu0) / result["requests"] * 1e6)
     return result
 
 
@@ -467,13 +494,13 @@ def check_parity(t: Target, model: Model) -> dict:
     return {"rows_checked": len(got_batch) + len(got_single), "max_abs_diff": diff, "ok": diff <= TOLERANCE}
 
 
-def measure(t: Target, folder: Path, seconds: float) -> dict:
-    single = [wrk(t.single_url, t.single_body, c, seconds, 1, folder) for c in CONCURRENCIES]
+def measure(t: Target, folder: Path, seconds: float, pid: int | None = None) -> dict:
+    single = [wrk(t.single_url, t.single_body, c, seconds, 1, folder, pid) for c in CONCURRENCIES]
     for r in single:
         print(
             f"  {t.name:<22} c={r['concurrency']:<3} {r['req_per_s']:>8.0f} req/s p99 {r['p99_ms']:.1f} ms", flush=True
         )
-    batch = wrk(t.batch_url, t.batch_body, BATCH_CONCURRENCY, seconds, BATCH_ROWS, folder)
+    batch = wrk(t.batch_url, t.batch_body, BATCH_CONCURRENCY, seconds, BATCH_ROWS, folder, pid)
     print(f"  {t.name:<22} batch {batch['rows_per_s']:>10,.0f} rows/s p99 {batch['p99_ms']:.1f} ms", flush=True)
     return {"single": single, "batch": batch}
 
@@ -505,7 +532,7 @@ def run_server(name: str, start, target: Target, model: Model, folder: Path, sec
         out = {"config": target.config, "command": [Path(argv[0]).name, *argv[1:]], "parity": parity}
         if not parity["ok"]:
             return out | {"error": f"probabilities differ from the booster's by {parity['max_abs_diff']:.2e}"}
-        return out | measure(target, folder, seconds)
+        return out | measure(target, folder, seconds, srv.proc.pid)
     finally:
         srv.stop()
 
@@ -515,7 +542,8 @@ def run_server(name: str, start, target: Target, model: Model, folder: Path, sec
 
 def ratios(servers: dict) -> dict:
     """Ours over each peer: req/s at each concurrency and batch rows/s (above 1: ours is ahead),
-    plus the peer's p99 over ours at each concurrency."""
+    plus the peer's p99 over ours at each concurrency and, where measured, the peer's server CPU
+    per request over ours at c=16 and for the batch (above 1: ours spends less)."""
     ours = servers.get("ours") or {}
     if "single" not in ours:
         return {}
@@ -532,6 +560,11 @@ def ratios(servers: dict) -> dict:
                 row[f"p99_c{c}_peer_over_ours"] = round(theirs[c]["p99_ms"] / max(mine[c]["p99_ms"], 1e-9), 2)
         if peer["batch"]["rows_per_s"] > 0:
             row["batch_rows_per_s"] = round(ours["batch"]["rows_per_s"] / peer["batch"]["rows_per_s"], 2)
+        for key, a, b in (("c16", mine.get(16, {}), theirs.get(16, {})), ("batch", ours["batch"], peer["batch"])):
+            if a.get("server_cpu_us_per_request") and b.get("server_cpu_us_per_request"):
+                row[f"server_cpu_{key}_peer_over_ours"] = round(
+                    b["server_cpu_us_per_request"] / a["server_cpu_us_per_request"], 2
+                )
         out[name] = row
     return out
 
@@ -545,7 +578,7 @@ def ahead_everywhere(rat: dict) -> dict[str, bool]:
 def print_table(result: dict) -> None:
     print(f"\npeers side by side ({result['note']})")
     heads = "".join(f"{'c=' + str(c) + ' req/s':>13}{'p50/p99 ms':>14}" for c in CONCURRENCIES)
-    print(f"  {'server':<22}{heads}{'batch rows/s':>14}")
+    print(f"  {'server':<22}{heads}{'batch rows/s':>14}{'CPU us/req c=16':>17}{'CPU us/row batch':>18}")
     for name, s in result["servers"].items():
         if "single" not in s:
             print(f"  {name:<22}  not measured: {s.get('error', '?')}")
@@ -553,7 +586,10 @@ def print_table(result: dict) -> None:
         cells = "".join(
             f"{r['req_per_s']:>13,.0f}{r['p50_ms']:>7.1f}/{r['p99_ms']:<6.1f}" for r in s["single"]
         )  # fmt: skip
-        print(f"  {name:<22}{cells}{s['batch']['rows_per_s']:>14,.0f}")
+        c16 = next((r for r in s["single"] if r["concurrency"] == 16), {})
+        cpu16 = c16.get("server_cpu_us_per_request", float("nan"))
+        cpu_row = s["batch"].get("server_cpu_us_per_request", float("nan")) / BATCH_ROWS
+        print(f"  {name:<22}{cells}{s['batch']['rows_per_s']:>14,.0f}{cpu16:>17,.0f}{cpu_row:>18.1f}")
     for name, r in result["ratios"].items():
         print(f"  ours / {name:<22} {r}")
     print(f"  ours ahead of every peer: {result['ours_ahead_of_every_peer']}")

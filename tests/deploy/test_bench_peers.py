@@ -70,18 +70,19 @@ def test_max_abs_diff_flags_a_missing_row(bp):
     assert bp.max_abs_diff([0.5], [0.5, 0.25]) == float("inf")
 
 
-def cell(c: int, rate: float, p99: float) -> dict:
-    return {"concurrency": c, "req_per_s": rate, "p50_ms": p99 / 2, "p99_ms": p99, "rows_per_s": rate}
+def cell(c: int, rate: float, p99: float, cpu: float | None = None) -> dict:
+    out = {"concurrency": c, "req_per_s": rate, "p50_ms": p99 / 2, "p99_ms": p99, "rows_per_s": rate}
+    return out | ({} if cpu is None else {"server_cpu_us_per_request": cpu})
 
 
 def servers() -> dict:
     return {
         "ours": {
-            "single": [cell(1, 1000, 2.0), cell(16, 4000, 8.0), cell(64, 4000, 30.0)],
+            "single": [cell(1, 1000, 2.0), cell(16, 4000, 8.0, cpu=400), cell(64, 4000, 30.0)],
             "batch": {"rows_per_s": 300_000, "p99_ms": 20.0},
         },
         "bentoml_batching_on": {
-            "single": [cell(1, 500, 4.0), cell(16, 2000, 16.0), cell(64, 5000, 15.0)],
+            "single": [cell(1, 500, 4.0), cell(16, 2000, 16.0, cpu=1000), cell(64, 5000, 15.0)],
             "batch": {"rows_per_s": 100_000, "p99_ms": 50.0},
         },
         "mlserver_batching_off": {"error": "RuntimeError: server exited with 1"},
@@ -94,6 +95,7 @@ def test_ratios_are_ours_over_each_peer_and_ahead_means_ahead_of_every_peer(bp):
     r = rat["bentoml_batching_on"]
     assert (r["req_per_s_c1"], r["req_per_s_c16"], r["req_per_s_c64"]) == (2.0, 2.0, 0.8)
     assert r["p99_c16_peer_over_ours"] == 2.0 and r["batch_rows_per_s"] == 3.0
+    assert r["server_cpu_c16_peer_over_ours"] == 2.5 and "server_cpu_batch_peer_over_ours" not in r
     assert bp.ahead_everywhere(rat) == {
         "req_per_s_c1": True,
         "req_per_s_c16": True,
@@ -151,3 +153,4 @@ def test_wrk_script_posts_the_body_file_and_reports_a_cell(bp, tmp_path):
         srv.shutdown()
     assert json.loads(seen[0]) == body
     assert r["requests"] > 0 and r["errors"] == 0 and r["concurrency"] == 1
+    assert r["rows_per_s"] == r["req_per_s"]
