@@ -36,7 +36,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback promote collect-labels replay-quarantine reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-table demo-image venv system-deps docker-env
+        rollback promote collect-labels replay-quarantine reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-peers bench-table demo-image venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -259,7 +259,7 @@ lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
 	exit $$rc
 
-bench: bench-train bench-serve bench-monitor bench-faults bench-loop bench-image ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
+bench: bench-train bench-serve bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
 	$(BIN)/python bench/table.py
 
 bench-table: $(STAMP) ## print the one table of bench/results/*.json and write it into README.md
@@ -290,4 +290,8 @@ bench-faults: $(STAMP) ## worker/consumer SIGKILL, store down, MLflow down: fail
 
 bench-image: $(STAMP) ## raw-digits CNN: accuracy, ISP throughput, ONNX parity/speed, ISP sensitivity -> bench/results/image.json
 	$(BIN)/python bench/bench_image.py
+	$(BIN)/python bench/table.py --readme >/dev/null
+
+bench-peers: $(STAMP) ## our API vs BentoML and MLServer (own venvs under bench/, made on first run), same booster, wrk -> bench/results/peers.json
+	$(BIN)/python bench/bench_peers.py
 	$(BIN)/python bench/table.py --readme >/dev/null

@@ -214,6 +214,35 @@ def image_gpu_rows(r: dict) -> list[Row]:
     ]
 
 
+def peers_rows(r: dict) -> list[Row]:
+    """One row per server (ours first), then whether ours is ahead of every peer."""
+    rows = []
+    for name, s in (r.get("servers") or {}).items():
+        if "single" not in s:
+            rows.append(
+                (f"{name}: one row c=1/16/64; 1,000-row batch", f"not measured: {s.get('error', '?')}"[:160], "—")
+            )
+            continue
+        cells = " / ".join(f"{n(x['req_per_s'])} (p99 {x['p99_ms']:.1f} ms)" for x in s["single"])
+        batch = f"{n(g(s, 'batch.rows_per_s'))} rows/s"
+        ratio = g(r, f"ratios.{name}.req_per_s_c16")
+        vs = "" if ratio is None else f"; ours ×{ratio:.2f} at c=16"
+        rows.append((f"{name}: one row c=1/16/64 req/s; 1,000-row batch", f"{cells}; {batch}{vs}", "—"))
+    ahead = r.get("ours_ahead_of_every_peer") or {}
+    rows.append(
+        (
+            "ours ahead of every peer (c=1 / 16 / 64 / batch)",
+            " / ".join(
+                "yes" if ahead.get(k) else "no"
+                for k in ("req_per_s_c1", "req_per_s_c16", "req_per_s_c64", "batch_rows_per_s")
+            )
+            + (f" ({r['note']})" if r.get("note") else ""),
+            "all yes",
+        )
+    )
+    return rows
+
+
 BENCHES: dict[str, tuple[str, Callable[[dict], list[Row]]]] = {
     "serve": ("make bench-serve", serve_rows),
     "faults": ("make bench-faults", faults_rows),
@@ -222,6 +251,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict], list[Row]]]] = {
     "monitor": ("make bench-monitor", monitor_rows),
     "image": ("make bench-image", image_rows),
     "image_gpu": ("python bench/bench_image_gpu.py", image_gpu_rows),
+    "peers": ("make bench-peers", peers_rows),
 }
 
 
