@@ -259,7 +259,7 @@ lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
 	exit $$rc
 
-bench: bench-train bench-serve bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
+bench: bench-train bench-serve bench-servers bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
 	$(BIN)/python bench/table.py
 
 bench-table: $(STAMP) ## print the one table of bench/results/*.json and write it into README.md

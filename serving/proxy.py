@@ -4,11 +4,11 @@
     python -m serving.proxy --render-only   # write <state_dir>/nginx-api/nginx.conf, print its path
     python -m serving.proxy --check         # render + `nginx -t`
 
-nginx listens on API_HOST:API_PORT (9696) and passes whole requests to gunicorn on
-127.0.0.1:API_INTERNAL_PORT (churnops.stack sets GUNICORN_BIND to it), so a client that sends half
-a request and stops ties up an nginx connection, not a gunicorn worker. Used when nginx is
-installed and API_PROXY=auto; without nginx the keep-alive worker bounds slow reads itself
-(serving/gunicorn_worker.py).
+nginx listens on API_HOST:API_PORT (9696) and passes whole requests to the API server (granian, see
+serving/server.py) on 127.0.0.1:API_INTERNAL_PORT (churnops.stack sets API_BIND to it), so a client that
+sends half a request and stops ties up an nginx connection (answered 408 by nginx), not an API worker
+thread. Used when nginx is installed and API_PROXY=auto; without nginx granian serves the port itself
+(serving/edge.py bounds bodies; granian drops half-sent headers after API_READ_TIMEOUT_S).
 """
 
 from __future__ import annotations
