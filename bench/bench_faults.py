@@ -16,6 +16,11 @@ c) store_down: the SQLite prediction log locked exclusively by another connectio
    BENCH_STORE_DOWN_S (30) s under load: peak RSS of the workers, records spooled, lost;
 d) mlflow_down_reload: MLflow stopped, then POST /model/reload under light load: status and time
    of the answer, predictions failed while it was pending.
+e) concurrent_reloads: BENCH_RELOAD_ROUNDS (5) rounds of BENCH_RELOADS (4) simultaneous POST /model/reload
+   (alternately `runs:/<run>/model` and `models:/<name>/<version>`, the same model under two URIs) over
+   2 workers under light load: after each round, do all workers serve the same generation and URI?
+
+BENCH_FAULTS_ONLY=name[,name] runs only those scenarios (MLflow is restarted when d stopped it).
 
 It records what happens (status codes, counts) and asserts nothing: the figures are the result.
 Goal: no failed request besides those in flight on a killed worker, no lost prediction.
@@ -525,6 +530,91 @@ def mlflow_down_reload(env: dict, folder: Path, servers: list, mlflow_srv, run_i
     }
 
 
+def model_views(url: str, n: int = 24) -> dict[int, tuple]:
+    """pid -> (generation, champion uri) of the workers answering `n` fresh connections to GET /model."""
+    seen: dict[int, tuple] = {}
+    for _ in range(n):
+        code, text, _ = http("GET", f"{url}/model", timeout=5)
+        if code == 200:
+            body = json.loads(text)
+            seen[int(body["pid"])] = (body.get("generation"), body["champion"]["uri"])
+    return seen
+
+
+def concurrent_reloads(env: dict, folder: Path, servers: list, run_id: str, token: str) -> dict:
+    """e) rounds of simultaneous POST /model/reload over 2 workers: do all workers end on one generation and model?"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rounds = int(os.environ.get("BENCH_RELOAD_ROUNDS", "5"))
+    per_round = int(os.environ.get("BENCH_RELOADS", "4"))
+    env = api_env(env, folder)
+    srv, url = start_api(env, folder, servers)
+    load = Load(url, "cr", concurrency=2).start()
+    code, text, _ = http("GET", f"{url}/model", timeout=5)
+    version = json.loads(text)["champion"].get("version") if code == 200 else None
+    name = os.environ.get("MODEL_NAME", "churn-xgboost")
+    uris = [f"runs:/{run_id}/model"] + ([f"models:/{name}/{version}"] if version else [])
+    outcomes: collections.Counter = collections.Counter()
+    per_round_views, diverged = [], 0
+    try:
+        for r in range(rounds):
+            bodies = [{"model_uri": uris[(r + i) % len(uris)]} for i in range(per_round)]
+            with ThreadPoolExecutor(per_round) as ex:
+                answers = list(
+                    ex.map(
+                        lambda b: http("POST", f"{url}/model/reload", b, token=token, timeout=RELOAD_TIMEOUT_S), bodies
+                    )
+                )
+            jobs = []
+            for code, text, _ in answers:
+                outcomes[str(code)] += 1
+                if code == 202:
+                    jobs.append(json.loads(text)["status_url"])
+            deadline = time.monotonic() + RELOAD_TIMEOUT_S
+            finals = []
+            for job in jobs:
+                while time.monotonic() < deadline:
+                    c, t, _ = http("GET", f"{url}{job}", token=token, timeout=5)
+                    st = json.loads(t).get("status") if c == 200 else "unknown"
+                    if st != "pending":
+                        finals.append(st)
+                        break
+                    time.sleep(0.2)
+            for st in finals:
+                outcomes[f"job {st}"] += 1
+            time.sleep(3.0)  # the other worker follows the state file within ~1 s
+            views = model_views(url)
+            per_round_views.append({str(pid): list(v) for pid, v in views.items()})
+            diverged += len(set(views.values())) > 1
+    finally:
+        load.stop()
+    stop_gracefully(srv, servers)
+    last = per_round_views[-1] if per_round_views else {}
+    return {
+        "rounds": rounds,
+        "reloads_per_round": per_round,
+        "uris": uris,
+        "answers": dict(outcomes),
+        "rounds_with_workers_on_different_models": diverged,
+        "workers_seen_last_round": len(last),
+        "last_round": last,
+        "all_workers_same_generation_and_model": diverged == 0,
+        **load.summary(),
+    }
+
+
+def restart_mlflow(tmp: Path, servers: list, mlf):
+    """MLflow again on its folder when scenario d stopped it (a new port; MLFLOW_TRACKING_URI follows)."""
+    from churnops.localservers import start_mlflow
+
+    if mlf is None or mlf.proc.poll() is None:
+        return mlf
+    mlf, url = start_mlflow(tmp / "mlflow")
+    servers.append(mlf)
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    return mlf
+
+
 # ---- main ---------------------------------------------------------------------------------------------------
 
 
@@ -597,6 +687,17 @@ def main() -> None:
             ("store_down", lambda: store_down(env, tmp / "c", servers)),
             ("mlflow_down_reload", lambda: mlflow_down_reload(env, tmp / "d", servers, mlf, run_id, token)),
         ]
+        scenarios.append(
+            (
+                "concurrent_reloads",
+                lambda: (
+                    restart_mlflow(tmp, servers, mlf),
+                    concurrent_reloads(env, tmp / "e", servers, run_id, token),
+                )[1],
+            )
+        )
+        only = {n.strip() for n in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if n.strip()}
+        scenarios = [(n, f) for n, f in scenarios if not only or n in only]
         for name, fn in scenarios:
             t0 = time.perf_counter()
             try:
@@ -620,7 +721,7 @@ def print_table(r: dict) -> None:
         return r.get(section, {}).get(key, default)
 
     print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 gunicorn workers, embedded SQLite log; goal: {r['goal']})")
-    for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload"):
+    for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload", "concurrent_reloads"):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
     if "error" not in r.get("worker_kill", {"error": 1}):
@@ -652,6 +753,12 @@ def print_table(r: dict) -> None:
             f"  d) MLflow down, /model/reload  answered {g('mlflow_down_reload', 'reload_status')} after "
             f"{g('mlflow_down_reload', 'reload_seconds')} s; predictions failed meanwhile "
             f"{g('mlflow_down_reload', 'failed_while_pending')} of {g('mlflow_down_reload', 'requests_while_pending')}"
+        )
+    if "error" not in r.get("concurrent_reloads", {"error": 1}):
+        print(
+            f"  e) concurrent reloads          {g('concurrent_reloads', 'rounds')} rounds x "
+            f"{g('concurrent_reloads', 'reloads_per_round')} over 2 workers: answers {g('concurrent_reloads', 'answers')}; "
+            f"rounds ending with workers on different models {g('concurrent_reloads', 'rounds_with_workers_on_different_models')}"
         )
 
 
