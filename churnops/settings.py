@@ -221,7 +221,8 @@ class Settings(BaseSettings):
     retrain_min_critical_features: int = 2  # critical features that make the window critical
     training_deployment: str = "train-churn-model/churn-sweep"
     drift_cache_s: float = 60.0  # GET /drift/* recomputes at most this often
-    drift_max_rows: int = Field(100_000, ge=1)  # GET /drift/* reads at most the newest this many rows of a window
+    # a monitoring window (GET /drift/*, report, trigger) reads at most the newest this many rows
+    drift_max_rows: int = Field(100_000, ge=1)
 
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"

