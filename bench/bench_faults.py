@@ -29,6 +29,12 @@ g) client_faults: per server candidate (bench/bench_servers.py: granian, gunicor
    former keep-alive worker), the edge's misbehaving clients (churnops/badclients.py: fake-end
    chunked body, endless chunked upload, slow oversize upload, slow reader of GET /logs?limit=10000,
    an 8 MB body from urllib) with /health probed every 0.25 s: answered within 2 s or not.
+h) concurrent_reloads: BENCH_RELOAD_ROUNDS (5) rounds of BENCH_RELOADS (4) simultaneous POST /model/reload
+   (alternately `runs:/<run>/model` and `models:/<name>/<version>`, the same model under two URIs) over
+   2 workers under light load: after each round, do all workers come to serve the same generation and
+   URI (within 60 s; the seconds until they agree)?
+
+BENCH_FAULTS_ONLY=name[,name] runs only those scenarios (MLflow is restarted when d stopped it).
 
 It records what happens (status codes, counts) and asserts nothing: the figures are the result.
 Goal: no failed request besides those in flight on a killed worker, no lost prediction.
@@ -62,6 +68,7 @@ STREAM_RECORDS = int(os.environ.get("BENCH_STREAM_RECORDS", "20000"))
 AUTH_FAIL_S = float(os.environ.get("BENCH_AUTH_FAIL_S", "10"))
 SPOOL_FULL_S = float(os.environ.get("BENCH_SPOOL_FULL_S", "45"))
 SPOOL_STREAM_RECORDS = int(os.environ.get("BENCH_SPOOL_STREAM_RECORDS", "2000"))
+CONVERGE_TIMEOUT_S = 60.0  # h) after a round of reloads, workers on different models this long count as diverged
 RELOAD_TIMEOUT_S = 75.0  # above gunicorn's worker timeout (60 s): a worker killed mid-reload shows as an error
 
 
@@ -751,6 +758,98 @@ def spool_full_stream(s, env: dict, folder: Path, servers: list) -> dict:
     }
 
 
+def model_views(url: str, n: int = 24) -> dict[int, tuple]:
+    """pid -> (generation, champion uri) of the workers answering `n` fresh connections to GET /model."""
+    seen: dict[int, tuple] = {}
+    for _ in range(n):
+        code, text, _ = http("GET", f"{url}/model", timeout=5)
+        if code == 200:
+            body = json.loads(text)
+            seen[int(body["pid"])] = (body.get("generation"), body["champion"]["uri"])
+    return seen
+
+
+def concurrent_reloads(env: dict, folder: Path, servers: list, run_id: str, token: str) -> dict:
+    """h) rounds of simultaneous POST /model/reload over 2 workers: do all workers end on one generation and model?"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rounds = int(os.environ.get("BENCH_RELOAD_ROUNDS", "5"))
+    per_round = int(os.environ.get("BENCH_RELOADS", "4"))
+    env = api_env(env, folder)
+    srv, url = start_api(env, folder, servers)
+    load = Load(url, "cr", concurrency=2).start()
+    code, text, _ = http("GET", f"{url}/model", timeout=5)
+    version = json.loads(text)["champion"].get("version") if code == 200 else None
+    name = os.environ.get("MODEL_NAME", "churn-xgboost")
+    uris = [f"runs:/{run_id}/model"] + ([f"models:/{name}/{version}"] if version else [])
+    outcomes: collections.Counter = collections.Counter()
+    per_round_views, diverged, converge_s = [], 0, []
+    try:
+        for r in range(rounds):
+            bodies = [{"model_uri": uris[(r + i) % len(uris)]} for i in range(per_round)]
+            with ThreadPoolExecutor(per_round) as ex:
+                answers = list(
+                    ex.map(
+                        lambda b: http("POST", f"{url}/model/reload", b, token=token, timeout=RELOAD_TIMEOUT_S), bodies
+                    )
+                )
+            jobs = []
+            for code, text, _ in answers:
+                outcomes[str(code)] += 1
+                if code == 202:
+                    jobs.append(json.loads(text)["status_url"])
+            deadline = time.monotonic() + RELOAD_TIMEOUT_S
+            finals = []
+            for job in jobs:
+                while time.monotonic() < deadline:
+                    c, t, _ = http("GET", f"{url}{job}", token=token, timeout=5)
+                    st = json.loads(t).get("status") if c == 200 else "unknown"
+                    if st != "pending":
+                        finals.append(st)
+                        break
+                    time.sleep(0.2)
+            for st in finals:
+                outcomes[f"job {st}"] += 1
+            # the other worker follows the state file (polled every 1 s) once it has loaded the model itself
+            t_done, views = time.monotonic(), {}
+            while time.monotonic() - t_done < CONVERGE_TIMEOUT_S:
+                views = model_views(url)
+                if len(views) >= 2 and len(set(views.values())) == 1:
+                    break
+                time.sleep(0.5)
+            converge_s.append(round(time.monotonic() - t_done, 2))
+            per_round_views.append({str(pid): list(v) for pid, v in views.items()})
+            diverged += len(set(views.values())) > 1
+    finally:
+        load.stop()
+    stop_gracefully(srv, servers)
+    last = per_round_views[-1] if per_round_views else {}
+    return {
+        "rounds": rounds,
+        "reloads_per_round": per_round,
+        "uris": uris,
+        "answers": dict(outcomes),
+        "rounds_with_workers_on_different_models": diverged,  # still different after CONVERGE_TIMEOUT_S
+        "seconds_until_workers_agree": converge_s,
+        "workers_seen_last_round": len(last),
+        "last_round": last,
+        "all_workers_same_generation_and_model": diverged == 0,
+        **load.summary(),
+    }
+
+
+def restart_mlflow(tmp: Path, servers: list, mlf):
+    """MLflow again on its folder when scenario d stopped it (a new port; MLFLOW_TRACKING_URI follows)."""
+    from churnops.localservers import start_mlflow
+
+    if mlf is None or mlf.proc.poll() is None:
+        return mlf
+    mlf, url = start_mlflow(tmp / "mlflow")
+    servers.append(mlf)
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    return mlf
+
+
 # ---- main ---------------------------------------------------------------------------------------------------
 
 
@@ -844,7 +943,17 @@ def main() -> None:
             ("spool_full_stream", lambda: spool_full_stream(s, env, tmp / "f", servers)),
             ("client_faults", lambda: client_faults(env, tmp / "g", servers)),
         ]
-        only = {x for x in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if x}  # e.g. a rerun of one scenario
+        scenarios.append(
+            (
+                "concurrent_reloads",
+                lambda: (
+                    restart_mlflow(tmp, servers, mlf),
+                    concurrent_reloads(env, tmp / "h", servers, run_id, token),
+                )[1],
+            )
+        )
+        only = {n.strip() for n in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if n.strip()}
+        scenarios = [(n, f) for n, f in scenarios if not only or n in only]
         for name, fn in scenarios:
             if only and name not in only:
                 continue
@@ -878,6 +987,7 @@ def print_table(r: dict) -> None:
         "store_auth_failure",
         "spool_full_stream",
         "client_faults",
+        "concurrent_reloads",
     ):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
@@ -928,6 +1038,13 @@ def print_table(r: dict) -> None:
             f", at the end {g('spool_full_stream', 'emitted_not_logged_at_end')}; results "
             f"{g('spool_full_stream', 'results_unique')} unique / {g('spool_full_stream', 'results_total')} of "
             f"{g('spool_full_stream', 'records')} (without result {g('spool_full_stream', 'without_result')})"
+        )
+    if "error" not in r.get("concurrent_reloads", {"error": 1}):
+        print(
+            f"  h) concurrent reloads          {g('concurrent_reloads', 'rounds')} rounds x "
+            f"{g('concurrent_reloads', 'reloads_per_round')} over 2 workers: answers {g('concurrent_reloads', 'answers')}; "
+            f"rounds ending with workers on different models {g('concurrent_reloads', 'rounds_with_workers_on_different_models')}"
+            f" (seconds until they agreed {g('concurrent_reloads', 'seconds_until_workers_agree')})"
         )
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from churnops.contract import DatasetContract
+from churnops.s3keys import check_key, split_s3_uri
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -141,9 +142,9 @@ def snapshot_at(uri: str, contract: DatasetContract, settings: Settings | None =
 
     s = settings or get_settings()
     if uri.startswith("s3://"):
-        bucket, _, key = uri[len("s3://") :].partition("/")
+        bucket, key = split_s3_uri(uri, "snapshot")  # UnsafeKeyError (a ValueError) names a `..` segment
     else:
-        bucket, key = s.bucket, f"{_prefix(s, contract)}/{uri}.csv"
+        bucket, key = s.bucket, check_key(f"{_prefix(s, contract)}/{uri}.csv", "snapshot")
     try:
         head = client("s3", s).head_object(Bucket=bucket, Key=key)
     except ClientError as exc:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -137,9 +137,16 @@ class Settings(BaseSettings):
     # embedded stack: nginx in front of the API on api_port when installed ("off": the server there)
     api_proxy: Literal["auto", "off"] = "auto"
     api_internal_port: int = 9695  # the API server's loopback port behind nginx
+    api_conn_per_client: int = Field(512, ge=1)  # nginx: open connections per client address (more: 429)
     # admin token of POST /model/reload; empty: generated once into <state_dir>/admin_token (see
     # churnops/admin.py); required (16+ characters) in env=cloud
     admin_token: str | None = None
+    # scoped tokens (serving/guards.py): READ_TOKEN for GET /logs, /audit, /drift/report, /model and
+    # FEEDBACK_TOKEN for POST /feedback; empty: open (env=local); required (16+ characters) in env=cloud
+    read_token: SecretStr | None = None
+    feedback_token: SecretStr | None = None
+    # Host names the API answers (comma-separated, `*` = any); empty: the loopback names, API_HOST, API_URL's host
+    allowed_hosts: str = ""
     canary_fraction: float = 0.0
     unknown_category: Literal["reject", "unknown"] = "reject"
     max_body_bytes: int = 1_000_000
@@ -217,6 +224,8 @@ class Settings(BaseSettings):
     retrain_min_critical_features: int = 2  # critical features that make the window critical
     training_deployment: str = "train-churn-model/churn-sweep"
     drift_cache_s: float = 60.0  # GET /drift/* recomputes at most this often
+    # a monitoring window (GET /drift/*, report, trigger) reads at most the newest this many rows
+    drift_max_rows: int = Field(100_000, ge=1)
 
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"

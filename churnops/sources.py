@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnops.s3keys import UnsafeKeyError, split_s3_uri
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ def read_bytes(uri: str, settings: Settings | None = None) -> bytes:
 
         from churnops.aws import client, describe_endpoint_error
 
-        bucket, _, key = uri[5:].partition("/")
+        try:
+            bucket, key = split_s3_uri(uri, "DATA")
+        except UnsafeKeyError as exc:
+            raise DataSourceError(str(exc)) from exc
         try:
             return client("s3", s).get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:

@@ -29,6 +29,7 @@ from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
 from churnops.store.base import PredictionBatch, PredictionStore
 from churnops.tasks import task_for
+from serving import guards
 from serving.columnar import from_rows, predict_columns
 from serving.edge import read_capped
 from serving.image_http import refuse_tabular, register_image_routes
@@ -144,6 +145,8 @@ def create_app(
 
     s = settings or get_settings()
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
+    scopes = {name: guards.scope_token(s, name) for name in ("read", "feedback")}  # likewise (serving/guards.py)
+    hosts = guards.allowed_hosts(s)
     if start_background:  # a server process: its MLflow calls (background only) give up in seconds
         bound_mlflow_http(s)
     metrics = get_metrics()
@@ -209,11 +212,29 @@ def create_app(
             c = children[key] = metric.labels(*labels)
         return c
 
+    @app.before_request
+    def guard():
+        """Host, content type and scope token of every request (serving/guards.py), before its view."""
+        refusal = (
+            guards.check_host(request.host, hosts)
+            or guards.check_content_type(request.method, request.path, request.content_type)
+            or guards.check_scope(
+                guards.scope_of(request.method, request.path),
+                guards.presented_token(request.headers),
+                scopes,
+                state.admin_token,
+            )
+        )
+        if refusal is not None:
+            state.metrics.rejections.labels("http", refusal.error.replace(" ", "_")).inc()
+            return _err(refusal.status, refusal.error, refusal.details)
+        return None
+
     @app.after_request
     def count(resp):
         try:
             ep = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            child(state.metrics.http_requests, ep, request.method, str(resp.status_code)).inc()
+            child(state.metrics.http_requests, ep, guards.method_label(request.method), str(resp.status_code)).inc()
         except Exception:
             pass
         return resp
@@ -267,6 +288,10 @@ def create_app(
             predict_body,
             s.max_body_bytes,
             lambda: child(state.metrics.http_requests, "/predict", "POST", "200").inc(),
+            accept=lambda environ: (
+                guards.check_host(environ.get("HTTP_HOST", ""), hosts) is None
+                and guards.json_type_ok(environ.get("CONTENT_TYPE"))
+            ),  # else the Flask view answers (guard above)
         )
 
     @app.post("/predict/batch")
@@ -369,6 +394,9 @@ def create_app(
             raise BadInput(
                 "expected a JSON object", {"body": f"expected an object, got {type(data).__name__}"}, "not_object", 422
             )
+        nested = guards.nested_field(data)  # before any validator formats the value
+        if nested is not None:
+            raise BadInput(nested.error, nested.details, "invalid_feedback", nested.status)
         details = {}
         rid = data.get("request_id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
@@ -513,12 +541,9 @@ def create_app(
                 raise ValueError
         except ValueError:
             bad["limit"] = f"expected an integer in 1..{LOGS_MAX_LIMIT}"
-        try:
-            offset = int(a.get("offset", 0))
-            if offset < 0:
-                raise ValueError
-        except ValueError:
-            bad["offset"] = "expected an integer >= 0"
+        offset = guards.int_param(a.get("offset"), 0, 0, guards.MAX_OFFSET)
+        if offset is None:
+            bad["offset"] = f"expected an integer in 0..{guards.MAX_OFFSET}"
         if bad:
             raise BadInput("invalid query parameter", bad, "invalid_query", 422)
         try:

@@ -9,7 +9,7 @@ background thread fetches it from MLflow and the request answers 503 with Retry-
 never called on a request thread). The numbers are `churnops.monitoring.window.window_summary`, the
 same function (and per-process cache: an LRU of `CACHE_ENTRIES` windows, each kept `drift_cache_s`
 seconds) the report and the retraining trigger use. `hours` must be a finite number in (0, 2160]: other
-values are a 422. Each answer also sets the multiprocess-safe gauges of `churnops.monitoring.gauges`
+values are a 422; it is rounded up (`window_hours`) and at most DRIFT_MAX_ROWS rows, the newest, are read. Each answer also sets the multiprocess-safe gauges of `churnops.monitoring.gauges`
 shown by the API's `/metrics`.
 """
 
@@ -52,7 +52,7 @@ def _compute(hours: float) -> dict:
     from churnops.monitoring.window import window_summary
 
     s, contract, store = _context()
-    result = window_summary(store, s, contract, hours, references=_references(s, contract))
+    result = window_summary(store, s, contract, hours, references=_references(s, contract))  # DRIFT_MAX_ROWS rows
     try:
         from churnops.monitoring.gauges import gauges
 
@@ -105,7 +105,15 @@ def _hours() -> float:
         raise ValueError(f"expected a number of hours, got {raw[:40]!r}") from None
     if not math.isfinite(hours) or not 0 < hours <= MAX_HOURS:
         raise ValueError(f"expected a finite number of hours in (0, {MAX_HOURS}], got {raw[:40]!r}")
-    return hours
+    return window_hours(hours)
+
+
+def window_hours(hours: float) -> float:
+    """`hours` rounded up to the minute below 1 h, the quarter hour below 24 h, the hour above: the
+    window (and its cache key) is one of at most 2,300 values, so `hours=2159.91`, `2159.92`, ...
+    share one computation instead of each computing (and evicting) its own."""
+    per_hour = 60 if hours < 1 else 4 if hours < 24 else 1
+    return min(float(MAX_HOURS), math.ceil(round(hours * per_hour, 9)) / per_hour)
 
 
 @drift_blueprint.get("/report")

@@ -7,8 +7,9 @@ dead letter with its `reason` as reason_code):
 - empty body (400 empty_body); bytes that are no DNG/PNG/JPEG (422 not_an_image); bytes of another
   format than the declared Content-Type (415 content_type_mismatch);
 - a DNG LibRaw cannot read to the end (422 unreadable_image), a CFA layout the ISP does not
-  demosaic (422 unsupported_raw), a size other than the contract's (422 wrong_size; PNG/JPEG are
-  refused from their header, before the pixels are decoded).
+  demosaic (422 unsupported_raw), a size other than the contract's (422 wrong_size; every format is
+  refused from its header, before the pixels are decoded: a DNG from its TIFF tags
+  (churnops.image.header) before LibRaw unpacks anything).
 
 The model is what the image flow registers (churnops/image/train.py): an MLflow ONNX model
 (`image` (N, 3, H, W) -> `probabilities`, `embedding`) plus the run's `image_meta.json`; it is
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from churnops.image.header import HeaderError, png_size, tiff_images
 from churnops.image.summary import EMBED_DIMS, EMBED_SEED, summary  # noqa: F401  (the one summary function)
 from serving.inference import BadInput
 
@@ -85,10 +87,53 @@ def _wrong_size(contract, name: str, width: int, height: int) -> BadInput:
     )
 
 
+def check_raw_header(data: bytes, contract, name: str) -> None:
+    """Refuse a DNG from its TIFF tags before LibRaw sees it: every image it describes must fit the
+    contract's size (a header claiming 20000x20000 would make LibRaw allocate gigabytes), its
+    full-resolution image must be that size, samples and bits within what a raw frame has."""
+    want_w, want_h = contract.image.width, contract.image.height
+    try:
+        images = tiff_images(data)
+    except HeaderError as exc:
+        raise BadInput(
+            "unreadable DNG image",
+            {name: f"truncated or corrupt raw data (TIFF header: {exc})"},
+            "unreadable_image",
+            422,
+        ) from exc
+    if not images:
+        raise BadInput(
+            "unreadable DNG image", {name: "the TIFF header names no image width and height"}, "unreadable_image", 422
+        )
+    for im in images:
+        if im.width * im.height > want_w * want_h or im.width > want_w or im.height > want_h:
+            raise BadInput(
+                "image too large",
+                {
+                    name: f"header claims an image of {im.width}x{im.height}; contract {contract.name} expects "
+                    f"{want_w}x{want_h} (width x height): refused before decoding"
+                },
+                "wrong_size",
+                422,
+            )
+        if not 1 <= im.samples <= 4 or not 1 <= im.bits <= 32:
+            raise BadInput(
+                "unsupported raw image",
+                {name: f"{im.samples} samples of {im.bits} bits per pixel: expected 1-4 samples of at most 32 bits"},
+                "unsupported_raw",
+                422,
+            )
+    full = [im for im in images if im.full_resolution] or images
+    main = max(full, key=lambda im: im.width * im.height)
+    if (main.width, main.height) != (want_w, want_h):
+        raise _wrong_size(contract, name, main.width, main.height)
+
+
 def _raw_rgb(data: bytes, contract, name: str) -> np.ndarray:
     from churnops.image.dataset import ImageDataError, read_raw
     from churnops.image.isp import UnsupportedRawError, process
 
+    check_raw_header(data, contract, name)  # sizes from the tags: nothing decoded yet
     try:
         frame = read_raw(data, name)
     except UnsupportedRawError as exc:
@@ -108,6 +153,9 @@ def _standard_rgb(data: bytes, ctype: str, contract, name: str) -> np.ndarray:
     from PIL import Image
 
     label = "PNG" if ctype == PNG else "JPEG"
+    size = png_size(data) if ctype == PNG else None
+    if size is not None and size != (contract.image.width, contract.image.height):
+        raise _wrong_size(contract, name, *size)  # from the IHDR chunk, before PIL opens it
     try:
         with Image.open(io.BytesIO(data), formats=[label]) as im:
             w, h = im.size

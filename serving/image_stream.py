@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 
+from churnops.s3keys import UnsafeKeyError, split_s3_uri
 from serving.image import answer, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, valid_request_id
 
@@ -35,11 +36,10 @@ def parse_record(obj, seq: str, s) -> tuple[str, str, str]:
     uri = obj.get("image_uri")
     if not isinstance(uri, str) or not uri.startswith("s3://"):
         raise BadInput("invalid image_uri", {"image_uri": "expected s3://<bucket>/<key>"}, "invalid_image_uri")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket or not key:
-        raise BadInput(
-            "invalid image_uri", {"image_uri": f"{uri[:200]!r}: expected s3://<bucket>/<key>"}, "invalid_image_uri"
-        )
+    try:
+        bucket, key = split_s3_uri(uri, "image_uri")  # no `..`, `.`, empty or absolute segments
+    except UnsafeKeyError as exc:
+        raise BadInput("invalid image_uri", {"image_uri": str(exc)}, "invalid_image_uri") from exc
     buckets = allowed_buckets(s)
     if bucket not in buckets:
         raise BadInput(

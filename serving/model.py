@@ -36,6 +36,7 @@ from churnops.bundle import Bundle
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 from churnops.speed import enabled as speed_enabled
+from serving.generation import next_generation, publish
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ KEEP_JOBS = 100
 
 class ModelLoadError(RuntimeError):
     """The model named could not be downloaded or loaded."""
+
+
+class ReloadSuperseded(RuntimeError):
+    """A reload finished after a newer one (of another process) was published; the newer one serves."""
 
 
 class ReloadBusy(RuntimeError):
@@ -395,11 +400,9 @@ class ModelManager:
     def reload(self, champion: str | None = None, challenger: str | None | bool = True) -> ModelSet:
         """Load a complete new set and swap it in; on any error the old set keeps serving."""
         with self._reload_lock:
-            gen = (
-                max(
-                    self.current.generation if self.current else 0, int((self._read_state() or {}).get("generation", 0))
-                )
-                + 1
+            # a number no other process's reload has (serving/generation.py: a counter under a file lock)
+            gen = next_generation(
+                self.state_file.parent, self.state_file, self.current.generation if self.current else 0
             )
             try:
                 if champion is None:
@@ -412,8 +415,14 @@ class ModelManager:
                 if self.metrics:
                     self.metrics.model_reloads.labels("failed").inc()
                 raise
-            self._install(ms)
-            self._write_state(ms)
+            newer = self._publish(ms)
+            if newer is not None:  # a later reload (another worker) was published first: it wins everywhere
+                if self.metrics:
+                    self.metrics.model_reloads.labels("failed").inc()
+                raise ReloadSuperseded(
+                    f"superseded by the newer reload of generation {newer.get('generation')} "
+                    f"({redact(newer.get('champion'))}); that one is served"
+                )
             if self.metrics:
                 self.metrics.model_reloads.labels("ok").inc()
             return ms
@@ -500,21 +509,25 @@ class ModelManager:
             )
         return job
 
-    def _write_state(self, ms: ModelSet) -> None:
+    def _publish(self, ms: ModelSet) -> dict | None:
+        """Install `ms` and share it, both under the state lock, unless a newer generation is published:
+        then nothing is installed and that newer state is returned (`follow_state` loads it)."""
         st = {
             "generation": ms.generation,
             "champion": ms.champion.uri,
             "challenger": ms.challenger.uri if ms.challenger else None,
             "ts": time.time(),
         }
-        self._seen_state = (st["generation"], st["champion"], st["challenger"])
         try:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(st))
-            os.replace(tmp, self.state_file)
+            newer = publish(self.state_file.parent, self.state_file, st, lambda: self._install(ms))
         except OSError as exc:
             log.warning("could not share the reload with other processes: %s", exc)
+            if self.current is not ms:
+                self._install(ms)
+            return None
+        if newer is None:
+            self._seen_state = (st["generation"], st["champion"], st["challenger"])
+        return newer
 
     def _install(self, ms: ModelSet) -> None:
         old = self.current

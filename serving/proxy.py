@@ -54,6 +54,7 @@ def render_config(s: Settings, prefix: Path | None = None, template: Path = TEMP
         "READ_TIMEOUT": str(max(1, math.ceil(s.api_read_timeout_s))),
         "MAX_BODY": str(int(s.max_body_bytes)),
         "IMAGE_MAX_BODY": str(int(s.image_max_body_bytes)),  # POST /predict/image
+        "CONN_PER_CLIENT": str(int(s.api_conn_per_client)),  # limit_conn per client address
         "USER_DIRECTIVE": user_directive(prefix),
     }
     text = template.read_text()

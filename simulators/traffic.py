@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from churnops.settings import get_settings
+
 log = logging.getLogger(__name__)
 
 DRIFT_KINDS = ("shift", "category", "missing", "concept")
@@ -198,12 +200,16 @@ class RunStats:
 
 
 class FeedbackSender:
-    """POSTs `{"request_id", "outcome"}` to the API's /feedback."""
+    """POSTs `{"request_id", "outcome"}` to the API's /feedback (with FEEDBACK_TOKEN when it is set)."""
 
-    def __init__(self, api_url: str, timeout: float = 5.0):
+    def __init__(self, api_url: str, timeout: float = 5.0, token: str | None = None):
         import httpx
 
-        self.client = httpx.Client(base_url=api_url.rstrip("/"), timeout=timeout)
+        if token is None:
+            secret = get_settings().feedback_token
+            token = secret.get_secret_value() if secret is not None else ""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=api_url.rstrip("/"), timeout=timeout, headers=headers)
 
     def __call__(self, request_id: str, outcome: int) -> str:
         import httpx

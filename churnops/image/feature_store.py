@@ -12,10 +12,12 @@ in its lineage; `DATA=s3://…/images/<contract>/<sha>` trains on a published ve
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from churnops.image.contract import ImageContract
 from churnops.image.dataset import ImageDataError, ImageFile, dataset_sha256, list_images
+from churnops.s3keys import UnsafeKeyError, check_key, split_s3_uri
 from churnops.settings import Settings
 
 MANIFEST = "manifest.json"
@@ -24,8 +26,25 @@ MANIFEST = "manifest.json"
 def _split(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://") or "/" not in uri[5:]:
         raise ImageDataError(f"{uri}: expected s3://<bucket>/images/<contract>/<sha256>")
-    bucket, prefix = uri[5:].split("/", 1)
-    return bucket, prefix.rstrip("/")
+    try:
+        bucket, prefix = split_s3_uri(uri.rstrip("/"), "DATA")
+    except UnsafeKeyError as exc:
+        raise ImageDataError(str(exc)) from exc
+    return bucket, prefix
+
+
+def _manifest_files(manifest: dict, uri: str) -> list[str]:
+    """The manifest's relative file keys, each checked: they become paths under the state folder."""
+    sha = str(manifest.get("dataset_sha256", ""))
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ImageDataError(f"{uri}: manifest dataset_sha256 {sha[:80]!r} is not a SHA-256 hex digest")
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise ImageDataError(f"{uri}: manifest files is not a list")
+    try:
+        return [check_key(rel, "manifest file") for rel in files]
+    except UnsafeKeyError as exc:
+        raise ImageDataError(f"{uri}: {exc}") from exc
 
 
 def put_images(files: list[ImageFile], sha256: str, contract: ImageContract, s: Settings, source: str) -> str:
@@ -69,10 +88,11 @@ def fetch_images(uri: str, contract: ImageContract, s: Settings) -> tuple[Path, 
         raise ImageDataError(f"{uri}: no readable {MANIFEST} ({type(exc).__name__}): not a published data set") from exc
     if manifest.get("contract") != contract.name:
         raise ImageDataError(f"{uri}: a data set of contract {manifest.get('contract')!r}, not {contract.name!r}")
+    files = _manifest_files(manifest, uri)
     root = s.state_dir / "images" / "s3" / manifest["dataset_sha256"]
     done = root / ".complete"
     if not done.exists():
-        for rel in manifest["files"]:
+        for rel in files:
             dest = root / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(s3.get_object(Bucket=bucket, Key=f"{prefix}/{rel}")["Body"].read())

@@ -212,13 +212,27 @@ def drift_of(reference: ImageReference, records: list[dict], settings) -> dict:
     return {"channel_wasserstein": w, "embedding_mmd": mmd, "classes": classes, "signals": signals}
 
 
-def image_window(store, settings, contract, hours: float, now: float | None = None, reference=None, references=None):
-    """The window summary of an image server (see the module docstring); plain JSON values."""
-    from churnops.monitoring.window import jsonable
+def image_window(
+    store,
+    settings,
+    contract,
+    hours: float,
+    now: float | None = None,
+    reference=None,
+    references=None,
+    max_rows: int | None = None,
+):
+    """The window summary of an image server (see the module docstring); plain JSON values; `max_rows`
+    bounds the rows read (the newest)."""
+    from churnops.monitoring.window import bounded_records, jsonable
 
     now = time.time() if now is None else now
     start = now - hours * 3600.0
-    records = [r for r in store.find_predictions(start=start, end=now) if (r.get("features") or {}).get("sha256")]
+    if max_rows is None:
+        found = store.find_predictions(start=start, end=now)
+    else:
+        found, _ = bounded_records(store, start, now, max_rows)
+    records = [r for r in found if (r.get("features") or {}).get("sha256")]
     out: dict = {
         "task": "image_classification",
         "window": {"start": start, "end": now, "hours": hours},

@@ -85,10 +85,52 @@ def attach_outcomes(df: pd.DataFrame, feedback: list[dict]) -> pd.DataFrame:
     return df
 
 
-def load_window(store, contract, start: float, end: float) -> pd.DataFrame:
-    """Predictions with start <= ts < end and their outcomes (feedback given since `start`)."""
-    records = store.find_predictions(start=start, end=end)
+MIN_SPAN_S = 1e-3  # a span this short is not split again (its oldest rows are taken)
+
+
+def window_rows(settings, max_rows: int | None = None) -> int | None:
+    """`max_rows`, else DRIFT_MAX_ROWS: every caller (report, trigger, `/drift`) reads the same bounded
+    window, so one cached summary serves them all."""
+    return max_rows if max_rows is not None else getattr(settings, "drift_max_rows", None)
+
+
+def bounded_records(store, start: float, end: float, max_rows: int) -> tuple[list[dict], bool]:
+    """(the newest `max_rows` predictions of [start, end), oldest first; True when rows were left out).
+
+    The store returns rows oldest first, so a span holding more than what is left is split in two and
+    its newer half read first: no read returns more than `max_rows + 1` rows, whatever the window holds.
+    """
+    over = False
+
+    def take(lo: float, hi: float, left: int) -> list[dict]:
+        nonlocal over
+        if left <= 0 or hi <= lo:
+            over = over or left <= 0
+            return []
+        got = store.find_predictions(start=lo, end=hi, limit=left + 1)
+        if len(got) <= left:
+            return got
+        over = True
+        if hi - lo < MIN_SPAN_S:
+            return got[:left]
+        mid = (lo + hi) / 2
+        newer = take(mid, hi, left)
+        return take(lo, mid, left - len(newer)) + newer if len(newer) < left else newer
+
+    records = take(start, end, max_rows)
+    return records, over
+
+
+def load_window(store, contract, start: float, end: float, max_rows: int | None = None) -> pd.DataFrame:
+    """Predictions with start <= ts < end and their outcomes (feedback given since `start`); with
+    `max_rows`, the newest `max_rows` of them (`df.attrs["truncated"]` says whether rows were left out)."""
+    truncated = False
+    if max_rows is None:
+        records = store.find_predictions(start=start, end=end)
+    else:
+        records, truncated = bounded_records(store, start, end, max_rows)
     df = predictions_frame(records, contract)
+    df.attrs["truncated"] = truncated
     if len(df):
         df = attach_outcomes(df, store.find_feedback(start=start))
     else:
@@ -131,7 +173,14 @@ class Window:
 
 
 def compute(
-    store, settings, contract, hours: float, now: float | None = None, reference=None, references=None
+    store,
+    settings,
+    contract,
+    hours: float,
+    now: float | None = None,
+    reference=None,
+    references=None,
+    max_rows: int | None = None,
 ) -> Window:
     """Load and summarize the window of `hours` ending `now` (no cache).
 
@@ -141,13 +190,16 @@ def compute(
     if getattr(contract, "task", None) == "image_classification":  # image monitoring hook
         from churnops.image.monitor import image_window
 
-        return Window(image_window(store, settings, contract, hours, now, reference, references))
+        rows = window_rows(settings, max_rows)
+        return Window(image_window(store, settings, contract, hours, now, reference, references, rows))
     now = time.time() if now is None else now
     start = now - hours * 3600.0
-    df = load_window(store, contract, start, now)
+    max_rows = window_rows(settings, max_rows)
+    df = load_window(store, contract, start, now, max_rows)
     out: dict = {
         "window": {"start": start, "end": now, "hours": hours},
         "n": int(len(df)),
+        **({"max_rows": max_rows, "truncated": bool(df.attrs.get("truncated"))} if max_rows is not None else {}),
         "min_rows": settings.report_min_rows,
         "model_versions": sorted({str(v) for v in df["model_version"].dropna().unique()}) if len(df) else [],
     }
@@ -186,18 +238,21 @@ class CacheKey:
     end: float | None  # None: the window ending when it is asked for
     reference: str  # "served": the reference of the window's own model runs
     params: tuple
+    max_rows: int | None = None
 
 
 _CACHE: OrderedDict[CacheKey, tuple[float, dict, tuple]] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-def cache_key(store, settings, contract, hours: float, now: float | None, reference) -> CacheKey:
+def cache_key(
+    store, settings, contract, hours: float, now: float | None, reference, max_rows: int | None = None
+) -> CacheKey:
     """What a summary depends on: the store's data, the window, the reference and the thresholds."""
     store_key = getattr(store, "cache_key", None)
     return CacheKey(
         store=store_key() if callable(store_key) else f"{type(store).__name__}@{id(store)}",
-        hours=float(hours),
+        hours=round(float(hours), 9),
         end=None if now is None else float(now),
         reference="served" if reference is None else f"{reference.run_id}@{id(reference)}",
         params=(
@@ -208,6 +263,7 @@ def cache_key(store, settings, contract, hours: float, now: float | None, refere
             settings.retrain_min_critical_features,
             contract.fingerprint(),
         ),
+        max_rows=max_rows,
     )
 
 
@@ -251,23 +307,35 @@ def summarize(
     reference=None,
     references=None,
     fresh: bool = False,
+    max_rows: int | None = None,
 ) -> Window:
     """The window summary of `hours` ending `now` (default: now), from the cache when it is there.
 
     `fresh=True` computes it again (and caches the result); a computed `Window` also carries its rows.
     """
-    key = cache_key(store, settings, contract, hours, now, reference)
+    max_rows = window_rows(settings, max_rows)
+    key = cache_key(store, settings, contract, hours, now, reference, max_rows)
     if not fresh:
         hit = cached(key, settings.drift_cache_s)
         if hit is not None:
             return Window(hit)
-    w = compute(store, settings, contract, hours, now, reference=reference, references=references)
+    w = compute(store, settings, contract, hours, now, reference=reference, references=references, max_rows=max_rows)
     remember(key, w.summary, settings.drift_cache_s, keep=(store, reference))
     return w
 
 
 def window_summary(
-    store, settings, contract, hours: float, now: float | None = None, reference=None, references=None
+    store,
+    settings,
+    contract,
+    hours: float,
+    now: float | None = None,
+    reference=None,
+    references=None,
+    max_rows: int | None = None,
 ) -> dict:
-    """`summarize(...).summary`: the summary dict of the window (cached; do not modify it)."""
-    return summarize(store, settings, contract, hours, now, reference=reference, references=references).summary
+    """`summarize(...).summary`: the summary dict of the window (cached; do not modify it); `max_rows`
+    bounds the rows read (the newest; `GET /drift/*` passes DRIFT_MAX_ROWS)."""
+    return summarize(
+        store, settings, contract, hours, now, reference=reference, references=references, max_rows=max_rows
+    ).summary

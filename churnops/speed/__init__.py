@@ -64,10 +64,18 @@ class FastPaths:
         """Parsed batch rows checked per column (None: check them row by row)."""
         return self._columns(objs) if self._columns is not None else None
 
-    def wrap_wsgi(self, app, handler: Callable[[bytes], bytes], max_body_bytes: int, on_ok: Callable[[], None]):
-        """`app` with `POST /predict` answered by `handler` before Flask (unchanged when off)."""
+    def wrap_wsgi(
+        self,
+        app,
+        handler: Callable[[bytes], bytes],
+        max_body_bytes: int,
+        on_ok: Callable[[], None],
+        accept: Callable[[dict], bool] | None = None,
+    ):
+        """`app` with `POST /predict` answered by `handler` before Flask (unchanged when off); a request
+        `accept(environ)` declines (wrong Host or content type) goes to Flask, which answers it."""
         if not self.on:
             return app
         from churnops.speed.wsgi import FastPredict
 
-        return FastPredict(app, handler, max_body_bytes, on_ok)
+        return FastPredict(app, handler, max_body_bytes, on_ok, accept=accept)

@@ -27,8 +27,10 @@ class FastPredict:
         max_body_bytes: int,
         on_ok: Callable[[], None],
         path: str = "/predict",
+        accept: Callable[[dict], bool] | None = None,
     ):
         self.app = app
+        self.accept = accept
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.on_ok = on_ok
@@ -42,6 +44,8 @@ class FastPredict:
         except ValueError:
             n = -1
         if not 0 < n <= self.max_body_bytes or environ.get("HTTP_TRANSFER_ENCODING"):
+            return self.app(environ, start_response)
+        if self.accept is not None and not self.accept(environ):  # the Flask view refuses it (Host, type)
             return self.app(environ, start_response)
         raw = environ["wsgi.input"].read(n)
         try:

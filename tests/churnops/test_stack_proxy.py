@@ -50,7 +50,60 @@ def test_rendered_proxy_config_passes_nginx_t(tmp_path):
     assert "listen 127.0.0.1:9696" in text and "server 127.0.0.1:9695;" in text
     assert "client_body_timeout   3s;" in text and "client_max_body_size    12345;" in text
     assert "client_max_body_size 20000000;" in text  # POST /predict/image: IMAGE_MAX_BODY_BYTES
+    assert "limit_conn per_client 512;" in text and "proxy_send_timeout 3s;" in text  # issue 19: bounds
     r = subprocess.run(nginx_args(conf) + ["-t"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "[warn]" not in r.stderr, r.stderr
     with pytest.raises(ValueError, match="API_INTERNAL_PORT"):
         render_config(settings(tmp_path, api_internal_port=9696))
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make system-deps installs it)")
+def test_nginx_limits_connections_per_client_with_a_json_429(tmp_path):
+    """Issue 19: two requests held by an upstream that never answers; a third from the same address is a 429."""
+    import json
+    import socket
+    import subprocess
+    import time
+
+    from churnops.localservers import free_port
+    from churnops.nginx import nginx_args
+    from serving.proxy import render_config
+    from tests.netfaults import BlackHole
+
+    hole = BlackHole()
+    port = free_port()
+    conf = render_config(settings(tmp_path, api_port=port, api_internal_port=hole.port, api_conn_per_client=2))
+    proc = subprocess.Popen(nginx_args(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        req = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(req)
+            held.append(s)
+        while hole.accepted < 2:  # both requests are with the upstream now
+            assert time.monotonic() < deadline, "the held requests never reached the upstream"
+            time.sleep(0.05)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        held.append(s)
+        s.sendall(req.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429"), head
+        assert "API_CONN_PER_CLIENT" in json.loads(body)["details"]["connections"]
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+        hole.close()

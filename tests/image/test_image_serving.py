@@ -375,7 +375,7 @@ def test_predict_image_through_gunicorn(image_model, raw_contract, tmp_path):
         assert st == 422 and b["error"] == "not an image", b
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(
-                b"POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"POST /predict/image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                 b"Content-Length: 50000000\r\n\r\n" + b"\0" * 65536
             )
             answer = sock.recv(65536).decode("latin-1")

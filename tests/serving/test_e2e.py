@@ -136,7 +136,8 @@ def test_connections_close_cleanly_with_body_read_or_not(api):
     body = b"x" * 3_000_000  # over the 1 MB limit: answered before the body is read
     s = socket.create_connection((host, int(port)), timeout=20)
     s.sendall(
-        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
     )
     sender = threading.Thread(target=lambda: _send_quietly(s, body))
     sender.start()
@@ -195,12 +196,15 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
     conn.close()
 
     one = json.dumps(example()).encode()
-    req = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(one),
-        one,
+    req = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (
+            len(one),
+            one,
+        )
     )
     s = socket.create_connection((host, int(port)), timeout=3)  # well under the 5 s keep-alive
-    s.sendall(req * 20 + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")  # more than one round
+    s.sendall(req * 20 + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")  # more than one round
     data = b""
     while chunk := s.recv(65536):
         data += chunk

@@ -52,7 +52,7 @@ def wait_ready(port: int, timeout: float = 120) -> None:
 def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 10) -> tuple[int, bytes]:
     """One request on its own connection (no client library: the test controls every byte)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         s.sendall(head.encode() + b"\r\n" + (body or b""))
@@ -76,10 +76,10 @@ def half_body_clients(port: int, n: int = 2, headers_only: bool = False) -> list
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
         if headers_only:
-            s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: appl")
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
         else:
             s.sendall(
-                f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body[: len(body) // 2]
             )
@@ -137,7 +137,7 @@ def test_half_sent_requests_do_not_block_the_workers(worker_api, headers_only):
 def test_a_body_sent_in_pieces_within_the_deadline_is_served(worker_api):
     body = json.dumps(example()).encode()
     with socket.create_connection(("127.0.0.1", worker_api), timeout=10) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n")
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n")
         time.sleep(0.2)
         s.sendall(f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
         time.sleep(0.2)
@@ -150,7 +150,7 @@ def test_expect_100_continue_gets_one_interim_answer(worker_api):
     body = json.dumps(example()).encode()
     with socket.create_connection(("127.0.0.1", worker_api), timeout=10) as s:
         s.sendall(
-            f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         )
         assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -229,7 +229,7 @@ def test_nginx_shields_a_blocking_upstream_from_half_sent_requests(nginx_api):
 
 def test_nginx_sets_the_client_address_and_answers_json_errors(nginx_api):
     with socket.create_connection(("127.0.0.1", nginx_api), timeout=10) as s:
-        s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
         status, body = read_answer(s)
     assert status == 200 and json.loads(body)["xff"] == "127.0.0.1", "a client cannot claim another address"
     status, body = request(nginx_api, "POST", "/predict", b"x" * 30_000)
