@@ -75,7 +75,7 @@ def _open(port: int, head: bytes, host: str = "127.0.0.1") -> socket.socket:
 def fake_end(port: int, n: int = 4) -> list[socket.socket]:
     """`n` chunked /predict requests whose body looks finished but is not; then silence."""
     head = (
-        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + FAKE_END
     )
     return [_open(port, head) for _ in range(n)]
@@ -86,7 +86,7 @@ class Trickle:
 
     def __init__(self, port: int, n: int = 2, every: float = 0.05):
         head = (
-            b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         self.socks = [_open(port, head) for _ in range(n)]
         self.sent = 0
@@ -116,7 +116,7 @@ class SlowUpload:
 
     def __init__(self, port: int, length: int = 20 << 20, n: int = 2, every: float = 0.05):
         head = (
-            b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {length}\r\n\r\n".encode()
         )
         self.socks = [_open(port, head) for _ in range(n)]
@@ -159,7 +159,7 @@ def slow_reader(port: int, path: str = "/logs?limit=10000", n: int = 2) -> list[
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.settimeout(10)
         s.connect(("127.0.0.1", port))
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         socks.append(s)
     return socks
 

@@ -164,4 +164,6 @@ def test_a_replacement_worker_takes_no_traffic_before_its_model_is_loaded(server
     assert new_pid is not None, "the replacement worker never served"
     assert statuses.get(200, 0) > 50, statuses
     assert set(statuses) == {200}, f"non-200 answers {statuses}: {load.bodies}"
-    assert load.conn_errors <= len(load.threads), "only requests in flight on the killed worker may fail"
+    assert load.conn_errors <= len(load.threads), (
+        "only requests in flight on the killed worker may fail: " + server_api["log"].read_text()[-3000:]
+    )
