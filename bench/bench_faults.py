@@ -15,7 +15,11 @@ b) consumer_kill: N records on the input stream, the consumer SIGKILLed twice mi
 c) store_down: the SQLite prediction log locked exclusively by another connection for
    BENCH_STORE_DOWN_S (30) s under load: peak RSS of the workers, records spooled, lost;
 d) mlflow_down_reload: MLflow stopped, then POST /model/reload under light load: status and time
-   of the answer, predictions failed while it was pending.
+   of the answer, predictions failed while it was pending;
+e) consumers_lease: three consumer processes on BENCH_LEASE_RECORDS records, one SIGKILLed, one
+   added, the input resharded from 2 to 4 shards: duplicates and losses on `results`, log entries,
+   checkpoint regressions seen in the lease table, seconds until the killed consumer's leases
+   (CONSUMER_LEASE_S = BENCH_LEASE_S) were taken over.
 
 It records what happens (status codes, counts) and asserts nothing: the figures are the result.
 Goal: no failed request besides those in flight on a killed worker, no lost prediction.
@@ -45,6 +49,8 @@ OUT = ROOT / "bench" / "results" / "faults.json"
 KILL_LOAD_S = float(os.environ.get("BENCH_KILL_LOAD_S", "8"))
 STORE_DOWN_S = float(os.environ.get("BENCH_STORE_DOWN_S", "30"))
 STREAM_RECORDS = int(os.environ.get("BENCH_STREAM_RECORDS", "20000"))
+LEASE_RECORDS = int(os.environ.get("BENCH_LEASE_RECORDS", "20000"))
+LEASE_S = float(os.environ.get("BENCH_LEASE_S", "2"))
 RELOAD_TIMEOUT_S = 75.0  # above gunicorn's worker timeout (60 s): a worker killed mid-reload shows as an error
 
 
@@ -528,6 +534,139 @@ def mlflow_down_reload(env: dict, folder: Path, servers: list, mlflow_srv, run_i
 # ---- main ---------------------------------------------------------------------------------------------------
 
 
+def consumers_lease(s, env: dict, folder: Path, servers: list) -> dict:
+    """e) three consumers, c0 SIGKILLed at ~25 %, c3 added and the input resharded 2 -> 4 at ~50 %."""
+    from churnops.aws import client
+    from churnops.localservers import Server
+    from churnops.provision import ensure_streams
+    from churnops.store.sqlite import SQLiteStore
+
+    tag = secrets.token_hex(3)
+    names = {"input_stream": f"lin-{tag}", "output_stream": f"lout-{tag}", "dlq_stream": f"ldlq-{tag}"}
+    s = s.model_copy(update=names | {"stream_shards": 2})
+    ensure_streams(s)
+    kin = client("kinesis", s)
+    n = LEASE_RECORDS
+    feats = json.dumps(EXAMPLE)
+
+    def put(lo: int, hi: int) -> None:
+        for a in range(lo, hi, 500):
+            recs = [
+                {"Data": f'{{"request_id":"le-{i}","features":{feats}}}'.encode(), "PartitionKey": f"k{i % 100}"}
+                for i in range(a, min(hi, a + 500))
+            ]
+            kin.put_records(StreamName=s.input_stream, Records=recs)
+
+    env = (
+        api_env(env, folder)
+        | {k.upper(): v for k, v in names.items()}
+        | {"STREAM_SHARDS": "2", "CONSUMER_POLL_INTERVAL_S": "0.05", "CONSUMER_LEASE_S": str(LEASE_S)}
+    )
+    db = Path(env["STATE_DIR"]) / "predictions.db"
+    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"]
+    prefix = f"kinesis:{s.input_stream}:{round(created['StreamCreationTimestamp'].timestamp() * 1000)}:"
+    store: SQLiteStore | None = None
+
+    def open_store() -> SQLiteStore | None:
+        nonlocal store
+        if store is None and db.exists():
+            store = SQLiteStore(db)
+        return store
+
+    def logged() -> int:
+        try:
+            return open_store().count_predictions() if open_store() else 0
+        except Exception:  # noqa: BLE001 - busy or half-created: ask again
+            return -1
+
+    def leases() -> list:
+        try:
+            return open_store().list_leases(prefix) if open_store() else []
+        except Exception:  # noqa: BLE001 - table not there yet, or busy
+            return []
+
+    regressions, seen, stop = [0], {}, threading.Event()
+
+    def watch() -> None:  # checkpoint regressions as the lease table shows them
+        while not stop.is_set():
+            for lease in leases():
+                if lease.seq and lease.seq < seen.get(lease.key, ""):
+                    regressions[0] += 1
+                seen[lease.key] = max(seen.get(lease.key, ""), lease.seq)
+            time.sleep(0.1)
+
+    args = [sys.executable, "-m", "serving.consumer"]
+    procs = {}
+
+    def start(name: str) -> None:
+        procs[name] = Server(args, folder / f"{name}.log", env=env | {"CONSUMER_ID": name}, cwd=ROOT)
+        servers.append(procs[name])
+
+    put(0, n // 2)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for name in ("c0", "c1", "c2"):
+        start(name)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and logged() < n // 4:
+        time.sleep(0.05)
+    held = {lease.key for lease in leases() if lease.owner == "c0" and lease.expires > time.time()}
+    os.kill(procs["c0"].proc.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    procs["c0"].proc.wait(10)
+    takeover_s = None
+    while time.monotonic() - t_kill < 60 and held:
+        now = {lease.key: lease for lease in leases()}
+        if all(now[k].owner not in (None, "c0") or now[k].finished for k in held if k in now):
+            takeover_s = round(time.monotonic() - t_kill, 2)
+            break
+        time.sleep(0.05)
+    put(n // 2, 3 * n // 4)
+    kin.update_shard_count(StreamName=s.input_stream, TargetShardCount=4, ScalingType="UNIFORM_SCALING")
+    start("c3")
+    put(3 * n // 4, n)
+    start_n, deadline = logged(), time.monotonic() + 300
+    last, stable_since = start_n, time.monotonic()
+    while time.monotonic() < deadline:
+        now_n = logged()
+        if now_n != last:
+            last, stable_since = now_n, time.monotonic()
+        elif now_n >= n and time.monotonic() - stable_since > 2:
+            break
+        elif time.monotonic() - stable_since > 30:
+            break
+        time.sleep(0.2)
+    t_done = time.monotonic() - t_kill
+    for name in ("c1", "c2", "c3"):
+        procs[name].stop()  # SIGTERM: the batch in flight, then the leases handed back
+        servers.remove(procs[name])
+    servers.remove(procs["c0"])
+    stop.set()
+    watcher.join(5)
+    results = read_stream(s, s.output_stream)
+    positions = collections.Counter((r.get("shard_id"), r.get("sequence_number")) for r in results)
+    rids = {r.get("request_id") for r in results}
+    entries = stored_ids(Path(env["STATE_DIR"]))
+    final = leases()
+    if store is not None:
+        store.close()
+    return {
+        "records": n,
+        "lease_seconds": LEASE_S,
+        "killed_consumer_leases": len(held),
+        "takeover_seconds": takeover_s,
+        "seconds_from_kill_to_all_logged": round(t_done, 1),
+        "results_total": len(results),
+        "results_duplicated": sum(c - 1 for c in positions.values() if c > 1),
+        "records_without_result": len({f"le-{i}" for i in range(n)} - rids),
+        "log_entries": len(entries),
+        "log_entries_unique": len(set(entries)),
+        "checkpoint_regressions_seen": regressions[0],
+        "leases": len(final),
+        "leases_finished": sum(1 for lease in final if lease.finished),
+    }
+
+
 def setup(tmp: Path, servers: list, result: dict):
     """moto + MLflow + a small trained model (or BENCH_RUN_ID): (settings, run id, the MLflow Server or None)."""
     from churnops.localservers import start_mlflow, start_moto
@@ -587,6 +726,8 @@ def main() -> None:
         "goal": "no failed request besides those in flight on a killed worker; no lost prediction",
     }
     t_start = time.perf_counter()
+    # BENCH_FAULTS_ONLY=consumers_lease,...: only these scenarios, printed, results file left alone
+    only = {x for x in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if x}
     try:
         s, run_id, mlf = setup(tmp, servers, result)
         result["run_id"] = run_id
@@ -596,7 +737,9 @@ def main() -> None:
             ("consumer_kill", lambda: consumer_kill(s, env, tmp / "b", servers)),
             ("store_down", lambda: store_down(env, tmp / "c", servers)),
             ("mlflow_down_reload", lambda: mlflow_down_reload(env, tmp / "d", servers, mlf, run_id, token)),
+            ("consumers_lease", lambda: consumers_lease(s, env, tmp / "e", servers)),
         ]
+        scenarios = [(name, fn) for name, fn in scenarios if not only or name in only]
         for name, fn in scenarios:
             t0 = time.perf_counter()
             try:
@@ -611,7 +754,10 @@ def main() -> None:
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)
     from table import save  # bench/table.py: the one results table
 
-    save("faults", result)
+    if only:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        save("faults", result)
     print_table(result)
 
 
@@ -620,7 +766,7 @@ def print_table(r: dict) -> None:
         return r.get(section, {}).get(key, default)
 
     print(f"\nfault benchmark ({r.get('total_seconds')} s; 2 gunicorn workers, embedded SQLite log; goal: {r['goal']})")
-    for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload"):
+    for name in ("worker_kill", "consumer_kill", "store_down", "mlflow_down_reload", "consumers_lease"):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
     if "error" not in r.get("worker_kill", {"error": 1}):
@@ -652,6 +798,16 @@ def print_table(r: dict) -> None:
             f"  d) MLflow down, /model/reload  answered {g('mlflow_down_reload', 'reload_status')} after "
             f"{g('mlflow_down_reload', 'reload_seconds')} s; predictions failed meanwhile "
             f"{g('mlflow_down_reload', 'failed_while_pending')} of {g('mlflow_down_reload', 'requests_while_pending')}"
+        )
+    if "error" not in r.get("consumers_lease", {"error": 1}):
+        print(
+            f"  e) 3 consumers, kill+join+reshard  {g('consumers_lease', 'records')} records: results duplicated "
+            f"{g('consumers_lease', 'results_duplicated')}, without result "
+            f"{g('consumers_lease', 'records_without_result')}, log {g('consumers_lease', 'log_entries_unique')} "
+            f"unique / {g('consumers_lease', 'log_entries')}; checkpoint regressions "
+            f"{g('consumers_lease', 'checkpoint_regressions_seen')}; takeover of "
+            f"{g('consumers_lease', 'killed_consumer_leases')} expired lease(s) in "
+            f"{g('consumers_lease', 'takeover_seconds')} s (leases of {g('consumers_lease', 'lease_seconds')} s)"
         )
 
 
