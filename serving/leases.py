@@ -4,9 +4,10 @@ Every shard of the input stream has one lease (churnops.store.base.Lease) in the
 the prediction log: owner, counter, expiry, checkpoint, parent shards. A consumer:
 
 - renews the leases it holds every third of CONSUMER_LEASE_S (conditional on the counter it
-  holds); it processes a shard only while its last renewal is younger than 0.8 lease durations,
-  so it has stopped before anyone may take the lease over (clocks must agree to well under 0.2
-  lease durations);
+  holds); it starts a batch of a shard only while its last renewal is younger than 0.6 lease
+  durations, so a batch in flight has 0.4 lease durations to checkpoint before anyone may take the
+  lease over (clocks must agree to well under that). Past it the new owner processes the batch
+  again (at least once: the prediction log keeps one entry per record);
 - takes leases that expired (their owner died or was cut off) or have no owner, up to its fair
   share: ceil(leases ready / consumers alive);
 - below its fair share with nothing free, asks the most-loaded owner for one lease (when that owner
@@ -42,7 +43,14 @@ from serving.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
-VALID_FRACTION = 0.8  # a lease is used for this fraction of its duration after the renewal began
+VALID_FRACTION = 0.6  # a lease is used for this fraction of its duration after the renewal began
+
+
+class _Named(logging.LoggerAdapter):
+    """Log lines that name the consumer (several may log to one place)."""
+
+    def process(self, msg, kwargs):
+        return f"[{self.extra['worker']}] {msg}", kwargs
 
 
 @dataclass
@@ -77,6 +85,7 @@ class LeaseCoordinator:
         self.taken = 0  # leases taken over after they expired (or were free)
         self.adopted = 0  # leases found handed over to this consumer
         self.lost = 0  # leases this consumer lost without handing them over
+        self.log = _Named(log, {"worker": worker})
 
     # ---- keys ------------------------------------------------------------------------------------------
     def key(self, shard_id: str) -> str:
@@ -103,7 +112,7 @@ class LeaseCoordinator:
                 except ValueError:
                     old = None
             if self.store.create_lease(Lease(key, checkpoint=old, seq=seq or "", parents=parents)):
-                log.info("lease %s created%s", key, f" (parents {parents})" if parents else "")
+                self.log.info("lease %s created%s", key, f" (parents {parents})" if parents else "")
 
     # ---- what the poll loop asks -------------------------------------------------------------------------
     def held_now(self) -> dict[str, Held]:
@@ -134,7 +143,7 @@ class LeaseCoordinator:
         if lease.counter != h.counter:
             h.counter, h.handoff_to = lease.counter, lease.pending_owner
             if h.handoff_to:
-                log.info("shard %s: %s asks for the lease; handing it over", shard_id, h.handoff_to)
+                self.log.info("shard %s: %s asks for the lease; handing it over", shard_id, h.handoff_to)
         return True
 
     def checkpoint(self, shard_id: str, checkpoint: str | None, seq: str | None, backwards_ok: bool = False) -> bool:
@@ -151,7 +160,7 @@ class LeaseCoordinator:
                 ok = self.store.checkpoint_lease(key, self.worker, h.counter, checkpoint, order, backwards_ok)
             if not ok:
                 why = "it would go backwards" if mine else "the lease was lost"
-                log.warning("shard %s: checkpoint %s refused (%s); dropping the shard", shard_id, seq, why)
+                self.log.warning("shard %s: checkpoint %s refused (%s); dropping the shard", shard_id, seq, why)
                 self._drop(shard_id)
             return ok
 
@@ -163,7 +172,7 @@ class LeaseCoordinator:
                 return False
             self.store.cas_lease(self.key(shard_id), h.counter, None, 0.0, None, True)
             self.held.pop(shard_id, None)
-            log.info("shard %s finished (SHARD_END); lease released", shard_id)
+            self.log.info("shard %s finished (SHARD_END); lease released", shard_id)
             return True
 
     def stored_checkpoint(self, shard_id: str) -> str | None:
@@ -201,12 +210,12 @@ class LeaseCoordinator:
                         key, h.counter, self.worker, self.clock() + self.duration_s, h.handoff_to, False
                     )
             except Exception as exc:  # store away: keep processing only while the lease is surely ours
-                log.warning("lease %s not renewed (%s: %s)", key, type(exc).__name__, exc)
+                self.log.warning("lease %s not renewed (%s: %s)", key, type(exc).__name__, exc)
                 continue
             if ok:
                 h.valid_until = started + VALID_FRACTION * self.duration_s
             else:
-                log.warning("shard %s: lease lost to another consumer; stopping it", sh)
+                self.log.warning("shard %s: lease lost to another consumer; stopping it", sh)
                 self._drop(sh)
 
     def hand_over(self) -> None:
@@ -220,9 +229,9 @@ class LeaseCoordinator:
             try:
                 self.store.cas_lease(self.key(sh), h.counter, h.handoff_to, self.clock() + self.duration_s, None, True)
                 self.held.pop(sh, None)
-                log.info("shard %s: lease handed over to %s", sh, h.handoff_to)
+                self.log.info("shard %s: lease handed over to %s", sh, h.handoff_to)
             except Exception as exc:
-                log.warning("shard %s: hand-over failed (%s); retrying", sh, exc)
+                self.log.warning("shard %s: hand-over failed (%s); retrying", sh, exc)
             finally:
                 busy.release()
 
@@ -247,7 +256,7 @@ class LeaseCoordinator:
                 valid = time.monotonic() + VALID_FRACTION * (lease.expires - now)
                 self.held[sh] = Held(lease.counter, valid, lease.pending_owner)
                 self.adopted += 1
-                log.info("shard %s: lease handed over to this consumer", sh)
+                self.log.info("shard %s: lease handed over to this consumer", sh)
         # a lease asked for counts for the one who asked: no consumer asks twice for one share
         owners = Counter((lease.pending_owner or lease.owner) for lease in ready if live(lease))
         workers = set(owners) | {self.worker}
@@ -265,7 +274,9 @@ class LeaseCoordinator:
                 self.held[sh] = Held(lease.counter + 1, started + VALID_FRACTION * self.duration_s)
                 self.taken += 1
                 need -= 1
-                log.info("shard %s: lease taken (%s)", sh, f"expired, was {lease.owner}" if lease.owner else "no owner")
+                self.log.info(
+                    "shard %s: lease taken (%s)", sh, f"expired, was {lease.owner}" if lease.owner else "no owner"
+                )
         if need <= 0 or free:
             return
         others = [(n, o) for o, n in owners.items() if o != self.worker]
@@ -277,7 +288,7 @@ class LeaseCoordinator:
             if theirs:
                 lease = random.choice(theirs)
                 if self.store.cas_lease(lease.key, lease.counter, lease.owner, lease.expires, self.worker, True):
-                    log.info("shard %s: asked %s to hand the lease over", self.shard(lease.key), victim)
+                    self.log.info("shard %s: asked %s to hand the lease over", self.shard(lease.key), victim)
 
     def release_all(self) -> None:
         """Stopping: give every held lease back (no owner), so others take them at once, not after expiry."""
@@ -286,7 +297,7 @@ class LeaseCoordinator:
                 try:
                     self.store.cas_lease(self.key(sh), h.counter, None, 0.0, None, True)
                 except Exception as exc:
-                    log.warning("lease of shard %s not released (%s); it expires", sh, exc)
+                    self.log.warning("lease of shard %s not released (%s); it expires", sh, exc)
             self.held.clear()
 
 

@@ -227,7 +227,8 @@ def test_three_consumers_a_kill_a_join_and_a_reshard(lease_settings, bundles):
     start("b")
     start("c")
     wait(lambda: stores["a"].dead.is_set(), 120, "consumer a to be killed")
-    held_by_a = set(consumers["a"].leases.held)
+    prefix = consumers["b"].lease_prefix()
+    held_by_a = {lease.key[len(prefix) :] for lease in SQLiteStore(db).list_leases(prefix) if lease.owner == "a"}
     t_kill = time.monotonic()
     put(8_000, 12_000)
     kin.update_shard_count(StreamName=s.input_stream, TargetShardCount=4, ScalingType="UNIFORM_SCALING")
