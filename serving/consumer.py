@@ -12,6 +12,9 @@ had in flight (results put, checkpoint not written) is processed again by the ne
 its results may appear twice on `results` (the prediction log keeps one entry per record; a
 reader dedupes results by `shard_id` + `sequence_number`). Balancing and a graceful stop (SIGTERM)
 hand leases over after the batch in flight is checkpointed: nothing twice.
+The lease table lives in the store: while the store cannot be reached, a consumer starts batches
+of its shards only until its leases could expire (0.6 CONSUMER_LEASE_S after the last renewal);
+then the shards wait, their records stay on the stream, and nothing is lost.
 
 Per batch (one get_records call per shard): decode every record (raw JSON or base64 of JSON),
 validate it against the data contract, predict (one matrix per model), write the prediction-log
