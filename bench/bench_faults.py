@@ -33,6 +33,10 @@ h) concurrent_reloads: BENCH_RELOAD_ROUNDS (5) rounds of BENCH_RELOADS (4) simul
    (alternately `runs:/<run>/model` and `models:/<name>/<version>`, the same model under two URIs) over
    2 workers under light load: after each round, do all workers come to serve the same generation and
    URI (within 60 s; the seconds until they agree)?
+i) consumers_lease: three consumer processes on BENCH_LEASE_RECORDS records, one SIGKILLed, one
+   added, the input resharded from 2 to 4 shards: duplicates and losses on `results`, log entries,
+   checkpoint regressions seen in the lease table, seconds until the killed consumer's leases
+   (CONSUMER_LEASE_S = BENCH_LEASE_S) were taken over.
 
 BENCH_FAULTS_ONLY=name[,name] runs only those scenarios (MLflow is restarted when d stopped it).
 
@@ -69,6 +73,8 @@ AUTH_FAIL_S = float(os.environ.get("BENCH_AUTH_FAIL_S", "10"))
 SPOOL_FULL_S = float(os.environ.get("BENCH_SPOOL_FULL_S", "45"))
 SPOOL_STREAM_RECORDS = int(os.environ.get("BENCH_SPOOL_STREAM_RECORDS", "2000"))
 CONVERGE_TIMEOUT_S = 60.0  # h) after a round of reloads, workers on different models this long count as diverged
+LEASE_RECORDS = int(os.environ.get("BENCH_LEASE_RECORDS", "20000"))
+LEASE_S = float(os.environ.get("BENCH_LEASE_S", "2"))
 RELOAD_TIMEOUT_S = 75.0  # above gunicorn's worker timeout (60 s): a worker killed mid-reload shows as an error
 
 
@@ -871,6 +877,139 @@ def client_faults(env: dict, folder: Path, servers: list) -> dict:
     return out
 
 
+def consumers_lease(s, env: dict, folder: Path, servers: list) -> dict:
+    """i) three consumers, c0 SIGKILLed at ~25 %, c3 added and the input resharded 2 -> 4 at ~50 %."""
+    from churnops.aws import client
+    from churnops.localservers import Server
+    from churnops.provision import ensure_streams
+    from churnops.store.sqlite import SQLiteStore
+
+    tag = secrets.token_hex(3)
+    names = {"input_stream": f"lin-{tag}", "output_stream": f"lout-{tag}", "dlq_stream": f"ldlq-{tag}"}
+    s = s.model_copy(update=names | {"stream_shards": 2})
+    ensure_streams(s)
+    kin = client("kinesis", s)
+    n = LEASE_RECORDS
+    feats = json.dumps(EXAMPLE)
+
+    def put(lo: int, hi: int) -> None:
+        for a in range(lo, hi, 500):
+            recs = [
+                {"Data": f'{{"request_id":"le-{i}","features":{feats}}}'.encode(), "PartitionKey": f"k{i % 100}"}
+                for i in range(a, min(hi, a + 500))
+            ]
+            kin.put_records(StreamName=s.input_stream, Records=recs)
+
+    env = (
+        api_env(env, folder)
+        | {k.upper(): v for k, v in names.items()}
+        | {"STREAM_SHARDS": "2", "CONSUMER_POLL_INTERVAL_S": "0.05", "CONSUMER_LEASE_S": str(LEASE_S)}
+    )
+    db = Path(env["STATE_DIR"]) / "predictions.db"
+    created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"]
+    prefix = f"kinesis:{s.input_stream}:{round(created['StreamCreationTimestamp'].timestamp() * 1000)}:"
+    store: SQLiteStore | None = None
+
+    def open_store() -> SQLiteStore | None:
+        nonlocal store
+        if store is None and db.exists():
+            store = SQLiteStore(db)
+        return store
+
+    def logged() -> int:
+        try:
+            return open_store().count_predictions() if open_store() else 0
+        except Exception:  # noqa: BLE001 - busy or half-created: ask again
+            return -1
+
+    def leases() -> list:
+        try:
+            return open_store().list_leases(prefix) if open_store() else []
+        except Exception:  # noqa: BLE001 - table not there yet, or busy
+            return []
+
+    regressions, seen, stop = [0], {}, threading.Event()
+
+    def watch() -> None:  # checkpoint regressions as the lease table shows them
+        while not stop.is_set():
+            for lease in leases():
+                if lease.seq and lease.seq < seen.get(lease.key, ""):
+                    regressions[0] += 1
+                seen[lease.key] = max(seen.get(lease.key, ""), lease.seq)
+            time.sleep(0.1)
+
+    args = [sys.executable, "-m", "serving.consumer"]
+    procs = {}
+
+    def start(name: str) -> None:
+        procs[name] = Server(args, folder / f"{name}.log", env=env | {"CONSUMER_ID": name}, cwd=ROOT)
+        servers.append(procs[name])
+
+    put(0, n // 2)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for name in ("c0", "c1", "c2"):
+        start(name)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and logged() < n // 4:
+        time.sleep(0.05)
+    held = {lease.key for lease in leases() if lease.owner == "c0" and lease.expires > time.time()}
+    os.kill(procs["c0"].proc.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    procs["c0"].proc.wait(10)
+    takeover_s = None
+    while time.monotonic() - t_kill < 60 and held:
+        now = {lease.key: lease for lease in leases()}
+        if all(now[k].owner not in (None, "c0") or now[k].finished for k in held if k in now):
+            takeover_s = round(time.monotonic() - t_kill, 2)
+            break
+        time.sleep(0.05)
+    put(n // 2, 3 * n // 4)
+    kin.update_shard_count(StreamName=s.input_stream, TargetShardCount=4, ScalingType="UNIFORM_SCALING")
+    start("c3")
+    put(3 * n // 4, n)
+    start_n, deadline = logged(), time.monotonic() + 300
+    last, stable_since = start_n, time.monotonic()
+    while time.monotonic() < deadline:
+        now_n = logged()
+        if now_n != last:
+            last, stable_since = now_n, time.monotonic()
+        elif now_n >= n and time.monotonic() - stable_since > 2:
+            break
+        elif time.monotonic() - stable_since > 30:
+            break
+        time.sleep(0.2)
+    t_done = time.monotonic() - t_kill
+    for name in ("c1", "c2", "c3"):
+        procs[name].stop()  # SIGTERM: the batch in flight, then the leases handed back
+        servers.remove(procs[name])
+    servers.remove(procs["c0"])
+    stop.set()
+    watcher.join(5)
+    results = read_stream(s, s.output_stream)
+    positions = collections.Counter((r.get("shard_id"), r.get("sequence_number")) for r in results)
+    rids = {r.get("request_id") for r in results}
+    entries = stored_ids(Path(env["STATE_DIR"]))
+    final = leases()
+    if store is not None:
+        store.close()
+    return {
+        "records": n,
+        "lease_seconds": LEASE_S,
+        "killed_consumer_leases": len(held),
+        "takeover_seconds": takeover_s,
+        "seconds_from_kill_to_all_logged": round(t_done, 1),
+        "results_total": len(results),
+        "results_duplicated": sum(c - 1 for c in positions.values() if c > 1),
+        "records_without_result": len({f"le-{i}" for i in range(n)} - rids),
+        "log_entries": len(entries),
+        "log_entries_unique": len(set(entries)),
+        "checkpoint_regressions_seen": regressions[0],
+        "leases": len(final),
+        "leases_finished": sum(1 for lease in final if lease.finished),
+    }
+
+
 def setup(tmp: Path, servers: list, result: dict):
     """moto + MLflow + a small trained model (or BENCH_RUN_ID): (settings, run id, the MLflow Server or None)."""
     from churnops.localservers import start_mlflow, start_moto
@@ -930,6 +1069,8 @@ def main() -> None:
         "goal": "no failed request besides those in flight on a killed worker; no lost prediction",
     }
     t_start = time.perf_counter()
+    # BENCH_FAULTS_ONLY=consumers_lease,...: only these scenarios, printed, results file left alone
+    only = {x.strip() for x in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if x.strip()}
     try:
         s, run_id, mlf = setup(tmp, servers, result)
         result["run_id"] = run_id
@@ -942,6 +1083,7 @@ def main() -> None:
             ("store_auth_failure", lambda: store_auth_failure(s, tmp / "e")),
             ("spool_full_stream", lambda: spool_full_stream(s, env, tmp / "f", servers)),
             ("client_faults", lambda: client_faults(env, tmp / "g", servers)),
+            ("consumers_lease", lambda: consumers_lease(s, env, tmp / "i", servers)),
         ]
         scenarios.append(
             (
@@ -952,11 +1094,8 @@ def main() -> None:
                 )[1],
             )
         )
-        only = {n.strip() for n in os.environ.get("BENCH_FAULTS_ONLY", "").split(",") if n.strip()}
         scenarios = [(n, f) for n, f in scenarios if not only or n in only]
         for name, fn in scenarios:
-            if only and name not in only:
-                continue
             t0 = time.perf_counter()
             try:
                 result[name] = fn()
@@ -970,7 +1109,10 @@ def main() -> None:
     result["total_seconds"] = round(time.perf_counter() - t_start, 1)
     from table import save  # bench/table.py: the one results table
 
-    save("faults", result)
+    if only:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        save("faults", result)
     print_table(result)
 
 
@@ -988,6 +1130,7 @@ def print_table(r: dict) -> None:
         "spool_full_stream",
         "client_faults",
         "concurrent_reloads",
+        "consumers_lease",
     ):
         if "error" in r.get(name, {}):
             print(f"  {name:<20} ERROR {r[name]['error']}")
@@ -1045,6 +1188,16 @@ def print_table(r: dict) -> None:
             f"{g('concurrent_reloads', 'reloads_per_round')} over 2 workers: answers {g('concurrent_reloads', 'answers')}; "
             f"rounds ending with workers on different models {g('concurrent_reloads', 'rounds_with_workers_on_different_models')}"
             f" (seconds until they agreed {g('concurrent_reloads', 'seconds_until_workers_agree')})"
+        )
+    if "error" not in r.get("consumers_lease", {"error": 1}):
+        print(
+            f"  i) 3 consumers, kill+join+reshard  {g('consumers_lease', 'records')} records: results duplicated "
+            f"{g('consumers_lease', 'results_duplicated')}, without result "
+            f"{g('consumers_lease', 'records_without_result')}, log {g('consumers_lease', 'log_entries_unique')} "
+            f"unique / {g('consumers_lease', 'log_entries')}; checkpoint regressions "
+            f"{g('consumers_lease', 'checkpoint_regressions_seen')}; takeover of "
+            f"{g('consumers_lease', 'killed_consumer_leases')} expired lease(s) in "
+            f"{g('consumers_lease', 'takeover_seconds')} s (leases of {g('consumers_lease', 'lease_seconds')} s)"
         )
 
 

@@ -130,6 +130,22 @@ def faults_rows(r: dict) -> list[Row]:
             f"{m.get('failed_while_pending', '—')} of {n(m.get('requests'))} predictions failed",
             "0 failed",
         ),
+    ] + lease_rows(r.get("consumers_lease"))
+
+
+def lease_rows(e: dict | None) -> list[Row]:
+    """bench_faults e): three consumers by lease, one killed, one added, a reshard 2 -> 4."""
+    if not e or "error" in e:
+        return []
+    return [
+        (
+            "3 stream consumers: one SIGKILLed, one added, reshard 2 → 4 shards",
+            f"{n(e.get('records'))} records: {e.get('records_without_result', '—')} without result, "
+            f"{e.get('results_duplicated', '—')} results twice, {e.get('checkpoint_regressions_seen', '—')} "
+            f"checkpoint regressions; expired leases taken over in {e.get('takeover_seconds', '—')} s "
+            f"(leases of {e.get('lease_seconds', '—')} s)",
+            "0 lost, 0 regressions",
+        )
     ]
 
 

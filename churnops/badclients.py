@@ -85,9 +85,7 @@ class Trickle:
     """`n` chunked /predict uploads that never end: one small chunk per connection every `every` s."""
 
     def __init__(self, port: int, n: int = 2, every: float = 0.05):
-        head = (
-            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         self.socks = [_open(port, head) for _ in range(n)]
         self.sent = 0
         self._stop = threading.Event()

@@ -183,8 +183,12 @@ class Settings(BaseSettings):
     log_journal: bool = True  # journal every record before its answer (crash-safe)
     consumer_batch_size: int = 500
     consumer_poll_interval_s: float = 0.2
-    consumer_index: int = 0  # this consumer's slot among consumer_count
-    consumer_count: int = 1
+    # shards are taken by lease (serving/leases.py): any number of consumers may run, join and die.
+    # CONSUMER_INDEX is only a hint: the first outbox slot this consumer tries; CONSUMER_COUNT is ignored
+    consumer_index: int = 0
+    consumer_count: int = 1  # ignored (kept so that old env files still load)
+    consumer_lease_s: float = Field(default=10.0, ge=0.5)  # a shard lease's duration (renewed every third)
+    consumer_id: str = ""  # this consumer's name in the lease table (default <host>-<pid>-<random>)
     consumer_threads: int = 4  # shards one consumer process polls at once
 
     # --- monitoring (reports, drift, retraining) -------------------------------------------------

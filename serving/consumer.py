@@ -1,12 +1,26 @@
 """Kinesis stream consumer: `predictions` in, one result per record to `results`, poison to the DLQ.
 
-    python -m serving.consumer            # CONSUMER_INDEX / CONSUMER_COUNT split the shards
+    python -m serving.consumer            # any number of them: shards are taken by lease
+
+Shards are taken by lease (serving/leases.py, the design of Kinesis' client library): a lease
+table in the store with owner, counter and expiry per shard; consumers renew what they hold, take
+over expired leases, balance when one joins, and checkpoint conditionally (only the lease's owner,
+never backwards). After a reshard a child shard starts only when its parents were read to their
+end. A consumer that loses a lease stops that shard before its next checkpoint. Killed without
+a goodbye, a consumer's shards are taken over within about CONSUMER_LEASE_S (10 s): the batch it
+had in flight (results put, checkpoint not written) is processed again by the new owner, so
+its results may appear twice on `results` (the prediction log keeps one entry per record; a
+reader dedupes results by `shard_id` + `sequence_number`). Balancing and a graceful stop (SIGTERM)
+hand leases over after the batch in flight is checkpointed: nothing twice.
+The lease table lives in the store: while the store cannot be reached, a consumer starts batches
+of its shards only until its leases could expire (0.6 CONSUMER_LEASE_S after the last renewal);
+then the shards wait, their records stay on the stream, and nothing is lost.
 
 Per batch (one get_records call per shard): decode every record (raw JSON or base64 of JSON),
 validate it against the data contract, predict (one matrix per model), write the prediction-log
 records synchronously (store, else spool on disk), put one result per valid record on `results`
 and one dead letter per poison record on `predictions-dlq`, and only then checkpoint the shard's
-last sequence number in the store. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint
+last sequence number in its lease. A restart resumes AFTER_SEQUENCE_NUMBER the checkpoint
 (TRIM_HORIZON when there is none), so nothing is lost and at most the last batch is re-emitted;
 results and log records carry the input sequence number and log `_id`s are
 `stream:<stream creation time, ms>:<shard>:<seq>` with the record's arrival time as `ts`, so a
@@ -46,7 +60,10 @@ import binascii
 import json
 import logging
 import math
+import os
+import secrets
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,14 +75,16 @@ from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
-from churnops.store.base import PredictionStore
+from churnops.store.base import SHARD_END, PredictionStore
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
 from serving.inference import BadInput, Row, check_row, log_record, parse_json, predict_rows
+from serving.leases import LeaseCoordinator, LeaseLoop
 from serving.metrics import get_metrics
 from serving.model import ModelManager, ModelSet
 from serving.outbox import Outbox
 from serving.prediction_log import PredictionLog
+from serving.slots import claim
 from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
@@ -114,6 +133,7 @@ class ShardState:
     last_seq: str | None
     failures: int = 0  # batches in a row that failed (model down, log spool failing)
     not_before: float = 0.0  # monotonic time before which the shard is not polled again
+    lease: object = None  # the serving.leases.Held it was started under (taken again: started again)
 
 
 class Consumer:
@@ -148,10 +168,13 @@ class Consumer:
         self.models = models or ModelManager(self.s, metrics=self.metrics)
         self.kin = kinesis or client("kinesis", self.s, max_attempts=4)
         self._s3 = s3
-        # one folder per consumer slot: consumers sharing a state folder never send each other's entries
-        self.outbox = Outbox(
-            self.s.state_path(self.s.stream_outbox_dir, "outbox") / f"consumer-{self.s.consumer_index}"
-        )
+        # one folder per consumer slot, claimed by a file lock: consumers sharing a state folder never
+        # send each other's entries (CONSUMER_INDEX is the first slot tried)
+        self.slot = claim(self.s.state_path(self.s.stream_outbox_dir, "outbox"), self.s.consumer_index)
+        self.outbox = Outbox(self.slot.folder)
+        self.worker_id = self.s.consumer_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.leases: LeaseCoordinator | None = None  # made once the stream's identity is known
+        self._lease_loop: LeaseLoop | None = None
         self.max_dlq_entry = min(KINESIS_RECORD_LIMIT - 4096, max(8192, 2 * self.s.dlq_preview_bytes + 16_384))
         self.identity: StreamIdentity | None = None
         self.shards: dict[str, ShardState] = {}
@@ -169,10 +192,17 @@ class Consumer:
 
     # ---- shards and checkpoints ------------------------------------------------------------------------
     def checkpoint_key(self, shard_id: str) -> str:
+        """The key of the shard's checkpoint in the store's older per-shard table (read once, when the
+        shard's lease is created, so that an upgraded consumer resumes where the old one stopped)."""
         return f"kinesis:{self.s.input_stream}:{shard_id}"
 
-    def my_shards(self) -> list[str]:
-        """This consumer's share of the input stream's shards (CONSUMER_INDEX of CONSUMER_COUNT)."""
+    def lease_prefix(self) -> str:
+        """Lease keys of this stream incarnation: `kinesis:<stream>:<created, ms>:`."""
+        created = round(self.identity.created * 1000) if self.identity is not None else 0
+        return f"kinesis:{self.s.input_stream}:{created}:"
+
+    def list_shards(self) -> list[dict]:
+        """Every shard of the input stream (open and closed), as list_shards gives them."""
         shards, token = [], None
         while True:
             kw = {"NextToken": token} if token else {"StreamName": self.s.input_stream}
@@ -182,9 +212,11 @@ class Consumer:
             if not token:
                 break
         self._shard_info = {sh["ShardId"]: sh for sh in shards}
-        ids = sorted(self._shard_info)
-        n, i = max(1, self.s.consumer_count), self.s.consumer_index
-        return [sh for k, sh in enumerate(ids) if k % n == i % n]
+        return shards
+
+    def my_shards(self) -> list[str]:
+        """The shards whose leases this consumer holds now."""
+        return sorted(self.leases.held_now()) if self.leases is not None else []
 
     def _discard(self, shard_id: str, ck: Checkpoint, code: str, why: str) -> None:
         log.warning("shard %s: checkpoint %s discarded, reading from TRIM_HORIZON: %s", shard_id, ck.seq, why)
@@ -192,6 +224,11 @@ class Consumer:
         with self._lock:
             self.discarded_checkpoints += 1
             self._pending_checkpoints.pop(shard_id, None)
+        if self.leases is not None:  # the one write that may go back: a checkpoint that is not this stream's
+            try:
+                self.leases.checkpoint(shard_id, None, None, backwards_ok=True)
+            except Exception as exc:
+                log.warning("shard %s: discarded checkpoint not cleared (%s)", shard_id, exc)
 
     def _stored_checkpoint(self, shard_id: str) -> Checkpoint | None:
         """This process's newest checkpoint of the shard, else the store's (None when there is none)."""
@@ -199,12 +236,12 @@ class Consumer:
         if ck is not None:
             return ck
         try:
-            raw = self.store.get_checkpoint(self.checkpoint_key(shard_id))
+            raw = self.leases.stored_checkpoint(shard_id) if self.leases is not None else None
         except Exception as exc:  # store down: resume from what this process already did, else start
             log.warning("checkpoint read failed (%s); resuming from memory", exc)
             st = self.shards.get(shard_id)
             return self._make_checkpoint(shard_id, st.last_seq) if st and st.last_seq else None
-        if raw is None:
+        if raw is None or raw == SHARD_END:
             return None
         try:
             return Checkpoint.decode(raw)
@@ -268,29 +305,61 @@ class Consumer:
                 self.shards.clear()
                 self._pending_checkpoints.clear()
         self.identity = ident
-        for sh in self.my_shards():
-            if sh not in self.shards:
-                it, seq = self._iterator(sh)
-                self.shards[sh] = ShardState(sh, it, seq)
-                log.info("shard %s: %s", sh, f"resuming after {seq}" if seq else "from TRIM_HORIZON")
+        if self.leases is None or self.leases.prefix != self.lease_prefix():
+            self.leases = LeaseCoordinator(self.store, self.lease_prefix(), self.worker_id, self.s.consumer_lease_s)
+        self.leases.sync_shards(self.list_shards(), self._legacy_checkpoint)
+        self.leases.tick()  # at once (the lease loop ticks every third of a lease duration)
+        self.sync_owned()
         self._last_shard_refresh = time.monotonic()
+
+    def _legacy_checkpoint(self, shard_id: str) -> str | None:
+        try:
+            return self.store.get_checkpoint(self.checkpoint_key(shard_id))
+        except Exception as exc:
+            log.warning("shard %s: older checkpoint not read (%s)", shard_id, exc)
+            return None
+
+    def sync_owned(self) -> None:
+        """Start the shards whose leases this consumer holds now (at their checkpoint) and forget the others."""
+        held = self.leases.held_now() if self.leases is not None else {}
+        for sh, st in list(self.shards.items()):
+            if held.get(sh) is not st.lease:
+                with self._lock:
+                    self.shards.pop(sh, None)
+                    self._pending_checkpoints.pop(sh, None)
+                log.info("shard %s: no longer this consumer's", sh)
+        for sh in sorted(set(held) - set(self.shards)):
+            if sh not in self._shard_info:
+                self._last_shard_refresh = -math.inf  # a shard this consumer has not listed yet
+                continue
+            it, seq = self._iterator(sh)
+            self.shards[sh] = ShardState(sh, it, seq, lease=held[sh])
+            log.info("shard %s: %s", sh, f"resuming after {seq}" if seq else "from TRIM_HORIZON")
 
     def _make_checkpoint(self, shard_id: str, seq: str) -> Checkpoint:
         ident = self.identity
         start = (self._shard_info.get(shard_id, {}).get("SequenceNumberRange") or {}).get("StartingSequenceNumber")
         return Checkpoint(seq, ident.arn if ident else None, ident.created if ident else None, start)
 
-    def _checkpoint(self, shard_id: str, ck: Checkpoint | str) -> None:
+    def _checkpoint(self, shard_id: str, ck: Checkpoint | str) -> bool:
+        """Write the shard's checkpoint into its lease (and any still pending); False when the lease
+        refused it (lost to another consumer, or backwards): the shard is dropped, nothing more of it
+        is processed. A store error keeps it in memory, written once the store is back."""
         if isinstance(ck, str):
             ck = self._make_checkpoint(shard_id, ck)
+        refused = False
         with self._lock:
             self._pending_checkpoints[shard_id] = ck
             try:
                 for sh, c in list(self._pending_checkpoints.items()):
-                    self.store.set_checkpoint(self.checkpoint_key(sh), c.encode())
+                    ok = self.leases is not None and self.leases.checkpoint(sh, c.encode(), c.seq)
                     del self._pending_checkpoints[sh]
+                    if not ok:
+                        self.shards.pop(sh, None)
+                        refused = refused or sh == shard_id
             except Exception as exc:  # kept in memory; written once the store is back
                 log.warning("checkpoint write failed (%s); will retry", exc)
+        return not refused
 
     # ---- output -------------------------------------------------------------------------------------------
     def _put_all(self, stream: str, entries: list[dict]) -> list[dict]:
@@ -583,6 +652,10 @@ class Consumer:
         handled. While entries wait in the outbox, no shard is read (they are sent first)."""
         if time.monotonic() - self._last_shard_refresh > 30:
             self.refresh_shards()
+        elif self.leases is not None:
+            if self._lease_loop is None:
+                self.leases.tick_if_due()
+            self.sync_owned()
         if not self.drain_outbox():
             return 0
         items = [(sh, st) for sh, st in list(self.shards.items()) if st.iterator is not None]
@@ -595,16 +668,25 @@ class Consumer:
             handled = sum(self._poll_shard(sh, st) for sh, st in items)
         if self._pending_checkpoints:
             self._checkpoint(*next(iter(dict(self._pending_checkpoints).items())))
+        for sh, st in list(self.shards.items()):  # closed shards whose SHARD_END could not be written yet
+            if st.iterator is None:
+                self._finish(sh)
         if not self.plog.store_ok or self.plog.spool_files():
             self.plog.maybe_replay()
         return handled
 
     def _poll_shard(self, sh: str, st: ShardState) -> int:
         """get_records on one shard, process the batch, checkpoint; returns how many records were handled."""
+
+        if self.stopping or time.monotonic() < st.not_before or self.leases is None:
+            return 0
+        with self.leases.processing(sh) as mine:
+            return self._poll_held_shard(sh, st) if mine else 0
+
+    def _poll_held_shard(self, sh: str, st: ShardState) -> int:
+        """`_poll_shard` while the shard's lease is held (no hand-off meanwhile)."""
         from botocore.exceptions import ClientError
 
-        if self.stopping or time.monotonic() < st.not_before:
-            return 0
         try:
             resp = self.kin.get_records(ShardIterator=st.iterator, Limit=min(10_000, self.s.consumer_batch_size))
         except ClientError as exc:
@@ -641,12 +723,28 @@ class Consumer:
                 return 0
             st.failures = 0
             st.last_seq = records[-1]["SequenceNumber"]
-            self._checkpoint(sh, st.last_seq)
+            if not self._checkpoint(sh, st.last_seq):
+                return len(records)  # the lease is gone: not one more batch of this shard
             handled = len(records)
         st.iterator = resp.get("NextShardIterator")
         if st.iterator is None:
-            log.info("shard %s closed", sh)
+            log.info("shard %s closed and read to its end", sh)
+            self._finish(sh)
         return handled
+
+    def _finish(self, sh: str) -> None:
+        """A closed shard read to its end: SHARD_END in its lease (once its last checkpoint is written)
+        and the lease released, so that its children may start."""
+        if sh in self._pending_checkpoints:
+            return  # the store is away: poll_once tries again
+        if self.leases is not None and self.leases.finish(sh):
+            with self._lock:
+                self.shards.pop(sh, None)
+            self._last_shard_refresh = -math.inf  # list the children and create their leases
+
+    def _lease_tick(self) -> None:
+        if self.leases is not None:
+            self.leases.tick()
 
     def wait_for_model(self) -> None:
         delay = 1.0
@@ -673,6 +771,11 @@ class Consumer:
         if self.stopping:
             return
         idle = failures = 0
+        try:
+            self.refresh_shards()
+        except Exception as exc:  # the loop below tries again
+            log.warning("shards not listed yet (%s: %s)", type(exc).__name__, exc)
+        self._lease_loop = LeaseLoop(self._lease_tick, self.s.consumer_lease_s / 3).start()
         last_follow = time.monotonic()
         try:
             while not self.stopping:
@@ -706,10 +809,16 @@ class Consumer:
                 else:
                     idle = 0
         finally:
+            self._lease_loop.stop()
+            self._lease_loop = None
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
             self.plog.close()
+            if self._pending_checkpoints:
+                self._checkpoint(*next(iter(dict(self._pending_checkpoints).items())))
+            if self.leases is not None:
+                self.leases.release_all()  # others take the shards at once, not after the leases expire
             log.info(
                 "consumer stopped: %d results, %d dead letters, %d in the outbox",
                 self.processed,
@@ -738,9 +847,10 @@ def main() -> None:
         c = Consumer(s)
         c.install_signal_handlers()
         log.info(
-            "consumer %d/%d on %s -> %s (dlq %s)",
-            s.consumer_index,
-            s.consumer_count,
+            "consumer %s (outbox slot %d, leases of %.1f s) on %s -> %s (dlq %s)",
+            c.worker_id,
+            c.slot.index,
+            s.consumer_lease_s,
             s.input_stream,
             s.output_stream,
             s.dlq_stream,

@@ -8,16 +8,37 @@ results stream. A record that fails for itself (not a JSON object, no or bad ima
 missing, too big, not an image, wrong size, unsupported raw) goes to the dead-letter stream with
 its reason_code and the shard moves on. A transient S3 error (endpoint down, throttling, 5xx)
 raises: the consumer retries the whole batch from its checkpoint later, so nothing is lost.
+
+A prediction that fails is the record's fault only when the model still predicts a blank image of
+the same size: otherwise the model fails on everything (broken model, missing runtime), which
+raises ModelFailure as on the tabular path: nothing is emitted, the checkpoint stays, and the
+shard retries the batch with backoff until a working model is loaded.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+import numpy as np
+
 from churnops.s3keys import UnsafeKeyError, split_s3_uri
-from serving.image import answer, decode, log_entry, predict
+from serving.image import DecodedImage, answer, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, valid_request_id
+
+log = logging.getLogger(__name__)
+
+
+def model_works(ms, img: DecodedImage) -> bool:
+    """Whether every model of the set predicts a blank image shaped like `img` (the model, not the record)."""
+    try:
+        for m in ms.models():
+            m.bundle.predict(np.zeros_like(img.x)[None])
+        return True
+    except Exception as exc:
+        log.error("image model cannot predict a blank image (%s: %s)", type(exc).__name__, exc)
+        return False
 
 
 def allowed_buckets(s) -> set[str]:
@@ -96,8 +117,8 @@ def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
 
 def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, int]:
     """`Consumer.process` for image records: results and dead letters, log first; returns their counts."""
-    from churnops.aws import client
-    from serving.consumer import _arrival, decode_payload
+    from churnops.aws import client, is_transient
+    from serving.consumer import ModelFailure, _arrival, decode_payload
 
     s, contract = consumer.s, consumer.image
     if getattr(consumer, "_image_s3", None) is None:
@@ -110,16 +131,29 @@ def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, i
         try:
             rid, bucket, key = parse_record(decode_payload(rec["Data"]), seq, s)
             img = decode(fetch(consumer._image_s3, bucket, key, int(s.image_max_body_bytes)), None, contract, "image")
-            pred = predict(ms, rid, img)
         except BadInput as e:
             consumer.metrics.rejections.labels("stream", e.reason).inc()
             dlq.append(consumer._dead(shard_id, rec, e.error, e.reason, e.details))
             continue
         except Exception as e:
-            from churnops.aws import is_transient
-
             if is_transient(e):
                 raise  # S3 down: retry the batch later from the checkpoint
+            consumer.metrics.rejections.labels("stream", "undecodable").inc()
+            dlq.append(
+                consumer._dead(
+                    shard_id,
+                    rec,
+                    f"the image could not be decoded ({type(e).__name__})",
+                    "undecodable",
+                    {"exception": f"{type(e).__name__}: {e}"},
+                )
+            )
+            continue
+        try:
+            pred = predict(ms, rid, img)
+        except Exception as e:
+            if ms is None or not model_works(ms, img):
+                raise ModelFailure(f"the image model fails on every record ({type(e).__name__}: {e})") from e
             consumer.metrics.rejections.labels("stream", "prediction_failed").inc()
             dlq.append(
                 consumer._dead(

@@ -28,6 +28,9 @@ write of an `_id` wins. (MongoDB enforces it on insert; the embedded store on re
 A batch request's predictions travel as one `PredictionBatch` (columns, not 1,000 dicts) and
 reach the store through `insert_batch`; `rows()` gives the same record dicts as above.
 
+Stream consumers take shards by lease (the design of Kinesis' client library) and keep each shard's
+checkpoint in its lease: see `Lease` and the `*_lease` methods (compare-and-set on the counter).
+
 Backends: `churnops.store.sqlite.SQLiteStore` (embedded default, one WAL-mode file shared by all
 processes) and `churnops.store.mongo.MongoStore` (when MONGODB_URI is set);
 `churnops.store.factory.open_store(settings)` picks one. Servers write through
@@ -106,6 +109,71 @@ class PredictionBatch:
         return cls(dict(doc["const"]), dict(doc["cols"]), dict(doc.get("features") or {}))
 
 
+SHARD_END = "SHARD_END"  # a lease's checkpoint once its shard is closed and read to its end
+
+
+def seq_order(checkpoint_seq: str | None) -> str:
+    """A checkpoint's sequence number in a form whose string order is the integer order: zero-padded to
+    80 digits (Kinesis numbers have up to 56), SHARD_END after every number, "" for none."""
+    if checkpoint_seq is None:
+        return ""
+    if checkpoint_seq == SHARD_END:
+        return "~"
+    if not checkpoint_seq.isdigit() or len(checkpoint_seq) > 80:
+        raise ValueError(f"sequence number {checkpoint_seq[:100]!r} is not a number of at most 80 digits")
+    return checkpoint_seq.zfill(80)
+
+
+@dataclass
+class Lease:
+    """One shard's lease: who processes it, until when, and how far it got.
+
+    `counter` is the fencing token: it changes with every change of hands (take, steal request,
+    hand-off, release), never on renewal, and every conditional write names the counter it expects.
+    `expires` is UNIX seconds (the consumers' clocks must agree to well under a lease duration).
+    `checkpoint` is the encoded checkpoint (serving.checkpoint) or SHARD_END; `seq` its `seq_order`.
+    `parents` are the lease keys of the shards this one was split or merged from; `pending_owner`
+    a consumer waiting for the owner to hand the lease over (balancing)."""
+
+    key: str
+    owner: str | None = None
+    counter: int = 0
+    expires: float = 0.0
+    checkpoint: str | None = None
+    seq: str = ""
+    parents: list[str] = field(default_factory=list)
+    pending_owner: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.checkpoint == SHARD_END
+
+    def to_doc(self) -> dict:
+        return {
+            "_id": self.key,
+            "owner": self.owner,
+            "counter": self.counter,
+            "expires": self.expires,
+            "checkpoint": self.checkpoint,
+            "seq": self.seq,
+            "parents": list(self.parents),
+            "pending_owner": self.pending_owner,
+        }
+
+    @classmethod
+    def from_doc(cls, d: dict) -> "Lease":
+        return cls(
+            str(d["_id"]),
+            d.get("owner"),
+            int(d.get("counter") or 0),
+            float(d.get("expires") or 0.0),
+            d.get("checkpoint"),
+            str(d.get("seq") or ""),
+            list(d.get("parents") or []),
+            d.get("pending_owner"),
+        )
+
+
 class PredictionStore(ABC):
     """What the servers, the report flow and the trigger need from the prediction log."""
 
@@ -151,6 +219,34 @@ class PredictionStore(ABC):
     @abstractmethod
     def set_checkpoint(self, key: str, value: str) -> None:
         """Store a checkpoint value."""
+
+    # ---- shard leases (stream consumers) --------------------------------------------------------------
+    def create_lease(self, lease: Lease) -> bool:
+        """Insert `lease` unless its key exists; True when this call created it."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
+
+    def get_lease(self, key: str) -> Lease | None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
+
+    def list_leases(self, prefix: str) -> list[Lease]:
+        """Every lease whose key starts with `prefix`, by key."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
+
+    def cas_lease(
+        self, key: str, counter: int, owner: str | None, expires: float, pending_owner: str | None, bump: bool
+    ) -> bool:
+        """Compare-and-set: when the stored counter is `counter`, set owner, expires and pending_owner
+        (and the counter to `counter + 1` when `bump`); True when it was set. The checkpoint is never
+        touched here (only `checkpoint_lease` moves it)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
+
+    def checkpoint_lease(
+        self, key: str, owner: str, counter: int, checkpoint: str | None, seq: str, backwards_ok: bool = False
+    ) -> bool:
+        """Set the checkpoint when `owner` holds the lease at `counter` and `seq` (`seq_order`) is not
+        before the stored one; True when it was set (False: lease lost, or it would go backwards).
+        `backwards_ok` only for discarding a checkpoint that does not fit the stream (see serving.checkpoint)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no leases")
 
     @abstractmethod
     def save_report(self, meta: dict) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from churnops.redact import redact
-from churnops.store.base import PredictionStore
+from churnops.store.base import Lease, PredictionStore
 from churnops.store.base import feedback_outcome as _outcome
 
 # write-error codes about the document written, not the server: duplicate key (11000, 11001,
@@ -111,6 +111,42 @@ class MongoStore(PredictionStore):
 
     def set_checkpoint(self, key: str, value: str) -> None:
         self.db.checkpoints.replace_one({"_id": key}, {"_id": key, "value": str(value)}, upsert=True)
+
+    # ---- shard leases: one document per shard in `leases`, updated with conditional update_one ----------
+    def create_lease(self, lease: Lease) -> bool:
+        from pymongo.errors import DuplicateKeyError
+
+        try:
+            self.db.leases.insert_one(lease.to_doc())
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def get_lease(self, key: str) -> Lease | None:
+        doc = self.db.leases.find_one({"_id": key})
+        return None if doc is None else Lease.from_doc(doc)
+
+    def list_leases(self, prefix: str) -> list[Lease]:
+        import re
+
+        docs = self.db.leases.find({"_id": {"$regex": "^" + re.escape(prefix)}}).sort("_id", 1)
+        return [Lease.from_doc(d) for d in docs]
+
+    def cas_lease(self, key, counter, owner, expires, pending_owner, bump) -> bool:
+        update: dict = {"$set": {"owner": owner, "expires": float(expires), "pending_owner": pending_owner}}
+        if bump:
+            update["$inc"] = {"counter": 1}
+        return self.db.leases.update_one({"_id": key, "counter": int(counter)}, update).matched_count == 1
+
+    def checkpoint_lease(self, key, owner, counter, checkpoint, seq, backwards_ok=False) -> bool:
+        query = {"_id": key, "owner": owner, "counter": int(counter)}
+        if not backwards_ok:
+            query["seq"] = {"$lte": seq}
+        res = self.db.leases.update_one(
+            query,
+            {"$set": {"checkpoint": checkpoint, "seq": seq}},
+        )
+        return res.matched_count == 1
 
     def save_report(self, meta: dict) -> None:
         self._ensure_indexes()

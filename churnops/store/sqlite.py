@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.store.base import Lease, PredictionBatch, PredictionStore
 from churnops.store.base import feedback_outcome as _outcome
 
 _SCHEMA = """
@@ -54,6 +54,20 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 """
+
+
+# shard leases of the stream consumers (churnops.store.base.Lease); created on first use
+_LEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY, owner TEXT, counter INTEGER NOT NULL, expires REAL NOT NULL, checkpoint TEXT,
+    seq TEXT NOT NULL, parents TEXT NOT NULL, pending_owner TEXT);
+"""
+_LEASE_COLUMNS = "key, owner, counter, expires, checkpoint, seq, parents, pending_owner"
+
+
+def _lease(row) -> Lease:
+    key, owner, counter, expires, checkpoint, seq, parents, pending = row
+    return Lease(key, owner, int(counter), float(expires), checkpoint, seq, json.loads(parents), pending)
 
 
 def _default(obj):
@@ -329,6 +343,76 @@ class SQLiteStore(PredictionStore):
             lambda c: c.execute(
                 "INSERT INTO checkpoints (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (key, str(value)),
+            )
+        )
+
+    # ---- shard leases ---------------------------------------------------------------------------------
+    def _lease_table(self, conn: sqlite3.Connection) -> None:
+        if not getattr(self, "_leases_ready", False):
+            conn.executescript(_LEASE_SCHEMA)
+            self._leases_ready = True
+
+    def _leases(self, fn):
+        def go(conn):
+            self._lease_table(conn)
+            return fn(conn)
+
+        return self._run(go)
+
+    def create_lease(self, lease: Lease) -> bool:
+        d = lease.to_doc()
+        return self._leases(
+            lambda c: (
+                c.execute(
+                    f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                    (
+                        d["_id"],
+                        d["owner"],
+                        d["counter"],
+                        d["expires"],
+                        d["checkpoint"],
+                        d["seq"],
+                        json.dumps(d["parents"]),
+                        d["pending_owner"],
+                    ),
+                ).rowcount
+                == 1
+            )
+        )
+
+    def get_lease(self, key: str) -> Lease | None:
+        row = self._leases(lambda c: c.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE key = ?", (key,)).fetchone())
+        return _lease(row) if row else None
+
+    def list_leases(self, prefix: str) -> list[Lease]:
+        rows = self._leases(
+            lambda c: c.execute(
+                f"SELECT {_LEASE_COLUMNS} FROM leases WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix)
+            ).fetchall()
+        )
+        return [_lease(r) for r in rows]
+
+    def cas_lease(self, key, counter, owner, expires, pending_owner, bump) -> bool:
+        return self._leases(
+            lambda c: (
+                c.execute(
+                    "UPDATE leases SET owner = ?, expires = ?, pending_owner = ?, counter = counter + ? "
+                    "WHERE key = ? AND counter = ?",
+                    (owner, float(expires), pending_owner, 1 if bump else 0, key, int(counter)),
+                ).rowcount
+                == 1
+            )
+        )
+
+    def checkpoint_lease(self, key, owner, counter, checkpoint, seq, backwards_ok=False) -> bool:
+        return self._leases(
+            lambda c: (
+                c.execute(
+                    "UPDATE leases SET checkpoint = ?, seq = ? WHERE key = ? AND owner = ? AND counter = ? "
+                    "AND (seq <= ? OR ?)",
+                    (checkpoint, seq, key, owner, int(counter), seq, 1 if backwards_ok else 0),
+                ).rowcount
+                == 1
             )
         )
 

@@ -315,6 +315,62 @@ def test_stream_image_uri_records_end_to_end(image_model, raw_contract):
     assert logged["features"]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def test_stream_image_model_failing_on_everything_makes_the_shard_wait(image_model, raw_contract):
+    """An image model that fails on every record (and on a blank image) is not the records' fault: no
+    result, no dead letter, no checkpoint; once the model works again every record gets its result."""
+    from churnops.aws import client
+    from churnops.provision import ensure_streams
+    from churnops.store.sqlite import SQLiteStore
+    from serving.consumer import Consumer
+    from serving.model import ModelManager
+    from tests.serving.test_consumer import read_stream
+
+    tag = uuid.uuid4().hex[:8]
+    s = image_model["settings"].model_copy(
+        update={
+            "input_stream": f"imgw-in-{tag}",
+            "output_stream": f"imgw-out-{tag}",
+            "dlq_stream": f"imgw-dlq-{tag}",
+            "stream_shards": 1,
+            "consumer_poll_interval_s": 0.01,
+            "stream_backoff_max_s": 0.1,
+            "dlq_s3_payloads": False,
+        }
+    )
+    ensure_streams(s)
+    s3, kin = client("s3", s), client("kinesis", s)
+    s3.create_bucket(Bucket=s.bucket)
+    _, data = dng(image_model, 3)
+    s3.put_object(Bucket=s.bucket, Key="wait/3.dng", Body=data)
+    for i in range(3):
+        rec = {"request_id": f"w-{i}", "image_uri": f"s3://{s.bucket}/wait/3.dng"}
+        kin.put_record(StreamName=s.input_stream, Data=json.dumps(rec).encode(), PartitionKey="k")
+    mm = ModelManager(s)
+    mm.load_initial()
+    state = {"broken": True}
+    for m in mm.current.models():
+        real = m.bundle.predict
+
+        def predict(X, real=real):
+            if state["broken"]:
+                raise RuntimeError("onnxruntime: model broken (test)")
+            return real(X)
+
+        m.bundle.predict = predict
+    consumer = Consumer(s, store=SQLiteStore(s.state_dir / f"wait-{tag}.db"), models=mm)
+    consumer.run(max_idle_polls=3)
+    assert consumer.processed == 0 and consumer.dead == 0
+    assert read_stream(kin, s.output_stream) == [] and read_stream(kin, s.dlq_stream) == []
+    (sh,) = consumer.shards
+    assert consumer.leases.stored_checkpoint(sh) is None  # the shard waits at its start
+    state["broken"] = False
+    consumer.stopping = False
+    consumer.run(max_idle_polls=3)
+    consumer.plog.close()
+    assert sorted(r["request_id"] for r in read_stream(kin, s.output_stream)) == ["w-0", "w-1", "w-2"]
+    assert read_stream(kin, s.dlq_stream) == []
+
+
 @pytest.mark.integration
 def test_predict_image_through_gunicorn(image_model, raw_contract, tmp_path):
     """The real server (gunicorn, its keep-alive worker): a DNG body, a 2 MB one over MAX_BODY_BYTES but

@@ -139,7 +139,7 @@ def test_raw_base64_poison_and_resume(stream_settings, bundles):
     assert all(first[k] == arrived[k] for k in first)
     # checkpoints: a new consumer resumes after them and re-emits nothing
     for sh in c.shards:
-        assert store.get_checkpoint(c.checkpoint_key(sh)) is not None
+        assert c.leases.stored_checkpoint(sh) is not None
     c2 = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
     c2.run(max_idle_polls=2)
     assert c2.processed == 0 and c2.dead == 0
@@ -200,18 +200,36 @@ def test_put_records_retries_failed_entries(stream_settings, bundles):
     assert sorted(r["i"] for r in read_stream(client("kinesis", s), s.output_stream)) == list(range(10))
 
 
-def test_consumers_split_shards(stream_settings, bundles):
+def test_two_consumers_with_the_same_settings_answer_each_record_once(stream_settings, bundles):
+    """A second consumer started beside the first with the very same settings (scaling, a rolling
+    deploy, the same CONSUMER_INDEX): shards are shared by lease, handed over between batches, so
+    each record gets one result and one log entry; each consumer has its own outbox folder."""
+    import threading
+    import time
+
     from churnops.aws import client
     from churnops.store.sqlite import SQLiteStore
 
-    s = stream_settings
+    s = stream_settings.model_copy(update={"consumer_lease_s": 1.0})
     kin = client("kinesis", s)
-    shards = sorted(x["ShardId"] for x in kin.list_shards(StreamName=s.input_stream)["Shards"])
-    mine = []
-    for i in range(2):
-        si = s.model_copy(update={"consumer_index": i, "consumer_count": 2})
-        mine.append(make_consumer(si, bundles, SQLiteStore(s.state_dir / "p.db")).my_shards())
-    assert mine == [[shards[0]], [shards[1]]]
+    seqs = put(kin, s, [json.dumps({"request_id": f"t{i}", "features": example()}).encode() for i in range(600)])
+    cs = [make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db")) for _ in range(2)]
+    assert cs[0].outbox.dir != cs[1].outbox.dir
+    threads = [threading.Thread(target=c.run) for c in cs]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while cs[0].processed + cs[1].processed < 600 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # anything more would show
+    for c in cs:
+        c.stopping = True
+    for t in threads:
+        t.join(30)
+    results = read_stream(kin, s.output_stream)
+    assert sorted((r["shard_id"], r["sequence_number"]) for r in results) == sorted(seqs)  # each once
+    assert len(SQLiteStore(s.state_dir / "p.db").find_predictions()) == 600
+    assert cs[0].processed + cs[1].processed == 600
 
 
 def test_decode_payload():
@@ -271,7 +289,7 @@ def test_any_record_exception_is_a_dead_letter_and_the_shard_moves_on(stream_set
     assert dlq[seqs[5]]["payload_encoding"] == "base64"
     assert base64.b64decode(dlq[seqs[5]]["payload"]) == not_utf8
     (sh,) = c.shards
-    assert json.loads(c.store.get_checkpoint(c.checkpoint_key(sh)))["seq"] == seqs[-1][1]
+    assert json.loads(c.leases.stored_checkpoint(sh))["seq"] == seqs[-1][1]
 
 
 def test_large_invalid_record_is_a_bounded_dead_letter_and_nothing_is_emitted_twice(stream_settings, bundles):
@@ -426,7 +444,8 @@ def test_transient_endpoint_errors_do_not_end_the_run_loop(stream_settings, bund
 
 def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles):
     """Consume, delete and create the input stream again, put new records: the old checkpoints (numbers
-    beyond the new stream's) are reported and discarded, and every new record gets its result."""
+    beyond the new stream's) are not used (the new stream has leases of its own, keyed by its creation
+    time), and every new record gets its result."""
     import time
 
     from churnops.aws import client
@@ -445,7 +464,7 @@ def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles
     new = put(kin, s, [json.dumps({"request_id": f"new{i}", "features": example()}).encode() for i in range(5)])
     c2 = make_consumer(s, bundles, SQLiteStore(s.state_dir / "p.db"))
     c2.run(max_idle_polls=2)
-    assert c2.processed == 5 and c2.discarded_checkpoints == 1
+    assert c2.processed == 5
     got = [r for r in read_stream(kin, s.output_stream) if r["request_id"].startswith("new")]
     assert sorted((r["shard_id"], r["sequence_number"]) for r in got) == sorted(new)
     logged = c2.store.find_predictions()
@@ -497,6 +516,9 @@ def test_checkpoint_without_identity_is_checked_against_the_shard(stream_setting
     store.set_checkpoint(c.checkpoint_key(sh), "2981")  # another stream's number: not in this shard
     c.run(max_idle_polls=2)
     assert c.processed == 6 and c.discarded_checkpoints == 1
+    # the older table is read when a shard's lease is created: a new stream (its own leases)
+    s = one_shard(s)
+    seqs = put(kin, s, [json.dumps({"request_id": f"r{i}", "features": example()}).encode() for i in range(6)])
     store.set_checkpoint(c.checkpoint_key(sh), seqs[2][1])  # a record of this shard: resume after it
     c2 = make_consumer(s, bundles, store)
     c2.run(max_idle_polls=2)
@@ -531,7 +553,7 @@ def test_model_failing_on_everything_pauses_the_shard_not_the_dlq(stream_setting
     c.run(max_idle_polls=3)
     assert c.processed == 0 and c.dead == 0 and read_stream(kin, s.dlq_stream) == []
     (sh,) = c.shards
-    assert c.store.get_checkpoint(c.checkpoint_key(sh)) is None
+    assert c.leases.stored_checkpoint(sh) is None
     state["broken"] = False
     c.shards[sh].not_before = 0.0
     c.stopping = False

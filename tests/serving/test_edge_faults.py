@@ -110,7 +110,9 @@ def test_a_chunked_body_is_read_and_capped(edge_api):
     port = edge_api["port"]
     body = json.dumps(example()).encode()
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(head + b"Connection: close\r\n\r\n" + chunked)
         status, answer = _answer(s)
