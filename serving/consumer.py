@@ -40,7 +40,10 @@ Whatever one record does, the shard moves on:
   stored whole under s3://<BUCKET>/dead-letter/ and referenced.
 - put_records retries failed entries and transient errors STREAM_PUT_RETRIES times with backoff;
   what is still not taken goes to the outbox on disk (serving.outbox), the checkpoint moves on,
-  and no shard is read until the outbox is sent: no result is emitted twice nor lost. An entry
+  and no shard is read until the outbox is sent: no result is lost. Delivery on `results` is
+  at least once (a crash between a put and the outbox rewrite, or a SIGKILL between a put and the
+  checkpoint, re-sends; readers drop repeats by shard_id + sequence_number); the log has each
+  prediction once. An entry
   Kinesis refuses for itself (ValidationException) is set aside in the outbox's `rejected/`. If
   the outbox cannot be written, the consumer stops (StreamHalt) rather than loop.
 - Any error of a poll (endpoint unreachable, throttling, 5xx, timeouts) is logged and retried
