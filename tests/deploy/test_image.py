@@ -77,7 +77,12 @@ def test_multi_stage_non_root_no_build_tools_and_optional_torch():
     for tool_name in ("build-essential", "gcc", "g++", "make ", "pip install"):
         assert tool_name not in final_runs, f"{tool_name} in the final stage"
     text = (ROOT / "Dockerfile").read_text()
-    assert 'ARG TORCH_VERSION=""' in text and 'if [ -n "$TORCH_VERSION" ]' in text  # torch only when asked
+    assert 'ARG WITH_TORCH=""' in text and 'if [ -n "$WITH_TORCH" ]' in text  # torch only when asked
+    assert not re.search(r"torch==[0-9]", text)  # ... at the pin of pyproject.toml's `image` extra, read at build time
+    assert "o['image']" in text and "not d.startswith('torch')" in text  # rawpy + tifffile always
+    assert "libgomp1=" not in text  # no Debian revision pin
+    assert "ARG GIT_COMMIT" in text and "GIT_COMMIT=${GIT_COMMIT}" in text
+    assert 'ENV_FILE=""' in text  # no dotenv file in the image: the environment only
     assert "postgres" in text  # MLflow's PostgreSQL driver (the `postgres` extra)
     assert "psycopg2-binary" in str(
         tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
