@@ -198,7 +198,7 @@ class Run:
                 f"ip link set {veth} master {net['bridge']} up && ip -n {ns} addr add {ip}/16 dev eth0 && "
                 f"ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"
             )
-            net["ns"][s] = {"ns": ns, "ip": ip}
+            net["ns"][s] = {"ns": ns, "ip": ip, "veth": veth}
         hosts = "127.0.0.1 localhost\n" + "".join(
             f"{v['ip']} {k}\n" for k, v in net["ns"].items() if not k.startswith("run-")
         )
@@ -210,11 +210,15 @@ class Run:
         return net["ns"][service]["ns"]
 
     def teardown(self) -> None:
+        """Stop every process, delete the namespaces, the hosts files and the bridge (as `shim` calls left them)."""
+        if self.file.exists():
+            self.data = json.loads(self.file.read_text())
         for name in list(self.data["procs"]):
             self.stop(name)
         net = self.data.get("net") or {}
         for v in (net.get("ns") or {}).values():
             subprocess.run(["ip", "netns", "del", v["ns"]], capture_output=True)
+            subprocess.run(["ip", "link", "del", v.get("veth", "")], capture_output=True)
             shutil.rmtree(Path("/etc/netns") / v["ns"], ignore_errors=True)
         if net.get("bridge"):
             subprocess.run(["ip", "link", "del", net["bridge"]], capture_output=True)
