@@ -768,7 +768,9 @@ def smoke(root: Path = PROJECT_ROOT, keep: bool = False) -> int:
     finally:
         if not keep:
             run.teardown()
-    run.say("FAILED: " + "; ".join(failures) if failures else "compose smoke passed")
+    run.say("FAILED: " + "; ".join(failures) + f" (logs in {state}/logs)" if failures else "compose smoke passed")
+    if not failures and not keep:
+        shutil.rmtree(state, ignore_errors=True)
     return 1 if failures else 0
 
 
