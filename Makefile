@@ -22,21 +22,27 @@ DOCKER_SECRETS ?= .stack/docker/secrets.env
 SECRET_VARS := ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD MONGO_PASSWORD
 DC := docker compose -p churnops --env-file .env.$(env) --env-file $(DOCKER_SECRETS) \
       -f docker-compose-registry.yml -f docker-compose-serve.yml
-REGISTRY_SERVICES := localstack postgres mlflow prefect-server prefect-worker
+# init-aws runs at every start: it re-creates what LocalStack lost (bucket, streams, snapshot)
+REGISTRY_SERVICES := localstack postgres mlflow prefect-server prefect-worker init-aws
 SERVE_SERVICES := mongo api consumer-0 consumer-1 simulate-http simulate-kinesis prometheus grafana nginx
 SERVING := api consumer-0 consumer-1
 # commands that write RUN_ID into the host's .env.<env> run as the host user with that file mounted
 DC_PIN := $(DC) run --rm --no-deps --user "$$(id -u):$$(id -g)" -v "$(CURDIR)/.env.$(env):/app/.env.pin" \
           -e ENV_FILE=/app/.env.pin -e VERSION -e REASON prefect-worker
+# the commit the image is built from (the `mlflow` service's build argument; runs record it)
+export GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 ifeq ($(RUNTIME),docker)
 DEPS := docker-env
+# down, status, logs, stop-serve: the compose files need the secrets too (after reset_all as well)
+STOP_DEPS := docker-env
 else
 DEPS := $(STAMP)
+STOP_DEPS :=
 endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback promote collect-labels replay-quarantine reset_all lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-peers bench-table demo-image venv system-deps docker-env
+        rollback promote collect-labels replay-quarantine reset_all compose-smoke lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-peers bench-table demo-image venv system-deps docker-env
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -45,20 +51,31 @@ help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch th
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (first time: about 2-3 minutes)"
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,lint,image]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,lint,image,postgres]"
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
 
-system-deps: ## optional, root + apt only: nginx (reports + buffering proxy in front of the API), prometheus (scrapes the API), wrk (bench-serve load)
-	@for pkg in nginx:nginx-light prometheus:prometheus wrk:wrk; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
+system-deps: ## optional, root + apt only: nginx (reports + buffering proxy in front of the API), prometheus (scrapes the API), wrk (bench-serve load), postgresql + curl (compose-smoke)
+	@for pkg in nginx:nginx-light prometheus:prometheus wrk:wrk pg_ctlcluster:postgresql psql:postgresql-client curl:curl; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
 	  if command -v $$bin >/dev/null; then echo "$$bin present"; \
 	  elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq $$deb >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$deb >/dev/null 2>&1)) \
 	    && echo "$$bin installed" || echo "$$bin not installed (optional)"; \
 	  else echo "$$bin absent (optional)"; fi; done
 
-demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deployments, sweep, pin, serve
+ifeq ($(RUNTIME),docker)
+demo: docker-env ## the whole lifecycle: up, data, deployments, sweep, pin, serve (docker: every service, no host venv)
+	@$(MAKE) --no-print-directory setup-model-registry
+	@$(MAKE) --no-print-directory init_aws
+	@$(MAKE) --no-print-directory apply-model-train-flow
+	@$(MAKE) --no-print-directory train
+	@$(MAKE) --no-print-directory pin
+	@$(MAKE) --no-print-directory setup-model-serve
+	@$(MAKE) --no-print-directory apply-prediction-reporting
+	@echo "== demo done == API http://127.0.0.1:9696  MLflow http://127.0.0.1:5051  Prefect http://127.0.0.1:4200  reports http://127.0.0.1:8888  Grafana http://127.0.0.1:3000; stop with: make down RUNTIME=docker"
+else
+demo: $(STAMP)
 	@$(MAKE) --no-print-directory up
 	@$(MAKE) --no-print-directory init_aws
 	@$(MAKE) --no-print-directory apply-model-train-flow
@@ -74,6 +91,7 @@ demo: $(STAMP) ## the whole lifecycle on the embedded stack: up, data, deploymen
 	  print(f'  S3/Kinesis (moto)  {s.aws_endpoint_url}'); \
 	  print(f'  API      {s.api_url}'); print(f'  Reports  http://{s.reports_host}:{s.reports_port}')"
 	@echo "  stop with: make down"
+endif
 
 demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> ONNX parity -> MLflow registry
 	@$(MAKE) --no-print-directory up
@@ -100,21 +118,21 @@ else
 	@$(STACK) up
 endif
 
-down: ## stop the stack (state kept); embedded: waits until every process has exited (SIGKILL after STACK_STOP_TIMEOUT_S)
+down: $(STOP_DEPS) ## stop the stack (state kept); embedded: waits until every process has exited (SIGKILL after STACK_STOP_TIMEOUT_S)
 ifeq ($(RUNTIME),docker)
 	$(DC) down
 else
 	@if [ -x $(STACK) ]; then $(STACK) down; else echo "nothing to stop"; fi
 endif
 
-status: ## show the stack's processes / containers and their health
+status: $(STOP_DEPS) ## show the stack's processes / containers and their health
 ifeq ($(RUNTIME),docker)
 	$(DC) ps
 else
 	@$(STACK) status
 endif
 
-logs: ## recent log lines of every service (svc=NAME for one)
+logs: $(STOP_DEPS) ## recent log lines of every service (svc=NAME for one)
 ifeq ($(RUNTIME),docker)
 	$(DC) logs --tail 100 $(svc)
 else
@@ -173,7 +191,7 @@ else
 	@$(STACK) start api consumer
 endif
 
-stop-serve: ## stop the HTTP API and the Kinesis consumer(s)
+stop-serve: $(STOP_DEPS) ## stop the HTTP API and the Kinesis consumer(s)
 ifeq ($(RUNTIME),docker)
 	$(DC) stop $(SERVING)
 else
@@ -258,6 +276,9 @@ lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (
 	$(BIN)/actionlint .github/workflows/*.yml && echo "actionlint: workflows ok" || rc=1; \
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
 	exit $$rc
+
+compose-smoke: $(STAMP) ## the compose files' own services here without Docker (root: network namespaces): the README's Docker sequence + smoke checks
+	$(BIN)/python -m churnops.composerun smoke
 
 bench: bench-train bench-serve bench-servers bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
 	$(BIN)/python bench/table.py

@@ -2,6 +2,7 @@
 
     churnops-health http://127.0.0.1:9696/health    # an HTTP service: any answer below 500
     churnops-health consumer                        # the stream consumer's dependencies answer
+    churnops-health heartbeat                       # a simulator service: its last round is recent
 
 Exit code 0 when healthy, 1 otherwise (one line on stderr says why).
 """
@@ -9,6 +10,7 @@ Exit code 0 when healthy, 1 otherwise (one line on stderr says why).
 from __future__ import annotations
 
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -42,12 +44,25 @@ def check_consumer(s: Settings) -> str | None:
         store.close()
 
 
+def check_heartbeat(s: Settings) -> str | None:
+    """None when this container's simulator touched its heartbeat recently, else the reason."""
+    from churnops.services import heartbeat_max_age_s, heartbeat_path
+
+    path, limit = heartbeat_path(s), heartbeat_max_age_s(s)
+    try:
+        age = time.time() - float(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        return f"no heartbeat at {path}: {exc}"
+    return None if age <= limit else f"last round {age:.0f} s ago (limit {limit:.0f} s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: churnops-health URL | consumer", file=sys.stderr)
+        print("usage: churnops-health URL | consumer | heartbeat", file=sys.stderr)
         return 2
-    why = check_consumer(get_settings()) if args[0] == "consumer" else check_url(args[0])
+    checks = {"consumer": check_consumer, "heartbeat": check_heartbeat}
+    why = checks[args[0]](get_settings()) if args[0] in checks else check_url(args[0])
     if why:
         print(f"unhealthy: {why}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from importlib import metadata
 
@@ -13,6 +14,10 @@ PACKAGES = ("xgboost", "scikit-learn", "hyperopt", "mlflow", "prefect", "numpy",
 
 
 def git_commit() -> str:
+    """The checkout's commit (`-dirty` when changed); GIT_COMMIT (the image's build argument) without a checkout."""
+    baked = os.environ.get("GIT_COMMIT", "").strip()
+    if baked and baked != "unknown" and not (PROJECT_ROOT / ".git").exists():
+        return baked
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()

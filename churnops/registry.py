@@ -140,8 +140,10 @@ def pin_problem(settings: Settings | None = None) -> str | None:
     return None
 
 
-def write_env_value(path: Path, key: str, value: str) -> None:
+def write_env_value(path: Path | None, key: str, value: str) -> None:
     """Set `KEY=value` in a dotenv file, replacing an existing line or appending one."""
+    if path is None:
+        raise ValueError(f"no dotenv file to write {key} into (ENV_FILE is empty): name one with ENV_FILE=path")
     text = path.read_text() if path.exists() else ""
     line = f"{key}={value}"
     pattern = re.compile(rf"^\s*{re.escape(key)}\s*=.*$", re.MULTILINE)

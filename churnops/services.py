@@ -119,8 +119,33 @@ def api_main() -> None:
     _exec(api_argv(get_settings()))
 
 
-def repeat(run: Callable[[], object], interval_s: float, stop: threading.Event | None = None) -> int:
+def heartbeat_path(s: Settings) -> Path:
+    """The file a long-running simulator touches at each round (its own health check reads it)."""
+    return s.state_dir / "simulator.heartbeat"
+
+
+def heartbeat_max_age_s(s: Settings) -> float:
+    """Older than this, a simulator's heartbeat means it is stuck: two rounds and a minute."""
+    return 2 * (max(s.simulate_interval_s, 0.0) + s.simulate_seconds) + 60.0
+
+
+def touch(path: Path | None) -> None:
+    """Write the current time into `path` (a heartbeat); a failure is reported, never raised."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{time.time():.3f}\n")
+    except OSError as exc:
+        print(f"WARNING: heartbeat {path}: {exc}", file=sys.stderr, flush=True)
+
+
+def repeat(
+    run: Callable[[], object], interval_s: float, stop: threading.Event | None = None, heartbeat: Path | None = None
+) -> int:
     """Call `run` now and then every `interval_s` seconds until SIGTERM/SIGINT (once when `interval_s` <= 0).
+
+    `heartbeat`: a file touched before the first round and after each one (`churnops-health heartbeat`).
 
     A run that fails (exception or non-zero exit) is reported and the next one still happens, so a
     long-running simulator service outlives an API restart. Returns the last run's exit code.
@@ -130,6 +155,7 @@ def repeat(run: Callable[[], object], interval_s: float, stop: threading.Event |
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     code = 0
+    touch(heartbeat)
     while True:
         started = time.monotonic()
         try:
@@ -140,6 +166,7 @@ def repeat(run: Callable[[], object], interval_s: float, stop: threading.Event |
         except Exception as exc:  # a long-running service reports and goes on
             print(f"ERROR: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             code = 1
+        touch(heartbeat)
         if interval_s <= 0:
             return code
         if stop.wait(max(0.0, interval_s - (time.monotonic() - started))):
@@ -147,7 +174,8 @@ def repeat(run: Callable[[], object], interval_s: float, stop: threading.Event |
 
 
 def _simulator(target: Callable[[], object]) -> None:
-    sys.exit(repeat(target, get_settings().simulate_interval_s))
+    s = get_settings()
+    sys.exit(repeat(target, s.simulate_interval_s, heartbeat=heartbeat_path(s)))
 
 
 def simulate_http_main() -> None:

@@ -34,10 +34,17 @@ QUIET_ENV: dict[str, str] = {
 }
 
 
-def env_file() -> Path:
-    """The dotenv file selected by `ENV` (`local` -> `.env.local`, `cloud` -> `.env.cloud`)."""
+def env_file() -> Path | None:
+    """The dotenv file selected by `ENV` (`local` -> `.env.local`, `cloud` -> `.env.cloud`).
+
+    `ENV_FILE` names another one; `ENV_FILE=` (set, empty: the Docker image) means none, the
+    process environment only.
+    """
     name = os.environ.get("ENV", "local").strip().lower() or "local"
-    return Path(os.environ.get("ENV_FILE", PROJECT_ROOT / f".env.{name}"))
+    chosen = os.environ.get("ENV_FILE")
+    if chosen is not None and not chosen.strip():
+        return None
+    return Path(chosen or PROJECT_ROOT / f".env.{name}")
 
 
 class Settings(BaseSettings):
@@ -233,6 +240,10 @@ class Settings(BaseSettings):
 
     # --- embedded stack ----------------------------------------------------------------------
     state_dir: Path = PROJECT_ROOT / ".stack"
+    # where the serving processes share the model they serve (serving-model.json) and reload jobs;
+    # default state_dir. Compose: one volume mounted into the API and every consumer, so an admin
+    # reload of the API is followed by all of them
+    serving_state_dir: Path | None = None
     # `make down`: how long supervisord may take to stop everything before the survivors get SIGTERM,
     # then SIGKILL (each program's own stop timeout, gunicorn's graceful 30 s included, fits in it)
     stack_stop_timeout_s: float = 45.0
@@ -290,7 +301,7 @@ def export_env() -> None:
     from dotenv import dotenv_values
 
     path = env_file()
-    if path.exists():
+    if path is not None and path.exists():
         for key, value in dotenv_values(path).items():
             if value is not None and value != "":
                 os.environ.setdefault(key.upper(), value)
@@ -315,4 +326,4 @@ def child_env() -> dict[str, str]:
 def get_settings() -> Settings:
     """Settings read once per process (call `get_settings.cache_clear()` after changing env)."""
     path = env_file()
-    return Settings(_env_file=path if path.exists() else None)
+    return Settings(_env_file=path if path is not None and path.exists() else None)

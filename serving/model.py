@@ -288,7 +288,9 @@ class ModelManager:
 
         self.settings = settings or get_settings()
         resolve_model_uri(self.settings)  # MODEL_URI / RUN_ID outside the allowlist: refuse at startup
-        self.state_file = state_file or (self.settings.state_dir / "serving-model.json")
+        self.state_file = state_file or (
+            self.settings.state_path(self.settings.serving_state_dir, ".") / "serving-model.json"
+        )
         self.current: ModelSet | None = None
         self.last_error: str | None = None
         self.metrics = metrics
@@ -572,6 +574,6 @@ def clear_shared_state(settings: Settings | None = None) -> None:
     """Forget reloads of a previous server run (called once by the gunicorn master at start)."""
     s = settings or get_settings()
     try:
-        (s.state_dir / "serving-model.json").unlink()
+        (s.state_path(s.serving_state_dir, ".") / "serving-model.json").unlink()
     except FileNotFoundError:
         pass

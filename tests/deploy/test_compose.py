@@ -35,7 +35,8 @@ def test_both_files_pass_the_compose_spec_schema():
 
 def test_every_variable_is_defined_in_the_env_templates_and_no_secret_is_committed():
     local, cloud = env_keys(ROOT / ".env.local"), env_keys(ROOT / ".env.cloud")
-    used = {m.group(1) for f in COMPOSE_FILES for m in VAR.finditer((ROOT / f).read_text())}
+    # GIT_COMMIT: the image's build argument, exported by make (git rev-parse HEAD)
+    used = {m.group(1) for f in COMPOSE_FILES for m in VAR.finditer((ROOT / f).read_text())} - {"GIT_COMMIT"}
     assert {"RUN_ID", "API_WORKERS", "SIMULATE_INTERVAL_S", "BUCKET", *SECRET_VARS} <= used
     missing = sorted(v for v in used if v not in local and v not in cloud)
     assert not missing, f"compose uses {missing}, defined in neither .env.local nor .env.cloud"
@@ -75,10 +76,13 @@ def test_published_ports_are_the_architecture_ports_on_loopback(compose):
 
 
 def test_every_image_is_pinned_or_built_from_the_repo(compose):
+    builders = [svc for svc, spec in compose.items() if "build" in spec]
+    assert builders == ["mlflow"], f"one service builds the project's image, the others use it: {builders}"
+    build = compose["mlflow"]["build"]
+    assert (ROOT / build["context"] / build["dockerfile"]).is_file()
+    assert build["args"] == {"GIT_COMMIT": "${GIT_COMMIT:-unknown}"}  # runs record the commit
     for svc, spec in compose.items():
-        if "build" in spec:
-            assert (ROOT / spec["build"]["context"] / spec["build"]["dockerfile"]).is_file(), svc
-            assert spec["image"] == "churnops:local", svc
+        if spec["image"] == "churnops:local":
             continue
         image = spec["image"]
         name, _, tag = image.rpartition(":")
@@ -88,14 +92,14 @@ def test_every_image_is_pinned_or_built_from_the_repo(compose):
 def test_every_command_is_a_console_script(compose):
     scripts = console_scripts()
     for svc, spec in compose.items():
-        if "build" in spec:
+        if spec["image"] == "churnops:local":
             cmd = spec.get("command")
             assert isinstance(cmd, list) and cmd[0] in scripts, f"{svc}: {cmd} is not a console script"
         else:
             assert "command" not in spec, f"{svc}: third-party images run their documented default command"
     for svc, spec in compose.items():
         test = spec.get("healthcheck", {}).get("test", [])
-        if "build" in spec and spec.get("restart") != "no":
+        if spec["image"] == "churnops:local" and spec.get("restart") != "no":
             assert test[:2] == ["CMD", "churnops-health"], svc
 
 
@@ -110,7 +114,9 @@ def test_health_checks_dependencies_and_volumes(compose):
             assert spec["healthcheck"]["test"], f"{svc} has no health check"
         for dep, cond in (spec.get("depends_on") or {}).items():
             assert dep in compose, f"{svc} depends on unknown service {dep}"
-            assert cond["condition"] in ("service_healthy", "service_started"), (svc, dep)
+            assert cond["condition"] in ("service_healthy", "service_started", "service_completed_successfully")
+            # a one-shot completes; a server is healthy
+            assert (cond["condition"] == "service_completed_successfully") == (dep == "init-aws"), (svc, dep)
         for v in spec.get("volumes", []):
             src = v.split(":")[0]
             if src.startswith("./"):
@@ -119,13 +125,57 @@ def test_health_checks_dependencies_and_volumes(compose):
                 assert src in declared, f"{svc}: named volume {src} not declared"
     for svc in ("mlflow", "prefect-server", "prefect-worker", "api", "consumer-0", "consumer-1", "simulate-http"):
         assert compose[svc]["depends_on"], svc
-        assert all(c["condition"] == "service_healthy" for c in compose[svc]["depends_on"].values()), svc
+        assert all(c["condition"] != "service_started" for c in compose[svc]["depends_on"].values()), svc
+    # what needs the bucket and streams waits for init-aws, which runs at every `make up`
+    for svc in ("prefect-worker", "api", "consumer-0", "consumer-1"):
+        assert compose[svc]["depends_on"]["init-aws"]["condition"] == "service_completed_successfully", svc
     # state on named volumes: databases, the API's spool, the reports
     assert "postgres-data:/var/lib/postgresql/data" in compose["postgres"]["volumes"]
     assert "mongo-data:/data/db" in compose["mongo"]["volumes"]
     assert "api-data:/data" in compose["api"]["volumes"]
     assert "reports:/reports" in compose["prefect-worker"]["volumes"]
     assert "reports:/srv/reports:ro" in compose["nginx"]["volumes"]
+    # MLflow's artifacts on its own volume (LocalStack's community image keeps nothing)
+    assert "mlflow-data:/data" in compose["mlflow"]["volumes"]
+    assert compose["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == "/data/artifacts"
+    # one serving state for the API and every consumer: an admin reload reaches them all
+    for svc in ("api", "consumer-0", "consumer-1"):
+        assert "serving-state:/serving" in compose[svc]["volumes"], svc
+        assert compose[svc]["environment"]["SERVING_STATE_DIR"] == "/serving", svc
+
+
+def test_health_checks_prove_what_they_claim(compose):
+    pg = " ".join(compose["postgres"]["healthcheck"]["test"][1:])
+    assert "pg_isready -h 127.0.0.1" in pg and "'mlflow', 'prefect'" in pg  # over TCP, both databases
+    assert compose["api"]["healthcheck"]["test"] == ["CMD", "churnops-health", "http://127.0.0.1:9696/ready"]
+    for sim in ("simulate-http", "simulate-kinesis"):  # themselves, not the API
+        assert compose[sim]["healthcheck"]["test"] == ["CMD", "churnops-health", "heartbeat"], sim
+    assert compose["nginx"]["healthcheck"]["test"][-1] == "http://127.0.0.1:8888/healthz"
+    conf = (ROOT / "nginx" / "reports.compose.conf").read_text()
+    assert "location = /healthz" in conf and "return 204;" in conf
+
+
+def test_mlflow_accepts_the_host_names_its_clients_send(compose):
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    allowed = [h.strip() for h in compose["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")]
+    for host in ("mlflow:5051", "127.0.0.1:5051", "localhost:5051"):
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, "evil.example:5051")
+
+
+def test_env_cloud_names_its_own_endpoints_and_no_secret_gets_a_default(compose):
+    for svc, spec in compose.items():
+        env = spec.get("environment") or {}
+        if spec["image"] != "churnops:local":
+            continue
+        assert env["AWS_ENDPOINT_URL"] == "${CONTAINER_AWS_ENDPOINT_URL-http://localstack:4566}", svc
+        assert env["MLFLOW_TRACKING_URI"] == "${CONTAINER_MLFLOW_TRACKING_URI:-http://mlflow:5051}", svc
+        assert env["AWS_ACCESS_KEY_ID"] == "${AWS_ACCESS_KEY_ID-}", svc  # an empty key stays empty
+        assert env["AWS_SECRET_ACCESS_KEY"] == "${AWS_SECRET_ACCESS_KEY-}", svc
+    cloud = env_keys(ROOT / ".env.cloud")
+    assert cloud["CONTAINER_AWS_ENDPOINT_URL"] == "" and "localstack" not in str(cloud)
+    assert cloud["CONTAINER_MLFLOW_TRACKING_URI"].startswith("https://")
 
 
 def test_two_consumers_share_the_shards_by_lease_in_one_store(compose):
@@ -146,8 +196,6 @@ def test_services_get_their_configuration_from_the_environment(compose):
     api = compose["api"]["environment"]
     assert api["API_WORKERS"] == "${API_WORKERS:-2}" and api["RUN_ID"] == "${RUN_ID:-}"
     assert api["MONGODB_URI"].startswith("mongodb://churn:${MONGO_PASSWORD:?") and api["API_HOST"] == "0.0.0.0"
-    assert compose["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
-    assert compose["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://localstack:4566"
     assert "postgresql+asyncpg://" in compose["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     for sim in ("simulate-http", "simulate-kinesis"):
         env = compose[sim]["environment"]

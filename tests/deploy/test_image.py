@@ -77,7 +77,12 @@ def test_multi_stage_non_root_no_build_tools_and_optional_torch():
     for tool_name in ("build-essential", "gcc", "g++", "make ", "pip install"):
         assert tool_name not in final_runs, f"{tool_name} in the final stage"
     text = (ROOT / "Dockerfile").read_text()
-    assert 'ARG TORCH_VERSION=""' in text and 'if [ -n "$TORCH_VERSION" ]' in text  # torch only when asked
+    assert 'ARG WITH_TORCH=""' in text and 'if [ -n "$WITH_TORCH" ]' in text  # torch only when asked
+    assert not re.search(r"torch==[0-9]", text)  # ... at the pin of pyproject.toml's `image` extra, read at build time
+    assert "o['image']" in text and "not d.startswith('torch')" in text  # rawpy + tifffile always
+    assert "libgomp1=" not in text  # no Debian revision pin
+    assert "ARG GIT_COMMIT" in text and "GIT_COMMIT=${GIT_COMMIT}" in text
+    assert 'ENV_FILE=""' in text  # no dotenv file in the image: the environment only
     assert "postgres" in text  # MLflow's PostgreSQL driver (the `postgres` extra)
     assert "psycopg2-binary" in str(
         tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
@@ -120,3 +125,28 @@ def test_workflows_do_what_the_issue_asks():
     assert "RUN_ID=" in (ROOT / ".env.cloud").read_text()
     ci_run = (ROOT / ".ci" / "run").read_text()
     assert ci_run.index("make lint") < ci_run.index("make test")
+
+
+def test_deploy_validates_run_id_and_passes_it_as_data():
+    import yaml
+
+    text = (ROOT / ".github/workflows/deploy.yml").read_text()
+    dep = yaml.safe_load(text)
+    assert dep["jobs"]["changed"]["if"] == "github.ref == 'refs/heads/main'"  # manual runs too: main only
+    pin = next(s for s in dep["jobs"]["changed"]["steps"] if s.get("id") == "pin")
+    assert pin["env"]["BEFORE"] == "${{ github.event.before }}" and "HEAD^" not in text
+    assert "[0-9a-f]{32}" in pin["run"]
+    remote = next(s for s in dep["jobs"]["deploy"]["steps"] if "ssh " in s.get("run", ""))["run"]
+    command = remote[remote.index("ssh ") :]
+    assert "${RUN_ID}" not in command and "$RUN_ID" not in command.split("|")[-1]  # data on stdin only
+    assert "[0-9a-f]{32}" in remote and "make setup-model-registry env=cloud RUNTIME=docker" in remote
+
+
+def test_ci_compose_job_runs_the_smoke_check_on_docker():
+    import yaml
+
+    job = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())["jobs"]["compose"]
+    runs = "\n".join(s.get("run", "") for s in job["steps"])
+    assert "$DC config" in runs and "$DC build mlflow" in runs and "$DC up -d --wait" in runs
+    assert "python -m churnops.composecheck --grafana" in runs
+    assert any(s.get("if") == "failure()" and "logs" in s["run"] and "ps" in s["run"] for s in job["steps"])

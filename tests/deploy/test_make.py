@@ -155,3 +155,28 @@ def test_docker_runtime_without_docker_says_so(tmp_path):
         env={"PATH": str(bindir), "HOME": str(tmp_path)},
     )
     assert out.returncode != 0 and "RUNTIME=docker needs docker" in out.stderr
+
+
+def test_stop_and_status_targets_make_the_secrets_first_under_docker():
+    """After reset_all (no secrets file) the compose files' `${VAR:?}` would stop down/status/logs/stop-serve."""
+    for target in ("down", "status", "logs", "stop-serve"):
+        out = make("-n", target, "RUNTIME=docker")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.index("/dev/urandom") < out.stdout.index("docker compose"), target
+        assert "docker compose" not in make("-n", target).stdout
+
+
+def test_docker_demo_starts_everything_with_dependencies_and_trains_without_the_host_venv():
+    out = make("-n", "demo", "RUNTIME=docker")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "-m venv" not in text and "pip install" not in text
+    assert "run --rm prefect-worker churnops-train" in text
+    ups = [ln for ln in text.splitlines() if "docker compose" in ln and " up " in ln]
+    assert ups and not any("--no-deps" in ln for ln in ups), ups
+    assert any("grafana nginx" in ln for ln in ups)  # the serving side, every service
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("## With Docker") :][:3000]
+    assert block.index("init_aws") < block.index("make train RUNTIME=docker") < block.index("make setup-model-serve"), (
+        block[:600]
+    )
