@@ -58,11 +58,11 @@ def test_store_down_and_spool_full_emits_nothing_and_keeps_the_checkpoint(one_sh
     assert c.plog.dropped > 0 and c.plog.spool_full  # the spool could not take them
     assert read_stream(kin, s.output_stream) == [] and c.processed == 0
     assert c.shards[sh].last_seq is None and c._pending_checkpoints == {}
-    assert inner.get_checkpoint(c.checkpoint_key(sh)) is None
+    assert c.leases.stored_checkpoint(sh) is None
     store.down = False
     c.shards[sh].not_before = 0.0
     c.stopping = False
     c.run(max_idle_polls=3)
     assert results_per_seq(kin, s) == {q: 1 for q in seqs}
     assert {r["_id"] for r in inner.find_predictions()} == {c.log_id(*q) for q in seqs}
-    assert inner.get_checkpoint(c.checkpoint_key(sh)) is not None
+    assert c.leases.stored_checkpoint(sh) is not None
