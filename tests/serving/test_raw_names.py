@@ -14,7 +14,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import REAL_DATA
+from tests.conftest import REAL_DATA, real_file_only
 from tests.serving.conftest import example, local_model_set
 from tests.serving.test_app import post
 
@@ -43,7 +43,7 @@ SECOND_CLEAN = {
     "avg_utilization_ratio": 0.105,
 }  # fmt: skip
 
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason="the real data file is not here")
+pytestmark = real_file_only  # hand-copied rows of the real file
 
 
 def raw_rows(n: int) -> list[dict]:
