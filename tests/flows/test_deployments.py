@@ -48,4 +48,7 @@ def test_train_deployment_registered_with_interval(prefect_harness, monkeypatch)
         image = client.read_deployment_by_name("train-image-model/image-sweep")
         approval = client.read_deployment_by_name("approve-model/approval")
     assert image.entrypoint == "flows/image_train_flow.py:image_train_flow" and not image.schedules
+    # the UI's quick run sends no parameters: none is required, the contract defaults to raw_digits
+    schema = image.parameter_openapi_schema
+    assert not schema.get("required") and schema["properties"]["contract"]["default"] == "raw_digits"
     assert approval.entrypoint == "flows/approval_flow.py:approve_model_flow" and not approval.schedules
