@@ -83,7 +83,7 @@ def request_approval(
 ) -> str:
     """Open a suspended `approve-model/approval` run holding the approval form; returns its id.
 
-    The run is created from the deployment, marked running and suspended at once, so it needs no
+    The run is created from the deployment in a running state and suspended at once, so it needs no
     worker until someone answers (`suspend_flow_run` for another run saves the form on the caller's
     run, so the same steps are taken here with the new run's id).
     """
@@ -107,10 +107,14 @@ def request_approval(
     state.state_details.run_input_keyset = keyset
     form = run_input_subclass_from_type(ApprovalInput.with_initial_data(description=description))
     with get_client(sync_client=True) as c:
+        # created running (never scheduled, so no worker picks it up), then suspended at once
         run = c.create_flow_run_from_deployment(
-            dep_id, parameters=params, name=f"approve-{s.model_name}-v{version}", tags=["approval", s.model_name]
+            dep_id,
+            parameters=params,
+            name=f"approve-{s.model_name}-v{version}",
+            tags=["approval", s.model_name],
+            state=Running(),
         )
-        c.set_flow_run_state(run.id, Running(), force=True)
         result = c.set_flow_run_state(run.id, state)
         if result.state is None or result.state.type != StateType.PAUSED:
             raise RuntimeError(f"approval run {run.id} could not be suspended: {result.details}")
