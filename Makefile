@@ -93,9 +93,17 @@ demo: $(STAMP)
 	@echo "  stop with: make down"
 endif
 
-demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> ONNX parity -> MLflow registry
+IMAGE_DATASET ?= raw_digits
+IMAGE_MODEL ?= raw-digits-cnn
+demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> rules -> registry -> served on /predict/image
 	@$(MAKE) --no-print-directory up
+	@$(MAKE) --no-print-directory apply-model-train-flow
 	@$(BIN)/python -c "from churnops.entry import image_train; image_train()"
+	@$(MAKE) --no-print-directory start-serve DATASET=$(IMAGE_DATASET) MODEL_URI=models:/$(IMAGE_MODEL)@champion
+	@echo ""
+	@echo "== demo-image done =="
+	@DATASET=$(IMAGE_DATASET) $(BIN)/python -c "from flows.image_train_flow import demo_done; demo_done()"
+	@echo "  stop with: make down"
 
 test: $(STAMP) ## run the whole test suite (bootstraps .venv)
 	$(BIN)/python -m pytest -q

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     image_max_body_bytes: int = 20_000_000
     # buckets a stream record's image_uri may name (comma-separated); empty: BUCKET only
     image_uri_buckets: str = ""
+    # keep each /predict/image upload in the feature store under its SHA-256 (s3://BUCKET/uploads/<contract>/),
+    # named by its logged prediction so /feedback labels can train on it; off: only a summary is logged
+    image_keep_uploads: bool = False
+    image_keep_max_count: int = Field(10_000, ge=0)  # retention: newest N uploads kept
+    image_keep_max_age_hours: float = Field(24.0 * 30, gt=0)  # retention: older uploads deleted
+    image_keep_sweep_s: float = 60.0  # a server applies the retention at most this often
     batch_row_limit: int = 1000
     # matrices of at least this many rows go to the booster's trees (compiled, else XGBoost's own
     # predictor) instead of ONNX: faster per row on real rows; ONNX answers one row (0: ONNX only)
@@ -216,6 +222,7 @@ class Settings(BaseSettings):
     image_mmd_p_value: float = 0.01
     image_mmd_permutations: int = 200
     image_mmd_max_rows: int = 500  # rows per side in the MMD (the kernel matrix is quadratic)
+    image_accuracy_floor: float = 0.9  # realized accuracy on /feedback labels below this starts retraining
     retrain_cooldown_hours: float = 12.0
     auc_floor: float = 0.85
     rmse_ceiling: float | None = Field(default=None, gt=0)  # regression: realized RMSE above it triggers training

@@ -108,7 +108,7 @@ def programs(s: Settings) -> list[Program]:
                     f"http://127.0.0.1:{internal}/health",
                     autostart=False,
                     group="serve",
-                    env={"API_BIND": proxy},
+                    env={"API_BIND": proxy, **serving_pin_env(s)},
                     stopwaitsecs=35,
                 )
             )  # the server's graceful stop takes up to 30 s
@@ -131,12 +131,32 @@ def programs(s: Settings) -> list[Program]:
                     f"http://127.0.0.1:{s.api_port}/health",
                     autostart=False,
                     group="serve",
+                    env=serving_pin_env(s),
                     stopwaitsecs=35,
                 )
             )  # the server's graceful stop takes up to 30 s
     if find_spec("serving.consumer") is not None:
-        progs.append(Program("consumer", [str(BIN / "churnops-consumer")], None, None, autostart=False, group="serve"))
+        progs.append(
+            Program(
+                "consumer",
+                [str(BIN / "churnops-consumer")],
+                None,
+                None,
+                autostart=False,
+                group="serve",
+                env=serving_pin_env(s),
+            )
+        )
     return progs
+
+
+def serving_pin_env(s: Settings) -> dict[str, str]:
+    """The data set and model the servers serve, as `start-serve` was called with them (`make demo-image`
+    serves `DATASET=raw_digits MODEL_URI=models:/raw-digits-cnn@champion` without editing `.env.local`)."""
+    env = {"DATASET": s.dataset}
+    if s.model_uri:
+        env["MODEL_URI"] = s.model_uri
+    return env
 
 
 API_PROXY = "api-proxy"

@@ -19,10 +19,10 @@ from churnops.settings import PROJECT_ROOT, Settings, get_settings
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    group: str  # the make target's group: "train" or "report"
+    group: str  # the make target's group: "train" or "report" ("approval" is applied with "train")
     entrypoint: str  # path:function, relative to the project root
     name: str  # deployment name (flow-name/deployment-name in the UI)
-    interval_hours: float
+    interval_hours: float | None  # None: no schedule (started by other flows)
     parameters: dict = field(default_factory=dict)
     description: str = ""
 
@@ -36,6 +36,22 @@ def specs(s: Settings) -> list[DeploymentSpec]:
             s.train_interval_hours,
             {},
             "hyperopt sweep -> MLflow runs -> register best as challenger",
+        ),
+        DeploymentSpec(
+            "train",
+            "flows/image_train_flow.py:image_train_flow",
+            "image-sweep",
+            None,
+            {},
+            "image CNN sweep (contract raw_digits by default; `data` an s3:// data set version) -> rules -> approval",
+        ),
+        DeploymentSpec(
+            "approval",
+            "flows/approval_flow.py:approve_model_flow",
+            "approval",
+            None,
+            {},
+            "a challenger that passed every rule, suspended until a person approves or rejects it",
         ),
         DeploymentSpec(
             "report",
@@ -81,7 +97,7 @@ def apply(group: str, s: Settings | None = None) -> list[str]:
     ensure_work_pool(s.work_pool)
     ids = []
     for spec in specs(s):
-        if group not in ("all", spec.group):
+        if group not in ("all", spec.group) and not (group == "train" and spec.group == "approval"):
             continue
         f = prefect_flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec.entrypoint)
         # to_deployment + apply, not flow.deploy: deploy() queries online workers with a null
@@ -89,12 +105,13 @@ def apply(group: str, s: Settings | None = None) -> list[str]:
         dep = f.to_deployment(
             name=spec.name,
             work_pool_name=s.work_pool,
-            interval=timedelta(hours=spec.interval_hours),
+            interval=None if spec.interval_hours is None else timedelta(hours=spec.interval_hours),
             parameters=spec.parameters,
             description=spec.description,
         )
         dep_id = dep.apply()
-        print(f"deployment {f.name}/{spec.name} every {spec.interval_hours:g} h on pool {s.work_pool} ({dep_id})")
+        when = "on demand" if spec.interval_hours is None else f"every {spec.interval_hours:g} h"
+        print(f"deployment {f.name}/{spec.name} {when} on pool {s.work_pool} ({dep_id})")
         ids.append(str(dep_id))
     return ids
 

@@ -45,12 +45,15 @@ def load_images(contract: ImageContract, s: Settings, data: str | None, limit: i
     from churnops.image import train
     from churnops.image.feature_store import fetch_images, put_images
 
+    parent = None
     if data and data.startswith("s3://"):  # a published version of the feature store
         root, manifest = fetch_images(data, contract, s)
         synthetic = manifest.get("data_source") == train.DATA_SOURCE_SYNTHETIC
+        parent = manifest.get("parent")  # a version built from /feedback labels names its parent
     else:
         root, synthetic = train.resolve_data(contract, s, data, limit)
     d = train.prepare(root, contract, s, synthetic)
+    d.parent = parent
     # every training set lands in the feature store, versioned by its SHA-256, like the tabular snapshots
     d.uri = put_images(d.files, d.sha256, contract, s, train.DATA_SOURCE_SYNTHETIC if synthetic else "real")
     get_run_logger().info(
@@ -154,6 +157,8 @@ def image_train_flow(
         "dataset": c.name,
         "task": c.task,
     }
+    if d.parent:
+        tags["parent_dataset"] = d.parent
     tags |= {f"pkg.{k}": v for k, v in train.package_versions().items()}
     exp_id, run_id = pipeline.start_parent_run(s, tags)
     timer = pipeline.Timer()
@@ -182,12 +187,15 @@ def image_train_flow(
         "best_params": best.params,
         "dataset_sha256": d.sha256,
         "dataset_uri": d.uri,
+        "parent_dataset": d.parent,
         "data_source": source,
         "images": len(d.files),
         "sensitivity": table[["variation", "accuracy", "delta"]].to_dict("records"),
         "outcome": gate["outcome"],
         "rules": gate["rules"],
         "champion_version": proof.get("champion_version"),
+        "approval_run": gate.get("approval_run"),
+        "approval_url": gate.get("approval_url"),
     }
 
 
@@ -216,6 +224,31 @@ def main() -> None:
     )
     print("ISP sensitivity: " + ", ".join(f"{r['variation']} {r['accuracy']:.3f}" for r in out["sensitivity"]))
     print(f"MLflow  {s.mlflow_tracking_uri}/#/models/{out['model_name']}")
+
+
+SAMPLE_IMAGE = "churnops/datasets/samples/raw_digits-7.dng"  # a bundled capture of a 7 (sensor.generate, seed 7)
+
+
+def demo_done() -> None:
+    """`make demo-image`'s last words: what serves where, and a request to try (DATASET = the image contract)."""
+    from churnops.redact import redact
+    from churnops.registry import alias_version
+
+    s = get_settings()
+    c = contract_of(s.dataset)
+    champ = alias_version(c.model_name, "champion", s)
+    version = f"v{champ.version}" if champ else "(no champion yet)"
+    print(f"  API      {s.api_url}/predict/image   (serving {c.model_name}@champion {version}, DATASET={c.name})")
+    print(
+        f"  try:     curl -s -H 'Content-Type: image/x-adobe-dng' --data-binary @{SAMPLE_IMAGE} {s.api_url}/predict/image"
+    )
+    print(
+        f'  label:   curl -s -H \'Content-Type: application/json\' -d \'{{"request_id": "<id>", "outcome": "7"}}\' {s.api_url}/feedback'
+    )
+    print(f"  MLflow   {redact(s.mlflow_tracking_uri)}/#/models/{c.model_name}")
+    print(
+        f"  Prefect  {s.prefect_api_url.removesuffix('/api')}   (deployments train-image-model/image-sweep, approve-model/approval)"
+    )
 
 
 if __name__ == "__main__":

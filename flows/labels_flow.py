@@ -16,7 +16,7 @@ import time
 from prefect import flow
 
 from churnops.cli import flow_logger
-from churnops.contract import load_contract
+from churnops.contract import load_any_contract
 from churnops.settings import get_settings
 
 FLOW_NAME = "collect-labels"
@@ -32,7 +32,7 @@ def collect_labels_flow(since: float | None = None, until: float | None = None, 
     from churnops.store.factory import open_store
 
     s = get_settings()
-    contract = load_contract(s.dataset)
+    contract = load_any_contract(s.dataset)
     policy = policy or s.label_policy
     store = open_store(s)
     try:
@@ -40,6 +40,8 @@ def collect_labels_flow(since: float | None = None, until: float | None = None, 
         if since is None:
             last = store.get_checkpoint(CHECKPOINT)
             since = float(last) if last else 0.0
+        if contract.task == "image_classification":
+            return collect_image_labels(s, contract, store, since, until)
         feedback = store.find_feedback(start=since, end=until)
         preds = store.find_predictions(max(0.0, since - s.label_lookback_hours * 3600.0), until)
         rows, rep = join_labels(preds, feedback, contract)
@@ -96,6 +98,51 @@ def collect_labels_flow(since: float | None = None, until: float | None = None, 
         store.close()
 
 
+def champion_data_uri(s, contract) -> str:
+    """The published image data set version the champion was trained on (its run's `data_uri`)."""
+    from churnops.registry import alias_version, client
+
+    mv = alias_version(contract.model_name, "champion", s)
+    if mv is None:
+        raise LookupError(f"{contract.model_name} has no champion: train one first (`make demo-image`)")
+    uri = client(s).get_run(mv.run_id).data.tags.get("data_uri", "")
+    if not uri.startswith("s3://"):
+        raise LookupError(f"{contract.model_name} v{mv.version} names no published data set (data_uri {uri!r})")
+    return uri
+
+
+def collect_image_labels(s, contract, store, since: float, until: float) -> dict:
+    """Image labels of [since, until) joined to the images the model saw -> a new data set version whose
+    parent is the champion's; the summary's `parameters` are the image training deployment's."""
+    from churnops.image.labels import join_image_labels, publish_labelled_version
+
+    feedback = store.find_feedback(start=since, end=until)
+    preds = store.find_predictions(max(0.0, since - s.label_lookback_hours * 3600.0), until)
+    labels, rep = join_image_labels(preds, feedback, contract)
+    summary = {"window": {"start": since, "end": until}, "report": rep.as_dict(), "dataset": None, "snapshot": None}
+    log = flow_logger(__name__)
+    parent = champion_data_uri(s, contract)
+    if rep.joined < s.label_min_rows:
+        summary["status"] = f"not enough labelled images: {rep.joined} joined < LABEL_MIN_ROWS {s.label_min_rows}"
+        # the trigger then retrains on the champion's own version, as the tabular one does on the latest snapshot
+        summary["parameters"] = {"contract": s.dataset, "data": parent}
+        log.info("collect-labels: %s", json.dumps(summary, default=str))
+        return summary
+    version = publish_labelled_version(labels, parent, contract, s, (since, until))
+    store.set_checkpoint(CHECKPOINT, repr(until))
+    summary |= {
+        "status": "data set version written",
+        "dataset": version["uri"],
+        "dataset_sha256": version["sha256"],
+        "parent": parent,
+        "rows": version["images"],
+        "new_images": version["new"],
+        "parameters": {"contract": s.dataset, "data": version["uri"]},
+    }
+    log.info("collect-labels: %s", json.dumps(summary, default=str))
+    return summary
+
+
 def main() -> None:
     from churnops.cli import fail, setup_logging
 
@@ -110,6 +157,10 @@ def main() -> None:
         f"duplicates {r['duplicates']}, conflicting {r['conflicting']}, invalid outcomes {r['invalid_outcomes']}, "
         f"invalid features {r['invalid_features']}, late {r['late']}"
     )
+    if out.get("dataset"):
+        print(
+            f"image data set {out['dataset']} ({out['rows']} images, {out['new_images']} new, parent {out['parent']})"
+        )
     if out.get("snapshot"):
         print(f"snapshot {out['snapshot']} ({out['rows']} rows, policy {out['policy']}, parent {out['parent']})")
         print(f"held out {out['holdout']} ({out['holdout_rows']} newest labelled rows)")

@@ -2,7 +2,9 @@
 
 Thin over `reporting.trigger.evaluate_window` (cooldown, reasons and alerts live there).
 `start_training` is injectable for tests; by default the deployment
-`train-churn-model/churn-sweep` is started without waiting (`run_deployment(..., timeout=0)`).
+`train-churn-model/churn-sweep` is started without waiting (`run_deployment(..., timeout=0)`). On
+an image contract the fresh labels become a new image data set version (flows/labels_flow.py) and
+`train-image-model/image-sweep` is started on it.
 
     python -m flows.retrain_flow [--hours H] [--dry-run]
 """
@@ -16,10 +18,12 @@ from typing import Any
 from prefect import flow
 
 from churnops.cli import flow_logger
-from churnops.contract import load_contract
+from churnops.contract import load_any_contract
 from churnops.settings import get_settings
 
 FLOW_NAME = "retrain-trigger"
+DEFAULT_DEPLOYMENT = "train-churn-model/churn-sweep"
+IMAGE_TRAIN_DEPLOYMENT = "train-image-model/image-sweep"
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -29,12 +33,16 @@ def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = Fals
     from reporting.trigger import evaluate_window
 
     s = get_settings()
+    contract = load_any_contract(s.dataset)
+    if contract.task == "image_classification" and s.training_deployment == DEFAULT_DEPLOYMENT:
+        # an image server's trigger: labelled images -> a new data set version -> the image training deployment
+        s = s.model_copy(update={"training_deployment": IMAGE_TRAIN_DEPLOYMENT})
     store = open_store(s)
     try:
         decision = evaluate_window(
             store,
             s,
-            load_contract(s.dataset),
+            contract,
             window_hours=window_hours,
             start_training=start_training,
             dry_run=dry_run,

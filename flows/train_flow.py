@@ -8,18 +8,19 @@ deployment (`flows/deployments.py`) runs the same flow on a work-pool worker.
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
-from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.input import RunInput
 
 from churnops import pipeline
 from churnops.contract import ContractViolation, load_contract
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 from churnops.tuning import best_trial
+from flows.approval_flow import ApprovalInput, request_approval, ui_url  # noqa: F401 (ApprovalInput re-exported)
 
 FLOW_NAME = "train-churn-model"
 
@@ -168,14 +169,6 @@ def evidence(model, prep, ev, s: Settings, fresh=None) -> dict:
     )
 
 
-class ApprovalInput(RunInput):
-    """The form the Prefect UI shows on a paused training run: approve or reject, and why."""
-
-    decision: Literal["approve", "reject"]
-    reason: str
-    approver: str = ""
-
-
 def approval_description(s: Settings, version: str, evidence: dict, results) -> str:
     """Markdown for the approval form: both models' metrics side by side, then every rule."""
     champ = evidence.get("champion_version")
@@ -217,10 +210,8 @@ def govern(
     approval_timeout_s: float | None,
     task: str = "binary_classification",
 ) -> dict:
-    """Give the new version its one outcome; pause for a person's decision when every rule passes."""
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
-
+    """Give the new version its one outcome; when every rule passes, open a suspended approval run
+    (its id and URL in the result) and return without waiting for the decision."""
     from churnops import governance as g
 
     logger = get_run_logger()
@@ -248,31 +239,19 @@ def govern(
     if timeout <= 0:
         logger.info("challenger v%s awaits approval: `make promote VERSION=%s REASON=...`", version, version)
         return out | {"outcome": g.AWAITING}
-    form = ApprovalInput.with_initial_data(description=approval_description(s, version, evidence, results))
-    logger.info(
-        "challenger v%s passed every rule: waiting up to %.0f s for approve/reject in the Prefect UI", version, timeout
-    )
+    # no process waits for the decision: a suspended approval run holds the form (flows/approval_flow.py)
     try:
-        answer = pause_flow_run(
-            wait_for_input=form,
-            timeout=max(1, int(timeout)),
-            poll_interval=max(1, min(10, int(timeout // 10) or 1)),
-            key=f"approve-v{version}",
+        run_id = request_approval(
+            s, version, task, rules, champ, approval_description(s, version, evidence, results), timeout
         )
-    except FlowPauseTimeout:
-        g.set_outcome(s, version, g.EXPIRED, reason=f"no decision within {timeout:.0f} s; champion unchanged")
-        g.record_audit(
-            s, "expired", s.model_name, champ, version, f"no decision within {timeout:.0f} s", rules, who="train-flow"
+    except Exception as exc:  # no Prefect server: the decision is still `make promote`
+        logger.warning(
+            "could not open the approval run (%s): approve with `make promote VERSION=%s REASON=...`", exc, version
         )
-        logger.warning("approval of v%s expired after %.0f s: champion v%s unchanged", version, timeout, champ)
-        return out | {"outcome": g.EXPIRED}
-    who = answer.approver or "prefect-ui"
-    if answer.decision == "approve":
-        g.promote(version, answer.reason or "approved in the Prefect UI", s, who=who, rules=rules, action="approve")
-        return out | {"outcome": g.PROMOTED, "reason": answer.reason}
-    g.set_outcome(s, version, g.REJECTED, reason=answer.reason)
-    g.record_audit(s, "reject", s.model_name, champ, version, answer.reason, rules, who=who)
-    return out | {"outcome": g.REJECTED, "reason": answer.reason}
+        return out | {"outcome": g.AWAITING}
+    url = ui_url(s, run_id)
+    logger.info("challenger v%s passed every rule: approve or reject within %.0f s at %s", version, timeout, url)
+    return out | {"outcome": g.AWAITING, "approval_run": run_id, "approval_url": url}
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -333,6 +312,8 @@ def train_flow(
         "outcome": decision["outcome"],
         "rules": decision["rules"],
         "champion_version": decision["champion_version"],
+        "approval_run": decision.get("approval_run"),
+        "approval_url": decision.get("approval_url"),
     }
     return summary
 
@@ -345,6 +326,8 @@ def main() -> None:
 
     setup_logging()
     s = get_settings()
+    # SIGTERM ends the run like Ctrl-C (Prefect marks it crashed) instead of leaving it behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         summary = train_flow(progress=True)
     except Exception as exc:
@@ -364,6 +347,10 @@ def main() -> None:
         f"({summary['n_trials']} trials), MLflow logging {summary['logging_seconds']:.1f} s"
     )
     print(f"MLflow  {redact(s.mlflow_tracking_uri)}/#/models/{s.model_name}")
+    if summary.get("approval_url"):
+        print(
+            f"approve or reject v{summary['version']} (the run waits, suspended, holding no process): {summary['approval_url']}"
+        )
     logging.getLogger(__name__).debug(json.dumps(summary, default=str))
 
 

@@ -49,6 +49,10 @@ def reasons_for(drift: dict | None, performance: dict | None, settings, min_labe
     from churnops.tasks import task_for
 
     overall = (performance or {}).get("overall") or {}
+    if (performance or {}).get("task") == "image_classification":  # image monitoring hook
+        from churnops.image.monitor import performance_reasons
+
+        return reasons + performance_reasons(overall, settings, min_labelled)
     reasons += task_for((performance or {}).get("task")).performance_reasons(overall, settings, min_labelled)
     return reasons
 
@@ -67,6 +71,7 @@ def key_numbers(drift: dict | None, performance: dict | None) -> dict:
         "prediction_status": pred.get("status"),
         "realized_auc": overall.get("auc_roc"),
         "realized_rmse": overall.get("rmse"),
+        "realized_accuracy": overall.get("accuracy"),
         "n_labelled": overall.get("n", 0),
     }
 
@@ -77,6 +82,8 @@ def fresh_training_parameters(settings, collect: Callable[[], dict] | None = Non
     if collect is None:
         from flows.labels_flow import collect_labels_flow as collect
     out = collect()
+    if out.get("parameters"):  # an image contract: the image deployment's parameters (a new version, or the parent)
+        return dict(out["parameters"]) | ({} if out.get("dataset") else {"labels": out.get("status")})
     if out.get("snapshot"):
         return {"snapshot": out["snapshot"], "holdout": out.get("holdout")}
     return {"labels": out.get("status", "no new snapshot")}

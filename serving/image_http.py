@@ -5,7 +5,9 @@ The body is the image itself (`Content-Type: image/x-adobe-dng | image/png | ima
 comes from the `X-Request-ID` header, a `request_id` query parameter or form field, else is made up.
 Bodies over IMAGE_MAX_BODY_BYTES get 413 from their Content-Length, unread. The answer: class,
 class index, probabilities per class, model name/version/run, route, request_id, latency; the
-prediction is logged (serving/image.py `log_entry`: an image summary, never the pixels).
+prediction is logged (serving/image.py `log_entry`: an image summary, never the pixels). With
+IMAGE_KEEP_UPLOADS=true the image itself is kept in the feature store under its SHA-256 and the log
+record names it in `image_uri` (churnops/image/uploads.py, with a retention limit).
 
 Servers of a tabular contract answer this route 409, and image servers answer the tabular routes
 409 (`refuse_tabular`), each naming the route that serves.
@@ -101,6 +103,11 @@ def _image_bytes(limit: int) -> tuple[bytes, str | None, str, str | None]:
 def register_image_routes(app: Flask, state, current_models, child) -> None:
     """Add `POST /predict/image` to `app` (state: serving.app.ServingState)."""
     s = state.settings
+    keeper = None  # IMAGE_KEEP_UPLOADS: each upload written under its SHA-256 (churnops/image/uploads.py)
+    if s.image_keep_uploads and state.image_contract is not None:
+        from churnops.image.uploads import UploadKeeper
+
+        keeper = UploadKeeper(s, state.image_contract.name)
 
     @app.post(ROUTE)
     def predict_image():
@@ -132,7 +139,10 @@ def register_image_routes(app: Flask, state, current_models, child) -> None:
         pred = predict(ms, rid, img)
         latency = (time.perf_counter() - t0) * 1000
         out = answer(pred, rid) | {"latency_ms": round(latency, 3)}
-        state.plog.submit(log_entry(new_request_id(), rid, pred, img, "http", latency))
+        kept = {}
+        if keeper is not None and (uri := keeper.keep(data, img.sha256, img.content_type)):
+            kept = {"image_uri": uri}  # as a stream record's: what /feedback labels are joined to
+        state.plog.submit(log_entry(new_request_id(), rid, pred, img, "http", latency, **kept))
         m = pred.model
         try:
             child(state.metrics.predictions, "http", m.route, str(m.version), pred.label).inc()

@@ -6,7 +6,8 @@
 A version is immutable: its key is the SHA-256 over every file's relative path and bytes
 (`churnops.image.dataset.dataset_sha256`), so writing it again is a no-op and reading it back is
 checked against the same hash. The training flow publishes what it trains on and names the URI
-in its lineage; `DATA=s3://…/images/<contract>/<sha>` trains on a published version.
+in its lineage; `DATA=s3://…/images/<contract>/<sha>` trains on a published version. A version built
+from `/feedback` labels (`churnops.image.labels`) names its `parent` version in the manifest.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def _manifest_files(manifest: dict, uri: str) -> list[str]:
         raise ImageDataError(f"{uri}: {exc}") from exc
 
 
-def put_images(files: list[ImageFile], sha256: str, contract: ImageContract, s: Settings, source: str) -> str:
-    """Publish the data set version (once); returns its URI."""
+def put_images(
+    files: list[ImageFile], sha256: str, contract: ImageContract, s: Settings, source: str, extra: dict | None = None
+) -> str:
+    """Publish the data set version (once); returns its URI. `extra` joins the manifest (a labelled
+    version names its `parent` version and the label window)."""
     from botocore.exceptions import ClientError
 
     from churnops.aws import client
@@ -71,6 +75,7 @@ def put_images(files: list[ImageFile], sha256: str, contract: ImageContract, s: 
         "dataset_sha256": sha256,
         "data_source": source,
         "files": [f.rel for f in files],
+        **(extra or {}),
     }
     s3.put_object(Bucket=s.bucket, Key=f"{prefix}/{MANIFEST}", Body=json.dumps(manifest, indent=1).encode())
     return f"s3://{s.bucket}/{prefix}"

@@ -147,6 +147,14 @@ def class_drift(ref_classes: list[int], cur_classes: list[int], n_classes: int, 
     }
 
 
+def performance_reasons(overall: dict, settings, min_labelled: int) -> list[str]:
+    """Why an image model's realized performance should start training: accuracy below IMAGE_ACCURACY_FLOOR."""
+    acc, n = overall.get("accuracy"), overall.get("n", 0)
+    if acc is not None and n >= min_labelled and acc < settings.image_accuracy_floor:
+        return [f"realized accuracy {acc:.3f} < floor {settings.image_accuracy_floor} on {n} labelled predictions"]
+    return []
+
+
 def realized_accuracy(records: list[dict], feedback: list[dict]) -> dict:
     """Accuracy of the predicted class on the rows whose request got a class index from /feedback (last wins)."""
     outcome: dict[str, tuple[float, int]] = {}
@@ -167,8 +175,9 @@ def realized_accuracy(records: list[dict], feedback: list[dict]) -> dict:
             )
     allv = [v for g in groups.values() for v in g]
     if not allv:
-        return {"n": 0, "overall": None, "by_model": []}
+        return {"task": "image_classification", "n": 0, "overall": None, "by_model": []}
     return {
+        "task": "image_classification",
         "n": len(allv),
         "overall": {"n": len(allv), "accuracy": float(np.mean(allv))},
         "by_model": [

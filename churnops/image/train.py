@@ -47,6 +47,7 @@ class ImageData:
     sha256: str
     synthetic: bool
     uri: str | None = None  # the published version in the feature store (churnops.image.feature_store)
+    parent: str | None = None  # the version this one was built from (labelled images appended), if any
 
 
 @dataclass

@@ -45,6 +45,21 @@ def test_config_names_every_service_and_port(tmp_path):
     assert worker[worker.index("--pool") + 1] == "churn-local"
 
 
+def test_servers_get_the_data_set_and_model_start_serve_was_called_with(tmp_path, pristine_env):
+    """`make demo-image` serves `DATASET=raw_digits MODEL_URI=models:/raw-digits-cnn@champion` through
+    `start-serve` without editing `.env.local`: the servers' programs carry both; the others neither."""
+    from churnops import stack
+
+    s = Settings(state_dir=tmp_path, dataset="raw_digits", model_uri="models:/raw-digits-cnn@champion", _env_file=None)
+    progs = {p.name: p for p in stack.programs(s)}
+    for name in ("api", "consumer"):
+        assert progs[name].env["DATASET"] == "raw_digits"
+        assert progs[name].env["MODEL_URI"] == "models:/raw-digits-cnn@champion"
+    assert "DATASET" not in progs["prefect-worker"].env and "MODEL_URI" not in progs["mlflow"].env
+    plain = {p.name: p for p in stack.programs(Settings(state_dir=tmp_path, _env_file=None))}
+    assert plain["api"].env["DATASET"] == "bank_churners" and "MODEL_URI" not in plain["api"].env
+
+
 def test_compose_settings_change_the_service_command_lines(tmp_path):
     from churnops import services
 

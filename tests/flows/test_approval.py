@@ -1,12 +1,14 @@
-"""The challenger's outcome after training, and the approval pause resumed programmatically.
+"""The challenger's outcome after training, and the suspended approval run resumed programmatically.
 
 Each test registers a new version of the session's trained model, then runs the flow's
-governance step (`govern`) inside a small Prefect flow on the test harness's real server.
+governance step (`govern`) inside a small Prefect flow on the test harness's real server. A
+challenger that passes every rule leaves a *Suspended* `approve-model/approval` run and `govern`
+returns at once; the tests answer the form through Prefect's API and run the resumed flow run here,
+as a worker would.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -30,39 +32,53 @@ def new_version(trained, s) -> str:
     return str(mv.version)
 
 
-def run_gate(s, version, evidence, timeout_s, answer=None, auto=False):
-    """Run `govern` in a flow (in a thread when it pauses); resume it with `answer` once paused."""
+def run_gate(s, version, evidence, timeout_s, auto=False):
+    """Run `govern` in a small flow, as the training flow does at its end; returns its result."""
     from prefect import flow
-    from prefect.context import FlowRunContext
 
     from flows.train_flow import govern
 
-    ids: list = []
-    result: dict = {}
-
     @flow(name="approval-gate-test")
     def gate() -> dict:
-        ids.append(FlowRunContext.get().flow_run.id)
         return govern(s.model_copy(update={"auto_approve": auto}), version, ["challenger"], evidence, timeout_s)
 
-    t = threading.Thread(target=lambda: result.update(gate()), daemon=True)
-    t.start()
-    if answer is not None:
-        from prefect import get_client
-        from prefect.flow_runs import resume_flow_run
+    return gate()
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if ids:
-                with get_client(sync_client=True) as c:
-                    st = c.read_flow_run(ids[0]).state
-                if st is not None and st.is_paused():
-                    break
-            time.sleep(0.3)
-        resume_flow_run(ids[0], run_input=answer)
-    t.join(120)
-    assert not t.is_alive()
-    return result
+
+def run_state(run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as c:
+        return c.read_flow_run(run_id).state
+
+
+def execute(run_id):
+    """What a worker does with a resumed run: run the deployment's flow for it (here, in this process)."""
+    from prefect import get_client
+    from prefect.flow_engine import run_flow
+
+    from flows.approval_flow import approve_model_flow
+
+    with get_client(sync_client=True) as c:
+        fr = c.read_flow_run(run_id)
+    return run_flow(approve_model_flow, flow_run=fr, parameters=fr.parameters, return_type="state")
+
+
+def suspended_gate(s, version, timeout_s=60):
+    """`govern` has returned (nothing waits in this process) and left a suspended run with the form."""
+    out = run_gate(s, version, PASSING, timeout_s)
+    assert out["outcome"] == "awaiting approval" and out["approval_run"], out
+    st = run_state(out["approval_run"])
+    assert st.is_paused() and st.name == "Suspended", st
+    assert out["approval_url"].endswith(f"/runs/flow-run/{out['approval_run']}")
+    return out["approval_run"]
+
+
+def resume_and_run(run_id, answer):
+    from prefect.flow_runs import resume_flow_run
+
+    resume_flow_run(run_id, run_input=answer)
+    return execute(run_id)
 
 
 def champion(s):
@@ -99,12 +115,12 @@ def test_blocked_challenger_lists_failed_rules_and_keeps_champion(trained, own_m
     assert a["action"] == "blocked" and a["to_version"] == v and "min_test_auc_roc" in a["reason"]
 
 
-def test_approve_in_the_pause_promotes(trained, own_model, prefect_harness):
+def test_approve_resumes_the_suspended_run_and_promotes(trained, own_model, prefect_harness):
     v, before = new_version(trained, own_model), champion(own_model)
-    out = run_gate(
-        own_model, v, PASSING, 60, {"decision": "approve", "reason": "better on fresh labels", "approver": "ana"}
-    )
-    assert out["outcome"] == "promoted"
+    run_id = suspended_gate(own_model, v)
+    assert champion(own_model) == before and tags(own_model, v)["outcome"] == "awaiting approval"
+    final = resume_and_run(run_id, {"decision": "approve", "reason": "better on fresh labels", "approver": "ana"})
+    assert final.is_completed() and final.result()["outcome"] == "promoted"
     assert champion(own_model) == v
     from churnops.registry import alias_version
 
@@ -120,23 +136,69 @@ def test_approve_in_the_pause_promotes(trained, own_model, prefect_harness):
     assert all(r["passed"] for r in a["rules"])
 
 
-def test_reject_in_the_pause_keeps_champion_with_reason(trained, own_model, prefect_harness):
+def test_reject_keeps_champion_with_reason(trained, own_model, prefect_harness):
     v, before = new_version(trained, own_model), champion(own_model)
-    out = run_gate(
-        own_model, v, PASSING, 60, {"decision": "reject", "reason": "wait for the quarter", "approver": "bo"}
-    )
-    assert out["outcome"] == "rejected" and champion(own_model) == before
+    run_id = suspended_gate(own_model, v)
+    final = resume_and_run(run_id, {"decision": "reject", "reason": "wait for the quarter", "approver": "bo"})
+    assert final.is_completed() and final.result()["outcome"] == "rejected" and champion(own_model) == before
     assert tags(own_model, v)["outcome"] == "rejected"
     a = last_audit(own_model)[0]
     assert (a["action"], a["actor"], a["reason"]) == ("reject", "bo", "wait for the quarter")
 
 
-def test_no_decision_before_timeout_expires_and_keeps_champion(trained, own_model, prefect_harness):
+def test_invalid_answers_are_refused_and_asked_again(trained, own_model, prefect_harness):
+    from prefect.flow_runs import resume_flow_run
+
     v, before = new_version(trained, own_model), champion(own_model)
-    out = run_gate(own_model, v, PASSING, 2)
-    assert out["outcome"] == "expired" and champion(own_model) == before
-    assert tags(own_model, v)["outcome"] == "expired"
-    assert last_audit(own_model)[0]["action"] == "expired"
+    run_id = suspended_gate(own_model, v)
+    for bad in ({"decision": "maybe", "reason": "x"}, {"decision": "approve", "reason": ""}, None):
+        with pytest.raises(RuntimeError, match="Cannot resume"):  # the form's schema refuses it
+            resume_flow_run(run_id, run_input=bad)
+        st = run_state(run_id)
+        assert st.is_paused() and st.name == "Suspended"
+    # the schema accepts a blank reason of spaces; the flow asks again, naming the problem
+    from prefect.exceptions import Pause
+
+    with pytest.raises(Pause):  # the flow suspends itself again (the engine ends the process with Pause)
+        resume_and_run(run_id, {"decision": "approve", "reason": "   "})
+    st = run_state(run_id)
+    assert st.is_paused() and st.name == "Suspended"
+    from prefect.input.actions import read_flow_run_input
+
+    asked = read_flow_run_input(f"suspended-approve-v{v}-1-description", flow_run_id=run_id)
+    assert "Asked again" in asked and "give a reason" in asked, asked
+    assert champion(own_model) == before and tags(own_model, v)["outcome"] == "awaiting approval"
+    final = resume_and_run(run_id, {"decision": "approve", "reason": "second try", "approver": "cy"})
+    assert final.is_completed() and final.result()["outcome"] == "promoted" and champion(own_model) == v
+    assert (last_audit(own_model)[0]["actor"], last_audit(own_model)[0]["reason"]) == ("cy", "second try")
+
+
+def test_cancel_ends_the_suspended_run(trained, own_model, prefect_harness):
+    from prefect import get_client
+    from prefect.exceptions import NotPausedError
+    from prefect.flow_runs import resume_flow_run
+    from prefect.states import Cancelling
+
+    v, before = new_version(trained, own_model), champion(own_model)
+    run_id = suspended_gate(own_model, v)
+    with get_client(sync_client=True) as c:  # what the UI's Cancel does
+        c.set_flow_run_state(run_id, Cancelling())
+    assert run_state(run_id).is_cancelled()  # no process to tear down: cancelled at once
+    with pytest.raises(NotPausedError):
+        resume_flow_run(run_id, run_input={"decision": "approve", "reason": "too late"})
+    assert champion(own_model) == before
+
+
+def test_no_decision_before_timeout_cannot_be_resumed(trained, own_model, prefect_harness):
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import resume_flow_run
+
+    v, before = new_version(trained, own_model), champion(own_model)
+    run_id = suspended_gate(own_model, v, timeout_s=1)
+    time.sleep(2.5)
+    with pytest.raises(FlowPauseTimeout):
+        resume_flow_run(run_id, run_input={"decision": "approve", "reason": "too late"})
+    assert run_state(run_id).is_failed() and champion(own_model) == before
 
 
 def test_headless_promotes_only_with_auto_approve(trained, own_model, prefect_harness):

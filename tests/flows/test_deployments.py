@@ -22,7 +22,7 @@ def test_train_deployment_registered_with_interval(prefect_harness, monkeypatch)
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
-    assert len(ids) == 1
+    assert len(ids) == 3  # the churn sweep, the image sweep (on demand), the approval runs' deployment
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("train-churn-model/churn-sweep")
         assert dep.work_pool_name == "churn-local"
@@ -44,3 +44,11 @@ def test_train_deployment_registered_with_interval(prefect_harness, monkeypatch)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
     assert runs and {r.state_type.value for r in runs} == {"SCHEDULED"}
+    with get_client(sync_client=True) as client:  # on demand: started by the trigger, the UI, or a training run
+        image = client.read_deployment_by_name("train-image-model/image-sweep")
+        approval = client.read_deployment_by_name("approve-model/approval")
+    assert image.entrypoint == "flows/image_train_flow.py:image_train_flow" and not image.schedules
+    # the UI's quick run sends no parameters: none is required, the contract defaults to raw_digits
+    schema = image.parameter_openapi_schema
+    assert not schema.get("required") and schema["properties"]["contract"]["default"] == "raw_digits"
+    assert approval.entrypoint == "flows/approval_flow.py:approve_model_flow" and not approval.schedules

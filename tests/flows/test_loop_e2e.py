@@ -6,7 +6,8 @@ then with a concept drift on a segment (the true outcome of low-income customers
 outcomes arrive later on `/feedback`. The retraining trigger sees the realized AUC fall below the
 floor, collects the labels into a new snapshot and starts training on it (the real training flow,
 run here instead of by a worker); the rules pass, the flow pauses for approval and is resumed with
-an `approve` input through Prefect's API; the servers follow the alias to the new version. A load
+an `approve` input through Prefect's API (training has returned by then: the approval run is
+suspended, holding no process); the servers follow the alias to the new version. A load
 thread keeps calling `/predict` through the whole switch: not one request may fail.
 """
 
@@ -108,7 +109,7 @@ def send(url: str, rows: pd.DataFrame, contract, tag: str) -> list[tuple[str, fl
 
 
 def paused_training_run(deadline_s: float = 300.0):
-    """The id of the training flow run once it waits for approval."""
+    """The id of the suspended approval run once training has opened it."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
@@ -197,19 +198,24 @@ def test_drift_labels_retrain_rules_approval_serving(loop_settings, api, real_da
     params = decision["parameters"]
     assert params["snapshot"].startswith(f"s3://{s.bucket}/snapshots/") and params["holdout"], params
 
-    # the rules passed: the run waits for one person's decision, given here through Prefect's API
+    # the rules passed: training returned, leaving a suspended approval run (no process waits for it)
     from prefect.flow_runs import resume_flow_run
 
+    from tests.flows.test_approval import execute
+
     run_id = paused_training_run()
-    assert alias_version(s.model_name, "champion", s).version == "1"  # nothing moves before approval
-    resume_flow_run(
-        run_id, run_input={"decision": "approve", "reason": "e2e: recovers the drifted segment", "approver": "ops-lead"}
-    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not trained:
         time.sleep(0.3)
     assert trained and "error" not in trained, trained
-    assert trained["outcome"] == "promoted", trained
+    assert trained["outcome"] == "awaiting approval" and trained["approval_run"] == str(run_id), trained
+    assert alias_version(s.model_name, "champion", s).version == "1"  # nothing moves before approval
+    # one person's decision, given through Prefect's API; the resumed run is run here as a worker would
+    resume_flow_run(
+        run_id, run_input={"decision": "approve", "reason": "e2e: recovers the drifted segment", "approver": "ops-lead"}
+    )
+    final = execute(run_id)
+    assert final.is_completed() and final.result()["outcome"] == "promoted", final
     new = str(trained["version"])
     assert new != "1" and alias_version(s.model_name, "champion", s).version == new
     assert alias_version(s.model_name, "previous", s).version == "1"
