@@ -8,6 +8,7 @@ import pytest
 
 from churnops.cleaning import check_raw_frame, clean_frame
 from churnops.contract import ContractViolation, load_contract, snake_case, validate_record
+from tests.conftest import real_file_only
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,7 @@ def test_bad_contract_file_names_the_file(tmp_path):
         load_contract("nope")
 
 
+@real_file_only  # counts and rows of the real file
 def test_validate_record_maps_the_raw_files_names(contract, raw_real):
     """The file's first row, with its own column names, validates to the contract's example."""
     raw = raw_real.head(1).to_dict(orient="records")[0]

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from churnops.cleaning import check_raw_frame, clean_frame
 from churnops.contract import load_contract, validate_record
 from churnops.synthetic import LEAK_1, LEAK_2, generate_customers
+from tests.conftest import real_file_only
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def raw_real(real_data_path):
     return pd.read_csv(real_data_path)
 
 
+@real_file_only  # counts and rows of the real file
 def test_real_file_cleans_and_passes(raw_real, contract):
     clean, report = check_raw_frame(raw_real, contract, "real")
     assert report.ok, str(report)
@@ -35,6 +37,7 @@ def test_real_file_cleans_and_passes(raw_real, contract):
     assert not any(c.startswith("naive_bayes") or c == "clientnum" for c in clean.columns)
 
 
+@real_file_only  # counts and rows of the real file
 def test_unknown_policy_and_lowercase(raw_real, contract):
     clean = clean_frame(raw_real, contract)
     # nominal: "Unknown" kept as its own category
