@@ -50,8 +50,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
 
-system-deps: ## optional, root + apt only: nginx (reports + buffering proxy in front of the API), prometheus (scrapes the API), wrk (bench-serve load)
-	@for pkg in nginx:nginx-light prometheus:prometheus wrk:wrk; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
+system-deps: ## optional, root + apt only: nginx (reports + buffering proxy in front of the API), prometheus (scrapes the API), prometheus-alertmanager (routes alerts), wrk (bench-serve load)
+	@for pkg in nginx:nginx-light prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager wrk:wrk; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
 	  if command -v $$bin >/dev/null; then echo "$$bin present"; \
 	  elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq $$deb >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$deb >/dev/null 2>&1)) \

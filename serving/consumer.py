@@ -619,6 +619,7 @@ class Consumer:
                 return 0
             raise
         records = resp.get("Records", [])
+        self.metrics.stream_lag.labels(sh).set(float(resp.get("MillisBehindLatest") or 0) / 1000.0)
         handled = 0
         if records:
             try:
