@@ -275,6 +275,7 @@ bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 
 bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
 	$(BIN)/python bench/bench_loop.py
+	$(BIN)/python bench/bench_cbpe_nannyml.py  # NannyML in bench/.venv-nannyml, created on demand
 	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json
