@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     consumer_index: int = 0  # this consumer's slot among consumer_count
     consumer_count: int = 1
     consumer_threads: int = 4  # shards one consumer process polls at once
+    consumer_metrics_port: int = 9101  # each consumer serves /metrics on this + CONSUMER_INDEX (0: off)
+    consumer_metrics_host: str = "127.0.0.1"
 
     # --- monitoring (reports, drift, retraining) -------------------------------------------------
     reports_dir: Path | None = None  # default <state_dir>/reports

@@ -60,6 +60,7 @@ from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
 from churnops.store.base import PredictionStore
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
+from serving.consumer_metrics import serve_metrics
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
 from serving.inference import BadInput, Row, check_row, log_record, parse_json, predict_rows
 from serving.metrics import get_metrics
@@ -738,6 +739,7 @@ def main() -> None:
     try:
         c = Consumer(s)
         c.install_signal_handlers()
+        serve_metrics(s)  # /metrics on its own port; a failure to bind is logged, never fatal
         log.info(
             "consumer %d/%d on %s -> %s (dlq %s)",
             s.consumer_index,
