@@ -25,7 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 VENV = ROOT / "bench" / ".venv-nannyml"
-NANNYML = "nannyml==0.13.1"
+NANNYML = ["nannyml==0.13.1", "statsmodels"]  # NannyML 0.13.1 imports statsmodels without requiring it
 
 WINDOWS = {  # name: (mean, sd, concept flipped)
     "no shift": (0.0, 1.0, False),
@@ -51,7 +51,7 @@ def nannyml_python() -> Path:
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     if subprocess.run([str(py), "-c", "import nannyml"], capture_output=True).returncode != 0:
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", NANNYML], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *NANNYML], check=True)
     return py
 
 
@@ -80,8 +80,9 @@ def main() -> None:
             [str(nannyml_python()), str(ROOT / "bench" / "nannyml_cbpe.py"), str(data)],
             capture_output=True,
             text=True,
-            check=True,
         )
+    if run.returncode != 0:
+        sys.exit(f"NannyML's CBPE failed in {VENV}:\n{run.stderr[-3000:]}")
     theirs = json.loads(run.stdout.strip().splitlines()[-1])
     for name, r in rows.items():
         n = theirs["windows"][name]
