@@ -739,7 +739,7 @@ def main() -> None:
     try:
         c = Consumer(s)
         c.install_signal_handlers()
-        serve_metrics(s)  # /metrics on its own port; a failure to bind is logged, never fatal
+        serve_metrics(s, c.outbox)  # /metrics on its own port; a failure to bind is logged, never fatal
         log.info(
             "consumer %d/%d on %s -> %s (dlq %s)",
             s.consumer_index,

@@ -12,6 +12,8 @@ import logging
 
 from prometheus_client import start_http_server
 
+from serving.metrics import get_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -22,11 +24,18 @@ def metrics_port(settings) -> int | None:
     return settings.consumer_metrics_port + settings.consumer_index
 
 
-def serve_metrics(settings) -> int | None:
-    """Start the `/metrics` server in a daemon thread; the port, or None (off, or it could not bind)."""
+def serve_metrics(settings, outbox=None) -> int | None:
+    """Start the `/metrics` server in a daemon thread; the port, or None (off, or it could not bind).
+
+    `outbox` (a `serving.outbox.Outbox`): its size is read at each scrape."""
     port = metrics_port(settings)
     if port is None:
         return None
+    if outbox is not None:
+        try:
+            get_metrics().stream_outbox.set_function(outbox.count)
+        except ValueError as exc:  # a multiprocess registry has no callback gauges
+            log.info("outbox size not exported: %s", exc)
     try:
         start_http_server(port, addr=settings.consumer_metrics_host)
     except OSError as exc:

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -176,12 +177,24 @@ def test_a_rule_fires_through_prometheus_and_alertmanager_to_slack(tmp_path, rec
             f"--config.file={tmp_path / 'prom.yml'}",
             f"--storage.tsdb.path={tmp_path / 'prom-data'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--rules.alert.resend-delay=1s",  # an alert firing before Alertmanager is discovered is sent again soon
         ],
         tmp_path / "prom.log",
     )
     try:
         wait_http(f"http://127.0.0.1:{am_port}/-/ready", 60, am.proc, tmp_path / "am.log")
         wait_http(f"http://127.0.0.1:{prom_port}/-/ready", 60, prom.proc, tmp_path / "prom.log")
+        # a silence (Alertmanager's, not ours) on the other rule that fires here: no model metric at all
+        now = datetime.now(timezone.utc)
+        silence = {
+            "matchers": [{"name": "alertname", "value": "ChurnNoModelLoaded", "isRegex": False, "isEqual": True}],
+            "startsAt": now.isoformat(),
+            "endsAt": (now + timedelta(hours=1)).isoformat(),
+            "createdBy": "test",
+            "comment": "known: no API in this test",
+        }
+        code, _ = post(f"http://127.0.0.1:{am_port}/api/v2/silences", json.dumps(silence).encode())
+        assert code == 200
         deadline = time.monotonic() + 60
         texts: list[str] = []
         while time.monotonic() < deadline:
@@ -195,6 +208,18 @@ def test_a_rule_fires_through_prometheus_and_alertmanager_to_slack(tmp_path, rec
             ":rotating_light: *FIRING* ChurnDataQualityFailure (1 firing, 0 resolved)",
             "• [warning] ChurnDataQualityFailure: data quality failing for 2 feature(s)",
         ]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the silenced alert reached Alertmanager, and stopped there
+            with urllib.request.urlopen(f"http://127.0.0.1:{am_port}/api/v2/alerts?silenced=true", timeout=5) as r:  # noqa: S310
+                states = {a["labels"]["alertname"]: a["status"] for a in json.loads(r.read())}
+            if "ChurnNoModelLoaded" in states:
+                break
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/alerts", timeout=5) as r:  # noqa: S310
+            fired = sorted(a["labels"]["alertname"] for a in json.loads(r.read())["data"]["alerts"])
+        assert "ChurnNoModelLoaded" in states, (fired, sorted(states))
+        assert states["ChurnNoModelLoaded"]["state"] == "suppressed" and states["ChurnNoModelLoaded"]["silencedBy"]
+        assert not any("ChurnNoModelLoaded" in p["text"] for p in slack.posts)
     finally:
         prom.stop()
         am.stop()

@@ -11,7 +11,9 @@ from serving.consumer_metrics import metrics_port, serve_metrics
 from serving.metrics import get_metrics
 
 
-def test_consumer_serves_metrics_on_its_own_port():
+def test_consumer_serves_metrics_on_its_own_port(tmp_path):
+    from serving.outbox import Outbox
+
     base = free_port()
     s = Settings(_env_file=None, consumer_metrics_port=base, consumer_index=0)
     assert metrics_port(Settings(_env_file=None, consumer_metrics_port=9101, consumer_index=1)) == 9102
@@ -19,11 +21,14 @@ def test_consumer_serves_metrics_on_its_own_port():
     m = get_metrics()
     m.stream_records.labels("dead_letter").inc(3)
     m.stream_lag.labels("shardId-000000000007").set(12.5)
-    assert serve_metrics(s) == base
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.add("results", [{"Data": b"a", "PartitionKey": "1"}, {"Data": b"b", "PartitionKey": "2"}])
+    assert serve_metrics(s, outbox) == base
     with urllib.request.urlopen(f"http://127.0.0.1:{base}/metrics", timeout=10) as r:  # noqa: S310 (loopback)
         text = r.read().decode()
     assert 'churn_stream_lag_seconds{shard="shardId-000000000007"} 12.5' in text
     assert 'churn_stream_records_total{outcome="dead_letter"}' in text
+    assert "churn_stream_outbox_entries 2.0" in text  # read from the outbox when scraped
 
 
 def test_a_busy_port_is_logged_not_fatal(caplog):
