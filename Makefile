@@ -56,8 +56,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
 
-system-deps: ## optional, root + apt only: nginx (reports + buffering proxy in front of the API), prometheus (scrapes the API), wrk (bench-serve load), postgresql + curl (compose-smoke)
-	@for pkg in nginx:nginx-light prometheus:prometheus wrk:wrk pg_ctlcluster:postgresql psql:postgresql-client curl:curl; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
+system-deps: ## optional, root + apt only: nginx (reports + buffering proxy in front of the API), prometheus (scrapes the API), prometheus-alertmanager (routes alerts), wrk (bench-serve load), postgresql + curl (compose-smoke)
+	@for pkg in nginx:nginx-light prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager wrk:wrk pg_ctlcluster:postgresql psql:postgresql-client curl:curl; do bin=$${pkg%%:*}; deb=$${pkg##*:}; \
 	  if command -v $$bin >/dev/null; then echo "$$bin present"; \
 	  elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq $$deb >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$deb >/dev/null 2>&1)) \
@@ -307,6 +307,7 @@ bench-servers: $(STAMP) ## granian vs gunicorn gthread vs the former keep-alive 
 
 bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
 	$(BIN)/python bench/bench_loop.py
+	$(BIN)/python bench/bench_cbpe_nannyml.py  # NannyML in bench/.venv-nannyml, created on demand
 	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-monitor: $(STAMP) ## report and drift-statistics timings -> bench/results/monitor.json

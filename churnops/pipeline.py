@@ -455,6 +455,11 @@ def log_and_register(
                     }
                 )
             )
+        if ev.get("test_proba") is not None and task.name == "binary_classification":
+            # held-out probabilities vs labels: the calibration of the estimated performance (CBPE)
+            pd.DataFrame({"probability": ev["test_proba"], "label": prep.split.y_test}).to_csv(
+                art / "calibration_reference.csv", index=False
+            )
         ref = prep.clean.iloc[prep.idx_train]
         if len(ref) > s.reference_sample_rows:
             ref = ref.sample(s.reference_sample_rows, random_state=s.seed)

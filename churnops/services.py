@@ -85,6 +85,18 @@ def prometheus_argv(s: Settings, binary: str = "prometheus") -> list[str]:
     ]
 
 
+def alertmanager_argv(s: Settings, binary: str = "prometheus-alertmanager") -> list[str]:
+    """Alertmanager (Debian package prometheus-alertmanager) routing to the local alert receiver
+    with monitoring/alertmanager.local.yml; no cluster (one laptop)."""
+    return [
+        binary,
+        f"--config.file={PROJECT_ROOT / 'monitoring' / 'alertmanager.local.yml'}",
+        f"--storage.path={s.state_dir.resolve() / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{s.alertmanager_port}",
+        "--cluster.listen-address=",
+    ]
+
+
 def prefect_env(s: Settings) -> dict[str, str]:
     """Environment of the Prefect server and worker (PREFECT_HOME under the state folder)."""
     return {"PREFECT_HOME": str(s.state_dir.resolve() / "prefect"), "PREFECT_API_URL": s.prefect_api_url, **QUIET_ENV}

@@ -203,6 +203,8 @@ class Settings(BaseSettings):
     consumer_lease_s: float = Field(default=10.0, ge=0.5)  # a shard lease's duration (renewed every third)
     consumer_id: str = ""  # this consumer's name in the lease table (default <host>-<pid>-<random>)
     consumer_threads: int = 4  # shards one consumer process polls at once
+    consumer_metrics_port: int = 9101  # each consumer serves /metrics on this + CONSUMER_INDEX (0: off)
+    consumer_metrics_host: str = "127.0.0.1"
 
     # --- monitoring (reports, drift, retraining) -------------------------------------------------
     reports_dir: Path | None = None  # default <state_dir>/reports
@@ -225,11 +227,23 @@ class Settings(BaseSettings):
     image_accuracy_floor: float = 0.9  # realized accuracy on /feedback labels below this starts retraining
     retrain_cooldown_hours: float = 12.0
     auc_floor: float = 0.85
+    estimated_auc_floor: float | None = Field(default=None, ge=0, le=1)  # CBPE AUC below it triggers (off: None)
+    estimated_min_rows: int = Field(default=200, ge=10)  # scored rows a window needs for the CBPE estimate
+    # data quality per window and feature (churnops/monitoring/quality.py): a feature fails above these
+    quality_missing_increase: float = Field(default=0.1, ge=0, le=1)  # missing rate over the training one
+    quality_out_of_range_rate: float = Field(default=0.05, ge=0, le=1)  # values outside the training min/max
+    quality_unseen_rate: float = Field(default=0.01, ge=0, le=1)  # values in categories training never saw
+    retrain_on_quality_failure: bool = False  # a data-quality failure is a retraining reason (off: fix the data)
     rmse_ceiling: float | None = Field(default=None, gt=0)  # regression: realized RMSE above it triggers training
     rmse_ceiling_factor: float | None = Field(default=1.5, gt=0)  # ... else this factor x the run's test RMSE
     alert_webhook_url: str | None = None
     alert_timeout_s: float = 5.0
     alert_retries: int = 3
+    # Alertmanager -> webhook receiver (reporting/alert_receiver.py) -> Slack
+    slack_webhook_url: str | None = None  # the receiver posts here; unset: it answers 502 and Alertmanager retries
+    alert_receiver_host: str = "127.0.0.1"
+    alert_receiver_port: int = 9099
+    alertmanager_port: int = 9093
     simulate_rate: float = 20.0  # records per second per simulator
     simulate_seconds: float = 30.0
     simulate_interval_s: float = 0.0  # > 0: the simulator services send a round every interval

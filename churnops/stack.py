@@ -96,6 +96,27 @@ def programs(s: Settings) -> list[Program]:
                 startsecs=2,
             )
         )
+    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if alertmanager:  # optional like Prometheus; it and the receiver being down never block monitoring
+        progs.append(
+            Program(
+                "alertmanager",
+                services.alertmanager_argv(s, alertmanager),
+                s.alertmanager_port,
+                f"http://127.0.0.1:{s.alertmanager_port}/-/ready",
+                group="monitor",
+                startsecs=2,
+            )
+        )
+        progs.append(
+            Program(
+                "alert-receiver",
+                [str(BIN / "python"), "-m", "reporting.alert_receiver"],
+                s.alert_receiver_port,
+                f"http://127.0.0.1:{s.alert_receiver_port}/health",
+                group="monitor",
+            )
+        )
     if find_spec("serving.server") is not None:
         proxy = _api_proxy(s)
         if proxy is not None:  # nginx on the public port, the API server behind it on a loopback port

@@ -125,6 +125,56 @@ def realized_section(performance: dict) -> str:
     )
 
 
+def estimated_section(estimated: dict | None) -> str:
+    """The estimated performance (CBPE, before labels) as an HTML section: the expected confusion
+    matrix, the estimated AUC with its band and the realized AUC beside it, or why it is unavailable."""
+    est = estimated or {}
+    head = '<section id="estimated-performance" style="font-family:sans-serif;margin:1em">'
+    if not est.get("available"):
+        why = html.escape(str(est.get("message") or "not computed for this window"))
+        return f"{head}<h2>Estimated performance (CBPE)</h2><p>unavailable: {why}</p></section>"
+    cm = est["confusion_matrix"]
+    band = est.get("auc_band") or [None, None]
+    rows = [
+        ("estimated AUC-ROC", _cell(est.get("auc_roc"))),
+        ("band (3 sigma)", f"{_cell(band[0])} – {_cell(band[1])}"),
+        ("realized AUC-ROC (labelled rows)", _cell(est.get("realized_auc"))),
+        ("expected TP / FP / FN / TN", " / ".join(_cell(cm[k]) for k in ("tp", "fp", "fn", "tn"))),
+        ("estimated precision", _cell(est.get("precision"))),
+        ("estimated recall", _cell(est.get("recall"))),
+        ("estimated F1", _cell(est.get("f1"))),
+        ("estimated accuracy", _cell(est.get("accuracy"))),
+    ]
+    cal = est.get("calibration") or {}
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
+    return (
+        f"{head}<h2>Estimated performance (CBPE, {est['n']} unlabelled rows)</h2>"
+        f"<p>isotonic calibration on the {html.escape(str(cal.get('source')))} ({cal.get('n')} rows); "
+        "valid under covariate shift, not under concept drift.</p>"
+        f"<table border=1 cellpadding=4>{body}</table></section>"
+    )
+
+
+def quality_section(quality: dict | None) -> str:
+    """Data quality per feature (missing, out of range, unseen categories) as an HTML section."""
+    q = quality or {}
+    head = '<section id="data-quality" style="font-family:sans-serif;margin:1em">'
+    if not q:
+        return f"{head}<h2>Data quality</h2><p>not computed for this window</p></section>"
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(f['status'])}</td><td>{_cell(f['missing_rate'])}</td>"
+        f"<td>{_cell(f['reference_missing_rate'])}</td><td>{_cell(f.get('out_of_range_rate'))}</td>"
+        f"<td>{_cell(f.get('unseen_rate'))}</td><td>{html.escape('; '.join(f['problems']))}</td></tr>"
+        for k, f in q["features"].items()
+    )
+    return (
+        f"{head}<h2>Data quality: {html.escape(q['status'])} ({len(q['failed_features'])} feature(s) failing)</h2>"
+        "<table border=1 cellpadding=4><tr><th>feature</th><th>status</th><th>missing</th><th>training missing</th>"
+        f"<th>out of training range</th><th>unseen categories</th><th>problems</th></tr>{rows}</table>"
+        f"<p>rejections: {html.escape(str(q.get('rejections', '')))}</p></section>"
+    )
+
+
 def _cell(v) -> str:
     if v is None:
         return "–"
@@ -166,6 +216,8 @@ def headline(summary: dict) -> dict:
         "prediction_status": pred.get("status"),
         "realized_auc": perf.get("auc_roc"),
         "realized_rmse": perf.get("rmse"),
+        "estimated_auc": (summary.get("estimated_performance") or {}).get("auc_roc"),
+        "quality_status": (summary.get("quality") or {}).get("status"),
         "model_versions": summary.get("model_versions", []),
         "reference_run_id": summary.get("reference_run_id"),
     }
@@ -232,6 +284,8 @@ def build_report(
             sampled=len(sample) < len(df),
             drift=d,
             performance=win["performance"],
+            estimated_performance=win.get("estimated_performance"),
+            quality=win.get("quality"),
             message=f"{d['n_critical']} critical, {d['n_warn']} warn feature(s)",
         )
         if evidently and reference is None:
@@ -243,6 +297,10 @@ def build_report(
                 reference.frame, sample, contract, reference.threshold, out / f"{rid}.html", out / f"{rid}-quality.html"
             )
             summary["files"]["html"] = f"{rid}.html"
+            insert_section(
+                out / f"{rid}.html",
+                estimated_section(win.get("estimated_performance")) + quality_section(win.get("quality")),
+            )
             if sizes["quality_bytes"]:
                 summary["files"]["quality_html"] = f"{rid}-quality.html"
                 insert_section(out / f"{rid}-quality.html", realized_section(win["performance"]))

@@ -4,7 +4,10 @@ Conditions (any): drift status critical (>= `retrain_min_critical_features` crit
 or the prediction distribution critical), or the realized performance of the task on at least
 `min_labelled` labelled predictions (`churnops.tasks`: `performance_reasons`): a classifier's AUC
 below `auc_floor`, a regression's RMSE above `rmse_ceiling` (else `rmse_ceiling_factor` times the
-run's test RMSE). Training starts at most once per
+run's test RMSE), or, when `estimated_auc_floor` (ESTIMATED_AUC_FLOOR, off by default) is set, the
+window's estimated AUC (CBPE, before labels: `churnops.monitoring.estimated`) below it, or, when
+`retrain_on_quality_failure` is set, a data-quality failure (`churnops.monitoring.quality`). Training
+starts at most once per
 `retrain_cooldown_hours`; the last start and every decision (with its reasons) are kept in the
 prediction store's checkpoints (`retrain:last_started`, `retrain:last_decision`,
 `retrain:history`). An optional webhook alert (Slack-compatible) reports starts and
@@ -19,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from churnops.monitoring.quality import quality_reasons
 from reporting.alerts import send_alert
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,28 @@ def _num(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def reasons_for(drift: dict | None, performance: dict | None, settings, min_labelled: int = 50) -> list[str]:
+def estimated_reasons(estimated: dict | None, settings) -> list[str]:
+    """An estimated AUC (CBPE, no labels yet) below `estimated_auc_floor`, when that floor is set."""
+    floor = settings.estimated_auc_floor
+    est = estimated or {}
+    auc = est.get("auc_roc")
+    if floor is None or not est.get("available") or auc is None or auc >= floor:
+        return []
+    band = est.get("auc_band") or [None, None]
+    return [
+        f"estimated AUC {auc:.3f} (band {_num(band[0], '.3f')}-{_num(band[1], '.3f')}, CBPE on {est.get('n')} "
+        f"unlabelled predictions) < ESTIMATED_AUC_FLOOR {floor}"
+    ]
+
+
+def reasons_for(
+    drift: dict | None,
+    performance: dict | None,
+    settings,
+    min_labelled: int = 50,
+    estimated: dict | None = None,
+    quality: dict | None = None,
+) -> list[str]:
     """Why training should start (empty list: it should not)."""
     reasons = []
     if drift:
@@ -54,10 +79,12 @@ def reasons_for(drift: dict | None, performance: dict | None, settings, min_labe
 
         return reasons + performance_reasons(overall, settings, min_labelled)
     reasons += task_for((performance or {}).get("task")).performance_reasons(overall, settings, min_labelled)
+    reasons += estimated_reasons(estimated, settings)
+    reasons += quality_reasons(quality, settings)
     return reasons
 
 
-def key_numbers(drift: dict | None, performance: dict | None) -> dict:
+def key_numbers(drift: dict | None, performance: dict | None, estimated: dict | None = None) -> dict:
     """The numbers of the window summary a decision rests on (kept with the decision)."""
     drift = drift or {}
     pred = drift.get("prediction") or {}
@@ -73,7 +100,14 @@ def key_numbers(drift: dict | None, performance: dict | None) -> dict:
         "realized_rmse": overall.get("rmse"),
         "realized_accuracy": overall.get("accuracy"),
         "n_labelled": overall.get("n", 0),
+        "estimated_auc": (estimated or {}).get("auc_roc"),
+        "estimated_auc_band": (estimated or {}).get("auc_band"),
     }
+
+
+def quality_numbers(quality: dict | None) -> dict:
+    """The data-quality status and failing features a decision rests on."""
+    return {"quality_status": (quality or {}).get("status"), "quality_failed": (quality or {}).get("failed_features")}
 
 
 def fresh_training_parameters(settings, collect: Callable[[], dict] | None = None) -> dict:
@@ -118,10 +152,12 @@ def evaluate_trigger(
     min_labelled: int = 50,
     alert: bool = True,
     dry_run: bool = False,
+    estimated: dict | None = None,
+    quality: dict | None = None,
 ) -> dict:
     """Decide, start training when due (respecting the cooldown), record and alert; returns the decision."""
     now = time.time() if now is None else now
-    reasons = reasons_for(drift, performance, settings, min_labelled)
+    reasons = reasons_for(drift, performance, settings, min_labelled, estimated, quality)
     last = store.get_checkpoint(LAST_STARTED)
     last_ts = float(last) if last else None
     cooldown_s = settings.retrain_cooldown_hours * 3600.0
@@ -136,7 +172,7 @@ def evaluate_trigger(
         "last_started": last_ts,
         "cooldown_hours": settings.retrain_cooldown_hours,
         "window": window,
-        "numbers": key_numbers(drift, performance),
+        "numbers": key_numbers(drift, performance, estimated) | quality_numbers(quality),
         "deployment": settings.training_deployment,
     }
     if reasons:
@@ -203,10 +239,11 @@ def evaluate_window(
     summary = window_summary(store, settings, contract, hours, now, reference=reference)
     window = {**summary["window"], "n": summary["n"]}
     if summary["status"] == "insufficient_data":
-        drift, perf = None, None
+        drift, perf, est, quality = None, None, None, None
         window["note"] = summary["message"]
     else:
         drift, perf = summary["drift"], summary["performance"]
+        est, quality = summary.get("estimated_performance"), summary.get("quality")
     return evaluate_trigger(
         store,
         settings,
@@ -216,4 +253,6 @@ def evaluate_window(
         now=now,
         window=window,
         dry_run=dry_run,
+        estimated=est,
+        quality=quality,
     )

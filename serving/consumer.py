@@ -80,6 +80,7 @@ from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
 from churnops.store.base import SHARD_END, PredictionStore
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
+from serving.consumer_metrics import serve_metrics
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
 from serving.inference import BadInput, Row, check_row, log_record, parse_json, predict_rows
 from serving.leases import LeaseCoordinator, LeaseLoop
@@ -704,6 +705,7 @@ class Consumer:
                 return 0
             raise
         records = resp.get("Records", [])
+        self.metrics.stream_lag.labels(sh).set(float(resp.get("MillisBehindLatest") or 0) / 1000.0)
         handled = 0
         if records:
             try:
@@ -849,6 +851,7 @@ def main() -> None:
     try:
         c = Consumer(s)
         c.install_signal_handlers()
+        serve_metrics(s, c.outbox)  # /metrics on its own port; a failure to bind is logged, never fatal
         log.info(
             "consumer %s (outbox slot %d, leases of %.1f s) on %s -> %s (dlq %s)",
             c.worker_id,

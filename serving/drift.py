@@ -53,6 +53,7 @@ def _compute(hours: float) -> dict:
 
     s, contract, store = _context()
     result = window_summary(store, s, contract, hours, references=_references(s, contract))  # DRIFT_MAX_ROWS rows
+    result = {**result, "last_report_ts": last_report_ts(store)}  # a copy: the cached summary is shared
     try:
         from churnops.monitoring.gauges import gauges
 
@@ -60,6 +61,15 @@ def _compute(hours: float) -> dict:
     except Exception:  # metrics never break the endpoint
         log.exception("could not update drift gauges")
     return result
+
+
+def last_report_ts(store) -> float | None:
+    """When the newest report was written (the stale-report alert's input); None when unknown."""
+    try:
+        latest = store.list_reports(1)
+    except Exception:  # the store being away never breaks the drift answer
+        return None
+    return float(latest[0]["ts"]) if latest else None
 
 
 def _references(settings, contract):

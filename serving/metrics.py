@@ -76,6 +76,17 @@ class Metrics:
         gauge_kw = dict(kw)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             gauge_kw["multiprocess_mode"] = "liveall"
+        self.stream_outbox = Gauge(
+            "churn_stream_outbox_entries",
+            "Results and dead letters waiting in a consumer's outbox (read when scraped)",
+            **gauge_kw,
+        )
+        self.stream_lag = Gauge(
+            "churn_stream_lag_seconds",
+            "How far a shard's last read is behind the stream's newest record (Kinesis MillisBehindLatest)",
+            ["shard"],
+            **gauge_kw,
+        )
         self.model_info = Gauge(
             "churn_model_loaded",
             "1 for each loaded model (route, run id, version)",

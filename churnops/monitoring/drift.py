@@ -155,6 +155,7 @@ class Reference:
     frame: pd.DataFrame | None = None  # the reference sample (Evidently report)
     threshold: float = 0.5  # decision threshold of the model run
     test_metrics: dict | None = None  # the model run's test metrics (evaluation.json), when known
+    calibration: object | None = None  # estimated.Calibration: reference probabilities vs labels (CBPE)
 
     @classmethod
     def from_frame(

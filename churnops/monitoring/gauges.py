@@ -22,6 +22,16 @@ NAMES = {
     "image_mmd_p_value": "churn_image_embedding_mmd_p_value",
     "image_mmd": "churn_image_embedding_mmd2",
     "realized_accuracy": "churn_realized_accuracy",
+    "estimated_auc": "churn_estimated_auc",
+    "estimated_auc_lower": "churn_estimated_auc_lower",
+    "estimated_auc_upper": "churn_estimated_auc_upper",
+    "estimated_available": "churn_estimated_performance_available",
+    "missing_rate": "churn_feature_missing_rate",
+    "out_of_range_rate": "churn_feature_out_of_range_rate",
+    "unseen_rate": "churn_feature_unseen_category_rate",
+    "quality_status": "churn_data_quality_status",
+    "quality_failed": "churn_data_quality_failed_features",
+    "report_last": "churn_report_last_timestamp_seconds",
 }
 
 
@@ -64,6 +74,24 @@ class DriftGauges:
             ["model_version", "route"],
             **kw,
         )
+        # estimated performance before labels (churnops/monitoring/estimated.py: CBPE)
+        self.estimated_auc = Gauge(NAMES["estimated_auc"], "Estimated AUC-ROC of the window (CBPE, no labels)", **kw)
+        self.estimated_auc_lower = Gauge(NAMES["estimated_auc_lower"], "Lower end of the estimated AUC band", **kw)
+        self.estimated_auc_upper = Gauge(NAMES["estimated_auc_upper"], "Upper end of the estimated AUC band", **kw)
+        self.estimated_available = Gauge(
+            NAMES["estimated_available"], "1 when the window has an estimated performance, else 0", **kw
+        )
+        # data quality per feature (churnops/monitoring/quality.py)
+        self.missing_rate = Gauge(NAMES["missing_rate"], "Share of missing values in the window", ["feature"], **kw)
+        self.out_of_range_rate = Gauge(
+            NAMES["out_of_range_rate"], "Share of values outside the training reference's range", ["feature"], **kw
+        )
+        self.unseen_rate = Gauge(
+            NAMES["unseen_rate"], "Share of values in categories the training reference never had", ["feature"], **kw
+        )
+        self.quality_status = Gauge(NAMES["quality_status"], "Data quality of the window: 0 ok, 1 fail", **kw)
+        self.quality_failed = Gauge(NAMES["quality_failed"], "Features failing the data-quality checks", **kw)
+        self.report_last = Gauge(NAMES["report_last"], "Unix time of the newest monitoring report", **kw)
 
     def update(self, result: dict) -> None:
         drift = result.get("drift") or {}
@@ -79,6 +107,25 @@ class DriftGauges:
             if g.get("rmse") is not None:
                 self.realized_rmse.labels(g["model_version"], g["route"]).set(g["rmse"])
         self.window_rows.set(result.get("n", 0))
+        est = result.get("estimated_performance") or {}
+        self.estimated_available.set(1 if est.get("available") else 0)
+        if est.get("auc_roc") is not None:
+            self.estimated_auc.set(est["auc_roc"])
+            if est.get("auc_band"):
+                self.estimated_auc_lower.set(est["auc_band"][0])
+                self.estimated_auc_upper.set(est["auc_band"][1])
+        if result.get("last_report_ts") is not None:
+            self.report_last.set(result["last_report_ts"])
+        quality = result.get("quality")
+        if quality:
+            for name, f in quality["features"].items():
+                self.missing_rate.labels(name).set(f["missing_rate"])
+                if f.get("out_of_range_rate") is not None:
+                    self.out_of_range_rate.labels(name).set(f["out_of_range_rate"])
+                if f.get("unseen_rate") is not None:
+                    self.unseen_rate.labels(name).set(f["unseen_rate"])
+            self.quality_status.set(1 if quality["status"] == "fail" else 0)
+            self.quality_failed.set(len(quality["failed_features"]))
         image = result.get("image")
         if image:  # image monitoring hook
             for ch, v in image["channel_wasserstein"].items():

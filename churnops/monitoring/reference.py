@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from churnops.monitoring.drift import Reference
+from churnops.monitoring.estimated import CALIBRATION_FILE, calibration_from_frames
 from churnops.redact import redact
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ def fetch_run_files(run_id: str, settings, cache_root: Path | None = None) -> Pa
         (
             (THRESHOLD_FILE, logging.INFO, "reference decisions use 0.5"),  # a regression has none
             (EVALUATION_FILE, logging.WARNING, "no training test metrics to compare with"),
+            (CALIBRATION_FILE, logging.INFO, "the estimated performance calibrates on the reference sample"),
         ),
         cache_root,
     )
@@ -235,6 +237,13 @@ def _build(folder: Path, contract, run_id: str) -> Reference:
     ev = folder / EVALUATION_FILE
     if ev.exists():
         ref.test_metrics = dict(json.loads(ev.read_text()).get("metrics") or {})
+    cal = folder / CALIBRATION_FILE
+    try:
+        ref.calibration = calibration_from_frames(
+            pd.read_csv(cal) if cal.exists() else None, frame, contract.target.name
+        )
+    except (ValueError, KeyError) as exc:  # an unreadable file: the estimate says unavailable
+        log.warning("run %s: no calibration for the estimated performance: %s", run_id, exc)
     return ref
 
 

@@ -8,7 +8,10 @@ trigger (`reporting.trigger`) and `GET /drift/*` (`serving.drift`) all call it. 
   nothing else is computed) or the drift status `ok` / `warn` / `critical`
 * `reference_run_id`, `drift` (`drift.compute_drift`: every feature and the predictions, every row),
   `performance` (`performance.realized_performance` on the rows with feedback: per task, AUC and
-  calibration of a classifier, MAE/RMSE/R² of a regression's feedback values), `verdict`
+  calibration of a classifier, MAE/RMSE/R² of a regression's feedback values),
+  `estimated_performance` (`estimated.window_estimate`: CBPE before labels, with its band, or why
+  it is unavailable), `quality` (`quality.data_quality`: missing, out-of-range, unseen categories
+  per feature), `verdict`
 
 as plain JSON values (NaN becomes None). For an image contract `compute` hands the window to
 `churnops.image.monitor.image_window` (the image monitoring hook; same keys, signals for features). Summaries are cached per process in an LRU of
@@ -29,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from churnops.monitoring import drift as drift_mod
+from churnops.monitoring.estimated import window_estimate
 from churnops.monitoring.performance import realized_performance
+from churnops.monitoring.quality import data_quality
 from churnops.tasks import task_for
 
 META_COLUMNS = [
@@ -216,16 +221,21 @@ def compute(
             from churnops.monitoring.reference import load_reference, served_run_id
 
             reference = load_reference(served_run_id(settings, run_ids), settings, contract)
-    d, perf = summarize_window(df, reference, settings, task_for(contract))
+    task = task_for(contract)
+    d, perf = summarize_window(df, reference, settings, task)
+    quality = data_quality(reference, df, contract, settings)
     out.update(
         status=d["status"],
         reference_run_id=reference.run_id,
         drift=d,
         performance=perf,
+        estimated_performance=window_estimate(df, reference, settings, task.name, perf),
+        quality=quality,
         verdict={
             "drift": d["status"],
             "critical_features": d["critical_features"],
             "prediction": (d.get("prediction") or {}).get("status"),
+            "quality": quality["status"],
         },
     )
     return Window(jsonable(out), df)
@@ -261,6 +271,10 @@ def cache_key(
             settings.drift_p_value,
             settings.report_min_rows,
             settings.retrain_min_critical_features,
+            settings.estimated_min_rows,
+            settings.quality_missing_increase,
+            settings.quality_out_of_range_rate,
+            settings.quality_unseen_rate,
             contract.fingerprint(),
         ),
         max_rows=max_rows,

@@ -90,6 +90,22 @@ def test_prometheus_program_only_when_the_binary_exists(tmp_path, monkeypatch):
     assert "--web.listen-address=127.0.0.1:19090" in prom.command
 
 
+def test_alertmanager_and_receiver_programs_only_when_alertmanager_exists(tmp_path, monkeypatch):
+    import churnops.stack as stack
+
+    s = Settings(state_dir=tmp_path, alertmanager_port=19093, alert_receiver_port=19099, _env_file=None)
+    monkeypatch.setattr(stack.shutil, "which", lambda name: None)
+    assert not {"alertmanager", "alert-receiver"} & {p.name for p in stack.programs(s)}
+    am_bin = "/usr/bin/prometheus-alertmanager"
+    monkeypatch.setattr(stack.shutil, "which", lambda name: am_bin if name == "prometheus-alertmanager" else None)
+    progs = {p.name: p for p in stack.programs(s)}
+    am, rcv = progs["alertmanager"], progs["alert-receiver"]
+    assert am.command[0] == am_bin and am.health == "http://127.0.0.1:19093/-/ready"
+    assert f"--config.file={stack.PROJECT_ROOT / 'monitoring' / 'alertmanager.local.yml'}" in am.command
+    assert "--web.listen-address=127.0.0.1:19093" in am.command
+    assert rcv.command[1:] == ["-m", "reporting.alert_receiver"] and rcv.health == "http://127.0.0.1:19099/health"
+
+
 def test_simulator_service_repeats_every_interval_and_survives_a_failed_round():
     import threading
 

@@ -78,3 +78,17 @@ def test_logged_pyfunc_model_loads_from_code_and_scores_like_xgboost(trained, st
     assert np.allclose(out["probability"].to_numpy(), expected, atol=1e-6)
     threshold = json.loads(open(f"{bundle_dir}/meta.json").read())["threshold"]
     assert (out["churn"].to_numpy() == (expected >= threshold)).all()
+
+
+def test_run_logs_held_out_probabilities_for_the_estimated_performance(trained, stack_env, tmp_path):
+    """calibration_reference.csv: the test split's probabilities and labels (their AUC is the run's
+    test AUC), and the monitoring reference calibrates on it (CBPE), not on the training rows."""
+    from churnops.contract import load_contract
+    from churnops.metrics import auc_roc
+    from churnops.monitoring.reference import load_reference
+
+    ref = load_reference(trained["run_id"], stack_env, load_contract(stack_env.dataset), cache_root=tmp_path)
+    cal = ref.calibration
+    assert cal is not None and cal.source == "held-out test split"
+    assert set(np.unique(cal.labels)) == {0, 1} and 0 <= cal.probabilities.min() <= cal.probabilities.max() <= 1
+    assert auc_roc(cal.labels, cal.probabilities) == pytest.approx(trained["test_metrics"]["auc_roc"], abs=1e-9)
