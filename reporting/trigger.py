@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from churnops.model_line import resolved
 from reporting.alerts import send_alert
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,11 @@ def fresh_training_parameters(settings, collect: Callable[[], dict] | None = Non
     """Collect the fresh labels into a new snapshot; the training deployment's parameters naming
     it and its held-out slice (empty, i.e. the latest snapshot, when too few labels joined)."""
     if collect is None:
-        from flows.labels_flow import collect_labels_flow as collect
+        from flows.labels_flow import collect_labels_flow
+
+        def collect() -> dict:  # the labels of this data set's own prediction log
+            return collect_labels_flow(dataset=settings.dataset)
+
     out = collect()
     if out.get("snapshot"):
         return {"snapshot": out["snapshot"], "holdout": out.get("holdout")}
@@ -113,6 +118,7 @@ def evaluate_trigger(
     dry_run: bool = False,
 ) -> dict:
     """Decide, start training when due (respecting the cooldown), record and alert; returns the decision."""
+    settings = resolved(settings)  # the data set's training deployment and model name
     now = time.time() if now is None else now
     reasons = reasons_for(drift, performance, settings, min_labelled)
     last = store.get_checkpoint(LAST_STARTED)
@@ -157,9 +163,9 @@ def evaluate_trigger(
                 log.error("could not start %s: %s", settings.training_deployment, exc)
     if alert and settings.alert_webhook_url and decision["action"] in ("started", "start_failed", "cooldown"):
         text = {
-            "started": f":rotating_light: churn model retraining started ({settings.training_deployment})",
-            "start_failed": ":x: churn model retraining could NOT be started",
-            "cooldown": ":hourglass: churn model retraining due but in cooldown",
+            "started": f":rotating_light: {settings.model_name} retraining started ({settings.training_deployment})",
+            "start_failed": f":x: {settings.model_name} retraining could NOT be started",
+            "cooldown": f":hourglass: {settings.model_name} retraining due but in cooldown",
         }[decision["action"]]
         decision["alert"] = send_alert(
             settings.alert_webhook_url,
