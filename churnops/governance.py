@@ -315,6 +315,9 @@ def promote(
         c.set_model_version_tag(s.model_name, str(version), "previous_champion", old)
     c.set_registered_model_alias(s.model_name, CHAMPION, str(version))
     c.set_model_version_tag(s.model_name, str(version), "outcome", PROMOTED)
+    held = alias_version(s.model_name, CHALLENGER, s)
+    if held is not None and str(held.version) == str(version):  # the challenger became the champion
+        c.delete_registered_model_alias(s.model_name, CHALLENGER)
     record_audit(s, action, s.model_name, old, str(version), reason, rules, who)
     log.info("%s v%s is champion (was v%s): %s", s.model_name, version, old, reason)
     return old

@@ -31,7 +31,7 @@ def test_shipped_env_files_pin_no_model_name(pristine_env):
         env = yaml.safe_load((ROOT / name).read_text())["x-churnops-env"]
         assert env["MODEL_NAME"] == "${MODEL_NAME:-}" and env["DATASET"] == "${DATASET:-bank_churners}", name
     s = Settings(_env_file=SHIPPED_ENV)
-    assert s.model_name is None
+    assert not s.model_name  # `MODEL_NAME=` (empty) in the file
     lines = {d: for_dataset(s, d) for d in ("bank_churners", "diabetes", "raw_digits")}
     assert {d: x.model_name for d, x in lines.items()} == {
         "bank_churners": "churn-xgboost",
@@ -82,7 +82,7 @@ def diabetes_line(shipped):
     from flows.train_flow import train_flow
 
     s = shipped("diabetes")
-    assert s.n_trials == 50 and s.model_name is None  # read from the shipped file: no MODEL_NAME in it
+    assert s.n_trials == 50 and not s.model_name  # read from the shipped file: MODEL_NAME empty there
     init_aws(s)
     return train_flow(n_trials=2, data_profile=False, dataset="diabetes"), s
 
