@@ -92,6 +92,7 @@ def default_start_training(settings, run=None, collect: Callable[[], dict] | Non
 
     Returns {"flow_run_id", "parameters"}; `run` is prefect's `run_deployment` unless given.
     """
+    settings = resolved(settings)  # the data set's training deployment
 
     def start() -> dict:
         params = fresh_training_parameters(settings, collect)
