@@ -85,9 +85,9 @@ demo: $(STAMP)
 	@if $(BIN)/python -c "import flows.report_flow" 2>/dev/null; then $(MAKE) --no-print-directory apply-prediction-reporting; fi
 	@echo ""
 	@echo "== demo done =="
-	@$(BIN)/python -c "from churnops.settings import get_settings; from churnops.redact import redact; s = get_settings(); \
+	@$(BIN)/python -c "from churnops.settings import get_settings; from churnops.model_line import for_dataset; from churnops.redact import redact; s = for_dataset(get_settings()); \
 	  print(f'  MLflow   {redact(s.mlflow_tracking_uri)}   (experiment {s.experiment_name}, model {s.model_name})'); \
-	  print(f'  Prefect  {s.prefect_api_url.removesuffix(\"/api\")}   (deployments train-churn-model/churn-sweep ...)'); \
+	  print(f'  Prefect  {s.prefect_api_url.removesuffix(\"/api\")}   (deployments {s.training_deployment} ...)'); \
 	  print(f'  S3/Kinesis (moto)  {s.aws_endpoint_url}'); \
 	  print(f'  API      {s.api_url}'); print(f'  Reports  http://{s.reports_host}:{s.reports_port}')"
 	@echo "  stop with: make down"
@@ -162,7 +162,7 @@ else
 	@$(BIN)/churnops-init-aws
 endif
 
-apply-model-train-flow: $(DEPS) ## register the scheduled training deployment (every TRAIN_INTERVAL_HOURS, default 6)
+apply-model-train-flow: $(DEPS) ## register DATASET's scheduled training deployment (train-churn-model/<dataset>; churn: churn-sweep)
 ifeq ($(RUNTIME),docker)
 	$(DC) run --rm prefect-worker churnops-deploy train
 else
@@ -192,11 +192,13 @@ else
 	@$(MAKE) --no-print-directory start-serve
 endif
 
-start-serve: $(DEPS) ## (re)start the HTTP API on 9696 and the Kinesis consumer(s) on the pinned model
+start-serve: $(DEPS) ## (re)start the HTTP API on 9696 and the Kinesis consumer(s); returns once /ready says ready
 ifeq ($(RUNTIME),docker)
 	$(DC) up -d --no-deps --force-recreate --wait $(SERVING)
+	$(DC) exec -T api python -m churnops.ready --url http://127.0.0.1:9696
 else
 	@$(STACK) start api consumer
+	@$(BIN)/python -m churnops.ready
 endif
 
 stop-serve: $(STOP_DEPS) ## stop the HTTP API and the Kinesis consumer(s)

@@ -167,6 +167,7 @@ def main() -> None:
 
         from churnops.cleaning import clean_frame
         from churnops.contract import load_contract
+        from churnops.model_line import for_dataset
         from churnops.pipeline import auc
         from churnops.provision import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
@@ -175,7 +176,7 @@ def main() -> None:
         from serving.model import ModelManager
 
         get_settings.cache_clear()
-        s = get_settings()
+        s = for_dataset(get_settings())  # the data set's line: its model name
         ensure_bucket(s), ensure_streams(s)
         contract = load_contract(s.dataset)
         pool = clean_frame(pd.read_csv(DATA), contract)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from churnops.validator import CompiledContract, RecordResult, compile_contract
 
@@ -85,16 +85,24 @@ class DatasetContract(BaseModel):
     model_name: str | None = None  # registered model name (default: derived from `name`)
     tolerance: float | None = None  # regression: an error above this counts as "off" (metric, rule)
 
-    @model_validator(mode="after")
-    def _check_target(self) -> "DatasetContract":
-        if self.task == "binary_classification":
-            if not self.target.positive or not self.target.labels:
-                raise ValueError("target: a binary_classification contract needs `positive` and `labels`")
-            if self.target.positive not in self.target.labels:
-                raise ValueError(f"target: positive {self.target.positive!r} is not among labels {self.target.labels}")
-        elif self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance > 0):
-            raise ValueError(f"tolerance: expected a positive number, got {self.tolerance}")
-        return self
+    # field validators, not one model validator: pydantic then reports every broken field of a
+    # contract file at once (a model validator only runs once all fields are valid)
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, target: TargetSpec, info: ValidationInfo) -> TargetSpec:
+        if info.data.get("task", "binary_classification") == "binary_classification":
+            if not target.positive or not target.labels:
+                raise ValueError("a binary_classification contract needs `positive` and `labels`")
+            if target.positive not in target.labels:
+                raise ValueError(f"positive {target.positive!r} is not among labels {target.labels}")
+        return target
+
+    @field_validator("tolerance")
+    @classmethod
+    def _check_tolerance(cls, tolerance: float | None) -> float | None:
+        if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(f"expected a positive number, got {tolerance}")
+        return tolerance
 
     _compiled: Any = PrivateAttr(default=None)  # churnops.validator.compile_contract's cache
 
@@ -147,6 +155,53 @@ class DatasetContract(BaseModel):
         return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
 
 
+def bundled_datasets() -> list[str]:
+    """The data sets shipped with the project (`churnops/datasets/<name>.yaml`)."""
+    return sorted(x.stem for x in DATASETS_DIR.glob("*.yaml"))
+
+
+class ContractFileError(ValueError):
+    """A contract file with mistakes: one error listing every problem with its YAML path."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path, self.problems = path, problems
+        super().__init__(
+            f"data contract {path} has {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def yaml_path(loc: tuple) -> str:
+    """A pydantic error location as a YAML path (`features.age.kind`, `classes[2]`)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith("function-"):  # validator frames pydantic adds to the location
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def contract_problems(exc: ValidationError) -> list[str]:
+    """Every problem of a contract's validation, each `<yaml path>: <what is wrong> (got <value>)`."""
+    out = []
+    for e in exc.errors(include_url=False):
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if e["type"] == "missing" or isinstance(got, (dict, list)) else f" (got {str(got)[:60]!r})"
+        out.append(f"{yaml_path(e['loc'])}: {msg}{shown}")
+    return out
+
+
+def validate_contract(model: type[BaseModel], raw: Any, p: Path):
+    """`model.model_validate(raw)`, or one `ContractFileError` listing every problem by YAML path."""
+    if not isinstance(raw, dict):
+        raise ContractFileError(p, [f"(top level): expected a mapping of contract fields, got {type(raw).__name__}"])
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ContractFileError(p, contract_problems(exc)) from None
+
+
 def read_contract_file(name_or_path: str | Path) -> tuple[Path, Any]:
     """(path, parsed YAML) of a contract given by shipped name or file path; errors name the file."""
     p = Path(name_or_path)
@@ -154,8 +209,8 @@ def read_contract_file(name_or_path: str | Path) -> tuple[Path, Any]:
         p = DATASETS_DIR / f"{name_or_path}.yaml"
     if not p.exists():
         raise FileNotFoundError(
-            f"data contract {name_or_path!r} not found: expected a YAML file path or one of "
-            f"{sorted(x.stem for x in DATASETS_DIR.glob('*.yaml'))}"
+            f"DATASET={name_or_path!r} names no data set: expected the path of a contract YAML file or "
+            f"one of the bundled data sets {bundled_datasets()}"
         )
     try:
         raw = yaml.safe_load(p.read_text())
@@ -170,10 +225,7 @@ def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract
     p, raw = read_contract_file(name_or_path)
     if isinstance(raw, dict) and raw.get("task", "binary_classification") not in TABULAR_TASKS:
         raise ValueError(f"data contract {p} is a {raw['task']} contract, not a tabular one: use load_any_contract")
-    try:
-        return DatasetContract.model_validate(raw)
-    except Exception as exc:  # pydantic.ValidationError: keep the field paths, name the file
-        raise ValueError(f"data contract {p} is invalid: {exc}") from exc
+    return validate_contract(DatasetContract, raw, p)
 
 
 # ---- frame checks -------------------------------------------------------------------------------
@@ -245,8 +297,5 @@ def load_any_contract(name_or_path: str | Path = "bank_churners"):
     if task == "image_classification":
         from churnops.image.contract import ImageContract
 
-        try:
-            return ImageContract.model_validate(raw)
-        except Exception as exc:
-            raise ValueError(f"data contract {p} is invalid: {exc}") from exc
+        return validate_contract(ImageContract, raw, p)
     raise ValueError(f"data contract {p}: task {task!r} is not one of {list(TASKS)}")

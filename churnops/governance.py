@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from churnops.model_line import resolved
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 BLOCKED, AWAITING, PROMOTED, REJECTED, EXPIRED = "blocked", "awaiting approval", "promoted", "rejected", "expired"
+# the outcomes of a version that passed every rule: the only ones that hold `challenger` and that the
+# servers may send canary traffic to (serving/model.py); blocked, rejected and expired never do
+CANARY_OUTCOMES = (AWAITING, PROMOTED)
+REFUSED_OUTCOMES = (BLOCKED, REJECTED, EXPIRED)
 KNOWN_RULES = (
     "min_test_auc_roc",
     "max_calibration_error",
@@ -230,6 +235,7 @@ def record_audit(
     from churnops.registry import client
     from churnops.store.factory import open_store
 
+    s = resolved(s)  # the data set's own store
     rec = {
         "ts": time.time(),
         "actor": who or actor(),
@@ -260,11 +266,20 @@ def record_audit(
 def set_outcome(
     s: Settings, version: str, outcome: str, results: list[RuleResult] | None = None, reason: str = ""
 ) -> None:
-    """The challenger's outcome (and its rule results) as tags on its model version."""
-    from churnops.registry import client
+    """A new version's outcome (and its rule results) as tags on its model version; the alias
+    `challenger` follows it: set for `awaiting approval` (every rule passed), removed from the version
+    when it is blocked, rejected or expired."""
+    from churnops.registry import alias_version, client
 
+    s = resolved(s)
     c = client(s)
     c.set_model_version_tag(s.model_name, str(version), "outcome", outcome)
+    if outcome == AWAITING:
+        c.set_registered_model_alias(s.model_name, CHALLENGER, str(version))
+    elif outcome in REFUSED_OUTCOMES:
+        held = alias_version(s.model_name, CHALLENGER, s)
+        if held is not None and str(held.version) == str(version):
+            c.delete_registered_model_alias(s.model_name, CHALLENGER)
     if results is not None:
         c.set_model_version_tag(s.model_name, str(version), "rules", json.dumps(results_json(results))[:5000])
         bad = failed(results)
@@ -288,7 +303,7 @@ def promote(
     """Make `version` the champion (the old one becomes `previous`); audited. Returns the old version."""
     from churnops.registry import alias_version, client
 
-    s = s or get_settings()
+    s = resolved(s or get_settings())
     c = client(s)
     c.get_model_version(s.model_name, str(version))  # fails clearly when the version does not exist
     current = alias_version(s.model_name, CHAMPION, s)
@@ -300,6 +315,9 @@ def promote(
         c.set_model_version_tag(s.model_name, str(version), "previous_champion", old)
     c.set_registered_model_alias(s.model_name, CHAMPION, str(version))
     c.set_model_version_tag(s.model_name, str(version), "outcome", PROMOTED)
+    held = alias_version(s.model_name, CHALLENGER, s)
+    if held is not None and str(held.version) == str(version):  # the challenger became the champion
+        c.delete_registered_model_alias(s.model_name, CHALLENGER)
     record_audit(s, action, s.model_name, old, str(version), reason, rules, who)
     log.info("%s v%s is champion (was v%s): %s", s.model_name, version, old, reason)
     return old
@@ -313,7 +331,7 @@ def rollback(
     """
     from churnops.registry import alias_version, client
 
-    s = s or get_settings()
+    s = resolved(s or get_settings())
     c = client(s)
     current = alias_version(s.model_name, CHAMPION, s)
     if current is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from churnops.model_line import resolved
 from churnops.settings import Settings
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -32,6 +33,7 @@ class ModelUriError(ValueError):
 
 def accepted(s: Settings) -> str:
     """The accepted forms, for error messages and docs."""
+    s = resolved(s)
     return f"runs:/<32-hex run id>/<artifact path>, models:/{s.model_name}@<alias> or models:/{s.model_name}/<version>"
 
 
@@ -55,7 +57,7 @@ def check_model_uri(value: object, s: Settings, field: str = "model_uri", allow_
     m = _RUNS.fullmatch(value)
     if m and ".." not in m.group("path").split("/"):
         return value
-    prefix = f"models:/{s.model_name}"
+    prefix = f"models:/{resolved(s).model_name}"
     if value.startswith(prefix):
         rest = value[len(prefix) :]
         if (rest.startswith("@") and _ALIAS.fullmatch(rest[1:])) or (

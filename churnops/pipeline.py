@@ -21,6 +21,7 @@ import pandas as pd
 from churnops.contract import ContractViolation, DatasetContract
 from churnops.features import FeatureEncoder
 from churnops.metrics import auc_roc
+from churnops.model_line import resolved
 from churnops.settings import Settings
 from churnops.tasks import Task, task_for
 from churnops.training import Split, choose_threshold, classification_metrics
@@ -185,6 +186,7 @@ def start_parent_run(s: Settings, tags: dict) -> tuple[str, str]:
 
     from churnops.registry import client
 
+    s = resolved(s)
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
     c = client(s)
     exp = c.get_experiment_by_name(s.experiment_name)
@@ -270,6 +272,7 @@ def load_alias_bundle(s: Settings, alias: str = "champion"):
     from churnops.bundle import Bundle
     from churnops.registry import alias_version
 
+    s = resolved(s)
     mv = alias_version(s.model_name, alias, s)
     if mv is None:
         return None, None

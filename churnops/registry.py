@@ -7,12 +7,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from churnops.model_line import FINGERPRINT_TAG, check_line, resolved
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, CANDIDATE = "champion", "challenger", "candidate"
 
 
 class TrackingUnreachable(ConnectionError):
@@ -56,19 +57,26 @@ def alias_version(name: str, alias: str, settings: Settings | None = None):
 
 
 def register(run_id: str, model_uri: str, settings: Settings | None = None, tags: dict | None = None):
-    """Register `model_uri` under the configured name; set `challenger`, and `champion` if none.
+    """Register `model_uri` under the data set's model name with the neutral alias `candidate`, and
+    `champion` if there is none; `challenger` is the rules' to give (`churnops.governance.set_outcome`).
 
+    `tags` must carry the contract fingerprint (`contract_fingerprint`): a name whose versions carry
+    another one is refused (`churnops.model_line.ContractMismatch`), so one name holds one contract.
     Returns (version, aliases set). Called only after every check passed, so a failed run
-    never moves an alias.
+    never registers anything nor moves an alias.
     """
     import mlflow
 
-    s = settings or get_settings()
+    s = resolved(settings or get_settings())
+    fingerprint = (tags or {}).get(FINGERPRINT_TAG)
+    if not fingerprint:
+        raise ValueError(f"register {s.model_name}: the version's tags must name its `{FINGERPRINT_TAG}`")
+    check_line(s.model_name, fingerprint, s)
     c = client(s)
     mlflow.set_registry_uri(s.mlflow_tracking_uri)
     mv = mlflow.register_model(model_uri, s.model_name, tags=tags or {})
-    aliases = [CHALLENGER]
-    c.set_registered_model_alias(s.model_name, CHALLENGER, mv.version)
+    aliases = [CANDIDATE]
+    c.set_registered_model_alias(s.model_name, CANDIDATE, mv.version)
     if alias_version(s.model_name, CHAMPION, s) is None:
         c.set_registered_model_alias(s.model_name, CHAMPION, mv.version)
         aliases.append(CHAMPION)
@@ -84,7 +92,7 @@ def resolve_model_uri(settings: Settings | None = None) -> str:
     """
     from churnops.model_uri import check_model_uri, check_run_id
 
-    s = settings or get_settings()
+    s = resolved(settings or get_settings())
     if s.model_uri:
         return check_model_uri(s.model_uri, s, "MODEL_URI", allow_local=True)
     if s.run_id:
@@ -159,7 +167,7 @@ def pin_champion(settings: Settings | None = None, env_path: Path | None = None)
     """Write the champion's RUN_ID into `.env.local` (the seed project's pinning flow)."""
     from churnops.settings import env_file
 
-    s = settings or get_settings()
+    s = resolved(settings or get_settings())
     mv = alias_version(s.model_name, CHAMPION, s)
     if mv is None:
         raise LookupError(f"no {s.model_name}@{CHAMPION} in {redact(s.mlflow_tracking_uri)}: run `make train` first")
@@ -208,7 +216,7 @@ def _move_champion(command: str, move: Callable[[Settings, str, str | None], tup
     from churnops.settings import env_file
 
     setup_logging()
-    s = get_settings()
+    s = resolved(get_settings())
     reason, version = _reason_version()
     try:
         old, new = move(s, reason, version)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +91,11 @@ class Settings(BaseSettings):
     stream_outbox_dir: Path | None = None  # default <state_dir>/outbox
 
     # --- training ------------------------------------------------------------------------------
-    experiment_name: str = "churn-sweep"
-    model_name: str = "churn-xgboost"
+    # the data set's line (churnops/model_line.py resolves them from the contract where the data set
+    # is chosen): empty = follow the contract (`churn-xgboost` / `churn-sweep` for churn). An explicit
+    # MODEL_NAME must name a model of this contract (training and registration refuse another one)
+    experiment_name: str | None = None
+    model_name: str | None = None
     n_trials: int = 50
     seed: int = 42
     test_size: float = 0.15
@@ -132,6 +135,7 @@ class Settings(BaseSettings):
 
     # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
     api_url: str = "http://127.0.0.1:9696"
+    ready_timeout_s: float = 180.0  # make start-serve / demo wait this long for /ready (churnops/ready.py)
     api_host: str = "127.0.0.1"
     api_port: int = 9696
     api_workers: int = 2
@@ -181,6 +185,7 @@ class Settings(BaseSettings):
     mongodb_uri: str | None = None
     mongodb_db: str = "churn"
     prediction_db_path: Path | None = None  # embedded store file; default <state_dir>/predictions.db
+    serving_state_file: Path | None = None  # the servers' shared reload target; default <state_dir>/serving-model.json
     spool_dir: Path | None = None  # default <state_dir>/spool
     log_flush_interval_s: float = 0.5
     log_batch_size: int = 500  # records per store call
@@ -254,7 +259,7 @@ class Settings(BaseSettings):
     reports_host: str = "127.0.0.1"
     report_keep: int = 100  # newest reports kept in reports_dir (0 = all); ~9 MB each
     retrain_min_critical_features: int = 2  # critical features that make the window critical
-    training_deployment: str = "train-churn-model/churn-sweep"
+    training_deployment: str | None = None  # empty: the data set's own (`train-churn-model/<line>`)
     drift_cache_s: float = 60.0  # GET /drift/* recomputes at most this often
     # a monitoring window (GET /drift/*, report, trigger) reads at most the newest this many rows
     drift_max_rows: int = Field(100_000, ge=1)
@@ -268,24 +273,6 @@ class Settings(BaseSettings):
     # `make down`: how long supervisord may take to stop everything before the survivors get SIGTERM,
     # then SIGKILL (each program's own stop timeout, gunicorn's graceful 30 s included, fits in it)
     stack_stop_timeout_s: float = 45.0
-
-    @model_validator(mode="after")
-    def _model_name_follows_dataset(self) -> "Settings":
-        """MODEL_NAME when set; else the name the data set's contract declares; else the default
-        for the churn contract and `<contract name>-xgboost` for any other data set."""
-        if "model_name" in self.model_fields_set:
-            return self
-        try:
-            from churnops.contract import load_any_contract
-
-            contract = load_any_contract(self.dataset)  # tabular or image: both name their model
-        except Exception:  # an unknown DATASET fails where it is used, with its own message
-            return self
-        if contract.model_name:
-            self.model_name = contract.model_name
-        elif contract.name != "bank_churners":
-            self.model_name = f"{contract.name.replace('_', '-')}-xgboost"
-        return self
 
     def state_path(self, value: Path | None, default: str) -> Path:
         """`value` when set, else `<state_dir>/<default>`."""

@@ -1,7 +1,7 @@
 """Every Prefect deployment of the project, declared in one place.
 
-`churnops-deploy train` (make apply-model-train-flow) and `churnops-deploy report`
-(make apply-prediction-reporting) register them with the Prefect server in `PREFECT_API_URL`
+`churnops-deploy train` (make apply-model-train-flow [DATASET=...]) and `churnops-deploy report`
+(make apply-prediction-reporting [DATASET=...]) register those of one data set (see `specs`) with the Prefect server in `PREFECT_API_URL`
 on the process work pool `WORK_POOL` (created if missing). A worker polling that pool runs
 them: on the embedded stack the supervisor starts one; on other machines start more with
 `prefect worker start --pool <WORK_POOL>` against the same server (see README).
@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from churnops.contract import load_any_contract
+from churnops.model_line import CHURN_CONTRACT, CHURN_DEPLOYMENT, TRAIN_FLOW, deployment_name_for
 from churnops.settings import PROJECT_ROOT, Settings, get_settings
 
 
@@ -28,14 +30,24 @@ class DeploymentSpec:
 
 
 def specs(s: Settings) -> list[DeploymentSpec]:
+    """The deployments of the data set DATASET names: training, report and retrain trigger, each
+    with the data set as its default parameter (so a quick run from the Prefect UI trains, reports
+    on and watches that data set). The churn line keeps its names (`train-churn-model/churn-sweep`,
+    `prediction-report/prediction-report`, `retrain-trigger/retrain-trigger`); another data set's
+    are `train-churn-model/<dataset>`, `prediction-report/prediction-report-<dataset>` and
+    `retrain-trigger/retrain-trigger-<dataset>`."""
+    contract = load_any_contract(s.dataset)
+    line = deployment_name_for(contract)
+    suffix = "" if contract.name == CHURN_CONTRACT else f"-{contract.name}"
+    params = {"dataset": s.dataset}
     return [
         DeploymentSpec(
             "train",
             "flows/train_flow.py:train_flow",
-            "churn-sweep",
+            line,
             s.train_interval_hours,
-            {},
-            "hyperopt sweep -> MLflow runs -> register best as challenger",
+            params,
+            f"{contract.name}: hyperopt sweep -> MLflow runs -> register the best; rules decide its outcome",
         ),
         DeploymentSpec(
             "train",
@@ -56,23 +68,23 @@ def specs(s: Settings) -> list[DeploymentSpec]:
         DeploymentSpec(
             "report",
             "flows/report_flow.py:report_flow",
-            "prediction-report",
+            f"prediction-report{suffix}",
             s.report_interval_hours,
-            {},
-            "Evidently report of the logged predictions vs the training reference",
+            params,
+            f"{contract.name}: Evidently report of the logged predictions vs the training reference",
         ),
         DeploymentSpec(
             "report",
             "flows/retrain_flow.py:retrain_trigger_flow",
-            "retrain-trigger",
+            f"retrain-trigger{suffix}",
             0.5,
-            {},
-            "start training when drift is critical or realized AUC is below the floor",
+            params,
+            f"{contract.name}: start training when drift is critical or the realized metric is off",
         ),
     ]
 
 
-TRAIN_DEPLOYMENT = "train-churn-model/churn-sweep"
+TRAIN_DEPLOYMENT = f"{TRAIN_FLOW}/{CHURN_DEPLOYMENT}"  # the churn line's (model_line.for_dataset gives any line's)
 
 
 def ensure_work_pool(name: str) -> bool:

@@ -17,6 +17,7 @@ from prefect import flow
 
 from churnops.cli import flow_logger
 from churnops.contract import load_any_contract
+from churnops.model_line import for_dataset
 from churnops.settings import get_settings
 
 FLOW_NAME = "collect-labels"
@@ -24,14 +25,17 @@ CHECKPOINT = "labels:last_collected"
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def collect_labels_flow(since: float | None = None, until: float | None = None, policy: str | None = None) -> dict:
-    """Join the labels of [since, until) to their features and store a new snapshot. Returns the summary."""
+def collect_labels_flow(
+    since: float | None = None, until: float | None = None, policy: str | None = None, dataset: str | None = None
+) -> dict:
+    """Join the labels of [since, until) of `dataset` (default DATASET) to their features and store a
+    new snapshot of that data set. Returns the summary."""
     from churnops.feature_store import latest_snapshot, put_holdout, put_snapshot, read_snapshot
     from churnops.labels import build_training_set, join_labels
     from churnops.pipeline import validate_clean
     from churnops.store.factory import open_store
 
-    s = get_settings()
+    s = for_dataset(get_settings(), dataset)  # the data set's own prediction log and snapshots
     contract = load_any_contract(s.dataset)
     policy = policy or s.label_policy
     store = open_store(s)

@@ -15,6 +15,7 @@ from prefect import flow
 
 from churnops.cli import flow_logger
 from churnops.contract import load_any_contract
+from churnops.model_line import for_dataset
 from churnops.settings import get_settings
 
 FLOW_NAME = "prediction-report"
@@ -27,11 +28,12 @@ def open_store(settings):
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def report_flow(window_hours: float | None = None) -> dict:
-    """Build the report for the last `window_hours` (default REPORT_WINDOW_HOURS); returns the summary headline."""
+def report_flow(window_hours: float | None = None, dataset: str | None = None) -> dict:
+    """Build the report of `dataset`'s predictions (default DATASET) for the last `window_hours`
+    (default REPORT_WINDOW_HOURS); returns the summary headline."""
     from reporting.report import build_report
 
-    s = get_settings()
+    s = for_dataset(get_settings(), dataset)  # the data set's own prediction log and model
     store = open_store(s)
     try:
         summary = build_report(store, s, load_any_contract(s.dataset), window_hours=window_hours)

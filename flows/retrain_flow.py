@@ -19,24 +19,23 @@ from prefect import flow
 
 from churnops.cli import flow_logger
 from churnops.contract import load_any_contract
+from churnops.model_line import for_dataset
 from churnops.settings import get_settings
 
 FLOW_NAME = "retrain-trigger"
-DEFAULT_DEPLOYMENT = "train-churn-model/churn-sweep"
-IMAGE_TRAIN_DEPLOYMENT = "train-image-model/image-sweep"
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def retrain_trigger_flow(window_hours: float | None = None, dry_run: bool = False, start_training: Any = None) -> dict:
-    """Evaluate the recent window; start the training deployment when due. Returns the decision."""
+def retrain_trigger_flow(
+    window_hours: float | None = None, dry_run: bool = False, start_training: Any = None, dataset: str | None = None
+) -> dict:
+    """Evaluate the recent window of `dataset` (default DATASET); start that data set's training
+    deployment when due. Returns the decision."""
     from flows.report_flow import open_store
     from reporting.trigger import evaluate_window
 
-    s = get_settings()
+    s = for_dataset(get_settings(), dataset)  # its own window, checkpoints and training deployment
     contract = load_any_contract(s.dataset)
-    if contract.task == "image_classification" and s.training_deployment == DEFAULT_DEPLOYMENT:
-        # an image server's trigger: labelled images -> a new data set version -> the image training deployment
-        s = s.model_copy(update={"training_deployment": IMAGE_TRAIN_DEPLOYMENT})
     store = open_store(s)
     try:
         decision = evaluate_window(

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from churnops import pipeline
 from churnops.contract import ContractViolation, load_contract
+from churnops.model_line import check_line, for_dataset
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 from churnops.tuning import best_trial
@@ -263,14 +264,17 @@ def train_flow(
     approval_timeout_s: float | None = None,
     snapshot: str | None = None,
     holdout: str | None = None,
+    dataset: str | None = None,
 ) -> dict:
-    """Sweep, refit, check and register the churn model. Returns the run summary."""
+    """Sweep, refit, check and register the model of `dataset` (default DATASET: a deployment of a
+    data set passes its own). Returns the run summary."""
     from churnops.lineage import lineage_tags
     from churnops.registry import client
 
-    s = get_settings()
+    s = for_dataset(get_settings(), dataset)  # the data set's line: model name, experiment, store
     contract = load_contract(s.dataset)
     preflight(s)
+    check_line(s.model_name, contract.fingerprint(), s)  # MODEL_NAME of another contract: refused before the sweep
     snap, clean = load_snapshot(s, data, snapshot)
     validate(clean, s, snap.uri)
     fresh = load_holdout(s, holdout) if holdout else None
@@ -293,6 +297,8 @@ def train_flow(
     decision = govern(s, out.version, out.aliases, proof, approval_timeout_s, contract.task)
     if decision["outcome"] == "promoted" and "champion" not in out.aliases:
         out.aliases = [*out.aliases, "champion"]
+    elif decision["outcome"] == "awaiting approval":  # every rule passed: governance.set_outcome gave it `challenger`
+        out.aliases = [*out.aliases, "challenger"]
     summary = {
         "run_id": out.run_id,
         "model_name": s.model_name,
@@ -329,7 +335,7 @@ def main() -> None:
     # SIGTERM ends the run like Ctrl-C (Prefect marks it crashed) instead of leaving it behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        summary = train_flow(progress=True)
+        summary = train_flow(progress=True, dataset=s.dataset)
     except Exception as exc:
         fail(exc, f"training flow {FLOW_NAME}")
     m = summary["test_metrics"]
@@ -346,7 +352,7 @@ def main() -> None:
         f"onnx parity max|diff|={summary['onnx_max_abs_diff']:.2e}  sweep {summary['sweep_seconds']:.1f} s "
         f"({summary['n_trials']} trials), MLflow logging {summary['logging_seconds']:.1f} s"
     )
-    print(f"MLflow  {redact(s.mlflow_tracking_uri)}/#/models/{s.model_name}")
+    print(f"MLflow  {redact(s.mlflow_tracking_uri)}/#/models/{summary['model_name']}")
     if summary.get("approval_url"):
         print(
             f"approve or reject v{summary['version']} (the run waits, suspended, holding no process): {summary['approval_url']}"

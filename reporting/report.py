@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnops.model_line import CHURN_CONTRACT, resolved
 from churnops.monitoring.drift import Reference
 from churnops.monitoring.window import jsonable, summarize
 from reporting.index import write_index
@@ -219,6 +220,7 @@ def headline(summary: dict) -> dict:
         "estimated_auc": (summary.get("estimated_performance") or {}).get("auc_roc"),
         "quality_status": (summary.get("quality") or {}).get("status"),
         "model_versions": summary.get("model_versions", []),
+        "model": summary.get("model"),
         "reference_run_id": summary.get("reference_run_id"),
     }
 
@@ -239,16 +241,19 @@ def build_report(
     the trigger and `/drift`); Evidently gets a seeded sample of at most `report_max_rows` rows.
     """
     t0 = time.perf_counter()
+    settings = resolved(settings)  # the data set's model name (reports of several lines share the folder)
     hours = float(window_hours if window_hours is not None else settings.report_window_hours)
     w = summarize(store, settings, contract, hours, now, reference=reference, fresh=True)
     win, df = w.summary, w.frame
     now = win["window"]["end"]
     out = Path(out_dir) if out_dir else reports_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
-    rid = report_id(now)
+    rid = report_id(now) + ("" if contract.name == CHURN_CONTRACT else f"-{contract.name}")
     summary: dict = {
         "_id": rid,
         "id": rid,
+        "model": settings.model_name,
+        "dataset": contract.name,
         "ts": now,
         "created": datetime.fromtimestamp(now, timezone.utc).isoformat(),
         "window": dict(win["window"]),

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from churnops.model_line import resolved
 from churnops.monitoring.quality import quality_reasons
 from reporting.alerts import send_alert
 
@@ -114,7 +115,11 @@ def fresh_training_parameters(settings, collect: Callable[[], dict] | None = Non
     """Collect the fresh labels into a new snapshot; the training deployment's parameters naming
     it and its held-out slice (empty, i.e. the latest snapshot, when too few labels joined)."""
     if collect is None:
-        from flows.labels_flow import collect_labels_flow as collect
+        from flows.labels_flow import collect_labels_flow
+
+        def collect() -> dict:  # the labels of this data set's own prediction log
+            return collect_labels_flow(dataset=settings.dataset)
+
     out = collect()
     if out.get("parameters"):  # an image contract: the image deployment's parameters (a new version, or the parent)
         return dict(out["parameters"]) | ({} if out.get("dataset") else {"labels": out.get("status")})
@@ -128,6 +133,7 @@ def default_start_training(settings, run=None, collect: Callable[[], dict] | Non
 
     Returns {"flow_run_id", "parameters"}; `run` is prefect's `run_deployment` unless given.
     """
+    settings = resolved(settings)  # the data set's training deployment
 
     def start() -> dict:
         params = fresh_training_parameters(settings, collect)
@@ -156,6 +162,7 @@ def evaluate_trigger(
     quality: dict | None = None,
 ) -> dict:
     """Decide, start training when due (respecting the cooldown), record and alert; returns the decision."""
+    settings = resolved(settings)  # the data set's training deployment and model name
     now = time.time() if now is None else now
     reasons = reasons_for(drift, performance, settings, min_labelled, estimated, quality)
     last = store.get_checkpoint(LAST_STARTED)
@@ -200,9 +207,9 @@ def evaluate_trigger(
                 log.error("could not start %s: %s", settings.training_deployment, exc)
     if alert and settings.alert_webhook_url and decision["action"] in ("started", "start_failed", "cooldown"):
         text = {
-            "started": f":rotating_light: churn model retraining started ({settings.training_deployment})",
-            "start_failed": ":x: churn model retraining could NOT be started",
-            "cooldown": ":hourglass: churn model retraining due but in cooldown",
+            "started": f":rotating_light: {settings.model_name} retraining started ({settings.training_deployment})",
+            "start_failed": f":x: {settings.model_name} retraining could NOT be started",
+            "cooldown": f":hourglass: {settings.model_name} retraining due but in cooldown",
         }[decision["action"]]
         decision["alert"] = send_alert(
             settings.alert_webhook_url,

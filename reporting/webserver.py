@@ -100,7 +100,7 @@ def reports_app(reports_dir: Path) -> Flask:
         resp = send_from_directory(root, name, max_age=None, etag=False)
         resp.headers["X-Content-Type-Options"] = "nosniff"
         base = Path(name).name
-        if base == "index.html":
+        if base == "index.html" or (base.startswith("index-") and base.endswith(".html")):
             resp.headers["Cache-Control"] = "no-cache"
         elif base.startswith("report-"):
             resp.headers["Cache-Control"] = "public, max-age=604800, immutable"

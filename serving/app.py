@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from churnops.admin import admin_token, token_matches
 from churnops.contract import load_contract
 from churnops.image.feedback import ImageFeedback
+from churnops.model_line import resolved
 from churnops.model_uri import ModelUriError, check_model_uri, check_run_id
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
@@ -143,7 +144,7 @@ def create_app(
     """Build the app. Nothing touches the network here: the model loads in a background thread."""
     from churnops.store.factory import open_store
 
-    s = settings or get_settings()
+    s = resolved(settings or get_settings())  # the data set's model line (its model name)
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
     scopes = {name: guards.scope_token(s, name) for name in ("read", "feedback")}  # likewise (serving/guards.py)
     hosts = guards.allowed_hosts(s)
@@ -532,9 +533,13 @@ def create_app(
 
     @app.get("/audit")
     def audit():
-        """The governance audit trail (promotions, rollbacks, approvals), newest first, paged."""
+        """The governance audit trail (promotions, rollbacks, approvals), newest first, paged;
+        `?model=<registered model name>` keeps that model's records only."""
         a = request.args
         bad = {}
+        model = a.get("model")
+        if model is not None and not (0 < len(model) <= 200):
+            bad["model"] = "expected a registered model name (1..200 characters)"
         try:
             limit = int(a.get("limit", 50))
             if not 1 <= limit <= LOGS_MAX_LIMIT:
@@ -547,12 +552,19 @@ def create_app(
         if bad:
             raise BadInput("invalid query parameter", bad, "invalid_query", 422)
         try:
-            records = store.find_audit(limit, offset)
+            records = store.find_audit(limit, offset, model=model)
         except Exception as exc:
             return _err(503, "prediction store unavailable", {"store": f"{type(exc).__name__}: {str(exc)[:200]}"})
         nxt = offset + limit if len(records) == limit else None
         return jsonify(
-            {"count": len(records), "limit": limit, "offset": offset, "next_offset": nxt, "records": records}
+            {
+                "count": len(records),
+                "limit": limit,
+                "offset": offset,
+                "next_offset": nxt,
+                "model": model,
+                "records": records,
+            }
         )
 
     @app.get("/metrics")

@@ -74,6 +74,7 @@ from dataclasses import dataclass
 
 from churnops.aws import backoff_delay, is_transient
 from churnops.contract import load_contract
+from churnops.model_line import resolved
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
@@ -152,7 +153,7 @@ class Consumer:
         from churnops.aws import client
         from churnops.store.factory import open_store
 
-        self.s = settings or get_settings()
+        self.s = resolved(settings or get_settings())  # the data set's model line
         self.metrics = get_metrics()
         # image serving hook (serving/tasks.py, serving/image_stream.py): image_uri records, no tabular contract
         self.image = image_contract(self.s)

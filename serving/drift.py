@@ -35,9 +35,10 @@ def _context():
     if state is not None:  # image monitoring hook: an image server has an image contract instead
         return state.settings, state.contract if state.contract is not None else state.image_contract, state.store
     from churnops.contract import load_any_contract as load_contract
+    from churnops.model_line import for_dataset
     from churnops.settings import get_settings
 
-    s = get_settings()
+    s = for_dataset(get_settings())  # the data set's own prediction log
     store = current_app.extensions.get("drift_store")
     if store is None:
         from churnops.store.factory import open_store

@@ -20,11 +20,15 @@ import os
 import shutil
 from pathlib import Path
 
+from churnops.contract import load_any_contract
+from churnops.model_line import for_dataset, line_dir
 from churnops.settings import get_settings, quiet_process
 
 quiet_process()  # MLflow telemetry / Prefect analytics off in the master and (inherited) every worker
-_s = get_settings()
-_prom = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_s.state_dir / "prometheus")))
+_s = for_dataset(get_settings())  # the data set's line: its spool; another line's server keeps its own files
+_home = line_dir(load_any_contract(_s.dataset), _s) or _s.state_dir
+_home.mkdir(parents=True, exist_ok=True)
+_prom = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_home / "prometheus")))
 
 bind = os.environ.get("GUNICORN_BIND", f"{_s.api_host}:{_s.api_port}")
 workers = int(os.environ.get("GUNICORN_WORKERS", _s.api_workers))
@@ -44,7 +48,7 @@ proc_name = "churn-api"
 # ~/.gunicorn/gunicorn.ctl), shared by every gunicorn on the host: each instance would take over
 # (or remove) the others'. Ours lives in the state folder; a path too long for a Unix socket
 # (108 bytes) turns it off rather than falling back to the shared one.
-control_socket = str(_s.state_dir.resolve() / "gunicorn.ctl")
+control_socket = str(_home.resolve() / "gunicorn.ctl")
 control_socket_disable = len(control_socket.encode()) > 100
 
 

@@ -4,6 +4,10 @@ The champion is what `churnops.registry.resolve_model_uri` names (RUN_ID pin, MO
 `models:/<name>@champion`). With `CANARY_FRACTION > 0` and a `challenger` alias on a different
 run, the challenger is loaded too and a request goes to it when sha256(request_id) mapped to
 [0, 1) falls below the fraction: deterministic, so the same id always takes the same route.
+Canary traffic only ever reaches a registered version of this model whose governance outcome is
+one of `churnops.governance.CANARY_OUTCOMES` (`awaiting approval`: every rule passed, a person has
+not decided yet; `promoted`); a `blocked`, `rejected`, `expired` or untagged version, whether named
+by the alias or by a reload's `challenger_uri`, is not loaded and the champion takes all traffic.
 
 A `ModelSet` (champion + optional challenger) is immutable; a reload builds a complete new one
 and swaps one reference, so a request sees either the old set or the new one, never a mix,
@@ -33,6 +37,7 @@ import numpy as np
 import psutil
 
 from churnops.bundle import Bundle
+from churnops.model_line import resolved
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 from churnops.speed import enabled as speed_enabled
@@ -255,7 +260,29 @@ def challenger_uri(s: Settings, champion_run_id: str) -> str | None:
     mv = alias_version(s.model_name, CHALLENGER, s)
     if mv is None or mv.run_id == champion_run_id:
         return None
+    why = canary_refusal(s, str(mv.version), (mv.tags or {}).get("outcome"))
+    if why:
+        log.warning("%s: champion only", why)
+        return None
     return f"models:/{s.model_name}/{mv.version}"
+
+
+def canary_refusal(s: Settings, version: str | None, outcome: str | None = None) -> str | None:
+    """Why `version` of the model may not take canary traffic (None: it may). `outcome`: the version's
+    outcome tag when the caller has it, else read from the registry."""
+    from churnops.governance import CANARY_OUTCOMES
+    from churnops.registry import client
+
+    if version is None:
+        return "challenger is not a registered version of this model (no governance outcome): no canary"
+    if outcome is None:
+        try:
+            outcome = (client(s).get_model_version(s.model_name, str(version)).tags or {}).get("outcome")
+        except Exception as exc:
+            return f"challenger {s.model_name} v{version}: outcome unknown ({redact(exc)}): no canary"
+    if outcome not in CANARY_OUTCOMES:
+        return f"challenger {s.model_name} v{version} has outcome {outcome!r}, not one of {list(CANARY_OUTCOMES)}: no canary"
+    return None
 
 
 def build_model_set(
@@ -272,7 +299,10 @@ def build_model_set(
     chall = None
     if ch_uri and s.canary_fraction > 0:
         chall = load_model(ch_uri, CHALLENGER, s)
-        if chall.run_id == champ.run_id:
+        why = None if chall.run_id == champ.run_id else canary_refusal(s, chall.version)
+        if why:
+            log.warning("%s: champion only", why)
+        if chall.run_id == champ.run_id or why:
             chall = None
     return ModelSet(champ, chall, float(s.canary_fraction), generation)
 
@@ -286,11 +316,9 @@ class ModelManager:
     def __init__(self, settings: Settings | None = None, state_file: Path | None = None, metrics=None):
         from churnops.registry import resolve_model_uri
 
-        self.settings = settings or get_settings()
+        self.settings = resolved(settings or get_settings())  # the data set's model line
         resolve_model_uri(self.settings)  # MODEL_URI / RUN_ID outside the allowlist: refuse at startup
-        self.state_file = state_file or (
-            self.settings.state_path(self.settings.serving_state_dir, ".") / "serving-model.json"
-        )
+        self.state_file = state_file or shared_state_file(self.settings)
         self.current: ModelSet | None = None
         self.last_error: str | None = None
         self.metrics = metrics
@@ -570,10 +598,18 @@ def freeze_gc(gen0_threshold: int = 20_000) -> None:
     gc.set_threshold(max(gen0_threshold, gc.get_threshold()[0]), g1, g2)
 
 
+def shared_state_file(s: Settings) -> Path:
+    """The servers' shared reload target: SERVING_STATE_FILE (a model line's own, churnops.model_line),
+    else `<SERVING_STATE_DIR or state_dir>/serving-model.json` (compose: a volume every server mounts)."""
+    if s.serving_state_file:
+        return Path(s.serving_state_file)
+    return s.state_path(s.serving_state_dir, ".") / "serving-model.json"
+
+
 def clear_shared_state(settings: Settings | None = None) -> None:
     """Forget reloads of a previous server run (called once by the gunicorn master at start)."""
-    s = settings or get_settings()
+    s = resolved(settings or get_settings())
     try:
-        (s.state_path(s.serving_state_dir, ".") / "serving-model.json").unlink()
+        shared_state_file(s).unlink()
     except FileNotFoundError:
         pass

@@ -447,6 +447,7 @@ def log_and_register(
                 "data_source": source,
                 "dataset_sha256": data.sha256,
                 "task": contract.task,
+                "contract_fingerprint": contract.fingerprint(),  # one contract per model name (registry.register)
             }
             version, aliases = register(parent_run_id, info.model_uri, s, tags=tags)
             mlflow.MlflowClient(s.mlflow_tracking_uri).set_tag(parent_run_id, "registered_version", str(version))

@@ -52,8 +52,10 @@ def served_run_id(settings, model_run_ids: list[str] | None = None) -> str:
         return settings.run_id
     if settings.model_uri and settings.model_uri.startswith("runs:/"):
         return settings.model_uri.split("/")[1]
+    from churnops.model_line import resolved
     from churnops.registry import alias_version
 
+    settings = resolved(settings)
     mv = alias_version(settings.model_name, "champion", settings)
     if mv is None:
         raise ReferenceUnavailable(

@@ -263,8 +263,8 @@ class PredictionStore(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} keeps no audit trail")
 
-    def find_audit(self, limit: int = 50, offset: int = 0) -> list[dict]:
-        """Audit records, newest first, paged."""
+    def find_audit(self, limit: int = 50, offset: int = 0, model: str | None = None) -> list[dict]:
+        """Audit records, newest first, paged; only those of registered model `model` when given."""
         raise NotImplementedError(f"{type(self).__name__} keeps no audit trail")
 
     @abstractmethod

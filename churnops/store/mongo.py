@@ -189,8 +189,13 @@ class MongoStore(PredictionStore):
         self.db.audit.insert_one(dict(rec))
         return rec
 
-    def find_audit(self, limit: int = 50, offset: int = 0) -> list[dict]:
-        cur = self.db.audit.find({}).sort([("ts", -1), ("_id", -1)]).skip(int(offset)).limit(int(limit))
+    def find_audit(self, limit: int = 50, offset: int = 0, model: str | None = None) -> list[dict]:
+        cur = (
+            self.db.audit.find({} if model is None else {"model": model})
+            .sort([("ts", -1), ("_id", -1)])
+            .skip(int(offset))
+            .limit(int(limit))
+        )
         return list(cur)
 
     def ping(self) -> bool:

@@ -472,13 +472,16 @@ class SQLiteStore(PredictionStore):
         rec["seq"] = int(self._run(go))
         return rec
 
-    def find_audit(self, limit: int = 50, offset: int = 0) -> list[dict]:
+    def find_audit(self, limit: int = 50, offset: int = 0, model: str | None = None) -> list[dict]:
+        where, args = ("", ()) if model is None else ("WHERE json_extract(doc, '$.model') = ? ", (str(model),))
+
         def go(conn):
             self._audit_table(conn)
             return [
                 dict(json.loads(d), seq=s)
                 for s, d in conn.execute(
-                    "SELECT seq, doc FROM audit ORDER BY seq DESC LIMIT ? OFFSET ?", (int(limit), int(offset))
+                    f"SELECT seq, doc FROM audit {where}ORDER BY seq DESC LIMIT ? OFFSET ?",  # noqa: S608 (fixed text)
+                    (*args, int(limit), int(offset)),
                 ).fetchall()
             ]
 

@@ -93,21 +93,24 @@ def test_expected_calibration_error_on_known_cases():
 
 
 def test_registered_model_name_follows_the_data_set(tmp_path, monkeypatch):
-    from churnops.contract import DATASETS_DIR
+    from churnops.contract import DATASETS_DIR, load_contract
+    from churnops.model_line import for_dataset, model_name_for
     from churnops.settings import Settings
 
     monkeypatch.delenv("MODEL_NAME", raising=False)
     raw = yaml.safe_load((DATASETS_DIR / "bank_churners.yaml").read_text())
-    assert Settings(_env_file=None).model_name == "churn-xgboost"
+    plain = Settings(_env_file=None)
+    assert plain.model_name is None  # settings never load the contract
+    assert model_name_for(load_contract("bank_churners"), plain) == "churn-xgboost"
     raw["name"] = "telco_churn"
     p = tmp_path / "telco.yaml"
     p.write_text(yaml.safe_dump(raw))
-    assert Settings(_env_file=None, dataset=str(p)).model_name == "telco-churn-xgboost"
+    assert for_dataset(Settings(_env_file=None, dataset=str(p))).model_name == "telco-churn-xgboost"
     raw["model_name"] = "telco-model"
     p.write_text(yaml.safe_dump(raw))
-    assert Settings(_env_file=None, dataset=str(p)).model_name == "telco-model"
+    assert for_dataset(Settings(_env_file=None, dataset=str(p))).model_name == "telco-model"
     monkeypatch.setenv("MODEL_NAME", "mine")
-    assert Settings(_env_file=None, dataset=str(p)).model_name == "mine"
+    assert for_dataset(Settings(_env_file=None, dataset=str(p))).model_name == "mine"
 
 
 def test_server_refuses_a_model_trained_with_another_contract(tmp_path, monkeypatch):

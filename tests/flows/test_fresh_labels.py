@@ -90,7 +90,7 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(
     assert d["action"] == "started" and d["flow_run_id"] == "run-1"
     ((name, kw),) = started
     params = kw["parameters"]
-    assert name == own_model.training_deployment and params == d["parameters"]
+    assert name == "train-churn-model/churn-sweep" and params == d["parameters"]  # the churn line's deployment
     snap = snapshot_at(params["snapshot"], contract, own_model)
     meta = snapshot_metadata(snap, own_model)
     # 300 joined (the unknown id and the invalid outcome counted, not used); 20 % newest held out

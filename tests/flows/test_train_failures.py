@@ -93,8 +93,10 @@ def test_reproducible_and_alias_movement(trained, stack_env):
     assert ca == cb
     aliases = _aliases(stack_env)
     assert aliases["champion"] == trained["version"]  # first model ever stays champion
+    # b passed every rule (awaiting approval): the rules, not the registration, gave it `challenger`
+    assert b["outcome"] == "awaiting approval"
     assert aliases["challenger"] == b["version"] != trained["version"]
-    assert b["aliases"] == ["challenger"]
+    assert b["aliases"] == ["candidate", "challenger"]
 
 
 def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):

@@ -69,10 +69,11 @@ def bggr(data: bytes) -> bytes:
 
 
 def test_model_name_follows_an_image_contract(pristine_env):
+    from churnops.model_line import for_dataset
     from churnops.settings import Settings
 
-    assert Settings(_env_file=None, dataset="raw_digits").model_name == "raw-digits-cnn"
-    assert Settings(_env_file=None).model_name == "churn-xgboost"
+    assert for_dataset(Settings(_env_file=None, dataset="raw_digits")).model_name == "raw-digits-cnn"
+    assert for_dataset(Settings(_env_file=None)).model_name == "churn-xgboost"
 
 
 def test_predict_image_dng_png_jpeg_multipart(served, image_model, raw_contract):

@@ -408,3 +408,21 @@ def test_audit_is_paged_newest_first(app_client):
     assert [x["reason"] for x in r2.json["records"]] == ["r0"] and r2.json["next_offset"] is None
     bad = client.get("/audit?limit=0&offset=-1")
     assert bad.status_code == 422 and set(bad.json["details"]) == {"limit", "offset"}
+
+
+def test_audit_filtered_by_model(app_client):
+    """`/audit?model=` keeps one registered model's records (two lines writing one trail)."""
+    client, state = app_client
+    for i, model in enumerate(["churn-xgboost", "diabetes-xgboost", "churn-xgboost", "diabetes-xgboost"]):
+        state.store.add_audit({"action": "promote", "model": model, "to_version": str(i), "reason": f"r{i}"})
+    r = client.get("/audit?model=diabetes-xgboost")
+    assert r.status_code == 200 and r.json["model"] == "diabetes-xgboost"
+    assert [(x["model"], x["reason"]) for x in r.json["records"]] == [
+        ("diabetes-xgboost", "r3"),
+        ("diabetes-xgboost", "r1"),
+    ]
+    assert [x["reason"] for x in client.get("/audit?model=churn-xgboost&limit=1").json["records"]] == ["r2"]
+    assert client.get("/audit?model=nobody").json["records"] == []
+    assert len(client.get("/audit").json["records"]) == 4
+    bad = client.get("/audit?model=")
+    assert bad.status_code == 422 and set(bad.json["details"]) == {"model"}

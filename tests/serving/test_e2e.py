@@ -280,6 +280,8 @@ def challenger_version(stack_env, trained, tmp_path_factory):
         (bundle / "meta.json").write_text(json.dumps(meta))
         info = mlflow.pyfunc.log_model(name="model", python_model=ChurnPyfunc(), artifacts={"bundle": str(bundle)})
     mv = mlflow.register_model(info.model_uri, stack_env.model_name)
+    # a challenger that passed the rules (the servers send canary traffic to no other)
+    client(stack_env).set_model_version_tag(stack_env.model_name, mv.version, "outcome", "awaiting approval")
     client(stack_env).set_registered_model_alias(stack_env.model_name, "challenger", mv.version)
     yield {"run_id": run.info.run_id, "version": str(mv.version)}
     client(stack_env).set_registered_model_alias(stack_env.model_name, "challenger", trained["version"])

@@ -1,0 +1,310 @@
+"""One data set, one model line, with the SHIPPED `.env.local` (not `_env_file=None`) on a real stack
+(moto, MLflow, the Prefect test harness): the README's multi-data-set commands register each data set
+under its own name; a MODEL_NAME of another contract is refused before the sweep and at registration;
+`challenger` means "passed the rules"; two tabular lines trained and served side by side never see
+each other's versions, references, windows or labels."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+SHIPPED_ENV = ROOT / ".env.local"
+
+
+def test_shipped_env_files_pin_no_model_name(pristine_env):
+    """The shipped files leave the name to the contract: DATASET=diabetes is `diabetes-xgboost`."""
+    from dotenv import dotenv_values
+
+    from churnops.model_line import for_dataset
+    from churnops.settings import Settings
+
+    for name in (".env.local", ".env.cloud"):
+        assert not dotenv_values(ROOT / name).get("MODEL_NAME"), name
+    for name in ("docker-compose-registry.yml", "docker-compose-serve.yml"):
+        env = yaml.safe_load((ROOT / name).read_text())["x-churnops-env"]
+        assert env["MODEL_NAME"] == "${MODEL_NAME:-}" and env["DATASET"] == "${DATASET:-bank_churners}", name
+    s = Settings(_env_file=SHIPPED_ENV)
+    assert not s.model_name  # `MODEL_NAME=` (empty) in the file
+    lines = {d: for_dataset(s, d) for d in ("bank_churners", "diabetes", "raw_digits")}
+    assert {d: x.model_name for d, x in lines.items()} == {
+        "bank_churners": "churn-xgboost",
+        "diabetes": "diabetes-xgboost",
+        "raw_digits": "raw-digits-cnn",
+    }
+    assert lines["diabetes"].experiment_name == "diabetes-sweep"
+    assert lines["bank_churners"].training_deployment == "train-churn-model/churn-sweep"
+    assert lines["diabetes"].training_deployment == "train-churn-model/diabetes"
+    assert lines["bank_churners"].prediction_db_path is None  # the churn line keeps the stack's store
+    assert lines["diabetes"].prediction_db_path == s.state_dir / "lines" / "diabetes" / "predictions.db"
+    assert lines["diabetes"].mongodb_db == "churn_diabetes"
+
+
+@pytest.fixture(scope="module")
+def shipped(stack_env, prefect_harness, tmp_path_factory):
+    """The shipped `.env.local` as the env file; the process environment only points at the test
+    servers (as an operator's would; a bucket and state folder of this module's own, small synthetic
+    data): MODEL_NAME and EXPERIMENT_NAME unset. Yields a function that sets DATASET and returns the settings."""
+    from churnops.provision import ensure_bucket, ensure_streams
+    from churnops.settings import get_settings
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ENV_FILE", str(SHIPPED_ENV))
+    mp.setenv("BUCKET", "lines-feature-store")
+    mp.setenv("STATE_DIR", str(tmp_path_factory.mktemp("lines-state")))
+    mp.setenv("SYNTHETIC_ROWS", "1500")  # the churn line: tiny synthetic customers
+    for k in ("MODEL_NAME", "EXPERIMENT_NAME", "DATASET", "DATA", "RUN_ID", "MODEL_URI"):
+        mp.delenv(k, raising=False)
+    get_settings.cache_clear()
+    ensure_bucket(get_settings())
+    ensure_streams(get_settings())
+
+    def use(dataset: str):
+        mp.setenv("DATASET", dataset)
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield use
+    mp.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def diabetes_line(shipped):
+    """`make init_aws train DATASET=diabetes` (2 trials), word for word from the README: (summary, settings)."""
+    from churnops.provision import init_aws
+    from flows.train_flow import train_flow
+
+    s = shipped("diabetes")
+    assert s.n_trials == 50 and not s.model_name  # read from the shipped file: MODEL_NAME empty there
+    init_aws(s)
+    return train_flow(n_trials=2, data_profile=False, dataset="diabetes"), s
+
+
+@pytest.fixture(scope="module")
+def churn_line(shipped):
+    """`make init_aws train` of the churn contract (small synthetic data, 2 trials): (summary, settings)."""
+    from churnops.provision import init_aws
+    from flows.train_flow import train_flow
+
+    s = shipped("bank_churners")
+    init_aws(s)
+    return train_flow(n_trials=2, data_profile=False, dataset="bank_churners"), s
+
+
+def test_readme_commands_register_each_data_set_under_its_own_name(diabetes_line, shipped, tmp_path):
+    from churnops.contract import load_contract
+    from churnops.datasets_bundled import diabetes
+    from churnops.model_line import fingerprints_of, for_dataset
+    from churnops.provision import init_aws
+    from churnops.registry import alias_version, client
+    from flows.train_flow import train_flow
+
+    summary, s = diabetes_line
+    assert (summary["model_name"], summary["version"], summary["outcome"]) == ("diabetes-xgboost", "1", "promoted")
+    assert set(summary["aliases"]) == {"champion", "candidate"}
+    line = for_dataset(s)
+    assert fingerprints_of("diabetes-xgboost", line) == {load_contract("diabetes").fingerprint(): ["1"]}
+    assert client(line).get_run(summary["run_id"]).info.experiment_id == (
+        client(line).get_experiment_by_name("diabetes-sweep").experiment_id
+    )
+    assert alias_version("diabetes-xgboost", "challenger", line) is None  # nothing passed the rules against a champion
+    assert load_contract("diabetes").fingerprint() not in fingerprints_of("churn-xgboost", line)  # not under churn
+
+    # a user's own contract file (DATASET=path/to/mine.yaml DATA=...): the name derives from its `name`
+    raw = yaml.safe_load((ROOT / "churnops" / "datasets" / "diabetes.yaml").read_text())
+    raw["name"] = "clinic_progress"
+    raw.pop("model_name", None)
+    contract_file = tmp_path / "clinic.yaml"
+    contract_file.write_text(yaml.safe_dump(raw))
+    data = tmp_path / "clinic.csv"
+    diabetes().to_csv(data, index=False)
+    mine = shipped(str(contract_file))
+    init_aws(mine, data=str(data))
+    out = train_flow(n_trials=2, data_profile=False, dataset=str(contract_file))
+    assert (out["model_name"], out["version"], out["outcome"]) == ("clinic-progress-xgboost", "1", "promoted")
+    assert fingerprints_of("clinic-progress-xgboost", for_dataset(mine)) == {
+        load_contract(str(contract_file)).fingerprint(): ["1"]
+    }
+    assert set(fingerprints_of("diabetes-xgboost", line)) == {load_contract("diabetes").fingerprint()}
+
+
+def test_model_name_of_another_contract_is_refused_before_the_sweep(diabetes_line, shipped, monkeypatch):
+    from churnops import pipeline
+    from churnops.contract import load_contract
+    from churnops.model_line import ContractMismatch, fingerprints_of
+    from churnops.settings import get_settings
+    from flows.train_flow import train_flow
+
+    summary, s = diabetes_line
+    before = fingerprints_of("diabetes-xgboost", s)
+    started = []
+    monkeypatch.setattr(pipeline, "start_parent_run", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(pipeline, "sweep", lambda *a, **k: started.append(a))
+    monkeypatch.setenv("MODEL_NAME", "diabetes-xgboost")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ContractMismatch) as err:
+            train_flow(n_trials=2, data_profile=False, dataset="bank_churners")
+    finally:
+        monkeypatch.delenv("MODEL_NAME")
+        get_settings.cache_clear()
+    text = str(err.value)
+    assert load_contract("diabetes").fingerprint()[:12] in text and "(v1)" in text
+    assert load_contract("bank_churners").fingerprint()[:12] in text
+    assert started == []  # no run, no sweep
+    assert fingerprints_of("diabetes-xgboost", s) == before  # nothing registered
+
+
+def test_registration_itself_refuses_another_contract(diabetes_line):
+    from churnops.contract import load_contract
+    from churnops.model_line import ContractMismatch, fingerprints_of, for_dataset
+    from churnops.registry import register
+
+    summary, s = diabetes_line
+    line = for_dataset(s)
+    before = fingerprints_of("diabetes-xgboost", line)
+    uri = f"runs:/{summary['run_id']}/model"
+    with pytest.raises(ContractMismatch, match="holds versions of another data contract"):
+        register(
+            summary["run_id"], uri, line, tags={"contract_fingerprint": load_contract("bank_churners").fingerprint()}
+        )
+    with pytest.raises(ValueError, match="must name its `contract_fingerprint`"):
+        register(summary["run_id"], uri, line, tags={})
+    assert fingerprints_of("diabetes-xgboost", line) == before
+
+
+def test_challenger_is_only_a_version_that_passed_the_rules(diabetes_line, monkeypatch):
+    """A twin of the champion passes every rule: `challenger`; rejected: the alias goes, and neither
+    the alias nor a reload's challenger_uri sends canary traffic to it."""
+    from churnops import governance as g
+    from churnops.model_line import for_dataset
+    from churnops.registry import alias_version, client
+    from flows.train_flow import train_flow
+    from serving.model import build_model_set, challenger_uri
+
+    summary, s = diabetes_line
+    line = for_dataset(s)
+    second = train_flow(n_trials=2, data_profile=False, dataset="diabetes")
+    v = second["version"]
+    assert second["outcome"] == "awaiting approval", second["rules"]
+    assert second["aliases"] == ["candidate", "challenger"]
+    assert alias_version("diabetes-xgboost", "challenger", line).version == v
+    canary = line.model_copy(update={"canary_fraction": 0.5, "state_dir": s.state_dir})
+    assert challenger_uri(canary, summary["run_id"]) == f"models:/diabetes-xgboost/{v}"
+
+    g.set_outcome(line, v, g.REJECTED, reason="not today")
+    assert alias_version("diabetes-xgboost", "challenger", line) is None
+    assert alias_version("diabetes-xgboost", "candidate", line).version == v  # the neutral alias stays
+    client(line).set_registered_model_alias("diabetes-xgboost", "challenger", v)  # put back by hand
+    assert challenger_uri(canary, summary["run_id"]) is None  # its outcome is `rejected`
+    ms = build_model_set(canary, f"models:/diabetes-xgboost/{summary['version']}", f"models:/diabetes-xgboost/{v}")
+    assert ms.challenger is None and ms.champion.version == summary["version"]
+    client(line).delete_registered_model_alias("diabetes-xgboost", "challenger")
+
+
+def _serve(line):
+    """(test client, state) of an app serving `line`'s champion from the registry, logging to its own store."""
+    from serving.app import create_app
+
+    app = create_app(line, start_background=False)
+    state = app.extensions["churn"]
+    state.models.load_initial()
+    state.plog.start()
+    return app.test_client(), state
+
+
+def test_two_tabular_lines_on_one_stack_never_cross(churn_line, diabetes_line, monkeypatch):
+    """churn and diabetes, trained on one stack and served side by side: their
+    versions, references, prediction windows and labels stay their own."""
+    from churnops.contract import load_contract
+    from churnops.model_line import fingerprints_of, for_dataset
+    from churnops.monitoring.reference import served_run_id
+    from churnops.monitoring.window import summarize
+    from churnops.store.factory import open_store
+    from flows.labels_flow import collect_labels_flow
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    _, s = diabetes_line
+    churn = for_dataset(churn_line[1], "bank_churners")
+    assert churn.model_name == "churn-xgboost" and churn_line[0]["model_name"] == "churn-xgboost"
+    dia = for_dataset(s, "diabetes")
+    fp = {d: load_contract(d).fingerprint() for d in ("bank_churners", "diabetes")}
+    # versions: each name holds its own contract only
+    assert set(fingerprints_of(churn.model_name, churn)) == {fp["bank_churners"]}
+    assert set(fingerprints_of(dia.model_name, dia)) == {fp["diabetes"]}
+    # references: each line compares with its own champion's run
+    assert served_run_id(churn) == churn_line[0]["run_id"]
+    assert served_run_id(dia) == diabetes_line[0]["run_id"]
+
+    served = {}
+    for name, line, payload in (
+        ("churn", churn, load_contract("bank_churners").example),
+        ("diabetes", dia, load_contract("diabetes").example),
+    ):
+        client, state = _serve(line)
+        try:
+            rid = f"{name}-{time.time_ns()}"
+            r = client.post("/predict", json={"request_id": rid, "features": payload})
+            assert r.status_code == 200, r.json
+            fb = {"request_id": rid, "outcome": 1} if name == "churn" else {"request_id": rid, "value": 120.0}
+            assert client.post("/feedback", json=fb).status_code in (200, 201, 202)
+            assert state.models.current.champion.run_id == served_run_id(line)
+            state.plog.flush()
+        finally:
+            state.plog.close()
+            state.store.close()
+        served[name] = rid
+
+    def ids(line, what):
+        store = open_store(line)
+        try:
+            rows = store.find_predictions() if what == "predictions" else store.find_feedback()
+        finally:
+            store.close()
+        return {r["request_id"] for r in rows}
+
+    # windows: each line's prediction log holds its own requests only
+    assert ids(dia, "predictions") == {served["diabetes"]}
+    assert ids(churn, "predictions") == {served["churn"]}
+    # labels: the churn outcome never reaches the diabetes line
+    assert ids(dia, "feedback") == {served["diabetes"]}
+    assert ids(churn, "feedback") == {served["churn"]}
+    store = open_store(dia)
+    try:
+        w = summarize(store, dia, load_contract("diabetes"), 24.0, fresh=True)
+    finally:
+        store.close()
+    assert w.summary["n"] == 1 and list(w.summary["model_versions"]) == [diabetes_line[0]["version"]]
+    out = collect_labels_flow(dataset="diabetes")
+    assert out["report"]["labels"] == 1 and out["report"]["joined"] == 1  # its own label, not churn's
+
+
+def test_deployments_of_a_data_set_default_to_it(shipped):
+    """`make apply-model-train-flow apply-prediction-reporting DATASET=diabetes`: its own deployments,
+    whose default parameters (what a quick run from the UI uses) name the data set."""
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import apply
+    from flows.report_flow import report_flow
+    from flows.retrain_flow import retrain_trigger_flow
+    from flows.train_flow import train_flow
+
+    apply("all", shipped("diabetes"))
+    with get_client(sync_client=True) as client:
+        names = {
+            "train-churn-model/diabetes": "flows/train_flow.py:train_flow",
+            "prediction-report/prediction-report-diabetes": "flows/report_flow.py:report_flow",
+            "retrain-trigger/retrain-trigger-diabetes": "flows/retrain_flow.py:retrain_trigger_flow",
+        }
+        for name, entry in names.items():
+            dep = client.read_deployment_by_name(name)
+            assert dep.entrypoint == entry and dep.parameters == {"dataset": "diabetes"}, name
+    for f in (train_flow, report_flow, retrain_trigger_flow):  # a quick run's parameters fit each flow
+        f.validate_parameters({"dataset": "diabetes"})
