@@ -304,7 +304,7 @@ def test_regression_feedback_takes_a_finite_value_and_refuses_anything_else(regr
         ({"request_id": "v3", "value": "high"}, "value", "expected a finite number"),
         ({"request_id": "v3", "value": True}, "value", "expected a finite number"),
         ({"request_id": "v3"}, "value", "got null"),
-        ({"request_id": "v3", "outcome": [1]}, "outcome", "got list"),
+        ({"request_id": "v3", "outcome": [1]}, "outcome", "got an array"),
         ({"request_id": "v3", "value": 1e6}, "value", "outside the target's range"),
     ):
         r = _post(client, "/feedback", body)

@@ -167,7 +167,7 @@ def test_mlflow_accepts_the_host_names_its_clients_send(compose):
 def test_env_cloud_names_its_own_endpoints_and_no_secret_gets_a_default(compose):
     for svc, spec in compose.items():
         env = spec.get("environment") or {}
-        if spec["image"] != "churnops:local":
+        if spec["image"] != "churnops:local" or "BUCKET" not in env:  # the alert receiver reaches no store
             continue
         assert env["AWS_ENDPOINT_URL"] == "${CONTAINER_AWS_ENDPOINT_URL-http://localstack:4566}", svc
         assert env["MLFLOW_TRACKING_URI"] == "${CONTAINER_MLFLOW_TRACKING_URI:-http://mlflow:5051}", svc
@@ -184,7 +184,7 @@ def test_two_consumers_share_the_shards_by_lease_in_one_store(compose):
     consumers = {k: v for k, v in compose.items() if k.startswith("consumer-")}
     assert len(consumers) == 2
     uris = {spec["environment"]["MONGODB_URI"] for spec in consumers.values()}
-    assert len(uris) == 1 and "@mongo:27017" in uris.pop()
+    assert len(uris) == 1 and "@${CONTAINER_MONGODB_HOST:-mongo:27017}/" in uris.pop()
     volumes = [tuple(spec["volumes"]) for spec in consumers.values()]
     assert len(set(volumes)) == 2
     for spec in consumers.values():

@@ -163,7 +163,7 @@ def test_stream_image_uri_with_dot_dot_is_a_dead_letter(uri):
     from churnops.settings import Settings
     from serving.image_stream import parse_record
 
-    s = Settings(_env_file=None)
+    s = Settings(_env_file=None, bucket="churn-feature-store", image_uri_buckets="")  # not the session stack's bucket
     with pytest.raises(BadInput) as e:
         parse_record({"request_id": "r1", "image_uri": uri}, "1", s)
     assert e.value.reason == "invalid_image_uri" and (
