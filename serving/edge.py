@@ -3,9 +3,10 @@
 `EdgeMiddleware` wraps the WSGI app:
 
 - a body declared (Content-Length) above the route's limit is read and thrown away (up to
-  `DRAIN_MAX_BYTES`) before the app answers 413: a client that sends its whole body before it
-  reads (Python's urllib and requests) reads the 413 instead of a broken pipe; a larger one is
-  answered unread with `Connection: close`;
+  `DRAIN_MAX_BYTES` or twice the limit, whichever is more, and for at most `drain_s` seconds) before
+  the app answers 413: a client that sends its whole body before it reads (Python's urllib and
+  requests) reads the 413 instead of a broken pipe; a larger one, or one that trickles, is answered
+  unread with `Connection: close` (a client that waits for an early answer, like curl, reads it at once);
 - a chunked body is marked as terminated (`wsgi.input_terminated`: the server ends the stream at
   the last chunk), so Flask reads it, and stops at MAX_BODY_BYTES with a 413.
 
@@ -18,23 +19,27 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from psutil import pid_exists
 
 log = logging.getLogger(__name__)
-DRAIN_MAX_BYTES = 64 << 20  # above this an oversize body is not read: the answer goes out with a close
+DRAIN_MAX_BYTES = (
+    16 << 20
+)  # above this (and twice the route's limit) an oversize body is not read: answered with a close
 DRAIN_STEP = 1 << 16
 
 
 class EdgeMiddleware:
     """Oversize bodies drained before their 413, chunked bodies readable (see the module)."""
 
-    def __init__(self, app: Callable, max_body: int, route_limits: dict[str, int] | None = None):
+    def __init__(self, app: Callable, max_body: int, route_limits: dict[str, int] | None = None, drain_s: float = 10.0):
         self.app = app
         self.max_body = int(max_body)
         self.route_limits = dict(route_limits or {})
+        self.drain_s = float(drain_s)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         te = environ.get("HTTP_TRANSFER_ENCODING")
@@ -48,7 +53,7 @@ class EdgeMiddleware:
         limit = self.route_limits.get(environ.get("PATH_INFO", ""), self.max_body)
         if n <= limit:
             return self.app(environ, start_response)
-        drained = n <= DRAIN_MAX_BYTES and drain(environ["wsgi.input"], n)
+        drained = n <= max(DRAIN_MAX_BYTES, 2 * limit) and drain(environ["wsgi.input"], n, self.drain_s)
 
         def close_after(status, headers, exc_info=None):
             if not drained:
@@ -58,10 +63,12 @@ class EdgeMiddleware:
         return self.app(environ, close_after)  # the app refuses it from its Content-Length, reading nothing
 
 
-def drain(stream, n: int) -> bool:
-    """Read and discard `n` bytes of `stream`; False when it ended first."""
-    left = n
+def drain(stream, n: int, seconds: float = 10.0) -> bool:
+    """Read and discard `n` bytes of `stream`; False when it ended first or took over `seconds`."""
+    left, deadline = n, time.monotonic() + seconds
     while left > 0:
+        if time.monotonic() > deadline:
+            return False
         got = stream.read(min(left, DRAIN_STEP))
         if not got:
             return False

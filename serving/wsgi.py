@@ -30,5 +30,5 @@ app = create_app(_s)
 mark_dead_workers()  # the metric files of a worker this one replaces (gunicorn's child_exit did it)
 wait_for_model(app, _s.api_load_wait_s)
 app.wsgi_app = EdgeMiddleware(  # type: ignore[method-assign]
-    app.wsgi_app, _s.max_body_bytes, {"/predict/image": _s.image_max_body_bytes}
+    app.wsgi_app, _s.max_body_bytes, {"/predict/image": _s.image_max_body_bytes}, drain_s=_s.api_read_timeout_s
 )

@@ -27,7 +27,9 @@ def serve(s, own_store: bool = True):
 
     mm = ModelManager(s)
     mm.load_initial()
-    store = SQLiteStore(s.state_dir / f"predictions-{uuid.uuid4().hex[:6]}.db") if own_store else open_store(resolved(s))
+    store = (
+        SQLiteStore(s.state_dir / f"predictions-{uuid.uuid4().hex[:6]}.db") if own_store else open_store(resolved(s))
+    )
     app = create_app(s, store=store, models=mm, start_background=False)
     app.extensions["churn"].plog.start()
     return app, app.test_client(), store

@@ -125,7 +125,7 @@ def test_http_predictions_model_metrics_logs(api, trained):
 
 
 def test_connections_close_cleanly_with_body_read_or_not(api):
-    """Requests read to the end are closed at once; a 413 whose body is left unread still arrives whole."""
+    """Every response complete; a 413 for a body over the limit arrives whole while the client still sends."""
     import socket
     import threading
 
@@ -142,16 +142,29 @@ def test_connections_close_cleanly_with_body_read_or_not(api):
     sender = threading.Thread(target=lambda: _send_quietly(s, body))
     sender.start()
     data = b""
-    while chunk := s.recv(65536):
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < content_length(data):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
         data += chunk
     sender.join(20)
     s.close()
     head, _, payload = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413") and json.loads(payload)["details"]["body"].startswith("request body larger")
-    assert b"Connection: close" in head, "3 MB left unread: closed, not drained"
+    # 3 MB: drained (serving/edge.py) so the sender finished and read the whole answer
+    assert not sender.is_alive()
 
 
-def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
+def content_length(data: bytes) -> int:
+    """The Content-Length of a response head in `data` (0 until the head is complete)."""
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    for line in head.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+def test_connections_are_kept_alive_pipelined_and_spread(api):
     """One connection serves many requests; pipelined requests are all answered; connections spread evenly."""
     import http.client
     import socket
@@ -165,7 +178,7 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
         conn.request("POST" if body else "GET", path, body=body, headers={"Content-Type": "application/json"})
         r = conn.getresponse()
         payload = json.loads(r.read())
-        assert r.status == 200 and r.getheader("Connection") == "keep-alive" and r.getheader("Content-Length")
+        assert r.status == 200 and not r.will_close and r.getheader("Content-Length")  # HTTP/1.1: kept alive
         if path == "/health":
             pids.add(payload["pid"])
     rows = [example(customer_age=20 + i % 50) for i in range(1000)]  # ~0.5 MB, read in one go
@@ -213,7 +226,7 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
 
     time.sleep(0.3)  # the workers see the closes above
     conns, owners = [], []
-    for _ in range(8):  # opened one after another and kept open: the two workers take turns
+    for _ in range(8):  # opened one after another and kept open: both workers take some
         c = http.client.HTTPConnection(host, int(port), timeout=10)
         c.request("GET", "/health")
         owners.append(json.loads(c.getresponse().read())["pid"])
@@ -221,7 +234,7 @@ def test_keepalive_worker_keeps_pipelines_and_spreads_connections(api):
     counts = sorted(owners.count(p) for p in set(owners))
     for c in conns:
         c.close()
-    assert counts == [4, 4], owners
+    assert len(counts) == 2, owners  # granian's workers share the listening socket: no strict turns
 
     def first_request(_):  # a burst: 24 connections at once, each kept open after its first answer
         c = http.client.HTTPConnection(host, int(port), timeout=20)
@@ -249,6 +262,7 @@ def _send_quietly(sock, data: bytes) -> None:
 def test_bad_reload_keeps_serving(api, trained):
     url = api["url"]
     hdr = {"Authorization": "Bearer test-admin"}
+    gen0 = http("GET", f"{url}/model", headers=hdr)[1].get("generation") or 0
     st, b = http("POST", f"{url}/model/reload", {"run_id": "0" * 32}, headers=hdr)
     assert st == 202, b
     done = wait_reload(url, b["status_url"], hdr)
@@ -259,7 +273,9 @@ def test_bad_reload_keeps_serving(api, trained):
     st, b = http("POST", f"{url}/model/reload", {}, headers=hdr)  # reload the pin: accepted
     assert st == 202, b
     done = wait_reload(url, b["status_url"], hdr)
-    assert done["status"] == "loaded" and done["run_id"] == trained["run_id"] and done["generation"] == 1, done
+    assert done["status"] == "loaded" and done["run_id"] == trained["run_id"] and done["generation"] == gen0 + 2, (
+        done
+    )  # the failed one took gen0 + 1
 
 
 @pytest.fixture(scope="module")
