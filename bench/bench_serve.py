@@ -298,13 +298,19 @@ def model_call(bundle_dir: Path) -> dict:
     }
 
 
-def start_gunicorn(app: str, env: dict, log: Path, port: int, servers: list, chdir: Path | None = None):
+def start_gunicorn(
+    app: str, env: dict, log: Path, port: int, servers: list, chdir: Path | None = None, worker_class: str = "sync"
+):
+    """gunicorn on `port` (the reference design: the seed's sync workers, one request at a time each)."""
     from churnops.localservers import Server, wait_http
 
     args = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf"]
     if chdir:
         args += ["--chdir", str(chdir)]
-    srv = Server(args + [app], log, env=env | {"API_PORT": str(port), "API_WORKERS": "2"}, cwd=ROOT)
+    env = env | {"API_PORT": str(port), "API_WORKERS": "2", "GUNICORN_WORKER_CLASS": worker_class}
+    if worker_class == "sync":
+        env["GUNICORN_THREADS"] = "1"  # gunicorn turns a sync worker with threads into gthread
+    srv = Server(args + [app], log, env=env, cwd=ROOT)
     servers.append(srv)
     wait_http(f"http://127.0.0.1:{port}/health", 120, srv.proc, log)
     return srv
