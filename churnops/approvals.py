@@ -76,7 +76,10 @@ def read_state(run_id: str):
     """(state, found) of a Prefect flow run."""
     from prefect import get_client  # heavy: imported only when a version awaits approval in a run
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():  # never start an ephemeral server just to look
+        raise RuntimeError(f"PREFECT_API_URL is not set: cannot read approval run {run_id}")
     with get_client(sync_client=True) as c:
         try:
             return c.read_flow_run(run_id).state, True
@@ -124,5 +127,5 @@ def sweep_quietly(s: Settings) -> list[dict]:
         check_tracking(s, timeout=2.0)  # a registry that is down fails here at once, not after the client's retries
         return sweep_approvals(s)
     except Exception as exc:
-        log.warning("could not check pending approvals of %s: %s", s.model_name, exc)
+        log.warning("could not check pending approvals of %s: %s", s.model_name or s.dataset, exc)
         return []

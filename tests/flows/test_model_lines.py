@@ -311,7 +311,7 @@ def test_deployments_of_a_data_set_default_to_it(shipped):
 
 
 def test_readme_image_command_registers_raw_digits_cnn(shipped):
-    """`DATASET=raw_digits` (`make demo-image`'s flow, tiny: 150 digits, 1 trial, 1 epoch) with the shipped
+    """`DATASET=raw_digits` (`make demo-image`'s flow, tiny: 200 digits, 1 trial, 1 epoch) with the shipped
     `.env.local`: registered as `raw-digits-cnn` under the raw_digits contract only, its aliases and
     outcome on the registry agreeing with what the run reported."""
     pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
@@ -325,7 +325,7 @@ def test_readme_image_command_registers_raw_digits_cnn(shipped):
     assert s.n_trials == 50 and not s.model_name  # read from the shipped file: MODEL_NAME empty there
     line = for_dataset(s)
     before = fingerprints_of("raw-digits-cnn", line)  # other modules of the session may have trained it
-    out = image_train_flow(n_trials=1, limit=150, max_epochs=1, approval_timeout_s=0)
+    out = image_train_flow(n_trials=1, limit=200, max_epochs=1, approval_timeout_s=0)
     v = str(out["version"])
     assert out["model_name"] == "raw-digits-cnn" and v not in sum(before.values(), [])
     fp = load_any_contract("raw_digits").fingerprint()
