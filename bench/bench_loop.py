@@ -20,7 +20,7 @@ served model's accuracy before the drift, after it and after the loop, and secon
 serving. `--image-only` runs that section alone and keeps the tabular figures of loop.json.
 
     python bench/bench_loop.py [--trials 10] [--rows 4000] [--policy replace] [--estimated-only]
-                               [--image-only | --no-image] [--image-trials 3] [--image-epochs 6]
+                               [--image-only | --no-image] [--image-trials 2] [--image-epochs 5]
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def main() -> None:
     ap.add_argument("--estimated-only", action="store_true", help="only the estimated-vs-realized AUC section")
     ap.add_argument("--image-only", action="store_true", help="only the image section (tabular figures kept)")
     ap.add_argument("--no-image", action="store_true", help="skip the image section")
-    ap.add_argument("--image-trials", type=int, default=3)
-    ap.add_argument("--image-epochs", type=int, default=6, help="the image sweep's most epochs")
+    ap.add_argument("--image-trials", type=int, default=2)
+    ap.add_argument("--image-epochs", type=int, default=5, help="the image sweep's most epochs")
     ap.add_argument("--image-train", type=int, default=900, help="digits the first image model is trained on")
     ap.add_argument("--image-rows", type=int, default=500, help="drifted captures labelled before the trigger")
     ap.add_argument("--image-drift", default=",".join(DRIFT), help="camera drift kinds (simulators.camera)")
