@@ -14,7 +14,13 @@ Not a test: the figures are measured and reported whatever they are.
 Also measures the estimated performance (CBPE, before labels) against the realized AUC per window,
 under a covariate shift and under the concept drift (`estimated_vs_realized`).
 
+Then the image section (bench/loop_image.py, `image` in loop.json): camera drift -> /feedback labels
+-> a new image data set version naming its parent -> retrain -> rules -> promotion -> served; the
+served model's accuracy before the drift, after it and after the loop, and seconds from trigger to
+serving. `--image-only` runs that section alone and keeps the tabular figures of loop.json.
+
     python bench/bench_loop.py [--trials 10] [--rows 4000] [--policy replace] [--estimated-only]
+                               [--image-only | --no-image] [--image-trials 2] [--image-epochs 5]
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
 OUT = ROOT / "bench" / "results" / "loop.json"
+
+# bench/ is on sys.path when run as a script: the image section and the one results table
+from loop_image import DRIFT  # noqa: E402
+from loop_image import run as run_image_loop  # noqa: E402
+from table import commit, save  # noqa: E402
 
 
 def traffic(pool, contract, n, seed, drift):
@@ -122,13 +133,40 @@ def bundle_split(y, s):
     return task_for(None).split(y, s.test_size, s.val_size, s.seed)
 
 
+def image_section(a) -> dict:
+    """The image loop (bench/loop_image.py) on its own servers, stamped with when and what it measured."""
+    from churnops.settings import get_settings
+
+    stamp = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit()}
+    out = stamp | run_image_loop(
+        a.image_trials, a.image_epochs, a.image_train, a.image_rows, [k for k in a.image_drift.split(",") if k]
+    )
+    get_settings.cache_clear()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--rows", type=int, default=4000, help="drifted predictions with outcomes before the trigger")
     ap.add_argument("--policy", default="replace", choices=["append", "sliding", "replace"])
     ap.add_argument("--estimated-only", action="store_true", help="only the estimated-vs-realized AUC section")
+    ap.add_argument("--image-only", action="store_true", help="only the image section (tabular figures kept)")
+    ap.add_argument("--no-image", action="store_true", help="skip the image section")
+    ap.add_argument("--image-trials", type=int, default=2)
+    ap.add_argument("--image-epochs", type=int, default=5, help="the image sweep's most epochs")
+    ap.add_argument("--image-train", type=int, default=900, help="digits the first image model is trained on")
+    ap.add_argument("--image-rows", type=int, default=500, help="drifted captures labelled before the trigger")
+    ap.add_argument("--image-drift", default=",".join(DRIFT), help="camera drift kinds (simulators.camera)")
     a = ap.parse_args()
+    if a.image_only:
+        result = json.loads(OUT.read_text()) if OUT.exists() else {}
+        result["image"] = image_section(a)
+        save("loop", result)  # the tabular section and its stamp stay as they were measured
+        print(
+            json.dumps({k: result["image"].get(k) for k in ("accuracy", "recovered_share_of_lost_accuracy", "seconds")})
+        )
+        return
     if not DATA.exists():
         sys.exit(f"bench-loop needs the real data file at {DATA}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-loop-"))
@@ -287,8 +325,8 @@ def main() -> None:
                 )
     finally:
         moto.stop(), mlf.stop()
-    from table import save  # bench/table.py: the one results table
-
+    if not (a.estimated_only or a.no_image):
+        result["image"] = image_section(a)
     save("loop-estimated" if a.estimated_only else "loop", result)  # a partial run never replaces loop.json
     r = result.get("realized_auc", {})
     print(json.dumps(r), result.get("seconds"), f"-> {OUT.with_stem('loop-estimated') if a.estimated_only else OUT}")

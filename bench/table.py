@@ -162,20 +162,47 @@ def loop_rows(r: dict) -> list[Row]:
                 "≤ 0.02 / — (cannot)",
             )
         )
+    return (
+        [
+            (
+                "realized AUC: before the drift (customers trained on) / drifted / drifted, after the loop",
+                " / ".join(n(a.get(k), ".3f") for k in ("before_drift", "after_drift", "after_loop"))
+                + f" ({n(r.get('recovered_share_of_lost_auc'), '.0%')} of the loss recovered)",
+                "recover most",
+            ),
+            (
+                "trigger → labels → training → rules → promotion → served (s)",
+                f"{n(g(r, 'seconds.trigger_to_serving'), '.1f')} ({r.get('n_trials')} trials; retrained model "
+                f"{g(r, 'retrained.outcome')})",
+                "—",
+            ),
+        ]
+        + estimated
+        + image_loop_rows(r.get("image") or {})
+    )
+
+
+def image_loop_rows(r: dict) -> list[Row]:
+    """The image section of loop.json (bench/loop_image.py), when it was measured."""
+    if r.get("skipped"):
+        return [("image loop (camera drift)", f"not measured: {r['skipped']}", "—")]
+    if not r.get("accuracy"):
+        return []
+    a = r["accuracy"]
     return [
         (
-            "realized AUC: before the drift (customers trained on) / drifted / drifted, after the loop",
+            "image loop, camera drift: served accuracy before the drift / drifted / drifted, after the loop",
             " / ".join(n(a.get(k), ".3f") for k in ("before_drift", "after_drift", "after_loop"))
-            + f" ({n(r.get('recovered_share_of_lost_auc'), '.0%')} of the loss recovered)",
-            "recover most",
+            + f" ({n(r.get('recovered_share_of_lost_accuracy'), '.0%')} of the loss recovered)",
+            "≥ 90 % of the loss recovered",
         ),
         (
-            "trigger → labels → training → rules → promotion → served (s)",
-            f"{n(g(r, 'seconds.trigger_to_serving'), '.1f')} ({r.get('n_trials')} trials; retrained model "
-            f"{g(r, 'retrained.outcome')})",
+            "image: trigger → labels → new data set version → training → rules → promotion → served (s)",
+            f"{n(g(r, 'seconds.trigger_to_serving'), '.1f')} ({r.get('n_trials')} trials, ≤ {r.get('max_epochs')} "
+            f"epochs; retrained model {g(r, 'retrained.outcome')})",
             "—",
         ),
-    ] + estimated
+    ]
 
 
 def train_rows(r: dict) -> list[Row]:

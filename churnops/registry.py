@@ -245,8 +245,12 @@ def promote_main() -> None:
     """`make promote VERSION=n REASON="..."`: make version n the champion, re-pin RUN_ID."""
 
     def move(s: Settings, reason: str, version: str | None) -> tuple[str | None, str]:
+        from churnops.approvals import sweep_quietly  # imports this module
+
         if not reason or not version:
             raise ValueError('VERSION and REASON are required: make promote VERSION=n REASON="why"')
+        for ended in sweep_quietly(s):  # challengers whose approval run was cancelled or timed out
+            print(f"{ended['model']} v{ended['version']}: {ended['outcome']} ({ended['reason']})")
         return promote(version, s, reason), version
 
     _move_champion("make promote", move)

@@ -13,6 +13,7 @@ import json
 
 from prefect import flow
 
+from churnops.approvals import sweep_quietly
 from churnops.cli import flow_logger
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset
@@ -34,6 +35,8 @@ def report_flow(window_hours: float | None = None, dataset: str | None = None) -
     from reporting.report import build_report
 
     s = for_dataset(get_settings(), dataset)  # the data set's own prediction log and model
+    for ended in sweep_quietly(s):  # challengers whose approval run was cancelled or timed out
+        flow_logger(__name__).info("approval ended without a decision: %s", json.dumps(ended))
     store = open_store(s)
     try:
         summary = build_report(store, s, load_any_contract(s.dataset), window_hours=window_hours)

@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import flow
 
+from churnops.approvals import sweep_quietly
 from churnops.cli import flow_logger
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset
@@ -36,6 +37,8 @@ def retrain_trigger_flow(
 
     s = for_dataset(get_settings(), dataset)  # its own window, checkpoints and training deployment
     contract = load_any_contract(s.dataset)
+    for ended in sweep_quietly(s):  # challengers whose approval run was cancelled or timed out
+        flow_logger(__name__).info("approval ended without a decision: %s", json.dumps(ended))
     store = open_store(s)
     try:
         decision = evaluate_window(

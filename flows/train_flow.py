@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from churnops import pipeline
+from churnops.approvals import remember_run, sweep_quietly
 from churnops.contract import ContractViolation, load_contract
 from churnops.model_line import check_line, for_dataset
 from churnops.redact import redact
@@ -250,6 +251,10 @@ def govern(
             "could not open the approval run (%s): approve with `make promote VERSION=%s REASON=...`", exc, version
         )
         return out | {"outcome": g.AWAITING}
+    try:  # the sweep finds the run by this tag when it ends without a decision (churnops/approvals.py)
+        remember_run(s, version, run_id)
+    except Exception as exc:
+        logger.warning("could not tag v%s with its approval run %s: %s", version, run_id, exc)
     url = ui_url(s, run_id)
     logger.info("challenger v%s passed every rule: approve or reject within %.0f s at %s", version, timeout, url)
     return out | {"outcome": g.AWAITING, "approval_run": run_id, "approval_url": url}
@@ -334,6 +339,8 @@ def main() -> None:
     s = get_settings()
     # SIGTERM ends the run like Ctrl-C (Prefect marks it crashed) instead of leaving it behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for ended in sweep_quietly(s):  # earlier challengers whose approval run was cancelled or timed out
+        print(f"{ended['model']} v{ended['version']}: {ended['outcome']} ({ended['reason']})")
     try:
         summary = train_flow(progress=True, dataset=s.dataset)
     except Exception as exc:

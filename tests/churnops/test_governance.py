@@ -152,3 +152,28 @@ def test_promote_and_rollback_commands_name_what_is_missing(main, env, says, mon
         getattr(registry, main)()
     assert exit_info.value.code == 1
     assert says in capsys.readouterr().err
+
+
+def test_approval_run_states_map_to_outcomes():
+    """An approval run that ended without a decision: cancel -> rejected, timeout/failure -> expired;
+    a run still waiting (or one that decided) is left alone."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.states import Cancelled, Cancelling, Completed, Crashed, Failed, Paused, Running, Suspended
+
+    from churnops.approvals import verdict
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert verdict(Cancelled(), now=now) == ("rejected", "approval run cancelled")
+    assert verdict(Cancelling(), now=now) == ("rejected", "approval run cancelled")
+    failed_run = verdict(Failed(message="The flow was paused and never resumed."), now=now)
+    assert failed_run == ("expired", "approval run failed: The flow was paused and never resumed.")
+    assert verdict(Crashed(message="worker died"), now=now)[0] == "expired"
+    assert verdict(None, found=False, now=now)[0] == "expired"
+    late = Suspended(timeout_seconds=60)
+    late.state_details.pause_timeout = now - timedelta(seconds=1)
+    assert verdict(late, now=now)[0] == "expired"
+    waiting = Paused(timeout_seconds=60)
+    waiting.state_details.pause_timeout = now + timedelta(seconds=30)
+    for open_or_decided in (waiting, Running(), Completed(), None):
+        assert verdict(open_or_decided, now=now) is None

@@ -207,3 +207,68 @@ def test_headless_promotes_only_with_auto_approve(trained, own_model, prefect_ha
     assert champion(own_model) == before and tags(own_model, v)["outcome"] == "awaiting approval"
     assert run_gate(own_model, v, PASSING, 0, auto=True)["outcome"] == "promoted"
     assert champion(own_model) == v and last_audit(own_model)[0]["actor"] == "auto-approve"
+
+
+def swept_audit(s, version):
+    """The sweep's audit records about `version` (other tests' versions share this model)."""
+    return [
+        a
+        for a in last_audit(s, 200)
+        if (a["model"], a["to_version"], a["actor"]) == (s.model_name, version, "approval-sweep")
+    ]
+
+
+def test_sweep_rejects_a_version_whose_approval_run_was_cancelled(trained, own_model, prefect_harness):
+    from prefect import get_client
+    from prefect.states import Cancelling
+
+    from churnops.approvals import sweep_approvals
+    from churnops.registry import alias_version
+
+    v, before = new_version(trained, own_model), champion(own_model)
+    run_id = suspended_gate(own_model, v)
+    assert tags(own_model, v)["approval_run"] == run_id  # govern records which run holds the form
+    assert alias_version(own_model.model_name, "challenger", own_model).version == v
+    assert all(c["version"] != v for c in sweep_approvals(own_model))  # still suspended: left alone
+    assert tags(own_model, v)["outcome"] == "awaiting approval"
+    with get_client(sync_client=True) as c:  # what the UI's Cancel does
+        c.set_flow_run_state(run_id, Cancelling())
+    mine = [c for c in sweep_approvals(own_model) if c["version"] == v]
+    assert mine == [
+        {
+            "model": own_model.model_name,
+            "version": v,
+            "outcome": "rejected",
+            "reason": "approval run cancelled",
+            "approval_run": run_id,
+        }
+    ]
+    t = tags(own_model, v)
+    assert (t["outcome"], t["outcome_reason"]) == ("rejected", "approval run cancelled")
+    assert alias_version(own_model.model_name, "challenger", own_model) is None  # no canary goes there
+    assert champion(own_model) == before
+    [a] = swept_audit(own_model, v)
+    assert (a["action"], a["reason"], a["from_version"], a["approval_run"]) == (
+        "reject",
+        "approval run cancelled",
+        before,
+        run_id,
+    )
+    assert all(c["version"] != v for c in sweep_approvals(own_model))  # once only
+    assert len(swept_audit(own_model, v)) == 1
+
+
+def test_sweep_expires_a_version_whose_approval_run_timed_out(trained, own_model, prefect_harness):
+    from churnops.approvals import sweep_approvals
+    from churnops.registry import alias_version
+
+    v, before = new_version(trained, own_model), champion(own_model)
+    run_id = suspended_gate(own_model, v, timeout_s=1)
+    time.sleep(2.5)  # past the pause timeout: Prefect fails the run (or will, when its service runs)
+    mine = [c for c in sweep_approvals(own_model) if c["version"] == v]
+    assert [(c["outcome"], c["approval_run"]) for c in mine] == [("expired", run_id)]
+    assert tags(own_model, v)["outcome"] == "expired"
+    assert alias_version(own_model.model_name, "challenger", own_model) is None
+    assert champion(own_model) == before
+    [a] = swept_audit(own_model, v)
+    assert (a["action"], a["approval_run"]) == ("expired", run_id)

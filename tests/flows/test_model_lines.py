@@ -308,3 +308,40 @@ def test_deployments_of_a_data_set_default_to_it(shipped):
             assert dep.entrypoint == entry and dep.parameters == {"dataset": "diabetes"}, name
     for f in (train_flow, report_flow, retrain_trigger_flow):  # a quick run's parameters fit each flow
         f.validate_parameters({"dataset": "diabetes"})
+
+
+def test_readme_image_command_registers_raw_digits_cnn(shipped):
+    """`DATASET=raw_digits` (`make demo-image`'s flow, tiny: 200 digits, 1 trial, 1 epoch) with the shipped
+    `.env.local`: registered as `raw-digits-cnn` under the raw_digits contract only, its aliases and
+    outcome on the registry agreeing with what the run reported."""
+    pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
+    pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
+    from churnops.contract import load_any_contract
+    from churnops.model_line import fingerprints_of, for_dataset
+    from churnops.registry import alias_version, client
+    from flows.image_train_flow import image_train_flow
+
+    s = shipped("raw_digits")
+    assert s.n_trials == 50 and not s.model_name  # read from the shipped file: MODEL_NAME empty there
+    line = for_dataset(s)
+    before = fingerprints_of("raw-digits-cnn", line)  # other modules of the session may have trained it
+    out = image_train_flow(n_trials=1, limit=200, max_epochs=1, approval_timeout_s=0)
+    v = str(out["version"])
+    assert out["model_name"] == "raw-digits-cnn" and v not in sum(before.values(), [])
+    fp = load_any_contract("raw_digits").fingerprint()
+    assert set(fingerprints_of("raw-digits-cnn", line)) == {fp}  # one contract under the name
+    assert v in fingerprints_of("raw-digits-cnn", line)[fp]
+    assert fp not in fingerprints_of("churn-xgboost", line) and fp not in fingerprints_of("diabetes-xgboost", line)
+    mv = client(line).get_model_version("raw-digits-cnn", v)
+    assert mv.tags["outcome"] == out["outcome"]
+    champion = alias_version("raw-digits-cnn", "champion", line)
+    challenger = alias_version("raw-digits-cnn", "challenger", line)
+    if not before:  # the first of its name: champion at once, never `challenger`
+        assert (v, out["outcome"], champion.version) == ("1", "promoted", "1") and challenger is None
+        assert "champion" in out["aliases"] and "challenger" not in out["aliases"]
+    elif out["outcome"] == "promoted":  # passed the rules, approved automatically (AUTO_APPROVE)
+        assert champion.version == v and (challenger is None or challenger.version != v)
+    elif out["outcome"] == "awaiting approval":  # passed the rules against the session's champion
+        assert challenger.version == v and champion.version != v
+    else:  # blocked: the rules refused it, so no canary may reach it
+        assert out["outcome"] == "blocked" and (challenger is None or challenger.version != v)
