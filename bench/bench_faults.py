@@ -1079,7 +1079,6 @@ def main() -> None:
             ("worker_kill", lambda: worker_kill(env, tmp / "a", servers)),
             ("consumer_kill", lambda: consumer_kill(s, env, tmp / "b", servers)),
             ("store_down", lambda: store_down(env, tmp / "c", servers)),
-            ("mlflow_down_reload", lambda: mlflow_down_reload(env, tmp / "d", servers, mlf, run_id, token)),
             ("store_auth_failure", lambda: store_auth_failure(s, tmp / "e")),
             ("spool_full_stream", lambda: spool_full_stream(s, env, tmp / "f", servers)),
             ("client_faults", lambda: client_faults(env, tmp / "g", servers)),
@@ -1093,6 +1092,10 @@ def main() -> None:
                     concurrent_reloads(env, tmp / "h", servers, run_id, token),
                 )[1],
             )
+        )
+        # last: it stops MLflow, which every other scenario's model load needs
+        scenarios.append(
+            ("mlflow_down_reload", lambda: mlflow_down_reload(env, tmp / "d", servers, mlf, run_id, token))
         )
         scenarios = [(n, f) for n, f in scenarios if not only or n in only]
         for name, fn in scenarios:
