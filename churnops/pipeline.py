@@ -488,6 +488,8 @@ def log_and_register(
             signature = infer_signature(example, task.signature_output())
         with timer:
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+            # the run's own experiment active (start_run refuses a run of another active experiment)
+            mlflow.set_experiment(experiment_id=mlflow.get_run(parent_run_id).info.experiment_id)
             with mlflow.start_run(run_id=parent_run_id):
                 mlflow.log_params(
                     {k: (repr(v) if isinstance(v, float) else v) for k, v in best.params.items()}

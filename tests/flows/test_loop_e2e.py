@@ -108,21 +108,22 @@ def send(url: str, rows: pd.DataFrame, contract, tag: str) -> list[tuple[str, fl
     return out
 
 
-def paused_training_run(deadline_s: float = 300.0):
-    """The id of the suspended approval run once training has opened it."""
+def paused_approval_run(run_id: str, deadline_s: float = 60.0):
+    """The id of the approval run training opened, once Prefect shows it suspended (other tests of the
+    session leave suspended approval runs of their own: this one is found by its id)."""
+    from uuid import UUID
+
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
 
     deadline = time.monotonic() + deadline_s
-    flt = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as c:
-            runs = c.read_flow_runs(flow_run_filter=flt)
-        if runs:
-            return runs[0].id
+            run = c.read_flow_run(UUID(run_id))
+        if run.state is not None and run.state.type == StateType.PAUSED:
+            return run.id
         time.sleep(0.5)
-    raise AssertionError("the training run never paused for approval")
+    raise AssertionError(f"the approval run {run_id} never showed as suspended")
 
 
 def test_drift_labels_retrain_rules_approval_serving(loop_settings, api, real_data_path):
@@ -203,12 +204,12 @@ def test_drift_labels_retrain_rules_approval_serving(loop_settings, api, real_da
 
     from tests.flows.test_approval import execute
 
-    run_id = paused_training_run()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 420
     while time.monotonic() < deadline and not trained:
         time.sleep(0.3)
     assert trained and "error" not in trained, trained
-    assert trained["outcome"] == "awaiting approval" and trained["approval_run"] == str(run_id), trained
+    assert trained["outcome"] == "awaiting approval" and trained.get("approval_run"), trained
+    run_id = paused_approval_run(trained["approval_run"])
     assert alias_version(s.model_name, "champion", s).version == "1"  # nothing moves before approval
     # one person's decision, given through Prefect's API; the resumed run is run here as a worker would
     resume_flow_run(
