@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import httpx
 
+from churnops.model_line import resolved
 from churnops.settings import Settings, get_settings
 
 API = "http://api:9696"
@@ -185,8 +186,16 @@ class Smoke:
             return str(self.http.get(f"{API}/model").json()["champion"]["version"]) == str(new.version)
 
         assert wait_for(api_moved, 60.0), f"the API still serves {model.get('champion', {}).get('version')}"
-        self.stream_round(kin, str(new.version))
-        return f"API and both consumers' shards serve v{new.version} (was v{champ.version})"
+        # a consumer follows the shared serving state within seconds: records put before it has moved are
+        # answered by the old model (rightly), so new rounds are put until every shard answers the new one
+        deadline, versions = time.monotonic() + 90.0, {}
+        while time.monotonic() < deadline:
+            got = self.stream_round(kin)
+            versions = {g["shard_id"]: str(g.get("model_version")) for g in got.values()}
+            if all(v == str(new.version) for v in versions.values()):
+                return f"API and both consumers' shards serve v{new.version} (was v{champ.version})"
+            time.sleep(2.0)
+        raise AssertionError(f"after the reload to v{new.version}, 90 s later: {versions}")
 
     def report_through_nginx(self) -> str:
         out = subprocess.run(["churnops-report"], capture_output=True, text=True, timeout=600)
@@ -223,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if not token:
         print("ADMIN_TOKEN is not set (pass it with -e ADMIN_TOKEN)", file=sys.stderr)
         return 2
-    s = get_settings()
+    s = resolved(get_settings())  # the data set's model line (MODEL_NAME is empty in the env files)
     smoke = Smoke(s, token)
     smoke.check("API ready and predicting when healthy", smoke.ready_and_predict)
     kin = Kinesis(s)
