@@ -42,7 +42,7 @@ endif
 
 .PHONY: help demo test run_tests up down status logs setup-model-registry init_aws apply-model-train-flow train \
         pin setup-model-serve start-serve stop-serve apply-prediction-reporting report simulate retrain-check \
-        rollback promote collect-labels replay-quarantine reset_all compose-smoke lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-peers bench-table demo-image venv system-deps docker-env
+        rollback promote collect-labels replay-quarantine reset_all compose-smoke lint test-code test-data test-model bench bench-train bench-serve bench-monitor bench-faults bench-servers bench-loop bench-image bench-peers bench-table demo-image venv system-deps docker-env docs docs-serve
 
 help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch the stack targets)
 	@echo "usage: make <target> [env=local|cloud] [RUNTIME=embedded|docker]"
@@ -51,7 +51,7 @@ help: ## list the targets (RUNTIME=embedded|docker and env=local|cloud switch th
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (first time: about 2-3 minutes)"
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,lint,image,postgres]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test,lint,image,postgres,docs]"
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the project (done by demo/test when missing)
@@ -287,13 +287,19 @@ lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
 	exit $$rc
 
+docs: $(STAMP) ## build the documentation site (mkdocs.yml, docs/) strictly into site/: a broken link or anchor fails
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP) ## serve the documentation site on http://127.0.0.1:8000, rebuilt on every edit
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
 compose-smoke: $(STAMP) ## the compose files' own services here without Docker (root: network namespaces): the README's Docker sequence + smoke checks
 	$(BIN)/python -m churnops.composerun smoke
 
-bench: bench-train bench-serve bench-servers bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
+bench: bench-train bench-serve bench-servers bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into docs/benchmarks.md)
 	$(BIN)/python bench/table.py
 
-bench-table: $(STAMP) ## print the one table of bench/results/*.json and write it into README.md
+bench-table: $(STAMP) ## print the one table of bench/results/*.json and write it into docs/benchmarks.md (+ the footprint table into docs/development.md)
 	$(BIN)/python bench/table.py --readme
 
 bench-train: $(STAMP) ## 50-trial sweep on ../shared/data/bank_churners.csv -> bench/results/train.json
@@ -306,6 +312,7 @@ bench-serve: $(STAMP) ## serving latency/throughput -> bench/results/serve.json
 
 bench-servers: $(STAMP) ## granian vs gunicorn gthread vs the former keep-alive worker, client faults, ceiling -> bench/results/servers.json
 	$(BIN)/python bench/bench_servers.py
+	$(BIN)/python bench/table.py --readme >/dev/null
 
 bench-loop: $(STAMP) ## drift -> labels -> retrain -> rules -> promotion -> serving, on the real file -> bench/results/loop.json
 	$(BIN)/python bench/bench_loop.py

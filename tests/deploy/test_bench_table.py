@@ -37,16 +37,97 @@ def test_rows_come_from_the_result_files_and_missing_benches_say_so(tmp_path, mo
     assert "| `make bench-serve` | not run on this commit | — | — |" in text
 
 
-def test_readme_block_is_replaced_between_the_markers_only(tmp_path):
+def test_page_block_is_replaced_between_the_markers_only(tmp_path):
     t = load_table()
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{t.BEGIN}\nold table\n{t.END}\nafter\n")
-    t.write_readme("| new |", readme)
-    assert readme.read_text() == f"before\n{t.BEGIN}\n| new |\n{t.END}\nafter\n"
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"before\n{t.BEGIN}\nold table\n{t.END}\nafter\n")
+    t.write_page(page, t.BEGIN, t.END, "| new |")
+    assert page.read_text() == f"before\n{t.BEGIN}\n| new |\n{t.END}\nafter\n"
 
 
-def test_the_readme_table_is_the_generated_one():
+def test_the_docs_tables_are_the_generated_ones():
+    """The bench table lives in docs/benchmarks.md, the footprint table in docs/development.md;
+    the README links to the first and holds neither."""
     t = load_table()
-    body = (ROOT / "README.md").read_text()
-    assert body.split(t.BEGIN, 1)[1].split(t.END, 1)[0].strip() == t.table().strip()
-    assert body.split(t.FP_BEGIN, 1)[1].split(t.FP_END, 1)[0].strip() == t.footprint_table().strip()
+    bench = t.BENCH_PAGE.read_text()
+    assert bench.split(t.BEGIN, 1)[1].split(t.END, 1)[0].strip() == t.table().strip()
+    dev = t.FOOTPRINT_PAGE.read_text()
+    assert dev.split(t.FP_BEGIN, 1)[1].split(t.FP_END, 1)[0].strip() == t.footprint_table().strip()
+    readme = (ROOT / "README.md").read_text()
+    assert t.BEGIN not in readme and t.FP_BEGIN not in readme
+    assert "docs/benchmarks.md#the-table" in readme
+
+
+def test_servers_rows_name_the_chosen_server_and_every_failed_fault(tmp_path, monkeypatch):
+    t = load_table()
+    monkeypatch.setattr(t, "RESULTS", tmp_path)
+    ok = {"passed": True}
+    t.save(
+        "servers",
+        {
+            "rounds": [{}, {}, {}],
+            "faults": {
+                "granian": {"slow_reader": ok, "fake_end_chunked": ok, "passed_all": True},
+                "gthread": {"slow_reader": {"passed": False}, "fake_end_chunked": ok, "passed_all": False},
+            },
+            "ceiling": [{"server": "granian", "req_per_s": 40000.0}, {"server": "gthread", "req_per_s": 9000.0}],
+            "decision": {
+                "c16_median_req_per_s": {"granian": 8100.4, "gthread": 4000.0, "keepalive": 5000.0},
+                "winner": "granian",
+                "winner_over_keepalive_c16": 1.62,
+                "predict_c16_over_hello_ceiling": 0.2,
+            },
+        },
+    )
+    text = t.table()
+    assert "median of 3 rounds (req/s): granian / gthread / keepalive | 8,100 / 4,000 / 5,000; chosen: granian" in text
+    assert "(×1.62 the former keep-alive worker)" in text
+    assert "| granian 2/2; gthread 1/2 (failed: slow_reader) |" in text
+    assert "hello-world WSGI ceiling on granian, c=16 (req/s); `/predict` share of it | 40,000; 0.20 |" in text
+
+
+def test_later_fault_scenarios_have_rows_and_a_failed_one_says_so(tmp_path, monkeypatch):
+    t = load_table()
+    monkeypatch.setattr(t, "RESULTS", tmp_path)
+    note = "run alone (BENCH_FAULTS_ONLY) at 2026-12-01 10:00 UTC (commit abc1234); the others earlier"
+    t.save(
+        "faults",
+        {
+            "store_auth_failure": {
+                "auth_failure_seconds": 10.0,
+                "answered_200": 900,
+                "answered_200_during_failure": 700,
+                "lost": 0,
+                "quarantined": 0,
+                "spooled": 650,
+                "store_calls_during_failure": 4,
+                "note": note,
+            },
+            "spool_full_stream": {
+                "records": 2000,
+                "store_locked_seconds": 45.0,
+                "spool_max_bytes": 20000,
+                "emitted_not_logged_max_during": 0,
+                "emitted_not_logged_at_end": 0,
+                "results_unique": 1999,
+                "without_result": 1,
+            },
+            "client_faults": {"granian": {"slow_reader": {"passed": True}, "passed_all": True}},
+            "concurrent_reloads": {
+                "rounds": 5,
+                "reloads_per_round": 4,
+                "rounds_with_workers_on_different_models": 1,
+                "answers": {"202": 12, "409": 8},
+                "seconds_until_workers_agree": [0.5, 61.2],
+            },
+            "consumers_lease": {"error": "moto refused the reshard"},
+        },
+    )
+    text = t.table()
+    assert "0 lost of 900 answered (700 during it), 0 quarantined, 650 spooled; 4 store calls while failing" in text
+    assert "(run alone, 2026-12-01 10:00 UTC, abc1234)" in text
+    assert "1,999 unique results for 2,000 records (1 without)" in text
+    assert "| misbehaving clients per server candidate (bench-faults) | granian 1/1 |" in text
+    assert '1 rounds ending with workers on different models; answers {"202": 12, "409": 8}' in text
+    assert "workers agreed within 61.2 s" in text
+    assert "| not measured: moto refused the reshard |" in text
