@@ -1,4 +1,4 @@
-"""Makefile: `make help` lists each target once, every target the README names exists, RUNTIME switches."""
+"""Makefile: `make help` lists each target once, every target the README and the docs name exists, RUNTIME switches."""
 
 from __future__ import annotations
 
@@ -53,19 +53,31 @@ def test_help_lists_each_target_once_with_one_line(help_targets):
 
 
 def test_every_target_the_readme_names_is_listed_and_exists(help_targets):
-    readme = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"\bmake ([a-z][a-z_-]+)", readme))
+    """The README and every page of docs/: each `make <target>` (and the targets after it, as in
+    `make init_aws train` or `make apply-model-train-flow apply-prediction-reporting DATASET=…`)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = set()
+    for page in pages:
+        text = page.read_text()
+        blocks = re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M)
+        code = re.findall(r"`([^`\n]+)`", text) + [ln.split("#")[0] for b in blocks for ln in b.splitlines()]
+        for chunk in code:
+            for run in re.findall(r"(?:^|[\s;(])make ((?:[a-z][a-z_-]*[a-z])(?: [a-z][a-z_-]*[a-z](?=\s|$))*)", chunk):
+                named.update(run.split())
     assert {
         "demo",
         "test",
+        "docs",
         "setup-model-registry",
         "init_aws",
         "apply-model-train-flow",
         "setup-model-serve",
         "apply-prediction-reporting",
+        "bench-servers",
+        "promote",
     } <= named
     missing = sorted(named - set(help_targets))
-    assert not missing, f"README names targets make help does not list: {missing}"
+    assert not missing, f"README or docs/ name targets make help does not list: {missing}"
     for target in sorted(named):
         out = make("-n", target)
         assert out.returncode == 0, f"make -n {target}: {out.stderr}"
