@@ -46,11 +46,13 @@ def test_page_block_is_replaced_between_the_markers_only(tmp_path):
 
 
 def test_the_docs_tables_are_the_generated_ones():
-    """The bench table lives in docs/benchmarks.md, the footprint table in docs/development.md;
-    the README links to the first and holds neither."""
+    """The bench table lives in docs/benchmarks.md, where each ran in docs/verification.md, the
+    footprint table in docs/development.md; the README links to the first and holds none of them."""
     t = load_table()
     bench = t.BENCH_PAGE.read_text()
     assert bench.split(t.BEGIN, 1)[1].split(t.END, 1)[0].strip() == t.table().strip()
+    where = t.VERIFY_PAGE.read_text()
+    assert where.split(t.WHERE_BEGIN, 1)[1].split(t.WHERE_END, 1)[0].strip() == t.measured_where().strip()
     dev = t.FOOTPRINT_PAGE.read_text()
     assert dev.split(t.FP_BEGIN, 1)[1].split(t.FP_END, 1)[0].strip() == t.footprint_table().strip()
     readme = (ROOT / "README.md").read_text()
@@ -131,3 +133,35 @@ def test_later_fault_scenarios_have_rows_and_a_failed_one_says_so(tmp_path, monk
     assert '1 rounds ending with workers on different models; answers {"202": 12, "409": 8}' in text
     assert "workers agreed within 61.2 s" in text
     assert "| not measured: moto refused the reshard |" in text
+
+
+def test_estimated_performance_and_the_nannyml_comparison_have_rows(tmp_path, monkeypatch):
+    t = load_table()
+    monkeypatch.setattr(t, "RESULTS", tmp_path)
+    t.save(
+        "loop-estimated",
+        {"n_trials": 2, "estimated_performance": {"covariate_max_abs_error": 0.0061, "concept_mean_abs_error": 0.4833}},
+    )
+    t.save(
+        "cbpe-nannyml",
+        {
+            "rows_per_window": 5000,
+            "nannyml_version": "0.13.1",
+            "covariate_mean_abs_error": {"ours": 0.00243, "nannyml": 0.00242},
+            "mean_abs_ours_minus_nannyml": 3.9e-05,
+        },
+    )
+    text = t.table()
+    assert "| 0.006 / 0.483 (2-trial model) | ≤ 0.02 / — (cannot) |" in text
+    assert "ours / NannyML 0.13.1; mean abs. ours − NannyML | 0.0024 / 0.0024; 3.9e-05 |" in text
+
+
+def test_measured_where_names_each_results_machine(tmp_path, monkeypatch):
+    t = load_table()
+    monkeypatch.setattr(t, "RESULTS", tmp_path)
+    t.save("train", {"machine": {"cores": 2, "python": "3.11.7", "note": "shared cores"}})
+    t.save("image_gpu", {"gpu_machine": {"machine": {"gpu": "NVIDIA H200"}}})
+    text = t.measured_where()
+    assert "| `make bench-train` |" in text and "| 2 cores; Python 3.11.7; shared cores |" in text
+    assert "| GPU half on a lent machine: NVIDIA H200 |" in text
+    assert "| `make bench-serve` | not run on this commit | — |" in text
