@@ -51,6 +51,7 @@ from serving.inference import (
 )
 from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
+from serving.oip import oip_blueprint
 from serving.prediction_log import PredictionLog
 from serving.tasks import image_contract
 
@@ -591,6 +592,7 @@ def create_app(
     from serving.drift import drift_blueprint
 
     app.register_blueprint(drift_blueprint)
+    app.register_blueprint(oip_blueprint(state, start=start_background))  # /v2 (serving/oip.py)
 
     return app
 
