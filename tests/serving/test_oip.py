@@ -290,7 +290,11 @@ def churn_body(**edit) -> dict:
             400,
             ["input 'customer_age'", "shape [2]", "data has 1"],
         ),
-        (churn_body(customer_age={"shape": [2], "data": [45, 46]}), 400, ["input 'customer_age'", "2 rows", "the other inputs have 1"]),
+        (
+            churn_body(customer_age={"shape": [2], "data": [45, 46]}),
+            400,
+            ["input 'customer_age'", "2 rows", "the other inputs have 1"],
+        ),
         (churn_body(customer_age={"data": ["45"]}), 400, ["input 'customer_age'", "element 0", "takes numbers"]),
         (churn_body(customer_age={"data": [7]}), 400, ["input 'customer_age' row 0", "18"]),
         (churn_body(gender={"data": ["X"]}), 400, ["input 'gender' row 0"]),
