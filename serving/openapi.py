@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from churnops.contract import DatasetContract
 from churnops.tasks import task_for
+from serving.oip_openapi import oip_paths
 
 
 def _feature_schema(contract: DatasetContract) -> dict:
@@ -251,6 +252,8 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
             }
         },
     )
+    for path, operations in oip_paths().items():  # the Open Inference Protocol routes (serving/oip.py)
+        spec.path(path, operations=operations)
     return spec.to_dict()
 
 

@@ -70,7 +70,15 @@ def v2(bundles, tmp_path_factory):
         while not served.ready and time.monotonic() < deadline:
             time.sleep(0.05)
         assert served.ready, {m.name: m.models.last_error for m in served.extras()}
-        yield {"client": app.test_client(), "served": served, "state": state, "reg": reg, "enc": enc, "dir": d}
+        yield {
+            "app": app,
+            "client": app.test_client(),
+            "served": served,
+            "state": state,
+            "reg": reg,
+            "enc": enc,
+            "dir": d,
+        }
         served.close()
         state.plog.close()
         store.close()
@@ -392,3 +400,15 @@ def test_unknown_oip_models_entry_refuses_to_start(tmp_path):
         ("diabetes-xgboost", "models:/diabetes-xgboost/3"),
         ("raw-digits-cnn", "models:/raw-digits-cnn@challenger"),
     ]
+
+
+def test_openapi_documents_every_v2_route(v2):
+    spec = v2["client"].get("/openapi.json").json
+    routes = {
+        (r.rule.replace("<", "{").replace(">", "}"), m.lower())
+        for r in v2["app"].url_map.iter_rules()
+        if r.rule.startswith("/v2")
+        for m in r.methods - {"HEAD", "OPTIONS"}
+    }
+    documented = {(p, m) for p, ops in spec["paths"].items() if p.startswith("/v2") for m in ops}
+    assert len(routes) == 9 and routes == documented
