@@ -10,8 +10,9 @@
 The models: the server's default one (DATASET's line, the one `/predict` serves) plus OIP_MODELS
 (serving/oip_models.py), each under its registered model name. A tabular model takes one tensor per
 contract feature, shape `[n]` (or `[n, 1]`): numeric features FP64 (FP32 and integer types accepted),
-categorical and ordinal ones BYTES; the rows go through the contract's validator exactly like
-`/predict`'s bodies. An image model takes `image`, UINT8 `[n, H, W, 3]` (RGB pixels; a PNG's pixels give
+categorical and ordinal ones BYTES; or one tensor `features`, `[n, k]` with the columns in contract
+order (FP64 when every feature is numeric, else BYTES with numbers as text). The rows go through the
+contract's validator exactly like `/predict`'s bodies. An image model takes `image`, UINT8 `[n, H, W, 3]` (RGB pixels; a PNG's pixels give
 what `/predict/image` gives for that PNG). `outputs` selects among the model's outputs (`OUTPUTS`, a
 dict of output name -> how it is computed, per task). `parameters.request_ids` (n strings) names the
 rows for /feedback; else a one-row request takes its `id` (when a valid request id), else new ids; the
@@ -60,6 +61,7 @@ from serving.oip_tensors import BYTES, InferRequest, OipError, Tensor, output_te
 SERVER_NAME = "churnops"
 EXTENSIONS = ["binary_tensor_data"]
 IMAGE_INPUT = "image"
+MATRIX_INPUT = "features"  # a tabular model's one-tensor form: [n, k], columns in contract order
 NUMERIC_TYPES = ("FP64", "FP32", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
 PIXEL_TYPE = "application/x-oip-uint8"  # the logged content type of an image sent as a UINT8 tensor
 
@@ -161,6 +163,17 @@ def output_specs(served: ServedModel) -> list[dict]:
     ]
 
 
+def matrix_spec(served: ServedModel) -> dict:
+    """The one-tensor alternative to the per-feature inputs of a tabular model."""
+    c = served.contract
+    return {
+        "name": MATRIX_INPUT,
+        "datatype": matrix_datatype(c),
+        "shape": [-1, len(c.features)],
+        "columns": list(c.features),
+    }
+
+
 def versions(served: ServedModel) -> list[str]:
     """The registered versions this server answers for the model (champion first, then a canary)."""
     ms = served.models.current
@@ -177,7 +190,8 @@ def model_metadata(served: ServedModel) -> dict:
         else f"xgboost_{ms.champion.bundle.runtime if ms else 'onnx'}",
         "inputs": input_specs(served),
         "outputs": output_specs(served),
-        "parameters": {"dataset": served.settings.dataset, "task": served.task, "default": served.default},
+        "parameters": {"dataset": served.settings.dataset, "task": served.task, "default": served.default}
+        | ({} if served.is_image else {"matrix_input": matrix_spec(served)}),
     }
 
 
@@ -242,11 +256,48 @@ def datatype_rule(kind: str) -> str:
     return "FP64 (or FP32/INT64)" if kind == "numeric" else BYTES
 
 
+def matrix_datatype(contract) -> str:
+    """The datatype of the one-tensor form: FP64 when every feature is numeric, else BYTES (numbers as text)."""
+    return "FP64" if all(f.kind == "numeric" for f in contract.features.values()) else BYTES
+
+
+def matrix_columns(served: ServedModel, t: Tensor) -> list[Tensor]:
+    """The single `[n, k]` tensor `features` (columns in contract order) as one tensor per feature."""
+    names = list(served.contract.features)
+    k = len(names)
+    if len(t.shape) != 2 or t.shape[1] != k:
+        raise OipError(
+            400, f"input {MATRIX_INPUT!r}: expected shape [n, {k}] (columns: {names}), got {t.shape}", "bad_shape"
+        )
+    want = matrix_datatype(served.contract)
+    if t.datatype != BYTES and (want == BYTES or t.datatype not in NUMERIC_TYPES):
+        raise OipError(
+            400,
+            f"input {MATRIX_INPUT!r}: expected datatype {want}"
+            + (" (the contract has categorical features: send every value as text)" if want == BYTES else "")
+            + f", got {t.datatype}",
+            "wrong_datatype",
+        )
+    n = t.shape[0]
+    values = column(Tensor(MATRIX_INPUT, t.datatype, t.shape, t.data))  # text decoded, NaN -> missing
+    out = []
+    for j, name in enumerate(names):
+        col = values[j::k] if n else []
+        kind = served.contract.features[name].kind
+        # numbers sent as text are parsed by the contract's validator, as in /predict bodies
+        out.append(Tensor(name, "FP64" if kind == "numeric" else BYTES, [n], col))
+    return out
+
+
 def tabular_rows(served: ServedModel, req: InferRequest, row_limit: int) -> list[Row]:
-    """One validated `Row` per row of the per-feature tensors; OipError names the first problems."""
+    """One validated `Row` per row of the per-feature tensors (or of the one `features` tensor);
+    OipError names the first problems."""
     features = served.contract.features
+    inputs = req.inputs
+    if len(inputs) == 1 and inputs[0].name == MATRIX_INPUT and MATRIX_INPUT not in features:
+        inputs = matrix_columns(served, inputs[0])
     by_name: dict[str, Tensor] = {}
-    for t in req.inputs:
+    for t in inputs:
         if t.name not in features:
             raise OipError(
                 400,
@@ -269,14 +320,14 @@ def tabular_rows(served: ServedModel, req: InferRequest, row_limit: int) -> list
         shown = ", ".join(f"{n!r} ({datatype_rule(features[n].kind)}, shape [n])" for n in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise OipError(400, f"missing input {shown}{more}", "missing_input")
-    counts = collections.Counter(t.rows for t in req.inputs)
+    counts = collections.Counter(t.rows for t in inputs)
     n = counts.most_common(1)[0][0]  # the rows most inputs have: the odd one out is named
-    for t in req.inputs:
+    for t in inputs:
         if t.rows != n:
             raise OipError(
                 400, f"input {t.name!r}: shape {t.shape} has {t.rows} rows, the other inputs have {n}", "shape_mismatch"
             )
-    first = req.inputs[0]
+    first = inputs[0]
     if n == 0:
         raise OipError(400, f"input {first.name!r}: no rows (shape {first.shape})", "empty_batch")
     if n > row_limit:

@@ -412,3 +412,36 @@ def test_openapi_documents_every_v2_route(v2):
     }
     documented = {(p, m) for p, ops in spec["paths"].items() if p.startswith("/v2") for m in ops}
     assert len(routes) == 9 and routes == documented
+
+
+def test_one_features_tensor_equals_the_per_feature_tensors(v2):
+    c = v2["client"]
+    rows = [dict(DIABETES.example), {**DIABETES.example, "bmi": 22.5, "age": 40}]
+    per_feature = outputs(infer(c, "diabetes-xgboost", {"inputs": tensors(DIABETES, rows)}))["prediction"]["data"]
+    k = len(DIABETES.feature_names)
+    matrix = [[r[n] for n in DIABETES.feature_names] for r in rows]
+    one = {"name": "features", "datatype": "FP64", "shape": [2, k], "data": matrix}
+    assert outputs(infer(c, "diabetes-xgboost", {"inputs": [one]}))["prediction"]["data"] == per_feature
+    meta = c.get("/v2/models/diabetes-xgboost").json["parameters"]["matrix_input"]
+    assert meta == {"name": "features", "datatype": "FP64", "shape": [-1, k], "columns": DIABETES.feature_names}
+
+    churn = churn_rows(2)
+    ref = outputs(infer(c, "churn-xgboost", {"inputs": tensors(CHURN, churn)}))["probability"]["data"]
+    text = [[str(r[n]) for n in CHURN.feature_names] for r in churn]  # a mixed contract: every value as text
+    kc = len(CHURN.feature_names)
+    got = infer(
+        c, "churn-xgboost", {"inputs": [{"name": "features", "datatype": "BYTES", "shape": [2, kc], "data": text}]}
+    )
+    assert got.status_code == 200, got.json
+    assert np.allclose(outputs(got)["probability"]["data"], ref, atol=1e-9)
+    numbers = {"name": "features", "datatype": "FP64", "shape": [1, kc], "data": [0.0] * kc}
+    bad = infer(c, "churn-xgboost", {"inputs": [numbers]})
+    assert bad.status_code == 400 and "input 'features': expected datatype BYTES" in bad.json["error"]
+    short = {"name": "features", "datatype": "FP64", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
+    bad = infer(c, "diabetes-xgboost", {"inputs": [short]})
+    assert bad.status_code == 400 and f"expected shape [n, {k}]" in bad.json["error"]
+    text[0][0] = "old"
+    bad = infer(
+        c, "churn-xgboost", {"inputs": [{"name": "features", "datatype": "BYTES", "shape": [2, kc], "data": text}]}
+    )
+    assert bad.status_code == 400 and "input 'customer_age' row 0" in bad.json["error"]
