@@ -395,6 +395,25 @@ def images(served: ServedModel, req: InferRequest, row_limit: int) -> tuple[list
     return request_ids(req, n), out
 
 
+def feedback_target(models: ServedModels, data: dict, state) -> tuple[Any, Any, Any]:
+    """(task, contract, prediction log) a /feedback body goes to: its `model` (a model served under /v2)
+    when named, so the label lands in that model's own line beside its predictions; else the default's."""
+    name = data.get("model")
+    if name is None:
+        return state.task, state.contract or state.image_contract, state.plog
+    served = models.get(name) if isinstance(name, str) else None
+    if served is None:
+        raise BadInput(
+            "invalid feedback",
+            {"model": f"expected one of the served models {models.names()}"},
+            "invalid_feedback",
+            422,
+        )
+    if served.default:
+        return state.task, state.contract or state.image_contract, state.plog
+    return served.feedback_task, served.contract, served.plog
+
+
 # ---- the blueprint ---------------------------------------------------------------------------------------
 
 

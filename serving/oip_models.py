@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from churnops.contract import bundled_datasets, load_any_contract
+from churnops.image.feedback import ImageFeedback
 from churnops.model_line import CHURN_CONTRACT, for_dataset, model_name_for
 from churnops.model_uri import ModelUriError, check_model_uri
 from churnops.settings import Settings
 from churnops.store.factory import open_store
+from churnops.tasks import task_for
 from serving.model import ModelManager
 from serving.prediction_log import PredictionLog
 
@@ -72,6 +74,11 @@ class ServedModel:
     @property
     def ready(self) -> bool:
         return self.models.current is not None
+
+    @property
+    def feedback_task(self):
+        """What parses this model's /feedback (churnops.tasks, or the image contract's class feedback)."""
+        return ImageFeedback() if self.is_image else task_for(self.contract)
 
 
 def bare_settings(s: Settings) -> Settings:

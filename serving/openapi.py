@@ -159,7 +159,15 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
                             "schema": {
                                 "type": "object",
                                 "required": ["request_id"],
-                                "properties": {"request_id": {"type": "string"}, **task.feedback_schema(contract)},
+                                "properties": {
+                                    "request_id": {"type": "string"},
+                                    **task.feedback_schema(contract),
+                                    "model": {
+                                        "type": "string",
+                                        "description": "a model served under /v2 (OIP_MODELS): the label goes to "
+                                        "its line and is parsed by its task; default: this server's model",
+                                    },
+                                },
                             }
                         }
                     },

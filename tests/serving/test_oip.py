@@ -445,3 +445,36 @@ def test_one_features_tensor_equals_the_per_feature_tensors(v2):
         c, "churn-xgboost", {"inputs": [{"name": "features", "datatype": "BYTES", "shape": [2, kc], "data": text}]}
     )
     assert bad.status_code == 400 and "input 'customer_age' row 0" in bad.json["error"]
+
+
+def feedback_in(path, request_id: str, wait_s: float = 10.0) -> list[dict]:
+    store = SQLiteStore(path)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            got = store.find_feedback([request_id])
+            if got or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def test_feedback_naming_a_v2_model_lands_in_its_line(v2):
+    """A label for a /v2 prediction of another line goes to that line's store (its realized quality),
+    parsed by its task: a regression takes the observed value."""
+    c = v2["client"]
+    body = {"inputs": tensors(DIABETES, [DIABETES.example]), "parameters": {"request_ids": ["patient-7"]}}
+    assert infer(c, "diabetes-xgboost", body).status_code == 200
+    r = c.post("/feedback", json={"request_id": "patient-7", "model": "diabetes-xgboost", "value": 151.0})
+    assert r.status_code == 202 and r.json["value"] == 151.0
+    line_db = v2["dir"] / "state" / "lines" / "diabetes" / "predictions.db"
+    assert [f["outcome"] for f in feedback_in(line_db, "patient-7")] == [151.0]
+    assert feedback_in(v2["dir"] / "state" / "predictions.db", "patient-7", wait_s=0.3) == []
+    bad = c.post("/feedback", json={"request_id": "patient-7", "model": "diabetes-xgboost", "outcome": "yes"})
+    assert bad.status_code == 422 and "outcome" in bad.json["details"]
+    unknown = c.post("/feedback", json={"request_id": "patient-7", "model": "nobody", "value": 1})
+    assert unknown.status_code == 422 and "churn-xgboost" in unknown.json["details"]["model"]
+    churn = c.post("/feedback", json={"request_id": "cust-a", "model": "churn-xgboost", "outcome": 1})
+    assert churn.status_code == 202  # the default model: /predict's own log
+    assert [f["outcome"] for f in feedback_in(v2["dir"] / "state" / "predictions.db", "cust-a")] == [1]

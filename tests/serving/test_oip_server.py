@@ -178,3 +178,15 @@ def test_the_docs_examples_run_as_written(server):
         )
         assert run.returncode == 0, run.stderr[-2000:]
         assert "[" in run.stdout
+
+
+def test_an_oversize_infer_body_is_refused_at_the_edge(server):
+    """Above MAX_BODY_BYTES (1 MB here): drained by the edge (serving/edge.py), answered 413 naming the limit."""
+    body = b'{"inputs": [' + b" " * 1_500_000 + b"]}"
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server['port']}/v2/models/churn-xgboost/infer", body, {"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=20)
+    assert exc.value.code == 413
+    assert "1000000 byte limit" in json.loads(exc.value.read())["error"]
