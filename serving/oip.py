@@ -348,19 +348,19 @@ def tabular_rows(served: ServedModel, req: InferRequest, row_limit: int) -> list
 
 
 def column(t: Tensor) -> list:
-    """A tensor's values as the JSON values /predict would get: numbers (NaN: missing) or strings."""
-    if t.datatype == BYTES:
+    """A tensor's values as the JSON values /predict would get: numbers or strings (None: missing)."""
+    data = t.data
+    if isinstance(data, list):
+        if not any(type(x) is bytes for x in data):  # JSON data: as sent
+            return data
         out = []
-        for i, x in enumerate(t.data):
-            if isinstance(x, bytes):
-                try:
-                    x = x.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise OipError(400, f"input {t.name!r}: element {i} is not UTF-8 text", "wrong_type") from exc
-            out.append(x)
+        for i, x in enumerate(data):  # binary BYTES elements: UTF-8 text
+            try:
+                out.append(x.decode("utf-8") if type(x) is bytes else x)
+            except UnicodeDecodeError as exc:
+                raise OipError(400, f"input {t.name!r}: element {i} is not UTF-8 text", "wrong_type") from exc
         return out
-    values = np.asarray(t.data).tolist()
-    return [None if isinstance(v, float) and v != v else v for v in values]
+    return [None if isinstance(v, float) and v != v else v for v in np.asarray(data).tolist()]
 
 
 def images(served: ServedModel, req: InferRequest, row_limit: int) -> tuple[list[str], list[DecodedImage]]:

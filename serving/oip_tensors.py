@@ -37,7 +37,7 @@ NUMERIC = {
     "FP64": np.float64,
 }
 BYTES = "BYTES"
-DATATYPES = (*NUMERIC, BYTES)
+DATATYPES = frozenset((*NUMERIC, BYTES))
 MAX_SHOWN = 5  # problems named in one error message
 
 
@@ -56,7 +56,7 @@ class Tensor:
     name: str
     datatype: str
     shape: list[int]
-    data: np.ndarray | list  # numeric: a flat ndarray; BYTES: a flat list of str/bytes (None: missing)
+    data: np.ndarray | list  # flat: a list (JSON FP and BYTES; None: missing; binary BYTES: bytes) or an ndarray
     parameters: dict = field(default_factory=dict)
 
     @property
@@ -72,33 +72,35 @@ class InferRequest:
     parameters: dict
 
 
-def _flat(data: Any) -> list:
+def _flat(data: list) -> list:
     """Nested lists in row-major order -> one flat list."""
-    if not isinstance(data, list):
-        return [data]
-    if not any(isinstance(x, list) for x in data):
+    if not any(type(x) is list for x in data):
         return data
     out: list = []
     for x in data:
-        out.extend(_flat(x))
+        out.extend(_flat(x) if type(x) is list else [x])
     return out
 
 
 def _json_elements(name: str, datatype: str, data: Any) -> np.ndarray | list:
-    """The JSON `data` of a tensor as numpy (numeric) or a list (BYTES), element types checked."""
-    if not isinstance(data, list):
-        data = [data]
-    flat = _flat(data)
+    """The JSON `data` of a tensor, element types checked: a list for BYTES (str, None: missing) and FP
+    (numbers, None: missing), a numpy array for the integer and BOOL types."""
+    flat = _flat(data) if type(data) is list else [data]
     if datatype == BYTES:
+        if all(type(x) is str for x in flat):  # the common case, one pass
+            return flat
         for i, x in enumerate(flat):
             if x is not None and not isinstance(x, str):
                 raise OipError(
                     400, f"input {name!r}: element {i} is {_kind(x)}; datatype BYTES takes strings", "wrong_type"
                 )
         return flat
+    fp = datatype.startswith("FP")
+    if fp and all(type(x) is float or type(x) is int for x in flat):  # the common case, one pass
+        return flat
     for i, x in enumerate(flat):
         if x is None:
-            if datatype.startswith("FP"):
+            if fp:
                 continue  # a missing value (the contract decides whether the feature may be missing)
             raise OipError(400, f"input {name!r}: element {i} is null; datatype {datatype} takes numbers", "wrong_type")
         ok = isinstance(x, bool) if datatype == "BOOL" else isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -107,12 +109,12 @@ def _json_elements(name: str, datatype: str, data: Any) -> np.ndarray | list:
             raise OipError(
                 400, f"input {name!r}: element {i} is {_kind(x)}; datatype {datatype} takes {want}", "wrong_type"
             )
-        if isinstance(x, float) and not datatype.startswith("FP") and not x.is_integer():
+        if isinstance(x, float) and not fp and not x.is_integer():
             raise OipError(
                 400, f"input {name!r}: element {i} is {x!r}; datatype {datatype} takes integers", "wrong_type"
             )
-    if datatype.startswith("FP"):
-        return np.array([math.nan if x is None else x for x in flat], dtype=np.float64)
+    if fp:
+        return flat
     try:
         return np.array(flat, dtype=NUMERIC[datatype])
     except (OverflowError, ValueError) as exc:
@@ -138,7 +140,7 @@ def _bytes_elements(name: str, raw: bytes) -> list[bytes]:
 
 
 def _shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise OipError(
             400, f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"[:200], "bad_shape"
         )
@@ -156,7 +158,7 @@ def _tensor(obj: Any, i: int, binary: memoryview | None, offset: int) -> tuple[T
     if datatype not in DATATYPES:
         raise OipError(
             400,
-            f"input {name!r}: datatype {str(datatype)[:20]!r} is not one of {', '.join(DATATYPES)}",
+            f"input {name!r}: datatype {str(datatype)[:20]!r} is not one of {', '.join((*NUMERIC, BYTES))}",
             "wrong_datatype",
         )
     shape = _shape(name, obj.get("shape"))
