@@ -14,7 +14,7 @@ import pytest
 from churnops.contract import load_contract
 from churnops.store.sqlite import SQLiteStore
 from tests.serving.conftest import example, local_model_set
-from tests.serving.oip_models import image_expected, make_image_model, make_regression_bundle
+from tests.serving.oip_local_models import image_expected, make_image_model, make_regression_bundle
 
 CHURN = load_contract("bank_churners")
 DIABETES = load_contract("diabetes")
@@ -478,3 +478,60 @@ def test_feedback_naming_a_v2_model_lands_in_its_line(v2):
     churn = c.post("/feedback", json={"request_id": "cust-a", "model": "churn-xgboost", "outcome": 1})
     assert churn.status_code == 202  # the default model: /predict's own log
     assert [f["outcome"] for f in feedback_in(v2["dir"] / "state" / "predictions.db", "cust-a")] == [1]
+
+
+def test_an_image_server_serves_the_churn_line_under_v2(bundles, tmp_path, monkeypatch):
+    """DATASET=raw_digits as the default model, churn listed: each model reads and writes its own line
+    (the image line under lines/raw_digits/, churn in the stack's default store), never the other's."""
+    from churnops.model_line import for_dataset
+    from churnops.settings import Settings
+    from serving.app import create_app
+    from serving.model import ModelManager, ModelSet, load_model
+    from serving.oip_models import line_settings, parse_entries
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    img = make_image_model(tmp_path / "image")
+    s = Settings(
+        _env_file=None,
+        dataset="raw_digits",
+        state_dir=tmp_path / "state",
+        log_flush_interval_s=0.05,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+        oip_models=f"churn-xgboost={bundles['a']}",
+    )
+    line = for_dataset(s)
+    churn_line = line_settings(line, parse_entries(s.oip_models, line)[0])
+    assert churn_line.prediction_db_path is None and churn_line.mongodb_db == "churn"  # the stack's defaults
+    assert churn_line.spool_dir is None and churn_line.serving_state_file is None
+    store = SQLiteStore(tmp_path / "state" / "lines" / "raw_digits" / "predictions.db")
+    mm = ModelManager(line)
+    mm.current = ModelSet(load_model(str(img), "champion", line))
+    app = create_app(s, store=store, models=mm, start_background=False)
+    state, served = app.extensions["churn"], app.extensions["oip"]
+    state.plog.start()
+    served.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not served.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c = app.test_client()
+        assert sorted(c.get("/v2/health/ready").json["models"]) == ["churn-xgboost", "raw-digits-cnn"]
+        r = infer(c, "churn-xgboost", {"inputs": tensors(CHURN, churn_rows(1))})
+        assert r.status_code == 200, r.json
+        px = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+        body = {
+            "inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": px.ravel().tolist()}]
+        }
+        ri = infer(c, "raw-digits-cnn", body)
+        assert ri.status_code == 200 and outputs(ri)["class_index"]["data"] == image_expected(px).argmax(1).tolist()
+        assert c.post("/predict", json=churn_rows(1)[0]).status_code == 409  # /predict is the default (image) model's
+        churn_ids = r.json["parameters"]["request_ids"]
+        assert {x["request_id"] for x in logged(tmp_path / "state" / "predictions.db", "churn-xgboost")} == set(
+            churn_ids
+        )
+        image_db = tmp_path / "state" / "lines" / "raw_digits" / "predictions.db"
+        assert [x["request_id"] for x in logged(image_db, "raw-digits-cnn")] == ri.json["parameters"]["request_ids"]
+    finally:
+        served.close()
+        state.plog.close()
+        store.close()
