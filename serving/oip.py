@@ -351,7 +351,7 @@ def column(t: Tensor) -> list:
     """A tensor's values as the JSON values /predict would get: numbers or strings (None: missing)."""
     data = t.data
     if isinstance(data, list):
-        if not any(type(x) is bytes for x in data):  # JSON data: as sent
+        if bytes not in map(type, data):  # JSON data: as sent
             return data
         out = []
         for i, x in enumerate(data):  # binary BYTES elements: UTF-8 text
