@@ -10,6 +10,7 @@ given together with MLFLOW_TRACKING_URI / AWS_ENDPOINT_URL of running servers. T
 * HTTP single-row latency p50/p95/p99 and requests/s against the API's server (granian, 2 workers, prediction
   log on, SQLite) at concurrency 1, 16 (three runs; the median by p99 is reported) and 64, from
   wrk when installed (`make system-deps`), else an asyncio aiohttp client on loopback;
+* the same single row through the Open Inference Protocol (`POST /v2/models/<name>/infer`, c=16);
 * batch rows/s (POST /predict/batch, 1,000 distinct real rows, one request in flight per worker);
 * the server's CPU time per request (gunicorn master + workers, psutil): steadier than rates on
   a shared machine whose speed drifts from minute to minute;
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 from churnops.contract import load_contract
+from churnops.model_line import resolved
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -364,6 +366,23 @@ def batch_rate(url: str, rows: int = 1000, concurrency: int = 2, server_pid: int
     return out
 
 
+def v2_body(record: dict) -> bytes:
+    """One row as an Open Inference Protocol request: a tensor per contract feature (FP64 / BYTES)."""
+    contract = load_contract("bank_churners")
+    inputs = [
+        {"name": n, "datatype": "FP64" if f.kind == "numeric" else "BYTES", "shape": [1], "data": [record[n]]}
+        for n, f in contract.features.items()
+    ]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def v2_rate(url: str, model: str, concurrency: int = 16, server_pid: int | None = None) -> dict:
+    """Single-row `POST /v2/models/<model>/infer` (serving/oip.py) at `concurrency`: the protocol's cost
+    over /predict for the same row (tensor parsing, per-column validation, the response tensors)."""
+    r = load(f"{url}/v2/models/{model}/infer", v2_body(EXAMPLE), concurrency, server_pid=server_pid)
+    return r | {"route": f"/v2/models/{model}/infer"}
+
+
 def stream_rate(s, n: int = 10_000) -> dict:
     import base64
     import uuid
@@ -492,6 +511,8 @@ def main() -> None:
                 r = r | {"runs_p99_ms": [x["p99_ms"] for x in runs], "runs_req_per_s": [x["req_per_s"] for x in runs]}
             result["http"].append(r)
             print(f"http c={c}: {r}", flush=True)
+        result["v2"] = v2_rate(url, resolved(s).model_name, server_pid=pid)
+        print(f"v2 infer c=16: {result['v2']}", flush=True)
         result["batch"] = batch_rate(url, server_pid=pid)
         print(f"batch: {result['batch']}", flush=True)
         from churnops.store.sqlite import SQLiteStore
@@ -578,6 +599,12 @@ def print_table(r: dict) -> None:
                 f"  {name:<10}{x['concurrency']:>5}{x['req_per_s']:>10.0f}{x['p50_ms']:>9.2f}{x['p95_ms']:>9.2f}"
                 f"{x['p99_ms']:>9.2f}{x['errors']:>8}{x.get('server_cpu_us_per_request', float('nan')):>12.0f}"
             )
+    if "v2" in r:  # Open Inference Protocol, one row per request (serving/oip.py)
+        x = r["v2"]
+        print(
+            f"  {'ours v2':<10}{x['concurrency']:>5}{x['req_per_s']:>10.0f}{x['p50_ms']:>9.2f}{x['p95_ms']:>9.2f}"
+            f"{x['p99_ms']:>9.2f}{x['errors']:>8}{x.get('server_cpu_us_per_request', float('nan')):>12.0f}"
+        )
     c16 = next(x for x in r["http"] if x["concurrency"] == 16)
     if "runs_p99_ms" in c16:
         print(

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     run_id: str | None = None
     model_uri: str | None = None
     alias_poll_s: float = 5.0  # servers on models:/<name>@<alias> check the alias this often
+    # models the HTTP API serves under /v2 (Open Inference Protocol, serving/oip.py) besides the default one
+    # (comma-separated; each a data set or registered model name, `@<alias>` (default champion), `:<version>`,
+    # or `=<absolute bundle folder>`), e.g. OIP_MODELS=diabetes,raw-digits-cnn@champion; empty: the default only
+    oip_models: str = ""
 
     # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
     api_url: str = "http://127.0.0.1:9696"

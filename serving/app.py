@@ -51,6 +51,7 @@ from serving.inference import (
 )
 from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
+from serving.oip import feedback_target, oip_blueprint
 from serving.prediction_log import PredictionLog
 from serving.tasks import image_contract
 
@@ -402,14 +403,16 @@ def create_app(
         rid = data.get("request_id")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or not valid_request_id(str(rid)):
             details["request_id"] = REQUEST_ID_RULE  # the same rule as /predict
+        # `model`: a model served under /v2, whose own line takes the label (serving/oip.py); else the default
+        task, contract, flog = feedback_target(app.extensions["oip"], data, state)
         # classifiers: outcome 0/1 or a label; regressions: a finite `value` (churnops.tasks); images: a class
-        outcome, problems, key = state.task.parse_feedback(data, state.contract or state.image_contract)
+        outcome, problems, key = task.parse_feedback(data, contract)
         details |= problems
         if details:
             raise BadInput("invalid feedback", details, "invalid_feedback", 422)
         ts = time.time()
         rid = str(rid).strip()
-        plog.submit_feedback(rid, outcome, ts)
+        flog.submit_feedback(rid, outcome, ts)
         return jsonify({"request_id": rid, key: outcome, "ts": ts, "status": "accepted"}), 202
 
     # ---- operations ----------------------------------------------------------------------------------
@@ -591,6 +594,7 @@ def create_app(
     from serving.drift import drift_blueprint
 
     app.register_blueprint(drift_blueprint)
+    app.register_blueprint(oip_blueprint(state, start=start_background))  # /v2 (serving/oip.py)
 
     return app
 

@@ -21,6 +21,7 @@ from flask import Flask, Response, request
 
 from serving.image import CONTENT_TYPES, answer, content_type_of, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, dumps, new_request_id, valid_request_id
+from serving.oip_openapi import oip_paths
 
 ROUTE = "/predict/image"
 
@@ -186,6 +187,7 @@ def image_openapi(contract) -> dict:
                         "422": {"description": "not an image, unreadable, unsupported CFA, wrong size"},
                     },
                 }
-            }
+            },
+            **oip_paths(),  # the Open Inference Protocol routes (serving/oip.py)
         },
     }

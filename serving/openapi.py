@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from churnops.contract import DatasetContract
 from churnops.tasks import task_for
+from serving.oip_openapi import oip_paths
 
 
 def _feature_schema(contract: DatasetContract) -> dict:
@@ -158,7 +159,15 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
                             "schema": {
                                 "type": "object",
                                 "required": ["request_id"],
-                                "properties": {"request_id": {"type": "string"}, **task.feedback_schema(contract)},
+                                "properties": {
+                                    "request_id": {"type": "string"},
+                                    **task.feedback_schema(contract),
+                                    "model": {
+                                        "type": "string",
+                                        "description": "a model served under /v2 (OIP_MODELS): the label goes to "
+                                        "its line and is parsed by its task; default: this server's model",
+                                    },
+                                },
                             }
                         }
                     },
@@ -251,6 +260,8 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
             }
         },
     )
+    for path, operations in oip_paths().items():  # the Open Inference Protocol routes (serving/oip.py)
+        spec.path(path, operations=operations)
     return spec.to_dict()
 
 

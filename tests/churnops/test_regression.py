@@ -355,7 +355,7 @@ def test_openapi_documents_the_regression_answer_and_feedback_value(regression_a
     assert answer["prediction"]["type"] == "number"
     assert not {"probability", "churn", "decision", "threshold"} & set(answer)
     body = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(body["properties"]) == {"request_id", "value"}
+    assert set(body["properties"]) == {"request_id", "value", "model"}  # model: a /v2 model's line (serving/oip.py)
     assert body["properties"]["value"] | {"description": ""} == {
         "type": "number",
         "minimum": 0.0,
