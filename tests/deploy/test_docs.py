@@ -66,7 +66,10 @@ COVERED_TARGETS: dict[str, list[str]] = {
 }
 # the first word of a command that is not make -> the tests that run it
 COVERED_PROGRAMS: dict[str, list[str]] = {
-    "curl": ["tests/serving/test_app.py::test_predict_bare_and_envelope_and_log"],  # + the body checked below
+    "curl": [
+        "tests/serving/test_app.py::test_predict_bare_and_envelope_and_log",
+        "tests/serving/test_oip_server.py::test_the_docs_examples_run_as_written",
+    ],  # + the body checked below
     "aws": ["tests/serving/test_consumer.py::test_raw_base64_poison_and_resume"],  # base64 payloads, as the CLI sends
     "python": ["tests/data/test_diabetes.py::test_materialised_csv_round_trips"],  # + run below
 }
@@ -145,7 +148,7 @@ def test_pages_show_commands_and_the_parser_reads_them():
         "make demo    # bootstraps .venv, starts the embedded stack, ingests data, runs the sweep, registers + pins the best model",
     ) in commands
     assert {p for p, _ in commands} >= {"README.md", "docs/compose.md", "docs/serving.md", "docs/datasets.md"}
-    curl = next(c for p, c in commands if c.startswith("curl "))
+    curl = next(c for p, c in commands if c.startswith("curl ") and "/predict " in c)
     assert "-d" in words(curl) and words(curl)[words(curl).index("-d") + 1].startswith('{"customer_age": 45')
     assert split_assignments(["DATASET=x", "DATA=y", "make", "train"]) == (
         {"DATASET": "x", "DATA": "y"},
