@@ -32,10 +32,10 @@ import numpy as np
 from churnops.redact import redact
 from churnops.request_ids import new_request_id
 from churnops.settings import Settings
+from churnops.shadow_test import SHADOW_ROUTE
 
 log = logging.getLogger(__name__)
 
-SHADOW_ROUTE = "shadow"
 LOGGED, DROPPED, NO_CANDIDATE, FAILED = "logged", "dropped_queue_full", "no_candidate", "failed"
 
 
