@@ -137,6 +137,7 @@ def test_pairs_join_champion_and_shadow_by_request_id_with_labels(tmp_path):
     store.close()
 
 
+@pytest.mark.integration
 def test_promote_checks_the_rule_and_audits_its_evidence(mlflow_uri, tmp_path):
     """On a real registry: too few pairs -> refused and audited; a clearly better candidate -> promoted,
     the evidence (n, difference, interval, p) in the audit record."""
@@ -200,4 +201,47 @@ def test_promote_checks_the_rule_and_audits_its_evidence(mlflow_uri, tmp_path):
     expected = plain_bootstrap(y[order], a[order], b[order], 500, 7, 0.05)
     assert (ev["difference"], ev["ci_low"], ev["ci_high"], ev["p_value"]) == pytest.approx(expected, abs=1e-9)
     assert any(r["name"] == "shadow_paired_test" and r["passed"] for r in done["rules"])
+    store.close()
+
+
+def test_the_approval_form_shows_the_evidence():
+    from churnops.governance import shadow_form_section
+
+    y, a, b = scores(600, 0.9, 0.45)
+    ev = run_rule(CFG, PairedSample([], y, a, b))
+    text = "\n".join(shadow_form_section({"shadow_paired_test": CFG}, ev))
+    assert (
+        f"| 600 | {ev['difference']:+.4f} | [{ev['ci_low']:+.4f}, {ev['ci_high']:+.4f}] | {ev['p_value']:.4g} | pass |"
+        in text
+    )
+    few = "\n".join(shadow_form_section({"shadow_paired_test": CFG}, {"n": 12, "min_pairs": 200, "enough": False}))
+    assert "not enough paired labels (12 of 200)" in few
+    assert shadow_form_section({"shadow_paired_test": None}, ev) == []
+
+
+def test_monitoring_windows_leave_shadow_mirrors_out(tmp_path):
+    from churnops.contract import load_contract
+    from churnops.monitoring.window import load_window
+    from churnops.store.sqlite import SQLiteStore
+
+    contract = load_contract("bank_churners")
+    store = SQLiteStore(tmp_path / "w.db")
+    store.insert_predictions(
+        [
+            {
+                "_id": f"{route}{i}",
+                "ts": 50.0 + i,
+                "request_id": f"r{i}",
+                "route": route,
+                "model_version": "1",
+                "probability": 0.5,
+                "decision": 1,
+                "features": contract.example,
+            }
+            for i in range(5)
+            for route in ("champion", "shadow")
+        ]
+    )
+    df = load_window(store, contract, 0.0, 100.0)
+    assert len(df) == 5 and set(df["route"]) == {"champion"}
     store.close()
