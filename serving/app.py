@@ -33,7 +33,7 @@ from churnops.tasks import task_for
 from serving import guards
 from serving.columnar import from_rows, predict_columns
 from serving.edge import read_capped
-from serving.explain_http import explain_groups, explain_one, wants_explanation, with_explanation
+from serving.explain_http import check_rows, explain_groups, explain_one, wants_explanation, with_explanation
 from serving.image_http import refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
@@ -358,6 +358,8 @@ def create_app(
             )
         groups = predict_columns(ms, batch)
         explain = wants_explanation(request.args)
+        if explain:
+            check_rows(n, s.explain_max_rows)
         explained = explain_groups(groups, batch, state.contract, explain) if explain else None  # before logging
         latency = (time.perf_counter() - t0) * 1000
         now = time.time()

@@ -48,6 +48,17 @@ def wants_explanation(args: Mapping[str, str]) -> int | None:
     return k if on else None
 
 
+def check_rows(n: int, limit: int) -> None:
+    """A 413 naming EXPLAIN_MAX_ROWS when a batch asks for more explanations than it allows."""
+    if n > limit:
+        raise BadInput(
+            "batch too large to explain",
+            {"explain": f"{n} rows > EXPLAIN_MAX_ROWS {limit}: explain fewer rows per request, or ask without explain"},
+            "batch_too_large",
+            413,
+        )
+
+
 def cannot_explain(exc: CannotExplain) -> BadInput:
     return BadInput("this model cannot explain its predictions", {"explain": exc.reason}, "cannot_explain", 422)
 

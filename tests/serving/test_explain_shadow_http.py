@@ -114,6 +114,15 @@ def test_bad_explain_parameters_are_422_naming_them(make_app):
     assert r.status_code == 422 and "explain" in r.json["details"]
 
 
+def test_a_batch_too_large_to_explain_is_413_naming_the_limit(make_app):
+    client, state = make_app(explain_max_rows=3)
+    rows = [example(customer_age=30 + i) for i in range(4)]
+    r = client.post("/predict/batch?explain=true", data=json.dumps(rows), content_type="application/json")
+    assert r.status_code == 413 and "EXPLAIN_MAX_ROWS 3" in r.json["details"]["explain"]
+    ok = client.post("/predict/batch?explain=true", data=json.dumps(rows[:3]), content_type="application/json")
+    assert ok.status_code == 200 and all("explanation" in p for p in ok.json["predictions"])
+
+
 def test_a_model_without_trees_answers_422_and_logs_nothing(make_app, bundles, tmp_path):
     from serving.model import ModelSet, load_model
 
