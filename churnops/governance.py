@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from churnops.contract import load_any_contract
 from churnops.model_line import resolved
 from churnops.settings import Settings, get_settings
+from churnops.shadow_test import run_rule, shadow_pairs
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,6 @@ def shadow_rule(config: dict, ev: dict) -> RuleResult:
 def shadow_evidence(s: Settings, version: str, config: dict, champion_version: str | None = None) -> dict:
     """Run the paired test for candidate `version` on the line's prediction log (shadow + champion
     predictions joined with feedback by request id); the rule's evidence."""
-    from churnops.shadow_test import run_rule, shadow_pairs
     from churnops.store.factory import open_store
 
     store = open_store(resolved(s))
@@ -263,8 +264,6 @@ def promotion_check(s: Settings, version: str, rules: dict | None = None) -> tup
 
     s = resolved(s)
     if rules is None:
-        from churnops.contract import load_any_contract
-
         rules = load_rules(load_any_contract(s.dataset).task, path=s.rules_file)
     cfg = rules.get("shadow_paired_test")
     if not cfg:

@@ -29,10 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from churnops.governance import CANARY_OUTCOMES, CHALLENGER
 from churnops.redact import redact
+from churnops.registry import alias_version
 from churnops.request_ids import new_request_id
 from churnops.settings import Settings
 from churnops.shadow_test import SHADOW_ROUTE
+from serving.model import load_model
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,6 @@ class Mirror:
 
 def registry_candidate(s: Settings, champion) -> Any:
     """Load the `challenger` alias's version when it may take shadow traffic (else None)."""
-    from churnops.governance import CANARY_OUTCOMES, CHALLENGER
-    from churnops.registry import alias_version
-    from serving.model import load_model
-
     mv = alias_version(s.model_name, CHALLENGER, s)
     if mv is None or (champion is not None and mv.run_id == champion.run_id):
         return None
