@@ -240,9 +240,11 @@ def shadow_evidence(s: Settings, version: str, config: dict, champion_version: s
     predictions joined with feedback by request id); the rule's evidence."""
     from churnops.store.factory import open_store
 
+    days = config.get("window_days", 30)  # the pairs of the last `window_days` days (null: all of the log)
+    start = None if days is None else time.time() - float(days) * 86400.0
     store = open_store(resolved(s))
     try:
-        sample = shadow_pairs(store, str(version), champion_version=champion_version)
+        sample = shadow_pairs(store, str(version), start=start, champion_version=champion_version)
     finally:
         store.close()
     return run_rule(config, sample) | {"candidate_version": str(version), "champion_version": champion_version}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import yaml
@@ -166,6 +168,7 @@ def test_promote_checks_the_rule_and_audits_its_evidence(mlflow_uri, tmp_path):
     c.set_registered_model_alias(s.model_name, "champion", "1")
 
     y, a, b = scores(400, 0.9, 0.45, seed=11)
+    now = time.time()  # within the rule's window (window_days, default 30)
     store = SQLiteStore(s.state_dir / "predictions.db")
 
     def log(rows):
@@ -173,7 +176,7 @@ def test_promote_checks_the_rule_and_audits_its_evidence(mlflow_uri, tmp_path):
             [
                 {
                     "_id": f"{route}{i}",
-                    "ts": 10.0,
+                    "ts": now - 60.0,
                     "request_id": f"r{i}",
                     "route": route,
                     "model_version": v,
@@ -183,7 +186,7 @@ def test_promote_checks_the_rule_and_audits_its_evidence(mlflow_uri, tmp_path):
                 for route, v, p in (("champion", "1", float(a[i])), ("shadow", "2", float(b[i])))
             ]
         )
-        store.add_feedback_many([{"request_id": f"r{i}", "outcome": int(y[i]), "ts": 20.0} for i in rows])
+        store.add_feedback_many([{"request_id": f"r{i}", "outcome": int(y[i]), "ts": now - 30.0} for i in rows])
 
     log(range(50))
     with pytest.raises(PromotionRefused, match=r"not enough paired labels \(50 of 200\)"):
