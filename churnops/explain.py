@@ -91,7 +91,7 @@ class TreeExplainer:
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.encoder.width:
             raise ValueError(f"expected a matrix of {self.encoder.width} encoded columns, got shape {X.shape}")
-        dm = xgb.DMatrix(X, missing=np.nan, feature_names=self.booster.feature_names)
+        dm = xgb.DMatrix(X, missing=np.nan, feature_names=self.booster.feature_names, nthread=1)
         with self.lock:
             out = self.booster.predict(dm, pred_contribs=True)
         return np.asarray(out, dtype=np.float64)
