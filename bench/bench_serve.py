@@ -348,6 +348,54 @@ def wait_ready(url: str, timeout=120):
         raise TimeoutError("API not ready")
 
 
+def explain_cost(bundle_dir: Path, reps: int = 200) -> dict:
+    """What `?explain=true` adds, in process: one row and a 1,000-row batch of distinct real rows,
+    predicted as the server does, without and with the explanation (exact tree SHAP, churnops.explain)."""
+    from churnops.bundle import Bundle
+    from churnops.contract import validate_record
+    from churnops.explain import explain_records
+
+    contract = load_contract("bank_churners")
+    b = Bundle.load(bundle_dir, prefer_onnx=True, threads=1, native_min_rows=128)  # as the servers load it
+    rows = [validate_record(r, contract).values for r in real_records(1000)]
+    one = rows[:1]
+
+    def per_call(fn, n):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    single = per_call(lambda: b.predict_records(one), reps)
+    single_x = per_call(lambda: (b.predict_records(one), explain_records(b, one, contract)), reps)
+    batch = per_call(lambda: b.predict_records(rows), max(3, reps // 20))
+    batch_x = per_call(lambda: (b.predict_records(rows), explain_records(b, rows, contract)), max(3, reps // 20))
+    return {
+        "single_row_us": round(single, 1),
+        "single_row_explain_us": round(single_x, 1),
+        "batch1000_ms": round(batch / 1000, 2),
+        "batch1000_explain_ms": round(batch_x / 1000, 2),
+        "explain_us_per_row_in_batch": round((batch_x - batch) / 1000, 2),
+        "note": "in process: encode + predict, with and without the explanation",
+    }
+
+
+def explain_http(url: str, rows: int = 1000, server_pid: int | None = None) -> dict:
+    """HTTP cost of `?explain=true`: single row at c=1 and a 1,000-row batch, with and without."""
+    single, batch = json.dumps(EXAMPLE).encode(), json.dumps(real_records(rows)).encode()
+    out = {}
+    for name, path, body in (
+        ("single", "/predict", single),
+        ("single_explain", "/predict?explain=true", single),
+        ("batch1000", "/predict/batch", batch),
+        ("batch1000_explain", "/predict/batch?explain=true", batch),
+    ):
+        r = load(f"{url}{path}", body, 1, seconds=max(1.0, HTTP_SECONDS / 4), server_pid=server_pid)
+        out[name] = {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "req_per_s": r["req_per_s"], "errors": r["errors"]}
+    return out
+
+
 def batch_rate(url: str, rows: int = 1000, concurrency: int = 2, server_pid: int | None = None) -> dict:
     """POST /predict/batch with `rows` distinct real rows, one request in flight per worker, for HTTP_SECONDS."""
     body = json.dumps(real_records(rows)).encode()
@@ -431,7 +479,28 @@ def stream_rate(s, n: int = 10_000) -> dict:
 # ---- main --------------------------------------------------------------------------------------------------
 
 
+def quick_bundle(folder: Path) -> Path:
+    """A bundle fitted here (no MLflow): XGBoost with the flow's shape on the real rows (or synthetic ones)."""
+    import pandas as pd
+    import xgboost as xgb
+
+    from churnops.bundle import export_onnx, write_bundle
+    from churnops.cleaning import clean_frame
+    from churnops.features import FeatureEncoder
+    from churnops.synthetic import generate_customers
+
+    contract = load_contract("bank_churners")
+    clean = clean_frame(pd.read_csv(DATA) if DATA.exists() else generate_customers(5000, seed=0), contract)
+    enc = FeatureEncoder.from_contract(contract)
+    model = xgb.XGBClassifier(n_estimators=300, max_depth=6, learning_rate=0.1, n_jobs=1, random_state=0)
+    model.fit(enc.transform_frame(clean), clean[contract.target.name].astype(int))
+    return write_bundle(folder, enc, model, 0.5, {"dataset": contract.name}, export_onnx(model, enc.width))
+
+
 def main() -> None:
+    if "--explain-only" in sys.argv:  # the explanation's cost alone, on a bundle fitted here (prints, writes nothing)
+        print(json.dumps(explain_cost(quick_bundle(Path(tempfile.mkdtemp(prefix="bench-explain-")))), indent=1))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     from churnops.settings import quiet_process
 
@@ -495,8 +564,15 @@ def main() -> None:
         bundle_dir = path / "artifacts" / "bundle"
         result["model_call"] = mc = model_call(bundle_dir)
         print(f"model call: {mc}", flush=True)
+        result["explain"] = {"in_process": explain_cost(bundle_dir)}
+        print(f"explain: {result['explain']}", flush=True)
 
-        env = {"RUN_ID": run_id, "STATE_DIR": str(tmp / "state"), "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}
+        env = {
+            "RUN_ID": run_id,
+            "STATE_DIR": str(tmp / "state"),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
+            "EXPLAIN_MAX_ROWS": "1000",  # the explain section sends 1,000-row batches
+        }
         port = free_port()
         api = start_api(env, tmp / "api.log", port, servers)
         url = f"http://127.0.0.1:{port}"
@@ -515,6 +591,8 @@ def main() -> None:
         print(f"v2 infer c=16: {result['v2']}", flush=True)
         result["batch"] = batch_rate(url, server_pid=pid)
         print(f"batch: {result['batch']}", flush=True)
+        result["explain"]["http"] = explain_http(url, server_pid=pid)
+        print(f"explain over HTTP: {result['explain']['http']}", flush=True)
         from churnops.store.sqlite import SQLiteStore
 
         time.sleep(1.0)
@@ -609,6 +687,12 @@ def print_table(r: dict) -> None:
     if "runs_p99_ms" in c16:
         print(
             f"  c=16: median of 3 runs by p99; p99 of the runs {c16['runs_p99_ms']} ms, req/s {c16['runs_req_per_s']}"
+        )
+    ex = (r.get("explain") or {}).get("in_process")
+    if ex:
+        print(
+            f"  explain (in process)  single row {ex['single_row_us']:.0f} -> {ex['single_row_explain_us']:.0f} us; "
+            f"1,000 rows {ex['batch1000_ms']:.1f} -> {ex['batch1000_explain_ms']:.1f} ms"
         )
     b = r["batch"]
     print(

@@ -82,6 +82,8 @@ class Bundle:
     session: Any = None
     native_min_rows: int = 0
     forest: Any = None
+    booster_bytes: bytes | None = None  # booster.json when the trees are not loaded (explanations load it)
+    explainer: Any = None  # churnops.explain.TreeExplainer, built on the first explanation
 
     @classmethod
     def load(
@@ -112,6 +114,8 @@ class Bundle:
                 from churnops.speed.forest import Forest
 
                 b.forest = Forest.from_booster(b.booster)
+        elif (p / BOOSTER_FILE).exists():  # kept for explanations (churnops.explain): the folder may go
+            b.booster_bytes = (p / BOOSTER_FILE).read_bytes()
         return b
 
     @cached_property

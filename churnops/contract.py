@@ -42,6 +42,8 @@ class FeatureSpec(BaseModel):
     max: float | None = None
     max_null_fraction: float = 0.0
     unknown: Literal["category", "missing"] = "missing"
+    # words for people (explanations, reports); presentation only: not part of the fingerprint
+    label: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "FeatureSpec":
@@ -127,6 +129,10 @@ class DatasetContract(BaseModel):
     def ordinal_features(self) -> list[str]:
         return [n for n, f in self.features.items() if f.kind == "ordinal"]
 
+    def label_of(self, name: str) -> str:
+        """The words the contract gives a feature (its `label`), else its name."""
+        return self.features[name].label or name
+
     def source_of(self, name: str) -> str | None:
         """The raw column a clean feature comes from (None: matched by snake_case)."""
         return self.features[name].source
@@ -152,6 +158,7 @@ class DatasetContract(BaseModel):
         target_defaults = {k for k in ("min", "max") if getattr(self.target, k) is None}
         if target_defaults:
             exclude["target"] = target_defaults
+        exclude["features"] = {"__all__": {"label"}}  # words for people, not data: a label never re-keys models
         return hashlib.sha256(self.model_dump_json(exclude=exclude or None).encode()).hexdigest()
 
 

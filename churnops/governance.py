@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from churnops.contract import load_any_contract
 from churnops.model_line import resolved
 from churnops.settings import Settings, get_settings
+from churnops.shadow_test import run_rule, shadow_pairs
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,12 @@ KNOWN_RULES = (
     "min_test_accuracy",
     "min_accuracy_under",
     "min_improvement_accuracy",
+    # promotion-stage (checked by `promote`, on labelled shadow traffic; churnops/shadow_test.py)
+    "shadow_paired_test",
 )
+# rules a new version cannot be judged on at registration: it has no shadow traffic until it holds
+# `challenger`. `evaluate_rules` checks them only when the evidence holds their numbers; `promote` does.
+PROMOTION_RULES = ("shadow_paired_test",)
 # improvement rules: (rule, compared metric, +1 when higher is better / -1 when lower is better)
 IMPROVEMENT_RULES = (
     ("min_improvement_auc_roc", "auc_roc", 1.0),
@@ -191,6 +198,9 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
                     + (f": {evidence.get(key + '_detail')}" if evidence.get(key + "_detail") else ""),
                 )
             )
+    shadow_cfg = rules.get("shadow_paired_test")
+    if shadow_cfg and "shadow_test" in evidence:  # at registration there is none yet: `promote` checks it
+        out.append(shadow_rule(shadow_cfg, evidence["shadow_test"]))
     limit_rule(
         "max_latency_ms",
         evidence.get("latency_ms_p95"),
@@ -199,6 +209,92 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
         "p95 single-row latency ms",
     )
     return out
+
+
+def shadow_rule(config: dict, ev: dict) -> RuleResult:
+    """Rule `shadow_paired_test` on its evidence (`churnops.shadow_test.run_rule`): passes only when the
+    candidate's AUC is significantly higher than the champion's on the same labelled shadow requests."""
+    alpha = float(config.get("alpha", 0.05))
+    limit = f"alpha {alpha}, min_pairs {ev.get('min_pairs')}"
+    if not ev.get("enough"):
+        why = f": {ev['why']}" if ev.get("why") else ""
+        return RuleResult(
+            "shadow_paired_test",
+            False,
+            ev.get("n"),
+            limit,
+            f"not enough paired labels ({ev.get('n')} of {ev.get('min_pairs')}){why}",
+        )
+    ok = bool(ev.get("significant"))
+    detail = (
+        f"{ev['method']} of AUC-ROC on {ev['n']} labelled shadow pairs ({ev['n_positive']} positive): "
+        f"candidate {ev['candidate']:.4f} vs champion {ev['champion']:.4f}, difference {ev['difference']:+.4f}, "
+        f"{1 - alpha:.0%} interval [{ev['ci_low']:+.4f}, {ev['ci_high']:+.4f}], p = {ev['p_value']:.4g} "
+        f"({'significant' if ok else 'not significant'} at alpha {alpha})"
+    )
+    return RuleResult("shadow_paired_test", ok, ev.get("difference"), limit, detail)
+
+
+def shadow_evidence(s: Settings, version: str, config: dict, champion_version: str | None = None) -> dict:
+    """Run the paired test for candidate `version` on the line's prediction log (shadow + champion
+    predictions joined with feedback by request id); the rule's evidence."""
+    from churnops.store.factory import open_store
+
+    days = config.get("window_days", 30)  # the pairs of the last `window_days` days (null: all of the log)
+    start = None if days is None else time.time() - float(days) * 86400.0
+    store = open_store(resolved(s))
+    try:
+        sample = shadow_pairs(store, str(version), start=start, champion_version=champion_version)
+    finally:
+        store.close()
+    return run_rule(config, sample) | {"candidate_version": str(version), "champion_version": champion_version}
+
+
+class PromotionRefused(RuntimeError):
+    """A promotion-stage rule failed; `results` holds every promotion rule's result, `evidence` their numbers."""
+
+    def __init__(self, version: str, results: list[RuleResult], evidence: dict):
+        bad = "; ".join(f"{r.name}: {r.detail}" for r in failed(results))
+        super().__init__(f"v{version} may not be promoted: {bad}")
+        self.version, self.results, self.evidence = version, results, evidence
+
+
+def promotion_check(s: Settings, version: str, rules: dict | None = None) -> tuple[list[RuleResult], dict]:
+    """(results, evidence) of the promotion-stage rules (`PROMOTION_RULES`) for `version`; ([], {}) when
+    none is configured. The champion compared is the one holding the alias now."""
+    from churnops.registry import alias_version
+
+    s = resolved(s)
+    if rules is None:
+        rules = load_rules(load_any_contract(s.dataset).task, path=s.rules_file)
+    cfg = rules.get("shadow_paired_test")
+    if not cfg:
+        return [], {}
+    champ = alias_version(s.model_name, CHAMPION, s)
+    ev = {"shadow_test": shadow_evidence(s, version, cfg, champ.version if champ else None)}
+    return evaluate_rules({k: rules.get(k) for k in PROMOTION_RULES}, ev), ev
+
+
+def shadow_form_section(rules: dict, shadow: dict | None) -> list[str]:
+    """Markdown lines for the approval form: the paired shadow test's evidence now (n, difference,
+    interval, p) and that `promote` checks it again; [] when the rule is off."""
+    cfg = rules.get("shadow_paired_test")
+    if not cfg:
+        return []
+    lines = ["", f"**Promotion rule `shadow_paired_test`** (checked again when approved): {json.dumps(cfg)}", ""]
+    if shadow is None:
+        return lines + ["no shadow evidence yet"]
+    r = shadow_rule(cfg, shadow)
+    lines += ["| n pairs | difference | interval | p | result |", "|---|---|---|---|---|"]
+    fmt = "{:+.4f}".format
+    if shadow.get("enough"):
+        lines.append(
+            f"| {shadow['n']} | {fmt(shadow['difference'])} | [{fmt(shadow['ci_low'])}, {fmt(shadow['ci_high'])}] "
+            f"| {shadow['p_value']:.4g} | {'pass' if r.passed else 'FAIL'} |"
+        )
+    else:
+        lines.append(f"| {shadow.get('n')} | – | – | – | FAIL: {r.detail} |")
+    return lines
 
 
 def failed(results: list[RuleResult]) -> list[RuleResult]:
@@ -299,13 +395,36 @@ def promote(
     who: str | None = None,
     rules: list[dict] | None = None,
     action: str = "promote",
+    check: bool = True,
 ) -> str | None:
-    """Make `version` the champion (the old one becomes `previous`); audited. Returns the old version."""
+    """Make `version` the champion (the old one becomes `previous`); audited. Returns the old version.
+
+    With `check`, the promotion-stage rules (`shadow_paired_test`) are evaluated first: a failure
+    raises `PromotionRefused` (audited as `promotion refused`, nothing moved); their results and
+    evidence join the promotion's audit record."""
     from churnops.registry import alias_version, client
 
     s = resolved(s or get_settings())
     c = client(s)
     c.get_model_version(s.model_name, str(version))  # fails clearly when the version does not exist
+    gate, gate_evidence = promotion_check(s, str(version)) if check else ([], {})
+    if failed(gate):
+        champ = alias_version(s.model_name, CHAMPION, s)
+        refusal = PromotionRefused(str(version), gate, gate_evidence)
+        record_audit(
+            s,
+            "promotion refused",
+            s.model_name,
+            champ.version if champ else None,
+            str(version),
+            str(refusal),
+            (rules or []) + results_json(gate),
+            who,
+            **gate_evidence,
+        )
+        raise refusal
+    if gate:
+        rules = [r for r in (rules or []) if r.get("name") not in PROMOTION_RULES] + results_json(gate)
     current = alias_version(s.model_name, CHAMPION, s)
     old = current.version if current else None
     if old == str(version):
@@ -318,7 +437,7 @@ def promote(
     held = alias_version(s.model_name, CHALLENGER, s)
     if held is not None and str(held.version) == str(version):  # the challenger became the champion
         c.delete_registered_model_alias(s.model_name, CHALLENGER)
-    record_audit(s, action, s.model_name, old, str(version), reason, rules, who)
+    record_audit(s, action, s.model_name, old, str(version), reason, rules, who, **gate_evidence)
     log.info("%s v%s is champion (was v%s): %s", s.model_name, version, old, reason)
     return old
 

@@ -172,7 +172,11 @@ def approve_model_flow(
     answer = ask(str(version), description, timeout_s or s.approval_timeout_s or 3600.0)
     who = answer.approver or "prefect-ui"
     if answer.decision == "approve":
-        g.promote(str(version), answer.reason, s, who=who, rules=rules or [], action="approve")
+        try:
+            g.promote(str(version), answer.reason, s, who=who, rules=rules or [], action="approve")
+        except g.PromotionRefused as exc:  # shadow_paired_test failed: audited; it stays awaiting approval
+            logger.warning("%s", exc)
+            return {"outcome": g.AWAITING, "version": str(version), "refused": str(exc), **exc.evidence}
         return {"outcome": g.PROMOTED, "version": str(version), "reason": answer.reason}
     g.set_outcome(s, str(version), g.REJECTED, reason=answer.reason)
     g.record_audit(s, "reject", model_name, champion_version, str(version), answer.reason, rules or [], who=who)

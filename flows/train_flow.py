@@ -171,7 +171,9 @@ def evidence(model, prep, ev, s: Settings, fresh=None) -> dict:
     )
 
 
-def approval_description(s: Settings, version: str, evidence: dict, results) -> str:
+def approval_description(
+    s: Settings, version: str, evidence: dict, results, task: str = "binary_classification"
+) -> str:
     """Markdown for the approval form: both models' metrics side by side, then every rule."""
     champ = evidence.get("champion_version")
     lines = [
@@ -200,8 +202,23 @@ def approval_description(s: Settings, version: str, evidence: dict, results) -> 
         "|---|---|---|",
     ]
     lines += [f"| {r.name} | {'pass' if r.passed else 'FAIL'} | {r.detail} |" for r in results]
+    lines += shadow_lines(s, version, task)
     lines += ["", "Choose `approve` or `reject` and give a reason."]
     return "\n".join(lines)
+
+
+def shadow_lines(s: Settings, version: str, task: str) -> list[str]:
+    """The approval form's section of the promotion rule `shadow_paired_test` (its evidence now)."""
+    from churnops import governance as g
+
+    try:
+        rules = g.load_rules(task, path=s.rules_file)
+        if not rules.get("shadow_paired_test"):
+            return []
+        _, ev = g.promotion_check(s, version, rules)
+        return g.shadow_form_section(rules, ev.get("shadow_test"))
+    except Exception as exc:  # the form is still useful without it; promote checks again
+        return ["", f"shadow_paired_test: evidence unavailable ({exc})"]
 
 
 def govern(
@@ -233,8 +250,11 @@ def govern(
         logger.warning("challenger v%s blocked by %d rule(s): %s", version, len(bad), reason)
         return out | {"outcome": g.BLOCKED, "failed_rules": [r.name for r in bad]}
     if s.auto_approve:
-        g.promote(version, "AUTO_APPROVE=true and every rule passed", s, who="auto-approve", rules=rules)
-        return out | {"outcome": g.PROMOTED}
+        try:
+            g.promote(version, "AUTO_APPROVE=true and every rule passed", s, who="auto-approve", rules=rules)
+            return out | {"outcome": g.PROMOTED}
+        except g.PromotionRefused as exc:  # shadow_paired_test: it awaits approval (and takes shadow traffic)
+            logger.warning("auto-approve of v%s refused: %s", version, exc)
     timeout = s.approval_timeout_s if approval_timeout_s is None else approval_timeout_s
     g.set_outcome(s, version, g.AWAITING, results)
     g.record_audit(s, "awaiting approval", s.model_name, champ, version, "every rule passed", rules, who="train-flow")
@@ -244,7 +264,7 @@ def govern(
     # no process waits for the decision: a suspended approval run holds the form (flows/approval_flow.py)
     try:
         run_id = request_approval(
-            s, version, task, rules, champ, approval_description(s, version, evidence, results), timeout
+            s, version, task, rules, champ, approval_description(s, version, evidence, results, task), timeout
         )
     except Exception as exc:  # no Prefect server: the decision is still `make promote`
         logger.warning(

@@ -176,6 +176,43 @@ def quality_section(quality: dict | None) -> str:
     )
 
 
+def attribution_section(attribution: dict | None) -> str:
+    """Global attribution (mean |SHAP| per feature) of the window beside the training reference, as HTML."""
+    a = attribution or {}
+    head = '<section id="global-attribution" style="font-family:sans-serif;margin:1em">'
+    if not a.get("available"):
+        why = html.escape(str(a.get("message") or "not computed for this window"))
+        return f"{head}<h2>Global attribution</h2><p>unavailable: {why}</p></section>"
+    feats = sorted(a["features"].items(), key=lambda kv: kv[1]["rank_window"])
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_cell(f['window'])}</td><td>{_cell(f['reference'])}</td>"
+        f"<td>{_cell(f['ratio'])}</td><td>{f['rank_window']}</td><td>{f['rank_reference']}</td>"
+        f"<td>{'shifted' if k in a['shifted'] else ''}</td></tr>"
+        for k, f in feats
+    )
+    return (
+        f"{head}<h2>Global attribution: {len(a['shifted'])} feature(s) shifted</h2>"
+        f"<p>{html.escape(a['units'])} on {a['n_window']} window rows and {a['n_reference']} training reference "
+        f"rows (seeded samples); shifted: ratio outside [1/{a['ratio_limit']}, {a['ratio_limit']}] or rank moved "
+        f"by {a['rank_limit']} or more.</p><table border=1 cellpadding=4><tr><th>feature</th><th>window</th>"
+        f"<th>training</th><th>ratio</th><th>rank now</th><th>rank in training</th><th></th></tr>{rows}</table></section>"
+    )
+
+
+def report_attribution(settings, contract, run_id: str, window: pd.DataFrame, reference, explainer=None) -> dict:
+    """`churnops.monitoring.attribution.global_attribution` of the window against the reference sample;
+    {"available": False, "message"} when the model or the reference cannot give it."""
+    from churnops.monitoring.attribution import global_attribution, load_explainer
+
+    try:
+        ex = explainer if explainer is not None else load_explainer(run_id, settings)
+        cols = contract.feature_names
+        return global_attribution(ex, window[cols], reference.frame[cols], seed=settings.seed)
+    except Exception as exc:  # the report is still useful without it
+        log.warning("no global attribution for run %s: %s", run_id, exc)
+        return {"available": False, "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
 def _cell(v) -> str:
     if v is None:
         return "–"
@@ -219,6 +256,7 @@ def headline(summary: dict) -> dict:
         "realized_rmse": perf.get("rmse"),
         "estimated_auc": (summary.get("estimated_performance") or {}).get("auc_roc"),
         "quality_status": (summary.get("quality") or {}).get("status"),
+        "attribution_shifted": (summary.get("attribution") or {}).get("shifted"),
         "model_versions": summary.get("model_versions", []),
         "model": summary.get("model"),
         "reference_run_id": summary.get("reference_run_id"),
@@ -234,6 +272,7 @@ def build_report(
     reference: Reference | None = None,
     out_dir: Path | None = None,
     evidently: bool = True,
+    explainer=None,
 ) -> dict:
     """Build one report for the window ending `now`; returns the summary (also written as JSON).
 
@@ -293,10 +332,15 @@ def build_report(
             quality=win.get("quality"),
             message=f"{d['n_critical']} critical, {d['n_warn']} warn feature(s)",
         )
-        if evidently and reference is None:
+        loaded_here = evidently and reference is None  # MLflow answers: the model can be fetched too
+        if loaded_here:
             from churnops.monitoring.reference import load_reference
 
             reference = load_reference(win["reference_run_id"], settings, contract)  # cached on disk and in memory
+        if (explainer is not None or loaded_here) and reference is not None and reference.frame is not None:
+            summary["attribution"] = report_attribution(
+                settings, contract, win["reference_run_id"], df, reference, explainer
+            )
         if evidently and reference.frame is not None:
             sizes = evidently_reports(
                 reference.frame, sample, contract, reference.threshold, out / f"{rid}.html", out / f"{rid}-quality.html"
@@ -304,7 +348,9 @@ def build_report(
             summary["files"]["html"] = f"{rid}.html"
             insert_section(
                 out / f"{rid}.html",
-                estimated_section(win.get("estimated_performance")) + quality_section(win.get("quality")),
+                estimated_section(win.get("estimated_performance"))
+                + quality_section(win.get("quality"))
+                + (attribution_section(summary["attribution"]) if "attribution" in summary else ""),
             )
             if sizes["quality_bytes"]:
                 summary["files"]["quality_html"] = f"{rid}-quality.html"

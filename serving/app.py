@@ -33,6 +33,7 @@ from churnops.tasks import task_for
 from serving import guards
 from serving.columnar import from_rows, predict_columns
 from serving.edge import read_capped
+from serving.explain_http import check_rows, explain_groups, explain_one, wants_explanation, with_explanation
 from serving.image_http import refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
@@ -53,6 +54,7 @@ from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
 from serving.oip import feedback_target, oip_blueprint
 from serving.prediction_log import PredictionLog
+from serving.shadow import ShadowMirror
 from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,8 @@ def create_app(
     models = models or ModelManager(s, metrics=metrics)
     state = ServingState(s, store, plog, models)
     state.admin_token = token
+    # SHADOW_FRACTION > 0: mirrors to the candidate after each answer (serving/shadow.py)
+    state.shadow = ShadowMirror(s, plog, metrics, lambda: models.current)
     if start_background:
         plog.start()
         _LOGS.append(plog)
@@ -260,16 +264,20 @@ def create_app(
         return ms
 
     # ---- prediction ------------------------------------------------------------------------------
-    def predict_body(raw: bytes) -> bytes:
-        """One prediction: JSON body in, JSON response out. Raises before anything is logged."""
+    def predict_body(raw: bytes, explain: int | None = None) -> bytes:
+        """One prediction: JSON body in, JSON response out (`explain`: top k of an explanation).
+        Raises before anything is logged."""
         t0 = time.perf_counter()
         refuse_tabular(state, "/predict")  # image serving hook: 409 on an image server
         ms = current_models()
         row = check_row(parse_json(raw), state.contract, s.unknown_category, validator=state.validator)
         m, p, d = predict_rows(ms, [row])[0]
+        extra = {"explanation": explain_one(m, row.values, state.contract, explain)} if explain else {}
         latency = (time.perf_counter() - t0) * 1000
-        out = dumps(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
+        out = dumps(response_body(row, m, p, d) | extra | {"latency_ms": round(latency, 3)})
         plog.submit(log_record(new_request_id(), row, m, p, d, "http", latency))  # own entry id, journaled
+        if m.route == "champion":  # the champion's answers only: a pair is champion + shadow
+            state.shadow.offer_row(row.request_id, row.values, m.version)  # a non-blocking put; 0: nothing
         try:
             task = m.bundle.task  # a classifier: decision 0/1 and the probability; a regression: its value
             child(state.metrics.predictions, "http", m.route, str(m.version), task.decision_label(d)).inc()
@@ -281,7 +289,7 @@ def create_app(
 
     @app.post("/predict")
     def predict():
-        return Response(predict_body(read_body()), mimetype="application/json")
+        return Response(predict_body(read_body(), wants_explanation(request.args)), mimetype="application/json")
 
     # the same handler in front of Flask for the common case (see churnops/speed/wsgi.py)
     if state.fast is not None:  # image serving hook: an image server has no tabular fast path
@@ -293,7 +301,8 @@ def create_app(
             accept=lambda environ: (
                 guards.check_host(environ.get("HTTP_HOST", ""), hosts) is None
                 and guards.json_type_ok(environ.get("CONTENT_TYPE"))
-            ),  # else the Flask view answers (guard above)
+                and "explain" not in environ.get("QUERY_STRING", "")
+            ),  # else the Flask view answers (guard above; ?explain=true)
         )
 
     @app.post("/predict/batch")
@@ -349,6 +358,10 @@ def create_app(
                 422,
             )
         groups = predict_columns(ms, batch)
+        explain = wants_explanation(request.args)
+        if explain:
+            check_rows(n, s.explain_max_rows)
+        explained = explain_groups(groups, batch, state.contract, explain) if explain else None  # before logging
         latency = (time.perf_counter() - t0) * 1000
         now = time.time()
         out: list = [None] * n
@@ -378,6 +391,11 @@ def create_app(
                 if k:
                     child(state.metrics.predictions, "http", m.route, str(m.version), d).inc(k)
         child(state.metrics.latency, "http_batch", "mixed").observe(latency / 1000)
+        if explained is not None:
+            out = [with_explanation(item, explained[i]) for i, item in enumerate(out)]
+        for m, idx, _ in groups:  # the champion's rows only; a non-blocking put; SHADOW_FRACTION=0: nothing
+            if m.route == "champion":
+                state.shadow.offer_batch(batch.request_ids, batch.take, None if idx is None else idx.tolist())
         renamed = b',"renamed":' + dumps(batch.renamed) if batch.renamed else b""
         return Response(
             b'{"count":%d,"predictions":[' % n

@@ -19,6 +19,7 @@ import time
 
 from flask import Flask, Response, request
 
+from serving.explain_http import check_explainable, wants_explanation
 from serving.image import CONTENT_TYPES, answer, content_type_of, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, dumps, new_request_id, valid_request_id
 from serving.oip_openapi import oip_paths
@@ -123,6 +124,8 @@ def register_image_routes(app: Flask, state, current_models, child) -> None:
                 "wrong_task",
                 409,
             )
+        if wants_explanation(request.args):  # the CNN has no trees: a 422 naming why (serving/explain_http.py)
+            check_explainable(current_models().champion)
         limit = int(s.image_max_body_bytes)
         request.max_content_length = limit  # this route's own limit (chunked and multipart reads stop there)
         n = request.content_length

@@ -55,6 +55,12 @@ class Metrics:
             **kw,
         )
         self.model_reloads = Counter("churn_model_reloads_total", "Model reload attempts", ["result"], **kw)
+        self.shadow = Counter(
+            "churn_shadow_requests_total",
+            "Shadow mirrors to the candidate by outcome (logged, dropped_queue_full, no_candidate, failed)",
+            ["outcome"],
+            **kw,
+        )
         self.stream_records = Counter(
             "churn_stream_records_total",
             "Stream records by outcome (result, dead_letter, outbox, rejected)",

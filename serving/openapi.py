@@ -12,6 +12,24 @@ from churnops.contract import DatasetContract
 from churnops.tasks import task_for
 from serving.oip_openapi import oip_paths
 
+# ?explain=true&top_k=3 on /predict and /predict/batch (serving/explain_http.py, docs/explanations.md)
+EXPLAIN_PARAMETERS = [
+    {
+        "name": "explain",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "add `explanation`: exact tree SHAP per contract feature, in log-odds (422: the model cannot explain)",
+    },
+    {
+        "name": "top_k",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 3},
+        "description": "how many features `explanation.top` names",
+    },
+]
+
 
 def _feature_schema(contract: DatasetContract) -> dict:
     props = {}
@@ -108,6 +126,7 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
         operations={
             "post": {
                 "summary": "Predict one customer",
+                "parameters": EXPLAIN_PARAMETERS,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": one}}},
                 "responses": {
                     "200": ok_json("prediction", {"$ref": "#/components/schemas/Prediction"}),
@@ -124,6 +143,7 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
         operations={
             "post": {
                 "summary": "Predict a list of customers (up to the batch row limit)",
+                "parameters": EXPLAIN_PARAMETERS,
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"type": "array", "items": one}}},

@@ -35,6 +35,7 @@ from churnops.monitoring import drift as drift_mod
 from churnops.monitoring.estimated import window_estimate
 from churnops.monitoring.performance import realized_performance
 from churnops.monitoring.quality import data_quality
+from churnops.shadow_test import SHADOW_ROUTE
 from churnops.tasks import task_for
 
 META_COLUMNS = [
@@ -127,7 +128,8 @@ def bounded_records(store, start: float, end: float, max_rows: int) -> tuple[lis
 
 
 def load_window(store, contract, start: float, end: float, max_rows: int | None = None) -> pd.DataFrame:
-    """Predictions with start <= ts < end and their outcomes (feedback given since `start`); with
+    """Predictions with start <= ts < end (shadow mirrors left out: they answered no one) and their
+    outcomes (feedback given since `start`); with
     `max_rows`, the newest `max_rows` of them (`df.attrs["truncated"]` says whether rows were left out)."""
     truncated = False
     if max_rows is None:
@@ -135,6 +137,8 @@ def load_window(store, contract, start: float, end: float, max_rows: int | None 
     else:
         records, truncated = bounded_records(store, start, end, max_rows)
     df = predictions_frame(records, contract)
+    if len(df) and (df["route"] == SHADOW_ROUTE).any():  # the candidate's mirrors answered no one
+        df = df[df["route"] != SHADOW_ROUTE].reset_index(drop=True)
     df.attrs["truncated"] = truncated
     if len(df):
         df = attach_outcomes(df, store.find_feedback(start=start))

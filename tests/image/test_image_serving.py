@@ -205,6 +205,20 @@ def test_tabular_routes_refuse_on_an_image_server(served):
     )
 
 
+def test_explain_on_the_image_model_is_422_naming_why(served, image_model):
+    _, c, store = served
+    before = store.count_predictions()
+    _, data = dng(image_model)
+    r = c.post("/predict/image?explain=true", data=data, headers={"Content-Type": "image/x-adobe-dng"})
+    assert r.status_code == 422, r.json
+    assert "image model" in r.json["details"]["explain"] and "tree" in r.json["details"]["explain"]
+    assert (
+        c.post("/predict/image?explain=sure", data=data, headers={"Content-Type": "image/x-adobe-dng"}).status_code
+        == 422
+    )
+    assert store.count_predictions() == before  # refused before anything was logged
+
+
 def test_image_route_refuses_on_a_tabular_server(tmp_path):
     from churnops.settings import Settings
     from churnops.store.sqlite import SQLiteStore
