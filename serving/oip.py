@@ -40,6 +40,7 @@ from flask import Blueprint, Response, request
 from prometheus_client import Counter, Histogram
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from churnops.explain import DEFAULT_TOP_K, CannotExplain, explain_records
 from churnops.redact import redact
 from serving.edge import read_capped
 from serving.image import DecodedImage, log_entry, predict
@@ -63,6 +64,7 @@ EXTENSIONS = ["binary_tensor_data"]
 IMAGE_INPUT = "image"
 MATRIX_INPUT = "features"  # a tabular model's one-tensor form: [n, k], columns in contract order
 NUMERIC_TYPES = ("FP64", "FP32", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
+ON_REQUEST = ("explanations",)  # outputs computed only when `outputs` names them (they cost ms per row)
 PIXEL_TYPE = "application/x-oip-uint8"  # the logged content type of an image sent as a UINT8 tensor
 
 
@@ -98,15 +100,37 @@ def _row(contract) -> list[int]:
     return []
 
 
-# output name -> how it is computed, per task (the coordinator adds e.g. `explanations` here)
+def _explanations(a: Answer) -> list[str]:
+    """Per row, its explanation (`churnops.explain`: exact tree SHAP per contract feature, log-odds) as
+    JSON text; rows answered by one model are explained together. A 422 when the model cannot explain."""
+    out: list[str | None] = [None] * len(a.preds)
+    by_model: dict[int, list[int]] = {}
+    for i, (m, _, _) in enumerate(a.preds):
+        by_model.setdefault(id(m), []).append(i)
+    for idx in by_model.values():
+        m = a.preds[idx[0]][0]
+        try:
+            ex = explain_records(m.bundle, [a.inputs[i].values for i in idx], a.served.contract, DEFAULT_TOP_K)
+        except CannotExplain as exc:
+            raise OipError(
+                422, f"output 'explanations': this model cannot explain: {exc.reason}", "cannot_explain"
+            ) from exc
+        for i, e in zip(idx, ex):
+            out[i] = dumps(e).decode()
+    return out
+
+
+# output name -> how it is computed, per task
 OUTPUTS: dict[str, dict[str, Output]] = {
     "binary_classification": {
         "probability": Output("FP64", _row, lambda a: [p for _, p, _ in a.preds]),
         "prediction": Output("BYTES", _row, lambda a: [_label(a, d) for _, _, d in a.preds]),
         "decision": Output("INT64", _row, lambda a: [int(d) for _, _, d in a.preds]),
+        "explanations": Output("BYTES", _row, _explanations),
     },
     "regression": {
         "prediction": Output("FP64", _row, lambda a: [p for _, p, _ in a.preds]),
+        "explanations": Output("BYTES", _row, _explanations),
     },
     "image_classification": {
         "class": Output("BYTES", _row, lambda a: [p.label for p in a.preds]),
@@ -116,6 +140,17 @@ OUTPUTS: dict[str, dict[str, Output]] = {
         ),
     },
 }
+
+
+def check_explained_rows(req: InferRequest, limit: int) -> None:
+    """A 413 naming EXPLAIN_MAX_ROWS when a request asks to explain more rows than it allows."""
+    n = max((t.shape[0] for t in req.inputs if t.shape), default=0)
+    if n > limit:
+        raise OipError(
+            413,
+            f"output 'explanations': {n} rows > EXPLAIN_MAX_ROWS {limit}: explain fewer rows per request",
+            "batch_too_large",
+        )
 
 
 @cache
@@ -500,7 +535,11 @@ def oip_blueprint(state, start: bool = True) -> Blueprint:
         m = pinned(served, version)
         req = parse_request(read_body(), request.headers.get("Inference-Header-Content-Length"))
         outputs = OUTPUTS[served.task]
-        wanted = req.outputs if req.outputs is not None else list(outputs)
+        wanted = req.outputs if req.outputs is not None else [o for o in outputs if o not in ON_REQUEST]
+        if served.is_image and "explanations" in wanted:
+            raise OipError(
+                422, "output 'explanations': this model cannot explain: the image CNN has no trees", "cannot_explain"
+            )
         unknown = [o for o in wanted if o not in outputs]
         if unknown:
             raise OipError(
@@ -509,6 +548,8 @@ def oip_blueprint(state, start: bool = True) -> Blueprint:
                 "unknown_output",
             )
         target = ModelSet(m) if m is not None else ms
+        if "explanations" in wanted and not served.is_image:
+            check_explained_rows(req, s.explain_max_rows)
         if served.is_image:
             ids, imgs = images(served, req, s.batch_row_limit)
             answer = Answer(served, ids, imgs, [predict(target, rid, img) for rid, img in zip(ids, imgs)])

@@ -69,6 +69,7 @@ COVERED_PROGRAMS: dict[str, list[str]] = {
     "curl": [
         "tests/serving/test_app.py::test_predict_bare_and_envelope_and_log",
         "tests/serving/test_oip_server.py::test_the_docs_examples_run_as_written",
+        "tests/serving/test_explain_shadow_http.py::test_predict_explain_matches_the_booster",
     ],  # + the body checked below
     "aws": ["tests/serving/test_consumer.py::test_raw_base64_poison_and_resume"],  # base64 payloads, as the CLI sends
     "python": ["tests/data/test_diabetes.py::test_materialised_csv_round_trips"],  # + run below

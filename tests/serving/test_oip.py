@@ -535,3 +535,38 @@ def test_an_image_server_serves_the_churn_line_under_v2(bundles, tmp_path, monke
         served.close()
         state.plog.close()
         store.close()
+
+
+def test_explanations_output_equals_predict_explain(v2):
+    """`explanations` is computed only when asked for; per row the same JSON as /predict?explain=true."""
+    c = v2["client"]
+    rows = churn_rows(3)
+    plain = outputs(infer(c, "churn-xgboost", {"inputs": tensors(CHURN, rows)}))
+    assert "explanations" not in plain
+    r = infer(c, "churn-xgboost", {"inputs": tensors(CHURN, rows), "outputs": [{"name": "explanations"}]})
+    assert r.status_code == 200, r.json
+    out = outputs(r)["explanations"]
+    assert out["datatype"] == "BYTES" and out["shape"] == [3]
+    for i, row in enumerate(rows):
+        got = json.loads(out["data"][i])
+        want = c.post("/predict?explain=true", json=row).json["explanation"]
+        assert got.keys() == want.keys()
+        for name, value in want["contributions"].items():
+            assert abs(got["contributions"][name] - value) < 1e-9
+        assert [t["feature"] for t in got["top"]] == [t["feature"] for t in want["top"]]
+
+
+def test_explanations_refused_for_the_image_model_and_over_the_row_limit(v2):
+    c = v2["client"]
+    pixels = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    body = {
+        "inputs": [
+            {"name": "image", "datatype": "UINT8", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}
+        ],
+        "outputs": [{"name": "explanations"}],
+    }
+    r = infer(c, "raw-digits-cnn", body)
+    assert r.status_code == 422 and "cannot explain" in r.json["error"], r.json
+    many = churn_rows(1) * 101
+    r = infer(c, "churn-xgboost", {"inputs": tensors(CHURN, many), "outputs": [{"name": "explanations"}]})
+    assert r.status_code == 413 and "EXPLAIN_MAX_ROWS" in r.json["error"], r.json
