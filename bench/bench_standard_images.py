@@ -73,7 +73,9 @@ def main() -> None:
     ap.add_argument("--mix", type=float, default=0.5)
     ap.add_argument("--epochs", type=int, default=PARAMS["epochs"])
     ap.add_argument("--width", type=int, default=PARAMS["width"])
-    ap.add_argument("--skip-before", action="store_true", help="train only the model with the mix")
+    ap.add_argument(
+        "--skip-before", action="store_true", help="train only the model with the mix (keeps the file's 'before')"
+    )
     ap.add_argument("--data", default=None, help="a generated raw digits folder (default: generate one, seed 42)")
     a = ap.parse_args()
     from churnops.contract import load_any_contract
@@ -105,8 +107,9 @@ def main() -> None:
         result[label] = {"mix": mix, "fit_seconds": round(fit_s, 1), "dng_test_accuracy": round(dng, 4)}
         result[label] |= standard_section(proba, strokes, y_std, c)
         print(label, json.dumps(result[label], indent=1), flush=True)
-    if not a.skip_before:
-        OUT.write_text(json.dumps(result, indent=1))
+    if a.skip_before and OUT.exists():  # keep the earlier run's "before" (e.g. measured on an older commit)
+        result["before"] = json.loads(OUT.read_text()).get("before")
+    OUT.write_text(json.dumps(result, indent=1))
     print(f"wrote {OUT}")
 
 

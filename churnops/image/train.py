@@ -140,6 +140,8 @@ def training_config(contract: ImageContract, s: Settings, n_trials: int, space: 
         "test_size": s.test_size,
         "val_size": s.val_size,
         "space": space.__dict__,
+        "standard_mix": s.image_standard_mix,
+        "quantization": s.image_quantization,
     }
 
 

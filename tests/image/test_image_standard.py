@@ -130,7 +130,7 @@ def test_min_standard_accuracy_rule_judges_each_style():
     from churnops.governance import evaluate_rules, load_rules
 
     shipped = load_rules("image_classification")["min_standard_accuracy"]
-    assert set(shipped) == set(standard.STYLES) and all(v == 0.95 for v in shipped.values())
+    assert set(shipped) == set(standard.STYLES) and all(0.85 <= v <= 0.95 for v in shipped.values())
     rules = {"min_standard_accuracy": {"black_on_white": 0.95, "colormap": 0.9, "blur": 0.5}}
     evidence = {"standard": {"black_on_white": 0.97, "colormap": 0.85}}
     got = {r.name: r for r in evaluate_rules(rules, evidence)}
