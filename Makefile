@@ -327,7 +327,7 @@ bench-faults: $(STAMP) ## worker/consumer SIGKILL, store down, MLflow down: fail
 	$(BIN)/python bench/bench_faults.py
 	$(BIN)/python bench/table.py --readme >/dev/null
 
-bench-image: $(STAMP) ## raw-digits CNN: accuracy, ISP throughput, ONNX parity/speed, ISP sensitivity -> bench/results/image.json
+bench-image: $(STAMP) ## raw-digits CNN: accuracy, ISP throughput, ONNX parity/speed, ISP sensitivity, standard images (PNG/JPEG), float vs int8 -> bench/results/image.json
 	$(BIN)/python bench/bench_image.py
 	$(BIN)/python bench/table.py --readme >/dev/null
 

@@ -6,8 +6,12 @@ harness, then times the ISP alone (images/s over the DNG files: read + seven sta
 registered model's ONNX export against torch (parity and batch/single-image latency), and the
 single-image latency of `POST /predict/image` (the real Flask app with the registered champion
 loaded from MLflow and the prediction log writing to SQLite, through Flask's test client: the
-server's own time per request, without a socket). Writes bench/results/image.json and prints a
-summary. Not a test: figures are measured, not asserted. The defaults (4 trials, at most 8 epochs)
+server's own time per request, without a socket). Then the registered version's two precisions,
+float and int8 (`model_int8.onnx` in the same run, churnops.image.quantize): size, single-image
+p50/p99 and batch latency, DNG test accuracy, the int8 gate's report, and the "standard images"
+section, accuracy on PNG/JPEG renders of the held-out digits (grey on black, black on white, a
+colour map, JPEG quality 75, blur, small scale; bench/bench_standard_images.py, decoded by the
+server's decoder; goal >= 0.95 each). Writes bench/results/image.json and prints a summary. Not a test: figures are measured, not asserted. The defaults (4 trials, at most 8 epochs)
 keep a run on 2 cores to a few minutes.
 
     python bench/bench_image.py [--trials 4] [--max-epochs 8] [--requests 300]
@@ -27,7 +31,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "image.json"
-TARGETS = {"test_accuracy": ">= 0.97", "onnx_max_abs_diff": "<= 1e-4"}
+TARGETS = {
+    "test_accuracy": ">= 0.97",
+    "onnx_max_abs_diff": "<= 1e-4",
+    "standard_images": ">= 0.95 each style",
+    "int8_accuracy_drop": "<= 0.005 (pooled: test split, ISP variations, standard images)",
+}
 
 
 def _timeit(fn, repeat: int) -> list[float]:
@@ -104,6 +113,8 @@ def main() -> None:
         result["isp"] = bench_isp(get_settings())
         result["onnx_vs_torch"] = bench_onnx(out)
         result["predict_image_http"] = bench_http(out, a.requests)
+        result["quantization_gate"] = {k: v for k, v in out["quantization"].items() if k != "sets"}
+        result["precisions"] = bench_precisions(out)
     finally:
         mlf.stop(), moto.stop()
     from table import save  # bench/table.py: the one results table
@@ -121,11 +132,19 @@ def main() -> None:
                     "isp",
                     "onnx_vs_torch",
                     "predict_image_http",
+                    "quantization_gate",
                 )
             },
             indent=1,
         )
     )
+    for name, p in result["precisions"].items():
+        std = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in p["standard_images"]["styles"].items())
+        print(
+            f"{name}: {p['bytes']} bytes, DNG test accuracy {p['dng_test_accuracy']:.4f}, single image p50 "
+            f"{p['single_image_ms']['p50']} ms p99 {p['single_image_ms']['p99']} ms, batch "
+            f"{p['batch_images_per_s']} images/s; standard images: {std}"
+        )
     print("sensitivity: " + ", ".join(f"{r['variation']} {r['accuracy']:.4f}" for r in result["sensitivity"]))
     print(f"wrote {OUT}")
 
@@ -200,6 +219,58 @@ def bench_onnx(out: dict) -> dict:
             "onnx": round(len(X) / min(batch_onnx), 1),
         },
     }
+
+
+def bench_precisions(out: dict) -> dict:
+    """Float and int8 ONNX of the registered version: bytes, latency (1 thread), DNG test accuracy,
+    standard-images accuracy on the held-out digits (the flow's split, rebuilt with the same seed)."""
+    import mlflow
+    from bench_standard_images import held_out_strokes, standard_section
+
+    from churnops.contract import load_any_contract
+    from churnops.image import train
+    from churnops.image.model import onnx_session
+    from churnops.image.quantize import INT8_ARTIFACT
+    from churnops.settings import get_settings
+
+    s = get_settings()
+    c = load_any_contract("raw_digits")
+    d = train.prepare(s.state_dir / "images" / f"raw_digits-seed{s.seed}", c, s, synthetic=True)
+    models = {"float": mlflow.onnx.load_model(out["model_uri"]).SerializeToString()}
+    names = {a.path for a in mlflow.MlflowClient(s.mlflow_tracking_uri).list_artifacts(out["run_id"])}
+    if INT8_ARTIFACT in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"runs:/{out['run_id']}/{INT8_ARTIFACT}", dst_path=tmp
+            )
+            models["int8"] = Path(path).read_bytes()
+    strokes, y_std = held_out_strokes(d.files, d.idx_test, (c.image.height, c.image.width))
+    Xt, yt = d.X[d.idx_test], d.y[d.idx_test]
+    X512 = d.X[:512]
+    figures = {}
+    for name, data in models.items():
+        sess = onnx_session(data, threads=1)
+
+        def proba(X, sess=sess):
+            return np.concatenate(
+                [sess.run(["probabilities"], {"image": X[i : i + 512]})[0] for i in range(0, len(X), 512)]
+            )
+
+        single = _timeit(lambda sess=sess: sess.run(["probabilities"], {"image": X512[:1]}), 300)
+        batch = _timeit(lambda sess=sess: sess.run(["probabilities"], {"image": X512}), 5)
+        figures[name] = {
+            "bytes": len(data),
+            "dng_test_accuracy": round(float((proba(Xt).argmax(1) == yt).mean()), 4),
+            "single_image_ms": {
+                "p50": round(float(np.percentile(single, 50)) * 1000, 3),
+                "p99": round(float(np.percentile(single, 99)) * 1000, 3),
+            },
+            "batch_images_per_s": round(len(X512) / min(batch), 1),
+            "standard_images": standard_section(proba, strokes, y_std, c),
+        }
+    if "int8" in figures:
+        figures["int8"]["argmax_agreement_test"] = out["quantization"]["argmax_agreement"]
+    return figures
 
 
 def bench_http(out: dict, n: int) -> dict:

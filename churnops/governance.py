@@ -52,6 +52,7 @@ KNOWN_RULES = (
     "min_test_accuracy",
     "min_accuracy_under",
     "min_improvement_accuracy",
+    "min_standard_accuracy",
     # promotion-stage (checked by `promote`, on labelled shadow traffic; churnops/shadow_test.py)
     "shadow_paired_test",
 )
@@ -98,7 +99,8 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
     """Each configured rule's result on `evidence`.
 
     evidence keys: test_auc_roc, calibration_error (classifiers), test_rmse, test_r2, share_off
-    (regressions), test_accuracy and `sensitivity` {variation: accuracy} (image classifiers), onnx_parity_passed, contract_passed, latency_ms_p95, and for the improvement
+    (regressions), test_accuracy, `sensitivity` {variation: accuracy} and `standard` {style: accuracy}
+    (image classifiers), onnx_parity_passed, contract_passed, latency_ms_p95, and for the improvement
     rules a list `comparisons` of {"on": "test split" | "fresh slice", "challenger_<metric>",
     "champion_<metric>"} (empty: no champion), or `champion_error` when the champion could not be
     re-scored. An improvement is challenger minus champion for AUC-ROC and champion minus
@@ -153,6 +155,14 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
             floor,
             lambda v, lim: v >= lim,
             f"accuracy under ISP variation {variation}",
+        )
+    for style, floor in (rules.get("min_standard_accuracy") or {}).items():  # PNG/JPEG renders of the test split
+        limit_rule(
+            f"min_standard_accuracy.{style}",
+            (evidence.get("standard") or {}).get(style),
+            floor,
+            lambda v, lim: v >= lim,
+            f"accuracy on standard images ({style})",
         )
     for rule, metric, sign in IMPROVEMENT_RULES:
         min_gain = rules.get(rule)

@@ -185,6 +185,16 @@ class Settings(BaseSettings):
     image_keep_max_count: int = Field(10_000, ge=0)  # retention: newest N uploads kept
     image_keep_max_age_hours: float = Field(24.0 * 30, gt=0)  # retention: older uploads deleted
     image_keep_sweep_s: float = 60.0  # a server applies the retention at most this often
+    # which artifact of the registered image model version serves: the float ONNX model, or the int8
+    # one the flow logs beside it (`model_int8.onnx`); int8 refuses to load a version without one
+    image_model_precision: Literal["float", "int8"] = "float"
+    # image training (churnops/image/train.py): the fraction of each batch replaced by PNG/JPEG renders of
+    # the same images (colours, inversion, colour maps, blur, scale; 0 = raw captures only), and the int8
+    # quantization of the export (static: calibrated on training images; dynamic; off) with its gate
+    image_standard_mix: float = Field(0.4, ge=0, le=1)
+    image_quantization: Literal["static", "dynamic", "off"] = "static"
+    image_int8_max_accuracy_drop: float = Field(0.005, ge=0)  # pooled over the test split and its variations
+    image_int8_min_agreement: float = Field(0.99, ge=0, le=1)  # argmax agreement with float on the test split
     batch_row_limit: int = 1000
     # matrices of at least this many rows go to the booster's trees (compiled, else XGBoost's own
     # predictor) instead of ONNX: faster per row on real rows; ONNX answers one row (0: ONNX only)

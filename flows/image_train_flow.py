@@ -108,11 +108,22 @@ def isp_sensitivity(net, d, contract: ImageContract, s: Settings, run_id: str):
     return table
 
 
-@task(name="governance-evidence", cache_policy=NO_CACHE)
-def evidence(d, ev, table, s: Settings) -> dict:
+@task(name="standard-images", cache_policy=NO_CACHE)
+def standard_images(net, d, s: Settings, run_id: str) -> dict:
+    """Accuracy on PNG/JPEG renders of the test split (the rules' `min_standard_accuracy`); logged."""
     from churnops.image import train
 
-    return train.governance_evidence(d, ev, table, s)
+    table = train.standard_images(net, d)
+    train.log_standard_images(table, run_id, s.mlflow_tracking_uri)
+    get_run_logger().info("standard images: %s", ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
+    return table
+
+
+@task(name="governance-evidence", cache_policy=NO_CACHE)
+def evidence(d, ev, table, s: Settings, standard: dict | None = None) -> dict:
+    from churnops.image import train
+
+    return train.governance_evidence(d, ev, table, s, standard)
 
 
 @task(name="onnx-log-register", cache_policy=NO_CACHE)
@@ -120,9 +131,18 @@ def log_register(net, d, ev, best, trials, contract, s: Settings, run_id: str, t
     from churnops.image import train
 
     onnx_bytes, diff = train.onnx_gate(net, d, ev, contract, s.onnx_tolerance)
-    return train.log_and_register(net, onnx_bytes, diff, d, ev, best, trials, contract, s, run_id, timer) | {
-        "onnx_max_abs_diff": diff
-    }
+    int8, quant = train.quantize_gate(onnx_bytes, d, contract, s)
+    get_run_logger().info(
+        "int8 (%s): %s",
+        quant.get("method"),
+        "passed, pooled accuracy drop %.4f, argmax agreement %.4f" % (quant["accuracy_drop"], quant["argmax_agreement"])
+        if int8 is not None
+        else f"not registered ({quant.get('failure')})",
+    )
+    reg = train.log_and_register(
+        net, onnx_bytes, diff, d, ev, best, trials, contract, s, run_id, timer, int8=int8, quantization=quant
+    )
+    return reg | {"onnx_max_abs_diff": diff, "quantization": quant}
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -166,7 +186,8 @@ def image_train_flow(
         trials, best, sweep_s = sweep(d, c, s, exp_id, run_id, timer, n_trials, space)
         net, ev = refit_evaluate(d, best, c, s)
         table = isp_sensitivity(net, d, c, s, run_id)
-        proof = evidence(d, ev, table, s)
+        standard = standard_images(net, d, s, run_id)
+        proof = evidence(d, ev, table, s, standard)
         reg = log_register(net, d, ev, best, trials, c, s, run_id, timer)
     except BaseException:
         client(s).set_terminated(run_id, status="FAILED")
@@ -191,6 +212,8 @@ def image_train_flow(
         "data_source": source,
         "images": len(d.files),
         "sensitivity": table[["variation", "accuracy", "delta"]].to_dict("records"),
+        "standard_images": standard,
+        "quantization": reg["quantization"],
         "outcome": gate["outcome"],
         "rules": gate["rules"],
         "champion_version": proof.get("champion_version"),

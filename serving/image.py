@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from churnops.image.dataset import rgb_pixels
 from churnops.image.header import HeaderError, png_size, tiff_images
+from churnops.image.quantize import INT8_ARTIFACT
 from churnops.image.summary import EMBED_DIMS, EMBED_SEED, summary  # noqa: F401  (the one summary function)
 from serving.inference import BadInput
 
@@ -161,7 +163,7 @@ def _standard_rgb(data: bytes, ctype: str, contract, name: str) -> np.ndarray:
             w, h = im.size
             if (h, w) != (contract.image.height, contract.image.width):
                 raise _wrong_size(contract, name, w, h)  # before the pixels are decoded
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            return rgb_pixels(im)  # the conversion training uses (churnops.image.standard)
     except BadInput:
         raise
     except Exception as exc:  # truncated data, bad chunks, decompression bombs: the file's fault
@@ -225,11 +227,13 @@ class ImageBundle:
     native_min_rows = 0
     threshold = None  # a class is the argmax, there is no decision threshold
 
-    def __init__(self, onnx_model: bytes | str, meta: dict):
-        """`onnx_model`: the bytes, or the path of model.onnx (MLflow keeps the weights beside it as external data)."""
+    def __init__(self, onnx_model: bytes | str, meta: dict, precision: str = "float"):
+        """`onnx_model`: the bytes, or the path of model.onnx (MLflow keeps the weights beside it as external data);
+        `precision`: float, or int8 for the quantized model (what answers report)."""
         from churnops.image.model import onnx_session
 
         self.meta = meta
+        self.precision = precision
         self.classes = [str(c) for c in meta["classes"]]
         self.session = onnx_session(onnx_model, threads=1)
 
@@ -260,6 +264,40 @@ def _run_of(uri: str, s) -> str:
             raise ImageModelError(f"{uri}: the registered version has no run (image_meta.json lives in the run)")
         return str(mv.run_id)
     raise ImageModelError(f"{uri}: expected runs:/, models:/ or a local folder")
+
+
+def int8_model_file(uri: str, run_id: str, local: Path | None, dst: Path, s) -> Path:
+    """The int8 ONNX file of the model `uri` (`model_int8.onnx` in its run, or in its local folder), for
+    IMAGE_MODEL_PRECISION=int8; ModelLoadError naming the version when it has none."""
+    from churnops.image.quantize import REPORT_ARTIFACT
+    from churnops.redact import redact
+    from serving.model import ModelLoadError
+
+    missing = (
+        f"IMAGE_MODEL_PRECISION=int8 but {uri} has no int8 model ({INT8_ARTIFACT} in run {run_id or local}): its "
+        f"quantization was off or failed its gate (see {REPORT_ARTIFACT} in the run); retrain with "
+        f"IMAGE_QUANTIZATION=static, or serve IMAGE_MODEL_PRECISION=float"
+    )
+    if local is not None:
+        found = sorted(local.rglob(INT8_ARTIFACT))
+        if not found:
+            raise ModelLoadError(missing)
+        return found[0]
+    import mlflow
+
+    try:
+        names = {a.path for a in mlflow.MlflowClient(s.mlflow_tracking_uri).list_artifacts(run_id)}
+        if INT8_ARTIFACT not in names:
+            raise ModelLoadError(missing)
+        return Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{INT8_ARTIFACT}", dst_path=str(dst))
+        )
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot download the int8 model of {uri}: {type(exc).__name__}: {redact(exc)[:300]}"
+        ) from exc
 
 
 def load_image_model(uri: str, route: str, s, contract, cache_dir: Path | None = None):
@@ -299,7 +337,7 @@ def load_image_model(uri: str, route: str, s, contract, cache_dir: Path | None =
                     f"cannot download image model {uri} from {redact(s.mlflow_tracking_uri)}: "
                     f"{type(exc).__name__}: {redact(exc)[:300]}"
                 ) from exc
-        onnx_files = sorted(root.rglob("*.onnx"))
+        onnx_files = sorted(p for p in root.rglob("*.onnx") if p.name != INT8_ARTIFACT)  # the float model
         if meta_path is None or not onnx_files:
             raise ModelLoadError(
                 f"{uri} is not an image model (no ONNX file and image_meta.json): DATASET={s.dataset} serves "
@@ -312,8 +350,13 @@ def load_image_model(uri: str, route: str, s, contract, cache_dir: Path | None =
                 f"(fingerprint {str(meta.get('contract_sha256'))[:12]}), this server serves {contract.name!r} "
                 f"(fingerprint {contract.fingerprint()[:12]}, DATASET={s.dataset}): pin a model of this contract"
             )
+        model_file, precision = onnx_files[0], s.image_model_precision
+        if precision == "int8":
+            is_local = local is not None and local.exists()
+            dst = root if is_local else (tmp / "int8")
+            model_file = int8_model_file(uri, run_id, local if is_local else None, dst, s)
         try:
-            bundle = ImageBundle(str(onnx_files[0]), meta)  # read whole before the folder goes
+            bundle = ImageBundle(str(model_file), meta, precision)  # read whole before the folder goes
             p, _ = bundle.predict(np.zeros((1, 3, contract.image.height, contract.image.width), np.float32))
         except Exception as exc:
             raise ModelLoadError(f"cannot load the image model of {uri}: {type(exc).__name__}: {redact(exc)}") from exc
@@ -364,6 +407,7 @@ def answer(pred: ImagePrediction, request_id: str) -> dict:
         "model_version": m.version,
         "model_run_id": m.run_id,
         "route": m.route,
+        "precision": getattr(m.bundle, "precision", "float"),
     }
 
 

@@ -112,13 +112,19 @@ def _frame(handle, name: str) -> RawFrame:
         )
 
 
+def rgb_pixels(im) -> np.ndarray:
+    """An opened PIL image -> (H, W, 3) float32 in [0, 1]: the one conversion of PNG/JPEG pixels, used by
+    training (`read_standard`, churnops.image.standard) and by the server (serving/image.py) alike."""
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def read_standard(source: Path | bytes, name: str = "image") -> np.ndarray:
     """PNG/JPG -> (H, W, 3) float32 in [0, 1] (no ISP: these are already display-referred)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            return rgb_pixels(im)
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageDataError(f"{name}: not a readable PNG/JPEG image ({exc})") from exc
 

@@ -1,10 +1,14 @@
 """A small CNN for the image track, deterministic on CPU for a given seed.
 
-conv3x3(w) -> pool -> conv3x3(2w) -> pool -> conv3x3(4w) -> average over 2x2 cells = the embedding
+|input - background colour| (the frame's outer ring; so the polarity and colours of ink and background
+do not matter) -> conv3x3(w) -> pool -> conv3x3(2w) -> pool -> conv3x3(4w) -> average over 2x2 cells = the embedding
 (16w numbers, what image drift will compare) -> linear -> class logits. Inputs are (N, 3, H, W)
 in [0, 1]; each image's channels are standardised first. Training is Adam with a one-cycle
 learning-rate schedule over seeded mini-batches with seeded augmentation (shifts,
-brightness and per-channel gain jitter, scaled by `strength` in [0, 1]).
+brightness and per-channel gain jitter, scaled by `strength` in [0, 1]). With `mix` > 0 that
+fraction of every batch is replaced by random PNG/JPEG renders of the same images
+(`churnops.image.standard.random_render`: colours, contrast, inversion, colour maps, blur, scale),
+so the net learns ordinary images as well as the raw captures.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+from churnops.image.standard import mix_batch, strokes_of
 
 
 def set_determinism(seed: int, threads: int = 1) -> None:
@@ -23,6 +29,14 @@ def set_determinism(seed: int, threads: int = 1) -> None:
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def from_background(x: torch.Tensor) -> torch.Tensor:
+    """|x - background| per channel, the background being the mean of the frame's outer ring of pixels:
+    ink darker or lighter than the background (black on white, white on black, any two colours) gives
+    the same input."""
+    ring = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], dim=2)
+    return (x - ring.mean(dim=2)[:, :, None, None]).abs()
 
 
 class DigitCNN(nn.Module):
@@ -41,6 +55,7 @@ class DigitCNN(nn.Module):
         self.head = nn.Linear(16 * w, n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = from_background(x)
         # each image's channels standardised: exposure and white balance shifts mostly cancel here
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = x.std(dim=(2, 3), keepdim=True)
@@ -89,11 +104,12 @@ def fit(
     threads: int = 1,
     batch_size: int = 64,
     device: str = "cpu",
+    mix: float = 0.0,
 ) -> DigitCNN:
     """Train a fresh CNN; the same arguments give the same weights on CPU (the default and what the
     project trains on). `device="cuda"` runs the same steps on a GPU (the batches and augmentation are
     drawn on the CPU from the same seed; GPU kernels are not bit-reproducible); the net comes back on
-    the CPU either way."""
+    the CPU either way. `mix`: the fraction of each batch replaced by standard-image renders (seeded)."""
     set_determinism(seed, threads)
     if device != "cpu":
         torch.use_deterministic_algorithms(False)
@@ -107,13 +123,19 @@ def fit(
         torch.from_numpy(np.asarray(y, dtype=np.int64)),
     )
     loss_fn = nn.CrossEntropyLoss()
+    strokes = strokes_of(Xt.numpy()) if mix > 0 else None
+    rng = np.random.default_rng([seed, 7])
     net.train()
     for _ in range(int(epochs)):
         order = torch.randperm(len(Xt), generator=gen)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             opt.zero_grad()
-            loss = loss_fn(net(augment(Xt[idx], strength, gen).to(device)), yt[idx].to(device))
+            xb = Xt[idx]
+            if strokes is not None:
+                rows = idx.numpy()
+                xb = torch.from_numpy(mix_batch(Xt.numpy()[rows], strokes[rows], mix, rng))
+            loss = loss_fn(net(augment(xb, strength, gen).to(device)), yt[idx].to(device))
             loss.backward()
             opt.step()
             sched.step()

@@ -2,9 +2,12 @@
 
 data (generate the raw digits or take a folder) -> SHA-256 version -> ISP -> stratified split ->
 hyperopt TPE sweep over learning rate, width, epochs, augmentation (each trial a nested MLflow run
-of the sweep's parent run) -> refit the best on train+val -> test metrics -> ISP sensitivity ->
-ONNX export with the parity gate -> log ONE model (+ `image_reference.json`, the image drift
-reference of `churnops.image.monitor`) -> register under the contract's model name.
+of the sweep's parent run; `IMAGE_STANDARD_MIX` of every batch are PNG/JPEG renders of the same
+images, churnops.image.standard) -> refit the best on train+val -> test metrics -> ISP sensitivity
+-> standard-images accuracy -> ONNX export with the parity gate -> int8 quantization with its own
+gate (churnops.image.quantize) -> log ONE model (+ `model_int8.onnx` when it passed, +
+`image_reference.json`, the image drift reference of `churnops.image.monitor`) -> register under
+the contract's model name.
 Nothing is registered unless every step before succeeded. MLflow helpers are the project's own
 (`pipeline.start_parent_run`, `pipeline.Timer`, `lineage.lineage_tags`, `registry.register`).
 """
@@ -137,6 +140,8 @@ def training_config(contract: ImageContract, s: Settings, n_trials: int, space: 
         "test_size": s.test_size,
         "val_size": s.val_size,
         "space": space.__dict__,
+        "standard_mix": s.image_standard_mix,
+        "quantization": s.image_quantization,
     }
 
 
@@ -199,6 +204,7 @@ def run_sweep(
             "width": int(p["width"]),
             "epochs": int(p["epochs"]),
             "strength": float(p["strength"]),
+            "mix": float(s.image_standard_mix),
         }
         t0 = time.perf_counter()
         net = fit(
@@ -211,6 +217,7 @@ def run_sweep(
             params["strength"],
             s.seed,
             threads,
+            mix=params["mix"],
         )
         proba = predict_proba(net, Xva)
         trial = ImageTrial(
@@ -261,6 +268,7 @@ def refit(data: ImageData, best: ImageTrial, contract: ImageContract, s: Setting
         p["strength"],
         s.seed,
         torch_threads(s),
+        mix=float(p.get("mix", 0.0)),
     )
 
 
@@ -279,10 +287,31 @@ def evaluate(net, data: ImageData, contract: ImageContract) -> dict:
     }
 
 
-def governance_evidence(data: ImageData, ev: dict, table, s: Settings) -> dict:
+def standard_images(net, data: ImageData) -> dict[str, float]:
+    """{style: accuracy} on PNG/JPEG renders of the test split (churnops.image.standard.STYLES; the
+    strokes taken from the test images themselves, so any data set can be measured)."""
+    from churnops.image.model import predict_proba
+    from churnops.image.standard import standard_accuracy, strokes_of
+
+    strokes = strokes_of(data.X[data.idx_test])
+    return standard_accuracy(lambda X: predict_proba(net, X), list(strokes), data.y[data.idx_test])
+
+
+def log_standard_images(table: dict[str, float], run_id: str, tracking_uri: str) -> None:
+    """One metric per style (`std_<style>_accuracy`) on the run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"std_{k}_accuracy", float(v), now, 0) for k, v in table.items() if v == v]
+    mlflow.MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics)
+
+
+def governance_evidence(data: ImageData, ev: dict, table, s: Settings, standard: dict | None = None) -> dict:
     """What the promotion rules (churnops/rules/image_classification.yaml) judge: test accuracy, the
-    ISP sensitivity table, and the current champion re-scored on this run's test split (its ONNX
-    model from the registry). Computed before registration, so the champion is the one to beat."""
+    ISP sensitivity table, the standard-images accuracies (`standard`, {style: accuracy}) and the
+    current champion re-scored on this run's test split (its ONNX model from the registry).
+    Computed before registration, so the champion is the one to beat."""
     from churnops.image.model import onnx_proba, onnx_session
     from churnops.registry import alias_version
 
@@ -290,6 +319,7 @@ def governance_evidence(data: ImageData, ev: dict, table, s: Settings) -> dict:
     out: dict = {
         "test_accuracy": acc,
         "sensitivity": {str(r.variation): float(r.accuracy) for r in table.itertuples()},
+        "standard": dict(standard or {}),
         "onnx_parity_passed": True,  # registration is reached only through the parity gate
         "contract_passed": True,  # list_images refused any file the contract does not allow
         "comparisons": [],
@@ -325,6 +355,65 @@ def onnx_gate(net, data: ImageData, ev: dict, contract: ImageContract, tolerance
     return onnx_bytes, diff
 
 
+def quantization_sets(
+    data: ImageData, contract: ImageContract, s: Settings
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The labelled sets the int8 gate scores: the test split, its raw files under every ISP variation
+    (churnops.image.analysis), and its standard-image renders."""
+    from churnops.image.analysis import VARIATIONS, develop
+    from churnops.image.dataset import RAW_SUFFIXES, read_raw
+    from churnops.image.standard import STYLES, render_set, strokes_of
+
+    te = data.idx_test
+    sets = {"test": (data.X[te], data.y[te])}
+    raw = [i for i in te if data.files[i].path.suffix.lower() in RAW_SUFFIXES]
+    frames = [read_raw(data.files[i].path, data.files[i].rel) for i in raw]
+    for name, (_, variation) in VARIATIONS.items():
+        if frames and name != "baseline":
+            sets[f"isp.{name}"] = (develop(frames, contract.isp, variation, s.seed), data.y[raw])
+    strokes = list(strokes_of(data.X[te]))
+    for name, style in STYLES.items():
+        sets[f"standard.{name}"] = (render_set(strokes, style), data.y[te])
+    return sets
+
+
+def calibration_images(data: ImageData, s: Settings, n: int = 256) -> np.ndarray:
+    """Training images for static calibration, half of them replaced by standard-image renders."""
+    from churnops.image.standard import mix_batch, strokes_of
+
+    rng = np.random.default_rng([s.seed, 11])
+    idx = rng.choice(data.idx_train, size=min(n, len(data.idx_train)), replace=False)
+    X = data.X[np.sort(idx)]
+    return mix_batch(X, strokes_of(X), 0.5, rng)
+
+
+def quantize_gate(
+    onnx_bytes: bytes, data: ImageData, contract: ImageContract, s: Settings
+) -> tuple[bytes | None, dict]:
+    """(int8 ONNX bytes or None, the gate's report): `IMAGE_QUANTIZATION` static | dynamic | off. A model
+    that fails the gate is left out (the float model is registered anyway); the report says why."""
+    from churnops.image.quantize import QuantizationGateError, gate, quantize
+
+    method = s.image_quantization
+    if method == "off":
+        return None, {"method": "off", "passed": False, "failure": "IMAGE_QUANTIZATION=off"}
+    calibration = calibration_images(data, s) if method == "static" else None
+    t0 = time.perf_counter()
+    int8 = quantize(onnx_bytes, method, calibration)
+    seconds = time.perf_counter() - t0
+    try:
+        report = gate(
+            onnx_bytes,
+            int8,
+            quantization_sets(data, contract, s),
+            s.image_int8_max_accuracy_drop,
+            s.image_int8_min_agreement,
+        )
+    except QuantizationGateError as exc:
+        return None, exc.report | {"method": method, "quantize_seconds": seconds}
+    return int8, report | {"method": method, "quantize_seconds": seconds}
+
+
 def check_sensitivity_floors(table, contract: ImageContract) -> None:
     """Raise SensitivityGateError naming every variation whose accuracy is under its floor."""
     acc = dict(zip(table["variation"], table["accuracy"]))
@@ -355,6 +444,24 @@ def _confusion_png(cm: list, classes: list[str], path: Path) -> None:
     fig.tight_layout(), fig.savefig(path, dpi=90), plt.close(fig)
 
 
+def write_quantization(art: Path, int8: bytes | None, quantization: dict | None) -> dict:
+    """Write the int8 model and the gate's report into the artifact folder; the run's int8 metrics."""
+    from churnops.image.quantize import INT8_ARTIFACT, REPORT_ARTIFACT
+
+    if quantization is not None:
+        (art / REPORT_ARTIFACT).write_text(json.dumps(quantization, indent=1))
+    if int8 is not None:
+        (art / INT8_ARTIFACT).write_bytes(int8)
+    q = quantization or {}
+    names = {
+        "accuracy_drop": "int8_accuracy_drop",
+        "argmax_agreement": "int8_argmax_agreement",
+        "accuracy_int8": "int8_pooled_accuracy",
+        "bytes_int8": "int8_bytes",
+    }
+    return {m: float(q[k]) for k, m in names.items() if isinstance(q.get(k), (int, float))}
+
+
 def log_and_register(
     net,
     onnx_bytes: bytes,
@@ -367,8 +474,12 @@ def log_and_register(
     s: Settings,
     parent_run_id: str,
     timer,
+    int8: bytes | None = None,
+    quantization: dict | None = None,
 ) -> dict:
-    """Log metrics, artifacts and the ONNX model to the parent run, then register it (tags: data source, SHA-256)."""
+    """Log metrics, artifacts and the ONNX model to the parent run, then register it (tags: data source, SHA-256).
+    `int8` (the quantized model that passed its gate) goes beside it as `model_int8.onnx` in the same
+    run, `quantization` (the gate's report) as `quantization.json`; the version is tagged `int8_artifact`."""
     import warnings
 
     import mlflow
@@ -424,6 +535,7 @@ def log_and_register(
 
         ref = reference_payload(data.files, data.X, onnx_bytes, contract.classes, seed=s.seed)
         (art / REFERENCE_FILE).write_text(json.dumps(ref))
+        quant_metrics = write_quantization(art, int8, quantization)
         with timer, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             mlflow.set_tracking_uri(s.mlflow_tracking_uri)
@@ -438,6 +550,7 @@ def log_and_register(
                         "best_val_accuracy": best.metrics["accuracy"],
                         "n_trials": len(trials),
                     }
+                    | quant_metrics
                 )
                 mlflow.log_artifacts(str(art))
                 info = mlflow.onnx.log_model(
@@ -451,6 +564,10 @@ def log_and_register(
                 "task": contract.task,
                 "contract_fingerprint": contract.fingerprint(),  # one contract per model name (registry.register)
             }
+            if int8 is not None:
+                from churnops.image.quantize import INT8_ARTIFACT
+
+                tags["int8_artifact"] = INT8_ARTIFACT  # in this run: IMAGE_MODEL_PRECISION=int8 serves it
             version, aliases = register(parent_run_id, info.model_uri, s, tags=tags)
             mlflow.MlflowClient(s.mlflow_tracking_uri).set_tag(parent_run_id, "registered_version", str(version))
     return {"model_uri": info.model_uri, "version": str(version), "aliases": aliases}

@@ -133,6 +133,19 @@ def test_image_flow_generates_trains_registers(image_env, prefect_harness, raw_c
     }
     arts = {a.path for a in c.list_artifacts(out["run_id"])}
     assert {"isp_sensitivity.csv", "isp_sensitivity.png", "isp_sensitivity.json", "image_meta.json"} <= arts
+    # the standard-images accuracies are on the run; the int8 gate's report beside the model
+    assert set(out["standard_images"]) == {
+        "grey_on_black",
+        "black_on_white",
+        "colormap",
+        "jpeg_q75",
+        "blur",
+        "small_scale",
+    }
+    for style, acc in out["standard_images"].items():
+        assert run.data.metrics[f"std_{style}_accuracy"] == pytest.approx(acc)
+    assert "quantization.json" in arts and out["quantization"]["method"] == "static"
+    assert ("model_int8.onnx" in arts) == out["quantization"]["passed"]
     # registered under the contract's model name, tagged with the data source and version
     mv = c.get_model_version("raw-digits-cnn", out["version"])
     assert mv.tags["data_source"] == "synthetic-sensor" and mv.tags["dataset_sha256"] == out["dataset_sha256"]
@@ -190,10 +203,20 @@ def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harnes
     spec = yaml.safe_load((DATASETS_DIR / "raw_digits.yaml").read_text()) | {"model_name": name}
     path = tmp_path / "gov.yaml"
     path.write_text(yaml.safe_dump(spec))
+    # the shipped rules, the standard-images floors at 0 (a one-epoch model is not expected to reach them)
+    from churnops.governance import RULES_DIR
+
+    shipped = yaml.safe_load((RULES_DIR / "image_classification.yaml").read_text())
+    shipped["rules"]["min_standard_accuracy"] = {k: 0.0 for k in shipped["rules"]["min_standard_accuracy"]}
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(shipped))
+    monkeypatch.setenv("RULES_FILE", str(tmp_path / "first.yaml"))
+    get_settings.cache_clear()
     first = image_train_flow(contract=str(path), n_trials=1, data=str(raw_folder), max_epochs=1, approval_timeout_s=0)
     assert first["outcome"] == "promoted" and first["champion_version"] is None
     names = {r["name"] for r in first["rules"]}
     assert {"min_test_accuracy", "min_accuracy_under.noise_1pct", "min_improvement_accuracy"} <= names
+    std = next(r for r in first["rules"] if r["name"] == "min_standard_accuracy.black_on_white")
+    assert std["value"] == pytest.approx(first["standard_images"]["black_on_white"])
 
     rules = tmp_path / "strict.yaml"
     strict = {"min_accuracy_under": {"noise_3pct": 1.01}, "min_improvement_accuracy": 0.0, "require_onnx_parity": True}
