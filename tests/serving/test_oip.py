@@ -132,11 +132,12 @@ def test_model_metadata_follows_each_contract(v2):
         "probability": "FP64",
         "prediction": "BYTES",
         "decision": "INT64",
+        "explanations": "BYTES",  # answered only when `outputs` names it
     }
     diab = c.get("/v2/models/diabetes-xgboost").json
     assert [i["name"] for i in diab["inputs"]] == DIABETES.feature_names
     assert {i["datatype"] for i in diab["inputs"]} == {"FP64"}
-    assert [(o["name"], o["datatype"]) for o in diab["outputs"]] == [("prediction", "FP64")]
+    assert [(o["name"], o["datatype"]) for o in diab["outputs"]] == [("prediction", "FP64"), ("explanations", "BYTES")]
     img = c.get("/v2/models/raw-digits-cnn").json
     assert img["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
     assert {o["name"]: o["shape"] for o in img["outputs"]} == {
