@@ -1,0 +1,64 @@
+"""SIGTERM ends `make train` (the `churnops-train` entry it runs) during the sweep: it exits at once with
+a clear message and status 143, its MLflow run is FAILED, and nothing is registered."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import BIN
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_during_the_sweep_ends_make_train_registering_nothing(stack_env, prefect_harness, tmp_path):
+    from mlflow.entities import ViewType
+    from prefect.settings import PREFECT_API_URL
+
+    from churnops.provision import ensure_bucket, init_aws
+    from churnops.registry import client
+
+    name = f"sigterm-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ) | {
+        "MODEL_NAME": name,
+        "EXPERIMENT_NAME": name,
+        "DATASET": "bank_churners",
+        "BUCKET": "sigterm-feature-store",
+        "STATE_DIR": str(tmp_path / "state"),
+        "SYNTHETIC_ROWS": "1500",
+        "N_TRIALS": "5000",  # far more than it can finish: SIGTERM lands in the sweep
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+    }
+    env.pop("DATA", None)
+    s = stack_env.model_copy(update={"bucket": env["BUCKET"], "synthetic_rows": 1500, "dataset": "bank_churners"})
+    ensure_bucket(s)
+    init_aws(s)  # the synthetic churn snapshot of this bucket
+    c = client(stack_env)
+    proc = subprocess.Popen(
+        [str(BIN / "churnops-train")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        trials = []
+        deadline = time.monotonic() + 600  # a wait for the sweep to start, not an assertion on speed
+        while len(trials) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            exp = c.get_experiment_by_name(name)
+            if exp is not None:
+                trials = c.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''", ViewType.ALL)
+        assert proc.poll() is None and len(trials) >= 2, "the sweep never started"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM" in out and "Traceback" not in out, out[-3000:]
+    parent = trials[0].data.tags["mlflow.parentRunId"]
+    assert c.get_run(parent).info.status == "FAILED"
+    assert c.search_model_versions(f"name = '{name}'") == []  # nothing registered, not even half
