@@ -2,8 +2,9 @@
 
 `read_window` reads the predictions of the `hours` ending `now` (bounded to the newest `max_rows`
 when given, `bounded_records`), keeps the rows a track monitors, and fills the summary's common
-header (`window`, `n`, `max_rows`/`truncated`, `min_rows`, `model_versions`, and `status` /
-`message` when the window holds fewer than `report_min_rows` rows). `choose_reference` picks the
+header (`window`, `n`, `max_rows`/`truncated`, `min_rows`, `model_versions`, `rejections` (the
+records the API and consumers refused in the window, by reason and field: churnops/monitoring/rejections.py),
+and `status` / `message` when the window holds fewer than `report_min_rows` rows). `choose_reference` picks the
 training reference the same way for both: the one given, else the background references' answer
 for the window's model runs, else the one `load` downloads for the served run.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from churnops.monitoring.reference import served_run_id
+from churnops.monitoring.rejections import rejection_summary
 
 MIN_SPAN_S = 1e-3  # a span this short is not split again (its oldest rows are taken)
 
@@ -113,6 +115,7 @@ def read_window(
         header.update(
             status="insufficient_data", message=f"not enough data (n={len(records)} < min {settings.report_min_rows})"
         )
+    header["rejections"] = rejection_summary(store, start, now, len(records), settings)  # however few rows
     return WindowRead(start, now, records, truncated, header)
 
 

@@ -160,7 +160,7 @@ def compute(
     )
     task = task_for(contract)
     d, perf = summarize_window(df, reference, settings, task)
-    quality = data_quality(reference, df, contract, settings)
+    quality = data_quality(reference, df, contract, settings, out.get("rejections"))
     out.update(
         status=d["status"],
         reference_run_id=reference.run_id,
@@ -212,6 +212,7 @@ def cache_key(
             settings.quality_missing_increase,
             settings.quality_out_of_range_rate,
             settings.quality_unseen_rate,
+            settings.quality_rejection_rate,
             contract.fingerprint(),
         ),
         max_rows=max_rows,
