@@ -49,6 +49,7 @@ class MongoStore(PredictionStore):
             self.db.feedback.create_index("ts")
             self.db.feedback.create_index("request_id")
             self.db.reports.create_index("ts")
+            self.db.rejections.create_index("ts")
             self._indexed = True
 
     def insert_predictions(self, records: list[dict]) -> int:

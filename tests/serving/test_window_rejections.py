@@ -80,3 +80,21 @@ def test_a_window_without_rejections_and_a_store_without_counts(app_client, serv
     }
     assert "none in this window" in rejections_section(w.summary["rejections"])
     assert "not counted" in rejections_section({"available": False})
+
+
+def test_both_stores_keep_rejection_counts_alike(tmp_path):
+    """MongoDB (Compose) and the embedded store keep and window the counts the same way."""
+    from tests.serving.test_store_parity import open_stores
+
+    rows = [
+        {"ts": 60.0, "source": "http", "reason": "out_of_range", "field": "", "count": 3},
+        {"ts": 60.0, "source": "http", "reason": "out_of_range", "field": "customer_age", "count": 3},
+        {"ts": 120.0, "source": "stream", "reason": "undecodable", "field": "", "count": 1},
+    ]
+    for name, store in open_stores(tmp_path).items():
+        store.add_rejections(rows)
+        store.add_rejections([])
+        assert store.find_rejections() == rows, name
+        assert store.find_rejections(start=61.0) == rows[2:], name
+        assert store.find_rejections(end=120.0) == rows[:2], name
+        store.close()
