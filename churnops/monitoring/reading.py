@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from churnops.monitoring.reference import served_run_id
+from churnops.monitoring import reference as references_mod
 from churnops.monitoring.rejections import rejection_summary
 
 MIN_SPAN_S = 1e-3  # a span this short is not split again (its oldest rows are taken)
@@ -127,4 +127,4 @@ def choose_reference(settings, records: list[dict], reference=None, references=N
     run_ids = [str(r["model_run_id"]) for r in records if r.get("model_run_id")]
     if references is not None:
         return references.get(run_ids)
-    return load(served_run_id(settings, run_ids))
+    return load(references_mod.served_run_id(settings, run_ids))  # looked up at call time (tests replace it)

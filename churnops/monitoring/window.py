@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from churnops.monitoring import drift as drift_mod
+from churnops.monitoring import reference as references_mod
 from churnops.monitoring.estimated import window_estimate
 from churnops.monitoring.performance import realized_performance
 from churnops.monitoring.quality import data_quality
@@ -42,7 +43,6 @@ from churnops.monitoring.reading import (  # noqa: F401 (bounded_records, jsonab
     read_window,
     window_rows,
 )
-from churnops.monitoring.reference import load_reference
 from churnops.tasks import task_for
 
 META_COLUMNS = [
@@ -156,7 +156,11 @@ def compute(
     if not read.enough:
         return Window(jsonable(out), df)
     reference = choose_reference(
-        settings, read.records, reference, references, lambda run_id: load_reference(run_id, settings, contract)
+        settings,
+        read.records,
+        reference,
+        references,
+        lambda run_id: references_mod.load_reference(run_id, settings, contract),
     )
     task = task_for(contract)
     d, perf = summarize_window(df, reference, settings, task)
