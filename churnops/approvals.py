@@ -12,6 +12,10 @@ there) with an audit record:
 - run failed or crashed (the pause timeout) -> `expired`, the run's message as the reason
 - run still paused past its pause timeout   -> `expired` (Prefect's own sweep has not run yet)
 - run deleted                               -> `expired`
+- no approval run at all (a version awaiting from before approval runs existed, or whose run could not
+  be opened or tagged) and no decision `APPROVAL_TIMEOUT_S` after it began to await (its tag
+  `awaiting_since`, else the version's creation time) -> `expired`; with `APPROVAL_TIMEOUT_S=0` (no
+  approval run, the decision is `make promote`) such a version waits for `make promote`
 
 The retrain-trigger and report flows and `make train` / `make promote` call it; it costs one registry
 search and, only when a version is awaiting with a run, one Prefect read per such version.
@@ -61,15 +65,36 @@ def verdict(state, found: bool = True, now: datetime | None = None) -> tuple[str
     return None
 
 
-def awaiting_with_run(s: Settings) -> list[tuple[str, str]]:
-    """(version, approval run id) of the line's versions still `awaiting approval` with an approval run."""
+def awaiting_since(mv) -> float:
+    """When the model version `mv` began to await approval (epoch seconds): its `awaiting_since` tag,
+    else (a version from before the tag existed) its creation time."""
+    tag = (mv.tags or {}).get(g.AWAITING_SINCE_TAG)
+    try:
+        return float(tag)
+    except (TypeError, ValueError):
+        return (mv.creation_timestamp or 0) / 1000.0
+
+
+def awaiting(s: Settings) -> list[tuple[str, str | None, float]]:
+    """(version, approval run id or None, awaiting since) of the line's versions still `awaiting approval`."""
     s = resolved(s)
     found = []
     for mv in client(s).search_model_versions(f"name = '{s.model_name}'"):
         tags = mv.tags or {}
-        if tags.get("outcome") == g.AWAITING and tags.get(RUN_TAG):
-            found.append((str(mv.version), tags[RUN_TAG]))
+        if tags.get("outcome") == g.AWAITING:
+            found.append((str(mv.version), tags.get(RUN_TAG) or None, awaiting_since(mv)))
     return sorted(found, key=lambda x: int(x[0]))
+
+
+def verdict_without_run(since: float, timeout_s: float, now: datetime | None = None) -> tuple[str, str] | None:
+    """(expired, reason) for a version awaiting approval with no approval run once `timeout_s` has passed
+    since `since` (epoch seconds), else None; `timeout_s <= 0` is no timeout (the decision is `make promote`)."""
+    if timeout_s <= 0:
+        return None
+    deadline = datetime.fromtimestamp(since + timeout_s, timezone.utc)
+    if deadline < (now or datetime.now(timezone.utc)):
+        return g.EXPIRED, f"no approval run and no decision before the approval timeout ({deadline.isoformat()})"
+    return None
 
 
 def read_state(run_id: str):
@@ -92,9 +117,12 @@ def sweep_approvals(s: Settings, now: datetime | None = None) -> list[dict]:
     docstring), with an audit record; returns what was changed."""
     s = resolved(s)
     changed = []
-    for version, run_id in awaiting_with_run(s):
-        state, found = read_state(run_id)
-        decided = verdict(state, found, now)
+    for version, run_id, since in awaiting(s):
+        if run_id is None:
+            decided = verdict_without_run(since, s.approval_timeout_s, now)
+        else:
+            state, found = read_state(run_id)
+            decided = verdict(state, found, now)
         if decided is None:
             continue
         outcome, reason = decided

@@ -36,6 +36,7 @@ BLOCKED, AWAITING, PROMOTED, REJECTED, EXPIRED = "blocked", "awaiting approval",
 # servers may send canary traffic to (serving/model.py); blocked, rejected and expired never do
 CANARY_OUTCOMES = (AWAITING, PROMOTED)
 REFUSED_OUTCOMES = (BLOCKED, REJECTED, EXPIRED)
+AWAITING_SINCE_TAG = "awaiting_since"  # epoch seconds a version began to await approval (churnops/approvals.py)
 KNOWN_RULES = (
     "min_test_auc_roc",
     "max_calibration_error",
@@ -381,6 +382,7 @@ def set_outcome(
     c = client(s)
     c.set_model_version_tag(s.model_name, str(version), "outcome", outcome)
     if outcome == AWAITING:
+        c.set_model_version_tag(s.model_name, str(version), AWAITING_SINCE_TAG, f"{time.time():.3f}")
         c.set_registered_model_alias(s.model_name, CHALLENGER, str(version))
     elif outcome in REFUSED_OUTCOMES:
         held = alias_version(s.model_name, CHALLENGER, s)

@@ -101,9 +101,15 @@ def line_storage(contract, s: Settings) -> dict:
     return {k: v for k, v in defaults.items() if k not in s.model_fields_set}
 
 
+STORAGE_FIELDS = frozenset({"prediction_db_path", "spool_dir", "stream_outbox_dir", "serving_state_file", "mongodb_db"})
+
+
 def resolved(s: Settings) -> Settings:
-    """`s` itself when its line is resolved, else `for_dataset(s)`."""
-    if s.model_name and s.experiment_name and s.training_deployment:
+    """`s` itself when its line is resolved (names and, for a line other than churn, its own storage),
+    else `for_dataset(s)`. Names set explicitly (MODEL_NAME, EXPERIMENT_NAME, TRAINING_DEPLOYMENT) do not
+    make a line resolved: its store, spool, outbox and serving state still follow the data set."""
+    named = s.model_name and s.experiment_name and s.training_deployment
+    if named and (s.dataset == CHURN_CONTRACT or STORAGE_FIELDS <= s.model_fields_set):
         return s
     return for_dataset(s)
 

@@ -261,6 +261,7 @@ class Settings(BaseSettings):
     quality_missing_increase: float = Field(default=0.1, ge=0, le=1)  # missing rate over the training one
     quality_out_of_range_rate: float = Field(default=0.05, ge=0, le=1)  # values outside the training min/max
     quality_unseen_rate: float = Field(default=0.01, ge=0, le=1)  # values in categories training never saw
+    quality_rejection_rate: float = Field(default=0.05, ge=0, le=1)  # records rejected (API, consumers) per window
     retrain_on_quality_failure: bool = False  # a data-quality failure is a retraining reason (off: fix the data)
     rmse_ceiling: float | None = Field(default=None, gt=0)  # regression: realized RMSE above it triggers training
     rmse_ceiling_factor: float | None = Field(default=1.5, gt=0)  # ... else this factor x the run's test RMSE

@@ -14,15 +14,18 @@ from prefect.cache_policies import NO_CACHE
 
 from churnops.contract import load_any_contract
 from churnops.image.contract import ImageContract
+from churnops.model_line import check_line, for_dataset
 from churnops.settings import Settings, get_settings
 from flows.train_flow import govern
 
 FLOW_NAME = "train-image-model"
 
 
-def image_settings(s: Settings, contract: ImageContract) -> Settings:
-    """The settings with the contract's model and experiment names (registry helpers read them there)."""
-    return s.model_copy(update={"model_name": contract.model_name, "experiment_name": contract.experiment_name})
+def image_settings(s: Settings, contract: ImageContract, dataset: str | None = None) -> Settings:
+    """The settings of the image contract's model line, resolved as the tabular lines are
+    (`churnops.model_line.for_dataset`): its model name, experiment, training deployment and its own
+    prediction log, spool, outbox and serving state (registry helpers and the audit read them there)."""
+    return for_dataset(s, dataset or contract.name, contract)
 
 
 def contract_of(name: str) -> ImageContract:
@@ -164,8 +167,9 @@ def image_train_flow(
     from churnops.registry import client
 
     c = contract_of(contract)
-    s = image_settings(get_settings(), c)
+    s = image_settings(get_settings(), c, contract)
     preflight(s)
+    check_line(s.model_name, c.fingerprint(), s)  # MODEL_NAME of another contract: refused before the sweep
     d = load_images(c, s, data, limit)
     space = train.SweepSpace()
     if max_epochs is not None:

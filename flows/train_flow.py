@@ -14,6 +14,7 @@ import time
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 
 from churnops import pipeline
 from churnops.approvals import remember_run, sweep_quietly
@@ -29,6 +30,25 @@ FLOW_NAME = "train-churn-model"
 
 class PreflightError(RuntimeError):
     """A dependency (S3 endpoint, MLflow server, snapshot) is missing or unreachable."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM reached `make train` outside the flow run (Prefect's own handler raises
+    `TerminationSignal` inside it); exit status 143 like a shell's."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
+def on_sigterm(signum, frame) -> None:
+    """SIGTERM ends `make train` like Ctrl-C (Prefect marks the flow run crashed) instead of leaving it behind."""
+    raise Terminated()
+
+
+STOPPED = (
+    "training flow {flow} stopped by SIGTERM: the flow run ends crashed, its MLflow run FAILED; a version is "
+    "registered only by a run that reached `onnx-log-register`"
+)
 
 
 @task(name="preflight", cache_policy=NO_CACHE, retries=0)
@@ -357,12 +377,14 @@ def main() -> None:
 
     setup_logging()
     s = get_settings()
-    # SIGTERM ends the run like Ctrl-C (Prefect marks it crashed) instead of leaving it behind
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    for ended in sweep_quietly(s):  # earlier challengers whose approval run was cancelled or timed out
-        print(f"{ended['model']} v{ended['version']}: {ended['outcome']} ({ended['reason']})")
+    signal.signal(signal.SIGTERM, on_sigterm)  # inside the flow run Prefect's handler raises TerminationSignal
     try:
+        for ended in sweep_quietly(s):  # earlier challengers whose approval run was cancelled or timed out
+            print(f"{ended['model']} v{ended['version']}: {ended['outcome']} ({ended['reason']})")
         summary = train_flow(progress=True, dataset=s.dataset)
+    except (Terminated, TerminationSignal):
+        print(f"ERROR: {STOPPED.format(flow=FLOW_NAME)}", file=sys.stderr)
+        sys.exit(143)
     except Exception as exc:
         fail(exc, f"training flow {FLOW_NAME}")
     m = summary["test_metrics"]

@@ -172,7 +172,24 @@ def quality_section(quality: dict | None) -> str:
         f"{head}<h2>Data quality: {html.escape(q['status'])} ({len(q['failed_features'])} feature(s) failing)</h2>"
         "<table border=1 cellpadding=4><tr><th>feature</th><th>status</th><th>missing</th><th>training missing</th>"
         f"<th>out of training range</th><th>unseen categories</th><th>problems</th></tr>{rows}</table>"
-        f"<p>rejections: {html.escape(str(q.get('rejections', '')))}</p></section>"
+        f"{rejections_section(q.get('rejections'))}</section>"
+    )
+
+
+def rejections_section(rejections: dict | None) -> str:
+    """The records the API and consumers rejected in the window, by reason and by field, as HTML."""
+    r = rejections or {}
+    if not r.get("available"):
+        return "<h3>Rejected records</h3><p>not counted by this store</p>"
+    if not r["total"]:
+        return "<h3>Rejected records</h3><p>none in this window</p>"
+    e = html.escape
+    reasons = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in r["by_reason"].items())
+    fields = "".join(f"<tr><td>{e(k)}</td><td>{v}</td></tr>" for k, v in r["by_field"].items())
+    return (
+        f'<h3 id="rejections">Rejected records: {e(r["status"])} ({r["total"]}, {r["rate"]:.1%} of the window)</h3>'
+        f"<table border=1 cellpadding=4><tr><th>reason</th><th>records</th></tr>{reasons}</table>"
+        + (f"<table border=1 cellpadding=4><tr><th>field</th><th>errors</th></tr>{fields}</table>" if fields else "")
     )
 
 
@@ -257,6 +274,8 @@ def headline(summary: dict) -> dict:
         "estimated_auc": (summary.get("estimated_performance") or {}).get("auc_roc"),
         "quality_status": (summary.get("quality") or {}).get("status"),
         "attribution_shifted": (summary.get("attribution") or {}).get("shifted"),
+        "rejected": (summary.get("rejections") or {}).get("total"),
+        "rejection_rate": (summary.get("rejections") or {}).get("rate"),
         "model_versions": summary.get("model_versions", []),
         "model": summary.get("model"),
         "reference_run_id": summary.get("reference_run_id"),
@@ -299,6 +318,7 @@ def build_report(
         "files": {},
         "n_window": win["n"],
         "model_versions": list(win["model_versions"]),
+        "rejections": win.get("rejections"),  # counted however few rows the window holds
     }
     if win["status"] == "insufficient_data":
         summary.update(status="insufficient_data", n=win["n"], message=win["message"])

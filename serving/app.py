@@ -24,6 +24,7 @@ from churnops.contract import load_contract
 from churnops.image.feedback import ImageFeedback
 from churnops.model_line import resolved
 from churnops.model_uri import ModelUriError, check_model_uri, check_run_id
+from churnops.monitoring.rejections import RejectionCounter
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
@@ -95,6 +96,7 @@ class ServingState:
         self.fast = FastPaths.from_settings(self.contract, settings) if tabular else None  # FAST_PATHS=off: plain
         self.validator = self.fast.record if tabular else None
         self.admin_token = ""  # set by create_app (churnops.admin.admin_token)
+        self.rejections: RejectionCounter | None = None  # set by create_app (churnops/monitoring/rejections.py)
 
 
 def _err(status: int, error: str, details: dict | None = None) -> tuple[Response, int]:
@@ -172,9 +174,13 @@ def create_app(
     state.admin_token = token
     # SHADOW_FRACTION > 0: mirrors to the candidate after each answer (serving/shadow.py)
     state.shadow = ShadowMirror(s, plog, metrics, lambda: models.current)
+    # rejected records counted by reason and field into the line's store (the window's data quality)
+    state.rejections = RejectionCounter(store, state.contract.feature_names if state.contract else ())
     if start_background:
         plog.start()
         _LOGS.append(plog)
+        state.rejections.start()
+        atexit.register(state.rejections.close)
         if models.current is None:
             models.start_background()
 
@@ -189,6 +195,8 @@ def create_app(
     @app.errorhandler(BadInput)
     def bad_input(e: BadInput):
         state.metrics.rejections.labels("http", e.reason).inc()
+        if e.status < 500 and request.path.startswith("/predict"):  # a refused record, not a server state
+            state.rejections.add("http", e.reason, e.details)
         return _err(e.status, e.error, e.details)
 
     @app.errorhandler(HTTPException)
@@ -198,6 +206,8 @@ def create_app(
             limit = request.max_content_length or s.max_body_bytes  # a route may set its own (/predict/image)
             details = {"body": f"request body larger than the {limit} byte limit"}
             state.metrics.rejections.labels("http", "body_too_large").inc()
+            if request.path.startswith("/predict"):
+                state.rejections.add("http", "body_too_large")
         elif e.code == 405:
             details = {"method": f"{request.method} not allowed on {request.path}"}
         elif e.code == 404:

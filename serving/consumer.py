@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from churnops.aws import backoff_delay, is_transient
 from churnops.contract import load_contract
 from churnops.model_line import resolved
+from churnops.monitoring.rejections import RejectionCounter
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
@@ -161,6 +162,8 @@ class Consumer:
         # FAST_PATHS=off: the reference validator
         self.validator = FastPaths.from_settings(self.contract, self.s).record if self.image is None else None
         self.store = store or open_store(self.s)
+        # records refused, counted by reason and field into the line's store (the window's data quality)
+        self.rejections = RejectionCounter(self.store, self.contract.feature_names if self.contract else ())
         self.plog = PredictionLog(
             self.store,
             self.s.state_path(self.s.spool_dir, "spool"),
@@ -580,9 +583,11 @@ class Consumer:
                 rows.append((rec, self._row(rec)))
             except BadInput as e:
                 self.metrics.rejections.labels("stream", e.reason).inc()
+                self.rejections.add("stream", e.reason, e.details)
                 dlq.append(self._dead(shard_id, rec, e.error, e.reason, e.details))
             except Exception as e:  # RecursionError, MemoryError, anything else: this record's doing
                 self.metrics.rejections.labels("stream", "undecodable").inc()
+                self.rejections.add("stream", "undecodable")
                 dlq.append(
                     self._dead(
                         shard_id,
@@ -644,6 +649,7 @@ class Consumer:
             self.plog.write_now(logs).check()  # stored or spooled before any put or checkpoint, else NotLogged
         self._emit(self.s.output_stream, results)
         self._emit(self.s.dlq_stream, dlq)
+        self.rejections.flush()  # only when records were refused (nothing held: no write)
         self.metrics.stream_records.labels("result").inc(len(results))
         self.metrics.stream_records.labels("dead_letter").inc(len(dlq))
         with self._lock:

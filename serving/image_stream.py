@@ -133,12 +133,14 @@ def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, i
             img = decode(fetch(consumer._image_s3, bucket, key, int(s.image_max_body_bytes)), None, contract, "image")
         except BadInput as e:
             consumer.metrics.rejections.labels("stream", e.reason).inc()
+            consumer.rejections.add("stream", e.reason, e.details)
             dlq.append(consumer._dead(shard_id, rec, e.error, e.reason, e.details))
             continue
         except Exception as e:
             if is_transient(e):
                 raise  # S3 down: retry the batch later from the checkpoint
             consumer.metrics.rejections.labels("stream", "undecodable").inc()
+            consumer.rejections.add("stream", "undecodable")
             dlq.append(
                 consumer._dead(
                     shard_id,
@@ -189,6 +191,7 @@ def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, i
         consumer.plog.write_now(logs).check()  # stored or spooled before any put or checkpoint, else NotLogged
     consumer._emit(s.output_stream, results)
     consumer._emit(s.dlq_stream, dlq)
+    consumer.rejections.flush()  # the window's data quality (only when records were refused)
     consumer.metrics.stream_records.labels("result").inc(len(results))
     consumer.metrics.stream_records.labels("dead_letter").inc(len(dlq))
     with consumer._lock:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from churnops.image.drift import channel_wasserstein, mmd_test, summaries
 from churnops.monitoring.drift import CRITICAL, OK, WARN, psi
+from churnops.monitoring.reading import choose_reference, jsonable, read_window
 from churnops.monitoring.reference import BackgroundReferences, ReferenceUnavailable, fetch_artifacts
 
 log = logging.getLogger(__name__)
@@ -233,36 +233,16 @@ def image_window(
 ):
     """The window summary of an image server (see the module docstring); plain JSON values; `max_rows`
     bounds the rows read (the newest)."""
-    from churnops.monitoring.window import bounded_records, jsonable
-
-    now = time.time() if now is None else now
-    start = now - hours * 3600.0
-    if max_rows is None:
-        found = store.find_predictions(start=start, end=now)
-    else:
-        found, _ = bounded_records(store, start, now, max_rows)
-    records = [r for r in found if (r.get("features") or {}).get("sha256")]
-    out: dict = {
-        "task": "image_classification",
-        "window": {"start": start, "end": now, "hours": hours},
-        "n": len(records),
-        "min_rows": settings.report_min_rows,
-        "model_versions": sorted({str(r["model_version"]) for r in records if r.get("model_version") is not None}),
-    }
-    if len(records) < settings.report_min_rows:
-        out.update(
-            status="insufficient_data",
-            message=f"not enough data (n={len(records)} < min {settings.report_min_rows})",
-        )
+    read = read_window(
+        store, settings, hours, now, max_rows, keep=lambda r: bool((r.get("features") or {}).get("sha256"))
+    )
+    start, now, records = read.start, read.end, read.records
+    out: dict = {"task": "image_classification", **read.header}
+    if not read.enough:
         return jsonable(out)
-    if reference is None:
-        run_ids = [str(r["model_run_id"]) for r in records if r.get("model_run_id")]
-        if references is not None:
-            reference = references.get(run_ids)
-        else:
-            from churnops.monitoring.reference import served_run_id
-
-            reference = load_image_reference(served_run_id(settings, run_ids), settings)
+    reference = choose_reference(
+        settings, records, reference, references, lambda run_id: load_image_reference(run_id, settings)
+    )
     d = drift_of(reference, records, settings)
     perf = realized_accuracy(records, store.find_feedback(start=start))
     signals = dict(d["signals"], predicted_class=d["classes"]["status"])

@@ -32,6 +32,8 @@ NAMES = {
     "quality_status": "churn_data_quality_status",
     "quality_failed": "churn_data_quality_failed_features",
     "report_last": "churn_report_last_timestamp_seconds",
+    "rejection_rate": "churn_window_rejection_rate",
+    "rejections": "churn_window_rejections",
 }
 
 
@@ -92,6 +94,11 @@ class DriftGauges:
         self.quality_status = Gauge(NAMES["quality_status"], "Data quality of the window: 0 ok, 1 fail", **kw)
         self.quality_failed = Gauge(NAMES["quality_failed"], "Features failing the data-quality checks", **kw)
         self.report_last = Gauge(NAMES["report_last"], "Unix time of the newest monitoring report", **kw)
+        # rejected records of the window (churnops/monitoring/rejections.py)
+        self.rejection_rate = Gauge(
+            NAMES["rejection_rate"], "Share of the window's records rejected by the API and consumers", **kw
+        )
+        self.rejections = Gauge(NAMES["rejections"], "Records rejected in the window, by reason", ["reason"], **kw)
 
     def update(self, result: dict) -> None:
         drift = result.get("drift") or {}
@@ -126,6 +133,11 @@ class DriftGauges:
                     self.unseen_rate.labels(name).set(f["unseen_rate"])
             self.quality_status.set(1 if quality["status"] == "fail" else 0)
             self.quality_failed.set(len(quality["failed_features"]))
+        rejected = result.get("rejections") or {}
+        if rejected.get("available"):
+            self.rejection_rate.set(rejected["rate"])
+            for reason, n in rejected["by_reason"].items():
+                self.rejections.labels(reason).set(n)
         image = result.get("image")
         if image:  # image monitoring hook
             for ch, v in image["channel_wasserstein"].items():

@@ -10,9 +10,10 @@ Per feature of the logged (clean) rows:
 * categorical/ordinal: `unseen_categories`, values the reference never had (a category mapped to
   `unknown`, or one the contract lists but training never saw); it fails above `quality_unseen_rate`
 
-Rejected records never reach the prediction log: they are counted by reason in
-`churn_rejections_total{source, reason}` (the API's and each consumer's `/metrics`) and alerted on
-from there (monitoring/alerts.yml: ChurnRejectionRateHigh).
+Rejected records never reach the prediction log: the API and the consumers count them by reason and
+field into the line's store (churnops/monitoring/rejections.py); the window's `rejections` (rate, by
+reason, by field) is part of its quality, which fails when the rate exceeds `QUALITY_REJECTION_RATE`.
+They are also counted in `churn_rejections_total{source, reason}` (each process's `/metrics`).
 """
 
 from __future__ import annotations
@@ -67,20 +68,22 @@ def feature_quality(ref, col: pd.Series, spec, settings) -> dict:
     return out
 
 
-def data_quality(reference: Reference, df: pd.DataFrame, contract, settings) -> dict:
-    """Per-feature quality of the window and its overall status (`fail` when any feature fails)."""
+def data_quality(reference: Reference, df: pd.DataFrame, contract, settings, rejections: dict | None = None) -> dict:
+    """Per-feature quality of the window and its overall status (`fail` when any feature fails, or
+    when the window's `rejections` (`rejections.rejection_summary`) fail)."""
     features = {
         name: feature_quality(reference.features[name], df[name], spec, settings)
         for name, spec in contract.features.items()
         if name in reference.features and name in df
     }
     failed = sorted(k for k, f in features.items() if f["status"] == FAIL)
+    rejected = bool(rejections and rejections.get("status") == FAIL)
     return {
-        "status": FAIL if failed else OK,
+        "status": FAIL if failed or rejected else OK,
         "n": int(len(df)),
         "failed_features": failed,
         "features": features,
-        "rejections": "counted by reason in churn_rejections_total (rejected records are not logged)",
+        "rejections": rejections or {"available": False},
     }
 
 
@@ -88,5 +91,11 @@ def quality_reasons(quality: dict | None, settings) -> list[str]:
     """A data-quality failure as a retraining reason, when `retrain_on_quality_failure` is set."""
     if not settings.retrain_on_quality_failure or not quality or quality.get("status") != FAIL:
         return []
-    parts = [f"{k}: {'; '.join(quality['features'][k]['problems'])}" for k in quality["failed_features"][:5]]
-    return [f"data quality failed for {len(quality['failed_features'])} feature(s): " + " | ".join(parts)]
+    reasons = []
+    if quality["failed_features"]:
+        parts = [f"{k}: {'; '.join(quality['features'][k]['problems'])}" for k in quality["failed_features"][:5]]
+        reasons.append(f"data quality failed for {len(quality['failed_features'])} feature(s): " + " | ".join(parts))
+    rejected = quality.get("rejections") or {}
+    if rejected.get("status") == FAIL:
+        reasons.append(f"data quality failed: {rejected['problem']}")
+    return reasons

@@ -26,15 +26,23 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from churnops.monitoring import drift as drift_mod
+from churnops.monitoring import reference as references_mod
 from churnops.monitoring.estimated import window_estimate
 from churnops.monitoring.performance import realized_performance
 from churnops.monitoring.quality import data_quality
+from churnops.monitoring.reading import (  # noqa: F401 (bounded_records, jsonable: re-exported)
+    WindowRead,
+    bounded_records,
+    choose_reference,
+    jsonable,
+    read_window,
+    window_rows,
+)
 from churnops.shadow_test import SHADOW_ROUTE
 from churnops.tasks import task_for
 
@@ -91,74 +99,32 @@ def attach_outcomes(df: pd.DataFrame, feedback: list[dict]) -> pd.DataFrame:
     return df
 
 
-MIN_SPAN_S = 1e-3  # a span this short is not split again (its oldest rows are taken)
-
-
-def window_rows(settings, max_rows: int | None = None) -> int | None:
-    """`max_rows`, else DRIFT_MAX_ROWS: every caller (report, trigger, `/drift`) reads the same bounded
-    window, so one cached summary serves them all."""
-    return max_rows if max_rows is not None else getattr(settings, "drift_max_rows", None)
-
-
-def bounded_records(store, start: float, end: float, max_rows: int) -> tuple[list[dict], bool]:
-    """(the newest `max_rows` predictions of [start, end), oldest first; True when rows were left out).
-
-    The store returns rows oldest first, so a span holding more than what is left is split in two and
-    its newer half read first: no read returns more than `max_rows + 1` rows, whatever the window holds.
-    """
-    over = False
-
-    def take(lo: float, hi: float, left: int) -> list[dict]:
-        nonlocal over
-        if left <= 0 or hi <= lo:
-            over = over or left <= 0
-            return []
-        got = store.find_predictions(start=lo, end=hi, limit=left + 1)
-        if len(got) <= left:
-            return got
-        over = True
-        if hi - lo < MIN_SPAN_S:
-            return got[:left]
-        mid = (lo + hi) / 2
-        newer = take(mid, hi, left)
-        return take(lo, mid, left - len(newer)) + newer if len(newer) < left else newer
-
-    records = take(start, end, max_rows)
-    return records, over
+def answered(record: dict) -> bool:
+    """Whether a logged prediction answered someone: shadow mirrors (the candidate's, serving/shadow.py)
+    did not, so monitoring windows leave them out."""
+    return record.get("route") != SHADOW_ROUTE
 
 
 def load_window(store, contract, start: float, end: float, max_rows: int | None = None) -> pd.DataFrame:
-    """Predictions with start <= ts < end (shadow mirrors left out: they answered no one) and their
-    outcomes (feedback given since `start`); with
-    `max_rows`, the newest `max_rows` of them (`df.attrs["truncated"]` says whether rows were left out)."""
-    truncated = False
+    """Predictions with start <= ts < end (shadow mirrors left out) and their outcomes; with `max_rows`,
+    the newest `max_rows` of them (`df.attrs["truncated"]` says whether rows were left out)."""
     if max_rows is None:
-        records = store.find_predictions(start=start, end=end)
+        records, truncated = store.find_predictions(start=start, end=end), False
     else:
         records, truncated = bounded_records(store, start, end, max_rows)
-    df = predictions_frame(records, contract)
-    if len(df) and (df["route"] == SHADOW_ROUTE).any():  # the candidate's mirrors answered no one
-        df = df[df["route"] != SHADOW_ROUTE].reset_index(drop=True)
-    df.attrs["truncated"] = truncated
+    return window_frame(store, contract, WindowRead(start, end, [r for r in records if answered(r)], truncated))
+
+
+def window_frame(store, contract, read: WindowRead) -> pd.DataFrame:
+    """The rows of a read window as a frame, with their outcomes (feedback given since its start);
+    `df.attrs["truncated"]` says whether rows were left out (`max_rows`)."""
+    df = predictions_frame(read.records, contract)
+    df.attrs["truncated"] = read.truncated
     if len(df):
-        df = attach_outcomes(df, store.find_feedback(start=start))
+        df = attach_outcomes(df, store.find_feedback(start=read.start))
     else:
         df["outcome"] = pd.Series(dtype=float)
     return df
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values: numpy scalars as Python numbers, NaN and infinities as None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if not np.isfinite(v) else v
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def summarize_window(df: pd.DataFrame, reference: drift_mod.Reference, settings, task=None) -> tuple[dict, dict]:
@@ -201,33 +167,21 @@ def compute(
 
         rows = window_rows(settings, max_rows)
         return Window(image_window(store, settings, contract, hours, now, reference, references, rows))
-    now = time.time() if now is None else now
-    start = now - hours * 3600.0
-    max_rows = window_rows(settings, max_rows)
-    df = load_window(store, contract, start, now, max_rows)
-    out: dict = {
-        "window": {"start": start, "end": now, "hours": hours},
-        "n": int(len(df)),
-        **({"max_rows": max_rows, "truncated": bool(df.attrs.get("truncated"))} if max_rows is not None else {}),
-        "min_rows": settings.report_min_rows,
-        "model_versions": sorted({str(v) for v in df["model_version"].dropna().unique()}) if len(df) else [],
-    }
-    if len(df) < settings.report_min_rows:
-        out.update(
-            status="insufficient_data", message=f"not enough data (n={len(df)} < min {settings.report_min_rows})"
-        )
+    read = read_window(store, settings, hours, now, window_rows(settings, max_rows), keep=answered)
+    df = window_frame(store, contract, read)
+    out: dict = dict(read.header)
+    if not read.enough:
         return Window(jsonable(out), df)
-    if reference is None:
-        run_ids = df["model_run_id"].dropna().astype(str).tolist()
-        if references is not None:
-            reference = references.get(run_ids)
-        else:
-            from churnops.monitoring.reference import load_reference, served_run_id
-
-            reference = load_reference(served_run_id(settings, run_ids), settings, contract)
+    reference = choose_reference(
+        settings,
+        read.records,
+        reference,
+        references,
+        lambda run_id: references_mod.load_reference(run_id, settings, contract),
+    )
     task = task_for(contract)
     d, perf = summarize_window(df, reference, settings, task)
-    quality = data_quality(reference, df, contract, settings)
+    quality = data_quality(reference, df, contract, settings, out.get("rejections"))
     out.update(
         status=d["status"],
         reference_run_id=reference.run_id,
@@ -279,6 +233,7 @@ def cache_key(
             settings.quality_missing_increase,
             settings.quality_out_of_range_rate,
             settings.quality_unseen_rate,
+            settings.quality_rejection_rate,
             contract.fingerprint(),
         ),
         max_rows=max_rows,

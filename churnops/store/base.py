@@ -267,6 +267,16 @@ class PredictionStore(ABC):
         """Audit records, newest first, paged; only those of registered model `model` when given."""
         raise NotImplementedError(f"{type(self).__name__} keeps no audit trail")
 
+    def add_rejections(self, counts: list[dict]) -> None:
+        """Append counts of rejected records (`ts` of the minute, `source`, `reason`, `field`, `count`;
+        churnops/monitoring/rejections.py); rejected records are never logged, only counted here.
+        Backends implement it; the base refuses."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no rejection counts")
+
+    def find_rejections(self, start: float | None = None, end: float | None = None) -> list[dict]:
+        """The rejection counts with start <= ts < end."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no rejection counts")
+
     @abstractmethod
     def ping(self) -> bool:
         """True when the backend answers."""

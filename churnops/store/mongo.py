@@ -49,6 +49,7 @@ class MongoStore(PredictionStore):
             self.db.feedback.create_index("ts")
             self.db.feedback.create_index("request_id")
             self.db.reports.create_index("ts")
+            self.db.rejections.create_index("ts")
             self._indexed = True
 
     def insert_predictions(self, records: list[dict]) -> int:
@@ -188,6 +189,28 @@ class MongoStore(PredictionStore):
         rec = {**record, "_id": str(record.get("_id") or f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"), "ts": ts}
         self.db.audit.insert_one(dict(rec))
         return rec
+
+    def add_rejections(self, counts: list[dict]) -> None:
+        docs = [
+            {
+                "ts": float(c["ts"]),
+                "source": str(c["source"]),
+                "reason": str(c["reason"]),
+                "field": str(c.get("field") or ""),
+                "count": int(c["count"]),
+            }
+            for c in counts
+        ]
+        if docs:
+            self.db.rejections.insert_many(docs, ordered=False)
+
+    def find_rejections(self, start=None, end=None) -> list[dict]:
+        q: dict = {}
+        if start is not None:
+            q.setdefault("ts", {})["$gte"] = float(start)
+        if end is not None:
+            q.setdefault("ts", {})["$lt"] = float(end)
+        return list(self.db.rejections.find(q, {"_id": 0}).sort("ts", 1))
 
     def find_audit(self, limit: int = 50, offset: int = 0, model: str | None = None) -> list[dict]:
         cur = (

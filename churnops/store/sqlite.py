@@ -55,6 +55,13 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 """
 
+# counts of rejected records per minute, source, reason and field (churnops/monitoring/rejections.py)
+_REJECTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rejections (
+    ts REAL NOT NULL, source TEXT NOT NULL, reason TEXT NOT NULL, field TEXT NOT NULL, n INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS rejections_ts ON rejections (ts);
+"""
+
 
 # shard leases of the stream consumers (churnops.store.base.Lease); created on first use
 _LEASE_SCHEMA = """
@@ -486,6 +493,37 @@ class SQLiteStore(PredictionStore):
             ]
 
         return self._run(go)
+
+    # ---- rejection counts -------------------------------------------------------------------------
+    def _rejections_table(self, conn: sqlite3.Connection) -> None:
+        if not getattr(self, "_rejections_ready", False):
+            conn.executescript(_REJECTIONS_SCHEMA)
+            self._rejections_ready = True
+
+    def add_rejections(self, counts: list[dict]) -> None:
+        rows = [
+            (float(c["ts"]), str(c["source"]), str(c["reason"]), str(c.get("field") or ""), int(c["count"]))
+            for c in counts
+        ]
+
+        def go(conn):
+            self._rejections_table(conn)
+            conn.executemany("INSERT INTO rejections (ts, source, reason, field, n) VALUES (?, ?, ?, ?, ?)", rows)
+
+        if rows:
+            self._run(go)
+
+    def find_rejections(self, start=None, end=None) -> list[dict]:
+        where, args = _window(start, end)
+
+        def go(conn):
+            self._rejections_table(conn)
+            return conn.execute(
+                f"SELECT ts, source, reason, field, n FROM rejections{where} ORDER BY ts",  # noqa: S608 (fixed text)
+                args,
+            ).fetchall()
+
+        return [{"ts": ts, "source": s, "reason": r, "field": f, "count": n} for ts, s, r, f, n in self._run(go)]
 
     def ping(self) -> bool:
         try:

@@ -177,3 +177,23 @@ def test_approval_run_states_map_to_outcomes():
     waiting.state_details.pause_timeout = now + timedelta(seconds=30)
     for open_or_decided in (waiting, Running(), Completed(), None):
         assert verdict(open_or_decided, now=now) is None
+
+
+def test_awaiting_without_a_run_expires_after_the_timeout():
+    """No approval run: expired once APPROVAL_TIMEOUT_S has passed since it began to await (the tag, else
+    the version's creation), never with no timeout (APPROVAL_TIMEOUT_S=0: `make promote` decides)."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from churnops.approvals import awaiting_since, verdict_without_run
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    at = lambda seconds: datetime.fromtimestamp(start + seconds, timezone.utc)  # noqa: E731
+    assert verdict_without_run(start, 3600, now=at(3599)) is None
+    outcome, reason = verdict_without_run(start, 3600, now=at(3601))
+    assert outcome == "expired" and "2026-01-01T01:00:00+00:00" in reason
+    assert verdict_without_run(start, 0, now=at(10**7)) is None
+    old = SimpleNamespace(tags={"outcome": "awaiting approval"}, creation_timestamp=1_700_000_000_123)
+    assert awaiting_since(old) == 1_700_000_000.123
+    tagged = SimpleNamespace(tags={"awaiting_since": "1800000000.5"}, creation_timestamp=1_700_000_000_000)
+    assert awaiting_since(tagged) == 1_800_000_000.5

@@ -272,3 +272,36 @@ def test_sweep_expires_a_version_whose_approval_run_timed_out(trained, own_model
     assert champion(own_model) == before
     [a] = swept_audit(own_model, v)
     assert (a["action"], a["approval_run"]) == ("expired", run_id)
+
+
+def test_sweep_expires_a_version_awaiting_without_an_approval_run(trained, own_model, prefect_harness):
+    """A version left `awaiting approval` with no approval run (an old `make train` set only the outcome
+    and `challenger`; or its run could not be opened) ends `expired` once APPROVAL_TIMEOUT_S has passed
+    since its creation: challenger removed, an audit record; before that, or with no timeout, it waits."""
+    from datetime import datetime, timedelta, timezone
+
+    from churnops.approvals import sweep_approvals
+    from churnops.registry import alias_version, client
+
+    v, before = new_version(trained, own_model), champion(own_model)
+    c = client(own_model)
+    c.set_model_version_tag(own_model.model_name, v, "outcome", "awaiting approval")  # as the old code left it
+    c.set_registered_model_alias(own_model.model_name, "challenger", v)
+    assert "approval_run" not in tags(own_model, v) and "awaiting_since" not in tags(own_model, v)
+    hour = own_model.model_copy(update={"approval_timeout_s": 3600.0})
+    soon = datetime.now(timezone.utc) + timedelta(seconds=60)
+    later = datetime.now(timezone.utc) + timedelta(seconds=3700)
+    assert all(x["version"] != v for x in sweep_approvals(hour, now=soon))  # within its hour: left alone
+    no_timeout = own_model.model_copy(update={"approval_timeout_s": 0.0})
+    assert all(x["version"] != v for x in sweep_approvals(no_timeout, now=later))  # waits for `make promote`
+    assert tags(own_model, v)["outcome"] == "awaiting approval"
+
+    mine = [x for x in sweep_approvals(hour, now=later) if x["version"] == v]
+    assert [(x["outcome"], x["approval_run"]) for x in mine] == [("expired", None)]
+    assert mine[0]["reason"].startswith("no approval run and no decision before the approval timeout")
+    assert tags(own_model, v)["outcome"] == "expired"
+    assert alias_version(own_model.model_name, "challenger", own_model) is None  # no canary goes there
+    assert champion(own_model) == before
+    [a] = swept_audit(own_model, v)
+    assert (a["action"], a["from_version"], a["approval_run"]) == ("expired", before, None)
+    assert all(x["version"] != v for x in sweep_approvals(hour, now=later))  # once only

@@ -310,22 +310,30 @@ def test_deployments_of_a_data_set_default_to_it(shipped):
         f.validate_parameters({"dataset": "diabetes"})
 
 
-def test_readme_image_command_registers_raw_digits_cnn(shipped):
+@pytest.fixture(scope="module")
+def image_line(shipped):
     """`DATASET=raw_digits` (`make demo-image`'s flow, tiny: 200 digits, 1 trial, 1 epoch) with the shipped
-    `.env.local`: registered as `raw-digits-cnn` under the raw_digits contract only, its aliases and
-    outcome on the registry agreeing with what the run reported."""
+    `.env.local`: (summary, settings, versions of `raw-digits-cnn` before it: other modules may train it)."""
     pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
     pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
-    from churnops.contract import load_any_contract
     from churnops.model_line import fingerprints_of, for_dataset
-    from churnops.registry import alias_version, client
     from flows.image_train_flow import image_train_flow
 
     s = shipped("raw_digits")
     assert s.n_trials == 50 and not s.model_name  # read from the shipped file: MODEL_NAME empty there
+    before = fingerprints_of("raw-digits-cnn", for_dataset(s))
+    return image_train_flow(n_trials=1, limit=200, max_epochs=1, approval_timeout_s=0), s, before
+
+
+def test_readme_image_command_registers_raw_digits_cnn(image_line):
+    """The image line is registered as `raw-digits-cnn` under the raw_digits contract only, its aliases and
+    outcome on the registry agreeing with what the run reported."""
+    from churnops.contract import load_any_contract
+    from churnops.model_line import fingerprints_of, for_dataset
+    from churnops.registry import alias_version, client
+
+    out, s, before = image_line
     line = for_dataset(s)
-    before = fingerprints_of("raw-digits-cnn", line)  # other modules of the session may have trained it
-    out = image_train_flow(n_trials=1, limit=200, max_epochs=1, approval_timeout_s=0)
     v = str(out["version"])
     assert out["model_name"] == "raw-digits-cnn" and v not in sum(before.values(), [])
     fp = load_any_contract("raw_digits").fingerprint()
@@ -345,3 +353,85 @@ def test_readme_image_command_registers_raw_digits_cnn(shipped):
         assert challenger.version == v and champion.version != v
     else:  # blocked: the rules refused it, so no canary may reach it
         assert out["outcome"] == "blocked" and (challenger is None or challenger.version != v)
+
+
+def test_three_lines_on_one_stack_never_cross(churn_line, diabetes_line, image_line, monkeypatch):
+    """churn, diabetes and the raw_digits image line, trained and served side by side on one stack:
+    registered names, aliases, experiments, prediction logs, windows, labels and `/audit?model=` stay
+    each line's own."""
+    from churnops.contract import load_any_contract
+    from churnops.model_line import fingerprints_of, for_dataset
+    from churnops.monitoring.window import summarize
+    from churnops.registry import alias_version, client
+    from churnops.store.factory import open_store
+    from flows.image_train_flow import SAMPLE_IMAGE
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    s = diabetes_line[1]
+    names = {"bank_churners": "churn-xgboost", "diabetes": "diabetes-xgboost", "raw_digits": "raw-digits-cnn"}
+    lines = {d: for_dataset(s, d) for d in names}
+    runs = {"bank_churners": churn_line[0], "diabetes": diabetes_line[0], "raw_digits": image_line[0]}
+    contracts = {d: load_any_contract(d) for d in names}
+    c = client(s)
+
+    # registry: each name holds its own contract only; the run's version is there with its own aliases
+    for d, name in names.items():
+        assert lines[d].model_name == name and runs[d]["model_name"] == name
+        assert set(fingerprints_of(name, lines[d])) == {contracts[d].fingerprint()}, d
+        assert str(runs[d]["version"]) in fingerprints_of(name, lines[d])[contracts[d].fingerprint()]
+        champion = alias_version(name, "champion", lines[d])
+        assert champion is not None and champion.tags["contract_fingerprint"] == contracts[d].fingerprint()
+    # experiments: three different ones, each run in its line's
+    experiments = {d: c.get_run(runs[d]["run_id"]).info.experiment_id for d in names}
+    assert len(set(experiments.values())) == 3
+    assert {d: c.get_experiment(e).name for d, e in experiments.items()} == {
+        "bank_churners": "churn-sweep",
+        "diabetes": "diabetes-sweep",
+        "raw_digits": "raw-digits-sweep",
+    }
+    # storage: three different prediction logs and serving states
+    assert len({lines[d].prediction_db_path for d in names}) == 3
+    assert len({lines[d].serving_state_file for d in names}) == 3
+
+    apps, sent = {}, {}
+    try:
+        for d in names:
+            apps[d] = _serve(lines[d])
+        for d, (client_, state) in apps.items():
+            rid = f"{d}-{time.time_ns()}"
+            if d == "raw_digits":
+                r = client_.post(
+                    f"/predict/image?request_id={rid}",
+                    data=(ROOT / SAMPLE_IMAGE).read_bytes(),
+                    content_type="image/x-adobe-dng",
+                )
+                fb = {"request_id": rid, "outcome": "7"}
+            else:
+                r = client_.post("/predict", json={"request_id": rid, "features": contracts[d].example})
+                fb = {"request_id": rid, "outcome": 1} if d == "bank_churners" else {"request_id": rid, "value": 120.0}
+            assert r.status_code == 200, (d, r.json)
+            assert client_.post("/feedback", json=fb).status_code in (200, 201, 202), d
+            state.plog.flush()
+            sent[d] = rid
+        for d, (client_, _) in apps.items():  # the audit trail of each server is its own line's
+            own = client_.get(f"/audit?model={names[d]}").json
+            assert own["count"] >= 1, d
+            every = client_.get("/audit?limit=500").json["records"]
+            assert {a["model"] for a in every} == {names[d]}, d
+            for other in set(names.values()) - {names[d]}:
+                assert client_.get(f"/audit?model={other}").json["count"] == 0, (d, other)
+    finally:
+        for _, state in apps.values():
+            state.plog.close()
+            state.store.close()
+
+    for d, line in lines.items():  # each log holds its own request and label only; each window its own row
+        store = open_store(line)
+        try:
+            assert {r["request_id"] for r in store.find_predictions()} == {sent[d]}, d
+            assert {r["request_id"] for r in store.find_feedback()} == {sent[d]}, d
+            w = summarize(store, line, contracts[d], 24.0, fresh=True)
+        finally:
+            store.close()
+        served = alias_version(names[d], "champion", line).version
+        assert w.summary["n"] == 1 and w.summary["model_versions"] == [str(served)], (d, w.summary)

@@ -325,6 +325,9 @@ def test_stream_image_uri_records_end_to_end(image_model, raw_contract):
         "junk": codes["junk"],
     }, dead
     assert codes["junk"] == "invalid_json", dead["junk"]
+    counted = {(r["reason"], r["field"]): r["count"] for r in store.find_rejections()}  # the window's data quality
+    assert {reason for reason, field in counted if field == ""} == set(codes.values())
+    assert sum(n for (_, field), n in counted.items() if field == "") == len(codes)
     (logged,) = store.find_predictions(limit=100)
     assert logged["request_id"] == "ok-7" and logged["_id"].startswith("stream:") and logged["source"] == "stream"
     assert logged["features"]["sha256"] == hashlib.sha256(data).hexdigest()

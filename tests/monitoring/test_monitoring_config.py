@@ -91,7 +91,7 @@ def test_prometheus_and_grafana_yaml():
 def test_promtool_check_config(name):
     r = subprocess.run(["promtool", "check", "config", name], cwd=MON, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 13 rules found" in r.stdout + r.stderr
+    assert "SUCCESS: 14 rules found" in r.stdout + r.stderr
 
 
 def require_promtool() -> str:

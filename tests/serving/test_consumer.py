@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
+from collections import Counter
 
 import pytest
 from botocore.exceptions import ClientError
 
+from churnops.monitoring.rejections import rejection_summary
 from tests.serving.conftest import FlakyStore, example, local_model_set
 
 pytestmark = pytest.mark.integration
@@ -118,6 +121,11 @@ def test_raw_base64_poison_and_resume(stream_settings, bundles):
     assert reasons[seqs[71]]["details"] == {"gender": reasons[seqs[71]]["details"]["gender"]}
     assert reasons[seqs[70]]["payload"] == "not json at all"
     assert "NaN" in reasons[seqs[72]]["details"]["body"]
+    # the window's data quality counts each dead letter by reason and field (churnops/monitoring/rejections.py)
+    counted = rejection_summary(store.inner, 0.0, time.time() + 60, 70, s)
+    assert counted["total"] == 4 and counted["by_source"] == {"stream": 4}
+    assert counted["by_reason"] == dict(Counter(d["reason_code"] for d in dlq))
+    assert counted["by_field"]["gender"] == 1
     logged = store.inner.find_predictions()
     assert {r["_id"] for r in logged} == {c.log_id(sh, q) for sh, q in seqs[:70]}
     created = kin.describe_stream_summary(StreamName=s.input_stream)["StreamDescriptionSummary"][
