@@ -14,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 STACK := $(BIN)/churnops-stack
-PY_DIRS := churnops flows serving simulators reporting bench tests
+PY_DIRS := churnops flows serving simulators reporting ops bench tests
 
 # ---- Docker runtime: both compose files in one project; secrets from the environment (env=cloud)
 # or generated once per machine into .stack/docker/secrets.env (env=local, never committed)
@@ -98,7 +98,7 @@ IMAGE_MODEL ?= raw-digits-cnn
 demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> rules -> registry -> served on /predict/image
 	@$(MAKE) --no-print-directory up
 	@$(MAKE) --no-print-directory apply-model-train-flow
-	@$(BIN)/python -c "from churnops.entry import image_train; image_train()"
+	@$(BIN)/python -c "from ops.entry import image_train; image_train()"
 	@$(MAKE) --no-print-directory start-serve DATASET=$(IMAGE_DATASET) MODEL_URI=models:/$(IMAGE_MODEL)@champion
 	@echo ""
 	@echo "== demo-image done =="
@@ -288,7 +288,7 @@ lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (
 	exit $$rc
 
 compose-smoke: $(STAMP) ## the compose files' own services here without Docker (root: network namespaces): the README's Docker sequence + smoke checks
-	$(BIN)/python -m churnops.composerun smoke
+	$(BIN)/python -m ops.composerun smoke
 
 bench: bench-train bench-serve bench-servers bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into README.md)
 	$(BIN)/python bench/table.py

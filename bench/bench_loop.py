@@ -183,7 +183,7 @@ def main() -> None:
             "ALIAS_POLL_S": "1",
         }
     )
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
@@ -207,9 +207,9 @@ def main() -> None:
         from churnops.contract import load_contract
         from churnops.model_line import for_dataset
         from churnops.pipeline import auc
-        from churnops.provision import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
         from churnops.store.factory import open_store
+        from ops.provision import ensure_bucket, ensure_streams
         from reporting.trigger import default_start_training, evaluate_trigger
         from serving.model import ModelManager
 

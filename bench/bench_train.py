@@ -43,7 +43,7 @@ def main() -> None:
             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         }
     )
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
@@ -58,8 +58,8 @@ def main() -> None:
     try:
         from prefect.testing.utilities import prefect_test_harness
 
-        from churnops.provision import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
+        from ops.provision import ensure_bucket, ensure_streams
 
         get_settings.cache_clear()
         s = get_settings()

@@ -102,7 +102,7 @@ def main() -> None:
             "LOG_FLUSH_INTERVAL_S": "0.05",
         }
     )
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
@@ -113,8 +113,8 @@ def main() -> None:
         from prefect.testing.utilities import prefect_test_harness
 
         from churnops.contract import load_contract
-        from churnops.provision import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
+        from ops.provision import ensure_bucket, ensure_streams
 
         get_settings.cache_clear()
         s = get_settings()

@@ -77,7 +77,7 @@ def run(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> di
     )
     for k in ("MODEL_NAME", "EXPERIMENT_NAME", "MODEL_URI", "RUN_ID"):
         os.environ.pop(k, None)  # the contract names the model line
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
@@ -95,9 +95,9 @@ def loop(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> d
 
     from churnops.contract import load_any_contract
     from churnops.model_line import for_dataset
-    from churnops.provision import ensure_bucket
     from churnops.settings import get_settings
     from churnops.store.factory import open_store
+    from ops.provision import ensure_bucket
     from reporting.trigger import default_start_training, evaluate_window
     from serving.app import create_app
     from serving.model import ModelManager

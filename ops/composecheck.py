@@ -1,9 +1,9 @@
 """The smoke check of a running compose stack, from inside its network (compose addresses).
 
-    docker compose ... run --rm --no-deps -e ADMIN_TOKEN prefect-worker python -m churnops.composecheck [--grafana]
+    docker compose ... run --rm --no-deps -e ADMIN_TOKEN prefect-worker python -m ops.composecheck [--grafana]
 
 Run in a container of the project's image on the compose network: under Docker (the CI `compose`
-job) and under `make compose-smoke` (churnops/composerun.py, the same files without Docker). Each
+job) and under `make compose-smoke` (ops/composerun.py, the same files without Docker). Each
 check prints PASS or FAIL with the reason; all run, the exit code is 1 when any failed:
 
 - the API answers /ready and a prediction at `api:9696` as soon as compose calls it healthy;

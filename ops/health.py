@@ -46,7 +46,7 @@ def check_consumer(s: Settings) -> str | None:
 
 def check_heartbeat(s: Settings) -> str | None:
     """None when this container's simulator touched its heartbeat recently, else the reason."""
-    from churnops.services import heartbeat_max_age_s, heartbeat_path
+    from ops.services import heartbeat_max_age_s, heartbeat_path
 
     path, limit = heartbeat_path(s), heartbeat_max_age_s(s)
     try:

@@ -1,6 +1,6 @@
 """The embedded stack's S3 + Kinesis endpoint: moto's server, with Kinesis calls taken one at a time.
 
-    python -m churnops.motoserver -H 127.0.0.1 -p 4566
+    python -m ops.motoserver -H 127.0.0.1 -p 4566
 
 moto (5.2.5) numbers a Kinesis record as the shard's highest sequence number + 1 without a lock
 (`moto.kinesis.models.Shard.put_record`), and its server answers requests on several threads. Two

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
-from churnops import services
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, child_env, get_settings
+from ops import services
 
 BIN = Path(sys.executable).parent
 MARKER = "CHURNOPS_STACK_DIR"  # environment variable naming the state folder of the stack a process belongs to
@@ -52,7 +52,7 @@ class Program:
 
 def programs(s: Settings) -> list[Program]:
     """What the embedded stack runs: the project's console scripts (the Docker image runs the same ones,
-    see churnops.services); ports come from the settings' URLs."""
+    see ops.services); ports come from the settings' URLs."""
     moto_port = services.port_of(s.aws_endpoint_url or "http://127.0.0.1:4566")
     mlflow_port = services.port_of(s.mlflow_tracking_uri)
     prefect_port = services.port_of(s.prefect_api_url)
@@ -201,7 +201,7 @@ def with_proxy(s: Settings, names: list[str], stopping: bool = False) -> list[st
 
 def program_env(s: Settings) -> dict[str, str]:
     """Environment every program gets: the settings that shape the services' command lines, so each
-    console script rebuilds the same argv as `churnops.services` does here."""
+    console script rebuilds the same argv as `ops.services` does here."""
     env = {
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",

@@ -56,7 +56,7 @@ def put_images(
     from botocore.exceptions import ClientError
 
     from churnops.aws import client
-    from churnops.provision import ensure_bucket
+    from ops.provision import ensure_bucket
 
     ensure_bucket(s)
     s3 = client("s3", s)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from simulators.traffic import to_request_features
 
 pytestmark = pytest.mark.integration

@@ -31,8 +31,8 @@ def read_stream(kin, stream) -> list[dict]:
 
 @pytest.fixture
 def stream_settings(moto_endpoint, tmp_path, monkeypatch):
-    from churnops.provision import ensure_streams
     from churnops.settings import Settings
+    from ops.provision import ensure_streams
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     tag = uuid.uuid4().hex[:8]
@@ -55,7 +55,7 @@ def stream_settings(moto_endpoint, tmp_path, monkeypatch):
 def one_shard(s, **update):
     """`s` with its input stream created again with one shard (the fixture's has two)."""
     from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from ops.provision import ensure_streams
 
     s = s.model_copy(update={"stream_shards": 1, **update})
     client("kinesis", s).delete_stream(StreamName=s.input_stream)
@@ -449,8 +449,8 @@ def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles
     import time
 
     from churnops.aws import client
-    from churnops.provision import ensure_streams
     from churnops.store.sqlite import SQLiteStore
+    from ops.provision import ensure_streams
 
     s = one_shard(stream_settings)
     kin = client("kinesis", s)
@@ -481,8 +481,8 @@ def test_stream_created_again_while_the_consumer_runs(stream_settings, bundles):
     import math
 
     from churnops.aws import client
-    from churnops.provision import ensure_streams
     from churnops.store.sqlite import SQLiteStore
+    from ops.provision import ensure_streams
 
     s = one_shard(stream_settings)
     kin = client("kinesis", s)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from tests.serving.conftest import example
 from tests.serving.test_consumer import read_stream
 
@@ -328,8 +328,8 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
     import base64
 
     from churnops.aws import client
-    from churnops.provision import ensure_streams
     from churnops.store.sqlite import SQLiteStore
+    from ops.provision import ensure_streams
 
     tag = uuid.uuid4().hex[:8]
     streams = {"INPUT_STREAM": f"in-{tag}", "OUTPUT_STREAM": f"out-{tag}", "DLQ_STREAM": f"dlq-{tag}"}
