@@ -203,13 +203,13 @@ def main() -> None:
         import pandas as pd
         from prefect.testing.utilities import prefect_test_harness
 
+        from churnops.aws import ensure_bucket, ensure_streams
         from churnops.cleaning import clean_frame
         from churnops.contract import load_contract
         from churnops.model_line import for_dataset
         from churnops.pipeline import auc
         from churnops.settings import get_settings
         from churnops.store.factory import open_store
-        from ops.provision import ensure_bucket, ensure_streams
         from reporting.trigger import default_start_training, evaluate_trigger
         from serving.model import ModelManager
 

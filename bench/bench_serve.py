@@ -368,8 +368,7 @@ def stream_rate(s, n: int = 10_000) -> dict:
     import base64
     import uuid
 
-    from churnops.aws import client
-    from ops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from serving.consumer import Consumer
 
     tag = uuid.uuid4().hex[:6]
@@ -453,7 +452,7 @@ def main() -> None:
             s = get_settings()
             from prefect.testing.utilities import prefect_test_harness
 
-            from ops.provision import ensure_bucket, ensure_streams
+            from churnops.aws import ensure_bucket, ensure_streams
 
             ensure_bucket(s), ensure_streams(s)
             with prefect_test_harness(server_startup_timeout=120):

@@ -112,9 +112,9 @@ def main() -> None:
     try:
         from prefect.testing.utilities import prefect_test_harness
 
+        from churnops.aws import ensure_bucket, ensure_streams
         from churnops.contract import load_contract
         from churnops.settings import get_settings
-        from ops.provision import ensure_bucket, ensure_streams
 
         get_settings.cache_clear()
         s = get_settings()

@@ -93,11 +93,11 @@ def loop(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> d
     """The measured loop (servers already up, settings in the environment)."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from churnops.aws import ensure_bucket
     from churnops.contract import load_any_contract
     from churnops.model_line import for_dataset
     from churnops.settings import get_settings
     from churnops.store.factory import open_store
-    from ops.provision import ensure_bucket
     from reporting.trigger import default_start_training, evaluate_window
     from serving.app import create_app
     from serving.model import ModelManager

@@ -3,68 +3,21 @@
 from __future__ import annotations
 
 import logging
-import time
+import sys
 
+from churnops.aws import ensure_bucket, ensure_streams
+from churnops.cleaning import check_raw_frame
+from churnops.cli import fail, setup_logging
+from churnops.contract import ContractViolation, load_contract
+from churnops.feature_store import put_snapshot
 from churnops.settings import Settings, get_settings
+from churnops.sources import load_raw
 
 log = logging.getLogger(__name__)
 
 
-def ensure_bucket(settings: Settings | None = None) -> bool:
-    """Create the feature-store bucket if missing; True when created."""
-    from botocore.exceptions import ClientError
-
-    from churnops.aws import client
-
-    s = settings or get_settings()
-    s3 = client("s3", s)
-    try:
-        s3.head_bucket(Bucket=s.bucket)
-        return False
-    except ClientError:
-        kw = {}
-        if s.aws_region != "us-east-1":
-            kw["CreateBucketConfiguration"] = {"LocationConstraint": s.aws_region}
-        s3.create_bucket(Bucket=s.bucket, **kw)
-        return True
-
-
-def ensure_streams(settings: Settings | None = None, wait_s: float = 30.0) -> dict[str, str]:
-    """Create the input, output and dead-letter streams if missing; wait until ACTIVE."""
-    from churnops.aws import client
-
-    s = settings or get_settings()
-    kin = client("kinesis", s)
-    status = {}
-    for name in (s.input_stream, s.output_stream, s.dlq_stream):
-        # asked one by one: list_streams pages (100 names) and would miss one on an endpoint with more
-        try:
-            kin.describe_stream_summary(StreamName=name)
-            status[name] = "exists"
-            continue
-        except kin.exceptions.ResourceNotFoundException:
-            pass
-        try:
-            kin.create_stream(StreamName=name, ShardCount=s.stream_shards if name == s.input_stream else 1)
-            status[name] = "created"
-        except kin.exceptions.ResourceInUseException:  # created meanwhile by another process
-            status[name] = "exists"
-    deadline = time.monotonic() + wait_s
-    for name in status:
-        while kin.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"stream {name} not ACTIVE after {wait_s:.0f} s")
-            time.sleep(0.2)
-    return status
-
-
 def init_aws(settings: Settings | None = None, data: str | None = None):
     """Bucket + streams + a validated clean snapshot of the configured data."""
-    from churnops.cleaning import check_raw_frame
-    from churnops.contract import ContractViolation, load_contract
-    from churnops.feature_store import put_snapshot
-    from churnops.sources import load_raw
-
     s = settings or get_settings()
     created = ensure_bucket(s)
     streams = ensure_streams(s)
@@ -79,10 +32,6 @@ def init_aws(settings: Settings | None = None, data: str | None = None):
 
 def main() -> None:
     """Console entry point: print what was created and where."""
-    import sys
-
-    from churnops.cli import fail, setup_logging
-
     setup_logging()
     s = get_settings()
     try:

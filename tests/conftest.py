@@ -140,8 +140,8 @@ real_file_only = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def trained(stack_env, prefect_harness, real_data_path):
     """One small sweep on the real data through the real flow: the registered model's summary."""
+    from churnops.aws import ensure_bucket, ensure_streams
     from flows.train_flow import train_flow
-    from ops.provision import ensure_bucket, ensure_streams
 
     ensure_bucket(stack_env)
     ensure_streams(stack_env)

@@ -55,8 +55,7 @@ def put_images(
     version names its `parent` version and the label window)."""
     from botocore.exceptions import ClientError
 
-    from churnops.aws import client
-    from ops.provision import ensure_bucket
+    from churnops.aws import client, ensure_bucket
 
     ensure_bucket(s)
     s3 = client("s3", s)

@@ -51,8 +51,8 @@ def shipped(stack_env, prefect_harness, tmp_path_factory):
     """The shipped `.env.local` as the env file; the process environment only points at the test
     servers (as an operator's would; a bucket and state folder of this module's own, small synthetic
     data): MODEL_NAME and EXPERIMENT_NAME unset. Yields a function that sets DATASET and returns the settings."""
+    from churnops.aws import ensure_bucket, ensure_streams
     from churnops.settings import get_settings
-    from ops.provision import ensure_bucket, ensure_streams
 
     mp = pytest.MonkeyPatch()
     mp.setenv("ENV_FILE", str(SHIPPED_ENV))

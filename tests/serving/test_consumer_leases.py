@@ -146,8 +146,8 @@ def in_order(pairs) -> bool:
 
 @pytest.fixture
 def lease_settings(moto_endpoint, tmp_path, monkeypatch):
+    from churnops.aws import ensure_streams
     from churnops.settings import Settings
-    from ops.provision import ensure_streams
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     tag = uuid.uuid4().hex[:8]

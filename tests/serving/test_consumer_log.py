@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def one_shard_settings(moto_endpoint, tmp_path, monkeypatch):
+    from churnops.aws import ensure_streams
     from churnops.settings import Settings
-    from ops.provision import ensure_streams
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     tag = uuid.uuid4().hex[:8]

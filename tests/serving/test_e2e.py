@@ -327,9 +327,8 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
     """Raw, base64 and poison records; the consumer SIGKILLed mid-stream and restarted loses nothing."""
     import base64
 
-    from churnops.aws import client
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
-    from ops.provision import ensure_streams
 
     tag = uuid.uuid4().hex[:8]
     streams = {"INPUT_STREAM": f"in-{tag}", "OUTPUT_STREAM": f"out-{tag}", "DLQ_STREAM": f"dlq-{tag}"}

@@ -172,10 +172,9 @@ def test_raw_rows_answer_the_same_with_fast_paths_off(serving_settings, bundles,
 def test_raw_row_on_the_stream(moto_endpoint, tmp_path, monkeypatch, bundles):
     import uuid
 
-    from churnops.aws import client
+    from churnops.aws import client, ensure_streams
     from churnops.settings import Settings
     from churnops.store.sqlite import SQLiteStore
-    from ops.provision import ensure_streams
     from tests.serving.test_consumer import make_consumer, put, read_stream
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
