@@ -26,11 +26,11 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, child_env, get_settings
 from ops import services
+from serving.proxy import proxy_enabled, upstream_bind
 
 BIN = Path(sys.executable).parent
 MARKER = "CHURNOPS_STACK_DIR"  # environment variable naming the state folder of the stack a process belongs to
@@ -74,16 +74,15 @@ def programs(s: Settings) -> list[Program]:
         ),
         Program("prefect-worker", [str(BIN / "churnops-prefect-worker")], None, None, env=prefect_env, startsecs=5),
     ]
-    if find_spec("reporting.webserver") is not None:
-        progs.append(
-            Program(
-                "reports",
-                [str(BIN / "churnops-reports")],
-                s.reports_port,
-                f"http://127.0.0.1:{s.reports_port}/",
-                group="monitor",
-            )
+    progs.append(
+        Program(
+            "reports",
+            [str(BIN / "churnops-reports")],
+            s.reports_port,
+            f"http://127.0.0.1:{s.reports_port}/",
+            group="monitor",
         )
+    )
     prometheus = shutil.which("prometheus")
     if prometheus:  # `make system-deps` installs the Debian package; optional
         progs.append(
@@ -117,57 +116,55 @@ def programs(s: Settings) -> list[Program]:
                 group="monitor",
             )
         )
-    if find_spec("serving.server") is not None:
-        proxy = _api_proxy(s)
-        if proxy is not None:  # nginx on the public port, the API server behind it on a loopback port
-            internal = s.api_internal_port
-            progs.append(
-                Program(
-                    "api",
-                    [str(BIN / "churnops-api")],
-                    internal,
-                    f"http://127.0.0.1:{internal}/health",
-                    autostart=False,
-                    group="serve",
-                    env={"API_BIND": proxy, **serving_pin_env(s)},
-                    stopwaitsecs=35,
-                )
-            )  # the server's graceful stop takes up to 30 s
-            progs.append(
-                Program(
-                    API_PROXY,
-                    [str(BIN / "churnops-api-proxy")],
-                    s.api_port,
-                    f"http://127.0.0.1:{s.api_port}/health",
-                    autostart=False,
-                    group="serve",
-                )
-            )
-        else:
-            progs.append(
-                Program(
-                    "api",
-                    [str(BIN / "churnops-api")],
-                    s.api_port,
-                    f"http://127.0.0.1:{s.api_port}/health",
-                    autostart=False,
-                    group="serve",
-                    env=serving_pin_env(s),
-                    stopwaitsecs=35,
-                )
-            )  # the server's graceful stop takes up to 30 s
-    if find_spec("serving.consumer") is not None:
+    proxy = _api_proxy(s)
+    if proxy is not None:  # nginx on the public port, the API server behind it on a loopback port
+        internal = s.api_internal_port
         progs.append(
             Program(
-                "consumer",
-                [str(BIN / "churnops-consumer")],
-                None,
-                None,
+                "api",
+                [str(BIN / "churnops-api")],
+                internal,
+                f"http://127.0.0.1:{internal}/health",
+                autostart=False,
+                group="serve",
+                env={"API_BIND": proxy, **serving_pin_env(s)},
+                stopwaitsecs=35,
+            )
+        )  # the server's graceful stop takes up to 30 s
+        progs.append(
+            Program(
+                API_PROXY,
+                [str(BIN / "churnops-api-proxy")],
+                s.api_port,
+                f"http://127.0.0.1:{s.api_port}/health",
+                autostart=False,
+                group="serve",
+            )
+        )
+    else:
+        progs.append(
+            Program(
+                "api",
+                [str(BIN / "churnops-api")],
+                s.api_port,
+                f"http://127.0.0.1:{s.api_port}/health",
                 autostart=False,
                 group="serve",
                 env=serving_pin_env(s),
+                stopwaitsecs=35,
             )
+        )  # the server's graceful stop takes up to 30 s
+    progs.append(
+        Program(
+            "consumer",
+            [str(BIN / "churnops-consumer")],
+            None,
+            None,
+            autostart=False,
+            group="serve",
+            env=serving_pin_env(s),
         )
+    )
     return progs
 
 
@@ -185,10 +182,6 @@ API_PROXY = "api-proxy"
 
 def _api_proxy(s: Settings) -> str | None:
     """The API server's bind address behind nginx when the API gets the proxy (nginx installed), else None."""
-    if find_spec("serving.proxy") is None:
-        return None
-    from serving.proxy import proxy_enabled, upstream_bind
-
     return upstream_bind(s) if proxy_enabled(s) else None
 
 

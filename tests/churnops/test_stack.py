@@ -350,7 +350,7 @@ def test_local_servers_children_run_with_telemetry_off(tmp_path, monkeypatch):
 def test_entry_points_turn_telemetry_off_before_importing_mlflow(tmp_path):
     code = (
         "import os, sys; sys.argv = ['churnops-stack', 'config']\n"
-        "from churnops import entry\n"
+        "from ops import entry\n"
         "try:\n    entry.stack()\nexcept SystemExit:\n    pass\n"
         "print('TELEMETRY', os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DO_NOT_TRACK'],"
         " os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
