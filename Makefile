@@ -237,7 +237,7 @@ else
 endif
 
 replay-quarantine: $(STAMP) ## offer the prediction log's quarantined records to the store again (those still refused stay)
-	$(BIN)/python -m serving.quarantine
+	$(BIN)/python -m ops.replay_quarantine
 
 retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
 	@$(BIN)/churnops-retrain

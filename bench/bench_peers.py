@@ -136,7 +136,8 @@ def build_model(folder: Path) -> Model:
     from churnops.bundle import Bundle, export_onnx, write_bundle
     from churnops.cleaning import clean_frame
     from churnops.contract import load_contract, validate_record
-    from churnops.pipeline import auc, prepare
+    from churnops.evaluation import auc
+    from churnops.pipeline import prepare
     from churnops.settings import Settings
     from churnops.synthetic import generate_customers
     from churnops.training import make_classifier

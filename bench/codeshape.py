@@ -2,8 +2,8 @@
 against the layers, imports inside functions and the largest function.
 
 Used by bench/footprint.py. Imports are parsed from every `.py` file's syntax tree, the ones inside
-functions included (that is what Python runs when the function does), and resolved to project
-modules: `from a.b import c` counts as an import of `a.b.c` when that is a module, else of `a.b`.
+functions included (that is what Python runs when the function does; those under
+`if TYPE_CHECKING:` are left out: they never run), and resolved to project modules: `from a.b import c` counts as an import of `a.b.c` when that is a module, else of `a.b`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,18 @@ def _imported(node: ast.Import | ast.ImportFrom, here: str, is_pkg: bool) -> lis
     return [f"{base}.{a.name}" for a in node.names] + [base]
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """Ids of the import statements under `if TYPE_CHECKING:` (never run)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            t = node.test
+            name = t.id if isinstance(t, ast.Name) else t.attr if isinstance(t, ast.Attribute) else ""
+            if name == "TYPE_CHECKING":
+                out |= {id(n) for b in node.body for n in ast.walk(b) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
 def _functions(tree: ast.AST):
     return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
@@ -66,8 +78,9 @@ def scan(root: Path = ROOT) -> dict:
         tree = ast.parse(f.read_text(), str(f))
         is_pkg = f.name == "__init__.py"
         inner = {id(n) for fn in _functions(tree) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        typing_only = _type_checking_only(tree)
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in typing_only:
                 continue
             names = _imported(node, mod, is_pkg)
             targets = {t for n in names if (t := _resolve(n, known)) and t != mod}

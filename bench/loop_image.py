@@ -98,6 +98,7 @@ def loop(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> d
     from churnops.model_line import for_dataset
     from churnops.settings import get_settings
     from churnops.store.factory import open_store
+    from flows.labels_flow import labels_collector
     from reporting.trigger import default_start_training, evaluate_window
     from serving.app import create_app
     from serving.model import ModelManager
@@ -156,7 +157,11 @@ def loop(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> d
             trigger_store = open_store(s)  # what the retrain-trigger flow does, its starter run in this process
             try:
                 decision = evaluate_window(
-                    trigger_store, s, contract, window_hours=1, start_training=default_start_training(s, run=run_inline)
+                    trigger_store,
+                    s,
+                    contract,
+                    window_hours=1,
+                    start_training=default_start_training(s, labels_collector(s), run=run_inline),
                 )
             finally:
                 trigger_store.close()

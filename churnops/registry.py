@@ -9,6 +9,7 @@ from pathlib import Path
 from churnops.model_line import FINGERPRINT_TAG, check_line, resolved
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
+from churnops.tracking import client
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +18,6 @@ CHAMPION, CHALLENGER, CANDIDATE = "champion", "challenger", "candidate"
 
 class TrackingUnreachable(ConnectionError):
     """The MLflow tracking server did not answer."""
-
-
-def client(settings: Settings | None = None):
-    from mlflow.tracking import MlflowClient
-
-    s = settings or get_settings()
-    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
 
 
 def check_tracking(settings: Settings | None = None, timeout: float = 5.0) -> None:

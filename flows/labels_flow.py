@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from prefect import flow
 
@@ -145,6 +146,16 @@ def collect_image_labels(s, contract, store, since: float, until: float) -> dict
     }
     log.info("collect-labels: %s", json.dumps(summary, default=str))
     return summary
+
+
+def labels_collector(settings) -> Callable[[], dict]:
+    """The label collector the retrain trigger runs before it starts training
+    (`reporting.trigger.default_start_training`): the labels of this data set's own prediction log."""
+
+    def collect() -> dict:
+        return collect_labels_flow(dataset=settings.dataset)
+
+    return collect
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from churnops.cli import flow_logger
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset
 from churnops.settings import get_settings
+from flows.labels_flow import labels_collector
 
 FLOW_NAME = "retrain-trigger"
 
@@ -33,7 +34,7 @@ def retrain_trigger_flow(
     """Evaluate the recent window of `dataset` (default DATASET); start that data set's training
     deployment when due. Returns the decision."""
     from flows.report_flow import open_store
-    from reporting.trigger import evaluate_window
+    from reporting.trigger import default_start_training, evaluate_window
 
     s = for_dataset(get_settings(), dataset)  # its own window, checkpoints and training deployment
     contract = load_any_contract(s.dataset)
@@ -46,7 +47,7 @@ def retrain_trigger_flow(
             s,
             contract,
             window_hours=window_hours,
-            start_training=start_training,
+            start_training=start_training or default_start_training(s, labels_collector(s)),
             dry_run=dry_run,
         )
     finally:

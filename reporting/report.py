@@ -31,7 +31,9 @@ import pandas as pd
 
 from churnops.model_line import CHURN_CONTRACT, resolved
 from churnops.monitoring.drift import Reference
-from churnops.monitoring.window import jsonable, summarize
+from churnops.monitoring.performance import outcomes_for
+from churnops.monitoring.records import jsonable
+from churnops.monitoring.window import summarize
 from reporting.index import write_index
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,9 @@ def evidently_reports(
     target = contract.target.name
     lab = current[current["outcome"].notna()]
     if quality_path is not None and len(lab) >= MIN_LABELLED_FOR_QUALITY and target in reference:
-        q = task_for(contract).quality_report(lab, reference, target, threshold)  # per task; None: not possible
+        q = outcomes_for(task_for(contract)).quality_report(
+            lab, reference, target, threshold
+        )  # per task; None: not possible
         if q is not None:
             q.save_html(str(quality_path))
             out["quality_bytes"] = quality_path.stat().st_size

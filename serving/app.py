@@ -31,6 +31,7 @@ from churnops.speed import FastPaths
 from churnops.store.base import PredictionBatch, PredictionStore
 from churnops.tasks import task_for
 from serving import guards
+from serving.answers import answers_for
 from serving.columnar import from_rows, predict_columns
 from serving.edge import read_capped
 from serving.image_http import refuse_tabular, register_image_routes
@@ -82,7 +83,7 @@ class ServingState:
         self.image_contract = image_contract(settings)
         self.contract = load_contract(settings.dataset) if self.image_contract is None else None
         # answers, feedback per task; image serving hook: an image server's feedback is a class index or name
-        self.task = task_for(self.contract) if self.contract is not None else ImageFeedback()
+        self.task = answers_for(task_for(self.contract)) if self.contract is not None else ImageFeedback()
         self.store = store
         self.plog = plog
         self.models = models
@@ -270,7 +271,7 @@ def create_app(
         out = dumps(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
         plog.submit(log_record(new_request_id(), row, m, p, d, "http", latency))  # own entry id, journaled
         try:
-            task = m.bundle.task  # a classifier: decision 0/1 and the probability; a regression: its value
+            task = answers_for(m.bundle.task)  # a classifier: decision 0/1 and the probability; a regression: its value
             child(state.metrics.predictions, "http", m.route, str(m.version), task.decision_label(d)).inc()
             child(state.metrics.latency, "http", m.route).observe(latency / 1000)
             child(getattr(state.metrics, task.value_metric), m.route).observe(p)
@@ -352,7 +353,7 @@ def create_app(
         now = time.time()
         out: list = [None] * n
         for m, idx, proba in groups:
-            task = m.bundle.task  # what a prediction answers and logs (churnops.tasks)
+            task = answers_for(m.bundle.task)  # what a prediction answers and logs (serving.answers)
             cols = task.output_columns(proba, m.threshold)
             rids = batch.request_ids if idx is None else [batch.request_ids[i] for i in idx.tolist()]
             plog.submit_batch(

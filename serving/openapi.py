@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from churnops.contract import DatasetContract
 from churnops.tasks import task_for
+from serving.answers import answers_for
 
 
 def _feature_schema(contract: DatasetContract) -> dict:
@@ -42,7 +43,7 @@ def _feature_schema(contract: DatasetContract) -> dict:
 def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
     from apispec import APISpec
 
-    task = task_for(contract)
+    task = answers_for(task_for(contract))
     what = task.describe(contract)
     spec = APISpec(
         title="Churn prediction API",

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from churnops.image.drift import channel_wasserstein, mmd_test, summaries
+from churnops.image.formats import DecodedImage, sniff
 from churnops.monitoring.drift import CRITICAL, OK, WARN, psi
+from churnops.monitoring.records import bounded_records, jsonable
 from churnops.monitoring.reference import BackgroundReferences, ReferenceUnavailable, fetch_artifacts
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,6 @@ def reference_payload(files, X: np.ndarray, onnx_bytes: bytes, classes: list[str
 
     from churnops.image.model import onnx_session
     from churnops.image.summary import summary
-    from serving.image import DecodedImage, sniff
 
     rng = np.random.default_rng(seed)
     idx = np.arange(len(files))
@@ -233,7 +234,6 @@ def image_window(
 ):
     """The window summary of an image server (see the module docstring); plain JSON values; `max_rows`
     bounds the rows read (the newest)."""
-    from churnops.monitoring.window import bounded_records, jsonable
 
     now = time.time() if now is None else now
     start = now - hours * 3600.0

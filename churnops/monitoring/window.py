@@ -26,7 +26,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +34,7 @@ from churnops.monitoring import drift as drift_mod
 from churnops.monitoring.estimated import window_estimate
 from churnops.monitoring.performance import realized_performance
 from churnops.monitoring.quality import data_quality
+from churnops.monitoring.records import bounded_records, jsonable
 from churnops.tasks import task_for
 
 META_COLUMNS = [
@@ -90,40 +90,10 @@ def attach_outcomes(df: pd.DataFrame, feedback: list[dict]) -> pd.DataFrame:
     return df
 
 
-MIN_SPAN_S = 1e-3  # a span this short is not split again (its oldest rows are taken)
-
-
 def window_rows(settings, max_rows: int | None = None) -> int | None:
     """`max_rows`, else DRIFT_MAX_ROWS: every caller (report, trigger, `/drift`) reads the same bounded
     window, so one cached summary serves them all."""
     return max_rows if max_rows is not None else getattr(settings, "drift_max_rows", None)
-
-
-def bounded_records(store, start: float, end: float, max_rows: int) -> tuple[list[dict], bool]:
-    """(the newest `max_rows` predictions of [start, end), oldest first; True when rows were left out).
-
-    The store returns rows oldest first, so a span holding more than what is left is split in two and
-    its newer half read first: no read returns more than `max_rows + 1` rows, whatever the window holds.
-    """
-    over = False
-
-    def take(lo: float, hi: float, left: int) -> list[dict]:
-        nonlocal over
-        if left <= 0 or hi <= lo:
-            over = over or left <= 0
-            return []
-        got = store.find_predictions(start=lo, end=hi, limit=left + 1)
-        if len(got) <= left:
-            return got
-        over = True
-        if hi - lo < MIN_SPAN_S:
-            return got[:left]
-        mid = (lo + hi) / 2
-        newer = take(mid, hi, left)
-        return take(lo, mid, left - len(newer)) + newer if len(newer) < left else newer
-
-    records = take(start, end, max_rows)
-    return records, over
 
 
 def load_window(store, contract, start: float, end: float, max_rows: int | None = None) -> pd.DataFrame:
@@ -141,20 +111,6 @@ def load_window(store, contract, start: float, end: float, max_rows: int | None 
     else:
         df["outcome"] = pd.Series(dtype=float)
     return df
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values: numpy scalars as Python numbers, NaN and infinities as None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if not np.isfinite(v) else v
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def summarize_window(df: pd.DataFrame, reference: drift_mod.Reference, settings, task=None) -> tuple[dict, dict]:
