@@ -278,10 +278,12 @@ docker-env:
 	    echo "$$v=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> $(DOCKER_SECRETS); done; \
 	fi
 
-lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (workflows), compose schema
+lint: $(STAMP) ## ruff check + format check, import layers (lint-imports, ops.importcheck), hadolint, actionlint, compose schema
 	@rc=0; \
 	$(BIN)/ruff check $(PY_DIRS) || rc=1; \
 	$(BIN)/ruff format --check $(PY_DIRS) || rc=1; \
+	$(BIN)/lint-imports --no-cache || rc=1; \
+	$(BIN)/python -m ops.importcheck || rc=1; \
 	$(BIN)/hadolint Dockerfile && echo "hadolint: Dockerfile ok" || rc=1; \
 	$(BIN)/actionlint .github/workflows/*.yml && echo "actionlint: workflows ok" || rc=1; \
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
+from churnops.image.contract import ImageContract
 from churnops.validator import CompiledContract, ContractReport, RecordResult, compile_contract
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
@@ -259,7 +260,5 @@ def load_any_contract(name_or_path: str | Path = "bank_churners"):
     if task in TABULAR_TASKS:  # what differs per tabular task: churnops.tasks
         return load_contract(p)
     if task == "image_classification":
-        from churnops.image.contract import ImageContract
-
         return validate_contract(ImageContract, raw, p)
     raise ValueError(f"data contract {p}: task {task!r} is not one of {list(TASKS)}")

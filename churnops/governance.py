@@ -23,7 +23,9 @@ import numpy as np
 import yaml
 
 from churnops.model_line import resolved
+from churnops.registry import alias_version, client
 from churnops.settings import Settings, get_settings
+from churnops.store.factory import open_store
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +234,6 @@ def record_audit(
     **extra,
 ) -> dict:
     """Append an audit record to the prediction store and tag the model version(s) it names."""
-    from churnops.registry import client
-    from churnops.store.factory import open_store
-
     s = resolved(s)  # the data set's own store
     rec = {
         "ts": time.time(),
@@ -269,8 +268,6 @@ def set_outcome(
     """A new version's outcome (and its rule results) as tags on its model version; the alias
     `challenger` follows it: set for `awaiting approval` (every rule passed), removed from the version
     when it is blocked, rejected or expired."""
-    from churnops.registry import alias_version, client
-
     s = resolved(s)
     c = client(s)
     c.set_model_version_tag(s.model_name, str(version), "outcome", outcome)
@@ -301,8 +298,6 @@ def promote(
     action: str = "promote",
 ) -> str | None:
     """Make `version` the champion (the old one becomes `previous`); audited. Returns the old version."""
-    from churnops.registry import alias_version, client
-
     s = resolved(s or get_settings())
     c = client(s)
     c.get_model_version(s.model_name, str(version))  # fails clearly when the version does not exist
@@ -329,8 +324,6 @@ def rollback(
     """Move `champion` to `version` (default: alias `previous`, else the version the champion
     replaced); an intent record is written before and an audit record after. Returns (from, to).
     """
-    from churnops.registry import alias_version, client
-
     s = resolved(s or get_settings())
     c = client(s)
     current = alias_version(s.model_name, CHAMPION, s)

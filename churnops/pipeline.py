@@ -22,6 +22,7 @@ from churnops.cleaning import check_clean_frame
 from churnops.contract import ContractViolation, DatasetContract
 from churnops.features import FeatureEncoder
 from churnops.model_line import resolved
+from churnops.registry import alias_version, client, register
 from churnops.settings import Settings
 from churnops.tasks import Task, task_for
 from churnops.training import Split
@@ -182,8 +183,6 @@ def start_parent_run(s: Settings, tags: dict) -> tuple[str, str]:
     """Create the sweep's parent run; returns (experiment_id, run_id)."""
     import mlflow
 
-    from churnops.registry import client
-
     s = resolved(s)
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
     c = client(s)
@@ -207,8 +206,6 @@ def sweep(
 ) -> list[TrialResult]:
     """Run the TPE sweep; every trial becomes a nested run of `parent_run_id`."""
     from tqdm.auto import tqdm
-
-    from churnops.registry import client
 
     cfg = sweep_config(s, n_trials, prep.task)
     bar = tqdm(total=cfg.n_trials, desc="sweep trials", unit="trial", disable=not show_progress, mininterval=0.5)
@@ -246,7 +243,6 @@ def load_alias_bundle(s: Settings, alias: str = "champion"):
     import mlflow
 
     from churnops.bundle import Bundle
-    from churnops.registry import alias_version
 
     s = resolved(s)
     mv = alias_version(s.model_name, alias, s)
@@ -355,7 +351,6 @@ def log_and_register(
     import mlflow
 
     from churnops.bundle import export_onnx, onnx_parity, write_bundle
-    from churnops.registry import register
 
     task = prep.task
     onnx_bytes = export_onnx(model, prep.encoder.width)

@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 from churnops.model_line import FINGERPRINT_TAG, check_line, resolved
+from churnops.model_uri import check_model_uri, check_run_id
 from churnops.redact import redact
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings, env_file, get_settings
 from churnops.tracking import client
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,6 @@ def resolve_model_uri(settings: Settings | None = None) -> str:
     Checked against the allowlist of `churnops.model_uri` (raises `ModelUriError` naming
     MODEL_URI or RUN_ID).
     """
-    from churnops.model_uri import check_model_uri, check_run_id
-
     s = resolved(settings or get_settings())
     if s.model_uri:
         return check_model_uri(s.model_uri, s, "MODEL_URI", allow_local=True)
@@ -114,8 +113,6 @@ def pin_problem(settings: Settings | None = None) -> str | None:
     answer (the server then retries; this check is about pins that can never load).
     """
     from mlflow.exceptions import MlflowException
-
-    from churnops.settings import env_file
 
     s = settings or get_settings()
     if s.model_uri or not s.run_id:
@@ -158,8 +155,6 @@ def write_env_value(path: Path | None, key: str, value: str) -> None:
 
 def pin_champion(settings: Settings | None = None, env_path: Path | None = None) -> str:
     """Write the champion's RUN_ID into `.env.local` (the seed project's pinning flow)."""
-    from churnops.settings import env_file
-
     s = resolved(settings or get_settings())
     mv = alias_version(s.model_name, CHAMPION, s)
     if mv is None:

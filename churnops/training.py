@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from churnops.metrics import auc_roc
+
 
 @dataclass
 class Split:
@@ -56,8 +58,6 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 
         precision_score,
         recall_score,
     )
-
-    from churnops.metrics import auc_roc
 
     pred = (proba >= threshold).astype(int)
     return {

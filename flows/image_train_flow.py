@@ -12,8 +12,16 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from churnops import pipeline
+from churnops.cli import fail, setup_logging
 from churnops.contract import load_any_contract
+from churnops.image import analysis, train
 from churnops.image.contract import ImageContract
+from churnops.image.dataset import RAW_SUFFIXES, read_raw
+from churnops.image.feature_store import fetch_images, put_images
+from churnops.lineage import lineage_tags
+from churnops.redact import redact
+from churnops.registry import alias_version, check_tracking, client
 from churnops.settings import Settings, get_settings
 from flows.train_flow import govern
 
@@ -35,16 +43,11 @@ def contract_of(name: str) -> ImageContract:
 @task(name="preflight", cache_policy=NO_CACHE, retries=0)
 def preflight(s: Settings) -> None:
     """Fail fast, naming the URI, when MLflow cannot be reached."""
-    from churnops.registry import check_tracking
-
     check_tracking(s)
 
 
 @task(name="load-images", cache_policy=NO_CACHE)
 def load_images(contract: ImageContract, s: Settings, data: str | None, limit: int | None):
-    from churnops.image import train
-    from churnops.image.feature_store import fetch_images, put_images
-
     parent = None
     if data and data.startswith("s3://"):  # a published version of the feature store
         root, manifest = fetch_images(data, contract, s)
@@ -68,9 +71,6 @@ def load_images(contract: ImageContract, s: Settings, data: str | None, limit: i
 
 @task(name="sweep", cache_policy=NO_CACHE)
 def sweep(d, contract, s: Settings, exp_id: str, run_id: str, timer, n_trials: int, space):
-    from churnops.image import train
-    from churnops.registry import client
-
     t0 = time.perf_counter()
     trials = train.run_sweep(d, contract, s, n_trials, space, train.TrialLogger(client(s), exp_id, run_id, timer))
     best = train.best_trial(trials)
@@ -87,8 +87,6 @@ def sweep(d, contract, s: Settings, exp_id: str, run_id: str, timer, n_trials: i
 
 @task(name="refit-evaluate", cache_policy=NO_CACHE)
 def refit_evaluate(d, best, contract, s: Settings):
-    from churnops.image import train
-
     net = train.refit(d, best, contract, s)
     return net, train.evaluate(net, d, contract)
 
@@ -96,8 +94,7 @@ def refit_evaluate(d, best, contract, s: Settings):
 @task(name="isp-sensitivity", cache_policy=NO_CACHE)
 def isp_sensitivity(net, d, contract: ImageContract, s: Settings, run_id: str):
     """Accuracy under ISP variations on the test set's raw files; logged; floors checked."""
-    from churnops.image import analysis, model, train
-    from churnops.image.dataset import RAW_SUFFIXES, read_raw
+    from churnops.image import model  # torch (lazy-imports)
 
     raw = [i for i in d.idx_test if d.files[i].path.suffix.lower() in RAW_SUFFIXES]
     frames = [read_raw(d.files[i].path, d.files[i].rel) for i in raw]
@@ -110,15 +107,11 @@ def isp_sensitivity(net, d, contract: ImageContract, s: Settings, run_id: str):
 
 @task(name="governance-evidence", cache_policy=NO_CACHE)
 def evidence(d, ev, table, s: Settings) -> dict:
-    from churnops.image import train
-
     return train.governance_evidence(d, ev, table, s)
 
 
 @task(name="onnx-log-register", cache_policy=NO_CACHE)
 def log_register(net, d, ev, best, trials, contract, s: Settings, run_id: str, timer):
-    from churnops.image import train
-
     onnx_bytes, diff = train.onnx_gate(net, d, ev, contract, s.onnx_tolerance)
     return train.log_and_register(net, onnx_bytes, diff, d, ev, best, trials, contract, s, run_id, timer) | {
         "onnx_max_abs_diff": diff
@@ -138,11 +131,6 @@ def image_train_flow(
 
     `limit` keeps the first N generated digits and `max_epochs` caps the epoch range (tests).
     """
-    from churnops import pipeline
-    from churnops.image import train
-    from churnops.lineage import lineage_tags
-    from churnops.registry import client
-
     c = contract_of(contract)
     s = image_settings(get_settings(), c)
     preflight(s)
@@ -201,8 +189,6 @@ def image_train_flow(
 
 def main() -> None:
     """`make demo-image`: run the flow now in this process and print the outcome."""
-    from churnops.cli import fail, setup_logging
-
     setup_logging()
     s = get_settings()
     try:
@@ -231,9 +217,6 @@ SAMPLE_IMAGE = "churnops/datasets/samples/raw_digits-7.dng"  # a bundled capture
 
 def demo_done() -> None:
     """`make demo-image`'s last words: what serves where, and a request to try (DATASET = the image contract)."""
-    from churnops.redact import redact
-    from churnops.registry import alias_version
-
     s = get_settings()
     c = contract_of(s.dataset)
     champ = alias_version(c.model_name, "champion", s)

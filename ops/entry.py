@@ -196,7 +196,7 @@ def reports() -> None:
 def simulate_http() -> None:
     """churnops-simulate-http: the HTTP simulator service."""
     _prepare()
-    from ops.services import simulate_http_main
+    from ops.simulator_services import simulate_http_main
 
     _run(simulate_http_main)
 
@@ -204,7 +204,7 @@ def simulate_http() -> None:
 def simulate_kinesis() -> None:
     """churnops-simulate-kinesis: the Kinesis simulator service."""
     _prepare()
-    from ops.services import simulate_kinesis_main
+    from ops.simulator_services import simulate_kinesis_main
 
     _run(simulate_kinesis_main)
 

@@ -183,22 +183,3 @@ def repeat(
             return code
         if stop.wait(max(0.0, interval_s - (time.monotonic() - started))):
             return code
-
-
-def _simulator(target: Callable[[], object]) -> None:
-    s = get_settings()
-    sys.exit(repeat(target, s.simulate_interval_s, heartbeat=heartbeat_path(s)))
-
-
-def simulate_http_main() -> None:
-    """HTTP simulator; with SIMULATE_INTERVAL_S > 0 a long-running service that sends a round every interval."""
-    from simulators.http_sim import main
-
-    _simulator(main)
-
-
-def simulate_kinesis_main() -> None:
-    """Kinesis simulator; with SIMULATE_INTERVAL_S > 0 a long-running service that sends a round every interval."""
-    from simulators.kinesis_sim import main
-
-    _simulator(main)

@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from churnops.admin import AdminTokenError, admin_token, token_path
+from churnops.registry import pin_problem
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, child_env, get_settings
 from ops import services
 from serving.proxy import proxy_enabled, upstream_bind
@@ -497,8 +499,6 @@ def up(s: Settings, timeout: float = 180, progs: list[Program] | None = None) ->
 
 def print_admin_token(s: Settings) -> int:
     """Say which admin token the API accepts (generated into the state folder when ADMIN_TOKEN is unset)."""
-    from churnops.admin import AdminTokenError, admin_token, token_path
-
     try:
         token = admin_token(s)
     except AdminTokenError as exc:
@@ -557,8 +557,6 @@ def start(s: Settings, names: list[str], timeout: float = 120) -> int:
         print("ERROR: stack not running: run `make up` first", file=sys.stderr)
         return 2
     if {"api", "consumer"} & set(names):
-        from churnops.registry import pin_problem
-
         problem = pin_problem(s)
         if problem:
             print(f"ERROR: {problem}", file=sys.stderr)

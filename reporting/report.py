@@ -29,11 +29,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnops.image.monitor import image_section_html
 from churnops.model_line import CHURN_CONTRACT, resolved
 from churnops.monitoring.drift import Reference
 from churnops.monitoring.performance import outcomes_for
 from churnops.monitoring.records import jsonable
+from churnops.monitoring.reference import load_reference
 from churnops.monitoring.window import summarize
+from churnops.tasks import task_for
 from reporting.index import write_index
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,6 @@ def evidently_reports(
     """Write the drift/summary report and (when possible) the quality report; returns sizes."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset, DataSummaryPreset
-
-    from churnops.tasks import task_for
 
     cols = contract.feature_names + ["prediction"]
     dd = DataDefinition(
@@ -268,8 +269,6 @@ def build_report(
     if win["status"] == "insufficient_data":
         summary.update(status="insufficient_data", n=win["n"], message=win["message"])
     elif win.get("image") is not None:  # image monitoring hook: our own HTML section, no Evidently
-        from churnops.image.monitor import image_section_html
-
         d = win["drift"]
         summary.update(
             reference_run_id=win["reference_run_id"],
@@ -298,8 +297,6 @@ def build_report(
             message=f"{d['n_critical']} critical, {d['n_warn']} warn feature(s)",
         )
         if evidently and reference is None:
-            from churnops.monitoring.reference import load_reference
-
             reference = load_reference(win["reference_run_id"], settings, contract)  # cached on disk and in memory
         if evidently and reference.frame is not None:
             sizes = evidently_reports(

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from churnops.model_line import resolved
 from churnops.monitoring.performance import outcomes_for
 from churnops.monitoring.quality import quality_reasons
+from churnops.tasks import task_for
 from reporting.alerts import send_alert
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ def reasons_for(
             reasons.append(
                 f"prediction drift critical: PSI {_num(pred.get('psi'), '.3f')}, p={_num(pred.get('p_value'), '.2g')}"
             )
-    from churnops.tasks import task_for
 
     overall = (performance or {}).get("overall") or {}
     if (performance or {}).get("task") == "image_classification":  # image monitoring hook

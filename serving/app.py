@@ -20,6 +20,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from churnops.admin import admin_token, token_matches
+from churnops.cli import setup_logging
 from churnops.contract import load_contract
 from churnops.image.feedback import ImageFeedback
 from churnops.model_line import resolved
@@ -29,12 +30,14 @@ from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
 from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.store.factory import open_store
 from churnops.tasks import task_for
 from serving import guards
 from serving.answers import answers_for
 from serving.columnar import from_rows, predict_columns
+from serving.drift import drift_blueprint
 from serving.edge import read_capped
-from serving.image_http import refuse_tabular, register_image_routes
+from serving.image_http import image_openapi, refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
     BadInput,
@@ -52,6 +55,7 @@ from serving.inference import (
 )
 from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
+from serving.openapi import cached_spec
 from serving.prediction_log import PredictionLog
 from serving.tasks import image_contract
 
@@ -143,8 +147,6 @@ def create_app(
     start_background: bool = True,
 ) -> Flask:
     """Build the app. Nothing touches the network here: the model loads in a background thread."""
-    from churnops.store.factory import open_store
-
     s = resolved(settings or get_settings())  # the data set's model line (its model name)
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
     scopes = {name: guards.scope_token(s, name) for name in ("read", "feedback")}  # likewise (serving/guards.py)
@@ -575,11 +577,7 @@ def create_app(
 
     @app.get("/openapi.json")
     def openapi():
-        from serving.openapi import cached_spec
-
         if state.image_contract is not None:  # image serving hook
-            from serving.image_http import image_openapi
-
             return jsonify(image_openapi(state.image_contract))
         return jsonify(cached_spec(s.dataset))
 
@@ -589,15 +587,12 @@ def create_app(
 
     register_image_routes(app, state, current_models, child)  # POST /predict/image (serving/image_http.py)
 
-    from serving.drift import drift_blueprint
-
     app.register_blueprint(drift_blueprint)
 
     return app
 
 
 def main() -> None:  # debugging only: Flask's development server
-    from churnops.cli import setup_logging
 
     setup_logging()
     s = get_settings()

@@ -70,14 +70,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from churnops.aws import backoff_delay, is_transient
+from churnops.aws import backoff_delay, client, is_transient
+from churnops.cli import fail, setup_logging
 from churnops.contract import load_contract
 from churnops.model_line import resolved
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings, get_settings, quiet_process
 from churnops.speed import FastPaths
 from churnops.store.base import SHARD_END, PredictionStore
+from churnops.store.factory import open_store
 from serving.answers import answers_for
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
 from serving.consumer_metrics import serve_metrics
@@ -123,9 +125,6 @@ class Consumer:
         kinesis=None,
         s3=None,
     ):
-        from churnops.aws import client
-        from churnops.store.factory import open_store
-
         self.s = resolved(settings or get_settings())  # the data set's model line
         self.metrics = get_metrics()
         # image serving hook (serving/tasks.py, serving/image_stream.py): image_uri records, no tabular contract
@@ -453,8 +452,6 @@ class Consumer:
 
     def _s3_client(self):
         if self._s3 is None and self.s.dlq_s3_payloads:
-            from churnops.aws import client
-
             self._s3 = client("s3", self.s, max_attempts=2, connect_timeout=2, read_timeout=10)
         return self._s3
 
@@ -815,9 +812,6 @@ class Consumer:
 
 
 def main() -> None:
-    from churnops.cli import fail, setup_logging
-    from churnops.settings import quiet_process
-
     quiet_process()  # before the model loader first imports mlflow
     setup_logging()
     s = get_settings()

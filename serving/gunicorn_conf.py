@@ -20,9 +20,11 @@ import os
 import shutil
 from pathlib import Path
 
+from churnops.cli import setup_logging
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset, line_dir
 from churnops.settings import get_settings, quiet_process
+from serving.prediction_log import reclaim_orphans
 
 quiet_process()  # MLflow telemetry / Prefect analytics off in the master and (inherited) every worker
 _s = for_dataset(get_settings())  # the data set's line: its spool; another line's server keeps its own files
@@ -61,8 +63,6 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    from churnops.cli import setup_logging
-
     setup_logging()
     if type(worker).__name__ == "SyncWorker":  # one connection at a time: the module flag below is safe
         install_fast_close()
@@ -138,7 +138,6 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid, str(_prom))
     # a worker that died without flushing (SIGKILL, OOM) left its journal: make it a spool file
     # now (the other workers replay it); its flock went with the process
-    from serving.prediction_log import reclaim_orphans
 
     try:
         reclaim_orphans(_s.state_path(_s.spool_dir, "spool"))

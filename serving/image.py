@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from churnops.image.dataset import ImageDataError, read_raw
 from churnops.image.formats import (  # noqa: F401  (CONTENT_TYPES, content_type_of: the image routes' names)
     CONTENT_TYPES,
     DNG,
@@ -42,7 +43,10 @@ from churnops.image.formats import (  # noqa: F401  (CONTENT_TYPES, content_type
     sniff,
 )
 from churnops.image.header import HeaderError, png_size, tiff_images
+from churnops.image.isp import UnsupportedRawError, process
 from churnops.image.summary import EMBED_DIMS, EMBED_SEED, summary  # noqa: F401  (the one summary function)
+from churnops.redact import redact
+from churnops.registry import client
 from serving.inference import BadInput
 
 
@@ -106,9 +110,6 @@ def check_raw_header(data: bytes, contract, name: str) -> None:
 
 
 def _raw_rgb(data: bytes, contract, name: str) -> np.ndarray:
-    from churnops.image.dataset import ImageDataError, read_raw
-    from churnops.image.isp import UnsupportedRawError, process
-
     check_raw_header(data, contract, name)  # sizes from the tags: nothing decoded yet
     try:
         frame = read_raw(data, name)
@@ -217,8 +218,6 @@ class ImageBundle:
 
 def _run_of(uri: str, s) -> str:
     """The MLflow run behind `runs:/<id>/...` or a registered `models:/<name>@<alias>` / `models:/<name>/<v>`."""
-    from churnops.registry import client
-
     if uri.startswith("runs:/"):
         return uri[len("runs:/") :].split("/", 1)[0]
     if uri.startswith("models:/"):
@@ -240,7 +239,6 @@ def _run_of(uri: str, s) -> str:
 
 def load_image_model(uri: str, route: str, s, contract, cache_dir: Path | None = None):
     """Download and check the image model `uri`; returns a `serving.model.LoadedModel` (ModelLoadError on failure)."""
-    from churnops.redact import redact
     from serving.model import LoadedModel, ModelLoadError, _registry_info
 
     local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None

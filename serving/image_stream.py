@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from churnops.aws import client, is_transient
 from churnops.s3keys import UnsafeKeyError, split_s3_uri
 from serving.image import DecodedImage, answer, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, valid_request_id
@@ -82,8 +83,6 @@ def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
     """The object's bytes; BadInput when it is missing or larger than `limit` (then its body is not read)."""
     from botocore.exceptions import ClientError
 
-    from churnops.aws import is_transient
-
     try:
         obj = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -118,8 +117,6 @@ def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
 
 def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, int]:
     """`Consumer.process` for image records: results and dead letters, log first; returns their counts."""
-    from churnops.aws import client, is_transient
-
     s, contract = consumer.s, consumer.image
     if getattr(consumer, "_image_s3", None) is None:
         consumer._image_s3 = client("s3", s, max_attempts=2, connect_timeout=2, read_timeout=10)

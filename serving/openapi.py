@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from churnops.contract import DatasetContract
+from churnops.contract import DatasetContract, load_contract
 from churnops.tasks import task_for
 from serving.answers import answers_for
 
@@ -257,6 +257,4 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
 
 @lru_cache(maxsize=4)
 def cached_spec(contract_name: str) -> dict:
-    from churnops.contract import load_contract
-
     return build_spec(load_contract(contract_name))

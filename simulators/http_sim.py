@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from churnops.cli import fail, setup_logging
+from churnops.contract import load_contract
+from churnops.settings import get_settings
 from simulators.traffic import (
     FeedbackSender,
     Planned,
@@ -106,10 +109,6 @@ def common_options(a: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from churnops.cli import fail, setup_logging
-    from churnops.contract import load_contract
-    from churnops.settings import get_settings
-
     s = get_settings()
     p = argparse.ArgumentParser(description="HTTP traffic simulator")
     add_common_args(p, s)

@@ -31,7 +31,10 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from churnops.cleaning import clean_frame
+from churnops.feature_store import latest_snapshot, read_snapshot
 from churnops.settings import get_settings
+from churnops.synthetic import generate_customers
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,6 @@ def customer_pool(settings, contract, source: str = "auto", seed: int = 42, n: i
     """Clean customers with their label: (frame, description of where they came from)."""
     if source in ("auto", "snapshot"):
         try:
-            from churnops.feature_store import latest_snapshot, read_snapshot
-
             snap = latest_snapshot(contract, settings)
             df = read_snapshot(snap, contract, settings)
             tag = " (SYNTHETIC)" if snap.synthetic else ""
@@ -76,8 +77,6 @@ def customer_pool(settings, contract, source: str = "auto", seed: int = 42, n: i
             if source == "snapshot":
                 raise
             log.info("no feature-store snapshot (%s): using the synthetic generator", type(exc).__name__)
-    from churnops.cleaning import clean_frame
-    from churnops.synthetic import generate_customers
 
     return clean_frame(generate_customers(n, seed), contract), f"SYNTHETIC generator (seed {seed}, {n} customers)"
 

@@ -29,9 +29,10 @@ import numpy as np
 
 from churnops.image.drift import channel_wasserstein, mmd_test, summaries
 from churnops.image.formats import DecodedImage, sniff
+from churnops.image.summary import summary
 from churnops.monitoring.drift import CRITICAL, OK, WARN, psi
 from churnops.monitoring.records import bounded_records, jsonable
-from churnops.monitoring.reference import BackgroundReferences, ReferenceUnavailable, fetch_artifacts
+from churnops.monitoring.reference import BackgroundReferences, ReferenceUnavailable, fetch_artifacts, served_run_id
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ def reference_payload(files, X: np.ndarray, onnx_bytes: bytes, classes: list[str
     import hashlib
 
     from churnops.image.model import onnx_session
-    from churnops.image.summary import summary
 
     rng = np.random.default_rng(seed)
     idx = np.arange(len(files))
@@ -260,8 +260,6 @@ def image_window(
         if references is not None:
             reference = references.get(run_ids)
         else:
-            from churnops.monitoring.reference import served_run_id
-
             reference = load_image_reference(served_run_id(settings, run_ids), settings)
     d = drift_of(reference, records, settings)
     perf = realized_accuracy(records, store.find_feedback(start=start))

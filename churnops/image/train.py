@@ -23,6 +23,9 @@ import numpy as np
 
 from churnops.image.contract import ImageContract
 from churnops.image.dataset import ImageFile, dataset_sha256, list_images, load_arrays, stratified_split
+from churnops.image.sensor import generate
+from churnops.pipeline import ParityError
+from churnops.registry import alias_version, register
 from churnops.settings import Settings
 
 DATA_SOURCE_SYNTHETIC = "synthetic-sensor"
@@ -104,8 +107,6 @@ def torch_threads(s: Settings) -> int:
 
 def resolve_data(contract: ImageContract, s: Settings, data: str | None, limit: int | None = None) -> tuple[Path, bool]:
     """(folder, synthetic): `data` when given, else the generated raw digits (made once per seed)."""
-    from churnops.image.sensor import generate
-
     if data:
         return Path(data), False
     root = s.state_dir / "images" / (f"{contract.name}-seed{s.seed}" + ("" if limit is None else f"-first{limit}"))
@@ -284,7 +285,6 @@ def governance_evidence(data: ImageData, ev: dict, table, s: Settings) -> dict:
     ISP sensitivity table, and the current champion re-scored on this run's test split (its ONNX
     model from the registry). Computed before registration, so the champion is the one to beat."""
     from churnops.image.model import onnx_proba, onnx_session
-    from churnops.registry import alias_version
 
     acc = float(ev["metrics"]["accuracy"])
     out: dict = {
@@ -316,7 +316,6 @@ def governance_evidence(data: ImageData, ev: dict, table, s: Settings) -> dict:
 def onnx_gate(net, data: ImageData, ev: dict, contract: ImageContract, tolerance: float) -> tuple[bytes, float]:
     """Export to ONNX; max |p_onnx - p_torch| over the test set must be <= tolerance, else ParityError."""
     from churnops.image.model import export_onnx, onnx_proba, onnx_session
-    from churnops.pipeline import ParityError
 
     onnx_bytes = export_onnx(net, contract.image.height, contract.image.width)
     diff = float(np.abs(onnx_proba(onnx_session(onnx_bytes), data.X[data.idx_test]) - ev["test_proba"]).max())
@@ -375,8 +374,6 @@ def log_and_register(
     import onnx
     import pandas as pd
     import torch
-
-    from churnops.registry import register
 
     source = DATA_SOURCE_SYNTHETIC if data.synthetic else "real"
     meta = {

@@ -30,11 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from churnops.image.monitor import image_window
 from churnops.monitoring import drift as drift_mod
 from churnops.monitoring.estimated import window_estimate
 from churnops.monitoring.performance import realized_performance
 from churnops.monitoring.quality import data_quality
 from churnops.monitoring.records import bounded_records, jsonable
+from churnops.monitoring.reference import load_reference, served_run_id
 from churnops.tasks import task_for
 
 META_COLUMNS = [
@@ -149,8 +151,6 @@ def compute(
     calls MLflow in this thread), else downloaded here (`reference.load_reference`: batch callers).
     """
     if getattr(contract, "task", None) == "image_classification":  # image monitoring hook
-        from churnops.image.monitor import image_window
-
         rows = window_rows(settings, max_rows)
         return Window(image_window(store, settings, contract, hours, now, reference, references, rows))
     now = time.time() if now is None else now
@@ -174,8 +174,6 @@ def compute(
         if references is not None:
             reference = references.get(run_ids)
         else:
-            from churnops.monitoring.reference import load_reference, served_run_id
-
             reference = load_reference(served_run_id(settings, run_ids), settings, contract)
     task = task_for(contract)
     d, perf = summarize_window(df, reference, settings, task)
