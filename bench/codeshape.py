@@ -1,7 +1,7 @@
 """The shape of the project's code, read from its source (no import of it): import cycles, imports
 against the layers, imports inside functions and the largest function.
 
-Used by bench/footprint.py. Imports are parsed from every `.py` file's syntax tree, the ones inside
+Used by bench/footprint.py; `python bench/codeshape.py [root]` prints the figures of any checkout. Imports are parsed from every `.py` file's syntax tree, the ones inside
 functions included (that is what Python runs when the function does; those under
 `if TYPE_CHECKING:` are left out: they never run), and resolved to project modules: `from a.b import c` counts as an import of `a.b.c` when that is a module, else of `a.b`.
 """
@@ -201,8 +201,9 @@ def measure(root: Path = ROOT) -> dict:
 
 if __name__ == "__main__":
     import json
+    import sys
 
-    m = measure()
+    m = measure(Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "list"} for k, v in m.items()}, indent=1))
     for c in m["import cycles"]["list"]:
         print(len(c), c)
