@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+from tqdm.auto import tqdm
 
 from churnops.cleaning import check_clean_frame
 from churnops.contract import ContractViolation, DatasetContract
@@ -205,8 +207,6 @@ def sweep(
     show_progress: bool = True,
 ) -> list[TrialResult]:
     """Run the TPE sweep; every trial becomes a nested run of `parent_run_id`."""
-    from tqdm.auto import tqdm
-
     cfg = sweep_config(s, n_trials, prep.task)
     bar = tqdm(total=cfg.n_trials, desc="sweep trials", unit="trial", disable=not show_progress, mininterval=0.5)
     try:
@@ -233,8 +233,6 @@ def evaluate(model, prep: Prepared, best: TrialResult, s: Settings) -> dict:
 
 def contract_yaml(contract: DatasetContract) -> str:
     """The contract as YAML (the model carries it as artifact `contract.yaml`)."""
-    import yaml
-
     return yaml.safe_dump(contract.model_dump(mode="json", exclude_none=False), sort_keys=False)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from churnops.model_line import FINGERPRINT_TAG, check_line, resolved
@@ -23,9 +26,6 @@ class TrackingUnreachable(ConnectionError):
 
 def check_tracking(settings: Settings | None = None, timeout: float = 5.0) -> None:
     """Fail fast, naming the URI, when the tracking server is not healthy."""
-    import urllib.error
-    import urllib.request
-
     s = settings or get_settings()
     uri = s.mlflow_tracking_uri
     if not uri.startswith("http"):
@@ -98,8 +98,6 @@ def bound_mlflow_http(settings: Settings | None = None) -> None:
     MLflow reads MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES / _BACKOFF_FACTOR on every request;
     its defaults (120 s, 7 retries, factor 2) hold a call to an unreachable server for minutes.
     """
-    import os
-
     s = settings or get_settings()
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(s.mlflow_http_request_timeout)))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max(0, int(s.mlflow_http_request_max_retries)))

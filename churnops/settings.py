@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -306,8 +307,6 @@ def export_env() -> None:
     Entry points call this before importing Prefect or MLflow, whose clients read
     PREFECT_API_URL / MLFLOW_TRACKING_URI from the environment, so `.env.local` drives them too.
     """
-    from dotenv import dotenv_values
-
     path = env_file()
     if path is not None and path.exists():
         for key, value in dotenv_values(path).items():

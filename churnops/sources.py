@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +60,6 @@ def read_bytes(uri: str, settings: Settings | None = None) -> bytes:
         except BotoCoreError as exc:
             raise DataSourceError(f"{uri}: {describe_endpoint_error(exc, s)}") from exc
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
         try:
             with urllib.request.urlopen(uri, timeout=30) as resp:  # noqa: S310 (user-given URL)
                 return resp.read()

@@ -20,7 +20,11 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
     from churnops.contract import DatasetContract
@@ -246,9 +250,6 @@ class CompiledContract:
     def check_frame(self, df, task, subject: str = "frame") -> ContractReport:
         """Check a clean frame (snake_case columns, labels lowercased) against every rule; the
         target's values by `task` (a `churnops.tasks` object, passed in by the caller)."""
-        import numpy as np
-        import pandas as pd
-
         contract = self.contract
         report = ContractReport(subject=subject, rows=len(df))
         if len(df) < contract.min_rows:
@@ -299,10 +300,6 @@ class CompiledContract:
     # ---- the wire form of the fast paths ----------------------------------------------------------------------
     def msgspec_type(self, rule: FeatureRule):
         """The msgspec field type that accepts exactly the values `validate` passes unconverted."""
-        from typing import Annotated
-
-        import msgspec
-
         if rule.shape == "number":
             return Annotated[float, msgspec.Meta(ge=rule.lo, le=rule.hi)]
         return str

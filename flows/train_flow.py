@@ -7,6 +7,7 @@ deployment (`flows/deployments.py`) runs the same flow on a work-pool worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -320,8 +321,6 @@ def train_flow(
 
 def main() -> None:
     """`make train`: run the flow now in this process and print the outcome."""
-    import json
-
     setup_logging()
     s = get_settings()
     # SIGTERM ends the run like Ctrl-C (Prefect marks it crashed) instead of leaving it behind

@@ -31,10 +31,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from dotenv import dotenv_values
 
 from churnops.settings import PROJECT_ROOT
 
@@ -88,8 +90,6 @@ def interpolate_tree(node, env: dict[str, str]):
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    from dotenv import dotenv_values
-
     return {k: v or "" for k, v in dotenv_values(path, interpolate=False).items()}
 
 
@@ -708,8 +708,6 @@ def demo_problems(wd: Path, env: dict[str, str]) -> list[str]:
 
 
 def smoke(root: Path = PROJECT_ROOT, keep: bool = False) -> int:
-    import tempfile
-
     state = Path(tempfile.mkdtemp(prefix="compose-smoke-"))
     os.chmod(state, 0o755)
     run = Run(state)

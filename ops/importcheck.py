@@ -1,6 +1,5 @@
 """The import rules `lint-imports` does not check: no import cycles among the project's modules, and
-no import of a project module inside a function unless `[tool.churnops.lazy-imports]` (pyproject.toml)
-allows it.
+no import inside a function unless `[tool.churnops.lazy-imports]` (pyproject.toml) allows it.
 
     python -m ops.importcheck        # make lint; exit 1 and one line per problem
 
@@ -196,6 +195,21 @@ def heavy_packages(root: Path = PROJECT_ROOT, r: Rules | None = None) -> dict[st
     return out
 
 
+def lazy_other_imports(root: Path = PROJECT_ROOT) -> list[str]:
+    """`module:line imports name` for each import of a package (standard library included) inside a
+    function that `packages` does not list."""
+    r = rules(root)
+    _, found = scan(root)
+    bad = []
+    for imp in found:
+        if not imp.in_function or imp.module in r.modules:
+            continue
+        for name in dict.fromkeys(n for n in imp.names if n.split(".")[0] not in PACKAGES + tuple(r.packages)):
+            bad.append(f"{imp.module}:{imp.line} imports {name} inside a function")
+            break
+    return bad
+
+
 def lazy_project_imports(root: Path = PROJECT_ROOT) -> list[str]:
     """`module:line imports target` for each import of a project module inside a function that the
     rules do not allow (the target pulls no heavy package the importing module does not already)."""
@@ -223,7 +237,7 @@ def problems(root: Path = PROJECT_ROOT) -> list[str]:
     for c in PENDING_CYCLES:
         if c not in found:
             out.append(f"no longer a cycle: {sorted(c)} (delete it from ops.importcheck.PENDING_CYCLES)")
-    return out + lazy_project_imports(root)
+    return out + lazy_project_imports(root) + lazy_other_imports(root)
 
 
 def main() -> int:

@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from churnops.admin import AdminTokenError, admin_token, token_path
 from churnops.registry import pin_problem
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, child_env, get_settings
@@ -323,8 +325,6 @@ def stack_processes(s: Settings) -> list:
     its environment, by its `-p` prefix in the state folder). The calling process and its ancestors
     are never part of the answer.
     """
-    import psutil
-
     state = str(s.state_dir.resolve())
     mine = {os.getpid()} | {a.pid for a in psutil.Process().parents()}
     found: dict[int, psutil.Process] = {}
@@ -364,8 +364,6 @@ def stack_processes(s: Settings) -> list:
 
 def describe(proc) -> str:
     """`pid 123 api: gunicorn: worker [churn-api]`: the supervisor program (when known) and the command line."""
-    import psutil
-
     try:
         program = proc.environ().get("SUPERVISOR_PROCESS_NAME") or ""
         cmd = " ".join(proc.cmdline()) or proc.name()
@@ -388,8 +386,6 @@ def wait_exited(s: Settings, timeout: float) -> list:
 
 
 def _signal(procs: list, sig: int) -> None:
-    import psutil
-
     for proc in procs:
         try:
             proc.send_signal(sig)
@@ -398,8 +394,6 @@ def _signal(procs: list, sig: int) -> None:
 
 
 def _is_supervisord(proc) -> bool:
-    import psutil
-
     try:
         return any("supervisord" in part for part in proc.cmdline()[:2])
     except psutil.Error:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 from pathlib import Path
 
 from churnops.cli import setup_logging
@@ -93,9 +95,6 @@ def post_request(worker, req, environ, resp):
 
 def fast_close(sock, *args, **kwargs):
     """Close now when the request was read to the end and the client sent nothing more."""
-    import socket
-    import ssl
-
     global _request_read
     read, _request_read = _request_read, False  # one use: a connection that failed parsing never sets it
     if read and not isinstance(sock, ssl.SSLSocket):

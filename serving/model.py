@@ -20,6 +20,7 @@ it writes the accepted target to `<state_dir>/serving-model.json` and every othe
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -577,8 +578,6 @@ def freeze_gc(gen0_threshold: int = 20_000) -> None:
     A server process holds a large heap of long-lived objects (mlflow, xgboost, onnxruntime);
     without this every full collection walks all of it while a request waits.
     """
-    import gc
-
     gc.collect()
     gc.freeze()
     _, g1, g2 = gc.get_threshold()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from apispec import APISpec
+
 from churnops.contract import DatasetContract, load_contract
 from churnops.tasks import task_for
 from serving.answers import answers_for
@@ -41,8 +43,6 @@ def _feature_schema(contract: DatasetContract) -> dict:
 
 
 def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
-    from apispec import APISpec
-
     task = answers_for(task_for(contract))
     what = task.describe(contract)
     spec = APISpec(

@@ -23,6 +23,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from churnops.aws import client as aws_client
@@ -104,8 +105,6 @@ def run_camera_http(
     **_,
 ) -> RunStats:
     """DNG captures to `POST /predict/image`; the true class to `/feedback` later."""
-    import httpx
-
     api = (api_url or settings.api_url).rstrip("/")
     check_loopback(api, "API", allow_remote)
     records = plan_captures(planned_count(rate, seconds, count), seed, drift, drift_mode, onset, "img-http")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import httpx
+
 from churnops.cli import fail, setup_logging
 from churnops.contract import load_contract
 from churnops.settings import get_settings
@@ -43,8 +45,6 @@ def run_http(
     allow_remote: bool = False,
     onset: float = 0.0,
 ) -> RunStats:
-    import httpx
-
     api = (api_url or settings.api_url).rstrip("/")
     check_loopback(api, "API", allow_remote)
     if pool is None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+import httpx
 import numpy as np
 import pandas as pd
 
@@ -202,8 +203,6 @@ class FeedbackSender:
     """POSTs `{"request_id", "outcome"}` to the API's /feedback (with FEEDBACK_TOKEN when it is set)."""
 
     def __init__(self, api_url: str, timeout: float = 5.0, token: str | None = None):
-        import httpx
-
         if token is None:
             secret = get_settings().feedback_token
             token = secret.get_secret_value() if secret is not None else ""
@@ -211,8 +210,6 @@ class FeedbackSender:
         self.client = httpx.Client(base_url=api_url.rstrip("/"), timeout=timeout, headers=headers)
 
     def __call__(self, request_id: str, outcome: int) -> str:
-        import httpx
-
         try:
             r = self.client.post("/feedback", json={"request_id": request_id, "outcome": int(outcome)})
             return f"POST /feedback {r.status_code}"

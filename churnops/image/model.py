@@ -9,6 +9,9 @@ brightness and per-channel gain jitter, scaled by `strength` in [0, 1]).
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -134,9 +137,6 @@ def predict_proba(net: DigitCNN, X: np.ndarray, batch_size: int = 512) -> np.nda
 
 def export_onnx(net: DigitCNN, height: int, width: int) -> bytes:
     """ONNX (opset 17, dynamic batch): input `image` (N, 3, H, W) -> `probabilities`, `embedding`."""
-    import io
-    import warnings
-
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice

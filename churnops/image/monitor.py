@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
@@ -51,8 +52,6 @@ def reference_payload(files, X: np.ndarray, onnx_bytes: bytes, classes: list[str
 
     `files[i]` (`ImageFile`) is the file behind the model input `X[i]` (3, H, W).
     """
-    import hashlib
-
     from churnops.image.model import onnx_session
 
     rng = np.random.default_rng(seed)

@@ -14,12 +14,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from churnops.image.contract import ImageContract
 from churnops.image.dataset import ImageFile, dataset_sha256, list_images, load_arrays, stratified_split
@@ -86,8 +90,6 @@ class ImageTrial:
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the image track's packages (lineage tags `pkg.*`)."""
-    from importlib import metadata
-
     out = {}
     for p in IMAGE_PACKAGES:
         try:
@@ -112,8 +114,6 @@ def resolve_data(contract: ImageContract, s: Settings, data: str | None, limit: 
     root = s.state_dir / "images" / (f"{contract.name}-seed{s.seed}" + ("" if limit is None else f"-first{limit}"))
     done = root / ".complete"
     if not done.exists() or json.loads(done.read_text()).get("contract") != contract.fingerprint():
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)  # made by an older contract (or interrupted): make it anew
         files = generate(root, contract, seed=s.seed, limit=limit)
         done.write_text(json.dumps({"files": len(files), "seed": s.seed, "contract": contract.fingerprint()}))
@@ -368,11 +368,8 @@ def log_and_register(
     timer,
 ) -> dict:
     """Log metrics, artifacts and the ONNX model to the parent run, then register it (tags: data source, SHA-256)."""
-    import warnings
-
     import mlflow
     import onnx
-    import pandas as pd
     import torch
 
     source = DATA_SOURCE_SYNTHETIC if data.synthetic else "real"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops.importcheck import PENDING_CYCLES, cycles, imports_of, lazy_project_imports
+from ops.importcheck import PENDING_CYCLES, cycles, imports_of, lazy_other_imports, lazy_project_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,10 @@ def test_project_modules_are_imported_inside_functions_only_where_allowed():
     assert lazy_project_imports(ROOT) == []
 
 
+def test_other_imports_inside_functions_are_of_the_listed_heavy_packages_only():
+    assert lazy_other_imports(ROOT) == []
+
+
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     (tmp_path / "pyproject.toml").write_text(
         '[tool.churnops.lazy-imports]\npackages = ["torch"]\nmodules = ["ops.entry"]\n'
@@ -57,7 +61,7 @@ def test_the_checks_see_lazy_relative_and_heavy_imports(tmp_path):
             "churnops/a.py": "from churnops import b\n",
             "churnops/b.py": "def f():\n    from .a import x\n    return x\n",
             "churnops/heavy.py": "import torch\n",
-            "churnops/c.py": "def f():\n    from churnops.heavy import y\n    from churnops.b import f\n",
+            "churnops/c.py": "def f():\n    from churnops.heavy import y\n    from churnops.b import f\n    import torch, json\n",
             "ops/__init__.py": "",
             "ops/entry.py": "def train():\n    from churnops.a import main\n",
         },
@@ -67,6 +71,7 @@ def test_the_checks_see_lazy_relative_and_heavy_imports(tmp_path):
         "churnops.b:2 imports churnops.a inside a function",
         "churnops.c:3 imports churnops.b inside a function",
     ]
+    assert lazy_other_imports(root) == ["churnops.c:4 imports json inside a function"]
 
 
 def test_imports_under_type_checking_do_not_count():
