@@ -195,10 +195,10 @@ endif
 start-serve: $(DEPS) ## (re)start the HTTP API on 9696 and the Kinesis consumer(s); returns once /ready says ready
 ifeq ($(RUNTIME),docker)
 	$(DC) up -d --no-deps --force-recreate --wait $(SERVING)
-	$(DC) exec -T api python -m churnops.ready --url http://127.0.0.1:9696
+	$(DC) exec -T api python -m ops.ready --url http://127.0.0.1:9696
 else
 	@$(STACK) start api consumer
-	@$(BIN)/python -m churnops.ready
+	@$(BIN)/python -m ops.ready
 endif
 
 stop-serve: $(STOP_DEPS) ## stop the HTTP API and the Kinesis consumer(s)

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
     # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
     api_url: str = "http://127.0.0.1:9696"
-    ready_timeout_s: float = 180.0  # make start-serve / demo wait this long for /ready (churnops/ready.py)
+    ready_timeout_s: float = 180.0  # make start-serve / demo wait this long for /ready (ops/ready.py)
     api_host: str = "127.0.0.1"
     api_port: int = 9696
     api_workers: int = 2
