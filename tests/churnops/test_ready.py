@@ -63,8 +63,8 @@ def test_timeout_names_the_last_answer(fake_api):
 
 
 def test_nothing_listening_is_named(capsys):
-    from ops.ready import main
     from ops.localservers import free_port
+    from ops.ready import main
 
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["--url", url, "--timeout", "0"]) == 1
