@@ -32,6 +32,7 @@ COPY flows/ flows/
 COPY serving/ serving/
 COPY simulators/ simulators/
 COPY reporting/ reporting/
+COPY ops/ ops/
 COPY monitoring/ monitoring/
 COPY nginx/ nginx/
 # editable: the project root stays /app, where Prefect deployments find flows/ (from_source)

@@ -14,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 STACK := $(BIN)/churnops-stack
-PY_DIRS := churnops flows serving simulators reporting bench tests
+PY_DIRS := churnops flows serving simulators reporting ops bench tests
 
 # ---- Docker runtime: both compose files in one project; secrets from the environment (env=cloud)
 # or generated once per machine into .stack/docker/secrets.env (env=local, never committed)
@@ -98,7 +98,7 @@ IMAGE_MODEL ?= raw-digits-cnn
 demo-image: $(STAMP) ## image track: stack up, raw DNG digits -> ISP -> CNN sweep -> rules -> registry -> served on /predict/image
 	@$(MAKE) --no-print-directory up
 	@$(MAKE) --no-print-directory apply-model-train-flow
-	@$(BIN)/python -c "from churnops.entry import image_train; image_train()"
+	@$(BIN)/python -c "from ops.entry import image_train; image_train()"
 	@$(MAKE) --no-print-directory start-serve DATASET=$(IMAGE_DATASET) MODEL_URI=models:/$(IMAGE_MODEL)@champion
 	@echo ""
 	@echo "== demo-image done =="
@@ -195,10 +195,10 @@ endif
 start-serve: $(DEPS) ## (re)start the HTTP API on 9696 and the Kinesis consumer(s); returns once /ready says ready
 ifeq ($(RUNTIME),docker)
 	$(DC) up -d --no-deps --force-recreate --wait $(SERVING)
-	$(DC) exec -T api python -m churnops.ready --url http://127.0.0.1:9696
+	$(DC) exec -T api python -m ops.ready --url http://127.0.0.1:9696
 else
 	@$(STACK) start api consumer
-	@$(BIN)/python -m churnops.ready
+	@$(BIN)/python -m ops.ready
 endif
 
 stop-serve: $(STOP_DEPS) ## stop the HTTP API and the Kinesis consumer(s)
@@ -237,7 +237,7 @@ else
 endif
 
 replay-quarantine: $(STAMP) ## offer the prediction log's quarantined records to the store again (those still refused stay)
-	$(BIN)/python -m serving.quarantine
+	$(BIN)/python -m ops.replay_quarantine
 
 retrain-check: $(STAMP) ## evaluate the retraining trigger now (drift / realized AUC, cooldown)
 	@$(BIN)/churnops-retrain
@@ -278,10 +278,12 @@ docker-env:
 	    echo "$$v=$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> $(DOCKER_SECRETS); done; \
 	fi
 
-lint: $(STAMP) ## ruff check + format check, hadolint (Dockerfile), actionlint (workflows), compose schema
+lint: $(STAMP) ## ruff check + format check, import layers (lint-imports, ops.importcheck), hadolint, actionlint, compose schema
 	@rc=0; \
 	$(BIN)/ruff check $(PY_DIRS) || rc=1; \
 	$(BIN)/ruff format --check $(PY_DIRS) || rc=1; \
+	$(BIN)/lint-imports --no-cache || rc=1; \
+	$(BIN)/python -m ops.importcheck || rc=1; \
 	$(BIN)/hadolint Dockerfile && echo "hadolint: Dockerfile ok" || rc=1; \
 	$(BIN)/actionlint .github/workflows/*.yml && echo "actionlint: workflows ok" || rc=1; \
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose-registry.yml docker-compose-serve.yml || rc=1; \
@@ -294,7 +296,7 @@ docs-serve: $(STAMP) ## serve the documentation site on http://127.0.0.1:8000, r
 	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 compose-smoke: $(STAMP) ## the compose files' own services here without Docker (root: network namespaces): the README's Docker sequence + smoke checks
-	$(BIN)/python -m churnops.composerun smoke
+	$(BIN)/python -m ops.composerun smoke
 
 bench: bench-train bench-serve bench-servers bench-monitor bench-faults bench-loop bench-image bench-peers ## all benchmarks -> bench/results/*.json, then the one table (also written into docs/benchmarks.md)
 	$(BIN)/python bench/table.py

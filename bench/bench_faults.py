@@ -178,7 +178,7 @@ def api_env(base: dict, folder: Path) -> dict:
 
 
 def start_api(env: dict, folder: Path, servers: list):
-    from churnops.localservers import free_port
+    from ops.localservers import free_port
 
     port = free_port()
     srv = start_server(env, folder / "api.log", port, servers)
@@ -353,10 +353,9 @@ def read_stream(s, stream: str) -> list[dict]:
 
 def consumer_kill(s, env: dict, folder: Path, servers: list) -> dict:
     """b) STREAM_RECORDS records (1 % poison); the consumer SIGKILLed at ~25 % and ~60 %, restarted each time."""
-    from churnops.aws import client
-    from churnops.localservers import Server
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
+    from ops.localservers import Server
 
     tag = secrets.token_hex(3)
     names = {"input_stream": f"fin-{tag}", "output_stream": f"fout-{tag}", "dlq_stream": f"fdlq-{tag}"}
@@ -678,10 +677,9 @@ def store_auth_failure(s, folder: Path) -> dict:
 
 def spool_full_stream(s, env: dict, folder: Path, servers: list) -> dict:
     """f) the consumer's store locked and its spool full: nothing may be emitted that is not logged."""
-    from churnops.aws import client
-    from churnops.localservers import Server
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
+    from ops.localservers import Server
 
     tag = secrets.token_hex(3)
     names = {"input_stream": f"sin-{tag}", "output_stream": f"sout-{tag}", "dlq_stream": f"sdlq-{tag}"}
@@ -846,7 +844,7 @@ def concurrent_reloads(env: dict, folder: Path, servers: list, run_id: str, toke
 
 def restart_mlflow(tmp: Path, servers: list, mlf):
     """MLflow again on its folder when scenario d stopped it (a new port; MLFLOW_TRACKING_URI follows)."""
-    from churnops.localservers import start_mlflow
+    from ops.localservers import start_mlflow
 
     if mlf is None or mlf.proc.poll() is None:
         return mlf
@@ -879,10 +877,9 @@ def client_faults(env: dict, folder: Path, servers: list) -> dict:
 
 def consumers_lease(s, env: dict, folder: Path, servers: list) -> dict:
     """i) three consumers, c0 SIGKILLed at ~25 %, c3 added and the input resharded 2 -> 4 at ~50 %."""
-    from churnops.aws import client
-    from churnops.localservers import Server
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
+    from ops.localservers import Server
 
     tag = secrets.token_hex(3)
     names = {"input_stream": f"lin-{tag}", "output_stream": f"lout-{tag}", "dlq_stream": f"ldlq-{tag}"}
@@ -1012,9 +1009,9 @@ def consumers_lease(s, env: dict, folder: Path, servers: list) -> dict:
 
 def setup(tmp: Path, servers: list, result: dict):
     """moto + MLflow + a small trained model (or BENCH_RUN_ID): (settings, run id, the MLflow Server or None)."""
-    from churnops.localservers import start_mlflow, start_moto
-    from churnops.provision import ensure_bucket, ensure_streams
+    from churnops.aws import ensure_bucket, ensure_streams
     from churnops.settings import get_settings
+    from ops.localservers import start_mlflow, start_moto
 
     run_id = os.environ.get("BENCH_RUN_ID")
     mlf = None

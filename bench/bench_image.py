@@ -66,7 +66,7 @@ def main() -> None:
             "STATE_DIR": str(tmp / "state"),
         }
     )
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "mlflow").mkdir(), (tmp / "moto").mkdir()
     mlf, mlflow_url = start_mlflow(tmp / "mlflow")

@@ -183,7 +183,7 @@ def main() -> None:
             "ALIAS_POLL_S": "1",
         }
     )
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
@@ -203,13 +203,14 @@ def main() -> None:
         import pandas as pd
         from prefect.testing.utilities import prefect_test_harness
 
+        from churnops.aws import ensure_bucket, ensure_streams
         from churnops.cleaning import clean_frame
         from churnops.contract import load_contract
+        from churnops.evaluation import auc
         from churnops.model_line import for_dataset
-        from churnops.pipeline import auc
-        from churnops.provision import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
         from churnops.store.factory import open_store
+        from flows.labels_flow import labels_collector
         from reporting.trigger import default_start_training, evaluate_trigger
         from serving.model import ModelManager
 
@@ -289,7 +290,7 @@ def main() -> None:
                     s,
                     None,
                     {"overall": {"auc_roc": auc_after, "n": a.rows}},
-                    start_training=default_start_training(s, run=run_inline),
+                    start_training=default_start_training(s, labels_collector(s), run=run_inline),
                     alert=False,
                 )
                 store.close()

@@ -12,7 +12,7 @@ generator's customers when the real file is absent (the result says which); its 
 our API serves and its `booster.json` is what both peers load.
 
 Servers, one at a time, 2 workers each, 1 XGBoost/ONNX thread per worker:
-* ours: the API started with the embedded stack's own command line (`churnops.services.api_argv`),
+* ours: the API started with the embedded stack's own command line (`ops.services.api_argv`),
   raw customer records in (`POST /predict`, `POST /predict/batch`): validation, encoding, the
   prediction log and its metrics included;
 * BentoML (`bentoml serve`, bench/peers/bentoml_service.py), adaptive batching on and off;
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import psutil
 
-from churnops.localservers import Server, free_port
+from ops.localservers import Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -136,7 +136,8 @@ def build_model(folder: Path) -> Model:
     from churnops.bundle import Bundle, export_onnx, write_bundle
     from churnops.cleaning import clean_frame
     from churnops.contract import load_contract, validate_record
-    from churnops.pipeline import auc, prepare
+    from churnops.evaluation import auc
+    from churnops.pipeline import prepare
     from churnops.settings import Settings
     from churnops.synthetic import generate_customers
     from churnops.training import make_classifier
@@ -238,7 +239,7 @@ def ours_target(port: int, model: Model) -> Target:
     return Target(
         name="ours",
         config={
-            "server": "the embedded stack's API command (churnops.services.api_argv)",
+            "server": "the embedded stack's API command (ops.services.api_argv)",
             "workers": WORKERS,
             "input": "raw customer records (validated, encoded, logged)",
         },
@@ -253,8 +254,8 @@ def ours_target(port: int, model: Model) -> Target:
 
 def start_ours(model: Model, folder: Path, port: int):
     """Our API, started exactly as the embedded stack starts it (whatever server that is)."""
-    from churnops import services
     from churnops.settings import QUIET_ENV, Settings
+    from ops import services
 
     env = {
         "ENV_FILE": str(folder / "no-env-file"),

@@ -304,7 +304,7 @@ def start_gunicorn(
     app: str, env: dict, log: Path, port: int, servers: list, chdir: Path | None = None, worker_class: str = "sync"
 ):
     """gunicorn on `port` (the reference design: the seed's sync workers, one request at a time each)."""
-    from churnops.localservers import Server, wait_http
+    from ops.localservers import Server, wait_http
 
     args = [sys.executable, "-m", "gunicorn", "-c", "python:serving.gunicorn_conf"]
     if chdir:
@@ -320,7 +320,7 @@ def start_gunicorn(
 
 def start_api(env: dict, log: Path, port: int, servers: list, app: str = "serving.wsgi:app"):
     """The API's own server (serving/server.py: granian), 2 workers, on `port`."""
-    from churnops.localservers import Server, wait_http
+    from ops.localservers import Server, wait_http
 
     srv = Server(
         [sys.executable, "-m", "serving.server", app],
@@ -435,8 +435,7 @@ def stream_rate(s, n: int = 10_000) -> dict:
     import base64
     import uuid
 
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from serving.consumer import Consumer
 
     tag = uuid.uuid4().hex[:6]
@@ -524,8 +523,8 @@ def main() -> None:
         "targets": TARGETS,
     }
     try:
-        from churnops.localservers import free_port, start_mlflow, start_moto
         from churnops.settings import get_settings
+        from ops.localservers import free_port, start_mlflow, start_moto
 
         run_id = os.environ.get("BENCH_RUN_ID")
         if not run_id:
@@ -541,7 +540,7 @@ def main() -> None:
             s = get_settings()
             from prefect.testing.utilities import prefect_test_harness
 
-            from churnops.provision import ensure_bucket, ensure_streams
+            from churnops.aws import ensure_bucket, ensure_streams
 
             ensure_bucket(s), ensure_streams(s)
             with prefect_test_harness(server_startup_timeout=120):

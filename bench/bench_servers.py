@@ -39,7 +39,7 @@ from pathlib import Path
 from bench_serve import DATA, EXAMPLE, ROOT, load, real_records, wait_ready
 
 from churnops import badclients
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 
 OUT = ROOT / "bench" / "results" / "servers.json"
 SECONDS = float(os.environ.get("BENCH_HTTP_SECONDS", "8"))

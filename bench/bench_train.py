@@ -43,7 +43,7 @@ def main() -> None:
             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         }
     )
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
@@ -58,7 +58,7 @@ def main() -> None:
     try:
         from prefect.testing.utilities import prefect_test_harness
 
-        from churnops.provision import ensure_bucket, ensure_streams
+        from churnops.aws import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
 
         get_settings.cache_clear()
@@ -117,9 +117,12 @@ def parallel_speedup(s, n_trials: int) -> dict:
     prep = prepare(clean, c, s)
     out = {}
     for label, cfg in (
-        ("serial_1_thread", SweepConfig(n_trials=n_trials, seed=s.seed, threads=1)),
-        ("serial_2_threads", SweepConfig(n_trials=n_trials, seed=s.seed, threads=2)),
-        ("dask_2_workers", SweepConfig(n_trials=n_trials, seed=s.seed, executor="dask", dask_workers=2)),
+        ("serial_1_thread", SweepConfig(n_trials=n_trials, seed=s.seed, threads=1, task=prep.task)),
+        ("serial_2_threads", SweepConfig(n_trials=n_trials, seed=s.seed, threads=2, task=prep.task)),
+        (
+            "dask_2_workers",
+            SweepConfig(n_trials=n_trials, seed=s.seed, executor="dask", dask_workers=2, task=prep.task),
+        ),
     ):
         t0 = time.perf_counter()
         trials = run_sweep(prep.split, cfg)

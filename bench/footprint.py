@@ -7,7 +7,9 @@ whose functions run during: one `POST /predict` (Flask test client, in process, 
 request; the gunicorn worker is not part of it), one stream record (the consumer on a real moto
 Kinesis stream), one training run (the real flow, 2 trials, on the real file) and one report
 (`build_report` over 300 logged predictions). Files are found with a profiler hook on every
-thread, so helpers called from the prediction log's writer thread count too.
+thread, so helpers called from the prediction log's writer thread count too. Read from the source
+(bench/codeshape.py): import cycles, imports against the layers, imports inside functions, the
+largest function.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from codeshape import measure
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
 OUT = ROOT / "bench" / "results" / "footprint.json"
-PACKAGES = ("churnops", "serving", "reporting", "flows", "simulators", "bench", "tests")
+PACKAGES = ("churnops", "serving", "reporting", "flows", "simulators", "ops", "bench", "tests")
 
 
 def lines_of_code() -> dict:
@@ -98,18 +102,18 @@ def main() -> None:
             "LOG_FLUSH_INTERVAL_S": "0.05",
         }
     )
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
     mlf, mlflow_url = start_mlflow(tmp / "mlflow")
     os.environ.update({"AWS_ENDPOINT_URL": moto_url, "MLFLOW_TRACKING_URI": mlflow_url})
-    out: dict = {"loc": lines_of_code(), "crossed": {}}
+    out: dict = {"loc": lines_of_code(), "crossed": {}} | measure()
     try:
         from prefect.testing.utilities import prefect_test_harness
 
+        from churnops.aws import ensure_bucket, ensure_streams
         from churnops.contract import load_contract
-        from churnops.provision import ensure_bucket, ensure_streams
         from churnops.settings import get_settings
 
         get_settings.cache_clear()
@@ -181,6 +185,8 @@ def main() -> None:
         print(f"{k:34s} {v['files']:4d} files {v['loc']:7,d} lines")
     for k, v in out["crossed"].items():
         print(f"{k:34s} crosses {v['files']} project files")
+    for k in ("import cycles", "imports against the layers", "imports inside functions", "largest function"):
+        print(f"{k:34s} { ({kk: vv for kk, vv in out[k].items() if kk != 'list'}) }")
     print(f"-> {OUT} [{a.label}]")
 
 

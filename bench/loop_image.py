@@ -77,7 +77,7 @@ def run(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> di
     )
     for k in ("MODEL_NAME", "EXPERIMENT_NAME", "MODEL_URI", "RUN_ID"):
         os.environ.pop(k, None)  # the contract names the model line
-    from churnops.localservers import start_mlflow, start_moto
+    from ops.localservers import start_mlflow, start_moto
 
     (tmp / "moto").mkdir(), (tmp / "mlflow").mkdir()
     moto, moto_url = start_moto(tmp / "moto")
@@ -93,11 +93,12 @@ def loop(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> d
     """The measured loop (servers already up, settings in the environment)."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from churnops.aws import ensure_bucket
     from churnops.contract import load_any_contract
     from churnops.model_line import for_dataset
-    from churnops.provision import ensure_bucket
     from churnops.settings import get_settings
     from churnops.store.factory import open_store
+    from flows.labels_flow import labels_collector
     from reporting.trigger import default_start_training, evaluate_window
     from serving.app import create_app
     from serving.model import ModelManager
@@ -156,7 +157,11 @@ def loop(trials: int, epochs: int, train: int, rows: int, drift: list[str]) -> d
             trigger_store = open_store(s)  # what the retrain-trigger flow does, its starter run in this process
             try:
                 decision = evaluate_window(
-                    trigger_store, s, contract, window_hours=1, start_training=default_start_training(s, run=run_inline)
+                    trigger_store,
+                    s,
+                    contract,
+                    window_hours=1,
+                    start_training=default_start_training(s, labels_collector(s), run=run_inline),
                 )
             finally:
                 trigger_store.close()

@@ -534,6 +534,17 @@ def footprint_table() -> str:
             + " | ".join("—" if c is None else str(c["files"]) for c in cells)
             + " |"
         )
+    shape = (
+        ("import cycles", lambda v: f"{v['count']} ({v['modules in cycles']} modules)"),
+        ("imports against the layers", lambda v: str(v["count"])),
+        ("imports inside functions", lambda v: f"{v['total']} ({v['project-internal']} of project modules)"),
+        ("largest function", lambda v: f"{v['lines']} lines (`{v['function']}`)"),
+    )
+    for key, show in shape:
+        if any(key in runs[k] for k in labels):
+            rows.append(
+                f"| {key} | " + " | ".join(show(runs[k][key]) if key in runs[k] else "—" for k in labels) + " |"
+            )
     return "\n".join(head + rows)
 
 

@@ -24,6 +24,10 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from churnops.features import FeatureEncoder
+from churnops.speed.forest import Forest
+from churnops.tasks import task_for
+
 ENCODER_FILE, BOOSTER_FILE, ONNX_FILE, META_FILE = "encoder.json", "booster.json", "model.onnx", "meta.json"
 
 
@@ -48,8 +52,6 @@ def onnx_session(onnx_bytes: bytes, threads: int = 1):
 def onnx_proba(session, X: np.ndarray, task=None) -> np.ndarray:
     """The model's output from an ONNX session: positive-class probabilities (handles dict or
     tensor outputs), or the predicted values of a regression `task` (churnops.tasks)."""
-    from churnops.tasks import task_for
-
     outs = session.run(None, {"features": np.ascontiguousarray(X, dtype=np.float32)})
     return (task or task_for()).onnx_output(outs)
 
@@ -57,8 +59,6 @@ def onnx_proba(session, X: np.ndarray, task=None) -> np.ndarray:
 def onnx_parity(onnx_bytes: bytes, X: np.ndarray, native_proba: np.ndarray, task=None) -> float:
     """Disagreement between ONNX and the native model on X, as the task measures it: the max
     absolute probability difference (classifiers), the max relative value difference (regression)."""
-    from churnops.tasks import task_for
-
     task = task or task_for()
     return task.parity(onnx_proba(onnx_session(onnx_bytes), X, task), native_proba)
 
@@ -94,8 +94,6 @@ class Bundle:
         native_min_rows: int = 0,
         compiled_trees: bool = False,
     ) -> "Bundle":
-        from churnops.features import FeatureEncoder
-
         p = Path(path)
         meta = json.loads((p / META_FILE).read_text())
         enc = FeatureEncoder.from_json((p / ENCODER_FILE).read_text())
@@ -111,8 +109,6 @@ class Bundle:
             b.booster.set_param({"nthread": threads})
             b.native_min_rows = native_min_rows if b.session is not None else 0
             if compiled_trees and threads == 1:  # the kernel is single-threaded
-                from churnops.speed.forest import Forest
-
                 b.forest = Forest.from_booster(b.booster)
         elif (p / BOOSTER_FILE).exists():  # kept for explanations (churnops.explain): the folder may go
             b.booster_bytes = (p / BOOSTER_FILE).read_bytes()
@@ -121,8 +117,6 @@ class Bundle:
     @cached_property
     def task(self):
         """What the model predicts (churnops.tasks; bundles written before `task` are classifiers)."""
-        from churnops.tasks import task_for
-
         return task_for(self.meta.get("task", "binary_classification"))
 
     @property

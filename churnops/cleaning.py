@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from churnops.contract import DatasetContract, snake_case
+from churnops.contract import DatasetContract
+from churnops.tasks import task_for
+from churnops.validator import ContractReport, snake_case
 
 
 def rename_map(columns: list[str], contract: DatasetContract) -> dict[str, str]:
@@ -60,16 +62,12 @@ def clean_frame(raw: pd.DataFrame, contract: DatasetContract) -> pd.DataFrame:
     clean = pd.DataFrame(out, index=df.index)
     target = contract.target.name
     if target in df.columns:
-        from churnops.tasks import task_for
-
         clean[target] = task_for(contract).clean_target(df[target], contract)
     return clean.reset_index(drop=True)
 
 
 def check_raw_frame(raw: pd.DataFrame, contract: DatasetContract, subject: str):
     """Clean `raw` and check it; returns (clean frame, report listing every failed check)."""
-    from churnops.contract import check_clean_frame
-
     clean = clean_frame(raw, contract)
     report = check_clean_frame(clean, contract, subject=subject)
     renamed = rename_map(list(raw.columns), contract)
@@ -90,3 +88,9 @@ def check_raw_frame(raw: pd.DataFrame, contract: DatasetContract, subject: str):
     if extra:
         report.warnings.append(f"columns not in the contract, ignored: {extra}")
     return clean, report
+
+
+def check_clean_frame(df, contract: DatasetContract, subject: str = "frame") -> ContractReport:
+    """Check a clean frame (snake_case columns, labels lowercased) against every rule, the target's
+    values by the contract's task (`churnops.validator.CompiledContract.check_frame`)."""
+    return contract.validator().check_frame(df, task_for(contract), subject)

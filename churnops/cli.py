@@ -7,6 +7,8 @@ import os
 import sys
 from typing import NoReturn
 
+from churnops.redact import redact
+
 
 def setup_logging(level: str | None = None) -> None:
     # MLflow prints a "View run" URL line per finished run: 50 of them per sweep drown the progress bar
@@ -21,8 +23,6 @@ def setup_logging(level: str | None = None) -> None:
 
 def fail(exc: BaseException, what: str, code: int = 1) -> NoReturn:
     """Print `what failed: why` (the contract report in full) and exit; no stack trace."""
-    from churnops.redact import redact
-
     msg = str(exc) or type(exc).__name__
     print(f"ERROR: {redact(what)} failed: {redact(msg)}", file=sys.stderr)
     if os.environ.get("DEBUG"):

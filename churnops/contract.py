@@ -11,24 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
-from churnops.validator import CompiledContract, RecordResult, compile_contract
+from churnops.image.contract import ImageContract
+from churnops.validator import CompiledContract, ContractReport, RecordResult, compile_contract
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
-
-
-def snake_case(name: str) -> str:
-    """`Months_Inactive_12_mon` -> `months_inactive_12_mon`; `CustomerAge` -> `customer_age`."""
-    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name).strip())
-    s = re.sub(r"[^0-9a-zA-Z]+", "_", s)
-    return s.strip("_").lower()
 
 
 class FeatureSpec(BaseModel):
@@ -238,39 +230,12 @@ def load_contract(name_or_path: str | Path = "bank_churners") -> DatasetContract
 # ---- frame checks -------------------------------------------------------------------------------
 
 
-@dataclass
-class ContractReport:
-    """Every failed check of one validation, readable as one message."""
-
-    subject: str
-    failures: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    rows: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def __str__(self) -> str:
-        head = f"data contract check of {self.subject}: " + (
-            "passed" if self.ok else f"{len(self.failures)} failed check(s)"
-        )
-        lines = [head] + [f"  - FAIL {f}" for f in self.failures] + [f"  - warn {w}" for w in self.warnings]
-        return "\n".join(lines)
-
-
 class ContractViolation(ValueError):
     """Raised when data breaks its contract; carries the full report."""
 
     def __init__(self, report: ContractReport):
         super().__init__(str(report))
         self.report = report
-
-
-def check_clean_frame(df, contract: DatasetContract, subject: str = "frame") -> ContractReport:
-    """Check a clean frame (snake_case columns, labels lowercased) against every rule
-    (`churnops.validator.CompiledContract.check_frame`)."""
-    return contract.validator().check_frame(df, subject)
 
 
 # ---- record checks (servers) ------------------------------------------------------------------------
@@ -302,7 +267,5 @@ def load_any_contract(name_or_path: str | Path = "bank_churners"):
     if task in TABULAR_TASKS:  # what differs per tabular task: churnops.tasks
         return load_contract(p)
     if task == "image_classification":
-        from churnops.image.contract import ImageContract
-
         return validate_contract(ImageContract, raw, p)
     raise ValueError(f"data contract {p}: task {task!r} is not one of {list(TASKS)}")

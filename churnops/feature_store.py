@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from churnops.aws import client
 from churnops.contract import DatasetContract
 from churnops.s3keys import check_key, split_s3_uri
 from churnops.settings import Settings, get_settings
@@ -66,8 +67,6 @@ def put_snapshot(
     """
     from botocore.exceptions import ClientError
 
-    from churnops.aws import client
-
     s = settings or get_settings()
     s3 = client("s3", s)
     payload = canonical_csv(clean)
@@ -110,8 +109,6 @@ def put_snapshot(
 
 def latest_snapshot(contract: DatasetContract, settings: Settings | None = None) -> Snapshot:
     """The snapshot `latest.json` points at."""
-    from churnops.aws import client
-
     s = settings or get_settings()
     body = client("s3", s).get_object(Bucket=s.bucket, Key=f"{_prefix(s, contract)}/latest.json")["Body"].read()
     return Snapshot(**json.loads(body))
@@ -119,8 +116,6 @@ def latest_snapshot(contract: DatasetContract, settings: Settings | None = None)
 
 def read_snapshot(snap: Snapshot, contract: DatasetContract, settings: Settings | None = None) -> pd.DataFrame:
     """Download a snapshot, verify its SHA-256, return the clean frame with contract dtypes."""
-    from churnops.aws import client
-
     s = settings or get_settings()
     payload = client("s3", s).get_object(Bucket=snap.bucket, Key=snap.key)["Body"].read()
     got = content_sha256(payload)
@@ -137,8 +132,6 @@ def read_snapshot(snap: Snapshot, contract: DatasetContract, settings: Settings 
 def snapshot_at(uri: str, contract: DatasetContract, settings: Settings | None = None) -> Snapshot:
     """The stored snapshot at `s3://bucket/key` (or a bare SHA-256 under this data set's prefix)."""
     from botocore.exceptions import ClientError
-
-    from churnops.aws import client
 
     s = settings or get_settings()
     if uri.startswith("s3://"):
@@ -164,16 +157,12 @@ def snapshot_at(uri: str, contract: DatasetContract, settings: Settings | None =
 
 def snapshot_metadata(snap: Snapshot, settings: Settings | None = None) -> dict[str, str]:
     """The S3 metadata stored with a snapshot (source, parent, window, counts, ...)."""
-    from churnops.aws import client
-
     s = settings or get_settings()
     return dict(client("s3", s).head_object(Bucket=snap.bucket, Key=snap.key).get("Metadata", {}))
 
 
 def put_holdout(frame: pd.DataFrame, contract: DatasetContract, settings: Settings | None = None) -> str:
     """Store a held-out evaluation slice (content-addressed, never `latest`); returns its URI."""
-    from churnops.aws import client
-
     s = settings or get_settings()
     payload = canonical_csv(frame)
     key = f"{_prefix(s, contract)}/holdout/{content_sha256(payload)}.csv"

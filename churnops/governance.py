@@ -24,8 +24,10 @@ import yaml
 
 from churnops.contract import load_any_contract
 from churnops.model_line import resolved
+from churnops.registry import alias_version, client
 from churnops.settings import Settings, get_settings
 from churnops.shadow_test import run_rule, shadow_pairs
+from churnops.store.factory import open_store
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +251,6 @@ def shadow_rule(config: dict, ev: dict) -> RuleResult:
 def shadow_evidence(s: Settings, version: str, config: dict, champion_version: str | None = None) -> dict:
     """Run the paired test for candidate `version` on the line's prediction log (shadow + champion
     predictions joined with feedback by request id); the rule's evidence."""
-    from churnops.store.factory import open_store
-
     days = config.get("window_days", 30)  # the pairs of the last `window_days` days (null: all of the log)
     start = None if days is None else time.time() - float(days) * 86400.0
     store = open_store(resolved(s))
@@ -273,8 +273,6 @@ class PromotionRefused(RuntimeError):
 def promotion_check(s: Settings, version: str, rules: dict | None = None) -> tuple[list[RuleResult], dict]:
     """(results, evidence) of the promotion-stage rules (`PROMOTION_RULES`) for `version`; ([], {}) when
     none is configured. The champion compared is the one holding the alias now."""
-    from churnops.registry import alias_version
-
     s = resolved(s)
     if rules is None:
         rules = load_rules(load_any_contract(s.dataset).task, path=s.rules_file)
@@ -339,9 +337,6 @@ def record_audit(
     **extra,
 ) -> dict:
     """Append an audit record to the prediction store and tag the model version(s) it names."""
-    from churnops.registry import client
-    from churnops.store.factory import open_store
-
     s = resolved(s)  # the data set's own store
     rec = {
         "ts": time.time(),
@@ -376,8 +371,6 @@ def set_outcome(
     """A new version's outcome (and its rule results) as tags on its model version; the alias
     `challenger` follows it: set for `awaiting approval` (every rule passed), removed from the version
     when it is blocked, rejected or expired."""
-    from churnops.registry import alias_version, client
-
     s = resolved(s)
     c = client(s)
     c.set_model_version_tag(s.model_name, str(version), "outcome", outcome)
@@ -414,8 +407,6 @@ def promote(
     With `check`, the promotion-stage rules (`shadow_paired_test`) are evaluated first: a failure
     raises `PromotionRefused` (audited as `promotion refused`, nothing moved); their results and
     evidence join the promotion's audit record."""
-    from churnops.registry import alias_version, client
-
     s = resolved(s or get_settings())
     c = client(s)
     c.get_model_version(s.model_name, str(version))  # fails clearly when the version does not exist
@@ -460,8 +451,6 @@ def rollback(
     """Move `champion` to `version` (default: alias `previous`, else the version the champion
     replaced); an intent record is written before and an audit record after. Returns (from, to).
     """
-    from churnops.registry import alias_version, client
-
     s = resolved(s or get_settings())
     c = client(s)
     current = alias_version(s.model_name, CHAMPION, s)

@@ -20,6 +20,7 @@ from typing import Literal
 import pandas as pd
 
 from churnops.contract import DatasetContract, validate_record
+from churnops.monitoring.performance import outcomes_for
 from churnops.tasks import task_for
 
 Policy = Literal["append", "sliding", "replace"]
@@ -53,7 +54,7 @@ def join_labels(
 ) -> tuple[pd.DataFrame, LabelReport]:
     """Join labels to logged features by `request_id`; returns (clean frame with target and
     `label_ts`, `prediction_ts`, `request_id`, `source` columns, report)."""
-    task = task_for(contract)  # what a valid observed outcome is (0/1, or a value in the target's range)
+    task = outcomes_for(task_for(contract))  # what a valid observed outcome is (0/1, or a value in the target's range)
     rep = LabelReport(labels=len(feedback))
     by_id: dict[str, list[dict]] = defaultdict(list)
     for p in predictions:

@@ -4,7 +4,6 @@ promotion rules and realized performance."""
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def auc_roc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -15,6 +14,8 @@ def auc_roc(y: np.ndarray, p: np.ndarray) -> float | None:
     n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
         return None
+    from scipy.stats import rankdata  # lazy: scipy.stats is ~400 modules; the servers import this module
+
     r = rankdata(p)
     return float((r[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from churnops.contract import load_any_contract
 from churnops.settings import Settings
+from churnops.tracking import client
 
 CHURN_CONTRACT = "bank_churners"
 CHURN_MODEL, CHURN_EXPERIMENT, CHURN_DEPLOYMENT = "churn-xgboost", "churn-sweep", "churn-sweep"
@@ -116,8 +117,6 @@ def resolved(s: Settings) -> Settings:
 
 def fingerprints_of(name: str, s: Settings) -> dict[str, list[str]]:
     """{contract fingerprint: [versions]} of the registered model `name` (versions without the tag left out)."""
-    from churnops.registry import client
-
     out: dict[str, list[str]] = {}
     for mv in client(s).search_model_versions(f"name = '{name}'"):
         fp = (mv.tags or {}).get(FINGERPRINT_TAG)

@@ -5,7 +5,9 @@ Shared by the reports server (`reporting.webserver`) and the API's buffering pro
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,8 +18,6 @@ def user_directive(reports_dir: Path) -> str:
     them as the folder's owner instead. As a normal user the directive is not needed (and ignored)."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "# user: not root, workers run as the current user"
-    import grp
-    import pwd
 
     st = Path(reports_dir).stat()
     return f"user {pwd.getpwuid(st.st_uid).pw_name} {grp.getgrgid(st.st_gid).gr_name};"

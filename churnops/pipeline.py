@@ -17,14 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+from tqdm.auto import tqdm
 
+from churnops.cleaning import check_clean_frame
 from churnops.contract import ContractViolation, DatasetContract
 from churnops.features import FeatureEncoder
-from churnops.metrics import auc_roc
 from churnops.model_line import resolved
+from churnops.registry import alias_version, client, register
 from churnops.settings import Settings
 from churnops.tasks import Task, task_for
-from churnops.training import Split, choose_threshold, classification_metrics
+from churnops.training import Split
 from churnops.tuning import SweepConfig, TrialResult, run_sweep
 
 log = logging.getLogger(__name__)
@@ -83,8 +86,6 @@ class TrainOutcome:
 
 def validate_clean(clean: pd.DataFrame, contract: DatasetContract, subject: str) -> None:
     """Raise ContractViolation with the full report when the frame breaks the contract."""
-    from churnops.contract import check_clean_frame
-
     report = check_clean_frame(clean, contract, subject=subject)
     if not report.ok:
         raise ContractViolation(report)
@@ -184,8 +185,6 @@ def start_parent_run(s: Settings, tags: dict) -> tuple[str, str]:
     """Create the sweep's parent run; returns (experiment_id, run_id)."""
     import mlflow
 
-    from churnops.registry import client
-
     s = resolved(s)
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
     c = client(s)
@@ -208,10 +207,6 @@ def sweep(
     show_progress: bool = True,
 ) -> list[TrialResult]:
     """Run the TPE sweep; every trial becomes a nested run of `parent_run_id`."""
-    from tqdm.auto import tqdm
-
-    from churnops.registry import client
-
     cfg = sweep_config(s, n_trials, prep.task)
     bar = tqdm(total=cfg.n_trials, desc="sweep trials", unit="trial", disable=not show_progress, mininterval=0.5)
     try:
@@ -233,35 +228,11 @@ def evaluate(model, prep: Prepared, best: TrialResult, s: Settings) -> dict:
     return prep.task.evaluate(model, prep, s)
 
 
-def evaluate_classifier(model, prep: Prepared, s: Settings) -> dict:
-    """Threshold from validation; metrics, confusion matrix, calibration on the held-out test set."""
-    from sklearn.calibration import calibration_curve
-    from sklearn.metrics import confusion_matrix
-
-    val_proba = model.predict_proba(prep.split.X_val)[:, 1]
-    threshold = choose_threshold(prep.split.y_val, val_proba, s.threshold_strategy, s.target_precision)
-    test_proba = model.predict_proba(prep.split.X_test)[:, 1]
-    metrics = classification_metrics(prep.split.y_test, test_proba, threshold)
-    cm = confusion_matrix(prep.split.y_test, (test_proba >= threshold).astype(int), labels=[0, 1])
-    frac_pos, mean_pred = calibration_curve(prep.split.y_test, test_proba, n_bins=10, strategy="quantile")
-    importance = dict(zip(prep.encoder.output_names, model.feature_importances_.astype(float).tolist()))
-    return {
-        "threshold": threshold,
-        "metrics": metrics,
-        "test_proba": test_proba,
-        "confusion_matrix": cm.tolist(),
-        "calibration": {"mean_predicted": mean_pred.tolist(), "fraction_positive": frac_pos.tolist()},
-        "feature_importance": dict(sorted(importance.items(), key=lambda kv: -kv[1])),
-    }
-
-
 # ---- governance evidence ------------------------------------------------------------------------------
 
 
 def contract_yaml(contract: DatasetContract) -> str:
     """The contract as YAML (the model carries it as artifact `contract.yaml`)."""
-    import yaml
-
     return yaml.safe_dump(contract.model_dump(mode="json", exclude_none=False), sort_keys=False)
 
 
@@ -270,7 +241,6 @@ def load_alias_bundle(s: Settings, alias: str = "champion"):
     import mlflow
 
     from churnops.bundle import Bundle
-    from churnops.registry import alias_version
 
     s = resolved(s)
     mv = alias_version(s.model_name, alias, s)
@@ -285,12 +255,6 @@ def load_alias_bundle(s: Settings, alias: str = "champion"):
         if not metas:
             raise FileNotFoundError(f"no model bundle in {s.model_name} v{mv.version}")
         return mv, Bundle.load(metas[0].parent, prefer_onnx=False)
-
-
-def auc(y: np.ndarray, proba: np.ndarray) -> float:
-    """AUC-ROC, NaN when `y` has one class (the improvement rule then fails, it cannot compare)."""
-    value = auc_roc(y, proba)
-    return float("nan") if value is None else value
 
 
 def governance_evidence(
@@ -355,35 +319,6 @@ def governance_evidence(
 # ---- artifacts --------------------------------------------------------------------------------------------
 
 
-def _plots(ev: dict, folder: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.array(ev["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center")
-    ax.set_xticks([0, 1], ["stay", "churn"]), ax.set_yticks([0, 1], ["stay", "churn"])
-    ax.set_xlabel("predicted"), ax.set_ylabel("actual"), ax.set_title(f"test @ threshold {ev['threshold']:.3f}")
-    fig.tight_layout(), fig.savefig(folder / "confusion_matrix.png", dpi=90), plt.close(fig)
-
-    cal = ev["calibration"]
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.plot(cal["mean_predicted"], cal["fraction_positive"], "o-")
-    ax.set_xlabel("mean predicted"), ax.set_ylabel("fraction churned"), ax.set_title("calibration (test)")
-    fig.tight_layout(), fig.savefig(folder / "calibration_curve.png", dpi=90), plt.close(fig)
-
-    top = list(ev["feature_importance"].items())[:20][::-1]
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ax.barh([k for k, _ in top], [v for _, v in top])
-    ax.set_title("feature importance (gain share)")
-    fig.tight_layout(), fig.savefig(folder / "feature_importance.png", dpi=90), plt.close(fig)
-
-
 def data_profile_html(clean: pd.DataFrame, contract: DatasetContract, path: Path) -> None:
     """Evidently data summary of the training snapshot (the automated exploratory analysis)."""
     from evidently import DataDefinition, Dataset, Report
@@ -414,7 +349,6 @@ def log_and_register(
     import mlflow
 
     from churnops.bundle import export_onnx, onnx_parity, write_bundle
-    from churnops.registry import register
 
     task = prep.task
     onnx_bytes = export_onnx(model, prep.encoder.width)

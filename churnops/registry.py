@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
-from collections.abc import Callable
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from churnops.model_line import FINGERPRINT_TAG, check_line, resolved
+from churnops.model_uri import check_model_uri, check_run_id
 from churnops.redact import redact
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings, env_file, get_settings
+from churnops.tracking import client
 
 log = logging.getLogger(__name__)
 
@@ -20,18 +24,8 @@ class TrackingUnreachable(ConnectionError):
     """The MLflow tracking server did not answer."""
 
 
-def client(settings: Settings | None = None):
-    from mlflow.tracking import MlflowClient
-
-    s = settings or get_settings()
-    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
-
-
 def check_tracking(settings: Settings | None = None, timeout: float = 5.0) -> None:
     """Fail fast, naming the URI, when the tracking server is not healthy."""
-    import urllib.error
-    import urllib.request
-
     s = settings or get_settings()
     uri = s.mlflow_tracking_uri
     if not uri.startswith("http"):
@@ -90,8 +84,6 @@ def resolve_model_uri(settings: Settings | None = None) -> str:
     Checked against the allowlist of `churnops.model_uri` (raises `ModelUriError` naming
     MODEL_URI or RUN_ID).
     """
-    from churnops.model_uri import check_model_uri, check_run_id
-
     s = resolved(settings or get_settings())
     if s.model_uri:
         return check_model_uri(s.model_uri, s, "MODEL_URI", allow_local=True)
@@ -106,8 +98,6 @@ def bound_mlflow_http(settings: Settings | None = None) -> None:
     MLflow reads MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES / _BACKOFF_FACTOR on every request;
     its defaults (120 s, 7 retries, factor 2) hold a call to an unreachable server for minutes.
     """
-    import os
-
     s = settings or get_settings()
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, int(s.mlflow_http_request_timeout)))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max(0, int(s.mlflow_http_request_max_retries)))
@@ -121,8 +111,6 @@ def pin_problem(settings: Settings | None = None) -> str | None:
     answer (the server then retries; this check is about pins that can never load).
     """
     from mlflow.exceptions import MlflowException
-
-    from churnops.settings import env_file
 
     s = settings or get_settings()
     if s.model_uri or not s.run_id:
@@ -165,92 +153,9 @@ def write_env_value(path: Path | None, key: str, value: str) -> None:
 
 def pin_champion(settings: Settings | None = None, env_path: Path | None = None) -> str:
     """Write the champion's RUN_ID into `.env.local` (the seed project's pinning flow)."""
-    from churnops.settings import env_file
-
     s = resolved(settings or get_settings())
     mv = alias_version(s.model_name, CHAMPION, s)
     if mv is None:
         raise LookupError(f"no {s.model_name}@{CHAMPION} in {redact(s.mlflow_tracking_uri)}: run `make train` first")
     write_env_value(env_path or env_file(), "RUN_ID", mv.run_id)
     return mv.run_id
-
-
-def pin_main() -> None:
-    from churnops.cli import fail, setup_logging
-    from churnops.settings import env_file
-
-    setup_logging()
-    try:
-        run_id = pin_champion()
-    except Exception as exc:
-        fail(exc, "make pin")
-    print(f"pinned RUN_ID={run_id} in {env_file()}")
-
-
-def rollback(settings: Settings | None = None, reason: str = "", version: str | None = None) -> tuple[str, str]:
-    """Move `champion` back (to `version`, else alias `previous`); intent + audit records. Returns (from, to)."""
-    from churnops.governance import rollback as _rollback
-
-    return _rollback(reason or "rollback", version, settings or get_settings())
-
-
-def promote(version: str, settings: Settings | None = None, reason: str = "") -> str | None:
-    """Make `version` the champion (the old one becomes alias `previous`); audited. Returns the old version."""
-    from churnops.governance import promote as _promote
-
-    return _promote(str(version), reason or "promoted by hand", settings or get_settings())
-
-
-def _reason_version() -> tuple[str, str | None]:
-    import os
-
-    reason = (os.environ.get("REASON") or "").strip()
-    version = (os.environ.get("VERSION") or "").strip() or None
-    return reason, version
-
-
-def _move_champion(command: str, move: Callable[[Settings, str, str | None], tuple[str | None, str]]) -> None:
-    """`make rollback` / `make promote`: `move(settings, reason, version)` -> (old, new) versions;
-    then re-pin RUN_ID to the new champion's run and say so (or fail naming `command`)."""
-    from churnops.cli import fail, setup_logging
-    from churnops.settings import env_file
-
-    setup_logging()
-    s = resolved(get_settings())
-    reason, version = _reason_version()
-    try:
-        old, new = move(s, reason, version)
-        mv = alias_version(s.model_name, CHAMPION, s)
-        write_env_value(env_file(), "RUN_ID", mv.run_id)
-    except Exception as exc:
-        fail(exc, command)
-    print(
-        f"champion {s.model_name}: v{old} -> v{new}; pinned RUN_ID={mv.run_id} "
-        f"(servers on @champion follow by themselves; pinned servers: make start-serve)"
-    )
-
-
-def rollback_main() -> None:
-    """`make rollback [VERSION=n] REASON="..."`: move champion back, re-pin RUN_ID."""
-
-    def move(s: Settings, reason: str, version: str | None) -> tuple[str | None, str]:
-        if not reason:
-            raise ValueError('REASON is required: make rollback [VERSION=n] REASON="why"')
-        return rollback(s, reason, version)
-
-    _move_champion("make rollback", move)
-
-
-def promote_main() -> None:
-    """`make promote VERSION=n REASON="..."`: make version n the champion, re-pin RUN_ID."""
-
-    def move(s: Settings, reason: str, version: str | None) -> tuple[str | None, str]:
-        from churnops.approvals import sweep_quietly  # imports this module
-
-        if not reason or not version:
-            raise ValueError('VERSION and REASON are required: make promote VERSION=n REASON="why"')
-        for ended in sweep_quietly(s):  # challengers whose approval run was cancelled or timed out
-            print(f"{ended['model']} v{ended['version']}: {ended['outcome']} ({ended['reason']})")
-        return promote(version, s, reason), version
-
-    _move_champion("make promote", move)

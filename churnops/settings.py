@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
 
     # --- serving (HTTP API, stream consumer, prediction log) -------------------------------------
     api_url: str = "http://127.0.0.1:9696"
-    ready_timeout_s: float = 180.0  # make start-serve / demo wait this long for /ready (churnops/ready.py)
+    ready_timeout_s: float = 180.0  # make start-serve / demo wait this long for /ready (ops/ready.py)
     api_host: str = "127.0.0.1"
     api_port: int = 9696
     api_workers: int = 2
@@ -330,8 +331,6 @@ def export_env() -> None:
     Entry points call this before importing Prefect or MLflow, whose clients read
     PREFECT_API_URL / MLFLOW_TRACKING_URI from the environment, so `.env.local` drives them too.
     """
-    from dotenv import dotenv_values
-
     path = env_file()
     if path is not None and path.exists():
         for key, value in dotenv_values(path).items():

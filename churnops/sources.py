@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from churnops.aws import client, describe_endpoint_error
+from churnops.datasets_bundled import bundled_frame
 from churnops.s3keys import UnsafeKeyError, split_s3_uri
 from churnops.settings import Settings, get_settings
+from churnops.synthetic import generate_customers
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,6 @@ def read_bytes(uri: str, settings: Settings | None = None) -> bytes:
     if uri.startswith("s3://"):
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from churnops.aws import client, describe_endpoint_error
-
         try:
             bucket, key = split_s3_uri(uri, "DATA")
         except UnsafeKeyError as exc:
@@ -57,9 +60,6 @@ def read_bytes(uri: str, settings: Settings | None = None) -> bytes:
         except BotoCoreError as exc:
             raise DataSourceError(f"{uri}: {describe_endpoint_error(exc, s)}") from exc
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
         try:
             with urllib.request.urlopen(uri, timeout=30) as resp:  # noqa: S310 (user-given URL)
                 return resp.read()
@@ -79,7 +79,6 @@ def load_raw(settings: Settings | None = None, data: str | None = None) -> RawDa
     uri = data if data is not None else s.data
     if uri:
         return RawData(_parse_csv(read_bytes(uri, s), uri), uri, synthetic=False)
-    from churnops.datasets_bundled import bundled_frame
 
     bundled = bundled_frame(s.dataset)
     if bundled is not None:  # a real data set shipped with an installed package (e.g. diabetes)
@@ -90,7 +89,6 @@ def load_raw(settings: Settings | None = None, data: str | None = None) -> RawDa
             f"DATASET={s.dataset} needs DATA=path|s3://...|https://...: the synthetic generator only "
             "knows the bank_churners schema (bundled data sets: diabetes)"
         )
-    from churnops.synthetic import generate_customers
 
     log.warning("no DATA given: using SYNTHETIC customers (seed %s, %s rows)", s.seed, s.synthetic_rows)
     return RawData(generate_customers(s.synthetic_rows, seed=s.seed), "synthetic", synthetic=True)

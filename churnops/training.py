@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
+
+from churnops.metrics import auc_roc
 
 
 @dataclass
@@ -56,8 +59,6 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 
         recall_score,
     )
 
-    from churnops.metrics import auc_roc
-
     pred = (proba >= threshold).astype(int)
     return {
         "auc_roc": auc_roc(y, proba),
@@ -69,17 +70,10 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float = 
     }
 
 
-def fit_trial(
-    params: dict, data: Split, seed: int, max_trees: int, early_stopping: int, threads: int, task=None
-) -> dict:
+def fit_trial(params: dict, data: Split, seed: int, max_trees: int, early_stopping: int, threads: int, task) -> dict:
     """Train on train, early-stop on validation; return validation metrics, the loss the sweep
-    minimises and tree count. `task` (churnops.tasks; default binary classification) picks the
+    minimises and tree count. `task` (a `churnops.tasks` object, passed in by the sweep) picks the
     estimator, the metrics and the loss."""
-    import time
-
-    from churnops.tasks import task_for
-
-    task = task or task_for()
     t0 = time.perf_counter()
     model = task.make_estimator(params, seed, max_trees, threads, early_stopping)
     model.fit(data.X_train, data.y_train, eval_set=[(data.X_val, data.y_val)], verbose=False)

@@ -78,7 +78,7 @@ class SweepConfig:
     executor: str = "local"  # "local" | "dask"
     dask_address: str | None = None
     dask_workers: int = 2
-    task: Any = None  # churnops.tasks object: estimator, space, metrics, loss (None: binary classification)
+    task: Any = None  # churnops.tasks object: estimator, space, metrics, loss (the caller passes it in: required)
 
 
 def _evaluate(params: dict, data: Split, cfg: SweepConfig, threads: int) -> dict:
@@ -212,7 +212,9 @@ def run_sweep(
         engine = DaskEngine(data, cfg)
     else:
         engine = SerialEngine(lambda params: _evaluate(params, data, cfg, cfg.threads))
-    space = cfg.task.search_space() if cfg.task is not None else search_space()
+    if cfg.task is None:
+        raise ValueError("SweepConfig.task is required: the contract's task (churnops.tasks.task_for(contract))")
+    space = cfg.task.search_space()
     results: list[TrialResult] = []
     try:
         for number, params, out in tpe_trials(engine, cfg.n_trials, cfg.seed, cfg.n_startup, space, trial_loss):

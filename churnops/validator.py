@@ -17,15 +17,48 @@ under two names is an error naming the second name.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from churnops.contract import ContractReport, DatasetContract
+    from churnops.contract import DatasetContract
 
 UnknownPolicy = Literal["reject", "unknown"]
 BIGGEST = sys.float_info.max
+
+
+def snake_case(name: str) -> str:
+    """`Months_Inactive_12_mon` -> `months_inactive_12_mon`; `CustomerAge` -> `customer_age`."""
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name).strip())
+    s = re.sub(r"[^0-9a-zA-Z]+", "_", s)
+    return s.strip("_").lower()
+
+
+@dataclass
+class ContractReport:
+    """Every failed check of one validation, readable as one message."""
+
+    subject: str
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __str__(self) -> str:
+        head = f"data contract check of {self.subject}: " + (
+            "passed" if self.ok else f"{len(self.failures)} failed check(s)"
+        )
+        lines = [head] + [f"  - FAIL {f}" for f in self.failures] + [f"  - warn {w}" for w in self.warnings]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -99,8 +132,6 @@ class CompiledContract:
     """The contract's features as `FeatureRule`s, with the checks that read them."""
 
     def __init__(self, contract: DatasetContract):
-        from churnops.contract import snake_case
-
         self.contract = contract
         markers = contract.unknown_marker_set()
         self.rules: tuple[FeatureRule, ...] = tuple(_rule(n, s, markers) for n, s in contract.features.items())
@@ -216,13 +247,9 @@ class CompiledContract:
         return sorted(self._labels)
 
     # ---- frames (training) ---------------------------------------------------------------------------------
-    def check_frame(self, df, subject: str = "frame") -> ContractReport:
-        """Check a clean frame (snake_case columns, labels lowercased) against every rule."""
-        import numpy as np
-        import pandas as pd
-
-        from churnops.contract import ContractReport
-
+    def check_frame(self, df, task, subject: str = "frame") -> ContractReport:
+        """Check a clean frame (snake_case columns, labels lowercased) against every rule; the
+        target's values by `task` (a `churnops.tasks` object, passed in by the caller)."""
         contract = self.contract
         report = ContractReport(subject=subject, rows=len(df))
         if len(df) < contract.min_rows:
@@ -231,9 +258,7 @@ class CompiledContract:
         if target not in df.columns:
             report.failures.append(f"{target}: target column missing")
         else:
-            from churnops.tasks import task_for
-
-            report.failures.extend(task_for(contract).check_target(df[target], contract))
+            report.failures.extend(task.check_target(df[target], contract))
         for rule in self.rules:
             name = rule.name
             if name not in df.columns:
@@ -275,10 +300,6 @@ class CompiledContract:
     # ---- the wire form of the fast paths ----------------------------------------------------------------------
     def msgspec_type(self, rule: FeatureRule):
         """The msgspec field type that accepts exactly the values `validate` passes unconverted."""
-        from typing import Annotated
-
-        import msgspec
-
         if rule.shape == "number":
             return Annotated[float, msgspec.Meta(ge=rule.lo, le=rule.hi)]
         return str

@@ -22,7 +22,9 @@ from prefect.input import RunInput
 from pydantic import Field, ValidationError
 
 from churnops import governance as g
+from churnops.registry import client
 from churnops.settings import Settings, get_settings
+from flows.deployments import apply
 
 FLOW_NAME = "approve-model"
 DEPLOYMENT_NAME = "approval"
@@ -65,7 +67,6 @@ def approval_deployment_id(s: Settings) -> UUID:
             return c.read_deployment_by_name(APPROVAL_DEPLOYMENT).id
         except ObjectNotFound:
             pass
-    from flows.deployments import apply
 
     apply("approval", s)
     with get_client(sync_client=True) as c:
@@ -156,8 +157,6 @@ def approve_model_flow(
     timeout_s: float | None = None,
 ) -> dict:
     """Wait (suspended) for approve/reject of `model_name` v`version`, then apply it. Returns the outcome."""
-    from churnops.registry import client
-
     s = get_settings().model_copy(update={"model_name": model_name})
     logger = get_run_logger()
     outcome = client(s).get_model_version(model_name, str(version)).tags.get("outcome")

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from churnops.cli import fail, setup_logging
 from churnops.contract import load_any_contract
 from churnops.model_line import CHURN_CONTRACT, CHURN_DEPLOYMENT, TRAIN_FLOW, deployment_name_for
 from churnops.settings import PROJECT_ROOT, Settings, get_settings
@@ -129,8 +130,6 @@ def apply(group: str, s: Settings | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from churnops.cli import fail, setup_logging
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("group", choices=["train", "report", "all"])
     args = p.parse_args(argv)

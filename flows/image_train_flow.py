@@ -12,9 +12,17 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from churnops import pipeline
+from churnops.cli import fail, setup_logging
 from churnops.contract import load_any_contract
+from churnops.image import analysis, train
 from churnops.image.contract import ImageContract
+from churnops.image.dataset import RAW_SUFFIXES, read_raw
+from churnops.image.feature_store import fetch_images, put_images
+from churnops.lineage import lineage_tags
 from churnops.model_line import check_line, for_dataset
+from churnops.redact import redact
+from churnops.registry import alias_version, check_tracking, client
 from churnops.settings import Settings, get_settings
 from flows.train_flow import govern
 
@@ -38,16 +46,11 @@ def contract_of(name: str) -> ImageContract:
 @task(name="preflight", cache_policy=NO_CACHE, retries=0)
 def preflight(s: Settings) -> None:
     """Fail fast, naming the URI, when MLflow cannot be reached."""
-    from churnops.registry import check_tracking
-
     check_tracking(s)
 
 
 @task(name="load-images", cache_policy=NO_CACHE)
 def load_images(contract: ImageContract, s: Settings, data: str | None, limit: int | None):
-    from churnops.image import train
-    from churnops.image.feature_store import fetch_images, put_images
-
     parent = None
     if data and data.startswith("s3://"):  # a published version of the feature store
         root, manifest = fetch_images(data, contract, s)
@@ -71,9 +74,6 @@ def load_images(contract: ImageContract, s: Settings, data: str | None, limit: i
 
 @task(name="sweep", cache_policy=NO_CACHE)
 def sweep(d, contract, s: Settings, exp_id: str, run_id: str, timer, n_trials: int, space):
-    from churnops.image import train
-    from churnops.registry import client
-
     t0 = time.perf_counter()
     trials = train.run_sweep(d, contract, s, n_trials, space, train.TrialLogger(client(s), exp_id, run_id, timer))
     best = train.best_trial(trials)
@@ -90,8 +90,6 @@ def sweep(d, contract, s: Settings, exp_id: str, run_id: str, timer, n_trials: i
 
 @task(name="refit-evaluate", cache_policy=NO_CACHE)
 def refit_evaluate(d, best, contract, s: Settings):
-    from churnops.image import train
-
     net = train.refit(d, best, contract, s)
     return net, train.evaluate(net, d, contract)
 
@@ -99,8 +97,7 @@ def refit_evaluate(d, best, contract, s: Settings):
 @task(name="isp-sensitivity", cache_policy=NO_CACHE)
 def isp_sensitivity(net, d, contract: ImageContract, s: Settings, run_id: str):
     """Accuracy under ISP variations on the test set's raw files; logged; floors checked."""
-    from churnops.image import analysis, model, train
-    from churnops.image.dataset import RAW_SUFFIXES, read_raw
+    from churnops.image import model  # torch (lazy-imports)
 
     raw = [i for i in d.idx_test if d.files[i].path.suffix.lower() in RAW_SUFFIXES]
     frames = [read_raw(d.files[i].path, d.files[i].rel) for i in raw]
@@ -114,8 +111,6 @@ def isp_sensitivity(net, d, contract: ImageContract, s: Settings, run_id: str):
 @task(name="standard-images", cache_policy=NO_CACHE)
 def standard_images(net, d, s: Settings, run_id: str) -> dict:
     """Accuracy on PNG/JPEG renders of the test split (the rules' `min_standard_accuracy`); logged."""
-    from churnops.image import train
-
     table = train.standard_images(net, d)
     train.log_standard_images(table, run_id, s.mlflow_tracking_uri)
     get_run_logger().info("standard images: %s", ", ".join(f"{k} {v:.4f}" for k, v in table.items()))
@@ -124,15 +119,11 @@ def standard_images(net, d, s: Settings, run_id: str) -> dict:
 
 @task(name="governance-evidence", cache_policy=NO_CACHE)
 def evidence(d, ev, table, s: Settings, standard: dict | None = None) -> dict:
-    from churnops.image import train
-
     return train.governance_evidence(d, ev, table, s, standard)
 
 
 @task(name="onnx-log-register", cache_policy=NO_CACHE)
 def log_register(net, d, ev, best, trials, contract, s: Settings, run_id: str, timer):
-    from churnops.image import train
-
     onnx_bytes, diff = train.onnx_gate(net, d, ev, contract, s.onnx_tolerance)
     int8, quant = train.quantize_gate(onnx_bytes, d, contract, s)
     get_run_logger().info(
@@ -161,11 +152,6 @@ def image_train_flow(
 
     `limit` keeps the first N generated digits and `max_epochs` caps the epoch range (tests).
     """
-    from churnops import pipeline
-    from churnops.image import train
-    from churnops.lineage import lineage_tags
-    from churnops.registry import client
-
     c = contract_of(contract)
     s = image_settings(get_settings(), c, contract)
     preflight(s)
@@ -228,8 +214,6 @@ def image_train_flow(
 
 def main() -> None:
     """`make demo-image`: run the flow now in this process and print the outcome."""
-    from churnops.cli import fail, setup_logging
-
     setup_logging()
     s = get_settings()
     try:
@@ -258,9 +242,6 @@ SAMPLE_IMAGE = "churnops/datasets/samples/raw_digits-7.dng"  # a bundled capture
 
 def demo_done() -> None:
     """`make demo-image`'s last words: what serves where, and a request to try (DATASET = the image contract)."""
-    from churnops.redact import redact
-    from churnops.registry import alias_version
-
     s = get_settings()
     c = contract_of(s.dataset)
     champ = alias_version(c.model_name, "champion", s)

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from prefect import flow
 
-from churnops.cli import flow_logger
+from churnops.cli import fail, flow_logger, setup_logging
 from churnops.contract import load_any_contract
+from churnops.feature_store import latest_snapshot, put_holdout, put_snapshot, read_snapshot
+from churnops.image.labels import join_image_labels, publish_labelled_version
+from churnops.labels import build_training_set, join_labels
 from churnops.model_line import for_dataset
+from churnops.pipeline import validate_clean
+from churnops.registry import alias_version, client
 from churnops.settings import get_settings
+from churnops.store.factory import open_store
 
 FLOW_NAME = "collect-labels"
 CHECKPOINT = "labels:last_collected"
@@ -30,11 +37,6 @@ def collect_labels_flow(
 ) -> dict:
     """Join the labels of [since, until) of `dataset` (default DATASET) to their features and store a
     new snapshot of that data set. Returns the summary."""
-    from churnops.feature_store import latest_snapshot, put_holdout, put_snapshot, read_snapshot
-    from churnops.labels import build_training_set, join_labels
-    from churnops.pipeline import validate_clean
-    from churnops.store.factory import open_store
-
     s = for_dataset(get_settings(), dataset)  # the data set's own prediction log and snapshots
     contract = load_any_contract(s.dataset)
     policy = policy or s.label_policy
@@ -104,8 +106,6 @@ def collect_labels_flow(
 
 def champion_data_uri(s, contract) -> str:
     """The published image data set version the champion was trained on (its run's `data_uri`)."""
-    from churnops.registry import alias_version, client
-
     mv = alias_version(contract.model_name, "champion", s)
     if mv is None:
         raise LookupError(f"{contract.model_name} has no champion: train one first (`make demo-image`)")
@@ -118,8 +118,6 @@ def champion_data_uri(s, contract) -> str:
 def collect_image_labels(s, contract, store, since: float, until: float) -> dict:
     """Image labels of [since, until) joined to the images the model saw -> a new data set version whose
     parent is the champion's; the summary's `parameters` are the image training deployment's."""
-    from churnops.image.labels import join_image_labels, publish_labelled_version
-
     feedback = store.find_feedback(start=since, end=until)
     preds = store.find_predictions(max(0.0, since - s.label_lookback_hours * 3600.0), until)
     labels, rep = join_image_labels(preds, feedback, contract)
@@ -147,9 +145,17 @@ def collect_image_labels(s, contract, store, since: float, until: float) -> dict
     return summary
 
 
-def main() -> None:
-    from churnops.cli import fail, setup_logging
+def labels_collector(settings) -> Callable[[], dict]:
+    """The label collector the retrain trigger runs before it starts training
+    (`reporting.trigger.default_start_training`): the labels of this data set's own prediction log."""
 
+    def collect() -> dict:
+        return collect_labels_flow(dataset=settings.dataset)
+
+    return collect
+
+
+def main() -> None:
     setup_logging()
     try:
         out = collect_labels_flow()

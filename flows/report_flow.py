@@ -14,17 +14,16 @@ import json
 from prefect import flow
 
 from churnops.approvals import sweep_quietly
-from churnops.cli import flow_logger
+from churnops.cli import fail, flow_logger, setup_logging
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset
 from churnops.settings import get_settings
+from churnops.store.factory import open_store as _open
 
 FLOW_NAME = "prediction-report"
 
 
 def open_store(settings):
-    from churnops.store.factory import open_store as _open
-
     return _open(settings)
 
 
@@ -48,8 +47,6 @@ def report_flow(window_hours: float | None = None, dataset: str | None = None) -
 
 
 def main() -> None:
-    from churnops.cli import fail, setup_logging
-
     p = argparse.ArgumentParser(description="build one prediction report now")
     p.add_argument("--hours", type=float, default=None, help="window length (default REPORT_WINDOW_HOURS)")
     a = p.parse_args()

@@ -18,10 +18,13 @@ from typing import Any
 from prefect import flow
 
 from churnops.approvals import sweep_quietly
-from churnops.cli import flow_logger
+from churnops.cli import fail, flow_logger, setup_logging
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset
 from churnops.settings import get_settings
+from flows.labels_flow import labels_collector
+from flows.report_flow import open_store
+from reporting.trigger import default_start_training, evaluate_window
 
 FLOW_NAME = "retrain-trigger"
 
@@ -32,9 +35,6 @@ def retrain_trigger_flow(
 ) -> dict:
     """Evaluate the recent window of `dataset` (default DATASET); start that data set's training
     deployment when due. Returns the decision."""
-    from flows.report_flow import open_store
-    from reporting.trigger import evaluate_window
-
     s = for_dataset(get_settings(), dataset)  # its own window, checkpoints and training deployment
     contract = load_any_contract(s.dataset)
     for ended in sweep_quietly(s):  # challengers whose approval run was cancelled or timed out
@@ -46,7 +46,7 @@ def retrain_trigger_flow(
             s,
             contract,
             window_hours=window_hours,
-            start_training=start_training,
+            start_training=start_training or default_start_training(s, labels_collector(s)),
             dry_run=dry_run,
         )
     finally:
@@ -56,8 +56,6 @@ def retrain_trigger_flow(
 
 
 def main() -> None:
-    from churnops.cli import fail, setup_logging
-
     p = argparse.ArgumentParser(description="evaluate the retraining trigger now")
     p.add_argument("--hours", type=float, default=None)
     p.add_argument("--dry-run", action="store_true", help="decide and record, but do not start training")

@@ -7,6 +7,7 @@ deployment (`flows/deployments.py`) runs the same flow on a work-pool worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -16,12 +17,20 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 
-from churnops import pipeline
+from churnops import aws, pipeline
+from churnops import governance as g
 from churnops.approvals import remember_run, sweep_quietly
+from churnops.cleaning import check_raw_frame
+from churnops.cli import fail, setup_logging
 from churnops.contract import ContractViolation, load_contract
+from churnops.feature_store import latest_snapshot, put_snapshot, read_snapshot, snapshot_at, snapshot_metadata
+from churnops.governance import load_rules
+from churnops.lineage import lineage_tags
 from churnops.model_line import check_line, for_dataset
 from churnops.redact import redact
+from churnops.registry import TrackingUnreachable, check_tracking, client
 from churnops.settings import Settings, get_settings
+from churnops.sources import load_raw
 from churnops.tuning import best_trial
 from flows.approval_flow import ApprovalInput, request_approval, ui_url  # noqa: F401 (ApprovalInput re-exported)
 
@@ -56,11 +65,8 @@ def preflight(s: Settings) -> None:
     """Fail fast, naming the endpoint, when S3 or MLflow cannot be reached."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from churnops.aws import client
-    from churnops.registry import TrackingUnreachable, check_tracking
-
     try:
-        client("s3", s, max_attempts=1).head_bucket(Bucket=s.bucket)
+        aws.client("s3", s, max_attempts=1).head_bucket(Bucket=s.bucket)
     except ClientError as exc:
         raise PreflightError(f"bucket s3://{s.bucket} not found at {s.aws_endpoint_url}: run `make init_aws`") from exc
     except BotoCoreError as exc:
@@ -77,14 +83,8 @@ def load_snapshot(s: Settings, data: str | None, snapshot: str | None = None):
     (ingesting `data` first when given)."""
     from botocore.exceptions import ClientError
 
-    from churnops.cleaning import check_raw_frame
-    from churnops.feature_store import latest_snapshot, put_snapshot, read_snapshot
-    from churnops.sources import load_raw
-
     contract = load_contract(s.dataset)
     if snapshot:
-        from churnops.feature_store import snapshot_at
-
         snap = snapshot_at(snapshot, contract, s)
     elif data:
         raw = load_raw(s, data)
@@ -106,8 +106,6 @@ def load_snapshot(s: Settings, data: str | None, snapshot: str | None = None):
 @task(name="load-holdout", cache_policy=NO_CACHE)
 def load_holdout(s: Settings, holdout: str):
     """The held-out slice of the freshest labels (evaluation only, never trained on)."""
-    from churnops.feature_store import read_snapshot, snapshot_at
-
     contract = load_contract(s.dataset)
     return read_snapshot(snapshot_at(holdout, contract, s), contract, s)
 
@@ -154,8 +152,6 @@ def log_register(model, prep, ev, best, trials, s: Settings, parent_run_id, time
 
 def snapshot_lineage(s: Settings, snap, holdout: str | None) -> dict[str, str]:
     """Tags naming the parent snapshot (and the held-out slice) of a snapshot built from feedback."""
-    from churnops.feature_store import snapshot_metadata
-
     tags = {"snapshot_source": snap.source or "unknown"}
     if snap.source == "feedback":
         meta = snapshot_metadata(snap, s)
@@ -175,7 +171,6 @@ def snapshot_lineage(s: Settings, snap, holdout: str | None) -> dict[str, str]:
 def evidence(model, prep, ev, s: Settings, fresh=None) -> dict:
     """Challenger metrics, calibration, parity, and the champion re-scored on the same data."""
     from churnops.bundle import export_onnx, onnx_parity
-    from churnops.governance import load_rules
 
     rules = load_rules(prep.task.name, path=s.rules_file)
     diff = onnx_parity(export_onnx(model, prep.encoder.width), prep.split.X_test, ev["test_proba"], prep.task)
@@ -229,8 +224,6 @@ def approval_description(
 
 def shadow_lines(s: Settings, version: str, task: str) -> list[str]:
     """The approval form's section of the promotion rule `shadow_paired_test` (its evidence now)."""
-    from churnops import governance as g
-
     try:
         rules = g.load_rules(task, path=s.rules_file)
         if not rules.get("shadow_paired_test"):
@@ -251,8 +244,6 @@ def govern(
 ) -> dict:
     """Give the new version its one outcome; when every rule passes, open a suspended approval run
     (its id and URL in the result) and return without waiting for the decision."""
-    from churnops import governance as g
-
     logger = get_run_logger()
     results = g.evaluate_rules(g.load_rules(task, path=s.rules_file), evidence)
     rules = g.results_json(results)
@@ -313,9 +304,6 @@ def train_flow(
 ) -> dict:
     """Sweep, refit, check and register the model of `dataset` (default DATASET: a deployment of a
     data set passes its own). Returns the run summary."""
-    from churnops.lineage import lineage_tags
-    from churnops.registry import client
-
     s = for_dataset(get_settings(), dataset)  # the data set's line: model name, experiment, store
     contract = load_contract(s.dataset)
     preflight(s)
@@ -371,10 +359,6 @@ def train_flow(
 
 def main() -> None:
     """`make train`: run the flow now in this process and print the outcome."""
-    import json
-
-    from churnops.cli import fail, setup_logging
-
     setup_logging()
     s = get_settings()
     signal.signal(signal.SIGTERM, on_sigterm)  # inside the flow run Prefect's handler raises TerminationSignal

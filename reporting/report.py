@@ -29,9 +29,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnops.image.monitor import image_section_html
 from churnops.model_line import CHURN_CONTRACT, resolved
+from churnops.monitoring.attribution import global_attribution, load_explainer
 from churnops.monitoring.drift import Reference
-from churnops.monitoring.window import jsonable, summarize
+from churnops.monitoring.performance import outcomes_for
+from churnops.monitoring.reading import jsonable
+from churnops.monitoring.reference import load_reference
+from churnops.monitoring.window import summarize
+from churnops.tasks import task_for
 from reporting.index import write_index
 
 log = logging.getLogger(__name__)
@@ -66,8 +72,6 @@ def evidently_reports(
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset, DataSummaryPreset
 
-    from churnops.tasks import task_for
-
     cols = contract.feature_names + ["prediction"]
     dd = DataDefinition(
         numerical_columns=contract.numeric_features + ["prediction"],
@@ -84,7 +88,9 @@ def evidently_reports(
     target = contract.target.name
     lab = current[current["outcome"].notna()]
     if quality_path is not None and len(lab) >= MIN_LABELLED_FOR_QUALITY and target in reference:
-        q = task_for(contract).quality_report(lab, reference, target, threshold)  # per task; None: not possible
+        q = outcomes_for(task_for(contract)).quality_report(
+            lab, reference, target, threshold
+        )  # per task; None: not possible
         if q is not None:
             q.save_html(str(quality_path))
             out["quality_bytes"] = quality_path.stat().st_size
@@ -219,8 +225,6 @@ def attribution_section(attribution: dict | None) -> str:
 def report_attribution(settings, contract, run_id: str, window: pd.DataFrame, reference, explainer=None) -> dict:
     """`churnops.monitoring.attribution.global_attribution` of the window against the reference sample;
     {"available": False, "message"} when the model or the reference cannot give it."""
-    from churnops.monitoring.attribution import global_attribution, load_explainer
-
     try:
         ex = explainer if explainer is not None else load_explainer(run_id, settings)
         cols = contract.feature_names
@@ -323,8 +327,6 @@ def build_report(
     if win["status"] == "insufficient_data":
         summary.update(status="insufficient_data", n=win["n"], message=win["message"])
     elif win.get("image") is not None:  # image monitoring hook: our own HTML section, no Evidently
-        from churnops.image.monitor import image_section_html
-
         d = win["drift"]
         summary.update(
             reference_run_id=win["reference_run_id"],
@@ -354,8 +356,6 @@ def build_report(
         )
         loaded_here = evidently and reference is None  # MLflow answers: the model can be fetched too
         if loaded_here:
-            from churnops.monitoring.reference import load_reference
-
             reference = load_reference(win["reference_run_id"], settings, contract)  # cached on disk and in memory
         if (explainer is not None or loaded_here) and reference is not None and reference.frame is not None:
             summary["attribution"] = report_attribution(

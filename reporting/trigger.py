@@ -23,7 +23,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from churnops.model_line import resolved
+from churnops.monitoring.performance import outcomes_for
 from churnops.monitoring.quality import quality_reasons
+from churnops.tasks import task_for
 from reporting.alerts import send_alert
 
 log = logging.getLogger(__name__)
@@ -72,14 +74,15 @@ def reasons_for(
             reasons.append(
                 f"prediction drift critical: PSI {_num(pred.get('psi'), '.3f')}, p={_num(pred.get('p_value'), '.2g')}"
             )
-    from churnops.tasks import task_for
 
     overall = (performance or {}).get("overall") or {}
     if (performance or {}).get("task") == "image_classification":  # image monitoring hook
         from churnops.image.monitor import performance_reasons
 
         return reasons + performance_reasons(overall, settings, min_labelled)
-    reasons += task_for((performance or {}).get("task")).performance_reasons(overall, settings, min_labelled)
+    reasons += outcomes_for(task_for((performance or {}).get("task"))).performance_reasons(
+        overall, settings, min_labelled
+    )
     reasons += estimated_reasons(estimated, settings)
     reasons += quality_reasons(quality, settings)
     return reasons
@@ -111,15 +114,10 @@ def quality_numbers(quality: dict | None) -> dict:
     return {"quality_status": (quality or {}).get("status"), "quality_failed": (quality or {}).get("failed_features")}
 
 
-def fresh_training_parameters(settings, collect: Callable[[], dict] | None = None) -> dict:
-    """Collect the fresh labels into a new snapshot; the training deployment's parameters naming
-    it and its held-out slice (empty, i.e. the latest snapshot, when too few labels joined)."""
-    if collect is None:
-        from flows.labels_flow import collect_labels_flow
-
-        def collect() -> dict:  # the labels of this data set's own prediction log
-            return collect_labels_flow(dataset=settings.dataset)
-
+def fresh_training_parameters(collect: Callable[[], dict]) -> dict:
+    """Collect the fresh labels into a new snapshot (`collect`: the label collector the flow passes
+    in, `flows.labels_flow.labels_collector`); the training deployment's parameters naming it and
+    its held-out slice (empty, i.e. the latest snapshot, when too few labels joined)."""
     out = collect()
     if out.get("parameters"):  # an image contract: the image deployment's parameters (a new version, or the parent)
         return dict(out["parameters"]) | ({} if out.get("dataset") else {"labels": out.get("status")})
@@ -128,15 +126,16 @@ def fresh_training_parameters(settings, collect: Callable[[], dict] | None = Non
     return {"labels": out.get("status", "no new snapshot")}
 
 
-def default_start_training(settings, run=None, collect: Callable[[], dict] | None = None) -> Callable[[], dict]:
-    """Collect fresh labels, then start the training deployment on that snapshot without waiting.
+def default_start_training(settings, collect: Callable[[], dict], run=None) -> Callable[[], dict]:
+    """Collect fresh labels (`collect`, the label collector the flow passes in), then start the
+    training deployment on that snapshot without waiting.
 
     Returns {"flow_run_id", "parameters"}; `run` is prefect's `run_deployment` unless given.
     """
     settings = resolved(settings)  # the data set's training deployment
 
     def start() -> dict:
-        params = fresh_training_parameters(settings, collect)
+        params = fresh_training_parameters(collect)
         labels_note = params.pop("labels", None)
         runner = run
         if runner is None:
@@ -189,8 +188,10 @@ def evaluate_trigger(
         elif dry_run:  # decided and recorded; nothing started, no cooldown consumed
             decision["action"] = "dry_run"
         else:
-            starter = start_training or default_start_training(settings)
+            starter = start_training
             try:
+                if starter is None:  # the flow passes one (it collects the labels first: flows.retrain_flow)
+                    raise ValueError("no start_training given: the retrain flow passes default_start_training")
                 started = starter()
                 if isinstance(started, dict):  # the default starter also says what it trains on
                     decision["parameters"] = started.get("parameters")

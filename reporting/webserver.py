@@ -24,6 +24,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from churnops.nginx import nginx_args, nginx_binary, nginx_test, user_directive
+from churnops.settings import get_settings
+from reporting.index import write_index
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "nginx.conf"
 
@@ -130,9 +132,6 @@ def python_server(reports_dir: Path, port: int, host: str = "127.0.0.1") -> Base
 
 
 def main(argv: list[str] | None = None) -> int:
-    from churnops.settings import get_settings
-    from reporting.index import write_index
-
     s = get_settings()
     p = argparse.ArgumentParser(description="serve the reports directory")
     p.add_argument("--dir", type=Path, default=s.state_path(s.reports_dir, "reports"))

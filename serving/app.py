@@ -20,6 +20,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from churnops.admin import admin_token, token_matches
+from churnops.cli import setup_logging
 from churnops.contract import load_contract
 from churnops.image.feedback import ImageFeedback
 from churnops.model_line import resolved
@@ -30,12 +31,15 @@ from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings
 from churnops.speed import FastPaths
 from churnops.store.base import PredictionBatch, PredictionStore
+from churnops.store.factory import open_store
 from churnops.tasks import task_for
 from serving import guards
+from serving.answers import answers_for
 from serving.columnar import from_rows, predict_columns
+from serving.drift import drift_blueprint
 from serving.edge import read_capped
 from serving.explain_http import check_rows, explain_groups, explain_one, wants_explanation, with_explanation
-from serving.image_http import refuse_tabular, register_image_routes
+from serving.image_http import image_openapi, refuse_tabular, register_image_routes
 from serving.inference import (
     REQUEST_ID_RULE,
     BadInput,
@@ -54,6 +58,7 @@ from serving.inference import (
 from serving.metrics import get_metrics, render
 from serving.model import ModelManager, ReloadBusy
 from serving.oip import feedback_target, oip_blueprint
+from serving.openapi import cached_spec
 from serving.prediction_log import PredictionLog
 from serving.shadow import ShadowMirror
 from serving.tasks import image_contract
@@ -86,7 +91,7 @@ class ServingState:
         self.image_contract = image_contract(settings)
         self.contract = load_contract(settings.dataset) if self.image_contract is None else None
         # answers, feedback per task; image serving hook: an image server's feedback is a class index or name
-        self.task = task_for(self.contract) if self.contract is not None else ImageFeedback()
+        self.task = answers_for(task_for(self.contract)) if self.contract is not None else ImageFeedback()
         self.store = store
         self.plog = plog
         self.models = models
@@ -147,8 +152,6 @@ def create_app(
     start_background: bool = True,
 ) -> Flask:
     """Build the app. Nothing touches the network here: the model loads in a background thread."""
-    from churnops.store.factory import open_store
-
     s = resolved(settings or get_settings())  # the data set's model line (its model name)
     token = admin_token(s)  # refuses an unsafe ADMIN_TOKEN in env=cloud before anything starts
     scopes = {name: guards.scope_token(s, name) for name in ("read", "feedback")}  # likewise (serving/guards.py)
@@ -289,7 +292,7 @@ def create_app(
         if m.route == "champion":  # the champion's answers only: a pair is champion + shadow
             state.shadow.offer_row(row.request_id, row.values, m.version)  # a non-blocking put; 0: nothing
         try:
-            task = m.bundle.task  # a classifier: decision 0/1 and the probability; a regression: its value
+            task = answers_for(m.bundle.task)  # a classifier: decision 0/1 and the probability; a regression: its value
             child(state.metrics.predictions, "http", m.route, str(m.version), task.decision_label(d)).inc()
             child(state.metrics.latency, "http", m.route).observe(latency / 1000)
             child(getattr(state.metrics, task.value_metric), m.route).observe(p)
@@ -376,7 +379,7 @@ def create_app(
         now = time.time()
         out: list = [None] * n
         for m, idx, proba in groups:
-            task = m.bundle.task  # what a prediction answers and logs (churnops.tasks)
+            task = answers_for(m.bundle.task)  # what a prediction answers and logs (serving.answers)
             cols = task.output_columns(proba, m.threshold)
             rids = batch.request_ids if idx is None else [batch.request_ids[i] for i in idx.tolist()]
             plog.submit_batch(
@@ -605,11 +608,7 @@ def create_app(
 
     @app.get("/openapi.json")
     def openapi():
-        from serving.openapi import cached_spec
-
         if state.image_contract is not None:  # image serving hook
-            from serving.image_http import image_openapi
-
             return jsonify(image_openapi(state.image_contract))
         return jsonify(cached_spec(s.dataset))
 
@@ -619,8 +618,6 @@ def create_app(
 
     register_image_routes(app, state, current_models, child)  # POST /predict/image (serving/image_http.py)
 
-    from serving.drift import drift_blueprint
-
     app.register_blueprint(drift_blueprint)
     app.register_blueprint(oip_blueprint(state, start=start_background))  # /v2 (serving/oip.py)
 
@@ -628,7 +625,6 @@ def create_app(
 
 
 def main() -> None:  # debugging only: Flask's development server
-    from churnops.cli import setup_logging
 
     setup_logging()
     s = get_settings()

@@ -58,8 +58,6 @@ whose record is not in the shard, is logged as a warning, counted in
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -72,25 +70,30 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from churnops.aws import backoff_delay, is_transient
+from churnops.aws import backoff_delay, client, is_transient
+from churnops.cli import fail, setup_logging
 from churnops.contract import load_contract
 from churnops.model_line import resolved
 from churnops.monitoring.rejections import RejectionCounter
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings, get_settings, quiet_process
 from churnops.speed import FastPaths
 from churnops.store.base import SHARD_END, PredictionStore
+from churnops.store.factory import open_store
+from serving.answers import answers_for
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
 from serving.consumer_metrics import serve_metrics
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
-from serving.inference import BadInput, Row, check_row, log_record, parse_json, predict_rows
+from serving.image_stream import process_images
+from serving.inference import BadInput, Row, check_row, log_record, predict_rows
 from serving.leases import LeaseCoordinator, LeaseLoop
 from serving.metrics import get_metrics
 from serving.model import ModelManager, ModelSet
 from serving.outbox import Outbox
 from serving.prediction_log import PredictionLog
 from serving.slots import claim
+from serving.stream_records import ModelFailure, arrival, decode_payload
 from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
@@ -100,36 +103,8 @@ PUT_MAX_BYTES = 4 * 1024 * 1024  # ... and 5 MiB per call (kept under it)
 ENTRY_REJECTED = ("ValidationException", "InvalidArgumentException")  # the entry itself, not the stream's state
 
 
-class ModelFailure(RuntimeError):
-    """The model cannot predict even the contract's example: not the records' fault."""
-
-
 class StreamHalt(RuntimeError):
     """The consumer cannot go on without losing or re-emitting results (the outbox cannot be written)."""
-
-
-def decode_payload(data: bytes) -> object:
-    """Raw JSON, or base64-encoded JSON (what `aws kinesis put-record --data <base64>` leaves with CLI v1)."""
-    try:
-        return parse_json(data)
-    except BadInput as first:
-        try:
-            raw = base64.b64decode(data.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raise first from None
-        if not raw.strip():
-            raise first from None
-        return parse_json(raw)
-
-
-def _arrival(rec: dict, default: float) -> float:
-    """The record's arrival time on the stream (UNIX seconds): a batch re-emitted after a crash logs
-    the same `ts` as the first time, so readers see one record in every time window."""
-    t = rec.get("ApproximateArrivalTimestamp")
-    try:
-        return float(t.timestamp()) if t is not None else default
-    except (AttributeError, TypeError, ValueError, OverflowError):
-        return default
 
 
 @dataclass
@@ -151,9 +126,6 @@ class Consumer:
         kinesis=None,
         s3=None,
     ):
-        from churnops.aws import client
-        from churnops.store.factory import open_store
-
         self.s = resolved(settings or get_settings())  # the data set's model line
         self.metrics = get_metrics()
         # image serving hook (serving/tasks.py, serving/image_stream.py): image_uri records, no tabular contract
@@ -483,8 +455,6 @@ class Consumer:
 
     def _s3_client(self):
         if self._s3 is None and self.s.dlq_s3_payloads:
-            from churnops.aws import client
-
             self._s3 = client("s3", self.s, max_attempts=2, connect_timeout=2, read_timeout=10)
         return self._s3
 
@@ -571,8 +541,6 @@ class Consumer:
         letter; the others go on. The log is written before anything is put on a stream, so a
         failure before the puts (ModelFailure, a log spool that cannot be written) emits nothing."""
         if self.image is not None:  # image serving hook
-            from serving.image_stream import process_images
-
             return process_images(self, shard_id, records)
         ms = self.models.current
         t0 = time.perf_counter()
@@ -608,7 +576,7 @@ class Consumer:
                     "request_id": row.request_id,
                     "sequence_number": seq,
                     "shard_id": shard_id,
-                    **m.bundle.task.answer(p, d, m.threshold),
+                    **answers_for(m.bundle.task).answer(p, d, m.threshold),
                     "model_run_id": m.run_id,
                     "model_version": m.version,
                     "route": m.route,
@@ -627,7 +595,7 @@ class Consumer:
                     d,
                     "stream",
                     latency,
-                    ts=_arrival(rec, now),
+                    ts=arrival(rec, now),
                     shard_id=shard_id,
                     sequence_number=seq,
                 )
@@ -644,7 +612,9 @@ class Consumer:
                 continue
             results.append(entry)
             logs.append(lrec)
-            self.metrics.predictions.labels("stream", m.route, str(m.version), m.bundle.task.decision_label(d)).inc()
+            self.metrics.predictions.labels(
+                "stream", m.route, str(m.version), answers_for(m.bundle.task).decision_label(d)
+            ).inc()
         if logs:
             self.plog.write_now(logs).check()  # stored or spooled before any put or checkpoint, else NotLogged
         self._emit(self.s.output_stream, results)
@@ -848,9 +818,6 @@ class Consumer:
 
 
 def main() -> None:
-    from churnops.cli import fail, setup_logging
-    from churnops.settings import quiet_process
-
     quiet_process()  # before the model loader first imports mlflow
     setup_logging()
     s = get_settings()

@@ -21,6 +21,13 @@ import threading
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from churnops.contract import load_any_contract as load_contract
+from churnops.model_line import for_dataset
+from churnops.monitoring.gauges import drift_exposition, gauges
+from churnops.redact import redact
+from churnops.settings import get_settings
+from churnops.store.factory import open_store
+
 log = logging.getLogger(__name__)
 
 drift_blueprint = Blueprint("drift", __name__, url_prefix="/drift")
@@ -34,15 +41,10 @@ def _context():
     state = current_app.extensions.get("churn")
     if state is not None:  # image monitoring hook: an image server has an image contract instead
         return state.settings, state.contract if state.contract is not None else state.image_contract, state.store
-    from churnops.contract import load_any_contract as load_contract
-    from churnops.model_line import for_dataset
-    from churnops.settings import get_settings
 
     s = for_dataset(get_settings())  # the data set's own prediction log
     store = current_app.extensions.get("drift_store")
     if store is None:
-        from churnops.store.factory import open_store
-
         store = current_app.extensions["drift_store"] = open_store(s)
     return s, load_contract(s.dataset), store
 
@@ -56,8 +58,6 @@ def _compute(hours: float) -> dict:
     result = window_summary(store, s, contract, hours, references=_references(s, contract))  # DRIFT_MAX_ROWS rows
     result = {**result, "last_report_ts": last_report_ts(store)}  # a copy: the cached summary is shared
     try:
-        from churnops.monitoring.gauges import gauges
-
         gauges().update(result)
     except Exception:  # metrics never break the endpoint
         log.exception("could not update drift gauges")
@@ -89,7 +89,6 @@ def _references(settings, contract):
 def _unavailable(exc: Exception) -> tuple[dict, int | None]:
     """(answer body, Retry-After seconds or None) for a drift computation that failed."""
     from churnops.monitoring.reference import ReferenceUnavailable
-    from churnops.redact import redact
 
     retry = getattr(exc, "retry_after", None)
     if isinstance(exc, ReferenceUnavailable):  # expected while MLflow is away: no trace, URLs redacted
@@ -104,8 +103,6 @@ def _unavailable(exc: Exception) -> tuple[dict, int | None]:
 
 
 def _hours() -> float:
-    from churnops.settings import get_settings
-
     raw = request.args.get("hours")
     if raw is None:
         st = current_app.extensions.get("churn")
@@ -146,8 +143,6 @@ def drift_report():
 @drift_blueprint.get("/metrics")
 def drift_metrics():
     from prometheus_client import CONTENT_TYPE_LATEST
-
-    from churnops.monitoring.gauges import drift_exposition
 
     try:
         hours = _hours()

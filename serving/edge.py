@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from psutil import pid_exists
+from werkzeug.exceptions import RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 DRAIN_MAX_BYTES = (
@@ -80,8 +81,6 @@ def read_capped(stream, limit: int) -> bytes:
     """A body of unknown length (chunked): all of it, or RequestEntityTooLarge past `limit` bytes.
 
     werkzeug's own read stops at MAX_CONTENT_LENGTH without a word (the body comes back cut short)."""
-    from werkzeug.exceptions import RequestEntityTooLarge
-
     out = bytearray()
     while len(out) <= limit:
         got = stream.read(min(DRAIN_STEP, limit + 1 - len(out)))

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 from pathlib import Path
 
+from churnops.cli import setup_logging
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset, line_dir
 from churnops.settings import get_settings, quiet_process
+from serving.prediction_log import reclaim_orphans
 
 quiet_process()  # MLflow telemetry / Prefect analytics off in the master and (inherited) every worker
 _s = for_dataset(get_settings())  # the data set's line: its spool; another line's server keeps its own files
@@ -61,8 +65,6 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    from churnops.cli import setup_logging
-
     setup_logging()
     if type(worker).__name__ == "SyncWorker":  # one connection at a time: the module flag below is safe
         install_fast_close()
@@ -93,9 +95,6 @@ def post_request(worker, req, environ, resp):
 
 def fast_close(sock, *args, **kwargs):
     """Close now when the request was read to the end and the client sent nothing more."""
-    import socket
-    import ssl
-
     global _request_read
     read, _request_read = _request_read, False  # one use: a connection that failed parsing never sets it
     if read and not isinstance(sock, ssl.SSLSocket):
@@ -138,7 +137,6 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid, str(_prom))
     # a worker that died without flushing (SIGKILL, OOM) left its journal: make it a spool file
     # now (the other workers replay it); its flock went with the process
-    from serving.prediction_log import reclaim_orphans
 
     try:
         reclaim_orphans(_s.state_path(_s.spool_dir, "spool"))

@@ -32,15 +32,23 @@ from pathlib import Path
 
 import numpy as np
 
-from churnops.image.dataset import rgb_pixels
+from churnops.image.dataset import ImageDataError, read_raw, rgb_pixels
+from churnops.image.formats import (  # noqa: F401  (CONTENT_TYPES, content_type_of: the image routes' names)
+    CONTENT_TYPES,
+    DNG,
+    JPEG,
+    PNG,
+    DecodedImage,
+    content_type_of,
+    sniff,
+)
 from churnops.image.header import HeaderError, png_size, tiff_images
-from churnops.image.quantize import INT8_ARTIFACT
+from churnops.image.isp import UnsupportedRawError, process
+from churnops.image.quantize import INT8_ARTIFACT, REPORT_ARTIFACT
 from churnops.image.summary import EMBED_DIMS, EMBED_SEED, summary  # noqa: F401  (the one summary function)
+from churnops.redact import redact
+from churnops.registry import client
 from serving.inference import BadInput
-
-DNG, PNG, JPEG = "image/x-adobe-dng", "image/png", "image/jpeg"
-CONTENT_TYPES = (DNG, PNG, JPEG)
-ALIASES = {"image/dng": DNG, "image/x-dng": DNG, "image/jpg": JPEG, "image/pjpeg": JPEG}
 
 
 class ImageModelError(RuntimeError):
@@ -48,35 +56,6 @@ class ImageModelError(RuntimeError):
 
 
 # ---- decoding ----------------------------------------------------------------------------------------
-
-
-def sniff(data: bytes) -> str | None:
-    """The content type the leading bytes show (DNG is TIFF-based), or None."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return PNG
-    if data[:3] == b"\xff\xd8\xff":
-        return JPEG
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return DNG
-    return None
-
-
-def content_type_of(header: str | None) -> str | None:
-    """`image/png; charset=x` -> `image/png` (aliases mapped); None when absent."""
-    if not header:
-        return None
-    base = header.split(";", 1)[0].strip().lower()
-    return ALIASES.get(base, base) or None
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    x: np.ndarray  # (3, H, W) float32 in [0, 1]: the model input (ISP output for DNG)
-    content_type: str
-    sha256: str
-    nbytes: int
-    width: int
-    height: int
 
 
 def _wrong_size(contract, name: str, width: int, height: int) -> BadInput:
@@ -132,9 +111,6 @@ def check_raw_header(data: bytes, contract, name: str) -> None:
 
 
 def _raw_rgb(data: bytes, contract, name: str) -> np.ndarray:
-    from churnops.image.dataset import ImageDataError, read_raw
-    from churnops.image.isp import UnsupportedRawError, process
-
     check_raw_header(data, contract, name)  # sizes from the tags: nothing decoded yet
     try:
         frame = read_raw(data, name)
@@ -245,8 +221,6 @@ class ImageBundle:
 
 def _run_of(uri: str, s) -> str:
     """The MLflow run behind `runs:/<id>/...` or a registered `models:/<name>@<alias>` / `models:/<name>/<v>`."""
-    from churnops.registry import client
-
     if uri.startswith("runs:/"):
         return uri[len("runs:/") :].split("/", 1)[0]
     if uri.startswith("models:/"):
@@ -269,8 +243,6 @@ def _run_of(uri: str, s) -> str:
 def int8_model_file(uri: str, run_id: str, local: Path | None, dst: Path, s) -> Path:
     """The int8 ONNX file of the model `uri` (`model_int8.onnx` in its run, or in its local folder), for
     IMAGE_MODEL_PRECISION=int8; ModelLoadError naming the version when it has none."""
-    from churnops.image.quantize import REPORT_ARTIFACT
-    from churnops.redact import redact
     from serving.model import ModelLoadError
 
     missing = (
@@ -302,7 +274,6 @@ def int8_model_file(uri: str, run_id: str, local: Path | None, dst: Path, s) -> 
 
 def load_image_model(uri: str, route: str, s, contract, cache_dir: Path | None = None):
     """Download and check the image model `uri`; returns a `serving.model.LoadedModel` (ModelLoadError on failure)."""
-    from churnops.redact import redact
     from serving.model import LoadedModel, ModelLoadError, _registry_info
 
     local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None

@@ -19,6 +19,7 @@ import time
 
 from flask import Flask, Response, request
 
+from churnops.image.uploads import UploadKeeper
 from serving.explain_http import check_explainable, wants_explanation
 from serving.image import CONTENT_TYPES, answer, content_type_of, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, dumps, new_request_id, valid_request_id
@@ -107,8 +108,6 @@ def register_image_routes(app: Flask, state, current_models, child) -> None:
     s = state.settings
     keeper = None  # IMAGE_KEEP_UPLOADS: each upload written under its SHA-256 (churnops/image/uploads.py)
     if s.image_keep_uploads and state.image_contract is not None:
-        from churnops.image.uploads import UploadKeeper
-
         keeper = UploadKeeper(s, state.image_contract.name)
 
     @app.post(ROUTE)

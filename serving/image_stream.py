@@ -23,9 +23,11 @@ import time
 
 import numpy as np
 
+from churnops.aws import client, is_transient
 from churnops.s3keys import UnsafeKeyError, split_s3_uri
 from serving.image import DecodedImage, answer, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, valid_request_id
+from serving.stream_records import ModelFailure, arrival, decode_payload
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
     """The object's bytes; BadInput when it is missing or larger than `limit` (then its body is not read)."""
     from botocore.exceptions import ClientError
 
-    from churnops.aws import is_transient
-
     try:
         obj = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -117,9 +117,6 @@ def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
 
 def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, int]:
     """`Consumer.process` for image records: results and dead letters, log first; returns their counts."""
-    from churnops.aws import client, is_transient
-    from serving.consumer import ModelFailure, _arrival, decode_payload
-
     s, contract = consumer.s, consumer.image
     if getattr(consumer, "_image_s3", None) is None:
         consumer._image_s3 = client("s3", s, max_attempts=2, connect_timeout=2, read_timeout=10)
@@ -179,7 +176,7 @@ def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, i
                 img,
                 "stream",
                 (time.perf_counter() - t0) * 1000,
-                ts=_arrival(rec, now),
+                ts=arrival(rec, now),
                 shard_id=shard_id,
                 sequence_number=seq,
                 image_uri=uri,

@@ -8,7 +8,6 @@ the encoder's pure-Python `transform_records` into one float32 matrix per model.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,37 +23,9 @@ from churnops.request_ids import (  # noqa: F401  (re-exported: the request id r
     new_request_ids,
     valid_request_id,
 )
+from serving.answers import answers_for
+from serving.encoding import dumps, finite, json_text  # noqa: F401  (finite, json_text: the servers' JSON helpers)
 from serving.model import LoadedModel, ModelSet
-
-
-def dumps(obj) -> bytes:
-    """JSON bytes of a response body (non-finite numbers become null: NaN is not JSON)."""
-    try:
-        return _orjson.dumps(obj)  # writes null for NaN/Infinity
-    except TypeError:
-        pass
-    return json_text(obj, default=str).encode()
-
-
-def finite(obj: Any) -> Any:
-    """`obj` with every NaN/Infinity float (in dicts, lists, tuples) replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
-def json_text(obj: Any, **kwargs) -> str:
-    """`json.dumps` that never writes NaN/Infinity tokens (they become null); a retry only when present."""
-    try:
-        return json.dumps(obj, allow_nan=False, **kwargs)
-    except ValueError as exc:
-        if "JSON compliant" not in str(exc):
-            raise
-        return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 class BadInput(ValueError):
@@ -195,7 +166,7 @@ def predict_rows(models: ModelSet, rows: list[Row]) -> list[tuple[LoadedModel, f
     for m, idx in route_groups(models, [r.request_id for r in rows]):
         idx = range(len(rows)) if idx is None else idx
         proba = m.bundle.predict_records([rows[i].values for i in idx])
-        thr, decide = m.threshold, m.bundle.task.decide
+        thr, decide = m.threshold, answers_for(m.bundle.task).decide
         for i, p in zip(idx, proba.tolist()):
             out[i] = (m, float(p), decide(p, thr))
     return out
@@ -221,7 +192,7 @@ def log_record(
         "model_version": m.version,
         "route": m.route,
         "features": row.values,
-        **m.bundle.task.log_fields(p, d),
+        **answers_for(m.bundle.task).log_fields(p, d),
         "latency_ms": round(latency_ms, 3),
         **extra,
     }
@@ -230,7 +201,7 @@ def log_record(
 def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
     body = {
         "request_id": row.request_id,
-        **m.bundle.task.answer(p, d, m.threshold),
+        **answers_for(m.bundle.task).answer(p, d, m.threshold),
         "model_run_id": m.run_id,
         "model_version": m.version,
         "route": m.route,
@@ -242,18 +213,6 @@ def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
     return body
 
 
-def batch_items(rids: list[str], probabilities: list[float], decisions: list[int], m: LoadedModel) -> list[bytes]:
-    """The JSON object of each row of a batch answer, with `response_body`'s fields in its order,
-    joined from pieces: the model's fields are encoded once (a dict per row cost 40% more)."""
-    tail = dumps({"threshold": m.threshold, "model_run_id": m.run_id, "model_version": m.version, "route": m.route})
-    yes, no = b',"churn":true,"decision":1,' + tail[1:], b',"churn":false,"decision":0,' + tail[1:]
-    d = dumps
-    return [
-        b'{"request_id":' + d(r) + b',"probability":' + d(p) + (yes if c else no)
-        for r, p, c in zip(rids, probabilities, decisions)
-    ]
-
-
 def with_ignored(item: bytes, ignored: list[str]) -> bytes:
-    """A row's JSON object from `batch_items` with its `ignored_fields` added."""
+    """A row's JSON object from `serving.answers` (`batch_items`) with its `ignored_fields` added."""
     return item[:-1] + b',"ignored_fields":' + dumps(ignored) + b"}"

@@ -20,6 +20,7 @@ it writes the accepted target to `<state_dir>/serving-model.json` and every othe
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -37,11 +38,16 @@ import numpy as np
 import psutil
 
 from churnops.bundle import Bundle
+from churnops.contract import load_contract
+from churnops.governance import CANARY_OUTCOMES
 from churnops.model_line import resolved
 from churnops.redact import redact
+from churnops.registry import alias_version, client, pin_problem, resolve_model_uri
 from churnops.settings import Settings, get_settings
+from churnops.settings import get_settings as gs
 from churnops.speed import enabled as speed_enabled
 from serving.generation import next_generation, publish
+from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +156,6 @@ def _find_bundle(root: Path) -> Path:
 
 def _registry_info(s: Settings, uri: str, run_id: str) -> tuple[str | None, list[str]]:
     """(version, aliases) of the registered version behind `uri` / `run_id`, best effort."""
-    from churnops.registry import client
-
     try:
         c = client(s)
         if uri.startswith("models:/"):
@@ -177,7 +181,6 @@ def _registry_info(s: Settings, uri: str, run_id: str) -> tuple[str | None, list
 def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir: Path | None = None) -> LoadedModel:
     """Download `uri` (runs:/, models:/, or a local bundle folder) and load it (ONNX, 1 thread)."""
     s = settings or get_settings()
-    from serving.tasks import image_contract  # image serving hook: DATASET=<image contract> loads the CNN
 
     contract = image_contract(s)
     if contract is not None:
@@ -200,8 +203,6 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
             try:
                 root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
             except Exception as exc:
-                from churnops.registry import pin_problem
-
                 problem = pin_problem(s) if uri == f"runs:/{s.run_id}/model" else None
                 if problem:
                     raise ModelLoadError(f"cannot download {uri}: {redact(problem)}") from exc
@@ -240,7 +241,6 @@ def check_contract(meta: dict, uri: str, s: Settings) -> None:
     fp = meta.get("contract_fingerprint")
     if not fp:  # models registered before models carried their contract
         return
-    from churnops.contract import load_contract
 
     served = load_contract(s.dataset)
     if fp != served.fingerprint():
@@ -255,7 +255,6 @@ def challenger_uri(s: Settings, champion_run_id: str) -> str | None:
     """`models:/<name>/<version>` of the challenger when canary is on and it differs from the champion."""
     if s.canary_fraction <= 0:
         return None
-    from churnops.registry import alias_version
 
     mv = alias_version(s.model_name, CHALLENGER, s)
     if mv is None or mv.run_id == champion_run_id:
@@ -270,9 +269,6 @@ def challenger_uri(s: Settings, champion_run_id: str) -> str | None:
 def canary_refusal(s: Settings, version: str | None, outcome: str | None = None) -> str | None:
     """Why `version` of the model may not take canary traffic (None: it may). `outcome`: the version's
     outcome tag when the caller has it, else read from the registry."""
-    from churnops.governance import CANARY_OUTCOMES
-    from churnops.registry import client
-
     if version is None:
         return "challenger is not a registered version of this model (no governance outcome): no canary"
     if outcome is None:
@@ -292,8 +288,6 @@ def build_model_set(
 
     `challenger=True` resolves the `challenger` alias; a string is a URI; None/False: none.
     """
-    from churnops.registry import resolve_model_uri
-
     champ = load_model(champion or resolve_model_uri(s), CHAMPION, s)
     ch_uri = challenger_uri(s, champ.run_id) if challenger is True else (challenger or None)
     chall = None
@@ -314,8 +308,6 @@ class ModelManager:
     """Holds the current `ModelSet`; loads in the background; reloads atomically."""
 
     def __init__(self, settings: Settings | None = None, state_file: Path | None = None, metrics=None):
-        from churnops.registry import resolve_model_uri
-
         self.settings = resolved(settings or get_settings())  # the data set's model line
         resolve_model_uri(self.settings)  # MODEL_URI / RUN_ID outside the allowlist: refuse at startup
         self.state_file = state_file or shared_state_file(self.settings)
@@ -409,8 +401,6 @@ class ModelManager:
         the load), the new set swapped in atomically so no request fails. RUN_ID and version pins
         are never moved. Returns True when it switched.
         """
-        from churnops.registry import alias_version
-
         ms = self.current
         uri = ms.champion.uri if ms is not None else ""
         if not uri.startswith("models:/") or "@" not in uri:
@@ -436,8 +426,6 @@ class ModelManager:
             )
             try:
                 if champion is None:
-                    from churnops.settings import get_settings as gs
-
                     gs.cache_clear()  # pick up a new RUN_ID pinned in .env.local
                     self.settings = gs()
                 ms = build_model_set(self.settings, champion, challenger, gen)
@@ -590,8 +578,6 @@ def freeze_gc(gen0_threshold: int = 20_000) -> None:
     A server process holds a large heap of long-lived objects (mlflow, xgboost, onnxruntime);
     without this every full collection walks all of it while a request waits.
     """
-    import gc
-
     gc.collect()
     gc.freeze()
     _, g1, g2 = gc.get_threshold()

@@ -42,6 +42,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from churnops.explain import DEFAULT_TOP_K, CannotExplain, explain_records
 from churnops.redact import redact
+from serving.answers import answers_for
 from serving.edge import read_capped
 from serving.image import DecodedImage, log_entry, predict
 from serving.inference import (
@@ -592,7 +593,7 @@ def decisions(answer: Answer) -> list[str]:
     """The counter's `decision` label per row: 0/1, `none` (regression) or the class."""
     if answer.served.is_image:
         return [p.label for p in answer.preds]
-    return [m.bundle.task.decision_label(d) for m, _, d in answer.preds]
+    return [answers_for(m.bundle.task).decision_label(d) for m, _, d in answer.preds]
 
 
 def log_answer(served: ServedModel, answer: Answer, latency_ms: float) -> None:

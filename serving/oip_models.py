@@ -27,6 +27,7 @@ from churnops.model_uri import ModelUriError, check_model_uri
 from churnops.settings import Settings
 from churnops.store.factory import open_store
 from churnops.tasks import task_for
+from serving.answers import answers_for
 from serving.model import ModelManager
 from serving.prediction_log import PredictionLog
 
@@ -78,7 +79,7 @@ class ServedModel:
     @property
     def feedback_task(self):
         """What parses this model's /feedback (churnops.tasks, or the image contract's class feedback)."""
-        return ImageFeedback() if self.is_image else task_for(self.contract)
+        return ImageFeedback() if self.is_image else answers_for(task_for(self.contract))
 
 
 def bare_settings(s: Settings) -> Settings:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from churnops.contract import DatasetContract
+from apispec import APISpec
+
+from churnops.contract import DatasetContract, load_contract
 from churnops.tasks import task_for
+from serving.answers import answers_for
 from serving.oip_openapi import oip_paths
 
 # ?explain=true&top_k=3 on /predict and /predict/batch (serving/explain_http.py, docs/explanations.md)
@@ -59,9 +62,7 @@ def _feature_schema(contract: DatasetContract) -> dict:
 
 
 def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
-    from apispec import APISpec
-
-    task = task_for(contract)
+    task = answers_for(task_for(contract))
     what = task.describe(contract)
     spec = APISpec(
         title="Churn prediction API",
@@ -287,6 +288,4 @@ def build_spec(contract: DatasetContract, version: str = "1.0.0") -> dict:
 
 @lru_cache(maxsize=4)
 def cached_spec(contract_name: str) -> dict:
-    from churnops.contract import load_contract
-
     return build_spec(load_contract(contract_name))

@@ -64,7 +64,7 @@ from churnops.redact import redact
 from churnops.store.base import PredictionBatch, PredictionStore, is_record_error
 from churnops.store.base import feedback_outcome as _outcome
 from churnops.store.sqlite import _dumpb
-from serving.quarantine import Quarantine
+from serving.quarantine import Quarantine, ReplayResult
 
 log = logging.getLogger(__name__)
 
@@ -775,6 +775,48 @@ class PredictionLog:
                 self._store_failed(ConnectionError("store does not answer"))
             return 0
         return self.replay() if files else 0
+
+    def replay_quarantine(self) -> ReplayResult:
+        """Offer every quarantined record to the store again (see serving/quarantine.py's docstring)."""
+        plog, quarantine = self, self.quarantine
+        res = ReplayResult()
+        for path in quarantine.files():
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # another replay is on it
+                keep: list[str] = []
+                items: list[tuple] = []
+                for raw in path.read_text(encoding="utf-8", errors="backslashreplace").splitlines():
+                    if not raw.strip():
+                        continue
+                    item = parse_line(raw)
+                    if item is None:
+                        keep.append(raw + "\n")
+                    else:
+                        items.append(item)
+                refused: list = []
+                try:
+                    for i in range(0, len(items), plog.batch_size):
+                        refused += plog.offer(items[i : i + plog.batch_size])
+                except StoreUnavailable as exc:  # this file stays as it is (a replay is idempotent)
+                    res.store_error = f"{type(exc.__cause__ or exc).__name__}: {exc}"
+                    res.kept += len(keep) + len(items)
+                    break
+                keep += [quarantine_line(kind, rec, why) for (kind, rec, *_), why in refused]
+                quarantine.rewrite(path, keep)
+                res.files += 1
+                res.replayed += len(items) - len(refused)
+                res.kept += len(keep)
+            finally:
+                os.close(fd)
+        quarantine.usage()
+        return res
 
     def replay(self) -> int:
         """Move spooled records into the store; returns how many were replayed."""

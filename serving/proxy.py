@@ -5,7 +5,7 @@
     python -m serving.proxy --check         # render + `nginx -t`
 
 nginx listens on API_HOST:API_PORT (9696) and passes whole requests to the API server (granian, see
-serving/server.py) on 127.0.0.1:API_INTERNAL_PORT (churnops.stack sets API_BIND to it), so a client that
+serving/server.py) on 127.0.0.1:API_INTERNAL_PORT (ops.stack sets API_BIND to it), so a client that
 sends half a request and stops ties up an nginx connection (answered 408 by nginx), not an API worker
 thread. Used when nginx is installed and API_PROXY=auto; without nginx granian serves the port itself
 (serving/edge.py bounds bodies; granian drops half-sent headers after API_READ_TIMEOUT_S).

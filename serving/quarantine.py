@@ -1,6 +1,6 @@
 """The prediction log's quarantine: records a store refused for what they are, kept for a person.
 
-    python -m serving.quarantine        # make replay-quarantine: offer them to the store again
+    python -m ops.replay_quarantine     # make replay-quarantine: offer them to the store again
 
 Only an error that one record provably causes (the store's `is_record_error`: too large, cannot
 be encoded, a duplicate key or a constraint of that record) puts a record here; a store that is
@@ -21,11 +21,8 @@ an unavailable store and leaves the file it was on untouched.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -141,7 +138,7 @@ class Quarantine:
             self._bytes = (self._bytes or 0) + size
         return len(chunks), size
 
-    def _rewrite(self, path: Path, lines: list[str]) -> None:
+    def rewrite(self, path: Path, lines: list[str]) -> None:
         """Replace `path` with `lines` (atomically, 0600, fsync'ed), or delete it when none is left."""
         if not lines:
             path.unlink()
@@ -155,84 +152,3 @@ class Quarantine:
                 os.close(fd)
             os.replace(tmp, path)
         fsync_dir(self.dir)
-
-    def replay(self, plog) -> ReplayResult:
-        """Offer every quarantined record to `plog`'s store again (see the module docstring)."""
-        from serving.prediction_log import StoreUnavailable, parse_line, quarantine_line
-
-        res = ReplayResult()
-        for path in self.files():
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # another replay is on it
-                keep: list[str] = []
-                items: list[tuple] = []
-                for raw in path.read_text(encoding="utf-8", errors="backslashreplace").splitlines():
-                    if not raw.strip():
-                        continue
-                    item = parse_line(raw)
-                    if item is None:
-                        keep.append(raw + "\n")
-                    else:
-                        items.append(item)
-                refused: list = []
-                try:
-                    for i in range(0, len(items), plog.batch_size):
-                        refused += plog.offer(items[i : i + plog.batch_size])
-                except StoreUnavailable as exc:  # this file stays as it is (a replay is idempotent)
-                    res.store_error = f"{type(exc.__cause__ or exc).__name__}: {exc}"
-                    res.kept += len(keep) + len(items)
-                    break
-                keep += [quarantine_line(kind, rec, why) for (kind, rec, *_), why in refused]
-                self._rewrite(path, keep)
-                res.files += 1
-                res.replayed += len(items) - len(refused)
-                res.kept += len(keep)
-            finally:
-                os.close(fd)
-        self.usage()
-        return res
-
-
-def main() -> None:
-    """`make replay-quarantine`: offer the quarantined records to the configured store again."""
-    from churnops.cli import setup_logging
-    from churnops.redact import redact
-    from churnops.settings import get_settings
-    from churnops.store.factory import open_store
-    from serving.prediction_log import PredictionLog
-
-    setup_logging()
-    s = get_settings()
-    store = open_store(s)
-    plog = PredictionLog(
-        store, s.state_path(s.spool_dir, "spool"), s.log_batch_size, journal=False, quarantine_max_bytes=1 << 62
-    )
-    try:
-        res = plog.quarantine.replay(plog)
-    finally:
-        store.close()
-    print(
-        json.dumps(
-            {
-                "quarantine": str(plog.quarantine.dir),
-                "files": res.files,
-                "replayed": res.replayed,
-                "kept": res.kept,
-                "store_error": redact(res.store_error),
-            }
-        )
-    )
-    if res.store_error:
-        print(f"store unavailable ({redact(res.store_error)}): nothing more replayed; retry later", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -35,6 +35,7 @@ from churnops.registry import alias_version
 from churnops.request_ids import new_request_id
 from churnops.settings import Settings
 from churnops.shadow_test import SHADOW_ROUTE
+from serving.answers import answers_for
 from serving.model import load_model
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class ShadowMirror:
         X = enc.transform_records(item.records) if item.records is not None else enc.transform_columns(item.columns, n)
         proba = m.bundle.predict_matrix(X)
         latency = (time.perf_counter() - t0) * 1000 / max(n, 1)
-        task, thr, now = m.bundle.task, m.threshold, time.time()
+        task, thr, now = answers_for(m.bundle.task), m.threshold, time.time()
         for i, (rid, p) in enumerate(zip(item.request_ids, proba.tolist())):
             values = item.records[i] if item.records is not None else row_values(item.columns, i)
             d = task.decide(p, thr)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from churnops.contract import load_any_contract
 from churnops.settings import Settings
 
 
 @lru_cache(maxsize=8)
 def _contract(dataset: str):
-    from churnops.contract import load_any_contract
-
     return load_any_contract(dataset)
 
 

@@ -23,8 +23,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 
+from churnops.aws import client as aws_client
+from churnops.image.sensor import _digits, expose, optics, scene, write_dng
 from simulators.traffic import FeedbackSender, Planned, RunStats, check_loopback, planned_count, run_paced, strengths
 
 CAMERA_DRIFTS = ("noise", "white_balance", "exposure")
@@ -58,8 +61,6 @@ def drifted_sensor(spec, kinds: list[str], strength: float):
 
 def capture(index: int, contract, seed: int, kinds: list[str], strength: float) -> tuple[bytes, int]:
     """(DNG bytes, true class index) of digit `index` seen by the drifted camera; deterministic."""
-    from churnops.image.sensor import _digits, expose, optics, scene, write_dng
-
     d = _digits()
     rng = np.random.default_rng([seed, index])
     size = (contract.image.height, contract.image.width)
@@ -75,8 +76,6 @@ def plan_captures(
     n: int, seed: int, drift: list[str], mode: str = "sudden", onset: float = 0.0, prefix: str = "img"
 ) -> list[Planned]:
     """`n` seeded digit indices with their drift strength (features = {"index": i})."""
-    from churnops.image.sensor import _digits
-
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(_digits().target), n)
     st = strengths(n, mode, onset) if drift else np.zeros(n)
@@ -106,8 +105,6 @@ def run_camera_http(
     **_,
 ) -> RunStats:
     """DNG captures to `POST /predict/image`; the true class to `/feedback` later."""
-    import httpx
-
     api = (api_url or settings.api_url).rstrip("/")
     check_loopback(api, "API", allow_remote)
     records = plan_captures(planned_count(rate, seconds, count), seed, drift, drift_mode, onset, "img-http")
@@ -158,8 +155,6 @@ def run_camera_kinesis(
     **_,
 ) -> RunStats:
     """DNG captures as S3 objects (`BUCKET`/simulated-images/...) named by `image_uri` stream records."""
-    from churnops.aws import client as aws_client
-
     api = (api_url or settings.api_url).rstrip("/")
     check_loopback(settings.aws_endpoint_url, "AWS endpoint", allow_remote)
     if feedback:

@@ -8,6 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 
+import httpx
+
+from churnops.cli import fail, setup_logging
+from churnops.contract import load_contract
+from churnops.settings import get_settings
 from simulators.traffic import (
     FeedbackSender,
     Planned,
@@ -40,8 +45,6 @@ def run_http(
     allow_remote: bool = False,
     onset: float = 0.0,
 ) -> RunStats:
-    import httpx
-
     api = (api_url or settings.api_url).rstrip("/")
     check_loopback(api, "API", allow_remote)
     if pool is None:
@@ -106,10 +109,6 @@ def common_options(a: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from churnops.cli import fail, setup_logging
-    from churnops.contract import load_contract
-    from churnops.settings import get_settings
-
     s = get_settings()
     p = argparse.ArgumentParser(description="HTTP traffic simulator")
     add_common_args(p, s)

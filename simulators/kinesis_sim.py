@@ -9,6 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from churnops.aws import client as aws_client
+from churnops.cli import fail, setup_logging
+from churnops.contract import load_contract
+from churnops.settings import get_settings
+from simulators.http_sim import add_common_args, common_options
 from simulators.traffic import (
     FeedbackSender,
     Planned,
@@ -41,8 +46,6 @@ def run_kinesis(
     allow_remote: bool = False,
     onset: float = 0.0,
 ) -> RunStats:
-    from churnops.aws import client as aws_client
-
     api = (api_url or settings.api_url).rstrip("/")
     check_loopback(settings.aws_endpoint_url, "AWS endpoint", allow_remote)
     if feedback:
@@ -89,11 +92,6 @@ def run_kinesis(
 
 
 def main() -> None:
-    from churnops.cli import fail, setup_logging
-    from churnops.contract import load_contract
-    from churnops.settings import get_settings
-    from simulators.http_sim import add_common_args, common_options
-
     s = get_settings()
     p = argparse.ArgumentParser(description="Kinesis traffic simulator")
     add_common_args(p, s)

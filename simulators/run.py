@@ -16,15 +16,16 @@ import json
 import sys
 import threading
 
+from churnops.cli import setup_logging
+from churnops.contract import load_any_contract
+from churnops.settings import get_settings
+from simulators.camera import parse_camera_drift, run_camera_http, run_camera_kinesis
+from simulators.http_sim import add_common_args, run_http
+from simulators.kinesis_sim import run_kinesis
+from simulators.traffic import customer_pool, parse_drift
+
 
 def main(argv: list[str] | None = None) -> int:
-    from churnops.cli import setup_logging
-    from churnops.contract import load_any_contract
-    from churnops.settings import get_settings
-    from simulators.camera import parse_camera_drift, run_camera_http, run_camera_kinesis
-    from simulators.http_sim import add_common_args, run_http
-    from simulators.kinesis_sim import run_kinesis
-    from simulators.traffic import customer_pool, parse_drift
 
     s = get_settings()
     p = argparse.ArgumentParser(description="run the business simulators (HTTP + Kinesis) for a bounded time")
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if image:
         pool, where = None, "raw digits (simulated camera)"
-        run_http, run_kinesis = run_camera_http, run_camera_kinesis
+        send_http, send_kinesis = run_camera_http, run_camera_kinesis
     else:
         pool, where = customer_pool(s, contract, a.source, a.seed)
+        send_http, send_kinesis = run_http, run_kinesis
     common = dict(
         rate=a.rate,
         seconds=a.seconds,
@@ -72,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = []
     if a.only in (None, "http"):
-        threads.append(threading.Thread(target=job, args=("http", run_http), daemon=True))
+        threads.append(threading.Thread(target=job, args=("http", send_http), daemon=True))
     if a.only in (None, "kinesis"):
         threads.append(
-            threading.Thread(target=job, args=("kinesis", run_kinesis), kwargs={"stream": a.stream}, daemon=True)
+            threading.Thread(target=job, args=("kinesis", send_kinesis), kwargs={"stream": a.stream}, daemon=True)
         )
     for t in threads:
         t.start()

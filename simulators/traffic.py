@@ -28,10 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+import httpx
 import numpy as np
 import pandas as pd
 
+from churnops.cleaning import clean_frame
+from churnops.feature_store import latest_snapshot, read_snapshot
 from churnops.settings import get_settings
+from churnops.synthetic import generate_customers
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,6 @@ def customer_pool(settings, contract, source: str = "auto", seed: int = 42, n: i
     """Clean customers with their label: (frame, description of where they came from)."""
     if source in ("auto", "snapshot"):
         try:
-            from churnops.feature_store import latest_snapshot, read_snapshot
-
             snap = latest_snapshot(contract, settings)
             df = read_snapshot(snap, contract, settings)
             tag = " (SYNTHETIC)" if snap.synthetic else ""
@@ -76,8 +78,6 @@ def customer_pool(settings, contract, source: str = "auto", seed: int = 42, n: i
             if source == "snapshot":
                 raise
             log.info("no feature-store snapshot (%s): using the synthetic generator", type(exc).__name__)
-    from churnops.cleaning import clean_frame
-    from churnops.synthetic import generate_customers
 
     return clean_frame(generate_customers(n, seed), contract), f"SYNTHETIC generator (seed {seed}, {n} customers)"
 
@@ -203,8 +203,6 @@ class FeedbackSender:
     """POSTs `{"request_id", "outcome"}` to the API's /feedback (with FEEDBACK_TOKEN when it is set)."""
 
     def __init__(self, api_url: str, timeout: float = 5.0, token: str | None = None):
-        import httpx
-
         if token is None:
             secret = get_settings().feedback_token
             token = secret.get_secret_value() if secret is not None else ""
@@ -212,8 +210,6 @@ class FeedbackSender:
         self.client = httpx.Client(base_url=api_url.rstrip("/"), timeout=timeout, headers=headers)
 
     def __call__(self, request_id: str, outcome: int) -> str:
-        import httpx
-
         try:
             r = self.client.post("/feedback", json={"request_id": request_id, "outcome": int(outcome)})
             return f"POST /feedback {r.status_code}"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from churnops.localservers import BIN, Server, free_port, start_mlflow, start_moto, wait_http  # noqa: F401 (re-exported)
 from churnops.settings import quiet_process
+from ops.localservers import BIN, Server, free_port, start_mlflow, start_moto, wait_http  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
@@ -140,7 +140,7 @@ real_file_only = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def trained(stack_env, prefect_harness, real_data_path):
     """One small sweep on the real data through the real flow: the registered model's summary."""
-    from churnops.provision import ensure_bucket, ensure_streams
+    from churnops.aws import ensure_bucket, ensure_streams
     from flows.train_flow import train_flow
 
     ensure_bucket(stack_env)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 from churnops.image.contract import ImageContract, IspSpec
 from churnops.image.isp import RawFrame, process
@@ -74,8 +75,6 @@ def sensitivity(
     seed: int = 42,
 ):
     """DataFrame: variation, description, accuracy, delta (vs baseline), n."""
-    import pandas as pd
-
     rows = []
     for name, (desc, var) in VARIATIONS.items():
         acc = (

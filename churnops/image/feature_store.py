@@ -16,6 +16,7 @@ import json
 import re
 from pathlib import Path
 
+from churnops.aws import client, ensure_bucket
 from churnops.image.contract import ImageContract
 from churnops.image.dataset import ImageDataError, ImageFile, dataset_sha256, list_images
 from churnops.s3keys import UnsafeKeyError, check_key, split_s3_uri
@@ -55,9 +56,6 @@ def put_images(
     version names its `parent` version and the label window)."""
     from botocore.exceptions import ClientError
 
-    from churnops.aws import client
-    from churnops.provision import ensure_bucket
-
     ensure_bucket(s)
     s3 = client("s3", s)
     prefix = f"images/{contract.name}/{sha256}"
@@ -83,8 +81,6 @@ def put_images(
 
 def fetch_images(uri: str, contract: ImageContract, s: Settings) -> tuple[Path, dict]:
     """Download a published version into the state folder (once); (folder, manifest), hash checked."""
-    from churnops.aws import client
-
     bucket, prefix = _split(uri)
     s3 = client("s3", s)
     try:

@@ -20,8 +20,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from churnops.aws import client
 from churnops.image.contract import ImageContract
-from churnops.image.dataset import list_images
+from churnops.image.dataset import dataset_sha256, list_images
+from churnops.image.feature_store import fetch_images, put_images
 from churnops.labels import LabelReport
 from churnops.settings import Settings
 
@@ -94,10 +96,6 @@ def publish_labelled_version(
     window: tuple[float, float],
 ) -> dict:
     """Parent files + the labelled images -> a new published version; returns {uri, sha256, images, new}."""
-    from churnops.aws import client
-    from churnops.image.dataset import dataset_sha256
-    from churnops.image.feature_store import fetch_images, put_images
-
     parent_root, parent_manifest = fetch_images(parent_uri, contract, s)
     s3 = client("s3", s)
     (s.state_dir / "images").mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,9 @@ so the net learns ordinary images as well as the raw captures.
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -156,9 +159,6 @@ def predict_proba(net: DigitCNN, X: np.ndarray, batch_size: int = 512) -> np.nda
 
 def export_onnx(net: DigitCNN, height: int, width: int) -> bytes:
     """ONNX (opset 17, dynamic batch): input `image` (N, 3, H, W) -> `probabilities`, `embedding`."""
-    import io
-    import warnings
-
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from churnops.image.drift import channel_wasserstein, mmd_test, summaries
+from churnops.image.formats import DecodedImage, sniff
+from churnops.image.summary import summary
 from churnops.monitoring.drift import CRITICAL, OK, WARN, psi
 from churnops.monitoring.reading import choose_reference, jsonable, read_window
 from churnops.monitoring.reference import BackgroundReferences, ReferenceUnavailable, fetch_artifacts
@@ -48,11 +51,7 @@ def reference_payload(files, X: np.ndarray, onnx_bytes: bytes, classes: list[str
 
     `files[i]` (`ImageFile`) is the file behind the model input `X[i]` (3, H, W).
     """
-    import hashlib
-
     from churnops.image.model import onnx_session
-    from churnops.image.summary import summary
-    from serving.image import DecodedImage, sniff
 
     rng = np.random.default_rng(seed)
     idx = np.arange(len(files))

@@ -17,15 +17,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from churnops.image.analysis import VARIATIONS, develop
 from churnops.image.contract import ImageContract
-from churnops.image.dataset import ImageFile, dataset_sha256, list_images, load_arrays, stratified_split
+from churnops.image.dataset import (
+    RAW_SUFFIXES,
+    ImageFile,
+    dataset_sha256,
+    list_images,
+    load_arrays,
+    read_raw,
+    stratified_split,
+)
+from churnops.image.quantize import INT8_ARTIFACT, REPORT_ARTIFACT, QuantizationGateError, gate, quantize
+from churnops.image.sensor import generate
+from churnops.image.standard import STYLES, mix_batch, render_set, standard_accuracy, strokes_of
+from churnops.pipeline import ParityError
+from churnops.registry import alias_version, register
 from churnops.settings import Settings
 
 DATA_SOURCE_SYNTHETIC = "synthetic-sensor"
@@ -86,8 +104,6 @@ class ImageTrial:
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the image track's packages (lineage tags `pkg.*`)."""
-    from importlib import metadata
-
     out = {}
     for p in IMAGE_PACKAGES:
         try:
@@ -107,15 +123,11 @@ def torch_threads(s: Settings) -> int:
 
 def resolve_data(contract: ImageContract, s: Settings, data: str | None, limit: int | None = None) -> tuple[Path, bool]:
     """(folder, synthetic): `data` when given, else the generated raw digits (made once per seed)."""
-    from churnops.image.sensor import generate
-
     if data:
         return Path(data), False
     root = s.state_dir / "images" / (f"{contract.name}-seed{s.seed}" + ("" if limit is None else f"-first{limit}"))
     done = root / ".complete"
     if not done.exists() or json.loads(done.read_text()).get("contract") != contract.fingerprint():
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)  # made by an older contract (or interrupted): make it anew
         files = generate(root, contract, seed=s.seed, limit=limit)
         done.write_text(json.dumps({"files": len(files), "seed": s.seed, "contract": contract.fingerprint()}))
@@ -291,7 +303,6 @@ def standard_images(net, data: ImageData) -> dict[str, float]:
     """{style: accuracy} on PNG/JPEG renders of the test split (churnops.image.standard.STYLES; the
     strokes taken from the test images themselves, so any data set can be measured)."""
     from churnops.image.model import predict_proba
-    from churnops.image.standard import standard_accuracy, strokes_of
 
     strokes = strokes_of(data.X[data.idx_test])
     return standard_accuracy(lambda X: predict_proba(net, X), list(strokes), data.y[data.idx_test])
@@ -313,7 +324,6 @@ def governance_evidence(data: ImageData, ev: dict, table, s: Settings, standard:
     current champion re-scored on this run's test split (its ONNX model from the registry).
     Computed before registration, so the champion is the one to beat."""
     from churnops.image.model import onnx_proba, onnx_session
-    from churnops.registry import alias_version
 
     acc = float(ev["metrics"]["accuracy"])
     out: dict = {
@@ -346,7 +356,6 @@ def governance_evidence(data: ImageData, ev: dict, table, s: Settings, standard:
 def onnx_gate(net, data: ImageData, ev: dict, contract: ImageContract, tolerance: float) -> tuple[bytes, float]:
     """Export to ONNX; max |p_onnx - p_torch| over the test set must be <= tolerance, else ParityError."""
     from churnops.image.model import export_onnx, onnx_proba, onnx_session
-    from churnops.pipeline import ParityError
 
     onnx_bytes = export_onnx(net, contract.image.height, contract.image.width)
     diff = float(np.abs(onnx_proba(onnx_session(onnx_bytes), data.X[data.idx_test]) - ev["test_proba"]).max())
@@ -360,10 +369,6 @@ def quantization_sets(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The labelled sets the int8 gate scores: the test split, its raw files under every ISP variation
     (churnops.image.analysis), and its standard-image renders."""
-    from churnops.image.analysis import VARIATIONS, develop
-    from churnops.image.dataset import RAW_SUFFIXES, read_raw
-    from churnops.image.standard import STYLES, render_set, strokes_of
-
     te = data.idx_test
     sets = {"test": (data.X[te], data.y[te])}
     raw = [i for i in te if data.files[i].path.suffix.lower() in RAW_SUFFIXES]
@@ -379,8 +384,6 @@ def quantization_sets(
 
 def calibration_images(data: ImageData, s: Settings, n: int = 256) -> np.ndarray:
     """Training images for static calibration, half of them replaced by standard-image renders."""
-    from churnops.image.standard import mix_batch, strokes_of
-
     rng = np.random.default_rng([s.seed, 11])
     idx = rng.choice(data.idx_train, size=min(n, len(data.idx_train)), replace=False)
     X = data.X[np.sort(idx)]
@@ -392,8 +395,6 @@ def quantize_gate(
 ) -> tuple[bytes | None, dict]:
     """(int8 ONNX bytes or None, the gate's report): `IMAGE_QUANTIZATION` static | dynamic | off. A model
     that fails the gate is left out (the float model is registered anyway); the report says why."""
-    from churnops.image.quantize import QuantizationGateError, gate, quantize
-
     method = s.image_quantization
     if method == "off":
         return None, {"method": "off", "passed": False, "failure": "IMAGE_QUANTIZATION=off"}
@@ -446,8 +447,6 @@ def _confusion_png(cm: list, classes: list[str], path: Path) -> None:
 
 def write_quantization(art: Path, int8: bytes | None, quantization: dict | None) -> dict:
     """Write the int8 model and the gate's report into the artifact folder; the run's int8 metrics."""
-    from churnops.image.quantize import INT8_ARTIFACT, REPORT_ARTIFACT
-
     if quantization is not None:
         (art / REPORT_ARTIFACT).write_text(json.dumps(quantization, indent=1))
     if int8 is not None:
@@ -480,14 +479,9 @@ def log_and_register(
     """Log metrics, artifacts and the ONNX model to the parent run, then register it (tags: data source, SHA-256).
     `int8` (the quantized model that passed its gate) goes beside it as `model_int8.onnx` in the same
     run, `quantization` (the gate's report) as `quantization.json`; the version is tagged `int8_artifact`."""
-    import warnings
-
     import mlflow
     import onnx
-    import pandas as pd
     import torch
-
-    from churnops.registry import register
 
     source = DATA_SOURCE_SYNTHETIC if data.synthetic else "real"
     meta = {
@@ -565,8 +559,6 @@ def log_and_register(
                 "contract_fingerprint": contract.fingerprint(),  # one contract per model name (registry.register)
             }
             if int8 is not None:
-                from churnops.image.quantize import INT8_ARTIFACT
-
                 tags["int8_artifact"] = INT8_ARTIFACT  # in this run: IMAGE_MODEL_PRECISION=int8 serves it
             version, aliases = register(parent_run_id, info.model_uri, s, tags=tags)
             mlflow.MlflowClient(s.mlflow_tracking_uri).set_tag(parent_run_id, "registered_version", str(version))

@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from churnops.aws import client
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ class UploadKeeper:
     """The server's side: write each upload, apply retention now and then; never fails a prediction."""
 
     def __init__(self, s: Settings, contract_name: str) -> None:
-        from churnops.aws import client
-
         self.s, self.contract_name = s, contract_name
         self.s3 = client("s3", s, max_attempts=2, connect_timeout=2, read_timeout=10)
         self._lock = threading.Lock()

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnops.model_line import resolved
 from churnops.monitoring.drift import Reference
 from churnops.monitoring.estimated import CALIBRATION_FILE, calibration_from_frames
 from churnops.redact import redact
+from churnops.registry import alias_version
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ def served_run_id(settings, model_run_ids: list[str] | None = None) -> str:
         return settings.run_id
     if settings.model_uri and settings.model_uri.startswith("runs:/"):
         return settings.model_uri.split("/")[1]
-    from churnops.model_line import resolved
-    from churnops.registry import alias_version
 
     settings = resolved(settings)
     mv = alias_version(settings.model_name, "champion", settings)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from churnops.image.monitor import image_window
 from churnops.monitoring import drift as drift_mod
 from churnops.monitoring import reference as references_mod
 from churnops.monitoring.estimated import window_estimate
@@ -163,8 +164,6 @@ def compute(
     calls MLflow in this thread), else downloaded here (`reference.load_reference`: batch callers).
     """
     if getattr(contract, "task", None) == "image_classification":  # image monitoring hook
-        from churnops.image.monitor import image_window
-
         rows = window_rows(settings, max_rows)
         return Window(image_window(store, settings, contract, hours, now, reference, references, rows))
     read = read_window(store, settings, hours, now, window_rows(settings, max_rows), keep=answered)

@@ -22,6 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from churnops.speed.columnar import ColumnarValidator
+from churnops.speed.records import FastValidator
+from churnops.speed.wsgi import FastPredict
+
 if TYPE_CHECKING:  # pragma: no cover
     from churnops.contract import DatasetContract
     from churnops.settings import Settings
@@ -47,8 +51,6 @@ class FastPaths:
         compiled = contract.validator()
         if not on:
             return cls(False, lambda rec: compiled.validate(rec, unknown_category))  # type: ignore[arg-type]
-        from churnops.speed.columnar import ColumnarValidator
-        from churnops.speed.records import FastValidator
 
         return cls(True, FastValidator(compiled, unknown_category), ColumnarValidator(compiled, unknown_category))
 
@@ -76,6 +78,5 @@ class FastPaths:
         `accept(environ)` declines (wrong Host or content type) goes to Flask, which answers it."""
         if not self.on:
             return app
-        from churnops.speed.wsgi import FastPredict
 
         return FastPredict(app, handler, max_body_bytes, on_ok, accept=accept)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import operator
 from dataclasses import dataclass, field
+from typing import Optional
 
 import msgspec
 import numpy as np
@@ -91,8 +92,6 @@ class ColumnarValidator:
 
     def _row_decoders(self):
         """msgspec decoders for `[row, ...]` and `{"records": [row, ...]}` with exact contract rows."""
-        from typing import Optional
-
         fields = [(r.name, self.compiled.msgspec_type(r)) for r in self.compiled.rules]
         fields.append(("request_id", Optional[str], None))
         try:

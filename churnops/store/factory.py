@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from churnops.settings import Settings, get_settings
 from churnops.store.base import PredictionStore
+from churnops.store.mongo import MongoStore
+from churnops.store.sqlite import SQLiteStore
 
 
 def sqlite_path(settings: Settings):
@@ -14,9 +16,6 @@ def open_store(settings: Settings | None = None) -> PredictionStore:
     """The configured store; opening does not touch the network (connections are lazy)."""
     s = settings or get_settings()
     if s.mongodb_uri:
-        from churnops.store.mongo import MongoStore
-
         return MongoStore.from_uri(s.mongodb_uri, s.mongodb_db)
-    from churnops.store.sqlite import SQLiteStore
 
     return SQLiteStore(sqlite_path(s))

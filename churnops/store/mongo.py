@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import time
+import uuid
+
 from churnops.redact import redact
 from churnops.store.base import Lease, PredictionStore
 from churnops.store.base import feedback_outcome as _outcome
@@ -128,8 +132,6 @@ class MongoStore(PredictionStore):
         return None if doc is None else Lease.from_doc(doc)
 
     def list_leases(self, prefix: str) -> list[Lease]:
-        import re
-
         docs = self.db.leases.find({"_id": {"$regex": "^" + re.escape(prefix)}}).sort("_id", 1)
         return [Lease.from_doc(d) for d in docs]
 
@@ -182,9 +184,6 @@ class MongoStore(PredictionStore):
 
     def add_audit(self, record: dict) -> dict:
         """Insert only (an `_id` already present is an error, never an overwrite)."""
-        import time
-        import uuid
-
         ts = float(record.get("ts") or time.time())
         rec = {**record, "_id": str(record.get("_id") or f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"), "ts": ts}
         self.db.audit.insert_one(dict(rec))

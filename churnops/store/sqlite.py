@@ -23,6 +23,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -460,8 +461,6 @@ class SQLiteStore(PredictionStore):
             self._audit_ready = True
 
     def add_audit(self, record: dict) -> dict:
-        import uuid
-
         rec = {
             **record,
             "_id": str(record.get("_id") or uuid.uuid4().hex),

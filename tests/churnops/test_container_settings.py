@@ -7,9 +7,9 @@ import threading
 import time
 
 from churnops import lineage, settings
-from churnops.health import check_heartbeat
-from churnops.services import heartbeat_path, repeat
 from churnops.settings import Settings
+from ops.health import check_heartbeat
+from ops.services import heartbeat_path, repeat
 
 
 def test_an_empty_env_file_means_the_environment_only(monkeypatch, tmp_path):

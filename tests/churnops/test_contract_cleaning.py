@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from churnops.cleaning import check_raw_frame, clean_frame
-from churnops.contract import ContractViolation, load_contract, snake_case, validate_record
+from churnops.contract import ContractViolation, load_contract, validate_record
+from churnops.validator import snake_case
 from tests.conftest import real_file_only
 
 
@@ -126,7 +127,8 @@ def test_one_rule_reaches_every_check(contract):
     twin and the column/msgspec batch path alike: they all read the one compiled description."""
     import json
 
-    from churnops.contract import DatasetContract, check_clean_frame
+    from churnops.cleaning import check_clean_frame
+    from churnops.contract import DatasetContract
     from churnops.speed.columnar import ColumnarValidator
     from churnops.speed.records import FastValidator
 

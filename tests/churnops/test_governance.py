@@ -142,14 +142,14 @@ def test_server_refuses_a_model_trained_with_another_contract(tmp_path, monkeypa
 )
 def test_promote_and_rollback_commands_name_what_is_missing(main, env, says, monkeypatch, capsys):
     """Refused before any registry call: exit 1 and a line naming the command and the missing value."""
-    from churnops import registry
+    from ops import registry_commands
 
     monkeypatch.delenv("REASON", raising=False)
     monkeypatch.delenv("VERSION", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SystemExit) as exit_info:
-        getattr(registry, main)()
+        getattr(registry_commands, main)()
     assert exit_info.value.code == 1
     assert says in capsys.readouterr().err
 

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import boto3
 import pytest
 
-from churnops.localservers import Server, free_port, wait_http
-from churnops.motoserver import is_kinesis
+from ops.localservers import Server, free_port, wait_http
+from ops.motoserver import is_kinesis
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +53,7 @@ def concurrent_puts(url: str, threads: int = 8, calls: int = 25, per_call: int =
 
 def test_concurrent_put_records_lose_nothing(tmp_path):
     port = free_port()
-    srv = Server(
-        [sys.executable, "-m", "churnops.motoserver", "-H", "127.0.0.1", "-p", str(port)], tmp_path / "moto.log"
-    )
+    srv = Server([sys.executable, "-m", "ops.motoserver", "-H", "127.0.0.1", "-p", str(port)], tmp_path / "moto.log")
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/moto-api/", 60, srv.proc, tmp_path / "moto.log")

@@ -1,4 +1,4 @@
-"""`python -m churnops.ready`: wait for the API's /ready, or fail naming the last answer."""
+"""`python -m ops.ready`: wait for the API's /ready, or fail naming the last answer."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def fake_api():
 
 
 def test_waits_through_loading_and_returns_the_ready_answer(fake_api):
-    from churnops.ready import wait_ready
+    from ops.ready import wait_ready
 
     url, answers = fake_api
     loading = (503, {"error": "model not loaded", "details": {"model": "loading"}})
@@ -49,7 +49,7 @@ def test_waits_through_loading_and_returns_the_ready_answer(fake_api):
 
 
 def test_timeout_names_the_last_answer(fake_api):
-    from churnops.ready import NotReady, wait_ready
+    from ops.ready import NotReady, wait_ready
 
     url, answers = fake_api
     answers.append((503, {"error": "model not loaded", "details": {"model": "ModelUriError: RUN_ID: no such run"}}))
@@ -63,8 +63,8 @@ def test_timeout_names_the_last_answer(fake_api):
 
 
 def test_nothing_listening_is_named(capsys):
-    from churnops.localservers import free_port
-    from churnops.ready import main
+    from ops.localservers import free_port
+    from ops.ready import main
 
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["--url", url, "--timeout", "0"]) == 1

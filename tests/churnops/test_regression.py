@@ -126,9 +126,9 @@ def diabetes_model(stack_env, prefect_harness):
     """The diabetes regression as `make init_aws train DATASET=diabetes` makes it: a snapshot of the
     bundled data (no DATA), then the real flow (3 trials), as its own registered model; yields
     (summary, settings)."""
-    from churnops.provision import init_aws
     from churnops.settings import get_settings
     from flows.train_flow import train_flow
+    from ops.provision import init_aws
 
     mp = pytest.MonkeyPatch()
     mp.setenv("DATASET", "diabetes")
@@ -386,10 +386,10 @@ def test_feedback_values_become_a_snapshot_and_far_off_values_trigger_retraining
     from churnops.datasets_bundled import diabetes
     from churnops.feature_store import latest_snapshot, read_snapshot
     from churnops.monitoring.window import clear_cache
-    from churnops.provision import init_aws
     from churnops.settings import get_settings
     from churnops.store.factory import open_store
     from flows.labels_flow import collect_labels_flow
+    from ops.provision import init_aws
     from reporting.trigger import evaluate_window
 
     summary, _ = diabetes_model

@@ -97,7 +97,7 @@ def test_api_refuses_to_start_in_cloud_with_the_old_default(tmp_path):
 
 
 def test_make_up_prints_the_generated_token(tmp_path, capsys):
-    from churnops.stack import print_admin_token
+    from ops.stack import print_admin_token
 
     s = settings(tmp_path)
     assert print_admin_token(s) == 0

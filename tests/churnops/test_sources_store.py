@@ -25,11 +25,10 @@ def test_missing_empty_corrupt_files_name_the_file(tmp_path, stack_env):
 
 @pytest.mark.integration
 def test_snapshot_is_content_addressed_and_idempotent(stack_env, real_data_path):
-    from churnops.aws import client
+    from churnops.aws import client, ensure_bucket, ensure_streams
     from churnops.cleaning import check_raw_frame
     from churnops.contract import load_contract
     from churnops.feature_store import canonical_csv, content_sha256, latest_snapshot, put_snapshot, read_snapshot
-    from churnops.provision import ensure_bucket, ensure_streams
 
     ensure_bucket(stack_env)
     streams = ensure_streams(stack_env)
@@ -53,8 +52,7 @@ def test_snapshot_is_content_addressed_and_idempotent(stack_env, real_data_path)
 
 @pytest.mark.integration
 def test_s3_uri_source_and_unreachable_endpoint(stack_env, tmp_path, monkeypatch):
-    from churnops.aws import client
-    from churnops.provision import ensure_bucket
+    from churnops.aws import client, ensure_bucket
     from churnops.settings import Settings
 
     ensure_bucket(stack_env)

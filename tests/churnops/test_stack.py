@@ -18,8 +18,8 @@ from churnops.settings import Settings
 
 
 def test_config_names_every_service_and_port(tmp_path):
-    from churnops import services
-    from churnops.stack import BIN, render_config
+    from ops import services
+    from ops.stack import BIN, render_config
 
     s = Settings(
         state_dir=tmp_path,
@@ -48,7 +48,7 @@ def test_config_names_every_service_and_port(tmp_path):
 def test_servers_get_the_data_set_and_model_start_serve_was_called_with(tmp_path, pristine_env):
     """`make demo-image` serves `DATASET=raw_digits MODEL_URI=models:/raw-digits-cnn@champion` through
     `start-serve` without editing `.env.local`: the servers' programs carry both; the others neither."""
-    from churnops import stack
+    from ops import stack
 
     s = Settings(state_dir=tmp_path, dataset="raw_digits", model_uri="models:/raw-digits-cnn@champion", _env_file=None)
     progs = {p.name: p for p in stack.programs(s)}
@@ -61,7 +61,7 @@ def test_servers_get_the_data_set_and_model_start_serve_was_called_with(tmp_path
 
 
 def test_compose_settings_change_the_service_command_lines(tmp_path):
-    from churnops import services
+    from ops import services
 
     s = Settings(
         state_dir=tmp_path,
@@ -78,7 +78,7 @@ def test_compose_settings_change_the_service_command_lines(tmp_path):
 
 
 def test_prometheus_program_only_when_the_binary_exists(tmp_path, monkeypatch):
-    import churnops.stack as stack
+    import ops.stack as stack
 
     s = Settings(state_dir=tmp_path, prometheus_port=19090, _env_file=None)
     monkeypatch.setattr(stack.shutil, "which", lambda name: None)
@@ -91,7 +91,7 @@ def test_prometheus_program_only_when_the_binary_exists(tmp_path, monkeypatch):
 
 
 def test_alertmanager_and_receiver_programs_only_when_alertmanager_exists(tmp_path, monkeypatch):
-    import churnops.stack as stack
+    import ops.stack as stack
 
     s = Settings(state_dir=tmp_path, alertmanager_port=19093, alert_receiver_port=19099, _env_file=None)
     monkeypatch.setattr(stack.shutil, "which", lambda name: None)
@@ -109,7 +109,7 @@ def test_alertmanager_and_receiver_programs_only_when_alertmanager_exists(tmp_pa
 def test_simulator_service_repeats_every_interval_and_survives_a_failed_round():
     import threading
 
-    from churnops.services import repeat
+    from ops.services import repeat
 
     calls, stop = [], threading.Event()
 
@@ -137,7 +137,7 @@ def test_up_refuses_a_port_taken_by_someone_else(tmp_path):
             "PATH": "/usr/bin:/bin",
         }
         out = subprocess.run(
-            [sys.executable, "-m", "churnops.stack", "up", "--timeout", "5"],
+            [sys.executable, "-m", "ops.stack", "up", "--timeout", "5"],
             capture_output=True,
             text=True,
             env=env,
@@ -175,7 +175,7 @@ def _settings(tmp_path):
 
 
 def _sleeper(tmp_path, *args: str, name: str = "sleeper"):
-    from churnops.stack import Program
+    from ops.stack import Program
 
     script = tmp_path / "sleeper.py"
     script.write_text(SLEEPER)
@@ -193,7 +193,7 @@ def _wait_for(fn, timeout: float = 30.0):
 
 
 def _program_pids(s, name: str) -> list[int]:
-    from churnops.stack import stack_processes
+    from ops.stack import stack_processes
 
     out = []
     for p in stack_processes(s):
@@ -225,7 +225,7 @@ def cleanup():
 
 
 def test_down_waits_until_every_process_has_exited(tmp_path, capsys, cleanup):
-    from churnops.stack import down, stack_processes, up
+    from ops.stack import down, stack_processes, up
 
     s = _settings(tmp_path)
     assert up(s, 30, progs=[_sleeper(tmp_path, "3")]) == 0
@@ -242,7 +242,7 @@ def test_down_waits_until_every_process_has_exited(tmp_path, capsys, cleanup):
 
 
 def test_down_kills_what_ignores_sigterm_and_names_it(tmp_path, capsys, cleanup):
-    from churnops.stack import down, stack_processes, up
+    from ops.stack import down, stack_processes, up
 
     s = _settings(tmp_path)
     assert up(s, 30, progs=[_sleeper(tmp_path, "0", "escape")]) == 0
@@ -261,7 +261,7 @@ def test_down_kills_what_ignores_sigterm_and_names_it(tmp_path, capsys, cleanup)
 
 
 def test_reset_never_deletes_the_state_under_a_live_process(tmp_path, capsys, cleanup):
-    from churnops.stack import reset, stack_processes, up
+    from ops.stack import reset, stack_processes, up
 
     s = _settings(tmp_path)
     assert up(s, 30, progs=[_sleeper(tmp_path, "0", "escape")]) == 0
@@ -280,8 +280,8 @@ def test_reset_never_deletes_the_state_under_a_live_process(tmp_path, capsys, cl
 
 
 def test_up_stops_its_own_leftovers_instead_of_refusing_their_port(tmp_path, capsys, cleanup):
-    from churnops.localservers import free_port
-    from churnops.stack import Program, down, stack_processes, up
+    from ops.localservers import free_port
+    from ops.stack import Program, down, stack_processes, up
 
     s = _settings(tmp_path)
     port = free_port()
@@ -317,7 +317,7 @@ def test_up_stops_its_own_leftovers_instead_of_refusing_their_port(tmp_path, cap
 
 
 def test_stack_programs_run_with_telemetry_off_and_the_stack_marker(tmp_path):
-    from churnops.stack import render_config
+    from ops.stack import render_config
 
     s = _settings(tmp_path)
     conf = render_config(s)
@@ -330,7 +330,7 @@ def test_stack_programs_run_with_telemetry_off_and_the_stack_marker(tmp_path):
 
 
 def test_local_servers_children_run_with_telemetry_off(tmp_path, monkeypatch):
-    from churnops.localservers import Server
+    from ops.localservers import Server
 
     for name in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):
         monkeypatch.delenv(name, raising=False)  # not inherited from this process: set by Server itself
@@ -350,7 +350,7 @@ def test_local_servers_children_run_with_telemetry_off(tmp_path, monkeypatch):
 def test_entry_points_turn_telemetry_off_before_importing_mlflow(tmp_path):
     code = (
         "import os, sys; sys.argv = ['churnops-stack', 'config']\n"
-        "from churnops import entry\n"
+        "from ops import entry\n"
         "try:\n    entry.stack()\nexcept SystemExit:\n    pass\n"
         "print('TELEMETRY', os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['DO_NOT_TRACK'],"
         " os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
@@ -374,9 +374,9 @@ def test_repin_after_down_up_reaches_the_servers_under_the_real_supervisor(tmp_p
     import os
     import time
 
-    from churnops import stack
     from churnops.registry import write_env_value
     from churnops.settings import export_env, get_settings
+    from ops import stack
 
     env_path, seen = tmp_path / ".env.test", tmp_path / "seen.txt"
     env_path.write_text("RUN_ID=run-a\n")

@@ -14,7 +14,7 @@ def settings(tmp_path, **over) -> Settings:
 
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make system-deps installs it)")
 def test_nginx_takes_the_public_port_and_server_moves_to_loopback(tmp_path):
-    from churnops.stack import programs, render_config, with_proxy
+    from ops.stack import programs, render_config, with_proxy
 
     progs = {p.name: p for p in programs(settings(tmp_path))}
     proxy, api = progs["api-proxy"], progs["api"]
@@ -29,7 +29,7 @@ def test_nginx_takes_the_public_port_and_server_moves_to_loopback(tmp_path):
 
 
 def test_without_the_proxy_the_server_keeps_the_public_port(tmp_path):
-    from churnops.stack import programs, with_proxy
+    from ops.stack import programs, with_proxy
 
     s = settings(tmp_path, api_proxy="off")
     progs = {p.name: p for p in programs(s)}
@@ -65,8 +65,8 @@ def test_nginx_limits_connections_per_client_with_a_json_429(tmp_path):
     import subprocess
     import time
 
-    from churnops.localservers import free_port
     from churnops.nginx import nginx_args
+    from ops.localservers import free_port
     from serving.proxy import render_config
     from tests.netfaults import BlackHole
 

@@ -8,6 +8,7 @@ from importlib.metadata import version
 
 import numpy as np
 
+from churnops.tasks import task_for
 from churnops.training import Split
 from churnops.tuning import SerialEngine, SweepConfig, run_sweep, search_space, tpe_trials
 from tests.tripwire import changed
@@ -86,7 +87,7 @@ def test_serial_sweep_is_deterministic_for_a_seed():
     X = rng.normal(size=(300, 4)).astype(np.float32)
     y = (X[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(int)
     data = Split(X[:200], y[:200], X[200:250], y[200:250], X[250:], y[250:])
-    cfg = SweepConfig(n_trials=4, seed=3, max_trees=20, early_stopping=5, threads=1, n_startup=2)
+    cfg = SweepConfig(n_trials=4, seed=3, max_trees=20, early_stopping=5, threads=1, n_startup=2, task=task_for())
     a, b = run_sweep(data, cfg), run_sweep(data, cfg)
     assert [t.params for t in a] == [t.params for t in b]
     assert [t.metrics["auc_roc"] for t in a] == [t.metrics["auc_roc"] for t in b]

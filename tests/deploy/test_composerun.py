@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from churnops.composerun import (
+from ops.composerun import (
     ComposeError,
     depends,
     environment_of,
@@ -103,7 +103,7 @@ def can_emulate() -> str | None:
 def test_compose_smoke_runs_the_compose_files_without_docker():
     """The README's Docker sequence on the compose files' own services, then the smoke checks."""
     out = subprocess.run(
-        [sys.executable, "-m", "churnops.composerun", "smoke"],
+        [sys.executable, "-m", "ops.composerun", "smoke"],
         cwd=ROOT,
         capture_output=True,
         text=True,

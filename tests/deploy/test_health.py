@@ -34,7 +34,7 @@ def health(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_http_health_is_any_answer_below_500(http_server):
-    from churnops.localservers import free_port
+    from ops.localservers import free_port
 
     assert health(f"{http_server}/200").returncode == 0
     assert health(f"{http_server}/404").returncode == 0  # up, just no such page (nginx before the first report)

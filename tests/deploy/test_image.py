@@ -149,5 +149,5 @@ def test_ci_compose_job_runs_the_smoke_check_on_docker():
     job = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())["jobs"]["compose"]
     runs = "\n".join(s.get("run", "") for s in job["steps"])
     assert "$DC config" in runs and "$DC build mlflow" in runs and "$DC up -d --wait" in runs
-    assert "python -m churnops.composecheck --grafana" in runs
+    assert "python -m ops.composecheck --grafana" in runs
     assert any(s.get("if") == "failure()" and "logs" in s["run"] and "ps" in s["run"] for s in job["steps"])

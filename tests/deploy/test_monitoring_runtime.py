@@ -72,9 +72,9 @@ def get_json(url: str) -> dict:
 
 @pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed (make system-deps)")
 def test_embedded_prometheus_scrapes_the_api_with_the_alert_rules(tmp_path):
-    from churnops import services
-    from churnops.localservers import Server, free_port, wait_http
     from churnops.settings import Settings
+    from ops import services
+    from ops.localservers import Server, free_port, wait_http
 
     port = free_port()
     s = Settings(_env_file=None, state_dir=tmp_path, prometheus_port=port)

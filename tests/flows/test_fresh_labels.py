@@ -63,6 +63,7 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(
     from churnops.feature_store import latest_snapshot, snapshot_at, snapshot_metadata
     from churnops.registry import client
     from churnops.store.factory import open_store
+    from flows.labels_flow import labels_collector
     from flows.train_flow import train_flow
     from reporting.trigger import default_start_training, evaluate_trigger
     from tests.reporting.test_trigger import CRITICAL
@@ -83,7 +84,12 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(
     store = open_store(own_model)
     try:
         d = evaluate_trigger(
-            store, own_model, CRITICAL, None, start_training=default_start_training(own_model, run=run), alert=False
+            store,
+            own_model,
+            CRITICAL,
+            None,
+            start_training=default_start_training(own_model, labels_collector(own_model), run=run),
+            alert=False,
         )
     finally:
         store.close()

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from simulators.traffic import to_request_features
 
 pytestmark = pytest.mark.integration
@@ -132,6 +132,7 @@ def test_drift_labels_retrain_rules_approval_serving(loop_settings, api, real_da
     from churnops.contract import load_contract
     from churnops.registry import alias_version
     from churnops.store.factory import open_store
+    from flows.labels_flow import labels_collector
     from flows.train_flow import train_flow
     from reporting.trigger import default_start_training, evaluate_window
     from simulators.traffic import apply_drift
@@ -190,7 +191,11 @@ def test_drift_labels_retrain_rules_approval_serving(loop_settings, api, real_da
     store = open_store(s)
     try:
         decision = evaluate_window(
-            store, s, contract, window_hours=1.0, start_training=default_start_training(s, run=run_inline)
+            store,
+            s,
+            contract,
+            window_hours=1.0,
+            start_training=default_start_training(s, labels_collector(s), run=run_inline),
         )
     finally:
         store.close()

@@ -51,7 +51,7 @@ def shipped(stack_env, prefect_harness, tmp_path_factory):
     """The shipped `.env.local` as the env file; the process environment only points at the test
     servers (as an operator's would; a bucket and state folder of this module's own, small synthetic
     data): MODEL_NAME and EXPERIMENT_NAME unset. Yields a function that sets DATASET and returns the settings."""
-    from churnops.provision import ensure_bucket, ensure_streams
+    from churnops.aws import ensure_bucket, ensure_streams
     from churnops.settings import get_settings
 
     mp = pytest.MonkeyPatch()
@@ -78,8 +78,8 @@ def shipped(stack_env, prefect_harness, tmp_path_factory):
 @pytest.fixture(scope="module")
 def diabetes_line(shipped):
     """`make init_aws train DATASET=diabetes` (2 trials), word for word from the README: (summary, settings)."""
-    from churnops.provision import init_aws
     from flows.train_flow import train_flow
+    from ops.provision import init_aws
 
     s = shipped("diabetes")
     assert s.n_trials == 50 and not s.model_name  # read from the shipped file: MODEL_NAME empty there
@@ -90,8 +90,8 @@ def diabetes_line(shipped):
 @pytest.fixture(scope="module")
 def churn_line(shipped):
     """`make init_aws train` of the churn contract (small synthetic data, 2 trials): (summary, settings)."""
-    from churnops.provision import init_aws
     from flows.train_flow import train_flow
+    from ops.provision import init_aws
 
     s = shipped("bank_churners")
     init_aws(s)
@@ -102,9 +102,9 @@ def test_readme_commands_register_each_data_set_under_its_own_name(diabetes_line
     from churnops.contract import load_contract
     from churnops.datasets_bundled import diabetes
     from churnops.model_line import fingerprints_of, for_dataset
-    from churnops.provision import init_aws
     from churnops.registry import alias_version, client
     from flows.train_flow import train_flow
+    from ops.provision import init_aws
 
     summary, s = diabetes_line
     assert (summary["model_name"], summary["version"], summary["outcome"]) == ("diabetes-xgboost", "1", "promoted")

@@ -103,7 +103,8 @@ def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):
     """Promotion keeps the old champion as alias `previous`; rollback returns to it; intent + audit records."""
     import mlflow
 
-    from churnops.registry import alias_version, client, promote, rollback
+    from churnops.governance import promote, rollback
+    from churnops.registry import alias_version, client
     from churnops.store.factory import open_store
 
     stack_env = own_model  # this module's own registered model: the session's champion never moves
@@ -113,11 +114,11 @@ def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):
     mlflow.set_registry_uri(stack_env.mlflow_tracking_uri)
     newest = str(mlflow.register_model(f"runs:/{trained['run_id']}/model", name).version)  # a version of its own
     assert newest != first
-    assert promote(newest, stack_env, reason="better on fresh labels") == first
+    assert promote(newest, "better on fresh labels", stack_env) == first
     assert alias_version(name, "champion", stack_env).version == newest
     assert alias_version(name, "previous", stack_env).version == first
     assert c.get_model_version(name, newest).tags["previous_champion"] == first
-    assert rollback(stack_env, reason="complaints from sales") == (newest, first)
+    assert rollback("complaints from sales", None, stack_env) == (newest, first)
     assert alias_version(name, "champion", stack_env).version == first
     assert alias_version(name, "previous", stack_env).version == newest
     store = open_store(stack_env)

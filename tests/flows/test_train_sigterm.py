@@ -20,8 +20,8 @@ pytestmark = pytest.mark.integration
 def test_sigterm_during_the_sweep_ends_make_train_registering_nothing(stack_env, prefect_harness, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    from churnops.provision import ensure_bucket, init_aws
     from churnops.registry import client
+    from ops.provision import ensure_bucket, init_aws
 
     name = f"sigterm-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ) | {

@@ -55,12 +55,12 @@ def no_decoding(monkeypatch):
     """Fail the test if LibRaw or PIL is asked to open the bytes."""
     import PIL.Image
 
-    import churnops.image.dataset as dataset
+    import serving.image
 
     def refuse(*a, **k):
         raise AssertionError("the image was handed to a decoder before its size was checked")
 
-    monkeypatch.setattr(dataset, "read_raw", refuse)
+    monkeypatch.setattr(serving.image, "read_raw", refuse)  # what the server calls
     monkeypatch.setattr(PIL.Image, "open", refuse)
 
 

@@ -264,8 +264,7 @@ def test_a_model_of_another_contract_is_refused(image_model, raw_contract):
 @pytest.mark.integration
 def test_stream_image_uri_records_end_to_end(image_model, raw_contract):
     """DNGs in moto S3, records on moto Kinesis: results + log entries; poison records to the DLQ."""
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
     from serving.consumer import Consumer
     from serving.model import ModelManager
@@ -336,8 +335,7 @@ def test_stream_image_uri_records_end_to_end(image_model, raw_contract):
 def test_stream_image_model_failing_on_everything_makes_the_shard_wait(image_model, raw_contract):
     """An image model that fails on every record (and on a blank image) is not the records' fault: no
     result, no dead letter, no checkpoint; once the model works again every record gets its result."""
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
     from serving.consumer import Consumer
     from serving.model import ModelManager
@@ -400,7 +398,7 @@ def test_predict_image_through_gunicorn(image_model, raw_contract, tmp_path):
     import urllib.request
     from pathlib import Path
 
-    from churnops.localservers import Server, free_port, wait_http
+    from ops.localservers import Server, free_port, wait_http
 
     s = image_model["settings"]
     port = free_port()

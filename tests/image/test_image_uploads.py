@@ -47,7 +47,7 @@ def objects(s, prefix: str) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_upload_kept_under_its_sha256_only_when_enabled(image_model, keep):
-    from churnops.provision import ensure_bucket
+    from churnops.aws import ensure_bucket
 
     s = image_model["settings"].model_copy(
         update={"image_keep_uploads": keep, "bucket": f"uploads-{uuid.uuid4().hex[:8]}"}
@@ -74,9 +74,8 @@ def test_upload_kept_under_its_sha256_only_when_enabled(image_model, keep):
 
 
 def test_retention_keeps_the_newest_n_and_drops_the_old(stack_env):
-    from churnops.aws import client
+    from churnops.aws import client, ensure_bucket
     from churnops.image.uploads import apply_retention, list_uploads, put_upload
-    from churnops.provision import ensure_bucket
 
     s = stack_env.model_copy(update={"bucket": f"retention-{uuid.uuid4().hex[:8]}", "image_keep_max_count": 3})
     ensure_bucket(s)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from churnops.localservers import Server, free_port, wait_http
 from churnops.monitoring.gauges import DriftGauges
+from ops.localservers import Server, free_port, wait_http
 from reporting.alert_receiver import make_server, slack_text
 
 MON = Path(__file__).resolve().parents[2] / "monitoring"

@@ -106,7 +106,7 @@ def test_drift_hours_out_of_range_is_422_naming_hours(client, hours):
 @pytest.mark.parametrize("mlflow", ["silent", "closed"])
 def test_drift_report_never_waits_for_mlflow(settings_factory, contract, reference_frame, monkeypatch, mlflow):
     """Issue 13 item 16: with no cached reference and MLflow away, 503 + Retry-After at once, fetch in the background."""
-    from churnops.localservers import free_port
+    from ops.localservers import free_port
     from serving.app import create_app
     from tests.netfaults import BlackHole
 

@@ -34,7 +34,7 @@ def read_stream(kin, stream) -> list[dict]:
 
 @pytest.fixture
 def stream_settings(moto_endpoint, tmp_path, monkeypatch):
-    from churnops.provision import ensure_streams
+    from churnops.aws import ensure_streams
     from churnops.settings import Settings
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
@@ -57,8 +57,7 @@ def stream_settings(moto_endpoint, tmp_path, monkeypatch):
 
 def one_shard(s, **update):
     """`s` with its input stream created again with one shard (the fixture's has two)."""
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
 
     s = s.model_copy(update={"stream_shards": 1, **update})
     client("kinesis", s).delete_stream(StreamName=s.input_stream)
@@ -456,8 +455,7 @@ def test_recreated_stream_stale_checkpoint_is_discarded(stream_settings, bundles
     time), and every new record gets its result."""
     import time
 
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings)
@@ -488,8 +486,7 @@ def test_stream_created_again_while_the_consumer_runs(stream_settings, bundles):
     """The running consumer notices the new stream at its next shard refresh and reads it from the start."""
     import math
 
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
 
     s = one_shard(stream_settings)

@@ -146,7 +146,7 @@ def in_order(pairs) -> bool:
 
 @pytest.fixture
 def lease_settings(moto_endpoint, tmp_path, monkeypatch):
-    from churnops.provision import ensure_streams
+    from churnops.aws import ensure_streams
     from churnops.settings import Settings
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def one_shard_settings(moto_endpoint, tmp_path, monkeypatch):
-    from churnops.provision import ensure_streams
+    from churnops.aws import ensure_streams
     from churnops.settings import Settings
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)

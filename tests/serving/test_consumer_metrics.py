@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from churnops.localservers import free_port
 from churnops.settings import Settings
+from ops.localservers import free_port
 from serving.consumer_metrics import metrics_port, serve_metrics
 from serving.metrics import get_metrics
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from tests.serving.conftest import example
 from tests.serving.test_consumer import read_stream
 
@@ -327,8 +327,7 @@ def test_stream_end_to_end_with_sigkill(stack_env, trained, tmp_path):
     """Raw, base64 and poison records; the consumer SIGKILLed mid-stream and restarted loses nothing."""
     import base64
 
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
 
     tag = uuid.uuid4().hex[:8]

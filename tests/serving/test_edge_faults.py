@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from churnops import badclients
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from tests.serving.conftest import example
 from tests.serving.test_slow_clients import api_env, request, wait_ready
 

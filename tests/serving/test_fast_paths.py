@@ -202,7 +202,7 @@ def test_server_with_fast_paths_off_answers_like_the_fast_app(bundles, tmp_path,
     import sys
     from pathlib import Path
 
-    from churnops.localservers import Server, free_port, wait_http
+    from ops.localservers import Server, free_port, wait_http
     from tests.serving.conftest import example
 
     root = Path(__file__).resolve().parents[2]

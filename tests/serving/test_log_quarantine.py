@@ -210,7 +210,7 @@ def test_the_quarantine_counts_inside_the_spool_cap(tmp_path):
 
 
 def test_replay_quarantine_puts_records_back_and_keeps_those_still_refused(tmp_path):
-    """`make replay-quarantine` (python -m serving.quarantine): records the store takes now leave the
+    """`make replay-quarantine` (python -m ops.replay_quarantine): records the store takes now leave the
     quarantine and are in the store; one it still refuses (a lone surrogate in a request id) stays,
     with its reason; a line that cannot be parsed stays as it was."""
     state = tmp_path / "state"
@@ -225,7 +225,7 @@ def test_replay_quarantine_puts_records_back_and_keeps_those_still_refused(tmp_p
     small.close()
     env = {**os.environ, "STATE_DIR": str(state), "ENV_FILE": str(tmp_path / "none"), "MONGODB_URI": ""}
     r = subprocess.run(
-        [sys.executable, "-m", "serving.quarantine"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ops.replay_quarantine"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -238,7 +238,7 @@ def test_replay_quarantine_puts_records_back_and_keeps_those_still_refused(tmp_p
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (spool / "quarantine").iterdir())
     # replayed again: nothing more to take, the refused ones stay
     r2 = subprocess.run(
-        [sys.executable, "-m", "serving.quarantine"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "ops.replay_quarantine"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert r2.returncode == 0 and json.loads(r2.stdout.strip().splitlines()[-1])["kept"] == 2
     assert "replay-quarantine:" in (ROOT / "Makefile").read_text()
@@ -253,6 +253,6 @@ def test_replay_quarantine_with_the_store_down_keeps_everything_and_fails(tmp_pa
     (q,) = (tmp_path / "spool" / "quarantine").iterdir()
     before = q.read_bytes()
     store, state = failing_mongo(OperationFailure("Authentication failed.", code=18))
-    res = PredictionLog(store, tmp_path / "spool").quarantine.replay(PredictionLog(store, tmp_path / "spool"))
+    res = PredictionLog(store, tmp_path / "spool").replay_quarantine()
     assert res.replayed == 0 and res.kept == 1 and "Authentication failed" in res.store_error
     assert q.read_bytes() == before and state["calls"] == 1

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from churnops.contract import load_contract
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from tests.serving.oip_local_models import image_expected, make_image_model, make_regression_bundle
 from tests.serving.test_oip import churn_rows
 from tests.serving.test_slow_clients import api_env, wait_ready

@@ -226,7 +226,7 @@ def test_dead_store_bounded_queue_backoff_nothing_lost(tmp_path, backend):
     """Item 11: SQLite locked by another process / MongoDB on a closed port (short timeouts): the
     in-memory queue stays under its bound, the store is tried with backoff (not per batch), every
     record is on disk (journal -> spool), none dropped, and all reach a store that answers again."""
-    from churnops.localservers import free_port
+    from ops.localservers import free_port
 
     if backend == "sqlite-locked":
         SQLiteStore(tmp_path / "p.db").ping()  # create the file (WAL) before it is locked

@@ -172,8 +172,7 @@ def test_raw_rows_answer_the_same_with_fast_paths_off(serving_settings, bundles,
 def test_raw_row_on_the_stream(moto_endpoint, tmp_path, monkeypatch, bundles):
     import uuid
 
-    from churnops.aws import client
-    from churnops.provision import ensure_streams
+    from churnops.aws import client, ensure_streams
     from churnops.settings import Settings
     from churnops.store.sqlite import SQLiteStore
     from tests.serving.test_consumer import make_consumer, put, read_stream

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from churnops.localservers import free_port
+from ops.localservers import free_port
 from tests.netfaults import BlackHole
 from tests.serving.conftest import example, local_model_set
 

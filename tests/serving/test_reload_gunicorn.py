@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from tests.netfaults import SwitchProxy
 from tests.serving.conftest import example
 from tests.serving.test_e2e import ROOT, http

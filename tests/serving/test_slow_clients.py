@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from churnops.localservers import Server, free_port, wait_http
+from ops.localservers import Server, free_port, wait_http
 from tests.serving.conftest import example
 
 ROOT = Path(__file__).resolve().parents[2]

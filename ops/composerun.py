@@ -1,9 +1,9 @@
 """`make compose-smoke`: the two compose files' own services, run here without Docker.
 
-`python -m churnops.composerun smoke` puts a `docker` program first on PATH (this module, `shim`)
+`python -m ops.composerun smoke` puts a `docker` program first on PATH (this module, `shim`)
 and runs the README's Docker sequence with the Makefile itself (`make RUNTIME=docker
 setup-model-registry`, `init_aws`, `train`, `setup-model-serve`, `apply-prediction-reporting`),
-then `churnops.composecheck` inside the network. Each `docker compose ...` the Makefile runs reads
+then `ops.composecheck` inside the network. Each `docker compose ...` the Makefile runs reads
 docker-compose-registry.yml and docker-compose-serve.yml themselves (the `-f` files), interpolates
 them as compose does (the `--env-file` files, the shell environment, `$$`, `${V:-d}`, `${V:?m}`),
 and runs every service of the project's image as a host process with its `command`,
@@ -31,10 +31,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from dotenv import dotenv_values
 
 from churnops.settings import PROJECT_ROOT
 
@@ -88,8 +90,6 @@ def interpolate_tree(node, env: dict[str, str]):
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    from dotenv import dotenv_values
-
     return {k: v or "" for k, v in dotenv_values(path, interpolate=False).items()}
 
 
@@ -356,7 +356,7 @@ class Compose:
             return [
                 sys.executable,
                 "-m",
-                "churnops.composerun",
+                "ops.composerun",
                 "postgres",
                 str(self.mounts(name)["/var/lib/postgresql/data"]),
             ]
@@ -708,14 +708,12 @@ def demo_problems(wd: Path, env: dict[str, str]) -> list[str]:
 
 
 def smoke(root: Path = PROJECT_ROOT, keep: bool = False) -> int:
-    import tempfile
-
     state = Path(tempfile.mkdtemp(prefix="compose-smoke-"))
     os.chmod(state, 0o755)
     run = Run(state)
     bindir = state / "bin"
     bindir.mkdir()
-    (bindir / "docker").write_text(f'#!/bin/sh\nexec {sys.executable} -m churnops.composerun shim "$@"\n')
+    (bindir / "docker").write_text(f'#!/bin/sh\nexec {sys.executable} -m ops.composerun shim "$@"\n')
     os.chmod(bindir / "docker", 0o755)
     wd = workdir(root, state)
     env = {k: v for k, v in os.environ.items() if k not in ("ENV_FILE", "STATE_DIR", "MAKEFLAGS", "MAKELEVEL")}
@@ -758,11 +756,11 @@ def smoke(root: Path = PROJECT_ROOT, keep: bool = False) -> int:
             "prefect-worker",
             "python",
             "-m",
-            "churnops.composecheck",
+            "ops.composecheck",
         ]
         rc = subprocess.run(check, cwd=wd, env=env).returncode
         if rc:
-            failures.append("smoke checks (churnops.composecheck)")
+            failures.append("smoke checks (ops.composecheck)")
         if failures:
             subprocess.run([*dc, "ps"], cwd=wd, env=env)
     finally:
@@ -785,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
             print("compose-smoke needs root and `ip` (network namespaces)", file=sys.stderr)
             return 2
         return smoke(Path(args[1]).resolve() if len(args) > 1 else PROJECT_ROOT, keep=os.environ.get("KEEP") == "1")
-    print("usage: python -m churnops.composerun smoke [CHECKOUT] | shim ... | postgres DIR", file=sys.stderr)
+    print("usage: python -m ops.composerun smoke [CHECKOUT] | shim ... | postgres DIR", file=sys.stderr)
     return 2
 
 

@@ -1,6 +1,6 @@
 """The embedded stack's S3 + Kinesis endpoint: moto's server, with Kinesis calls taken one at a time.
 
-    python -m churnops.motoserver -H 127.0.0.1 -p 4566
+    python -m ops.motoserver -H 127.0.0.1 -p 4566
 
 moto (5.2.5) numbers a Kinesis record as the shard's highest sequence number + 1 without a lock
 (`moto.kinesis.models.Shard.put_record`), and its server answers requests on several threads. Two
@@ -24,6 +24,9 @@ import argparse
 import hashlib
 import os
 import threading
+from collections import OrderedDict
+
+from werkzeug.serving import run_simple
 
 
 def is_kinesis(environ: dict) -> bool:
@@ -54,8 +57,6 @@ def one_kinesis_call_at_a_time(app):
 def reshard_like_kinesis() -> None:
     """Patch moto's Kinesis models: parents keep their records on split/merge; GetRecords on a closed
     shard read to its end gives no NextShardIterator."""
-    from collections import OrderedDict
-
     from moto.kinesis import models
     from moto.kinesis.utils import decompose_shard_iterator
 
@@ -111,7 +112,6 @@ def reshard_like_kinesis() -> None:
 def main(argv: list[str] | None = None) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from moto.server import MotoRequestHandler
-    from werkzeug.serving import run_simple
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-H", "--host", default="127.0.0.1")

@@ -11,8 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from churnops.services import mlflow_server_argv, moto_server_argv
 from churnops.settings import quiet_env
+from ops.services import mlflow_server_argv, moto_server_argv
 
 BIN = Path(sys.executable).parent
 

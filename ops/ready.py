@@ -1,6 +1,6 @@
 """Wait until the HTTP API says it is ready (`make start-serve`, `make demo`), or fail saying why.
 
-    python -m churnops.ready [--url http://127.0.0.1:9696] [--timeout 180]
+    python -m ops.ready [--url http://127.0.0.1:9696] [--timeout 180]
 
 Polls `<url>/ready` (200 once the model is loaded, 503 while it loads or after a failed load),
 printing what it waits for each time the answer changes; exits 0 with the served version once

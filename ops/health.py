@@ -14,7 +14,10 @@ import time
 import urllib.error
 import urllib.request
 
+from churnops.aws import client
 from churnops.settings import Settings, get_settings
+from churnops.store.factory import open_store
+from ops.services import heartbeat_max_age_s, heartbeat_path
 
 
 def check_url(url: str, timeout: float = 5.0) -> str | None:
@@ -30,9 +33,6 @@ def check_url(url: str, timeout: float = 5.0) -> str | None:
 
 def check_consumer(s: Settings) -> str | None:
     """None when the input stream and the prediction log both answer, else the reason."""
-    from churnops.aws import client
-    from churnops.store.factory import open_store
-
     try:
         client("kinesis", s).describe_stream_summary(StreamName=s.input_stream)
     except Exception as exc:
@@ -46,8 +46,6 @@ def check_consumer(s: Settings) -> str | None:
 
 def check_heartbeat(s: Settings) -> str | None:
     """None when this container's simulator touched its heartbeat recently, else the reason."""
-    from churnops.services import heartbeat_max_age_s, heartbeat_path
-
     path, limit = heartbeat_path(s), heartbeat_max_age_s(s)
     try:
         age = time.time() - float(path.read_text().strip())

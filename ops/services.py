@@ -1,6 +1,6 @@
 """The command line of every long-running service, in one place.
 
-The embedded stack (`churnops.stack`, under supervisord) and the Docker image (compose
+The embedded stack (`ops.stack`, under supervisord) and the Docker image (compose
 `command:`) run the same console scripts (`churnops-mlflow`, `churnops-api`, ...); each script
 builds its argv here from the settings and `exec`s the real server, so signals reach it
 directly. Nothing here touches the network.
@@ -28,7 +28,7 @@ def port_of(url: str, default: int = 80) -> int:
 
 
 def moto_server_argv(host: str, port: int) -> list[str]:
-    """The S3 + Kinesis endpoint (`churnops.motoserver`) on `host:port`; health at `/moto-api/`."""
+    """The S3 + Kinesis endpoint (`ops.motoserver`) on `host:port`; health at `/moto-api/`."""
     return [str(BIN / "churnops-moto"), "-H", host, "-p", str(port)]
 
 
@@ -183,22 +183,3 @@ def repeat(
             return code
         if stop.wait(max(0.0, interval_s - (time.monotonic() - started))):
             return code
-
-
-def _simulator(target: Callable[[], object]) -> None:
-    s = get_settings()
-    sys.exit(repeat(target, s.simulate_interval_s, heartbeat=heartbeat_path(s)))
-
-
-def simulate_http_main() -> None:
-    """HTTP simulator; with SIMULATE_INTERVAL_S > 0 a long-running service that sends a round every interval."""
-    from simulators.http_sim import main
-
-    _simulator(main)
-
-
-def simulate_kinesis_main() -> None:
-    """Kinesis simulator; with SIMULATE_INTERVAL_S > 0 a long-running service that sends a round every interval."""
-    from simulators.kinesis_sim import main
-
-    _simulator(main)

@@ -1,9 +1,9 @@
 """The smoke check of a running compose stack, from inside its network (compose addresses).
 
-    docker compose ... run --rm --no-deps -e ADMIN_TOKEN prefect-worker python -m churnops.composecheck [--grafana]
+    docker compose ... run --rm --no-deps -e ADMIN_TOKEN prefect-worker python -m ops.composecheck [--grafana]
 
 Run in a container of the project's image on the compose network: under Docker (the CI `compose`
-job) and under `make compose-smoke` (churnops/composerun.py, the same files without Docker). Each
+job) and under `make compose-smoke` (ops/composerun.py, the same files without Docker). Each
 check prints PASS or FAIL with the reason; all run, the exit code is 1 when any failed:
 
 - the API answers /ready and a prediction at `api:9696` as soon as compose calls it healthy;
@@ -27,8 +27,11 @@ from collections.abc import Callable
 
 import httpx
 
+from churnops.aws import client
+from churnops.contract import load_contract
 from churnops.model_line import resolved
 from churnops.settings import Settings, get_settings
+from simulators.traffic import customer_pool, plan_records
 
 API = "http://api:9696"
 NGINX = "http://nginx:8888"
@@ -40,9 +43,6 @@ SHARD_KEYS = ("1", str(2**127 + 1))
 
 def sample_requests(s: Settings, n: int) -> list[dict]:
     """`n` prediction requests from the seeded synthetic generator (the simulators' own planner)."""
-    from churnops.contract import load_contract
-    from simulators.traffic import customer_pool, plan_records
-
     contract = load_contract(s.dataset)
     pool, _ = customer_pool(s, contract, "synthetic", n=max(n, 50))
     records, _ = plan_records(pool, contract, n, 7, [], "sudden", 0.0, prefix=f"smoke-{uuid.uuid4().hex[:6]}")
@@ -71,8 +71,6 @@ class Kinesis:
     """Puts records on the input stream and finds their results on the output stream."""
 
     def __init__(self, s: Settings):
-        from churnops.aws import client
-
         self.s, self.kin = s, client("kinesis", s)
         self.iters: dict[str, str] = {}
         self.seen: dict[str, dict] = {}

@@ -26,11 +26,15 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 
-from churnops import services
+import psutil
+
+from churnops.admin import AdminTokenError, admin_token, token_path
+from churnops.registry import pin_problem
 from churnops.settings import PROJECT_ROOT, QUIET_ENV, Settings, child_env, get_settings
+from ops import services
+from serving.proxy import proxy_enabled, upstream_bind
 
 BIN = Path(sys.executable).parent
 MARKER = "CHURNOPS_STACK_DIR"  # environment variable naming the state folder of the stack a process belongs to
@@ -52,7 +56,7 @@ class Program:
 
 def programs(s: Settings) -> list[Program]:
     """What the embedded stack runs: the project's console scripts (the Docker image runs the same ones,
-    see churnops.services); ports come from the settings' URLs."""
+    see ops.services); ports come from the settings' URLs."""
     moto_port = services.port_of(s.aws_endpoint_url or "http://127.0.0.1:4566")
     mlflow_port = services.port_of(s.mlflow_tracking_uri)
     prefect_port = services.port_of(s.prefect_api_url)
@@ -74,16 +78,15 @@ def programs(s: Settings) -> list[Program]:
         ),
         Program("prefect-worker", [str(BIN / "churnops-prefect-worker")], None, None, env=prefect_env, startsecs=5),
     ]
-    if find_spec("reporting.webserver") is not None:
-        progs.append(
-            Program(
-                "reports",
-                [str(BIN / "churnops-reports")],
-                s.reports_port,
-                f"http://127.0.0.1:{s.reports_port}/",
-                group="monitor",
-            )
+    progs.append(
+        Program(
+            "reports",
+            [str(BIN / "churnops-reports")],
+            s.reports_port,
+            f"http://127.0.0.1:{s.reports_port}/",
+            group="monitor",
         )
+    )
     prometheus = shutil.which("prometheus")
     if prometheus:  # `make system-deps` installs the Debian package; optional
         progs.append(
@@ -117,57 +120,55 @@ def programs(s: Settings) -> list[Program]:
                 group="monitor",
             )
         )
-    if find_spec("serving.server") is not None:
-        proxy = _api_proxy(s)
-        if proxy is not None:  # nginx on the public port, the API server behind it on a loopback port
-            internal = s.api_internal_port
-            progs.append(
-                Program(
-                    "api",
-                    [str(BIN / "churnops-api")],
-                    internal,
-                    f"http://127.0.0.1:{internal}/health",
-                    autostart=False,
-                    group="serve",
-                    env={"API_BIND": proxy, **serving_pin_env(s)},
-                    stopwaitsecs=35,
-                )
-            )  # the server's graceful stop takes up to 30 s
-            progs.append(
-                Program(
-                    API_PROXY,
-                    [str(BIN / "churnops-api-proxy")],
-                    s.api_port,
-                    f"http://127.0.0.1:{s.api_port}/health",
-                    autostart=False,
-                    group="serve",
-                )
-            )
-        else:
-            progs.append(
-                Program(
-                    "api",
-                    [str(BIN / "churnops-api")],
-                    s.api_port,
-                    f"http://127.0.0.1:{s.api_port}/health",
-                    autostart=False,
-                    group="serve",
-                    env=serving_pin_env(s),
-                    stopwaitsecs=35,
-                )
-            )  # the server's graceful stop takes up to 30 s
-    if find_spec("serving.consumer") is not None:
+    proxy = _api_proxy(s)
+    if proxy is not None:  # nginx on the public port, the API server behind it on a loopback port
+        internal = s.api_internal_port
         progs.append(
             Program(
-                "consumer",
-                [str(BIN / "churnops-consumer")],
-                None,
-                None,
+                "api",
+                [str(BIN / "churnops-api")],
+                internal,
+                f"http://127.0.0.1:{internal}/health",
+                autostart=False,
+                group="serve",
+                env={"API_BIND": proxy, **serving_pin_env(s)},
+                stopwaitsecs=35,
+            )
+        )  # the server's graceful stop takes up to 30 s
+        progs.append(
+            Program(
+                API_PROXY,
+                [str(BIN / "churnops-api-proxy")],
+                s.api_port,
+                f"http://127.0.0.1:{s.api_port}/health",
+                autostart=False,
+                group="serve",
+            )
+        )
+    else:
+        progs.append(
+            Program(
+                "api",
+                [str(BIN / "churnops-api")],
+                s.api_port,
+                f"http://127.0.0.1:{s.api_port}/health",
                 autostart=False,
                 group="serve",
                 env=serving_pin_env(s),
+                stopwaitsecs=35,
             )
+        )  # the server's graceful stop takes up to 30 s
+    progs.append(
+        Program(
+            "consumer",
+            [str(BIN / "churnops-consumer")],
+            None,
+            None,
+            autostart=False,
+            group="serve",
+            env=serving_pin_env(s),
         )
+    )
     return progs
 
 
@@ -185,10 +186,6 @@ API_PROXY = "api-proxy"
 
 def _api_proxy(s: Settings) -> str | None:
     """The API server's bind address behind nginx when the API gets the proxy (nginx installed), else None."""
-    if find_spec("serving.proxy") is None:
-        return None
-    from serving.proxy import proxy_enabled, upstream_bind
-
     return upstream_bind(s) if proxy_enabled(s) else None
 
 
@@ -201,7 +198,7 @@ def with_proxy(s: Settings, names: list[str], stopping: bool = False) -> list[st
 
 def program_env(s: Settings) -> dict[str, str]:
     """Environment every program gets: the settings that shape the services' command lines, so each
-    console script rebuilds the same argv as `churnops.services` does here."""
+    console script rebuilds the same argv as `ops.services` does here."""
     env = {
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -328,8 +325,6 @@ def stack_processes(s: Settings) -> list:
     its environment, by its `-p` prefix in the state folder). The calling process and its ancestors
     are never part of the answer.
     """
-    import psutil
-
     state = str(s.state_dir.resolve())
     mine = {os.getpid()} | {a.pid for a in psutil.Process().parents()}
     found: dict[int, psutil.Process] = {}
@@ -369,8 +364,6 @@ def stack_processes(s: Settings) -> list:
 
 def describe(proc) -> str:
     """`pid 123 api: gunicorn: worker [churn-api]`: the supervisor program (when known) and the command line."""
-    import psutil
-
     try:
         program = proc.environ().get("SUPERVISOR_PROCESS_NAME") or ""
         cmd = " ".join(proc.cmdline()) or proc.name()
@@ -393,8 +386,6 @@ def wait_exited(s: Settings, timeout: float) -> list:
 
 
 def _signal(procs: list, sig: int) -> None:
-    import psutil
-
     for proc in procs:
         try:
             proc.send_signal(sig)
@@ -403,8 +394,6 @@ def _signal(procs: list, sig: int) -> None:
 
 
 def _is_supervisord(proc) -> bool:
-    import psutil
-
     try:
         return any("supervisord" in part for part in proc.cmdline()[:2])
     except psutil.Error:
@@ -504,8 +493,6 @@ def up(s: Settings, timeout: float = 180, progs: list[Program] | None = None) ->
 
 def print_admin_token(s: Settings) -> int:
     """Say which admin token the API accepts (generated into the state folder when ADMIN_TOKEN is unset)."""
-    from churnops.admin import AdminTokenError, admin_token, token_path
-
     try:
         token = admin_token(s)
     except AdminTokenError as exc:
@@ -564,8 +551,6 @@ def start(s: Settings, names: list[str], timeout: float = 120) -> int:
         print("ERROR: stack not running: run `make up` first", file=sys.stderr)
         return 2
     if {"api", "consumer"} & set(names):
-        from churnops.registry import pin_problem
-
         problem = pin_problem(s)
         if problem:
             print(f"ERROR: {problem}", file=sys.stderr)
