@@ -228,6 +228,8 @@ def log_record(
 
 
 def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
+    """THE answer to one record, for `POST /predict` (+ `latency_ms`) and a stream result (+ shard_id,
+    sequence_number, ts: serving/stream_tabular.py): one function, both callers."""
     body = {
         "request_id": row.request_id,
         **m.bundle.task.answer(p, d, m.threshold),

@@ -16,11 +16,17 @@ from typing import Any, Callable
 
 from churnops.contract import DatasetContract, RecordResult
 from churnops.speed import FastPaths
-from serving.inference import BadInput, Row, check_row, log_record, predict_rows
+from serving.inference import BadInput, Row, check_row, log_record, predict_rows, response_body
 from serving.model import ModelSet
 from serving.stream_records import BatchOutcome, ModelFailure, RecordSink, arrival, decode_payload
 
 log = logging.getLogger(__name__)
+
+
+def stream_fields(shard_id: str, seq: str, now: float) -> dict:
+    """What a stream result adds to `serving.inference.response_body` (the HTTP answer adds `latency_ms`):
+    where the record came from (readers dedupe re-emitted results by shard_id + sequence_number) and when."""
+    return {"sequence_number": seq, "shard_id": shard_id, "ts": now}
 
 
 class TabularProcessor:
@@ -114,20 +120,7 @@ class TabularProcessor:
         for (rec, row), (m, p, d) in zip(rows, preds):
             seq = rec["SequenceNumber"]
             try:
-                out = {
-                    "request_id": row.request_id,
-                    "sequence_number": seq,
-                    "shard_id": shard_id,
-                    **m.bundle.task.answer(p, d, m.threshold),
-                    "model_run_id": m.run_id,
-                    "model_version": m.version,
-                    "route": m.route,
-                    "ts": now,
-                }
-                if row.ignored:
-                    out["ignored_fields"] = row.ignored
-                if row.renamed:
-                    out["renamed"] = row.renamed
+                out = response_body(row, m, p, d) | stream_fields(shard_id, seq, now)  # the HTTP answer's fields
                 entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
                 lrec = log_record(
                     sink.log_id(shard_id, seq),
