@@ -63,7 +63,7 @@ from pathlib import Path
 from churnops.redact import redact
 from churnops.store.base import PredictionBatch, PredictionStore, is_record_error
 from churnops.store.base import feedback_outcome as _outcome
-from churnops.store.sqlite import _dumpb
+from churnops.store.encoding import dump_document
 from serving.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def _line(kind: str, record) -> bytes | None:
             return b'{"kind":"batch","record":' + record[1] + b"}\n"
         if kind == BATCH:
             record = {"const": record.const, "cols": record.cols, "features": record.features}
-        return _dumpb({"kind": kind, "record": record}) + b"\n"
+        return dump_document({"kind": kind, "record": record}) + b"\n"
     except Exception:
         return None
 
