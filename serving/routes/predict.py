@@ -1,0 +1,169 @@
+"""`POST /predict`, `POST /predict/batch` and `POST /predict/image` (one view function per route).
+
+`predict_body` is the whole of one prediction (JSON in, JSON out, logged): the `/predict` view and
+the fast WSGI path in front of Flask (churnops/speed/wsgi.py, wired by create_app) both call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response
+
+from churnops.speed.columnar import ColumnBatch
+from churnops.store.base import PredictionBatch
+from serving.columnar import from_rows, predict_columns
+from serving.image_http import ROUTE as IMAGE_ROUTE
+from serving.image_http import predict_image, refuse_tabular
+from serving.inference import (
+    BadInput,
+    check_row,
+    dumps,
+    log_record,
+    new_request_id,
+    new_request_ids,
+    parse_json,
+    predict_rows,
+    response_body,
+    with_ignored,
+)
+from serving.routes.state import ServingState, serving_state
+
+log = logging.getLogger(__name__)
+
+predict_blueprint = Blueprint("predict", __name__)
+
+
+def predict_body(state: ServingState, raw: bytes) -> bytes:
+    """One prediction: JSON body in, JSON response out. Raises before anything is logged."""
+    t0 = time.perf_counter()
+    refuse_tabular(state, "/predict")  # image serving hook: 409 on an image server
+    ms = state.current_models()
+    row = check_row(parse_json(raw), state.contract, state.settings.unknown_category, validator=state.validator)
+    m, p, d = predict_rows(ms, [row])[0]
+    latency = (time.perf_counter() - t0) * 1000
+    out = dumps(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
+    state.plog.submit(log_record(new_request_id(), row, m, p, d, "http", latency))  # own entry id, journaled
+    try:
+        task, child = (
+            m.bundle.task,
+            state.child,
+        )  # a classifier: decision 0/1 and the probability; a regression: its value
+        child(state.metrics.predictions, "http", m.route, str(m.version), task.decision_label(d)).inc()
+        child(state.metrics.latency, "http", m.route).observe(latency / 1000)
+        child(getattr(state.metrics, task.value_metric), m.route).observe(p)
+    except Exception:  # metrics never fail a prediction that is already logged
+        log.exception("updating prediction metrics failed")
+    return out
+
+
+@predict_blueprint.post("/predict")
+def predict():
+    state = serving_state()
+    return Response(predict_body(state, state.read_body()), mimetype="application/json")
+
+
+def batch_records(state: ServingState, raw: bytes) -> ColumnBatch:
+    """The checked rows of a `/predict/batch` body (a JSON array, or `{"records": [...]}`); BadInput
+    names every problem."""
+    s = state.settings
+    batch = state.fast.decode_batch(raw)  # fastest: exact contract rows, parsed and checked in one pass
+    if batch is not None:
+        data = batch.request_ids
+    else:
+        data = parse_json(raw)
+        if isinstance(data, dict) and isinstance(data.get("records"), list):
+            data = data["records"]
+    if not isinstance(data, list):
+        raise BadInput(
+            "expected a JSON array of feature objects",
+            {"body": f"expected an array, got {type(data).__name__}"},
+            "not_array",
+            422,
+        )
+    if not data:
+        raise BadInput("empty batch", {"body": "expected at least one record"}, "empty_batch", 422)
+    if len(data) > s.batch_row_limit:
+        raise BadInput(
+            "batch too large", {"body": f"{len(data)} rows > limit {s.batch_row_limit}"}, "batch_too_large", 413
+        )
+    if batch is None:
+        batch = state.fast.check_batch(data)  # fast path: whole columns at once
+    if batch is None:  # something is off: check row by row to name every problem
+        rows, details, reason = [], {}, None
+        for i, obj in enumerate(data):
+            try:
+                rows.append(check_row(obj, state.contract, s.unknown_category, prefix=i, validator=state.validator))
+            except BadInput as e:
+                details.update(e.details)
+                reason = reason or e.reason
+        if details:
+            raise BadInput(
+                f"invalid features in {len({k.split('.')[0] for k in details})} of {len(data)} rows",
+                details,
+                reason or "invalid",
+                422,
+            )
+        batch = from_rows(rows, state.compiled)
+    if len(set(batch.request_ids)) != batch.n:
+        raise BadInput(
+            "duplicate request_id in batch",
+            {"request_id": "each row needs a distinct request_id"},
+            "duplicate_request_id",
+            422,
+        )
+    return batch
+
+
+@predict_blueprint.post("/predict/batch")
+def predict_batch():
+    state = serving_state()
+    t0 = time.perf_counter()
+    refuse_tabular(state, "/predict/batch")  # image serving hook: 409 on an image server
+    ms = state.current_models()
+    batch = batch_records(state, state.read_body())
+    n = batch.n
+    groups = predict_columns(ms, batch)
+    latency = (time.perf_counter() - t0) * 1000
+    now = time.time()
+    out: list = [None] * n
+    for m, idx, proba in groups:
+        task = m.bundle.task  # what a prediction answers and logs (churnops.tasks)
+        cols = task.output_columns(proba, m.threshold)
+        rids = batch.request_ids if idx is None else [batch.request_ids[i] for i in idx.tolist()]
+        state.plog.submit_batch(
+            PredictionBatch(
+                const={
+                    "ts": now,
+                    "source": "http",
+                    "model_run_id": m.run_id,
+                    "model_version": m.version,
+                    "route": m.route,
+                    "latency_ms": round(latency / n, 3),
+                    "batch": True,
+                },
+                cols={"_id": new_request_ids(len(rids)), "request_id": rids, **cols},
+                features=batch.columns if idx is None else batch.take(idx),
+            )
+        )
+        positions = range(n) if idx is None else idx.tolist()
+        for i, item in zip(positions, task.batch_items(rids, cols, m)):
+            out[i] = item if i not in batch.ignored else with_ignored(item, batch.ignored[i])
+        for d, k in task.decision_counts(cols).items():
+            if k:
+                state.child(state.metrics.predictions, "http", m.route, str(m.version), d).inc(k)
+    state.child(state.metrics.latency, "http_batch", "mixed").observe(latency / 1000)
+    renamed = b',"renamed":' + dumps(batch.renamed) if batch.renamed else b""
+    return Response(
+        b'{"count":%d,"predictions":[' % n
+        + b",".join(out)
+        + b'],"latency_ms":'
+        + dumps(round(latency, 3))
+        + renamed
+        + b"}",
+        mimetype="application/json",
+    )
+
+
+predict_blueprint.add_url_rule(IMAGE_ROUTE, view_func=predict_image, methods=["POST"])
