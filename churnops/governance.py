@@ -24,6 +24,7 @@ import yaml
 
 from churnops.model_line import resolved
 from churnops.settings import Settings, get_settings
+from churnops.store.protocols import AuditStore
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def record_audit(
         "rules": rules or [],
         **extra,
     }
-    store = open_store(s)
+    store: AuditStore = open_store(s)
     try:
         rec = store.add_audit(rec)
     finally:

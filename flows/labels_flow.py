@@ -19,6 +19,7 @@ from churnops.cli import flow_logger
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset
 from churnops.settings import get_settings
+from churnops.store.protocols import CheckpointedRecords
 
 FLOW_NAME = "collect-labels"
 CHECKPOINT = "labels:last_collected"
@@ -115,7 +116,7 @@ def champion_data_uri(s, contract) -> str:
     return uri
 
 
-def collect_image_labels(s, contract, store, since: float, until: float) -> dict:
+def collect_image_labels(s, contract, store: CheckpointedRecords, since: float, until: float) -> dict:
     """Image labels of [since, until) joined to the images the model saw -> a new data set version whose
     parent is the champion's; the summary's `parameters` are the image training deployment's."""
     from churnops.image.labels import join_image_labels, publish_labelled_version

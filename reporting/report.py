@@ -32,6 +32,7 @@ import pandas as pd
 from churnops.model_line import CHURN_CONTRACT, resolved
 from churnops.monitoring.drift import Reference
 from churnops.monitoring.window import jsonable, summarize
+from churnops.store.protocols import MonitoringStore
 from reporting.index import write_index
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def headline(summary: dict) -> dict:
 
 
 def build_report(
-    store,
+    store: MonitoringStore,
     settings,
     contract,
     window_hours: float | None = None,

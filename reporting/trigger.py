@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 from churnops.model_line import resolved
 from churnops.monitoring.quality import quality_reasons
+from churnops.store.protocols import CheckpointedRecords, CheckpointStore
 from reporting.alerts import send_alert
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def default_start_training(settings, run=None, collect: Callable[[], dict] | Non
 
 
 def evaluate_trigger(
-    store,
+    store: CheckpointStore,
     settings,
     drift: dict | None,
     performance: dict | None,
@@ -229,7 +230,7 @@ def evaluate_trigger(
 
 
 def evaluate_window(
-    store,
+    store: CheckpointedRecords,
     settings,
     contract,
     window_hours: float | None = None,

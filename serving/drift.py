@@ -21,6 +21,8 @@ import threading
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from churnops.store.protocols import ReportStore
+
 log = logging.getLogger(__name__)
 
 drift_blueprint = Blueprint("drift", __name__, url_prefix="/drift")
@@ -64,7 +66,7 @@ def _compute(hours: float) -> dict:
     return result
 
 
-def last_report_ts(store) -> float | None:
+def last_report_ts(store: ReportStore) -> float | None:
     """When the newest report was written (the stale-report alert's input); None when unknown."""
     try:
         latest = store.list_reports(1)

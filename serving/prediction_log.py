@@ -61,9 +61,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from churnops.redact import redact
-from churnops.store.base import PredictionBatch, PredictionStore, is_record_error
+from churnops.store.base import PredictionBatch, is_record_error
 from churnops.store.base import feedback_outcome as _outcome
 from churnops.store.encoding import dump_document
+from churnops.store.protocols import PredictionRecords
 from serving.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def parse_line(raw: str | bytes) -> tuple | None:
 class PredictionLog:
     def __init__(
         self,
-        store: PredictionStore,
+        store: PredictionRecords,
         spool_dir: str | Path,
         batch_size: int = 500,
         flush_interval_s: float = 0.5,

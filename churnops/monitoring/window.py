@@ -35,6 +35,7 @@ from churnops.monitoring import drift as drift_mod
 from churnops.monitoring.estimated import window_estimate
 from churnops.monitoring.performance import realized_performance
 from churnops.monitoring.quality import data_quality
+from churnops.store.protocols import PredictionRecords
 from churnops.tasks import task_for
 
 META_COLUMNS = [
@@ -99,7 +100,7 @@ def window_rows(settings, max_rows: int | None = None) -> int | None:
     return max_rows if max_rows is not None else getattr(settings, "drift_max_rows", None)
 
 
-def bounded_records(store, start: float, end: float, max_rows: int) -> tuple[list[dict], bool]:
+def bounded_records(store: PredictionRecords, start: float, end: float, max_rows: int) -> tuple[list[dict], bool]:
     """(the newest `max_rows` predictions of [start, end), oldest first; True when rows were left out).
 
     The store returns rows oldest first, so a span holding more than what is left is split in two and
@@ -126,7 +127,9 @@ def bounded_records(store, start: float, end: float, max_rows: int) -> tuple[lis
     return records, over
 
 
-def load_window(store, contract, start: float, end: float, max_rows: int | None = None) -> pd.DataFrame:
+def load_window(
+    store: PredictionRecords, contract, start: float, end: float, max_rows: int | None = None
+) -> pd.DataFrame:
     """Predictions with start <= ts < end and their outcomes (feedback given since `start`); with
     `max_rows`, the newest `max_rows` of them (`df.attrs["truncated"]` says whether rows were left out)."""
     truncated = False
@@ -178,7 +181,7 @@ class Window:
 
 
 def compute(
-    store,
+    store: PredictionRecords,
     settings,
     contract,
     hours: float,
@@ -313,7 +316,7 @@ def clear_cache() -> None:
 
 
 def summarize(
-    store,
+    store: PredictionRecords,
     settings,
     contract,
     hours: float,
