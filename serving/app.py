@@ -34,7 +34,7 @@ from serving.prediction_log import PredictionLog
 from serving.routes.admin import admin_blueprint
 from serving.routes.feedback import feedback_blueprint
 from serving.routes.ops import ops_blueprint
-from serving.routes.predict import predict_blueprint, predict_body
+from serving.routes.predict import count_fast_answer, predict_blueprint, predict_body
 from serving.routes.state import EXTENSION, ServingState, error_response, serving_state
 
 __all__ = ["ServingState", "close_all_logs", "create_app"]
@@ -123,7 +123,7 @@ def create_app(
             app.wsgi_app,
             functools.partial(predict_body, state),
             s.max_body_bytes,
-            lambda: state.child(state.metrics.http_requests, "/predict", "POST", "200").inc(),
+            functools.partial(count_fast_answer, state),
             accept=lambda environ: (
                 guards.check_host(environ.get("HTTP_HOST", ""), hosts) is None
                 and guards.json_type_ok(environ.get("CONTENT_TYPE"))

@@ -10,7 +10,7 @@ IMAGE_KEEP_UPLOADS=true the image itself is kept in the feature store under its 
 record names it in `image_uri` (churnops/image/uploads.py, with a retention limit).
 
 Servers of a tabular contract answer this route 409, and image servers answer the tabular routes
-409 (`refuse_tabular`), each naming the route that serves.
+409 (`refuse_tabular` in serving/routes/predict.py), each naming the route that serves.
 """
 
 from __future__ import annotations
@@ -24,21 +24,6 @@ from serving.inference import REQUEST_ID_RULE, BadInput, dumps, new_request_id, 
 from serving.routes.state import serving_state
 
 ROUTE = "/predict/image"
-
-
-def refuse_tabular(state, path: str) -> None:
-    """On a server of an image contract, the tabular routes answer 409 naming the image route."""
-    c = getattr(state, "image_contract", None)
-    if c is not None:
-        raise BadInput(
-            "this server serves an image model",
-            {
-                "path": f"{path} takes tabular features; DATASET={state.settings.dataset} is the image contract "
-                f"{c.name!r}: POST {ROUTE} with the image as the body"
-            },
-            "wrong_task",
-            409,
-        )
 
 
 def _request_id(form_value: str | None = None) -> str:

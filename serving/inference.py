@@ -24,7 +24,7 @@ from churnops.request_ids import (  # noqa: F401  (re-exported: the request id r
     new_request_ids,
     valid_request_id,
 )
-from serving.model import LoadedModel, ModelSet
+from serving.loading import LoadedModel, ModelSet
 
 
 def dumps(obj) -> bytes:

@@ -12,13 +12,15 @@ local folder. What is loaded follows the served data set (serving/tasks.py):
 - an image contract: the image flow's ONNX CNN plus the run's `image_meta.json` (`ImageBundle`),
   refused unless its contract fingerprint is the served one's, smoke-tested on a blank image.
 
-Either way the result is a `LoadedModel` whose `bundle` is a `ServedBundle` (what /model describes).
-Canary sets, reloads and routing are serving/model.py's; decoding images is serving/image.py's
-(neither is imported here).
+Either way the result is a `LoadedModel` whose `bundle` is a `ServedBundle` (what /model describes);
+a `ModelSet` is what a server answers with (champion, optional canary challenger, `pick` by
+request id). Building sets, reloads and following aliases are serving/model.py's; decoding images
+is serving/image.py's (neither is imported here).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -91,6 +93,39 @@ class LoadedModel:
             "model_name": meta.get("model_name"),
             "dataset": meta.get("dataset"),
             "loaded_at": self.loaded_at,
+        }
+
+
+def route_fraction(request_id: str) -> float:
+    """sha256(request_id) as a number in [0, 1)."""
+    return int.from_bytes(hashlib.sha256(str(request_id).encode()).digest()[:8], "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    champion: LoadedModel
+    challenger: LoadedModel | None = None
+    canary_fraction: float = 0.0
+    generation: int = 0
+
+    def pick(self, request_id: str) -> LoadedModel:
+        if (
+            self.challenger is not None
+            and self.canary_fraction > 0
+            and route_fraction(request_id) < self.canary_fraction
+        ):
+            return self.challenger
+        return self.champion
+
+    def models(self) -> list[LoadedModel]:
+        return [m for m in (self.champion, self.challenger) if m is not None]
+
+    def describe(self) -> dict:
+        return {
+            "champion": self.champion.describe(),
+            "challenger": self.challenger.describe() if self.challenger else None,
+            "canary_fraction": self.canary_fraction if self.challenger else 0.0,
+            "generation": self.generation,
         }
 
 

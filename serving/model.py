@@ -20,7 +20,6 @@ it writes the accepted target to `<state_dir>/serving-model.json` and every othe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -37,10 +35,12 @@ from churnops.model_line import resolved
 from churnops.redact import redact
 from churnops.settings import Settings, get_settings
 from serving.generation import next_generation, publish
-from serving.loading import (  # noqa: F401  (LoadedModel, ModelLoadError, load_model: re-exported, their old home)
+from serving.loading import (  # noqa: F401  (re-exported: their old home)
     LoadedModel,
     ModelLoadError,
+    ModelSet,
     load_model,
+    route_fraction,
 )
 
 log = logging.getLogger(__name__)
@@ -63,39 +63,6 @@ class ReloadBusy(RuntimeError):
     def __init__(self, job: dict):
         super().__init__(f"reload {job['id']} is still pending")
         self.job = job
-
-
-def route_fraction(request_id: str) -> float:
-    """sha256(request_id) as a number in [0, 1)."""
-    return int.from_bytes(hashlib.sha256(str(request_id).encode()).digest()[:8], "big") / 2.0**64
-
-
-@dataclass(frozen=True)
-class ModelSet:
-    champion: LoadedModel
-    challenger: LoadedModel | None = None
-    canary_fraction: float = 0.0
-    generation: int = 0
-
-    def pick(self, request_id: str) -> LoadedModel:
-        if (
-            self.challenger is not None
-            and self.canary_fraction > 0
-            and route_fraction(request_id) < self.canary_fraction
-        ):
-            return self.challenger
-        return self.champion
-
-    def models(self) -> list[LoadedModel]:
-        return [m for m in (self.champion, self.challenger) if m is not None]
-
-    def describe(self) -> dict:
-        return {
-            "champion": self.champion.describe(),
-            "challenger": self.challenger.describe() if self.challenger else None,
-            "canary_fraction": self.canary_fraction if self.challenger else 0.0,
-            "generation": self.generation,
-        }
 
 
 def challenger_uri(s: Settings, champion_run_id: str) -> str | None:

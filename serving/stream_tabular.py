@@ -17,7 +17,7 @@ from typing import Any, Callable
 from churnops.contract import DatasetContract, RecordResult
 from churnops.speed import FastPaths
 from serving.inference import BadInput, Row, check_row, log_record, predict_rows, response_body
-from serving.model import ModelSet
+from serving.loading import ModelSet
 from serving.stream_records import BatchOutcome, ModelFailure, RecordSink, arrival, decode_payload
 
 log = logging.getLogger(__name__)

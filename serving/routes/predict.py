@@ -15,7 +15,7 @@ from churnops.speed.columnar import ColumnBatch
 from churnops.store.base import PredictionBatch
 from serving.columnar import from_rows, predict_columns
 from serving.image_http import ROUTE as IMAGE_ROUTE
-from serving.image_http import predict_image, refuse_tabular
+from serving.image_http import predict_image
 from serving.inference import (
     BadInput,
     check_row,
@@ -35,6 +35,21 @@ log = logging.getLogger(__name__)
 predict_blueprint = Blueprint("predict", __name__)
 
 
+def refuse_tabular(state: ServingState, path: str) -> None:
+    """On a server of an image contract, the tabular routes answer 409 naming the image route."""
+    c = state.image_contract
+    if c is not None:
+        raise BadInput(
+            "this server serves an image model",
+            {
+                "path": f"{path} takes tabular features; DATASET={state.settings.dataset} is the image contract "
+                f"{c.name!r}: POST {IMAGE_ROUTE} with the image as the body"
+            },
+            "wrong_task",
+            409,
+        )
+
+
 def predict_body(state: ServingState, raw: bytes) -> bytes:
     """One prediction: JSON body in, JSON response out. Raises before anything is logged."""
     t0 = time.perf_counter()
@@ -46,16 +61,18 @@ def predict_body(state: ServingState, raw: bytes) -> bytes:
     out = dumps(response_body(row, m, p, d) | {"latency_ms": round(latency, 3)})
     state.plog.submit(log_record(new_request_id(), row, m, p, d, "http", latency))  # own entry id, journaled
     try:
-        task, child = (
-            m.bundle.task,
-            state.child,
-        )  # a classifier: decision 0/1 and the probability; a regression: its value
+        task, child = m.bundle.task, state.child  # a classifier: decision and probability; a regression: value
         child(state.metrics.predictions, "http", m.route, str(m.version), task.decision_label(d)).inc()
         child(state.metrics.latency, "http", m.route).observe(latency / 1000)
         child(getattr(state.metrics, task.value_metric), m.route).observe(p)
     except Exception:  # metrics never fail a prediction that is already logged
         log.exception("updating prediction metrics failed")
     return out
+
+
+def count_fast_answer(state: ServingState) -> None:
+    """Count a `/predict` answered by the fast path in front of Flask (Flask's after_request does not see it)."""
+    state.child(state.metrics.http_requests, "/predict", "POST", "200").inc()
 
 
 @predict_blueprint.post("/predict")

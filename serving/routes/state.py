@@ -15,8 +15,9 @@ from churnops.store.base import PredictionStore
 from churnops.tasks import task_for
 from serving.edge import read_capped
 from serving.inference import BadInput, parse_json
+from serving.loading import ModelSet
 from serving.metrics import get_metrics
-from serving.model import ModelManager, ModelSet
+from serving.model import ModelManager
 from serving.prediction_log import PredictionLog
 from serving.tasks import image_contract
 
