@@ -12,7 +12,6 @@ Blueprints (serving/routes/: predict, feedback, admin, ops; serving/drift.py).
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 
 from flask import Flask, request
@@ -34,7 +33,7 @@ from serving.prediction_log import PredictionLog
 from serving.routes.admin import admin_blueprint
 from serving.routes.feedback import feedback_blueprint
 from serving.routes.ops import ops_blueprint
-from serving.routes.predict import count_fast_answer, predict_blueprint, predict_body
+from serving.routes.predict import predict_blueprint, wrap_fast_path
 from serving.routes.state import EXTENSION, ServingState, error_response, serving_state
 
 __all__ = ["ServingState", "close_all_logs", "create_app"]
@@ -117,18 +116,7 @@ def create_app(
     for bp in (predict_blueprint, feedback_blueprint, admin_blueprint, ops_blueprint, drift_blueprint):
         app.register_blueprint(bp)
 
-    # the same handler as POST /predict in front of Flask for the common case (see churnops/speed/wsgi.py)
-    if state.fast is not None:  # image serving hook: an image server has no tabular fast path
-        app.wsgi_app = state.fast.wrap_wsgi(
-            app.wsgi_app,
-            functools.partial(predict_body, state),
-            s.max_body_bytes,
-            functools.partial(count_fast_answer, state),
-            accept=lambda environ: (
-                guards.check_host(environ.get("HTTP_HOST", ""), hosts) is None
-                and guards.json_type_ok(environ.get("CONTENT_TYPE"))
-            ),  # else the Flask view answers (guard below)
-        )
+    wrap_fast_path(app, state)  # POST /predict in front of Flask for the common case
     return app
 
 

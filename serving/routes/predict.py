@@ -6,13 +6,15 @@ the fast WSGI path in front of Flask (churnops/speed/wsgi.py, wired by create_ap
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
-from flask import Blueprint, Response
+from flask import Blueprint, Flask, Response
 
 from churnops.speed.columnar import ColumnBatch
 from churnops.store.base import PredictionBatch
+from serving import guards
 from serving.columnar import from_rows, predict_columns
 from serving.image_http import ROUTE as IMAGE_ROUTE
 from serving.image_http import predict_image
@@ -73,6 +75,27 @@ def predict_body(state: ServingState, raw: bytes) -> bytes:
 def count_fast_answer(state: ServingState) -> None:
     """Count a `/predict` answered by the fast path in front of Flask (Flask's after_request does not see it)."""
     state.child(state.metrics.http_requests, "/predict", "POST", "200").inc()
+
+
+def fast_path_accepts(state: ServingState, environ: dict) -> bool:
+    """Whether the fast path may answer this request; else the Flask view answers (and its guards refuse)."""
+    return guards.check_host(environ.get("HTTP_HOST", ""), state.hosts) is None and guards.json_type_ok(
+        environ.get("CONTENT_TYPE")
+    )
+
+
+def wrap_fast_path(app: Flask, state: ServingState) -> None:
+    """Put `predict_body` in front of Flask for the common `POST /predict` (churnops/speed/wsgi.py);
+    an image server has no tabular fast path."""
+    if state.fast is None:
+        return
+    app.wsgi_app = state.fast.wrap_wsgi(
+        app.wsgi_app,
+        functools.partial(predict_body, state),
+        state.settings.max_body_bytes,
+        functools.partial(count_fast_answer, state),
+        accept=functools.partial(fast_path_accepts, state),
+    )
 
 
 @predict_blueprint.post("/predict")
