@@ -28,6 +28,7 @@ from churnops.registry import alias_version, client
 from churnops.settings import Settings, get_settings
 from churnops.shadow_test import run_rule, shadow_pairs
 from churnops.store.factory import open_store
+from churnops.store.protocols import AuditStore
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ def record_audit(
         "rules": rules or [],
         **extra,
     }
-    store = open_store(s)
+    store: AuditStore = open_store(s)
     try:
         rec = store.add_audit(rec)
     finally:

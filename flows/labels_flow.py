@@ -26,6 +26,7 @@ from churnops.pipeline import validate_clean
 from churnops.registry import alias_version, client
 from churnops.settings import get_settings
 from churnops.store.factory import open_store
+from churnops.store.protocols import CheckpointedRecords
 
 FLOW_NAME = "collect-labels"
 CHECKPOINT = "labels:last_collected"
@@ -115,7 +116,7 @@ def champion_data_uri(s, contract) -> str:
     return uri
 
 
-def collect_image_labels(s, contract, store, since: float, until: float) -> dict:
+def collect_image_labels(s, contract, store: CheckpointedRecords, since: float, until: float) -> dict:
     """Image labels of [since, until) joined to the images the model saw -> a new data set version whose
     parent is the champion's; the summary's `parameters` are the image training deployment's."""
     feedback = store.find_feedback(start=since, end=until)

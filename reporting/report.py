@@ -37,6 +37,7 @@ from churnops.monitoring.performance import outcomes_for
 from churnops.monitoring.reading import jsonable
 from churnops.monitoring.reference import load_reference
 from churnops.monitoring.window import summarize
+from churnops.store.protocols import MonitoringStore
 from churnops.tasks import task_for
 from reporting.index import write_index
 
@@ -287,7 +288,7 @@ def headline(summary: dict) -> dict:
 
 
 def build_report(
-    store,
+    store: MonitoringStore,
     settings,
     contract,
     window_hours: float | None = None,

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from churnops.model_line import resolved
 from churnops.monitoring.performance import outcomes_for
 from churnops.monitoring.quality import quality_reasons
+from churnops.store.protocols import CheckpointedRecords, CheckpointStore
 from churnops.tasks import task_for
 from reporting.alerts import send_alert
 
@@ -147,7 +148,7 @@ def default_start_training(settings, collect: Callable[[], dict], run=None) -> C
 
 
 def evaluate_trigger(
-    store,
+    store: CheckpointStore,
     settings,
     drift: dict | None,
     performance: dict | None,
@@ -230,7 +231,7 @@ def evaluate_trigger(
 
 
 def evaluate_window(
-    store,
+    store: CheckpointedRecords,
     settings,
     contract,
     window_hours: float | None = None,

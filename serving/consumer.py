@@ -78,22 +78,25 @@ from churnops.monitoring.rejections import RejectionCounter
 from churnops.redact import redact
 from churnops.registry import bound_mlflow_http
 from churnops.settings import Settings, get_settings, quiet_process
-from churnops.speed import FastPaths
 from churnops.store.base import SHARD_END, PredictionStore
 from churnops.store.factory import open_store
-from serving.answers import answers_for
 from serving.checkpoint import Checkpoint, StreamIdentity, fit
 from serving.consumer_metrics import serve_metrics
 from serving.deadletter import KINESIS_RECORD_LIMIT, build_entry, encode_entry
-from serving.image_stream import process_images
-from serving.inference import BadInput, Row, check_row, log_record, predict_rows
+from serving.image_stream import ImageProcessor
 from serving.leases import LeaseCoordinator, LeaseLoop
 from serving.metrics import get_metrics
-from serving.model import ModelManager, ModelSet
+from serving.model import ModelManager
 from serving.outbox import Outbox
 from serving.prediction_log import PredictionLog
 from serving.slots import claim
-from serving.stream_records import ModelFailure, arrival, decode_payload
+from serving.stream_records import (  # noqa: F401  (ModelFailure, decode_payload: re-exported, their old home)
+    BatchOutcome,
+    ModelFailure,
+    RecordProcessor,
+    decode_payload,
+)
+from serving.stream_tabular import TabularProcessor
 from serving.tasks import image_contract
 
 log = logging.getLogger(__name__)
@@ -131,8 +134,6 @@ class Consumer:
         # image serving hook (serving/tasks.py, serving/image_stream.py): image_uri records, no tabular contract
         self.image = image_contract(self.s)
         self.contract = load_contract(self.s.dataset) if self.image is None else None
-        # FAST_PATHS=off: the reference validator
-        self.validator = FastPaths.from_settings(self.contract, self.s).record if self.image is None else None
         self.store = store or open_store(self.s)
         # records refused, counted by reason and field into the line's store (the window's data quality)
         self.rejections = RejectionCounter(self.store, self.contract.feature_names if self.contract else ())
@@ -169,6 +170,19 @@ class Consumer:
         self._outbox_not_before = 0.0
         self._lock = threading.Lock()  # counters and pending checkpoints, shared by shard threads
         self._pool: ThreadPoolExecutor | None = None
+        # what turns a batch into results and dead letters (serving/stream_records.py)
+        self.processor: RecordProcessor = (
+            TabularProcessor(self, self.contract) if self.image is None else ImageProcessor(self, self.image)
+        )
+
+    @property
+    def validator(self):
+        """The tabular processor's record validator (None on an image stream); settable, for tests."""
+        return getattr(self.processor, "validator", None)
+
+    @validator.setter
+    def validator(self, fn) -> None:
+        self.processor.validator = fn
 
     # ---- shards and checkpoints ------------------------------------------------------------------------
     def checkpoint_key(self, shard_id: str) -> str:
@@ -407,7 +421,7 @@ class Consumer:
         )
         return todo
 
-    def _emit(self, stream: str, entries: list[dict]) -> None:
+    def emit(self, stream: str, entries: list[dict]) -> None:
         """Put `entries` on `stream`; what is not taken within the retries waits in the outbox on disk."""
         left = self._put_all(stream, entries) if entries else []
         if not left:
@@ -446,19 +460,12 @@ class Consumer:
         created = round(self.identity.created * 1000) if self.identity is not None else 0
         return f"stream:{created}:{shard_id}:{seq}"
 
-    def _row(self, rec: dict) -> Row:
-        obj = decode_payload(rec["Data"])
-        row = check_row(obj, self.contract, self.s.unknown_category, validator=self.validator)
-        if not (isinstance(obj, dict) and obj.get("request_id") is not None):
-            row.request_id = rec["SequenceNumber"]
-        return row
-
     def _s3_client(self):
         if self._s3 is None and self.s.dlq_s3_payloads:
             self._s3 = client("s3", self.s, max_attempts=2, connect_timeout=2, read_timeout=10)
         return self._s3
 
-    def _dead(self, shard_id: str, rec: dict, reason: str, code: str, details: object) -> dict:
+    def dead_letter(self, shard_id: str, rec: dict, reason: str, code: str, details: object) -> dict:
         """The dead-letter entry of one record, as a put_records entry (bounded size; never raises)."""
         seq = str(rec.get("SequenceNumber"))
         data = rec.get("Data")
@@ -493,139 +500,28 @@ class Consumer:
             ).encode("utf-8", "backslashreplace")
         return {"Data": body, "PartitionKey": seq[-64:] or "0"}
 
-    def _model_works(self, ms: ModelSet) -> bool:
-        """Whether every model of the set predicts the contract's own example."""
-        try:
-            values = check_row(self.contract.example, self.contract, self.s.unknown_category).values
-            for m in ms.models():
-                m.bundle.predict_records([values])
-            return True
-        except Exception as exc:
-            log.error("model cannot predict the contract's example (%s: %s)", type(exc).__name__, exc)
-            return False
-
-    def _predict(self, ms: ModelSet, shard_id: str, rows: list[tuple[dict, Row]], dlq: list[dict]) -> list:
-        """Predictions for `rows`. When the batch fails, rows are predicted one by one and those that fail
-        alone become dead letters (removed from `rows`), unless the model fails on the contract's example
-        too: then it raises ModelFailure (nothing is emitted and the batch is retried later)."""
-        if not rows:
-            return []
-        try:
-            return predict_rows(ms, [r for _, r in rows])
-        except Exception as exc:
-            if not self._model_works(ms):
-                raise ModelFailure(f"the model fails on every record ({type(exc).__name__}: {exc})") from exc
-        keep, out = [], []
-        for rec, row in rows:
-            try:
-                out.append(predict_rows(ms, [row])[0])
-                keep.append((rec, row))
-            except Exception as exc:
-                self.metrics.rejections.labels("stream", "prediction_failed").inc()
-                dlq.append(
-                    self._dead(
-                        shard_id,
-                        rec,
-                        "the model could not predict this record",
-                        "prediction_failed",
-                        {"exception": f"{type(exc).__name__}: {exc}"},
-                    )
-                )
-        rows[:] = keep
-        return out
-
     def process(self, shard_id: str, records: list[dict]) -> tuple[int, int]:
         """Handle one get_records batch; returns (results, dead letters).
 
-        Any exception a record causes while it is decoded, validated or predicted makes it a dead
-        letter; the others go on. The log is written before anything is put on a stream, so a
-        failure before the puts (ModelFailure, a log spool that cannot be written) emits nothing."""
-        if self.image is not None:  # image serving hook
-            return process_images(self, shard_id, records)
-        ms = self.models.current
-        t0 = time.perf_counter()
-        rows: list[tuple[dict, Row]] = []
-        dlq: list[dict] = []
-        for rec in records:
-            try:
-                rows.append((rec, self._row(rec)))
-            except BadInput as e:
-                self.metrics.rejections.labels("stream", e.reason).inc()
-                self.rejections.add("stream", e.reason, e.details)
-                dlq.append(self._dead(shard_id, rec, e.error, e.reason, e.details))
-            except Exception as e:  # RecursionError, MemoryError, anything else: this record's doing
-                self.metrics.rejections.labels("stream", "undecodable").inc()
-                self.rejections.add("stream", "undecodable")
-                dlq.append(
-                    self._dead(
-                        shard_id,
-                        rec,
-                        f"record could not be decoded or validated ({type(e).__name__})",
-                        "undecodable",
-                        {"exception": f"{type(e).__name__}: {e}"},
-                    )
-                )
-        preds = self._predict(ms, shard_id, rows, dlq)
-        now = time.time()
-        results, logs = [], []
-        latency = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
-        for (rec, row), (m, p, d) in zip(rows, preds):
-            seq = rec["SequenceNumber"]
-            try:
-                out = {
-                    "request_id": row.request_id,
-                    "sequence_number": seq,
-                    "shard_id": shard_id,
-                    **answers_for(m.bundle.task).answer(p, d, m.threshold),
-                    "model_run_id": m.run_id,
-                    "model_version": m.version,
-                    "route": m.route,
-                    "ts": now,
-                }
-                if row.ignored:
-                    out["ignored_fields"] = row.ignored
-                if row.renamed:
-                    out["renamed"] = row.renamed
-                entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
-                lrec = log_record(
-                    self.log_id(shard_id, seq),
-                    row,
-                    m,
-                    p,
-                    d,
-                    "stream",
-                    latency,
-                    ts=arrival(rec, now),
-                    shard_id=shard_id,
-                    sequence_number=seq,
-                )
-            except Exception as exc:
-                dlq.append(
-                    self._dead(
-                        shard_id,
-                        rec,
-                        "the result could not be encoded",
-                        "result_encoding",
-                        {"exception": f"{type(exc).__name__}: {exc}"},
-                    )
-                )
-                continue
-            results.append(entry)
-            logs.append(lrec)
-            self.metrics.predictions.labels(
-                "stream", m.route, str(m.version), answers_for(m.bundle.task).decision_label(d)
-            ).inc()
-        if logs:
-            self.plog.write_now(logs).check()  # stored or spooled before any put or checkpoint, else NotLogged
-        self._emit(self.s.output_stream, results)
-        self._emit(self.s.dlq_stream, dlq)
-        self.rejections.flush()  # only when records were refused (nothing held: no write)
-        self.metrics.stream_records.labels("result").inc(len(results))
-        self.metrics.stream_records.labels("dead_letter").inc(len(dlq))
+        The processor (tabular or image) makes each record a result or a dead letter; the log is
+        written before anything is put on a stream, so a failure before the puts (ModelFailure, a log
+        spool that cannot be written) emits nothing."""
+        return self.commit(self.processor.process(shard_id, records))
+
+    def commit(self, out: BatchOutcome) -> tuple[int, int]:
+        """Log a batch's predictions (stored or spooled, else NotLogged), then put its results and dead
+        letters; returns their counts."""
+        if out.logs:
+            self.plog.write_now(out.logs).check()  # stored or spooled before any put or checkpoint
+        self.emit(self.s.output_stream, out.results)
+        self.emit(self.s.dlq_stream, out.dead)
+        self.rejections.flush()  # the window's data quality: only when records were refused
+        self.metrics.stream_records.labels("result").inc(len(out.results))
+        self.metrics.stream_records.labels("dead_letter").inc(len(out.dead))
         with self._lock:
-            self.processed += len(results)
-            self.dead += len(dlq)
-        return len(results), len(dlq)
+            self.processed += len(out.results)
+            self.dead += len(out.dead)
+        return len(out.results), len(out.dead)
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def poll_once(self) -> int:

@@ -27,6 +27,7 @@ from churnops.monitoring.gauges import drift_exposition, gauges
 from churnops.redact import redact
 from churnops.settings import get_settings
 from churnops.store.factory import open_store
+from churnops.store.protocols import ReportStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _compute(hours: float) -> dict:
     return result
 
 
-def last_report_ts(store) -> float | None:
+def last_report_ts(store: ReportStore) -> float | None:
     """When the newest report was written (the stale-report alert's input); None when unknown."""
     try:
         latest = store.list_reports(1)

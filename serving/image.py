@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -44,16 +40,9 @@ from churnops.image.formats import (  # noqa: F401  (CONTENT_TYPES, content_type
 )
 from churnops.image.header import HeaderError, png_size, tiff_images
 from churnops.image.isp import UnsupportedRawError, process
-from churnops.image.quantize import INT8_ARTIFACT, REPORT_ARTIFACT
 from churnops.image.summary import EMBED_DIMS, EMBED_SEED, summary  # noqa: F401  (the one summary function)
-from churnops.redact import redact
-from churnops.registry import client
 from serving.inference import BadInput
-
-
-class ImageModelError(RuntimeError):
-    """The image model named cannot be loaded or is not a model of the served contract."""
-
+from serving.loading import LoadedModel, load_image_model  # noqa: F401  (load_image_model: re-exported, its old home)
 
 # ---- decoding ----------------------------------------------------------------------------------------
 
@@ -193,160 +182,12 @@ def decode(data: bytes, declared: str | None, contract, name: str = "body") -> D
     )
 
 
-# ---- the model ---------------------------------------------------------------------------------------
-
-
-class ImageBundle:
-    """The ONNX CNN and its metadata; quacks like `churnops.bundle.Bundle` where serving describes models."""
-
-    runtime = batch_runtime = "onnx"
-    native_min_rows = 0
-    threshold = None  # a class is the argmax, there is no decision threshold
-
-    def __init__(self, onnx_model: bytes | str, meta: dict, precision: str = "float"):
-        """`onnx_model`: the bytes, or the path of model.onnx (MLflow keeps the weights beside it as external data);
-        `precision`: float, or int8 for the quantized model (what answers report)."""
-        from churnops.image.model import onnx_session
-
-        self.meta = meta
-        self.precision = precision
-        self.classes = [str(c) for c in meta["classes"]]
-        self.session = onnx_session(onnx_model, threads=1)
-
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3, H, W) -> (probabilities (N, classes), embedding (N, D)), float32."""
-        p, z = self.session.run(["probabilities", "embedding"], {"image": np.ascontiguousarray(X, dtype=np.float32)})
-        return p, z
-
-
-def _run_of(uri: str, s) -> str:
-    """The MLflow run behind `runs:/<id>/...` or a registered `models:/<name>@<alias>` / `models:/<name>/<v>`."""
-    if uri.startswith("runs:/"):
-        return uri[len("runs:/") :].split("/", 1)[0]
-    if uri.startswith("models:/"):
-        rest = uri[len("models:/") :]
-        c = client(s)
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = c.get_model_version_by_alias(name, alias)
-        elif "/" in rest:
-            name, version = rest.split("/", 1)
-            mv = c.get_model_version(name, version)
-        else:
-            raise ImageModelError(f"{uri}: name a registered version or alias (models:/<name>@<alias>)")
-        if not mv.run_id:
-            raise ImageModelError(f"{uri}: the registered version has no run (image_meta.json lives in the run)")
-        return str(mv.run_id)
-    raise ImageModelError(f"{uri}: expected runs:/, models:/ or a local folder")
-
-
-def int8_model_file(uri: str, run_id: str, local: Path | None, dst: Path, s) -> Path:
-    """The int8 ONNX file of the model `uri` (`model_int8.onnx` in its run, or in its local folder), for
-    IMAGE_MODEL_PRECISION=int8; ModelLoadError naming the version when it has none."""
-    from serving.model import ModelLoadError
-
-    missing = (
-        f"IMAGE_MODEL_PRECISION=int8 but {uri} has no int8 model ({INT8_ARTIFACT} in run {run_id or local}): its "
-        f"quantization was off or failed its gate (see {REPORT_ARTIFACT} in the run); retrain with "
-        f"IMAGE_QUANTIZATION=static, or serve IMAGE_MODEL_PRECISION=float"
-    )
-    if local is not None:
-        found = sorted(local.rglob(INT8_ARTIFACT))
-        if not found:
-            raise ModelLoadError(missing)
-        return found[0]
-    import mlflow
-
-    try:
-        names = {a.path for a in mlflow.MlflowClient(s.mlflow_tracking_uri).list_artifacts(run_id)}
-        if INT8_ARTIFACT not in names:
-            raise ModelLoadError(missing)
-        return Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{INT8_ARTIFACT}", dst_path=str(dst))
-        )
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(
-            f"cannot download the int8 model of {uri}: {type(exc).__name__}: {redact(exc)[:300]}"
-        ) from exc
-
-
-def load_image_model(uri: str, route: str, s, contract, cache_dir: Path | None = None):
-    """Download and check the image model `uri`; returns a `serving.model.LoadedModel` (ModelLoadError on failure)."""
-    from serving.model import LoadedModel, ModelLoadError, _registry_info
-
-    local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
-    tmp = None
-    try:
-        if local is not None and local.exists():
-            root, run_id = local, ""
-            meta_path = next(iter(sorted(local.rglob("image_meta.json"))), None)
-        else:
-            import mlflow
-
-            mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-            mlflow.set_registry_uri(s.mlflow_tracking_uri)
-            base = cache_dir or (s.state_dir / "model-cache")
-            base.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="image-model-", dir=base))
-            try:
-                run_id = _run_of(uri, s)
-                root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp / "model")))
-                try:
-                    meta_path = Path(
-                        mlflow.artifacts.download_artifacts(
-                            artifact_uri=f"runs:/{run_id}/image_meta.json", dst_path=str(tmp / "meta")
-                        )
-                    )
-                except Exception:
-                    meta_path = None
-            except ImageModelError as exc:
-                raise ModelLoadError(str(exc)) from exc
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"cannot download image model {uri} from {redact(s.mlflow_tracking_uri)}: "
-                    f"{type(exc).__name__}: {redact(exc)[:300]}"
-                ) from exc
-        onnx_files = sorted(p for p in root.rglob("*.onnx") if p.name != INT8_ARTIFACT)  # the float model
-        if meta_path is None or not onnx_files:
-            raise ModelLoadError(
-                f"{uri} is not an image model (no ONNX file and image_meta.json): DATASET={s.dataset} serves "
-                f"image models registered by the image flow (make demo-image)"
-            )
-        meta = json.loads(meta_path.read_text())
-        if meta.get("task") != "image_classification" or meta.get("contract_sha256") != contract.fingerprint():
-            raise ModelLoadError(
-                f"model {uri} was trained with data contract {meta.get('dataset')!r} "
-                f"(fingerprint {str(meta.get('contract_sha256'))[:12]}), this server serves {contract.name!r} "
-                f"(fingerprint {contract.fingerprint()[:12]}, DATASET={s.dataset}): pin a model of this contract"
-            )
-        model_file, precision = onnx_files[0], s.image_model_precision
-        if precision == "int8":
-            is_local = local is not None and local.exists()
-            dst = root if is_local else (tmp / "int8")
-            model_file = int8_model_file(uri, run_id, local if is_local else None, dst, s)
-        try:
-            bundle = ImageBundle(str(model_file), meta, precision)  # read whole before the folder goes
-            p, _ = bundle.predict(np.zeros((1, 3, contract.image.height, contract.image.width), np.float32))
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load the image model of {uri}: {type(exc).__name__}: {redact(exc)}") from exc
-        if p.shape != (1, len(contract.classes)) or not np.isfinite(p).all():
-            raise ModelLoadError(f"image model {uri} returned shape {p.shape} on a smoke-test image")
-        run_id = run_id or str(meta.get("run_id") or "")
-        version, aliases = (None, []) if local is not None and local.exists() else _registry_info(s, uri, run_id)
-        return LoadedModel(bundle=bundle, uri=uri, run_id=run_id, version=version, aliases=aliases, route=route)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 # ---- prediction, answer, log record ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ImagePrediction:
-    model: object  # serving.model.LoadedModel
+    model: LoadedModel
     proba: np.ndarray  # (classes,)
     embedding: np.ndarray  # (D,)
 

@@ -1,4 +1,4 @@
-"""`POST /predict/image` on the HTTP API (registered by serving/app.py's create_app).
+"""`POST /predict/image` on the HTTP API (a view of the predict blueprint, serving/routes/predict.py).
 
 The body is the image itself (`Content-Type: image/x-adobe-dng | image/png | image/jpeg`) or
 `multipart/form-data` with one file part (its own content type, else its bytes tell). The request id
@@ -10,37 +10,22 @@ IMAGE_KEEP_UPLOADS=true the image itself is kept in the feature store under its 
 record names it in `image_uri` (churnops/image/uploads.py, with a retention limit).
 
 Servers of a tabular contract answer this route 409, and image servers answer the tabular routes
-409 (`refuse_tabular`), each naming the route that serves.
+409 (`refuse_tabular` in serving/routes/predict.py), each naming the route that serves.
 """
 
 from __future__ import annotations
 
 import time
 
-from flask import Flask, Response, request
+from flask import Response, request
 
-from churnops.image.uploads import UploadKeeper
 from serving.explain_http import check_explainable, wants_explanation
 from serving.image import CONTENT_TYPES, answer, content_type_of, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, dumps, new_request_id, valid_request_id
 from serving.oip_openapi import oip_paths
+from serving.routes.state import serving_state
 
 ROUTE = "/predict/image"
-
-
-def refuse_tabular(state, path: str) -> None:
-    """On a server of an image contract, the tabular routes answer 409 naming the image route."""
-    c = getattr(state, "image_contract", None)
-    if c is not None:
-        raise BadInput(
-            "this server serves an image model",
-            {
-                "path": f"{path} takes tabular features; DATASET={state.settings.dataset} is the image contract "
-                f"{c.name!r}: POST {ROUTE} with the image as the body"
-            },
-            "wrong_task",
-            409,
-        )
 
 
 def _request_id(form_value: str | None = None) -> str:
@@ -103,56 +88,49 @@ def _image_bytes(limit: int) -> tuple[bytes, str | None, str, str | None]:
     return request.get_data(cache=False), declared, "body", None
 
 
-def register_image_routes(app: Flask, state, current_models, child) -> None:
-    """Add `POST /predict/image` to `app` (state: serving.app.ServingState)."""
-    s = state.settings
-    keeper = None  # IMAGE_KEEP_UPLOADS: each upload written under its SHA-256 (churnops/image/uploads.py)
-    if s.image_keep_uploads and state.image_contract is not None:
-        keeper = UploadKeeper(s, state.image_contract.name)
-
-    @app.post(ROUTE)
-    def predict_image():
-        t0 = time.perf_counter()
-        contract = state.image_contract
-        if contract is None:
-            raise BadInput(
-                "this server serves a tabular model",
-                {
-                    "path": f"{ROUTE} needs DATASET=<an image contract>; DATASET={s.dataset}: POST /predict with features"
-                },
-                "wrong_task",
-                409,
-            )
-        if wants_explanation(request.args):  # the CNN has no trees: a 422 naming why (serving/explain_http.py)
-            check_explainable(current_models().champion)
-        limit = int(s.image_max_body_bytes)
-        request.max_content_length = limit  # this route's own limit (chunked and multipart reads stop there)
-        n = request.content_length
-        if n is not None and n > limit:  # refused from the header: the body is never read
-            raise BadInput(
-                "image too large",
-                {"body": f"{n} bytes > the {limit} byte limit (IMAGE_MAX_BODY_BYTES)"},
-                "body_too_large",
-                413,
-            )
-        data, declared, name, form_rid = _image_bytes(limit)
-        rid = _request_id(form_rid)
-        ms = current_models()
-        img = decode(data, declared, contract, name)
-        pred = predict(ms, rid, img)
-        latency = (time.perf_counter() - t0) * 1000
-        out = answer(pred, rid) | {"latency_ms": round(latency, 3)}
-        kept = {}
-        if keeper is not None and (uri := keeper.keep(data, img.sha256, img.content_type)):
-            kept = {"image_uri": uri}  # as a stream record's: what /feedback labels are joined to
-        state.plog.submit(log_entry(new_request_id(), rid, pred, img, "http", latency, **kept))
-        m = pred.model
-        try:
-            child(state.metrics.predictions, "http", m.route, str(m.version), pred.label).inc()
-            child(state.metrics.latency, "http_image", m.route).observe(latency / 1000)
-        except Exception:  # metrics never fail a prediction that is already logged
-            pass
-        return Response(dumps(out), mimetype="application/json")
+def predict_image():
+    """`POST /predict/image` (a view of serving/routes/predict.py's blueprint)."""
+    state = serving_state()
+    s, child, keeper = state.settings, state.child, state.upload_keeper
+    t0 = time.perf_counter()
+    contract = state.image_contract
+    if contract is None:
+        raise BadInput(
+            "this server serves a tabular model",
+            {"path": f"{ROUTE} needs DATASET=<an image contract>; DATASET={s.dataset}: POST /predict with features"},
+            "wrong_task",
+            409,
+        )
+    if wants_explanation(request.args):  # the CNN has no trees: a 422 naming why (serving/explain_http.py)
+        check_explainable(state.current_models().champion)
+    limit = int(s.image_max_body_bytes)
+    request.max_content_length = limit  # this route's own limit (chunked and multipart reads stop there)
+    n = request.content_length
+    if n is not None and n > limit:  # refused from the header: the body is never read
+        raise BadInput(
+            "image too large",
+            {"body": f"{n} bytes > the {limit} byte limit (IMAGE_MAX_BODY_BYTES)"},
+            "body_too_large",
+            413,
+        )
+    data, declared, name, form_rid = _image_bytes(limit)
+    rid = _request_id(form_rid)
+    ms = state.current_models()
+    img = decode(data, declared, contract, name)
+    pred = predict(ms, rid, img)
+    latency = (time.perf_counter() - t0) * 1000
+    out = answer(pred, rid) | {"latency_ms": round(latency, 3)}
+    kept = {}
+    if keeper is not None and (uri := keeper.keep(data, img.sha256, img.content_type)):
+        kept = {"image_uri": uri}  # as a stream record's: what /feedback labels are joined to
+    state.plog.submit(log_entry(new_request_id(), rid, pred, img, "http", latency, **kept))
+    m = pred.model
+    try:
+        child(state.metrics.predictions, "http", m.route, str(m.version), pred.label).inc()
+        child(state.metrics.latency, "http_image", m.route).observe(latency / 1000)
+    except Exception:  # metrics never fail a prediction that is already logged
+        pass
+    return Response(dumps(out), mimetype="application/json")
 
 
 def image_openapi(contract) -> dict:

@@ -1,6 +1,7 @@
 """The stream consumer's image records: `{"request_id": ..., "image_uri": "s3://bucket/key"}`.
 
-`Consumer.process` hands a batch here when DATASET names an image contract (serving/tasks.py).
+`ImageProcessor` is the consumer's `RecordProcessor` (serving/stream_records.py) when DATASET names
+an image contract (serving/tasks.py).
 Each record's object is fetched from S3 (only from BUCKET or IMAGE_URI_BUCKETS; refused unread
 when larger than IMAGE_MAX_BODY_BYTES), decoded and checked like a `POST /predict/image` body
 (serving/image.py), predicted, logged (before anything is put), and its result put on the
@@ -22,12 +23,13 @@ import logging
 import time
 
 import numpy as np
+from botocore.exceptions import ClientError
 
 from churnops.aws import client, is_transient
 from churnops.s3keys import UnsafeKeyError, split_s3_uri
 from serving.image import DecodedImage, answer, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, valid_request_id
-from serving.stream_records import ModelFailure, arrival, decode_payload
+from serving.stream_records import BatchOutcome, ModelFailure, RecordSink, arrival, decode_payload
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def parse_record(obj, seq: str, s) -> tuple[str, str, str]:
 
 def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
     """The object's bytes; BadInput when it is missing or larger than `limit` (then its body is not read)."""
-    from botocore.exceptions import ClientError
-
     try:
         obj = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -115,83 +115,87 @@ def fetch(s3, bucket: str, key: str, limit: int) -> bytes:
         body.close()
 
 
-def process_images(consumer, shard_id: str, records: list[dict]) -> tuple[int, int]:
-    """`Consumer.process` for image records: results and dead letters, log first; returns their counts."""
-    s, contract = consumer.s, consumer.image
-    if getattr(consumer, "_image_s3", None) is None:
-        consumer._image_s3 = client("s3", s, max_attempts=2, connect_timeout=2, read_timeout=10)
-    ms = consumer.models.current
-    results, logs, dlq = [], [], []
-    for rec in records:
-        t0 = time.perf_counter()
-        seq = rec["SequenceNumber"]
-        try:
-            rid, bucket, key = parse_record(decode_payload(rec["Data"]), seq, s)
-            img = decode(fetch(consumer._image_s3, bucket, key, int(s.image_max_body_bytes)), None, contract, "image")
-        except BadInput as e:
-            consumer.metrics.rejections.labels("stream", e.reason).inc()
-            consumer.rejections.add("stream", e.reason, e.details)
-            dlq.append(consumer._dead(shard_id, rec, e.error, e.reason, e.details))
-            continue
-        except Exception as e:
-            if is_transient(e):
-                raise  # S3 down: retry the batch later from the checkpoint
-            consumer.metrics.rejections.labels("stream", "undecodable").inc()
-            consumer.rejections.add("stream", "undecodable")
-            dlq.append(
-                consumer._dead(
-                    shard_id,
-                    rec,
-                    f"the image could not be decoded ({type(e).__name__})",
-                    "undecodable",
-                    {"exception": f"{type(e).__name__}: {e}"},
+class ImageProcessor:
+    """The consumer's `RecordProcessor` for image_uri records: results and dead letters, log records."""
+
+    def __init__(self, sink: RecordSink, contract):
+        self.sink = sink
+        self.s = sink.s
+        self.contract = contract
+        self._s3 = None  # made on the first batch: an S3 client per consumer
+
+    def s3(self):
+        """The S3 client the images are fetched with."""
+        if self._s3 is None:
+            self._s3 = client("s3", self.s, max_attempts=2, connect_timeout=2, read_timeout=10)
+        return self._s3
+
+    def process(self, shard_id: str, records: list[dict]) -> BatchOutcome:
+        """Each record: fetch, decode, predict; what fails for itself is a dead letter (S3 down, a model
+        that fails on everything: raised, the batch is retried from its checkpoint)."""
+        s, contract, sink, metrics = self.s, self.contract, self.sink, self.sink.metrics
+        ms = sink.models.current
+        out = BatchOutcome()
+        for rec in records:
+            t0 = time.perf_counter()
+            seq = rec["SequenceNumber"]
+            try:
+                rid, bucket, key = parse_record(decode_payload(rec["Data"]), seq, s)
+                img = decode(fetch(self.s3(), bucket, key, int(s.image_max_body_bytes)), None, contract, "image")
+            except BadInput as e:
+                metrics.rejections.labels("stream", e.reason).inc()
+                sink.rejections.add("stream", e.reason, e.details)
+                out.dead.append(sink.dead_letter(shard_id, rec, e.error, e.reason, e.details))
+                continue
+            except Exception as e:
+                if is_transient(e):
+                    raise  # S3 down: retry the batch later from the checkpoint
+                metrics.rejections.labels("stream", "undecodable").inc()
+                sink.rejections.add("stream", "undecodable")
+                out.dead.append(
+                    sink.dead_letter(
+                        shard_id,
+                        rec,
+                        f"the image could not be decoded ({type(e).__name__})",
+                        "undecodable",
+                        {"exception": f"{type(e).__name__}: {e}"},
+                    )
+                )
+                continue
+            try:
+                pred = predict(ms, rid, img)
+            except Exception as e:
+                if ms is None or not model_works(ms, img):
+                    raise ModelFailure(f"the image model fails on every record ({type(e).__name__}: {e})") from e
+                metrics.rejections.labels("stream", "prediction_failed").inc()
+                out.dead.append(
+                    sink.dead_letter(
+                        shard_id,
+                        rec,
+                        "the image could not be predicted",
+                        "prediction_failed",
+                        {"exception": f"{type(e).__name__}: {e}"},
+                    )
+                )
+                continue
+            now = time.time()
+            uri = f"s3://{bucket}/{key}"
+            body = answer(pred, rid) | {"sequence_number": seq, "shard_id": shard_id, "image_uri": uri, "ts": now}
+            out.results.append({"Data": json.dumps(body).encode(), "PartitionKey": rid[:256]})
+            out.logs.append(
+                log_entry(
+                    sink.log_id(shard_id, seq),
+                    rid,
+                    pred,
+                    img,
+                    "stream",
+                    (time.perf_counter() - t0) * 1000,
+                    ts=arrival(rec, now),
+                    shard_id=shard_id,
+                    sequence_number=seq,
+                    image_uri=uri,
                 )
             )
-            continue
-        try:
-            pred = predict(ms, rid, img)
-        except Exception as e:
-            if ms is None or not model_works(ms, img):
-                raise ModelFailure(f"the image model fails on every record ({type(e).__name__}: {e})") from e
-            consumer.metrics.rejections.labels("stream", "prediction_failed").inc()
-            dlq.append(
-                consumer._dead(
-                    shard_id,
-                    rec,
-                    "the image could not be predicted",
-                    "prediction_failed",
-                    {"exception": f"{type(e).__name__}: {e}"},
-                )
-            )
-            continue
-        now = time.time()
-        uri = f"s3://{bucket}/{key}"
-        out = answer(pred, rid) | {"sequence_number": seq, "shard_id": shard_id, "image_uri": uri, "ts": now}
-        results.append({"Data": json.dumps(out).encode(), "PartitionKey": rid[:256]})
-        logs.append(
-            log_entry(
-                consumer.log_id(shard_id, seq),
-                rid,
-                pred,
-                img,
-                "stream",
-                (time.perf_counter() - t0) * 1000,
-                ts=arrival(rec, now),
-                shard_id=shard_id,
-                sequence_number=seq,
-                image_uri=uri,
-            )
-        )
-        m = pred.model
-        consumer.metrics.predictions.labels("stream", m.route, str(m.version), pred.label).inc()
-    if logs:
-        consumer.plog.write_now(logs).check()  # stored or spooled before any put or checkpoint, else NotLogged
-    consumer._emit(s.output_stream, results)
-    consumer._emit(s.dlq_stream, dlq)
-    consumer.rejections.flush()  # the window's data quality (only when records were refused)
-    consumer.metrics.stream_records.labels("result").inc(len(results))
-    consumer.metrics.stream_records.labels("dead_letter").inc(len(dlq))
-    with consumer._lock:
-        consumer.processed += len(results)
-        consumer.dead += len(dlq)
-    return len(results), len(dlq)
+            m = pred.model
+            metrics.predictions.labels("stream", m.route, str(m.version), pred.label).inc()
+        return out

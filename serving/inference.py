@@ -25,7 +25,7 @@ from churnops.request_ids import (  # noqa: F401  (re-exported: the request id r
 )
 from serving.answers import answers_for
 from serving.encoding import dumps, finite, json_text  # noqa: F401  (finite, json_text: the servers' JSON helpers)
-from serving.model import LoadedModel, ModelSet
+from serving.loading import LoadedModel, ModelSet
 
 
 class BadInput(ValueError):
@@ -199,6 +199,8 @@ def log_record(
 
 
 def response_body(row: Row, m: LoadedModel, p: float, d: int) -> dict:
+    """THE answer to one record, for `POST /predict` (+ `latency_ms`) and a stream result (+ shard_id,
+    sequence_number, ts: serving/stream_tabular.py): one function, both callers."""
     body = {
         "request_id": row.request_id,
         **answers_for(m.bundle.task).answer(p, d, m.threshold),

@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from churnops.store.base import SHARD_END, Lease, PredictionStore, seq_order
+from churnops.store.base import SHARD_END, Lease, seq_order
+from churnops.store.protocols import CheckpointStore
 from serving.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class LeaseCoordinator:
 
     def __init__(
         self,
-        store: PredictionStore,
+        store: CheckpointStore,
         prefix: str,
         worker: str,
         duration_s: float,

@@ -1,4 +1,4 @@
-"""Model loading, canary routing and atomic reload for the HTTP API and the stream consumer.
+"""Canary routing and atomic reload for the HTTP API and the stream consumer (loading: serving/loading.py).
 
 The champion is what `churnops.registry.resolve_model_uri` names (RUN_ID pin, MODEL_URI, or
 `models:/<name>@champion`). With `CANARY_FRACTION > 0` and a `challenger` alias on a different
@@ -21,33 +21,31 @@ it writes the accepted target to `<state_dir>/serving-model.json` and every othe
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import psutil
 
-from churnops.bundle import Bundle
-from churnops.contract import load_contract
 from churnops.governance import CANARY_OUTCOMES
 from churnops.model_line import resolved
 from churnops.redact import redact
-from churnops.registry import alias_version, client, pin_problem, resolve_model_uri
+from churnops.registry import alias_version, client, resolve_model_uri
 from churnops.settings import Settings, get_settings
 from churnops.settings import get_settings as gs
-from churnops.speed import enabled as speed_enabled
 from serving.generation import next_generation, publish
-from serving.tasks import image_contract
+from serving.loading import (  # noqa: F401  (re-exported: their old home)
+    LoadedModel,
+    ModelLoadError,
+    ModelSet,
+    load_model,
+    route_fraction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +55,6 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 PENDING, LOADED, FAILED = "pending", "loaded", "failed"
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 KEEP_JOBS = 100
-
-
-class ModelLoadError(RuntimeError):
-    """The model named could not be downloaded or loaded."""
 
 
 class ReloadSuperseded(RuntimeError):
@@ -73,182 +67,6 @@ class ReloadBusy(RuntimeError):
     def __init__(self, job: dict):
         super().__init__(f"reload {job['id']} is still pending")
         self.job = job
-
-
-@dataclass
-class LoadedModel:
-    bundle: Bundle
-    uri: str
-    run_id: str
-    version: str | None
-    aliases: list[str]
-    route: str
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def threshold(self) -> float:
-        return self.bundle.threshold
-
-    def describe(self) -> dict:
-        meta = self.bundle.meta
-        return {
-            "route": self.route,
-            "uri": self.uri,
-            "run_id": self.run_id,
-            "version": self.version,
-            "aliases": self.aliases,
-            "threshold": self.threshold,
-            "runtime": self.bundle.runtime,
-            "batch_runtime": self.bundle.batch_runtime,
-            "native_batch_min_rows": self.bundle.native_min_rows,
-            "test_metrics": meta.get("test_metrics", {}),
-            "model_name": meta.get("model_name"),
-            "dataset": meta.get("dataset"),
-            "loaded_at": self.loaded_at,
-        }
-
-
-def route_fraction(request_id: str) -> float:
-    """sha256(request_id) as a number in [0, 1)."""
-    return int.from_bytes(hashlib.sha256(str(request_id).encode()).digest()[:8], "big") / 2.0**64
-
-
-@dataclass(frozen=True)
-class ModelSet:
-    champion: LoadedModel
-    challenger: LoadedModel | None = None
-    canary_fraction: float = 0.0
-    generation: int = 0
-
-    def pick(self, request_id: str) -> LoadedModel:
-        if (
-            self.challenger is not None
-            and self.canary_fraction > 0
-            and route_fraction(request_id) < self.canary_fraction
-        ):
-            return self.challenger
-        return self.champion
-
-    def models(self) -> list[LoadedModel]:
-        return [m for m in (self.champion, self.challenger) if m is not None]
-
-    def describe(self) -> dict:
-        return {
-            "champion": self.champion.describe(),
-            "challenger": self.challenger.describe() if self.challenger else None,
-            "canary_fraction": self.canary_fraction if self.challenger else 0.0,
-            "generation": self.generation,
-        }
-
-
-# ---- loading ------------------------------------------------------------------------------------
-
-
-def _find_bundle(root: Path) -> Path:
-    for cand in (root / "artifacts" / "bundle", root / "bundle", root):
-        if (cand / "meta.json").exists():
-            return cand
-    hits = sorted(root.rglob("meta.json"))
-    if hits:
-        return hits[0].parent
-    raise ModelLoadError(f"no model bundle (meta.json) inside the downloaded artifacts at {root}")
-
-
-def _registry_info(s: Settings, uri: str, run_id: str) -> tuple[str | None, list[str]]:
-    """(version, aliases) of the registered version behind `uri` / `run_id`, best effort."""
-    try:
-        c = client(s)
-        if uri.startswith("models:/"):
-            rest = uri[len("models:/") :]
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                mv = c.get_model_version_by_alias(name, alias)
-            else:
-                name, version = rest.split("/", 1)
-                mv = c.get_model_version(name, version)
-            return str(mv.version), sorted(getattr(mv, "aliases", []) or [])
-        versions = c.search_model_versions(f"run_id='{run_id}'")
-        versions = [v for v in versions if v.name == s.model_name] or list(versions)
-        if versions:
-            mv = max(versions, key=lambda v: int(v.version))
-            full = c.get_model_version(mv.name, mv.version)
-            return str(full.version), sorted(getattr(full, "aliases", []) or [])
-    except Exception as exc:  # registry info is descriptive only
-        log.warning("no registry info for %s: %s", uri, redact(exc))
-    return None, []
-
-
-def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir: Path | None = None) -> LoadedModel:
-    """Download `uri` (runs:/, models:/, or a local bundle folder) and load it (ONNX, 1 thread)."""
-    s = settings or get_settings()
-
-    contract = image_contract(s)
-    if contract is not None:
-        from serving.image import load_image_model
-
-        return load_image_model(uri, route, s, contract, cache_dir)
-    local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
-    tmp = None
-    try:
-        if local is not None and local.exists():
-            root = local
-        else:
-            import mlflow
-
-            mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-            mlflow.set_registry_uri(s.mlflow_tracking_uri)
-            base = cache_dir or (s.state_dir / "model-cache")
-            base.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="model-", dir=base))
-            try:
-                root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
-            except Exception as exc:
-                problem = pin_problem(s) if uri == f"runs:/{s.run_id}/model" else None
-                if problem:
-                    raise ModelLoadError(f"cannot download {uri}: {redact(problem)}") from exc
-                raise ModelLoadError(
-                    f"cannot download {uri} from {redact(s.mlflow_tracking_uri)}: "
-                    f"{type(exc).__name__}: {redact(exc)[:300]}"
-                ) from exc
-        bdir = _find_bundle(root)
-        try:
-            bundle = Bundle.load(
-                bdir,
-                prefer_onnx=True,
-                threads=1,
-                native_min_rows=s.native_batch_min_rows,
-                compiled_trees=s.compiled_trees and speed_enabled(s),  # FAST_PATHS=off: XGBoost's predictor
-            )
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load the model bundle of {uri}: {type(exc).__name__}: {redact(exc)}") from exc
-        check_contract(bundle.meta, uri, s)
-        # smoke test: one all-missing row must give a probability
-        p = bundle.predict_matrix(np.zeros((1, bundle.encoder.width), dtype=np.float32))
-        if p.shape != (1,) or not np.isfinite(p).all():
-            raise ModelLoadError(f"model {uri} returned {p!r} on a smoke-test row")
-        run_id = str(bundle.meta.get("run_id") or "")
-        if not run_id and uri.startswith("runs:/"):
-            run_id = uri.split("/")[1]
-        version, aliases = (None, []) if local is not None and local.exists() else _registry_info(s, uri, run_id)
-        return LoadedModel(bundle=bundle, uri=uri, run_id=run_id, version=version, aliases=aliases, route=route)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_contract(meta: dict, uri: str, s: Settings) -> None:
-    """Refuse a model trained with another data contract than the one this server validates with."""
-    fp = meta.get("contract_fingerprint")
-    if not fp:  # models registered before models carried their contract
-        return
-
-    served = load_contract(s.dataset)
-    if fp != served.fingerprint():
-        raise ModelLoadError(
-            f"model {uri} was trained with data contract {meta.get('dataset')!r} (fingerprint {fp[:12]}), "
-            f"this server validates requests with {served.name!r} (fingerprint {served.fingerprint()[:12]}, "
-            f"DATASET={s.dataset}): serve it with that contract, or pin a model of this one"
-        )
 
 
 def challenger_uri(s: Settings, champion_run_id: str) -> str | None:

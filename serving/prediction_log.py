@@ -61,9 +61,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from churnops.redact import redact
-from churnops.store.base import PredictionBatch, PredictionStore, is_record_error
+from churnops.store.base import PredictionBatch, is_record_error
 from churnops.store.base import feedback_outcome as _outcome
-from churnops.store.sqlite import _dumpb
+from churnops.store.encoding import dump_document
+from churnops.store.protocols import PredictionRecords
 from serving.quarantine import Quarantine, ReplayResult
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def _line(kind: str, record) -> bytes | None:
             return b'{"kind":"batch","record":' + record[1] + b"}\n"
         if kind == BATCH:
             record = {"const": record.const, "cols": record.cols, "features": record.features}
-        return _dumpb({"kind": kind, "record": record}) + b"\n"
+        return dump_document({"kind": kind, "record": record}) + b"\n"
     except Exception:
         return None
 
@@ -260,7 +261,7 @@ def parse_line(raw: str | bytes) -> tuple | None:
 class PredictionLog:
     def __init__(
         self,
-        store: PredictionStore,
+        store: PredictionRecords,
         spool_dir: str | Path,
         batch_size: int = 500,
         flush_interval_s: float = 0.5,

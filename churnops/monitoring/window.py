@@ -45,6 +45,7 @@ from churnops.monitoring.reading import (  # noqa: F401 (bounded_records, jsonab
     window_rows,
 )
 from churnops.shadow_test import SHADOW_ROUTE
+from churnops.store.protocols import PredictionRecords
 from churnops.tasks import task_for
 
 META_COLUMNS = [
@@ -149,7 +150,7 @@ class Window:
 
 
 def compute(
-    store,
+    store: PredictionRecords,
     settings,
     contract,
     hours: float,
@@ -271,7 +272,7 @@ def clear_cache() -> None:
 
 
 def summarize(
-    store,
+    store: PredictionRecords,
     settings,
     contract,
     hours: float,

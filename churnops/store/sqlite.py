@@ -26,11 +26,9 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-import orjson
-
 from churnops.store.base import Lease, PredictionBatch, PredictionStore
 from churnops.store.base import feedback_outcome as _outcome
+from churnops.store.encoding import dump_document, load_document
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prediction_chunks (
@@ -76,30 +74,6 @@ _LEASE_COLUMNS = "key, owner, counter, expires, checkpoint, seq, parents, pendin
 def _lease(row) -> Lease:
     key, owner, counter, expires, checkpoint, seq, parents, pending = row
     return Lease(key, owner, int(counter), float(expires), checkpoint, seq, json.loads(parents), pending)
-
-
-def _default(obj):
-    """JSON value of what orjson does not serialise itself (e.g. a non-contiguous numpy view)."""
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)
-
-
-def _dumpb(doc) -> bytes:
-    """JSON bytes of a log document (orjson: 5-10x faster than json.dumps for the log records)."""
-    try:
-        return orjson.dumps(doc, default=_default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
-    except TypeError:  # e.g. an integer beyond 64 bits
-        return json.dumps(doc, separators=(",", ":"), default=_default).encode()
-
-
-def _loads(text):
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # what only the json fallback writes (NaN, a lone surrogate escape)
-        return json.loads(text)
 
 
 def _chunk_records(doc: dict) -> list[dict]:
@@ -202,7 +176,7 @@ class SQLiteStore(PredictionStore):
     def encode_prediction(self, record: dict) -> tuple[float, bytes]:
         """(ts, JSON bytes) of a record: the prediction log encodes in the request thread, so its
         writer thread only joins bytes (short GIL holds: long ones stalled requests)."""
-        return float(record["ts"]), _dumpb(record)
+        return float(record["ts"]), dump_document(record)
 
     def insert_encoded(self, items: list[tuple[float, bytes]]) -> int:
         """One chunk of records encoded by `encode_prediction`; returns how many were written."""
@@ -223,14 +197,14 @@ class SQLiteStore(PredictionStore):
     def encode_batch(self, batch: PredictionBatch) -> bytes:
         """JSON of a batch's columns (`{"const", "cols", "features"}`): the prediction log encodes it
         once in the request thread, for its journal and for `insert_encoded_batch`."""
-        return _dumpb({"const": batch.const, "cols": batch.cols, "features": batch.features})
+        return dump_document({"const": batch.const, "cols": batch.cols, "features": batch.features})
 
     def insert_encoded_batch(self, batch: PredictionBatch, doc: bytes) -> int:
         """`insert_batch` with the columns already encoded by `encode_batch` (same chunk id)."""
         if batch.n == 0:
             return 0
         lo, hi = self._span(batch)
-        key = _dumpb(["batch", lo, hi, batch.cols["_id"]])
+        key = dump_document(["batch", lo, hi, batch.cols["_id"]])
         return self._insert_chunk(b'{"batch":' + doc + b"}", lo, hi, batch.n, key)
 
     def insert_batch(self, batch: PredictionBatch) -> int:
@@ -241,10 +215,10 @@ class SQLiteStore(PredictionStore):
         cols = batch.cols
         if cols.get("request_id") is cols["_id"]:  # HTTP batches: the same list twice, stored once
             cols = {k: v for k, v in cols.items() if k != "request_id"}
-        doc = _dumpb({"batch": {"const": batch.const, "cols": cols, "features": batch.features}})
+        doc = dump_document({"batch": {"const": batch.const, "cols": cols, "features": batch.features}})
         # the chunk's identity: its time span and record ids as JSON (unambiguous whatever the ids
         # hold; records are first-write-wins by id), a fifth of the bytes of the document
-        key = _dumpb(["batch", lo, hi, batch.cols["_id"]])
+        key = dump_document(["batch", lo, hi, batch.cols["_id"]])
         return self._insert_chunk(doc, lo, hi, batch.n, key)
 
     def _records(self, start, end, limit=None) -> list[dict]:
@@ -273,7 +247,7 @@ class SQLiteStore(PredictionStore):
                     if ts_min > cut:
                         break
                 (text,) = conn.execute("SELECT doc FROM prediction_chunks WHERE rowid = ?", (rowid,)).fetchone()
-                for r in _chunk_records(_loads(text)):
+                for r in _chunk_records(load_document(text)):
                     if lo <= r["ts"] < hi:
                         key = str(r["_id"])
                         prev = best.get(key)
