@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from churnops.contract import DatasetContract, RecordResult
 from churnops.speed import FastPaths
+from serving.answers import answers_for
 from serving.inference import BadInput, Row, check_row, log_record, predict_rows, response_body
 from serving.loading import ModelSet
 from serving.stream_records import BatchOutcome, ModelFailure, RecordSink, arrival, decode_payload
@@ -149,5 +150,7 @@ class TabularProcessor:
                 continue
             results.append(entry)
             logs.append(lrec)
-            metrics.predictions.labels("stream", m.route, str(m.version), m.bundle.task.decision_label(d)).inc()
+            metrics.predictions.labels(
+                "stream", m.route, str(m.version), answers_for(m.bundle.task).decision_label(d)
+            ).inc()
         return BatchOutcome(results, logs, dlq)
