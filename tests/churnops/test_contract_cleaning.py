@@ -8,7 +8,7 @@ import pytest
 
 from churnops.cleaning import check_raw_frame, clean_frame
 from churnops.contract import ContractViolation, load_contract, snake_case, validate_record
-from tests.conftest import real_file_only
+from tests.support.paths import real_file_only
 
 
 @pytest.fixture(scope="module")

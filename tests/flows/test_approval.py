@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.support.approval import execute
 
 PASSING = {
     "test_auc_roc": 0.99,
@@ -50,18 +50,6 @@ def run_state(run_id):
 
     with get_client(sync_client=True) as c:
         return c.read_flow_run(run_id).state
-
-
-def execute(run_id):
-    """What a worker does with a resumed run: run the deployment's flow for it (here, in this process)."""
-    from prefect import get_client
-    from prefect.flow_engine import run_flow
-
-    from flows.approval_flow import approve_model_flow
-
-    with get_client(sync_client=True) as c:
-        fr = c.read_flow_run(run_id)
-    return run_flow(approve_model_flow, flow_run=fr, parameters=fr.parameters, return_type="state")
 
 
 def suspended_gate(s, version, timeout_s=60):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.serving.conftest import example, local_model_set
+from tests.support.serving import example, local_model_set
 
 
 def open_stores(tmp_path):
