@@ -1,8 +1,8 @@
 """The challenger's outcome after training, and the suspended approval run resumed programmatically.
 
-Each test registers a new version of the session's trained model, then runs the flow's
-governance step (`govern`) inside a small Prefect flow on the test harness's real server. A
-challenger that passes every rule leaves a *Suspended* `approve-model/approval` run and `govern`
+Each test registers a new version of its own model (`own_model`: the session's trained version copied
+as version 1, champion), then runs the flow's governance step (`govern`) inside a small Prefect flow
+on the test harness's real server. A challenger that passes every rule leaves a *Suspended* `approve-model/approval` run and `govern`
 returns at once; the tests answer the form through Prefect's API and run the resumed flow run here,
 as a worker would.
 """
@@ -76,11 +76,12 @@ def champion(s):
 
 
 def last_audit(s, n=1):
+    """The newest `n` audit records about this test's own model (the session's store is shared)."""
     from churnops.store.factory import open_store
 
     store = open_store(s)
     try:
-        return store.find_audit(limit=n)
+        return store.find_audit(limit=n, model=s.model_name)
     finally:
         store.close()
 
@@ -198,7 +199,7 @@ def test_headless_promotes_only_with_auto_approve(trained, own_model, prefect_ha
 
 
 def swept_audit(s, version):
-    """The sweep's audit records about `version` (other tests' versions share this model)."""
+    """The sweep's audit records about `version` of this test's model."""
     return [
         a
         for a in last_audit(s, 200)

@@ -112,7 +112,7 @@ def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):
     assert alias_version(name, "previous", stack_env).version == newest
     store = open_store(stack_env)
     try:
-        audit = store.find_audit(limit=3)
+        audit = store.find_audit(limit=3, model=name)
     finally:
         store.close()
     assert [a["action"] for a in audit] == ["rollback", "rollback-intent", "promote"]

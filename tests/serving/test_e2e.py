@@ -21,10 +21,20 @@ from tests.support.streams import read_stream
 
 
 @pytest.fixture(scope="module")
-def api(stack_env, trained, tmp_path_factory):
+def e2e_model(stack_env, trained) -> str:
+    """This module's own registered model: the session's trained version copied as version 1 (champion)."""
+    name = unique_name(f"{stack_env.model_name}-e2e")
+    register_copy(stack_env, stack_env.model_name, trained["version"], name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def api(stack_env, trained, e2e_model, tmp_path_factory):
+    """gunicorn (2 workers) pinned to the trained run, under this module's own model name (a reload
+    may name its versions)."""
     d = tmp_path_factory.mktemp("api")
     port = free_port()
-    env = serving_env(stack_env, trained, d / "state", API_PORT=port, API_WORKERS=2)
+    env = serving_env(stack_env, trained, d / "state", MODEL_NAME=e2e_model, API_PORT=port, API_WORKERS=2)
     srv = Server(
         [sys.executable, "-m", "serving.server"],
         d / "gunicorn.log",
@@ -247,17 +257,15 @@ def test_bad_reload_keeps_serving(api, trained):
 
 
 @pytest.fixture(scope="module")
-def challenger_version(stack_env, trained, tmp_path_factory):
-    """A registered model of this module's own: the session's trained version copied as version 1
-    (champion), and a version from a different run aliased `challenger`."""
+def challenger_version(stack_env, e2e_model, tmp_path_factory):
+    """A version of this module's own model from a different run, aliased `challenger`."""
     import mlflow
 
     from churnops.bundle import ChurnPyfunc
     from churnops.registry import client
     from tests.support.serving import make_bundle
 
-    name = unique_name(f"{stack_env.model_name}-e2e")
-    register_copy(stack_env, stack_env.model_name, trained["version"], name)
+    name = e2e_model
     d = tmp_path_factory.mktemp("chall")
     bundle = make_bundle(d / "bundle", 5)
     mlflow.set_tracking_uri(stack_env.mlflow_tracking_uri)

@@ -30,7 +30,9 @@ def register_copy(s, source_name: str, version: str, name: str, aliases: tuple[s
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    mv = c.create_model_version(name, src.source, run_id=src.run_id, tags=dict(src.tags), model_id=src.model_id)
+    # MLflow 3: the source is the logged model (`models:/m-<id>`), whose id the registry wants with it
+    model_id = src.model_id or (src.source.removeprefix("models:/") if src.source.startswith("models:/m-") else None)
+    mv = c.create_model_version(name, src.source, run_id=src.run_id, tags=dict(src.tags), model_id=model_id)
     for alias in aliases:
         c.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
