@@ -48,7 +48,7 @@ def open_store(path: Path):
         return SQLiteStore(path), "sqlite"
     except ImportError:
         sys.path.insert(0, str(ROOT / "tests"))
-        from tests.reporting.conftest import MemoryStore
+        from tests.support.memory_store import MemoryStore
 
         return MemoryStore(), "memory"
 

@@ -1,21 +1,27 @@
-"""Shared fixtures: real local servers (moto S3/Kinesis, MLflow, Prefect test harness).
+"""Shared fixtures: real local servers (moto S3/Kinesis, MLflow, Prefect test harness), fresh settings.
 
 Session-scoped and started only when a test asks for them, each on a free port with its state
 in a temporary folder, so the suite never touches a developer's running stack or `.env.local`.
+Every fixture that starts (or needs) a real server requests `real_server`: the tests using one,
+directly or through other fixtures, are marked `integration` (`pytest -m "not integration"`: units).
+Every test starts and ends with no cached settings (`fresh_settings`); `monkeypatch.setenv` and
+`delenv` drop the cache too, so a test reads its own environment through `get_settings()`.
+Helpers shared by several test files live in tests/support/.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
-from churnops.settings import quiet_process
-from ops.localservers import BIN, Server, free_port, start_mlflow, start_moto, wait_http  # noqa: F401 (re-exported)
-
-ROOT = Path(__file__).resolve().parent.parent
-REAL_DATA = ROOT.parent / "shared" / "data" / "bank_churners.csv"
+from churnops.settings import get_settings, quiet_process
+from ops.localservers import start_mlflow, start_moto
+from tests.support.env import EnvPatch
+from tests.support.paths import REAL_DATA, ROOT, uses_real_file
+from tests.support.registry import register_copy
 
 # Never read the developer's .env.local during tests.
 os.environ["ENV_FILE"] = str(ROOT / "tests" / ".env.test-does-not-exist")
@@ -29,15 +35,41 @@ SUITES = ("code", "data", "model")  # tests/data -> data, tests/model -> model, 
 
 
 def pytest_collection_modifyitems(config, items):
-    """Give every test exactly one suite marker, from its folder (`make test-code|test-data|test-model`)."""
+    """Give every test exactly one suite marker, from its folder (`make test-code|test-data|test-model`),
+    and `integration` to every test that uses a real server (a fixture requesting `real_server`)."""
     for item in items:
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
         suite = parts[0] if parts[0] in ("data", "model") else "code"
         item.add_marker(getattr(pytest.mark, suite))
+        if "real_server" in item.fixturenames:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory):
+def real_server():
+    """Requested by every fixture that starts a real local server (moto, MLflow, Prefect, gunicorn,
+    nginx, Prometheus ...) and by a test that starts one itself: marks its tests `integration`."""
+
+
+@pytest.fixture
+def monkeypatch():
+    """pytest's `monkeypatch`, as an EnvPatch: `get_settings()` after `setenv`/`delenv` reads them."""
+    mp = EnvPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """No settings cached from another test (nor left for the next): the one place that clears them
+    between tests (fixtures of a wider scope use EnvPatch)."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(real_server, tmp_path_factory):
     """A real moto server (S3 + Kinesis over HTTP) on a free port."""
     srv, url = start_moto(tmp_path_factory.mktemp("moto"))
     yield url
@@ -45,7 +77,7 @@ def moto_endpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory):
+def mlflow_uri(real_server, tmp_path_factory):
     """A real MLflow tracking server (SQLite, artifacts proxied) on a free port."""
     srv, url = start_mlflow(tmp_path_factory.mktemp("mlflow"))
     yield url
@@ -53,7 +85,7 @@ def mlflow_uri(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
+def prefect_harness(real_server):
     """Prefect's own test harness: a temporary server and database for the session."""
     from prefect.testing.utilities import prefect_test_harness
 
@@ -64,8 +96,6 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def stack_env(moto_endpoint, mlflow_uri, tmp_path_factory):
     """Point settings at the test servers (unique bucket); yields the Settings object."""
-    from churnops.settings import get_settings
-
     values = {
         "AWS_ENDPOINT_URL": moto_endpoint,
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -78,23 +108,18 @@ def stack_env(moto_endpoint, mlflow_uri, tmp_path_factory):
         "APPROVAL_TIMEOUT_S": "0",  # no pause: a challenger that passes the rules awaits `make promote`
         "STATE_DIR": str(tmp_path_factory.mktemp("state")),  # the audit trail's store
     }
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
+    mp = EnvPatch()
+    for k, v in values.items():
+        mp.setenv(k, v)
     yield get_settings()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    get_settings.cache_clear()
+    mp.undo()
 
 
 @pytest.fixture
 def pristine_env(monkeypatch):
     """No setting from the process environment for this test, so `Settings(_env_file=None)` is the
     defaults whatever ran before (the session's `stack_env` sets MODEL_NAME and others)."""
-    from churnops.settings import Settings, get_settings
+    from churnops.settings import Settings
 
     names = {n.upper() for n in Settings.model_fields} | {
         str(f.validation_alias).upper() for f in Settings.model_fields.values() if f.validation_alias
@@ -102,19 +127,6 @@ def pristine_env(monkeypatch):
     for k in list(os.environ):
         if k.upper() in names:
             monkeypatch.delenv(k)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def synthetic_data_forced() -> bool:
-    """CHURNOPS_TEST_DATA=synthetic: run as a hosted runner does, on the generator, even where the file is."""
-    return os.environ.get("CHURNOPS_TEST_DATA", "").lower() == "synthetic"
-
-
-def uses_real_file() -> bool:
-    """Whether the churn tests read the real BankChurners file (else the seeded synthetic generator)."""
-    return REAL_DATA.exists() and not synthetic_data_forced()
 
 
 @pytest.fixture(scope="session")
@@ -132,11 +144,6 @@ def real_data_path(tmp_path_factory) -> str:
     return str(path)
 
 
-real_file_only = pytest.mark.skipif(
-    not uses_real_file(), reason="checks facts of the real BankChurners file (hand-copied rows, its row count)"
-)
-
-
 @pytest.fixture(scope="session")
 def trained(stack_env, prefect_harness, real_data_path):
     """One small sweep on the real data through the real flow: the registered model's summary."""
@@ -150,23 +157,11 @@ def trained(stack_env, prefect_harness, real_data_path):
 
 @pytest.fixture
 def own_model(stack_env, trained, monkeypatch, request):
-    """Settings naming this test module's own registered model: a copy of the session's trained run as
-    version 1 (champion). Tests that promote, approve or roll back use it, so the session's model (which
-    other tests expect at version 1) never moves, whatever the order the tests run in."""
-    import mlflow
-
-    from churnops.registry import client
-    from churnops.settings import get_settings
-
-    name = f"{stack_env.model_name}-{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}"
+    """Settings naming this test's own registered model (a fresh, unique name): the session's trained
+    version copied as its version 1 (champion). Tests that promote, approve, roll back or train again
+    use it, so the session's model never moves and no test sees another's versions or aliases."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    name = f"{stack_env.model_name}-{module}-{uuid.uuid4().hex[:8]}"
+    register_copy(stack_env, stack_env.model_name, trained["version"], name)
     monkeypatch.setenv("MODEL_NAME", name)
-    get_settings.cache_clear()
-    s = get_settings()
-    c = client(s)
-    if not c.search_model_versions(f"name = '{name}'"):
-        mlflow.set_registry_uri(s.mlflow_tracking_uri)
-        mv = mlflow.register_model(f"runs:/{trained['run_id']}/model", name)
-        c.set_registered_model_alias(name, "champion", mv.version)
-    yield s
-    monkeypatch.undo()
-    get_settings.cache_clear()
+    return get_settings()

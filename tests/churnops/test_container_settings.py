@@ -17,15 +17,12 @@ def test_an_empty_env_file_means_the_environment_only(monkeypatch, tmp_path):
     assert settings.env_file() is None
     settings.export_env()  # nothing to read, no error
     monkeypatch.setenv("BUCKET", "from-env")
-    settings.get_settings.cache_clear()
     assert settings.get_settings().bucket == "from-env"
     f = tmp_path / ".env.x"
     f.write_text("BUCKET=from-file\n")
     monkeypatch.setenv("ENV_FILE", str(f))
     monkeypatch.delenv("BUCKET")
-    settings.get_settings.cache_clear()
     assert settings.env_file() == f and settings.get_settings().bucket == "from-file"
-    settings.get_settings.cache_clear()
 
 
 def test_the_image_commit_is_recorded_without_a_checkout(monkeypatch, tmp_path):

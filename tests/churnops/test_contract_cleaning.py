@@ -9,7 +9,7 @@ import pytest
 from churnops.cleaning import check_raw_frame, clean_frame
 from churnops.contract import ContractViolation, load_contract, validate_record
 from churnops.validator import snake_case
-from tests.conftest import real_file_only
+from tests.support.paths import real_file_only
 
 
 @pytest.fixture(scope="module")

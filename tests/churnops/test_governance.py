@@ -117,7 +117,7 @@ def test_server_refuses_a_model_trained_with_another_contract(tmp_path, monkeypa
     from churnops.contract import DATASETS_DIR, load_contract
     from churnops.settings import Settings
     from serving.model import ModelLoadError, load_model
-    from tests.serving.conftest import make_bundle
+    from tests.support.serving import make_bundle
 
     bundle = make_bundle(tmp_path / "b", seed=3)
     meta = json.loads((bundle / "meta.json").read_text())

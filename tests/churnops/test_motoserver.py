@@ -6,12 +6,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
-import pytest
 
 from ops.localservers import Server, free_port, wait_http
 from ops.motoserver import is_kinesis
-
-pytestmark = pytest.mark.integration
 
 
 def test_kinesis_requests_are_recognised():
@@ -51,7 +48,7 @@ def concurrent_puts(url: str, threads: int = 8, calls: int = 25, per_call: int =
     return threads * calls * per_call, len(set(seqs)), len(set(stored))
 
 
-def test_concurrent_put_records_lose_nothing(tmp_path):
+def test_concurrent_put_records_lose_nothing(real_server, tmp_path):
     port = free_port()
     srv = Server([sys.executable, "-m", "ops.motoserver", "-H", "127.0.0.1", "-p", str(port)], tmp_path / "moto.log")
     try:

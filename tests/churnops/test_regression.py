@@ -11,6 +11,8 @@ import pytest
 from churnops.contract import load_contract
 from churnops.governance import evaluate_rules, failed, load_rules
 from churnops.tasks import BinaryClassification, Regression, regression_metrics, task_for
+from tests.support.env import EnvPatch
+from tests.support.registry import register_copy, unique_name
 
 MODEL = "churn-test-diabetes"  # never the session's `churn-test` model
 
@@ -130,18 +132,16 @@ def diabetes_model(stack_env, prefect_harness):
     from flows.train_flow import train_flow
     from ops.provision import init_aws
 
-    mp = pytest.MonkeyPatch()
+    mp = EnvPatch()  # module-wide: its changes drop the cached settings too
     mp.setenv("DATASET", "diabetes")
     mp.setenv("MODEL_NAME", MODEL)
     mp.setenv("EXPERIMENT_NAME", "diabetes-test")
-    get_settings.cache_clear()
     try:
         s = get_settings()
         assert init_aws(s)["snapshot"].rows == 442
         yield train_flow(n_trials=3, data_profile=False), s
     finally:
         mp.undo()
-        get_settings.cache_clear()
 
 
 def _download_bundle(s, version: str, dst):
@@ -202,25 +202,24 @@ def test_pyfunc_answers_predicted_values(diabetes_model):
 def test_a_second_run_is_judged_against_the_champion_rescored_in_rmse(diabetes_model, monkeypatch):
     """Same snapshot, same seed: the challenger is the champion's twin, so the champion re-scored on
     the challenger's test split has the RMSE version 1 reported and the improvement is zero (passes
-    `min_improvement_rmse: 0.0`); the challenger then awaits a person (APPROVAL_TIMEOUT_S=0)."""
+    `min_improvement_rmse: 0.0`); the challenger then awaits a person (APPROVAL_TIMEOUT_S=0). On a
+    model of its own: version 1 of the module's model copied as champion."""
     from churnops.registry import alias_version
     from churnops.settings import get_settings
     from flows.train_flow import train_flow
 
-    first, _ = diabetes_model
-    for k, v in {"DATASET": "diabetes", "MODEL_NAME": MODEL, "EXPERIMENT_NAME": "diabetes-test"}.items():
+    first, s = diabetes_model
+    name = unique_name(MODEL)
+    register_copy(s, MODEL, first["version"], name)
+    for k, v in {"DATASET": "diabetes", "MODEL_NAME": name, "EXPERIMENT_NAME": "diabetes-test"}.items():
         monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    try:
-        second = train_flow(n_trials=3, data_profile=False)
-        assert second["version"] == "2" and second["champion_version"] == "1"
-        assert second["outcome"] == "awaiting approval", second["rules"]
-        gain = next(r for r in second["rules"] if r["name"] == "min_improvement_rmse")
-        assert gain["passed"] and gain["value"] == pytest.approx(0.0, abs=1e-3)
-        assert f"vs champion {first['test_metrics']['rmse']:.4f}" in gain["detail"]
-        assert alias_version(MODEL, "champion", get_settings()).version == "1"
-    finally:
-        get_settings.cache_clear()
+    second = train_flow(n_trials=3, data_profile=False)
+    assert second["version"] == "2" and second["champion_version"] == "1"
+    assert second["outcome"] == "awaiting approval", second["rules"]
+    gain = next(r for r in second["rules"] if r["name"] == "min_improvement_rmse")
+    assert gain["passed"] and gain["value"] == pytest.approx(0.0, abs=1e-3)
+    assert f"vs champion {first['test_metrics']['rmse']:.4f}" in gain["detail"]
+    assert alias_version(name, "champion", get_settings()).version == "1"
 
 
 # ---- serving the registered regression model ---------------------------------------------------
@@ -403,7 +402,6 @@ def test_feedback_values_become_a_snapshot_and_far_off_values_trigger_retraining
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
     clear_cache()
     try:
         s = get_settings()
@@ -450,5 +448,4 @@ def test_feedback_values_become_a_snapshot_and_far_off_values_trigger_retraining
         snap = read_snapshot(latest_snapshot(c, s), c, s)
         assert snap["progression"].iloc[442:].tolist() == pytest.approx(values[:80])  # the observed floats
     finally:
-        get_settings.cache_clear()
         clear_cache()

@@ -23,7 +23,6 @@ def test_missing_empty_corrupt_files_name_the_file(tmp_path, stack_env):
         load_raw(stack_env, str(tmp_path))
 
 
-@pytest.mark.integration
 def test_snapshot_is_content_addressed_and_idempotent(stack_env, real_data_path):
     from churnops.aws import client, ensure_bucket, ensure_streams
     from churnops.cleaning import check_raw_frame
@@ -50,7 +49,6 @@ def test_snapshot_is_content_addressed_and_idempotent(stack_env, real_data_path)
     pd.testing.assert_series_equal(back["credit_limit"], clean["credit_limit"])
 
 
-@pytest.mark.integration
 def test_s3_uri_source_and_unreachable_endpoint(stack_env, tmp_path, monkeypatch):
     from churnops.aws import client, ensure_bucket
     from churnops.settings import Settings

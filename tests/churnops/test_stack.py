@@ -125,7 +125,7 @@ def test_simulator_service_repeats_every_interval_and_survives_a_failed_round():
     assert repeat(lambda: 7, 0) == 7  # interval 0: one round, its exit code
 
 
-def test_up_refuses_a_port_taken_by_someone_else(tmp_path):
+def test_up_refuses_a_port_taken_by_someone_else(real_server, tmp_path):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
@@ -329,7 +329,7 @@ def test_stack_programs_run_with_telemetry_off_and_the_stack_marker(tmp_path):
         assert f'CHURNOPS_STACK_DIR="{s.state_dir.resolve()}"' in ln
 
 
-def test_local_servers_children_run_with_telemetry_off(tmp_path, monkeypatch):
+def test_local_servers_children_run_with_telemetry_off(real_server, tmp_path, monkeypatch):
     from ops.localservers import Server
 
     for name in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):
@@ -365,7 +365,7 @@ def test_entry_points_turn_telemetry_off_before_importing_mlflow(tmp_path):
     assert "TELEMETRY true true false" in out.stdout, out.stderr
 
 
-def test_repin_after_down_up_reaches_the_servers_under_the_real_supervisor(tmp_path, monkeypatch):
+def test_repin_after_down_up_reaches_the_servers_under_the_real_supervisor(real_server, tmp_path, monkeypatch):
     """Pin A, up, down/up, pin B (the file), start: the program sees B, not the copy of A.
 
     `export_env` copies `.env.local` (RUN_ID=A) into the stack process before supervisord starts;
@@ -417,7 +417,6 @@ def test_repin_after_down_up_reaches_the_servers_under_the_real_supervisor(tmp_p
     finally:
         stack.down(get_settings())
         os.environ.pop("RUN_ID", None)
-        get_settings.cache_clear()
 
 
 def test_pin_problem_names_a_run_that_no_longer_exists(stack_env):

@@ -13,7 +13,7 @@ def settings(tmp_path, **over) -> Settings:
 
 
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make system-deps installs it)")
-def test_nginx_takes_the_public_port_and_server_moves_to_loopback(tmp_path):
+def test_nginx_takes_the_public_port_and_server_moves_to_loopback(real_server, tmp_path):
     from ops.stack import programs, render_config, with_proxy
 
     progs = {p.name: p for p in programs(settings(tmp_path))}
@@ -58,7 +58,7 @@ def test_rendered_proxy_config_passes_nginx_t(tmp_path):
 
 
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make system-deps installs it)")
-def test_nginx_limits_connections_per_client_with_a_json_429(tmp_path):
+def test_nginx_limits_connections_per_client_with_a_json_429(real_server, tmp_path):
     """Issue 19: two requests held by an upstream that never answers; a third from the same address is a 429."""
     import json
     import socket

@@ -4,6 +4,7 @@ tripwire on the hyperopt code it relies on."""
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from importlib.metadata import version
 
 import numpy as np
@@ -112,3 +113,33 @@ def test_tripwire_hyperopt_version_and_code_relied_upon():
     assert not changed(HYPEROPT_SOURCES), (
         f"hyperopt code relied upon by churnops.tuning changed: {changed(HYPEROPT_SOURCES)}"
     )
+
+
+def test_dask_engine_on_a_local_cluster_runs_the_serial_sweep():
+    """A tiny sweep on a one-worker `dask.distributed.LocalCluster` (in this process, reached through its
+    scheduler address as `DASK_ADDRESS` would be): one slot, so TPE suggests exactly the serial
+    sequence; every trial comes back through `on_trial`, with the serial engine's params and metrics,
+    and the same best trial. The cluster outlives the sweep (the engine closes only its client)."""
+    from dask.distributed import Client, LocalCluster
+
+    from churnops.tuning import best_trial
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(int)
+    data = Split(X[:200], y[:200], X[200:250], y[200:250], X[250:], y[250:])
+    cfg = SweepConfig(n_trials=5, seed=3, max_trees=20, early_stopping=5, threads=1, n_startup=2)
+    serial = run_sweep(data, cfg)
+    logged = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        on_dask = run_sweep(
+            data, replace(cfg, executor="dask", dask_address=cluster.scheduler_address), on_trial=logged.append
+        )
+        with Client(cluster) as c:  # still up: the engine closed its client, not the cluster
+            assert len(c.scheduler_info()["workers"]) == 1
+    assert sorted(t.number for t in logged) == [t.number for t in on_dask] == [0, 1, 2, 3, 4]
+    assert [t.params for t in on_dask] == [t.params for t in serial]
+    assert [t.metrics for t in on_dask] == [t.metrics for t in serial]
+    assert [t.n_trees for t in on_dask] == [t.n_trees for t in serial]
+    assert best_trial(on_dask).params == best_trial(serial).params
+    assert len({t.params["learning_rate"] for t in on_dask}) == 5  # five different points, not one repeated

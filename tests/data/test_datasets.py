@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from churnops.cleaning import check_raw_frame, clean_frame
 from churnops.contract import load_contract, validate_record
 from churnops.synthetic import LEAK_1, LEAK_2, generate_customers
-from tests.conftest import real_file_only
+from tests.support.paths import real_file_only
 
 
 @pytest.fixture(scope="module")

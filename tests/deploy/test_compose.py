@@ -7,7 +7,7 @@ import subprocess
 
 import yaml
 
-from tests.deploy.conftest import (
+from tests.support.deploy import (
     COMPOSE_FILES,
     PUBLISHED,
     ROOT,

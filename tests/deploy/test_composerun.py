@@ -21,7 +21,7 @@ from ops.composerun import (
     load_project,
     start_order,
 )
-from tests.deploy.conftest import COMPOSE_FILES, ROOT, SECRET_VARS
+from tests.support.deploy import COMPOSE_FILES, ROOT, SECRET_VARS
 
 
 def test_interpolation_follows_compose_rules():
@@ -97,10 +97,9 @@ def can_emulate() -> str | None:
     return None
 
 
-@pytest.mark.integration
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(can_emulate() is not None, reason=str(can_emulate()))
-def test_compose_smoke_runs_the_compose_files_without_docker():
+def test_compose_smoke_runs_the_compose_files_without_docker(real_server):
     """The README's Docker sequence on the compose files' own services, then the smoke checks."""
     out = subprocess.run(
         [sys.executable, "-m", "ops.composerun", "smoke"],

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.deploy.conftest import BIN
+from tests.support.deploy import BIN
 
 
 @pytest.fixture

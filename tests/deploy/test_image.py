@@ -7,7 +7,7 @@ import re
 import subprocess
 import tomllib
 
-from tests.deploy.conftest import ROOT, tool
+from tests.support.deploy import ROOT, tool
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.deploy.conftest import ROOT, SECRET_VARS
+from tests.support.deploy import ROOT, SECRET_VARS
 
 SWITCHED = (
     "up",

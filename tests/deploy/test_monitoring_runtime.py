@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.deploy.conftest import ROOT
+from tests.support.deploy import ROOT
 
 
 def server_block(text: str) -> str:
@@ -71,7 +71,7 @@ def get_json(url: str) -> dict:
 
 
 @pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed (make system-deps)")
-def test_embedded_prometheus_scrapes_the_api_with_the_alert_rules(tmp_path):
+def test_embedded_prometheus_scrapes_the_api_with_the_alert_rules(real_server, tmp_path):
     from churnops.settings import Settings
     from ops import services
     from ops.localservers import Server, free_port, wait_http

@@ -1,8 +1,8 @@
 """The challenger's outcome after training, and the suspended approval run resumed programmatically.
 
-Each test registers a new version of the session's trained model, then runs the flow's
-governance step (`govern`) inside a small Prefect flow on the test harness's real server. A
-challenger that passes every rule leaves a *Suspended* `approve-model/approval` run and `govern`
+Each test registers a new version of its own model (`own_model`: the session's trained version copied
+as version 1, champion), then runs the flow's governance step (`govern`) inside a small Prefect flow
+on the test harness's real server. A challenger that passes every rule leaves a *Suspended* `approve-model/approval` run and `govern`
 returns at once; the tests answer the form through Prefect's API and run the resumed flow run here,
 as a worker would.
 """
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.support.approval import execute
 
 PASSING = {
     "test_auc_roc": 0.99,
@@ -52,18 +52,6 @@ def run_state(run_id):
         return c.read_flow_run(run_id).state
 
 
-def execute(run_id):
-    """What a worker does with a resumed run: run the deployment's flow for it (here, in this process)."""
-    from prefect import get_client
-    from prefect.flow_engine import run_flow
-
-    from flows.approval_flow import approve_model_flow
-
-    with get_client(sync_client=True) as c:
-        fr = c.read_flow_run(run_id)
-    return run_flow(approve_model_flow, flow_run=fr, parameters=fr.parameters, return_type="state")
-
-
 def suspended_gate(s, version, timeout_s=60):
     """`govern` has returned (nothing waits in this process) and left a suspended run with the form."""
     out = run_gate(s, version, PASSING, timeout_s)
@@ -88,11 +76,12 @@ def champion(s):
 
 
 def last_audit(s, n=1):
+    """The newest `n` audit records about this test's own model (the session's store is shared)."""
     from churnops.store.factory import open_store
 
     store = open_store(s)
     try:
-        return store.find_audit(limit=n)
+        return store.find_audit(limit=n, model=s.model_name)
     finally:
         store.close()
 
@@ -210,7 +199,7 @@ def test_headless_promotes_only_with_auto_approve(trained, own_model, prefect_ha
 
 
 def swept_audit(s, version):
-    """The sweep's audit records about `version` (other tests' versions share this model)."""
+    """The sweep's audit records about `version` of this test's model."""
     return [
         a
         for a in last_audit(s, 200)

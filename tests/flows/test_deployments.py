@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-pytestmark = pytest.mark.integration
-
 
 def test_train_deployment_registered_with_interval(prefect_harness, monkeypatch):
     from prefect.client.orchestration import get_client
 
-    from churnops.settings import get_settings
     from flows.deployments import apply
 
     monkeypatch.setenv("TRAIN_INTERVAL_HOURS", "4")
-    get_settings.cache_clear()
-    try:
-        ids = apply("train")
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    ids = apply("train")
+    monkeypatch.undo()
     assert len(ids) == 3  # the churn sweep, the image sweep (on demand), the approval runs' deployment
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("train-churn-model/churn-sweep")

@@ -6,9 +6,6 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-import pytest
-
-pytestmark = pytest.mark.integration
 
 
 def log_traffic(s, real_data_path, n=300):
@@ -66,7 +63,7 @@ def test_collect_labels_snapshot_reaches_training_through_the_trigger(
     from flows.labels_flow import labels_collector
     from flows.train_flow import train_flow
     from reporting.trigger import default_start_training, evaluate_trigger
-    from tests.reporting.test_trigger import CRITICAL
+    from tests.support.monitoring import CRITICAL
 
     contract = load_contract(own_model.dataset)
     parent = latest_snapshot(contract, own_model)

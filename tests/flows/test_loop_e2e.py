@@ -27,7 +27,6 @@ import pytest
 from ops.localservers import Server, free_port, wait_http
 from simulators.traffic import to_request_features
 
-pytestmark = pytest.mark.integration
 N_DRIFTED = 900
 
 
@@ -43,7 +42,7 @@ def call(method: str, url: str, body=None, timeout: float = 20.0):
 
 @pytest.fixture
 def loop_settings(own_model, tmp_path, monkeypatch):
-    """This module's own model (champion v1) and its own store; approval by a person, 5 min at most."""
+    """This test's own model (champion v1) and its own store; approval by a person, 5 min at most."""
     from churnops.settings import get_settings
 
     for k, v in {
@@ -54,15 +53,13 @@ def loop_settings(own_model, tmp_path, monkeypatch):
         "RETRAIN_COOLDOWN_HOURS": "1",
     }.items():
         monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return get_settings()
 
 
 @pytest.fixture
 def api(loop_settings, tmp_path):
     """gunicorn on `models:/<name>@champion`, following the alias every second."""
-    from tests.serving.test_e2e import serving_env
+    from tests.support.serving import serving_env
 
     s = loop_settings
     port = free_port()
@@ -70,7 +67,7 @@ def api(loop_settings, tmp_path):
     env.pop("RUN_ID")
     env["MODEL_URI"] = f"models:/{s.model_name}@champion"
     log = tmp_path / "gunicorn.log"
-    from tests.serving.test_e2e import ROOT
+    from tests.support.paths import ROOT
 
     srv = Server(
         [sys.executable, "-m", "serving.server"],
@@ -207,7 +204,7 @@ def test_drift_labels_retrain_rules_approval_serving(loop_settings, api, real_da
     # the rules passed: training returned, leaving a suspended approval run (no process waits for it)
     from prefect.flow_runs import resume_flow_run
 
-    from tests.flows.test_approval import execute
+    from tests.support.approval import execute
 
     deadline = time.monotonic() + 420
     while time.monotonic() < deadline and not trained:

@@ -11,9 +11,9 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-
-pytestmark = pytest.mark.integration
+from tests.support.env import EnvPatch
+from tests.support.paths import ROOT
+from tests.support.registry import register_copy, unique_name
 
 SHIPPED_ENV = ROOT / ".env.local"
 
@@ -54,25 +54,22 @@ def shipped(stack_env, prefect_harness, tmp_path_factory):
     from churnops.aws import ensure_bucket, ensure_streams
     from churnops.settings import get_settings
 
-    mp = pytest.MonkeyPatch()
+    mp = EnvPatch()  # module-wide: its changes drop the cached settings too
     mp.setenv("ENV_FILE", str(SHIPPED_ENV))
     mp.setenv("BUCKET", "lines-feature-store")
     mp.setenv("STATE_DIR", str(tmp_path_factory.mktemp("lines-state")))
     mp.setenv("SYNTHETIC_ROWS", "1500")  # the churn line: tiny synthetic customers
     for k in ("MODEL_NAME", "EXPERIMENT_NAME", "DATASET", "DATA", "RUN_ID", "MODEL_URI"):
         mp.delenv(k, raising=False)
-    get_settings.cache_clear()
     ensure_bucket(get_settings())
     ensure_streams(get_settings())
 
     def use(dataset: str):
         mp.setenv("DATASET", dataset)
-        get_settings.cache_clear()
         return get_settings()
 
     yield use
     mp.undo()
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +136,6 @@ def test_model_name_of_another_contract_is_refused_before_the_sweep(diabetes_lin
     from churnops import pipeline
     from churnops.contract import load_contract
     from churnops.model_line import ContractMismatch, fingerprints_of
-    from churnops.settings import get_settings
     from flows.train_flow import train_flow
 
     summary, s = diabetes_line
@@ -148,13 +144,8 @@ def test_model_name_of_another_contract_is_refused_before_the_sweep(diabetes_lin
     monkeypatch.setattr(pipeline, "start_parent_run", lambda *a, **k: started.append(a))
     monkeypatch.setattr(pipeline, "sweep", lambda *a, **k: started.append(a))
     monkeypatch.setenv("MODEL_NAME", "diabetes-xgboost")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ContractMismatch) as err:
-            train_flow(n_trials=2, data_profile=False, dataset="bank_churners")
-    finally:
-        monkeypatch.delenv("MODEL_NAME")
-        get_settings.cache_clear()
+    with pytest.raises(ContractMismatch) as err:
+        train_flow(n_trials=2, data_profile=False, dataset="bank_churners")
     text = str(err.value)
     assert load_contract("diabetes").fingerprint()[:12] in text and "(v1)" in text
     assert load_contract("bank_churners").fingerprint()[:12] in text
@@ -182,7 +173,8 @@ def test_registration_itself_refuses_another_contract(diabetes_line):
 
 def test_challenger_is_only_a_version_that_passed_the_rules(diabetes_line, monkeypatch):
     """A twin of the champion passes every rule: `challenger`; rejected: the alias goes, and neither
-    the alias nor a reload's challenger_uri sends canary traffic to it."""
+    the alias nor a reload's challenger_uri sends canary traffic to it. On a model of its own (the
+    line's version 1 copied, tags and all, as champion): `diabetes-xgboost` never moves."""
     from churnops import governance as g
     from churnops.model_line import for_dataset
     from churnops.registry import alias_version, client
@@ -190,23 +182,26 @@ def test_challenger_is_only_a_version_that_passed_the_rules(diabetes_line, monke
     from serving.model import build_model_set, challenger_uri
 
     summary, s = diabetes_line
-    line = for_dataset(s)
+    name = unique_name("diabetes-xgboost-challenger")
+    register_copy(s, "diabetes-xgboost", summary["version"], name)
+    monkeypatch.setenv("MODEL_NAME", name)  # what the flow reads
+    line = for_dataset(s.model_copy(update={"model_name": name}))
     second = train_flow(n_trials=2, data_profile=False, dataset="diabetes")
     v = second["version"]
+    assert (second["model_name"], v) == (name, "2")
     assert second["outcome"] == "awaiting approval", second["rules"]
     assert second["aliases"] == ["candidate", "challenger"]
-    assert alias_version("diabetes-xgboost", "challenger", line).version == v
+    assert alias_version(name, "challenger", line).version == v
     canary = line.model_copy(update={"canary_fraction": 0.5, "state_dir": s.state_dir})
-    assert challenger_uri(canary, summary["run_id"]) == f"models:/diabetes-xgboost/{v}"
+    assert challenger_uri(canary, summary["run_id"]) == f"models:/{name}/{v}"
 
     g.set_outcome(line, v, g.REJECTED, reason="not today")
-    assert alias_version("diabetes-xgboost", "challenger", line) is None
-    assert alias_version("diabetes-xgboost", "candidate", line).version == v  # the neutral alias stays
-    client(line).set_registered_model_alias("diabetes-xgboost", "challenger", v)  # put back by hand
+    assert alias_version(name, "challenger", line) is None
+    assert alias_version(name, "candidate", line).version == v  # the neutral alias stays
+    client(line).set_registered_model_alias(name, "challenger", v)  # put back by hand
     assert challenger_uri(canary, summary["run_id"]) is None  # its outcome is `rejected`
-    ms = build_model_set(canary, f"models:/diabetes-xgboost/{summary['version']}", f"models:/diabetes-xgboost/{v}")
-    assert ms.challenger is None and ms.champion.version == summary["version"]
-    client(line).delete_registered_model_alias("diabetes-xgboost", "challenger")
+    ms = build_model_set(canary, f"models:/{name}/1", f"models:/{name}/{v}")
+    assert ms.challenger is None and ms.champion.version == "1"
 
 
 def _serve(line):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.integration
-
 
 def _aliases(s):
     from churnops.registry import alias_version
@@ -39,22 +37,15 @@ def test_contract_violation_stops_flow_with_full_report(trained, stack_env, real
     ],
 )
 def test_unreachable_dependency_fails_fast_naming_it(trained, stack_env, monkeypatch, variable, message):
-    from churnops.settings import get_settings
     from flows.train_flow import PreflightError, train_flow
 
     monkeypatch.setenv(variable, "http://127.0.0.1:9")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(PreflightError, match=message):
-            train_flow(n_trials=2, data_profile=False)
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    with pytest.raises(PreflightError, match=message):
+        train_flow(n_trials=2, data_profile=False)
 
 
 def test_failed_parity_registers_nothing(trained, stack_env, monkeypatch):
     from churnops.pipeline import ParityError
-    from churnops.settings import get_settings
     from flows.train_flow import train_flow
 
     before = _aliases(stack_env)
@@ -62,13 +53,9 @@ def test_failed_parity_registers_nothing(trained, stack_env, monkeypatch):
 
     n_versions = len(client(stack_env).search_model_versions(f"name='{stack_env.model_name}'"))
     monkeypatch.setenv("ONNX_TOLERANCE", "-1")  # impossible: every export fails the gate
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ParityError, match="not registered"):
-            train_flow(n_trials=2, data_profile=False)
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    with pytest.raises(ParityError, match="not registered"):
+        train_flow(n_trials=2, data_profile=False)
+    monkeypatch.undo()
     assert _aliases(stack_env) == before
     assert len(client(stack_env).search_model_versions(f"name='{stack_env.model_name}'")) == n_versions
     failed = client(stack_env).search_runs(
@@ -78,24 +65,27 @@ def test_failed_parity_registers_nothing(trained, stack_env, monkeypatch):
     assert failed, "the aborted sweep's parent run is marked FAILED"
 
 
-def test_reproducible_and_alias_movement(trained, stack_env):
-    """Same data + config + seed -> same best params and metrics; a new best moves only challenger."""
+def test_reproducible_and_alias_movement(own_model):
+    """Same data + config + seed -> same best params and metrics; a new best moves only challenger
+    (on this test's own model: a copy of the session's trained version as champion)."""
     from churnops.registry import client
     from flows.train_flow import train_flow
 
     a = train_flow(n_trials=4, data_profile=False)
     b = train_flow(n_trials=4, data_profile=False)
+    assert a["model_name"] == b["model_name"] == own_model.model_name
     assert a["best_params"] == b["best_params"]
     assert a["test_metrics"] == b["test_metrics"] and a["threshold"] == b["threshold"]
     assert a["dataset_sha256"] == b["dataset_sha256"]
-    ca = client(stack_env).get_run(a["run_id"]).data.tags["config_hash"]
-    cb = client(stack_env).get_run(b["run_id"]).data.tags["config_hash"]
+    ca = client(own_model).get_run(a["run_id"]).data.tags["config_hash"]
+    cb = client(own_model).get_run(b["run_id"]).data.tags["config_hash"]
     assert ca == cb
-    aliases = _aliases(stack_env)
-    assert aliases["champion"] == trained["version"]  # first model ever stays champion
+    aliases = _aliases(own_model)
+    assert aliases["champion"] == "1"  # the copied champion stays champion
+    assert (a["version"], b["version"]) == ("2", "3")
     # b passed every rule (awaiting approval): the rules, not the registration, gave it `challenger`
     assert b["outcome"] == "awaiting approval"
-    assert aliases["challenger"] == b["version"] != trained["version"]
+    assert aliases["challenger"] == b["version"]
     assert b["aliases"] == ["candidate", "challenger"]
 
 
@@ -107,7 +97,7 @@ def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):
     from churnops.registry import alias_version, client
     from churnops.store.factory import open_store
 
-    stack_env = own_model  # this module's own registered model: the session's champion never moves
+    stack_env = own_model  # this test's own registered model: the session's champion never moves
     name = stack_env.model_name
     c = client(stack_env)
     first = alias_version(name, "champion", stack_env).version
@@ -123,7 +113,7 @@ def test_promote_then_rollback_restores_champion_with_audit(trained, own_model):
     assert alias_version(name, "previous", stack_env).version == newest
     store = open_store(stack_env)
     try:
-        audit = store.find_audit(limit=3)
+        audit = store.find_audit(limit=3, model=name)
     finally:
         store.close()
     assert [a["action"] for a in audit] == ["rollback", "rollback-intent", "promote"]

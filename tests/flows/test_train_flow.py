@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.integration
-
 
 def test_flow_registers_model_with_aliases_and_lineage(trained, stack_env):
     from churnops.registry import alias_version, client

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def s3_settings(moto_endpoint, tmp_path):

@@ -23,7 +23,6 @@ import yaml
 pytest.importorskip("torch", reason="the image extra is not installed (pip install -e .[image])")
 pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
 
-pytestmark = pytest.mark.integration
 FRESH = 60  # the trigger judges realized accuracy on at least 50 labelled predictions
 
 RELAXED = {
@@ -67,9 +66,7 @@ def loop_env(stack_env, prefect_harness, tmp_path, monkeypatch):
         "RETRAIN_COOLDOWN_HOURS": "1",
     }.items():
         monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    yield get_settings(), str(contract)
-    get_settings.cache_clear()
+    return get_settings(), str(contract)
 
 
 def fresh_captures(root, contract):
@@ -95,8 +92,8 @@ def test_image_trigger_labels_new_version_retrain_approve_serve(
     from churnops.registry import alias_version, client
     from flows.image_train_flow import image_train_flow
     from flows.retrain_flow import retrain_trigger_flow
-    from tests.flows.test_approval import execute
-    from tests.image.test_image_uploads import serve
+    from tests.support.approval import execute
+    from tests.support.image import serve
 
     s, contract_path = loop_env
     v1 = image_train_flow(contract=contract_path, n_trials=1, data=str(raw_folder), max_epochs=1, approval_timeout_s=0)

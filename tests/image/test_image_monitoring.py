@@ -321,18 +321,13 @@ def test_make_simulate_on_an_image_server(http_api, monkeypatch, capsys):
     """`DATASET=raw_digits SIMULATE_DRIFT=white_balance make simulate` = `simulators.run` with camera captures."""
     import json
 
-    from churnops.settings import get_settings
     from simulators.run import main
 
     monkeypatch.setenv("DATASET", "raw_digits")
     monkeypatch.setenv("SIMULATE_DRIFT", "white_balance")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
-    get_settings.cache_clear()
-    try:
-        args = ["--only", "http", "--count", "4", "--rate", "100", "--feedback-delay", "0.1", "--api-url", http_api]
-        rc = main([*args, "--json"])
-    finally:
-        get_settings.cache_clear()
+    args = ["--only", "http", "--count", "4", "--rate", "100", "--feedback-delay", "0.1", "--api-url", http_api]
+    rc = main([*args, "--json"])
     out = json.loads(capsys.readouterr().out)
     http = out["results"]["http"]
     assert rc == 0 and out["drift"] == ["white_balance"], out

@@ -261,14 +261,13 @@ def test_a_model_of_another_contract_is_refused(image_model, raw_contract):
         load_image_model(f"models:/{s.model_name}@champion", "champion", s, other)
 
 
-@pytest.mark.integration
 def test_stream_image_uri_records_end_to_end(image_model, raw_contract):
     """DNGs in moto S3, records on moto Kinesis: results + log entries; poison records to the DLQ."""
     from churnops.aws import client, ensure_streams
     from churnops.store.sqlite import SQLiteStore
     from serving.consumer import Consumer
     from serving.model import ModelManager
-    from tests.serving.test_consumer import read_stream
+    from tests.support.streams import read_stream
 
     tag = uuid.uuid4().hex[:8]
     s = image_model["settings"].model_copy(
@@ -339,7 +338,7 @@ def test_stream_image_model_failing_on_everything_makes_the_shard_wait(image_mod
     from churnops.store.sqlite import SQLiteStore
     from serving.consumer import Consumer
     from serving.model import ModelManager
-    from tests.serving.test_consumer import read_stream
+    from tests.support.streams import read_stream
 
     tag = uuid.uuid4().hex[:8]
     s = image_model["settings"].model_copy(
@@ -387,7 +386,6 @@ def test_stream_image_model_failing_on_everything_makes_the_shard_wait(image_mod
     assert read_stream(kin, s.dlq_stream) == []
 
 
-@pytest.mark.integration
 def test_predict_image_through_gunicorn(image_model, raw_contract, tmp_path):
     """The real server (gunicorn, its keep-alive worker): a DNG body, a 2 MB one over MAX_BODY_BYTES but
     under the image limit (read and refused by content), and a 50 MB one refused 413 from its headers."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -64,7 +62,7 @@ def test_sensitivity_floors(raw_contract):
 
 
 @pytest.fixture
-def image_env(mlflow_uri, moto_endpoint, tmp_path):
+def image_env(mlflow_uri, moto_endpoint, tmp_path, monkeypatch):
     """Settings pointed at the test MLflow and moto (S3) servers, state in a temporary folder."""
     from churnops.settings import get_settings
 
@@ -75,16 +73,11 @@ def image_env(mlflow_uri, moto_endpoint, tmp_path):
         "STATE_DIR": str(tmp_path / "state"),
         "TRAIN_THREADS": "1",
     }
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    get_settings.cache_clear()
-    yield get_settings()
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    get_settings.cache_clear()
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return get_settings()
 
 
-@pytest.mark.integration
 def test_image_flow_generates_trains_registers(image_env, prefect_harness, raw_contract):
     import mlflow
 
@@ -159,7 +152,6 @@ def test_image_flow_generates_trains_registers(image_env, prefect_harness, raw_c
     assert p.shape == (4, 10) and np.allclose(p.sum(1), 1, atol=1e-5) and emb.shape[0] == 4
 
 
-@pytest.mark.integration
 def test_image_flow_sensitivity_floor_blocks_registration(image_env, prefect_harness, raw_folder, tmp_path):
     import mlflow
     import yaml
@@ -185,7 +177,6 @@ def test_image_flow_sensitivity_floor_blocks_registration(image_env, prefect_har
     assert runs[0].info.status == "FAILED"
 
 
-@pytest.mark.integration
 def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harness, raw_folder, tmp_path, monkeypatch):
     """The first model is promoted; a second one is judged by churnops/rules/image_classification.yaml
     against the champion re-scored on its test split, and a failed ISP-sensitivity rule blocks it."""
@@ -222,7 +213,6 @@ def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harnes
     strict = {"min_accuracy_under": {"noise_3pct": 1.01}, "min_improvement_accuracy": 0.0, "require_onnx_parity": True}
     rules.write_text(yaml.safe_dump({"task": "image_classification", "rules": strict}))
     monkeypatch.setenv("RULES_FILE", str(rules))
-    get_settings.cache_clear()
     # the second run trains on the version the first one published in the feature store
     second = image_train_flow(
         contract=str(path), n_trials=1, data=first["dataset_uri"], max_epochs=1, approval_timeout_s=0

@@ -138,7 +138,7 @@ def require(binary: str) -> str:
     return path
 
 
-def test_a_rule_fires_through_prometheus_and_alertmanager_to_slack(tmp_path, receiver):
+def test_a_rule_fires_through_prometheus_and_alertmanager_to_slack(real_server, tmp_path, receiver):
     url, slack = receiver
     # the exporter: the drift gauges of a window whose data quality failed on two features
     reg = CollectorRegistry()

@@ -12,7 +12,7 @@ import xgboost as xgb
 from churnops.explain import TreeExplainer
 from churnops.features import FeatureEncoder
 from churnops.monitoring.attribution import attribution_drift, mean_abs_contributions
-from tests.reporting.conftest import log_window
+from tests.support.monitoring import log_window
 
 
 @pytest.fixture(scope="module")

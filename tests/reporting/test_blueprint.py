@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.reporting.conftest import MemoryStore, cache_reference, log_window
+from tests.support.memory_store import MemoryStore
+from tests.support.monitoring import cache_reference, log_window
 
 WINDOW: dict = {}
 

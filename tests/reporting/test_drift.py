@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from churnops.monitoring import drift as D
-from tests.reporting.conftest import score
+from tests.support.monitoring import score
 
 
 def test_psi_matches_hand_computation():

@@ -104,7 +104,8 @@ def test_window_summary_gauges_and_trigger_carry_the_estimate(settings_factory, 
     from churnops.monitoring.reference import reference_from_folder
     from churnops.monitoring.window import window_summary
     from reporting.trigger import reasons_for
-    from tests.reporting.conftest import MemoryStore, cache_reference, log_window
+    from tests.support.memory_store import MemoryStore
+    from tests.support.monitoring import cache_reference, log_window
 
     settings = settings_factory(estimated_min_rows=100)
     store = MemoryStore()

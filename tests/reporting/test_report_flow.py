@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.reporting.conftest import MemoryStore, log_window
+from tests.support.memory_store import MemoryStore
+from tests.support.monitoring import log_window
 
 try:
     from churnops.store.sqlite import SQLiteStore
@@ -88,7 +89,6 @@ def test_report_flow_under_prefect(tmp_path, monkeypatch, contract, reference_ru
     """The deployed entrypoint `flows/report_flow.py:report_flow`, run as a Prefect flow on the SQLite store."""
     if SQLiteStore is None:
         pytest.skip("churnops.store.sqlite not available")
-    from churnops.settings import get_settings
     from flows.report_flow import report_flow
 
     db = tmp_path / "predictions.db"
@@ -104,11 +104,7 @@ def test_report_flow_under_prefect(tmp_path, monkeypatch, contract, reference_ru
     }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("MONGODB_URI", raising=False)
-    get_settings.cache_clear()
-    try:
-        out = report_flow(window_hours=2.0)
-    finally:
-        get_settings.cache_clear()
+    out = report_flow(window_hours=2.0)
     assert report_flow.name == "prediction-report"
     assert out["status"] == "ok" and out["n"] == 400 and out["drifted_features"] == []
     assert (tmp_path / "reports" / out["files"]["html"]).exists()

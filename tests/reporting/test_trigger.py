@@ -10,22 +10,8 @@ import pytest
 
 from reporting.alerts import send_alert
 from reporting.trigger import HISTORY, LAST_DECISION, LAST_STARTED, evaluate_trigger, evaluate_window
-from tests.reporting.conftest import MemoryStore, log_window
-
-CRITICAL = {
-    "n_critical": 3,
-    "critical_features": ["a", "b", "c"],
-    "max_psi": 0.5,
-    "prediction": {"status": "ok", "psi": 0.01, "p_value": 0.5},
-    "status": "critical",
-}
-CALM = {
-    "n_critical": 0,
-    "critical_features": [],
-    "max_psi": 0.01,
-    "prediction": {"status": "ok", "psi": 0.01, "p_value": 0.5},
-    "status": "ok",
-}
+from tests.support.memory_store import MemoryStore
+from tests.support.monitoring import CALM, CRITICAL, log_window
 
 
 class Starter:
@@ -147,7 +133,6 @@ def test_retrain_flow_on_window(settings_factory, contract, reference, monkeypat
     """`flows/retrain_flow.py:retrain_trigger_flow` over a drifted window, training start injected."""
     import time
 
-    from churnops.settings import get_settings
     from flows import retrain_flow
 
     store = MemoryStore()
@@ -160,27 +145,15 @@ def test_retrain_flow_on_window(settings_factory, contract, reference, monkeypat
     monkeypatch.setattr("flows.retrain_flow.open_store", lambda settings: store)
     monkeypatch.setattr("churnops.monitoring.window.load_reference", lambda *a, **k: reference)
     monkeypatch.setenv("STATE_DIR", str(tmp_path / "state"))
-    get_settings.cache_clear()
-    try:
-        out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, dry_run=True)
-    finally:
-        get_settings.cache_clear()
+    out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, dry_run=True)
     assert retrain_flow.retrain_trigger_flow.name == "retrain-trigger"
     assert out["action"] == "cooldown"  # started a moment ago through the same store
     store.checkpoints.pop(LAST_STARTED)
-    get_settings.cache_clear()
-    try:
-        out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, dry_run=True)
-    finally:
-        get_settings.cache_clear()
+    out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, dry_run=True)
     assert out["action"] == "dry_run" and out["flow_run_id"] is None
     assert store.get_checkpoint(LAST_STARTED) is None  # a dry run consumes no cooldown
-    get_settings.cache_clear()
-    try:
-        starter = Starter()
-        out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, start_training=starter)
-    finally:
-        get_settings.cache_clear()
+    starter = Starter()
+    out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, start_training=starter)
     assert out["action"] == "started" and starter.calls == 1
 
 

@@ -99,7 +99,7 @@ def test_python_fallback_rules(site):
 
 
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed")
-def test_nginx_config_and_rules(site):
+def test_nginx_config_and_rules(real_server, site):
     port = free_port()
     conf = render_config(site / "reports", site / "nginx", port)
     r = nginx_test(conf)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.reporting.conftest import cache_reference, log_window
+from tests.support.monitoring import cache_reference, log_window
 
 HOURS = 3.0
 
@@ -170,7 +170,7 @@ def test_cache_keeps_stores_apart(settings_factory, contract, reference):
     """Two in-memory stores never share an entry, even after the first is gone (ids are not reused
     while an entry names them)."""
     from churnops.monitoring.window import window_summary
-    from tests.reporting.conftest import MemoryStore
+    from tests.support.memory_store import MemoryStore
 
     s = settings_factory(drift_cache_s=600)
     now = time.time()

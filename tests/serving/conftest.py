@@ -1,47 +1,14 @@
-"""Serving fixtures: small local model bundles (no MLflow needed), stores, app clients."""
+"""Serving fixtures: small local model bundles (no MLflow needed), stores, app clients, streams of their own."""
 
 from __future__ import annotations
 
-import json
+import uuid
 from pathlib import Path
 
 import pytest
 
-from churnops.contract import load_contract
-
-EXAMPLE = load_contract("bank_churners").example  # one valid record, declared with the contract
-
-
-def example(**over) -> dict:
-    return {**EXAMPLE, **over}
-
-
-def make_bundle(path: Path, seed: int, with_onnx: bool = True, run_id: str | None = None) -> Path:
-    """A tiny but real bundle: XGBoost fitted on the synthetic generator's customers."""
-    import xgboost as xgb
-
-    from churnops.bundle import export_onnx, write_bundle
-    from churnops.cleaning import clean_frame
-    from churnops.contract import load_contract
-    from churnops.features import FeatureEncoder
-    from churnops.synthetic import generate_customers
-
-    contract = load_contract("bank_churners")
-    clean = clean_frame(generate_customers(1500, seed=seed), contract)
-    enc = FeatureEncoder.from_contract(contract)
-    X = enc.transform_frame(clean)
-    y = clean[contract.target.name].to_numpy().astype(int)
-    model = xgb.XGBClassifier(n_estimators=20 + seed % 7, max_depth=3, learning_rate=0.3, n_jobs=1, random_state=seed)
-    model.fit(X, y)
-    onnx = export_onnx(model, enc.width) if with_onnx else None
-    meta = {
-        "model_name": "churn-test",
-        "dataset": "bank_churners",
-        "features": contract.feature_names,
-        "test_metrics": {"auc_roc": 0.9, "f1": 0.5},
-        "run_id": run_id or f"localrun{seed}",
-    }
-    return write_bundle(path, enc, model, 0.5, meta, onnx)
+from tests.support.serving import local_model_set, make_bundle
+from tests.support.streams import stream_settings_for
 
 
 @pytest.fixture(scope="session")
@@ -70,57 +37,6 @@ def serving_settings(tmp_path, monkeypatch):
     )
 
 
-def local_model_set(bundles, fraction: float = 0.0):
-    from serving.model import ModelSet, load_model
-
-    champ = load_model(str(bundles["a"]), "champion")
-    chall = load_model(str(bundles["b"]), "challenger") if fraction > 0 else None
-    return ModelSet(champ, chall, fraction)
-
-
-class FlakyStore:
-    """Wraps a store; every write raises while `down` is True (the store 'taken away')."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.down = False
-
-    def _check(self):
-        if self.down:
-            raise ConnectionError("store is down (test)")
-
-    def insert_predictions(self, records):
-        self._check()
-        return self.inner.insert_predictions(records)
-
-    def insert_batch(self, batch):
-        self._check()
-        return self.inner.insert_batch(batch)
-
-    def insert_encoded(self, items):
-        self._check()
-        return self.inner.insert_encoded(items)
-
-    def add_feedback(self, *a):
-        self._check()
-        return self.inner.add_feedback(*a)
-
-    def add_feedback_many(self, items):
-        self._check()
-        return self.inner.add_feedback_many(items)
-
-    def set_checkpoint(self, *a):
-        self._check()
-        return self.inner.set_checkpoint(*a)
-
-    def get_checkpoint(self, *a):
-        self._check()
-        return self.inner.get_checkpoint(*a)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 @pytest.fixture
 def app_client(serving_settings, bundles):
     """(client, app state) for an app serving bundle `a` from a SQLite log in tmp."""
@@ -139,9 +55,31 @@ def app_client(serving_settings, bundles):
     store.close()
 
 
-def dumps(obj) -> str:
-    return json.dumps(obj)
+@pytest.fixture
+def make_stream_settings(moto_endpoint, tmp_path, monkeypatch):
+    """A function returning Settings with streams of their own on the session's moto Kinesis, state in
+    tmp (see `tests.support.streams.stream_settings_for`; keyword arguments override)."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    return lambda **over: stream_settings_for(moto_endpoint, tmp_path / "state", **over)
 
 
-def ids(n: int, prefix: str = "r") -> list[str]:
-    return [f"{prefix}{i:05d}" for i in range(n)]
+@pytest.fixture
+def stream_settings(make_stream_settings):
+    """Two shards, batches of 25, polls every 10 ms."""
+    return make_stream_settings()
+
+
+@pytest.fixture(scope="module")
+def mlflow_runs(mlflow_uri, bundles) -> dict[str, str]:
+    """Bundles `a` and `native` logged as the `model` artifacts of two runs on the test MLflow server."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=mlflow_uri)
+    exp = c.create_experiment(f"reload-{uuid.uuid4().hex[:8]}")
+    runs = {}
+    for name in ("a", "native"):
+        run = c.create_run(exp)
+        c.log_artifacts(run.info.run_id, str(bundles[name]), "model")
+        c.set_terminated(run.info.run_id)
+        runs[name] = run.info.run_id
+    return runs

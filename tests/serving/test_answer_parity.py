@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.serving.conftest import example, local_model_set
-from tests.serving.test_consumer import make_consumer, one_shard, put, read_stream, stream_settings  # noqa: F401
+from tests.support.serving import example, local_model_set
+from tests.support.streams import make_consumer, one_shard, put, read_stream
 
 pytestmark = pytest.mark.integration
 

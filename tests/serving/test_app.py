@@ -8,22 +8,7 @@ import time
 
 import pytest
 
-from tests.serving.conftest import example
-
-
-def post(client, path, body, **kw):
-    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return client.post(path, data=data, content_type="application/json", **kw)
-
-
-def wait_logged(state, n, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state.plog.flush()
-        if state.store.count_predictions() >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"only {state.store.count_predictions()} of {n} records logged")
+from tests.support.serving import example, post, wait_logged
 
 
 def test_predict_bare_and_envelope_and_log(app_client):
@@ -138,7 +123,7 @@ def test_unknown_category_mapping_setting(serving_settings, bundles):
     from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from tests.serving.conftest import local_model_set
+    from tests.support.serving import local_model_set
 
     s = serving_settings.model_copy(update={"unknown_category": "unknown"})
     mm = ModelManager(s)

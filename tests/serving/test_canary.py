@@ -7,8 +7,7 @@ import json
 import numpy as np
 
 from serving.model import route_fraction
-from tests.serving.conftest import example, local_model_set
-from tests.serving.test_app import post
+from tests.support.serving import example, local_model_set, post
 
 
 def test_route_fraction_is_uniform_and_stable():

@@ -14,8 +14,7 @@ from churnops.speed.columnar import ColumnarValidator as _ColumnarValidator
 from churnops.speed.records import FastValidator as _FastValidator
 from serving.columnar import from_rows
 from serving.inference import BadInput, check_row
-from tests.serving.conftest import example
-from tests.serving.test_app import post
+from tests.support.serving import example, post
 
 CONTRACT = load_contract("bank_churners")
 

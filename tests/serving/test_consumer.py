@@ -12,74 +12,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from churnops.monitoring.rejections import rejection_summary
-from tests.serving.conftest import FlakyStore, example, local_model_set
-
-pytestmark = pytest.mark.integration
-
-
-def read_stream(kin, stream) -> list[dict]:
-    out = []
-    for sh in kin.list_shards(StreamName=stream)["Shards"]:
-        it = kin.get_shard_iterator(StreamName=stream, ShardId=sh["ShardId"], ShardIteratorType="TRIM_HORIZON")[
-            "ShardIterator"
-        ]
-        while it:
-            r = kin.get_records(ShardIterator=it, Limit=10_000)
-            out += [json.loads(x["Data"]) for x in r["Records"]]
-            if not r["Records"]:
-                break
-            it = r["NextShardIterator"]
-    return out
-
-
-@pytest.fixture
-def stream_settings(moto_endpoint, tmp_path, monkeypatch):
-    from churnops.aws import ensure_streams
-    from churnops.settings import Settings
-
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(
-        _env_file=None,
-        aws_endpoint_url=moto_endpoint,
-        state_dir=tmp_path / "state",
-        input_stream=f"in-{tag}",
-        output_stream=f"out-{tag}",
-        dlq_stream=f"dlq-{tag}",
-        stream_shards=2,
-        consumer_batch_size=25,
-        consumer_poll_interval_s=0.01,
-        mlflow_tracking_uri="http://127.0.0.1:9",
-    )
-    ensure_streams(s)
-    return s
-
-
-def one_shard(s, **update):
-    """`s` with its input stream created again with one shard (the fixture's has two)."""
-    from churnops.aws import client, ensure_streams
-
-    s = s.model_copy(update={"stream_shards": 1, **update})
-    client("kinesis", s).delete_stream(StreamName=s.input_stream)
-    ensure_streams(s)
-    return s
-
-
-def make_consumer(s, bundles, store, fraction=0.0):
-    from serving.consumer import Consumer
-    from serving.model import ModelManager
-
-    mm = ModelManager(s)
-    mm.current = local_model_set(bundles, fraction)
-    return Consumer(s, store=store, models=mm)
-
-
-def put(kin, s, payloads: list[bytes]) -> list[str]:
-    seqs = []
-    for i, p in enumerate(payloads):
-        r = kin.put_record(StreamName=s.input_stream, Data=p, PartitionKey=f"k{i}")
-        seqs.append((r["ShardId"], r["SequenceNumber"]))  # moto numbers are per shard
-    return seqs
+from tests.support.serving import FlakyStore, example
+from tests.support.streams import make_consumer, one_shard, put, read_stream, results_per_seq
 
 
 def test_raw_base64_poison_and_resume(stream_settings, bundles):
@@ -249,13 +183,6 @@ def test_decode_payload():
         decode_payload(b"@@@")
     with pytest.raises(BadInput):
         decode_payload(b"")
-
-
-def results_per_seq(kin, s) -> dict[tuple[str, str], int]:
-    """How many results the output stream holds for each input (shard, sequence number)."""
-    from collections import Counter
-
-    return dict(Counter((r["shard_id"], r["sequence_number"]) for r in read_stream(kin, s.output_stream)))
 
 
 def test_any_record_exception_is_a_dead_letter_and_the_shard_moves_on(stream_settings, bundles):

@@ -13,13 +13,8 @@ import collections
 import json
 import threading
 import time
-import uuid
 
-import pytest
-
-from tests.serving.conftest import example, local_model_set
-
-pytestmark = pytest.mark.integration
+from tests.support.serving import example, local_model_set
 
 N_RECORDS = 20_000
 KEYS = 100  # partition keys
@@ -144,38 +139,18 @@ def in_order(pairs) -> bool:
     return True
 
 
-@pytest.fixture
-def lease_settings(moto_endpoint, tmp_path, monkeypatch):
-    from churnops.aws import ensure_streams
-    from churnops.settings import Settings
-
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(
-        _env_file=None,
-        aws_endpoint_url=moto_endpoint,
-        state_dir=tmp_path / "state",
-        input_stream=f"lin-{tag}",
-        output_stream=f"lout-{tag}",
-        dlq_stream=f"ldlq-{tag}",
-        stream_shards=2,
-        consumer_batch_size=BATCH,
-        consumer_poll_interval_s=0.02,
-        consumer_lease_s=LEASE_S,
-        stream_backoff_max_s=0.5,
-        mlflow_tracking_uri="http://127.0.0.1:9",
-    )
-    ensure_streams(s)
-    return s
-
-
-def test_three_consumers_a_kill_a_join_and_a_reshard(lease_settings, bundles):
+def test_three_consumers_a_kill_a_join_and_a_reshard(make_stream_settings, bundles):
     from churnops.aws import client
     from churnops.store.sqlite import SQLiteStore
     from serving.consumer import Consumer
     from serving.model import ModelManager
 
-    s = lease_settings
+    s = make_stream_settings(
+        consumer_batch_size=BATCH,
+        consumer_poll_interval_s=0.02,
+        consumer_lease_s=LEASE_S,
+        stream_backoff_max_s=0.5,
+    )
     kin = client("kinesis", s)
     db = s.state_dir / "p.db"
     journal = Journal()

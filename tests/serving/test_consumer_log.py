@@ -3,50 +3,24 @@
 from __future__ import annotations
 
 import json
-import uuid
 
-import pytest
-
-from tests.serving.conftest import FlakyStore, example
-from tests.serving.test_consumer import make_consumer, put, read_stream, results_per_seq
-
-pytestmark = pytest.mark.integration
+from tests.support.serving import FlakyStore, example
+from tests.support.streams import make_consumer, put, read_stream, results_per_seq
 
 
-@pytest.fixture
-def one_shard_settings(moto_endpoint, tmp_path, monkeypatch):
-    from churnops.aws import ensure_streams
-    from churnops.settings import Settings
-
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(
-        _env_file=None,
-        aws_endpoint_url=moto_endpoint,
-        state_dir=tmp_path / "state",
-        input_stream=f"in-{tag}",
-        output_stream=f"out-{tag}",
-        dlq_stream=f"dlq-{tag}",
-        stream_shards=1,
-        consumer_batch_size=25,
-        consumer_poll_interval_s=0.01,
-        stream_backoff_max_s=0.1,
-        spool_max_bytes=2_000,  # a few records: the spool is full after the first write
-        log_retry_max_s=0.05,
-        mlflow_tracking_uri="http://127.0.0.1:9",
-    )
-    ensure_streams(s)
-    return s
-
-
-def test_store_down_and_spool_full_emits_nothing_and_keeps_the_checkpoint(one_shard_settings, bundles):
+def test_store_down_and_spool_full_emits_nothing_and_keeps_the_checkpoint(make_stream_settings, bundles):
     """The store is down and the spool cannot take the batch's log records: the consumer puts no result
     on the stream and does not move (nor remember) its checkpoint; the shard waits and retries, and once
     the store is back every record gets exactly one result, each of them logged."""
     from churnops.aws import client
     from churnops.store.sqlite import SQLiteStore
 
-    s = one_shard_settings
+    s = make_stream_settings(
+        stream_shards=1,
+        stream_backoff_max_s=0.1,
+        spool_max_bytes=2_000,  # a few records: the spool is full after the first write
+        log_retry_max_s=0.05,
+    )
     kin = client("kinesis", s)
     seqs = put(kin, s, [json.dumps({"request_id": f"f{i}", "features": example()}).encode() for i in range(20)])
     inner = SQLiteStore(s.state_dir / "p.db")

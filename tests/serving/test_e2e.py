@@ -8,55 +8,33 @@ import re
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from ops.localservers import Server, free_port, wait_http
-from tests.serving.conftest import example
-from tests.serving.test_consumer import read_stream
-
-pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def http(method: str, url: str, body=None, headers=None, timeout=20):
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if r.headers.get_content_type() == "application/json" else raw.decode())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-def serving_env(stack_env, trained, state_dir: Path, **extra) -> dict:
-    return {
-        "RUN_ID": trained["run_id"],
-        "STATE_DIR": str(state_dir),
-        "MODEL_NAME": stack_env.model_name,
-        "MLFLOW_TRACKING_URI": stack_env.mlflow_tracking_uri,
-        "AWS_ENDPOINT_URL": stack_env.aws_endpoint_url,
-        "ADMIN_TOKEN": "test-admin",
-        "LOG_FLUSH_INTERVAL_S": "0.05",
-        "CANARY_FRACTION": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prom"),
-        **{k: str(v) for k, v in extra.items()},
-    }
+from tests.support.paths import ROOT
+from tests.support.registry import register_copy, unique_name
+from tests.support.serving import example, http, serving_env
+from tests.support.streams import read_stream
 
 
 @pytest.fixture(scope="module")
-def api(stack_env, trained, tmp_path_factory):
+def e2e_model(stack_env, trained) -> str:
+    """This module's own registered model: the session's trained version copied as version 1 (champion)."""
+    name = unique_name(f"{stack_env.model_name}-e2e")
+    register_copy(stack_env, stack_env.model_name, trained["version"], name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def api(stack_env, trained, e2e_model, tmp_path_factory):
+    """gunicorn (2 workers) pinned to the trained run, under this module's own model name (a reload
+    may name its versions)."""
     d = tmp_path_factory.mktemp("api")
     port = free_port()
-    env = serving_env(stack_env, trained, d / "state", API_PORT=port, API_WORKERS=2)
+    env = serving_env(stack_env, trained, d / "state", MODEL_NAME=e2e_model, API_PORT=port, API_WORKERS=2)
     srv = Server(
         [sys.executable, "-m", "serving.server"],
         d / "gunicorn.log",
@@ -279,14 +257,15 @@ def test_bad_reload_keeps_serving(api, trained):
 
 
 @pytest.fixture(scope="module")
-def challenger_version(stack_env, trained, tmp_path_factory):
-    """A second registered version from a different run, aliased `challenger`."""
+def challenger_version(stack_env, e2e_model, tmp_path_factory):
+    """A version of this module's own model from a different run, aliased `challenger`."""
     import mlflow
 
     from churnops.bundle import ChurnPyfunc
     from churnops.registry import client
-    from tests.serving.conftest import make_bundle
+    from tests.support.serving import make_bundle
 
+    name = e2e_model
     d = tmp_path_factory.mktemp("chall")
     bundle = make_bundle(d / "bundle", 5)
     mlflow.set_tracking_uri(stack_env.mlflow_tracking_uri)
@@ -295,23 +274,29 @@ def challenger_version(stack_env, trained, tmp_path_factory):
         meta = json.loads((bundle / "meta.json").read_text()) | {"run_id": run.info.run_id}
         (bundle / "meta.json").write_text(json.dumps(meta))
         info = mlflow.pyfunc.log_model(name="model", python_model=ChurnPyfunc(), artifacts={"bundle": str(bundle)})
-    mv = mlflow.register_model(info.model_uri, stack_env.model_name)
+    mv = client(stack_env).create_model_version(name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id)
     # a challenger that passed the rules (the servers send canary traffic to no other)
-    client(stack_env).set_model_version_tag(stack_env.model_name, mv.version, "outcome", "awaiting approval")
-    client(stack_env).set_registered_model_alias(stack_env.model_name, "challenger", mv.version)
-    yield {"run_id": run.info.run_id, "version": str(mv.version)}
-    client(stack_env).set_registered_model_alias(stack_env.model_name, "challenger", trained["version"])
+    client(stack_env).set_model_version_tag(name, mv.version, "outcome", "awaiting approval")
+    client(stack_env).set_registered_model_alias(name, "challenger", mv.version)
+    return {"run_id": run.info.run_id, "version": str(mv.version), "model_name": name}
 
 
 def test_canary_from_registry(stack_env, trained, challenger_version, tmp_path):
     from serving.model import ModelManager, route_fraction
 
-    s = stack_env.model_copy(update={"run_id": trained["run_id"], "canary_fraction": 0.3, "state_dir": tmp_path})
+    s = stack_env.model_copy(
+        update={
+            "model_name": challenger_version["model_name"],
+            "run_id": trained["run_id"],
+            "canary_fraction": 0.3,
+            "state_dir": tmp_path,
+        }
+    )
     mm = ModelManager(s)
     ms = mm.load_initial()
     assert ms.champion.run_id == trained["run_id"] and ms.champion.version == "1"
     assert ms.challenger.run_id == challenger_version["run_id"]
-    assert ms.challenger.version == challenger_version["version"]
+    assert ms.challenger.version == challenger_version["version"] == "2"
     picks = [ms.pick(uuid.uuid4().hex) for _ in range(2000)]
     share = sum(p.route == "challenger" for p in picks) / 2000
     assert abs(share - 0.3) < 0.05
@@ -401,7 +386,7 @@ def test_reload_reaches_every_worker(api, trained, challenger_version, stack_env
     """A reload answered by one worker is followed by the other (shared state file)."""
     url = api["url"]
     hdr = {"X-Admin-Token": "test-admin"}
-    target = f"models:/{stack_env.model_name}/{challenger_version['version']}"
+    target = f"models:/{challenger_version['model_name']}/{challenger_version['version']}"
     st, b = http("POST", f"{url}/model/reload", {"model_uri": target, "challenger_uri": None}, headers=hdr)
     assert st == 202 and b["status"] in ("pending", "loaded"), b
     done = wait_reload(url, b["status_url"], hdr)

@@ -16,15 +16,14 @@ import pytest
 
 from churnops import badclients
 from ops.localservers import Server, free_port, wait_http
-from tests.serving.conftest import example
-from tests.serving.test_slow_clients import api_env, request, wait_ready
+from tests.support.serving import api_env, example, request, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLD_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def edge_api(bundles, tmp_path_factory):
+def edge_api(real_server, bundles, tmp_path_factory):
     d = tmp_path_factory.mktemp("edge")
     port = free_port()
     srv = Server(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from tests.serving.conftest import example, ids, local_model_set
+from tests.support.serving import example, ids, local_model_set
 
 
 def post(client, path, body):

@@ -16,7 +16,7 @@ import random
 import pytest
 
 from churnops.contract import load_contract
-from tests.serving.test_app import post
+from tests.support.serving import post
 
 CONTRACT = load_contract("bank_churners")
 RAW = {  # raw column names of the data file, written out
@@ -194,8 +194,7 @@ def test_fast_paths_off_turns_every_one_off(serving_settings):
     assert on.on and on.check_batch([dict(CONTRACT.example)]) is not None
 
 
-@pytest.mark.integration
-def test_server_with_fast_paths_off_answers_like_the_fast_app(bundles, tmp_path, two_apps):
+def test_server_with_fast_paths_off_answers_like_the_fast_app(real_server, bundles, tmp_path, two_apps):
     """The real server with FAST_PATHS=off runs the plain path and gives the fast app's answers
     (raw names included)."""
     import http.client
@@ -203,7 +202,7 @@ def test_server_with_fast_paths_off_answers_like_the_fast_app(bundles, tmp_path,
     from pathlib import Path
 
     from ops.localservers import Server, free_port, wait_http
-    from tests.serving.conftest import example
+    from tests.support.serving import example
 
     root = Path(__file__).resolve().parents[2]
     fast, _, _ = two_apps

@@ -5,9 +5,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
-
-pytestmark = pytest.mark.integration
 
 
 def test_champion_server_follows_promotion_and_rollback_without_failed_requests(trained, own_model, tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.serving.conftest import example, local_model_set
+from tests.support.serving import example, local_model_set
 
 READ, FEEDBACK, ADMIN = "r" * 32, "f" * 32, "a" * 32
 

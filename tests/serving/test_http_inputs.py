@@ -8,7 +8,7 @@ import json
 import pytest
 
 from serving.inference import BadInput, parse_json
-from tests.serving.conftest import example
+from tests.support.serving import example
 
 
 def post(client, path, raw: bytes):

@@ -11,12 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from ops.localservers import Server, free_port, wait_http
-from tests.serving.conftest import example
+from tests.support.serving import example
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,7 +27,7 @@ def _get(port: int, path: str) -> tuple[int, dict]:
         c.close()
 
 
-def test_sigkill_of_a_worker_loses_no_answered_prediction(tmp_path, bundles):
+def test_sigkill_of_a_worker_loses_no_answered_prediction(real_server, tmp_path, bundles):
     """Item 15: two workers, a 3 s flush window (the records a worker holds in memory), load from
     four clients; one worker is SIGKILLed mid-load. Every request answered 200 is in the log
     afterwards (the killed worker's journal is replayed by the master's child_exit hook and the

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.serving.conftest import FlakyStore, example
-from tests.serving.test_app import post, wait_logged
+from tests.support.serving import FlakyStore, example, post, wait_logged
 
 SURROGATE_BODY = '{"request_id": "x\\ud800", "outcome": 1}'  # valid JSON, not valid Unicode
 
@@ -68,7 +67,7 @@ def test_health_says_degraded_while_the_store_is_down(serving_settings, bundles)
     from churnops.store.sqlite import SQLiteStore
     from serving.app import create_app
     from serving.model import ModelManager
-    from tests.serving.conftest import local_model_set
+    from tests.support.serving import local_model_set
 
     store = FlakyStore(SQLiteStore(serving_settings.state_dir / "p.db"))
     mm = ModelManager(serving_settings)

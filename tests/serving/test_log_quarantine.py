@@ -21,7 +21,7 @@ from churnops.store.mongo import MongoStore
 from churnops.store.sqlite import SQLiteStore
 from serving.metrics import Metrics
 from serving.prediction_log import PredictionLog
-from tests.serving.test_prediction_log import rec
+from tests.support.serving import rec
 
 ROOT = Path(__file__).resolve().parents[2]
 

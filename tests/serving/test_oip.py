@@ -13,8 +13,8 @@ import pytest
 
 from churnops.contract import load_contract
 from churnops.store.sqlite import SQLiteStore
-from tests.serving.conftest import example, local_model_set
-from tests.serving.oip_local_models import image_expected, make_image_model, make_regression_bundle
+from tests.support.oip_models import churn_rows, image_expected, make_image_model, make_regression_bundle
+from tests.support.serving import local_model_set
 
 CHURN = load_contract("bank_churners")
 DIABETES = load_contract("diabetes")
@@ -31,10 +31,6 @@ def tensors(contract, rows: list[dict], numeric: str = "FP64") -> list[dict]:
         }
         for n, f in contract.features.items()
     ]
-
-
-def churn_rows(n: int) -> list[dict]:
-    return [example(customer_age=30 + i, total_trans_ct=20 + 7 * i, gender="F" if i % 2 else "M") for i in range(n)]
 
 
 @pytest.fixture(scope="module")

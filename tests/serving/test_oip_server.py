@@ -19,9 +19,8 @@ import pytest
 
 from churnops.contract import load_contract
 from ops.localservers import Server, free_port, wait_http
-from tests.serving.oip_local_models import image_expected, make_image_model, make_regression_bundle
-from tests.serving.test_oip import churn_rows
-from tests.serving.test_slow_clients import api_env, wait_ready
+from tests.support.oip_models import churn_rows, image_expected, make_image_model, make_regression_bundle
+from tests.support.serving import api_env, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "oip.md"

@@ -13,24 +13,7 @@ import pytest
 from churnops.store.mongo import MongoStore
 from churnops.store.sqlite import SQLiteStore
 from serving.prediction_log import PredictionLog, Written
-from tests.serving.conftest import FlakyStore, example
-from tests.serving.test_app import post
-
-
-def rec(i):
-    return {
-        "_id": f"p{i}",
-        "ts": 1000.0 + i,
-        "request_id": f"p{i}",
-        "source": "http",
-        "model_run_id": "r",
-        "model_version": "1",
-        "route": "champion",
-        "features": {},
-        "probability": 0.1,
-        "decision": 0,
-        "latency_ms": 1.0,
-    }
+from tests.support.serving import FlakyStore, example, post, rec
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mongo"])
@@ -90,7 +73,7 @@ def test_orphaned_claim_of_dead_process_is_replayed(tmp_path):
 def test_http_requests_never_fail_while_store_down(serving_settings, bundles):
     from serving.app import create_app
     from serving.model import ModelManager
-    from tests.serving.conftest import local_model_set
+    from tests.support.serving import local_model_set
 
     inner = SQLiteStore(serving_settings.state_dir / "p.db")
     store = FlakyStore(inner)

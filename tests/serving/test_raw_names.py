@@ -12,11 +12,9 @@ import io
 import json
 
 import pandas as pd
-import pytest
 
-from tests.conftest import REAL_DATA, real_file_only
-from tests.serving.conftest import example, local_model_set
-from tests.serving.test_app import post
+from tests.support.paths import REAL_DATA, real_file_only
+from tests.support.serving import example, local_model_set, post
 
 DATA = REAL_DATA
 FEATURE_COLUMNS = [
@@ -168,29 +166,12 @@ def test_raw_rows_answer_the_same_with_fast_paths_off(serving_settings, bundles,
         store.close()
 
 
-@pytest.mark.integration
-def test_raw_row_on_the_stream(moto_endpoint, tmp_path, monkeypatch, bundles):
-    import uuid
-
-    from churnops.aws import client, ensure_streams
-    from churnops.settings import Settings
+def test_raw_row_on_the_stream(make_stream_settings, bundles):
+    from churnops.aws import client
     from churnops.store.sqlite import SQLiteStore
-    from tests.serving.test_consumer import make_consumer, put, read_stream
+    from tests.support.streams import make_consumer, put, read_stream
 
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(
-        _env_file=None,
-        aws_endpoint_url=moto_endpoint,
-        state_dir=tmp_path / "state",
-        input_stream=f"in-{tag}",
-        output_stream=f"out-{tag}",
-        dlq_stream=f"dlq-{tag}",
-        stream_shards=1,
-        consumer_poll_interval_s=0.01,
-        mlflow_tracking_uri="http://127.0.0.1:9",
-    )
-    ensure_streams(s)
+    s = make_stream_settings(stream_shards=1)
     kin = client("kinesis", s)
     raw = raw_rows(1)[0]
     put(

@@ -10,7 +10,7 @@ import pytest
 
 from ops.localservers import free_port
 from tests.netfaults import BlackHole
-from tests.serving.conftest import example, local_model_set
+from tests.support.serving import example, local_model_set
 
 RUN = "0123456789abcdef0123456789abcdef"
 
@@ -65,22 +65,6 @@ def blackhole():
     bh = BlackHole()
     yield bh
     bh.close()
-
-
-@pytest.fixture(scope="module")
-def mlflow_runs(mlflow_uri, bundles) -> dict[str, str]:
-    """Bundles `a` and `native` logged as the `model` artifacts of two runs on the test MLflow server."""
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(tracking_uri=mlflow_uri)
-    exp = c.create_experiment(f"reload-{uuid.uuid4().hex[:8]}")
-    runs = {}
-    for name in ("a", "native"):
-        run = c.create_run(exp)
-        c.log_artifacts(run.info.run_id, str(bundles[name]), "model")
-        c.set_terminated(run.info.run_id)
-        runs[name] = run.info.run_id
-    return runs
 
 
 def test_reload_rejects_non_string_and_foreign_uris_with_422(tmp_path, bundles, blackhole):

@@ -5,15 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-import pytest
-
 from ops.localservers import Server, free_port, wait_http
 from tests.netfaults import SwitchProxy
-from tests.serving.conftest import example
-from tests.serving.test_e2e import ROOT, http
-from tests.serving.test_reload import mlflow_runs  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.integration
+from tests.support.paths import ROOT
+from tests.support.serving import example, http
 
 
 def worker_pids(url: str, n: int = 2, tries: int = 200) -> set[int]:

@@ -12,61 +12,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import pytest
 
 from ops.localservers import Server, free_port, wait_http
-from tests.serving.conftest import example
-
-ROOT = Path(__file__).resolve().parents[2]
-READ_TIMEOUT_S = 3
-
-
-def api_env(bundles, state: Path, port: int, **extra) -> dict:
-    return {
-        "MODEL_URI": str(bundles["a"]),
-        "STATE_DIR": str(state),
-        "API_PORT": str(port),
-        "API_WORKERS": "2",
-        "CANARY_FRACTION": "0",
-        "LOG_FLUSH_INTERVAL_S": "0.05",
-        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
-        "PROMETHEUS_MULTIPROC_DIR": str(state / "prom"),
-        "ADMIN_TOKEN": "test-admin",
-        "API_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
-        **extra,
-    }
-
-
-def wait_ready(port: int, timeout: float = 120) -> None:
-    """Until /ready answers 200 on connections that land on either worker."""
-    deadline, hits = time.monotonic() + timeout, 0
-    while time.monotonic() < deadline and hits < 6:
-        status, _ = request(port, "GET", "/ready")
-        hits = hits + 1 if status == 200 else 0
-        time.sleep(0.05)
-    assert hits >= 6, "the API never became ready"
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 10) -> tuple[int, bytes]:
-    """One request on its own connection (no client library: the test controls every byte)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        s.sendall(head.encode() + b"\r\n" + (body or b""))
-        return read_answer(s)
-
-
-def read_answer(s: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    if not data:
-        return 0, b""
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), rest
+from tests.support.paths import ROOT
+from tests.support.serving import READ_TIMEOUT_S, api_env, example, read_answer, request, wait_ready
 
 
 def half_body_clients(port: int, n: int = 2, headers_only: bool = False) -> list[socket.socket]:
@@ -100,7 +51,7 @@ def normal_clients_are_served(port: int, n: int = 20) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def worker_api(bundles, tmp_path_factory):
+def worker_api(real_server, bundles, tmp_path_factory):
     d = tmp_path_factory.mktemp("slow")
     port = free_port()
     srv = Server(
@@ -186,7 +137,7 @@ class _OneAtATime(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def nginx_api(tmp_path_factory):
+def nginx_api(real_server, tmp_path_factory):
     from churnops.nginx import nginx_binary
 
     if nginx_binary() is None:

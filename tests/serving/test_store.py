@@ -1,4 +1,5 @@
-"""Contract tests of the prediction-log store, parametrised over SQLite and MongoDB (mongomock)."""
+"""Contract tests of the prediction-log store, parametrised over SQLite, MongoDB (mongomock) and the
+tests' in-memory fake (tests/support/memory_store.py, which the monitoring tests and bench-monitor use)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import multiprocessing as mp
 import pytest
 
 from churnops.store.base import PredictionStore
+from tests.support.memory_store import MemoryStore
 
 
 def rec(i: int, ts: float, **over) -> dict:
@@ -26,9 +28,11 @@ def rec(i: int, ts: float, **over) -> dict:
     }
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
+@pytest.fixture(params=["sqlite", "mongo", "memory"])
 def store(request, tmp_path) -> PredictionStore:
-    if request.param == "sqlite":
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
         from churnops.store.sqlite import SQLiteStore
 
         s = SQLiteStore(tmp_path / "p.db")

@@ -7,16 +7,7 @@ import time
 
 import pytest
 
-from tests.serving.conftest import example, local_model_set
-
-
-def open_stores(tmp_path):
-    import mongomock
-
-    from churnops.store.mongo import MongoStore
-    from churnops.store.sqlite import SQLiteStore
-
-    return {"sqlite": SQLiteStore(tmp_path / "p.db"), "mongo": MongoStore(mongomock.MongoClient(), "churn")}
+from tests.support.serving import example, local_model_set, open_stores
 
 
 def test_mongo_indexes_the_fields_the_embedded_store_indexes(tmp_path):

@@ -15,7 +15,7 @@ from churnops.monitoring.gauges import DriftGauges
 from churnops.monitoring.quality import data_quality, quality_reasons
 from churnops.monitoring.window import summarize
 from reporting.report import rejections_section
-from tests.serving.conftest import example
+from tests.support.serving import example, open_stores
 
 
 def test_rejected_requests_reach_the_window_summary(app_client, serving_settings):
@@ -84,7 +84,6 @@ def test_a_window_without_rejections_and_a_store_without_counts(app_client, serv
 
 def test_both_stores_keep_rejection_counts_alike(tmp_path):
     """MongoDB (Compose) and the embedded store keep and window the counts the same way."""
-    from tests.serving.test_store_parity import open_stores
 
     rows = [
         {"ts": 60.0, "source": "http", "reason": "out_of_range", "field": "", "count": 3},

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ops.localservers import Server, free_port, wait_http
-from tests.serving.conftest import example
+from tests.support.serving import example
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_DELAY_S = 2.0  # each worker's model load takes this long (a slow MLflow download, say)
@@ -64,7 +64,7 @@ def ready_workers(port: int, n: int = 2, timeout: float = 90) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def server_api(bundles, tmp_path_factory):
+def server_api(real_server, bundles, tmp_path_factory):
     """One server for the module (its workers take seconds to start on a busy machine)."""
     tmp_path = tmp_path_factory.mktemp("server")
     port = free_port()

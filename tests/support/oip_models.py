@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.support.serving import example
+
 IMAGE_CLASSES = [str(i) for i in range(10)]
 EMBED = 8
 
@@ -100,3 +102,8 @@ def image_expected(pixels: np.ndarray) -> np.ndarray:
     logits = x @ image_weights(h, w)[0]
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+def churn_rows(n: int) -> list[dict]:
+    """`n` distinct valid churn records."""
+    return [example(customer_age=30 + i, total_trans_ct=20 + 7 * i, gender="F" if i % 2 else "M") for i in range(n)]
