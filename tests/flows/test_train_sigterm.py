@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import BIN
+from ops.localservers import BIN
 
 pytestmark = pytest.mark.integration
 
