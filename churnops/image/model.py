@@ -1,6 +1,6 @@
 """A small CNN for the image track, deterministic on CPU for a given seed.
 
-|input - background colour| (the frame's outer ring; so the polarity and colours of ink and background
+input - background colour, polarity made positive (the frame's outer ring; so the polarity and colours of ink and background
 do not matter) -> conv3x3(w) -> pool -> conv3x3(2w) -> pool -> conv3x3(4w) -> average over 2x2 cells = the embedding
 (16w numbers, what image drift will compare) -> linear -> class logits. Inputs are (N, 3, H, W)
 in [0, 1]; each image's channels are standardised first. Training is Adam with a one-cycle
@@ -35,11 +35,15 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
 
 
 def from_background(x: torch.Tensor) -> torch.Tensor:
-    """|x - background| per channel, the background being the mean of the frame's outer ring of pixels:
-    ink darker or lighter than the background (black on white, white on black, any two colours) gives
-    the same input."""
+    """(x - background) per channel with the ink's polarity made positive, the background being the mean
+    of the frame's outer ring of pixels: ink darker or lighter than the background (black on white,
+    white on black, any two colours) gives the same input."""
     ring = torch.cat([x[:, :, 0, :], x[:, :, -1, :], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], dim=2)
-    return (x - ring.mean(dim=2)[:, :, None, None]).abs()
+    d = x - ring.mean(dim=2)[:, :, None, None]
+    # the ink's side of the background, per image and channel: its sign flips darker ink to lighter one.
+    # Signed, not |d|: the background's sensor noise stays zero-mean (|d| rectified it into a level that
+    # moved with every camera's noise, and the drift monitor's embedding test saw clean captures as drift)
+    return d * torch.where(d.mean(dim=(2, 3), keepdim=True) < 0, -1.0, 1.0)
 
 
 class DigitCNN(nn.Module):

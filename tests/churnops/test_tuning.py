@@ -128,7 +128,7 @@ def test_dask_engine_on_a_local_cluster_runs_the_serial_sweep():
     X = rng.normal(size=(300, 4)).astype(np.float32)
     y = (X[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(int)
     data = Split(X[:200], y[:200], X[200:250], y[200:250], X[250:], y[250:])
-    cfg = SweepConfig(n_trials=5, seed=3, max_trees=20, early_stopping=5, threads=1, n_startup=2)
+    cfg = SweepConfig(n_trials=5, seed=3, max_trees=20, early_stopping=5, threads=1, n_startup=2, task=task_for())
     serial = run_sweep(data, cfg)
     logged = []
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:

@@ -73,6 +73,7 @@ COVERED_PROGRAMS: dict[str, list[str]] = {
     ],  # + the body checked below
     "aws": ["tests/serving/test_consumer.py::test_raw_base64_poison_and_resume"],  # base64 payloads, as the CLI sends
     "python": ["tests/data/test_diabetes.py::test_materialised_csv_round_trips"],  # + run below
+    ".venv/bin/python": ["tests/conftest.py::pytest_collection_modifyitems"],  # pytest -m: the markers it sets
 }
 # the python commands the pages show, each run for real by test_the_python_commands_write_what_they_say
 PYTHON_RUN = ("python -m churnops.datasets_bundled diabetes ",)

@@ -412,7 +412,8 @@ def test_three_lines_on_one_stack_never_cross(churn_line, diabetes_line, image_l
             own = client_.get(f"/audit?model={names[d]}").json
             assert own["count"] >= 1, d
             every = client_.get("/audit?limit=500").json["records"]
-            assert {a["model"] for a in every} == {names[d]}, d
+            seen = {a["model"] for a in every}  # this line's models (other tests' copies of it included)
+            assert names[d] in seen and not seen & (set(names.values()) - {names[d]}), (d, seen)
             for other in set(names.values()) - {names[d]}:
                 assert client_.get(f"/audit?model={other}").json["count"] == 0, (d, other)
     finally:

@@ -75,6 +75,8 @@ def image_env(mlflow_uri, moto_endpoint, tmp_path, monkeypatch):
     }
     for k, v in values.items():
         monkeypatch.setenv(k, v)
+    for k in ("MODEL_NAME", "EXPERIMENT_NAME", "TRAINING_DEPLOYMENT", "DATASET", "RUN_ID", "MODEL_URI"):
+        monkeypatch.delenv(k, raising=False)  # the session's stack_env names the churn test model
     return get_settings()
 
 
@@ -185,6 +187,7 @@ def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harnes
     import yaml
 
     from churnops.contract import DATASETS_DIR
+    from churnops.model_line import for_dataset
     from churnops.registry import alias_version, client
     from churnops.settings import get_settings
     from churnops.store.factory import open_store
@@ -229,7 +232,7 @@ def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harnes
     s = get_settings()
     assert alias_version(name, "champion", s).version == first["version"]  # a blocked model never serves
     assert client(s).get_model_version(name, second["version"]).tags["outcome"] == "blocked"
-    store = open_store(s)
+    store = open_store(for_dataset(s, str(path)))  # the line's own store (churnops/model_line.py)
     try:
         audit = store.find_audit(limit=5)
     finally:

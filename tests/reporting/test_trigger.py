@@ -143,7 +143,7 @@ def test_retrain_flow_on_window(settings_factory, contract, reference, monkeypat
     assert "income_category" in d["reasons"][0] and "total_trans_ct" in d["reasons"][0]
     # the flow itself (called as a function), store and reference injected through the module's helpers
     monkeypatch.setattr("flows.retrain_flow.open_store", lambda settings: store)
-    monkeypatch.setattr("churnops.monitoring.window.load_reference", lambda *a, **k: reference)
+    monkeypatch.setattr("churnops.monitoring.reference.load_reference", lambda *a, **k: reference)
     monkeypatch.setenv("STATE_DIR", str(tmp_path / "state"))
     out = retrain_flow.retrain_trigger_flow.fn(window_hours=3, dry_run=True)
     assert retrain_flow.retrain_trigger_flow.name == "retrain-trigger"

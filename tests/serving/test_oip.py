@@ -17,6 +17,8 @@ from tests.support.oip_models import churn_rows, image_expected, make_image_mode
 from tests.support.serving import local_model_set
 
 CHURN = load_contract("bank_churners")
+# what the session's stack_env may have set that would name another default model
+LINE_ENV = ("MODEL_NAME", "EXPERIMENT_NAME", "TRAINING_DEPLOYMENT", "DATASET", "RUN_ID", "MODEL_URI")
 DIABETES = load_contract("diabetes")
 
 
@@ -44,7 +46,8 @@ def v2(bundles, tmp_path_factory):
     diab, reg, enc = make_regression_bundle(d / "diabetes")
     img = make_image_model(d / "image")
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        for k in ("PROMETHEUS_MULTIPROC_DIR", *LINE_ENV):
+            mp.delenv(k, raising=False)
         s = Settings(
             _env_file=None,
             state_dir=d / "state",
@@ -486,7 +489,8 @@ def test_an_image_server_serves_the_churn_line_under_v2(bundles, tmp_path, monke
     from serving.model import ModelManager, ModelSet, load_model
     from serving.oip_models import line_settings, parse_entries
 
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    for k in ("PROMETHEUS_MULTIPROC_DIR", *LINE_ENV):
+        monkeypatch.delenv(k, raising=False)
     img = make_image_model(tmp_path / "image")
     s = Settings(
         _env_file=None,
