@@ -423,11 +423,15 @@ def test_three_lines_on_one_stack_never_cross(churn_line, diabetes_line, image_l
 
     for d, line in lines.items():  # each log holds its own request and label only; each window its own row
         store = open_store(line)
+        # a line's store may hold other tests' requests of the same line (the module's and the session's
+        # tests share the stack): the check is that this test's request is there and no other line's is
+        others = {sent[o] for o in sent if o != d}
         try:
-            assert {r["request_id"] for r in store.find_predictions()} == {sent[d]}, d
-            assert {r["request_id"] for r in store.find_feedback()} == {sent[d]}, d
+            preds = {r["request_id"] for r in store.find_predictions()}
+            labels = {r["request_id"] for r in store.find_feedback()}
             w = summarize(store, line, contracts[d], 24.0, fresh=True)
         finally:
             store.close()
         served = alias_version(names[d], "champion", line).version
-        assert w.summary["n"] == 1 and w.summary["model_versions"] == [str(served)], (d, w.summary)
+        assert sent[d] in preds and sent[d] in labels and not (preds | labels) & others, d
+        assert w.summary["n"] >= 1 and str(served) in w.summary["model_versions"], (d, w.summary)
