@@ -21,6 +21,7 @@ pytest.importorskip("torch", reason="the image extra is not installed (pip insta
 pytest.importorskip("rawpy", reason="the image extra is not installed (pip install -e .[image])")
 
 from churnops.image.dataset import load_image  # noqa: E402
+from tests.support.serving import read_answer  # noqa: E402
 
 
 def expected(image_model, x: np.ndarray) -> np.ndarray:
@@ -448,7 +449,7 @@ def test_predict_image_through_gunicorn(image_model, raw_contract, tmp_path):
                 b"POST /predict/image HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                 b"Content-Length: 50000000\r\n\r\n" + b"\0" * 65536
             )
-            answer = sock.recv(65536).decode("latin-1")
-        assert answer.startswith("HTTP/1.1 413") and "20000000 byte limit" in answer, answer[:300]
+            status, answer = read_answer(sock)
+        assert status == 413 and b"20000000 byte limit" in answer, answer[:300]
     finally:
         srv.stop()

@@ -208,9 +208,26 @@ def request(port: int, method: str, path: str, body: bytes | None = None, timeou
 
 
 def read_answer(s: socket.socket) -> tuple[int, bytes]:
-    """(status, body) read from a socket until the server closes it; (0, b"") when nothing came."""
+    """(status, body) of one answer; (0, b"") when nothing came.
+
+    Reads until the body's Content-Length is in (headers and body may come in separate packets) or
+    the server closes; a reset after the answer (a server refusing a body it did not read) is a close.
+    """
     data = b""
-    while chunk := s.recv(65536):
+    while True:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            lengths = [
+                line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            ]
+            if lengths and len(rest) >= int(lengths[0]):
+                break
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
         data += chunk
     if not data:
         return 0, b""
