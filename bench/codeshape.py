@@ -11,152 +11,42 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from ops.importcheck import PACKAGES, scan, strongly_connected, targets_of
+
 ROOT = Path(__file__).resolve().parent.parent
 # Highest layer first. Packages on one line are independent of each other (neither imports the other).
 LAYERS: tuple[tuple[str, ...], ...] = (("ops",), ("flows", "simulators"), ("serving", "reporting"), ("churnops",))
-PROJECT = tuple(p for layer in LAYERS for p in layer)
 
 
-def modules(root: Path = ROOT) -> dict[str, Path]:
-    """Every project module's dotted name and its file."""
-    out = {}
-    for pkg in PROJECT:
-        for f in sorted((root / pkg).rglob("*.py")) if (root / pkg).is_dir() else []:
-            parts = list(f.relative_to(root).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            out[".".join(parts)] = f
-    return out
-
-
-def _resolve(name: str, known: dict[str, Path]) -> str | None:
-    """The longest known module that `name` is or lies inside."""
-    while name:
-        if name in known:
-            return name
-        name = name.rpartition(".")[0]
-    return None
-
-
-def _imported(node: ast.Import | ast.ImportFrom, here: str, is_pkg: bool) -> list[str]:
-    """The dotted names one import statement names (relative imports made absolute)."""
-    if isinstance(node, ast.Import):
-        return [a.name for a in node.names]
-    base = node.module or ""
-    if node.level:
-        parts = here.split(".")
-        parts = parts if is_pkg else parts[:-1]
-        parts = parts[: len(parts) - (node.level - 1)]
-        base = ".".join(parts + ([base] if base else []))
-    return [f"{base}.{a.name}" for a in node.names] + [base]
-
-
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """Ids of the import statements under `if TYPE_CHECKING:` (never run)."""
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If):
-            t = node.test
-            name = t.id if isinstance(t, ast.Name) else t.attr if isinstance(t, ast.Attribute) else ""
-            if name == "TYPE_CHECKING":
-                out |= {id(n) for b in node.body for n in ast.walk(b) if isinstance(n, (ast.Import, ast.ImportFrom))}
-    return out
-
-
-def _functions(tree: ast.AST):
-    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-
-
-def scan(root: Path = ROOT) -> dict:
-    """Edges between project modules, and every import statement inside a function."""
-    known = modules(root)
-    edges: set[tuple[str, str]] = set()
+def shape(root: Path = ROOT) -> dict:
+    """Edges between project modules (ops.importcheck reads the imports), every import statement
+    inside a function, and the largest function."""
+    known, found = scan(root)
+    graph = {m: set() for m in known}
     in_functions: list[dict] = []
     project_statements = 0
+    for imp in found:
+        targets = targets_of(imp, known)
+        graph[imp.module] |= targets
+        project_statements += bool(targets)
+        if imp.in_function:
+            top = imp.names[0].split(".")[0] if imp.names[0] else ""
+            shown = imp.names[-1] if len(imp.names) == 1 else imp.names[0]
+            in_functions.append({"module": imp.module, "line": imp.line, "imports": shown, "project": top in PACKAGES})
     largest = {"lines": 0}
-    for mod, f in known.items():
-        tree = ast.parse(f.read_text(), str(f))
-        is_pkg = f.name == "__init__.py"
-        inner = {id(n) for fn in _functions(tree) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
-        typing_only = _type_checking_only(tree)
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in typing_only:
-                continue
-            names = _imported(node, mod, is_pkg)
-            targets = {t for n in names if (t := _resolve(n, known)) and t != mod}
-            # `from pkg import mod` names pkg.mod: do not also count pkg itself
-            if isinstance(node, ast.ImportFrom) and len(targets) > 1:
-                base = names[-1]
-                targets.discard(base) if any(t != base for t in targets) else None
-            edges |= {(mod, t) for t in targets}
-            project_statements += bool(targets)
-            if id(node) in inner:
-                top = names[0].split(".")[0] if names[0] else ""
-                in_functions.append(
-                    {
-                        "module": mod,
-                        "line": node.lineno,
-                        "imports": names[-1] if names else "",
-                        "project": top in PROJECT,
-                    }
-                )
-        for fn in _functions(tree):
-            n = fn.end_lineno - fn.lineno + 1
-            if n > largest["lines"]:
-                largest = {"lines": n, "function": f"{f.relative_to(root)}::{fn.name}"}
+    for f in known.values():
+        for fn in ast.walk(ast.parse(f.read_text(), str(f))):
+            if (
+                isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and fn.end_lineno - fn.lineno + 1 > largest["lines"]
+            ):
+                largest = {"lines": fn.end_lineno - fn.lineno + 1, "function": f"{f.relative_to(root)}::{fn.name}"}
     return {
-        "modules": sorted(known),
-        "edges": sorted(edges),
+        "graph": graph,
         "in_functions": in_functions,
         "project import statements": project_statements,
         "largest": largest,
     }
-
-
-def cycles(mods: list[str], edges: list[tuple[str, str]]) -> list[list[str]]:
-    """Strongly connected groups of more than one module (Tarjan, iterative)."""
-    out_edges: dict[str, list[str]] = {m: [] for m in mods}
-    for a, b in edges:
-        out_edges[a].append(b)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
-    found: list[list[str]] = []
-    counter = 0
-    for start in mods:
-        if start in index:
-            continue
-        work = [(start, iter(out_edges[start]))]
-        index[start] = low[start] = counter
-        counter += 1
-        stack.append(start), on.add(start)
-        while work:
-            v, it = work[-1]
-            for w in it:
-                if w not in index:
-                    index[w] = low[w] = counter
-                    counter += 1
-                    stack.append(w), on.add(w)
-                    work.append((w, iter(out_edges[w])))
-                    break
-                if w in on:
-                    low[v] = min(low[v], index[w])
-            else:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
-                if low[v] == index[v]:
-                    group = []
-                    while True:
-                        w = stack.pop()
-                        on.discard(w)
-                        group.append(w)
-                        if w == v:
-                            break
-                    if len(group) > 1:
-                        found.append(sorted(group))
-    return found
 
 
 def layer_of(module: str) -> tuple[int, str]:
@@ -180,9 +70,9 @@ def against_layers(edges: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def measure(root: Path = ROOT) -> dict:
     """The figures bench/footprint.py records."""
-    s = scan(root)
-    cyc = cycles(s["modules"], s["edges"])
-    bad = against_layers(s["edges"])
+    s = shape(root)
+    cyc = strongly_connected(s["graph"])
+    bad = against_layers(sorted((a, b) for a, bs in s["graph"].items() for b in bs))
     inner = s["in_functions"]
     return {
         "import cycles": {"count": len(cyc), "modules in cycles": sum(map(len, cyc)), "list": cyc},

@@ -106,7 +106,7 @@ def scan(root: Path = PROJECT_ROOT) -> tuple[dict[str, Path], list[Import]]:
     return known, found
 
 
-def _targets(imp: Import, known: dict[str, Path]) -> set[str]:
+def targets_of(imp: Import, known: dict[str, Path]) -> set[str]:
     """The project modules one statement imports (`from pkg import mod` names pkg.mod, not pkg)."""
     hits = {t for n in imp.names if (t := _resolve(n, known)) and t != imp.module}
     base = _resolve(imp.names[0], known)
@@ -115,21 +115,31 @@ def _targets(imp: Import, known: dict[str, Path]) -> set[str]:
     return hits
 
 
+def edges(root: Path = PROJECT_ROOT) -> dict[str, set[str]]:
+    """Per project module: the project modules it imports (inside functions too)."""
+    known, found = scan(root)
+    out: dict[str, set[str]] = {m: set() for m in known}
+    for imp in found:
+        out[imp.module] |= targets_of(imp, known)
+    return out
+
+
 def cycles(root: Path = PROJECT_ROOT) -> list[list[str]]:
     """Groups of project modules that import each other (strongly connected, more than one module)."""
-    known, found = scan(root)
-    edges: dict[str, set[str]] = {m: set() for m in known}
-    for imp in found:
-        edges[imp.module] |= _targets(imp, known)
+    return strongly_connected(edges(root))
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Groups of more than one node that reach each other (Tarjan, iterative), sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on: set[str] = set()
     groups: list[list[str]] = []
-    for start in known:
+    for start in graph:
         if start in index:
             continue
-        work = [(start, iter(sorted(edges[start])))]
+        work = [(start, iter(sorted(graph[start])))]
         index[start] = low[start] = len(index)
         stack.append(start)
         on.add(start)
@@ -140,7 +150,7 @@ def cycles(root: Path = PROJECT_ROOT) -> list[list[str]]:
                     index[w] = low[w] = len(index)
                     stack.append(w)
                     on.add(w)
-                    work.append((w, iter(sorted(edges[w]))))
+                    work.append((w, iter(sorted(graph[w]))))
                     break
                 if w in on:
                     low[v] = min(low[v], index[w])
@@ -173,7 +183,7 @@ def heavy_packages(root: Path = PROJECT_ROOT, r: Rules | None = None) -> dict[st
             continue
         tops = {n.split(".")[0] for n in imp.names if n}
         direct[imp.module] |= tops & r.packages
-        deps[imp.module] |= _targets(imp, known)
+        deps[imp.module] |= targets_of(imp, known)
     out: dict[str, frozenset[str]] = {}
 
     def walk(m: str, seen: set[str]) -> set[str]:
@@ -217,7 +227,7 @@ def lazy_project_imports(root: Path = PROJECT_ROOT) -> list[str]:
     for imp in found:
         if not imp.in_function or imp.module in r.modules:
             continue
-        for t in sorted(_targets(imp, known)):
+        for t in sorted(targets_of(imp, known)):
             if any({imp.module, t} <= c for c in PENDING_CYCLES):
                 continue  # what keeps a pending cycle from failing at import time
             if not heavy[t] - heavy[imp.module]:
