@@ -32,7 +32,7 @@ from serving.inference import BadInput, json_text
 from serving.metrics import get_metrics
 from serving.model import ModelManager
 from serving.oip import oip_blueprint
-from serving.prediction_log import PredictionLog
+from serving.prediction_log import PredictionLog, close_at_exit
 from serving.routes.admin import admin_blueprint
 from serving.routes.feedback import feedback_blueprint
 from serving.routes.ops import ops_blueprint
@@ -40,24 +40,9 @@ from serving.routes.predict import predict_blueprint, wrap_fast_path
 from serving.routes.state import EXTENSION, ServingState, error_response, serving_state
 from serving.shadow import ShadowMirror
 
-__all__ = ["ServingState", "close_all_logs", "create_app"]
+__all__ = ["ServingState", "create_app"]
 
 log = logging.getLogger(__name__)
-
-# every PredictionLog created in this process, closed by atexit / gunicorn worker_exit
-_LOGS: list[PredictionLog] = []
-
-
-def close_all_logs() -> None:
-    while _LOGS:
-        plog = _LOGS.pop()
-        try:
-            plog.close()
-        except Exception:
-            log.exception("flushing the prediction log at exit failed")
-
-
-atexit.register(close_all_logs)
 
 
 class FiniteJSONProvider(DefaultJSONProvider):
@@ -106,7 +91,7 @@ def create_app(
     state.rejections = RejectionCounter(store, state.contract.feature_names if state.contract else ())
     if start_background:
         plog.start()
-        _LOGS.append(plog)
+        close_at_exit(plog)  # flushed at exit (serving/prediction_log.py)
         state.rejections.start()
         atexit.register(state.rejections.close)
         if models.current is None:

@@ -26,7 +26,7 @@ from churnops.cli import setup_logging
 from churnops.contract import load_any_contract
 from churnops.model_line import for_dataset, line_dir
 from churnops.settings import get_settings, quiet_process
-from serving.prediction_log import reclaim_orphans
+from serving.prediction_log import close_open_logs, reclaim_orphans
 
 quiet_process()  # MLflow telemetry / Prefect analytics off in the master and (inherited) every worker
 _s = for_dataset(get_settings())  # the data set's line: its spool; another line's server keeps its own files
@@ -126,9 +126,7 @@ def install_fast_close() -> None:
 
 
 def worker_exit(server, worker):
-    from serving.app import close_all_logs
-
-    close_all_logs()
+    close_open_logs()  # the app's log and each /v2 model's
 
 
 def child_exit(server, worker):

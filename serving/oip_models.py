@@ -15,7 +15,6 @@ and log are the app's own.
 
 from __future__ import annotations
 
-import atexit
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,14 +28,13 @@ from churnops.store.factory import open_store
 from churnops.tasks import task_for
 from serving.answers import answers_for
 from serving.model import ModelManager
-from serving.prediction_log import PredictionLog
+from serving.prediction_log import PredictionLog, close_at_exit
 
 log = logging.getLogger(__name__)
 
 IMAGE = "image_classification"
 LINE_NAMES = ("model_name", "experiment_name", "training_deployment", "dataset", "run_id", "model_uri")
 LINE_PATHS = ("prediction_db_path", "spool_dir", "stream_outbox_dir", "serving_state_file")
-OPENED_LOGS: list[PredictionLog] = []  # the extra models' logs of this process, closed at exit
 
 
 class OipConfigError(ValueError):
@@ -193,7 +191,7 @@ class ServedModels:
         """Start the extra models' logs and background loaders (the app starts the default's)."""
         for m in self.extras():
             m.plog.start()
-            OPENED_LOGS.append(m.plog)
+            close_at_exit(m.plog)  # flushed at exit with the app's (serving/prediction_log.py)
             if m.models.current is None:
                 m.models.start_background()
 
@@ -238,16 +236,3 @@ def build_served_models(state, metrics=None) -> ServedModels:
             )
         )
     return ServedModels(default, extras)
-
-
-def close_opened_logs() -> None:
-    """Flush the extra models' logs of this process (atexit)."""
-    while OPENED_LOGS:
-        plog = OPENED_LOGS.pop()
-        try:
-            plog.close()
-        except Exception:
-            log.exception("flushing a /v2 model's prediction log at exit failed")
-
-
-atexit.register(close_opened_logs)

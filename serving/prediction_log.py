@@ -50,6 +50,7 @@ live owner, whatever its name says (pids are reused: pid 1 in every container), 
 
 from __future__ import annotations
 
+import atexit
 import collections
 import fcntl
 import json
@@ -969,3 +970,25 @@ class PredictionLog:
                 self.metrics.log_records.labels(what).inc(n)
             except Exception:
                 pass
+
+
+OPEN_LOGS: list[PredictionLog] = []  # the started logs of this process: the app's and each /v2 model's
+
+
+def close_at_exit(plog: PredictionLog) -> PredictionLog:
+    """Remember a started log so that `close_open_logs` flushes it when the process ends."""
+    OPEN_LOGS.append(plog)
+    return plog
+
+
+def close_open_logs() -> None:
+    """Flush and close every remembered log (atexit, and the server's worker exit)."""
+    while OPEN_LOGS:
+        plog = OPEN_LOGS.pop()
+        try:
+            plog.close()
+        except Exception:
+            log.exception("flushing a prediction log at exit failed")
+
+
+atexit.register(close_open_logs)
