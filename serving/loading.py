@@ -26,9 +26,10 @@ import logging
 import shutil
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -177,24 +178,49 @@ def load_model(uri: str, route: str, settings: Settings | None = None, cache_dir
     return load_tabular_model(uri, route, s, cache_dir)
 
 
+def local_folder(uri: str) -> Path | None:
+    """The existing local folder a model uri names (a path or file://); None for a registry or run uri."""
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    local = Path(uri.removeprefix("file://"))
+    return local if local.exists() else None
+
+
+def mlflow_download(uri: str, dst: Path) -> str:
+    """The local path of artifact `uri` downloaded into `dst` (the tracking URI already set)."""
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+
+
+@contextmanager
+def download_folder(s: Settings, cache_dir: Path | None, prefix: str) -> Iterator[Path]:
+    """A fresh folder under the model cache (`<state_dir>/model-cache`) for a download from the
+    server's MLflow (tracking and registry URIs set), removed afterwards: a model is read whole first."""
+    import mlflow
+
+    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+    mlflow.set_registry_uri(s.mlflow_tracking_uri)
+    base = cache_dir or (s.state_dir / "model-cache")
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_tabular_model(uri: str, route: str, s: Settings, cache_dir: Path | None = None) -> LoadedModel:
     """A tabular bundle (`churnops.bundle.Bundle`: ONNX preferred, else the native booster; 1 thread),
     checked against the served contract and smoke-tested on one all-missing row."""
-    local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
-    tmp = None
-    try:
-        if local is not None and local.exists():
+    local = local_folder(uri)
+    with ExitStack() as stack:
+        if local is not None:
             root = local
         else:
-            import mlflow
-
-            mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-            mlflow.set_registry_uri(s.mlflow_tracking_uri)
-            base = cache_dir or (s.state_dir / "model-cache")
-            base.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="model-", dir=base))
+            tmp = stack.enter_context(download_folder(s, cache_dir, "model-"))
             try:
-                root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+                root = Path(mlflow_download(uri, tmp))
             except Exception as exc:
                 problem = pin_problem(s) if uri == f"runs:/{s.run_id}/model" else None
                 if problem:
@@ -222,11 +248,8 @@ def load_tabular_model(uri: str, route: str, s: Settings, cache_dir: Path | None
         run_id = str(bundle.meta.get("run_id") or "")
         if not run_id and uri.startswith("runs:/"):
             run_id = uri.split("/")[1]
-        version, aliases = (None, []) if local is not None and local.exists() else registry_info(s, uri, run_id)
+        version, aliases = (None, []) if local is not None else registry_info(s, uri, run_id)
         return LoadedModel(bundle=bundle, uri=uri, run_id=run_id, version=version, aliases=aliases, route=route)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_contract(meta: dict, uri: str, s: Settings) -> None:
@@ -309,9 +332,7 @@ def int8_model_file(uri: str, run_id: str, local: Path | None, dst: Path, s) -> 
         names = {a.path for a in mlflow.MlflowClient(s.mlflow_tracking_uri).list_artifacts(run_id)}
         if INT8_ARTIFACT not in names:
             raise ModelLoadError(missing)
-        return Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{INT8_ARTIFACT}", dst_path=str(dst))
-        )
+        return Path(mlflow_download(f"runs:/{run_id}/{INT8_ARTIFACT}", dst))
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -322,29 +343,18 @@ def int8_model_file(uri: str, run_id: str, local: Path | None, dst: Path, s) -> 
 
 def load_image_model(uri: str, route: str, s: Settings, contract, cache_dir: Path | None = None) -> LoadedModel:
     """Download and check the image model `uri` of `contract`; ModelLoadError names what is wrong."""
-    local = Path(uri.removeprefix("file://")) if "://" not in uri or uri.startswith("file://") else None
-    tmp = None
-    try:
-        if local is not None and local.exists():
+    local = local_folder(uri)
+    with ExitStack() as stack:
+        if local is not None:
             root, run_id = local, ""
             meta_path = next(iter(sorted(local.rglob("image_meta.json"))), None)
         else:
-            import mlflow
-
-            mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-            mlflow.set_registry_uri(s.mlflow_tracking_uri)
-            base = cache_dir or (s.state_dir / "model-cache")
-            base.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="image-model-", dir=base))
+            tmp = stack.enter_context(download_folder(s, cache_dir, "image-model-"))
             try:
                 run_id = run_of(uri, s)
-                root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp / "model")))
+                root = Path(mlflow_download(uri, tmp / "model"))
                 try:
-                    meta_path = Path(
-                        mlflow.artifacts.download_artifacts(
-                            artifact_uri=f"runs:/{run_id}/image_meta.json", dst_path=str(tmp / "meta")
-                        )
-                    )
+                    meta_path = Path(mlflow_download(f"runs:/{run_id}/image_meta.json", tmp / "meta"))
                 except Exception:
                     meta_path = None
             except ImageModelError as exc:
@@ -369,9 +379,7 @@ def load_image_model(uri: str, route: str, s: Settings, contract, cache_dir: Pat
             )
         model_file, precision = onnx_files[0], s.image_model_precision
         if precision == "int8":
-            is_local = local is not None and local.exists()
-            dst = root if is_local else (tmp / "int8")
-            model_file = int8_model_file(uri, run_id, local if is_local else None, dst, s)
+            model_file = int8_model_file(uri, run_id, local, root if local is not None else tmp / "int8", s)
         try:
             bundle = ImageBundle(str(model_file), meta, precision)  # read whole before the folder goes
             p, _ = bundle.predict(np.zeros((1, 3, contract.image.height, contract.image.width), np.float32))
@@ -380,8 +388,5 @@ def load_image_model(uri: str, route: str, s: Settings, contract, cache_dir: Pat
         if p.shape != (1, len(contract.classes)) or not np.isfinite(p).all():
             raise ModelLoadError(f"image model {uri} returned shape {p.shape} on a smoke-test image")
         run_id = run_id or str(meta.get("run_id") or "")
-        version, aliases = (None, []) if local is not None and local.exists() else registry_info(s, uri, run_id)
+        version, aliases = (None, []) if local is not None else registry_info(s, uri, run_id)
         return LoadedModel(bundle=bundle, uri=uri, run_id=run_id, version=version, aliases=aliases, route=route)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
