@@ -59,9 +59,9 @@ control_socket_disable = len(control_socket.encode()) > 100
 def on_starting(server):
     shutil.rmtree(_prom, ignore_errors=True)
     _prom.mkdir(parents=True, exist_ok=True)
-    from serving.model import clear_shared_state
+    from serving.oip_models import clear_served_state
 
-    clear_shared_state(_s)
+    clear_served_state(_s)  # the default line's reloads and each OIP_MODELS line's
 
 
 def post_fork(server, worker):

@@ -27,7 +27,7 @@ from churnops.settings import Settings
 from churnops.store.factory import open_store
 from churnops.tasks import task_for
 from serving.answers import answers_for
-from serving.model import ModelManager
+from serving.model import ModelManager, clear_shared_state
 from serving.prediction_log import PredictionLog, close_at_exit
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,18 @@ def line_settings(s: Settings, entry: ModelEntry) -> Settings:
     """The settings of `entry`'s line: its own model name, storage, serving state, and its URI pinned."""
     bare = bare_settings(s)
     return for_dataset(bare.model_copy(update={"model_uri": entry.uri, "dataset": entry.dataset}), entry.dataset)
+
+
+def clear_served_state(s: Settings) -> None:
+    """Forget a previous server run's reloads (`/admin/reload`) of every model this server serves: the
+    default line's and each OIP_MODELS line's (called once by the server before its workers start)."""
+    clear_shared_state(s)
+    try:
+        entries = parse_entries(s.oip_models, s)
+    except OipConfigError:
+        return  # the app refuses the entry when it starts, naming it
+    for entry in entries:
+        clear_shared_state(line_settings(s, entry))
 
 
 def open_log(s: Settings, metrics=None) -> PredictionLog:

@@ -43,9 +43,9 @@ def prepare(s: Settings) -> None:
     prom = prometheus_dir(s)
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir(parents=True, exist_ok=True)
-    from serving.model import clear_shared_state
+    from serving.oip_models import clear_served_state
 
-    clear_shared_state(s)
+    clear_served_state(s)  # the default line's reloads and each OIP_MODELS line's
 
 
 def build_server(s: Settings, target: str = APP, workers: int | None = None):

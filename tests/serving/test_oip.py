@@ -402,6 +402,28 @@ def test_unknown_oip_models_entry_refuses_to_start(tmp_path):
     ]
 
 
+def test_server_start_forgets_the_reloads_of_every_served_line(tmp_path):
+    """A reload from a previous run (serving-model.json) is forgotten at start for the OIP_MODELS lines too,
+    not only the default's: a restarted server serves each line's pinned model again."""
+    from churnops.settings import Settings
+    from serving.model import shared_state_file
+    from serving.oip_models import clear_served_state, line_settings, parse_entries
+
+    s = Settings(_env_file=None, state_dir=tmp_path, oip_models="diabetes,raw_digits")
+    files = [shared_state_file(s)] + [shared_state_file(line_settings(s, e)) for e in parse_entries(s.oip_models, s)]
+    assert len(set(files)) == 3  # each line has its own
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text('{"uri": "models:/x/1"}')
+    clear_served_state(s)
+    assert [f.exists() for f in files] == [False, False, False]
+    bad = Settings(_env_file=None, state_dir=tmp_path / "bad", oip_models="nobody")
+    shared_state_file(bad).parent.mkdir(parents=True, exist_ok=True)
+    shared_state_file(bad).write_text("{}")
+    clear_served_state(bad)  # an unknown entry: the default line's is still cleared; the app names the entry
+    assert not shared_state_file(bad).exists()
+
+
 def test_openapi_documents_every_v2_route(v2):
     spec = v2["client"].get("/openapi.json").json
     routes = {
