@@ -19,6 +19,7 @@ from churnops.speed import FastPaths
 from serving.answers import answers_for
 from serving.inference import BadInput, Row, check_row, log_record, predict_rows, response_body
 from serving.loading import ModelSet
+from serving.shadow import Mirror
 from serving.stream_records import BatchOutcome, ModelFailure, RecordSink, arrival, decode_payload
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class TabularProcessor:
         preds = self.predict(ms, shard_id, rows, dlq)
         now = time.time()
         results, logs = [], []
+        mirror = Mirror([], records=[], source="stream", log_ids=[])  # the champion's rows (shadow traffic)
         latency = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
         for (rec, row), (m, p, d) in zip(rows, preds):
             seq = rec["SequenceNumber"]
@@ -150,7 +152,12 @@ class TabularProcessor:
                 continue
             results.append(entry)
             logs.append(lrec)
+            if m.route == "champion":  # a pair is champion + shadow: the same request id, its own log _id
+                mirror.request_ids.append(row.request_id)
+                mirror.records.append(row.values)
+                mirror.log_ids.append(f"{lrec['_id']}:shadow")
+                mirror.champion_version = m.version
             metrics.predictions.labels(
                 "stream", m.route, str(m.version), answers_for(m.bundle.task).decision_label(d)
             ).inc()
-        return BatchOutcome(results, logs, dlq)
+        return BatchOutcome(results, logs, dlq, mirror if mirror.request_ids else None)
