@@ -4,12 +4,12 @@
 a tabular contract. Each record is decoded (raw JSON or base64 of JSON), validated against the data
 contract and predicted (one matrix per model); a record that fails for itself becomes a dead letter
 with its reason. If a batch's prediction fails, its rows are predicted one by one; only when the
-model also fails on the contract's own example is it the model's fault (`ModelFailure`).
+model also fails on the contract's own example is it the model's fault (`ModelFailure`). Results are
+written with the HTTP answers' encoder (`serving.encoding.dumps`: a NaN becomes null).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Callable
@@ -17,6 +17,7 @@ from typing import Any, Callable
 from churnops.contract import DatasetContract, RecordResult
 from churnops.speed import FastPaths
 from serving.answers import answers_for
+from serving.encoding import dumps
 from serving.inference import BadInput, Row, check_row, log_record, predict_rows, response_body
 from serving.loading import ModelSet
 from serving.shadow import Mirror
@@ -126,7 +127,7 @@ class TabularProcessor:
             seq = rec["SequenceNumber"]
             try:
                 out = response_body(row, m, p, d) | stream_fields(shard_id, seq, now)  # the HTTP answer's fields
-                entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
+                entry = {"Data": dumps(out), "PartitionKey": row.request_id[:256]}
                 lrec = log_record(
                     sink.log_id(shard_id, seq),
                     row,
