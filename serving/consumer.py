@@ -89,6 +89,7 @@ from serving.metrics import get_metrics
 from serving.model import ModelManager
 from serving.outbox import Outbox
 from serving.prediction_log import PredictionLog
+from serving.shadow import ShadowMirror
 from serving.slots import claim
 from serving.stream_records import (  # noqa: F401  (ModelFailure, decode_payload: re-exported, their old home)
     BatchOutcome,
@@ -147,6 +148,11 @@ class Consumer:
             retry_max_s=self.s.log_retry_max_s,
         )
         self.models = models or ModelManager(self.s, metrics=self.metrics)
+        # SHADOW_FRACTION > 0: the champion's records mirrored to the candidate after their results are
+        # put (serving/shadow.py: the HTTP API's queue and worker; never in the way of a result or checkpoint)
+        self.shadow = ShadowMirror(
+            self.s, self.plog, self.metrics, lambda: self.models.current, write=self.plog.write_now
+        )
         self.kin = kinesis or client("kinesis", self.s, max_attempts=4)
         self._s3 = s3
         # one folder per consumer slot, claimed by a file lock: consumers sharing a state folder never
@@ -515,6 +521,7 @@ class Consumer:
             self.plog.write_now(out.logs).check()  # stored or spooled before any put or checkpoint
         self.emit(self.s.output_stream, out.results)
         self.emit(self.s.dlq_stream, out.dead)
+        self.offer_shadow(out)
         self.rejections.flush()  # the window's data quality: only when records were refused
         self.metrics.stream_records.labels("result").inc(len(out.results))
         self.metrics.stream_records.labels("dead_letter").inc(len(out.dead))
@@ -522,6 +529,15 @@ class Consumer:
             self.processed += len(out.results)
             self.dead += len(out.dead)
         return len(out.results), len(out.dead)
+
+    def offer_shadow(self, out: BatchOutcome) -> None:
+        """Offer the batch's champion rows to the shadow candidate (sampled; a non-blocking put; never raises)."""
+        if out.mirror is None or not self.shadow.enabled:
+            return
+        try:
+            self.shadow.offer_sampled(out.mirror)
+        except Exception as exc:  # shadow never holds up a result or a checkpoint
+            log.warning("shadow mirror not offered: %s", redact(f"{type(exc).__name__}: {exc}")[:300])
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def poll_once(self) -> int:
@@ -692,6 +708,7 @@ class Consumer:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+            self.shadow.stop()  # what is mirrored so far is logged before the log closes (bounded wait)
             self.plog.close()
             if self._pending_checkpoints:
                 self._checkpoint(*next(iter(dict(self._pending_checkpoints).items())))

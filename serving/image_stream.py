@@ -18,7 +18,6 @@ shard retries the batch with backoff until a working model is loaded.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -27,6 +26,7 @@ from botocore.exceptions import ClientError
 
 from churnops.aws import client, is_transient
 from churnops.s3keys import UnsafeKeyError, split_s3_uri
+from serving.encoding import dumps
 from serving.image import DecodedImage, answer, decode, log_entry, predict
 from serving.inference import REQUEST_ID_RULE, BadInput, valid_request_id
 from serving.stream_records import BatchOutcome, ModelFailure, RecordSink, arrival, decode_payload
@@ -181,7 +181,7 @@ class ImageProcessor:
             now = time.time()
             uri = f"s3://{bucket}/{key}"
             body = answer(pred, rid) | {"sequence_number": seq, "shard_id": shard_id, "image_uri": uri, "ts": now}
-            out.results.append({"Data": json.dumps(body).encode(), "PartitionKey": rid[:256]})
+            out.results.append({"Data": dumps(body), "PartitionKey": rid[:256]})
             out.logs.append(
                 log_entry(
                     sink.log_id(shard_id, seq),

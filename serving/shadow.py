@@ -1,6 +1,7 @@
 """Shadow traffic: mirror a fraction of predictions to the candidate model after the answer is sent.
 
-With `SHADOW_FRACTION > 0` a request (a `/predict` row, each row of `/predict/batch`) is mirrored
+With `SHADOW_FRACTION > 0` a request (a `/predict` row, each row of `/predict/batch`, each tabular
+record of the stream consumer: `offer_sampled` after its result is put, serving/consumer.py) is mirrored
 when sha256("shadow:" + request_id) mapped to [0, 1) falls below the fraction: deterministic per
 request id and independent of the canary split. The request thread only does a non-blocking `put`
 of the validated values on a bounded queue (`SHADOW_QUEUE_MAX`) after its answer is built; when the
@@ -63,6 +64,7 @@ class Mirror:
     columns: dict | None = None  # or the batch's columns (churnops.speed.columnar.ColumnBatch.take)
     source: str = "http"
     champion_version: str | None = None
+    log_ids: list[str] | None = None  # the shadow records' log `_id`s (default: new ones); stream: fixed per record
 
 
 def registry_candidate(s: Settings, champion) -> Any:
@@ -85,10 +87,14 @@ class ShadowMirror:
         metrics,
         current_models: Callable[[], Any],
         load_candidate: Callable[[Any], Any] | None = None,
+        write: Callable[[list[dict]], Any] | None = None,
     ):
         self.fraction = float(settings.shadow_fraction)
         self.refresh_s = float(settings.shadow_refresh_s)
         self.plog = plog
+        # how the worker logs its records: queued for the log's writer thread (HTTP), or written at once
+        # (the stream consumer, whose log has no writer thread: PredictionLog.write_now)
+        self.write = write or plog.submit_many
         self.metrics = metrics
         self.current_models = current_models  # () -> the ModelSet serving now (or None)
         self.load_candidate = load_candidate or (lambda champion: registry_candidate(settings, champion))
@@ -98,6 +104,9 @@ class ShadowMirror:
         self.candidate_for: str | None = None  # the champion run the candidate was looked up for
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        if self.enabled:  # every outcome on /metrics from the start (0 until it happens)
+            for outcome in (LOGGED, DROPPED, NO_CANDIDATE, FAILED):
+                self.count(outcome, 0)
 
     @property
     def enabled(self) -> bool:
@@ -126,6 +135,23 @@ class ShadowMirror:
         if self.enabled and mirrored(request_id, self.fraction):
             self.offer(Mirror([request_id], records=[values], champion_version=champion_version))
 
+    def offer_sampled(self, item: Mirror) -> None:
+        """Mirror the rows of `item` (records) whose request ids are sampled (the stream consumer's batch)."""
+        if not self.enabled or item.records is None:
+            return
+        idx = [i for i, rid in enumerate(item.request_ids) if mirrored(rid, self.fraction)]
+        if idx:
+            ids = item.log_ids
+            self.offer(
+                Mirror(
+                    [item.request_ids[i] for i in idx],
+                    records=[item.records[i] for i in idx],
+                    source=item.source,
+                    champion_version=item.champion_version,
+                    log_ids=None if ids is None else [ids[i] for i in idx],
+                )
+            )
+
     def offer_batch(
         self, request_ids: list[str], take: Callable[[Any], dict], positions: list[int] | None = None
     ) -> None:
@@ -150,10 +176,14 @@ class ShadowMirror:
                 self.thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Let the worker finish what is queued, then end it."""
+        """Let the worker finish what is queued, then end it (at most about 2 x `timeout` seconds: a full
+        queue behind a candidate that hangs does not hold the caller's shutdown)."""
         t = self.thread
         if t is not None and t.is_alive():
-            self.queue.put(None)
+            try:
+                self.queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
             t.join(timeout)
 
     def run(self) -> None:
@@ -207,12 +237,13 @@ class ShadowMirror:
         proba = m.bundle.predict_matrix(X)
         latency = (time.perf_counter() - t0) * 1000 / max(n, 1)
         task, thr, now = answers_for(m.bundle.task), m.threshold, time.time()
+        records = []
         for i, (rid, p) in enumerate(zip(item.request_ids, proba.tolist())):
             values = item.records[i] if item.records is not None else row_values(item.columns, i)
             d = task.decide(p, thr)
-            self.plog.submit(
+            records.append(
                 {
-                    "_id": new_request_id(),
+                    "_id": item.log_ids[i] if item.log_ids is not None else new_request_id(),
                     "ts": now,
                     "request_id": rid,
                     "source": item.source,
@@ -224,6 +255,7 @@ class ShadowMirror:
                     "latency_ms": round(latency, 3),
                 }
             )
+        self.write(records)
         self.count(LOGGED, n)
 
 

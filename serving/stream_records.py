@@ -4,8 +4,9 @@
 owns the records of one batch. The consumer hands a processor each get_records batch; the processor
 decodes, checks and predicts every record and returns a `BatchOutcome`: the put_records entries for
 `results`, the prediction-log records, and the dead letters it built through its `RecordSink` (the
-consumer's public `dead_letter` and `log_id`). The consumer then writes the log, puts the results
-and dead letters (`emit`) and counts them. Two processors exist: tabular features
+consumer's public `dead_letter` and `log_id`), and the champion's rows to mirror to the shadow
+candidate (`mirror`, serving/shadow.py). The consumer then writes the log, puts the results and dead
+letters (`emit`), counts them, and only then offers the mirror (a non-blocking put). Two processors exist: tabular features
 (serving/stream_tabular.py) and image_uri records (serving/image_stream.py).
 
 A processor raises `ModelFailure` when the model fails on everything (nothing is emitted, the batch
@@ -25,6 +26,7 @@ from churnops.settings import Settings
 from serving.inference import BadInput, parse_json
 from serving.metrics import Metrics
 from serving.model import ModelManager
+from serving.shadow import Mirror
 
 
 class ModelFailure(RuntimeError):
@@ -62,6 +64,7 @@ class BatchOutcome:
     results: list[dict] = field(default_factory=list)
     logs: list[dict] = field(default_factory=list)
     dead: list[dict] = field(default_factory=list)
+    mirror: Mirror | None = None  # the champion's rows, for shadow traffic (sampled by the consumer)
 
 
 class RecordSink(Protocol):

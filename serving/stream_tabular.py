@@ -4,12 +4,12 @@
 a tabular contract. Each record is decoded (raw JSON or base64 of JSON), validated against the data
 contract and predicted (one matrix per model); a record that fails for itself becomes a dead letter
 with its reason. If a batch's prediction fails, its rows are predicted one by one; only when the
-model also fails on the contract's own example is it the model's fault (`ModelFailure`).
+model also fails on the contract's own example is it the model's fault (`ModelFailure`). Results are
+written with the HTTP answers' encoder (`serving.encoding.dumps`: a NaN becomes null).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Callable
@@ -17,8 +17,10 @@ from typing import Any, Callable
 from churnops.contract import DatasetContract, RecordResult
 from churnops.speed import FastPaths
 from serving.answers import answers_for
+from serving.encoding import dumps
 from serving.inference import BadInput, Row, check_row, log_record, predict_rows, response_body
 from serving.loading import ModelSet
+from serving.shadow import Mirror
 from serving.stream_records import BatchOutcome, ModelFailure, RecordSink, arrival, decode_payload
 
 log = logging.getLogger(__name__)
@@ -119,12 +121,13 @@ class TabularProcessor:
         preds = self.predict(ms, shard_id, rows, dlq)
         now = time.time()
         results, logs = [], []
+        mirror = Mirror([], records=[], source="stream", log_ids=[])  # the champion's rows (shadow traffic)
         latency = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
         for (rec, row), (m, p, d) in zip(rows, preds):
             seq = rec["SequenceNumber"]
             try:
                 out = response_body(row, m, p, d) | stream_fields(shard_id, seq, now)  # the HTTP answer's fields
-                entry = {"Data": json.dumps(out).encode(), "PartitionKey": row.request_id[:256]}
+                entry = {"Data": dumps(out), "PartitionKey": row.request_id[:256]}
                 lrec = log_record(
                     sink.log_id(shard_id, seq),
                     row,
@@ -150,7 +153,12 @@ class TabularProcessor:
                 continue
             results.append(entry)
             logs.append(lrec)
+            if m.route == "champion":  # a pair is champion + shadow: the same request id, its own log _id
+                mirror.request_ids.append(row.request_id)
+                mirror.records.append(row.values)
+                mirror.log_ids.append(f"{lrec['_id']}:shadow")
+                mirror.champion_version = m.version
             metrics.predictions.labels(
                 "stream", m.route, str(m.version), answers_for(m.bundle.task).decision_label(d)
             ).inc()
-        return BatchOutcome(results, logs, dlq)
+        return BatchOutcome(results, logs, dlq, mirror if mirror.request_ids else None)

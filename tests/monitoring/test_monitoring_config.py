@@ -16,7 +16,8 @@ METRIC = re.compile(r"\b(churn_[a-z0-9_]+)")
 
 
 def defined_metrics() -> set[str]:
-    """Sample names the servers actually expose: serving.metrics + churnops.monitoring.gauges (fresh registries)."""
+    """Sample names the servers actually expose: serving.metrics + churnops.monitoring.gauges (fresh registries)
+    + the /v2 routes' counter and histogram (serving.oip, created once in the default registry)."""
     from prometheus_client import CollectorRegistry
 
     from churnops.monitoring.gauges import DriftGauges
@@ -24,10 +25,12 @@ def defined_metrics() -> set[str]:
     reg = CollectorRegistry()
     DriftGauges(reg, multiprocess_mode=None)
     from serving.metrics import Metrics
+    from serving.oip import v2_metrics
 
     Metrics(reg)
+    families = list(reg.collect()) + [m for c in v2_metrics() for m in c.describe()]
     names = set()
-    for m in reg.collect():
+    for m in families:
         if m.type == "counter":
             names.add(m.name + "_total")
         elif m.type == "histogram":
@@ -59,11 +62,34 @@ def test_dashboard_exprs_reference_defined_metrics():
         "churn_prediction_psi",
         "churn_realized_auc",
         "churn_feature_drift_status",
+        "churn_v2_predictions_total",  # the Open Inference Protocol routes (serving/oip.py)
+        "churn_v2_latency_seconds_bucket",
+        "churn_shadow_requests_total",  # shadow traffic (serving/shadow.py)
+        "churn_window_rejection_rate",  # the monitored window's rejections (churnops/monitoring/rejections.py)
+        "churn_window_rejections",
     ):
         assert need in used
     text = json.dumps(dash)
     for q in ("0.50", "0.95", "0.99"):
         assert f"histogram_quantile({q}" in text
+        assert f"histogram_quantile({q}, sum by (le, model) (rate(churn_v2_latency_seconds_bucket" in text
+
+
+def test_dashboard_panels_do_not_overlap_and_use_the_provisioned_datasource():
+    dash = json.loads((MON / "grafana" / "dashboards" / "churn.json").read_text())
+    ds = yaml.safe_load((MON / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    cells: dict[tuple[int, int], int] = {}
+    for p in dash["panels"]:
+        assert p["datasource"]["uid"] == uid and all(
+            t.get("datasource", p["datasource"])["uid"] == uid for t in p["targets"]
+        )
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"panel {p['id']} overlaps panel {cells[(x, y)]}"
+                cells[(x, y)] = p["id"]
 
 
 def test_prometheus_and_grafana_yaml():
@@ -91,7 +117,7 @@ def test_prometheus_and_grafana_yaml():
 def test_promtool_check_config(name):
     r = subprocess.run(["promtool", "check", "config", name], cwd=MON, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 14 rules found" in r.stdout + r.stderr
+    assert "SUCCESS: 15 rules found" in r.stdout + r.stderr
 
 
 def require_promtool() -> str:

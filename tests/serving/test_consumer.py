@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import Counter
 
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
@@ -493,3 +494,36 @@ def test_model_failing_on_everything_pauses_the_shard_not_the_dlq(stream_setting
     assert results_per_seq(kin, s) == {q: 1 for q in seqs[:3] + seqs[4:]}
     (d,) = read_stream(kin, s.dlq_stream)
     assert (d["shard_id"], d["sequence_number"], d["reason_code"]) == (*seqs[3], "prediction_failed")
+
+
+def strict_json(data: bytes):
+    """JSON as the standard defines it: a NaN or Infinity token is an error."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def test_a_nan_answer_is_null_on_the_stream_as_over_http(stream_settings, bundles):
+    """A model that answers NaN: the stream's result is strict JSON with null (the HTTP answers' encoder,
+    serving/encoding.py), not a NaN token a strict reader refuses."""
+    from churnops.aws import client
+    from churnops.store.sqlite import SQLiteStore
+
+    s = stream_settings
+    kin = client("kinesis", s)
+    store = SQLiteStore(s.state_dir / "p.db")
+    put(kin, s, [json.dumps({"request_id": "nan1", "features": example()}).encode()])
+    c = make_consumer(s, bundles, store)
+    c.models.current.champion.bundle.predict_records = lambda recs: np.full(len(recs), np.nan)
+    c.run(max_idle_polls=3)
+    raw = []
+    for sh in kin.list_shards(StreamName=s.output_stream)["Shards"]:
+        it = kin.get_shard_iterator(StreamName=s.output_stream, ShardId=sh["ShardId"], ShardIteratorType="TRIM_HORIZON")
+        raw += [r["Data"] for r in kin.get_records(ShardIterator=it["ShardIterator"], Limit=100)["Records"]]
+    assert len(raw) == 1 and b"NaN" not in raw[0]
+    streamed = strict_json(raw[0])
+    assert streamed["request_id"] == "nan1" and streamed["probability"] is None
+    assert streamed["route"] == "champion" and streamed["model_run_id"] == "localrun1"
+    store.close()
