@@ -59,6 +59,7 @@ from serving.metrics import LATENCY_BUCKETS
 from serving.model import LoadedModel, ModelSet
 from serving.oip_models import ServedModel, ServedModels, build_served_models
 from serving.oip_tensors import BYTES, InferRequest, OipError, Tensor, output_tensor, parse_request
+from serving.shadow import Mirror
 
 SERVER_NAME = "churnops"
 EXTENSIONS = ["binary_tensor_data"]
@@ -578,6 +579,7 @@ def oip_blueprint(state, start: bool = True) -> Blueprint:
         out = dumps(body)
         took = time.perf_counter() - t0
         log_answer(served, answer, took * 1000 / len(ids))
+        mirror_answer(served, answer)
         try:
             latency_hist.labels(served.name).observe(took)
             for mm, d in zip(answered_by, decisions(answer)):
@@ -594,6 +596,23 @@ def decisions(answer: Answer) -> list[str]:
     if answer.served.is_image:
         return [p.label for p in answer.preds]
     return [answers_for(m.bundle.task).decision_label(d) for m, _, d in answer.preds]
+
+
+def mirror_answer(served: ServedModel, answer: Answer) -> None:
+    """The rows the line's champion answered, offered to its shadow (SHADOW_FRACTION; sampled by request id,
+    a non-blocking put after the answer is built: serving/shadow.py)."""
+    if served.shadow is None or not served.shadow.enabled or served.is_image:
+        return
+    champ = [i for i, (m, _, _) in enumerate(answer.preds) if m.route == "champion"]
+    if champ:
+        rows = answer.inputs
+        served.shadow.offer_sampled(
+            Mirror(
+                [rows[i].request_id for i in champ],
+                records=[rows[i].values for i in champ],
+                champion_version=answer.preds[champ[0]][0].version,
+            )
+        )
 
 
 def log_answer(served: ServedModel, answer: Answer, latency_ms: float) -> None:

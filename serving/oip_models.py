@@ -29,6 +29,7 @@ from churnops.tasks import task_for
 from serving.answers import answers_for
 from serving.model import ModelManager, clear_shared_state
 from serving.prediction_log import PredictionLog, close_at_exit
+from serving.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ServedModel:
     plog: PredictionLog
     validate: Callable[[dict], Any] | None  # one feature object -> RecordResult (tabular only)
     default: bool = False
+    shadow: ShadowMirror | None = None  # SHADOW_FRACTION: the champion's answers mirrored to this line's candidate
 
     @property
     def task(self) -> str:
@@ -211,6 +213,8 @@ class ServedModels:
         """Stop the extra models' loaders and flush their logs."""
         for m in self.extras():
             m.models.stop()
+            if m.shadow is not None:
+                m.shadow.stop()
             try:
                 m.plog.close()
             except Exception:
@@ -229,6 +233,7 @@ def build_served_models(state, metrics=None) -> ServedModels:
         plog=state.plog,
         validate=state.validator,
         default=True,
+        shadow=state.shadow,
     )
     extras = []
     for entry in parse_entries(s.oip_models, s):
@@ -237,14 +242,18 @@ def build_served_models(state, metrics=None) -> ServedModels:
         line = line_settings(s, entry)
         c = load_any_contract(entry.dataset)
         image = getattr(c, "task", None) == IMAGE
+        models, plog = ModelManager(line, metrics=metrics), open_log(line, metrics)
+        # the line's own candidate (its `challenger`), logged into the line's own store
+        shadow = None if image else ShadowMirror(line, plog, metrics, lambda models=models: models.current)
         extras.append(
             ServedModel(
                 name=entry.name,
                 settings=line,
                 contract=c,
-                models=ModelManager(line, metrics=metrics),
-                plog=open_log(line, metrics),
+                models=models,
+                plog=plog,
                 validate=None if image else tabular_validator(c, line),
+                shadow=shadow,
             )
         )
     return ServedModels(default, extras)

@@ -424,6 +424,80 @@ def test_server_start_forgets_the_reloads_of_every_served_line(tmp_path):
     assert not shared_state_file(bad).exists()
 
 
+def shadow_rows(path, wait_s: float = 10.0, n: int = 1) -> dict[str, dict]:
+    """The `shadow` records in the store at `path` by request id, once at least `n` are in."""
+    store = SQLiteStore(path)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            recs = {r["request_id"]: r for r in store.find_predictions(None, None, 1000) if r["route"] == "shadow"}
+            if len(recs) >= n or time.monotonic() > deadline:
+                return recs
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def test_shadow_mirrors_v2_answers_into_each_lines_store(bundles, tmp_path, monkeypatch):
+    """SHADOW_FRACTION=1: what a line's champion answers under /v2 is mirrored to that line's candidate and
+    logged as route `shadow` in that line's store, under the answer's request id; the answer is unchanged."""
+    from churnops.settings import Settings
+    from serving.app import create_app
+    from serving.model import ModelManager, load_model
+
+    for k in ("PROMETHEUS_MULTIPROC_DIR", *LINE_ENV):
+        monkeypatch.delenv(k, raising=False)
+    diab, reg, enc = make_regression_bundle(tmp_path / "diabetes")
+    s = Settings(
+        _env_file=None,
+        state_dir=tmp_path / "state",
+        log_flush_interval_s=0.05,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+        oip_models=f"diabetes={diab}",
+        shadow_fraction=1.0,
+    )
+    store = SQLiteStore(tmp_path / "state" / "predictions.db")
+    mm = ModelManager(s)
+    mm.current = local_model_set(bundles)
+    app = create_app(s, store=store, models=mm, start_background=False)
+    state, served = app.extensions["churn"], app.extensions["oip"]
+    state.plog.start()
+    served.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not served.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        churn_candidate = load_model(str(bundles["b"]), "shadow")
+        state.shadow.load_candidate = lambda champion: churn_candidate
+        line = served.get("diabetes-xgboost")
+        diabetes_candidate = load_model(str(diab), "shadow", line.settings)
+        line.shadow.load_candidate = lambda champion: diabetes_candidate
+        c = app.test_client()
+        rows = churn_rows(3)
+        r = infer(c, "churn-xgboost", {"inputs": tensors(CHURN, rows)})
+        assert r.status_code == 200, r.json
+        answered = dict(zip(r.json["parameters"]["request_ids"], outputs(r)["probability"]["data"]))
+        want = churn_candidate.bundle.predict_records(rows).tolist()  # bundle b, not the champion a
+        drows = [dict(DIABETES.example), {**DIABETES.example, "bmi": 22.5}]
+        rd = infer(c, "diabetes-xgboost", {"inputs": tensors(DIABETES, drows)})
+        assert rd.status_code == 200, rd.json
+        assert state.shadow.drain() and line.shadow.drain()
+        churn = shadow_rows(tmp_path / "state" / "predictions.db", n=3)
+        assert sorted(churn) == sorted(answered)  # every answer, under its request id
+        assert np.allclose([churn[i]["probability"] for i in answered], want, atol=1e-6)
+        assert not np.allclose(list(answered.values()), want, atol=1e-3)  # the champion answered, not the candidate
+        diabetes = shadow_rows(tmp_path / "state" / "lines" / "diabetes" / "predictions.db", n=2)
+        assert sorted(diabetes) == sorted(rd.json["parameters"]["request_ids"])
+        got = [diabetes[i]["prediction"] for i in rd.json["parameters"]["request_ids"]]
+        assert np.allclose(got, reg.predict(enc.transform_records(drows)), atol=1e-3)
+        assert not set(diabetes) & set(shadow_rows(tmp_path / "state" / "predictions.db", wait_s=0))
+    finally:
+        served.close()
+        state.shadow.stop()
+        state.plog.close()
+        store.close()
+
+
 def test_openapi_documents_every_v2_route(v2):
     spec = v2["client"].get("/openapi.json").json
     routes = {
