@@ -90,6 +90,7 @@ class ShadowMirror:
         write: Callable[[list[dict]], Any] | None = None,
     ):
         self.fraction = float(settings.shadow_fraction)
+        self.enabled = self.fraction > 0.0  # fixed for the process: an attribute, read on every request
         self.refresh_s = float(settings.shadow_refresh_s)
         self.plog = plog
         # how the worker logs its records: queued for the log's writer thread (HTTP), or written at once
@@ -107,10 +108,6 @@ class ShadowMirror:
         if self.enabled:  # every outcome on /metrics from the start (0 until it happens)
             for outcome in (LOGGED, DROPPED, NO_CANDIDATE, FAILED):
                 self.count(outcome, 0)
-
-    @property
-    def enabled(self) -> bool:
-        return self.fraction > 0.0
 
     def count(self, outcome: str, n: int = 1) -> None:
         try:

@@ -66,8 +66,8 @@ def predict_body(state: ServingState, raw: bytes, explain: int | None = None) ->
     latency = (time.perf_counter() - t0) * 1000
     out = dumps(response_body(row, m, p, d) | extra | {"latency_ms": round(latency, 3)})
     state.plog.submit(log_record(new_request_id(), row, m, p, d, "http", latency))  # own entry id, journaled
-    if m.route == "champion":  # the champion's answers only: a pair is champion + shadow
-        state.shadow.offer_row(row.request_id, row.values, m.version)  # a non-blocking put; 0: nothing
+    if m.route == "champion" and state.shadow.enabled:  # the champion's answers only: champion + shadow
+        state.shadow.offer_row(row.request_id, row.values, m.version)  # a non-blocking put
     try:
         task, child = (
             answers_for(m.bundle.task),
