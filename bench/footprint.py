@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from codeshape import measure
+from codeshape import LAYERS, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,8 +48,15 @@ def lines_of_code() -> dict:
     return out
 
 
+def layer_rank(path: str) -> int:
+    """A project file's layer, 0 the highest (bench/codeshape.py LAYERS)."""
+    top = path.split(os.sep)[0]
+    return next(rank for rank, layer in enumerate(LAYERS) if top in layer)
+
+
 class Recorder:
-    """Project files whose functions are called while `record()` is active, on every thread.
+    """Project files whose functions are called while `record()` is active, on every thread, and
+    the calls that go up the layers (a lower layer's function calling a higher layer's: a callback).
 
     The hook is installed once, before any server thread exists (a profile hook reaches only the
     threads started after it), and records only inside `record()`.
@@ -57,15 +64,28 @@ class Recorder:
 
     def __init__(self) -> None:
         self.files: set[str] = set()
+        self.main_files: set[str] = set()  # called on the main thread (the request's, in the test client)
+        self.upward: set[str] = set()
         self.active = False
         self.root = str(ROOT) + os.sep
         self.skip = (str(ROOT / ".venv"), str(ROOT / "bench"))
+        self.thread = threading.main_thread()
+
+    def project_file(self, frame) -> str | None:
+        f = frame.f_code.co_filename if frame is not None else ""
+        return os.path.relpath(f, ROOT) if f.startswith(self.root) and not f.startswith(self.skip) else None
 
     def _hook(self, frame, event, arg):
         if self.active and event == "call":
-            f = frame.f_code.co_filename
-            if f.startswith(self.root) and not f.startswith(self.skip):
-                self.files.add(os.path.relpath(f, ROOT))
+            here = self.project_file(frame)
+            if here is None:
+                return
+            self.files.add(here)
+            if threading.current_thread() is self.thread:
+                self.main_files.add(here)
+            caller = self.project_file(frame.f_back)
+            if caller is not None and layer_rank(caller) > layer_rank(here):
+                self.upward.add(f"{caller} -> {here}::{frame.f_code.co_name}")
 
     def install(self) -> None:
         threading.setprofile(self._hook)
@@ -73,12 +93,17 @@ class Recorder:
 
     @contextmanager
     def record(self, into: dict, name: str):
-        self.files, self.active = set(), True
+        self.files, self.main_files, self.upward, self.active = set(), set(), set(), True
         try:
             yield
         finally:
             self.active = False
-            into[name] = {"files": len(self.files), "list": sorted(self.files)}
+            into[name] = {
+                "files": len(self.files),
+                "list": sorted(self.files),
+                "only on other threads (the log writer, background work)": sorted(self.files - self.main_files),
+                "calls up the layers": sorted(self.upward),
+            }
 
 
 REC = Recorder()
@@ -137,10 +162,12 @@ def main() -> None:
         deadline = time.monotonic() + 120
         while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
-        client.post("/predict", json={"request_id": "warm", "features": example})
+        # the bodies are encoded here, not by the test client's json= (its encoder is Flask's, in serving/app.py)
+        warm, one = (json.dumps({"request_id": rid, "features": example}).encode() for rid in ("warm", "one"))
+        client.post("/predict", data=warm, content_type="application/json")
         time.sleep(0.3)
         with REC.record(out["crossed"], "one POST /predict"):
-            r = client.post("/predict", json={"request_id": "one", "features": example})
+            r = client.post("/predict", data=one, content_type="application/json")
             time.sleep(0.3)  # the log writer's flush
         assert r.status_code == 200, r.get_json()
 
@@ -184,7 +211,10 @@ def main() -> None:
     for k, v in out["loc"].items():
         print(f"{k:34s} {v['files']:4d} files {v['loc']:7,d} lines")
     for k, v in out["crossed"].items():
-        print(f"{k:34s} crosses {v['files']} project files")
+        up = len(v["calls up the layers"])
+        print(
+            f"{k:34s} crosses {v['files']} project files ({len(v['list']) - len(v['only on other threads (the log writer, background work)'])} on its own thread), {up} calls up the layers"
+        )
     for k in ("import cycles", "imports against the layers", "imports inside functions", "largest function"):
         print(f"{k:34s} { ({kk: vv for kk, vv in out[k].items() if kk != 'list'}) }")
     print(f"-> {OUT} [{a.label}]")
