@@ -31,7 +31,7 @@ from serving.drift import drift_blueprint
 from serving.inference import BadInput, json_text
 from serving.metrics import get_metrics
 from serving.model import ModelManager
-from serving.oip import oip_blueprint
+from serving.oip import oip_blueprint, wrap_infer_fast_path
 from serving.prediction_log import PredictionLog, close_at_exit
 from serving.routes.admin import admin_blueprint
 from serving.routes.feedback import feedback_blueprint
@@ -112,7 +112,8 @@ def create_app(
         app.register_blueprint(bp)
     app.register_blueprint(oip_blueprint(state, start=start_background))  # /v2 (serving/oip.py)
 
-    wrap_fast_path(app, state)  # POST /predict in front of Flask for the common case
+    wrap_infer_fast_path(app, state)  # POST /v2/models/.../infer in front of Flask
+    wrap_fast_path(app, state)  # POST /predict in front of Flask for the common case (checked first)
     return app
 
 

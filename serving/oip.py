@@ -28,8 +28,10 @@ not loaded yet 503, a body over MAX_BODY_BYTES 413.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import importlib.metadata
+import logging
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -42,6 +44,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from churnops.explain import DEFAULT_TOP_K, CannotExplain, explain_records
 from churnops.redact import redact
+from serving import guards
 from serving.answers import answers_for
 from serving.edge import read_capped
 from serving.image import DecodedImage, log_entry, predict
@@ -61,9 +64,13 @@ from serving.oip_models import ServedModel, ServedModels, build_served_models
 from serving.oip_tensors import BYTES, InferRequest, OipError, Tensor, output_tensor, parse_request
 from serving.shadow import Mirror
 
+log = logging.getLogger(__name__)
+
 SERVER_NAME = "churnops"
 EXTENSIONS = ["binary_tensor_data"]
 IMAGE_INPUT = "image"
+INFER_RULE = "/v2/models/<name>/infer"  # Flask's rules: the http_requests counter's route labels
+INFER_VERSION_RULE = "/v2/models/<name>/versions/<version>/infer"
 MATRIX_INPUT = "features"  # a tabular model's one-tensor form: [n, k], columns in contract order
 NUMERIC_TYPES = ("FP64", "FP32", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
 ON_REQUEST = ("explanations",)  # outputs computed only when `outputs` names them (they cost ms per row)
@@ -454,6 +461,125 @@ def feedback_target(models: ServedModels, data: dict, state) -> tuple[Any, Any, 
 # ---- the blueprint ---------------------------------------------------------------------------------------
 
 
+class V2Infer:
+    """`POST /v2/models/{name}[/versions/{v}]/infer`: the request body in, the JSON answer out, every row logged
+    (and mirrored to the shadow). The Flask view and the fast WSGI path in front of Flask
+    (churnops/speed/wsgi.py) both call it; it raises before anything is logged."""
+
+    def __init__(self, models: ServedModels, state):
+        self.models = models
+        self.state = state  # serving.routes.state.ServingState: settings, metrics
+        self.settings = state.settings
+        self.counter, self.latency = v2_metrics()
+
+    def __call__(self, name: str, version: str | None, raw: bytes, binary_header: str | None = None) -> bytes:
+        t0 = time.perf_counter()
+        served = lookup(self.models, name)
+        ms = loaded(served)
+        m = pinned(served, version)
+        req = parse_request(raw, binary_header)
+        outputs = OUTPUTS[served.task]
+        wanted = req.outputs if req.outputs is not None else [o for o in outputs if o not in ON_REQUEST]
+        if served.is_image and "explanations" in wanted:
+            raise OipError(
+                422, "output 'explanations': this model cannot explain: the image CNN has no trees", "cannot_explain"
+            )
+        unknown = [o for o in wanted if o not in outputs]
+        if unknown:
+            raise OipError(
+                400,
+                f"output {unknown[0][:80]!r}: not an output of model {served.name!r}; outputs: {list(outputs)}",
+                "unknown_output",
+            )
+        target = ModelSet(m) if m is not None else ms
+        if "explanations" in wanted and not served.is_image:
+            check_explained_rows(req, self.settings.explain_max_rows)
+        if served.is_image:
+            ids, imgs = images(served, req, self.settings.batch_row_limit)
+            answer = Answer(served, ids, imgs, [predict(target, rid, img) for rid, img in zip(ids, imgs)])
+            routes = [p.model.route for p in answer.preds]
+            answered_by = [p.model for p in answer.preds]
+        else:
+            rows = tabular_rows(served, req, self.settings.batch_row_limit)
+            ids = [r.request_id for r in rows]
+            answer = Answer(served, ids, rows, predict_rows(target, rows))
+            routes = [mm.route for mm, _, _ in answer.preds]
+            answered_by = [mm for mm, _, _ in answer.preds]
+        body = {
+            "model_name": served.name,
+            "model_version": str(answered_by[0].version) if answered_by[0].version is not None else None,
+            "outputs": [
+                output_tensor(
+                    o, outputs[o].datatype, [len(ids), *outputs[o].dims(served.contract)], outputs[o].values(answer)
+                )
+                for o in wanted
+            ],
+            "parameters": {"request_ids": ids, "routes": routes},
+        }
+        if req.id is not None:
+            body["id"] = req.id
+        out = dumps(body)
+        took = time.perf_counter() - t0
+        log_answer(served, answer, took * 1000 / len(ids))
+        mirror_answer(served, answer)
+        try:
+            self.latency.labels(served.name).observe(took)
+            for mm, d in zip(answered_by, decisions(answer)):
+                self.counter.labels(served.name, str(mm.version), d).inc()
+        except Exception:  # metrics never fail a prediction that is already logged
+            pass
+        return out
+
+    def route(self, path: str) -> Callable[[bytes], bytes] | None:
+        """The fast path's handler of `path` when it is an infer route (`/v2/models/{name}/infer`,
+        `/v2/models/{name}/versions/{v}/infer`), else None (Flask answers)."""
+        parts = path.split("/")
+        if len(parts) == 5 and parts[1:3] == ["v2", "models"] and parts[0] == "" and parts[4] == "infer" and parts[3]:
+            return functools.partial(self.answer_fast, parts[3], None, INFER_RULE)
+        if (
+            len(parts) == 7
+            and parts[0] == ""
+            and parts[1:3] == ["v2", "models"]
+            and parts[4] == "versions"
+            and parts[6] == "infer"
+            and parts[3]
+            and parts[5]
+        ):
+            return functools.partial(self.answer_fast, parts[3], parts[5], INFER_VERSION_RULE)
+        return None
+
+    def answer_fast(self, name: str, version: str | None, rule: str, raw: bytes) -> bytes:
+        """The answer, counted as Flask's after_request counts it (it does not see the fast path)."""
+        out = self(name, version, raw)
+        try:
+            self.state.child(self.state.metrics.http_requests, rule, "POST", "200").inc()
+        except Exception:  # metrics never fail a prediction that is already logged
+            pass
+        return out
+
+
+def fast_accepts(state, environ: dict) -> bool:
+    """Whether the fast path may answer a /v2 infer: the Host is allowed and the body is JSON (the binary
+    tensor extension, `Inference-Header-Content-Length`, goes to the Flask view)."""
+    return (
+        guards.check_host(environ.get("HTTP_HOST", ""), state.hosts) is None
+        and "HTTP_INFERENCE_HEADER_CONTENT_LENGTH" not in environ
+    )
+
+
+def wrap_infer_fast_path(app, state) -> None:
+    """Put `V2Infer` in front of Flask for the /v2 infer routes (churnops/speed/wsgi.py), as /predict's;
+    FAST_PATHS=off, or an image server (no tabular fast paths), leaves Flask answering them."""
+    if state.fast is None:
+        return
+    app.wsgi_app = state.fast.wrap_wsgi_routes(
+        app.wsgi_app,
+        app.extensions["oip_infer"].route,
+        state.settings.max_body_bytes,
+        accept=functools.partial(fast_accepts, state),
+    )
+
+
 def oip_blueprint(state, start: bool = True) -> Blueprint:
     """The /v2 routes over the default model of `state` (serving.app.ServingState) and OIP_MODELS.
 
@@ -464,8 +590,8 @@ def oip_blueprint(state, start: bool = True) -> Blueprint:
     if start:
         models.start()
     bp = Blueprint("oip", __name__)
-    bp.record_once(lambda setup: setup.app.extensions.__setitem__("oip", models))
-    counter, latency_hist = v2_metrics()
+    infer_answer = V2Infer(models, state)
+    bp.record_once(lambda setup: setup.app.extensions.update({"oip": models, "oip_infer": infer_answer}))
 
     @bp.errorhandler(OipError)
     def oip_error(e: OipError):
@@ -531,62 +657,8 @@ def oip_blueprint(state, start: bool = True) -> Blueprint:
     @bp.post("/v2/models/<name>/infer")
     @bp.post("/v2/models/<name>/versions/<version>/infer")
     def infer(name: str, version: str | None = None):
-        t0 = time.perf_counter()
-        served = lookup(models, name)
-        ms = loaded(served)
-        m = pinned(served, version)
-        req = parse_request(read_body(), request.headers.get("Inference-Header-Content-Length"))
-        outputs = OUTPUTS[served.task]
-        wanted = req.outputs if req.outputs is not None else [o for o in outputs if o not in ON_REQUEST]
-        if served.is_image and "explanations" in wanted:
-            raise OipError(
-                422, "output 'explanations': this model cannot explain: the image CNN has no trees", "cannot_explain"
-            )
-        unknown = [o for o in wanted if o not in outputs]
-        if unknown:
-            raise OipError(
-                400,
-                f"output {unknown[0][:80]!r}: not an output of model {served.name!r}; outputs: {list(outputs)}",
-                "unknown_output",
-            )
-        target = ModelSet(m) if m is not None else ms
-        if "explanations" in wanted and not served.is_image:
-            check_explained_rows(req, s.explain_max_rows)
-        if served.is_image:
-            ids, imgs = images(served, req, s.batch_row_limit)
-            answer = Answer(served, ids, imgs, [predict(target, rid, img) for rid, img in zip(ids, imgs)])
-            routes = [p.model.route for p in answer.preds]
-            answered_by = [p.model for p in answer.preds]
-        else:
-            rows = tabular_rows(served, req, s.batch_row_limit)
-            ids = [r.request_id for r in rows]
-            answer = Answer(served, ids, rows, predict_rows(target, rows))
-            routes = [mm.route for mm, _, _ in answer.preds]
-            answered_by = [mm for mm, _, _ in answer.preds]
-        body = {
-            "model_name": served.name,
-            "model_version": str(answered_by[0].version) if answered_by[0].version is not None else None,
-            "outputs": [
-                output_tensor(
-                    o, outputs[o].datatype, [len(ids), *outputs[o].dims(served.contract)], outputs[o].values(answer)
-                )
-                for o in wanted
-            ],
-            "parameters": {"request_ids": ids, "routes": routes},
-        }
-        if req.id is not None:
-            body["id"] = req.id
-        out = dumps(body)
-        took = time.perf_counter() - t0
-        log_answer(served, answer, took * 1000 / len(ids))
-        mirror_answer(served, answer)
-        try:
-            latency_hist.labels(served.name).observe(took)
-            for mm, d in zip(answered_by, decisions(answer)):
-                counter.labels(served.name, str(mm.version), d).inc()
-        except Exception:  # metrics never fail a prediction that is already logged
-            pass
-        return Response(out, mimetype="application/json")
+        binary = request.headers.get("Inference-Header-Content-Length")
+        return Response(infer_answer(name, version, read_body(), binary), mimetype="application/json")
 
     return bp
 
@@ -604,8 +676,10 @@ def mirror_answer(served: ServedModel, answer: Answer) -> None:
     if served.shadow is None or not served.shadow.enabled or served.is_image:
         return
     champ = [i for i, (m, _, _) in enumerate(answer.preds) if m.route == "champion"]
-    if champ:
-        rows = answer.inputs
+    if not champ:
+        return
+    rows = answer.inputs
+    try:
         served.shadow.offer_sampled(
             Mirror(
                 [rows[i].request_id for i in champ],
@@ -613,6 +687,8 @@ def mirror_answer(served: ServedModel, answer: Answer) -> None:
                 champion_version=answer.preds[champ[0]][0].version,
             )
         )
+    except Exception:  # the answer is logged already: a mirror never fails it
+        log.exception("offering /v2 rows to the shadow failed")
 
 
 def log_answer(served: ServedModel, answer: Answer, latency_ms: float) -> None:

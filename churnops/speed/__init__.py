@@ -8,7 +8,7 @@ codes and bodies) and defers to the plain path for anything it cannot prove it h
 
 | fast path | what it buys (measured) | relies on |
 |---|---|---|
-| `wsgi.FastPredict`: `POST /predict` answered before Flask's request machinery | in-process 424 -> 248 µs of CPU per request (README, request path) | Flask's documented `app.wsgi_app` hook; errors re-run through the Flask view with the body re-attached |
+| `wsgi.FastPredict`: `POST /predict` (and the tabular and image `/v2/.../infer`) answered before Flask's request machinery | in-process 424 -> 248 µs of CPU per request (README, request path) | Flask's documented `app.wsgi_app` hook; errors re-run through the Flask view with the body re-attached |
 | `records.FastValidator`: one record in one pass over the compiled rules | the common valid record without the reference's general checks | the rules' two wire shapes (number, category); anything else goes to the reference |
 | `columnar.ColumnarValidator`: a batch checked per column; `.decode` parses exact contract rows with msgspec, checking types and ranges while parsing | batch 61,700-85,900 -> 76,100-115,800 rows/s with the keep-alive worker and the one-read body; 2.3 µs per row of parsing and checking (README) | msgspec (optional: without it the orjson + column path runs); numpy |
 | `forest.Forest`: the booster's trees compiled with numba for matrices of `NATIVE_BATCH_MIN_ROWS` rows or more | 4.55 against 7.33 µs per row for XGBoost's predictor on 1,000 real rows, max difference 0.0 (bench/results/serve.json, `model_call`) | numba; checked against XGBoost's leaves at load, XGBoost kept when unsupported or different |
@@ -80,3 +80,16 @@ class FastPaths:
             return app
 
         return FastPredict(app, handler, max_body_bytes, on_ok, accept=accept)
+
+    def wrap_wsgi_routes(
+        self,
+        app,
+        match: Callable[[str], Callable[[bytes], bytes] | None],
+        max_body_bytes: int,
+        accept: Callable[[dict], bool] | None = None,
+    ):
+        """`app` with every `POST` path that `match` gives a handler for answered by it before Flask (the
+        handler counts its own answer); unchanged when off."""
+        if not self.on:
+            return app
+        return FastPredict(app, None, max_body_bytes, lambda: None, accept=accept, match=match)  # type: ignore[arg-type]

@@ -18,7 +18,8 @@ JSON_HEADERS = [("Content-Type", "application/json")]
 
 
 class FastPredict:
-    """Serve `POST <path>` through `handler(body) -> response bytes`; all else (and errors) to `app`."""
+    """Serve `POST <path>` through `handler(body) -> response bytes` (or every path `match` gives a
+    handler for); all else (and errors) to `app`."""
 
     def __init__(
         self,
@@ -28,6 +29,7 @@ class FastPredict:
         on_ok: Callable[[], None],
         path: str = "/predict",
         accept: Callable[[dict], bool] | None = None,
+        match: Callable[[str], Callable[[bytes], bytes] | None] | None = None,
     ):
         self.app = app
         self.accept = accept
@@ -35,10 +37,19 @@ class FastPredict:
         self.max_body_bytes = max_body_bytes
         self.on_ok = on_ok
         self.path = path
+        self.match = match  # a family of paths: PATH_INFO -> its handler, or None (then `path` is unused)
 
     def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
+        if environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
+        if self.match is None:
+            if environ.get("PATH_INFO") != self.path:
+                return self.app(environ, start_response)
+            handler = self.handler
+        else:
+            handler = self.match(environ.get("PATH_INFO", ""))
+            if handler is None:
+                return self.app(environ, start_response)
         try:
             n = int(environ.get("CONTENT_LENGTH") or -1)
         except ValueError:
@@ -49,7 +60,7 @@ class FastPredict:
             return self.app(environ, start_response)
         raw = environ["wsgi.input"].read(n)
         try:
-            body = self.handler(raw)
+            body = handler(raw)
         except Exception:  # the Flask view answers it (same handler, full error handling)
             environ["wsgi.input"] = io.BytesIO(raw)
             environ["CONTENT_LENGTH"] = str(len(raw))

@@ -181,6 +181,108 @@ def test_fast_and_plain_paths_answer_the_same(two_apps, path):
     assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(a, b))
 
 
+def random_v2(rng: random.Random, case: int) -> tuple[str, bytes, dict]:
+    """(path, body, headers) of a /v2 infer request: per-feature tensors of random (often bad) rows, or a
+    broken request (wrong datatype, shape, name, output, model, version; not JSON; the binary extension)."""
+    n = rng.choice([1, 1, 2, 3])
+    rows = [random_record(rng) for _ in range(n)]
+    for r in rows:
+        if rng.random() < 0.3:
+            rng.choice(MUTATIONS[:6])(r, rng)
+    tensors = [
+        {
+            "name": name,
+            "datatype": "FP64" if spec.kind == "numeric" else "BYTES",
+            "shape": [n],
+            "data": [r.get(name) for r in rows],
+        }
+        for name, spec in CONTRACT.features.items()
+    ]
+    body: dict = {
+        "id": f"req-{case}",
+        "inputs": tensors,
+        "parameters": {"request_ids": [f"id-{case}-{i}" for i in range(n)]},
+    }
+    path, headers = "/v2/models/churn-xgboost/infer", {}
+    broken = rng.random()
+    if broken < 0.05:
+        tensors[0]["datatype"] = rng.choice(["FP16", "BOOL", "WHAT"])
+    elif broken < 0.1:
+        tensors[1]["shape"] = [n + 1]
+    elif broken < 0.15:
+        tensors.pop(rng.randrange(len(tensors)))
+    elif broken < 0.2:
+        body["outputs"] = [{"name": rng.choice(["nope", "explanations", "probability"])}]
+    elif broken < 0.25:
+        path = rng.choice(["/v2/models/nobody/infer", "/v2/models/churn-xgboost/versions/7/infer"])
+    elif broken < 0.3:
+        return path, rng.choice([b"", b"{", b"[]", b'{"inputs": 3}', b"\xff"]), headers
+    elif broken < 0.33:
+        headers = {"Inference-Header-Content-Length": "10"}
+    elif broken < 0.36:
+        body["parameters"] = {"request_ids": ["stream:1"] * n}
+    return path, json.dumps(body).encode(), headers
+
+
+def test_fast_and_plain_v2_infer_answer_the_same(two_apps):
+    """`POST /v2/models/{name}[/versions/{v}]/infer` through the fast path answers, logs and counts what the
+    Flask view does."""
+    from serving.metrics import get_metrics
+
+    fast, plain, states = two_apps
+    infer, answered_fast = fast.application.extensions["oip_infer"], []
+    handler = infer.answer_fast
+
+    def counted(*args):  # what the fast path answered (the Flask view does not call answer_fast)
+        out = handler(*args)
+        answered_fast.append(args[0])
+        return out
+
+    infer.answer_fast = counted
+    rng = random.Random("fast-paths-v2")
+    statuses: dict[int, int] = {}
+    counter = get_metrics().http_requests.labels("/v2/models/<name>/infer", "POST", "200")
+    for case in range(CASES // 2):
+        path, body, headers = random_v2(rng, case)
+        a = fast.post(path, data=body, content_type="application/json", headers=headers)
+        b = plain.post(path, data=body, content_type="application/json", headers=headers)
+        where = f"case {case}: {path} {body[:300]!r}"
+        assert a.status_code == b.status_code, where
+        ja, jb = a.json, b.json
+        if a.status_code == 200:
+            pa, pb = ([o["data"] for o in j["outputs"] if o["name"] == "probability"] for j in (ja, jb))
+            assert len(pa) == len(pb), where
+            assert all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(sum(pa, []), sum(pb, []))), where
+            for j in (ja, jb):
+                j["outputs"] = [o for o in j["outputs"] if o["name"] != "probability"]
+        assert ja == jb, where
+        statuses[a.status_code] = statuses.get(a.status_code, 0) + 1
+    assert statuses.get(200, 0) >= CASES // 8 and sum(v for k, v in statuses.items() if k >= 400) >= CASES // 8, (
+        statuses
+    )
+    logged = []
+    for st in states:
+        st.plog.flush()
+        recs = st.store.find_predictions(None, None, 100_000)
+        logged.append(
+            sorted(
+                (r["request_id"], json.dumps(r["features"], sort_keys=True)) for r in recs if r.get("protocol") == "v2"
+            )
+        )
+    assert logged[0] == logged[1] and len(logged[0]) >= CASES // 8  # the same rows, logged once each
+    assert len(answered_fast) == statuses[200]  # every 200 came from the fast path; errors from the view
+    one = {
+        "inputs": [
+            {"name": k, "datatype": "BYTES" if isinstance(v, str) else "FP64", "shape": [1], "data": [v]}
+            for k, v in CONTRACT.example.items()
+        ]
+    }
+    before = counter._value.get()
+    ok = fast.post("/v2/models/churn-xgboost/infer", data=json.dumps(one), content_type="application/json")
+    assert ok.status_code == 200, ok.json
+    assert counter._value.get() == before + 1  # counted once, as Flask's after_request counts the view
+
+
 def test_fast_paths_off_turns_every_one_off(serving_settings):
     """One setting: no fast record or column validator, no msgspec decoder, no WSGI fast path."""
     from churnops.speed import FastPaths
