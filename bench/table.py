@@ -534,6 +534,17 @@ def footprint_table() -> str:
             + " | ".join("—" if c is None else str(c["files"]) for c in cells)
             + " |"
         )
+    for op in runs[labels[-1]]["crossed"]:
+        cells = [runs[k]["crossed"].get(op) for k in labels]
+        if any(c is not None and "calls up the layers" in c for c in cells):
+            rows.append(
+                f"| calls up the layers (callbacks) in {op} | "
+                + " | ".join(
+                    "—" if c is None or "calls up the layers" not in c else str(len(c["calls up the layers"]))
+                    for c in cells
+                )
+                + " |"
+            )
     shape = (
         ("import cycles", lambda v: f"{v['count']} ({v['modules in cycles']} modules)"),
         ("imports against the layers", lambda v: str(v["count"])),

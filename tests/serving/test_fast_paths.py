@@ -181,7 +181,7 @@ def test_fast_and_plain_paths_answer_the_same(two_apps, path):
     assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(a, b))
 
 
-def random_v2(rng: random.Random, case: int) -> tuple[str, bytes, dict]:
+def random_v2(rng: random.Random, case: int, model: str) -> tuple[str, bytes, dict]:
     """(path, body, headers) of a /v2 infer request: per-feature tensors of random (often bad) rows, or a
     broken request (wrong datatype, shape, name, output, model, version; not JSON; the binary extension)."""
     n = rng.choice([1, 1, 2, 3])
@@ -203,7 +203,7 @@ def random_v2(rng: random.Random, case: int) -> tuple[str, bytes, dict]:
         "inputs": tensors,
         "parameters": {"request_ids": [f"id-{case}-{i}" for i in range(n)]},
     }
-    path, headers = "/v2/models/churn-xgboost/infer", {}
+    path, headers = f"/v2/models/{model}/infer", {}
     broken = rng.random()
     if broken < 0.05:
         tensors[0]["datatype"] = rng.choice(["FP16", "BOOL", "WHAT"])
@@ -214,7 +214,7 @@ def random_v2(rng: random.Random, case: int) -> tuple[str, bytes, dict]:
     elif broken < 0.2:
         body["outputs"] = [{"name": rng.choice(["nope", "explanations", "probability"])}]
     elif broken < 0.25:
-        path = rng.choice(["/v2/models/nobody/infer", "/v2/models/churn-xgboost/versions/7/infer"])
+        path = rng.choice(["/v2/models/nobody/infer", f"/v2/models/{model}/versions/7/infer"])
     elif broken < 0.3:
         return path, rng.choice([b"", b"{", b"[]", b'{"inputs": 3}', b"\xff"]), headers
     elif broken < 0.33:
@@ -231,6 +231,7 @@ def test_fast_and_plain_v2_infer_answer_the_same(two_apps):
 
     fast, plain, states = two_apps
     infer, answered_fast = fast.application.extensions["oip_infer"], []
+    model = fast.application.extensions["oip"].default.name  # the line's name (the session may set MODEL_NAME)
     handler = infer.answer_fast
 
     def counted(*args):  # what the fast path answered (the Flask view does not call answer_fast)
@@ -243,7 +244,7 @@ def test_fast_and_plain_v2_infer_answer_the_same(two_apps):
     statuses: dict[int, int] = {}
     counter = get_metrics().http_requests.labels("/v2/models/<name>/infer", "POST", "200")
     for case in range(CASES // 2):
-        path, body, headers = random_v2(rng, case)
+        path, body, headers = random_v2(rng, case, model)
         a = fast.post(path, data=body, content_type="application/json", headers=headers)
         b = plain.post(path, data=body, content_type="application/json", headers=headers)
         where = f"case {case}: {path} {body[:300]!r}"
@@ -278,7 +279,7 @@ def test_fast_and_plain_v2_infer_answer_the_same(two_apps):
         ]
     }
     before = counter._value.get()
-    ok = fast.post("/v2/models/churn-xgboost/infer", data=json.dumps(one), content_type="application/json")
+    ok = fast.post(f"/v2/models/{model}/infer", data=json.dumps(one), content_type="application/json")
     assert ok.status_code == 200, ok.json
     assert counter._value.get() == before + 1  # counted once, as Flask's after_request counts the view
 
