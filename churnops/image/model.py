@@ -52,10 +52,9 @@ FILL = 1.0  # the extent (longer side, fraction of the frame) a small digit is z
 MAX_ZOOM = 2.5  # at most this much (a digit under 40% of the frame stays smaller)
 
 
-def span(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first, last) index where `hit` (N, L; 0/1) is 1, per row; (L, 0) for a row without any."""
-    i = torch.arange(hit.shape[1], dtype=hit.dtype)
-    return (i + (1 - hit) * hit.shape[1]).amin(1), (i * hit).amax(1)
+def span(hit: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, last) index where `hit` (N, L; 0/1) is 1, per row, `index` being 0..L-1; (L, 0) for a row without any."""
+    return (index + (1 - hit) * len(index)).amin(1), (index * hit).amax(1)
 
 
 def zoom_to_ink(x: torch.Tensor) -> torch.Tensor:
@@ -63,24 +62,24 @@ def zoom_to_ink(x: torch.Tensor) -> torch.Tensor:
     strongest, on the `from_background` input) scaled up so its longer side spans FILL of the frame
     (at most MAX_ZOOM), about the point that brings the box to the centre. A digit that already spans
     the frame (the raw captures) gets a zoom of 1, the identity, so its pixels are untouched."""
-    n, _, h, w = x.shape
+    # the frame's size as plain numbers (an ONNX export has a fixed H x W: constants, not shape lookups),
+    # the row and column indices from a cumulative sum over the frame (static lengths in the ONNX graph)
+    h, w = float(x.shape[2]), float(x.shape[3])
+    iy = torch.ones_like(x[0, 0, :, 0]).cumsum(0) - 1  # 0..H-1
+    ix = torch.ones_like(x[0, 0, 0, :]).cumsum(0) - 1
     ink = x.clamp(min=0).mean(1)  # (N, H, W)
     hit = (ink >= INK_THRESHOLD * ink.amax(dim=(1, 2), keepdim=True)).to(x.dtype)
-    y0, y1 = span(hit.amax(2))
-    x0, x1 = span(hit.amax(1))
-    extent = torch.maximum((y1 - y0 + 1) / h, (x1 - x0 + 1) / w).clamp(min=1.0 / max(h, w))
-    zoom = (FILL / extent).clamp(1.0, MAX_ZOOM)[:, None, None]  # (N, 1, 1)
+    y0, y1 = span(hit.amax(2), iy)
+    x0, x1 = span(hit.amax(1), ix)
+    extent = torch.maximum((y1 - y0 + 1) / h, (x1 - x0 + 1) / w)
+    zoom = (FILL / extent).clamp(1.0, MAX_ZOOM)[:, None, None]  # (N, 1, 1); a blank frame: extent 1, zoom 1
     # the box's centre in grid_sample's coordinates (-1..1, pixel centres at (2i + 1) / size - 1)
     cy, cx = ((y0 + y1 + 1) / h - 1)[:, None, None], ((x0 + x1 + 1) / w - 1)[:, None, None]
     # zoom about the point p whose image of the box's centre is 0 (p = zoom * c / (zoom - 1)), kept in frame
     grow = (zoom - 1).clamp(min=1e-6)
     py, px = (zoom * cy / grow).clamp(-1, 1), (zoom * cx / grow).clamp(-1, 1)
-    # pixel centres from a cumulative sum over the frame itself (not arange): the ONNX graph then keeps
-    # the static H and W that the pooling after the convolutions needs
-    gy = (2 * torch.ones_like(x[0, 0, :, 0]).cumsum(0) - 1) / h - 1
-    gx = (2 * torch.ones_like(x[0, 0, 0, :]).cumsum(0) - 1) / w - 1
-    sy = py + (gy[None, :, None] - py) / zoom  # (N, H, 1): where output row i reads
-    sx = px + (gx[None, None, :] - px) / zoom  # (N, 1, W)
+    sy = py + (((2 * iy + 1) / h - 1)[None, :, None] - py) / zoom  # (N, H, 1): where output row i reads
+    sx = px + (((2 * ix + 1) / w - 1)[None, None, :] - px) / zoom  # (N, 1, W)
     grid = torch.stack([sx + 0 * sy, sy + 0 * sx], dim=-1)  # (N, H, W, 2)
     return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
