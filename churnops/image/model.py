@@ -1,8 +1,9 @@
 """A small CNN for the image track, deterministic on CPU for a given seed.
 
 input - background colour, polarity made positive (the frame's outer ring; so the polarity and colours of ink and background
-do not matter) -> conv3x3(w) -> pool -> conv3x3(2w) -> pool -> conv3x3(4w) -> average over 2x2 cells = the embedding
-(16w numbers, what image drift will compare) -> linear -> class logits. Inputs are (N, 3, H, W)
+do not matter) -> a small digit zoomed to fill the frame (`zoom_to_ink`; one that spans it is untouched, so the
+size of the digit does not matter) -> conv3x3(w) -> pool -> conv3x3(2w) -> pool -> conv3x3(4w) -> average over
+2x2 cells = the embedding (16w numbers, what image drift will compare) -> linear -> class logits. Inputs are (N, 3, H, W)
 in [0, 1]; each image's channels are standardised first. Training is Adam with a one-cycle
 learning-rate schedule over seeded mini-batches with seeded augmentation (shifts,
 brightness and per-channel gain jitter, scaled by `strength` in [0, 1]). With `mix` > 0 that
@@ -46,6 +47,43 @@ def from_background(x: torch.Tensor) -> torch.Tensor:
     return d * torch.where(d.mean(dim=(2, 3), keepdim=True) < 0, -1.0, 1.0)
 
 
+INK_THRESHOLD = 0.35  # of the frame's strongest ink: what counts as ink for the digit's extent
+FILL = 1.0  # the extent (longer side, fraction of the frame) a small digit is zoomed to
+MAX_ZOOM = 2.5  # at most this much (a digit under 40% of the frame stays smaller)
+
+
+def span(hit: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, last) index where `hit` (N, L; 0/1) is 1, per row, `index` being 0..L-1; (L, 0) for a row without any."""
+    return (index + (1 - hit) * len(index)).amin(1), (index * hit).amax(1)
+
+
+def zoom_to_ink(x: torch.Tensor) -> torch.Tensor:
+    """Small digits zoomed to fill the frame: the ink's bounding box (pixels at >= INK_THRESHOLD of the
+    strongest, on the `from_background` input) scaled up so its longer side spans FILL of the frame
+    (at most MAX_ZOOM), about the point that brings the box to the centre. A digit that already spans
+    the frame (the raw captures) gets a zoom of 1, the identity, so its pixels are untouched."""
+    # the frame's size as plain numbers (an ONNX export has a fixed H x W: constants, not shape lookups),
+    # the row and column indices from a cumulative sum over the frame (static lengths in the ONNX graph)
+    h, w = float(x.shape[2]), float(x.shape[3])
+    iy = torch.ones_like(x[0, 0, :, 0]).cumsum(0) - 1  # 0..H-1
+    ix = torch.ones_like(x[0, 0, 0, :]).cumsum(0) - 1
+    ink = x.clamp(min=0).mean(1)  # (N, H, W)
+    hit = (ink >= INK_THRESHOLD * ink.amax(dim=(1, 2), keepdim=True)).to(x.dtype)
+    y0, y1 = span(hit.amax(2), iy)
+    x0, x1 = span(hit.amax(1), ix)
+    extent = torch.maximum((y1 - y0 + 1) / h, (x1 - x0 + 1) / w)
+    zoom = (FILL / extent).clamp(1.0, MAX_ZOOM)[:, None, None]  # (N, 1, 1); a blank frame: extent 1, zoom 1
+    # the box's centre in grid_sample's coordinates (-1..1, pixel centres at (2i + 1) / size - 1)
+    cy, cx = ((y0 + y1 + 1) / h - 1)[:, None, None], ((x0 + x1 + 1) / w - 1)[:, None, None]
+    # zoom about the point p whose image of the box's centre is 0 (p = zoom * c / (zoom - 1)), kept in frame
+    grow = (zoom - 1).clamp(min=1e-6)
+    py, px = (zoom * cy / grow).clamp(-1, 1), (zoom * cx / grow).clamp(-1, 1)
+    sy = py + (((2 * iy + 1) / h - 1)[None, :, None] - py) / zoom  # (N, H, 1): where output row i reads
+    sx = px + (((2 * ix + 1) / w - 1)[None, None, :] - px) / zoom  # (N, 1, W)
+    grid = torch.stack([sx + 0 * sy, sy + 0 * sx], dim=-1)  # (N, H, W, 2)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 class DigitCNN(nn.Module):
     def __init__(self, n_classes: int, width: int = 16):
         super().__init__()
@@ -62,7 +100,7 @@ class DigitCNN(nn.Module):
         self.head = nn.Linear(16 * w, n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = from_background(x)
+        x = zoom_to_ink(from_background(x))
         # each image's channels standardised: exposure and white balance shifts mostly cancel here
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = x.std(dim=(2, 3), keepdim=True)
