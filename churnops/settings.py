@@ -197,6 +197,7 @@ class Settings(BaseSettings):
     image_quantization: Literal["static", "dynamic", "off"] = "static"
     image_int8_max_accuracy_drop: float = Field(0.005, ge=0)  # pooled over the test split and its variations
     image_int8_min_agreement: float = Field(0.99, ge=0, le=1)  # argmax agreement with float on the test split
+    image_n_trials: int = Field(12, ge=1)  # the image sweep's trials (make demo-image, the image deployments)
     batch_row_limit: int = 1000
     # matrices of at least this many rows go to the booster's trees (compiled, else XGBoost's own
     # predictor) instead of ONNX: faster per row on real rows; ONNX answers one row (0: ONNX only)

@@ -142,7 +142,7 @@ def log_register(net, d, ev, best, trials, contract, s: Settings, run_id: str, t
 @flow(name=FLOW_NAME, log_prints=True)
 def image_train_flow(
     contract: str = "raw_digits",
-    n_trials: int = 12,
+    n_trials: int | None = None,
     data: str | None = None,
     limit: int | None = None,
     max_epochs: int | None = None,
@@ -150,7 +150,8 @@ def image_train_flow(
 ) -> dict:
     """Sweep, refit, analyse, check and register the image CNN. Returns the run summary.
 
-    `limit` keeps the first N generated digits and `max_epochs` caps the epoch range (tests).
+    `n_trials`: the sweep's trials (default IMAGE_N_TRIALS); `limit` keeps the first N generated digits and
+    `max_epochs` caps the epoch range (tests).
     """
     c = contract_of(contract)
     s = image_settings(get_settings(), c, contract)
@@ -160,6 +161,7 @@ def image_train_flow(
     space = train.SweepSpace()
     if max_epochs is not None:
         space.epochs = (min(space.epochs[0], max_epochs), max_epochs)
+    n_trials = n_trials or s.image_n_trials  # IMAGE_N_TRIALS (12) unless the run names its own
     config = train.training_config(c, s, n_trials, space)
     source = train.DATA_SOURCE_SYNTHETIC if d.synthetic else "real"
     tags = lineage_tags(d.sha256, config, s.seed, d.synthetic, d.uri or str(d.root)) | {

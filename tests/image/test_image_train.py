@@ -204,9 +204,10 @@ def test_image_flow_is_governed_like_the_tabular_tasks(image_env, prefect_harnes
     shipped["rules"]["min_standard_accuracy"] = {k: 0.0 for k in shipped["rules"]["min_standard_accuracy"]}
     (tmp_path / "first.yaml").write_text(yaml.safe_dump(shipped))
     monkeypatch.setenv("RULES_FILE", str(tmp_path / "first.yaml"))
+    monkeypatch.setenv("IMAGE_N_TRIALS", "1")  # the sweep's trials from the settings (run without n_trials)
     get_settings.cache_clear()
-    first = image_train_flow(contract=str(path), n_trials=1, data=str(raw_folder), max_epochs=1, approval_timeout_s=0)
-    assert first["outcome"] == "promoted" and first["champion_version"] is None
+    first = image_train_flow(contract=str(path), data=str(raw_folder), max_epochs=1, approval_timeout_s=0)
+    assert first["outcome"] == "promoted" and first["champion_version"] is None and first["n_trials"] == 1
     names = {r["name"] for r in first["rules"]}
     assert {"min_test_accuracy", "min_accuracy_under.noise_1pct", "min_improvement_accuracy"} <= names
     std = next(r for r in first["rules"] if r["name"] == "min_standard_accuracy.black_on_white")
