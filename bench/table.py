@@ -108,6 +108,26 @@ def serve_rows(r: dict) -> list[Row]:
         ),
         ("stream through moto, 2 shards (records/s consumed)", n(g(r, "stream.records_per_s")), "≥ 2,000"),
     ]
+    if r.get("v2"):
+        rows.append(
+            (
+                "Open Inference Protocol, one row, c=16 (`/v2/models/<name>/infer`)",
+                f"{n(g(r, 'v2.req_per_s'))} req/s, p99 {n(g(r, 'v2.p99_ms'), '.1f')} ms, "
+                f"{n(g(r, 'v2.server_cpu_us_per_request'))} µs server CPU per request",
+                "—",
+            )
+        )
+    eh = g(r, "explain.http") or {}
+    batch = next((k for k in eh if k.startswith("batch") and not k.endswith("_explain")), None)
+    if "single_explain" in eh and batch:
+        rows.append(
+            (
+                f"`?explain=true` over HTTP, c=1, p50 (ms): one row; {batch[5:]} rows",
+                f"{n(g(eh, 'single.p50_ms'), '.2f')} → {n(g(eh, 'single_explain.p50_ms'), '.2f')}; "
+                f"{n(g(eh, batch + '.p50_ms'), '.1f')} → {n(g(eh, batch + '_explain.p50_ms'), '.1f')}",
+                "—",
+            )
+        )
     return rows
 
 
@@ -396,6 +416,37 @@ def image_rows(r: dict) -> list[Row]:
             "—",
         ),
         ("training flow, CPU only (s)", n(r.get("flow_seconds"), ".0f"), "—"),
+        *precision_rows(r),
+    ]
+
+
+def precision_rows(r: dict) -> list[Row]:
+    """Float vs int8 of the registered image model: size, latency, DNG and standard-images accuracy, the gate."""
+    pr, gate = r.get("precisions") or {}, r.get("quantization_gate") or {}
+    if not pr.get("float") or not pr.get("int8"):
+        return []
+    both = [pr["float"], pr["int8"]]
+    return [
+        (
+            "image model float / int8: size (bytes); one image p50 (ms)",
+            " / ".join(n(p.get("bytes")) for p in both)
+            + "; "
+            + " / ".join(n(g(p, "single_image_ms.p50"), ".2f") for p in both),
+            "—",
+        ),
+        (
+            "image model float / int8: DNG test accuracy; lowest standard-images style",
+            " / ".join(n(p.get("dng_test_accuracy"), ".4f") for p in both)
+            + "; "
+            + " / ".join(n(g(p, "standard_images.min_accuracy"), ".4f") for p in both),
+            "standard images ≥ 0.95",
+        ),
+        (
+            "int8 gate: accuracy drop (points); argmax agreement",
+            f"{n(100 * gate['accuracy_drop'] if 'accuracy_drop' in gate else None, '.2f')}; "
+            f"{n(gate.get('argmax_agreement'), '.3f')}",
+            "≤ 0.5; ≥ 0.99",
+        ),
     ]
 
 
