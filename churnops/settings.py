@@ -167,10 +167,10 @@ class Settings(BaseSettings):
     # ?explain=true (exact tree SHAP, churnops/explain.py) costs about a millisecond of trees per row and
     # more: a batch asking for explanations may hold at most this many rows (more: 413)
     explain_max_rows: int = Field(100, ge=1)
-    # shadow traffic (serving/shadow.py): this fraction of /predict and /predict/batch rows and of tabular
-    # stream records (by request id) is mirrored, after the answer, to the candidate (the `challenger`
-    # alias) and logged as route `shadow`; a bounded queue per process (full: the mirror is dropped and
-    # counted), one worker thread
+    # shadow traffic (serving/shadow.py): this fraction of /predict, /predict/batch and tabular /v2 infer
+    # rows and of tabular stream records (by request id) is mirrored, after the answer, to the candidate
+    # (the `challenger` alias of the row's line) and logged as route `shadow`; a bounded queue per process
+    # (full: the mirror is dropped and counted), one worker thread
     shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
     shadow_queue_max: int = Field(1000, ge=1)  # mirrored requests waiting per process
     shadow_refresh_s: float = Field(30.0, gt=0)  # how often the shadow worker looks for a new candidate
