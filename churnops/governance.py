@@ -152,22 +152,15 @@ def evaluate_rules(rules: dict, evidence: dict) -> list[RuleResult]:
         lambda v, lim: v >= lim,
         "test accuracy",
     )
-    for variation, floor in (rules.get("min_accuracy_under") or {}).items():  # the ISP sensitivity table
-        limit_rule(
-            f"min_accuracy_under.{variation}",
-            (evidence.get("sensitivity") or {}).get(variation),
-            floor,
-            lambda v, lim: v >= lim,
-            f"accuracy under ISP variation {variation}",
-        )
-    for style, floor in (rules.get("min_standard_accuracy") or {}).items():  # PNG/JPEG renders of the test split
-        limit_rule(
-            f"min_standard_accuracy.{style}",
-            (evidence.get("standard") or {}).get(style),
-            floor,
-            lambda v, lim: v >= lim,
-            f"accuracy on standard images ({style})",
-        )
+    floors = (  # rule, its evidence table, what a row measures
+        ("min_accuracy_under", "sensitivity", "accuracy under ISP variation {}"),  # the ISP sensitivity table
+        ("min_standard_accuracy", "standard", "accuracy on standard images ({})"),  # PNG/JPEG renders of the test split
+    )
+    for rule, table, what in floors:
+        for key, floor in (rules.get(rule) or {}).items():
+            limit_rule(
+                f"{rule}.{key}", (evidence.get(table) or {}).get(key), floor, lambda v, lim: v >= lim, what.format(key)
+            )
     for rule, metric, sign in IMPROVEMENT_RULES:
         min_gain = rules.get(rule)
         if min_gain is None:

@@ -533,6 +533,8 @@ class V2Infer:
     def route(self, path: str) -> Callable[[bytes], bytes] | None:
         """The fast path's handler of `path` when it is an infer route (`/v2/models/{name}/infer`,
         `/v2/models/{name}/versions/{v}/infer`), else None (Flask answers)."""
+        if not path.startswith("/v2/models/"):  # every other POST (/predict/batch, /feedback): one check
+            return None
         parts = path.split("/")
         if len(parts) == 5 and parts[1:3] == ["v2", "models"] and parts[0] == "" and parts[4] == "infer" and parts[3]:
             return functools.partial(self.answer_fast, parts[3], None, INFER_RULE)

@@ -120,6 +120,12 @@ def assert_same(a: dict, b: dict, where: str) -> None:
     assert len(pa) == len(pb) and all(math.isclose(x, y, rel_tol=0, abs_tol=1e-6) for x, y in zip(pa, pb)), where
 
 
+def logged_records(state) -> list[dict]:
+    """Every record an app's prediction log wrote, once flushed."""
+    state.plog.flush()
+    return state.store.find_predictions(None, None, 100_000)
+
+
 @pytest.fixture
 def two_apps(serving_settings, bundles):
     """(fast client, plain client): the same model, fast paths on and off."""
@@ -170,12 +176,10 @@ def test_fast_and_plain_paths_answer_the_same(two_apps, path):
         statuses
     )
     # and both logged the same clean features for the same predictions
-    logged = []
-    for st in states:
-        st.plog.flush()
-        recs = st.store.find_predictions(None, None, 100_000)
-        logged.append(sorted((json.dumps(r["features"], sort_keys=True), r["probability"]) for r in recs))
-    a, b = logged
+    a, b = (
+        sorted((json.dumps(r["features"], sort_keys=True), r["probability"]) for r in logged_records(st))
+        for st in states
+    )
     assert len(a) == len(b) >= CASES // 4
     assert [f for f, _ in a] == [f for f, _ in b]
     assert all(abs(x - y) <= 1e-6 for (_, x), (_, y) in zip(a, b))
@@ -261,15 +265,14 @@ def test_fast_and_plain_v2_infer_answer_the_same(two_apps):
     assert statuses.get(200, 0) >= CASES // 8 and sum(v for k, v in statuses.items() if k >= 400) >= CASES // 8, (
         statuses
     )
-    logged = []
-    for st in states:
-        st.plog.flush()
-        recs = st.store.find_predictions(None, None, 100_000)
-        logged.append(
-            sorted(
-                (r["request_id"], json.dumps(r["features"], sort_keys=True)) for r in recs if r.get("protocol") == "v2"
-            )
+    logged = [
+        sorted(
+            (r["request_id"], json.dumps(r["features"], sort_keys=True))
+            for r in logged_records(st)
+            if r.get("protocol") == "v2"
         )
+        for st in states
+    ]
     assert logged[0] == logged[1] and len(logged[0]) >= CASES // 8  # the same rows, logged once each
     assert len(answered_fast) == statuses[200]  # every 200 came from the fast path; errors from the view
     one = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -35,12 +36,36 @@ def tensors(contract, rows: list[dict], numeric: str = "FP64") -> list[dict]:
     ]
 
 
+@contextmanager
+def started_app(s, store, current, manager_settings=None):
+    """(app, state, served) of an app on settings `s` serving `current` (a ModelSet; its manager on
+    `manager_settings`, default `s`) as the default model plus `s.oip_models`, its log and the extra models'
+    loaders started and every model ready; all closed afterwards."""
+    from serving.app import create_app
+    from serving.model import ModelManager
+
+    mm = ModelManager(manager_settings or s)
+    mm.current = current
+    app = create_app(s, store=store, models=mm, start_background=False)
+    state, served = app.extensions["churn"], app.extensions["oip"]
+    state.plog.start()
+    served.start()  # the extra models load from their folders in the background
+    try:
+        deadline = time.monotonic() + 60
+        while not served.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served.ready, {m.name: m.models.last_error for m in served.extras()}
+        yield app, state, served
+    finally:
+        served.close()
+        state.shadow.stop()
+        state.plog.close()
+
+
 @pytest.fixture(scope="module")
 def v2(bundles, tmp_path_factory):
     """(client, served models, extra info): churn bundle `a` as the default, diabetes and raw_digits listed."""
     from churnops.settings import Settings
-    from serving.app import create_app
-    from serving.model import ModelManager
 
     d = tmp_path_factory.mktemp("oip")
     diab, reg, enc = make_regression_bundle(d / "diabetes")
@@ -58,28 +83,16 @@ def v2(bundles, tmp_path_factory):
             oip_models=f"diabetes={diab},raw_digits={img}",
         )
         store = SQLiteStore(d / "state" / "predictions.db")
-        mm = ModelManager(s)
-        mm.current = local_model_set(bundles)
-        app = create_app(s, store=store, models=mm, start_background=False)
-        state = app.extensions["churn"]
-        state.plog.start()
-        served = app.extensions["oip"]
-        served.start()  # the extra models load from their folders in the background
-        deadline = time.monotonic() + 60
-        while not served.ready and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert served.ready, {m.name: m.models.last_error for m in served.extras()}
-        yield {
-            "app": app,
-            "client": app.test_client(),
-            "served": served,
-            "state": state,
-            "reg": reg,
-            "enc": enc,
-            "dir": d,
-        }
-        served.close()
-        state.plog.close()
+        with started_app(s, store, local_model_set(bundles)) as (app, state, served):
+            yield {
+                "app": app,
+                "client": app.test_client(),
+                "served": served,
+                "state": state,
+                "reg": reg,
+                "enc": enc,
+                "dir": d,
+            }
         store.close()
 
 
@@ -93,18 +106,23 @@ def outputs(resp) -> dict:
     return {o["name"]: o for o in resp.json["outputs"]}
 
 
-def logged(path, model_name: str, wait_s: float = 10.0) -> list[dict]:
-    """The records of `model_name` in the store at `path`, once the log has flushed some."""
+def polled(path, keep, n: int = 1, wait_s: float = 10.0) -> list[dict]:
+    """The records `keep` accepts in the store at `path`, once at least `n` are in (or `wait_s` passed)."""
     store = SQLiteStore(path)
     try:
         deadline = time.monotonic() + wait_s
         while True:
-            recs = [r for r in store.find_predictions(None, None, 1000) if r.get("model_name") == model_name]
-            if recs or time.monotonic() > deadline:
+            recs = [r for r in store.find_predictions(None, None, 1000) if keep(r)]
+            if len(recs) >= n or time.monotonic() > deadline:
                 return recs
             time.sleep(0.05)
     finally:
         store.close()
+
+
+def logged(path, model_name: str, wait_s: float = 10.0) -> list[dict]:
+    """The records of `model_name` in the store at `path`, once the log has flushed some."""
+    return polled(path, lambda r: r.get("model_name") == model_name, wait_s=wait_s)
 
 
 # ---- health and metadata ---------------------------------------------------------------------------------
@@ -426,24 +444,14 @@ def test_server_start_forgets_the_reloads_of_every_served_line(tmp_path):
 
 def shadow_rows(path, wait_s: float = 10.0, n: int = 1) -> dict[str, dict]:
     """The `shadow` records in the store at `path` by request id, once at least `n` are in."""
-    store = SQLiteStore(path)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            recs = {r["request_id"]: r for r in store.find_predictions(None, None, 1000) if r["route"] == "shadow"}
-            if len(recs) >= n or time.monotonic() > deadline:
-                return recs
-            time.sleep(0.05)
-    finally:
-        store.close()
+    return {r["request_id"]: r for r in polled(path, lambda r: r["route"] == "shadow", n, wait_s)}
 
 
 def test_shadow_mirrors_v2_answers_into_each_lines_store(bundles, tmp_path, monkeypatch):
     """SHADOW_FRACTION=1: what a line's champion answers under /v2 is mirrored to that line's candidate and
     logged as route `shadow` in that line's store, under the answer's request id; the answer is unchanged."""
     from churnops.settings import Settings
-    from serving.app import create_app
-    from serving.model import ModelManager, load_model
+    from serving.model import load_model
 
     for k in ("PROMETHEUS_MULTIPROC_DIR", *LINE_ENV):
         monkeypatch.delenv(k, raising=False)
@@ -457,16 +465,7 @@ def test_shadow_mirrors_v2_answers_into_each_lines_store(bundles, tmp_path, monk
         shadow_fraction=1.0,
     )
     store = SQLiteStore(tmp_path / "state" / "predictions.db")
-    mm = ModelManager(s)
-    mm.current = local_model_set(bundles)
-    app = create_app(s, store=store, models=mm, start_background=False)
-    state, served = app.extensions["churn"], app.extensions["oip"]
-    state.plog.start()
-    served.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not served.ready and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with started_app(s, store, local_model_set(bundles)) as (app, state, served):
         churn_candidate = load_model(str(bundles["b"]), "shadow")
         state.shadow.load_candidate = lambda champion: churn_candidate
         line = served.get("diabetes-xgboost")
@@ -491,11 +490,7 @@ def test_shadow_mirrors_v2_answers_into_each_lines_store(bundles, tmp_path, monk
         got = [diabetes[i]["prediction"] for i in rd.json["parameters"]["request_ids"]]
         assert np.allclose(got, reg.predict(enc.transform_records(drows)), atol=1e-3)
         assert not set(diabetes) & set(shadow_rows(tmp_path / "state" / "predictions.db", wait_s=0))
-    finally:
-        served.close()
-        state.shadow.stop()
-        state.plog.close()
-        store.close()
+    store.close()
 
 
 def test_openapi_documents_every_v2_route(v2):
@@ -581,8 +576,7 @@ def test_an_image_server_serves_the_churn_line_under_v2(bundles, tmp_path, monke
     (the image line under lines/raw_digits/, churn in the stack's default store), never the other's."""
     from churnops.model_line import for_dataset
     from churnops.settings import Settings
-    from serving.app import create_app
-    from serving.model import ModelManager, ModelSet, load_model
+    from serving.model import ModelSet, load_model
     from serving.oip_models import line_settings, parse_entries
 
     for k in ("PROMETHEUS_MULTIPROC_DIR", *LINE_ENV):
@@ -601,16 +595,7 @@ def test_an_image_server_serves_the_churn_line_under_v2(bundles, tmp_path, monke
     assert churn_line.prediction_db_path is None and churn_line.mongodb_db == "churn"  # the stack's defaults
     assert churn_line.spool_dir is None and churn_line.serving_state_file is None
     store = SQLiteStore(tmp_path / "state" / "lines" / "raw_digits" / "predictions.db")
-    mm = ModelManager(line)
-    mm.current = ModelSet(load_model(str(img), "champion", line))
-    app = create_app(s, store=store, models=mm, start_background=False)
-    state, served = app.extensions["churn"], app.extensions["oip"]
-    state.plog.start()
-    served.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not served.ready and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with started_app(s, store, ModelSet(load_model(str(img), "champion", line)), line) as (app, state, served):
         c = app.test_client()
         assert sorted(c.get("/v2/health/ready").json["models"]) == ["churn-xgboost", "raw-digits-cnn"]
         r = infer(c, "churn-xgboost", {"inputs": tensors(CHURN, churn_rows(1))})
@@ -628,10 +613,7 @@ def test_an_image_server_serves_the_churn_line_under_v2(bundles, tmp_path, monke
         )
         image_db = tmp_path / "state" / "lines" / "raw_digits" / "predictions.db"
         assert [x["request_id"] for x in logged(image_db, "raw-digits-cnn")] == ri.json["parameters"]["request_ids"]
-    finally:
-        served.close()
-        state.plog.close()
-        store.close()
+    store.close()
 
 
 def test_explanations_output_equals_predict_explain(v2):
